@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs every Debian package that building lookout, its tests and the default guest need.
+# Idempotent: packages already present are skipped, so a warm machine pays only dpkg-query.
+set -euo pipefail
+
+PKGS=(
+  build-essential clang lld llvm libclang-rt-14-dev clang-format pkg-config
+  libzydis-dev      # x86 decoder for the software CPU (cpu/bt)
+  libcjson-dev      # JSON for the control socket (api/)
+  libcmocka-dev     # C unit-test framework
+  libseccomp-dev    # syscall allow-list after set-up
+  libzstd-dev       # snapshot memory compression
+  python3 python3-pytest  # integration tests drive the real binary
+  busybox-static cpio gzip xz-utils kmod  # the default guest's initramfs
+  binutils
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

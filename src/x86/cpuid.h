@@ -1,0 +1,41 @@
+/* The virtual CPU model: one CPUID table that the VM presents whichever backend runs it.
+ *
+ * The default model "lookout-v1" is a baseline x86-64 that the software CPU implements in full:
+ *   leaf 1 EDX: FPU PSE TSC MSR PAE CX8 APIC SEP PGE CMOV PAT CLFSH MMX FXSR SSE SSE2
+ *   leaf 1 ECX: CX16 HYPERVISOR (no SSE3+, no XSAVE, no x2APIC)
+ *   leaf 7: none;  0x80000001 EDX: SYSCALL NX RDTSCP LM, ECX: LAHF_LM
+ *   leaves 0x15/0x16: TSC and crystal frequency, so Linux needs no calibration
+ *   vendor "GenuineIntel" (Linux reads leaf 0x15 only on Intel), family 6.
+ * Under KVM the model is intersected with KVM_GET_SUPPORTED_CPUID; the result is what both
+ * backends present, so a snapshot taken under one restores under the other.  "host" passes
+ * through what KVM supports (KVM only).  Per-vCPU fields (APIC ID in leaves 1/0xb) are filled
+ * by cpuid_query(). */
+#pragma once
+#include <stdbool.h>
+#include <stdint.h>
+
+#define CPUID_MAX_ENTRIES 80
+
+struct cpuid_entry {
+    uint32_t function, index;
+    uint32_t flags; /* CPUID_FLAG_INDEXED: the index (ECX) selects among subleaves */
+    uint32_t eax, ebx, ecx, edx;
+};
+#define CPUID_FLAG_INDEXED 1u
+
+struct cpuid_model {
+    char name[32];
+    unsigned n;
+    struct cpuid_entry e[CPUID_MAX_ENTRIES];
+};
+
+/* Builds `name` ("lookout-v1" or "host").  supported/nsupported: what the backend can present
+ * (KVM_GET_SUPPORTED_CPUID), or NULL for the software CPU.  Fails with a clear message when the
+ * backend lacks a feature the model requires. */
+int cpuid_model_build(struct cpuid_model *m, const char *name, const struct cpuid_entry *supported,
+                      unsigned nsupported, unsigned ncpus, uint64_t tsc_khz);
+/* What CPUID(fn, idx) returns on the vCPU whose APIC ID is apic_id (out: eax, ebx, ecx, edx).
+ * Leaves beyond the maximum return the highest basic leaf's values, as Intel CPUs do. */
+void cpuid_query(const struct cpuid_model *m, uint32_t fn, uint32_t idx, unsigned apic_id,
+                 uint32_t out[4]);
+const struct cpuid_entry *cpuid_find(const struct cpuid_model *m, uint32_t fn, uint32_t idx);
