@@ -1,0 +1,29 @@
+/* The board: builds a VM from a configuration, runs its vCPUs and reports why it stopped.
+ * The only floor that knows which devices exist and how they are wired. */
+#pragma once
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "cpu/cpu.h"
+
+struct machine_config {
+    const char *kernel, *initrd, *cmdline;
+    uint64_t mem_size;
+    unsigned ncpus;
+    const char *cpu;       /* "kvm", "bt" or "auto" */
+    const char *cpu_model; /* "lookout-v1" (default) or "host" */
+    const char *api_path;  /* control socket, or NULL */
+    bool command_mode;     /* `lookout run -- CMD`: COM2 carries the command's output */
+    int console_in_fd, console_out_fd; /* -1 for none */
+};
+
+struct vm *machine_create(const struct machine_config *cfg); /* NULL + err_msg() on failure */
+/* Runs until the VM stops; returns the stop reason (exit code in vm->exit_code). */
+enum vm_stop_reason machine_run(struct vm *vm);
+void machine_destroy(struct vm *vm);
+
+/* Control, from any thread (control socket, console).  Pause waits until every vCPU is parked
+ * outside guest code, so state read afterwards is consistent. */
+int machine_pause(struct vm *vm);
+int machine_resume(struct vm *vm);
+const char *machine_state_name(const struct vm *vm); /* "running", "paused", "stopped" */
