@@ -179,9 +179,6 @@ struct bt_cpu {
     uint32_t pending_err; /* BT_NO_ERRCODE if none */
     bool in_event_delivery; /* a fault now is a double fault */
     uint8_t delivering_vector;
-    /* set by bt_raise() before the longjmp: what the loop must deliver (BT_NO_ERRCODE = none) */
-    int pending_vector;
-    uint32_t pending_err;
     bool shutdown; /* triple fault: the loop must stop (exit_now is also set) */
 
     /* soft MMU */
@@ -282,19 +279,6 @@ void bt_update_mode(struct bt_cpu *c);
 void bt_load_seg(struct bt_cpu *c, int seg, uint16_t sel);
 void bt_far_jump(struct bt_cpu *c, uint16_t sel, uint64_t off, bool is_call, unsigned opsize);
 void bt_far_return(struct bt_cpu *c, unsigned opsize, uint16_t pop_extra);
-
-/* System forms of mnemonics whose handlers core.c owns (added by btsys).  core's handlers call:
- *   MOV with a BT_RC_SEG/BT_RC_CR/BT_RC_DR operand      -> bt_sys_mov(c, i)
- *   PUSH/POP with a BT_RC_SEG operand                   -> bt_sys_push_sreg / bt_sys_pop_sreg
- *   JMP/CALL with a BT_OPK_PTR operand or a far memory operand (m16:16/32/64)
- *                                                       -> bt_sys_far_jmp_call(c, i, is_call)
- *   RET far (opcode 0xCA/0xCB)                          -> bt_sys_far_ret(c, i)
- * Each does the whole instruction including s.rip. */
-void bt_sys_mov(struct bt_cpu *c, const struct bt_insn *i);
-void bt_sys_push_sreg(struct bt_cpu *c, const struct bt_insn *i);
-void bt_sys_pop_sreg(struct bt_cpu *c, const struct bt_insn *i);
-void bt_sys_far_jmp_call(struct bt_cpu *c, const struct bt_insn *i, bool is_call);
-void bt_sys_far_ret(struct bt_cpu *c, const struct bt_insn *i);
 
 /* system.c */
 void bt_write_cr(struct bt_cpu *c, int n, uint64_t v); /* with all checks and side effects */

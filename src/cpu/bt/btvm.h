@@ -11,16 +11,6 @@
 
 #include "cpu/bt/bt.h"
 
-/* Pages whose decoded code another vCPU must drop; drained by that vCPU between instructions. */
-#define BT_INVAL_QLEN 64
-struct bt_inval_queue {
-    pthread_mutex_t lock;
-    _Atomic bool pending;
-    bool overflow; /* too many: flush the whole cache */
-    unsigned n;
-    uint64_t page[BT_INVAL_QLEN];
-};
-
 struct ioapic;
 struct pit;
 
@@ -30,15 +20,12 @@ struct bt_vm {
     _Atomic uint64_t *watch;
     uint64_t watch_pages;
     struct bt_cpu *cpu[VM_MAX_CPUS];
-    struct bt_inval_queue inval[VM_MAX_CPUS];
     struct ioapic *ioapic;
     struct pit *pit;
 };
 
 /* The VM's bt state when the VM is run by the bt backend, else NULL (bt_emulate_one under KVM). */
 struct bt_vm *bt_vm_of(const struct vm *vm);
-/* Drops code of pages other vCPUs wrote (called between instructions by bt_check_interrupts). */
-void bt_inval_drain(struct bt_cpu *c);
 /* Allocates / frees the watch bitmap for all of the VM's guest-physical space. */
 int bt_watch_init(struct bt_vm *bv);
 void bt_watch_destroy(struct bt_vm *bv);

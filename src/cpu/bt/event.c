@@ -403,7 +403,6 @@ static void init_ap(struct bt_cpu *c)
 
 bool bt_check_interrupts(struct bt_cpu *c)
 {
-    bt_inval_drain(c);
     if (bt_glue_take_init(c) && c->index != 0) init_ap(c);
     if (c->s.mp_state == MP_WAIT_FOR_SIPI) {
         int v = bt_glue_take_sipi(c);

@@ -546,7 +546,6 @@ int bt_watch_init(struct bt_vm *bv)
     bv->watch_pages = top >> 12;
     bv->watch = calloc((bv->watch_pages + 63) / 64, sizeof(uint64_t));
     if (!bv->watch) return err_set(ENOMEM, "software CPU: cannot allocate the code-watch bitmap");
-    for (unsigned i = 0; i < VM_MAX_CPUS; i++) pthread_mutex_init(&bv->inval[i].lock, NULL);
     return 0;
 }
 
@@ -554,7 +553,6 @@ void bt_watch_destroy(struct bt_vm *bv)
 {
     free((void *)bv->watch);
     bv->watch = NULL;
-    for (unsigned i = 0; i < VM_MAX_CPUS; i++) pthread_mutex_destroy(&bv->inval[i].lock);
 }
 
 void bt_watch_code_page(struct bt_cpu *c, uint64_t gpa_page)
@@ -566,43 +564,21 @@ void bt_watch_code_page(struct bt_cpu *c, uint64_t gpa_page)
     atomic_fetch_or_explicit(&m->bv->watch[pg / 64], 1ull << (pg % 64), memory_order_relaxed);
 }
 
-/* A write hit a page holding decoded code: stop watching it and make every vCPU drop its code
- * (this one now, the others from their own threads through their queues). */
+/* A write hit a page holding decoded code: stop watching it and make every vCPU drop its code.
+ * bt_cache_invalidate_page() is safe from any thread (core.c queues it for the owner, which
+ * applies it before its next instruction). */
 static void watch_hit(struct bt_cpu *c, uint64_t gpa_page)
 {
     struct bt_vm *bv = mmu_of(c)->bv;
     uint64_t pg = gpa_page >> 12;
     uint64_t bit = 1ull << (pg % 64);
     if (!(atomic_fetch_and_explicit(&bv->watch[pg / 64], ~bit, memory_order_relaxed) & bit)) return;
+    bool self = false;
     for (unsigned i = 0; i < VM_MAX_CPUS; i++) {
         struct bt_cpu *o = bv->cpu[i];
         if (!o) continue;
-        if (o == c) {
-            bt_cache_invalidate_page(c, gpa_page);
-            continue;
-        }
-        struct bt_inval_queue *q = &bv->inval[i];
-        pthread_mutex_lock(&q->lock);
-        if (q->n < BT_INVAL_QLEN) q->page[q->n++] = gpa_page;
-        else q->overflow = true;
-        atomic_store(&q->pending, true);
-        pthread_mutex_unlock(&q->lock);
+        self |= o == c;
+        bt_cache_invalidate_page(o, gpa_page);
     }
-    if (!bv->cpu[c->index] || bv->cpu[c->index] != c) bt_cache_invalidate_page(c, gpa_page);
-}
-
-void bt_inval_drain(struct bt_cpu *c)
-{
-    struct bt_mmu *m = mmu_of(c);
-    if (!m || !m->bv || c->index >= VM_MAX_CPUS) return;
-    struct bt_inval_queue *q = &m->bv->inval[c->index];
-    if (!atomic_load_explicit(&q->pending, memory_order_acquire)) return;
-    pthread_mutex_lock(&q->lock);
-    if (q->overflow) bt_cache_flush(c);
-    else
-        for (unsigned k = 0; k < q->n; k++) bt_cache_invalidate_page(c, q->page[k]);
-    q->n = 0;
-    q->overflow = false;
-    atomic_store(&q->pending, false);
-    pthread_mutex_unlock(&q->lock);
+    if (!self) bt_cache_invalidate_page(c, gpa_page);
 }

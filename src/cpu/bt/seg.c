@@ -25,7 +25,7 @@ void bt_log_unsupported(const char *what)
         seen[n] = what;
         atomic_store(&nseen, n + 1);
     }
-    log_warn("software CPU: the guest used %s, which is not supported; it gets #GP", what);
+    log_warn("software CPU: the guest used %s, which is not supported", what);
 }
 
 void bt_update_mode(struct bt_cpu *c)
@@ -556,29 +556,6 @@ void bt_tss_stack(struct bt_cpu *c, unsigned dpl, unsigned ist, uint32_t ext, ui
 
 /* ---- instruction handlers ------------------------------------------------------------------- */
 
-static unsigned sreg_of(const struct bt_operand *o)
-{
-    return o->reg;
-}
-
-void bt_sys_push_sreg(struct bt_cpu *c, const struct bt_insn *i)
-{
-    bt_push(c, i->opsize / 8, c->s.seg[sreg_of(&i->op[0])].sel);
-    c->s.rip = c->next_rip;
-}
-
-void bt_sys_pop_sreg(struct bt_cpu *c, const struct bt_insn *i)
-{
-    unsigned sz = i->opsize / 8, seg = sreg_of(&i->op[0]);
-    if (seg == SEG_CS || seg >= SEG_LDTR) bt_ud(c);
-    uint16_t sel = (uint16_t)bt_stack_read(c, 0, sz);
-    bt_load_seg(c, (int)seg, sel);
-    uint64_t m = bt_stack_mask(c);
-    c->s.gpr[RSP] = (c->s.gpr[RSP] & ~m) | ((c->s.gpr[RSP] + sz) & m);
-    if (seg == SEG_SS) c->s.ev.interrupt_shadow = 2;
-    c->s.rip = c->next_rip;
-}
-
 static void op_lxs(struct bt_cpu *c, const struct bt_insn *i)
 {
     int seg;
@@ -605,35 +582,6 @@ BT_HANDLER(LES, op_lxs);
 BT_HANDLER(LFS, op_lxs);
 BT_HANDLER(LGS, op_lxs);
 BT_HANDLER(LSS, op_lxs);
-
-/* Reads the far pointer of JMP/CALL m16:xx or ptr16:xx. */
-void bt_sys_far_jmp_call(struct bt_cpu *c, const struct bt_insn *i, bool is_call)
-{
-    const struct bt_operand *o = &i->op[0];
-    unsigned sz = i->opsize / 8;
-    uint16_t sel;
-    uint64_t off;
-    if (o->kind == BT_OPK_PTR) {
-        sel = o->sel;
-        off = (uint64_t)o->disp;
-    } else if (o->kind == BT_OPK_MEM) {
-        uint64_t lin = bt_op_lin(c, i, 0, sz + 2, BT_ACC_READ);
-        off = bt_read(c, lin, sz, BT_ACC_READ);
-        uint64_t m = c->code_bits == 64 ? ~0ull : 0xffffffffull;
-        sel = (uint16_t)bt_read(c, (lin + sz) & m, 2, BT_ACC_READ);
-    } else {
-        bt_ud(c);
-    }
-    bt_far_jump(c, sel, off, is_call, i->opsize);
-}
-
-void bt_sys_far_ret(struct bt_cpu *c, const struct bt_insn *i)
-{
-    uint16_t extra = 0;
-    for (unsigned k = 0; k < i->nops; k++)
-        if (i->op[k].kind == BT_OPK_IMM) extra = (uint16_t)i->op[k].disp;
-    bt_far_return(c, i->opsize, extra);
-}
 
 /* LAR/LSL/VERR/VERW: checks that never fault on the selector; ZF reports the result. */
 static bool visible_desc(struct bt_cpu *c, uint16_t sel, uint64_t *d)

@@ -187,62 +187,51 @@ static int dr_index(struct bt_cpu *c, int n)
     return n;
 }
 
-void bt_sys_mov(struct bt_cpu *c, const struct bt_insn *i)
+/* MOV to/from CRn and DRn (the decoder routes them to pseudo mnemonics).  The register operand
+ * is always 64 bits in 64-bit mode and 32 bits elsewhere, whatever the operand-size prefix. */
+static void op_mov_cr(struct bt_cpu *c, const struct bt_insn *i)
 {
     const struct bt_operand *d = &i->op[0], *sr = &i->op[1];
-    if (d->kind == BT_OPK_REG && d->rclass == BT_RC_SEG) {
-        if (d->reg == SEG_CS || d->reg >= SEG_LDTR) bt_ud(c);
-        uint16_t sel = (uint16_t)bt_op_read(c, i, 1);
-        bt_load_seg(c, d->reg, sel);
-        if (d->reg == SEG_SS) c->s.ev.interrupt_shadow = 2;
-        next(c);
-        return;
-    }
-    if (sr->kind == BT_OPK_REG && sr->rclass == BT_RC_SEG) {
-        if (sr->reg >= SEG_LDTR) bt_ud(c);
-        bt_op_write(c, i, 0, c->s.seg[sr->reg].sel);
-        next(c);
-        return;
-    }
     unsigned sz = c->code_bits == 64 ? 8 : 4;
-    if (d->rclass == BT_RC_CR || sr->rclass == BT_RC_CR) {
-        if (i->pfx & BT_PFX_LOCK) bt_ud(c);
-        need_cpl0(c);
-        if (d->rclass == BT_RC_CR) {
-            int n = d->reg;
-            if (n != 0 && n != 2 && n != 3 && n != 4 && n != 8) bt_ud(c);
-            bt_write_cr(c, n, bt_gpr_read(c, sr->reg, sz));
-        } else {
-            bt_gpr_write(c, d->reg, sz, read_cr(c, sr->reg));
-        }
-        next(c);
-        return;
+    if (i->pfx & BT_PFX_LOCK) bt_ud(c);
+    need_cpl0(c);
+    if (d->rclass == BT_RC_CR) {
+        int n = d->reg;
+        if (n != 0 && n != 2 && n != 3 && n != 4 && n != 8) bt_ud(c);
+        bt_write_cr(c, n, bt_gpr_read(c, sr->reg, sz));
+    } else {
+        bt_gpr_write(c, d->reg, sz, read_cr(c, sr->reg));
     }
-    if (d->rclass == BT_RC_DR || sr->rclass == BT_RC_DR) {
-        need_cpl0(c);
-        if (d->rclass == BT_RC_DR) {
-            int n = dr_index(c, d->reg);
-            uint64_t v = bt_gpr_read(c, sr->reg, sz);
-            if (n < 4) {
-                c->s.dr[n] = v;
-            } else if (n == 6) {
-                if (v >> 32) bt_gp0(c);
-                c->s.dr6 = (v & 0x1e00f) | 0xffff0ff0ull;
-            } else {
-                if (v >> 32) bt_gp0(c);
-                if (v & 0xff) bt_log_unsupported("DR7 hardware breakpoints (stored, never fire)");
-                c->s.dr7 = (v & 0xffff2fffull) | 0x400;
-            }
-        } else {
-            int n = dr_index(c, sr->reg);
-            uint64_t v = n < 4 ? c->s.dr[n] : n == 6 ? c->s.dr6 : c->s.dr7;
-            bt_gpr_write(c, d->reg, sz, v);
-        }
-        next(c);
-        return;
-    }
-    bt_ud(c);
+    next(c);
 }
+BT_HANDLER_ID(BT_MNEM_MOV_CR, op_mov_cr);
+
+static void op_mov_dr(struct bt_cpu *c, const struct bt_insn *i)
+{
+    const struct bt_operand *d = &i->op[0], *sr = &i->op[1];
+    unsigned sz = c->code_bits == 64 ? 8 : 4;
+    need_cpl0(c);
+    if (d->rclass == BT_RC_DR) {
+        int n = dr_index(c, d->reg);
+        uint64_t v = bt_gpr_read(c, sr->reg, sz);
+        if (n < 4) {
+            c->s.dr[n] = v;
+        } else if (n == 6) {
+            if (v >> 32) bt_gp0(c);
+            c->s.dr6 = (v & 0x1e00f) | 0xffff0ff0ull;
+        } else {
+            if (v >> 32) bt_gp0(c);
+            if (v & 0xff) bt_log_unsupported("DR7 hardware breakpoints (stored, never fire)");
+            c->s.dr7 = (v & 0xffff2fffull) | 0x400;
+        }
+    } else {
+        int n = dr_index(c, sr->reg);
+        uint64_t v = n < 4 ? c->s.dr[n] : n == 6 ? c->s.dr6 : c->s.dr7;
+        bt_gpr_write(c, d->reg, sz, v);
+    }
+    next(c);
+}
+BT_HANDLER_ID(BT_MNEM_MOV_DR, op_mov_dr);
 
 static void op_clts(struct bt_cpu *c, const struct bt_insn *i)
 {
