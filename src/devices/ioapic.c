@@ -57,7 +57,8 @@ static void reset_locked(struct ioapic *io)
 {
     memset(&io->st, 0, sizeof(io->st));
     io->st.base_address = LAYOUT_IOAPIC_BASE;
-    for (unsigned i = 0; i < IOAPIC_NUM_PINS; i++) io->st.redirtbl[i] = IOAPIC_RTE_MASKED;
+    for (unsigned i = 0; i < IOAPIC_NUM_PINS; i++)
+        io->st.redirtbl[i] = IOAPIC_RTE_MASKED;
     io->line = 0;
 }
 
@@ -137,7 +138,8 @@ void ioapic_mmio_read(struct ioapic *io, uint64_t offset, uint8_t *data, unsigne
     uint32_t v = reg == 0 ? io->st.ioregsel : reg_read_locked(io, io->st.ioregsel);
     pthread_mutex_unlock(&io->lock);
     v >>= within * 8;
-    for (unsigned i = 0; i < size; i++) data[i] = (uint8_t)(v >> (i * 8));
+    for (unsigned i = 0; i < size; i++)
+        data[i] = (uint8_t)(v >> (i * 8));
 }
 
 void ioapic_mmio_write(struct ioapic *io, uint64_t offset, const uint8_t *data, unsigned size)
@@ -192,11 +194,15 @@ void ioapic_set_irq(struct ioapic *io, unsigned pin, int level)
     uint32_t bit = 1u << pin;
     pthread_mutex_lock(&io->lock);
     bool was = io->line & bit;
-    if (level) io->line |= bit;
-    else io->line &= ~bit;
+    if (level)
+        io->line |= bit;
+    else
+        io->line &= ~bit;
     if (level) {
-        if (io->st.redirtbl[pin] & IOAPIC_RTE_LEVEL) service_locked(io, pin);
-        else if (!was) service_locked(io, pin); /* rising edge */
+        if (io->st.redirtbl[pin] & IOAPIC_RTE_LEVEL)
+            service_locked(io, pin);
+        else if (!was)
+            service_locked(io, pin); /* rising edge */
     }
     pthread_mutex_unlock(&io->lock);
 }
@@ -238,8 +244,9 @@ void ioapic_get_state(struct ioapic *io, struct ioapic_state *s)
 int ioapic_set_state(struct ioapic *io, const struct ioapic_state *s)
 {
     if (s->base_address != LAYOUT_IOAPIC_BASE)
-        return err_set(EINVAL, "IOAPIC state: base %#llx is not %#llx; relocation is not "
-                               "supported",
+        return err_set(EINVAL,
+                       "IOAPIC state: base %#llx is not %#llx; relocation is not "
+                       "supported",
                        (unsigned long long)s->base_address, LAYOUT_IOAPIC_BASE);
     if (s->id > 0xf) return err_set(EINVAL, "IOAPIC state: ID %u does not fit 4 bits", s->id);
     if (s->ioregsel > 0xff)
@@ -257,7 +264,8 @@ int ioapic_set_state(struct ioapic *io, const struct ioapic_state *s)
     }
     pthread_mutex_lock(&io->lock);
     io->st = *s;
-    for (unsigned i = 0; i < IOAPIC_NUM_PINS; i++) io->st.redirtbl[i] &= ~IOAPIC_RTE_DS;
+    for (unsigned i = 0; i < IOAPIC_NUM_PINS; i++)
+        io->st.redirtbl[i] &= ~IOAPIC_RTE_DS;
     io->line = s->irr & level_pins(io);
     io->st.irr = 0;
     pthread_mutex_unlock(&io->lock);

@@ -26,11 +26,11 @@
 struct vm;
 struct ioapic;
 
-#define IOAPIC_VERSION   0x11
-#define IOAPIC_MMIO_SIZE 0x1000
-#define IOAPIC_REG_ID    0x00
-#define IOAPIC_REG_VER   0x01
-#define IOAPIC_REG_ARB   0x02
+#define IOAPIC_VERSION    0x11
+#define IOAPIC_MMIO_SIZE  0x1000
+#define IOAPIC_REG_ID     0x00
+#define IOAPIC_REG_VER    0x01
+#define IOAPIC_REG_ARB    0x02
 #define IOAPIC_REG_REDTBL 0x10 /* pin n: low half 0x10 + 2n, high half 0x11 + 2n */
 
 #define IOAPIC_RTE_MASKED     (1ull << 16)
@@ -40,7 +40,7 @@ struct ioapic;
 #define IOAPIC_RTE_DS         (1ull << 12)
 #define IOAPIC_RTE_LOGICAL    (1ull << 11)
 /* bits the guest can write: vector, delivery mode, dest mode, polarity, trigger, mask, dest */
-#define IOAPIC_RTE_WRITABLE   0xff0000000001afffull
+#define IOAPIC_RTE_WRITABLE 0xff0000000001afffull
 
 /* Routes one message to the LAPICs (lapic_bus_deliver_cb with the struct lapic_bus as ctx);
  * returns how many LAPICs accepted it. */

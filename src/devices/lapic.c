@@ -190,8 +190,10 @@ static bool accept_fixed_locked(struct lapic *l, int v, bool level_trig)
         return false;
     }
     vec_set(l, APIC_IRR, v);
-    if (level_trig) vec_set(l, APIC_TMR, v);
-    else vec_clear(l, APIC_TMR, v);
+    if (level_trig)
+        vec_set(l, APIC_TMR, v);
+    else
+        vec_clear(l, APIC_TMR, v);
     refresh_locked(l);
     return true;
 }
@@ -215,7 +217,8 @@ static void reset_regs_locked(struct lapic *l, unsigned id)
     R(l, APIC_SVR) = 0xff;
     static const unsigned lvts[] = {APIC_LVTT, APIC_LVTTHMR, APIC_LVTPC,
                                     APIC_LVT0, APIC_LVT1,    APIC_LVTERR};
-    for (unsigned i = 0; i < ARRAY_SIZE(lvts); i++) R(l, lvts[i]) = APIC_LVT_MASKED;
+    for (unsigned i = 0; i < ARRAY_SIZE(lvts); i++)
+        R(l, lvts[i]) = APIC_LVT_MASKED;
     l->tsc_deadline = 0;
     l->esr_pending = 0;
     timer_stop_locked(l);
@@ -227,7 +230,8 @@ static void reset_regs_locked(struct lapic *l, unsigned id)
 
 void lapic_bus_init(struct lapic_bus *bus, void (*eoi)(void *ctx, int vector), void *eoi_ctx)
 {
-    for (unsigned i = 0; i < LAPIC_BUS_MAX; i++) atomic_store(&bus->cpu[i], NULL);
+    for (unsigned i = 0; i < LAPIC_BUS_MAX; i++)
+        atomic_store(&bus->cpu[i], NULL);
     bus->eoi = eoi;
     bus->eoi_ctx = eoi_ctx;
 }
@@ -242,11 +246,12 @@ static bool dest_match(struct lapic *l, const struct apic_irq *irq, struct lapic
     default: break;
     }
     if (!irq->logical)
-        return irq->dest == 0xff || atomic_load_explicit(&l->m_id, memory_order_relaxed) == irq->dest;
+        return irq->dest == 0xff ||
+               atomic_load_explicit(&l->m_id, memory_order_relaxed) == irq->dest;
     uint32_t ldr = atomic_load_explicit(&l->m_ldr, memory_order_relaxed) >> 24;
     uint32_t model = atomic_load_explicit(&l->m_dfr, memory_order_relaxed) >> 28;
     if (model == 0xf) return (ldr & irq->dest) != 0; /* flat: a bit per APIC */
-    if (model == 0x0) {                             /* cluster: cluster ID in 7:4, members 3:0 */
+    if (model == 0x0) {                              /* cluster: cluster ID in 7:4, members 3:0 */
         if (irq->dest == 0xff) return true;
         return (irq->dest >> 4) == (ldr >> 4) && (irq->dest & ldr & 0xf);
     }
@@ -327,8 +332,10 @@ struct lapic *lapic_create(struct vm *vm, struct lapic_bus *bus, unsigned apic_i
                            void (*kick_fn)(void *ctx), void *kick_ctx)
 {
     if (apic_id > 0xfe) {
-        err_set(EINVAL, "LAPIC: APIC ID %u does not fit xAPIC's 8-bit ID (0xff is broadcast); "
-                        "use fewer vCPUs", apic_id);
+        err_set(EINVAL,
+                "LAPIC: APIC ID %u does not fit xAPIC's 8-bit ID (0xff is broadcast); "
+                "use fewer vCPUs",
+                apic_id);
         return NULL;
     }
     struct lapic *l = calloc(1, sizeof(*l));
@@ -405,8 +412,10 @@ uint32_t lapic_reg_read(struct lapic *l, uint32_t off, int64_t now)
     case APIC_EOI:
     case APIC_RRD: v = 0; break; /* APR has no meaning without bus arbitration; EOI write-only */
     default:
-        if (off >= APIC_ISR && off < APIC_ESR) v = R(l, off); /* ISR, TMR, IRR */
-        else log_debug("lapic: read of reserved register %#x", off);
+        if (off >= APIC_ISR && off < APIC_ESR)
+            v = R(l, off); /* ISR, TMR, IRR */
+        else
+            log_debug("lapic: read of reserved register %#x", off);
         break;
     }
     pthread_mutex_unlock(&l->lock);
@@ -490,7 +499,8 @@ static void reg_write_locked(struct lapic *l, uint32_t off, uint32_t val, int64_
             /* SDM 10.4.7.2: software disable masks every LVT entry */
             static const unsigned lvts[] = {APIC_LVTT, APIC_LVTTHMR, APIC_LVTPC,
                                             APIC_LVT0, APIC_LVT1,    APIC_LVTERR};
-            for (unsigned i = 0; i < ARRAY_SIZE(lvts); i++) R(l, lvts[i]) |= APIC_LVT_MASKED;
+            for (unsigned i = 0; i < ARRAY_SIZE(lvts); i++)
+                R(l, lvts[i]) |= APIC_LVT_MASKED;
         }
         sync_mirrors_locked(l);
         break;
@@ -516,8 +526,10 @@ static void reg_write_locked(struct lapic *l, uint32_t off, uint32_t val, int64_
         uint32_t nv = val & lvt_write_mask(off);
         if (!sw) nv |= APIC_LVT_MASKED; /* cannot unmask while software-disabled */
         if (off == APIC_LVT0 || off == APIC_LVT1) nv |= R(l, off) & APIC_LVT_REMOTE_IRR;
-        if (off == APIC_LVTT) write_lvtt_locked(l, nv, now);
-        else R(l, off) = nv;
+        if (off == APIC_LVTT)
+            write_lvtt_locked(l, nv, now);
+        else
+            R(l, off) = nv;
         break;
     }
     case APIC_TMICT:
@@ -587,7 +599,8 @@ void lapic_mmio_read(struct lapic *l, uint32_t offset, uint8_t *data, unsigned s
         return;
     }
     uint32_t v = lapic_reg_read(l, offset & ~0xfu, now) >> (within * 8);
-    for (unsigned i = 0; i < size; i++) data[i] = (uint8_t)(v >> (i * 8));
+    for (unsigned i = 0; i < size; i++)
+        data[i] = (uint8_t)(v >> (i * 8));
 }
 
 void lapic_mmio_write(struct lapic *l, uint32_t offset, const uint8_t *data, unsigned size,
@@ -622,11 +635,13 @@ uint64_t lapic_mmio_base(struct lapic *l)
 int lapic_set_base(struct lapic *l, uint64_t value, unsigned maxphyaddr, int64_t now)
 {
     if (maxphyaddr < 32 || maxphyaddr > 52) maxphyaddr = 52;
-    uint64_t allowed = APIC_BASE_BSP | APIC_BASE_ENABLE |
-                       (APIC_BASE_ADDR_MASK & ((1ull << maxphyaddr) - 1));
+    uint64_t allowed =
+        APIC_BASE_BSP | APIC_BASE_ENABLE | (APIC_BASE_ADDR_MASK & ((1ull << maxphyaddr) - 1));
     if (value & ~allowed)
-        return err_set(EINVAL, "IA32_APIC_BASE %#llx sets reserved bits (x2APIC is not in the "
-                               "CPU model)", (unsigned long long)value);
+        return err_set(EINVAL,
+                       "IA32_APIC_BASE %#llx sets reserved bits (x2APIC is not in the "
+                       "CPU model)",
+                       (unsigned long long)value);
     pthread_mutex_lock(&l->lock);
     bool was = l->base & APIC_BASE_ENABLE;
     l->base = value;
@@ -769,8 +784,10 @@ void lapic_set_wait_for_sipi(struct lapic *l, bool wait)
 void lapic_set_irr(struct lapic *l, int vector, bool level)
 {
     if (vector < 0 || vector > 255) return;
-    struct apic_irq irq = {.vector = (uint8_t)vector, .delivery_mode = APIC_DM_FIXED,
-                           .level = true, .level_trig = level};
+    struct apic_irq irq = {.vector = (uint8_t)vector,
+                           .delivery_mode = APIC_DM_FIXED,
+                           .level = true,
+                           .level_trig = level};
     lapic_receive(l, &irq);
 }
 
@@ -796,9 +813,8 @@ void lapic_update_timer(struct lapic *l, int64_t now)
         fired = timer_fire_locked(l);
         if (l->timer_period) {
             int64_t k = (now - l->timer_expire) / l->timer_period + 1;
-            l->timer_expire = sat_add(l->timer_expire, k > INT64_MAX / l->timer_period
-                                                           ? INT64_MAX
-                                                           : k * l->timer_period);
+            l->timer_expire = sat_add(
+                l->timer_expire, k > INT64_MAX / l->timer_period ? INT64_MAX : k * l->timer_period);
             set_next_event_locked(l);
         } else {
             if (timer_mode(l) == APIC_TIMER_TSCDEADLINE) l->tsc_deadline = 0;
@@ -829,8 +845,9 @@ void lapic_get_state(struct lapic *l, struct lapic_state *s, int64_t now)
 static int check_bits(const char *name, uint32_t v, uint32_t ok)
 {
     if (v & ~ok)
-        return err_set(EINVAL, "LAPIC state: %s = %#x sets reserved bits %#x; the state is corrupt "
-                               "or from an APIC this model does not emulate",
+        return err_set(EINVAL,
+                       "LAPIC state: %s = %#x sets reserved bits %#x; the state is corrupt "
+                       "or from an APIC this model does not emulate",
                        name, v, v & ~ok);
     return 0;
 }
@@ -853,10 +870,12 @@ int lapic_set_state(struct lapic *l, const struct lapic_state *in, int64_t now)
     r = r ? r : check_bits("LVT timer", IN(APIC_LVTT), lvt_write_mask(APIC_LVTT) | ds);
     r = r ? r : check_bits("LVT thermal", IN(APIC_LVTTHMR), lvt_write_mask(APIC_LVTTHMR) | ds);
     r = r ? r : check_bits("LVT perf", IN(APIC_LVTPC), lvt_write_mask(APIC_LVTPC) | ds);
-    r = r ? r : check_bits("LVT LINT0", IN(APIC_LVT0), lvt_write_mask(APIC_LVT0) | ds |
-                                                            APIC_LVT_REMOTE_IRR);
-    r = r ? r : check_bits("LVT LINT1", IN(APIC_LVT1), lvt_write_mask(APIC_LVT1) | ds |
-                                                            APIC_LVT_REMOTE_IRR);
+    r = r ? r
+          : check_bits("LVT LINT0", IN(APIC_LVT0),
+                       lvt_write_mask(APIC_LVT0) | ds | APIC_LVT_REMOTE_IRR);
+    r = r ? r
+          : check_bits("LVT LINT1", IN(APIC_LVT1),
+                       lvt_write_mask(APIC_LVT1) | ds | APIC_LVT_REMOTE_IRR);
     r = r ? r : check_bits("LVT error", IN(APIC_LVTERR), lvt_write_mask(APIC_LVTERR) | ds);
     r = r ? r : check_bits("divide configuration", IN(APIC_TDCR), 0xb);
     if (r) return r;
@@ -868,14 +887,17 @@ int lapic_set_state(struct lapic *l, const struct lapic_state *in, int64_t now)
                        model);
     for (unsigned base = APIC_ISR; base <= APIC_IRR; base += 0x80)
         if (in->regs[base >> 2] & 0xffff)
-            return err_set(EINVAL, "LAPIC state: vectors 0-15 set in %s; the APIC never accepts them",
-                           base == APIC_ISR ? "ISR" : base == APIC_TMR ? "TMR" : "IRR");
+            return err_set(EINVAL,
+                           "LAPIC state: vectors 0-15 set in %s; the APIC never accepts them",
+                           base == APIC_ISR   ? "ISR"
+                           : base == APIC_TMR ? "TMR"
+                                              : "IRR");
 
-    static const unsigned copy[] = {APIC_ID,   APIC_TPR,  APIC_LDR,     APIC_SVR,   APIC_ESR,
-                                    APIC_ICR,  APIC_ICR2, APIC_LVTT,    APIC_LVTTHMR,
-                                    APIC_LVTPC, APIC_LVT0, APIC_LVT1,   APIC_LVTERR,
-                                    APIC_TMICT, APIC_TDCR};
-    for (unsigned i = 0; i < ARRAY_SIZE(copy); i++) S(copy[i]) = IN(copy[i]) & ~ds;
+    static const unsigned copy[] = {APIC_ID,   APIC_TPR,  APIC_LDR,    APIC_SVR,     APIC_ESR,
+                                    APIC_ICR,  APIC_ICR2, APIC_LVTT,   APIC_LVTTHMR, APIC_LVTPC,
+                                    APIC_LVT0, APIC_LVT1, APIC_LVTERR, APIC_TMICT,   APIC_TDCR};
+    for (unsigned i = 0; i < ARRAY_SIZE(copy); i++)
+        S(copy[i]) = IN(copy[i]) & ~ds;
     for (unsigned i = 0; i < 8; i++)
         for (unsigned base = APIC_ISR; base <= APIC_IRR; base += 0x80)
             s.regs[(base >> 2) + i * 4] = in->regs[(base >> 2) + i * 4];
@@ -884,7 +906,8 @@ int lapic_set_state(struct lapic *l, const struct lapic_state *in, int64_t now)
     if (!(S(APIC_SVR) & APIC_SVR_ENABLE)) {
         static const unsigned lvts[] = {APIC_LVTT, APIC_LVTTHMR, APIC_LVTPC,
                                         APIC_LVT0, APIC_LVT1,    APIC_LVTERR};
-        for (unsigned i = 0; i < ARRAY_SIZE(lvts); i++) s.regs[lvts[i] >> 2] |= APIC_LVT_MASKED;
+        for (unsigned i = 0; i < ARRAY_SIZE(lvts); i++)
+            s.regs[lvts[i] >> 2] |= APIC_LVT_MASKED;
     }
     uint32_t cur = IN(APIC_TMCCT);
 

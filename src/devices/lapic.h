@@ -14,9 +14,9 @@
  * under both backends.  Periodic timer periods are clamped to LAPIC_MIN_PERIOD_NS.
  *
  * Threads: a LAPIC belongs to one vCPU thread (MMIO, accept, EOI, MSRs), but interrupts arrive from
- * any thread (IOAPIC, IPIs from other vCPUs, a timer thread calling lapic_update_timer).  Each LAPIC
- * has its own mutex; no LAPIC holds its lock while calling into another LAPIC, the IOAPIC, or a
- * kick callback, so lock order is always  IOAPIC -> one LAPIC.
+ * any thread (IOAPIC, IPIs from other vCPUs, a timer thread calling lapic_update_timer).  Each
+ * LAPIC has its own mutex; no LAPIC holds its lock while calling into another LAPIC, the IOAPIC, or
+ * a kick callback, so lock order is always  IOAPIC -> one LAPIC.
  *
  * Using it from the software CPU:
  *   - create a struct lapic_bus per VM (lapic_bus_init) and one LAPIC per vCPU (lapic_create),
@@ -29,7 +29,8 @@
  *     wait-for-SIPI), lapic_take_nmi, and with IF=1 and no shadow lapic_pending_vector ->
  *     lapic_accept(vector) -> deliver through the IDT;
  *   - time: call lapic_update_timer(now) whenever now >= lapic_next_event_ns() (from the run loop,
- *     before HLT sleeps, or a timer thread); a halted vCPU sleeps until min(next event) or a kick. */
+ *     before HLT sleeps, or a timer thread); a halted vCPU sleeps until min(next event) or a kick.
+ */
 #pragma once
 #include <stdbool.h>
 #include <stdint.h>
@@ -40,43 +41,43 @@ struct vm;
 struct lapic;
 
 /* Register offsets in the xAPIC page. */
-#define APIC_ID        0x020
-#define APIC_LVR       0x030
-#define APIC_TPR       0x080
-#define APIC_APR       0x090
-#define APIC_PPR       0x0a0
-#define APIC_EOI       0x0b0
-#define APIC_RRD       0x0c0
-#define APIC_LDR       0x0d0
-#define APIC_DFR       0x0e0
-#define APIC_SVR       0x0f0
-#define APIC_ISR       0x100
-#define APIC_TMR       0x180
-#define APIC_IRR       0x200
-#define APIC_ESR       0x280
-#define APIC_LVT_CMCI  0x2f0
-#define APIC_ICR       0x300
-#define APIC_ICR2      0x310
-#define APIC_LVTT      0x320
-#define APIC_LVTTHMR   0x330
-#define APIC_LVTPC     0x340
-#define APIC_LVT0      0x350
-#define APIC_LVT1      0x360
-#define APIC_LVTERR    0x370
-#define APIC_TMICT     0x380
-#define APIC_TMCCT     0x390
-#define APIC_TDCR      0x3e0
+#define APIC_ID       0x020
+#define APIC_LVR      0x030
+#define APIC_TPR      0x080
+#define APIC_APR      0x090
+#define APIC_PPR      0x0a0
+#define APIC_EOI      0x0b0
+#define APIC_RRD      0x0c0
+#define APIC_LDR      0x0d0
+#define APIC_DFR      0x0e0
+#define APIC_SVR      0x0f0
+#define APIC_ISR      0x100
+#define APIC_TMR      0x180
+#define APIC_IRR      0x200
+#define APIC_ESR      0x280
+#define APIC_LVT_CMCI 0x2f0
+#define APIC_ICR      0x300
+#define APIC_ICR2     0x310
+#define APIC_LVTT     0x320
+#define APIC_LVTTHMR  0x330
+#define APIC_LVTPC    0x340
+#define APIC_LVT0     0x350
+#define APIC_LVT1     0x360
+#define APIC_LVTERR   0x370
+#define APIC_TMICT    0x380
+#define APIC_TMCCT    0x390
+#define APIC_TDCR     0x3e0
 
-#define APIC_VERSION     0x14 /* integrated APIC, as KVM presents */
-#define APIC_MAX_LVT     5    /* LVT timer, thermal, perf, LINT0, LINT1, error */
-#define APIC_SVR_ENABLE  0x100u
-#define APIC_LVT_MASKED  0x10000u
-#define APIC_LVT_LEVEL   0x8000u
-#define APIC_LVT_REMOTE_IRR 0x4000u
-#define APIC_TIMER_MODE_SHIFT 17
-#define APIC_TIMER_ONESHOT  0u
-#define APIC_TIMER_PERIODIC 1u
-#define APIC_TIMER_TSCDEADLINE 2u
+#define APIC_VERSION                 0x14 /* integrated APIC, as KVM presents */
+#define APIC_MAX_LVT                 5    /* LVT timer, thermal, perf, LINT0, LINT1, error */
+#define APIC_SVR_ENABLE              0x100u
+#define APIC_LVT_MASKED              0x10000u
+#define APIC_LVT_LEVEL               0x8000u
+#define APIC_LVT_REMOTE_IRR          0x4000u
+#define APIC_TIMER_MODE_SHIFT        17
+#define APIC_TIMER_ONESHOT           0u
+#define APIC_TIMER_PERIODIC          1u
+#define APIC_TIMER_TSCDEADLINE       2u
 #define APIC_ESR_SEND_ILLEGAL_VECTOR 0x20u
 #define APIC_ESR_RECV_ILLEGAL_VECTOR 0x40u
 #define APIC_ESR_ILLEGAL_REGISTER    0x80u
@@ -114,7 +115,8 @@ struct apic_irq {
 
 /* The VM's LAPICs, so ICR writes and the IOAPIC reach them.  Owned by the backend (bt), set up
  * before vCPUs run; lookups are lock-free.  `eoi` receives the EOI broadcast of level-triggered
- * vectors (wire it to ioapic_eoi_cb with the IOAPIC as ctx); it is called with no LAPIC lock held. */
+ * vectors (wire it to ioapic_eoi_cb with the IOAPIC as ctx); it is called with no LAPIC lock held.
+ */
 #define LAPIC_BUS_MAX 64
 struct lapic_bus {
     struct lapic *_Atomic cpu[LAPIC_BUS_MAX];
@@ -123,7 +125,8 @@ struct lapic_bus {
 };
 void lapic_bus_init(struct lapic_bus *bus, void (*eoi)(void *ctx, int vector), void *eoi_ctx);
 /* Delivers a message to every matching LAPIC (src: the sender for shorthands, may be NULL).
- * Lowest-priority goes to the lowest-numbered matching APIC ID.  Returns how many LAPICs took it. */
+ * Lowest-priority goes to the lowest-numbered matching APIC ID.  Returns how many LAPICs took it.
+ */
 int lapic_bus_deliver(struct lapic_bus *bus, const struct apic_irq *irq, struct lapic *src);
 /* Same, as a callback for the IOAPIC (ctx = the bus). */
 int lapic_bus_deliver_cb(void *ctx, const struct apic_irq *irq);
@@ -131,7 +134,8 @@ int lapic_bus_deliver_cb(void *ctx, const struct apic_irq *irq);
 /* Creates the LAPIC of vCPU `apic_id` in its power-up state (SDM 10.4.7.1), registers it on `bus`
  * and, for an AP (!bsp), puts it in wait-for-SIPI.  kick(kick_ctx) is called from any thread
  * whenever an interrupt, NMI, INIT or SIPI becomes pending, so a halted vCPU wakes up.  vm supplies
- * tsc_khz (0 means VCLOCK_DEFAULT_TSC_KHZ) and may be NULL in tests.  NULL with err_set() on error. */
+ * tsc_khz (0 means VCLOCK_DEFAULT_TSC_KHZ) and may be NULL in tests.  NULL with err_set() on error.
+ */
 struct lapic *lapic_create(struct vm *vm, struct lapic_bus *bus, unsigned apic_id, bool bsp,
                            void (*kick)(void *ctx), void *kick_ctx);
 void lapic_destroy(struct lapic *l); /* unregisters; NULL is fine */

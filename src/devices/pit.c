@@ -16,8 +16,8 @@ struct pit {
     pthread_mutex_t lock;
     struct pit_state st;
     struct irq_line irq0;
-    uint64_t next_tick;           /* channel 0: input clocks after load of the next IRQ, or MAX */
-    _Atomic int64_t next_event;   /* the same in virtual ns */
+    uint64_t next_tick;         /* channel 0: input clocks after load of the next IRQ, or MAX */
+    _Atomic int64_t next_event; /* the same in virtual ns */
     struct vm *vm;
 };
 
@@ -26,8 +26,8 @@ struct pit {
 static uint64_t ticks_since(const struct pit_channel_state *c, int64_t now)
 {
     if (now <= c->count_load_time) return 0;
-    unsigned __int128 t = (unsigned __int128)(uint64_t)(now - c->count_load_time) * PIT_FREQ_HZ /
-                          1000000000u;
+    unsigned __int128 t =
+        (unsigned __int128)(uint64_t)(now - c->count_load_time) * PIT_FREQ_HZ / 1000000000u;
     return t > UINT64_MAX ? UINT64_MAX : (uint64_t)t;
 }
 
@@ -318,7 +318,8 @@ static void bus_write(void *opaque, uint64_t offset, const uint8_t *data, unsign
 static void bus61_read(void *opaque, uint64_t offset, uint8_t *data, unsigned size)
 {
     uint8_t v = pit_port_read(opaque, PIT_PORT_61, vclock_ns());
-    for (unsigned i = 0; i < size; i++) data[i] = i ? 0xff : v;
+    for (unsigned i = 0; i < size; i++)
+        data[i] = i ? 0xff : v;
 }
 static void bus61_write(void *opaque, uint64_t offset, const uint8_t *data, unsigned size)
 {
@@ -376,12 +377,16 @@ int pit_set_state(struct pit *p, const struct pit_state *s, int64_t now)
     for (unsigned i = 0; i < 3; i++) {
         const struct pit_channel_state *c = &s->channels[i];
         const char *bad = NULL;
-        if (c->count < 1 || c->count > 0x10000) bad = "count outside 1..65536";
-        else if (c->mode > 5 && c->mode != PIT_MODE_UNPROGRAMMED) bad = "mode is not 0-5";
-        else if (c->rw_mode > 3) bad = "access mode is not 0-3";
+        if (c->count < 1 || c->count > 0x10000)
+            bad = "count outside 1..65536";
+        else if (c->mode > 5 && c->mode != PIT_MODE_UNPROGRAMMED)
+            bad = "mode is not 0-5";
+        else if (c->rw_mode > 3)
+            bad = "access mode is not 0-3";
         else if (c->read_state > 4 || c->write_state > 4 || c->count_latched > 4)
             bad = "read/write/latch state is not 0-4";
-        else if (c->status_latched > 1 || c->bcd > 1 || c->gate > 1) bad = "a flag is not 0 or 1";
+        else if (c->status_latched > 1 || c->bcd > 1 || c->gate > 1)
+            bad = "a flag is not 0 or 1";
         if (bad) return err_set(EINVAL, "PIT state: channel %u: %s; the state is corrupt", i, bad);
     }
     if (s->flags & ~PIT_FLAGS_PORT61_MASK)

@@ -28,17 +28,17 @@
 struct vm;
 struct pit;
 
-#define PIT_FREQ_HZ    1193182
-#define PIT_PORT_BASE  0x40 /* channels 0-2 at 0x40-0x42, control word at 0x43 */
-#define PIT_PORT_CTRL  0x43
-#define PIT_PORT_61    0x61 /* NMI status and control / speaker: bit 0 gate 2, bit 1 speaker */
+#define PIT_FREQ_HZ           1193182
+#define PIT_PORT_BASE         0x40 /* channels 0-2 at 0x40-0x42, control word at 0x43 */
+#define PIT_PORT_CTRL         0x43
+#define PIT_PORT_61           0x61 /* NMI status and control / speaker: bit 0 gate 2, bit 1 speaker */
 #define PIT_MIN_IRQ_PERIOD_NS 50000
 
 /* kvm_pit_channel_state read/write states */
-#define PIT_RW_LSB   1
-#define PIT_RW_MSB   2
-#define PIT_RW_WORD0 3
-#define PIT_RW_WORD1 4
+#define PIT_RW_LSB            1
+#define PIT_RW_MSB            2
+#define PIT_RW_WORD0          3
+#define PIT_RW_WORD1          4
 #define PIT_MODE_UNPROGRAMMED 0xff /* as KVM resets it: no counting until a control word */
 
 /* struct pit_state.flags: bits 1-3 of port 0x61 as last written (bit 0 is channels[2].gate);

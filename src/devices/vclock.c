@@ -14,7 +14,7 @@
 
 static pthread_once_t epoch_once = PTHREAD_ONCE_INIT;
 static pthread_mutex_t clock_lock = PTHREAD_MUTEX_INITIALIZER;
-static _Atomic int64_t offset_ns;           /* virtual = host + offset */
+static _Atomic int64_t offset_ns;             /* virtual = host + offset */
 static _Atomic int64_t frozen_ns = INT64_MIN; /* != INT64_MIN while paused */
 
 static int64_t host_ns(void)
@@ -42,7 +42,8 @@ void vclock_pause(void)
 {
     pthread_once(&epoch_once, epoch_init);
     pthread_mutex_lock(&clock_lock);
-    if (atomic_load(&frozen_ns) == INT64_MIN) atomic_store(&frozen_ns, host_ns() + atomic_load(&offset_ns));
+    if (atomic_load(&frozen_ns) == INT64_MIN)
+        atomic_store(&frozen_ns, host_ns() + atomic_load(&offset_ns));
     pthread_mutex_unlock(&clock_lock);
 }
 
@@ -68,8 +69,10 @@ void vclock_set_ns(int64_t ns)
     pthread_once(&epoch_once, epoch_init);
     if (ns == INT64_MIN) ns++; /* INT64_MIN is the "running" marker */
     pthread_mutex_lock(&clock_lock);
-    if (atomic_load(&frozen_ns) != INT64_MIN) atomic_store(&frozen_ns, ns);
-    else atomic_store(&offset_ns, ns - host_ns());
+    if (atomic_load(&frozen_ns) != INT64_MIN)
+        atomic_store(&frozen_ns, ns);
+    else
+        atomic_store(&offset_ns, ns - host_ns());
     pthread_mutex_unlock(&clock_lock);
 }
 
@@ -128,7 +131,8 @@ static uint64_t host_tsc_khz(void)
     __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
     uint64_t c0 = ((uint64_t)hi << 32) | lo;
     int64_t t1;
-    do t1 = host_ns();
+    do
+        t1 = host_ns();
     while (t1 - t0 < 10000000);
     __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
     uint64_t c1 = ((uint64_t)hi << 32) | lo;

@@ -261,7 +261,7 @@ static void test_state(void **state)
     ioapic_get_state(io, &s2);
     assert_memory_equal(&s, &s2, sizeof(s));
     assert_int_equal(r2.n, 0); /* loading delivers nothing */
-    ioapic_eoi(io, 0x39);        /* the restored line is asserted: delivered after EOI */
+    ioapic_eoi(io, 0x39);      /* the restored line is asserted: delivered after EOI */
     assert_int_equal(r2.n, 1);
 
     struct ioapic_state bad;

@@ -55,7 +55,8 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     struct fix *f = *state;
-    for (unsigned i = 0; i < NCPU; i++) lapic_destroy(f->l[i]);
+    for (unsigned i = 0; i < NCPU; i++)
+        lapic_destroy(f->l[i]);
     return 0;
 }
 
@@ -156,7 +157,8 @@ static void test_mmio_access(void **state)
     assert_int_equal(b[0], 5);
     memset(b, 0xaa, sizeof(b));
     lapic_mmio_read(l, APIC_TPR, b, 8, 0); /* 8-byte read: zero */
-    for (int i = 0; i < 8; i++) assert_int_equal(b[i], 0);
+    for (int i = 0; i < 8; i++)
+        assert_int_equal(b[i], 0);
     lapic_mmio_read(l, APIC_TPR + 4, b, 4, 0); /* beyond the register's dword */
     assert_int_equal(b[0], 0);
     const uint8_t w[4] = {0x10, 0, 0, 0};
@@ -259,7 +261,7 @@ static void test_errors(void **state)
     wr(l, APIC_LVTERR, 0xfe);
     lapic_set_irr(l, 5, false); /* vectors 0-15 are illegal */
     assert_false(irr(l, 5));
-    assert_true(irr(l, 0xfe)); /* error interrupt */
+    assert_true(irr(l, 0xfe));            /* error interrupt */
     assert_int_equal(rd(l, APIC_ESR), 0); /* not latched until ESR is written */
     wr(l, APIC_ESR, 0);
     assert_int_equal(rd(l, APIC_ESR), APIC_ESR_RECV_ILLEGAL_VECTOR);
@@ -415,22 +417,29 @@ static void send(struct lapic *from, uint32_t low, uint8_t dest)
 static void test_ipi_fixed(void **state)
 {
     struct fix *f = *state;
-    for (int i = 0; i < NCPU; i++) enable(f->l[i]);
+    for (int i = 0; i < NCPU; i++)
+        enable(f->l[i]);
     int k2 = f->kicks[2];
     send(f->l[0], 0x41, 2); /* fixed, physical */
-    for (int i = 0; i < NCPU; i++) assert_int_equal(irr(f->l[i], 0x41), i == 2);
+    for (int i = 0; i < NCPU; i++)
+        assert_int_equal(irr(f->l[i], 0x41), i == 2);
     assert_int_equal(f->kicks[2], k2 + 1);
     assert_int_equal(rd(f->l[0], APIC_ICR) & (1u << 12), 0); /* delivery status idle */
-    send(f->l[0], 0x42, 0xff); /* physical broadcast */
-    for (int i = 0; i < NCPU; i++) assert_true(irr(f->l[i], 0x42));
+    send(f->l[0], 0x42, 0xff);                               /* physical broadcast */
+    for (int i = 0; i < NCPU; i++)
+        assert_true(irr(f->l[i], 0x42));
     send(f->l[1], 0x43 | (APIC_SH_SELF << 18), 0);
-    for (int i = 0; i < NCPU; i++) assert_int_equal(irr(f->l[i], 0x43), i == 1);
+    for (int i = 0; i < NCPU; i++)
+        assert_int_equal(irr(f->l[i], 0x43), i == 1);
     send(f->l[1], 0x44 | (APIC_SH_ALL << 18), 0);
-    for (int i = 0; i < NCPU; i++) assert_true(irr(f->l[i], 0x44));
+    for (int i = 0; i < NCPU; i++)
+        assert_true(irr(f->l[i], 0x44));
     send(f->l[1], 0x45 | (APIC_SH_OTHERS << 18), 0);
-    for (int i = 0; i < NCPU; i++) assert_int_equal(irr(f->l[i], 0x45), i != 1);
+    for (int i = 0; i < NCPU; i++)
+        assert_int_equal(irr(f->l[i], 0x45), i != 1);
     send(f->l[0], 0x46, 7); /* nobody has ID 7 */
-    for (int i = 0; i < NCPU; i++) assert_false(irr(f->l[i], 0x46));
+    for (int i = 0; i < NCPU; i++)
+        assert_false(irr(f->l[i], 0x46));
     send(f->l[0], 0x47 | (1u << 15) | (1u << 14), 3); /* level-triggered fixed: TMR */
     assert_true(tmr(f->l[3], 0x47));
     /* a software-disabled target drops fixed IPIs */
@@ -447,27 +456,33 @@ static void test_ipi_logical(void **state)
         wr(f->l[i], APIC_LDR, (1u << i) << 24); /* flat model: one bit each */
     }
     send(f->l[0], 0x51 | (1u << 11), 0x06);
-    for (int i = 0; i < NCPU; i++) assert_int_equal(irr(f->l[i], 0x51), i == 1 || i == 2);
+    for (int i = 0; i < NCPU; i++)
+        assert_int_equal(irr(f->l[i], 0x51), i == 1 || i == 2);
     /* lowest priority: treated as fixed to the lowest-numbered target */
     send(f->l[0], 0x52 | (APIC_DM_LOWEST << 8) | (1u << 11), 0x0c);
-    for (int i = 0; i < NCPU; i++) assert_int_equal(irr(f->l[i], 0x52), i == 2);
+    for (int i = 0; i < NCPU; i++)
+        assert_int_equal(irr(f->l[i], 0x52), i == 2);
     /* cluster model: cluster 1 = APICs 0,1; cluster 2 = APICs 2,3 */
     for (int i = 0; i < NCPU; i++) {
         wr(f->l[i], APIC_DFR, 0x0fffffff);
         wr(f->l[i], APIC_LDR, ((uint32_t)(i < 2 ? 0x10 : 0x20) | (1u << (i & 1))) << 24);
     }
     send(f->l[0], 0x53 | (1u << 11), 0x22); /* cluster 2, member bit 1 -> APIC 3 */
-    for (int i = 0; i < NCPU; i++) assert_int_equal(irr(f->l[i], 0x53), i == 3);
+    for (int i = 0; i < NCPU; i++)
+        assert_int_equal(irr(f->l[i], 0x53), i == 3);
     send(f->l[0], 0x54 | (1u << 11), 0x13); /* cluster 1, both */
-    for (int i = 0; i < NCPU; i++) assert_int_equal(irr(f->l[i], 0x54), i < 2);
+    for (int i = 0; i < NCPU; i++)
+        assert_int_equal(irr(f->l[i], 0x54), i < 2);
     send(f->l[0], 0x55 | (1u << 11), 0xff); /* broadcast */
-    for (int i = 0; i < NCPU; i++) assert_true(irr(f->l[i], 0x55));
+    for (int i = 0; i < NCPU; i++)
+        assert_true(irr(f->l[i], 0x55));
 }
 
 static void test_ipi_nmi_init_sipi(void **state)
 {
     struct fix *f = *state;
-    for (int i = 0; i < NCPU; i++) enable(f->l[i]);
+    for (int i = 0; i < NCPU; i++)
+        enable(f->l[i]);
     send(f->l[0], APIC_DM_NMI << 8, 1);
     assert_true(lapic_has_nmi(f->l[1]));
     assert_false(lapic_has_nmi(f->l[2]));
@@ -486,7 +501,7 @@ static void test_ipi_nmi_init_sipi(void **state)
     assert_int_equal(lapic_take_sipi(f->l[2]), -1); /* INIT must be taken first */
     assert_true(lapic_take_init(f->l[2]));
     assert_false(lapic_take_init(f->l[2]));
-    assert_int_equal(rd(f->l[2], APIC_TPR), 0);      /* INIT reset the registers */
+    assert_int_equal(rd(f->l[2], APIC_TPR), 0); /* INIT reset the registers */
     assert_int_equal(rd(f->l[2], APIC_SVR), 0xff);
     assert_int_equal(rd(f->l[2], APIC_ID), 2u << 24); /* except the ID */
     assert_true(lapic_wait_for_sipi(f->l[2]));
@@ -498,9 +513,11 @@ static void test_ipi_nmi_init_sipi(void **state)
     /* INIT to all others, then SIPI to all others */
     send(f->l[0], (APIC_DM_INIT << 8) | (1u << 14) | (APIC_SH_OTHERS << 18), 0);
     assert_false(lapic_take_init(f->l[0]));
-    for (int i = 1; i < NCPU; i++) assert_true(lapic_take_init(f->l[i]));
+    for (int i = 1; i < NCPU; i++)
+        assert_true(lapic_take_init(f->l[i]));
     send(f->l[0], (APIC_DM_SIPI << 8) | 0x10 | (APIC_SH_OTHERS << 18), 0);
-    for (int i = 1; i < NCPU; i++) assert_int_equal(lapic_take_sipi(f->l[i]), 0x10);
+    for (int i = 1; i < NCPU; i++)
+        assert_int_equal(lapic_take_sipi(f->l[i]), 0x10);
     /* a self IPI with a non-fixed mode is invalid */
     send(f->l[0], (APIC_DM_NMI << 8) | (APIC_SH_SELF << 18), 0);
     assert_false(lapic_has_nmi(f->l[0]));
@@ -512,8 +529,8 @@ static void test_apic_base(void **state)
     struct lapic *l = f->l[1];
     enable(l);
     lapic_set_irr(l, 0x50, false);
-    assert_int_equal(lapic_set_base(l, LAYOUT_LAPIC_BASE | APIC_BASE_ENABLE | APIC_BASE_X2APIC, 40, 0),
-                     -EINVAL);
+    assert_int_equal(
+        lapic_set_base(l, LAYOUT_LAPIC_BASE | APIC_BASE_ENABLE | APIC_BASE_X2APIC, 40, 0), -EINVAL);
     assert_int_equal(lapic_set_base(l, LAYOUT_LAPIC_BASE | APIC_BASE_ENABLE | 1, 40, 0), -EINVAL);
     assert_int_equal(lapic_set_base(l, (1ull << 40) | APIC_BASE_ENABLE, 40, 0), -EINVAL);
     assert_int_equal(lapic_get_base(l), LAYOUT_LAPIC_BASE | APIC_BASE_ENABLE);
@@ -577,13 +594,11 @@ static void test_state_invalid(void **state)
         unsigned off;
         uint32_t val;
     } bad[] = {
-        {APIC_TPR, 0x100},           {APIC_ID, 0x1},
-        {APIC_LVTT, 3u << 17},       {APIC_LVTT, 1u << 20},
-        {APIC_DFR, 0x5fffffff},      {APIC_IRR, 0x20},
-        {APIC_ISR, 0x8000},          {APIC_TMR, 1},
-        {APIC_ICR, 1u << 13},        {APIC_SVR, 1u << 12},
-        {APIC_TDCR, 0x4},            {APIC_LVT0, 1u << 17},
-        {APIC_ICR2, 0xff},           {APIC_LDR, 0x00ff0000},
+        {APIC_TPR, 0x100},     {APIC_ID, 0x1},         {APIC_LVTT, 3u << 17},
+        {APIC_LVTT, 1u << 20}, {APIC_DFR, 0x5fffffff}, {APIC_IRR, 0x20},
+        {APIC_ISR, 0x8000},    {APIC_TMR, 1},          {APIC_ICR, 1u << 13},
+        {APIC_SVR, 1u << 12},  {APIC_TDCR, 0x4},       {APIC_LVT0, 1u << 17},
+        {APIC_ICR2, 0xff},     {APIC_LDR, 0x00ff0000},
     };
     for (unsigned i = 0; i < ARRAY_SIZE(bad); i++) {
         s = good;
@@ -624,10 +639,12 @@ static void *hammer_thread(void *arg)
 static void test_concurrent_ipis(void **state)
 {
     struct fix *f = *state;
-    for (int i = 0; i < NCPU; i++) enable(f->l[i]);
+    for (int i = 0; i < NCPU; i++)
+        enable(f->l[i]);
     struct hammer h[2] = {{f->l[1], 0x60}, {f->l[2], 0x70}};
     pthread_t t[2];
-    for (int i = 0; i < 2; i++) pthread_create(&t[i], NULL, hammer_thread, &h[i]);
+    for (int i = 0; i < 2; i++)
+        pthread_create(&t[i], NULL, hammer_thread, &h[i]);
     int taken = 0;
     for (int i = 0; i < 20000; i++) {
         int v = lapic_pending_vector(f->l[0]);
@@ -637,7 +654,8 @@ static void test_concurrent_ipis(void **state)
             taken++;
         }
     }
-    for (int i = 0; i < 2; i++) pthread_join(t[i], NULL);
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
     while (lapic_pending_vector(f->l[0]) >= 0) {
         lapic_accept(f->l[0], lapic_pending_vector(f->l[0]));
         wr(f->l[0], APIC_EOI, 0);

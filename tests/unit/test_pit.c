@@ -199,10 +199,11 @@ static void test_latch(void **state)
     out(0x40, 200, 0);
     assert_int_equal(in(0x40, tt(0, 50)), 150);
     out(0x43, 0x24, 0); /* ch0, MSB only */
-    out(0x40, 0x02, 0);  /* count 0x200 */
+    out(0x40, 0x02, 0); /* count 0x200 */
     assert_int_equal(in(0x40, tt(0, 0x100)), 0x01);
-    out(0x43, 0x20, 0); /* latch with MSB-only access */
-    (void)0;
+    out(0x43, 0x00, tt(0, 0x180)); /* latch with MSB-only access: one byte */
+    assert_int_equal(in(0x40, tt(0, 0x1f0)), 0x00);
+    assert_int_equal(in(0x40, tt(0, 0x1f0)), 0x00); /* live: 0x10 left -> MSB 0 */
 }
 
 static void test_readback(void **state)
@@ -212,7 +213,7 @@ static void test_readback(void **state)
     out(0x43, 0xc2, tt(0, 10)); /* read-back count and status of channel 0 */
     uint8_t st = in(0x40, tt(0, 50));
     assert_int_equal(st & 0x3f, (3 << 4) | (2 << 1)); /* lo/hi, mode 2, binary */
-    assert_true(st & 0x80);                            /* OUT high in mode 2 */
+    assert_true(st & 0x80);                           /* OUT high in mode 2 */
     assert_int_equal(read16(0, tt(0, 50)), 990);
     out(0x43, 0xe2, tt(0, 60)); /* status only */
     assert_int_equal(in(0x40, tt(0, 70)) & 0x3f, 0x34 & 0x3f);
@@ -232,7 +233,7 @@ static void test_readback(void **state)
 
 static void test_bcd(void **state)
 {
-    out(0x43, 0x31, 0); /* ch0, lo/hi, mode 0, BCD */
+    out(0x43, 0x31, 0);   /* ch0, lo/hi, mode 0, BCD */
     load16(0, 0x1000, 0); /* 1000 decimal */
     assert_int_equal(read16(0, tt(0, 1)), 0x0999);
     assert_int_equal(read16(0, tt(0, 234)), 0x0766);
