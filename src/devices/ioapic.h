@@ -10,7 +10,9 @@
  *   level-triggered entry: while asserted and unmasked with Remote IRR clear, the pin delivers and
  *                          sets Remote IRR; the LAPIC's EOI broadcast of that vector clears Remote
  *                          IRR and the pin re-delivers if still asserted.  Unmasking an asserted
- *                          pin delivers.
+ *                          pin delivers (as KVM and QEMU do; the datasheet ignores level changes
+ *                          while masked, but a line still high after unmasking is a pending
+ *                          request, and Linux's mask/handle/unmask of level IRQs relies on it).
  * state.irr holds the asserted level-triggered pins (and, like KVM, edge pins whose interrupt is
  * not yet delivered: none here, since delivery is synchronous).
  *

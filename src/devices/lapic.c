@@ -37,6 +37,7 @@ struct lapic {
     _Atomic bool attention;
     _Atomic uint32_t m_id, m_ldr, m_dfr; /* ID, LDR, DFR mirrors for destination matching */
     _Atomic bool m_hw, m_sw;             /* hardware-enabled (APIC_BASE), software-enabled (SVR) */
+    _Atomic uint64_t m_base;             /* IA32_APIC_BASE */
 
     void (*kick)(void *ctx);
     void *kick_ctx;
@@ -101,6 +102,7 @@ static void sync_mirrors_locked(struct lapic *l)
     atomic_store_explicit(&l->m_ldr, R(l, APIC_LDR), memory_order_relaxed);
     atomic_store_explicit(&l->m_dfr, R(l, APIC_DFR), memory_order_relaxed);
     atomic_store_explicit(&l->m_hw, (l->base & APIC_BASE_ENABLE) != 0, memory_order_relaxed);
+    atomic_store_explicit(&l->m_base, l->base, memory_order_release);
     atomic_store_explicit(&l->m_sw, (R(l, APIC_SVR) & APIC_SVR_ENABLE) != 0, memory_order_relaxed);
 }
 
@@ -620,10 +622,7 @@ void lapic_mmio_write(struct lapic *l, uint32_t offset, const uint8_t *data, uns
 
 uint64_t lapic_get_base(struct lapic *l)
 {
-    pthread_mutex_lock(&l->lock);
-    uint64_t b = l->base;
-    pthread_mutex_unlock(&l->lock);
-    return b;
+    return atomic_load_explicit(&l->m_base, memory_order_acquire);
 }
 
 uint64_t lapic_mmio_base(struct lapic *l)

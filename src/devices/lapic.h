@@ -10,8 +10,10 @@
  * running state, which get_state folds into the current-count register and set_state re-derives.
  *
  * Time: every time-dependent call takes `now`, virtual ns (devices/vclock.h: vclock_ns()).  The
- * timer's bus clock is 1 GHz (1 ns per count before division), as KVM's, so counts mean the same
- * under both backends.  Periodic timer periods are clamped to LAPIC_MIN_PERIOD_NS.
+ * timer's bus clock is LAPIC_BUS_HZ = 1 GHz (1 ns per count before division), as KVM's default, so
+ * counts mean the same under both backends.  Linux takes the APIC timer rate from CPUID leaf 0x15's
+ * crystal frequency (ECX) when present, so the CPU model must report ECX = LAPIC_BUS_HZ there.
+ * Periodic timer periods are clamped to LAPIC_MIN_PERIOD_NS.
  *
  * Threads: a LAPIC belongs to one vCPU thread (MMIO, accept, EOI, MSRs), but interrupts arrive from
  * any thread (IOAPIC, IPIs from other vCPUs, a timer thread calling lapic_update_timer).  Each
@@ -88,6 +90,7 @@ struct lapic;
 #define APIC_BASE_ENABLE    (1ull << 11)
 #define APIC_BASE_ADDR_MASK 0x000ffffffffff000ull /* further limited by MAXPHYADDR */
 
+#define LAPIC_BUS_HZ        1000000000u /* timer input clock before the divider */
 #define LAPIC_MIN_PERIOD_NS 50000 /* 20 kHz: a guest cannot make the timer an interrupt storm */
 
 /* Delivery modes (ICR, LVT, IOAPIC redirection entries). */
@@ -133,7 +136,8 @@ int lapic_bus_deliver_cb(void *ctx, const struct apic_irq *irq);
 
 /* Creates the LAPIC of vCPU `apic_id` in its power-up state (SDM 10.4.7.1), registers it on `bus`
  * and, for an AP (!bsp), puts it in wait-for-SIPI.  kick(kick_ctx) is called from any thread
- * whenever an interrupt, NMI, INIT or SIPI becomes pending, so a halted vCPU wakes up.  vm supplies
+ * whenever an interrupt, NMI, INIT or SIPI becomes pending, so a halted vCPU wakes up; it may run
+ * with the IOAPIC lock held, so it must only signal (no LAPIC/IOAPIC calls).  vm supplies
  * tsc_khz (0 means VCLOCK_DEFAULT_TSC_KHZ) and may be NULL in tests.  NULL with err_set() on error.
  */
 struct lapic *lapic_create(struct vm *vm, struct lapic_bus *bus, unsigned apic_id, bool bsp,
@@ -153,9 +157,11 @@ void lapic_reg_write(struct lapic *l, uint32_t offset, uint32_t val, int64_t now
 /* IA32_APIC_BASE.  set returns -EINVAL (the CPU raises #GP) for reserved bits, x2APIC enable or an
  * address beyond maxphyaddr (cpu's MAXPHYADDR, e.g. 40/46); the BSP flag is taken from the value.
  * Disabling the APIC returns it to its power-up register state (ID kept). */
-uint64_t lapic_get_base(struct lapic *l);
+uint64_t lapic_get_base(struct lapic *l); /* lock-free */
 int lapic_set_base(struct lapic *l, uint64_t value, unsigned maxphyaddr, int64_t now);
-/* Guest-physical address of the register page while hardware-enabled, else UINT64_MAX. */
+/* Guest-physical address of the register page while hardware-enabled, else UINT64_MAX
+ * (lock-free: cheap enough for the MMU to ask on every physical access it cannot resolve to RAM).
+ */
 uint64_t lapic_mmio_base(struct lapic *l);
 
 /* IA32_TSC_DEADLINE.  tsc_now is this vCPU's TSC at `now` (vclock_tsc_at + its own offset), so a
