@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "cpu/bt/bt.h"
+#include "devices/lapic.h"
 
 struct ioapic;
 struct pit;
@@ -20,6 +21,7 @@ struct bt_vm {
     _Atomic uint64_t *watch;
     uint64_t watch_pages;
     struct bt_cpu *cpu[VM_MAX_CPUS];
+    struct lapic_bus bus; /* routes IPIs and IOAPIC messages to the vCPUs' LAPICs */
     struct ioapic *ioapic;
     struct pit *pit;
 };

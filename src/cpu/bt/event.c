@@ -403,7 +403,11 @@ static void init_ap(struct bt_cpu *c)
 
 bool bt_check_interrupts(struct bt_cpu *c)
 {
-    if (bt_glue_take_init(c) && c->index != 0) init_ap(c);
+    bool att = bt_glue_attention(c);
+    if (!att && !c->s.ev.nmi_pending && !c->s.ev.interrupt_pending &&
+        c->s.mp_state != MP_WAIT_FOR_SIPI)
+        return false;
+    if (att && bt_glue_take_init(c) && c->index != 0) init_ap(c);
     if (c->s.mp_state == MP_WAIT_FOR_SIPI) {
         int v = bt_glue_take_sipi(c);
         if (v < 0) return false;
@@ -422,7 +426,7 @@ bool bt_check_interrupts(struct bt_cpu *c)
         c->s.ev.interrupt_shadow = 0;
         return false;
     }
-    if (bt_glue_take_nmi(c)) c->s.ev.nmi_pending = 1;
+    if (att && bt_glue_take_nmi(c)) c->s.ev.nmi_pending = 1;
     if (c->s.ev.nmi_pending && !c->s.ev.nmi_masked) {
         c->s.ev.nmi_pending = 0;
         bt_deliver(c, BT_EV_NMI, X86_NMI, BT_NO_ERRCODE);
@@ -434,6 +438,7 @@ bool bt_check_interrupts(struct bt_cpu *c)
         bt_deliver(c, BT_EV_EXTINT, c->s.ev.interrupt_vector, BT_NO_ERRCODE);
         return true;
     }
+    if (!att) return false;
     int v = bt_glue_lapic_pending(c);
     if (v < 0) return false;
     bt_glue_lapic_accept(c, v);
