@@ -287,11 +287,6 @@ void bt_fpu_reset(struct bt_cpu *c);
 /* #NM / #UD checks shared by x87, MMX and SSE handlers */
 void bt_fpu_check(struct bt_cpu *c);
 void bt_sse_check(struct bt_cpu *c);
-/* SSE2 forms of mnemonics Zydis shares with string instructions: MOVSD (F2 0F 10/11) and CMPSD
- * (F2 0F C2).  string.c registers ZYDIS_MNEMONIC_MOVSD/CMPSD and must call these when
- * i->opcode_map != ZYDIS_OPCODE_MAP_DEFAULT (sse.c). */
-void bt_sse_movsd(struct bt_cpu *c, const struct bt_insn *i);
-void bt_sse_cmpsd(struct bt_cpu *c, const struct bt_insn *i);
 
 /* backend.c: the KVM backend's fallback.  Executes exactly one instruction at s->rip on the
  * neutral state of vCPU cpu_index (through the guest's page tables; port I/O and MMIO go to the

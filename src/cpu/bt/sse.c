@@ -409,9 +409,9 @@ static void op_cmpss(struct bt_cpu *c, const struct bt_insn *i) { cmp_op(c, i, c
 BT_HANDLER(CMPPS, op_cmpps);
 BT_HANDLER(CMPPD, op_cmppd);
 BT_HANDLER(CMPSS, op_cmpss);
-/* CMPSD and MOVSD share their mnemonics with the string instructions (A7, A5): string.c owns the
- * registration and calls these for the 0F-map (SSE2) encodings. */
-void bt_sse_cmpsd(struct bt_cpu *c, const struct bt_insn *i) { cmp_op(c, i, cmpsd_t, 8); }
+/* The string CMPSD/MOVSD (A7, A5) reach the decoder's pseudo mnemonics, so these are SSE2 only. */
+static void op_cmpsd(struct bt_cpu *c, const struct bt_insn *i) { cmp_op(c, i, cmpsd_t, 8); }
+BT_HANDLER(CMPSD, op_cmpsd);
 
 /* ---- COMISS/COMISD/UCOMISS/UCOMISD: EFLAGS from the host's compare -------------------------------------- */
 
@@ -653,7 +653,8 @@ static void mov_scalar(struct bt_cpu *c, const struct bt_insn *i, unsigned n)
 }
 static void op_movss(struct bt_cpu *c, const struct bt_insn *i) { mov_scalar(c, i, 4); }
 BT_HANDLER(MOVSS, op_movss);
-void bt_sse_movsd(struct bt_cpu *c, const struct bt_insn *i) { mov_scalar(c, i, 8); }
+static void op_movsd(struct bt_cpu *c, const struct bt_insn *i) { mov_scalar(c, i, 8); }
+BT_HANDLER(MOVSD, op_movsd);
 
 /* MOVLPS/MOVLPD/MOVHPS/MOVHPD (with memory), MOVHLPS/MOVLHPS (register forms). */
 static void mov_half(struct bt_cpu *c, const struct bt_insn *i, unsigned dst_off, unsigned src_off)
@@ -756,8 +757,8 @@ static void op_movntq(struct bt_cpu *c, const struct bt_insn *i)
 }
 BT_HANDLER(MOVNTQ, op_movntq);
 
-/* MASKMOVDQU / MASKMOVQ: byte stores to DS:rDI selected by the mask's sign bits.  The implicit
- * operand is not among the decoded operands, so a segment override is not honoured (DS is). */
+/* MASKMOVDQU / MASKMOVQ: byte stores to DS:rDI (or the override segment) selected by the mask's
+ * sign bits. */
 static void op_maskmov(struct bt_cpu *c, const struct bt_insn *i)
 {
     uint8_t data[16], mask[16];
@@ -783,7 +784,7 @@ static void op_maskmov(struct bt_cpu *c, const struct bt_insn *i)
             off = (uint32_t)off;
         else if (i->addrsize == 16)
             off = (uint16_t)off;
-        uint64_t lin = bt_seg_linear(c, SEG_DS, off, 1, BT_ACC_WRITE);
+        uint64_t lin = bt_seg_linear(c, i->dseg, off, 1, BT_ACC_WRITE);
         bt_write(c, lin, 1, data[k], BT_ACC_WRITE);
     }
     if (n == 8)
