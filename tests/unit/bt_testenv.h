@@ -5,9 +5,10 @@
  *   0x1000 PML4 / 32-bit page directory, 0x2000 PDPT, 0x3000 PD, 0x4000 PT (tests' own)
  *   0x5000 GDT, 0x5800 TSS (I/O bitmap at 0x5800+0x88), 0x6000 IDT,
  *   0x7000 handlers: vector v at 0x7000 + 16*v is HLT (so RIP after the stop names the vector)
- *   0x9000 ring-0 stack top (TSS RSP0), 0xa000 IST1 stack top, 0xb000 ring-3 stack top
- *   0x10000 code under test (ring 0), 0x20000 code under test (ring 3 pages are user)
- * Everything below 4 MiB is mapped with 2 MiB pages, user-accessible and writable, except where
+ *   0x9000 ring-0 stack top (TSS RSP0), 0xa000 IST1 stack top, 0x230000 ring-3 stack top
+ *   0x10000 code under test (ring 0), 0x220000 code under test (ring 3)
+ * Everything below 4 MiB is mapped with 2 MiB pages, writable; the first 2 MiB (system
+ * structures) supervisor-only, the second user-accessible; except where
  * a test edits entries.
  *
  * Trust: test code only. */
@@ -36,9 +37,9 @@
 #define T_HAND   0x7000ull
 #define T_STACK0 0x9000ull
 #define T_IST1   0xa000ull
-#define T_STACK3 0xb000ull
+#define T_STACK3 0x230000ull
 #define T_CODE0  0x10000ull
-#define T_CODE3  0x20000ull
+#define T_CODE3  0x220000ull
 
 #define SEL_KCODE 0x08
 #define SEL_KDATA 0x10
@@ -176,7 +177,7 @@ static inline void t_setup_long(struct tenv *t)
     memset(gp(t, 0, 0x100000), 0, 0x100000);
     put64(t, T_PML4, T_PDPT | 7);
     put64(t, T_PDPT, T_PD | 7);
-    put64(t, T_PD + 0, 0x000000 | 0x87);
+    put64(t, T_PD + 0, 0x000000 | 0x83); /* system structures: supervisor only */
     put64(t, T_PD + 8, 0x200000 | 0x87);
     /* GDT */
     put64(t, T_GDT + 0x08, 0x00af9a000000ffffull); /* kernel code 64 */
