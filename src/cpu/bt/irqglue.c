@@ -20,8 +20,7 @@ int64_t bt_glue_now(void)
 
 static void kick_cb(void *ctx)
 {
-    struct vcpu *v = ctx;
-    if (v && v->vm && v->vm->backend && v->vm->backend->vcpu_kick) v->vm->backend->vcpu_kick(v);
+    bt_vcpu_wake(ctx);
 }
 
 int bt_glue_lapic_create(struct bt_cpu *c)
