@@ -631,7 +631,7 @@ uint64_t lapic_mmio_base(struct lapic *l)
     return (b & APIC_BASE_ENABLE) ? (b & APIC_BASE_ADDR_MASK) : UINT64_MAX;
 }
 
-int lapic_set_base(struct lapic *l, uint64_t value, unsigned maxphyaddr, int64_t now)
+int lapic_set_base(struct lapic *l, uint64_t value, unsigned maxphyaddr)
 {
     if (maxphyaddr < 32 || maxphyaddr > 52) maxphyaddr = 52;
     uint64_t allowed =
@@ -653,7 +653,6 @@ int lapic_set_base(struct lapic *l, uint64_t value, unsigned maxphyaddr, int64_t
     sync_mirrors_locked(l);
     refresh_locked(l);
     pthread_mutex_unlock(&l->lock);
-    (void)now;
     return 0;
 }
 
@@ -864,7 +863,6 @@ int lapic_set_state(struct lapic *l, const struct lapic_state *in, int64_t now)
     r = r ? r : check_bits("LDR", IN(APIC_LDR), 0xff000000u);
     r = r ? r : check_bits("SVR", IN(APIC_SVR), 0x3ff);
     r = r ? r : check_bits("ESR", IN(APIC_ESR), 0xff);
-    r = r ? r : check_bits("ICR", IN(APIC_ICR), 0x000ccfffu | ds);
     r = r ? r : check_bits("ICR2", IN(APIC_ICR2), 0xff000000u);
     r = r ? r : check_bits("LVT timer", IN(APIC_LVTT), lvt_write_mask(APIC_LVTT) | ds);
     r = r ? r : check_bits("LVT thermal", IN(APIC_LVTTHMR), lvt_write_mask(APIC_LVTTHMR) | ds);
@@ -897,6 +895,9 @@ int lapic_set_state(struct lapic *l, const struct lapic_state *in, int64_t now)
                                     APIC_LVT0, APIC_LVT1, APIC_LVTERR, APIC_TMICT,   APIC_TDCR};
     for (unsigned i = 0; i < ARRAY_SIZE(copy); i++)
         S(copy[i]) = IN(copy[i]) & ~ds;
+    /* KVM keeps the last ICR command as the guest wrote it, reserved bits included: it is only
+     * a record of the last IPI, so it is normalised rather than refused */
+    S(APIC_ICR) &= 0x000ccfffu;
     for (unsigned i = 0; i < 8; i++)
         for (unsigned base = APIC_ISR; base <= APIC_IRR; base += 0x80)
             s.regs[(base >> 2) + i * 4] = in->regs[(base >> 2) + i * 4];

@@ -158,7 +158,7 @@ void lapic_reg_write(struct lapic *l, uint32_t offset, uint32_t val, int64_t now
  * address beyond maxphyaddr (cpu's MAXPHYADDR, e.g. 40/46); the BSP flag is taken from the value.
  * Disabling the APIC returns it to its power-up register state (ID kept). */
 uint64_t lapic_get_base(struct lapic *l); /* lock-free */
-int lapic_set_base(struct lapic *l, uint64_t value, unsigned maxphyaddr, int64_t now);
+int lapic_set_base(struct lapic *l, uint64_t value, unsigned maxphyaddr);
 /* Guest-physical address of the register page while hardware-enabled, else UINT64_MAX
  * (lock-free: cheap enough for the MMU to ask on every physical access it cannot resolve to RAM).
  */
@@ -207,7 +207,8 @@ void lapic_update_timer(struct lapic *l, int64_t now);
 void lapic_get_state(struct lapic *l, struct lapic_state *s, int64_t now);
 /* Validates then loads: -EINVAL with err_set() on reserved bits, vectors 0-15 in ISR/IRR/TMR, a
  * reserved timer mode or destination model.  Computed registers (version, PPR) are recomputed,
- * unused slots ignored; the timer resumes from the current count (or the initial count if the
- * current one is 0 or larger).  The TSC deadline is restored separately. */
+ * unused slots ignored, the ICR's reserved bits dropped; the timer resumes from the current count
+ * (or the initial count if the current one is 0 or larger).  The TSC deadline is restored
+ * separately. */
 int lapic_set_state(struct lapic *l, const struct lapic_state *s, int64_t now);
 unsigned lapic_id(struct lapic *l); /* current APIC ID (the guest may rewrite it) */

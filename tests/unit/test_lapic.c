@@ -529,21 +529,21 @@ static void test_apic_base(void **state)
     struct lapic *l = f->l[1];
     enable(l);
     lapic_set_irr(l, 0x50, false);
-    assert_int_equal(
-        lapic_set_base(l, LAYOUT_LAPIC_BASE | APIC_BASE_ENABLE | APIC_BASE_X2APIC, 40, 0), -EINVAL);
-    assert_int_equal(lapic_set_base(l, LAYOUT_LAPIC_BASE | APIC_BASE_ENABLE | 1, 40, 0), -EINVAL);
-    assert_int_equal(lapic_set_base(l, (1ull << 40) | APIC_BASE_ENABLE, 40, 0), -EINVAL);
+    assert_int_equal(lapic_set_base(l, LAYOUT_LAPIC_BASE | APIC_BASE_ENABLE | APIC_BASE_X2APIC, 40),
+                     -EINVAL);
+    assert_int_equal(lapic_set_base(l, LAYOUT_LAPIC_BASE | APIC_BASE_ENABLE | 1, 40), -EINVAL);
+    assert_int_equal(lapic_set_base(l, (1ull << 40) | APIC_BASE_ENABLE, 40), -EINVAL);
     assert_int_equal(lapic_get_base(l), LAYOUT_LAPIC_BASE | APIC_BASE_ENABLE);
     /* relocation */
-    assert_int_equal(lapic_set_base(l, 0xfed00000ull | APIC_BASE_ENABLE, 40, 0), 0);
+    assert_int_equal(lapic_set_base(l, 0xfed00000ull | APIC_BASE_ENABLE, 40), 0);
     assert_int_equal(lapic_mmio_base(l), 0xfed00000ull);
     /* disable: no MMIO, no interrupts, registers back to power-up state */
-    assert_int_equal(lapic_set_base(l, 0xfed00000ull, 40, 0), 0);
+    assert_int_equal(lapic_set_base(l, 0xfed00000ull, 40), 0);
     assert_int_equal(lapic_mmio_base(l), UINT64_MAX);
     assert_int_equal(lapic_pending_vector(l), -1);
     send(f->l[0], APIC_DM_NMI << 8, 1);
     assert_false(lapic_has_nmi(l));
-    assert_int_equal(lapic_set_base(l, LAYOUT_LAPIC_BASE | APIC_BASE_ENABLE, 40, 0), 0);
+    assert_int_equal(lapic_set_base(l, LAYOUT_LAPIC_BASE | APIC_BASE_ENABLE, 40), 0);
     assert_int_equal(rd(l, APIC_SVR), 0xff);
     assert_false(irr(l, 0x50));
     assert_int_equal(rd(l, APIC_ID), 1u << 24);
@@ -594,11 +594,10 @@ static void test_state_invalid(void **state)
         unsigned off;
         uint32_t val;
     } bad[] = {
-        {APIC_TPR, 0x100},     {APIC_ID, 0x1},         {APIC_LVTT, 3u << 17},
-        {APIC_LVTT, 1u << 20}, {APIC_DFR, 0x5fffffff}, {APIC_IRR, 0x20},
-        {APIC_ISR, 0x8000},    {APIC_TMR, 1},          {APIC_ICR, 1u << 13},
-        {APIC_SVR, 1u << 12},  {APIC_TDCR, 0x4},       {APIC_LVT0, 1u << 17},
-        {APIC_ICR2, 0xff},     {APIC_LDR, 0x00ff0000},
+        {APIC_TPR, 0x100},      {APIC_ID, 0x1},   {APIC_LVTT, 3u << 17}, {APIC_LVTT, 1u << 20},
+        {APIC_DFR, 0x5fffffff}, {APIC_IRR, 0x20}, {APIC_ISR, 0x8000},    {APIC_TMR, 1},
+        {APIC_SVR, 1u << 12},   {APIC_TDCR, 0x4}, {APIC_LVT0, 1u << 17}, {APIC_ICR2, 0xff},
+        {APIC_LDR, 0x00ff0000},
     };
     for (unsigned i = 0; i < ARRAY_SIZE(bad); i++) {
         s = good;
@@ -612,7 +611,9 @@ static void test_state_invalid(void **state)
     s.regs[APIC_PPR >> 2] = 0xff;
     s.regs[APIC_LVR >> 2] = 0x12345678;
     s.regs[0x3f0 >> 2] = 0xdeadbeef;
+    s.regs[APIC_ICR >> 2] = 0xfffff0fe; /* reserved bits and delivery status dropped */
     assert_int_equal(lapic_set_state(l, &s, 0), 0);
+    assert_int_equal(rd(l, APIC_ICR), 0x000cc0fe);
     assert_int_equal(rd(l, APIC_PPR), 0x33);
     assert_int_equal(rd(l, APIC_LVR), 0x00050014);
     /* software-disabled state gets its LVTs masked */
