@@ -32,6 +32,18 @@
  *     lapic_accept(vector) -> deliver through the IDT;
  *   - time: call lapic_update_timer(now) whenever now >= lapic_next_event_ns() (from the run loop,
  *     before HLT sleeps, or a timer thread); a halted vCPU sleeps until min(next event) or a kick.
+ *     Virtual and host time run at the same rate, so "sleep deadline - vclock_ns() ns" is right.
+ *
+ * Wiring for the software backend (vm_create / vcpu_create), in this order:
+ *     vm->tsc_khz = vm->tsc_khz ? vm->tsc_khz : vclock_pick_tsc_khz();
+ *     io = ioapic_create(vm, lapic_bus_deliver_cb, &bus);   (bus: a struct lapic_bus it owns)
+ *     lapic_bus_init(&bus, ioapic_eoi_cb, io);
+ *     ioapic_attach(vm, io);
+ *     pit = pit_create(vm, &(struct irq_line){vm_irq_set, vm, 2});  pit_attach(vm, pit);
+ *     per vCPU: lapic_create(vm, &bus, cpu->id, cpu->id == 0, kick_fn, cpu);
+ *     backend irq_line(vm, gsi, level) -> ioapic_set_irq(io, gsi, level)   (no 8259 PIC)
+ *     get/set_lapic/ioapic/pit -> lapic_get/set_state(.., vclock_ns()), ioapic_*, pit_*(.., now)
+ * Snapshot order: LAPIC state before IA32_TSC_DEADLINE (set_state disarms the deadline).
  */
 #pragma once
 #include <stdbool.h>
