@@ -22,7 +22,8 @@ struct lapic {
     struct vm *vm;
     struct lapic_bus *bus;
     unsigned slot;
-    uint64_t base; /* IA32_APIC_BASE */
+    bool has_tsc_deadline; /* CPUID.01H:ECX[24]; without it LVT timer bit 18 is reserved */
+    uint64_t base;         /* IA32_APIC_BASE */
 
     /* timer: next expiry (INT64_MAX: not armed) and period (0: one-shot or TSC deadline) */
     int64_t timer_expire, timer_period;
@@ -351,6 +352,13 @@ struct lapic *lapic_create(struct vm *vm, struct lapic_bus *bus, unsigned apic_i
     l->kick = kick_fn;
     l->kick_ctx = kick_ctx;
     l->base = LAYOUT_LAPIC_BASE | APIC_BASE_ENABLE | (bsp ? APIC_BASE_BSP : 0);
+    /* TSC-deadline mode exists only if the CPU model says so; with no model (tests), it does */
+    l->has_tsc_deadline = true;
+    if (vm && vm->cpuid.n) {
+        l->has_tsc_deadline = false;
+        for (unsigned i = 0; i < vm->cpuid.n && i < CPUID_MAX_ENTRIES; i++)
+            if (vm->cpuid.e[i].function == 1) l->has_tsc_deadline = vm->cpuid.e[i].ecx & (1u << 24);
+    }
     l->sipi = -1;
     l->wait_sipi = !bsp;
     reset_regs_locked(l, apic_id);
@@ -432,10 +440,11 @@ struct deferred {
     bool kick;
 };
 
-static uint32_t lvt_write_mask(uint32_t off)
+static uint32_t lvt_write_mask(const struct lapic *l, uint32_t off)
 {
     switch (off) {
-    case APIC_LVTT: return 0xff | APIC_LVT_MASKED | (3u << APIC_TIMER_MODE_SHIFT);
+    case APIC_LVTT:
+        return 0xff | APIC_LVT_MASKED | ((l->has_tsc_deadline ? 3u : 1u) << APIC_TIMER_MODE_SHIFT);
     case APIC_LVTTHMR:
     case APIC_LVTPC: return 0x7ff | APIC_LVT_MASKED;
     case APIC_LVT0:
@@ -525,7 +534,7 @@ static void reg_write_locked(struct lapic *l, uint32_t off, uint32_t val, int64_
     case APIC_LVT0:
     case APIC_LVT1:
     case APIC_LVTERR: {
-        uint32_t nv = val & lvt_write_mask(off);
+        uint32_t nv = val & lvt_write_mask(l, off);
         if (!sw) nv |= APIC_LVT_MASKED; /* cannot unmask while software-disabled */
         if (off == APIC_LVT0 || off == APIC_LVT1) nv |= R(l, off) & APIC_LVT_REMOTE_IRR;
         if (off == APIC_LVTT)
@@ -864,16 +873,16 @@ int lapic_set_state(struct lapic *l, const struct lapic_state *in, int64_t now)
     r = r ? r : check_bits("SVR", IN(APIC_SVR), 0x3ff);
     r = r ? r : check_bits("ESR", IN(APIC_ESR), 0xff);
     r = r ? r : check_bits("ICR2", IN(APIC_ICR2), 0xff000000u);
-    r = r ? r : check_bits("LVT timer", IN(APIC_LVTT), lvt_write_mask(APIC_LVTT) | ds);
-    r = r ? r : check_bits("LVT thermal", IN(APIC_LVTTHMR), lvt_write_mask(APIC_LVTTHMR) | ds);
-    r = r ? r : check_bits("LVT perf", IN(APIC_LVTPC), lvt_write_mask(APIC_LVTPC) | ds);
+    r = r ? r : check_bits("LVT timer", IN(APIC_LVTT), lvt_write_mask(l, APIC_LVTT) | ds);
+    r = r ? r : check_bits("LVT thermal", IN(APIC_LVTTHMR), lvt_write_mask(l, APIC_LVTTHMR) | ds);
+    r = r ? r : check_bits("LVT perf", IN(APIC_LVTPC), lvt_write_mask(l, APIC_LVTPC) | ds);
     r = r ? r
           : check_bits("LVT LINT0", IN(APIC_LVT0),
-                       lvt_write_mask(APIC_LVT0) | ds | APIC_LVT_REMOTE_IRR);
+                       lvt_write_mask(l, APIC_LVT0) | ds | APIC_LVT_REMOTE_IRR);
     r = r ? r
           : check_bits("LVT LINT1", IN(APIC_LVT1),
-                       lvt_write_mask(APIC_LVT1) | ds | APIC_LVT_REMOTE_IRR);
-    r = r ? r : check_bits("LVT error", IN(APIC_LVTERR), lvt_write_mask(APIC_LVTERR) | ds);
+                       lvt_write_mask(l, APIC_LVT1) | ds | APIC_LVT_REMOTE_IRR);
+    r = r ? r : check_bits("LVT error", IN(APIC_LVTERR), lvt_write_mask(l, APIC_LVTERR) | ds);
     r = r ? r : check_bits("divide configuration", IN(APIC_TDCR), 0xb);
     if (r) return r;
     if (((IN(APIC_LVTT) >> APIC_TIMER_MODE_SHIFT) & 3) == 3)

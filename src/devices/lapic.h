@@ -150,7 +150,9 @@ int lapic_bus_deliver_cb(void *ctx, const struct apic_irq *irq);
  * and, for an AP (!bsp), puts it in wait-for-SIPI.  kick(kick_ctx) is called from any thread
  * whenever an interrupt, NMI, INIT or SIPI becomes pending, so a halted vCPU wakes up; it may run
  * with the IOAPIC lock held, so it must only signal (no LAPIC/IOAPIC calls).  vm supplies
- * tsc_khz (0 means VCLOCK_DEFAULT_TSC_KHZ) and may be NULL in tests.  NULL with err_set() on error.
+ * tsc_khz (0 means VCLOCK_DEFAULT_TSC_KHZ) and the CPUID model (leaf 1 ECX bit 24 decides whether
+ * TSC-deadline mode exists; an empty model or vm == NULL, as in tests, means it does).  NULL with
+ * err_set() on error.
  */
 struct lapic *lapic_create(struct vm *vm, struct lapic_bus *bus, unsigned apic_id, bool bsp,
                            void (*kick)(void *ctx), void *kick_ctx);
@@ -176,9 +178,11 @@ int lapic_set_base(struct lapic *l, uint64_t value, unsigned maxphyaddr);
  */
 uint64_t lapic_mmio_base(struct lapic *l);
 
-/* IA32_TSC_DEADLINE.  tsc_now is this vCPU's TSC at `now` (vclock_tsc_at + its own offset), so a
- * per-vCPU TSC offset needs no state here.  Writes outside TSC-deadline mode are ignored and reads
- * return 0 there (SDM 10.5.4.1); 0 disarms; a deadline in the past fires at once. */
+/* IA32_TSC_DEADLINE (only if the CPU model sets CPUID.01H:ECX[24]; otherwise LVT timer bit 18 is
+ * reserved, the mode never becomes TSC-deadline and the CPU should #GP on MSR 0x6e0).  tsc_now is
+ * this vCPU's TSC at `now` (vclock_tsc_at + its own offset), so a per-vCPU TSC offset needs no
+ * state here.  Writes outside TSC-deadline mode are ignored and reads return 0 there
+ * (SDM 10.5.4.1); 0 disarms; a deadline in the past fires at once. */
 uint64_t lapic_get_tsc_deadline(struct lapic *l);
 void lapic_set_tsc_deadline(struct lapic *l, uint64_t deadline, int64_t now, uint64_t tsc_now);
 

@@ -408,6 +408,37 @@ static void test_timer_tsc_deadline(void **state)
     assert_false(irr(l, 0x23));
 }
 
+/* Without CPUID.01H:ECX.TSC_Deadline, LVT timer bit 18 is reserved (SDM 10.5.4.1). */
+static void test_tsc_deadline_needs_cpuid(void **state)
+{
+    struct fix *f = *state;
+    struct vm vm;
+    memset(&vm, 0, sizeof(vm));
+    vm.tsc_khz = 1000000;
+    vm.cpuid.n = 1;
+    vm.cpuid.e[0] = (struct cpuid_entry){.function = 1, .ecx = 0};
+    struct lapic *l = lapic_create(&vm, NULL, 5, false, NULL, NULL);
+    assert_non_null(l);
+    enable(l);
+    wr(l, APIC_LVTT, (APIC_TIMER_TSCDEADLINE << 17) | 0x23);
+    assert_int_equal(rd(l, APIC_LVTT), 0x23); /* bit 18 dropped: one-shot */
+    lapic_set_tsc_deadline(l, 10, 0, 5);
+    assert_int_equal(lapic_get_tsc_deadline(l), 0);
+    assert_false(irr(l, 0x23));
+    struct lapic_state s;
+    lapic_get_state(f->l[0], &s, 0);
+    s.regs[APIC_LVTT >> 2] = (APIC_TIMER_TSCDEADLINE << 17) | 0x23;
+    assert_int_equal(lapic_set_state(l, &s, 0), -EINVAL);
+    lapic_destroy(l);
+    vm.cpuid.e[0].ecx = 1u << 24;
+    l = lapic_create(&vm, NULL, 5, false, NULL, NULL);
+    enable(l);
+    wr(l, APIC_LVTT, (APIC_TIMER_TSCDEADLINE << 17) | 0x23);
+    assert_int_equal(rd(l, APIC_LVTT), (APIC_TIMER_TSCDEADLINE << 17) | 0x23);
+    assert_int_equal(lapic_set_state(l, &s, 0), 0);
+    lapic_destroy(l);
+}
+
 static void send(struct lapic *from, uint32_t low, uint8_t dest)
 {
     wr(from, APIC_ICR2, (uint32_t)dest << 24);
@@ -712,6 +743,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_timer_periodic, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timer_masked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timer_tsc_deadline, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tsc_deadline_needs_cpuid, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ipi_fixed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ipi_logical, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ipi_nmi_init_sipi, setup, teardown),
