@@ -80,7 +80,7 @@ void bt_glue_set_cr8(struct bt_cpu *c, uint64_t v)
 bool bt_glue_set_apic_base(struct bt_cpu *c, uint64_t v, unsigned maxphy)
 {
     if (!c->lapic) return true;
-    return lapic_set_base(c->lapic, v, maxphy, vclock_ns()) >= 0;
+    return lapic_set_base(c->lapic, v, maxphy) >= 0;
 }
 
 uint64_t bt_glue_tsc(struct bt_cpu *c)
