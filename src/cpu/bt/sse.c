@@ -966,9 +966,11 @@ BT_HANDLER(PEXTRW, op_pextrw);
 
 /* ---- state: EMMS, MXCSR, FXSAVE/FXRSTOR ------------------------------------------------------ */
 
+/* EMMS is an MMX instruction too: TOP becomes 0 (as hardware shows), then every tag empty. */
 static void op_emms(struct bt_cpu *c, const struct bt_insn *i)
 {
     mmx_check(c);
+    mmx_transition(c);
     c->s.fx.ftw = 0;
     done(c);
 }
