@@ -49,6 +49,18 @@ void bt_fpu_reset(struct bt_cpu *c)
 
 static void done(struct bt_cpu *c) { c->s.rip = c->next_rip; }
 
+/* FNINIT (also the tail of FNSAVE): TOP 0 without moving registers, all tags empty. */
+static void x87_init(struct x86_fxsave *fx)
+{
+    fpu_rotate_top0(fx);
+    fx->fcw = 0x37f;
+    fx->fsw = 0;
+    fx->ftw = 0;
+    fx->fop = 0;
+    fx->fip = 0;
+    fx->fdp = 0;
+}
+
 /* ES and B summarize "an unmasked exception flag is set". */
 static uint16_t fsw_summary(uint16_t fsw, uint16_t fcw)
 {
@@ -298,6 +310,7 @@ static size_t env_load(struct x86_fxsave *fx, bool o16, const uint8_t *e)
         fx->fop = (uint16_t)((d[4] >> 16) & 0x7ff);
         fx->fdp = d[5];
     }
+    fx->fcw = fcw_normalize(fx->fcw);
     fx->ftw = abridged_tag(tw);
     fx->fsw = fsw_summary(fx->fsw, fx->fcw);
     return o16 ? 14 : 28;
@@ -319,8 +332,8 @@ static void x87_ctrl_mem(struct bt_cpu *c, const struct bt_insn *i, unsigned op,
     case 0x0d: { /* FLDCW */
         bt_x87_check(c, true);
         uint16_t v = (uint16_t)bt_read(c, bt_op_lin(c, i, mn, 2, BT_ACC_READ), 2, BT_ACC_READ);
-        c->s.fx.fcw = v;
-        c->s.fx.fsw = fsw_summary(c->s.fx.fsw, v);
+        c->s.fx.fcw = fcw_normalize(v);
+        c->s.fx.fsw = fsw_summary(c->s.fx.fsw, c->s.fx.fcw);
         break;
     }
     case 0x0e: { /* FNSTENV: then all exceptions are masked */
@@ -355,12 +368,7 @@ static void x87_ctrl_mem(struct bt_cpu *c, const struct bt_insn *i, unsigned op,
             memcpy(buf + e + 10 * k, c->s.fx.st[k], 10);
         size_t n = e + 80;
         bt_write_buf(c, bt_op_lin(c, i, mn, (unsigned)n, BT_ACC_WRITE), buf, n, BT_ACC_WRITE);
-        c->s.fx.fcw = 0x37f;
-        c->s.fx.fsw = 0;
-        c->s.fx.ftw = 0;
-        c->s.fx.fop = 0;
-        c->s.fx.fip = 0;
-        c->s.fx.fdp = 0;
+        x87_init(&c->s.fx);
         break;
     }
     case 0x2f: /* FNSTSW m16 */
@@ -415,12 +423,7 @@ static void op_x87(struct bt_cpu *c, const struct bt_insn *i)
             return;
         case 0x3e3: /* FNINIT */
             bt_x87_check(c, false);
-            c->s.fx.fcw = 0x37f;
-            c->s.fx.fsw = 0;
-            c->s.fx.ftw = 0;
-            c->s.fx.fop = 0;
-            c->s.fx.fip = 0;
-            c->s.fx.fdp = 0;
+            x87_init(&c->s.fx);
             done(c);
             return;
         case 0x7e0: /* FNSTSW AX */

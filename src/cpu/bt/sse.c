@@ -56,19 +56,11 @@ static void mmx_check(struct bt_cpu *c)
         bt_raise(c, X86_MF, BT_NO_ERRCODE);
 }
 
-/* x87 -> MMX transition: TOP becomes 0 and every register valid.  The FXSAVE image keeps the
- * registers in stack order (slot k = ST(k) = R[(TOP+k)&7]), so the slots are rotated to make slot
- * n the physical register Rn = MMn. */
+/* x87 -> MMX transition: TOP becomes 0 (slot n is then the physical register Rn = MMn) and every
+ * register valid. */
 static void mmx_transition(struct bt_cpu *c)
 {
-    unsigned top = fpu_top(c);
-    if (top) {
-        uint8_t tmp[8][16];
-        memcpy(tmp, c->s.fx.st, sizeof(tmp));
-        for (unsigned k = 0; k < 8; k++)
-            memcpy(c->s.fx.st[(top + k) & 7], tmp[k], 16);
-        c->s.fx.fsw &= (uint16_t)~FSW_TOP;
-    }
+    fpu_rotate_top0(&c->s.fx);
     c->s.fx.ftw = 0xff;
 }
 
@@ -1045,6 +1037,7 @@ void bt_fxrstor_from(struct bt_cpu *c, uint64_t lin, bool rex_w)
         img.fdp = dp;
     }
     img.fop &= 0x7ff;
+    img.fcw = fcw_normalize(img.fcw);
     img.rsvd1 = 0;
     img.mxcsr_mask = MXCSR_SUPPORTED;
     memcpy(img.rsvd2, c->s.fx.rsvd2, sizeof(img.rsvd2));

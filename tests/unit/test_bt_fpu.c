@@ -1,0 +1,296 @@
+/* Unit tests of the software CPU's x87 (src/cpu/bt/fpu.c): each instruction class runs through the
+ * real decoder and dispatch on random register stacks (random TOP, tags, specials, unnormals) and is
+ * compared with the same bytes executed natively: registers, status word (C0-C3, TOP, flags, SF),
+ * tags, control word, memory and EFLAGS (FCOMI/FCMOV).  Then: ModRM re-derivation for every valid
+ * register encoding, #NM/#MF rules, unmasked exceptions, FNSTENV/FLDENV and FNSAVE/FRSTOR against
+ * the host's own images, FIP/FOP bookkeeping. */
+#include "bt_fp_harness.h"
+
+static const struct h_case x87_cases[] = {
+    {"fadd st(0), st(3)", "d8c3"},
+    {"fadd st(5), st(0)", "dcc5"},
+    {"faddp st(2), st(0)", "dec2"},
+    {"fadd dword ptr [rbx]", "d803"},
+    {"fadd qword ptr [rbx]", "dc03"},
+    {"fiadd dword ptr [rbx]", "da03"},
+    {"fiadd word ptr [rbx]", "de03"},
+    {"fsub st(0), st(1)", "d8e1"},
+    {"fsubr st(4), st(0)", "dce4"},
+    {"fsubp st(1), st(0)", "dee9"},
+    {"fsubrp st(3), st(0)", "dee3"},
+    {"fsub qword ptr [rbx]", "dc23"},
+    {"fsubr dword ptr [rbx]", "d82b"},
+    {"fisub word ptr [rbx]", "de23"},
+    {"fisubr dword ptr [rbx]", "da2b"},
+    {"fmul st(0), st(7)", "d8cf"},
+    {"fmulp st(1), st(0)", "dec9"},
+    {"fmul dword ptr [rbx]", "d80b"},
+    {"fimul dword ptr [rbx]", "da0b"},
+    {"fdiv st(0), st(2)", "d8f2"},
+    {"fdivr st(0), st(2)", "d8fa"},
+    {"fdivp st(2), st(0)", "defa"},
+    {"fdivrp st(1), st(0)", "def1"},
+    {"fdiv qword ptr [rbx]", "dc33"},
+    {"fdivr dword ptr [rbx]", "d83b"},
+    {"fidiv word ptr [rbx]", "de33"},
+    {"fidivr dword ptr [rbx]", "da3b"},
+    {"fld st(0)", "d9c0"},
+    {"fld st(5)", "d9c5"},
+    {"fld dword ptr [rbx]", "d903"},
+    {"fld qword ptr [rbx]", "dd03"},
+    {"fld tbyte ptr [rbx]", "db2b"},
+    {"fild word ptr [rbx]", "df03"},
+    {"fild dword ptr [rbx]", "db03"},
+    {"fild qword ptr [rbx]", "df2b"},
+    {"fst st(3)", "ddd3"},
+    {"fstp st(1)", "ddd9"},
+    {"fst dword ptr [rbx]", "d913"},
+    {"fst qword ptr [rbx]", "dd13"},
+    {"fstp dword ptr [rbx]", "d91b"},
+    {"fstp qword ptr [rbx]", "dd1b"},
+    {"fstp tbyte ptr [rbx]", "db3b"},
+    {"fist word ptr [rbx]", "df13"},
+    {"fist dword ptr [rbx]", "db13"},
+    {"fistp word ptr [rbx]", "df1b"},
+    {"fistp dword ptr [rbx]", "db1b"},
+    {"fistp qword ptr [rbx]", "df3b"},
+    {"fbld tbyte ptr [rbx]", "df23"},
+    {"fbstp tbyte ptr [rbx]", "df33"},
+    {"fld1", "d9e8"},
+    {"fldz", "d9ee"},
+    {"fldpi", "d9eb"},
+    {"fldl2e", "d9ea"},
+    {"fldln2", "d9ed"},
+    {"fldl2t", "d9e9"},
+    {"fldlg2", "d9ec"},
+    {"fcom st(2)", "d8d2"},
+    {"fcomp st(1)", "d8d9"},
+    {"fcompp", "ded9"},
+    {"fcom dword ptr [rbx]", "d813"},
+    {"fcomp qword ptr [rbx]", "dc1b"},
+    {"fucom st(3)", "dde3"},
+    {"fucomp st(1)", "dde9"},
+    {"fucompp", "dae9"},
+    {"ficom word ptr [rbx]", "de13"},
+    {"ficomp dword ptr [rbx]", "da1b"},
+    {"fcomi st(0), st(1)", "dbf1"},
+    {"fcomip st(0), st(2)", "dff2"},
+    {"fucomi st(0), st(3)", "dbeb"},
+    {"fucomip st(0), st(1)", "dfe9"},
+    {"ftst", "d9e4"},
+    {"fxam", "d9e5"},
+    {"fchs", "d9e0"},
+    {"fabs", "d9e1"},
+    {"fsqrt", "d9fa"},
+    {"frndint", "d9fc"},
+    {"fscale", "d9fd"},
+    {"fxtract", "d9f4"},
+    {"fprem", "d9f8"},
+    {"fprem1", "d9f5"},
+    {"fxch st(1)", "d9c9"},
+    {"fxch st(6)", "d9ce"},
+    {"ffree st(2)", "ddc2"},
+    {"ffreep st(0)", "dfc0"},
+    {"fincstp", "d9f7"},
+    {"fdecstp", "d9f6"},
+    {"fnop", "d9d0"},
+    {"fcmovb st(0), st(1)", "dac1"},
+    {"fcmove st(0), st(2)", "daca"},
+    {"fcmovbe st(0), st(3)", "dad3"},
+    {"fcmovu st(0), st(4)", "dadc"},
+    {"fcmovnb st(0), st(5)", "dbc5"},
+    {"fcmovne st(0), st(6)", "dbce"},
+    {"fcmovnbe st(0), st(7)", "dbd7"},
+    {"fcmovnu st(0), st(1)", "dbd9"},
+    {"f2xm1", "d9f0"},
+    {"fyl2x", "d9f1"},
+    {"fyl2xp1", "d9f9"},
+    {"fptan", "d9f2"},
+    {"fpatan", "d9f3"},
+    {"fsin", "d9fe"},
+    {"fcos", "d9ff"},
+    {"fsincos", "d9fb"},
+    {"fnstsw ax", "dfe0"},
+    {"fnstsw word ptr [rbx]", "dd3b"},
+    {"fnstcw word ptr [rbx]", "d93b"},
+    {"fldcw word ptr [rbx+2]", "d96b02"},
+    {"fnclex", "dbe2"},
+    {"fninit", "dbe3"},
+    {"fwait", "9b"},
+};
+
+static void test_x87_differential(void **state)
+{
+    int bad = h_diff_cases(x87_cases, ARRAY_SIZE(x87_cases), 300);
+    assert_int_equal(bad, 0);
+}
+
+static void fresh(void)
+{
+    h_long_mode(h_c);
+    bt_fpu_reset(h_c);
+    h_c->s.gpr[RBX] = H_DATA_GPA;
+}
+
+/* The handler re-derives ModRM from the decoded operands: check it for every valid encoding. */
+static void test_modrm_rederivation(void **state)
+{
+    int checked = 0;
+    for (unsigned op = 0xd8; op <= 0xdf; op++) {
+        for (unsigned m = 0xc0; m <= 0xff; m++) {
+            uint8_t b[2] = {(uint8_t)op, (uint8_t)m};
+            struct bt_insn in;
+            if (bt_decode_bytes(b, 2, 64, &in) < 0)
+                continue;
+            assert_int_equal(in.opcode, op);
+            if (bt_x87_modrm(&in) != (int)m)
+                fail_msg("%02x %02x: re-derived modrm %02x", op, m, bt_x87_modrm(&in));
+            checked++;
+        }
+    }
+    assert_int_equal(checked, 420);
+}
+
+static void test_checks(void **state)
+{
+    fresh();
+    h_c->s.cr0 |= X86_CR0_TS;
+    assert_int_equal(h_run(h_c, "d8c1"), X86_NM);   /* fadd */
+    assert_int_equal(h_run(h_c, "dbe3"), X86_NM);   /* fninit */
+    assert_int_equal(h_run(h_c, "9b"), X86_NM);     /* fwait: MP and TS */
+    h_c->s.cr0 &= ~X86_CR0_MP;
+    assert_int_equal(h_run(h_c, "9b"), -1);         /* fwait: TS alone is fine */
+    h_c->s.cr0 &= ~X86_CR0_TS;
+    h_c->s.cr0 |= X86_CR0_EM;
+    assert_int_equal(h_run(h_c, "d9e8"), X86_NM);   /* fld1 with EM: #NM */
+    assert_int_equal(h_run(h_c, "9b"), -1);         /* fwait ignores EM */
+    h_c->s.cr0 &= ~X86_CR0_EM;
+    assert_int_equal(h_run(h_c, "f0d8c1"), X86_UD); /* LOCK */
+    assert_int_equal(h_run(h_c, "d90b"), X86_UD);   /* d9 /1 */
+    assert_int_equal(h_run(h_c, "dd0b"), X86_UD);   /* fisttp (SSE3) */
+    assert_int_equal(h_run(h_c, "d9d1"), X86_UD);   /* undefined register form */
+}
+
+/* Unmasked zero-divide: no result, ZE/ES/B set; the next waiting instruction raises #MF (CR0.NE);
+ * the no-wait forms do not; FNCLEX clears it. */
+static void test_unmasked_pending_mf(void **state)
+{
+    fresh();
+    assert_int_equal(h_run(h_c, "d9e8"), -1); /* fld1 */
+    assert_int_equal(h_run(h_c, "d9ee"), -1); /* fldz */
+    uint8_t before[8][16];
+    memcpy(before, h_c->s.fx.st, sizeof(before));
+    h_c->s.fx.fcw = 0x037b; /* ZM clear */
+    assert_int_equal(h_run(h_c, "d8f9"), -1); /* fdivr st0, st1: 1/0 */
+    assert_memory_equal(before, h_c->s.fx.st, sizeof(before));
+    assert_int_equal(h_c->s.fx.fsw & (0x3f | FSW_ES | FSW_B), 0x4 | FSW_ES | FSW_B);
+    assert_int_equal(h_run(h_c, "d8c1"), X86_MF);  /* fadd */
+    assert_int_equal(h_run(h_c, "9b"), X86_MF);    /* fwait */
+    assert_int_equal(h_run(h_c, "0ffcca"), X86_MF); /* paddb mm: MMX waits too */
+    assert_int_equal(h_run(h_c, "dfe0"), -1);      /* fnstsw ax */
+    assert_int_equal(h_c->s.gpr[RAX] & 0xffff, h_c->s.fx.fsw);
+    assert_int_equal(h_run(h_c, "d93b"), -1);      /* fnstcw [rbx] */
+    h_c->s.cr0 &= ~X86_CR0_NE;
+    assert_int_equal(h_run(h_c, "d8c1"), -1);      /* legacy FERR# path: not modelled */
+    h_c->s.cr0 |= X86_CR0_NE;
+    assert_int_equal(h_run(h_c, "dbe2"), -1);      /* fnclex */
+    assert_int_equal(h_c->s.fx.fsw & 0x80ff, 0);
+    assert_int_equal(h_run(h_c, "d8c1"), -1);
+    /* FLDCW unmasking a set flag makes it pending */
+    fresh();
+    h_c->s.fx.fsw = 0x0001; /* IE set, masked */
+    uint16_t cw = 0x037e;
+    guest_write(&h_vm.mem, H_DATA_GPA, &cw, 2);
+    assert_int_equal(h_run(h_c, "d92b"), -1); /* fldcw [rbx] */
+    assert_true(h_c->s.fx.fsw & FSW_ES);
+    assert_int_equal(h_run(h_c, "d9e8"), X86_MF);
+    /* stack overflow, masked: C1=1, IE|SF, indefinite pushed */
+    fresh();
+    for (int k = 0; k < 8; k++)
+        assert_int_equal(h_run(h_c, "d9e8"), -1);
+    assert_int_equal(h_run(h_c, "d9e8"), -1);
+    assert_int_equal(h_c->s.fx.fsw & (FSW_IE | FSW_SF | FSW_C1), FSW_IE | FSW_SF | FSW_C1);
+    /* unmasked stack underflow leaves TOP alone */
+    fresh();
+    h_c->s.fx.fcw = 0x037e;
+    assert_int_equal(h_run(h_c, "ddd8"), -1); /* fstp st0 on an empty stack */
+    assert_int_equal(fpu_top(h_c), 0);
+    assert_int_equal(h_c->s.fx.fsw & (FSW_IE | FSW_SF | FSW_C1 | FSW_ES), FSW_IE | FSW_SF | FSW_ES);
+}
+
+/* FIP/FOP/FDP follow the last non-control instruction. */
+static void test_fip_fop(void **state)
+{
+    fresh();
+    h_c->s.rip = 0x200010;
+    assert_int_equal(h_run(h_c, "d8c3"), -1);
+    assert_int_equal(h_c->s.fx.fop, 0x0c3);
+    assert_int_equal(h_c->s.fx.fip, 0x200010);
+    h_c->s.rip = 0x200020;
+    assert_int_equal(h_run(h_c, "dd4310"), -1); /* fld qword [rbx+16] */
+    assert_int_equal(h_c->s.fx.fop, 0x543);
+    assert_int_equal(h_c->s.fx.fdp, H_DATA_GPA + 16);
+    h_c->s.rip = 0x200030;
+    assert_int_equal(h_run(h_c, "d93b"), -1); /* fnstcw: a control instruction */
+    assert_int_equal(h_c->s.fx.fip, 0x200020);
+}
+
+/* FNSTENV/FNSAVE images equal the host's (control/status/tag words, registers); FLDENV/FRSTOR
+ * round-trip; FNSAVE re-initializes, FNSTENV masks everything. */
+static void test_env_save(void **state)
+{
+    static uint8_t nat[128] __attribute__((aligned(16)));
+    for (int it = 0; it < 100; it++) {
+        fresh();
+        struct x86_fxsave fx, host __attribute__((aligned(16)));
+        h_rand_fx(&fx);
+        h_c->s.fx = fx;
+        assert_int_equal(h_run(h_c, "dd33"), -1); /* fnsave [rbx] */
+        uint8_t img[108];
+        guest_read(&h_vm.mem, H_DATA_GPA, img, sizeof(img));
+        __asm__ volatile("fxsave64 %0\n\tfxrstor64 %2\n\tfnsave %1\n\tfxrstor64 %0"
+                         : "+m"(host), "=m"(nat)
+                         : "m"(fx));
+        assert_memory_equal(img, nat, 2);          /* FCW */
+        assert_memory_equal(img + 4, nat + 4, 2);  /* FSW */
+        assert_memory_equal(img + 8, nat + 8, 2);  /* FTW (full) */
+        assert_memory_equal(img + 28, nat + 28, 80); /* ST0-ST7 */
+        assert_int_equal(h_c->s.fx.fcw, 0x37f);
+        assert_int_equal(h_c->s.fx.ftw, 0);
+
+        assert_int_equal(h_run(h_c, "dd23"), -1); /* frstor [rbx] */
+        char why[96];
+        if (h_fx_diff(&h_c->s.fx, &fx, why, sizeof(why), true, false)) {
+            /* FSW's ES/B are recomputed from the flags and masks */
+            if (!(h_c->s.fx.fsw != fx.fsw && ((h_c->s.fx.fsw ^ fx.fsw) & ~(FSW_ES | FSW_B)) == 0))
+                fail_msg("frstor round trip: %s", why);
+        }
+
+        h_c->s.fx = fx;
+        assert_int_equal(h_run(h_c, "d933"), -1); /* fnstenv [rbx] */
+        assert_int_equal(h_c->s.fx.fcw, fx.fcw | 0x3f);
+        h_c->s.fx.fcw = 0x37f;
+        h_c->s.fx.ftw = (uint8_t)~fx.ftw;
+        assert_int_equal(h_run(h_c, "d923"), -1); /* fldenv [rbx] */
+        assert_int_equal(h_c->s.fx.fcw, fx.fcw);
+        assert_int_equal(h_c->s.fx.ftw, fx.ftw);
+    }
+    /* 16-bit operand size: 14-byte environment */
+    fresh();
+    h_c->s.fx.fcw = 0x027f;
+    assert_int_equal(h_run(h_c, "66d933"), -1);
+    uint16_t w[7];
+    guest_read(&h_vm.mem, H_DATA_GPA, w, sizeof(w));
+    assert_int_equal(w[0], 0x027f);
+    assert_int_equal(w[2], 0xffff);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_x87_differential),   cmocka_unit_test(test_modrm_rederivation),
+        cmocka_unit_test(test_checks),             cmocka_unit_test(test_unmasked_pending_mf),
+        cmocka_unit_test(test_fip_fop),            cmocka_unit_test(test_env_save),
+    };
+    return cmocka_run_group_tests(tests, h_setup, h_teardown);
+}
