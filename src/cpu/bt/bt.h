@@ -179,6 +179,7 @@ struct bt_cpu {
     uint32_t pending_err; /* BT_NO_ERRCODE if none */
     bool in_event_delivery; /* a fault now is a double fault */
     uint8_t delivering_vector;
+    bool shutdown; /* triple fault: the loop must stop (exit_now is also set) */
 
     /* soft MMU */
     struct bt_tlb_entry tlb[BT_TLB_SIZE];
@@ -249,6 +250,10 @@ size_t bt_fetch(struct bt_cpu *c, uint64_t lin, uint8_t *buf, size_t max, uint64
 /* Marks a guest-physical page as holding decoded code: a write to it calls
  * bt_cache_invalidate_page() (self-modifying code) for every vCPU. */
 void bt_watch_code_page(struct bt_cpu *c, uint64_t gpa_page);
+/* Translation without side effects on failure (tools, tests): 0 and *gpa, or the #PF error code
+ * (with bit 31 set so 0 is never an error).  Sets A/D bits like an access on success. */
+#define BT_XLATE_FAULT 0x80000000u
+uint32_t bt_translate(struct bt_cpu *c, uint64_t lin, int acc, uint64_t *gpa);
 /* Physical accesses (page walks, tests): RAM or MMIO. */
 uint64_t bt_phys_read(struct bt_cpu *c, uint64_t gpa, unsigned size);
 void bt_phys_write(struct bt_cpu *c, uint64_t gpa, unsigned size, uint64_t v);
