@@ -149,6 +149,7 @@ static int h_setup(void **state)
 static int h_teardown(void **state)
 {
     bt_mmu_destroy(h_c);
+    bt_core_destroy(h_c);
     free(h_c);
     guest_mem_destroy(&h_vm.mem);
     return 0;

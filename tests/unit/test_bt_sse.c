@@ -465,6 +465,35 @@ static void test_mmx_aliasing(void **state)
     assert_int_equal(h_c->s.fx.ftw, 0);
 }
 
+/* A short program through the interpreter loop itself (bt_exec: block cache, fetch, dispatch). */
+static void test_through_interpreter(void **state)
+{
+    fresh();
+    uint8_t code[64];
+    size_t n = h_hex("0f28030f5843100f294320d9e8d8c0dd5b30660fefc9660f2f4b30f2480f2c4330480f6ed80f77",
+                     code, sizeof(code));
+    guest_write(&h_vm.mem, 0x200000, code, n);
+    float a[4] = {1, 2, 3, 4}, b[4] = {0.5f, 0.25f, -3, 1e10f}, r[4];
+    guest_write(&h_vm.mem, H_DATA_GPA, a, 16);
+    guest_write(&h_vm.mem, H_DATA_GPA + 16, b, 16);
+    h_c->s.rip = 0x200000;
+    h_c->s.rflags = X86_FLAG_FIXED;
+    h_c->ud_unhandled = 0;
+    assert_int_equal(bt_exec(h_c, 11), 11);
+    assert_int_equal(h_c->s.rip, 0x200000 + n);
+    guest_read(&h_vm.mem, H_DATA_GPA + 32, r, 16);
+    for (int k = 0; k < 4; k++)
+        assert_true(r[k] == a[k] + b[k]);
+    double d;
+    guest_read(&h_vm.mem, H_DATA_GPA + 48, &d, 8);
+    assert_true(d == 2.0);
+    assert_int_equal(h_c->s.rflags & BT_ARITH_FLAGS, X86_FLAG_CF); /* 0 < 2 */
+    assert_int_equal(h_c->s.gpr[RAX], 2);
+    assert_int_equal(mmx_get(h_c, 3), 2);
+    assert_int_equal(h_c->s.fx.ftw, 0); /* EMMS */
+    assert_int_equal(h_c->ud_unhandled, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -472,6 +501,7 @@ int main(void)
         cmocka_unit_test(test_nm_ud_checks),     cmocka_unit_test(test_alignment),
         cmocka_unit_test(test_unmasked_xm),      cmocka_unit_test(test_mxcsr),
         cmocka_unit_test(test_fxsave_fxrstor),   cmocka_unit_test(test_mmx_aliasing),
+        cmocka_unit_test(test_through_interpreter),
     };
     return cmocka_run_group_tests(tests, h_setup, h_teardown);
 }
