@@ -55,15 +55,13 @@ H_WEAK void bt_update_mode(struct bt_cpu *c)
 H_WEAK uint64_t bt_seg_linear(struct bt_cpu *c, int seg, uint64_t off, unsigned size, int acc)
 {
     uint64_t lin = off + ((seg == SEG_FS || seg == SEG_GS) ? c->s.seg[seg].base : 0);
-    if (!x86_is_canonical(lin))
-        bt_raise(c, seg == SEG_SS ? X86_SS : X86_GP, 0);
+    if (!x86_is_canonical(lin)) bt_raise(c, seg == SEG_SS ? X86_SS : X86_GP, 0);
     return lin;
 }
 static uint8_t *h_fake_ptr(struct bt_cpu *c, uint64_t lin, size_t n, int acc)
 {
     uint8_t *p = guest_ptr(&c->vm->mem, lin, n ? n : 1);
-    if (!p)
-        bt_raise_pf(c, lin, (acc & BT_ACC_WRITE) ? 2 : 0);
+    if (!p) bt_raise_pf(c, lin, (acc & BT_ACC_WRITE) ? 2 : 0);
     return p;
 }
 H_WEAK uint64_t bt_read(struct bt_cpu *c, uint64_t lin, unsigned size, int acc)
@@ -116,11 +114,11 @@ static void h_long_mode(struct bt_cpu *c)
     s->cr4 = X86_CR4_PAE | X86_CR4_OSFXSR | X86_CR4_OSXMMEXCPT;
     s->efer = X86_EFER_LME | X86_EFER_LMA | X86_EFER_SCE;
     for (int k = 0; k < SEG_COUNT; k++) {
-        s->seg[k] = (struct x86_seg){.limit = 0xffffffff, .sel = 0x10, .type = 3, .s = 1, .present = 1,
-                                     .db = 1, .g = 1};
+        s->seg[k] = (struct x86_seg){
+            .limit = 0xffffffff, .sel = 0x10, .type = 3, .s = 1, .present = 1, .db = 1, .g = 1};
     }
-    s->seg[SEG_CS] = (struct x86_seg){.limit = 0xffffffff, .sel = 0x08, .type = 0xb, .s = 1,
-                                      .present = 1, .l = 1, .g = 1};
+    s->seg[SEG_CS] = (struct x86_seg){
+        .limit = 0xffffffff, .sel = 0x08, .type = 0xb, .s = 1, .present = 1, .l = 1, .g = 1};
     s->seg[SEG_LDTR] = (struct x86_seg){.unusable = 1};
     s->seg[SEG_TR] = (struct x86_seg){.limit = 0x67, .sel = 0x18, .type = 0xb, .present = 1};
     s->rflags = X86_FLAG_FIXED;
@@ -131,18 +129,15 @@ static void h_long_mode(struct bt_cpu *c)
 static int h_setup(void **state)
 {
     memset(&h_vm, 0, sizeof(h_vm));
-    if (guest_mem_init(&h_vm.mem, 16ull << 20) < 0)
-        return -1;
+    if (guest_mem_init(&h_vm.mem, 16ull << 20) < 0) return -1;
     h_vm.mem_size = 16ull << 20;
     h_vm.ncpus = 1;
     h_c = calloc(1, sizeof(*h_c));
-    if (!h_c)
-        return -1;
+    if (!h_c) return -1;
     h_c->vm = &h_vm;
     bt_fpu_reset(h_c);
     h_long_mode(h_c);
-    if (bt_mmu_init(h_c) < 0)
-        return -1;
+    if (bt_mmu_init(h_c) < 0) return -1;
     return 0;
 }
 
@@ -160,8 +155,7 @@ static size_t h_hex(const char *hex, uint8_t *out, size_t max)
     size_t n = 0;
     while (hex[0] && hex[1] && n < max) {
         unsigned v;
-        if (sscanf(hex, "%2x", &v) != 1)
-            break;
+        if (sscanf(hex, "%2x", &v) != 1) break;
         out[n++] = (uint8_t)v;
         hex += 2;
     }
@@ -175,8 +169,7 @@ static int h_run(struct bt_cpu *c, const char *hex)
     uint8_t b[16];
     size_t n = h_hex(hex, b, sizeof(b));
     struct bt_insn in;
-    if (bt_decode_bytes(b, n, 64, &in) < 0)
-        return X86_UD; /* undecodable: the loop raises #UD */
+    if (bt_decode_bytes(b, n, 64, &in) < 0) return X86_UD; /* undecodable: the loop raises #UD */
     c->insn_rip = c->s.rip;
     c->next_rip = c->s.rip + in.len;
     c->s.rip = c->next_rip;
@@ -261,28 +254,46 @@ static uint64_t h_rand(void)
 
 static uint32_t h_rand_f32(void)
 {
-    static const uint32_t special[] = {0, 0x80000000, 0x7f800000, 0xff800000, 0x7fc00000, 0xffc00000,
-                                       0x7fa00000, 0x00000001, 0x807fffff, 0x3f800000, 0xbf800000,
-                                       0x4f000000, 0xcf000000, 0x7f7fffff, 0x40490fdb, 0x3effffff};
+    static const uint32_t special[] = {0,          0x80000000, 0x7f800000, 0xff800000,
+                                       0x7fc00000, 0xffc00000, 0x7fa00000, 0x00000001,
+                                       0x807fffff, 0x3f800000, 0xbf800000, 0x4f000000,
+                                       0xcf000000, 0x7f7fffff, 0x40490fdb, 0x3effffff};
     switch (h_rand() % 8) {
     case 0: return (uint32_t)h_rand();
     case 1: return special[h_rand() % 16];
-    case 2: { float f = (float)(int32_t)(h_rand() % 2001 - 1000); uint32_t u; memcpy(&u, &f, 4); return u; }
+    case 2: {
+        float f = (float)(int32_t)(h_rand() % 2001 - 1000);
+        uint32_t u;
+        memcpy(&u, &f, 4);
+        return u;
+    }
     default: return (uint32_t)((h_rand() & 0x807fffff) | ((0x70 + h_rand() % 32) << 23));
     }
 }
 
 static uint64_t h_rand_f64(void)
 {
-    static const uint64_t special[] = {0, 0x8000000000000000ull, 0x7ff0000000000000ull,
-                                       0xfff0000000000000ull, 0x7ff8000000000000ull,
-                                       0x7ff4000000000000ull, 1, 0x3ff0000000000000ull,
-                                       0x41e0000000000000ull, 0xc3e0000000000000ull,
-                                       0x7fefffffffffffffull, 0x400921fb54442d18ull};
+    static const uint64_t special[] = {0,
+                                       0x8000000000000000ull,
+                                       0x7ff0000000000000ull,
+                                       0xfff0000000000000ull,
+                                       0x7ff8000000000000ull,
+                                       0x7ff4000000000000ull,
+                                       1,
+                                       0x3ff0000000000000ull,
+                                       0x41e0000000000000ull,
+                                       0xc3e0000000000000ull,
+                                       0x7fefffffffffffffull,
+                                       0x400921fb54442d18ull};
     switch (h_rand() % 8) {
     case 0: return h_rand();
     case 1: return special[h_rand() % 12];
-    case 2: { double d = (double)(int64_t)(h_rand() % 200001 - 100000); uint64_t u; memcpy(&u, &d, 8); return u; }
+    case 2: {
+        double d = (double)(int64_t)(h_rand() % 200001 - 100000);
+        uint64_t u;
+        memcpy(&u, &d, 8);
+        return u;
+    }
     default: return (h_rand() & 0x800fffffffffffffull) | ((0x3e0 + h_rand() % 64) << 52);
     }
 }
@@ -310,13 +321,18 @@ static void h_rand_st(uint8_t r[16])
     uint64_t m = h_rand();
     uint16_t e;
     switch (h_rand() % 10) {
-    case 0: e = 0x7fff; break;                    /* inf/nan */
-    case 1: e = 0; m = (h_rand() & 1) ? 0 : m >> 1; break; /* zero / denormal */
-    case 2: e = (uint16_t)(0x3fff + h_rand() % 64); m &= ~(1ull << 63); break; /* unnormal */
+    case 0: e = 0x7fff; break; /* inf/nan */
+    case 1:
+        e = 0;
+        m = (h_rand() & 1) ? 0 : m >> 1;
+        break; /* zero / denormal */
+    case 2:
+        e = (uint16_t)(0x3fff + h_rand() % 64);
+        m &= ~(1ull << 63);
+        break; /* unnormal */
     default: e = (uint16_t)(0x3fff - 40 + h_rand() % 80); m |= 1ull << 63;
     }
-    if (h_rand() & 1)
-        e |= 0x8000;
+    if (h_rand() & 1) e |= 0x8000;
     memcpy(r, &m, 8);
     memcpy(r + 8, &e, 2);
 }
@@ -327,8 +343,7 @@ static void h_rand_fx(struct x86_fxsave *fx)
     memset(fx, 0, sizeof(*fx));
     fx->fcw = (uint16_t)(0x007f | (h_rand() % 4) << 8 | (h_rand() % 4) << 10);
     fx->fsw = (uint16_t)((h_rand() % 8) << 11 | (h_rand() & (FSW_C0 | FSW_C1 | FSW_C2 | FSW_C3)));
-    if (h_rand() % 4 == 0)
-        fx->fsw |= (uint16_t)(h_rand() & 0x3f);
+    if (h_rand() % 4 == 0) fx->fsw |= (uint16_t)(h_rand() & 0x3f);
     fx->ftw = (uint8_t)(h_rand() % 3 == 0 ? 0xff : h_rand());
     fx->mxcsr = (uint32_t)(0x1f80 | (h_rand() % 4) << 13 | (h_rand() % 4 == 0 ? 0x8040 : 0));
     fx->mxcsr_mask = 0xffff;
@@ -349,22 +364,16 @@ static int h_fx_diff(const struct x86_fxsave *a, const struct x86_fxsave *b, cha
                      bool x87, bool sse)
 {
     if (x87) {
-        if (a->fcw != b->fcw)
-            return snprintf(why, wn, "fcw %#x vs %#x", a->fcw, b->fcw);
-        if (a->fsw != b->fsw)
-            return snprintf(why, wn, "fsw %#x vs %#x", a->fsw, b->fsw);
-        if (a->ftw != b->ftw)
-            return snprintf(why, wn, "ftw %#x vs %#x", a->ftw, b->ftw);
+        if (a->fcw != b->fcw) return snprintf(why, wn, "fcw %#x vs %#x", a->fcw, b->fcw);
+        if (a->fsw != b->fsw) return snprintf(why, wn, "fsw %#x vs %#x", a->fsw, b->fsw);
+        if (a->ftw != b->ftw) return snprintf(why, wn, "ftw %#x vs %#x", a->ftw, b->ftw);
         for (int k = 0; k < 8; k++)
-            if (memcmp(a->st[k], b->st[k], 10))
-                return snprintf(why, wn, "st slot %d differs", k);
+            if (memcmp(a->st[k], b->st[k], 10)) return snprintf(why, wn, "st slot %d differs", k);
     }
     if (sse) {
-        if (a->mxcsr != b->mxcsr)
-            return snprintf(why, wn, "mxcsr %#x vs %#x", a->mxcsr, b->mxcsr);
+        if (a->mxcsr != b->mxcsr) return snprintf(why, wn, "mxcsr %#x vs %#x", a->mxcsr, b->mxcsr);
         for (int k = 0; k < 16; k++)
-            if (memcmp(a->xmm[k], b->xmm[k], 16))
-                return snprintf(why, wn, "xmm%d differs", k);
+            if (memcmp(a->xmm[k], b->xmm[k], 16)) return snprintf(why, wn, "xmm%d differs", k);
     }
     return 0;
 }
@@ -392,8 +401,9 @@ static int h_diff_cases(const struct h_case *cases, size_t ncases, int iters)
             uint64_t gpr[16];
             for (int r = 0; r < 16; r++)
                 gpr[r] = (h_rand() & 1) ? h_rand() : (uint64_t)(int64_t)(int16_t)h_rand();
-            uint64_t flags = X86_FLAG_FIXED | (h_rand() & (X86_FLAG_CF | X86_FLAG_PF | X86_FLAG_ZF |
-                                                           X86_FLAG_SF | X86_FLAG_OF | X86_FLAG_AF));
+            uint64_t flags =
+                X86_FLAG_FIXED | (h_rand() & (X86_FLAG_CF | X86_FLAG_PF | X86_FLAG_ZF |
+                                              X86_FLAG_SF | X86_FLAG_OF | X86_FLAG_AF));
 
             /* software CPU */
             struct bt_cpu *c = h_c;
@@ -430,8 +440,7 @@ static int h_diff_cases(const struct h_case *cases, size_t ncases, int iters)
                 snprintf(why, sizeof(why), "rip not advanced");
             else {
                 for (int r = 0; r < 16; r++) {
-                    if (r == RBX || r == RDI || r == RSI || r == RSP)
-                        continue;
+                    if (r == RBX || r == RDI || r == RSI || r == RSP) continue;
                     if (c->s.gpr[r] != nat.gpr[r]) {
                         snprintf(why, sizeof(why), "gpr %d %#llx vs %#llx", r,
                                  (unsigned long long)c->s.gpr[r], (unsigned long long)nat.gpr[r]);
@@ -441,8 +450,8 @@ static int h_diff_cases(const struct h_case *cases, size_t ncases, int iters)
             }
             if (why[0]) {
                 if (bad < 40)
-                    print_message("MISMATCH %s (%s) iteration %d: %s\n", cases[k].text, cases[k].hex,
-                                  it, why);
+                    print_message("MISMATCH %s (%s) iteration %d: %s\n", cases[k].text,
+                                  cases[k].hex, it, why);
                 bad++;
                 break;
             }

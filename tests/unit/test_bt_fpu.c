@@ -1,9 +1,9 @@
 /* Unit tests of the software CPU's x87 (src/cpu/bt/fpu.c): each instruction class runs through the
- * real decoder and dispatch on random register stacks (random TOP, tags, specials, unnormals) and is
- * compared with the same bytes executed natively: registers, status word (C0-C3, TOP, flags, SF),
- * tags, control word, memory and EFLAGS (FCOMI/FCMOV).  Then: ModRM re-derivation for every valid
- * register encoding, #NM/#MF rules, unmasked exceptions, FNSTENV/FLDENV and FNSAVE/FRSTOR against
- * the host's own images, FIP/FOP bookkeeping. */
+ * real decoder and dispatch on random register stacks (random TOP, tags, specials, unnormals) and
+ * is compared with the same bytes executed natively: registers, status word (C0-C3, TOP, flags,
+ * SF), tags, control word, memory and EFLAGS (FCOMI/FCMOV).  Then: ModRM re-derivation for every
+ * valid register encoding, #NM/#MF rules, unmasked exceptions, FNSTENV/FLDENV and FNSAVE/FRSTOR
+ * against the host's own images, FIP/FOP bookkeeping. */
 #include "bt_fp_harness.h"
 
 static const struct h_case x87_cases[] = {
@@ -140,8 +140,7 @@ static void test_modrm_rederivation(void **state)
         for (unsigned m = 0xc0; m <= 0xff; m++) {
             uint8_t b[2] = {(uint8_t)op, (uint8_t)m};
             struct bt_insn in;
-            if (bt_decode_bytes(b, 2, 64, &in) < 0)
-                continue;
+            if (bt_decode_bytes(b, 2, 64, &in) < 0) continue;
             assert_int_equal(in.opcode, op);
             if (bt_x87_modrm(&in) != (int)m)
                 fail_msg("%02x %02x: re-derived modrm %02x", op, m, bt_x87_modrm(&in));
@@ -155,15 +154,15 @@ static void test_checks(void **state)
 {
     fresh();
     h_c->s.cr0 |= X86_CR0_TS;
-    assert_int_equal(h_run(h_c, "d8c1"), X86_NM);   /* fadd */
-    assert_int_equal(h_run(h_c, "dbe3"), X86_NM);   /* fninit */
-    assert_int_equal(h_run(h_c, "9b"), X86_NM);     /* fwait: MP and TS */
+    assert_int_equal(h_run(h_c, "d8c1"), X86_NM); /* fadd */
+    assert_int_equal(h_run(h_c, "dbe3"), X86_NM); /* fninit */
+    assert_int_equal(h_run(h_c, "9b"), X86_NM);   /* fwait: MP and TS */
     h_c->s.cr0 &= ~X86_CR0_MP;
-    assert_int_equal(h_run(h_c, "9b"), -1);         /* fwait: TS alone is fine */
+    assert_int_equal(h_run(h_c, "9b"), -1); /* fwait: TS alone is fine */
     h_c->s.cr0 &= ~X86_CR0_TS;
     h_c->s.cr0 |= X86_CR0_EM;
-    assert_int_equal(h_run(h_c, "d9e8"), X86_NM);   /* fld1 with EM: #NM */
-    assert_int_equal(h_run(h_c, "9b"), -1);         /* fwait ignores EM */
+    assert_int_equal(h_run(h_c, "d9e8"), X86_NM); /* fld1 with EM: #NM */
+    assert_int_equal(h_run(h_c, "9b"), -1);       /* fwait ignores EM */
     h_c->s.cr0 &= ~X86_CR0_EM;
     assert_int_equal(h_run(h_c, "f0d8c1"), X86_UD); /* LOCK */
     assert_int_equal(h_run(h_c, "d90b"), X86_UD);   /* d9 /1 */
@@ -180,20 +179,20 @@ static void test_unmasked_pending_mf(void **state)
     assert_int_equal(h_run(h_c, "d9ee"), -1); /* fldz */
     uint8_t before[8][16];
     memcpy(before, h_c->s.fx.st, sizeof(before));
-    h_c->s.fx.fcw = 0x037b; /* ZM clear */
+    h_c->s.fx.fcw = 0x037b;                   /* ZM clear */
     assert_int_equal(h_run(h_c, "d8f9"), -1); /* fdivr st0, st1: 1/0 */
     assert_memory_equal(before, h_c->s.fx.st, sizeof(before));
     assert_int_equal(h_c->s.fx.fsw & (0x3f | FSW_ES | FSW_B), 0x4 | FSW_ES | FSW_B);
-    assert_int_equal(h_run(h_c, "d8c1"), X86_MF);  /* fadd */
-    assert_int_equal(h_run(h_c, "9b"), X86_MF);    /* fwait */
+    assert_int_equal(h_run(h_c, "d8c1"), X86_MF);   /* fadd */
+    assert_int_equal(h_run(h_c, "9b"), X86_MF);     /* fwait */
     assert_int_equal(h_run(h_c, "0ffcca"), X86_MF); /* paddb mm: MMX waits too */
-    assert_int_equal(h_run(h_c, "dfe0"), -1);      /* fnstsw ax */
+    assert_int_equal(h_run(h_c, "dfe0"), -1);       /* fnstsw ax */
     assert_int_equal(h_c->s.gpr[RAX] & 0xffff, h_c->s.fx.fsw);
-    assert_int_equal(h_run(h_c, "d93b"), -1);      /* fnstcw [rbx] */
+    assert_int_equal(h_run(h_c, "d93b"), -1); /* fnstcw [rbx] */
     h_c->s.cr0 &= ~X86_CR0_NE;
-    assert_int_equal(h_run(h_c, "d8c1"), -1);      /* legacy FERR# path: not modelled */
+    assert_int_equal(h_run(h_c, "d8c1"), -1); /* legacy FERR# path: not modelled */
     h_c->s.cr0 |= X86_CR0_NE;
-    assert_int_equal(h_run(h_c, "dbe2"), -1);      /* fnclex */
+    assert_int_equal(h_run(h_c, "dbe2"), -1); /* fnclex */
     assert_int_equal(h_c->s.fx.fsw & 0x80ff, 0);
     assert_int_equal(h_run(h_c, "d8c1"), -1);
     /* FLDCW unmasking a set flag makes it pending */
@@ -251,9 +250,9 @@ static void test_env_save(void **state)
         __asm__ volatile("fxsave64 %0\n\tfxrstor64 %2\n\tfnsave %1\n\tfxrstor64 %0"
                          : "+m"(host), "=m"(nat)
                          : "m"(fx));
-        assert_memory_equal(img, nat, 2);          /* FCW */
-        assert_memory_equal(img + 4, nat + 4, 2);  /* FSW */
-        assert_memory_equal(img + 8, nat + 8, 2);  /* FTW (full) */
+        assert_memory_equal(img, nat, 2);            /* FCW */
+        assert_memory_equal(img + 4, nat + 4, 2);    /* FSW */
+        assert_memory_equal(img + 8, nat + 8, 2);    /* FTW (full) */
         assert_memory_equal(img + 28, nat + 28, 80); /* ST0-ST7 */
         assert_int_equal(h_c->s.fx.fcw, 0x37f);
         assert_int_equal(h_c->s.fx.ftw, 0);
@@ -288,9 +287,9 @@ static void test_env_save(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_x87_differential),   cmocka_unit_test(test_modrm_rederivation),
-        cmocka_unit_test(test_checks),             cmocka_unit_test(test_unmasked_pending_mf),
-        cmocka_unit_test(test_fip_fop),            cmocka_unit_test(test_env_save),
+        cmocka_unit_test(test_x87_differential), cmocka_unit_test(test_modrm_rederivation),
+        cmocka_unit_test(test_checks),           cmocka_unit_test(test_unmasked_pending_mf),
+        cmocka_unit_test(test_fip_fop),          cmocka_unit_test(test_env_save),
     };
     return cmocka_run_group_tests(tests, h_setup, h_teardown);
 }

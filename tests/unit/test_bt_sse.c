@@ -301,8 +301,7 @@ static void test_outside_model_ud(void **state)
     for (size_t k = 0; k < ARRAY_SIZE(ud); k++) {
         fresh();
         int v = h_run(h_c, ud[k]);
-        if (v != X86_UD)
-            print_message("%s: vector %d\n", ud[k], v);
+        if (v != X86_UD) print_message("%s: vector %d\n", ud[k], v);
         assert_int_equal(v, X86_UD);
     }
 }
@@ -311,15 +310,15 @@ static void test_nm_ud_checks(void **state)
 {
     fresh();
     h_c->s.cr0 |= X86_CR0_TS;
-    assert_int_equal(h_run(h_c, "0f58ca"), X86_NM);   /* addps */
-    assert_int_equal(h_run(h_c, "0ffcca"), X86_NM);   /* paddb mm */
-    assert_int_equal(h_run(h_c, "0fae03"), X86_NM);   /* fxsave */
-    assert_int_equal(h_run(h_c, "0fae13"), X86_NM);   /* ldmxcsr */
+    assert_int_equal(h_run(h_c, "0f58ca"), X86_NM); /* addps */
+    assert_int_equal(h_run(h_c, "0ffcca"), X86_NM); /* paddb mm */
+    assert_int_equal(h_run(h_c, "0fae03"), X86_NM); /* fxsave */
+    assert_int_equal(h_run(h_c, "0fae13"), X86_NM); /* ldmxcsr */
     h_c->s.cr0 &= ~X86_CR0_TS;
     h_c->s.cr0 |= X86_CR0_EM;
-    assert_int_equal(h_run(h_c, "0f58ca"), X86_UD);   /* SSE with EM: #UD */
-    assert_int_equal(h_run(h_c, "0ffcca"), X86_UD);   /* MMX with EM: #UD */
-    assert_int_equal(h_run(h_c, "0fae03"), X86_NM);   /* fxsave with EM: #NM */
+    assert_int_equal(h_run(h_c, "0f58ca"), X86_UD); /* SSE with EM: #UD */
+    assert_int_equal(h_run(h_c, "0ffcca"), X86_UD); /* MMX with EM: #UD */
+    assert_int_equal(h_run(h_c, "0fae03"), X86_NM); /* fxsave with EM: #NM */
     h_c->s.cr0 &= ~X86_CR0_EM;
     h_c->s.cr4 &= ~X86_CR4_OSFXSR;
     assert_int_equal(h_run(h_c, "0f58ca"), X86_UD);   /* SSE without OSFXSR */
@@ -333,20 +332,20 @@ static void test_alignment(void **state)
 {
     fresh();
     h_c->s.gpr[RBX] = H_DATA_GPA + 8;
-    assert_int_equal(h_run(h_c, "0f280b"), X86_GP);     /* movaps xmm1, [rbx+8] */
-    assert_int_equal(h_run(h_c, "0f2913"), X86_GP);     /* movaps [rbx], xmm2 */
-    assert_int_equal(h_run(h_c, "0f580b"), X86_GP);     /* addps xmm1, [rbx] */
-    assert_int_equal(h_run(h_c, "660fef0b"), X86_GP);   /* pxor xmm1, [rbx] */
-    assert_int_equal(h_run(h_c, "0f2b13"), X86_GP);     /* movntps */
-    assert_int_equal(h_run(h_c, "0fae03"), X86_GP);     /* fxsave */
-    assert_int_equal(h_run(h_c, "480fae0b"), X86_GP);   /* fxrstor64 */
-    assert_int_equal(h_run(h_c, "0f100b"), -1);         /* movups: fine */
-    assert_int_equal(h_run(h_c, "f30f580b"), -1);       /* addss m32: fine */
-    assert_int_equal(h_run(h_c, "660fd60b"), -1);       /* movq [rbx], xmm1: fine */
-    assert_int_equal(h_run(h_c, "0ffc0b"), -1);         /* paddb mm1, [rbx]: fine */
-    h_c->s.gpr[RBX] = 0x8000000000000000ull;            /* non-canonical */
+    assert_int_equal(h_run(h_c, "0f280b"), X86_GP);   /* movaps xmm1, [rbx+8] */
+    assert_int_equal(h_run(h_c, "0f2913"), X86_GP);   /* movaps [rbx], xmm2 */
+    assert_int_equal(h_run(h_c, "0f580b"), X86_GP);   /* addps xmm1, [rbx] */
+    assert_int_equal(h_run(h_c, "660fef0b"), X86_GP); /* pxor xmm1, [rbx] */
+    assert_int_equal(h_run(h_c, "0f2b13"), X86_GP);   /* movntps */
+    assert_int_equal(h_run(h_c, "0fae03"), X86_GP);   /* fxsave */
+    assert_int_equal(h_run(h_c, "480fae0b"), X86_GP); /* fxrstor64 */
+    assert_int_equal(h_run(h_c, "0f100b"), -1);       /* movups: fine */
+    assert_int_equal(h_run(h_c, "f30f580b"), -1);     /* addss m32: fine */
+    assert_int_equal(h_run(h_c, "660fd60b"), -1);     /* movq [rbx], xmm1: fine */
+    assert_int_equal(h_run(h_c, "0ffc0b"), -1);       /* paddb mm1, [rbx]: fine */
+    h_c->s.gpr[RBX] = 0x8000000000000000ull;          /* non-canonical */
     assert_int_equal(h_run(h_c, "0f100b"), X86_GP);
-    h_c->s.gpr[RBX] = 64ull << 20;                      /* beyond RAM / unmapped */
+    h_c->s.gpr[RBX] = 64ull << 20; /* beyond RAM / unmapped */
     assert_int_equal(h_run(h_c, "0f100b"), X86_PF);
 }
 
@@ -357,7 +356,7 @@ static void test_unmasked_xm(void **state)
     float one[4] = {1, 1, 1, 1}, zero[4] = {0, 2, 2, 2};
     memcpy(h_c->s.fx.xmm[1], one, 16);
     memcpy(h_c->s.fx.xmm[2], zero, 16);
-    h_c->s.fx.mxcsr = 0x1f80 & ~0x200u; /* ZM clear */
+    h_c->s.fx.mxcsr = 0x1f80 & ~0x200u;             /* ZM clear */
     assert_int_equal(h_run(h_c, "0f5eca"), X86_XM); /* divps xmm1, xmm2 */
     assert_memory_equal(h_c->s.fx.xmm[1], one, 16);
     assert_int_equal(h_c->s.fx.mxcsr & 0x3f, 0x4); /* ZE only (PE not reported with it) */
@@ -415,7 +414,7 @@ static void test_fxsave_fxrstor(void **state)
                          : "+m"(host), "=m"(nat)
                          : "m"(fx));
         const uint8_t *n8 = (const uint8_t *)&nat;
-        assert_memory_equal(img, n8, 6);                /* FCW FSW FTW */
+        assert_memory_equal(img, n8, 6);                  /* FCW FSW FTW */
         assert_memory_equal(img + 24, n8 + 24, 416 - 24); /* MXCSR, mask, registers */
 
         struct x86_fxsave scrambled;
@@ -453,7 +452,7 @@ static void test_mmx_aliasing(void **state)
     h_c->s.fx.fsw = 3 << 11; /* TOP = 3 */
     h_c->s.fx.ftw = 0;
     uint64_t v = 0x1122334455667788ull;
-    memcpy(h_c->s.fx.st[(2 - 3) & 7], &v, 8); /* physical R2 = ST((2-TOP)&7) */
+    memcpy(h_c->s.fx.st[(2 - 3) & 7], &v, 8);   /* physical R2 = ST((2-TOP)&7) */
     assert_int_equal(h_run(h_c, "0f6fca"), -1); /* movq mm1, mm2 */
     assert_int_equal(fpu_top(h_c), 0);
     assert_int_equal(h_c->s.fx.ftw, 0xff);
@@ -470,8 +469,9 @@ static void test_through_interpreter(void **state)
 {
     fresh();
     uint8_t code[64];
-    size_t n = h_hex("0f28030f5843100f294320d9e8d8c0dd5b30660fefc9660f2f4b30f2480f2c4330480f6ed80f77",
-                     code, sizeof(code));
+    size_t n =
+        h_hex("0f28030f5843100f294320d9e8d8c0dd5b30660fefc9660f2f4b30f2480f2c4330480f6ed80f77",
+              code, sizeof(code));
     guest_write(&h_vm.mem, 0x200000, code, n);
     float a[4] = {1, 2, 3, 4}, b[4] = {0.5f, 0.25f, -3, 1e10f}, r[4];
     guest_write(&h_vm.mem, H_DATA_GPA, a, 16);
@@ -497,10 +497,10 @@ static void test_through_interpreter(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_sse_differential), cmocka_unit_test(test_outside_model_ud),
-        cmocka_unit_test(test_nm_ud_checks),     cmocka_unit_test(test_alignment),
-        cmocka_unit_test(test_unmasked_xm),      cmocka_unit_test(test_mxcsr),
-        cmocka_unit_test(test_fxsave_fxrstor),   cmocka_unit_test(test_mmx_aliasing),
+        cmocka_unit_test(test_sse_differential),    cmocka_unit_test(test_outside_model_ud),
+        cmocka_unit_test(test_nm_ud_checks),        cmocka_unit_test(test_alignment),
+        cmocka_unit_test(test_unmasked_xm),         cmocka_unit_test(test_mxcsr),
+        cmocka_unit_test(test_fxsave_fxrstor),      cmocka_unit_test(test_mmx_aliasing),
         cmocka_unit_test(test_through_interpreter),
     };
     return cmocka_run_group_tests(tests, h_setup, h_teardown);

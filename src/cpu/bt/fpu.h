@@ -23,15 +23,22 @@
 #define FSW_B   0x8000
 #define FSW_EXC 0x003f /* IE DE ZE OE UE PE */
 
-#define MXCSR_FLAGS    0x003fu
-#define MXCSR_MASKS    0x1f80u
-#define MXCSR_DAZ      0x0040u
-#define MXCSR_SUPPORTED 0xffffu /* the MXCSR_MASK we report: every bit of the low half incl. DAZ */
+#define MXCSR_FLAGS     0x003fu
+#define MXCSR_MASKS     0x1f80u
+#define MXCSR_DAZ       0x0040u
+#define MXCSR_SUPPORTED 0xffffu /* the MXCSR_MASK we report: every bit of the low half incl. DAZ   \
+                                 */
 
-static inline unsigned fpu_top(const struct bt_cpu *c) { return (c->s.fx.fsw >> 11) & 7; }
+static inline unsigned fpu_top(const struct bt_cpu *c)
+{
+    return (c->s.fx.fsw >> 11) & 7;
+}
 
 /* FCW as hardware keeps it: reserved bits 7 and 13-15 read as 0, bit 6 as 1. */
-static inline uint16_t fcw_normalize(uint16_t v) { return (uint16_t)((v & 0x1f3f) | 0x40); }
+static inline uint16_t fcw_normalize(uint16_t v)
+{
+    return (uint16_t)((v & 0x1f3f) | 0x40);
+}
 
 /* Makes TOP 0 without moving any physical register (FNINIT, MMX instructions): the FXSAVE image
  * keeps registers in stack order (slot k = ST(k) = R[(TOP+k)&7]), so the slots rotate. */
