@@ -14,6 +14,7 @@
  * Trust: operands come from the decoder; memory goes through the soft MMU (bt_op_lin and
  * bt_read_buf/bt_write_buf), which raises the guest's faults.  Every read that can fault happens
  * before any architectural state changes. */
+#include <stdatomic.h>
 #include <string.h>
 
 #include "cpu/bt/bt.h"
@@ -104,10 +105,25 @@ static inline void host_ldmxcsr(uint32_t v)
     __asm__ volatile("ldmxcsr %0" : : "m"(v));
 }
 
+/* The MXCSR bits the host accepts (DAZ is missing on some early SSE2 parts): a guest value must
+ * never make the host's LDMXCSR fault. */
+static uint32_t host_mxcsr_mask(void)
+{
+    static _Atomic uint32_t mask;
+    uint32_t m = atomic_load_explicit(&mask, memory_order_relaxed);
+    if (!m) {
+        struct x86_fxsave img;
+        __asm__ volatile("fxsave64 %0" : "=m"(img));
+        m = img.mxcsr_mask ? img.mxcsr_mask : 0xffbf; /* 0 means "no DAZ" */
+        atomic_store_explicit(&mask, m, memory_order_relaxed);
+    }
+    return m;
+}
+
 static uint32_t fp_enter(const struct bt_cpu *c)
 {
     uint32_t host = host_stmxcsr();
-    host_ldmxcsr((c->s.fx.mxcsr & 0xffc0u & MXCSR_SUPPORTED) | MXCSR_MASKS);
+    host_ldmxcsr((c->s.fx.mxcsr & 0xffc0u & host_mxcsr_mask()) | MXCSR_MASKS);
     return host;
 }
 
