@@ -378,10 +378,6 @@ static int h_fx_diff(const struct x86_fxsave *a, const struct x86_fxsave *b, cha
     return 0;
 }
 
-struct h_case {
-    const char *text, *hex;
-};
-
 /* The differential check: the same random state on the software CPU and natively, `iters` times
  * per instruction; returns the number of mismatches (each printed). */
 static int h_diff_cases(const struct h_case *cases, size_t ncases, int iters)
