@@ -6,7 +6,6 @@
 #include "bt_fp_cases.h"
 #include "bt_fp_harness.h"
 
-
 static void test_sse_differential(void **state)
 {
     int bad = h_diff_cases(sse_cases, ARRAY_SIZE(sse_cases), 200);
@@ -207,6 +206,30 @@ static void test_mmx_aliasing(void **state)
     assert_int_equal(h_c->s.fx.ftw, 0);
 }
 
+/* Compatibility mode: FXSAVE/FXRSTOR leave XMM8-15 alone (image bytes 288-415 untouched). */
+static void test_fxsave_compat_mode(void **state)
+{
+    fresh();
+    h_c->s.seg[SEG_CS].l = 0;
+    h_c->s.seg[SEG_CS].db = 1;
+    bt_update_mode(h_c);
+    assert_int_equal(h_c->code_bits, 32);
+    uint8_t fill[512];
+    memset(fill, 0xaa, sizeof(fill));
+    guest_write(&h_vm.mem, H_DATA_GPA, fill, sizeof(fill));
+    memset(h_c->s.fx.xmm, 0x11, sizeof(h_c->s.fx.xmm));
+    assert_int_equal(h_run(h_c, "0fae03"), -1); /* fxsave [ebx] */
+    uint8_t img[512];
+    guest_read(&h_vm.mem, H_DATA_GPA, img, sizeof(img));
+    assert_int_equal(img[160], 0x11);     /* XMM0 */
+    assert_int_equal(img[288 + 5], 0xaa); /* XMM8: not written */
+    memset(h_c->s.fx.xmm[9], 0x22, 16);
+    assert_int_equal(h_run(h_c, "0fae0b"), -1);  /* fxrstor [ebx] */
+    assert_int_equal(h_c->s.fx.xmm[9][0], 0x22); /* XMM9 kept */
+    assert_int_equal(h_c->s.fx.xmm[7][0], 0x11);
+    h_long_mode(h_c);
+}
+
 /* A short program through the interpreter loop itself (bt_exec: block cache, fetch, dispatch). */
 static void test_through_interpreter(void **state)
 {
@@ -240,11 +263,11 @@ static void test_through_interpreter(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_sse_differential),    cmocka_unit_test(test_outside_model_ud),
-        cmocka_unit_test(test_nm_ud_checks),        cmocka_unit_test(test_alignment),
-        cmocka_unit_test(test_unmasked_xm),         cmocka_unit_test(test_mxcsr),
-        cmocka_unit_test(test_fxsave_fxrstor),      cmocka_unit_test(test_mmx_aliasing),
-        cmocka_unit_test(test_through_interpreter),
+        cmocka_unit_test(test_sse_differential),   cmocka_unit_test(test_outside_model_ud),
+        cmocka_unit_test(test_nm_ud_checks),       cmocka_unit_test(test_alignment),
+        cmocka_unit_test(test_unmasked_xm),        cmocka_unit_test(test_mxcsr),
+        cmocka_unit_test(test_fxsave_fxrstor),     cmocka_unit_test(test_mmx_aliasing),
+        cmocka_unit_test(test_fxsave_compat_mode), cmocka_unit_test(test_through_interpreter),
     };
     return cmocka_run_group_tests(tests, h_setup, h_teardown);
 }

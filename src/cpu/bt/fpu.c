@@ -16,6 +16,11 @@
  * Control instructions (FNINIT, FNCLEX, FLDCW, FNSTCW, FNSTSW, FLDENV, FNSTENV, FRSTOR, FNSAVE,
  * FWAIT) are plain C: they involve the guest's memory formats and do not update FIP/FOP/FDP.
  *
+ * Intended differences from hardware: FCS/FDS are stored as 0 (as on CPUs that deprecate them);
+ * FOP's mod/rm bits for memory forms assume the shortest encoding of the operand (the decoder keeps
+ * no raw ModRM); FNSTENV/FLDENV/FNSAVE/FRSTOR always use the protected-mode layouts (no real-mode
+ * layouts); with CR0.NE=0 a pending exception is not signalled (no FERR#/IRQ13).
+ *
  * Trust: the instruction's encoding is re-derived from the decoder's fields and checked against
  * the table of valid encodings before anything reaches the host, so a guest can never make the host
  * execute an undefined opcode.  Guest memory goes through the soft MMU; loads happen before, stores

@@ -11,6 +11,9 @@
  * SSE3/SSSE3/SSE4 mnemonics have no handler and raise #UD.  Where a later extension reuses an
  * SSE2 mnemonic with another opcode (PEXTRW 66 0F 3A 15 is SSE4.1) the opcode is checked.
  *
+ * Intended differences: with an unmasked IE/DE/ZE only those flags are reported (hardware may also
+ * report post-computation flags of other lanes in some cases); MASKMOVDQU/MASKMOVQ store byte by byte.
+ *
  * Trust: operands come from the decoder; memory goes through the soft MMU (bt_op_lin and
  * bt_read_buf/bt_write_buf), which raises the guest's faults.  Every read that can fault happens
  * before any architectural state changes. */
