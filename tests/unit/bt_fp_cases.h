@@ -1,6 +1,6 @@
 /* The FP/SIMD instruction cases of the software CPU's tests, as data: one entry per instruction
- * form, Intel-syntax text and the 64-bit encoding in hex.  Shared by test_bt_sse.c, test_bt_fpu.c and
- * any differential tester that wants them (tests/difftest/).
+ * form, Intel-syntax text and the 64-bit encoding in hex.  Shared by test_bt_sse.c, test_bt_fpu.c
+ * and any differential tester that wants them (tests/difftest/).
  *
  * Operand contract (what a runner must provide so every case is safe to run natively):
  *  - rbx, rdi and rsi point to a 16-byte-aligned data area of at least 256 bytes (memory operands

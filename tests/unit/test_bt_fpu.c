@@ -7,7 +7,6 @@
 #include "bt_fp_cases.h"
 #include "bt_fp_harness.h"
 
-
 static void test_x87_differential(void **state)
 {
     int bad = h_diff_cases(x87_cases, ARRAY_SIZE(x87_cases), 300);

@@ -149,21 +149,29 @@ struct x87_memform {
 /* clang-format off */
 static const struct x87_memform x87_mem[64] = {
     /* D8: m32fp arithmetic */
-    {XM_LOAD, 4}, {XM_LOAD, 4}, {XM_LOAD, 4}, {XM_LOAD, 4}, {XM_LOAD, 4}, {XM_LOAD, 4}, {XM_LOAD, 4}, {XM_LOAD, 4},
+    {XM_LOAD, 4}, {XM_LOAD, 4}, {XM_LOAD, 4}, {XM_LOAD, 4},
+    {XM_LOAD, 4}, {XM_LOAD, 4}, {XM_LOAD, 4}, {XM_LOAD, 4},
     /* D9: FLD m32, -, FST m32, FSTP m32, FLDENV, FLDCW, FNSTENV, FNSTCW */
-    {XM_LOAD, 4}, {XM_INV, 0}, {XM_STORE, 4}, {XM_STORE, 4}, {XM_CTRL, 0}, {XM_CTRL, 0}, {XM_CTRL, 0}, {XM_CTRL, 0},
+    {XM_LOAD, 4}, {XM_INV, 0}, {XM_STORE, 4}, {XM_STORE, 4},
+    {XM_CTRL, 0}, {XM_CTRL, 0}, {XM_CTRL, 0}, {XM_CTRL, 0},
     /* DA: m32int arithmetic */
-    {XM_LOAD, 4}, {XM_LOAD, 4}, {XM_LOAD, 4}, {XM_LOAD, 4}, {XM_LOAD, 4}, {XM_LOAD, 4}, {XM_LOAD, 4}, {XM_LOAD, 4},
+    {XM_LOAD, 4}, {XM_LOAD, 4}, {XM_LOAD, 4}, {XM_LOAD, 4},
+    {XM_LOAD, 4}, {XM_LOAD, 4}, {XM_LOAD, 4}, {XM_LOAD, 4},
     /* DB: FILD m32, FISTTP (SSE3), FIST m32, FISTP m32, -, FLD m80, -, FSTP m80 */
-    {XM_LOAD, 4}, {XM_INV, 0}, {XM_STORE, 4}, {XM_STORE, 4}, {XM_INV, 0}, {XM_LOAD, 10}, {XM_INV, 0}, {XM_STORE, 10},
+    {XM_LOAD, 4}, {XM_INV, 0}, {XM_STORE, 4}, {XM_STORE, 4},
+    {XM_INV, 0}, {XM_LOAD, 10}, {XM_INV, 0}, {XM_STORE, 10},
     /* DC: m64fp arithmetic */
-    {XM_LOAD, 8}, {XM_LOAD, 8}, {XM_LOAD, 8}, {XM_LOAD, 8}, {XM_LOAD, 8}, {XM_LOAD, 8}, {XM_LOAD, 8}, {XM_LOAD, 8},
+    {XM_LOAD, 8}, {XM_LOAD, 8}, {XM_LOAD, 8}, {XM_LOAD, 8},
+    {XM_LOAD, 8}, {XM_LOAD, 8}, {XM_LOAD, 8}, {XM_LOAD, 8},
     /* DD: FLD m64, FISTTP (SSE3), FST m64, FSTP m64, FRSTOR, -, FNSAVE, FNSTSW m16 */
-    {XM_LOAD, 8}, {XM_INV, 0}, {XM_STORE, 8}, {XM_STORE, 8}, {XM_CTRL, 0}, {XM_INV, 0}, {XM_CTRL, 0}, {XM_CTRL, 0},
+    {XM_LOAD, 8}, {XM_INV, 0}, {XM_STORE, 8}, {XM_STORE, 8},
+    {XM_CTRL, 0}, {XM_INV, 0}, {XM_CTRL, 0}, {XM_CTRL, 0},
     /* DE: m16int arithmetic */
-    {XM_LOAD, 2}, {XM_LOAD, 2}, {XM_LOAD, 2}, {XM_LOAD, 2}, {XM_LOAD, 2}, {XM_LOAD, 2}, {XM_LOAD, 2}, {XM_LOAD, 2},
+    {XM_LOAD, 2}, {XM_LOAD, 2}, {XM_LOAD, 2}, {XM_LOAD, 2},
+    {XM_LOAD, 2}, {XM_LOAD, 2}, {XM_LOAD, 2}, {XM_LOAD, 2},
     /* DF: FILD m16, FISTTP (SSE3), FIST m16, FISTP m16, FBLD, FILD m64, FBSTP, FISTP m64 */
-    {XM_LOAD, 2}, {XM_INV, 0}, {XM_STORE, 2}, {XM_STORE, 2}, {XM_LOAD, 10}, {XM_LOAD, 8}, {XM_STORE, 10}, {XM_STORE, 8},
+    {XM_LOAD, 2}, {XM_INV, 0}, {XM_STORE, 2}, {XM_STORE, 2},
+    {XM_LOAD, 10}, {XM_LOAD, 8}, {XM_STORE, 10}, {XM_STORE, 8},
 };
 /* clang-format on */
 

@@ -23,11 +23,12 @@
 #define FSW_B   0x8000
 #define FSW_EXC 0x003f /* IE DE ZE OE UE PE */
 
-#define MXCSR_FLAGS     0x003fu
-#define MXCSR_MASKS     0x1f80u
-#define MXCSR_DAZ       0x0040u
-#define MXCSR_SUPPORTED 0xffffu /* the MXCSR_MASK we report: every bit of the low half incl. DAZ   \
-                                 */
+#define MXCSR_FLAGS 0x003fu
+#define MXCSR_MASKS 0x1f80u
+#define MXCSR_DAZ   0x0040u
+#define MXCSR_SUPPORTED                                                                            \
+    0xffffu /* the MXCSR_MASK we report: every bit of the low half incl. DAZ                       \
+             */
 
 static inline unsigned fpu_top(const struct bt_cpu *c)
 {

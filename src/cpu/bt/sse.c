@@ -12,7 +12,8 @@
  * SSE2 mnemonic with another opcode (PEXTRW 66 0F 3A 15 is SSE4.1) the opcode is checked.
  *
  * Intended differences: with an unmasked IE/DE/ZE only those flags are reported (hardware may also
- * report post-computation flags of other lanes in some cases); MASKMOVDQU/MASKMOVQ store byte by byte.
+ * report post-computation flags of other lanes in some cases); MASKMOVDQU/MASKMOVQ store byte by
+ * byte.
  *
  * Trust: operands come from the decoder; memory goes through the soft MMU (bt_op_lin and
  * bt_read_buf/bt_write_buf), which raises the guest's faults.  Every read that can fault happens
