@@ -124,6 +124,7 @@ static void h_long_mode(struct bt_cpu *c)
     s->rflags = X86_FLAG_FIXED;
     s->rip = 0x200000;
     bt_update_mode(c);
+    bt_tlb_flush(c, true);
 }
 
 static int h_setup(void **state)

@@ -172,12 +172,94 @@ static void test_env_save(void **state)
     assert_int_equal(w[2], 0xffff);
 }
 
+/* Hostile bytes: random x87/MMX/SSE-space encodings (random prefixes, REX, ModRM, displacements)
+ * on random state (unmasked exceptions, CR0.TS/EM, CR4.OSFXSR off) must never hurt the host; every
+ * instruction outside the model must raise #UD, and no instruction inside it may lack a handler. */
+static void test_hostile_bytes(void **state)
+{
+    ZydisDecoder zd;
+    ZydisDecoderInit(&zd, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64);
+    int in_model = 0, outside = 0, unhandled = 0;
+    for (int it = 0; it < 40000; it++) {
+        uint8_t b[16];
+        size_t n = 0;
+        for (int k = 0; k < 16; k++)
+            b[k] = (uint8_t)h_rand();
+        switch (h_rand() % 4) {
+        case 0: b[n++] = 0x66; break;
+        case 1: b[n++] = (h_rand() & 1) ? 0xf2 : 0xf3; break;
+        default: break;
+        }
+        if (h_rand() % 4 == 0) b[n++] = (uint8_t)(0x40 | (h_rand() & 15));
+        switch (h_rand() % 8) {
+        case 0: b[n++] = (uint8_t)(0xd8 + h_rand() % 8); break;
+        case 1:
+            b[n++] = 0x0f;
+            b[n++] = (h_rand() & 1) ? 0x38 : 0x3a;
+            break;
+        case 2:
+            b[n++] = 0x0f;
+            b[n++] = 0xae;
+            break;
+        default: b[n++] = 0x0f; break;
+        }
+        ZydisDecodedInstruction z;
+        ZydisDecodedOperand zo[ZYDIS_MAX_OPERAND_COUNT];
+        if (ZYAN_FAILED(ZydisDecoderDecodeFull(&zd, b, 15, &z, zo))) continue;
+        bool model = z.meta.isa_ext == ZYDIS_ISA_EXT_X87 || z.meta.isa_ext == ZYDIS_ISA_EXT_MMX ||
+                     z.meta.isa_ext == ZYDIS_ISA_EXT_SSE || z.meta.isa_ext == ZYDIS_ISA_EXT_SSE2 ||
+                     z.meta.isa_set == ZYDIS_ISA_SET_FXSAVE ||
+                     z.meta.isa_set == ZYDIS_ISA_SET_FXSAVE64 ||
+                     z.meta.isa_set == ZYDIS_ISA_SET_FCMOV || z.meta.isa_ext == ZYDIS_ISA_EXT_CLFSH;
+        bool newer =
+            z.meta.isa_ext == ZYDIS_ISA_EXT_SSE3 || z.meta.isa_ext == ZYDIS_ISA_EXT_SSSE3 ||
+            z.meta.isa_ext == ZYDIS_ISA_EXT_SSE4 || z.meta.isa_ext == ZYDIS_ISA_EXT_SSE4A ||
+            z.meta.isa_ext == ZYDIS_ISA_EXT_AMD3DNOW;
+        if (z.mnemonic == ZYDIS_MNEMONIC_PAUSE || (!model && !newer))
+            continue; /* other families: not this test's business */
+
+        h_long_mode(h_c);
+        h_rand_fx(&h_c->s.fx);
+        h_c->s.fx.fcw = (uint16_t)(h_c->s.fx.fcw & ~(h_rand() & 0x3f));
+        h_c->s.fx.mxcsr &= (uint32_t) ~(h_rand() & 0x1f80);
+        if (h_rand() % 8 == 0) h_c->s.cr0 |= X86_CR0_TS;
+        if (h_rand() % 16 == 0) h_c->s.cr0 |= X86_CR0_EM;
+        if (h_rand() % 16 == 0) h_c->s.cr4 &= ~X86_CR4_OSFXSR;
+        for (int r = 0; r < 16; r++)
+            h_c->s.gpr[r] = (h_rand() & 1) ? H_DATA_GPA + (h_rand() % 2048) : h_rand();
+        h_c->s.rip = 0x200000;
+        uint64_t before = h_c->ud_unhandled;
+        char hex[40] = "";
+        for (size_t k = 0; k < z.length; k++)
+            snprintf(hex + 2 * k, 3, "%02x", b[k]);
+        int v = h_run(h_c, hex);
+        if (newer) {
+            outside++;
+            if (v != X86_UD)
+                fail_msg("%s (%s) outside the model: vector %d", hex,
+                         ZydisMnemonicGetString(z.mnemonic), v);
+        } else {
+            in_model++;
+            if (h_c->ud_unhandled != before) {
+                print_message("no handler: %s (%s)\n", hex, ZydisMnemonicGetString(z.mnemonic));
+                unhandled++;
+            }
+        }
+    }
+    print_message("hostile bytes: %d in the model, %d outside it\n", in_model, outside);
+    assert_true(in_model > 5000 && outside > 500);
+    assert_int_equal(unhandled, 0);
+    h_long_mode(h_c);
+    bt_fpu_reset(h_c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_x87_differential), cmocka_unit_test(test_modrm_rederivation),
         cmocka_unit_test(test_checks),           cmocka_unit_test(test_unmasked_pending_mf),
         cmocka_unit_test(test_fip_fop),          cmocka_unit_test(test_env_save),
+        cmocka_unit_test(test_hostile_bytes),
     };
     return cmocka_run_group_tests(tests, h_setup, h_teardown);
 }
