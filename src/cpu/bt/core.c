@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "cpu/bt/bt.h"
+#include "cpu/bt/intops.h"
 #include "util/log.h"
 
 /* ---- decoder and dispatch table ---------------------------------------------------------- */
@@ -632,6 +633,8 @@ static const struct bt_insn *lookup(struct bt_cpu *c, struct bt_cache *k, unsign
 
 /* ---- the interpreter loop ------------------------------------------------------------------ */
 
+bool (*bt_fault_observer)(struct bt_cpu *c, int vector, uint32_t errcode);
+
 static bool must_stop(struct bt_cpu *c)
 {
     return c->exit_now || atomic_load_explicit(&c->kicked, memory_order_relaxed);
@@ -693,10 +696,15 @@ uint64_t bt_exec(struct bt_cpu *c, uint64_t budget)
     struct bt_cache *const k = c->cache;
     const uint64_t start = c->icount;
     const uint64_t end = budget > UINT64_MAX - start ? UINT64_MAX : start + budget;
+    k->fault_depth = 0;
     if (setjmp(c->fault_jmp)) {
         /* An instruction (or an event delivery) faulted: bt_raise() recorded the exception.
          * Nothing the instruction did is committed except what the SDM makes visible. */
         c->s.rip = c->insn_rip;
+        if (bt_fault_observer && bt_fault_observer(c, c->pending_vector, c->pending_err)) {
+            c->exit_now = true;
+            return c->icount - start;
+        }
         if (++k->fault_depth > 8) {
             /* event.c turns nested faults into #DF and a triple fault into an exit; this only
              * guards the loop against a delivery path that keeps faulting */

@@ -79,3 +79,8 @@ static inline int64_t bt_sext(uint64_t v, unsigned size)
     default: return (int64_t)v;
     }
 }
+
+/* Tests and tools (the differential tester): called by the interpreter loop before it delivers an
+ * exception; returning true skips the delivery and ends bt_exec with RIP at the faulting
+ * instruction.  NULL in the VMM. */
+extern bool (*bt_fault_observer)(struct bt_cpu *c, int vector, uint32_t errcode);

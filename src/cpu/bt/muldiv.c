@@ -35,8 +35,9 @@ static bool div_faults(int op, unsigned size, uint64_t ax, uint64_t dx, uint64_t
     if (size == 1)
         dividend = (int16_t)ax;
     else
-        dividend = (__int128)(((unsigned __int128)(dx & m) << bits) | (ax & m)) << (128 - 2 * bits) >>
-                   (128 - 2 * bits);
+        dividend = (__int128)((((unsigned __int128)(dx & m) << bits) | (ax & m))
+                              << (128 - 2 * bits)) >>
+                   (128 - 2 * bits); /* shift unsigned, then sign-extend arithmetically */
     __int128 divisor = bt_sext(s, size);
     __int128 lo = -((__int128)1 << (bits - 1)), hi = ((__int128)1 << (bits - 1)) - 1;
     if (size == 8 && divisor == -1)
