@@ -254,6 +254,7 @@ void bt_deliver(struct bt_cpu *c, enum bt_event_kind kind, int vector, uint32_t 
     c->halted = false;
     if (c->s.mp_state == MP_HALTED) c->s.mp_state = MP_RUNNABLE;
     deliver(c, kind, vector & 0xff, errcode);
+    if (c->stop_after_event) c->exit_now = true;
 }
 
 /* ---- INT n / INT3 / INTO / INT1 ------------------------------------------------------------- */
