@@ -13,6 +13,7 @@
  * inside the sandboxed child or the software CPU. */
 #include <getopt.h>
 #include <inttypes.h>
+#include <time.h>
 
 #include "dtcase.h"
 #include "util/log.h"
@@ -171,6 +172,8 @@ static size_t gen_one(uint8_t *out, size_t at, int cls, bool lock)
             b[n++] = 0xf0;
         if (rnd(4) == 0)
             b[n++] = 0x66;
+        if (rnd(12) == 0)
+            b[n++] = 0x67; /* 32-bit addressing: the pointers fit in 32 bits */
         int memform = -1;
         uint8_t modrm = 0;
         if (o->modrm) {
@@ -333,6 +336,8 @@ static void gen_case(struct dt_case *k, int cls)
         case 1: PUT(k, 0xf2); break;
         default: break;
         }
+        if (rnd(5) == 0)
+            PUT(k, 0x67); /* ECX/ESI/EDI */
         if (rnd(3) == 0)
             PUT(k, 0x48);
         else if (rnd(3) == 0)
@@ -386,6 +391,32 @@ static const char *mnem_name(unsigned m)
     return ZydisMnemonicGetString((ZydisMnemonic)m);
 }
 
+/* Interpreted instructions per second on a simple loop (ALU, memory, branch). */
+static int run_bench(struct btenv *e)
+{
+    /* mov ecx, 10M; L: add rax, rcx; xor rdx, rax; mov [rbx+8], rdx; add rsi, [rbx+8];
+     * dec ecx; jnz L */
+    static const uint8_t code[] = {0xb9, 0x80, 0x96, 0x98, 0x00, 0x48, 0x01, 0xc8, 0x48, 0x31,
+                                   0xc2, 0x48, 0x89, 0x53, 0x08, 0x48, 0x03, 0x73, 0x08, 0xff,
+                                   0xc9, 0x75, 0xee};
+    static uint8_t scratch[DT_SCRATCH_N];
+    uint64_t g[16] = {0};
+    g[RBX] = DT_SCRATCH + 0x800;
+    g[RSP] = DT_SCRATCH + 0x1800;
+    btenv_load(e, code, sizeof(code), scratch, g, 0);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    uint64_t before = e->c->icount;
+    int v = btenv_run(e, 100000000);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    uint64_t n = e->c->icount - before;
+    double s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
+    printf("bench: %" PRIu64 " instructions in %.3f s: %.1f million interpreted instructions/s "
+           "(end vector %d, rip +%#llx)\n",
+           n, s, (double)n / s / 1e6, v, (unsigned long long)(e->c->s.rip - DT_CODE));
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     unsigned long cases = 1000;
@@ -396,10 +427,13 @@ int main(int argc, char **argv)
                                              {"seed", required_argument, 0, 's'},
                                              {"class", required_argument, 0, 'c'},
                                              {"verbose", no_argument, 0, 'v'},
+                                             {"bench", no_argument, 0, 'b'},
                                              {0, 0, 0, 0}};
     int ch;
-    while ((ch = getopt_long(argc, argv, "n:s:c:v", longopts, NULL)) != -1) {
+    bool bench = false;
+    while ((ch = getopt_long(argc, argv, "n:s:c:vb", longopts, NULL)) != -1) {
         switch (ch) {
+        case 'b': bench = true; break;
         case 'n': cases = strtoul(optarg, NULL, 0); break;
         case 's': seed = strtoull(optarg, NULL, 0); break;
         case 'v': verbose = true; break;
@@ -423,6 +457,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "difftest: cannot set up the software CPU: %s\n", err_msg());
         return 2;
     }
+    if (bench)
+        return run_bench(&env);
     struct native_result *nr = native_alloc();
     if (!nr) {
         fprintf(stderr, "difftest: cannot map the result page\n");
