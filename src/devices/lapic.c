@@ -22,7 +22,8 @@ struct lapic {
     struct vm *vm;
     struct lapic_bus *bus;
     unsigned slot;
-    uint64_t base; /* IA32_APIC_BASE */
+    bool has_tsc_deadline; /* CPUID.01H:ECX[24]; without it LVT timer bit 18 is reserved */
+    uint64_t base;         /* IA32_APIC_BASE */
 
     /* timer: next expiry (INT64_MAX: not armed) and period (0: one-shot or TSC deadline) */
     int64_t timer_expire, timer_period;
@@ -351,6 +352,13 @@ struct lapic *lapic_create(struct vm *vm, struct lapic_bus *bus, unsigned apic_i
     l->kick = kick_fn;
     l->kick_ctx = kick_ctx;
     l->base = LAYOUT_LAPIC_BASE | APIC_BASE_ENABLE | (bsp ? APIC_BASE_BSP : 0);
+    /* TSC-deadline mode exists only if the CPU model says so; with no model (tests), it does */
+    l->has_tsc_deadline = true;
+    if (vm && vm->cpuid.n) {
+        l->has_tsc_deadline = false;
+        for (unsigned i = 0; i < vm->cpuid.n && i < CPUID_MAX_ENTRIES; i++)
+            if (vm->cpuid.e[i].function == 1) l->has_tsc_deadline = vm->cpuid.e[i].ecx & (1u << 24);
+    }
     l->sipi = -1;
     l->wait_sipi = !bsp;
     reset_regs_locked(l, apic_id);
@@ -432,10 +440,11 @@ struct deferred {
     bool kick;
 };
 
-static uint32_t lvt_write_mask(uint32_t off)
+static uint32_t lvt_write_mask(const struct lapic *l, uint32_t off)
 {
     switch (off) {
-    case APIC_LVTT: return 0xff | APIC_LVT_MASKED | (3u << APIC_TIMER_MODE_SHIFT);
+    case APIC_LVTT:
+        return 0xff | APIC_LVT_MASKED | ((l->has_tsc_deadline ? 3u : 1u) << APIC_TIMER_MODE_SHIFT);
     case APIC_LVTTHMR:
     case APIC_LVTPC: return 0x7ff | APIC_LVT_MASKED;
     case APIC_LVT0:
@@ -525,7 +534,7 @@ static void reg_write_locked(struct lapic *l, uint32_t off, uint32_t val, int64_
     case APIC_LVT0:
     case APIC_LVT1:
     case APIC_LVTERR: {
-        uint32_t nv = val & lvt_write_mask(off);
+        uint32_t nv = val & lvt_write_mask(l, off);
         if (!sw) nv |= APIC_LVT_MASKED; /* cannot unmask while software-disabled */
         if (off == APIC_LVT0 || off == APIC_LVT1) nv |= R(l, off) & APIC_LVT_REMOTE_IRR;
         if (off == APIC_LVTT)
@@ -631,7 +640,7 @@ uint64_t lapic_mmio_base(struct lapic *l)
     return (b & APIC_BASE_ENABLE) ? (b & APIC_BASE_ADDR_MASK) : UINT64_MAX;
 }
 
-int lapic_set_base(struct lapic *l, uint64_t value, unsigned maxphyaddr, int64_t now)
+int lapic_set_base(struct lapic *l, uint64_t value, unsigned maxphyaddr)
 {
     if (maxphyaddr < 32 || maxphyaddr > 52) maxphyaddr = 52;
     uint64_t allowed =
@@ -653,7 +662,6 @@ int lapic_set_base(struct lapic *l, uint64_t value, unsigned maxphyaddr, int64_t
     sync_mirrors_locked(l);
     refresh_locked(l);
     pthread_mutex_unlock(&l->lock);
-    (void)now;
     return 0;
 }
 
@@ -864,18 +872,17 @@ int lapic_set_state(struct lapic *l, const struct lapic_state *in, int64_t now)
     r = r ? r : check_bits("LDR", IN(APIC_LDR), 0xff000000u);
     r = r ? r : check_bits("SVR", IN(APIC_SVR), 0x3ff);
     r = r ? r : check_bits("ESR", IN(APIC_ESR), 0xff);
-    r = r ? r : check_bits("ICR", IN(APIC_ICR), 0x000ccfffu | ds);
     r = r ? r : check_bits("ICR2", IN(APIC_ICR2), 0xff000000u);
-    r = r ? r : check_bits("LVT timer", IN(APIC_LVTT), lvt_write_mask(APIC_LVTT) | ds);
-    r = r ? r : check_bits("LVT thermal", IN(APIC_LVTTHMR), lvt_write_mask(APIC_LVTTHMR) | ds);
-    r = r ? r : check_bits("LVT perf", IN(APIC_LVTPC), lvt_write_mask(APIC_LVTPC) | ds);
+    r = r ? r : check_bits("LVT timer", IN(APIC_LVTT), lvt_write_mask(l, APIC_LVTT) | ds);
+    r = r ? r : check_bits("LVT thermal", IN(APIC_LVTTHMR), lvt_write_mask(l, APIC_LVTTHMR) | ds);
+    r = r ? r : check_bits("LVT perf", IN(APIC_LVTPC), lvt_write_mask(l, APIC_LVTPC) | ds);
     r = r ? r
           : check_bits("LVT LINT0", IN(APIC_LVT0),
-                       lvt_write_mask(APIC_LVT0) | ds | APIC_LVT_REMOTE_IRR);
+                       lvt_write_mask(l, APIC_LVT0) | ds | APIC_LVT_REMOTE_IRR);
     r = r ? r
           : check_bits("LVT LINT1", IN(APIC_LVT1),
-                       lvt_write_mask(APIC_LVT1) | ds | APIC_LVT_REMOTE_IRR);
-    r = r ? r : check_bits("LVT error", IN(APIC_LVTERR), lvt_write_mask(APIC_LVTERR) | ds);
+                       lvt_write_mask(l, APIC_LVT1) | ds | APIC_LVT_REMOTE_IRR);
+    r = r ? r : check_bits("LVT error", IN(APIC_LVTERR), lvt_write_mask(l, APIC_LVTERR) | ds);
     r = r ? r : check_bits("divide configuration", IN(APIC_TDCR), 0xb);
     if (r) return r;
     if (((IN(APIC_LVTT) >> APIC_TIMER_MODE_SHIFT) & 3) == 3)
@@ -897,6 +904,9 @@ int lapic_set_state(struct lapic *l, const struct lapic_state *in, int64_t now)
                                     APIC_LVT0, APIC_LVT1, APIC_LVTERR, APIC_TMICT,   APIC_TDCR};
     for (unsigned i = 0; i < ARRAY_SIZE(copy); i++)
         S(copy[i]) = IN(copy[i]) & ~ds;
+    /* KVM keeps the last ICR command as the guest wrote it, reserved bits included: it is only
+     * a record of the last IPI, so it is normalised rather than refused */
+    S(APIC_ICR) &= 0x000ccfffu;
     for (unsigned i = 0; i < 8; i++)
         for (unsigned base = APIC_ISR; base <= APIC_IRR; base += 0x80)
             s.regs[(base >> 2) + i * 4] = in->regs[(base >> 2) + i * 4];

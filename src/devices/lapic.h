@@ -32,6 +32,18 @@
  *     lapic_accept(vector) -> deliver through the IDT;
  *   - time: call lapic_update_timer(now) whenever now >= lapic_next_event_ns() (from the run loop,
  *     before HLT sleeps, or a timer thread); a halted vCPU sleeps until min(next event) or a kick.
+ *     Virtual and host time run at the same rate, so "sleep deadline - vclock_ns() ns" is right.
+ *
+ * Wiring for the software backend (vm_create / vcpu_create), in this order:
+ *     vm->tsc_khz = vm->tsc_khz ? vm->tsc_khz : vclock_pick_tsc_khz();
+ *     io = ioapic_create(vm, lapic_bus_deliver_cb, &bus);   (bus: a struct lapic_bus it owns)
+ *     lapic_bus_init(&bus, ioapic_eoi_cb, io);
+ *     ioapic_attach(vm, io);
+ *     pit = pit_create(vm, &(struct irq_line){vm_irq_set, vm, 2});  pit_attach(vm, pit);
+ *     per vCPU: lapic_create(vm, &bus, cpu->id, cpu->id == 0, kick_fn, cpu);
+ *     backend irq_line(vm, gsi, level) -> ioapic_set_irq(io, gsi, level)   (no 8259 PIC)
+ *     get/set_lapic/ioapic/pit -> lapic_get/set_state(.., vclock_ns()), ioapic_*, pit_*(.., now)
+ * Snapshot order: LAPIC state before IA32_TSC_DEADLINE (set_state disarms the deadline).
  */
 #pragma once
 #include <stdbool.h>
@@ -138,7 +150,9 @@ int lapic_bus_deliver_cb(void *ctx, const struct apic_irq *irq);
  * and, for an AP (!bsp), puts it in wait-for-SIPI.  kick(kick_ctx) is called from any thread
  * whenever an interrupt, NMI, INIT or SIPI becomes pending, so a halted vCPU wakes up; it may run
  * with the IOAPIC lock held, so it must only signal (no LAPIC/IOAPIC calls).  vm supplies
- * tsc_khz (0 means VCLOCK_DEFAULT_TSC_KHZ) and may be NULL in tests.  NULL with err_set() on error.
+ * tsc_khz (0 means VCLOCK_DEFAULT_TSC_KHZ) and the CPUID model (leaf 1 ECX bit 24 decides whether
+ * TSC-deadline mode exists; an empty model or vm == NULL, as in tests, means it does).  NULL with
+ * err_set() on error.
  */
 struct lapic *lapic_create(struct vm *vm, struct lapic_bus *bus, unsigned apic_id, bool bsp,
                            void (*kick)(void *ctx), void *kick_ctx);
@@ -158,15 +172,17 @@ void lapic_reg_write(struct lapic *l, uint32_t offset, uint32_t val, int64_t now
  * address beyond maxphyaddr (cpu's MAXPHYADDR, e.g. 40/46); the BSP flag is taken from the value.
  * Disabling the APIC returns it to its power-up register state (ID kept). */
 uint64_t lapic_get_base(struct lapic *l); /* lock-free */
-int lapic_set_base(struct lapic *l, uint64_t value, unsigned maxphyaddr, int64_t now);
+int lapic_set_base(struct lapic *l, uint64_t value, unsigned maxphyaddr);
 /* Guest-physical address of the register page while hardware-enabled, else UINT64_MAX
  * (lock-free: cheap enough for the MMU to ask on every physical access it cannot resolve to RAM).
  */
 uint64_t lapic_mmio_base(struct lapic *l);
 
-/* IA32_TSC_DEADLINE.  tsc_now is this vCPU's TSC at `now` (vclock_tsc_at + its own offset), so a
- * per-vCPU TSC offset needs no state here.  Writes outside TSC-deadline mode are ignored and reads
- * return 0 there (SDM 10.5.4.1); 0 disarms; a deadline in the past fires at once. */
+/* IA32_TSC_DEADLINE (only if the CPU model sets CPUID.01H:ECX[24]; otherwise LVT timer bit 18 is
+ * reserved, the mode never becomes TSC-deadline and the CPU should #GP on MSR 0x6e0).  tsc_now is
+ * this vCPU's TSC at `now` (vclock_tsc_at + its own offset), so a per-vCPU TSC offset needs no
+ * state here.  Writes outside TSC-deadline mode are ignored and reads return 0 there
+ * (SDM 10.5.4.1); 0 disarms; a deadline in the past fires at once. */
 uint64_t lapic_get_tsc_deadline(struct lapic *l);
 void lapic_set_tsc_deadline(struct lapic *l, uint64_t deadline, int64_t now, uint64_t tsc_now);
 
@@ -207,7 +223,8 @@ void lapic_update_timer(struct lapic *l, int64_t now);
 void lapic_get_state(struct lapic *l, struct lapic_state *s, int64_t now);
 /* Validates then loads: -EINVAL with err_set() on reserved bits, vectors 0-15 in ISR/IRR/TMR, a
  * reserved timer mode or destination model.  Computed registers (version, PPR) are recomputed,
- * unused slots ignored; the timer resumes from the current count (or the initial count if the
- * current one is 0 or larger).  The TSC deadline is restored separately. */
+ * unused slots ignored, the ICR's reserved bits dropped; the timer resumes from the current count
+ * (or the initial count if the current one is 0 or larger).  The TSC deadline is restored
+ * separately. */
 int lapic_set_state(struct lapic *l, const struct lapic_state *s, int64_t now);
 unsigned lapic_id(struct lapic *l); /* current APIC ID (the guest may rewrite it) */

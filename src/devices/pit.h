@@ -28,10 +28,11 @@
 struct vm;
 struct pit;
 
-#define PIT_FREQ_HZ           1193182
-#define PIT_PORT_BASE         0x40 /* channels 0-2 at 0x40-0x42, control word at 0x43 */
-#define PIT_PORT_CTRL         0x43
-#define PIT_PORT_61           0x61 /* NMI status and control / speaker: bit 0 gate 2, bit 1 speaker */
+#define PIT_FREQ_HZ   1193182
+#define PIT_PORT_BASE 0x40 /* channels 0-2 at 0x40-0x42, control word at 0x43 */
+#define PIT_PORT_CTRL 0x43
+/* port 0x61, NMI status and control: bit 0 gate 2, bit 1 speaker data, bit 5 OUT2 */
+#define PIT_PORT_61           0x61
 #define PIT_MIN_IRQ_PERIOD_NS 50000
 
 /* kvm_pit_channel_state read/write states */

@@ -9,6 +9,7 @@
 
 #include <cmocka.h>
 #include <errno.h>
+#include <pthread.h>
 
 #include "cpu/cpu.h"
 #include "devices/ioapic.h"
@@ -282,6 +283,52 @@ static void test_state(void **state)
     ioapic_destroy(io);
 }
 
+/* A device thread toggles a level line while the vCPU thread takes and EOIs the interrupt: no
+ * deadlock (IOAPIC -> LAPIC lock order), no lost Remote IRR. */
+static struct ioapic *IO3;
+static void eoi_to_io3(void *ctx, int v)
+{
+    ioapic_eoi(IO3, v);
+}
+static void *toggler(void *arg)
+{
+    for (int i = 0; i < 20000; i++) {
+        ioapic_set_irq(IO3, 7, 1);
+        ioapic_set_irq(IO3, 7, 0);
+    }
+    return NULL;
+}
+
+static void test_concurrent_level(void **state)
+{
+    struct lapic_bus bus;
+    lapic_bus_init(&bus, eoi_to_io3, NULL);
+    struct lapic *l = lapic_create(NULL, &bus, 0, true, NULL, NULL);
+    IO3 = ioapic_create(NULL, lapic_bus_deliver_cb, &bus);
+    lapic_reg_write(l, APIC_SVR, 0x1ff, 0);
+    route(IO3, 7, 0x47 | IOAPIC_RTE_LEVEL, 0);
+    pthread_t t;
+    pthread_create(&t, NULL, toggler, NULL);
+    int taken = 0;
+    for (int i = 0; i < 40000; i++) {
+        int v = lapic_pending_vector(l);
+        if (v < 0) continue;
+        lapic_accept(l, v);
+        lapic_reg_write(l, APIC_EOI, 0, 0);
+        taken++;
+    }
+    pthread_join(t, NULL);
+    while (lapic_pending_vector(l) >= 0) {
+        lapic_accept(l, lapic_pending_vector(l));
+        lapic_reg_write(l, APIC_EOI, 0, 0);
+    }
+    assert_false(io_rd(IO3, 0x10 + 14) & IOAPIC_RTE_REMOTE_IRR);
+    assert_int_equal(lapic_reg_read(l, APIC_ISR + 0x20, 0), 0);
+    (void)taken;
+    ioapic_destroy(IO3);
+    lapic_destroy(l);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -291,6 +338,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_with_lapics, setup, teardown),
         cmocka_unit_test_setup_teardown(test_attach_mmio, setup, teardown),
         cmocka_unit_test_setup_teardown(test_state, setup, teardown),
+        cmocka_unit_test(test_concurrent_level),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

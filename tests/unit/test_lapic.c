@@ -408,6 +408,37 @@ static void test_timer_tsc_deadline(void **state)
     assert_false(irr(l, 0x23));
 }
 
+/* Without CPUID.01H:ECX.TSC_Deadline, LVT timer bit 18 is reserved (SDM 10.5.4.1). */
+static void test_tsc_deadline_needs_cpuid(void **state)
+{
+    struct fix *f = *state;
+    struct vm vm;
+    memset(&vm, 0, sizeof(vm));
+    vm.tsc_khz = 1000000;
+    vm.cpuid.n = 1;
+    vm.cpuid.e[0] = (struct cpuid_entry){.function = 1, .ecx = 0};
+    struct lapic *l = lapic_create(&vm, NULL, 5, false, NULL, NULL);
+    assert_non_null(l);
+    enable(l);
+    wr(l, APIC_LVTT, (APIC_TIMER_TSCDEADLINE << 17) | 0x23);
+    assert_int_equal(rd(l, APIC_LVTT), 0x23); /* bit 18 dropped: one-shot */
+    lapic_set_tsc_deadline(l, 10, 0, 5);
+    assert_int_equal(lapic_get_tsc_deadline(l), 0);
+    assert_false(irr(l, 0x23));
+    struct lapic_state s;
+    lapic_get_state(f->l[0], &s, 0);
+    s.regs[APIC_LVTT >> 2] = (APIC_TIMER_TSCDEADLINE << 17) | 0x23;
+    assert_int_equal(lapic_set_state(l, &s, 0), -EINVAL);
+    lapic_destroy(l);
+    vm.cpuid.e[0].ecx = 1u << 24;
+    l = lapic_create(&vm, NULL, 5, false, NULL, NULL);
+    enable(l);
+    wr(l, APIC_LVTT, (APIC_TIMER_TSCDEADLINE << 17) | 0x23);
+    assert_int_equal(rd(l, APIC_LVTT), (APIC_TIMER_TSCDEADLINE << 17) | 0x23);
+    assert_int_equal(lapic_set_state(l, &s, 0), 0);
+    lapic_destroy(l);
+}
+
 static void send(struct lapic *from, uint32_t low, uint8_t dest)
 {
     wr(from, APIC_ICR2, (uint32_t)dest << 24);
@@ -529,21 +560,21 @@ static void test_apic_base(void **state)
     struct lapic *l = f->l[1];
     enable(l);
     lapic_set_irr(l, 0x50, false);
-    assert_int_equal(
-        lapic_set_base(l, LAYOUT_LAPIC_BASE | APIC_BASE_ENABLE | APIC_BASE_X2APIC, 40, 0), -EINVAL);
-    assert_int_equal(lapic_set_base(l, LAYOUT_LAPIC_BASE | APIC_BASE_ENABLE | 1, 40, 0), -EINVAL);
-    assert_int_equal(lapic_set_base(l, (1ull << 40) | APIC_BASE_ENABLE, 40, 0), -EINVAL);
+    assert_int_equal(lapic_set_base(l, LAYOUT_LAPIC_BASE | APIC_BASE_ENABLE | APIC_BASE_X2APIC, 40),
+                     -EINVAL);
+    assert_int_equal(lapic_set_base(l, LAYOUT_LAPIC_BASE | APIC_BASE_ENABLE | 1, 40), -EINVAL);
+    assert_int_equal(lapic_set_base(l, (1ull << 40) | APIC_BASE_ENABLE, 40), -EINVAL);
     assert_int_equal(lapic_get_base(l), LAYOUT_LAPIC_BASE | APIC_BASE_ENABLE);
     /* relocation */
-    assert_int_equal(lapic_set_base(l, 0xfed00000ull | APIC_BASE_ENABLE, 40, 0), 0);
+    assert_int_equal(lapic_set_base(l, 0xfed00000ull | APIC_BASE_ENABLE, 40), 0);
     assert_int_equal(lapic_mmio_base(l), 0xfed00000ull);
     /* disable: no MMIO, no interrupts, registers back to power-up state */
-    assert_int_equal(lapic_set_base(l, 0xfed00000ull, 40, 0), 0);
+    assert_int_equal(lapic_set_base(l, 0xfed00000ull, 40), 0);
     assert_int_equal(lapic_mmio_base(l), UINT64_MAX);
     assert_int_equal(lapic_pending_vector(l), -1);
     send(f->l[0], APIC_DM_NMI << 8, 1);
     assert_false(lapic_has_nmi(l));
-    assert_int_equal(lapic_set_base(l, LAYOUT_LAPIC_BASE | APIC_BASE_ENABLE, 40, 0), 0);
+    assert_int_equal(lapic_set_base(l, LAYOUT_LAPIC_BASE | APIC_BASE_ENABLE, 40), 0);
     assert_int_equal(rd(l, APIC_SVR), 0xff);
     assert_false(irr(l, 0x50));
     assert_int_equal(rd(l, APIC_ID), 1u << 24);
@@ -594,11 +625,10 @@ static void test_state_invalid(void **state)
         unsigned off;
         uint32_t val;
     } bad[] = {
-        {APIC_TPR, 0x100},     {APIC_ID, 0x1},         {APIC_LVTT, 3u << 17},
-        {APIC_LVTT, 1u << 20}, {APIC_DFR, 0x5fffffff}, {APIC_IRR, 0x20},
-        {APIC_ISR, 0x8000},    {APIC_TMR, 1},          {APIC_ICR, 1u << 13},
-        {APIC_SVR, 1u << 12},  {APIC_TDCR, 0x4},       {APIC_LVT0, 1u << 17},
-        {APIC_ICR2, 0xff},     {APIC_LDR, 0x00ff0000},
+        {APIC_TPR, 0x100},      {APIC_ID, 0x1},   {APIC_LVTT, 3u << 17}, {APIC_LVTT, 1u << 20},
+        {APIC_DFR, 0x5fffffff}, {APIC_IRR, 0x20}, {APIC_ISR, 0x8000},    {APIC_TMR, 1},
+        {APIC_SVR, 1u << 12},   {APIC_TDCR, 0x4}, {APIC_LVT0, 1u << 17}, {APIC_ICR2, 0xff},
+        {APIC_LDR, 0x00ff0000},
     };
     for (unsigned i = 0; i < ARRAY_SIZE(bad); i++) {
         s = good;
@@ -612,7 +642,9 @@ static void test_state_invalid(void **state)
     s.regs[APIC_PPR >> 2] = 0xff;
     s.regs[APIC_LVR >> 2] = 0x12345678;
     s.regs[0x3f0 >> 2] = 0xdeadbeef;
+    s.regs[APIC_ICR >> 2] = 0xfffff0fe; /* reserved bits and delivery status dropped */
     assert_int_equal(lapic_set_state(l, &s, 0), 0);
+    assert_int_equal(rd(l, APIC_ICR), 0x000cc0fe);
     assert_int_equal(rd(l, APIC_PPR), 0x33);
     assert_int_equal(rd(l, APIC_LVR), 0x00050014);
     /* software-disabled state gets its LVTs masked */
@@ -711,6 +743,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_timer_periodic, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timer_masked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timer_tsc_deadline, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tsc_deadline_needs_cpuid, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ipi_fixed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ipi_logical, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ipi_nmi_init_sipi, setup, teardown),

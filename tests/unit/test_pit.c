@@ -11,6 +11,8 @@
 #include <errno.h>
 
 #include "cpu/cpu.h"
+#include "devices/ioapic.h"
+#include "devices/lapic.h"
 #include "devices/pit.h"
 #include "util/log.h"
 
@@ -332,6 +334,37 @@ static void test_state(void **state)
     pit_destroy(q);
 }
 
+/* The whole chain the software backend wires: PIT channel 0 -> GSI 2 -> IOAPIC -> LAPIC 0. */
+static void test_chain_to_lapic(void **state)
+{
+    struct lapic_bus bus;
+    struct ioapic *io = ioapic_create(NULL, lapic_bus_deliver_cb, &bus);
+    lapic_bus_init(&bus, ioapic_eoi_cb, io);
+    struct lapic *l = lapic_create(NULL, &bus, 0, true, NULL, NULL);
+    struct irq_line line = {.set = ioapic_irq_line_cb, .ctx = io, .gsi = 2};
+    struct pit *p = pit_create(NULL, &line);
+    lapic_reg_write(l, APIC_SVR, 0x1ff, 0);
+    uint8_t sel[4] = {0x10 + 2 * 2},
+            low[4] = {0x30, 0, 0, 0}; /* pin 2: edge, vector 0x30, APIC 0 */
+    ioapic_mmio_write(io, 0, sel, 4);
+    ioapic_mmio_write(io, 0x10, low, 4);
+    pit_port_write(p, 0x43, 0x34, 0);
+    pit_port_write(p, 0x40, 0xa9, 0); /* 1193: ~1 kHz */
+    pit_port_write(p, 0x40, 0x04, 0);
+    for (int tick = 1; tick <= 3; tick++) {
+        int64_t t = pit_next_event_ns(p);
+        assert_int_equal(t, tt(0, 1193ull * tick));
+        pit_update(p, t);
+        assert_int_equal(lapic_pending_vector(l), 0x30);
+        lapic_accept(l, 0x30);
+        lapic_reg_write(l, APIC_EOI, 0, t);
+        assert_int_equal(lapic_pending_vector(l), -1);
+    }
+    pit_destroy(p);
+    lapic_destroy(l);
+    ioapic_destroy(io);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -347,6 +380,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_min_period, setup, teardown),
         cmocka_unit_test_setup_teardown(test_attach, setup, teardown),
         cmocka_unit_test_setup_teardown(test_state, setup, teardown),
+        cmocka_unit_test(test_chain_to_lapic),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

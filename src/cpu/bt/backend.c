@@ -16,12 +16,13 @@
 #include "cpu/bt/sys.h"
 #include "util/log.h"
 
-#define BT_RUN_BUDGET 200000 /* instructions between checks of kicks, timers and stop requests */
+#define BT_RUN_BUDGET 50000 /* instructions between checks of kicks, timers and stop requests */
 
 struct bt_vcpu {
     struct bt_cpu cpu;
     pthread_mutex_t lock;
     pthread_cond_t cond;
+    bool wake; /* under lock: something became pending since the vCPU last looked */
     bool single_step;
 };
 
@@ -86,7 +87,11 @@ static int bt_vcpu_create(struct vcpu *cpu)
     x86_state_reset(&c->s, cpu->id, cpu->id == 0);
     c->halted = c->s.mp_state != MP_RUNNABLE;
     pthread_mutex_init(&v->lock, NULL);
-    pthread_cond_init(&v->cond, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&v->cond, &ca);
+    pthread_condattr_destroy(&ca);
     int r = bt_core_init(c);
     if (r == 0) r = bt_mmu_init(c);
     if (r == 0) r = bt_glue_lapic_create(c);
@@ -129,15 +134,26 @@ static uint64_t now_ns(void)
 static void halt_wait(struct bt_vcpu *v)
 {
     struct bt_cpu *c = &v->cpu;
-    int64_t ev = bt_glue_next_event_ns(c);
-    uint64_t now = now_ns();
-    uint64_t until = now + 10000000ull; /* re-check at least every 10 ms */
-    if (ev >= 0 && (uint64_t)ev < until) until = (uint64_t)ev;
-    if (until <= now) return;
+    /* timer deadlines are in virtual ns; the wait is the same span of host time */
+    int64_t ev = bt_glue_next_event_ns(c), vnow = bt_glue_now();
+    int64_t span = 10000000; /* re-check at least every 10 ms */
+    if (ev - vnow < span) span = ev - vnow;
+    if (span <= 0) return;
+    uint64_t until = now_ns() + (uint64_t)span;
     struct timespec ts = {.tv_sec = (time_t)(until / 1000000000ull),
                           .tv_nsec = (long)(until % 1000000000ull)};
     pthread_mutex_lock(&v->lock);
-    if (!atomic_load(&c->kicked)) pthread_cond_timedwait(&v->cond, &v->lock, &ts);
+    if (!atomic_load(&c->kicked) && !v->wake) pthread_cond_timedwait(&v->cond, &v->lock, &ts);
+    pthread_mutex_unlock(&v->lock);
+}
+
+void bt_vcpu_wake(struct vcpu *cpu)
+{
+    struct bt_vcpu *v = cpu ? bvc(cpu) : NULL;
+    if (!v) return;
+    pthread_mutex_lock(&v->lock);
+    v->wake = true;
+    pthread_cond_signal(&v->cond);
     pthread_mutex_unlock(&v->lock);
 }
 
@@ -156,6 +172,9 @@ static int bt_vcpu_run(struct vcpu *cpu, struct vcpu_exit *exit)
         }
         bt_glue_timers(c);
         if (c->halted || c->s.mp_state == MP_WAIT_FOR_SIPI) {
+            pthread_mutex_lock(&v->lock);
+            v->wake = false; /* anything arriving from here on wakes the wait below */
+            pthread_mutex_unlock(&v->lock);
             if (bt_check_interrupts(c) && c->s.mp_state != MP_WAIT_FOR_SIPI) {
                 c->halted = false;
                 c->s.mp_state = MP_RUNNABLE;
@@ -198,6 +217,7 @@ static int bt_get_state(struct vcpu *cpu, struct x86_state *s)
     *s = c->s;
     s->tsc = bt_rdtsc(c);
     s->cr8 = bt_glue_get_cr8(c);
+    s->tsc_deadline = bt_glue_get_tsc_deadline(c);
     if (c->halted && s->mp_state == MP_RUNNABLE) s->mp_state = MP_HALTED;
     return 0;
 }
@@ -249,6 +269,13 @@ static int bt_set_state(struct vcpu *cpu, const struct x86_state *s)
     c->tsc_offset = 0;
     c->tsc_offset = s->tsc - bt_rdtsc(c);
     bt_glue_set_cr8(c, s->cr8);
+    if (c->lapic) {
+        if (!bt_glue_set_apic_base(c, s->apic_base, 52))
+            return err_set(EINVAL, "vCPU state: IA32_APIC_BASE %#llx is invalid",
+                           (unsigned long long)s->apic_base);
+        bt_glue_set_wait_for_sipi(c, s->mp_state == MP_WAIT_FOR_SIPI);
+        bt_glue_set_tsc_deadline(c, s->tsc_deadline);
+    }
     c->halted = s->mp_state == MP_HALTED || s->mp_state == MP_WAIT_FOR_SIPI;
     if (s->mp_state == MP_HALTED) c->s.mp_state = MP_RUNNABLE;
     c->shutdown = false;
@@ -278,18 +305,21 @@ static int bt_dirty_log(struct vm *vm, uint64_t *bitmap, size_t nwords)
     return 0;
 }
 
-static int no_state(const char *what)
+static int bt_get_lapic(struct vcpu *cpu, struct lapic_state *s)
 {
-    return err_set(ENOSYS, "software CPU: %s state is not available until the user-space "
-                           "interrupt controllers are wired in",
-                   what);
+    return bt_glue_get_lapic(&bvc(cpu)->cpu, s);
 }
-static int bt_get_lapic(struct vcpu *cpu, struct lapic_state *s) { return no_state("LAPIC"); }
-static int bt_set_lapic(struct vcpu *cpu, const struct lapic_state *s) { return no_state("LAPIC"); }
-static int bt_get_ioapic(struct vm *vm, struct ioapic_state *s) { return no_state("IOAPIC"); }
-static int bt_set_ioapic(struct vm *vm, const struct ioapic_state *s) { return no_state("IOAPIC"); }
-static int bt_get_pit(struct vm *vm, struct pit_state *s) { return no_state("PIT"); }
-static int bt_set_pit(struct vm *vm, const struct pit_state *s) { return no_state("PIT"); }
+static int bt_set_lapic(struct vcpu *cpu, const struct lapic_state *s)
+{
+    return bt_glue_set_lapic(&bvc(cpu)->cpu, s);
+}
+static int bt_get_ioapic(struct vm *vm, struct ioapic_state *s) { return bt_glue_get_ioapic(vm, s); }
+static int bt_set_ioapic(struct vm *vm, const struct ioapic_state *s)
+{
+    return bt_glue_set_ioapic(vm, s);
+}
+static int bt_get_pit(struct vm *vm, struct pit_state *s) { return bt_glue_get_pit(vm, s); }
+static int bt_set_pit(struct vm *vm, const struct pit_state *s) { return bt_glue_set_pit(vm, s); }
 
 static int bt_set_debug(struct vcpu *cpu, const struct vcpu_debug *d)
 {

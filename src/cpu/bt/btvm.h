@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "cpu/bt/bt.h"
+#include "devices/lapic.h"
 
 struct ioapic;
 struct pit;
@@ -20,12 +21,16 @@ struct bt_vm {
     _Atomic uint64_t *watch;
     uint64_t watch_pages;
     struct bt_cpu *cpu[VM_MAX_CPUS];
+    struct lapic_bus bus; /* routes IPIs and IOAPIC messages to the vCPUs' LAPICs */
     struct ioapic *ioapic;
     struct pit *pit;
 };
 
 /* The VM's bt state when the VM is run by the bt backend, else NULL (bt_emulate_one under KVM). */
 struct bt_vm *bt_vm_of(const struct vm *vm);
+/* Wakes vCPU `cpu` if it sleeps in HLT (the LAPIC calls it when something becomes pending; a
+ * running vCPU sees new interrupts by itself between instructions). */
+void bt_vcpu_wake(struct vcpu *cpu);
 /* Allocates / frees the watch bitmap for all of the VM's guest-physical space. */
 int bt_watch_init(struct bt_vm *bv);
 void bt_watch_destroy(struct bt_vm *bv);

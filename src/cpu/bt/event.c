@@ -252,6 +252,7 @@ static void deliver(struct bt_cpu *c, int kind, int vector, uint32_t err)
 void bt_deliver(struct bt_cpu *c, enum bt_event_kind kind, int vector, uint32_t errcode)
 {
     c->halted = false;
+    if (c->s.mp_state == MP_HALTED) c->s.mp_state = MP_RUNNABLE;
     deliver(c, kind, vector & 0xff, errcode);
 }
 
@@ -403,7 +404,11 @@ static void init_ap(struct bt_cpu *c)
 
 bool bt_check_interrupts(struct bt_cpu *c)
 {
-    if (bt_glue_take_init(c) && c->index != 0) init_ap(c);
+    bool att = bt_glue_attention(c);
+    if (!att && !c->s.ev.nmi_pending && !c->s.ev.interrupt_pending &&
+        c->s.mp_state != MP_WAIT_FOR_SIPI)
+        return false;
+    if (att && bt_glue_take_init(c) && c->index != 0) init_ap(c);
     if (c->s.mp_state == MP_WAIT_FOR_SIPI) {
         int v = bt_glue_take_sipi(c);
         if (v < 0) return false;
@@ -422,7 +427,7 @@ bool bt_check_interrupts(struct bt_cpu *c)
         c->s.ev.interrupt_shadow = 0;
         return false;
     }
-    if (bt_glue_take_nmi(c)) c->s.ev.nmi_pending = 1;
+    if (att && bt_glue_take_nmi(c)) c->s.ev.nmi_pending = 1;
     if (c->s.ev.nmi_pending && !c->s.ev.nmi_masked) {
         c->s.ev.nmi_pending = 0;
         bt_deliver(c, BT_EV_NMI, X86_NMI, BT_NO_ERRCODE);
@@ -434,6 +439,7 @@ bool bt_check_interrupts(struct bt_cpu *c)
         bt_deliver(c, BT_EV_EXTINT, c->s.ev.interrupt_vector, BT_NO_ERRCODE);
         return true;
     }
+    if (!att) return false;
     int v = bt_glue_lapic_pending(c);
     if (v < 0) return false;
     bt_glue_lapic_accept(c, v);

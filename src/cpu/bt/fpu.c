@@ -16,6 +16,11 @@
  * Control instructions (FNINIT, FNCLEX, FLDCW, FNSTCW, FNSTSW, FLDENV, FNSTENV, FRSTOR, FNSAVE,
  * FWAIT) are plain C: they involve the guest's memory formats and do not update FIP/FOP/FDP.
  *
+ * Intended differences from hardware: FCS/FDS are stored as 0 (as on CPUs that deprecate them);
+ * FOP's mod/rm bits for memory forms assume the shortest encoding of the operand (the decoder keeps
+ * no raw ModRM); FNSTENV/FLDENV/FNSAVE/FRSTOR always use the protected-mode layouts (no real-mode
+ * layouts); with CR0.NE=0 a pending exception is not signalled (no FERR#/IRQ13).
+ *
  * Trust: the instruction's encoding is re-derived from the decoder's fields and checked against
  * the table of valid encodings before anything reaches the host, so a guest can never make the host
  * execute an undefined opcode.  Guest memory goes through the soft MMU; loads happen before, stores
@@ -31,13 +36,15 @@
 
 void bt_x87_check(struct bt_cpu *c, bool waiting)
 {
-    if (c->s.cr0 & (X86_CR0_EM | X86_CR0_TS))
-        bt_raise(c, X86_NM, BT_NO_ERRCODE);
+    if (c->s.cr0 & (X86_CR0_EM | X86_CR0_TS)) bt_raise(c, X86_NM, BT_NO_ERRCODE);
     if (waiting && (c->s.fx.fsw & FSW_EXC & ~c->s.fx.fcw) && (c->s.cr0 & X86_CR0_NE))
         bt_raise(c, X86_MF, BT_NO_ERRCODE);
 }
 
-void bt_fpu_check(struct bt_cpu *c) { bt_x87_check(c, true); }
+void bt_fpu_check(struct bt_cpu *c)
+{
+    bt_x87_check(c, true);
+}
 
 void bt_fpu_reset(struct bt_cpu *c)
 {
@@ -47,14 +54,28 @@ void bt_fpu_reset(struct bt_cpu *c)
     c->s.fx.mxcsr_mask = MXCSR_SUPPORTED;
 }
 
-static void done(struct bt_cpu *c) { c->s.rip = c->next_rip; }
+static void done(struct bt_cpu *c)
+{
+    c->s.rip = c->next_rip;
+}
+
+/* FNINIT (also the tail of FNSAVE): TOP 0 without moving registers, all tags empty. */
+static void x87_init(struct x86_fxsave *fx)
+{
+    fpu_rotate_top0(fx);
+    fx->fcw = 0x37f;
+    fx->fsw = 0;
+    fx->ftw = 0;
+    fx->fop = 0;
+    fx->fip = 0;
+    fx->fdp = 0;
+}
 
 /* ES and B summarize "an unmasked exception flag is set". */
 static uint16_t fsw_summary(uint16_t fsw, uint16_t fcw)
 {
-    if (fsw & FSW_EXC & ~fcw)
-        return fsw | FSW_ES | FSW_B;
-    return fsw & (uint16_t)~(FSW_ES | FSW_B);
+    if (fsw & FSW_EXC & ~fcw) return fsw | FSW_ES | FSW_B;
+    return fsw & (uint16_t) ~(FSW_ES | FSW_B);
 }
 
 /* ---- host execution ------------------------------------------------------------------------- */
@@ -75,22 +96,23 @@ static const uint64_t x87_reg_valid[8] = {
  * Register forms also carry CF/PF/ZF in (FCMOVcc) and out (FCOMI/FUCOMI); the stack pointer
  * steps over the red zone before PUSHF/POPF. */
 #define X87_SEQ(bytes)                                                                             \
-    __asm__ volatile("fxsave64 (%1)\n\tfxrstor64 (%2)\n\t" bytes "\n\tfxsave64 (%2)\n\tfxrstor64 (%1)" \
+    __asm__ volatile("fxsave64 (%1)\n\tfxrstor64 (%2)\n\t" bytes                                   \
+                     "\n\tfxsave64 (%2)\n\tfxrstor64 (%1)"                                         \
                      : "=m"(*r)                                                                    \
-                     : "r"(&r->host), "r"(&r->img), "D"(mem), "m"(*r)                               \
+                     : "r"(&r->host), "r"(&r->img), "D"(mem), "m"(*r)                              \
                      : "memory")
 #define X87_SEQ_FLAGS(bytes)                                                                       \
-    __asm__ volatile("fxsave64 (%1)\n\tfxrstor64 (%2)\n\t"                                        \
-                     "lea -128(%%rsp), %%rsp\n\tpushfq\n\tpop %%rax\n\tand $~0x45, %%rax\n\t"        \
-                     "or %3, %%rax\n\tpush %%rax\n\tpopfq\n\t" bytes "\n\t"                         \
-                     "pushfq\n\tpop %0\n\tlea 128(%%rsp), %%rsp\n\t"                                  \
-                     "fxsave64 (%2)\n\tfxrstor64 (%1)"                                              \
+    __asm__ volatile("fxsave64 (%1)\n\tfxrstor64 (%2)\n\t"                                         \
+                     "lea -128(%%rsp), %%rsp\n\tpushfq\n\tpop %%rax\n\tand $~0x45, %%rax\n\t"      \
+                     "or %3, %%rax\n\tpush %%rax\n\tpopfq\n\t" bytes "\n\t"                        \
+                     "pushfq\n\tpop %0\n\tlea 128(%%rsp), %%rsp\n\t"                               \
+                     "fxsave64 (%2)\n\tfxrstor64 (%1)"                                             \
                      : "=&r"(flags_out)                                                            \
                      : "r"(&r->host), "r"(&r->img), "r"(flags_in)                                  \
                      : "rax", "memory", "cc")
 #define RR(k)                                                                                      \
     case (k):                                                                                      \
-        X87_SEQ_FLAGS(".byte 0xd8+((" #k ")>>8), (" #k ")&0xff");                                        \
+        X87_SEQ_FLAGS(".byte 0xd8+((" #k ")>>8), (" #k ")&0xff");                                  \
         break;
 #define RR8(k) RR(k) RR(k + 1) RR(k + 2) RR(k + 3) RR(k + 4) RR(k + 5) RR(k + 6) RR(k + 7)
 #define RR64(k)                                                                                    \
@@ -112,8 +134,8 @@ static uint64_t x87_host(struct x87_run *r, bool is_mem, unsigned key, void *mem
         }
     } else {
         switch (key) {
-            RR64(0x0c0) RR64(0x1c0) RR64(0x2c0) RR64(0x3c0) RR64(0x4c0) RR64(0x5c0) RR64(0x6c0)
-            RR64(0x7c0)
+            RR64(0x0c0)
+            RR64(0x1c0) RR64(0x2c0) RR64(0x3c0) RR64(0x4c0) RR64(0x5c0) RR64(0x6c0) RR64(0x7c0)
         }
     }
     return flags_out;
@@ -124,24 +146,34 @@ enum { XM_INV, XM_LOAD, XM_STORE, XM_CTRL };
 struct x87_memform {
     uint8_t kind, size;
 };
+/* clang-format off */
 static const struct x87_memform x87_mem[64] = {
     /* D8: m32fp arithmetic */
-    {XM_LOAD, 4}, {XM_LOAD, 4}, {XM_LOAD, 4}, {XM_LOAD, 4}, {XM_LOAD, 4}, {XM_LOAD, 4}, {XM_LOAD, 4}, {XM_LOAD, 4},
+    {XM_LOAD, 4}, {XM_LOAD, 4}, {XM_LOAD, 4}, {XM_LOAD, 4},
+    {XM_LOAD, 4}, {XM_LOAD, 4}, {XM_LOAD, 4}, {XM_LOAD, 4},
     /* D9: FLD m32, -, FST m32, FSTP m32, FLDENV, FLDCW, FNSTENV, FNSTCW */
-    {XM_LOAD, 4}, {XM_INV, 0}, {XM_STORE, 4}, {XM_STORE, 4}, {XM_CTRL, 0}, {XM_CTRL, 0}, {XM_CTRL, 0}, {XM_CTRL, 0},
+    {XM_LOAD, 4}, {XM_INV, 0}, {XM_STORE, 4}, {XM_STORE, 4},
+    {XM_CTRL, 0}, {XM_CTRL, 0}, {XM_CTRL, 0}, {XM_CTRL, 0},
     /* DA: m32int arithmetic */
-    {XM_LOAD, 4}, {XM_LOAD, 4}, {XM_LOAD, 4}, {XM_LOAD, 4}, {XM_LOAD, 4}, {XM_LOAD, 4}, {XM_LOAD, 4}, {XM_LOAD, 4},
+    {XM_LOAD, 4}, {XM_LOAD, 4}, {XM_LOAD, 4}, {XM_LOAD, 4},
+    {XM_LOAD, 4}, {XM_LOAD, 4}, {XM_LOAD, 4}, {XM_LOAD, 4},
     /* DB: FILD m32, FISTTP (SSE3), FIST m32, FISTP m32, -, FLD m80, -, FSTP m80 */
-    {XM_LOAD, 4}, {XM_INV, 0}, {XM_STORE, 4}, {XM_STORE, 4}, {XM_INV, 0}, {XM_LOAD, 10}, {XM_INV, 0}, {XM_STORE, 10},
+    {XM_LOAD, 4}, {XM_INV, 0}, {XM_STORE, 4}, {XM_STORE, 4},
+    {XM_INV, 0}, {XM_LOAD, 10}, {XM_INV, 0}, {XM_STORE, 10},
     /* DC: m64fp arithmetic */
-    {XM_LOAD, 8}, {XM_LOAD, 8}, {XM_LOAD, 8}, {XM_LOAD, 8}, {XM_LOAD, 8}, {XM_LOAD, 8}, {XM_LOAD, 8}, {XM_LOAD, 8},
+    {XM_LOAD, 8}, {XM_LOAD, 8}, {XM_LOAD, 8}, {XM_LOAD, 8},
+    {XM_LOAD, 8}, {XM_LOAD, 8}, {XM_LOAD, 8}, {XM_LOAD, 8},
     /* DD: FLD m64, FISTTP (SSE3), FST m64, FSTP m64, FRSTOR, -, FNSAVE, FNSTSW m16 */
-    {XM_LOAD, 8}, {XM_INV, 0}, {XM_STORE, 8}, {XM_STORE, 8}, {XM_CTRL, 0}, {XM_INV, 0}, {XM_CTRL, 0}, {XM_CTRL, 0},
+    {XM_LOAD, 8}, {XM_INV, 0}, {XM_STORE, 8}, {XM_STORE, 8},
+    {XM_CTRL, 0}, {XM_INV, 0}, {XM_CTRL, 0}, {XM_CTRL, 0},
     /* DE: m16int arithmetic */
-    {XM_LOAD, 2}, {XM_LOAD, 2}, {XM_LOAD, 2}, {XM_LOAD, 2}, {XM_LOAD, 2}, {XM_LOAD, 2}, {XM_LOAD, 2}, {XM_LOAD, 2},
+    {XM_LOAD, 2}, {XM_LOAD, 2}, {XM_LOAD, 2}, {XM_LOAD, 2},
+    {XM_LOAD, 2}, {XM_LOAD, 2}, {XM_LOAD, 2}, {XM_LOAD, 2},
     /* DF: FILD m16, FISTTP (SSE3), FIST m16, FISTP m16, FBLD, FILD m64, FBSTP, FISTP m64 */
-    {XM_LOAD, 2}, {XM_INV, 0}, {XM_STORE, 2}, {XM_STORE, 2}, {XM_LOAD, 10}, {XM_LOAD, 8}, {XM_STORE, 10}, {XM_STORE, 8},
+    {XM_LOAD, 2}, {XM_INV, 0}, {XM_STORE, 2}, {XM_STORE, 2},
+    {XM_LOAD, 10}, {XM_LOAD, 8}, {XM_STORE, 10}, {XM_STORE, 8},
 };
+/* clang-format on */
 
 /* ModRM.rm of register forms whose operands do not name ST(i). */
 static int x87_fixed_rm(unsigned mnemonic)
@@ -192,13 +224,12 @@ int bt_x87_modrm(const struct bt_insn *i)
     int rm = -1;
     for (unsigned n = 0; n < i->nops && n < 4; n++) {
         const struct bt_operand *o = &i->op[n];
-        if (o->kind == BT_OPK_REG && o->zreg >= ZYDIS_REGISTER_ST0 && o->zreg <= ZYDIS_REGISTER_ST7) {
-            if (o->zreg != ZYDIS_REGISTER_ST0 || rm < 0)
-                rm = o->zreg - ZYDIS_REGISTER_ST0;
+        if (o->kind == BT_OPK_REG && o->zreg >= ZYDIS_REGISTER_ST0 &&
+            o->zreg <= ZYDIS_REGISTER_ST7) {
+            if (o->zreg != ZYDIS_REGISTER_ST0 || rm < 0) rm = o->zreg - ZYDIS_REGISTER_ST0;
         }
     }
-    if (rm < 0)
-        rm = x87_fixed_rm(i->mnemonic);
+    if (rm < 0) rm = x87_fixed_rm(i->mnemonic);
     return 0xc0 | (i->modrm_reg & 7) << 3 | rm;
 }
 
@@ -208,18 +239,18 @@ static unsigned guess_mem_modrm(const struct bt_insn *i, int n)
 {
     const struct bt_operand *o = &i->op[n];
     unsigned reg = (i->modrm_reg & 7) << 3;
-    if (o->base == BT_NOREG || o->base == BT_REG_RIP)
-        return reg | 5;
+    if (o->base == BT_NOREG || o->base == BT_REG_RIP) return reg | 5;
     unsigned rm = (o->index != BT_NOREG || (o->base & 7) == 4) ? 4 : (o->base & 7);
-    unsigned mod = (o->disp == 0 && (o->base & 7) != 5) ? 0 : (o->disp >= -128 && o->disp <= 127) ? 1 : 2;
+    unsigned mod = (o->disp == 0 && (o->base & 7) != 5)  ? 0
+                   : (o->disp >= -128 && o->disp <= 127) ? 1
+                                                         : 2;
     return mod << 6 | reg | rm;
 }
 
 static int mem_operand(const struct bt_insn *i)
 {
     for (unsigned n = 0; n < i->nops && n < 4; n++)
-        if (i->op[n].kind == BT_OPK_MEM)
-            return (int)n;
+        if (i->op[n].kind == BT_OPK_MEM) return (int)n;
     return -1;
 }
 
@@ -255,8 +286,7 @@ static uint8_t abridged_tag(uint16_t tw)
 {
     uint8_t a = 0;
     for (unsigned phys = 0; phys < 8; phys++)
-        if (((tw >> (2 * phys)) & 3) != 3)
-            a |= (uint8_t)(1u << phys);
+        if (((tw >> (2 * phys)) & 3) != 3) a |= (uint8_t)(1u << phys);
     return a;
 }
 
@@ -271,8 +301,13 @@ static size_t env_build(const struct bt_cpu *c, bool o16, uint8_t *e)
         memcpy(e, w, 14);
         return 14;
     }
-    uint32_t d[7] = {0xffff0000u | fx->fcw, 0xffff0000u | fx->fsw, 0xffff0000u | tw, (uint32_t)fx->fip,
-                     (uint32_t)(fx->fop & 0x7ff) << 16, (uint32_t)fx->fdp, 0xffff0000u};
+    uint32_t d[7] = {0xffff0000u | fx->fcw,
+                     0xffff0000u | fx->fsw,
+                     0xffff0000u | tw,
+                     (uint32_t)fx->fip,
+                     (uint32_t)(fx->fop & 0x7ff) << 16,
+                     (uint32_t)fx->fdp,
+                     0xffff0000u};
     memcpy(e, d, 28);
     return 28;
 }
@@ -298,12 +333,14 @@ static size_t env_load(struct x86_fxsave *fx, bool o16, const uint8_t *e)
         fx->fop = (uint16_t)((d[4] >> 16) & 0x7ff);
         fx->fdp = d[5];
     }
+    fx->fcw = fcw_normalize(fx->fcw);
     fx->ftw = abridged_tag(tw);
     fx->fsw = fsw_summary(fx->fsw, fx->fcw);
     return o16 ? 14 : 28;
 }
 
-static void x87_ctrl_mem(struct bt_cpu *c, const struct bt_insn *i, unsigned op, unsigned reg, int mn)
+static void x87_ctrl_mem(struct bt_cpu *c, const struct bt_insn *i, unsigned op, unsigned reg,
+                         int mn)
 {
     bool o16 = i->opsize == 16;
     unsigned form = (op & 7) << 3 | reg;
@@ -319,8 +356,8 @@ static void x87_ctrl_mem(struct bt_cpu *c, const struct bt_insn *i, unsigned op,
     case 0x0d: { /* FLDCW */
         bt_x87_check(c, true);
         uint16_t v = (uint16_t)bt_read(c, bt_op_lin(c, i, mn, 2, BT_ACC_READ), 2, BT_ACC_READ);
-        c->s.fx.fcw = v;
-        c->s.fx.fsw = fsw_summary(c->s.fx.fsw, v);
+        c->s.fx.fcw = fcw_normalize(v);
+        c->s.fx.fsw = fsw_summary(c->s.fx.fsw, c->s.fx.fcw);
         break;
     }
     case 0x0e: { /* FNSTENV: then all exceptions are masked */
@@ -355,20 +392,14 @@ static void x87_ctrl_mem(struct bt_cpu *c, const struct bt_insn *i, unsigned op,
             memcpy(buf + e + 10 * k, c->s.fx.st[k], 10);
         size_t n = e + 80;
         bt_write_buf(c, bt_op_lin(c, i, mn, (unsigned)n, BT_ACC_WRITE), buf, n, BT_ACC_WRITE);
-        c->s.fx.fcw = 0x37f;
-        c->s.fx.fsw = 0;
-        c->s.fx.ftw = 0;
-        c->s.fx.fop = 0;
-        c->s.fx.fip = 0;
-        c->s.fx.fdp = 0;
+        x87_init(&c->s.fx);
         break;
     }
     case 0x2f: /* FNSTSW m16 */
         bt_x87_check(c, false);
         bt_write(c, bt_op_lin(c, i, mn, 2, BT_ACC_WRITE), 2, c->s.fx.fsw, BT_ACC_WRITE);
         break;
-    default:
-        bt_ud(c);
+    default: bt_ud(c);
     }
     done(c);
 }
@@ -378,7 +409,8 @@ static void x87_ctrl_mem(struct bt_cpu *c, const struct bt_insn *i, unsigned op,
 static void op_x87(struct bt_cpu *c, const struct bt_insn *i)
 {
     unsigned op = i->opcode;
-    if (i->opcode_map != ZYDIS_OPCODE_MAP_DEFAULT || op < 0xd8 || op > 0xdf || (i->pfx & BT_PFX_LOCK))
+    if (i->opcode_map != ZYDIS_OPCODE_MAP_DEFAULT || op < 0xd8 || op > 0xdf ||
+        (i->pfx & BT_PFX_LOCK))
         bt_ud(c);
     unsigned reg = i->modrm_reg & 7;
     int mn = mem_operand(i);
@@ -389,8 +421,7 @@ static void op_x87(struct bt_cpu *c, const struct bt_insn *i)
 
     if (mn >= 0) {
         mf = &x87_mem[(op & 7) << 3 | reg];
-        if (mf->kind == XM_INV)
-            bt_ud(c);
+        if (mf->kind == XM_INV) bt_ud(c);
         if (mf->kind == XM_CTRL) {
             x87_ctrl_mem(c, i, op, reg, mn);
             return;
@@ -399,28 +430,21 @@ static void op_x87(struct bt_cpu *c, const struct bt_insn *i)
         fop = (op & 7) << 8 | guess_mem_modrm(i, mn);
         bt_x87_check(c, true);
         lin = bt_op_lin(c, i, mn, mf->size, mf->kind == XM_LOAD ? BT_ACC_READ : BT_ACC_WRITE);
-        if (mf->kind == XM_LOAD)
-            bt_read_buf(c, lin, buf, mf->size, BT_ACC_READ);
+        if (mf->kind == XM_LOAD) bt_read_buf(c, lin, buf, mf->size, BT_ACC_READ);
     } else {
         unsigned modrm = (unsigned)bt_x87_modrm(i);
         key = (op & 7) << 8 | modrm;
-        if (!(x87_reg_valid[op & 7] >> (modrm - 0xc0) & 1))
-            bt_ud(c);
+        if (!(x87_reg_valid[op & 7] >> (modrm - 0xc0) & 1)) bt_ud(c);
         fop = key;
         switch (key) {
         case 0x3e2: /* FNCLEX */
             bt_x87_check(c, false);
-            c->s.fx.fsw &= (uint16_t)~(FSW_EXC | FSW_SF | FSW_ES | FSW_B);
+            c->s.fx.fsw &= (uint16_t) ~(FSW_EXC | FSW_SF | FSW_ES | FSW_B);
             done(c);
             return;
         case 0x3e3: /* FNINIT */
             bt_x87_check(c, false);
-            c->s.fx.fcw = 0x37f;
-            c->s.fx.fsw = 0;
-            c->s.fx.ftw = 0;
-            c->s.fx.fop = 0;
-            c->s.fx.fip = 0;
-            c->s.fx.fdp = 0;
+            x87_init(&c->s.fx);
             done(c);
             return;
         case 0x7e0: /* FNSTSW AX */
@@ -428,8 +452,7 @@ static void op_x87(struct bt_cpu *c, const struct bt_insn *i)
             bt_gpr_write(c, RAX, 2, c->s.fx.fsw);
             done(c);
             return;
-        default:
-            bt_x87_check(c, true);
+        default: bt_x87_check(c, true);
         }
     }
 
@@ -438,7 +461,7 @@ static void op_x87(struct bt_cpu *c, const struct bt_insn *i)
     const struct x86_fxsave *old = &c->s.fx;
     r.img = *old;
     r.img.fcw |= FCW_MASKS;
-    r.img.fsw &= (uint16_t)~(FSW_EXC | FSW_SF | FSW_ES | FSW_B);
+    r.img.fsw &= (uint16_t) ~(FSW_EXC | FSW_SF | FSW_ES | FSW_B);
     r.img.mxcsr = 0x1f80;
     const uint64_t cpz = X86_FLAG_CF | X86_FLAG_PF | X86_FLAG_ZF;
     uint64_t fl = x87_host(&r, mn >= 0, key, buf, c->s.rflags & cpz);
@@ -450,8 +473,7 @@ static void op_x87(struct bt_cpu *c, const struct bt_insn *i)
         /* invalid, denormal, zero-divide unmasked: no result, only the flags (and C1 for a stack
          * fault, which tells overflow from underflow) */
         nw.fsw = (uint16_t)(old->fsw | raised);
-        if (raised & FSW_SF)
-            nw.fsw = (uint16_t)((nw.fsw & ~FSW_C1) | (r.img.fsw & FSW_C1));
+        if (raised & FSW_SF) nw.fsw = (uint16_t)((nw.fsw & ~FSW_C1) | (r.img.fsw & FSW_C1));
     } else {
         nw.fsw = (uint16_t)(r.img.fsw | (old->fsw & (FSW_EXC | FSW_SF)));
         nw.ftw = r.img.ftw;
@@ -465,8 +487,7 @@ static void op_x87(struct bt_cpu *c, const struct bt_insn *i)
     nw.fsw = fsw_summary(nw.fsw, old->fcw);
     nw.fop = (uint16_t)(fop & 0x7ff);
     nw.fip = c->insn_rip;
-    if (mn >= 0)
-        nw.fdp = bt_op_ea(c, i, mn);
+    if (mn >= 0) nw.fdp = bt_op_ea(c, i, mn);
     c->s.fx = nw;
     done(c);
 }

@@ -23,12 +23,37 @@
 #define FSW_B   0x8000
 #define FSW_EXC 0x003f /* IE DE ZE OE UE PE */
 
-#define MXCSR_FLAGS    0x003fu
-#define MXCSR_MASKS    0x1f80u
-#define MXCSR_DAZ      0x0040u
-#define MXCSR_SUPPORTED 0xffffu /* the MXCSR_MASK we report: every bit of the low half incl. DAZ */
+#define MXCSR_FLAGS 0x003fu
+#define MXCSR_MASKS 0x1f80u
+#define MXCSR_DAZ   0x0040u
+#define MXCSR_SUPPORTED                                                                            \
+    0xffffu /* the MXCSR_MASK we report: every bit of the low half incl. DAZ                       \
+             */
 
-static inline unsigned fpu_top(const struct bt_cpu *c) { return (c->s.fx.fsw >> 11) & 7; }
+static inline unsigned fpu_top(const struct bt_cpu *c)
+{
+    return (c->s.fx.fsw >> 11) & 7;
+}
+
+/* FCW as hardware keeps it: reserved bits 7 and 13-15 read as 0, bit 6 as 1. */
+static inline uint16_t fcw_normalize(uint16_t v)
+{
+    return (uint16_t)((v & 0x1f3f) | 0x40);
+}
+
+/* Makes TOP 0 without moving any physical register (FNINIT, MMX instructions): the FXSAVE image
+ * keeps registers in stack order (slot k = ST(k) = R[(TOP+k)&7]), so the slots rotate. */
+static inline void fpu_rotate_top0(struct x86_fxsave *fx)
+{
+    unsigned top = (fx->fsw >> 11) & 7;
+    if (top) {
+        uint8_t tmp[8][16];
+        memcpy(tmp, fx->st, sizeof(tmp));
+        for (unsigned k = 0; k < 8; k++)
+            memcpy(fx->st[(top + k) & 7], tmp[k], 16);
+        fx->fsw &= (uint16_t)~FSW_TOP;
+    }
+}
 
 /* x87 instructions: CR0.EM/TS -> #NM, then (if `waiting`) a pending unmasked x87 exception
  * -> #MF (CR0.NE=1; with NE=0 the legacy FERR# path is not modelled and nothing is raised). */

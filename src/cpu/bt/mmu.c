@@ -119,10 +119,9 @@ uint64_t bt_seg_linear(struct bt_cpu *c, int seg, uint64_t off, unsigned size, i
 
 /* ---- physical accesses ---------------------------------------------------------------------- */
 
-static bool is_lapic_page(struct bt_cpu *c, uint64_t gpa)
+static inline bool is_lapic_page(struct bt_cpu *c, uint64_t gpa)
 {
-    return c->lapic && (c->s.apic_base & (1u << 11)) &&
-           (gpa & ~0xfffull) == (c->s.apic_base & 0xffffff000ull);
+    return c->lapic && bt_glue_is_lapic_page(c, gpa);
 }
 
 /* MMIO (or the LAPIC) for an access inside one page; size 1..8. */

@@ -11,9 +11,14 @@
  * SSE3/SSSE3/SSE4 mnemonics have no handler and raise #UD.  Where a later extension reuses an
  * SSE2 mnemonic with another opcode (PEXTRW 66 0F 3A 15 is SSE4.1) the opcode is checked.
  *
+ * Intended differences: with an unmasked IE/DE/ZE only those flags are reported (hardware may also
+ * report post-computation flags of other lanes in some cases); MASKMOVDQU/MASKMOVQ store byte by
+ * byte.
+ *
  * Trust: operands come from the decoder; memory goes through the soft MMU (bt_op_lin and
  * bt_read_buf/bt_write_buf), which raises the guest's faults.  Every read that can fault happens
  * before any architectural state changes. */
+#include <stdatomic.h>
 #include <string.h>
 
 #include "cpu/bt/bt.h"
@@ -25,50 +30,45 @@ typedef void (*thunk2)(uint8_t *d, const uint8_t *s);
 
 static bool op_is_xmm(const struct bt_operand *o)
 {
-    return o->kind == BT_OPK_REG && o->zreg >= ZYDIS_REGISTER_XMM0 && o->zreg <= ZYDIS_REGISTER_XMM15;
+    return o->kind == BT_OPK_REG && o->zreg >= ZYDIS_REGISTER_XMM0 &&
+           o->zreg <= ZYDIS_REGISTER_XMM15;
 }
 static bool op_is_mmx(const struct bt_operand *o)
 {
     return o->kind == BT_OPK_REG && o->zreg >= ZYDIS_REGISTER_MM0 && o->zreg <= ZYDIS_REGISTER_MM7;
 }
-static unsigned xreg(const struct bt_operand *o) { return (unsigned)(o->zreg - ZYDIS_REGISTER_XMM0) & 15; }
-static unsigned mreg(const struct bt_operand *o) { return (unsigned)(o->zreg - ZYDIS_REGISTER_MM0) & 7; }
+static unsigned xreg(const struct bt_operand *o)
+{
+    return (unsigned)(o->zreg - ZYDIS_REGISTER_XMM0) & 15;
+}
+static unsigned mreg(const struct bt_operand *o)
+{
+    return (unsigned)(o->zreg - ZYDIS_REGISTER_MM0) & 7;
+}
 
 /* ---- checks --------------------------------------------------------------------------------- */
 
 void bt_sse_check(struct bt_cpu *c)
 {
-    if ((c->s.cr0 & X86_CR0_EM) || !(c->s.cr4 & X86_CR4_OSFXSR))
-        bt_ud(c);
-    if (c->s.cr0 & X86_CR0_TS)
-        bt_raise(c, X86_NM, BT_NO_ERRCODE);
+    if ((c->s.cr0 & X86_CR0_EM) || !(c->s.cr4 & X86_CR4_OSFXSR)) bt_ud(c);
+    if (c->s.cr0 & X86_CR0_TS) bt_raise(c, X86_NM, BT_NO_ERRCODE);
 }
 
 /* MMX-register checks without the transition (done after the operands are read, so a faulting
  * memory operand leaves the x87 state alone). */
 static void mmx_check(struct bt_cpu *c)
 {
-    if (c->s.cr0 & X86_CR0_EM)
-        bt_ud(c);
-    if (c->s.cr0 & X86_CR0_TS)
-        bt_raise(c, X86_NM, BT_NO_ERRCODE);
+    if (c->s.cr0 & X86_CR0_EM) bt_ud(c);
+    if (c->s.cr0 & X86_CR0_TS) bt_raise(c, X86_NM, BT_NO_ERRCODE);
     if ((c->s.fx.fsw & FSW_EXC & ~c->s.fx.fcw) && (c->s.cr0 & X86_CR0_NE))
         bt_raise(c, X86_MF, BT_NO_ERRCODE);
 }
 
-/* x87 -> MMX transition: TOP becomes 0 and every register valid.  The FXSAVE image keeps the
- * registers in stack order (slot k = ST(k) = R[(TOP+k)&7]), so the slots are rotated to make slot
- * n the physical register Rn = MMn. */
+/* x87 -> MMX transition: TOP becomes 0 (slot n is then the physical register Rn = MMn) and every
+ * register valid. */
 static void mmx_transition(struct bt_cpu *c)
 {
-    unsigned top = fpu_top(c);
-    if (top) {
-        uint8_t tmp[8][16];
-        memcpy(tmp, c->s.fx.st, sizeof(tmp));
-        for (unsigned k = 0; k < 8; k++)
-            memcpy(c->s.fx.st[(top + k) & 7], tmp[k], 16);
-        c->s.fx.fsw &= (uint16_t)~FSW_TOP;
-    }
+    fpu_rotate_top0(&c->s.fx);
     c->s.fx.ftw = 0xff;
 }
 
@@ -81,22 +81,18 @@ void bt_mmx_enter(struct bt_cpu *c)
 static void check_for(struct bt_cpu *c, const struct bt_insn *i)
 {
     bool x = false, m = false;
-    if (i->pfx & BT_PFX_LOCK)
-        bt_ud(c);
+    if (i->pfx & BT_PFX_LOCK) bt_ud(c);
     for (unsigned n = 0; n < i->nops && n < 4; n++) {
         x |= op_is_xmm(&i->op[n]);
         m |= op_is_mmx(&i->op[n]);
     }
-    if (x || !m)
-        bt_sse_check(c);
-    if (m)
-        mmx_check(c);
+    if (x || !m) bt_sse_check(c);
+    if (m) mmx_check(c);
 }
 
 static _Noreturn void simd_fault(struct bt_cpu *c)
 {
-    if (c->s.cr4 & X86_CR4_OSXMMEXCPT)
-        bt_raise(c, X86_XM, BT_NO_ERRCODE);
+    if (c->s.cr4 & X86_CR4_OSXMMEXCPT) bt_raise(c, X86_XM, BT_NO_ERRCODE);
     bt_ud(c);
 }
 
@@ -108,12 +104,30 @@ static inline uint32_t host_stmxcsr(void)
     __asm__ volatile("stmxcsr %0" : "=m"(v));
     return v;
 }
-static inline void host_ldmxcsr(uint32_t v) { __asm__ volatile("ldmxcsr %0" : : "m"(v)); }
+static inline void host_ldmxcsr(uint32_t v)
+{
+    __asm__ volatile("ldmxcsr %0" : : "m"(v));
+}
+
+/* The MXCSR bits the host accepts (DAZ is missing on some early SSE2 parts): a guest value must
+ * never make the host's LDMXCSR fault. */
+static uint32_t host_mxcsr_mask(void)
+{
+    static _Atomic uint32_t mask;
+    uint32_t m = atomic_load_explicit(&mask, memory_order_relaxed);
+    if (!m) {
+        struct x86_fxsave img;
+        __asm__ volatile("fxsave64 %0" : "=m"(img));
+        m = img.mxcsr_mask ? img.mxcsr_mask : 0xffbf; /* 0 means "no DAZ" */
+        atomic_store_explicit(&mask, m, memory_order_relaxed);
+    }
+    return m;
+}
 
 static uint32_t fp_enter(const struct bt_cpu *c)
 {
     uint32_t host = host_stmxcsr();
-    host_ldmxcsr((c->s.fx.mxcsr & 0xffc0u & MXCSR_SUPPORTED) | MXCSR_MASKS);
+    host_ldmxcsr((c->s.fx.mxcsr & 0xffc0u & host_mxcsr_mask()) | MXCSR_MASKS);
     return host;
 }
 
@@ -127,8 +141,7 @@ static void fp_leave(struct bt_cpu *c, uint32_t host)
     if (unmasked & 0x7) /* IE/DE/ZE are detected before computing: no OE/UE/PE reported */
         raised &= 0x7;
     c->s.fx.mxcsr |= raised;
-    if (unmasked)
-        simd_fault(c);
+    if (unmasked) simd_fault(c);
 }
 
 /* ---- operand plumbing ----------------------------------------------------------------------- */
@@ -143,8 +156,7 @@ static uint64_t mem_lin(struct bt_cpu *c, const struct bt_insn *i, int n, unsign
                         bool aligned)
 {
     uint64_t lin = bt_op_lin(c, i, n, size, acc);
-    if (aligned && (lin & 15))
-        bt_gp0(c);
+    if (aligned && (lin & 15)) bt_gp0(c);
     return lin;
 }
 
@@ -175,30 +187,33 @@ static void read_x(struct bt_cpu *c, const struct bt_insn *i, int n, uint8_t out
     }
 }
 
-static void write_mem(struct bt_cpu *c, const struct bt_insn *i, int n, const void *buf, unsigned size,
-                      bool aligned)
+static void write_mem(struct bt_cpu *c, const struct bt_insn *i, int n, const void *buf,
+                      unsigned size, bool aligned)
 {
     uint64_t lin = mem_lin(c, i, n, size, BT_ACC_WRITE, aligned);
     bt_write_buf(c, lin, buf, size, BT_ACC_WRITE);
 }
 
-static void done(struct bt_cpu *c) { c->s.rip = c->next_rip; }
+static void done(struct bt_cpu *c)
+{
+    c->s.rip = c->next_rip;
+}
 
 /* ---- host thunks ---------------------------------------------------------------------------- */
 
-#define XT(name, insn)                                                                            \
-    static void xt_##name(uint8_t *d, const uint8_t *s)                                          \
+#define XT(name, insn)                                                                             \
+    static void xt_##name(uint8_t *d, const uint8_t *s)                                            \
     {                                                                                              \
-        __asm__ volatile("movdqu (%0), %%xmm0\n\tmovdqu (%1), %%xmm1\n\t" insn                    \
+        __asm__ volatile("movdqu (%0), %%xmm0\n\tmovdqu (%1), %%xmm1\n\t" insn                     \
                          " %%xmm1, %%xmm0\n\tmovdqu %%xmm0, (%0)"                                  \
                          :                                                                         \
                          : "r"(d), "r"(s)                                                          \
                          : "xmm0", "xmm1", "memory");                                              \
     }
-#define MT(name, insn)                                                                            \
-    static void mt_##name(uint8_t *d, const uint8_t *s)                                          \
+#define MT(name, insn)                                                                             \
+    static void mt_##name(uint8_t *d, const uint8_t *s)                                            \
     {                                                                                              \
-        __asm__ volatile("movq (%0), %%mm0\n\tmovq (%1), %%mm1\n\t" insn                          \
+        __asm__ volatile("movq (%0), %%mm0\n\tmovq (%1), %%mm1\n\t" insn                           \
                          " %%mm1, %%mm0\n\tmovq %%mm0, (%0)\n\temms"                               \
                          :                                                                         \
                          : "r"(d), "r"(s)                                                          \
@@ -212,8 +227,7 @@ static void binop(struct bt_cpu *c, const struct bt_insn *i, thunk2 xt, thunk2 m
     uint8_t d[16], s[16];
     check_for(c, i);
     if (op_is_mmx(&i->op[0])) {
-        if (!mt)
-            bt_ud(c);
+        if (!mt) bt_ud(c);
         read_x(c, i, 1, s, 8, false);
         mmx_transition(c);
         uint64_t v = mmx_get(c, mreg(&i->op[0]));
@@ -392,7 +406,7 @@ XOP(CVTTPD2DQ, cvttpd2dq, true, 16)
     XT(name##5, #name " $5,")                                                                      \
     XT(name##6, #name " $6,")                                                                      \
     XT(name##7, #name " $7,")                                                                      \
-    static const thunk2 name##_t[8] = {xt_##name##0, xt_##name##1, xt_##name##2, xt_##name##3,    \
+    static const thunk2 name##_t[8] = {xt_##name##0, xt_##name##1, xt_##name##2, xt_##name##3,     \
                                        xt_##name##4, xt_##name##5, xt_##name##6, xt_##name##7};
 CMP8(cmpps)
 CMP8(cmppd)
@@ -403,17 +417,30 @@ static void cmp_op(struct bt_cpu *c, const struct bt_insn *i, const thunk2 *t, u
 {
     binop(c, i, t[i->op[2].disp & 7], NULL, true, sz);
 }
-static void op_cmpps(struct bt_cpu *c, const struct bt_insn *i) { cmp_op(c, i, cmpps_t, 16); }
-static void op_cmppd(struct bt_cpu *c, const struct bt_insn *i) { cmp_op(c, i, cmppd_t, 16); }
-static void op_cmpss(struct bt_cpu *c, const struct bt_insn *i) { cmp_op(c, i, cmpss_t, 4); }
+static void op_cmpps(struct bt_cpu *c, const struct bt_insn *i)
+{
+    cmp_op(c, i, cmpps_t, 16);
+}
+static void op_cmppd(struct bt_cpu *c, const struct bt_insn *i)
+{
+    cmp_op(c, i, cmppd_t, 16);
+}
+static void op_cmpss(struct bt_cpu *c, const struct bt_insn *i)
+{
+    cmp_op(c, i, cmpss_t, 4);
+}
 BT_HANDLER(CMPPS, op_cmpps);
 BT_HANDLER(CMPPD, op_cmppd);
 BT_HANDLER(CMPSS, op_cmpss);
 /* The string CMPSD/MOVSD (A7, A5) reach the decoder's pseudo mnemonics, so these are SSE2 only. */
-static void op_cmpsd(struct bt_cpu *c, const struct bt_insn *i) { cmp_op(c, i, cmpsd_t, 8); }
+static void op_cmpsd(struct bt_cpu *c, const struct bt_insn *i)
+{
+    cmp_op(c, i, cmpsd_t, 8);
+}
 BT_HANDLER(CMPSD, op_cmpsd);
 
-/* ---- COMISS/COMISD/UCOMISS/UCOMISD: EFLAGS from the host's compare -------------------------------------- */
+/* ---- COMISS/COMISD/UCOMISS/UCOMISD: EFLAGS from the host's compare
+ * -------------------------------------- */
 
 #define COMI(name)                                                                                 \
     static uint64_t ct_##name(const uint8_t *d, const uint8_t *s)                                  \
@@ -431,8 +458,8 @@ COMI(ucomiss)
 COMI(comisd)
 COMI(ucomisd)
 
-static void comi(struct bt_cpu *c, const struct bt_insn *i, uint64_t (*t)(const uint8_t *, const uint8_t *),
-                 unsigned sz)
+static void comi(struct bt_cpu *c, const struct bt_insn *i,
+                 uint64_t (*t)(const uint8_t *, const uint8_t *), unsigned sz)
 {
     uint8_t d[16], s[16];
     check_for(c, i);
@@ -444,10 +471,22 @@ static void comi(struct bt_cpu *c, const struct bt_insn *i, uint64_t (*t)(const 
     c->s.rflags = (c->s.rflags & ~(uint64_t)BT_ARITH_FLAGS) | f;
     done(c);
 }
-static void op_comiss(struct bt_cpu *c, const struct bt_insn *i) { comi(c, i, ct_comiss, 4); }
-static void op_ucomiss(struct bt_cpu *c, const struct bt_insn *i) { comi(c, i, ct_ucomiss, 4); }
-static void op_comisd(struct bt_cpu *c, const struct bt_insn *i) { comi(c, i, ct_comisd, 8); }
-static void op_ucomisd(struct bt_cpu *c, const struct bt_insn *i) { comi(c, i, ct_ucomisd, 8); }
+static void op_comiss(struct bt_cpu *c, const struct bt_insn *i)
+{
+    comi(c, i, ct_comiss, 4);
+}
+static void op_ucomiss(struct bt_cpu *c, const struct bt_insn *i)
+{
+    comi(c, i, ct_ucomiss, 4);
+}
+static void op_comisd(struct bt_cpu *c, const struct bt_insn *i)
+{
+    comi(c, i, ct_comisd, 8);
+}
+static void op_ucomisd(struct bt_cpu *c, const struct bt_insn *i)
+{
+    comi(c, i, ct_ucomisd, 8);
+}
 BT_HANDLER(COMISS, op_comiss);
 BT_HANDLER(UCOMISS, op_ucomiss);
 BT_HANDLER(COMISD, op_comisd);
@@ -483,8 +522,7 @@ static void cvt_to_gpr(struct bt_cpu *c, const struct bt_insn *i,
 {
     uint8_t s[16];
     check_for(c, i);
-    if (i->op[0].kind != BT_OPK_REG || i->op[0].rclass != BT_RC_GPR)
-        bt_ud(c);
+    if (i->op[0].kind != BT_OPK_REG || i->op[0].rclass != BT_RC_GPR) bt_ud(c);
     read_x(c, i, 1, s, sz, false);
     bool w = i->op[0].size == 8;
     uint32_t h = fp_enter(c);
@@ -493,10 +531,22 @@ static void cvt_to_gpr(struct bt_cpu *c, const struct bt_insn *i,
     bt_gpr_write(c, i->op[0].reg, w ? 8 : 4, r);
     done(c);
 }
-static void op_cvtss2si(struct bt_cpu *c, const struct bt_insn *i) { cvt_to_gpr(c, i, gt_cvtss2si, 4); }
-static void op_cvttss2si(struct bt_cpu *c, const struct bt_insn *i) { cvt_to_gpr(c, i, gt_cvttss2si, 4); }
-static void op_cvtsd2si(struct bt_cpu *c, const struct bt_insn *i) { cvt_to_gpr(c, i, gt_cvtsd2si, 8); }
-static void op_cvttsd2si(struct bt_cpu *c, const struct bt_insn *i) { cvt_to_gpr(c, i, gt_cvttsd2si, 8); }
+static void op_cvtss2si(struct bt_cpu *c, const struct bt_insn *i)
+{
+    cvt_to_gpr(c, i, gt_cvtss2si, 4);
+}
+static void op_cvttss2si(struct bt_cpu *c, const struct bt_insn *i)
+{
+    cvt_to_gpr(c, i, gt_cvttss2si, 4);
+}
+static void op_cvtsd2si(struct bt_cpu *c, const struct bt_insn *i)
+{
+    cvt_to_gpr(c, i, gt_cvtsd2si, 8);
+}
+static void op_cvttsd2si(struct bt_cpu *c, const struct bt_insn *i)
+{
+    cvt_to_gpr(c, i, gt_cvttsd2si, 8);
+}
 BT_HANDLER(CVTSS2SI, op_cvtss2si);
 BT_HANDLER(CVTTSS2SI, op_cvttss2si);
 BT_HANDLER(CVTSD2SI, op_cvtsd2si);
@@ -519,7 +569,8 @@ BT_HANDLER(CVTTSD2SI, op_cvttsd2si);
 CVT_FROM_GPR(cvtsi2ss)
 CVT_FROM_GPR(cvtsi2sd)
 
-static void cvt_from_gpr(struct bt_cpu *c, const struct bt_insn *i, void (*t)(uint8_t *, uint64_t, bool))
+static void cvt_from_gpr(struct bt_cpu *c, const struct bt_insn *i,
+                         void (*t)(uint8_t *, uint64_t, bool))
 {
     uint8_t d[16], s[16];
     check_for(c, i);
@@ -534,8 +585,14 @@ static void cvt_from_gpr(struct bt_cpu *c, const struct bt_insn *i, void (*t)(ui
     memcpy(c->s.fx.xmm[xreg(&i->op[0])], d, 16);
     done(c);
 }
-static void op_cvtsi2ss(struct bt_cpu *c, const struct bt_insn *i) { cvt_from_gpr(c, i, ft_cvtsi2ss); }
-static void op_cvtsi2sd(struct bt_cpu *c, const struct bt_insn *i) { cvt_from_gpr(c, i, ft_cvtsi2sd); }
+static void op_cvtsi2ss(struct bt_cpu *c, const struct bt_insn *i)
+{
+    cvt_from_gpr(c, i, ft_cvtsi2ss);
+}
+static void op_cvtsi2sd(struct bt_cpu *c, const struct bt_insn *i)
+{
+    cvt_from_gpr(c, i, ft_cvtsi2sd);
+}
 BT_HANDLER(CVTSI2SS, op_cvtsi2ss);
 BT_HANDLER(CVTSI2SD, op_cvtsi2sd);
 
@@ -557,7 +614,8 @@ CVT_FROM_MM(cvtpi2pd)
 #define CVT_TO_MM(name)                                                                            \
     static void pt_##name(uint8_t *d, const uint8_t *s)                                            \
     {                                                                                              \
-        __asm__ volatile("movdqu (%1), %%xmm1\n\t" #name " %%xmm1, %%mm0\n\tmovq %%mm0, (%0)\n\temms" \
+        __asm__ volatile("movdqu (%1), %%xmm1\n\t" #name                                           \
+                         " %%xmm1, %%mm0\n\tmovq %%mm0, (%0)\n\temms"                              \
                          :                                                                         \
                          : "r"(d), "r"(s)                                                          \
                          : "xmm1", "mm0", "memory");                                               \
@@ -574,11 +632,9 @@ static void cvt_mm(struct bt_cpu *c, const struct bt_insn *i, thunk2 t, unsigned
     bt_sse_check(c); /* SSE FP instructions: CR4.OSFXSR and CR0.EM apply too */
     bool to_mm = op_is_mmx(&i->op[0]);
     read_x(c, i, 1, s, sz, false);
-    if (to_mm || op_is_mmx(&i->op[1]))
-        mmx_transition(c);
+    if (to_mm || op_is_mmx(&i->op[1])) mmx_transition(c);
     memset(d, 0, sizeof(d));
-    if (!to_mm)
-        memcpy(d, c->s.fx.xmm[xreg(&i->op[0])], 16);
+    if (!to_mm) memcpy(d, c->s.fx.xmm[xreg(&i->op[0])], 16);
     uint32_t h = fp_enter(c);
     t(d, s);
     fp_leave(c, h);
@@ -591,12 +647,30 @@ static void cvt_mm(struct bt_cpu *c, const struct bt_insn *i, thunk2 t, unsigned
     }
     done(c);
 }
-static void op_cvtpi2ps(struct bt_cpu *c, const struct bt_insn *i) { cvt_mm(c, i, pt_cvtpi2ps, 8); }
-static void op_cvtpi2pd(struct bt_cpu *c, const struct bt_insn *i) { cvt_mm(c, i, pt_cvtpi2pd, 8); }
-static void op_cvtps2pi(struct bt_cpu *c, const struct bt_insn *i) { cvt_mm(c, i, pt_cvtps2pi, 8); }
-static void op_cvttps2pi(struct bt_cpu *c, const struct bt_insn *i) { cvt_mm(c, i, pt_cvttps2pi, 8); }
-static void op_cvtpd2pi(struct bt_cpu *c, const struct bt_insn *i) { cvt_mm(c, i, pt_cvtpd2pi, 16); }
-static void op_cvttpd2pi(struct bt_cpu *c, const struct bt_insn *i) { cvt_mm(c, i, pt_cvttpd2pi, 16); }
+static void op_cvtpi2ps(struct bt_cpu *c, const struct bt_insn *i)
+{
+    cvt_mm(c, i, pt_cvtpi2ps, 8);
+}
+static void op_cvtpi2pd(struct bt_cpu *c, const struct bt_insn *i)
+{
+    cvt_mm(c, i, pt_cvtpi2pd, 8);
+}
+static void op_cvtps2pi(struct bt_cpu *c, const struct bt_insn *i)
+{
+    cvt_mm(c, i, pt_cvtps2pi, 8);
+}
+static void op_cvttps2pi(struct bt_cpu *c, const struct bt_insn *i)
+{
+    cvt_mm(c, i, pt_cvttps2pi, 8);
+}
+static void op_cvtpd2pi(struct bt_cpu *c, const struct bt_insn *i)
+{
+    cvt_mm(c, i, pt_cvtpd2pi, 16);
+}
+static void op_cvttpd2pi(struct bt_cpu *c, const struct bt_insn *i)
+{
+    cvt_mm(c, i, pt_cvttpd2pi, 16);
+}
 BT_HANDLER(CVTPI2PS, op_cvtpi2ps);
 BT_HANDLER(CVTPI2PD, op_cvtpi2pd);
 BT_HANDLER(CVTPS2PI, op_cvtps2pi);
@@ -604,7 +678,8 @@ BT_HANDLER(CVTTPS2PI, op_cvttps2pi);
 BT_HANDLER(CVTPD2PI, op_cvtpd2pi);
 BT_HANDLER(CVTTPD2PI, op_cvttpd2pi);
 
-/* ---- data movement ---------------------------------------------------------------------------- */
+/* ---- data movement ----------------------------------------------------------------------------
+ */
 
 /* Full-register moves: register <- register/memory, or memory <- register. */
 static void mov_full(struct bt_cpu *c, const struct bt_insn *i, bool aligned, bool store_only)
@@ -612,20 +687,27 @@ static void mov_full(struct bt_cpu *c, const struct bt_insn *i, bool aligned, bo
     uint8_t v[16];
     check_for(c, i);
     if (i->op[0].kind == BT_OPK_MEM) {
-        if (!op_is_xmm(&i->op[1]))
-            bt_ud(c);
+        if (!op_is_xmm(&i->op[1])) bt_ud(c);
         write_mem(c, i, 0, c->s.fx.xmm[xreg(&i->op[1])], 16, aligned);
     } else {
-        if (store_only || !op_is_xmm(&i->op[0]))
-            bt_ud(c);
+        if (store_only || !op_is_xmm(&i->op[0])) bt_ud(c);
         read_x(c, i, 1, v, 16, !aligned);
         memcpy(c->s.fx.xmm[xreg(&i->op[0])], v, 16);
     }
     done(c);
 }
-static void op_movaps(struct bt_cpu *c, const struct bt_insn *i) { mov_full(c, i, true, false); }
-static void op_movups(struct bt_cpu *c, const struct bt_insn *i) { mov_full(c, i, false, false); }
-static void op_movnt(struct bt_cpu *c, const struct bt_insn *i) { mov_full(c, i, true, true); }
+static void op_movaps(struct bt_cpu *c, const struct bt_insn *i)
+{
+    mov_full(c, i, true, false);
+}
+static void op_movups(struct bt_cpu *c, const struct bt_insn *i)
+{
+    mov_full(c, i, false, false);
+}
+static void op_movnt(struct bt_cpu *c, const struct bt_insn *i)
+{
+    mov_full(c, i, true, true);
+}
 BT_HANDLER(MOVAPS, op_movaps);
 BT_HANDLER(MOVAPD, op_movaps);
 BT_HANDLER(MOVDQA, op_movaps);
@@ -651,9 +733,15 @@ static void mov_scalar(struct bt_cpu *c, const struct bt_insn *i, unsigned n)
     }
     done(c);
 }
-static void op_movss(struct bt_cpu *c, const struct bt_insn *i) { mov_scalar(c, i, 4); }
+static void op_movss(struct bt_cpu *c, const struct bt_insn *i)
+{
+    mov_scalar(c, i, 4);
+}
 BT_HANDLER(MOVSS, op_movss);
-static void op_movsd(struct bt_cpu *c, const struct bt_insn *i) { mov_scalar(c, i, 8); }
+static void op_movsd(struct bt_cpu *c, const struct bt_insn *i)
+{
+    mov_scalar(c, i, 8);
+}
 BT_HANDLER(MOVSD, op_movsd);
 
 /* MOVLPS/MOVLPD/MOVHPS/MOVHPD (with memory), MOVHLPS/MOVLHPS (register forms). */
@@ -669,10 +757,22 @@ static void mov_half(struct bt_cpu *c, const struct bt_insn *i, unsigned dst_off
     }
     done(c);
 }
-static void op_movlps(struct bt_cpu *c, const struct bt_insn *i) { mov_half(c, i, 0, 0); }
-static void op_movhps(struct bt_cpu *c, const struct bt_insn *i) { mov_half(c, i, 8, 8); }
-static void op_movhlps(struct bt_cpu *c, const struct bt_insn *i) { mov_half(c, i, 0, 8); }
-static void op_movlhps(struct bt_cpu *c, const struct bt_insn *i) { mov_half(c, i, 8, 0); }
+static void op_movlps(struct bt_cpu *c, const struct bt_insn *i)
+{
+    mov_half(c, i, 0, 0);
+}
+static void op_movhps(struct bt_cpu *c, const struct bt_insn *i)
+{
+    mov_half(c, i, 8, 8);
+}
+static void op_movhlps(struct bt_cpu *c, const struct bt_insn *i)
+{
+    mov_half(c, i, 0, 8);
+}
+static void op_movlhps(struct bt_cpu *c, const struct bt_insn *i)
+{
+    mov_half(c, i, 8, 0);
+}
 BT_HANDLER(MOVLPS, op_movlps);
 BT_HANDLER(MOVLPD, op_movlps);
 BT_HANDLER(MOVHPS, op_movhps);
@@ -687,13 +787,11 @@ static void op_movdq(struct bt_cpu *c, const struct bt_insn *i)
     unsigned n = i->mnemonic == ZYDIS_MNEMONIC_MOVD ? 4 : 8;
     uint8_t v[16];
     check_for(c, i);
-    if (d->kind == BT_OPK_MEM && s->kind == BT_OPK_MEM)
-        bt_ud(c);
+    if (d->kind == BT_OPK_MEM && s->kind == BT_OPK_MEM) bt_ud(c);
     read_x(c, i, 1, v, n, true);
     uint64_t x = 0;
     memcpy(&x, v, n);
-    if (op_is_mmx(d) || op_is_mmx(s))
-        mmx_transition(c);
+    if (op_is_mmx(d) || op_is_mmx(s)) mmx_transition(c);
     if (d->kind == BT_OPK_MEM) {
         write_mem(c, i, 0, &x, n, false);
     } else if (op_is_xmm(d)) {
@@ -734,10 +832,8 @@ BT_HANDLER(MOVDQ2Q, op_movdq2q);
 
 static void op_movnti(struct bt_cpu *c, const struct bt_insn *i)
 {
-    if (i->pfx & BT_PFX_LOCK)
-        bt_ud(c);
-    if (i->op[0].kind != BT_OPK_MEM || i->op[1].kind != BT_OPK_REG)
-        bt_ud(c);
+    if (i->pfx & BT_PFX_LOCK) bt_ud(c);
+    if (i->op[0].kind != BT_OPK_MEM || i->op[1].kind != BT_OPK_REG) bt_ud(c);
     unsigned n = i->op[1].size == 8 ? 8 : 4;
     uint64_t v = bt_gpr_read(c, i->op[1].reg, n);
     write_mem(c, i, 0, &v, n, false);
@@ -748,8 +844,7 @@ BT_HANDLER(MOVNTI, op_movnti);
 static void op_movntq(struct bt_cpu *c, const struct bt_insn *i)
 {
     check_for(c, i);
-    if (i->op[0].kind != BT_OPK_MEM)
-        bt_ud(c);
+    if (i->op[0].kind != BT_OPK_MEM) bt_ud(c);
     uint64_t v = mmx_get(c, (mreg(&i->op[1]) - fpu_top(c)) & 7);
     write_mem(c, i, 0, &v, 8, false);
     mmx_transition(c);
@@ -777,8 +872,7 @@ static void op_maskmov(struct bt_cpu *c, const struct bt_insn *i)
     }
     uint64_t ea = bt_gpr_read(c, RDI, i->addrsize / 8);
     for (unsigned k = 0; k < n; k++) {
-        if (!(mask[k] & 0x80))
-            continue;
+        if (!(mask[k] & 0x80)) continue;
         uint64_t off = ea + k;
         if (i->addrsize == 32)
             off = (uint32_t)off;
@@ -787,8 +881,7 @@ static void op_maskmov(struct bt_cpu *c, const struct bt_insn *i)
         uint64_t lin = bt_seg_linear(c, i->dseg, off, 1, BT_ACC_WRITE);
         bt_write(c, lin, 1, data[k], BT_ACC_WRITE);
     }
-    if (n == 8)
-        mmx_transition(c);
+    if (n == 8) mmx_transition(c);
     done(c);
 }
 BT_HANDLER(MASKMOVDQU, op_maskmov);
@@ -801,17 +894,25 @@ static void movmsk(struct bt_cpu *c, const struct bt_insn *i, unsigned elem)
     check_for(c, i);
     unsigned n = op_is_mmx(&i->op[1]) ? 8 : 16;
     read_x(c, i, 1, v, n, false);
-    if (n == 8)
-        mmx_transition(c);
+    if (n == 8) mmx_transition(c);
     uint32_t m = 0;
     for (unsigned k = 0; k < n / elem; k++)
         m |= (uint32_t)(v[k * elem + elem - 1] >> 7) << k;
     bt_gpr_write(c, i->op[0].reg, 4, m);
     done(c);
 }
-static void op_movmskps(struct bt_cpu *c, const struct bt_insn *i) { movmsk(c, i, 4); }
-static void op_movmskpd(struct bt_cpu *c, const struct bt_insn *i) { movmsk(c, i, 8); }
-static void op_pmovmskb(struct bt_cpu *c, const struct bt_insn *i) { movmsk(c, i, 1); }
+static void op_movmskps(struct bt_cpu *c, const struct bt_insn *i)
+{
+    movmsk(c, i, 4);
+}
+static void op_movmskpd(struct bt_cpu *c, const struct bt_insn *i)
+{
+    movmsk(c, i, 8);
+}
+static void op_pmovmskb(struct bt_cpu *c, const struct bt_insn *i)
+{
+    movmsk(c, i, 1);
+}
 BT_HANDLER(MOVMSKPS, op_movmskps);
 BT_HANDLER(MOVMSKPD, op_movmskpd);
 BT_HANDLER(PMOVMSKB, op_pmovmskb);
@@ -846,8 +947,14 @@ static void pshufxw(struct bt_cpu *c, const struct bt_insn *i, unsigned half)
     memcpy(c->s.fx.xmm[xreg(&i->op[0])], r, 16);
     done(c);
 }
-static void op_pshuflw(struct bt_cpu *c, const struct bt_insn *i) { pshufxw(c, i, 0); }
-static void op_pshufhw(struct bt_cpu *c, const struct bt_insn *i) { pshufxw(c, i, 1); }
+static void op_pshuflw(struct bt_cpu *c, const struct bt_insn *i)
+{
+    pshufxw(c, i, 0);
+}
+static void op_pshufhw(struct bt_cpu *c, const struct bt_insn *i)
+{
+    pshufxw(c, i, 1);
+}
 static void op_pshufw(struct bt_cpu *c, const struct bt_insn *i)
 {
     uint8_t s[16];
@@ -918,8 +1025,14 @@ static void bytesh(struct bt_cpu *c, const struct bt_insn *i, bool left)
     memcpy(x, r, 16);
     done(c);
 }
-static void op_pslldq(struct bt_cpu *c, const struct bt_insn *i) { bytesh(c, i, true); }
-static void op_psrldq(struct bt_cpu *c, const struct bt_insn *i) { bytesh(c, i, false); }
+static void op_pslldq(struct bt_cpu *c, const struct bt_insn *i)
+{
+    bytesh(c, i, true);
+}
+static void op_psrldq(struct bt_cpu *c, const struct bt_insn *i)
+{
+    bytesh(c, i, false);
+}
 BT_HANDLER(PSLLDQ, op_pslldq);
 BT_HANDLER(PSRLDQ, op_psrldq);
 
@@ -945,8 +1058,7 @@ static void op_pinsrw(struct bt_cpu *c, const struct bt_insn *i)
 static void op_pextrw(struct bt_cpu *c, const struct bt_insn *i)
 {
     /* 66 0F 3A 15 (memory/register destination) is SSE4.1: outside the model */
-    if (i->opcode_map != ZYDIS_OPCODE_MAP_0F || i->opcode != 0xc5)
-        bt_ud(c);
+    if (i->opcode_map != ZYDIS_OPCODE_MAP_0F || i->opcode != 0xc5) bt_ud(c);
     uint8_t s[16];
     uint16_t w;
     check_for(c, i);
@@ -966,9 +1078,11 @@ BT_HANDLER(PEXTRW, op_pextrw);
 
 /* ---- state: EMMS, MXCSR, FXSAVE/FXRSTOR ------------------------------------------------------ */
 
+/* EMMS is an MMX instruction too: TOP becomes 0 (as hardware shows), then every tag empty. */
 static void op_emms(struct bt_cpu *c, const struct bt_insn *i)
 {
     mmx_check(c);
+    mmx_transition(c);
     c->s.fx.ftw = 0;
     done(c);
 }
@@ -980,8 +1094,7 @@ static void op_ldmxcsr(struct bt_cpu *c, const struct bt_insn *i)
     check_for(c, i);
     uint64_t lin = bt_op_lin(c, i, 0, 4, BT_ACC_READ);
     v = (uint32_t)bt_read(c, lin, 4, BT_ACC_READ);
-    if (v & ~MXCSR_SUPPORTED)
-        bt_gp0(c);
+    if (v & ~MXCSR_SUPPORTED) bt_gp0(c);
     c->s.fx.mxcsr = v;
     done(c);
 }
@@ -998,16 +1111,16 @@ BT_HANDLER(STMXCSR, op_stmxcsr);
 /* FXSAVE/FXRSTOR check CR0.EM and CR0.TS (#NM), not CR4.OSFXSR, and never #MF. */
 static void fxsr_check(struct bt_cpu *c, const struct bt_insn *i)
 {
-    if (i->pfx & BT_PFX_LOCK)
-        bt_ud(c);
-    if (c->s.cr0 & (X86_CR0_EM | X86_CR0_TS))
-        bt_raise(c, X86_NM, BT_NO_ERRCODE);
-    if (i->op[0].kind != BT_OPK_MEM)
-        bt_ud(c);
+    if (i->pfx & BT_PFX_LOCK) bt_ud(c);
+    if (c->s.cr0 & (X86_CR0_EM | X86_CR0_TS)) bt_raise(c, X86_NM, BT_NO_ERRCODE);
+    if (i->op[0].kind != BT_OPK_MEM) bt_ud(c);
 }
 
 /* Size of the image that FXSAVE writes/FXRSTOR reads: XMM8-15 exist only in 64-bit mode. */
-static size_t fx_span(const struct bt_cpu *c) { return c->code_bits == 64 ? 416 : 288; }
+static size_t fx_span(const struct bt_cpu *c)
+{
+    return c->code_bits == 64 ? 416 : 288;
+}
 
 void bt_fxsave_to(struct bt_cpu *c, uint64_t lin, bool rex_w)
 {
@@ -1032,8 +1145,7 @@ void bt_fxrstor_from(struct bt_cpu *c, uint64_t lin, bool rex_w)
     size_t n = fx_span(c);
     memcpy(&img, &c->s.fx, sizeof(img));
     bt_read_buf(c, lin, &img, n, BT_ACC_READ);
-    if (img.mxcsr & ~MXCSR_SUPPORTED)
-        bt_gp0(c);
+    if (img.mxcsr & ~MXCSR_SUPPORTED) bt_gp0(c);
     if (!rex_w) {
         const uint8_t *p = (const uint8_t *)&img;
         uint32_t ip, dp;
@@ -1043,6 +1155,7 @@ void bt_fxrstor_from(struct bt_cpu *c, uint64_t lin, bool rex_w)
         img.fdp = dp;
     }
     img.fop &= 0x7ff;
+    img.fcw = fcw_normalize(img.fcw);
     img.rsvd1 = 0;
     img.mxcsr_mask = MXCSR_SUPPORTED;
     memcpy(img.rsvd2, c->s.fx.rsvd2, sizeof(img.rsvd2));
@@ -1052,22 +1165,32 @@ void bt_fxrstor_from(struct bt_cpu *c, uint64_t lin, bool rex_w)
 static void fxsave_common(struct bt_cpu *c, const struct bt_insn *i, bool rex_w, bool save)
 {
     fxsr_check(c, i);
-    uint64_t lin = bt_op_lin(c, i, 0, 16, save ? BT_ACC_WRITE : BT_ACC_READ);
-    if (lin & 15)
-        bt_gp0(c);
+    uint64_t lin = bt_op_lin(c, i, 0, 512, save ? BT_ACC_WRITE : BT_ACC_READ);
+    if (lin & 15) bt_gp0(c);
     /* the whole 512-byte area is checked for faults before anything is written */
-    if (save)
-        bt_probe_write(c, lin, 512, BT_ACC_WRITE);
+    if (save) bt_probe_write(c, lin, 512, BT_ACC_WRITE);
     if (save)
         bt_fxsave_to(c, lin, rex_w);
     else
         bt_fxrstor_from(c, lin, rex_w);
     done(c);
 }
-static void op_fxsave(struct bt_cpu *c, const struct bt_insn *i) { fxsave_common(c, i, false, true); }
-static void op_fxsave64(struct bt_cpu *c, const struct bt_insn *i) { fxsave_common(c, i, true, true); }
-static void op_fxrstor(struct bt_cpu *c, const struct bt_insn *i) { fxsave_common(c, i, false, false); }
-static void op_fxrstor64(struct bt_cpu *c, const struct bt_insn *i) { fxsave_common(c, i, true, false); }
+static void op_fxsave(struct bt_cpu *c, const struct bt_insn *i)
+{
+    fxsave_common(c, i, false, true);
+}
+static void op_fxsave64(struct bt_cpu *c, const struct bt_insn *i)
+{
+    fxsave_common(c, i, true, true);
+}
+static void op_fxrstor(struct bt_cpu *c, const struct bt_insn *i)
+{
+    fxsave_common(c, i, false, false);
+}
+static void op_fxrstor64(struct bt_cpu *c, const struct bt_insn *i)
+{
+    fxsave_common(c, i, true, false);
+}
 BT_HANDLER(FXSAVE, op_fxsave);
 BT_HANDLER(FXSAVE64, op_fxsave64);
 BT_HANDLER(FXRSTOR, op_fxrstor);
@@ -1077,8 +1200,7 @@ BT_HANDLER(FXRSTOR64, op_fxrstor64);
 
 static void op_fence(struct bt_cpu *c, const struct bt_insn *i)
 {
-    if (i->pfx & BT_PFX_LOCK)
-        bt_ud(c);
+    if (i->pfx & BT_PFX_LOCK) bt_ud(c);
     /* other vCPUs run on other host threads: keep the guest's ordering on the host */
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     done(c);
@@ -1090,8 +1212,7 @@ BT_HANDLER(MFENCE, op_fence);
 /* Prefetches never fault. */
 static void op_prefetch(struct bt_cpu *c, const struct bt_insn *i)
 {
-    if (i->pfx & BT_PFX_LOCK)
-        bt_ud(c);
+    if (i->pfx & BT_PFX_LOCK) bt_ud(c);
     done(c);
 }
 BT_HANDLER(PREFETCHNTA, op_prefetch);
@@ -1102,8 +1223,7 @@ BT_HANDLER(PREFETCHT2, op_prefetch);
 /* CLFLUSH faults like a byte read (segment and paging checks); guest RAM is coherent. */
 static void op_clflush(struct bt_cpu *c, const struct bt_insn *i)
 {
-    if (i->pfx & BT_PFX_LOCK)
-        bt_ud(c);
+    if (i->pfx & BT_PFX_LOCK) bt_ud(c);
     uint64_t lin = bt_op_lin(c, i, 0, 1, BT_ACC_READ);
     (void)bt_host_ptr(c, lin, 1, BT_ACC_READ);
     __atomic_thread_fence(__ATOMIC_SEQ_CST);

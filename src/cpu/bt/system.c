@@ -9,7 +9,6 @@
  * raises the architectural fault before any state changes.  DR7 breakpoints are stored but not
  * enforced (no hardware breakpoints in this CPU: the guest's debugger sees them never fire). */
 #include <string.h>
-#include <time.h>
 
 #include "cpu/bt/btvm.h"
 #include "cpu/bt/irqglue.h"
@@ -381,8 +380,7 @@ static void op_hlt(struct bt_cpu *c, const struct bt_insn *i)
 {
     need_cpl0(c);
     next(c);
-    c->halted = true;
-    c->s.mp_state = MP_HALTED;
+    c->halted = true; /* get_state reports it as MP_HALTED */
     c->exit_now = true;
 }
 BT_HANDLER(HLT, op_hlt);
@@ -403,22 +401,9 @@ static void op_cpuid(struct bt_cpu *c, const struct bt_insn *i)
 }
 BT_HANDLER(CPUID, op_cpuid);
 
-static uint64_t host_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static uint64_t tsc_khz(const struct bt_cpu *c)
-{
-    return c->vm && c->vm->tsc_khz ? c->vm->tsc_khz : 1000000;
-}
-
 uint64_t bt_rdtsc(struct bt_cpu *c)
 {
-    unsigned __int128 t = (unsigned __int128)host_ns() * tsc_khz(c) / 1000000u;
-    return (uint64_t)t + c->tsc_offset;
+    return bt_glue_tsc(c);
 }
 
 static void op_rdtsc(struct bt_cpu *c, const struct bt_insn *i)
@@ -460,7 +445,7 @@ uint64_t bt_rdmsr(struct bt_cpu *c, uint32_t msr)
     case MSR_IA32_MCG_STATUS: return 0;
     case MSR_IA32_MISC_ENABLE: return s->misc_enable;
     case MSR_IA32_PAT: return s->pat;
-    case MSR_IA32_TSC_DEADLINE: return s->tsc_deadline;
+    case MSR_IA32_TSC_DEADLINE: return bt_glue_get_tsc_deadline(c);
     case MSR_EFER: return s->efer;
     case MSR_STAR: return s->star;
     case MSR_LSTAR: return s->lstar;
@@ -489,6 +474,8 @@ void bt_wrmsr(struct bt_cpu *c, uint32_t msr, uint64_t v)
     case MSR_IA32_APIC_BASE: {
         uint64_t allowed = (1u << 8) | (1u << 11) | (phys_addr_mask(c) & ~0xfffull);
         if (v & ~allowed) bt_gp0(c);
+        if (!bt_glue_set_apic_base(c, v, (unsigned)__builtin_popcountll(phys_addr_mask(c))))
+            bt_gp0(c);
         s->apic_base = v;
         bt_tlb_flush(c, true);
         return;
@@ -505,10 +492,7 @@ void bt_wrmsr(struct bt_cpu *c, uint32_t msr, uint64_t v)
         if (!pat_valid(v)) bt_gp0(c);
         s->pat = v;
         return;
-    case MSR_IA32_TSC_DEADLINE:
-        s->tsc_deadline = v;
-        bt_glue_set_tsc_deadline(c, v);
-        return;
+    case MSR_IA32_TSC_DEADLINE: bt_glue_set_tsc_deadline(c, v); return;
     case MSR_EFER: {
         uint64_t allowed = X86_EFER_SCE | X86_EFER_LME | X86_EFER_LMA | X86_EFER_NXE;
         if (v & ~allowed) bt_gp0(c);
