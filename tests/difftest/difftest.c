@@ -34,10 +34,11 @@ static unsigned rnd(unsigned n)
 /* ---- instruction classes ---------------------------------------------------------------------- */
 
 enum dt_class { C_ALU, C_SHIFT, C_MULDIV, C_BITOP, C_DATAMOV, C_ATOMIC, C_LOCK, C_STACK, C_BRANCH,
-                C_STRING, C_COUNT };
-static const char *const class_name[C_COUNT] = {"alu",    "shift", "muldiv", "bitop", "datamov",
-                                                "atomic", "lock",  "stack",  "branch", "string"};
-static const unsigned class_weight[C_COUNT] = {20, 12, 8, 10, 16, 6, 6, 8, 6, 8};
+                C_STRING, C_LEGACY, C_COUNT };
+static const char *const class_name[C_COUNT] = {"alu",    "shift", "muldiv", "bitop",
+                                                "datamov", "atomic", "lock", "stack",
+                                                "branch", "string", "legacy32"};
+static const unsigned class_weight[C_COUNT] = {20, 12, 8, 10, 16, 6, 6, 8, 6, 8, 0};
 
 /* mnemonics the random generator accepts (the integer ISA without control flow and stack) */
 static bool allowed_random(unsigned m)
@@ -150,7 +151,9 @@ static bool acceptable(const struct bt_insn *in)
         } else if (o->kind == BT_OPK_MEM || o->kind == BT_OPK_AGEN) {
             if (o->index != BT_NOREG)
                 return false;
-            if (o->base != BT_REG_RIP && !(o->base < 16 && is_pointer_reg(o->base) && o->base != RSP))
+            bool absolute = o->base == BT_NOREG && btenv_bits == 32;
+            if (o->base != BT_REG_RIP && !absolute &&
+                !(o->base < 16 && is_pointer_reg(o->base) && o->base != RSP))
                 return false;
         }
     }
@@ -172,7 +175,7 @@ static size_t gen_one(uint8_t *out, size_t at, int cls, bool lock)
             b[n++] = 0xf0;
         if (rnd(4) == 0)
             b[n++] = 0x66;
-        if (rnd(12) == 0)
+        if (rnd(12) == 0 && btenv_bits == 64)
             b[n++] = 0x67; /* 32-bit addressing: the pointers fit in 32 bits */
         int memform = -1;
         uint8_t modrm = 0;
@@ -183,7 +186,7 @@ static size_t gen_one(uint8_t *out, size_t at, int cls, bool lock)
             else
                 memform = 0;
         }
-        if (rnd(2)) {
+        if (rnd(2) && btenv_bits == 64) {
             uint8_t rex = 0x40 | (rnd(2) << 3) | (rnd(2) << 2);
             if (memform == 1 && rnd(2))
                 rex |= 1; /* [r11]/[r13] */
@@ -204,7 +207,7 @@ static size_t gen_one(uint8_t *out, size_t at, int cls, bool lock)
                 b[n++] = 0x40 | reg << 3 | (rnd(2) ? 3 : 5);
                 b[n++] = (uint8_t)rnd(256);
             } else {
-                b[n++] = 0x05 | reg << 3; /* [rip + disp32] */
+                b[n++] = 0x05 | reg << 3; /* [rip + disp32]; [disp32] in 32-bit code */
                 disp_at = n;
                 n += 4;
             }
@@ -216,14 +219,15 @@ static size_t gen_one(uint8_t *out, size_t at, int cls, bool lock)
             /* immediate follows the opcode directly */
         }
         struct bt_insn in;
-        if (bt_decode_bytes(b, n, 64, &in) < 0 || !acceptable(&in))
+        if (bt_decode_bytes(b, n, (unsigned)btenv_bits, &in) < 0 || !acceptable(&in))
             continue;
         if (lock && !(in.op[0].kind == BT_OPK_MEM))
             continue;
         if (disp_at) {
             /* RIP-relative: point somewhere into the scratch, clear of the stack area */
             int64_t target = (int64_t)(DT_SCRATCH + 0x100 + rnd(0x1500));
-            int32_t d = (int32_t)(target - (int64_t)(DT_CODE + at + in.len));
+            int32_t d = btenv_bits == 32 ? (int32_t)target
+                                          : (int32_t)(target - (int64_t)(DT_CODE + at + in.len));
             memcpy(b + disp_at, &d, 4);
         }
         memcpy(out, b, in.len);
@@ -328,6 +332,25 @@ static void gen_case(struct dt_case *k, int cls)
         k->len += n;
         break;
     }
+    case C_LEGACY: {
+        /* 32-bit only: PUSHA/POPA, BCD adjustments, SALC, BOUND */
+        static const uint8_t ops[] = {0x60, 0x61, 0x27, 0x2f, 0x37, 0x3f, 0xd4, 0xd5, 0xd6, 0x62};
+        uint8_t pre[16];
+        size_t n = gen_one(pre, 0, C_ALU, false); /* vary AL and the flags first */
+        put(k, pre, n);
+        uint8_t op = ops[rnd(ARRAY_SIZE(ops))];
+        if ((op == 0x60 || op == 0x61 || op == 0x62) && rnd(3) == 0)
+            PUT(k, 0x66);
+        if (op == 0xd4 || op == 0xd5)
+            PUT(k, op, rnd(4) ? 10 : (uint8_t)rnd(256));
+        else if (op == 0x62)
+            PUT(k, op, (uint8_t)(0x43 | rnd(8) << 3), (uint8_t)rnd(64)); /* bound r, [ebx+d] */
+        else
+            PUT(k, op);
+        if (op == 0x61) /* popa after a pusha, so the registers stay pointers */
+            memmove(k->code + 1, k->code, k->len++), k->code[0] = 0x60;
+        break;
+    }
     case C_STRING: {
         static const uint8_t ops[] = {0xa4, 0xa5, 0xa6, 0xa7, 0xaa, 0xab, 0xac, 0xad, 0xae, 0xaf};
         uint8_t op = ops[rnd(ARRAY_SIZE(ops))];
@@ -336,7 +359,7 @@ static void gen_case(struct dt_case *k, int cls)
         case 1: PUT(k, 0xf2); break;
         default: break;
         }
-        if (rnd(5) == 0)
+        if (rnd(5) == 0 && btenv_bits == 64)
             PUT(k, 0x67); /* ECX/ESI/EDI */
         if (rnd(3) == 0)
             PUT(k, 0x48);
@@ -375,7 +398,7 @@ static void count_mnemonics(const struct dt_case *k)
     size_t at = 0;
     while (at < k->len) {
         struct bt_insn in;
-        if (bt_decode_bytes(k->code + at, k->len - at, 64, &in) < 0)
+        if (bt_decode_bytes(k->code + at, k->len - at, (unsigned)btenv_bits, &in) < 0)
             break;
         mnem_count[in.mnemonic]++;
         at += in.len;
@@ -428,11 +451,14 @@ int main(int argc, char **argv)
                                              {"class", required_argument, 0, 'c'},
                                              {"verbose", no_argument, 0, 'v'},
                                              {"bench", no_argument, 0, 'b'},
+                                             {"bits", required_argument, 0, 'm'},
                                              {0, 0, 0, 0}};
     int ch;
     bool bench = false;
-    while ((ch = getopt_long(argc, argv, "n:s:c:vb", longopts, NULL)) != -1) {
+    int force_bits = 0;
+    while ((ch = getopt_long(argc, argv, "n:s:c:vbm:", longopts, NULL)) != -1) {
         switch (ch) {
+        case 'm': force_bits = atoi(optarg); break;
         case 'b': bench = true; break;
         case 'n': cases = strtoul(optarg, NULL, 0); break;
         case 's': seed = strtoull(optarg, NULL, 0); break;
@@ -447,7 +473,8 @@ int main(int argc, char **argv)
             }
             break;
         default:
-            fprintf(stderr, "usage: difftest [--cases N] [--seed S] [--class NAME] [--verbose]\n");
+            fprintf(stderr, "usage: difftest [--cases N] [--seed S] [--class NAME] [--bits 32|64] "
+                            "[--verbose] [--bench]\n");
             return 2;
         }
     }
@@ -477,6 +504,9 @@ int main(int argc, char **argv)
             for (cls = 0; w >= class_weight[cls]; cls++)
                 w -= class_weight[cls];
         }
+        btenv_bits = force_bits ? force_bits : rnd(4) == 0 ? 32 : 64;
+        if (cls == C_LEGACY)
+            btenv_bits = 32;
         gen_case(&k, cls);
         if (k.len == 0) {
             skipped++;
@@ -495,8 +525,8 @@ int main(int argc, char **argv)
             faults++;
         if (r > 0 || verbose) {
             dt_hex(k.code, k.len, hex, sizeof(hex));
-            printf("%s case %lu (%s): [%s]%s\n", r ? "MISMATCH" : "ok", n, class_name[cls], hex,
-                   msg);
+            printf("%s case %lu (%s, %d-bit): [%s]%s\n", r ? "MISMATCH" : "ok", n,
+                   class_name[cls], btenv_bits, hex, msg);
             if (r) {
                 mismatches++;
                 printf("  regs:");
