@@ -38,7 +38,7 @@ enum dt_class { C_ALU, C_SHIFT, C_MULDIV, C_BITOP, C_DATAMOV, C_ATOMIC, C_LOCK, 
 static const char *const class_name[C_COUNT] = {"alu",    "shift", "muldiv", "bitop",
                                                 "datamov", "atomic", "lock", "stack",
                                                 "branch", "string", "legacy32"};
-static const unsigned class_weight[C_COUNT] = {20, 12, 8, 10, 16, 6, 6, 8, 6, 8, 0};
+static const unsigned class_weight[C_COUNT] = {20, 12, 8, 10, 16, 6, 6, 8, 6, 8, 4};
 
 /* mnemonics the random generator accepts (the integer ISA without control flow and stack) */
 static bool allowed_random(unsigned m)
