@@ -315,7 +315,9 @@ static void gen_case(struct dt_case *k, int cls)
         switch (rnd(6)) {
         case 0: PUT(k, (uint8_t)(0x70 + rnd(16)), 0x02, 0xff, 0xc0, 0xff, 0xc2); break;
         case 1: PUT(k, 0x0f, (uint8_t)(0x80 + rnd(16)), 0x02, 0, 0, 0, 0xff, 0xc0, 0xff, 0xc2); break;
-        case 2: PUT(k, 0xff, 0xc0, (uint8_t)(0xe0 + rnd(3)), 0xfc); break; /* inc eax; loop(e/ne) */
+        case 2: /* mov ecx, n; inc eax; loop(e/ne) -- the count is set after the flag-setting op */
+            PUT(k, 0xb9, (uint8_t)(1 + rnd(20)), 0, 0, 0, 0xff, 0xc0, (uint8_t)(0xe0 + rnd(3)), 0xfc);
+            break;
         case 3: PUT(k, 0xe8, 0x02, 0, 0, 0, 0xeb, 0x03, 0xff, 0xc0, 0xc3); break; /* call; ret */
         case 4: PUT(k, 0xe8, 0x02, 0, 0, 0, 0xeb, 0x05, 0xff, 0xc0, 0xc2, 0x08, 0x00); break;
         default:
