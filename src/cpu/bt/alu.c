@@ -211,7 +211,7 @@ static bool try_locked(struct bt_cpu *c, const struct bt_insn *i, int op, uint64
         return false;
     unsigned size = i->op[0].size;
     uint64_t lin = bt_op_lin(c, i, 0, size, BT_ACC_WRITE);
-    void *p = bt_host_ptr(c, lin, size, BT_ACC_READ | BT_ACC_WRITE);
+    void *p = bt_lock_ptr(c, lin, size);
     if (!p)
         return false;
     uint64_t fl = c->s.rflags;
