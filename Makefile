@@ -53,6 +53,7 @@ san: build-san/lookout
 unit: $(UNIT_BINS)
 
 include tests/guests/Makefile.inc
+-include tests/difftest/Makefile.inc
 
 test: all san unit
 	tests/run.sh
