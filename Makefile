@@ -45,8 +45,8 @@ build-san/lookout: build-san/obj/cli/main.o $(LIB_OBJS_SAN)
 
 # Unit tests (cmocka), always built with the sanitizers.
 build-san/tests/%: tests/unit/%.c $(LIB_OBJS_SAN)
-	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_COMMON) $(SAN_CFLAGS) -Itests/unit -MMD -MP $(LDFLAGS_COMMON) -o $@ $< $(LIB_OBJS_SAN) $(LIBS) -lcmocka
+	@mkdir -p $(dir $@) build-san/tests/.deps
+	$(CC) $(CFLAGS_COMMON) $(SAN_CFLAGS) -Itests/unit -MMD -MP -MF build-san/tests/.deps/$*.d $(LDFLAGS_COMMON) -o $@ $< $(LIB_OBJS_SAN) $(LIBS) -lcmocka
 UNIT_BINS := $(patsubst tests/unit/%.c,build-san/tests/%,$(UNIT_SRCS))
 
 san: build-san/lookout
