@@ -53,7 +53,9 @@ enum bt_regclass { BT_RC_GPR, BT_RC_GPR8H, BT_RC_SEG, BT_RC_CR, BT_RC_DR, BT_RC_
                    BT_RC_ST, BT_RC_OTHER };
 
 #define BT_NOREG   0xff
-#define BT_REG_RIP 16 /* base register meaning RIP-relative (disp already includes next_rip - rip) */
+/* Base register meaning RIP-relative.  The decoder folds the instruction length into disp, so the
+ * effective address is insn_rip + disp (== next_rip + the encoded displacement). */
+#define BT_REG_RIP 16
 
 struct bt_operand {
     uint8_t kind;     /* enum bt_opkind */
@@ -67,13 +69,23 @@ struct bt_operand {
     uint8_t scale;    /* MEM: 1, 2, 4, 8 */
     uint16_t zreg;    /* the ZydisRegister, for handlers that want it */
     uint16_t sel;     /* PTR: far pointer selector */
-    int64_t disp;     /* MEM: displacement; IMM: sign- or zero-extended immediate; PTR: offset */
+    int64_t disp;     /* MEM: displacement; IMM: the immediate, sign-extended (if the encoding
+                         says so) to the operand size and zero above it; relative branch IMM
+                         (BT_ATTR_RELATIVE): the signed displacement, target = next_rip + disp;
+                         PTR: offset */
 };
+/* MEM/AGEN size is the access size in bytes (6 for m16:32, 10 for m80, 16 for m128), 0 when the
+ * operand is larger than 255 bytes (FXSAVE area) or an address only (LEA). */
 
 #define BT_PFX_LOCK  0x01
 #define BT_PFX_REP   0x02 /* REP / REPE / REPZ */
 #define BT_PFX_REPNE 0x04
 #define BT_PFX_SEG   0x08 /* explicit segment override present */
+
+/* Zydis attribute bits kept in bt_insn.attr_lo (the low 16 bits of ZydisInstructionAttributes) */
+#define BT_ATTR_MODRM    0x0001 /* ZYDIS_ATTRIB_HAS_MODRM */
+#define BT_ATTR_REX      0x0004 /* ZYDIS_ATTRIB_HAS_REX */
+#define BT_ATTR_RELATIVE 0x0080 /* ZYDIS_ATTRIB_IS_RELATIVE: IMM operand is a branch displacement */
 
 typedef void (*bt_handler)(struct bt_cpu *c, const struct bt_insn *i);
 
@@ -89,6 +101,8 @@ struct bt_insn {
     uint8_t opcode_map;
     uint8_t modrm_reg; /* ModRM.reg field (for group opcodes) */
     uint16_t attr_lo;  /* low bits of Zydis attributes the handlers care about */
+    uint8_t dseg;      /* segment of DS-default implicit memory operands (string source, XLAT,
+                          OUTS): DS or the override prefix (enum x86_sreg) */
     struct bt_operand op[4];
 };
 
@@ -102,6 +116,28 @@ struct bt_handler_def {
 #define BT_HANDLER(MNEM, FN)                                                                     \
     static const struct bt_handler_def __bt_h_##MNEM##_##FN                                       \
         __attribute__((used, section("bt_handlers"), aligned(16))) = {ZYDIS_MNEMONIC_##MNEM, FN}
+
+/* Pseudo mnemonics: encodings that share a Zydis mnemonic with another family are routed by the
+ * decoder to these ids, so each family registers its own handler (BT_HANDLER_ID). */
+enum bt_pseudo_mnemonic {
+    BT_MNEM_MOVSD_STR = ZYDIS_MNEMONIC_MAX_VALUE + 1, /* string MOVSD (A5), not SSE2 MOVSD */
+    BT_MNEM_CMPSD_STR, /* string CMPSD (A7), not SSE2 CMPSD */
+    BT_MNEM_MOV_CR,    /* MOV to/from CRn (0F 20 / 0F 22) */
+    BT_MNEM_MOV_DR,    /* MOV to/from DRn (0F 21 / 0F 23) */
+    BT_MNEM_MOV_SEG,   /* MOV to/from Sreg (8C / 8E) */
+    BT_MNEM_JMP_FAR,   /* EA, FF /5 */
+    BT_MNEM_CALL_FAR,  /* 9A, FF /3 */
+    BT_MNEM_RET_FAR,   /* CA, CB */
+    BT_MNEM_COUNT
+};
+#define BT_HANDLER_ID(ID, FN)                                                                    \
+    static const struct bt_handler_def __bt_hid_##ID##_##FN                                           \
+        __attribute__((used, section("bt_handlers"), aligned(16))) = {ID, FN}
+/* A default that a BT_HANDLER/BT_HANDLER_ID of the same id in section bt_handlers replaces
+ * (core.c uses it for MOV CR/DR so a privileged-instruction family can take them over). */
+#define BT_HANDLER_DEFAULT(ID, FN)                                                               \
+    static const struct bt_handler_def __bt_hd_##ID##_##FN                                            \
+        __attribute__((used, section("bt_handlers_dflt"), aligned(16))) = {ID, FN}
 
 /* ---- memory access ------------------------------------------------------------------------ */
 
@@ -135,10 +171,15 @@ struct bt_cpu {
 
     /* current instruction */
     uint64_t insn_rip;  /* RIP of the instruction being executed */
-    uint64_t next_rip;  /* RIP after it; handlers set s.rip = next_rip unless they branch */
+    uint64_t next_rip;  /* RIP after it.  The loop sets s.rip = next_rip before calling the
+                           handler; a handler that branches (or repeats itself: REP) sets s.rip */
     jmp_buf fault_jmp;
+    /* set by bt_raise() before it longjmps: the loop delivers this exception */
+    int pending_vector;
+    uint32_t pending_err; /* BT_NO_ERRCODE if none */
     bool in_event_delivery; /* a fault now is a double fault */
     uint8_t delivering_vector;
+    bool shutdown; /* triple fault: the loop must stop (exit_now is also set) */
 
     /* soft MMU */
     struct bt_tlb_entry tlb[BT_TLB_SIZE];
@@ -209,6 +250,10 @@ size_t bt_fetch(struct bt_cpu *c, uint64_t lin, uint8_t *buf, size_t max, uint64
 /* Marks a guest-physical page as holding decoded code: a write to it calls
  * bt_cache_invalidate_page() (self-modifying code) for every vCPU. */
 void bt_watch_code_page(struct bt_cpu *c, uint64_t gpa_page);
+/* Translation without side effects on failure (tools, tests): 0 and *gpa, or the #PF error code
+ * (with bit 31 set so 0 is never an error).  Sets A/D bits like an access on success. */
+#define BT_XLATE_FAULT 0x80000000u
+uint32_t bt_translate(struct bt_cpu *c, uint64_t lin, int acc, uint64_t *gpa);
 /* Physical accesses (page walks, tests): RAM or MMIO. */
 uint64_t bt_phys_read(struct bt_cpu *c, uint64_t gpa, unsigned size);
 void bt_phys_write(struct bt_cpu *c, uint64_t gpa, unsigned size, uint64_t v);

@@ -1,0 +1,33 @@
+/* Per-VM and per-vCPU private state of the software CPU backend, shared by mmu.c (write-watch,
+ * cross-vCPU invalidation), event.c (INIT/SIPI, LAPIC), system.c and backend.c.
+ *
+ * Trust: nothing here comes from the guest directly; guest-physical page numbers are range-checked
+ * against the watch bitmap's size before use. */
+#pragma once
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "cpu/bt/bt.h"
+#include "devices/lapic.h"
+
+struct ioapic;
+struct pit;
+
+struct bt_vm {
+    struct vm *vm;
+    /* code-page write-watch: bit n = guest-physical page n holds decoded code */
+    _Atomic uint64_t *watch;
+    uint64_t watch_pages;
+    struct bt_cpu *cpu[VM_MAX_CPUS];
+    struct lapic_bus bus; /* routes IPIs and IOAPIC messages to the vCPUs' LAPICs */
+    struct ioapic *ioapic;
+    struct pit *pit;
+};
+
+/* The VM's bt state when the VM is run by the bt backend, else NULL (bt_emulate_one under KVM). */
+struct bt_vm *bt_vm_of(const struct vm *vm);
+/* Allocates / frees the watch bitmap for all of the VM's guest-physical space. */
+int bt_watch_init(struct bt_vm *bv);
+void bt_watch_destroy(struct bt_vm *bv);

@@ -1,0 +1,96 @@
+/* One differential case: run the bytes natively (native.h) and on the software CPU (btenv.h) from
+ * the same registers, flags and scratch memory, and compare the outcome (end reached, or the
+ * class of the first fault and where), all 16 GPRs, RIP, the arithmetic flags and DF, and the
+ * scratch memory. */
+#pragma once
+#include <stdarg.h>
+
+#include "native.h"
+
+#define DT_FLAGS (BT_ARITH_FLAGS | X86_FLAG_DF)
+enum { DT_DONE = 100, DT_MEMFAULT = 101, DT_DIED = 102, DT_TIMEOUT = 103 };
+
+static const char *const dt_regname[16] = {"rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+                                           "r8",  "r9",  "r10", "r11", "r12", "r13", "r14", "r15"};
+
+static int dt_native_outcome(const struct native_result *r, size_t len)
+{
+    switch (r->sig) {
+    case SIGILL: return r->rip == DT_CODE + len ? DT_DONE : X86_UD;
+    case SIGFPE: return X86_DE;
+    case SIGSEGV:
+    case SIGBUS: return DT_MEMFAULT;
+    case SIGTRAP: return X86_BP;
+    default: return DT_DIED;
+    }
+}
+
+static int dt_bt_outcome(struct btenv *e, int vector, size_t len)
+{
+    switch (vector) {
+    case -1: return DT_TIMEOUT;
+    case X86_UD: return e->c->s.rip == DT_CODE + len ? DT_DONE : X86_UD;
+    case X86_SS:
+    case X86_GP:
+    case X86_PF:
+    case X86_AC: return DT_MEMFAULT;
+    default: return vector;
+    }
+}
+
+static void dt_append(char *buf, size_t n, const char *fmt, ...)
+{
+    size_t l = strlen(buf);
+    if (l + 1 >= n)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf + l, n - l, fmt, ap);
+    va_end(ap);
+}
+
+/* 0: same; 1: mismatch (described in msg); -1: the native run failed */
+static int dt_check(struct btenv *e, struct native_result *nr, const uint8_t *code, size_t len,
+                    const uint8_t *scratch, const uint64_t gpr[16], uint64_t rflags, char *msg,
+                    size_t msglen)
+{
+    static uint8_t btmem[DT_SCRATCH_N];
+    msg[0] = 0;
+    if (native_run(nr, code, len, scratch, gpr, rflags) < 0)
+        return -1;
+    btenv_load(e, code, len, scratch, gpr, rflags);
+    int v = btenv_run(e, 1000000);
+    int no = dt_native_outcome(nr, len), bo = dt_bt_outcome(e, v, len);
+    if (no == DT_DIED)
+        return -1;
+    const struct x86_state *s = &e->c->s;
+    if (no != bo)
+        dt_append(msg, msglen, " outcome native %d bt %d (vector %d);", no, bo, v);
+    if (nr->rip != s->rip)
+        dt_append(msg, msglen, " rip native +%#llx bt +%#llx;",
+                  (unsigned long long)(nr->rip - DT_CODE), (unsigned long long)(s->rip - DT_CODE));
+    for (int k = 0; k < 16; k++)
+        if (nr->gpr[k] != s->gpr[k])
+            dt_append(msg, msglen, " %s native %#llx bt %#llx;", dt_regname[k],
+                      (unsigned long long)nr->gpr[k], (unsigned long long)s->gpr[k]);
+    if ((nr->rflags ^ s->rflags) & DT_FLAGS)
+        dt_append(msg, msglen, " flags native %#llx bt %#llx;",
+                  (unsigned long long)(nr->rflags & DT_FLAGS),
+                  (unsigned long long)(s->rflags & DT_FLAGS));
+    btenv_scratch(e, btmem);
+    for (unsigned k = 0; k < DT_SCRATCH_N; k++) {
+        if (btmem[k] != nr->scratch[k]) {
+            dt_append(msg, msglen, " memory +%#x native %02x bt %02x;", k, nr->scratch[k],
+                      btmem[k]);
+            break;
+        }
+    }
+    return msg[0] ? 1 : 0;
+}
+
+static void dt_hex(const uint8_t *b, size_t n, char *out, size_t outlen)
+{
+    out[0] = 0;
+    for (size_t k = 0; k < n && 3 * k + 3 < outlen; k++)
+        snprintf(out + 3 * k, outlen - 3 * k, "%02x ", b[k]);
+}
