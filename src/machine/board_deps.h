@@ -1,0 +1,47 @@
+/* TEMPORARY (delete at merge): the functions the board calls from the helpers "boot" and "dev",
+ * declared here until their real headers (machine/boot.h, machine/acpi.h, the devices', console's
+ * and control socket's headers) are on this branch.  Declared weak so this branch links without
+ * them; machine.c checks each for presence with BOARD_HAVE() and fails clearly when one is absent.
+ * At merge: replace the include of this file in machine.c and cli/main.c with the real headers
+ * and delete this file (BOARD_HAVE() keeps working on strong symbols). */
+#pragma once
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cpu/cpu.h"
+#include "machine/layout.h"
+
+#define BOARD_WEAK __attribute__((weak))
+
+/* helper "boot": machine/boot.h, machine/acpi.h */
+BOARD_WEAK int boot_load(struct vm *vm, const char *kernel, const char *initrd, const char *cmdline,
+                         struct x86_state *bsp);
+struct acpi_config {
+    unsigned ncpus;
+    unsigned nvirtio;
+    struct {
+        uint64_t base, size;
+        unsigned gsi;
+    } virtio[LAYOUT_VIRTIO_MAX];
+};
+BOARD_WEAK int acpi_build(struct vm *vm, const struct acpi_config *cfg);
+
+/* helper "dev": devices, console, control socket */
+struct uart16550;
+struct console;
+struct api_server;
+BOARD_WEAK struct uart16550 *uart_attach(struct vm *vm, uint16_t port, unsigned gsi,
+                                         void (*out)(void *ctx, const uint8_t *buf, size_t n),
+                                         void *ctx);
+BOARD_WEAK void uart_receive(struct uart16550 *u, const uint8_t *buf, size_t n);
+BOARD_WEAK int i8042_attach(struct vm *vm);
+BOARD_WEAK int rtc_attach(struct vm *vm);
+BOARD_WEAK int exitport_attach(struct vm *vm);
+BOARD_WEAK int acpi_pm_attach(struct vm *vm);
+BOARD_WEAK struct console *console_start(struct vm *vm, struct uart16550 *com1, int in_fd,
+                                         int out_fd, bool interactive);
+BOARD_WEAK void console_stop(struct console *c);
+BOARD_WEAK struct api_server *api_start(struct vm *vm, const char *path);
+BOARD_WEAK void api_stop(struct api_server *s);
+BOARD_WEAK int ctl_main(int argc, char **argv);
