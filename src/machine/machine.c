@@ -249,7 +249,7 @@ struct vm *machine_create(const struct machine_config *cfg)
     vm->mem_size = vm->mem.size;
 
     /* The CPUID model: lookout-v1 (or host), cut down to what KVM can present. */
-    static struct cpuid_entry sup[256];
+    struct cpuid_entry sup[256];
     unsigned nsup = 0;
     bool is_kvm = be == &cpu_backend_kvm;
     if (is_kvm) {
