@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -209,12 +210,91 @@ static void test_emulation_failure_reported(void **st)
     assert_non_null(strstr(err_msg(), "cc"));
 }
 
+static void test_irqchip_round_trip(void **st)
+{
+    struct fixture *f = *st;
+    if (!f) skip();
+    const struct cpu_backend *b = &cpu_backend_kvm;
+    struct lapic_state l1, l2;
+    assert_int_equal(b->get_lapic(&f->cpu, &l1), 0);
+    assert_int_equal(l1.regs[0x20 / 4] >> 24, 0); /* APIC ID of vCPU 0 */
+    l1.regs[0x80 / 4] = 0x20;                      /* TPR */
+    assert_int_equal(b->set_lapic(&f->cpu, &l1), 0);
+    assert_int_equal(b->get_lapic(&f->cpu, &l2), 0);
+    assert_int_equal(l2.regs[0x80 / 4], 0x20);
+    l1.regs[0x80 / 4] = 0;
+    assert_int_equal(b->set_lapic(&f->cpu, &l1), 0);
+
+    struct ioapic_state i1, i2;
+    assert_int_equal(b->get_ioapic(&f->vm, &i1), 0);
+    assert_int_equal(i1.base_address, 0xfec00000ull);
+    i1.redirtbl[4] = 0x10024; /* masked, vector 0x24 */
+    assert_int_equal(b->set_ioapic(&f->vm, &i1), 0);
+    assert_int_equal(b->get_ioapic(&f->vm, &i2), 0);
+    assert_int_equal(i2.redirtbl[4], 0x10024);
+
+    struct pit_state p1, p2;
+    assert_int_equal(b->get_pit(&f->vm, &p1), 0);
+    assert_int_equal(b->set_pit(&f->vm, &p1), 0);
+    assert_int_equal(b->get_pit(&f->vm, &p2), 0);
+    for (int c = 0; c < 3; c++) {
+        assert_int_equal(p2.channels[c].mode, p1.channels[c].mode);
+        assert_int_equal(p2.channels[c].count, p1.channels[c].count);
+        /* count_load_time is not compared: KVM_SET_PIT2 reloads the counters "now" */
+    }
+    assert_int_equal(b->irq_line(&f->vm, 4, 1), 0);
+    assert_int_equal(b->irq_line(&f->vm, 4, 0), 0);
+}
+
+static void test_dirty_log_and_single_step(void **st)
+{
+    struct fixture *f = *st;
+    if (!f) skip();
+    size_t nwords = (f->vm.mem.size >> 12) / 64;
+    uint64_t *bm = calloc(nwords, 8);
+    assert_non_null(bm);
+    assert_int_equal(cpu_backend_kvm.dirty_log(&f->vm, bm, nwords), 0);
+    assert_int_equal(bm[nwords - 1], ~0ull); /* first call: everything is dirty */
+
+    static const uint8_t code[] = {
+        0x48, 0x89, 0x04, 0x25, 0x00, 0x50, 0x00, 0x00, /* mov [0x5000], rax */
+        0x90,                                           /* nop */
+        0xe6, 0xf4,                                     /* out 0xf4, al */
+    };
+    assert_int_equal(guest_write(&f->vm.mem, 0x300000, code, sizeof(code)), 0);
+    struct x86_state s;
+    long_mode_state(f, &s, 0x300000);
+    if (cpu_backend_kvm.set_state(&f->cpu, &s)) fail_msg("set_state: %s", err_msg());
+    memset(bm, 0, nwords * 8);
+    assert_int_equal(cpu_backend_kvm.dirty_log(&f->vm, bm, nwords), 0);
+
+    struct vcpu_debug d = {.single_step = true};
+    assert_int_equal(cpu_backend_kvm.set_debug(&f->cpu, &d), 0);
+    struct vcpu_exit ex = run_until_out(f, 0);
+    assert_int_equal(ex.reason, VCPU_EXIT_DEBUG);
+    struct x86_state g;
+    assert_int_equal(cpu_backend_kvm.get_state(&f->cpu, &g), 0);
+    assert_int_equal(g.rip, 0x300008); /* exactly one instruction */
+    d.single_step = false;
+    assert_int_equal(cpu_backend_kvm.set_debug(&f->cpu, &d), 0);
+    ex = run_until_out(f, 0);
+    assert_int_equal(ex.reason, VCPU_EXIT_IO);
+
+    memset(bm, 0, nwords * 8);
+    assert_int_equal(cpu_backend_kvm.dirty_log(&f->vm, bm, nwords), 0);
+    assert_true(bm[0] & (1ull << 5)); /* page 0x5000 was written by the guest */
+    assert_false(bm[0] & (1ull << 6));
+    free(bm);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_real_mode),
         cmocka_unit_test(test_long_mode),
         cmocka_unit_test(test_emulation_failure_reported),
+        cmocka_unit_test(test_irqchip_round_trip),
+        cmocka_unit_test(test_dirty_log_and_single_step),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -51,8 +51,10 @@ struct kvm_vcpu_priv {
     bool io_pending; /* an IO/MMIO exit whose completion KVM does at the next KVM_RUN */
     _Atomic bool have_tid;
     pthread_t tid;
-    bool tsc_valid;
-    uint64_t last_tsc; /* last TSC read: not written back unchanged (it would rewind time) */
+    /* Last TSC and TSC deadline read: written back unchanged they would rewind the clock or
+     * re-arm a timer that fired in between, so set_state skips them when equal. */
+    bool msr_cache_valid;
+    uint64_t last_tsc, last_deadline;
 };
 
 static int kvm_fd = -1;
@@ -551,7 +553,8 @@ static int kvm_get_state(struct vcpu *cpu, struct x86_state *s)
     }
     for (unsigned i = 0; i < mb.hdr.nmsrs; i++) *msr_field(s, mb.e[i].index) = mb.e[i].data;
     c->last_tsc = s->tsc;
-    c->tsc_valid = true;
+    c->last_deadline = s->tsc_deadline;
+    c->msr_cache_valid = true;
 
     struct kvm_vcpu_events ev;
     if ((r = xioctl(c->fd, KVM_GET_VCPU_EVENTS, &ev)) < 0) goto fail;
@@ -641,7 +644,9 @@ static int kvm_set_state(struct vcpu *cpu, const struct x86_state *s)
         uint32_t idx = state_msrs[i];
         if (!msr_listed(p, idx)) continue;
         uint64_t v = *msr_field((struct x86_state *)s, idx);
-        if (idx == MSR_IA32_TSC && c->tsc_valid && v == c->last_tsc) continue;
+        if (c->msr_cache_valid && ((idx == MSR_IA32_TSC && v == c->last_tsc) ||
+                                   (idx == MSR_IA32_TSC_DEADLINE && v == c->last_deadline)))
+            continue;
         mb.e[mb.hdr.nmsrs].index = idx;
         mb.e[mb.hdr.nmsrs++].data = v;
     }
@@ -650,7 +655,7 @@ static int kvm_set_state(struct vcpu *cpu, const struct x86_state *s)
     if ((unsigned)r != mb.hdr.nmsrs)
         return err_set(EINVAL, "KVM refused MSR %#x = %#llx on vCPU %u", mb.e[r].index,
                        (unsigned long long)mb.e[r].data, cpu->id);
-    c->tsc_valid = false;
+    c->msr_cache_valid = false;
 
     what = "events";
     struct kvm_vcpu_events ev;
@@ -759,6 +764,7 @@ static int kvm_vcpu_run(struct vcpu *cpu, struct vcpu_exit *exit)
     }
     memset(exit, 0, sizeof(*exit));
     c->io_pending = false;
+    c->msr_cache_valid = false; /* the guest may change them from here on */
     int r = ioctl(c->fd, KVM_RUN, 0);
     if (r < 0) {
         int e = errno;
