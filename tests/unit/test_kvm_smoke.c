@@ -287,6 +287,25 @@ static void test_dirty_log_and_single_step(void **st)
     free(bm);
 }
 
+/* "host" passes KVM's own table through; KVM must accept it back. */
+static void test_host_model_accepted(void **st)
+{
+    struct fixture *f = *st;
+    if (!f) skip();
+    static struct cpuid_entry sup[256];
+    unsigned n = 0;
+    uint64_t khz;
+    assert_int_equal(kvm_query_host(sup, 256, &n, &khz), 0);
+    struct cpuid_model saved = f->vm.cpuid;
+    if (cpuid_model_build(&f->vm.cpuid, "host", sup, n, 2, khz)) fail_msg("%s", err_msg());
+    static struct vcpu c1;
+    c1.vm = &f->vm;
+    c1.id = 1;
+    if (cpu_backend_kvm.vcpu_create(&c1)) fail_msg("vcpu_create: %s", err_msg());
+    cpu_backend_kvm.vcpu_destroy(&c1);
+    f->vm.cpuid = saved;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -295,6 +314,7 @@ int main(void)
         cmocka_unit_test(test_emulation_failure_reported),
         cmocka_unit_test(test_irqchip_round_trip),
         cmocka_unit_test(test_dirty_log_and_single_step),
+        cmocka_unit_test(test_host_model_accepted),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
