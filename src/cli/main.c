@@ -24,34 +24,35 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: lookout run [options] [-- CMD [ARGS...]]\n"
-            "       lookout ctl SOCKET COMMAND     (status, pause, resume, quit)\n"
-            "       lookout guest build [...]       (build the default Debian guest)\n"
-            "       lookout --help | --version\n"
-            "\n"
-            "run options:\n"
-            "  --kernel FILE        bzImage, ELF vmlinux or Multiboot kernel (default: the\n"
-            "                       Debian guest built by `lookout guest build`)\n"
-            "  --initrd FILE        initramfs (Multiboot: module 0)\n"
-            "  --append STRING      kernel command line (added to the default guest's)\n"
-            "  --mem SIZE           guest RAM, 16M..64G, suffix K/M/G (default 512M; bare = MiB)\n"
-            "  --smp N              vCPUs, 1..64 (default 1)\n"
-            "  --cpu kvm|bt|auto    CPU backend (default auto: KVM on hardware virtualization,\n"
-            "                       the software CPU otherwise)\n"
-            "  --cpu-model lookout-v1|host   CPUID model (host: what KVM supports; KVM only)\n"
-            "  --api SOCKET         control socket (see lookout ctl)\n"
-            "  -v, --verbose        with -- CMD: also show the kernel's console on stderr\n"
-            "  -- CMD [ARGS...]     run CMD in the guest, copy its output to stdout, power off and\n"
-            "                       exit with its status\n"
-            "\n"
-            "exit status: 0 guest powered off or rebooted; (v << 1) | 1 when the guest writes v to\n"
-            "the test exit port 0xf4 (with -- CMD: CMD's status); %d usage or input error;\n"
-            "%d lookout error; %d CPU backend internal error; %d guest triple fault;\n"
-            "128+N stopped by signal N.\n"
-            "environment: LOOKOUT_HOME (default: the directory above the binary's),\n"
-            "LOOKOUT_LOG=debug|info|warn|error\n",
-            EXIT_USAGE, EXIT_VMM_ERROR, EXIT_INTERNAL, EXIT_TRIPLE_FAULT);
+    fprintf(
+        f,
+        "usage: lookout run [options] [-- CMD [ARGS...]]\n"
+        "       lookout ctl SOCKET COMMAND     (status, pause, resume, quit)\n"
+        "       lookout guest build [...]       (build the default Debian guest)\n"
+        "       lookout --help | --version\n"
+        "\n"
+        "run options:\n"
+        "  --kernel FILE        bzImage, ELF vmlinux or Multiboot kernel (default: the\n"
+        "                       Debian guest built by `lookout guest build`)\n"
+        "  --initrd FILE        initramfs (Multiboot: module 0)\n"
+        "  --append STRING      kernel command line (added to the default guest's)\n"
+        "  --mem SIZE           guest RAM, 16M..64G, suffix K/M/G (default 512M; bare = MiB)\n"
+        "  --smp N              vCPUs, 1..64 (default 1)\n"
+        "  --cpu kvm|bt|auto    CPU backend (default auto: KVM on hardware virtualization,\n"
+        "                       the software CPU otherwise)\n"
+        "  --cpu-model lookout-v1|host   CPUID model (host: what KVM supports; KVM only)\n"
+        "  --api SOCKET         control socket (see lookout ctl)\n"
+        "  -v, --verbose        with -- CMD: also show the kernel's console on stderr\n"
+        "  -- CMD [ARGS...]     run CMD in the guest, copy its output to stdout, power off and\n"
+        "                       exit with its status\n"
+        "\n"
+        "exit status: 0 guest powered off or rebooted; (v << 1) | 1 when the guest writes v to\n"
+        "the test exit port 0xf4 (with -- CMD: CMD's status); %d usage or input error;\n"
+        "%d lookout error; %d CPU backend internal error; %d guest triple fault;\n"
+        "128+N stopped by signal N.\n"
+        "environment: LOOKOUT_HOME (default: the directory above the binary's),\n"
+        "LOOKOUT_LOG=debug|info|warn|error\n",
+        EXIT_USAGE, EXIT_VMM_ERROR, EXIT_INTERNAL, EXIT_TRIPLE_FAULT);
 }
 
 static int fail_usage(const char *msg)
@@ -92,11 +93,9 @@ static bool copy_str(char *dst, size_t n, const char *src)
 static int check_file(const char *what, const char *path)
 {
     struct stat st;
-    if (stat(path, &st) < 0)
-        return err_set(errno, "%s %s: %s", what, path, strerror(errno));
+    if (stat(path, &st) < 0) return err_set(errno, "%s %s: %s", what, path, strerror(errno));
     if (!S_ISREG(st.st_mode)) return err_set(EINVAL, "%s %s: not a regular file", what, path);
-    if (access(path, R_OK) < 0)
-        return err_set(errno, "%s %s: %s", what, path, strerror(errno));
+    if (access(path, R_OK) < 0) return err_set(errno, "%s %s: %s", what, path, strerror(errno));
     return 0;
 }
 
@@ -113,8 +112,9 @@ static int default_guest(struct guest_paths *g)
     if (r) return r;
     snprintf(script, sizeof(script), "%s/guest/build.sh", home);
     if (access(script, X_OK) < 0)
-        return err_set(ENOENT, "no --kernel given and the default guest builder %s is missing "
-                               "(%s): pass --kernel, or set LOOKOUT_HOME to the lookout source tree",
+        return err_set(ENOENT,
+                       "no --kernel given and the default guest builder %s is missing "
+                       "(%s): pass --kernel, or set LOOKOUT_HOME to the lookout source tree",
                        script, strerror(errno));
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) < 0) return err_set(errno, "pipe: %s", strerror(errno));
@@ -130,21 +130,26 @@ static int default_guest(struct guest_paths *g)
     char line[CMDLINE_MAX + 16];
     while (f && fgets(line, sizeof(line), f)) {
         line[strcspn(line, "\n")] = 0;
-        if (!strncmp(line, "KERNEL=", 7)) copy_str(g->kernel, sizeof(g->kernel), line + 7);
-        else if (!strncmp(line, "INITRD=", 7)) copy_str(g->initrd, sizeof(g->initrd), line + 7);
-        else if (!strncmp(line, "APPEND=", 7)) copy_str(g->append, sizeof(g->append), line + 7);
+        if (!strncmp(line, "KERNEL=", 7))
+            copy_str(g->kernel, sizeof(g->kernel), line + 7);
+        else if (!strncmp(line, "INITRD=", 7))
+            copy_str(g->initrd, sizeof(g->initrd), line + 7);
+        else if (!strncmp(line, "APPEND=", 7))
+            copy_str(g->append, sizeof(g->append), line + 7);
     }
-    if (f) fclose(f);
-    else close(fds[0]);
+    if (f)
+        fclose(f);
+    else
+        close(fds[0]);
     int st;
     while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
     }
     if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
-        return err_set(EIO, "building the default guest failed (%s --print-paths exited with "
-                            "status %d; see its messages above)",
+        return err_set(EIO,
+                       "building the default guest failed (%s --print-paths exited with "
+                       "status %d; see its messages above)",
                        script, WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
-    if (!g->kernel[0])
-        return err_set(EIO, "%s --print-paths printed no KERNEL= line", script);
+    if (!g->kernel[0]) return err_set(EIO, "%s --print-paths printed no KERNEL= line", script);
     return 0;
 }
 
@@ -278,7 +283,8 @@ static int cmd_guest(int argc, char **argv)
     char **args = calloc((size_t)argc + 2, sizeof(char *));
     if (!args) return EXIT_VMM_ERROR;
     args[0] = script;
-    for (int i = 0; i < argc; i++) args[i + 1] = argv[i];
+    for (int i = 0; i < argc; i++)
+        args[i + 1] = argv[i];
     execv(script, args);
     log_err("cannot run %s: %s (set LOOKOUT_HOME to the lookout source tree)", script,
             strerror(errno));

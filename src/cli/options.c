@@ -29,8 +29,7 @@ int parse_mem_size(const char *s, uint64_t *out)
         case 'K': shift = 10; break;
         case 'M': shift = 20; break;
         case 'G': shift = 30; break;
-        default:
-            return err_set(EINVAL, "--mem \"%s\": unknown unit \"%s\" (use K, M or G)", s, p);
+        default: return err_set(EINVAL, "--mem \"%s\": unknown unit \"%s\" (use K, M or G)", s, p);
         }
         p++;
         if (!strcasecmp(p, "iB") || !strcasecmp(p, "B")) p += strlen(p);
@@ -68,7 +67,7 @@ int run_options_parse(struct run_options *o, int argc, char **argv)
     o->ncpus = 1;
     o->cpu = "auto";
     o->cpu_model = "lookout-v1";
-    static const char *const with_value[] = {"--kernel", "--initrd", "--append", "--mem",
+    static const char *const with_value[] = {"--kernel", "--initrd", "--append",    "--mem",
                                              "--smp",    "--cpu",    "--cpu-model", "--api"};
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
@@ -97,21 +96,30 @@ int run_options_parse(struct run_options *o, int argc, char **argv)
         for (unsigned k = 0; k < ARRAY_SIZE(with_value); k++)
             if (!strcmp(name, with_value[k])) known = true;
         if (!known) {
-            if (a[0] == '-') return err_set(EINVAL, "unknown option \"%s\" (see lookout --help)", a);
-            return err_set(EINVAL, "unexpected argument \"%s\" (a command to run in the guest "
-                                   "goes after \"--\")", a);
+            if (a[0] == '-')
+                return err_set(EINVAL, "unknown option \"%s\" (see lookout --help)", a);
+            return err_set(EINVAL,
+                           "unexpected argument \"%s\" (a command to run in the guest "
+                           "goes after \"--\")",
+                           a);
         }
         if (!val) {
             if (i + 1 >= argc) return err_set(EINVAL, "option %s needs a value", name);
             val = argv[++i];
         }
         int r = 0;
-        if (!strcmp(name, "--kernel")) o->kernel = val;
-        else if (!strcmp(name, "--initrd")) o->initrd = val;
-        else if (!strcmp(name, "--append")) o->append = val;
-        else if (!strcmp(name, "--mem")) r = parse_mem_size(val, &o->mem_size);
-        else if (!strcmp(name, "--smp")) r = parse_smp(val, &o->ncpus);
-        else if (!strcmp(name, "--api")) o->api_path = val;
+        if (!strcmp(name, "--kernel"))
+            o->kernel = val;
+        else if (!strcmp(name, "--initrd"))
+            o->initrd = val;
+        else if (!strcmp(name, "--append"))
+            o->append = val;
+        else if (!strcmp(name, "--mem"))
+            r = parse_mem_size(val, &o->mem_size);
+        else if (!strcmp(name, "--smp"))
+            r = parse_smp(val, &o->ncpus);
+        else if (!strcmp(name, "--api"))
+            o->api_path = val;
         else if (!strcmp(name, "--cpu")) {
             if (strcmp(val, "kvm") && strcmp(val, "bt") && strcmp(val, "auto"))
                 return err_set(EINVAL, "--cpu \"%s\": use kvm, bt or auto", val);
@@ -135,7 +143,8 @@ char *shell_quote_argv(int argc, char **argv)
     size_t len = 1;
     for (int i = 0; i < argc; i++) {
         len += 3; /* quotes and separator */
-        for (const char *p = argv[i]; *p; p++) len += *p == '\'' ? 4 : 1;
+        for (const char *p = argv[i]; *p; p++)
+            len += *p == '\'' ? 4 : 1;
     }
     char *out = malloc(len), *w = out;
     if (!out) return NULL;

@@ -68,8 +68,10 @@ static void com1_out(void *ctx, const uint8_t *buf, size_t n)
     pthread_mutex_lock(&b->ring_lock);
     for (size_t i = 0; i < n; i++) {
         b->ring[(b->ring_head + b->ring_len) % COM1_KEEP] = buf[i];
-        if (b->ring_len < COM1_KEEP) b->ring_len++;
-        else b->ring_head = (b->ring_head + 1) % COM1_KEEP;
+        if (b->ring_len < COM1_KEEP)
+            b->ring_len++;
+        else
+            b->ring_head = (b->ring_head + 1) % COM1_KEEP;
     }
     pthread_mutex_unlock(&b->ring_lock);
 }
@@ -141,7 +143,8 @@ static uint64_t host_tsc_khz(void)
     struct timespec a, b;
     clock_gettime(CLOCK_MONOTONIC, &a);
     uint64_t t0 = __rdtsc();
-    do clock_gettime(CLOCK_MONOTONIC, &b);
+    do
+        clock_gettime(CLOCK_MONOTONIC, &b);
     while ((b.tv_sec - a.tv_sec) * 1000000000ll + (b.tv_nsec - a.tv_nsec) < 5000000);
     uint64_t t1 = __rdtsc();
     uint64_t ns = (uint64_t)((b.tv_sec - a.tv_sec) * 1000000000ll + (b.tv_nsec - a.tv_nsec));
@@ -175,8 +178,9 @@ static struct vm *vm_alloc(const struct machine_config *cfg)
 #define NEED(f)                                                                                    \
     do {                                                                                           \
         if (!BOARD_HAVE(f)) {                                                                      \
-            err_set(ENOSYS, "%s() is not linked into this build (it comes with another part of "  \
-                            "lookout that is not merged yet)",                                     \
+            err_set(ENOSYS,                                                                        \
+                    "%s() is not linked into this build (it comes with another part of "           \
+                    "lookout that is not merged yet)",                                             \
                     #f);                                                                           \
             goto fail;                                                                             \
         }                                                                                          \
@@ -309,8 +313,10 @@ static void dump_vcpu(struct vcpu *cpu, const char *why)
 {
     struct x86_state s;
     log_err("vCPU %u: %s", cpu->id, why);
-    if (cpu->vm->backend->get_state(cpu, &s) == 0) x86_state_dump(&s, STDERR_FILENO);
-    else log_err("(registers unavailable: %s)", err_msg());
+    if (cpu->vm->backend->get_state(cpu, &s) == 0)
+        x86_state_dump(&s, STDERR_FILENO);
+    else
+        log_err("(registers unavailable: %s)", err_msg());
 }
 
 static void park(struct vcpu *cpu)
@@ -423,7 +429,8 @@ enum vm_stop_reason machine_run(struct vm *vm)
     b->threads_started = true;
 
     pthread_mutex_lock(&vm->lock);
-    while (!vm_stopping(vm)) pthread_cond_wait(&vm->cond, &vm->lock);
+    while (!vm_stopping(vm))
+        pthread_cond_wait(&vm->cond, &vm->lock);
     pthread_mutex_unlock(&vm->lock);
     for (unsigned i = 0; i < started; i++) {
         vm->backend->vcpu_kick(vm->vcpu[i]);
@@ -446,7 +453,8 @@ int machine_pause(struct vm *vm)
     if (atomic_load(&vm->state) != VM_STATE_RUNNING && atomic_load(&vm->state) != VM_STATE_PAUSED)
         return err_set(EINVAL, "the VM is %s, not running", machine_state_name(vm));
     atomic_store(&vm->pause_requested, true);
-    for (unsigned i = 0; i < vm->ncpus; i++) vm->backend->vcpu_kick(vm->vcpu[i]);
+    for (unsigned i = 0; i < vm->ncpus; i++)
+        vm->backend->vcpu_kick(vm->vcpu[i]);
     pthread_mutex_lock(&vm->lock);
     for (;;) {
         bool all = true;
@@ -488,7 +496,8 @@ void machine_destroy(struct vm *vm)
     struct board *b = vm->board;
     if (b->threads_started) {
         vm_request_stop(vm, VM_STOP_QUIT, 0);
-        for (unsigned i = 0; i < vm->ncpus; i++) pthread_join(vm->vcpu[i]->thread, NULL);
+        for (unsigned i = 0; i < vm->ncpus; i++)
+            pthread_join(vm->vcpu[i]->thread, NULL);
     }
     if (b->console && BOARD_HAVE(console_stop)) console_stop(b->console);
     if (b->api && BOARD_HAVE(api_stop)) api_stop(b->api);

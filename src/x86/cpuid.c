@@ -10,31 +10,31 @@
 #include "util/log.h"
 
 /* Feature bits by name (Intel SDM Vol.2A CPUID). */
-#define F1D_FPU   (1u << 0)
-#define F1D_PSE   (1u << 3)
-#define F1D_TSC   (1u << 4)
-#define F1D_MSR   (1u << 5)
-#define F1D_PAE   (1u << 6)
-#define F1D_CX8   (1u << 8)
-#define F1D_APIC  (1u << 9)
-#define F1D_SEP   (1u << 11)
-#define F1D_PGE   (1u << 13)
-#define F1D_CMOV  (1u << 15)
-#define F1D_PAT   (1u << 16)
-#define F1D_CLFSH (1u << 19)
-#define F1D_MMX   (1u << 23)
-#define F1D_FXSR  (1u << 24)
-#define F1D_SSE   (1u << 25)
-#define F1D_SSE2  (1u << 26)
-#define F1C_CX16  (1u << 13)
+#define F1D_FPU          (1u << 0)
+#define F1D_PSE          (1u << 3)
+#define F1D_TSC          (1u << 4)
+#define F1D_MSR          (1u << 5)
+#define F1D_PAE          (1u << 6)
+#define F1D_CX8          (1u << 8)
+#define F1D_APIC         (1u << 9)
+#define F1D_SEP          (1u << 11)
+#define F1D_PGE          (1u << 13)
+#define F1D_CMOV         (1u << 15)
+#define F1D_PAT          (1u << 16)
+#define F1D_CLFSH        (1u << 19)
+#define F1D_MMX          (1u << 23)
+#define F1D_FXSR         (1u << 24)
+#define F1D_SSE          (1u << 25)
+#define F1D_SSE2         (1u << 26)
+#define F1C_CX16         (1u << 13)
 #define F1C_TSC_DEADLINE (1u << 24)
 #define F1C_HYPERVISOR   (1u << 31)
-#define F6A_ARAT  (1u << 2)
-#define FX1C_LAHF (1u << 0)
-#define FX1D_SYSCALL (1u << 11)
-#define FX1D_NX      (1u << 20)
-#define FX1D_RDTSCP  (1u << 27)
-#define FX1D_LM      (1u << 29)
+#define F6A_ARAT         (1u << 2)
+#define FX1C_LAHF        (1u << 0)
+#define FX1D_SYSCALL     (1u << 11)
+#define FX1D_NX          (1u << 20)
+#define FX1D_RDTSCP      (1u << 27)
+#define FX1D_LM          (1u << 29)
 
 #define MODEL_SIGNATURE 0x000206f1u /* family 6, model 0x2f, stepping 1 */
 #define LAPIC_BUS_KHZ   1000000u    /* the LAPIC timer and the 0x15 crystal tick at 1 GHz */
@@ -48,8 +48,8 @@ struct feature_reg {
     int reg; /* 0 eax .. 3 edx */
 };
 static const struct feature_reg feature_regs[] = {
-    {1, 0, 2},          {1, 0, 3},          {6, 0, 0},          {7, 0, 1},
-    {7, 0, 2},          {7, 0, 3},          {0x80000001, 0, 2}, {0x80000001, 0, 3},
+    {1, 0, 2}, {1, 0, 3}, {6, 0, 0},          {7, 0, 1},
+    {7, 0, 2}, {7, 0, 3}, {0x80000001, 0, 2}, {0x80000001, 0, 3},
 };
 
 /* Features the guest kernel cannot boot without: a backend lacking any is refused. */
@@ -59,13 +59,20 @@ static const struct {
     uint32_t bit;
     const char *name;
 } required[] = {
-    {1, 3, F1D_FPU, "FPU"},   {1, 3, F1D_TSC, "TSC"},
-    {1, 3, F1D_MSR, "MSR"},   {1, 3, F1D_PAE, "PAE"},
-    {1, 3, F1D_CX8, "CX8"},   {1, 3, F1D_APIC, "APIC"},
-    {1, 3, F1D_PGE, "PGE"},   {1, 3, F1D_CMOV, "CMOV"},
-    {1, 3, F1D_PAT, "PAT"},   {1, 3, F1D_FXSR, "FXSR"},
-    {1, 3, F1D_SSE, "SSE"},   {1, 3, F1D_SSE2, "SSE2"},
-    {0x80000001, 3, FX1D_LM, "LM"}, {0x80000001, 3, FX1D_NX, "NX"},
+    {1, 3, F1D_FPU, "FPU"},
+    {1, 3, F1D_TSC, "TSC"},
+    {1, 3, F1D_MSR, "MSR"},
+    {1, 3, F1D_PAE, "PAE"},
+    {1, 3, F1D_CX8, "CX8"},
+    {1, 3, F1D_APIC, "APIC"},
+    {1, 3, F1D_PGE, "PGE"},
+    {1, 3, F1D_CMOV, "CMOV"},
+    {1, 3, F1D_PAT, "PAT"},
+    {1, 3, F1D_FXSR, "FXSR"},
+    {1, 3, F1D_SSE, "SSE"},
+    {1, 3, F1D_SSE2, "SSE2"},
+    {0x80000001, 3, FX1D_LM, "LM"},
+    {0x80000001, 3, FX1D_NX, "NX"},
     {0x80000001, 3, FX1D_SYSCALL, "SYSCALL"},
 };
 
@@ -131,7 +138,8 @@ static uint32_t str4(const char *s)
 static unsigned ceil_log2(unsigned n)
 {
     unsigned s = 0;
-    while ((1u << s) < n) s++;
+    while ((1u << s) < n)
+        s++;
     return s;
 }
 
@@ -165,16 +173,15 @@ static int build_v1(struct cpuid_model *m, unsigned ncpus, uint64_t tsc_khz)
     int r = 0;
     r |= add(m, 0, 0, 0, 0x16, str4("Genu"), str4("ntel"), str4("ineI"));
     /* EBX: CLFLUSH line size 8 qwords, logical processors per package, APIC ID (per vCPU) */
-    r |= add(m, 1, 0, 0, MODEL_SIGNATURE, 8u << 8 | (ncpus & 0xff) << 16,
-             F1C_CX16 | F1C_TSC_DEADLINE | F1C_HYPERVISOR,
-             F1D_FPU | F1D_PSE | F1D_TSC | F1D_MSR | F1D_PAE | F1D_CX8 | F1D_APIC | F1D_SEP |
-                 F1D_PGE | F1D_CMOV | F1D_PAT | F1D_CLFSH | F1D_MMX | F1D_FXSR | F1D_SSE |
-                 F1D_SSE2);
+    r |=
+        add(m, 1, 0, 0, MODEL_SIGNATURE, 8u << 8 | (ncpus & 0xff) << 16,
+            F1C_CX16 | F1C_TSC_DEADLINE | F1C_HYPERVISOR,
+            F1D_FPU | F1D_PSE | F1D_TSC | F1D_MSR | F1D_PAE | F1D_CX8 | F1D_APIC | F1D_SEP |
+                F1D_PGE | F1D_CMOV | F1D_PAT | F1D_CLFSH | F1D_MMX | F1D_FXSR | F1D_SSE | F1D_SSE2);
     r |= add(m, 6, 0, 0, F6A_ARAT, 0, 0, 0);
     r |= add(m, 7, 0, CPUID_FLAG_INDEXED, 0, 0, 0, 0);
     r |= add(m, 0x80000000, 0, 0, 0x80000008, 0, 0, 0);
-    r |= add(m, 0x80000001, 0, 0, 0, 0, FX1C_LAHF,
-             FX1D_SYSCALL | FX1D_NX | FX1D_RDTSCP | FX1D_LM);
+    r |= add(m, 0x80000001, 0, 0, 0, 0, FX1C_LAHF, FX1D_SYSCALL | FX1D_NX | FX1D_RDTSCP | FX1D_LM);
     r |= add(m, 0x80000008, 0, 0, VIRT_BITS << 8 | PHYS_BITS, 0, 0, 0);
     if (r) return r;
     return add_vm_leaves(m, ncpus, tsc_khz);
@@ -275,9 +282,12 @@ void cpuid_query(const struct cpuid_model *m, uint32_t fn, uint32_t idx, unsigne
     uint32_t max_hv = h0 ? h0->eax : 0;
 
     bool beyond;
-    if (fn < 0x40000000) beyond = fn > max_basic;
-    else if (fn < 0x80000000) beyond = !h0 || fn > max_hv;
-    else beyond = fn > max_ext;
+    if (fn < 0x40000000)
+        beyond = fn > max_basic;
+    else if (fn < 0x80000000)
+        beyond = !h0 || fn > max_hv;
+    else
+        beyond = fn > max_ext;
     if (beyond && fn >= 0x40000000 && fn < 0x80000000) return; /* no hypervisor leaf: zeros */
     if (beyond) {
         /* Intel: an out-of-range leaf returns the highest basic leaf (subleaf index kept). */

@@ -32,17 +32,19 @@ static void test_v1_basic(void **st)
     assert_string_equal(vendor, "GenuineIntel");
 
     q(1, 0, 3, r);
-    assert_int_equal((r[0] >> 8) & 0xf, 6);     /* family */
-    assert_int_equal(r[1] >> 24, 3);            /* APIC ID */
-    assert_int_equal((r[1] >> 16) & 0xff, 4);   /* logical processors */
-    assert_int_equal((r[1] >> 8) & 0xff, 8);    /* CLFLUSH line / 8 */
-    assert_true(r[2] & (1u << 24));             /* TSC deadline */
-    assert_true(r[2] & (1u << 31));             /* hypervisor */
-    assert_true(r[2] & (1u << 13));             /* CX16 */
-    assert_false(r[2] & 1u);                    /* no SSE3 */
-    assert_false(r[2] & (1u << 26));            /* no XSAVE */
-    assert_false(r[2] & (1u << 21));            /* no x2APIC */
-    assert_int_equal(r[3], 0x0789ab79u); /* FPU PSE TSC MSR PAE CX8 APIC SEP PGE CMOV PAT CLFSH MMX FXSR SSE SSE2 */
+    assert_int_equal((r[0] >> 8) & 0xf, 6);   /* family */
+    assert_int_equal(r[1] >> 24, 3);          /* APIC ID */
+    assert_int_equal((r[1] >> 16) & 0xff, 4); /* logical processors */
+    assert_int_equal((r[1] >> 8) & 0xff, 8);  /* CLFLUSH line / 8 */
+    assert_true(r[2] & (1u << 24));           /* TSC deadline */
+    assert_true(r[2] & (1u << 31));           /* hypervisor */
+    assert_true(r[2] & (1u << 13));           /* CX16 */
+    assert_false(r[2] & 1u);                  /* no SSE3 */
+    assert_false(r[2] & (1u << 26));          /* no XSAVE */
+    assert_false(r[2] & (1u << 21));          /* no x2APIC */
+    assert_int_equal(
+        r[3],
+        0x0789ab79u); /* FPU PSE TSC MSR PAE CX8 APIC SEP PGE CMOV PAT CLFSH MMX FXSR SSE SSE2 */
     q(1, 0, 0, r);
     assert_int_equal(r[1] >> 24, 0);
 
@@ -148,8 +150,8 @@ static void test_missing_required(void **st)
     (void)st;
     struct cpuid_entry s2[ARRAY_SIZE(sup)];
     memcpy(s2, sup, sizeof(sup));
-    s2[1].edx &= ~(1u << 26);   /* SSE2 */
-    s2[5].edx &= ~(1u << 20);   /* NX */
+    s2[1].edx &= ~(1u << 26); /* SSE2 */
+    s2[5].edx &= ~(1u << 20); /* NX */
     int r = cpuid_model_build(&m, "lookout-v1", s2, ARRAY_SIZE(s2), 1, 2600000);
     assert_true(r < 0);
     assert_non_null(strstr(err_msg(), "SSE2"));

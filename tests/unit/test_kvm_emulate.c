@@ -85,10 +85,10 @@ static void test_int3_handed_to_software_cpu(void **st)
 
     struct x86_state s;
     x86_state_reset(&s, 0, true);
-    s.seg[SEG_CS] = (struct x86_seg){.limit = 0xffffffff, .sel = 8, .type = 0xb, .s = 1,
-                                     .present = 1, .l = 1, .g = 1};
-    struct x86_seg data = {.limit = 0xffffffff, .sel = 0x10, .type = 3, .s = 1, .present = 1,
-                           .db = 1, .g = 1};
+    s.seg[SEG_CS] = (struct x86_seg){
+        .limit = 0xffffffff, .sel = 8, .type = 0xb, .s = 1, .present = 1, .l = 1, .g = 1};
+    struct x86_seg data = {
+        .limit = 0xffffffff, .sel = 0x10, .type = 3, .s = 1, .present = 1, .db = 1, .g = 1};
     s.seg[SEG_DS] = s.seg[SEG_ES] = s.seg[SEG_SS] = s.seg[SEG_FS] = s.seg[SEG_GS] = data;
     s.seg[SEG_TR] = (struct x86_seg){.sel = 0x18, .limit = 0x67, .type = 0xb, .present = 1};
     s.idtr = (struct x86_dtable){IDT, 16 * 32 - 1};

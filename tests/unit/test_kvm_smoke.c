@@ -120,10 +120,22 @@ static void long_mode_state(struct fixture *f, struct x86_state *s, uint64_t rip
         assert_int_equal(guest_write(&f->vm.mem, 0xb000 + 8 * i, &pde, 8), 0);
     }
     x86_state_reset(s, 0, true);
-    struct x86_seg code = {.base = 0, .limit = 0xffffffff, .sel = 8, .type = 0xb, .s = 1,
-                           .present = 1, .l = 1, .g = 1};
-    struct x86_seg data = {.base = 0, .limit = 0xffffffff, .sel = 0x10, .type = 3, .s = 1,
-                           .present = 1, .db = 1, .g = 1};
+    struct x86_seg code = {.base = 0,
+                           .limit = 0xffffffff,
+                           .sel = 8,
+                           .type = 0xb,
+                           .s = 1,
+                           .present = 1,
+                           .l = 1,
+                           .g = 1};
+    struct x86_seg data = {.base = 0,
+                           .limit = 0xffffffff,
+                           .sel = 0x10,
+                           .type = 3,
+                           .s = 1,
+                           .present = 1,
+                           .db = 1,
+                           .g = 1};
     s->seg[SEG_CS] = code;
     s->seg[SEG_DS] = s->seg[SEG_ES] = s->seg[SEG_SS] = s->seg[SEG_FS] = s->seg[SEG_GS] = data;
     s->seg[SEG_TR] = (struct x86_seg){.sel = 0x18, .limit = 0x67, .type = 0xb, .present = 1};
@@ -218,7 +230,7 @@ static void test_irqchip_round_trip(void **st)
     struct lapic_state l1, l2;
     assert_int_equal(b->get_lapic(&f->cpu, &l1), 0);
     assert_int_equal(l1.regs[0x20 / 4] >> 24, 0); /* APIC ID of vCPU 0 */
-    l1.regs[0x80 / 4] = 0x20;                      /* TPR */
+    l1.regs[0x80 / 4] = 0x20;                     /* TPR */
     assert_int_equal(b->set_lapic(&f->cpu, &l1), 0);
     assert_int_equal(b->get_lapic(&f->cpu, &l2), 0);
     assert_int_equal(l2.regs[0x80 / 4], 0x20);

@@ -81,13 +81,14 @@ __attribute__((weak)) int boot_load(struct vm *vm, const char *kernel, const cha
     put64(vm, 0x9000, 0xa000 | 3);
     put64(vm, 0xa000, 0xb000 | 3);
     put64(vm, 0xa000 + 3 * 8, 0xc000 | 3); /* 3-4 GiB for the LAPIC */
-    for (uint64_t i = 0; i < 8; i++) put64(vm, 0xb000 + 8 * i, (i << 21) | 0x83);
+    for (uint64_t i = 0; i < 8; i++)
+        put64(vm, 0xb000 + 8 * i, (i << 21) | 0x83);
     put64(vm, 0xc000 + 8 * ((LAYOUT_LAPIC_BASE - 0xc0000000ull) >> 21),
           (LAYOUT_LAPIC_BASE & ~0x1fffffull) | 0x83 | 0x10);
-    struct x86_seg code = {.limit = 0xffffffff, .sel = 8, .type = 0xb, .s = 1, .present = 1,
-                           .l = 1, .g = 1};
-    struct x86_seg data = {.limit = 0xffffffff, .sel = 0x10, .type = 3, .s = 1, .present = 1,
-                           .db = 1, .g = 1};
+    struct x86_seg code = {
+        .limit = 0xffffffff, .sel = 8, .type = 0xb, .s = 1, .present = 1, .l = 1, .g = 1};
+    struct x86_seg data = {
+        .limit = 0xffffffff, .sel = 0x10, .type = 3, .s = 1, .present = 1, .db = 1, .g = 1};
     s->seg[SEG_CS] = code;
     s->seg[SEG_DS] = s->seg[SEG_ES] = s->seg[SEG_SS] = s->seg[SEG_FS] = s->seg[SEG_GS] = data;
     s->seg[SEG_TR] = (struct x86_seg){.sel = 0x18, .limit = 0x67, .type = 0xb, .present = 1};
@@ -101,28 +102,33 @@ __attribute__((weak)) int boot_load(struct vm *vm, const char *kernel, const cha
     s->idtr = (struct x86_dtable){0, 0};
 
     static const uint8_t exit42[] = {0xb8, 0x2a, 0, 0, 0, 0xe7, 0xf4, 0xeb, 0xfe};
-    static const uint8_t triple[] = {0x0f, 0x0b}; /* ud2 with an empty IDT */
+    static const uint8_t triple[] = {0x0f, 0x0b};                 /* ud2 with an empty IDT */
     static const uint8_t spin[] = {0x48, 0xff, 0xc0, 0xeb, 0xfb}; /* inc rax; jmp back */
     static const uint8_t smp_bsp[] = {
-        0xbb, 0x00, 0x03, 0xe0, 0xfe,                   /* mov ebx, 0xfee00300 (ICR) */
-        0xc7, 0x83, 0xf0, 0xfd, 0xff, 0xff, 0xff, 0x01, 0x00, 0x00, /* SVR = 0x1ff: KVM drops
-                                                                     * IPIs of a disabled APIC */
-        0xc7, 0x43, 0x10, 0x00, 0x00, 0x00, 0x01,       /* ICR high: destination APIC 1 */
-        0xc7, 0x03, 0x00, 0x45, 0x00, 0x00,             /* INIT */
-        0xb9, 0xa0, 0x86, 0x01, 0x00, 0xe2, 0xfe,       /* mov ecx, 100000; loop $ */
-        0xc7, 0x03, 0x08, 0x46, 0x00, 0x00,             /* SIPI, vector 8: start at 0x8000 */
-        0xb9, 0xa0, 0x86, 0x01, 0x00, 0xe2, 0xfe,       /* mov ecx, 100000; loop $ */
-        0xc7, 0x03, 0x08, 0x46, 0x00, 0x00,             /* SIPI again, as the MP spec says */
-        0xeb, 0xfe,                                     /* jmp $ */
+        0xbb, 0x00, 0x03, 0xe0, 0xfe, /* mov ebx, 0xfee00300 (ICR) */
+        0xc7, 0x83, 0xf0, 0xfd, 0xff, 0xff, 0xff,
+        0x01, 0x00, 0x00,                         /* SVR = 0x1ff: KVM drops
+                                                   * IPIs of a disabled APIC */
+        0xc7, 0x43, 0x10, 0x00, 0x00, 0x00, 0x01, /* ICR high: destination APIC 1 */
+        0xc7, 0x03, 0x00, 0x45, 0x00, 0x00,       /* INIT */
+        0xb9, 0xa0, 0x86, 0x01, 0x00, 0xe2, 0xfe, /* mov ecx, 100000; loop $ */
+        0xc7, 0x03, 0x08, 0x46, 0x00, 0x00,       /* SIPI, vector 8: start at 0x8000 */
+        0xb9, 0xa0, 0x86, 0x01, 0x00, 0xe2, 0xfe, /* mov ecx, 100000; loop $ */
+        0xc7, 0x03, 0x08, 0x46, 0x00, 0x00,       /* SIPI again, as the MP spec says */
+        0xeb, 0xfe,                               /* jmp $ */
     };
     static const uint8_t smp_ap[] = {0xb0, 0x77, 0xe6, 0xf4, 0xeb, 0xfe}; /* real mode */
-    if (!strcmp(kernel, "exit42")) put(vm, 0x100000, exit42, sizeof(exit42));
-    else if (!strcmp(kernel, "triple")) put(vm, 0x100000, triple, sizeof(triple));
-    else if (!strcmp(kernel, "spin")) put(vm, 0x100000, spin, sizeof(spin));
+    if (!strcmp(kernel, "exit42"))
+        put(vm, 0x100000, exit42, sizeof(exit42));
+    else if (!strcmp(kernel, "triple"))
+        put(vm, 0x100000, triple, sizeof(triple));
+    else if (!strcmp(kernel, "spin"))
+        put(vm, 0x100000, spin, sizeof(spin));
     else if (!strcmp(kernel, "smp")) {
         put(vm, 0x100000, smp_bsp, sizeof(smp_bsp));
         put(vm, 0x8000, smp_ap, sizeof(smp_ap));
-    } else return err_set(EINVAL, "no such test program");
+    } else
+        return err_set(EINVAL, "no such test program");
     return 0;
 }
 
@@ -130,9 +136,14 @@ __attribute__((weak)) int boot_load(struct vm *vm, const char *kernel, const cha
 
 static struct vm *create(const char *prog, unsigned ncpus)
 {
-    struct machine_config cfg = {.kernel = prog, .cmdline = "", .mem_size = 32ull << 20,
-                                 .ncpus = ncpus, .cpu = "kvm", .cpu_model = "lookout-v1",
-                                 .console_in_fd = -1, .console_out_fd = -1};
+    struct machine_config cfg = {.kernel = prog,
+                                 .cmdline = "",
+                                 .mem_size = 32ull << 20,
+                                 .ncpus = ncpus,
+                                 .cpu = "kvm",
+                                 .cpu_model = "lookout-v1",
+                                 .console_in_fd = -1,
+                                 .console_out_fd = -1};
     stub_loader_used = false;
     struct vm *vm = machine_create(&cfg);
     if (!vm && !stub_loader_used) return NULL;
@@ -182,7 +193,8 @@ static void test_pause_resume(void **st)
     if (!vm) skip();
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, runner, vm), 0);
-    while (strcmp(machine_state_name(vm), "running")) usleep(1000);
+    while (strcmp(machine_state_name(vm), "running"))
+        usleep(1000);
     usleep(20000);
     assert_int_equal(machine_pause(vm), 0);
     assert_string_equal(machine_state_name(vm), "paused");
@@ -191,7 +203,7 @@ static void test_pause_resume(void **st)
     usleep(20000);
     assert_int_equal(vm->backend->get_state(vm->vcpu[0], &b), 0);
     assert_int_equal(a.gpr[RAX], b.gpr[RAX]); /* really paused */
-    assert_true(a.gpr[RAX] > 0);               /* and it had run */
+    assert_true(a.gpr[RAX] > 0);              /* and it had run */
     assert_true(a.rip >= 0x100000 && a.rip < 0x100005);
     assert_int_equal(machine_resume(vm), 0);
     usleep(20000);

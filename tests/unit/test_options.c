@@ -14,7 +14,8 @@
 static int parse(struct run_options *o, const char *const *args)
 {
     int n = 0;
-    while (args[n]) n++;
+    while (args[n])
+        n++;
     return run_options_parse(o, n, (char **)args);
 }
 
@@ -34,8 +35,17 @@ static void test_mem_sizes(void **st)
     assert_int_equal(v, 256ull << 20);
     assert_int_equal(parse_mem_size("16M", &v), 0);
     assert_int_equal(parse_mem_size("64G", &v), 0);
-    const char *bad[] = {"15M", "65G", "", "M", "-1G", "12X", "1.5G", "1GBx", "4097K",
-                         "99999999999999999999999G", "18446744073709551615"};
+    const char *bad[] = {"15M",
+                         "65G",
+                         "",
+                         "M",
+                         "-1G",
+                         "12X",
+                         "1.5G",
+                         "1GBx",
+                         "4097K",
+                         "99999999999999999999999G",
+                         "18446744073709551615"};
     for (unsigned i = 0; i < ARRAY_SIZE(bad); i++) {
         v = 7;
         assert_true(parse_mem_size(bad[i], &v) < 0);
@@ -49,8 +59,9 @@ static void test_run_options(void **st)
 {
     (void)st;
     struct run_options o;
-    const char *a1[] = {"--kernel", "k", "--initrd=i", "--mem", "1G", "--smp", "4", "--cpu",
-                        "kvm", "--api", "/tmp/s", "--append", "console=ttyS0", NULL};
+    const char *a1[] = {"--kernel", "k",        "--initrd=i",    "--mem", "1G",
+                        "--smp",    "4",        "--cpu",         "kvm",   "--api",
+                        "/tmp/s",   "--append", "console=ttyS0", NULL};
     assert_int_equal(parse(&o, a1), 0);
     assert_string_equal(o.kernel, "k");
     assert_string_equal(o.initrd, "i");
@@ -76,15 +87,22 @@ static void test_run_options(void **st)
     assert_int_equal(parse(&o, h), 1);
 
     const char *const *bad[] = {
-        (const char *[]){"--smp", "0", NULL},      (const char *[]){"--smp", "65", NULL},
-        (const char *[]){"--smp", "2x", NULL},     (const char *[]){"--smp", "", NULL},
-        (const char *[]){"--mem", "8M", NULL},     (const char *[]){"--bogus", NULL},
-        (const char *[]){"--kernel", NULL},        (const char *[]){"--cpu", "tcg", NULL},
-        (const char *[]){"--cpu-model", "x", NULL}, (const char *[]){"stray", NULL},
-        (const char *[]){"--", NULL},              (const char *[]){"--initrd", "i", NULL},
+        (const char *[]){"--smp", "0", NULL},
+        (const char *[]){"--smp", "65", NULL},
+        (const char *[]){"--smp", "2x", NULL},
+        (const char *[]){"--smp", "", NULL},
+        (const char *[]){"--mem", "8M", NULL},
+        (const char *[]){"--bogus", NULL},
+        (const char *[]){"--kernel", NULL},
+        (const char *[]){"--cpu", "tcg", NULL},
+        (const char *[]){"--cpu-model", "x", NULL},
+        (const char *[]){"stray", NULL},
+        (const char *[]){"--", NULL},
+        (const char *[]){"--initrd", "i", NULL},
         (const char *[]){"--kernel=", NULL},
     };
-    for (unsigned i = 0; i < ARRAY_SIZE(bad); i++) assert_true(parse(&o, bad[i]) < 0);
+    for (unsigned i = 0; i < ARRAY_SIZE(bad); i++)
+        assert_true(parse(&o, bad[i]) < 0);
     const char *u[] = {"--frobnicate", NULL};
     parse(&o, u);
     assert_non_null(strstr(err_msg(), "--frobnicate"));

@@ -64,7 +64,8 @@ static int prepared_vm_fd = -1; /* created by kvm_query_host, adopted by vm_crea
 static int xioctl(int fd, unsigned long req, void *arg)
 {
     int r;
-    do r = ioctl(fd, req, arg);
+    do
+        r = ioctl(fd, req, arg);
     while (r < 0 && errno == EINTR);
     return r < 0 ? -errno : r;
 }
@@ -98,8 +99,10 @@ static int open_kvm(void)
     int v = ioctl(fd, KVM_GET_API_VERSION, 0);
     if (v != KVM_API_VERSION) {
         close(fd);
-        r = err_set(ENOTSUP, "/dev/kvm speaks KVM API version %d, lookout needs %d; run with "
-                             "--cpu bt", v, KVM_API_VERSION);
+        r = err_set(ENOTSUP,
+                    "/dev/kvm speaks KVM API version %d, lookout needs %d; run with "
+                    "--cpu bt",
+                    v, KVM_API_VERSION);
         goto out;
     }
     static const struct {
@@ -117,8 +120,10 @@ static int open_kvm(void)
     for (unsigned i = 0; i < ARRAY_SIZE(caps); i++)
         if (ioctl(fd, KVM_CHECK_EXTENSION, caps[i].cap) <= 0) {
             close(fd);
-            r = err_set(ENOTSUP, "/dev/kvm lacks KVM_CAP_%s, which lookout needs; run with "
-                                 "--cpu bt", caps[i].name);
+            r = err_set(ENOTSUP,
+                        "/dev/kvm lacks KVM_CAP_%s, which lookout needs; run with "
+                        "--cpu bt",
+                        caps[i].name);
             goto out;
         }
     struct sigaction sa = {.sa_handler = kick_handler};
@@ -173,7 +178,10 @@ int kvm_query_host(struct cpuid_entry *sup, unsigned max, unsigned *n, uint64_t 
             .function = e->function,
             .index = e->index,
             .flags = (e->flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX) ? CPUID_FLAG_INDEXED : 0,
-            .eax = e->eax, .ebx = e->ebx, .ecx = e->ecx, .edx = e->edx};
+            .eax = e->eax,
+            .ebx = e->ebx,
+            .ecx = e->ecx,
+            .edx = e->edx};
         /* KVM emulates the TSC-deadline timer in its LAPIC whatever the host has */
         if (e->function == 1 && ioctl(kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_TSC_DEADLINE_TIMER) > 0)
             sup[k - 1].ecx |= 1u << 24;
@@ -195,7 +203,8 @@ int kvm_query_host(struct cpuid_entry *sup, unsigned max, unsigned *n, uint64_t 
         if (vc >= 0) close(vc);
         if (tmp >= 0) close(tmp);
     }
-    if (khz <= 0) return err_set(ENOTSUP, "KVM does not report the TSC frequency (KVM_GET_TSC_KHZ)");
+    if (khz <= 0)
+        return err_set(ENOTSUP, "KVM does not report the TSC frequency (KVM_GET_TSC_KHZ)");
     *tsc_khz = (uint64_t)khz;
     return 0;
 }
@@ -372,7 +381,10 @@ static int kvm_vcpu_create(struct vcpu *cpu)
             .function = e->function,
             .index = e->index,
             .flags = (e->flags & CPUID_FLAG_INDEXED) ? KVM_CPUID_FLAG_SIGNIFCANT_INDEX : 0,
-            .eax = out[0], .ebx = out[1], .ecx = out[2], .edx = out[3]};
+            .eax = out[0],
+            .ebx = out[1],
+            .ecx = out[2],
+            .edx = out[3]};
     }
     r = xioctl(c->fd, KVM_SET_CPUID2, cp);
     free(cp);
@@ -391,17 +403,33 @@ fail:
 
 static void seg_from_kvm(struct x86_seg *d, const struct kvm_segment *s)
 {
-    *d = (struct x86_seg){.base = s->base, .limit = s->limit, .sel = s->selector,
-                          .type = s->type, .s = s->s, .dpl = s->dpl, .present = s->present,
-                          .avl = s->avl, .l = s->l, .db = s->db, .g = s->g,
+    *d = (struct x86_seg){.base = s->base,
+                          .limit = s->limit,
+                          .sel = s->selector,
+                          .type = s->type,
+                          .s = s->s,
+                          .dpl = s->dpl,
+                          .present = s->present,
+                          .avl = s->avl,
+                          .l = s->l,
+                          .db = s->db,
+                          .g = s->g,
                           .unusable = s->unusable};
 }
 
 static void seg_to_kvm(struct kvm_segment *d, const struct x86_seg *s)
 {
-    *d = (struct kvm_segment){.base = s->base, .limit = s->limit, .selector = s->sel,
-                              .type = s->type, .s = s->s, .dpl = s->dpl, .present = s->present,
-                              .avl = s->avl, .l = s->l, .db = s->db, .g = s->g,
+    *d = (struct kvm_segment){.base = s->base,
+                              .limit = s->limit,
+                              .selector = s->sel,
+                              .type = s->type,
+                              .s = s->s,
+                              .dpl = s->dpl,
+                              .present = s->present,
+                              .avl = s->avl,
+                              .l = s->l,
+                              .db = s->db,
+                              .g = s->g,
                               .unusable = s->unusable};
 }
 
@@ -426,9 +454,18 @@ static uint64_t *msr_field(struct x86_state *s, uint32_t idx)
     }
 }
 static const uint32_t state_msrs[] = {
-    MSR_IA32_TSC,          MSR_STAR,          MSR_LSTAR,        MSR_CSTAR,
-    MSR_SFMASK,            MSR_KERNEL_GS_BASE, MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_ESP,
-    MSR_IA32_SYSENTER_EIP, MSR_IA32_PAT,      MSR_TSC_AUX,      MSR_IA32_MISC_ENABLE,
+    MSR_IA32_TSC,
+    MSR_STAR,
+    MSR_LSTAR,
+    MSR_CSTAR,
+    MSR_SFMASK,
+    MSR_KERNEL_GS_BASE,
+    MSR_IA32_SYSENTER_CS,
+    MSR_IA32_SYSENTER_ESP,
+    MSR_IA32_SYSENTER_EIP,
+    MSR_IA32_PAT,
+    MSR_TSC_AUX,
+    MSR_IA32_MISC_ENABLE,
     MSR_IA32_TSC_DEADLINE,
 };
 
@@ -548,10 +585,10 @@ static int kvm_get_state(struct vcpu *cpu, struct x86_state *s)
     r = xioctl(c->fd, KVM_GET_MSRS, &mb);
     if (r < 0) goto fail;
     if ((unsigned)r != mb.hdr.nmsrs) {
-        return err_set(EIO, "KVM_GET_MSRS: MSR %#x is listed but cannot be read",
-                       mb.e[r].index);
+        return err_set(EIO, "KVM_GET_MSRS: MSR %#x is listed but cannot be read", mb.e[r].index);
     }
-    for (unsigned i = 0; i < mb.hdr.nmsrs; i++) *msr_field(s, mb.e[i].index) = mb.e[i].data;
+    for (unsigned i = 0; i < mb.hdr.nmsrs; i++)
+        *msr_field(s, mb.e[i].index) = mb.e[i].data;
     c->last_tsc = s->tsc;
     c->last_deadline = s->tsc_deadline;
     c->msr_cache_valid = true;
@@ -608,18 +645,34 @@ static int kvm_set_state(struct vcpu *cpu, const struct x86_state *s)
     if ((r = xioctl(c->fd, KVM_SET_SREGS, &sr)) < 0) goto fail;
 
     what = "registers";
-    struct kvm_regs regs = {
-        .rax = s->gpr[RAX], .rbx = s->gpr[RBX], .rcx = s->gpr[RCX], .rdx = s->gpr[RDX],
-        .rsi = s->gpr[RSI], .rdi = s->gpr[RDI], .rsp = s->gpr[RSP], .rbp = s->gpr[RBP],
-        .r8 = s->gpr[R8],   .r9 = s->gpr[R9],   .r10 = s->gpr[R10], .r11 = s->gpr[R11],
-        .r12 = s->gpr[R12], .r13 = s->gpr[R13], .r14 = s->gpr[R14], .r15 = s->gpr[R15],
-        .rip = s->rip,      .rflags = s->rflags};
+    struct kvm_regs regs = {.rax = s->gpr[RAX],
+                            .rbx = s->gpr[RBX],
+                            .rcx = s->gpr[RCX],
+                            .rdx = s->gpr[RDX],
+                            .rsi = s->gpr[RSI],
+                            .rdi = s->gpr[RDI],
+                            .rsp = s->gpr[RSP],
+                            .rbp = s->gpr[RBP],
+                            .r8 = s->gpr[R8],
+                            .r9 = s->gpr[R9],
+                            .r10 = s->gpr[R10],
+                            .r11 = s->gpr[R11],
+                            .r12 = s->gpr[R12],
+                            .r13 = s->gpr[R13],
+                            .r14 = s->gpr[R14],
+                            .r15 = s->gpr[R15],
+                            .rip = s->rip,
+                            .rflags = s->rflags};
     if ((r = xioctl(c->fd, KVM_SET_REGS, &regs)) < 0) goto fail;
 
     what = "FPU/SSE state";
-    struct kvm_fpu fpu = {.fcw = s->fx.fcw, .fsw = s->fx.fsw, .ftwx = s->fx.ftw,
-                          .last_opcode = s->fx.fop, .last_ip = s->fx.fip,
-                          .last_dp = s->fx.fdp, .mxcsr = s->fx.mxcsr};
+    struct kvm_fpu fpu = {.fcw = s->fx.fcw,
+                          .fsw = s->fx.fsw,
+                          .ftwx = s->fx.ftw,
+                          .last_opcode = s->fx.fop,
+                          .last_ip = s->fx.fip,
+                          .last_dp = s->fx.fdp,
+                          .mxcsr = s->fx.mxcsr};
     memcpy(fpu.fpr, s->fx.st, sizeof(fpu.fpr));
     memcpy(fpu.xmm, s->fx.xmm, sizeof(fpu.xmm));
     if ((r = xioctl(c->fd, KVM_SET_FPU, &fpu)) < 0) goto fail;
@@ -722,7 +775,8 @@ static int emulation_failure(struct vcpu *cpu, struct vcpu_exit *exit)
         r = bt_emulate_one(cpu->vm, cpu->id, &s);
         if (r == 0) {
             log_debug("vCPU %u: KVM could not emulate the instruction at %#llx; the software "
-                      "CPU executed it", cpu->id, (unsigned long long)before.rip);
+                      "CPU executed it",
+                      cpu->id, (unsigned long long)before.rip);
             r = kvm_set_state(cpu, &s);
             if (r) return r;
             exit->reason = VCPU_EXIT_NONE;
@@ -743,7 +797,8 @@ static int emulation_failure(struct vcpu *cpu, struct vcpu_exit *exit)
         n = insn_bytes_at_rip(cpu, &s, b);
     }
     char hex[64] = "";
-    for (unsigned i = 0; i < n; i++) snprintf(hex + 3 * i, 4, " %02x", b[i]);
+    for (unsigned i = 0; i < n; i++)
+        snprintf(hex + 3 * i, 4, " %02x", b[i]);
     err_set(ENOTSUP,
             "vCPU %u: KVM's instruction emulator cannot execute the instruction at rip %#llx "
             "(bytes:%s) and the software CPU is not linked into this build; this host's KVM has "
@@ -831,8 +886,9 @@ static int kvm_vcpu_run(struct vcpu *cpu, struct vcpu_exit *exit)
         return 0;
     case KVM_EXIT_FAIL_ENTRY:
         exit->reason = VCPU_EXIT_INTERNAL;
-        err_set(EIO, "vCPU %u: the CPU refused to enter the guest (hardware reason %#llx); the "
-                     "vCPU state is invalid",
+        err_set(EIO,
+                "vCPU %u: the CPU refused to enter the guest (hardware reason %#llx); the "
+                "vCPU state is invalid",
                 cpu->id, (unsigned long long)run->fail_entry.hardware_entry_failure_reason);
         return 0;
     case KVM_EXIT_SYSTEM_EVENT:
@@ -841,8 +897,8 @@ static int kvm_vcpu_run(struct vcpu *cpu, struct vcpu_exit *exit)
         case KVM_SYSTEM_EVENT_RESET: vm_request_stop(cpu->vm, VM_STOP_RESET, 0); break;
         default:
             exit->reason = VCPU_EXIT_INTERNAL;
-            err_set(EIO, "vCPU %u: KVM system event %u (guest crash or unsupported event)",
-                    cpu->id, run->system_event.type);
+            err_set(EIO, "vCPU %u: KVM system event %u (guest crash or unsupported event)", cpu->id,
+                    run->system_event.type);
             return 0;
         }
         exit->reason = VCPU_EXIT_NONE;
@@ -942,7 +998,8 @@ static int kvm_get_ioapic(struct vm *vm, struct ioapic_state *s)
     s->ioregsel = k->ioregsel;
     s->id = k->id;
     s->irr = k->irr;
-    for (unsigned i = 0; i < IOAPIC_NUM_PINS; i++) s->redirtbl[i] = k->redirtbl[i].bits;
+    for (unsigned i = 0; i < IOAPIC_NUM_PINS; i++)
+        s->redirtbl[i] = k->redirtbl[i].bits;
     return 0;
 }
 
@@ -955,7 +1012,8 @@ static int kvm_set_ioapic(struct vm *vm, const struct ioapic_state *s)
     k->ioregsel = s->ioregsel;
     k->id = s->id;
     k->irr = s->irr;
-    for (unsigned i = 0; i < IOAPIC_NUM_PINS; i++) k->redirtbl[i].bits = s->redirtbl[i];
+    for (unsigned i = 0; i < IOAPIC_NUM_PINS; i++)
+        k->redirtbl[i].bits = s->redirtbl[i];
     int r = xioctl(p->fd, KVM_SET_IRQCHIP, &chip);
     return r < 0 ? err_set(-r, "KVM_SET_IRQCHIP (IOAPIC) failed: %s", strerror(-r)) : 0;
 }
@@ -969,11 +1027,18 @@ static int kvm_get_pit(struct vm *vm, struct pit_state *s)
     for (unsigned i = 0; i < 3; i++) {
         const struct kvm_pit_channel_state *a = &k.channels[i];
         s->channels[i] = (struct pit_channel_state){
-            .count = a->count, .latched_count = a->latched_count,
-            .count_latched = a->count_latched, .status_latched = a->status_latched,
-            .status = a->status, .read_state = a->read_state, .write_state = a->write_state,
-            .write_latch = a->write_latch, .rw_mode = a->rw_mode, .mode = a->mode,
-            .bcd = a->bcd, .gate = a->gate,
+            .count = a->count,
+            .latched_count = a->latched_count,
+            .count_latched = a->count_latched,
+            .status_latched = a->status_latched,
+            .status = a->status,
+            .read_state = a->read_state,
+            .write_state = a->write_state,
+            .write_latch = a->write_latch,
+            .rw_mode = a->rw_mode,
+            .mode = a->mode,
+            .bcd = a->bcd,
+            .gate = a->gate,
             /* KVM keeps host CLOCK_MONOTONIC ns; the neutral form is ns of the VM's clock */
             .count_load_time = a->count_load_time - (int64_t)p->clock_base_ns};
     }
@@ -989,11 +1054,18 @@ static int kvm_set_pit(struct vm *vm, const struct pit_state *s)
     for (unsigned i = 0; i < 3; i++) {
         const struct pit_channel_state *a = &s->channels[i];
         k.channels[i] = (struct kvm_pit_channel_state){
-            .count = a->count, .latched_count = a->latched_count,
-            .count_latched = a->count_latched, .status_latched = a->status_latched,
-            .status = a->status, .read_state = a->read_state, .write_state = a->write_state,
-            .write_latch = a->write_latch, .rw_mode = a->rw_mode, .mode = a->mode,
-            .bcd = a->bcd, .gate = a->gate,
+            .count = a->count,
+            .latched_count = a->latched_count,
+            .count_latched = a->count_latched,
+            .status_latched = a->status_latched,
+            .status = a->status,
+            .read_state = a->read_state,
+            .write_state = a->write_state,
+            .write_latch = a->write_latch,
+            .rw_mode = a->rw_mode,
+            .mode = a->mode,
+            .bcd = a->bcd,
+            .gate = a->gate,
             .count_load_time = a->count_load_time + (int64_t)p->clock_base_ns};
     }
     k.flags = s->flags;
