@@ -49,7 +49,7 @@ struct kvm_vcpu_priv {
     int fd;
     struct kvm_run *run;
     bool io_pending; /* an IO/MMIO exit whose completion KVM does at the next KVM_RUN */
-    _Atomic bool have_tid;
+    _Atomic bool in_run; /* inside KVM_RUN on thread `tid`: a kick must signal it */
     pthread_t tid;
     /* Last TSC and TSC deadline read: written back unchanged they would rewind the clock or
      * re-arm a timer that fired in between, so set_state skips them when equal. */
@@ -739,9 +739,13 @@ static void kvm_vcpu_kick(struct vcpu *cpu)
 {
     struct kvm_vcpu_priv *c = cpu->bk;
     if (!c || !c->run) return;
+    /* Ordering: immediate_exit is set before in_run is read, and the vCPU thread sets in_run
+     * before KVM_RUN reads immediate_exit; so either KVM_RUN sees the flag or we see in_run and
+     * the signal interrupts it.  Only a thread inside KVM_RUN is signalled, never one that may
+     * have exited. */
     c->run->immediate_exit = 1;
     atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load(&c->have_tid) && !pthread_equal(c->tid, pthread_self()))
+    if (atomic_load(&c->in_run) && !pthread_equal(c->tid, pthread_self()))
         pthread_kill(c->tid, KICK_SIGNAL);
 }
 
@@ -813,14 +817,13 @@ static int kvm_vcpu_run(struct vcpu *cpu, struct vcpu_exit *exit)
     struct kvm_vcpu_priv *c = cpu->bk;
     const struct kvm_vm_priv *p = cpu->vm->bk;
     struct kvm_run *run = c->run;
-    if (!atomic_load(&c->have_tid)) {
-        c->tid = pthread_self();
-        atomic_store(&c->have_tid, true);
-    }
     memset(exit, 0, sizeof(*exit));
     c->io_pending = false;
     c->msr_cache_valid = false; /* the guest may change them from here on */
+    c->tid = pthread_self();
+    atomic_store(&c->in_run, true);
     int r = ioctl(c->fd, KVM_RUN, 0);
+    atomic_store(&c->in_run, false);
     if (r < 0) {
         int e = errno;
         if (e == EINTR || e == EAGAIN) {
