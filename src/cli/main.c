@@ -159,13 +159,22 @@ static struct vm *signal_vm;
 static volatile int got_signal;
 static sigset_t stop_signals;
 
+static bool board_have_restore(void)
+{
+    void (*f)(void) = console_restore_terminal;
+    return f != NULL;
+}
+
 static void *signal_thread(void *arg)
 {
     (void)arg;
     for (;;) {
         int sig;
         if (sigwait(&stop_signals, &sig) != 0) continue;
-        if (got_signal) _exit(EXIT_SIGNAL_BASE + sig); /* second signal: the VM is stuck */
+        if (got_signal) { /* second signal: the VM does not stop, leave now */
+            if (board_have_restore()) console_restore_terminal();
+            _exit(EXIT_SIGNAL_BASE + sig);
+        }
         got_signal = sig;
         if (signal_vm) vm_request_stop(signal_vm, VM_STOP_QUIT, 0);
     }

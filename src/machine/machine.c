@@ -36,7 +36,8 @@ static bool board_have(void (*fn)(void))
 struct board {
     struct machine_config cfg;
     struct uart16550 *com1, *com2;
-    struct console *console;
+    struct console *console;     /* COM1 <-> the terminal (not in command mode) */
+    struct console *out_console; /* command mode: COM2 -> stdout */
     struct api_server *api;
     bool threads_started;
     bool vm_created; /* backend vm_create succeeded: vm_destroy is due */
@@ -57,11 +58,21 @@ static void write_all(int fd, const uint8_t *buf, size_t n)
     }
 }
 
+/* Guest output goes through the console's buffer (a writer thread drains it) so a vCPU never
+ * blocks on a stuck terminal; written directly only while the console code is not linked in. */
+static void to_console(struct console *c, int fd, const uint8_t *buf, size_t n)
+{
+    if (BOARD_HAVE(console_output))
+        console_output(c, buf, n);
+    else if (fd >= 0)
+        write_all(fd, buf, n);
+}
+
 static void com1_out(void *ctx, const uint8_t *buf, size_t n)
 {
     struct board *b = ctx;
     if (!b->cfg.command_mode) {
-        if (b->cfg.console_out_fd >= 0) write_all(b->cfg.console_out_fd, buf, n);
+        to_console(b->console, b->cfg.console_out_fd, buf, n);
         return;
     }
     if (b->cfg.verbose) write_all(STDERR_FILENO, buf, n);
@@ -79,7 +90,7 @@ static void com1_out(void *ctx, const uint8_t *buf, size_t n)
 static void com2_out(void *ctx, const uint8_t *buf, size_t n)
 {
     struct board *b = ctx;
-    if (b->cfg.command_mode && b->cfg.console_out_fd >= 0) write_all(b->cfg.console_out_fd, buf, n);
+    if (b->cfg.command_mode) to_console(b->out_console, b->cfg.console_out_fd, buf, n);
 }
 
 static void dump_com1_ring(struct board *b)
@@ -131,13 +142,14 @@ const struct cpu_backend *machine_pick_backend(const char *cpu)
     return NULL;
 }
 
-/* The host TSC rate for the software CPU: KVM knows it exactly when present; otherwise measure
- * the TSC against CLOCK_MONOTONIC for a few milliseconds. */
+/* The guest TSC rate for the software CPU: the software time base's choice (vclock), else what
+ * KVM reports, else the host TSC measured against CLOCK_MONOTONIC for a few milliseconds. */
 static uint64_t host_tsc_khz(void)
 {
     struct cpuid_entry sup[8];
     unsigned n;
     uint64_t khz;
+    if (BOARD_HAVE(vclock_pick_tsc_khz)) return vclock_pick_tsc_khz();
     if (cpu_backend_kvm.probe() == 0 && kvm_query_host(sup, 0, &n, &khz) == 0) return khz;
     err_clear();
     struct timespec a, b;
@@ -398,13 +410,33 @@ static void *vcpu_thread(void *arg)
     return NULL;
 }
 
+/* After the vCPUs stopped (the UARTs keep pointers to the consoles): flushes output, restores
+ * the terminal. */
+static void stop_consoles(struct board *b)
+{
+    if (!BOARD_HAVE(console_stop)) return;
+    if (b->console) console_stop(b->console);
+    if (b->out_console) console_stop(b->out_console);
+    b->console = b->out_console = NULL;
+}
+
 enum vm_stop_reason machine_run(struct vm *vm)
 {
     struct board *b = vm->board;
     const struct machine_config *cfg = &b->cfg;
-    if (!cfg->command_mode && cfg->console_in_fd >= 0 && BOARD_HAVE(console_start))
-        b->console = console_start(vm, b->com1, cfg->console_in_fd, cfg->console_out_fd,
-                                   isatty(cfg->console_in_fd));
+    if (BOARD_HAVE(console_start)) {
+        if (!cfg->command_mode)
+            b->console = console_start(vm, b->com1, cfg->console_in_fd, cfg->console_out_fd,
+                                       cfg->console_in_fd >= 0 && isatty(cfg->console_in_fd));
+        else
+            b->out_console = console_start(vm, NULL, -1, cfg->console_out_fd, false);
+        if ((!cfg->command_mode && !b->console) || (cfg->command_mode && !b->out_console)) {
+            log_err("cannot start the console: %s", err_msg());
+            vm_request_stop(vm, VM_STOP_VMM_ERROR, 0);
+            atomic_store(&vm->state, VM_STATE_STOPPED);
+            return VM_STOP_VMM_ERROR;
+        }
+    }
 
     /* vCPU threads take only the kick signal; SIGINT/SIGTERM go to the thread that waits. */
     sigset_t block, old;
@@ -438,8 +470,7 @@ enum vm_stop_reason machine_run(struct vm *vm)
     }
     b->threads_started = false;
     atomic_store(&vm->state, VM_STATE_STOPPED);
-    if (b->console && BOARD_HAVE(console_stop)) console_stop(b->console);
-    b->console = NULL;
+    stop_consoles(b);
 
     enum vm_stop_reason why = (enum vm_stop_reason)atomic_load(&vm->stop_reason);
     if (cfg->command_mode && why != VM_STOP_POWEROFF && why != VM_STOP_EXIT_PORT &&
@@ -465,6 +496,8 @@ int machine_pause(struct vm *vm)
     }
     if (!vm_stopping(vm)) atomic_store(&vm->state, VM_STATE_PAUSED);
     pthread_mutex_unlock(&vm->lock);
+    /* the software backend's devices keep time in virtual ns: freeze it while paused */
+    if (vm->backend != &cpu_backend_kvm && BOARD_HAVE(vclock_pause)) vclock_pause();
     return 0;
 }
 
@@ -472,6 +505,7 @@ int machine_resume(struct vm *vm)
 {
     if (atomic_load(&vm->state) != VM_STATE_PAUSED)
         return err_set(EINVAL, "the VM is %s, not paused", machine_state_name(vm));
+    if (vm->backend != &cpu_backend_kvm && BOARD_HAVE(vclock_resume)) vclock_resume();
     pthread_mutex_lock(&vm->lock);
     atomic_store(&vm->pause_requested, false);
     atomic_store(&vm->state, VM_STATE_RUNNING);
@@ -499,7 +533,7 @@ void machine_destroy(struct vm *vm)
         for (unsigned i = 0; i < vm->ncpus; i++)
             pthread_join(vm->vcpu[i]->thread, NULL);
     }
-    if (b->console && BOARD_HAVE(console_stop)) console_stop(b->console);
+    stop_consoles(b);
     if (b->api && BOARD_HAVE(api_stop)) api_stop(b->api);
     for (unsigned i = 0; i < VM_MAX_CPUS; i++) {
         if (!vm->vcpu[i]) continue;
