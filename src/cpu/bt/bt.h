@@ -1,0 +1,258 @@
+/* Internal interface of the software CPU (the `bt` backend): decoder front end, interpreter core,
+ * soft MMU, exceptions/interrupts, and the instruction handlers.  Not used outside src/cpu/bt/
+ * except bt_emulate_one() (the KVM backend's fallback for instructions kvm_pvm cannot emulate).
+ *
+ * Trust: everything the guest controls — instruction bytes, registers, page tables, descriptor
+ * tables — is checked here exactly as the hardware checks it; a violation becomes the guest
+ * exception the SDM specifies, never a host fault.  Guest RAM is reached only through the soft
+ * MMU, which uses mem/guest.h; MMIO goes to vm_mmio().
+ *
+ * Files and owners (one family per file, blink style):
+ *   core.c     decode (Zydis -> struct bt_insn), decoded-block cache, the interpreter loop,
+ *              operand access helpers
+ *   alu.c, shift.c, muldiv.c, bitop.c, string.c, branch.c, datamov.c, atomic.c
+ *              the general-purpose integer ISA
+ *   mmu.c      TLB, page walk, linear/virtual memory access, write-watch, MMIO routing
+ *   seg.c      segmentation: descriptor loads and checks, far transfers
+ *   event.c    exception and interrupt delivery (IDT, stack switch, IST, #DF, triple fault),
+ *              IRET, INT n
+ *   system.c   privileged and sensitive instructions (CR/DR/MSR, descriptor table regs, CPUID,
+ *              RDTSC, HLT, port I/O, SYSCALL/SYSRET, SWAPGS, flags control, ...)
+ *   backend.c  struct cpu_backend cpu_backend_bt, vCPU run/kick/HLT wait, LAPIC/IOAPIC/PIT wiring,
+ *              bt_emulate_one()
+ *   fpu.c, sse.c  x87, MMX, SSE/SSE2, FXSAVE/FXRSTOR, MXCSR
+ *
+ * Execution model: the architectural state lives in `struct bt_cpu.s` (the neutral x86_state:
+ * get_state/set_state are copies).  An instruction handler reads operands, computes, and writes
+ * results; it must not change architectural state before the last point at which it can fault,
+ * except where the SDM says partial effects are visible.  A fault anywhere (memory access, a
+ * privilege check) calls bt_raise(), which longjmps back to the interpreter loop; the loop rolls
+ * RIP back to the faulting instruction and delivers the exception.  Arithmetic flags come from
+ * running the same operation on the host CPU (see bt_alu_* in alu.c), so even the "undefined" flags
+ * match the host. */
+#pragma once
+#include <setjmp.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <Zydis/Zydis.h>
+
+#include "cpu/cpu.h"
+
+struct lapic;
+struct bt_cpu;
+struct bt_insn;
+
+/* ---- decoded instruction: the engine's compact form ------------------------------------- */
+
+enum bt_opkind { BT_OPK_NONE, BT_OPK_REG, BT_OPK_MEM, BT_OPK_IMM, BT_OPK_PTR, BT_OPK_AGEN };
+
+/* Register classes for BT_OPK_REG */
+enum bt_regclass { BT_RC_GPR, BT_RC_GPR8H, BT_RC_SEG, BT_RC_CR, BT_RC_DR, BT_RC_XMM, BT_RC_MMX,
+                   BT_RC_ST, BT_RC_OTHER };
+
+#define BT_NOREG   0xff
+#define BT_REG_RIP 16 /* base register meaning RIP-relative (disp already includes next_rip - rip) */
+
+struct bt_operand {
+    uint8_t kind;     /* enum bt_opkind */
+    uint8_t size;     /* bytes: 1, 2, 4, 8, 10, 16, or 0 for none/agen */
+    uint8_t rclass;   /* enum bt_regclass, for REG */
+    uint8_t reg;      /* GPR index 0-15 (AH..BH: rclass GPR8H, reg 0-3), SEG (enum x86_sreg), CR/DR n,
+                         XMM/MMX/ST n */
+    uint8_t seg;      /* MEM: effective segment (enum x86_sreg), overrides applied */
+    uint8_t base;     /* MEM: GPR index, BT_REG_RIP, or BT_NOREG */
+    uint8_t index;    /* MEM: GPR index or BT_NOREG */
+    uint8_t scale;    /* MEM: 1, 2, 4, 8 */
+    uint16_t zreg;    /* the ZydisRegister, for handlers that want it */
+    uint16_t sel;     /* PTR: far pointer selector */
+    int64_t disp;     /* MEM: displacement; IMM: sign- or zero-extended immediate; PTR: offset */
+};
+
+#define BT_PFX_LOCK  0x01
+#define BT_PFX_REP   0x02 /* REP / REPE / REPZ */
+#define BT_PFX_REPNE 0x04
+#define BT_PFX_SEG   0x08 /* explicit segment override present */
+
+typedef void (*bt_handler)(struct bt_cpu *c, const struct bt_insn *i);
+
+struct bt_insn {
+    bt_handler fn;
+    uint16_t mnemonic; /* ZydisMnemonic */
+    uint8_t len;       /* bytes */
+    uint8_t opsize;    /* effective operand size in bits: 8, 16, 32, 64 (Zydis operand_width) */
+    uint8_t addrsize;  /* effective address size in bits: 16, 32, 64 */
+    uint8_t pfx;       /* BT_PFX_* */
+    uint8_t nops;      /* visible operands */
+    uint8_t opcode;    /* Zydis opcode byte and map, for handlers sharing a mnemonic */
+    uint8_t opcode_map;
+    uint8_t modrm_reg; /* ModRM.reg field (for group opcodes) */
+    uint16_t attr_lo;  /* low bits of Zydis attributes the handlers care about */
+    struct bt_operand op[4];
+};
+
+/* Handlers register themselves: BT_HANDLER(ADD, op_add) puts {ZYDIS_MNEMONIC_ADD, op_add} in the
+ * linker section "bt_handlers"; core.c builds its dispatch table from the section at start-up.
+ * A mnemonic without a handler raises #UD (and is counted so coverage gaps are visible). */
+struct bt_handler_def {
+    uint16_t mnemonic;
+    bt_handler fn;
+};
+#define BT_HANDLER(MNEM, FN)                                                                     \
+    static const struct bt_handler_def __bt_h_##MNEM##_##FN                                       \
+        __attribute__((used, section("bt_handlers"), aligned(16))) = {ZYDIS_MNEMONIC_##MNEM, FN}
+
+/* ---- memory access ------------------------------------------------------------------------ */
+
+/* Access kinds for the soft MMU */
+#define BT_ACC_READ     0x01
+#define BT_ACC_WRITE    0x02
+#define BT_ACC_EXEC     0x04
+#define BT_ACC_IMPLICIT 0x08 /* supervisor access regardless of CPL (GDT/IDT/TSS reads) */
+
+#define BT_TLB_SIZE 256
+struct bt_tlb_entry {
+    uint64_t vtag;  /* linear page number | 1 (valid) in bit 0 of a shifted form; see mmu.c */
+    uint64_t gpa;   /* guest-physical page address */
+    uint8_t *hva;   /* host address of the page, NULL for MMIO (slow path) */
+    uint32_t perm;  /* allowed access kinds per privilege, see mmu.c */
+};
+
+/* ---- the vCPU -------------------------------------------------------------------------- */
+
+struct bt_cpu {
+    struct x86_state s; /* THE architectural state */
+    struct vm *vm;
+    struct vcpu *vcpu;
+    unsigned index;
+
+    /* derived from s, recomputed by bt_update_mode() after any change of CR0/CR4/EFER/CS/SS */
+    uint8_t cpl;
+    uint8_t code_bits;  /* 16, 32 or 64 */
+    uint8_t stack_bits; /* 16, 32 or 64 */
+    bool paging, long_mode;
+
+    /* current instruction */
+    uint64_t insn_rip;  /* RIP of the instruction being executed */
+    uint64_t next_rip;  /* RIP after it; handlers set s.rip = next_rip unless they branch */
+    jmp_buf fault_jmp;
+    bool in_event_delivery; /* a fault now is a double fault */
+    uint8_t delivering_vector;
+
+    /* soft MMU */
+    struct bt_tlb_entry tlb[BT_TLB_SIZE];
+    void *mmu; /* mmu.c private (write-watch bitmap, ...) */
+
+    /* decoded-block cache */
+    void *cache; /* core.c private */
+
+    /* interrupts and time */
+    struct lapic *lapic;
+    _Atomic bool kicked;
+    bool halted;
+    uint64_t tsc_offset;
+
+    /* the exit being filled for vcpu_run (when a handler needs the machine) */
+    struct vcpu_exit *exit;
+    bool exit_now; /* a handler asks the loop to return after this instruction */
+
+    /* statistics */
+    uint64_t icount;
+    uint64_t ud_unhandled; /* #UD raised for a decodable instruction without a handler */
+};
+
+/* core.c */
+int bt_core_init(struct bt_cpu *c);
+void bt_core_destroy(struct bt_cpu *c);
+/* Runs up to `budget` instructions or until an exit is requested; returns instructions run. */
+uint64_t bt_exec(struct bt_cpu *c, uint64_t budget);
+/* Decodes the instruction at linear address `lin` (fetch through the MMU; may raise #PF/#GP). */
+void bt_decode_at(struct bt_cpu *c, uint64_t lin, struct bt_insn *out);
+/* Decodes bytes (for tests and tools); returns 0 or -EINVAL if the bytes are not an instruction. */
+int bt_decode_bytes(const uint8_t *bytes, size_t n, unsigned code_bits, struct bt_insn *out);
+/* The decoded-code cache must forget translations of this guest-physical page. */
+void bt_cache_invalidate_page(struct bt_cpu *c, uint64_t gpa_page);
+void bt_cache_flush(struct bt_cpu *c);
+
+/* operand helpers (core.c) */
+uint64_t bt_op_ea(struct bt_cpu *c, const struct bt_insn *i, int n);  /* effective offset */
+uint64_t bt_op_lin(struct bt_cpu *c, const struct bt_insn *i, int n, unsigned size, int acc);
+uint64_t bt_op_read(struct bt_cpu *c, const struct bt_insn *i, int n);
+void bt_op_write(struct bt_cpu *c, const struct bt_insn *i, int n, uint64_t v);
+uint64_t bt_gpr_read(const struct bt_cpu *c, unsigned reg, unsigned size);
+/* Writes with x86 rules: 32-bit writes zero-extend to 64, 8/16-bit writes merge. */
+void bt_gpr_write(struct bt_cpu *c, unsigned reg, unsigned size, uint64_t v);
+void bt_push(struct bt_cpu *c, unsigned size, uint64_t v);
+uint64_t bt_pop(struct bt_cpu *c, unsigned size);
+
+/* mmu.c */
+int bt_mmu_init(struct bt_cpu *c);
+void bt_mmu_destroy(struct bt_cpu *c);
+void bt_tlb_flush(struct bt_cpu *c, bool include_global);
+void bt_tlb_flush_page(struct bt_cpu *c, uint64_t lin);
+/* Linear address of seg:off for `size` bytes, with limit/canonical checks (#GP or #SS). */
+uint64_t bt_seg_linear(struct bt_cpu *c, int seg, uint64_t off, unsigned size, int acc);
+/* Linear-address accesses through paging with the current CPL (or supervisor if IMPLICIT). */
+uint64_t bt_read(struct bt_cpu *c, uint64_t lin, unsigned size, int acc);     /* size 1/2/4/8 */
+void bt_write(struct bt_cpu *c, uint64_t lin, unsigned size, uint64_t v, int acc);
+void bt_read_buf(struct bt_cpu *c, uint64_t lin, void *buf, size_t n, int acc);
+void bt_write_buf(struct bt_cpu *c, uint64_t lin, const void *buf, size_t n, int acc);
+/* Checks that [lin, lin+size) is writable now (for read-modify-write and multi-part writes). */
+void bt_probe_write(struct bt_cpu *c, uint64_t lin, unsigned size, int acc);
+/* Host pointer for an aligned RAM access that cannot cross a page (for LOCKed operations), or
+ * NULL when the target is MMIO (the caller then emulates without host atomics). */
+void *bt_host_ptr(struct bt_cpu *c, uint64_t lin, unsigned size, int acc);
+/* Instruction fetch: copies up to `max` bytes at `lin`, stopping before a page that is not
+ * executable/present; returns the count.  Sets *gpa to the physical address of the first byte. */
+size_t bt_fetch(struct bt_cpu *c, uint64_t lin, uint8_t *buf, size_t max, uint64_t *gpa);
+/* Marks a guest-physical page as holding decoded code: a write to it calls
+ * bt_cache_invalidate_page() (self-modifying code) for every vCPU. */
+void bt_watch_code_page(struct bt_cpu *c, uint64_t gpa_page);
+/* Physical accesses (page walks, tests): RAM or MMIO. */
+uint64_t bt_phys_read(struct bt_cpu *c, uint64_t gpa, unsigned size);
+void bt_phys_write(struct bt_cpu *c, uint64_t gpa, unsigned size, uint64_t v);
+
+/* event.c */
+#define BT_NO_ERRCODE 0xffffffffu
+/* Raises an exception from inside an instruction: never returns (longjmp to the loop). */
+_Noreturn void bt_raise(struct bt_cpu *c, int vector, uint32_t errcode);
+_Noreturn void bt_raise_pf(struct bt_cpu *c, uint64_t lin, uint32_t errcode);
+#define bt_ud(c) bt_raise((c), X86_UD, BT_NO_ERRCODE)
+#define bt_gp0(c) bt_raise((c), X86_GP, 0)
+/* Delivers an exception or interrupt through the IDT (called by the loop, not by handlers).
+ * soft: INT n/INT3/INTO (privilege check against the gate DPL, return address after the insn). */
+enum bt_event_kind { BT_EV_EXCEPTION, BT_EV_EXTINT, BT_EV_NMI, BT_EV_SOFTINT };
+void bt_deliver(struct bt_cpu *c, enum bt_event_kind kind, int vector, uint32_t errcode);
+/* Between instructions: takes a pending NMI/external interrupt if IF/shadow allow; returns true if
+ * one was delivered.  Also handles INIT/SIPI for application processors. */
+bool bt_check_interrupts(struct bt_cpu *c);
+
+/* seg.c */
+void bt_update_mode(struct bt_cpu *c);
+/* Loads a segment register from a selector with all protected-mode checks (MOV/POP Sreg, LDS..). */
+void bt_load_seg(struct bt_cpu *c, int seg, uint16_t sel);
+void bt_far_jump(struct bt_cpu *c, uint16_t sel, uint64_t off, bool is_call, unsigned opsize);
+void bt_far_return(struct bt_cpu *c, unsigned opsize, uint16_t pop_extra);
+
+/* system.c */
+void bt_write_cr(struct bt_cpu *c, int n, uint64_t v); /* with all checks and side effects */
+uint64_t bt_rdmsr(struct bt_cpu *c, uint32_t msr);     /* #GP for unknown MSRs */
+void bt_wrmsr(struct bt_cpu *c, uint32_t msr, uint64_t v);
+uint64_t bt_rdtsc(struct bt_cpu *c);
+void bt_write_rflags(struct bt_cpu *c, uint64_t v, unsigned size); /* POPF/IRET rules */
+
+/* fpu.c / sse.c */
+void bt_fpu_reset(struct bt_cpu *c);
+/* #NM / #UD checks shared by x87, MMX and SSE handlers */
+void bt_fpu_check(struct bt_cpu *c);
+void bt_sse_check(struct bt_cpu *c);
+
+/* backend.c: the KVM backend's fallback.  Executes exactly one instruction at s->rip on the
+ * neutral state of vCPU cpu_index (through the guest's page tables; port I/O and MMIO go to the
+ * devices) and writes the new state back; an exception the instruction raises is delivered to
+ * the guest as hardware would.  Returns 0, or -errno with err_msg(). */
+int bt_emulate_one(struct vm *vm, unsigned cpu_index, struct x86_state *s);
+
+/* Host-flags helpers for ALU handlers (alu.c).  op is a small enum in alu.c. */
+#define BT_ARITH_FLAGS (X86_FLAG_CF | X86_FLAG_PF | X86_FLAG_AF | X86_FLAG_ZF | X86_FLAG_SF | X86_FLAG_OF)
