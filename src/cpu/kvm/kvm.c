@@ -48,7 +48,7 @@ struct kvm_vm_priv {
 struct kvm_vcpu_priv {
     int fd;
     struct kvm_run *run;
-    bool io_pending; /* an IO/MMIO exit whose completion KVM does at the next KVM_RUN */
+    bool io_pending;     /* an IO/MMIO exit whose completion KVM does at the next KVM_RUN */
     _Atomic bool in_run; /* inside KVM_RUN on thread `tid`: a kick must signal it */
     pthread_t tid;
     /* Last TSC and TSC deadline read: written back unchanged they would rewind the clock or
@@ -774,8 +774,10 @@ static int emulation_failure(struct vcpu *cpu, struct vcpu_exit *exit)
     struct x86_state s;
     int r = kvm_get_state(cpu, &s);
     if (r) return r;
+    const struct x86_state before = s;
+    char why[600] = "the software CPU is not linked into this build";
     if (bt_emulate_one) {
-        struct x86_state before = s;
+        err_clear();
         r = bt_emulate_one(cpu->vm, cpu->id, &s);
         if (r == 0) {
             log_debug("vCPU %u: KVM could not emulate the instruction at %#llx; the software "
@@ -786,10 +788,8 @@ static int emulation_failure(struct vcpu *cpu, struct vcpu_exit *exit)
             exit->reason = VCPU_EXIT_NONE;
             return 0;
         }
-        err_wrap(r, "vCPU %u: KVM's emulator gave up at rip %#llx and the software CPU failed too",
-                 cpu->id, (unsigned long long)before.rip);
-        exit->reason = VCPU_EXIT_INTERNAL;
-        return 0;
+        /* -ENOSYS: a placeholder stands in for the software CPU */
+        if (r != -ENOSYS) snprintf(why, sizeof(why), "the software CPU failed too: %s", err_msg());
     }
     uint8_t b[15];
     unsigned n;
@@ -798,16 +798,15 @@ static int emulation_failure(struct vcpu *cpu, struct vcpu_exit *exit)
         n = MIN(c->run->emulation_failure.insn_size, 15u);
         memcpy(b, c->run->emulation_failure.insn_bytes, n);
     } else {
-        n = insn_bytes_at_rip(cpu, &s, b);
+        n = insn_bytes_at_rip(cpu, &before, b);
     }
     char hex[64] = "";
     for (unsigned i = 0; i < n; i++)
         snprintf(hex + 3 * i, 4, " %02x", b[i]);
     err_set(ENOTSUP,
             "vCPU %u: KVM's instruction emulator cannot execute the instruction at rip %#llx "
-            "(bytes:%s) and the software CPU is not linked into this build; this host's KVM has "
-            "no VMX/SVM, so try --cpu bt",
-            cpu->id, (unsigned long long)s.rip, n ? hex : " unreadable");
+            "(bytes:%s) and %s; this host's KVM has no VMX/SVM, so try --cpu bt",
+            cpu->id, (unsigned long long)before.rip, n ? hex : " unreadable", why);
     exit->reason = VCPU_EXIT_INTERNAL;
     return 0;
 }
