@@ -324,7 +324,8 @@ fail:
 static void dump_vcpu(struct vcpu *cpu, const char *why)
 {
     struct x86_state s;
-    log_err("vCPU %u: %s", cpu->id, why);
+    if (!strncmp(why, "vCPU ", 5)) log_err("%s", why); /* the backend already named it */
+    else log_err("vCPU %u: %s", cpu->id, why);
     if (cpu->vm->backend->get_state(cpu, &s) == 0)
         x86_state_dump(&s, STDERR_FILENO);
     else

@@ -297,6 +297,39 @@ static void test_dirty_log_and_single_step(void **st)
     free(bm);
 }
 
+/* The guest sees the model, not the host: CPUID.1:ECX as lookout-v1 says (TSC-deadline and
+ * hypervisor, no XSAVE/SSE3). */
+static void test_guest_sees_model(void **st)
+{
+    struct fixture *f = *st;
+    if (!f) skip();
+    static const uint8_t code[] = {
+        0xb8, 0x01, 0x00, 0x00, 0x00, /* mov eax, 1 */
+        0x0f, 0xa2,                   /* cpuid */
+        0x89, 0xc8,                   /* mov eax, ecx */
+        0xe7, 0xf4,                   /* out 0xf4, eax */
+    };
+    assert_int_equal(guest_write(&f->vm.mem, 0x400000, code, sizeof(code)), 0);
+    struct x86_state s;
+    long_mode_state(f, &s, 0x400000);
+    if (cpu_backend_kvm.set_state(&f->cpu, &s)) fail_msg("set_state: %s", err_msg());
+    struct vcpu_exit ex = run_until_out(f, 0);
+    assert_int_equal(ex.reason, VCPU_EXIT_IO);
+    uint32_t ecx;
+    memcpy(&ecx, ex.io.data, 4);
+    uint32_t want[4];
+    cpuid_query(&f->vm.cpuid, 1, 0, 0, want);
+    print_message("guest CPUID.1:ECX = %#x, model %#x\n", ecx, want[2]);
+    if (ecx != want[2] && kvm_is_software_virt()) {
+        /* kvm_pvm runs guest ring 0 in host ring 3 and this host has no CPUID faulting: CPUID
+         * executes natively and shows the host CPU.  A host limitation, reported, not fixable
+         * from user space; the software CPU presents the model. */
+        print_message("kvm_pvm: the guest's CPUID is not intercepted on this host\n");
+        skip();
+    }
+    assert_int_equal(ecx, want[2]);
+}
+
 /* "host" passes KVM's own table through; KVM must accept it back. */
 static void test_host_model_accepted(void **st)
 {
@@ -324,6 +357,7 @@ int main(void)
         cmocka_unit_test(test_emulation_failure_reported),
         cmocka_unit_test(test_irqchip_round_trip),
         cmocka_unit_test(test_dirty_log_and_single_step),
+        cmocka_unit_test(test_guest_sees_model),
         cmocka_unit_test(test_host_model_accepted),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

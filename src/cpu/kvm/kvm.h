@@ -11,5 +11,7 @@
 int kvm_query_host(struct cpuid_entry *sup, unsigned max, unsigned *n, uint64_t *tsc_khz);
 
 /* True when /dev/kvm is kvm_pvm (no VMX/SVM: supervisor code runs in KVM's instruction emulator,
- * about a million instructions per second), so the software CPU is the faster choice. */
+ * about a million instructions per second), so the software CPU is the faster choice.  Also: on
+ * such a host without CPUID faulting the guest's CPUID runs natively and shows the host CPU, not
+ * the VM's CPUID model (seen on these machines: XSAVE/AVX visible, hence XRSTOR failures). */
 bool kvm_is_software_virt(void);
