@@ -36,10 +36,15 @@ BOARD_WEAK struct uart16550 *uart_attach(struct vm *vm, uint16_t port, unsigned 
                                          void (*out)(void *ctx, const uint8_t *buf, size_t n),
                                          void *ctx);
 BOARD_WEAK size_t uart_receive(struct uart16550 *u, const uint8_t *buf, size_t n);
+BOARD_WEAK void uart_detach(struct vm *vm, struct uart16550 *u);
 BOARD_WEAK int i8042_attach(struct vm *vm);
+BOARD_WEAK void i8042_detach(struct vm *vm);
 BOARD_WEAK int rtc_attach(struct vm *vm);
+BOARD_WEAK void rtc_detach(struct vm *vm);
 BOARD_WEAK int exitport_attach(struct vm *vm);
+BOARD_WEAK void exitport_detach(struct vm *vm);
 BOARD_WEAK int acpi_pm_attach(struct vm *vm);
+BOARD_WEAK void acpi_pm_detach(struct vm *vm);
 BOARD_WEAK struct console *console_start(struct vm *vm, struct uart16550 *com1, int in_fd,
                                          int out_fd, bool interactive);
 BOARD_WEAK void console_stop(struct console *c);

@@ -40,6 +40,7 @@ struct board {
     struct console *out_console; /* command mode: COM2 -> stdout */
     struct api_server *api;
     bool threads_started;
+    bool have_i8042, have_rtc, have_exitport, have_acpi_pm; /* attached: detach at the end */
     bool vm_created; /* backend vm_create succeeded: vm_destroy is due */
     /* COM1 in command mode: a ring of the last COM1_KEEP bytes of kernel output */
     pthread_mutex_t ring_lock;
@@ -209,12 +210,16 @@ static int attach_devices(struct vm *vm)
     if (!b->com2) return err_wrap(-EIO, "COM2");
     NEED(i8042_attach);
     if ((r = i8042_attach(vm)) < 0) return err_wrap(r, "i8042");
+    b->have_i8042 = true;
     NEED(rtc_attach);
     if ((r = rtc_attach(vm)) < 0) return err_wrap(r, "RTC");
+    b->have_rtc = true;
     NEED(exitport_attach);
     if ((r = exitport_attach(vm)) < 0) return err_wrap(r, "exit port");
+    b->have_exitport = true;
     NEED(acpi_pm_attach);
     if ((r = acpi_pm_attach(vm)) < 0) return err_wrap(r, "ACPI power management");
+    b->have_acpi_pm = true;
     return 0;
 fail:
     return -ENOSYS;
@@ -324,8 +329,10 @@ fail:
 static void dump_vcpu(struct vcpu *cpu, const char *why)
 {
     struct x86_state s;
-    if (!strncmp(why, "vCPU ", 5)) log_err("%s", why); /* the backend already named it */
-    else log_err("vCPU %u: %s", cpu->id, why);
+    if (!strncmp(why, "vCPU ", 5))
+        log_err("%s", why); /* the backend already named it */
+    else
+        log_err("vCPU %u: %s", cpu->id, why);
     if (cpu->vm->backend->get_state(cpu, &s) == 0)
         x86_state_dump(&s, STDERR_FILENO);
     else
@@ -525,6 +532,22 @@ const char *machine_state_name(const struct vm *vm)
     }
 }
 
+/* No vCPU runs any more: the devices can go (their threads stop, their memory is freed). */
+static void detach_devices(struct vm *vm)
+{
+    struct board *b = vm->board;
+    if (BOARD_HAVE(uart_detach)) {
+        if (b->com1) uart_detach(vm, b->com1);
+        if (b->com2) uart_detach(vm, b->com2);
+        b->com1 = b->com2 = NULL;
+    }
+    if (b->have_i8042 && BOARD_HAVE(i8042_detach)) i8042_detach(vm);
+    if (b->have_rtc && BOARD_HAVE(rtc_detach)) rtc_detach(vm);
+    if (b->have_exitport && BOARD_HAVE(exitport_detach)) exitport_detach(vm);
+    if (b->have_acpi_pm && BOARD_HAVE(acpi_pm_detach)) acpi_pm_detach(vm);
+    b->have_i8042 = b->have_rtc = b->have_exitport = b->have_acpi_pm = false;
+}
+
 void machine_destroy(struct vm *vm)
 {
     if (!vm) return;
@@ -536,6 +559,7 @@ void machine_destroy(struct vm *vm)
     }
     stop_consoles(b);
     if (b->api && BOARD_HAVE(api_stop)) api_stop(b->api);
+    detach_devices(vm);
     for (unsigned i = 0; i < VM_MAX_CPUS; i++) {
         if (!vm->vcpu[i]) continue;
         if (vm->backend) vm->backend->vcpu_destroy(vm->vcpu[i]);
