@@ -47,12 +47,12 @@ static void usage(FILE *f)
         "                       exit with its status\n"
         "\n"
         "exit status: 0 guest powered off or rebooted; (v << 1) | 1 when the guest writes v to\n"
-        "the test exit port 0xf4 (with -- CMD: CMD's status); %d usage or input error;\n"
-        "%d lookout error; %d CPU backend internal error; %d guest triple fault;\n"
-        "128+N stopped by signal N.\n"
+        "the test exit port 0xf4 (with -- CMD: CMD's status, or %d if the guest stopped\n"
+        "without reporting it); %d usage or input error; %d lookout error; %d CPU backend\n"
+        "internal error; %d guest triple fault; 128+N stopped by signal N.\n"
         "environment: LOOKOUT_HOME (default: the directory above the binary's),\n"
         "LOOKOUT_LOG=debug|info|warn|error\n",
-        EXIT_USAGE, EXIT_VMM_ERROR, EXIT_INTERNAL, EXIT_TRIPLE_FAULT);
+        EXIT_NO_STATUS, EXIT_USAGE, EXIT_VMM_ERROR, EXIT_INTERNAL, EXIT_TRIPLE_FAULT);
 }
 
 static int fail_usage(const char *msg)
@@ -185,7 +185,12 @@ static int exit_status(enum vm_stop_reason why, const struct vm *vm, bool comman
 {
     switch (why) {
     case VM_STOP_POWEROFF:
-    case VM_STOP_RESET: return EXIT_OK;
+    case VM_STOP_RESET:
+        if (!command_mode) return EXIT_OK;
+        log_err("the guest %s without reporting the command's exit status (its console is "
+                "above; --verbose shows it as it runs)",
+                why == VM_STOP_RESET ? "rebooted" : "powered off");
+        return EXIT_NO_STATUS;
     case VM_STOP_EXIT_PORT:
         /* command mode: /init writes the command's status byte itself */
         return command_mode ? (vm->exit_code & 0xff) : (((vm->exit_code << 1) | 1) & 0xff);

@@ -9,6 +9,7 @@
  * ((v << 1) | 1), so every status lookout chooses itself is even. */
 #define EXIT_OK           0
 #define EXIT_USAGE        2   /* bad options or input files */
+#define EXIT_NO_STATUS    118 /* -- CMD: the guest stopped without reporting CMD's status */
 #define EXIT_VMM_ERROR    120 /* lookout failed (including: the VM could not be created) */
 #define EXIT_INTERNAL     122 /* the CPU backend could not run the guest (registers printed) */
 #define EXIT_TRIPLE_FAULT 124 /* the guest triple-faulted (registers printed) */

@@ -481,8 +481,8 @@ enum vm_stop_reason machine_run(struct vm *vm)
     stop_consoles(b);
 
     enum vm_stop_reason why = (enum vm_stop_reason)atomic_load(&vm->stop_reason);
-    if (cfg->command_mode && why != VM_STOP_POWEROFF && why != VM_STOP_EXIT_PORT &&
-        why != VM_STOP_QUIT && !cfg->verbose)
+    /* command mode ends normally only by the exit port (the command's status) or a quit */
+    if (cfg->command_mode && why != VM_STOP_EXIT_PORT && why != VM_STOP_QUIT && !cfg->verbose)
         dump_com1_ring(b);
     return why;
 }
