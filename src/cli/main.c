@@ -297,8 +297,10 @@ static int cmd_guest(int argc, char **argv)
     char **args = calloc((size_t)argc + 2, sizeof(char *));
     if (!args) return EXIT_VMM_ERROR;
     args[0] = script;
-    for (int i = 0; i < argc; i++)
-        args[i + 1] = argv[i];
+    /* `lookout guest build ARGS` runs build.sh ARGS; anything else is passed as it is */
+    int first = argc > 0 && !strcmp(argv[0], "build") ? 1 : 0;
+    for (int i = first; i < argc; i++)
+        args[i - first + 1] = argv[i];
     execv(script, args);
     log_err("cannot run %s: %s (set LOOKOUT_HOME to the lookout source tree)", script,
             strerror(errno));
