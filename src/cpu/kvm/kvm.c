@@ -783,9 +783,20 @@ static int emulation_failure(struct vcpu *cpu, struct vcpu_exit *exit)
             log_debug("vCPU %u: KVM could not emulate the instruction at %#llx; the software "
                       "CPU executed it",
                       cpu->id, (unsigned long long)before.rip);
+            /* The software CPU reports the TSC advanced by its own run time.  Writing that back
+             * would set KVM's TSC offset per vCPU on every hand-off, so the vCPUs' TSCs drift
+             * apart and Linux declares the TSC unstable: keep KVM's TSC unless the instruction
+             * moved it by more than a second's worth of ticks (a WRMSR to IA32_TSC). */
+            uint64_t d = s.tsc - before.tsc, second = cpu->vm->tsc_khz * 1000;
+            if (d < second || -d < second) s.tsc = before.tsc;
             r = kvm_set_state(cpu, &s);
             if (r) return r;
             exit->reason = VCPU_EXIT_NONE;
+            return 0;
+        }
+        if (r == -ESHUTDOWN) { /* the instruction's exception could not be delivered */
+            log_err("%s", err_msg());
+            exit->reason = VCPU_EXIT_SHUTDOWN;
             return 0;
         }
         /* -ENOSYS: a placeholder stands in for the software CPU */
