@@ -16,7 +16,7 @@
 #include <unistd.h>
 
 #include "cli/options.h"
-#include "machine/board_deps.h" /* TEMPORARY: ctl_main() of helper "dev" */
+#include "machine/board_deps.h" /* ctl_main(), console_restore_terminal() */
 #include "machine/machine.h"
 #include "util/log.h"
 

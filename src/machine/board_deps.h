@@ -1,10 +1,10 @@
-/* TEMPORARY (delete at merge): the functions the board calls from the helpers "boot", "dev" and
- * "lapic", declared here until their real headers (machine/boot.h, machine/acpi.h,
- * devices/{uart16550,i8042,rtc,exitport,acpi_pm,vclock}.h, machine/console.h, api/server.h,
- * api/client.h) are on this branch.  Declared weak so this branch links without
- * them; machine.c checks each for presence with BOARD_HAVE() and fails clearly when one is absent.
- * At merge: replace the include of this file in machine.c and cli/main.c with the real headers
- * and delete this file (BOARD_HAVE() keeps working on strong symbols). */
+/* The functions the board calls from the parts written by the helpers "boot" (loaders, ACPI),
+ * "dev" (devices, console, control socket) and "lapic" (the software backend's time base).
+ *
+ * TEMPORARY shape: while a part is not merged, its functions are declared here weak, so the board
+ * links without it and machine.c fails clearly (BOARD_HAVE()) when one is missing.  Once a part's
+ * real headers exist they are included instead (per part, with __has_include), so a merge needs
+ * no edit here.  When all parts are merged the lead may replace this file by its include lines. */
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>
@@ -15,20 +15,37 @@
 
 #define BOARD_WEAK __attribute__((weak))
 
-/* helper "boot": machine/boot.h, machine/acpi.h */
+/* helper "boot" */
+#if __has_include("machine/boot.h") && __has_include("machine/acpi.h")
+#include "machine/acpi.h"
+#include "machine/boot.h"
+#else
 BOARD_WEAK int boot_load(struct vm *vm, const char *kernel, const char *initrd, const char *cmdline,
                          struct x86_state *bsp);
 struct acpi_config {
     unsigned ncpus;
     unsigned nvirtio;
     struct {
-        uint64_t base, size;
-        unsigned gsi;
+        uint64_t base;
+        uint32_t size;
+        uint32_t gsi;
     } virtio[LAYOUT_VIRTIO_MAX];
 };
 BOARD_WEAK int acpi_build(struct vm *vm, const struct acpi_config *cfg);
+#endif
 
-/* helper "dev": devices, console, control socket */
+/* helper "dev" */
+#if __has_include("devices/uart16550.h") && __has_include("machine/console.h") &&                  \
+                                                          __has_include("api/server.h")
+#include "api/client.h"
+#include "api/server.h"
+#include "devices/acpi_pm.h"
+#include "devices/exitport.h"
+#include "devices/i8042.h"
+#include "devices/rtc.h"
+#include "devices/uart16550.h"
+#include "machine/console.h"
+#else
 struct uart16550;
 struct console;
 struct api_server;
@@ -53,8 +70,13 @@ BOARD_WEAK void console_restore_terminal(void);
 BOARD_WEAK struct api_server *api_start(struct vm *vm, const char *path);
 BOARD_WEAK void api_stop(struct api_server *s);
 BOARD_WEAK int ctl_main(int argc, char **argv);
+#endif
 
-/* helper "lapic": devices/vclock.h (the software backend's time base) */
+/* helper "lapic" */
+#if __has_include("devices/vclock.h")
+#include "devices/vclock.h"
+#else
 BOARD_WEAK uint64_t vclock_pick_tsc_khz(void);
 BOARD_WEAK void vclock_pause(void);
 BOARD_WEAK void vclock_resume(void);
+#endif

@@ -16,7 +16,7 @@
 #include <x86intrin.h>
 
 #include "cpu/kvm/kvm.h"
-#include "machine/board_deps.h" /* TEMPORARY: the real headers of helpers "boot" and "dev" */
+#include "machine/board_deps.h" /* loaders, ACPI, devices, console, control socket, vclock */
 #include "util/log.h"
 
 /* The software CPU, once linked in (weak until then). */
