@@ -22,6 +22,7 @@
 #define CODE    0x100000ull
 #define HANDLER 0x100100ull
 #define IDT     0x3000ull
+#define GDT     0x2000ull
 
 static int stub_calls;
 
@@ -78,6 +79,9 @@ static void test_int3_handed_to_software_cpu(void **st)
                             ((HANDLER >> 16) & 0xffff) << 48,
                         HANDLER >> 32};
     guest_write(&vm.mem, IDT + 16 * 3, gate, sizeof(gate));
+    /* a GDT for the real software CPU, which loads CS from it when it delivers #BP */
+    uint64_t gdt[3] = {0, 0x00af9a000000ffffull, 0x00cf92000000ffffull};
+    guest_write(&vm.mem, GDT, gdt, sizeof(gdt));
     static const uint8_t code[] = {0xcc, 0xeb, 0xfe};
     static const uint8_t handler[] = {0xb0, 0x03, 0xe6, 0xf4, 0xeb, 0xfe}; /* out 0xf4, 3 */
     guest_write(&vm.mem, CODE, code, sizeof(code));
@@ -92,6 +96,7 @@ static void test_int3_handed_to_software_cpu(void **st)
     s.seg[SEG_DS] = s.seg[SEG_ES] = s.seg[SEG_SS] = s.seg[SEG_FS] = s.seg[SEG_GS] = data;
     s.seg[SEG_TR] = (struct x86_seg){.sel = 0x18, .limit = 0x67, .type = 0xb, .present = 1};
     s.idtr = (struct x86_dtable){IDT, 16 * 32 - 1};
+    s.gdtr = (struct x86_dtable){GDT, sizeof(gdt) - 1};
     s.cr0 = X86_CR0_PE | X86_CR0_ET | X86_CR0_NE | X86_CR0_PG;
     s.cr3 = 0x9000;
     s.cr4 = X86_CR4_PAE;
