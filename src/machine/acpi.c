@@ -16,17 +16,18 @@
 #define IOAPIC_PINS 24 /* KVM's and our IOAPIC */
 
 /* FADT */
-#define FADT_LEN              276 /* revision 6 */
-#define FADT_F_RESET_REG_SUP  (1u << 10)
-#define FADT_F_HW_REDUCED     (1u << 20)
-#define IAPC_8042             (1u << 1)
-#define GAS_SYSTEM_IO         1
-#define GAS_ACCESS_BYTE       1
+#define FADT_LEN             276 /* revision 6 */
+#define FADT_F_RESET_REG_SUP (1u << 10)
+#define FADT_F_HW_REDUCED    (1u << 20)
+#define IAPC_8042            (1u << 1)
+#define GAS_SYSTEM_IO        1
+#define GAS_ACCESS_BYTE      1
 
 uint8_t acpi_checksum(const uint8_t *p, size_t n)
 {
     uint8_t s = 0;
-    for (size_t i = 0; i < n; i++) s = (uint8_t)(s + p[i]);
+    for (size_t i = 0; i < n; i++)
+        s = (uint8_t)(s + p[i]);
     return s;
 }
 
@@ -86,12 +87,15 @@ static int check_config(const struct acpi_config *cfg)
     for (unsigned i = 0; i < cfg->nvirtio; i++) {
         uint64_t b = cfg->virtio[i].base, s = cfg->virtio[i].size;
         if (s == 0 || b + s > 0x100000000ull || b < 0x100000000ull - 0x40000000ull)
-            return err_set(EINVAL, "ACPI: virtio device %u at %#llx+%#llx is not inside the "
-                           "32-bit MMIO hole", i, (unsigned long long)b, (unsigned long long)s);
+            return err_set(EINVAL,
+                           "ACPI: virtio device %u at %#llx+%#llx is not inside the "
+                           "32-bit MMIO hole",
+                           i, (unsigned long long)b, (unsigned long long)s);
         if (cfg->virtio[i].gsi < 16 || cfg->virtio[i].gsi >= IOAPIC_PINS)
-            return err_set(EINVAL, "ACPI: virtio device %u uses GSI %u; use an IOAPIC pin "
-                           "16..%u (0-15 are the ISA interrupts)", i, cfg->virtio[i].gsi,
-                           IOAPIC_PINS - 1);
+            return err_set(EINVAL,
+                           "ACPI: virtio device %u uses GSI %u; use an IOAPIC pin "
+                           "16..%u (0-15 are the ISA interrupts)",
+                           i, cfg->virtio[i].gsi, IOAPIC_PINS - 1);
     }
     return 0;
 }
@@ -175,8 +179,7 @@ long acpi_build_tables(const struct acpi_config *cfg, uint8_t *buf, size_t cap, 
     long dsdt_len = build_dsdt(cfg, buf + dsdt, cap - dsdt);
     if (dsdt_len < 0) return err_set(ENOSPC, "ACPI DSDT does not fit in %zu bytes", cap);
     size_t total = dsdt + (size_t)dsdt_len;
-    if (base + total > 0x100000000ull)
-        return err_set(EINVAL, "ACPI tables must lie below 4 GiB");
+    if (base + total > 0x100000000ull) return err_set(EINVAL, "ACPI tables must lie below 4 GiB");
 
     /* DSDT is done; FADT (revision 6, hardware-reduced). */
     uint8_t *f = buf + fadt;
@@ -187,8 +190,8 @@ long acpi_build_tables(const struct acpi_config *cfg, uint8_t *buf, size_t cap, 
     put32(f + 112, FADT_F_HW_REDUCED | FADT_F_RESET_REG_SUP);
     gas_io8(f + 116, PORT_ACPI_RESET); /* RESET_REG */
     f[128] = ACPI_RESET_VALUE;
-    f[131] = 0;                        /* FADT minor version */
-    put64(f + 140, base + dsdt);       /* X_DSDT */
+    f[131] = 0;                  /* FADT minor version */
+    put64(f + 140, base + dsdt); /* X_DSDT */
     gas_io8(f + 244, PORT_ACPI_SLEEP_CTL);
     gas_io8(f + 256, PORT_ACPI_SLEEP_STS);
     memcpy(f + 268, "LOOKOUT ", 8); /* hypervisor vendor identity */
@@ -246,8 +249,9 @@ int acpi_build(struct vm *vm, const struct acpi_config *cfg)
 {
     /* Built straight into guest RAM: the whole area is reserved in e820 and ours. */
     uint8_t *buf = guest_ptr(&vm->mem, LAYOUT_ACPI_BASE, LAYOUT_ACPI_SIZE);
-    if (!buf) return err_set(EFAULT, "ACPI area %#llx is not guest RAM",
-                             (unsigned long long)LAYOUT_ACPI_BASE);
+    if (!buf)
+        return err_set(EFAULT, "ACPI area %#llx is not guest RAM",
+                       (unsigned long long)LAYOUT_ACPI_BASE);
     long n = acpi_build_tables(cfg, buf, LAYOUT_ACPI_SIZE, LAYOUT_ACPI_BASE);
     if (n < 0) return err_wrap((int)n, "building the ACPI tables");
     guest_mark_dirty(&vm->mem, LAYOUT_ACPI_BASE, LAYOUT_ACPI_SIZE);

@@ -60,7 +60,8 @@ unsigned aml_pkglen_encode(size_t body, uint8_t out[4])
         size_t total = body + 1 + n;
         if (total < (1ull << (4 + 8 * n))) {
             out[0] = (uint8_t)((n << 6) | (total & 0xf));
-            for (unsigned i = 0; i < n; i++) out[1 + i] = (uint8_t)(total >> (4 + 8 * i));
+            for (unsigned i = 0; i < n; i++)
+                out[1 + i] = (uint8_t)(total >> (4 + 8 * i));
             return n + 1;
         }
     }
@@ -109,7 +110,8 @@ static void nameseg(struct aml *a, const char *s, size_t n)
 
 void aml_name(struct aml *a, const char *name)
 {
-    while (*name == '\\' || *name == '^') aml_byte(a, (uint8_t)*name++);
+    while (*name == '\\' || *name == '^')
+        aml_byte(a, (uint8_t)*name++);
     const char *segs[8];
     size_t lens[8];
     unsigned nseg = 0;
@@ -134,7 +136,8 @@ void aml_name(struct aml *a, const char *name)
         aml_byte(a, AML_MULTI_NAME);
         aml_byte(a, (uint8_t)nseg);
     }
-    for (unsigned i = 0; i < nseg; i++) nameseg(a, segs[i], lens[i]);
+    for (unsigned i = 0; i < nseg; i++)
+        nameseg(a, segs[i], lens[i]);
 }
 
 void aml_integer(struct aml *a, uint64_t v)
@@ -161,7 +164,8 @@ void aml_integer(struct aml *a, uint64_t v)
         aml_byte(a, AML_QWORD_PREFIX);
         n = 8;
     }
-    for (unsigned i = 0; i < n; i++) aml_byte(a, (uint8_t)(v >> (8 * i)));
+    for (unsigned i = 0; i < n; i++)
+        aml_byte(a, (uint8_t)(v >> (8 * i)));
 }
 
 void aml_string(struct aml *a, const char *s)
@@ -185,7 +189,7 @@ void aml_eisaid(struct aml *a, const char *id)
     uint16_t product = 0;
     for (int i = 3; i < 7; i++) {
         char c = id[i];
-        unsigned d = c >= '0' && c <= '9' ? (unsigned)(c - '0')
+        unsigned d = c >= '0' && c <= '9'   ? (unsigned)(c - '0')
                      : c >= 'A' && c <= 'F' ? (unsigned)(c - 'A' + 10)
                                             : (a->err = true, 0u);
         product = (uint16_t)(product << 4 | d);
@@ -193,7 +197,8 @@ void aml_eisaid(struct aml *a, const char *id)
     uint32_t v = (uint32_t)(vendor >> 8) | (uint32_t)(vendor & 0xff) << 8 |
                  (uint32_t)(product >> 8) << 16 | (uint32_t)(product & 0xff) << 24;
     aml_byte(a, AML_DWORD_PREFIX);
-    for (unsigned i = 0; i < 4; i++) aml_byte(a, (uint8_t)(v >> (8 * i)));
+    for (unsigned i = 0; i < 4; i++)
+        aml_byte(a, (uint8_t)(v >> (8 * i)));
 }
 
 void aml_name_decl(struct aml *a, const char *name)
@@ -251,8 +256,9 @@ static void res_bytes(struct aml_res *r, const uint8_t *p, size_t n)
 void aml_res_io(struct aml_res *r, uint16_t base, uint8_t len)
 {
     /* Small item 0x08 (I/O port), length 7: decode16, min, max, alignment, length. */
-    uint8_t d[8] = {0x47, 0x01, (uint8_t)base, (uint8_t)(base >> 8), (uint8_t)base,
-                    (uint8_t)(base >> 8), 0x01, len};
+    uint8_t d[8] = {
+        0x47, 0x01, (uint8_t)base, (uint8_t)(base >> 8), (uint8_t)base, (uint8_t)(base >> 8),
+        0x01, len};
     res_bytes(r, d, sizeof(d));
 }
 
@@ -285,7 +291,8 @@ void aml_res_ext_irq(struct aml_res *r, uint32_t gsi, bool level, bool active_lo
      * bit 2 active low, bit 3 shared), table length 1, the interrupt number. */
     uint8_t flags = (uint8_t)(0x01 | (level ? 0 : 0x02) | (active_low ? 0x04 : 0));
     uint8_t d[9] = {0x89, 6, 0, flags, 1};
-    for (int i = 0; i < 4; i++) d[5 + i] = (uint8_t)(gsi >> (8 * i));
+    for (int i = 0; i < 4; i++)
+        d[5 + i] = (uint8_t)(gsi >> (8 * i));
     res_bytes(r, d, sizeof(d));
 }
 
@@ -294,7 +301,8 @@ void aml_res_end(struct aml_res *r)
     uint8_t d[2] = {0x79, 0};
     res_bytes(r, d, 1);
     uint8_t sum = 0x79;
-    for (size_t i = 0; i + 1 < r->n; i++) sum = (uint8_t)(sum + r->b[i]);
+    for (size_t i = 0; i + 1 < r->n; i++)
+        sum = (uint8_t)(sum + r->b[i]);
     d[1] = (uint8_t)(0x100 - sum); /* all bytes including the checksum add up to zero */
     res_bytes(r, d + 1, 1);
 }

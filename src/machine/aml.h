@@ -49,8 +49,8 @@ struct aml_res {
     size_t n;
     bool err;
 };
-void aml_res_io(struct aml_res *r, uint16_t base, uint8_t len);     /* IO(Decode16, b, b, 1, len) */
-void aml_res_irq_noflags(struct aml_res *r, uint8_t irq);          /* edge, active high */
+void aml_res_io(struct aml_res *r, uint16_t base, uint8_t len); /* IO(Decode16, b, b, 1, len) */
+void aml_res_irq_noflags(struct aml_res *r, uint8_t irq);       /* edge, active high */
 void aml_res_mem32_fixed(struct aml_res *r, uint32_t base, uint32_t size); /* read-write */
 /* Extended Interrupt, resource consumer, exclusive: level or edge, active high or low. */
 void aml_res_ext_irq(struct aml_res *r, uint32_t gsi, bool level, bool active_low);

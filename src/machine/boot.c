@@ -38,9 +38,11 @@ enum boot_format boot_detect(const struct boot_image *k)
     size_t lim = k->size < 8192 ? k->size : 8192;
     for (size_t off = 0; off + 12 <= lim; off += 4)
         if (rd32(k->data + off) == 0x1BADB002u) return BOOT_FMT_MULTIBOOT;
-    if (k->size >= 20 && memcmp(k->data, "\x7f"
-                                         "ELF",
-                                4) == 0 &&
+    if (k->size >= 20 &&
+        memcmp(k->data,
+               "\x7f"
+               "ELF",
+               4) == 0 &&
         k->data[4] == 2 /* ELFCLASS64 */ && k->data[18] == 62 /* EM_X86_64 */)
         return BOOT_FMT_ELF64;
     return BOOT_FMT_UNKNOWN;
@@ -103,8 +105,7 @@ int boot_place_initrd(struct vm *vm, const char *path, uint64_t lo, uint64_t hi,
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return err_set(errno, "initrd %s: cannot open: %s (check the path)", path,
-                       strerror(errno));
+        return err_set(errno, "initrd %s: cannot open: %s (check the path)", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
         close(fd);
@@ -121,8 +122,8 @@ int boot_place_initrd(struct vm *vm, const char *path, uint64_t lo, uint64_t hi,
                        "between the kernel (ends %#llx) and %#llx; use a larger --mem or a "
                        "smaller initrd",
                        path, (unsigned long long)(n >> 10),
-                       (unsigned long long)(hi > lo ? (hi - lo) >> 10 : 0),
-                       (unsigned long long)lo, (unsigned long long)hi);
+                       (unsigned long long)(hi > lo ? (hi - lo) >> 10 : 0), (unsigned long long)lo,
+                       (unsigned long long)hi);
     }
     uint64_t at = (hi - n) & ~(GUEST_PAGE_SIZE - 1);
     uint8_t *dst = guest_ptr(&vm->mem, at, n);
@@ -178,10 +179,9 @@ int boot_write_gdt(struct vm *vm)
     /* Flat segments: 0x08 32-bit code (Multiboot), 0x10 64-bit code and 0x18 data (Linux's
      * __BOOT_CS/__BOOT_DS).  Accessed bits preset so no CPU needs to write the table. */
     static const uint64_t gdt[4] = {
-        0,
-        0x00cf9b000000ffffull, /* code, 32-bit, 4 GiB */
-        0x00af9b000000ffffull, /* code, 64-bit (L=1) */
-        0x00cf93000000ffffull, /* data, 4 GiB */
+        0, 0x00cf9b000000ffffull, /* code, 32-bit, 4 GiB */
+        0x00af9b000000ffffull,    /* code, 64-bit (L=1) */
+        0x00cf93000000ffffull,    /* data, 4 GiB */
     };
     uint8_t idt[16] = {0}; /* the boot IDT is empty: interrupts are off at entry */
     int r = guest_write(&vm->mem, LAYOUT_BOOT_GDT, gdt, sizeof(gdt));
@@ -201,7 +201,8 @@ int boot_write_page_tables(struct vm *vm)
     page[0] = pdpt | P | RW;
     int r = guest_write(&vm->mem, pml4, page, sizeof(page));
     memset(page, 0, sizeof(page));
-    for (unsigned i = 0; i < 4; i++) page[i] = (pd + i * 0x1000ull) | P | RW;
+    for (unsigned i = 0; i < 4; i++)
+        page[i] = (pd + i * 0x1000ull) | P | RW;
     if (r == 0) r = guest_write(&vm->mem, pdpt, page, sizeof(page));
     for (unsigned i = 0; i < 4 && r == 0; i++) {
         for (unsigned j = 0; j < 512; j++)
@@ -315,21 +316,20 @@ static uint64_t rd64(const uint8_t *p)
     return (uint64_t)rd32(p) | (uint64_t)rd32(p + 4) << 32;
 }
 
-int boot_elf_parse(const struct boot_image *k, int elfclass, struct boot_segment *seg,
-                   unsigned max, uint64_t *entry_phys)
+int boot_elf_parse(const struct boot_image *k, int elfclass, struct boot_segment *seg, unsigned max,
+                   uint64_t *entry_phys)
 {
     const uint8_t *d = k->data;
     const bool is64 = elfclass == 64;
     const size_t ehsize = is64 ? 64 : 52, phentsize = is64 ? 56 : 32;
-    if (k->size < ehsize || memcmp(d, "\x7f"
-                                      "ELF",
+    if (k->size < ehsize || memcmp(d,
+                                   "\x7f"
+                                   "ELF",
                                    4) != 0)
         return err_set(ENOEXEC, "kernel %s: truncated or not an ELF file", k->path);
     if (d[4] != (is64 ? 2 : 1))
-        return err_set(ENOEXEC, "kernel %s: ELF class %u, expected ELF%d", k->path, d[4],
-                       elfclass);
-    if (d[5] != 1)
-        return err_set(ENOEXEC, "kernel %s: ELF file is not little-endian", k->path);
+        return err_set(ENOEXEC, "kernel %s: ELF class %u, expected ELF%d", k->path, d[4], elfclass);
+    if (d[5] != 1) return err_set(ENOEXEC, "kernel %s: ELF file is not little-endian", k->path);
     uint16_t type = rd16(d + 16), machine = rd16(d + 18);
     if (machine != (is64 ? 62 : 3))
         return err_set(ENOEXEC, "kernel %s: ELF machine %u is not %s", k->path, machine,
@@ -368,13 +368,16 @@ int boot_elf_parse(const struct boot_image *k, int elfclass, struct boot_segment
         }
         if (s.memsz == 0) continue;
         if (s.filesz > s.memsz)
-            return err_set(ENOEXEC, "kernel %s: ELF segment %u has file size %#llx > memory size "
-                           "%#llx", k->path, i, (unsigned long long)s.filesz,
-                           (unsigned long long)s.memsz);
+            return err_set(ENOEXEC,
+                           "kernel %s: ELF segment %u has file size %#llx > memory size "
+                           "%#llx",
+                           k->path, i, (unsigned long long)s.filesz, (unsigned long long)s.memsz);
         if (s.offset > k->size || s.filesz > k->size - s.offset)
-            return err_set(ENOEXEC, "kernel %s: ELF segment %u (offset %#llx, %#llx bytes) lies "
-                           "beyond the end of the file (%zu bytes): truncated?", k->path, i,
-                           (unsigned long long)s.offset, (unsigned long long)s.filesz, k->size);
+            return err_set(ENOEXEC,
+                           "kernel %s: ELF segment %u (offset %#llx, %#llx bytes) lies "
+                           "beyond the end of the file (%zu bytes): truncated?",
+                           k->path, i, (unsigned long long)s.offset, (unsigned long long)s.filesz,
+                           k->size);
         if (n >= max)
             return err_set(ENOEXEC, "kernel %s: more than %u loadable ELF segments", k->path, max);
         seg[n++] = s;

@@ -71,8 +71,8 @@ struct boot_segment {
 };
 #define BOOT_ELF_MAX_SEGMENTS 32
 /* Returns the number of PT_LOAD segments (>= 1) or -errno. */
-int boot_elf_parse(const struct boot_image *k, int elfclass, struct boot_segment *seg,
-                   unsigned max, uint64_t *entry_phys);
+int boot_elf_parse(const struct boot_image *k, int elfclass, struct boot_segment *seg, unsigned max,
+                   uint64_t *entry_phys);
 /* Copies the segments to p_paddr (zeroing p_memsz - p_filesz) after boot_check_kernel_range on
  * each and a pairwise overlap check; *end receives the highest end address. */
 int boot_elf_load(struct vm *vm, const struct boot_image *k, const struct boot_segment *seg,

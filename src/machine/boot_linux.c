@@ -128,8 +128,8 @@ int boot_linux_bzimage(struct vm *vm, const struct boot_image *k, const char *in
     if (k->size < 1024)
         return err_set(ENOEXEC, "kernel %s: %zu bytes is too short for a bzImage", p, k->size);
     if (get16(d, HDR_BOOT_FLAG) != 0xaa55)
-        return err_set(ENOEXEC, "kernel %s: bzImage boot flag is %#x, not 0xaa55: corrupt image",
-                       p, get16(d, HDR_BOOT_FLAG));
+        return err_set(ENOEXEC, "kernel %s: bzImage boot flag is %#x, not 0xaa55: corrupt image", p,
+                       get16(d, HDR_BOOT_FLAG));
     uint16_t ver = get16(d, HDR_VERSION);
     if (ver < PROTO_MIN)
         return err_set(ENOEXEC,
@@ -139,8 +139,10 @@ int boot_linux_bzimage(struct vm *vm, const struct boot_image *k, const char *in
     unsigned setup_sects = d[HDR_SETUP_SECTS] ? d[HDR_SETUP_SECTS] : 4;
     size_t setup_size = (size_t)(setup_sects + 1) * 512;
     if (setup_size >= k->size)
-        return err_set(ENOEXEC, "kernel %s: setup code (%zu bytes) is not shorter than the file "
-                       "(%zu bytes): truncated bzImage?", p, setup_size, k->size);
+        return err_set(ENOEXEC,
+                       "kernel %s: setup code (%zu bytes) is not shorter than the file "
+                       "(%zu bytes): truncated bzImage?",
+                       p, setup_size, k->size);
     size_t hdr_end = 0x202 + d[HDR_JUMP + 1];
     if (hdr_end < HDR_INIT_SIZE + 4 || hdr_end > setup_size)
         return err_set(ENOEXEC, "kernel %s: setup header length %zu is inconsistent", p,
@@ -161,8 +163,10 @@ int boot_linux_bzimage(struct vm *vm, const struct boot_image *k, const char *in
     uint64_t load = pref;
     if (reloc) {
         if (align < 0x1000 || align > (1u << 30) || (align & (align - 1)))
-            return err_set(ENOEXEC, "kernel %s: kernel_alignment %#x is not a power of two "
-                           "between 4 KiB and 1 GiB", p, align);
+            return err_set(ENOEXEC,
+                           "kernel %s: kernel_alignment %#x is not a power of two "
+                           "between 4 KiB and 1 GiB",
+                           p, align);
         /* The preferred address avoids a self-relocation; otherwise the lowest aligned one. */
         if (pref % align || boot_check_kernel_range(vm, pref, need, p, "kernel") < 0)
             load = ALIGN_UP((uint64_t)LAYOUT_KERNEL_MIN, (uint64_t)align);

@@ -29,7 +29,7 @@
 #define MBI_MODS        (1u << 3)
 #define MBI_MMAP        (1u << 6)
 #define MBI_LOADER_NAME (1u << 9)
-#define MBI_SIZE        0x80  /* struct is 116 bytes; the module list follows */
+#define MBI_SIZE        0x80 /* struct is 116 bytes; the module list follows */
 #define MBI_MODS_OFF    0x80
 #define MBI_MMAP_OFF    0x100
 #define MBI_AREA        0x1000
@@ -79,33 +79,41 @@ static int load_aout(struct vm *vm, const struct boot_image *k, size_t hoff, uin
     uint32_t header_addr = get32(h + 12), load_addr = get32(h + 16), load_end = get32(h + 20),
              bss_end = get32(h + 24), entry_addr = get32(h + 28);
     if (load_addr > header_addr || header_addr - load_addr > hoff)
-        return err_set(ENOEXEC, "kernel %s: Multiboot load_addr %#x / header_addr %#x put the "
-                       "image start before the beginning of the file", p, load_addr,
-                       header_addr);
+        return err_set(ENOEXEC,
+                       "kernel %s: Multiboot load_addr %#x / header_addr %#x put the "
+                       "image start before the beginning of the file",
+                       p, load_addr, header_addr);
     uint64_t file_off = hoff - (header_addr - load_addr);
     uint64_t load_size;
     if (load_end == 0) {
         load_size = k->size - file_off;
     } else {
         if (load_end <= load_addr)
-            return err_set(ENOEXEC, "kernel %s: Multiboot load_end_addr %#x is not above "
-                           "load_addr %#x", p, load_end, load_addr);
+            return err_set(ENOEXEC,
+                           "kernel %s: Multiboot load_end_addr %#x is not above "
+                           "load_addr %#x",
+                           p, load_end, load_addr);
         load_size = (uint64_t)load_end - load_addr;
         if (load_size > k->size - file_off)
-            return err_set(ENOEXEC, "kernel %s: Multiboot load range (%#llx bytes from file "
-                           "offset %#llx) is beyond the end of the file: truncated?", p,
-                           (unsigned long long)load_size, (unsigned long long)file_off);
+            return err_set(ENOEXEC,
+                           "kernel %s: Multiboot load range (%#llx bytes from file "
+                           "offset %#llx) is beyond the end of the file: truncated?",
+                           p, (unsigned long long)load_size, (unsigned long long)file_off);
     }
     uint64_t mem_end = (uint64_t)load_addr + load_size;
     if (bss_end != 0) {
         if (bss_end < mem_end)
-            return err_set(ENOEXEC, "kernel %s: Multiboot bss_end_addr %#x is below the end of "
-                           "the loaded image %#llx", p, bss_end, (unsigned long long)mem_end);
+            return err_set(ENOEXEC,
+                           "kernel %s: Multiboot bss_end_addr %#x is below the end of "
+                           "the loaded image %#llx",
+                           p, bss_end, (unsigned long long)mem_end);
         mem_end = bss_end;
     }
     if (entry_addr < load_addr || entry_addr >= mem_end)
-        return err_set(ENOEXEC, "kernel %s: Multiboot entry_addr %#x is outside the image "
-                       "%#x-%#llx", p, entry_addr, load_addr, (unsigned long long)mem_end);
+        return err_set(ENOEXEC,
+                       "kernel %s: Multiboot entry_addr %#x is outside the image "
+                       "%#x-%#llx",
+                       p, entry_addr, load_addr, (unsigned long long)mem_end);
     int r = boot_check_kernel_range(vm, load_addr, mem_end - load_addr, p, "Multiboot image");
     if (r < 0) return r;
     uint8_t *dst = guest_ptr(&vm->mem, load_addr, mem_end - load_addr);
@@ -127,20 +135,26 @@ int boot_multiboot(struct vm *vm, const struct boot_image *k, const char *initrd
     uint32_t flags = get32(k->data + hoff + 4);
     uint32_t unsupported = flags & 0xffff & ~MB_F_SUPPORTED;
     if (unsupported)
-        return err_set(ENOEXEC, "kernel %s: Multiboot header requires feature flags %#x that "
-                       "lookout does not provide%s", p, unsupported,
+        return err_set(ENOEXEC,
+                       "kernel %s: Multiboot header requires feature flags %#x that "
+                       "lookout does not provide%s",
+                       p, unsupported,
                        (unsupported & MB_F_VIDEO) ? " (a graphics video mode)" : "");
     uint64_t entry, end;
     int r;
     if (flags & MB_F_AOUT) {
         r = load_aout(vm, k, (size_t)hoff, &entry, &end);
     } else {
-        if (k->size >= 5 && memcmp(k->data, "\x7f"
-                                            "ELF",
-                                   4) == 0 &&
+        if (k->size >= 5 &&
+            memcmp(k->data,
+                   "\x7f"
+                   "ELF",
+                   4) == 0 &&
             k->data[4] == 2)
-            return err_set(ENOEXEC, "kernel %s: a Multiboot kernel must be ELF32 (convert it with "
-                           "objcopy -O elf32-i386) or use the a.out kludge (flag 16)", p);
+            return err_set(ENOEXEC,
+                           "kernel %s: a Multiboot kernel must be ELF32 (convert it with "
+                           "objcopy -O elf32-i386) or use the a.out kludge (flag 16)",
+                           p);
         struct boot_segment seg[BOOT_ELF_MAX_SEGMENTS];
         int n = boot_elf_parse(k, 32, seg, ARRAY_SIZE(seg), &entry);
         if (n < 0) return n;
@@ -156,8 +170,10 @@ int boot_multiboot(struct vm *vm, const struct boot_image *k, const char *initrd
     static const char loader[] = "lookout";
     size_t need = plen + 1 + alen + 1 + ilen + 1 + sizeof(loader);
     if (need > LAYOUT_CMDLINE_MAX)
-        return err_set(E2BIG, "kernel %s: command line, module and kernel names take %zu bytes; "
-                       "the limit is %llu", p, need, (unsigned long long)LAYOUT_CMDLINE_MAX);
+        return err_set(E2BIG,
+                       "kernel %s: command line, module and kernel names take %zu bytes; "
+                       "the limit is %llu",
+                       p, need, (unsigned long long)LAYOUT_CMDLINE_MAX);
     char *str = malloc(need);
     if (!str) return err_set(ENOMEM, "out of memory");
     int cl = alen ? snprintf(str, need, "%s %s", p, append) : snprintf(str, need, "%s", p);
@@ -173,7 +189,7 @@ int boot_multiboot(struct vm *vm, const struct boot_image *k, const char *initrd
     memset(info, 0, sizeof(info));
     uint32_t iflags = MBI_MEM | MBI_CMDLINE | MBI_MODS | MBI_MMAP | MBI_LOADER_NAME;
     uint64_t low_end = e820_low_ram_end(&vm->mem);
-    put32(info + 4, (uint32_t)(LAYOUT_EBDA >> 10));                    /* mem_lower, KiB */
+    put32(info + 4, (uint32_t)(LAYOUT_EBDA >> 10));                   /* mem_lower, KiB */
     put32(info + 8, (uint32_t)((low_end - LAYOUT_KERNEL_MIN) >> 10)); /* mem_upper, KiB */
     put32(info + 16, (uint32_t)cmd_at);
     put32(info + 64, (uint32_t)name_at);

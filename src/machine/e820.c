@@ -26,7 +26,8 @@ int e820_build(const struct guest_mem *m, struct e820_entry *out, unsigned max)
     uint64_t low_end = e820_low_ram_end(m);
     /* The loaders put their structures below 1 MiB and kernels above it: both must be RAM. */
     if (low_end < (2ull << 20) || low_end > GUEST_MMIO_HOLE)
-        return err_set(EINVAL, "e820: RAM slot 0 (%#llx bytes at gpa 0) cannot hold the boot layout",
+        return err_set(EINVAL,
+                       "e820: RAM slot 0 (%#llx bytes at gpa 0) cannot hold the boot layout",
                        (unsigned long long)low_end);
     unsigned n = 0;
     int r;

@@ -11,7 +11,8 @@ int kmain(struct mb_info *mbi)
         kprintf("cmdline: [%s]\n", (const char *)(uintptr_t)mbi->cmdline);
     else
         kprintf("cmdline: none\n");
-    if (mbi->flags & 1u) kprintf("mem_lower: %u KiB mem_upper: %u KiB\n", mbi->mem_lower, mbi->mem_upper);
+    if (mbi->flags & 1u)
+        kprintf("mem_lower: %u KiB mem_upper: %u KiB\n", mbi->mem_lower, mbi->mem_upper);
     if (mbi->flags & (1u << 6)) {
         for (uint32_t off = 0; off < mbi->mmap_length;) {
             const struct mb_mmap *m = (const struct mb_mmap *)(uintptr_t)(mbi->mmap_addr + off);

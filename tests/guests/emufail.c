@@ -15,10 +15,10 @@ static void check(const char *what, bool ok)
 }
 
 /* Arms the expected-fault machinery: a fault with vector `vec` resumes at local label 1. */
-#define ARM(vec)                                                                                  \
-    "movl $" #vec ", expect_vector(%%rip)\n\t"                                                    \
-    "leaq 1f(%%rip), %%r11\n\t"                                                                   \
-    "movq %%r11, expect_resume(%%rip)\n\t"                                                        \
+#define ARM(vec)                                                                                   \
+    "movl $" #vec ", expect_vector(%%rip)\n\t"                                                     \
+    "leaq 1f(%%rip), %%r11\n\t"                                                                    \
+    "movq %%r11, expect_resume(%%rip)\n\t"                                                         \
     "movl $1, expect_armed(%%rip)\n\t"
 #define DISARM "\n1:\n\tmovl $0, expect_armed(%%rip)\n\t"
 
@@ -153,8 +153,7 @@ static void test_xrstor(bool xsave)
 {
     /* With CR4.OSXSAVE clear, XRSTOR must raise #UD whatever CPUID says. */
     expect_hits = 0;
-    __asm__ volatile(ARM(6) "xrstor (%0)" DISARM ::"r"(xarea), "a"(3), "d"(0)
-                     : "r11", "memory");
+    __asm__ volatile(ARM(6) "xrstor (%0)" DISARM ::"r"(xarea), "a"(3), "d"(0) : "r11", "memory");
     check("xrstor with CR4.OSXSAVE=0 raises #UD", expect_hits == 1);
     if (!xsave) {
         kprintf("emufail: CPUID has no XSAVE: skipping the XSAVE/XRSTOR round trip\n");
@@ -174,10 +173,10 @@ static void test_xrstor(bool xsave)
     static uint8_t out[16] __attribute__((aligned(16)));
     expect_hits = 0;
     __asm__ volatile(ARM(6) "movdqu (%[p]), %%xmm0\n\t"
-                     "xsave (%[a])\n\t"
-                     "pxor %%xmm0, %%xmm0\n\t"
-                     "xrstor (%[a])\n\t"
-                     "movdqu %%xmm0, (%[o])" DISARM ::[p] "r"(pattern),
+                            "xsave (%[a])\n\t"
+                            "pxor %%xmm0, %%xmm0\n\t"
+                            "xrstor (%[a])\n\t"
+                            "movdqu %%xmm0, (%[o])" DISARM ::[p] "r"(pattern),
                      [a] "r"(xarea), [o] "r"(out), "a"(3), "d"(0)
                      : "r11", "memory");
     check("xsave/xrstor ran without a fault", expect_hits == 0);

@@ -5,16 +5,16 @@
  * when all came up, else prints what it expected and exits with 1. */
 #include "lib.h"
 
-#define LAPIC         0xfee00000ull
-#define LAPIC_ID      (LAPIC + 0x20)
-#define LAPIC_SVR     (LAPIC + 0xf0)
-#define LAPIC_ICR_LO  (LAPIC + 0x300)
-#define LAPIC_ICR_HI  (LAPIC + 0x310)
-#define ICR_INIT      0x00004500u /* INIT, level assert */
-#define ICR_STARTUP   0x00004600u
-#define ICR_PENDING   (1u << 12)
-#define TRAMPOLINE    0x10000u /* below 1 MiB, page aligned: SIPI vector 0x10 */
-#define MAX_CPUS      64
+#define LAPIC        0xfee00000ull
+#define LAPIC_ID     (LAPIC + 0x20)
+#define LAPIC_SVR    (LAPIC + 0xf0)
+#define LAPIC_ICR_LO (LAPIC + 0x300)
+#define LAPIC_ICR_HI (LAPIC + 0x310)
+#define ICR_INIT     0x00004500u /* INIT, level assert */
+#define ICR_STARTUP  0x00004600u
+#define ICR_PENDING  (1u << 12)
+#define TRAMPOLINE   0x10000u /* below 1 MiB, page aligned: SIPI vector 0x10 */
+#define MAX_CPUS     64
 
 extern char ap_tramp[], ap_tramp_end[];
 static volatile uint32_t ap_up;
@@ -23,7 +23,8 @@ __attribute__((noreturn)) void ap_main(void);
 void ap_main(void)
 {
     __atomic_add_fetch(&ap_up, 1, __ATOMIC_SEQ_CST);
-    for (;;) __asm__ volatile("cli; hlt");
+    for (;;)
+        __asm__ volatile("cli; hlt");
 }
 
 static bool icr_send(uint8_t apic_id, uint32_t lo)
@@ -47,7 +48,8 @@ int kmain(struct mb_info *mbi)
             return 2;
         }
         n = (int)want;
-        for (int i = 0; i < n; i++) ids[i] = (uint8_t)i;
+        for (int i = 0; i < n; i++)
+            ids[i] = (uint8_t)i;
     } else {
         kprintf("smp: MADT lists %d cpus\n", n);
         if (want > 0 && want != n) {
@@ -75,7 +77,8 @@ int kmain(struct mb_info *mbi)
         }
         /* Wait for this AP (a few seconds at most) before starting the next. */
         uint64_t t0 = rdtsc();
-        while (ap_up < started && rdtsc() - t0 < 5000000000ull) __asm__ volatile("pause");
+        while (ap_up < started && rdtsc() - t0 < 5000000000ull)
+            __asm__ volatile("pause");
         if (ap_up < started) kprintf("smp: APIC ID %u did not come up\n", ids[i]);
     }
     uint32_t up = 1 + ap_up;

@@ -233,7 +233,7 @@ static void test_aml_nesting_and_overflow(void **st)
     assert_int_equal(a.depth, 0);
     /* Scope: 10 len '\' _SB_ ; Device: 5b 82 len DEV_ ; Name _UID WordConst 1234 */
     const uint8_t want[] = {0x10, 21,  '\\', '_',  'S', 'B', '_', 0x5b, 0x82, 13,   'D',
-                            'E',  'V', '_',  0x08, '_', 'U', 'I', 'D', 0x0b, 0x34, 0x12};
+                            'E',  'V', '_',  0x08, '_', 'U', 'I', 'D',  0x0b, 0x34, 0x12};
     assert_int_equal(a.len, sizeof(want));
     assert_memory_equal(buf, want, sizeof(want));
     /* Overflowing the buffer is reported, never written past. */
@@ -244,7 +244,8 @@ static void test_aml_nesting_and_overflow(void **st)
     aml_res_io(&r, 0x3f8, 8);
     aml_res_end(&r);
     uint8_t s = 0;
-    for (size_t i = 0; i < r.n; i++) s = (uint8_t)(s + r.b[i]);
+    for (size_t i = 0; i < r.n; i++)
+        s = (uint8_t)(s + r.b[i]);
     assert_int_equal(s, 0);
 }
 
@@ -283,8 +284,10 @@ static void test_iasl_disassembles(void **st)
         assert_false(bad);
     }
     char cmd[256];
-    snprintf(cmd, sizeof(cmd), "grep -q 'LNRO0005' %s/DSDT.dsl && grep -q 'Level, ActiveHigh' "
-             "%s/DSDT.dsl && grep -q 'PNP0B00' %s/DSDT.dsl", dir, dir, dir);
+    snprintf(cmd, sizeof(cmd),
+             "grep -q 'LNRO0005' %s/DSDT.dsl && grep -q 'Level, ActiveHigh' "
+             "%s/DSDT.dsl && grep -q 'PNP0B00' %s/DSDT.dsl",
+             dir, dir, dir);
     assert_int_equal(system(cmd), 0);
     if (getenv("KEEP_ACPI")) return;
     snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
@@ -294,9 +297,12 @@ static void test_iasl_disassembles(void **st)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_rsdp_and_checksums), cmocka_unit_test(test_fadt),
-        cmocka_unit_test(test_madt_per_ncpus),     cmocka_unit_test(test_dsdt_content),
-        cmocka_unit_test(test_bad_config),         cmocka_unit_test(test_pkglen),
+        cmocka_unit_test(test_rsdp_and_checksums),
+        cmocka_unit_test(test_fadt),
+        cmocka_unit_test(test_madt_per_ncpus),
+        cmocka_unit_test(test_dsdt_content),
+        cmocka_unit_test(test_bad_config),
+        cmocka_unit_test(test_pkglen),
         cmocka_unit_test(test_aml_nesting_and_overflow),
         cmocka_unit_test(test_iasl_disassembles),
     };

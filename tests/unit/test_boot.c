@@ -121,7 +121,8 @@ static void test_e820_below_hole(void **st)
     assert_true(e[2].addr == MiB && e[2].addr + e[2].size == 64 * MiB && e[2].type == E820_RAM);
     assert_true(e[3].addr == LAYOUT_IOAPIC_BASE && e[3].type == E820_RESERVED);
     assert_true(e[4].addr == LAYOUT_LAPIC_BASE && e[4].type == E820_RESERVED);
-    for (int i = 1; i < n; i++) assert_true(e[i - 1].addr + e[i - 1].size <= e[i].addr);
+    for (int i = 1; i < n; i++)
+        assert_true(e[i - 1].addr + e[i - 1].size <= e[i].addr);
     assert_int_equal(e820_build(&f->vm.mem, e, 3), -EINVAL); /* too small a table */
     fx_free(f);
 }
@@ -169,12 +170,13 @@ static void make_bzimage(uint8_t *b)
     b[0x211] = 0x01; /* LOADED_HIGH */
     wr32(b + 0x22c, 0x7fffffff);
     wr32(b + 0x230, 0x200000);
-    b[0x234] = 1;        /* relocatable */
+    b[0x234] = 1;       /* relocatable */
     wr16(b + 0x236, 3); /* XLF_KERNEL_64 | CAN_BE_LOADED_ABOVE_4G */
     wr32(b + 0x238, 2047);
     wr64(b + 0x258, 0x1000000);
     wr32(b + 0x260, 0x400000);
-    for (int i = 0; i < BZ_PM; i++) b[BZ_SETUP + i] = (uint8_t)(i * 7 + 1);
+    for (int i = 0; i < BZ_PM; i++)
+        b[BZ_SETUP + i] = (uint8_t)(i * 7 + 1);
 }
 
 static void check_long_mode(const struct x86_state *s, uint64_t rip)
@@ -213,9 +215,8 @@ static void check_tables(struct fixture *f)
         assert_true((pde & 0x81) == 0x81);
         assert_int_equal(pde & ~0x1fffffull, va & ~0x1fffffull);
     }
-    uint64_t lapic_pde =
-        rd64(g(f, (rd64(g(f, pdpt + 3 * 8, 8)) & ~0xfffull) + ((LAYOUT_LAPIC_BASE >> 21) & 511) * 8,
-               8));
+    uint64_t lapic_pde = rd64(
+        g(f, (rd64(g(f, pdpt + 3 * 8, 8)) & ~0xfffull) + ((LAYOUT_LAPIC_BASE >> 21) & 511) * 8, 8));
     assert_int_equal(lapic_pde & ~0x1fffffull, LAYOUT_LAPIC_BASE & ~0x1fffffull);
 }
 
@@ -225,7 +226,8 @@ static void test_bzimage_loads(void **st)
     static uint8_t b[BZ_SIZE];
     make_bzimage(b);
     static uint8_t initrd[100000];
-    for (size_t i = 0; i < sizeof(initrd); i++) initrd[i] = (uint8_t)(i ^ 0x5a);
+    for (size_t i = 0; i < sizeof(initrd); i++)
+        initrd[i] = (uint8_t)(i ^ 0x5a);
     struct x86_state s;
     assert_int_equal(load(f, b, BZ_SIZE, initrd, sizeof(initrd), "console=ttyS0 quiet", &s), 0);
     /* protected-mode code at the preferred address, entry at +0x200 */
@@ -345,8 +347,9 @@ static size_t make_elf(uint8_t *b, size_t cap, int cls, uint64_t entry, const st
 {
     memset(b, 0, cap);
     bool is64 = cls == 64;
-    memcpy(b, "\x7f"
-              "ELF",
+    memcpy(b,
+           "\x7f"
+           "ELF",
            4);
     b[4] = is64 ? 2 : 1;
     b[5] = 1;
@@ -413,7 +416,8 @@ static void test_elf64_vmlinux_loads(void **st)
     check_tables(f);
     assert_memory_equal(g(f, 0x1000000, 0x2000), b + 0x1000, 0x2000);
     const uint8_t *bss = g(f, 0x1002000, 0x1000);
-    for (int i = 0; i < 0x1000; i++) assert_int_equal(bss[i], 0);
+    for (int i = 0; i < 0x1000; i++)
+        assert_int_equal(bss[i], 0);
     assert_memory_equal(g(f, 0x2000000, 0x800), b + 0x3000, 0x800);
     const uint8_t *zp = g(f, LAYOUT_ZERO_PAGE, 4096);
     assert_int_equal(zp[0x1fe] | zp[0x1ff] << 8, 0xaa55);
@@ -526,10 +530,10 @@ static void check_mbi(struct fixture *f, const char *cmdline, const void *mod, s
 {
     const uint8_t *mbi = g(f, LAYOUT_MB_INFO, 120);
     uint32_t flags = rd32(mbi);
-    assert_true(flags & 1);      /* mem */
-    assert_true(flags & 4);      /* cmdline */
-    assert_true(flags & 8);      /* mods */
-    assert_true(flags & 0x40);   /* mmap */
+    assert_true(flags & 1);    /* mem */
+    assert_true(flags & 4);    /* cmdline */
+    assert_true(flags & 8);    /* mods */
+    assert_true(flags & 0x40); /* mmap */
     assert_int_equal(rd32(mbi + 4), 639);
     assert_int_equal(rd32(mbi + 8), (64 * MiB - MiB) / 1024);
     assert_string_equal((const char *)g(f, rd32(mbi + 16), strlen(cmdline) + 1), cmdline);
@@ -600,7 +604,8 @@ static void make_aout(uint8_t *b)
     wr32(h + 20, 0x102000); /* load_end_addr */
     wr32(h + 24, 0x108000); /* bss_end_addr */
     wr32(h + 28, 0x100080); /* entry */
-    for (int i = 0x80; i < AOUT_SIZE; i++) b[i] = (uint8_t)i;
+    for (int i = 0x80; i < AOUT_SIZE; i++)
+        b[i] = (uint8_t)i;
 }
 
 static void test_multiboot_aout_loads(void **st)
@@ -614,7 +619,8 @@ static void test_multiboot_aout_loads(void **st)
     check_prot32(&s, 0x100080);
     assert_memory_equal(g(f, 0x100000, 0x2000), b, 0x2000);
     const uint8_t *bss = g(f, 0x102000, 0x6000);
-    for (int i = 0; i < 0x6000; i++) assert_int_equal(bss[i], 0);
+    for (int i = 0; i < 0x6000; i++)
+        assert_int_equal(bss[i], 0);
     /* load_end_addr 0: the rest of the file */
     make_aout(b);
     wr32(b + 0x40 + 20, 0);
@@ -743,6 +749,36 @@ static void test_guest_kernels_load(void **st)
     }
 }
 
+/* A real Linux bzImage, when one is at hand ($LOOKOUT_TEST_BZIMAGE or the default guest's cache):
+ * loads at its preferred address with the header the kernel expects. */
+static void test_real_bzimage(void **st)
+{
+    const char *path = getenv("LOOKOUT_TEST_BZIMAGE");
+    char buf[512];
+    if (!path && getenv("HOME")) {
+        snprintf(buf, sizeof(buf), "%s/.cache/lookout/guest/vmlinuz", getenv("HOME"));
+        path = buf;
+    }
+    if (!path || access(path, R_OK) != 0) {
+        print_message("no real bzImage (set LOOKOUT_TEST_BZIMAGE): skipping\n");
+        skip();
+    }
+    struct fixture *f = fx_new(512 * MiB);
+    struct x86_state s;
+    static char initrd[4096] = "initramfs";
+    write_tmp(f->ipath, initrd, sizeof(initrd));
+    err_clear();
+    int r = boot_load(&f->vm, path, f->ipath, "console=ttyS0", &s);
+    if (r < 0) fail_msg("%s: %s", path, err_msg());
+    const uint8_t *zp = g(f, LAYOUT_ZERO_PAGE, 4096);
+    uint64_t pref = rd64(zp + 0x258);
+    check_long_mode(&s, pref + 0x200);
+    assert_int_equal(zp[0x210], 0xff);
+    assert_true(rd32(zp + 0x218) >= pref + rd32(zp + 0x260));
+    assert_int_equal(rd32(zp + 0x21c), sizeof(initrd));
+    fx_free(f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -764,6 +800,7 @@ int main(void)
         cmocka_unit_test(test_multiboot_initrd_too_big),
         cmocka_unit_test(test_bad_files),
         cmocka_unit_test(test_guest_kernels_load),
+        cmocka_unit_test(test_real_bzimage),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

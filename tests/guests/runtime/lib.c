@@ -2,7 +2,7 @@
  * structures only as far as the spec promises; ACPI tables are checksummed before use. */
 #include "lib.h"
 
-#define COM1     0x3f8
+#define COM1      0x3f8
 #define EXIT_PORT 0xf4
 
 extern uint32_t mb_magic, mb_info;
@@ -47,8 +47,10 @@ static void put_num(uint64_t v, unsigned base, int width, char pad, bool neg)
         v /= base;
     } while (v);
     if (neg) buf[n++] = '-';
-    while (n < width) buf[n++] = pad;
-    while (n) putc_serial(buf[--n]);
+    while (n < width)
+        buf[n++] = pad;
+    while (n)
+        putc_serial(buf[--n]);
 }
 
 void kprintf(const char *fmt, ...)
@@ -65,7 +67,8 @@ void kprintf(const char *fmt, ...)
         char pad = ' ';
         int width = 0;
         if (*p == '0') pad = '0';
-        while (*p >= '0' && *p <= '9') width = width * 10 + (*p++ - '0');
+        while (*p >= '0' && *p <= '9')
+            width = width * 10 + (*p++ - '0');
         bool lng = false;
         while (*p == 'l') {
             lng = true;
@@ -77,8 +80,12 @@ void kprintf(const char *fmt, ...)
             put_num(v < 0 ? (uint64_t)-v : (uint64_t)v, 10, width, pad, v < 0);
             break;
         }
-        case 'u': put_num(lng ? va_arg(ap, uint64_t) : va_arg(ap, unsigned), 10, width, pad, false); break;
-        case 'x': put_num(lng ? va_arg(ap, uint64_t) : va_arg(ap, unsigned), 16, width, pad, false); break;
+        case 'u':
+            put_num(lng ? va_arg(ap, uint64_t) : va_arg(ap, unsigned), 10, width, pad, false);
+            break;
+        case 'x':
+            put_num(lng ? va_arg(ap, uint64_t) : va_arg(ap, unsigned), 16, width, pad, false);
+            break;
         case 'c': putc_serial((char)va_arg(ap, int)); break;
         case 's': {
             const char *s = va_arg(ap, const char *);
@@ -95,7 +102,8 @@ void kprintf(const char *fmt, ...)
 void exit_vm(uint32_t v)
 {
     outl(EXIT_PORT, v);
-    for (;;) __asm__ volatile("cli; hlt");
+    for (;;)
+        __asm__ volatile("cli; hlt");
 }
 
 void set_trap(unsigned vector, trap_fn fn)
@@ -128,9 +136,12 @@ static void idt_init(void)
 {
     for (unsigned v = 0; v < 256; v++) {
         uint64_t a = (uint64_t)(uintptr_t)(isr_stubs + 16 * v);
-        idt[v] = (struct idt_entry){.off0 = (uint16_t)a, .sel = 0x08, .ist = 0,
+        idt[v] = (struct idt_entry){.off0 = (uint16_t)a,
+                                    .sel = 0x08,
+                                    .ist = 0,
                                     .type = 0x8e /* present, DPL 0, 64-bit interrupt gate */,
-                                    .off1 = (uint16_t)(a >> 16), .off2 = (uint32_t)(a >> 32)};
+                                    .off1 = (uint16_t)(a >> 16),
+                                    .off2 = (uint32_t)(a >> 32)};
     }
     struct {
         uint16_t limit;
@@ -156,13 +167,15 @@ void runtime_start(void)
 void delay_tsc(uint64_t ticks)
 {
     uint64_t t0 = rdtsc();
-    while (rdtsc() - t0 < ticks) __asm__ volatile("pause");
+    while (rdtsc() - t0 < ticks)
+        __asm__ volatile("pause");
 }
 
 size_t kstrlen(const char *s)
 {
     size_t n = 0;
-    while (s[n]) n++;
+    while (s[n])
+        n++;
     return n;
 }
 
@@ -179,7 +192,8 @@ void *kmemcpy(void *d, const void *s, size_t n)
 {
     char *dd = d;
     const char *ss = s;
-    while (n--) *dd++ = *ss++;
+    while (n--)
+        *dd++ = *ss++;
     return d;
 }
 
@@ -193,7 +207,8 @@ long cmdline_value(const struct mb_info *mbi, const char *key)
             long v = 0;
             const char *q = p + kl + 1;
             if (*q < '0' || *q > '9') return -1;
-            while (*q >= '0' && *q <= '9') v = v * 10 + (*q++ - '0');
+            while (*q >= '0' && *q <= '9')
+                v = v * 10 + (*q++ - '0');
             return v;
         }
     }
@@ -203,7 +218,8 @@ long cmdline_value(const struct mb_info *mbi, const char *key)
 static bool checksum_ok(const uint8_t *p, uint32_t len)
 {
     uint8_t s = 0;
-    for (uint32_t i = 0; i < len; i++) s = (uint8_t)(s + p[i]);
+    for (uint32_t i = 0; i < len; i++)
+        s = (uint8_t)(s + p[i]);
     return s == 0;
 }
 
@@ -226,8 +242,9 @@ int madt_apic_ids(uint8_t *ids, int max)
     const uint8_t *rsdp = find_rsdp();
     if (!rsdp) return -1;
     bool x = rsdp[15] >= 2 && (rd32(rsdp + 24) | rd32(rsdp + 28));
-    const uint8_t *sdt = (const uint8_t *)(uintptr_t)(x ? rd32(rsdp + 24) | (uint64_t)rd32(rsdp + 28) << 32
-                                                        : rd32(rsdp + 16));
+    const uint8_t *sdt =
+        (const uint8_t *)(uintptr_t)(x ? rd32(rsdp + 24) | (uint64_t)rd32(rsdp + 28) << 32
+                                       : rd32(rsdp + 16));
     if (!checksum_ok(sdt, rd32(sdt + 4))) return -1;
     unsigned esz = x ? 8 : 4;
     for (uint32_t off = 36; off + esz <= rd32(sdt + 4); off += esz) {
@@ -268,9 +285,11 @@ void *memmove(void *d, const void *s, size_t n)
     unsigned char *dd = d;
     const unsigned char *ss = s;
     if (dd < ss)
-        while (n--) *dd++ = *ss++;
+        while (n--)
+            *dd++ = *ss++;
     else
-        while (n--) dd[n] = ss[n];
+        while (n--)
+            dd[n] = ss[n];
     return d;
 }
 
@@ -286,5 +305,6 @@ int memcmp(const void *a, const void *b, size_t n)
 __attribute__((weak, noreturn)) void ap_main(void);
 void ap_main(void)
 {
-    for (;;) __asm__ volatile("cli; hlt");
+    for (;;)
+        __asm__ volatile("cli; hlt");
 }
