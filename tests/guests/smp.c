@@ -60,6 +60,10 @@ int kmain(struct mb_info *mbi)
     size_t tlen = (size_t)(ap_tramp_end - ap_tramp);
     kmemcpy((void *)(uintptr_t)TRAMPOLINE, ap_tramp, tlen);
 
+    if (mmio_read32(LAPIC + 0x30) == 0xffffffffu) { /* version register of a missing LAPIC */
+        kprintf("smp: no local APIC at %x\n", (unsigned)LAPIC);
+        return 2;
+    }
     mmio_write32(LAPIC_SVR, mmio_read32(LAPIC_SVR) | 0x1ff); /* software-enable, vector 0xff */
     uint8_t self = (uint8_t)(mmio_read32(LAPIC_ID) >> 24);
     kprintf("smp: BSP APIC ID %u\n", self);

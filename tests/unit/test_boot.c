@@ -727,7 +727,7 @@ static void test_bad_files(void **st)
 /* The project's own test kernels, when `make guests` has built them. */
 static void test_guest_kernels_load(void **st)
 {
-    const char *names[] = {"exit42", "smp", "emufail", "cmdline"};
+    const char *names[] = {"exit42", "smp", "emufail", "cmdline", "linux64"};
     unsigned found = 0;
     for (unsigned i = 0; i < ARRAY_SIZE(names); i++) {
         char path[128];
@@ -739,7 +739,10 @@ static void test_guest_kernels_load(void **st)
         err_clear();
         int r = boot_load(&f->vm, path, NULL, "x=1", &s);
         if (r < 0) fail_msg("%s: %s", path, err_msg());
-        assert_int_equal(s.gpr[RAX], 0x2BADB002u);
+        if (!strcmp(names[i], "linux64"))
+            assert_int_equal(s.gpr[RSI], LAYOUT_ZERO_PAGE); /* Linux 64-bit entry */
+        else
+            assert_int_equal(s.gpr[RAX], 0x2BADB002u); /* Multiboot */
         assert_true(s.rip >= MiB && s.rip < 64 * MiB);
         fx_free(f);
     }

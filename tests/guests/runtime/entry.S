@@ -1,7 +1,7 @@
-/* Runtime entry of the Multiboot test kernels: the Multiboot header, the 32-bit entry that
- * switches to long mode on static identity page tables (4 GiB, 2 MiB pages), the 64-bit start
- * that calls kmain(), the application-processor trampoline (real mode -> long mode), and the
- * interrupt stubs that hand every vector to trap_handler() in lib.c.
+/* Multiboot entry of the test kernels: the Multiboot header, the 32-bit entry that switches to
+ * long mode on the static identity page tables of common.S (4 GiB, 2 MiB pages), the 64-bit
+ * start that calls mb_start() (lib.c), and the application-processor trampoline
+ * (real mode -> long mode).
  * Trusts the Multiboot loader only for what the spec promises (EAX magic, EBX info, flat
  * 32-bit segments); everything else (GDT, stack, paging) it sets up itself. */
 
@@ -59,7 +59,10 @@ bsp_long:
     mov %ax, %gs
     mov $bsp_stack_top, %rsp
     xor %ebp, %ebp
-    call runtime_start        /* never returns */
+    call runtime_init
+    mov mb_magic, %edi
+    mov mb_info, %esi
+    call mb_start             /* never returns */
 1:  cli
     hlt
     jmp 1b
@@ -81,7 +84,7 @@ ap_tramp:
     ljmpl $SEL_CODE32, $ap_entry32
     .balign 4
 ap_gdt_desc:
-    .word gdt_end - gdt - 1
+    .word 4 * 8 - 1           /* the four entries of gdt in common.S */
     .long gdt
 ap_tramp_end:
 
@@ -116,94 +119,11 @@ ap_long:
     hlt
     jmp 3b
 
-/* ---- interrupt stubs: 256 of them, 16 bytes apart, starting at isr_stubs ---- */
-    .balign 16
-    .globl isr_stubs
-isr_stubs:
-    .set vec, 0
-    .rept 256
-    .balign 16
-    .if (vec == 8) || ((vec >= 10) && (vec <= 14)) || (vec == 17) || (vec == 21) || (vec == 29) || (vec == 30)
-    .else
-    pushq $0                  /* no CPU error code: push a dummy to keep one frame layout */
-    .endif
-    pushq $vec
-    jmp isr_common
-    .set vec, vec + 1
-    .endr
-
-isr_common:
-    push %rax
-    push %rcx
-    push %rdx
-    push %rbx
-    push %rbp
-    push %rsi
-    push %rdi
-    push %r8
-    push %r9
-    push %r10
-    push %r11
-    push %r12
-    push %r13
-    push %r14
-    push %r15
-    mov %rsp, %rdi
-    cld
-    call trap_handler
-    pop %r15
-    pop %r14
-    pop %r13
-    pop %r12
-    pop %r11
-    pop %r10
-    pop %r9
-    pop %r8
-    pop %rdi
-    pop %rsi
-    pop %rbp
-    pop %rbx
-    pop %rdx
-    pop %rcx
-    pop %rax
-    add $16, %rsp             /* vector and error code */
-    iretq
-
-/* ---- data ---- */
     .data
-    .balign 8
-    .globl gdt
-gdt:
-    .quad 0
-    .quad 0x00af9a000000ffff  /* 0x08: 64-bit code */
-    .quad 0x00cf92000000ffff  /* 0x10: data, 4 GiB */
-    .quad 0x00cf9a000000ffff  /* 0x18: 32-bit code, 4 GiB (AP trampoline) */
-gdt_end:
-    .balign 8
-    .word 0
-gdt_desc:
-    .word gdt_end - gdt - 1
-    .quad gdt
-
     .globl mb_magic, mb_info, ap_next
 mb_magic: .long 0
 mb_info:  .long 0
 ap_next:  .long 0
-
-/* Identity map of 0-4 GiB with 2 MiB pages: PML4 -> PDPT -> 4 page directories. */
-    .balign 4096
-pml4:
-    .quad pdpt + 0x3
-    .fill 511, 8, 0
-pdpt:
-    .quad pd + 0x3, pd + 0x1003, pd + 0x2003, pd + 0x3003
-    .fill 508, 8, 0
-pd:
-    .set i, 0
-    .rept 2048
-    .quad (i << 21) + 0x83
-    .set i, i + 1
-    .endr
 
     .bss
     .balign 4096

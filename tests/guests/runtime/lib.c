@@ -5,8 +5,9 @@
 #define COM1      0x3f8
 #define EXIT_PORT 0xf4
 
-extern uint32_t mb_magic, mb_info;
 extern char isr_stubs[];
+/* The Multiboot kernels define kmain; the Linux-entry kernel (linux64) does not. */
+extern int kmain(struct mb_info *mbi) __attribute__((weak));
 
 volatile uint32_t expect_armed, expect_vector, expect_hits;
 volatile uint64_t expect_resume;
@@ -150,18 +151,21 @@ static void idt_init(void)
     __asm__ volatile("lidt %0" ::"m"(d));
 }
 
-__attribute__((noreturn)) void runtime_start(void);
-void runtime_start(void)
+void runtime_init(void)
 {
     outb(COM1 + 1, 0x00); /* no UART interrupts */
     outb(COM1 + 3, 0x03); /* 8 bits, no parity, one stop bit */
     idt_init();
-    if (mb_magic != 0x2BADB002u) {
-        kprintf("bad Multiboot magic %x\n", mb_magic);
+}
+
+__attribute__((noreturn)) void mb_start(uint32_t magic, uint32_t info);
+void mb_start(uint32_t magic, uint32_t info)
+{
+    if (magic != 0x2BADB002u) {
+        kprintf("bad Multiboot magic %x\n", magic);
         exit_vm(3);
     }
-    int r = kmain((struct mb_info *)(uintptr_t)mb_info);
-    exit_vm((uint32_t)r);
+    exit_vm((uint32_t)kmain((struct mb_info *)(uintptr_t)info));
 }
 
 void delay_tsc(uint64_t ticks)

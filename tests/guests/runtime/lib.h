@@ -71,6 +71,8 @@ static inline void mmio_write32(uint64_t addr, uint32_t v)
     *(volatile uint32_t *)addr = v;
 }
 
+/* COM1 set-up and the IDT (vector stubs in common.S); called by every entry path. */
+void runtime_init(void);
 void putc_serial(char c);
 void puts_serial(const char *s);
 void kprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
