@@ -29,7 +29,6 @@
 #define MBI_MODS        (1u << 3)
 #define MBI_MMAP        (1u << 6)
 #define MBI_LOADER_NAME (1u << 9)
-#define MBI_SIZE        0x80 /* struct is 116 bytes; the module list follows */
 #define MBI_MODS_OFF    0x80
 #define MBI_MMAP_OFF    0x100
 #define MBI_AREA        0x1000
