@@ -18,10 +18,13 @@
 
 extern char ap_tramp[], ap_tramp_end[];
 static volatile uint32_t ap_up;
+static volatile uint64_t ap_seen[4]; /* bitmap of the APIC IDs the APs read from their LAPIC */
 
 __attribute__((noreturn)) void ap_main(void);
 void ap_main(void)
 {
+    uint8_t id = (uint8_t)(mmio_read32(LAPIC_ID) >> 24);
+    __atomic_or_fetch(&ap_seen[id / 64], 1ull << (id % 64), __ATOMIC_SEQ_CST);
     __atomic_add_fetch(&ap_up, 1, __ATOMIC_SEQ_CST);
     for (;;)
         __asm__ volatile("cli; hlt");
@@ -90,6 +93,13 @@ int kmain(struct mb_info *mbi)
     if (up != (uint32_t)n) {
         kprintf("smp: expected %d\n", n);
         return 1;
+    }
+    for (int i = 0; i < n; i++) {
+        if (ids[i] == self) continue;
+        if (!(ap_seen[ids[i] / 64] & (1ull << (ids[i] % 64)))) {
+            kprintf("smp: no AP reported APIC ID %u\n", ids[i]);
+            return 1;
+        }
     }
     return 0;
 }
