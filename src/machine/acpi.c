@@ -184,9 +184,9 @@ long acpi_build_tables(const struct acpi_config *cfg, uint8_t *buf, size_t cap, 
     /* DSDT is done; FADT (revision 6, hardware-reduced). */
     uint8_t *f = buf + fadt;
     header(f, "FACP", FADT_LEN, 6);
-    put32(f + 40, (uint32_t)(base + dsdt)); /* DSDT (same as X_DSDT) */
-    put16(f + 46, GSI_SCI);                 /* SCI_INT */
-    put16(f + 109, IAPC_8042);              /* IAPC_BOOT_ARCH */
+    put32(f + 40, (uint32_t)(base + dsdt));  /* DSDT (same as X_DSDT) */
+    put16(f + 46, GSI_SCI);                  /* SCI_INT */
+    put16(f + 109, IAPC_8042 | IAPC_NO_VGA); /* IAPC_BOOT_ARCH */
     put32(f + 112, FADT_F_HW_REDUCED | FADT_F_RESET_REG_SUP);
     gas_io8(f + 116, PORT_ACPI_RESET); /* RESET_REG */
     f[128] = ACPI_RESET_VALUE;

@@ -103,6 +103,7 @@ static void test_fadt(void **st)
     assert_true(flags & (1u << 10)); /* RESET_REG_SUP */
     assert_int_equal(f[46] | f[47] << 8, GSI_SCI);
     assert_int_equal(f[109] & 2, 2); /* 8042 */
+    assert_int_equal(f[109] & 4, 4); /* no VGA */
     /* reset register: SystemIO, 8 bits, port, value */
     assert_int_equal(f[116], 1);
     assert_int_equal(f[117], 8);
