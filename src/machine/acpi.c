@@ -20,6 +20,7 @@
 #define FADT_F_RESET_REG_SUP (1u << 10)
 #define FADT_F_HW_REDUCED    (1u << 20)
 #define IAPC_8042            (1u << 1)
+#define IAPC_NO_VGA          (1u << 2) /* no VGA: spares the guest its port probes */
 #define GAS_SYSTEM_IO        1
 #define GAS_ACCESS_BYTE      1
 
