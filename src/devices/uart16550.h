@@ -1,0 +1,53 @@
+/* A 16550A UART (the PC serial port) on the port-I/O bus.
+ *
+ * Model: a National Semiconductor 16550A as Linux's 8250 driver autodetects it ("16550A", 16-byte
+ * FIFOs).  Transmission is instantaneous: a byte written to THR is handed to the `out` callback at
+ * once, so THR/TSR are always empty again when the write returns and LSR always shows THRE|TEMT.
+ * Reception has a 16-byte FIFO (1-byte holding register when FIFOs are off).  Because input
+ * arrives in batches from the console, the "character timeout" condition is considered met as
+ * soon as a batch has been queued: IIR reports 0x0C (timeout) below the trigger level and 0x04
+ * (data available) at or above it; either way the guest drains the FIFO until LSR.DR clears.
+ *
+ * Interrupts: the IRQ pin is the highest-priority pending source (RX line status > RX data or
+ * timeout > THR empty > modem status) enabled in IER, gated by MCR.OUT2 as on PC boards, and
+ * forced inactive in loopback mode (the OUT2 pin is held inactive there).  The level is sent to the
+ * irq_line only when it changes, with the device lock held so level changes reach the interrupt
+ * controller in the order they happened; a THR write while the THRE interrupt is pending lowers and
+ * raises the line again, so an edge-triggered IOAPIC pin sees a new edge per byte, as on hardware.
+ *
+ * Trusts: nothing from the guest; every register value is masked to its defined bits.
+ * Threads: vCPU threads (register accesses) and the console thread (uart_receive) call in
+ * concurrently; one mutex per UART serialises them.  The `out` callback and the rx-space notifier
+ * run with that mutex held, so they must not block for long and must not call back into the UART. */
+#pragma once
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct vm;
+struct uart16550;
+
+typedef void (*uart_out_fn)(void *ctx, const uint8_t *buf, size_t n);
+
+/* Registers ports port..port+7 on vm->pio and wires the interrupt to GSI `gsi` through
+ * vm_irq_set.  Returns NULL with err_set() on failure (ports taken, out of memory). */
+struct uart16550 *uart_attach(struct vm *vm, uint16_t port, unsigned gsi, uart_out_fn out,
+                              void *ctx);
+
+/* Teardown (no vCPU may be running): unregisters the ports and frees the UART. */
+void uart_detach(struct vm *vm, struct uart16550 *u);
+
+/* Queues received bytes (host -> guest).  Returns how many bytes were accepted: at most the room
+ * left in the RX FIFO (16 bytes, 1 with FIFOs disabled), 0 in loopback mode (the serial input is
+ * disconnected there).  Bytes not accepted are the caller's to hold and offer again; see
+ * uart_set_rx_notify().  Never overruns: an overrun only happens for bytes the guest itself sends
+ * in loopback mode. */
+size_t uart_receive(struct uart16550 *u, const uint8_t *buf, size_t n);
+
+/* `notify(ctx)` is called (with the UART lock held; keep it to an eventfd write or similar)
+ * when the RX FIFO has become empty after uart_receive() refused bytes, so the holder of those
+ * bytes can offer them again. */
+void uart_set_rx_notify(struct uart16550 *u, void (*notify)(void *ctx), void *ctx);
+
+/* For the board and tests: the level the IRQ pin currently has. */
+bool uart_irq_level(struct uart16550 *u);
