@@ -1,0 +1,46 @@
+/* The serial console: host terminal (or pipes) <-> a UART.
+ *
+ * Input: a thread reads in_fd and feeds the UART with uart_receive(), holding what the RX FIFO
+ * cannot take and offering it again when the guest has drained the FIFO (the UART's rx notifier
+ * wakes the thread), so pasted text is never dropped.  On EOF of in_fd it stops reading (the
+ * guest keeps running).  With `interactive`, Ctrl-A starts an escape: Ctrl-A x quits the VM
+ * (VM_STOP_QUIT), Ctrl-A Ctrl-A sends one Ctrl-A, Ctrl-A h prints help; any other byte after
+ * Ctrl-A is sent as is together with the Ctrl-A.  If in addition in_fd is a terminal, it is put
+ * in raw mode (no echo, no line editing, no signals: Ctrl-C goes to the guest) until
+ * console_stop() or console_restore_terminal().
+ *
+ * Output: console_output() is the UART's `out` callback.  It copies the bytes into a bounded
+ * buffer (64 KiB) that a writer thread drains to out_fd, so a vCPU never blocks on the host
+ * terminal.  When the buffer is full the vCPU waits at most one second for the writer; if the host
+ * side stays stuck, bytes are dropped and counted (reported by console_stop()) until the writer
+ * makes progress again.  A write error on out_fd (EPIPE, EIO) drops all further output likewise.
+ *
+ * Threads: console_output() from vCPU threads (with the UART lock held), the rest from the board.
+ * Trusts: the bytes in both directions are opaque; nothing is interpreted except the escape. */
+#pragma once
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct vm;
+struct uart16550;
+struct console;
+
+/* Starts the console threads.  com1 may be NULL and in_fd -1 for an output-only console;
+ * out_fd -1 discards output.  Returns NULL with err_set() on failure. */
+struct console *console_start(struct vm *vm, struct uart16550 *com1, int in_fd, int out_fd,
+                              bool interactive);
+
+/* The UART `out` callback: pass the struct console * as ctx.  Safe with a NULL console (drops). */
+void console_output(void *console, const uint8_t *buf, size_t n);
+
+/* Stops the threads, flushes buffered output (for at most about a second), restores the terminal
+ * and frees the console.  Call after the vCPUs have stopped: the UART keeps a pointer to it. */
+void console_stop(struct console *c);
+
+/* Restores the terminal mode console_start() changed, if any.  Async-signal-safe (only
+ * tcsetattr()), idempotent; also registered with atexit() when raw mode is entered. */
+void console_restore_terminal(void);
+
+/* Bytes of guest output dropped so far because the host side did not keep up. */
+uint64_t console_dropped(const struct console *c);
