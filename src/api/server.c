@@ -222,6 +222,11 @@ static int clear_stale_socket(const char *path, const struct sockaddr_un *sa)
 
 struct api_server *api_start(struct vm *vm, const char *path)
 {
+    return api_start_ops(vm, path, NULL);
+}
+
+struct api_server *api_start_ops(struct vm *vm, const char *path, const struct api_ops *ops)
+{
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     if (!path || !*path || strlen(path) >= sizeof(sa.sun_path)) {
         err_set(ENAMETOOLONG, "control socket path \"%s\" is empty or longer than %zu bytes",
@@ -237,7 +242,7 @@ struct api_server *api_start(struct vm *vm, const char *path)
         err_set(ENOMEM, "control socket: out of memory");
         return NULL;
     }
-    s->ctx = (struct api_ctx){.vm = vm, .start_ns = api_now_ns()};
+    s->ctx = (struct api_ctx){.vm = vm, .ops = ops, .start_ns = api_now_ns()};
     s->lfd = s->wake_fd = -1;
     for (unsigned i = 0; i < API_MAX_CLIENTS; i++) s->cl[i].fd = -1;
 

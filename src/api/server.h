@@ -11,11 +11,14 @@
 
 struct vm;
 struct api_server;
+struct api_ops;
 
 #define API_MAX_CLIENTS 8
 #define API_OUT_MAX     (64 * 1024)
 
 /* NULL with err_set() on failure (path too long, in use, not a socket, bind failure...). */
 struct api_server *api_start(struct vm *vm, const char *path);
+/* The same with other machine operations (tests); ops NULL means the board's. */
+struct api_server *api_start_ops(struct vm *vm, const char *path, const struct api_ops *ops);
 /* Stops the thread, closes every connection and removes the socket file. */
 void api_stop(struct api_server *s);
