@@ -57,8 +57,9 @@ static int connect_to(const char *path)
                     "left a stale socket)\n",
                     path);
         else if (e == EACCES)
-            fprintf(stderr, "lookout ctl: permission denied on %s (the socket is mode 0600: run "
-                            "as the user who started the VM)\n",
+            fprintf(stderr,
+                    "lookout ctl: permission denied on %s (the socket is mode 0600: run "
+                    "as the user who started the VM)\n",
                     path);
         else
             fprintf(stderr, "lookout ctl: cannot connect to %s: %s\n", path, strerror(e));
@@ -166,8 +167,10 @@ int ctl_main(int argc, char **argv)
     } else if (read_line(fd, reply, sizeof(reply)) == 0) {
         printf("%s\n", reply);
         cJSON *r = cJSON_Parse(reply);
-        if (!r) fprintf(stderr, "lookout ctl: the reply is not JSON\n");
-        else if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "ok"))) rc = 0;
+        if (!r)
+            fprintf(stderr, "lookout ctl: the reply is not JSON\n");
+        else if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "ok")))
+            rc = 0;
         cJSON_Delete(r);
     }
     free(line);

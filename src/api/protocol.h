@@ -24,8 +24,8 @@ struct vm;
 /* The machine operations the protocol uses; tests substitute fakes.  NULL ops in api_ctx means
  * the board's own (machine_pause/machine_resume/machine_state_name and a VM_STOP_QUIT request). */
 struct api_ops {
-    int (*pause)(struct vm *vm);    /* 0 or -errno with err_msg() */
-    int (*resume)(struct vm *vm);   /* 0 or -errno with err_msg() */
+    int (*pause)(struct vm *vm);  /* 0 or -errno with err_msg() */
+    int (*resume)(struct vm *vm); /* 0 or -errno with err_msg() */
     const char *(*state_name)(const struct vm *vm);
     void (*quit)(struct vm *vm);
 };

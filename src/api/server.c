@@ -85,7 +85,8 @@ static void client_queue(struct client *c, const char *buf, size_t n)
 
 static void handle_line(struct api_server *s, struct client *c, const char *line, size_t len)
 {
-    while (len && (line[len - 1] == '\r' || line[len - 1] == ' ')) len--;
+    while (len && (line[len - 1] == '\r' || line[len - 1] == ' '))
+        len--;
     if (len == 0) return;
     char reply[API_REPLY_MAX];
     size_t n = api_handle_line(&s->ctx, line, len, reply, sizeof(reply));
@@ -164,9 +165,9 @@ static void *server_main(void *arg)
         p[1] = (struct pollfd){.fd = s->lfd, .events = POLLIN};
         for (unsigned i = 0; i < API_MAX_CLIENTS; i++) {
             struct client *c = &s->cl[i];
-            p[2 + i] = (struct pollfd){.fd = c->fd,
-                                       .events = (short)((c->closing ? 0 : POLLIN) |
-                                                         (c->out_len ? POLLOUT : 0))};
+            p[2 + i] = (struct pollfd){
+                .fd = c->fd,
+                .events = (short)((c->closing ? 0 : POLLIN) | (c->out_len ? POLLOUT : 0))};
         }
         if (poll(p, 2 + API_MAX_CLIENTS, -1) < 0) {
             if (errno == EINTR) continue;
@@ -244,7 +245,8 @@ struct api_server *api_start_ops(struct vm *vm, const char *path, const struct a
     }
     s->ctx = (struct api_ctx){.vm = vm, .ops = ops, .start_ns = api_now_ns()};
     s->lfd = s->wake_fd = -1;
-    for (unsigned i = 0; i < API_MAX_CLIENTS; i++) s->cl[i].fd = -1;
+    for (unsigned i = 0; i < API_MAX_CLIENTS; i++)
+        s->cl[i].fd = -1;
 
     bool bound = false;
     int r;

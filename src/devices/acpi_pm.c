@@ -13,9 +13,9 @@
 #include "machine/layout.h"
 #include "util/log.h"
 
-#define SLP_EN       0x20
-#define SLP_TYP(v)   (((v) >> 2) & 7)
-#define WAK_STS      0x80
+#define SLP_EN     0x20
+#define SLP_TYP(v) (((v) >> 2) & 7)
+#define WAK_STS    0x80
 
 struct acpi_pm {
     struct vm *vm;
@@ -37,7 +37,7 @@ static void pm_byte_write(struct acpi_pm *pm, unsigned reg, uint8_t v)
         }
         return;
     case 1: /* sleep status: write 1 to clear */
-        atomic_fetch_and(&pm->sleep_sts, (uint8_t)~(v & WAK_STS));
+        atomic_fetch_and(&pm->sleep_sts, (uint8_t) ~(v & WAK_STS));
         return;
     case 2: /* reset register */
         if (v == ACPI_RESET_VALUE) {
@@ -57,7 +57,8 @@ static void pm_read(void *opaque, uint64_t offset, uint8_t *data, unsigned size)
 
 static void pm_write(void *opaque, uint64_t offset, const uint8_t *data, unsigned size)
 {
-    for (unsigned i = 0; i < size; i++) pm_byte_write(opaque, (unsigned)(offset + i), data[i]);
+    for (unsigned i = 0; i < size; i++)
+        pm_byte_write(opaque, (unsigned)(offset + i), data[i]);
 }
 
 static const struct bus_ops pm_ops = {.read = pm_read, .write = pm_write};

@@ -25,6 +25,7 @@ static inline void dev_unregister(struct bus *b, const void *opaque)
 static inline uint64_t dev_le_value(const uint8_t *data, unsigned size)
 {
     uint64_t v = 0;
-    for (unsigned i = 0; i < size && i < 8; i++) v |= (uint64_t)data[i] << (8 * i);
+    for (unsigned i = 0; i < size && i < 8; i++)
+        v |= (uint64_t)data[i] << (8 * i);
     return v;
 }

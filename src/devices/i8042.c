@@ -30,15 +30,15 @@ struct i8042 {
     pthread_mutex_t lock;
     struct vm *vm;
     uint8_t status, ctr, outport;
-    uint8_t out; /* the output buffer, valid when STS_OBF */
+    uint8_t out;         /* the output buffer, valid when STS_OBF */
     uint8_t pending_cmd; /* command waiting for its data byte at 0x60, or 0 */
 };
 
 static void reply(struct i8042 *k, uint8_t v, bool aux)
 {
     k->out = v;
-    k->status = (uint8_t)((k->status & ~(STS_AUXDATA | STS_TIMEOUT)) | STS_OBF |
-                          (aux ? STS_AUXDATA : 0));
+    k->status =
+        (uint8_t)((k->status & ~(STS_AUXDATA | STS_TIMEOUT)) | STS_OBF | (aux ? STS_AUXDATA : 0));
 }
 
 static void device_absent(struct i8042 *k, bool aux)
@@ -52,7 +52,11 @@ static void command(struct i8042 *k, uint8_t cmd)
     k->status |= STS_CMD;
     switch (cmd) {
     case 0x20: reply(k, k->ctr, false); break;
-    case 0x60: case 0xd1: case 0xd2: case 0xd3: case 0xd4: k->pending_cmd = cmd; break;
+    case 0x60:
+    case 0xd1:
+    case 0xd2:
+    case 0xd3:
+    case 0xd4: k->pending_cmd = cmd; break;
     case 0xa7: k->ctr |= CTR_AUXDIS; break;
     case 0xa8: k->ctr &= ~CTR_AUXDIS; break;
     case 0xa9: reply(k, 0x00, false); break;
@@ -83,8 +87,10 @@ static void data_write(struct i8042 *k, uint8_t v)
     switch (cmd) {
     case 0x60:
         k->ctr = v;
-        if (v & CTR_SYS) k->status |= STS_SYS;
-        else k->status &= ~STS_SYS;
+        if (v & CTR_SYS)
+            k->status |= STS_SYS;
+        else
+            k->status &= ~STS_SYS;
         break;
     case 0xd1:
         k->outport = v;
@@ -108,7 +114,8 @@ static void data_read(void *opaque, uint64_t offset, uint8_t *data, unsigned siz
     pthread_mutex_lock(&k->lock);
     data[0] = k->out;
     k->status &= ~(STS_OBF | STS_AUXDATA | STS_TIMEOUT);
-    for (unsigned i = 1; i < size; i++) data[i] = 0xff;
+    for (unsigned i = 1; i < size; i++)
+        data[i] = 0xff;
     pthread_mutex_unlock(&k->lock);
 }
 
@@ -117,7 +124,8 @@ static void status_read(void *opaque, uint64_t offset, uint8_t *data, unsigned s
     struct i8042 *k = opaque;
     pthread_mutex_lock(&k->lock);
     data[0] = k->status;
-    for (unsigned i = 1; i < size; i++) data[i] = 0xff;
+    for (unsigned i = 1; i < size; i++)
+        data[i] = 0xff;
     pthread_mutex_unlock(&k->lock);
 }
 

@@ -16,23 +16,35 @@
 #include "util/log.h"
 
 enum {
-    REG_SEC = 0x00, REG_SEC_ALARM = 0x01, REG_MIN = 0x02, REG_MIN_ALARM = 0x03, REG_HOUR = 0x04,
-    REG_HOUR_ALARM = 0x05, REG_WDAY = 0x06, REG_MDAY = 0x07, REG_MONTH = 0x08, REG_YEAR = 0x09,
-    REG_A = 0x0a, REG_B = 0x0b, REG_C = 0x0c, REG_D = 0x0d, REG_CENTURY = 0x32,
+    REG_SEC = 0x00,
+    REG_SEC_ALARM = 0x01,
+    REG_MIN = 0x02,
+    REG_MIN_ALARM = 0x03,
+    REG_HOUR = 0x04,
+    REG_HOUR_ALARM = 0x05,
+    REG_WDAY = 0x06,
+    REG_MDAY = 0x07,
+    REG_MONTH = 0x08,
+    REG_YEAR = 0x09,
+    REG_A = 0x0a,
+    REG_B = 0x0b,
+    REG_C = 0x0c,
+    REG_D = 0x0d,
+    REG_CENTURY = 0x32,
 };
 
-#define A_UIP   0x80
-#define B_SET   0x80
-#define B_PIE   0x40
-#define B_AIE   0x20
-#define B_UIE   0x10
-#define B_DM    0x04 /* 1 = binary, 0 = BCD */
-#define B_24H   0x02
-#define C_IRQF  0x80
-#define C_PF    0x40
-#define C_AF    0x20
-#define C_UF    0x10
-#define D_VRT   0x80
+#define A_UIP  0x80
+#define B_SET  0x80
+#define B_PIE  0x40
+#define B_AIE  0x20
+#define B_UIE  0x10
+#define B_DM   0x04 /* 1 = binary, 0 = BCD */
+#define B_24H  0x02
+#define C_IRQF 0x80
+#define C_PF   0x40
+#define C_AF   0x20
+#define C_UF   0x10
+#define D_VRT  0x80
 
 #define NS_PER_S 1000000000ll
 #define UIP_NS   244000ll
@@ -52,8 +64,8 @@ struct rtc {
     uint8_t index;
     bool nmi_disabled;
     uint8_t cmos[128];
-    int64_t offset_s;     /* guest time = host time + offset */
-    int64_t last_c_read;  /* host ns of the last register C read, for its lazily computed flags */
+    int64_t offset_s;    /* guest time = host time + offset */
+    int64_t last_c_read; /* host ns of the last register C read, for its lazily computed flags */
 };
 
 static bool is_time_reg(unsigned r)
@@ -129,8 +141,9 @@ static int64_t registers_time(const struct rtc *r)
     if (tm.tm_mday < 1 || tm.tm_mday > 31) tm.tm_mday = 1;
     tm.tm_mon = (int)(decode(r, r->cmos[REG_MONTH]) % 13);
     tm.tm_mon = tm.tm_mon ? tm.tm_mon - 1 : 0;
-    tm.tm_year = (int)(decode(r, r->cmos[REG_CENTURY]) % 100 * 100 +
-                       decode(r, r->cmos[REG_YEAR]) % 100) - 1900;
+    tm.tm_year =
+        (int)(decode(r, r->cmos[REG_CENTURY]) % 100 * 100 + decode(r, r->cmos[REG_YEAR]) % 100) -
+        1900;
     return (int64_t)timegm(&tm);
 }
 
@@ -206,8 +219,7 @@ static void reg_write(struct rtc *r, unsigned idx, uint8_t v)
         } else if (!(v & B_SET) && frozen) {
             r->cmos[REG_B] = v; /* decode in the format the guest now states */
             r->offset_s = registers_time(r) - now / NS_PER_S;
-            log_debug("rtc: guest set the clock (offset %lld s from host)",
-                      (long long)r->offset_s);
+            log_debug("rtc: guest set the clock (offset %lld s from host)", (long long)r->offset_s);
         }
         r->cmos[REG_B] = v;
         return;
@@ -222,9 +234,12 @@ static void rtc_read(void *opaque, uint64_t offset, uint8_t *data, unsigned size
     struct rtc *r = opaque;
     pthread_mutex_lock(&r->lock);
     for (unsigned i = 0; i < size; i++) {
-        if (offset + i == 0) data[i] = 0xff; /* the index register is write-only */
-        else if (offset + i == 1) data[i] = reg_read(r, r->index);
-        else data[i] = 0xff;
+        if (offset + i == 0)
+            data[i] = 0xff; /* the index register is write-only */
+        else if (offset + i == 1)
+            data[i] = reg_read(r, r->index);
+        else
+            data[i] = 0xff;
     }
     pthread_mutex_unlock(&r->lock);
 }
@@ -252,7 +267,7 @@ int rtc_attach(struct vm *vm)
     if (!r) return err_set(ENOMEM, "rtc: out of memory");
     pthread_mutex_init(&r->lock, NULL);
     r->vm = vm;
-    r->cmos[REG_A] = 0x26; /* 32.768 kHz time base, 1024 Hz periodic rate: the PC default */
+    r->cmos[REG_A] = 0x26;  /* 32.768 kHz time base, 1024 Hz periodic rate: the PC default */
     r->cmos[REG_B] = B_24H; /* BCD, 24-hour, no interrupts: what PC firmware leaves */
     r->last_c_read = rtc_host_clock_ns();
     int rc = bus_register(&vm->pio, PORT_RTC, 2, &rtc_ops, r, "rtc");

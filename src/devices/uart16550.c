@@ -17,7 +17,16 @@
 #include "util/log.h"
 
 /* Register offsets */
-enum { R_RBR_THR = 0, R_IER = 1, R_IIR_FCR = 2, R_LCR = 3, R_MCR = 4, R_LSR = 5, R_MSR = 6, R_SCR = 7 };
+enum {
+    R_RBR_THR = 0,
+    R_IER = 1,
+    R_IIR_FCR = 2,
+    R_LCR = 3,
+    R_MCR = 4,
+    R_LSR = 5,
+    R_MSR = 6,
+    R_SCR = 7
+};
 
 #define IER_RDI  0x01 /* received data available */
 #define IER_THRI 0x02 /* THR empty */
@@ -231,8 +240,10 @@ static void reg_write(struct uart16550 *u, unsigned reg, uint8_t v)
 {
     switch (reg) {
     case R_RBR_THR:
-        if (u->lcr & LCR_DLAB) u->divisor = (u->divisor & 0xff00) | v;
-        else transmit(u, v);
+        if (u->lcr & LCR_DLAB)
+            u->divisor = (u->divisor & 0xff00) | v;
+        else
+            transmit(u, v);
         break;
     case R_IER:
         if (u->lcr & LCR_DLAB) {
@@ -275,7 +286,8 @@ static void uart_bus_read(void *opaque, uint64_t offset, uint8_t *data, unsigned
     struct uart16550 *u = opaque;
     pthread_mutex_lock(&u->lock);
     /* A wider access reads consecutive registers, as the ISA bus would split it. */
-    for (unsigned i = 0; i < size; i++) data[i] = reg_read(u, (unsigned)((offset + i) & 7));
+    for (unsigned i = 0; i < size; i++)
+        data[i] = reg_read(u, (unsigned)((offset + i) & 7));
     pthread_mutex_unlock(&u->lock);
 }
 
@@ -283,7 +295,8 @@ static void uart_bus_write(void *opaque, uint64_t offset, const uint8_t *data, u
 {
     struct uart16550 *u = opaque;
     pthread_mutex_lock(&u->lock);
-    for (unsigned i = 0; i < size; i++) reg_write(u, (unsigned)((offset + i) & 7), data[i]);
+    for (unsigned i = 0; i < size; i++)
+        reg_write(u, (unsigned)((offset + i) & 7), data[i]);
     pthread_mutex_unlock(&u->lock);
 }
 
@@ -328,7 +341,8 @@ size_t uart_receive(struct uart16550 *u, const uint8_t *buf, size_t n)
     size_t i = 0;
     pthread_mutex_lock(&u->lock);
     if (!(u->mcr & MCR_LOOP)) {
-        while (i < n && u->rx_count < rx_capacity(u)) rx_push(u, buf[i++]);
+        while (i < n && u->rx_count < rx_capacity(u))
+            rx_push(u, buf[i++]);
     }
     if (i < n) u->rx_waiting = true;
     update_irq(u);

@@ -18,7 +18,8 @@
  * Trusts: nothing from the guest; every register value is masked to its defined bits.
  * Threads: vCPU threads (register accesses) and the console thread (uart_receive) call in
  * concurrently; one mutex per UART serialises them.  The `out` callback and the rx-space notifier
- * run with that mutex held, so they must not block for long and must not call back into the UART. */
+ * run with that mutex held, so they must not block for long and must not call back into the UART.
+ */
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>

@@ -124,10 +124,21 @@ static void test_failure_is_reported(void **state)
 static void test_malformed(void **state)
 {
     static const char *const bad[] = {
-        "",         "{",          "not json",      "{\"cmd\":\"status\"",  "[\"status\"]",
-        "\"status\"", "42",       "null",          "{\"cmd\":1}",          "{\"cmd\":null}",
-        "{\"cmd\":\"status\"} x", "{\"cmd\":\"status\"}{\"cmd\":\"quit\"}", "{\"id\":1}",
-        "\xff\xfe\x00", "{\"cmd\":\"st\\u0000atus\"}",
+        "",
+        "{",
+        "not json",
+        "{\"cmd\":\"status\"",
+        "[\"status\"]",
+        "\"status\"",
+        "42",
+        "null",
+        "{\"cmd\":1}",
+        "{\"cmd\":null}",
+        "{\"cmd\":\"status\"} x",
+        "{\"cmd\":\"status\"}{\"cmd\":\"quit\"}",
+        "{\"id\":1}",
+        "\xff\xfe\x00",
+        "{\"cmd\":\"st\\u0000atus\"}",
     };
     for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
         cJSON *r = run(bad[i]);
@@ -195,7 +206,8 @@ static void test_deep_nesting(void **state)
 {
     char line[API_LINE_MAX];
     size_t depth = 2000, i = 0;
-    for (; i < depth; i++) line[i] = '[';
+    for (; i < depth; i++)
+        line[i] = '[';
     line[i] = 0;
     cJSON *r = run(line);
     assert_false(ok(r));

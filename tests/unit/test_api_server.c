@@ -137,7 +137,7 @@ static void test_round_trip_and_ctl(void **state)
     assert_int_equal(quits, 1);
 
     api_stop(s);
-    assert_int_equal(access(path, F_OK), -1); /* removed */
+    assert_int_equal(access(path, F_OK), -1);      /* removed */
     assert_int_equal(ctl_main(3, argv_status), 1); /* no socket any more: clear error, 1 */
 }
 
@@ -233,7 +233,8 @@ static void test_too_many_clients(void **state)
     read_reply(extra, buf, sizeof(buf));
     assert_non_null(strstr(buf, "\"ok\":true"));
     close(extra);
-    for (int i = 1; i < API_MAX_CLIENTS; i++) close(fds[i]);
+    for (int i = 1; i < API_MAX_CLIENTS; i++)
+        close(fds[i]);
     api_stop(s);
 }
 
@@ -246,7 +247,8 @@ static void test_client_that_never_reads(void **state)
     const char req[] = "{\"cmd\":\"status\"}\n";
     /* flood requests without reading replies: the server must drop us, not block */
     char flood[64 * sizeof(req)];
-    for (size_t i = 0; i < 64; i++) memcpy(flood + i * (sizeof(req) - 1), req, sizeof(req) - 1);
+    for (size_t i = 0; i < 64; i++)
+        memcpy(flood + i * (sizeof(req) - 1), req, sizeof(req) - 1);
     bool dropped = false;
     for (int round = 0; round < 2000 && !dropped; round++) {
         ssize_t w = send(hog, flood, 64 * (sizeof(req) - 1), MSG_NOSIGNAL | MSG_DONTWAIT);

@@ -84,7 +84,8 @@ static size_t rx_read(struct fx *f, uint8_t *buf, size_t want)
 {
     size_t n = 0;
     for (int spins = 0; n < want && spins < 2000; spins++) {
-        while (n < want && (inb(&f->vm, B + 5) & 0x01)) buf[n++] = inb(&f->vm, B + 0);
+        while (n < want && (inb(&f->vm, B + 5) & 0x01))
+            buf[n++] = inb(&f->vm, B + 0);
         if (n < want) usleep(1000);
     }
     return n;
@@ -95,7 +96,8 @@ static void test_output(void **state)
     struct fx *f = *state;
     start(f, false, false);
     const char *msg = "hello, world\r\n";
-    for (const char *p = msg; *p; p++) outb(&f->vm, B, (uint8_t)*p);
+    for (const char *p = msg; *p; p++)
+        outb(&f->vm, B, (uint8_t)*p);
     char buf[64] = {0};
     assert_int_equal(read_out(f, buf, strlen(msg), 2000), strlen(msg));
     assert_string_equal(buf, msg);
@@ -106,7 +108,8 @@ static void test_input_held_until_drained(void **state)
     struct fx *f = *state;
     start(f, false, true);
     uint8_t msg[100];
-    for (size_t i = 0; i < sizeof(msg); i++) msg[i] = (uint8_t)(i * 7 + 1);
+    for (size_t i = 0; i < sizeof(msg); i++)
+        msg[i] = (uint8_t)(i * 7 + 1);
     assert_int_equal(write(f->in[1], msg, sizeof(msg)), (ssize_t)sizeof(msg));
     usleep(50000);
     /* the FIFO holds 16; nothing overran */
@@ -129,10 +132,17 @@ static void test_escapes(void **state)
 {
     struct fx *f = *state;
     start(f, true, true);
-    assert_int_equal(write(f->in[1], "a\x01\x01" "b\x01h", 6), 6);
+    assert_int_equal(write(f->in[1],
+                           "a\x01\x01"
+                           "b\x01h",
+                           6),
+                     6);
     uint8_t got[3];
     assert_int_equal(rx_read(f, got, 3), 3);
-    assert_memory_equal(got, "a\x01" "b", 3);
+    assert_memory_equal(got,
+                        "a\x01"
+                        "b",
+                        3);
     char help[256] = {0};
     read_out(f, help, 60, 2000);
     assert_non_null(strstr(help, "Ctrl-A x"));
@@ -142,7 +152,8 @@ static void test_escapes(void **state)
     assert_int_equal(rx_read(f, got, 2), 2);
     assert_memory_equal(got, "\x01z", 2);
     assert_int_equal(write(f->in[1], "\x01x", 2), 2);
-    for (int i = 0; i < 200 && !vm_stopping(&f->vm); i++) usleep(10000);
+    for (int i = 0; i < 200 && !vm_stopping(&f->vm); i++)
+        usleep(10000);
     assert_int_equal(f->vm.stop_reason, VM_STOP_QUIT);
 }
 
@@ -160,7 +171,8 @@ static void test_non_interactive_passes_ctrl_a(void **state)
 static void *flood(void *arg)
 {
     struct fx *f = arg;
-    for (int i = 0; i < 300 * 1024; i++) outb(&f->vm, B, 'x');
+    for (int i = 0; i < 300 * 1024; i++)
+        outb(&f->vm, B, 'x');
     return NULL;
 }
 
@@ -182,7 +194,8 @@ static void test_stuck_output_drops(void **state)
     }
     outb(&f->vm, B, 'y');
     char c = 0;
-    for (int i = 0; i < 100 && c != 'y'; i++) read_out(f, &c, 1, 50);
+    for (int i = 0; i < 100 && c != 'y'; i++)
+        read_out(f, &c, 1, 50);
     assert_int_equal(c, 'y');
 }
 

@@ -98,7 +98,7 @@ static void test_guest_sets_time(void **state)
     fake_now += 5 * 1000000000ll;
     assert_int_equal(rd(vm, 0x00), 0x09);
     assert_int_equal(rd(vm, 0x0a) & 0x80, 0); /* no update in progress while SET */
-    wr(vm, 0x09, 0x30); /* 2030 */
+    wr(vm, 0x09, 0x30);                       /* 2030 */
     wr(vm, 0x04, 0x08);
     wr(vm, 0x0b, 0x02);
     assert_int_equal(rd(vm, 0x09), 0x30);

@@ -16,7 +16,8 @@ static uint8_t out_buf[256];
 static size_t out_len;
 static void capture(void *ctx, const uint8_t *buf, size_t n)
 {
-    for (size_t i = 0; i < n && out_len < sizeof(out_buf); i++) out_buf[out_len++] = buf[i];
+    for (size_t i = 0; i < n && out_len < sizeof(out_buf); i++)
+        out_buf[out_len++] = buf[i];
 }
 
 static int notified;
@@ -212,13 +213,14 @@ static void test_receive_full_fifo_and_notify(void **state)
     memset(buf, 'x', sizeof(buf));
     uart_set_rx_notify(U, on_notify, NULL);
     assert_int_equal(uart_receive(U, buf, 4), 1); /* FIFOs off: one holding register */
-    outb(VM, B + FCR, 0x01);                         /* toggling FIFO enable clears it */
+    outb(VM, B + FCR, 0x01);                      /* toggling FIFO enable clears it */
     assert_false(inb(VM, B + LSR) & 0x01);
     assert_int_equal(notified, 1);
     assert_int_equal(uart_receive(U, buf, sizeof(buf)), 16);
     assert_int_equal(uart_receive(U, buf, 1), 0);
     assert_false(inb(VM, B + LSR) & 0x02); /* the polite path never overruns */
-    for (int i = 0; i < 15; i++) inb(VM, B + RBR);
+    for (int i = 0; i < 15; i++)
+        inb(VM, B + RBR);
     assert_int_equal(notified, 1);
     inb(VM, B + RBR);
     assert_int_equal(notified, 2); /* emptied: offer the rest */
@@ -227,19 +229,21 @@ static void test_receive_full_fifo_and_notify(void **state)
 static void test_loopback_transmit_and_overrun(void **state)
 {
     outb(VM, B + FCR, 0x01);
-    outb(VM, B + MCR, 0x18); /* loop + OUT2 */
-    outb(VM, B + IER, 0x05); /* RDI + RLSI */
+    outb(VM, B + MCR, 0x18);                                       /* loop + OUT2 */
+    outb(VM, B + IER, 0x05);                                       /* RDI + RLSI */
     assert_int_equal(uart_receive(U, (const uint8_t *)"z", 1), 0); /* input disconnected */
-    for (int i = 0; i < 17; i++) outb(VM, B + RBR, (uint8_t)('A' + i));
-    assert_int_equal(out_len, 0); /* nothing left the chip */
-    assert_int_equal(fake_irq.level[GSI_COM1], 0); /* loopback holds the pin inactive */
+    for (int i = 0; i < 17; i++)
+        outb(VM, B + RBR, (uint8_t)('A' + i));
+    assert_int_equal(out_len, 0);                    /* nothing left the chip */
+    assert_int_equal(fake_irq.level[GSI_COM1], 0);   /* loopback holds the pin inactive */
     assert_int_equal(inb(VM, B + IIR) & 0x0f, 0x06); /* line status beats data */
     uint8_t lsr = inb(VM, B + LSR);
     assert_true(lsr & 0x02);
     assert_true(lsr & 0x01);
     assert_false(inb(VM, B + LSR) & 0x02); /* OE clears on read */
     assert_int_equal(inb(VM, B + IIR) & 0x0f, 0x04);
-    for (int i = 0; i < 16; i++) assert_int_equal(inb(VM, B + RBR), 'A' + i);
+    for (int i = 0; i < 16; i++)
+        assert_int_equal(inb(VM, B + RBR), 'A' + i);
     assert_false(inb(VM, B + LSR) & 0x01);
 }
 
@@ -247,8 +251,8 @@ static void test_iir_priority_order(void **state)
 {
     outb(VM, B + MCR, 0x18);
     outb(VM, B + IER, 0x0f);
-    outb(VM, B + MCR, 0x1a); /* DCTS pending */
-    outb(VM, B + RBR, 'q');  /* RX data + THRE pending */
+    outb(VM, B + MCR, 0x1a);                         /* DCTS pending */
+    outb(VM, B + RBR, 'q');                          /* RX data + THRE pending */
     assert_int_equal(inb(VM, B + IIR) & 0x0f, 0x04); /* RX data first (FIFOs off) */
     inb(VM, B + RBR);
     assert_int_equal(inb(VM, B + IIR) & 0x0f, 0x02); /* then THRE (read acknowledges) */
