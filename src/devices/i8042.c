@@ -19,6 +19,10 @@
 #define STS_AUXDATA 0x20 /* the byte in the output buffer comes from the aux port */
 #define STS_TIMEOUT 0x40
 
+/* ISA IRQs 1 and 12, identity-mapped to GSIs like every ISA IRQ but 0 on this board. */
+#define GSI_I8042_KBD 1
+#define GSI_I8042_AUX 12
+
 #define CTR_KBDINT 0x01
 #define CTR_AUXINT 0x02
 #define CTR_SYS    0x04
@@ -32,7 +36,20 @@ struct i8042 {
     uint8_t status, ctr, outport;
     uint8_t out;         /* the output buffer, valid when STS_OBF */
     uint8_t pending_cmd; /* command waiting for its data byte at 0x60, or 0 */
+    struct irq_line kbd_irq, aux_irq;
+    bool kbd_level, aux_level;
 };
+
+/* IRQ 1 while the output buffer holds keyboard-side data and the command byte enables it; IRQ 12
+ * likewise for aux data.  Called with the lock held so level changes stay in order. */
+static void update_irq(struct i8042 *k)
+{
+    bool full = k->status & STS_OBF, aux = k->status & STS_AUXDATA;
+    bool kbd_level = full && !aux && (k->ctr & CTR_KBDINT);
+    bool aux_level = full && aux && (k->ctr & CTR_AUXINT);
+    if (kbd_level != k->kbd_level) irq_line_set(&k->kbd_irq, k->kbd_level = kbd_level);
+    if (aux_level != k->aux_level) irq_line_set(&k->aux_irq, k->aux_level = aux_level);
+}
 
 static void reply(struct i8042 *k, uint8_t v, bool aux)
 {
@@ -114,6 +131,7 @@ static void data_read(void *opaque, uint64_t offset, uint8_t *data, unsigned siz
     pthread_mutex_lock(&k->lock);
     data[0] = k->out;
     k->status &= ~(STS_OBF | STS_AUXDATA | STS_TIMEOUT);
+    update_irq(k);
     for (unsigned i = 1; i < size; i++)
         data[i] = 0xff;
     pthread_mutex_unlock(&k->lock);
@@ -134,6 +152,7 @@ static void data_port_write(void *opaque, uint64_t offset, const uint8_t *data, 
     struct i8042 *k = opaque;
     pthread_mutex_lock(&k->lock);
     data_write(k, data[0]);
+    update_irq(k);
     pthread_mutex_unlock(&k->lock);
 }
 
@@ -142,6 +161,7 @@ static void cmd_port_write(void *opaque, uint64_t offset, const uint8_t *data, u
     struct i8042 *k = opaque;
     pthread_mutex_lock(&k->lock);
     command(k, data[0]);
+    update_irq(k);
     pthread_mutex_unlock(&k->lock);
 }
 
@@ -154,6 +174,8 @@ int i8042_attach(struct vm *vm)
     if (!k) return err_set(ENOMEM, "i8042: out of memory");
     pthread_mutex_init(&k->lock, NULL);
     k->vm = vm;
+    k->kbd_irq = (struct irq_line){.set = vm_irq_set, .ctx = vm, .gsi = GSI_I8042_KBD};
+    k->aux_irq = (struct irq_line){.set = vm_irq_set, .ctx = vm, .gsi = GSI_I8042_AUX};
     k->ctr = CTR_KBDINT | CTR_AUXINT | CTR_SYS | CTR_XLATE | CTR_AUXDIS;
     k->status = STS_SYS;
     k->outport = 0x01; /* reset line inactive (bit 0 high) */

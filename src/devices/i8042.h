@@ -7,8 +7,9 @@
  * 0xD4 forward a byte to the aux device, 0xD0/0xD1 read/write the output port, 0xFE (and any
  * 0xF0-0xFF pulse that includes the reset line) stops the VM with VM_STOP_RESET.
  * Bytes sent to the absent keyboard or mouse get 0xFE with the timeout status bit, so Linux's PS/2
- * drivers give up at once instead of waiting for a device.  No interrupts are raised: with no
- * devices only command replies produce data, and Linux reads those by polling the status port. */
+ * drivers give up at once instead of waiting for a device.  The output buffer raises IRQ 1
+ * (keyboard-side data) or IRQ 12 (aux data) while it is full and the command byte enables that
+ * interrupt, as on a PC; Linux disables both while it probes and polls the status port. */
 #pragma once
 
 struct vm;

@@ -93,6 +93,31 @@ static void test_absent_keyboard_answers_fast(void **state)
     assert_int_equal(inb(vm, PORT_I8042_CMD) & 0x41, 0);
 }
 
+static void test_irqs_follow_output_buffer(void **state)
+{
+    struct vm *vm = *state;
+    int ctr;
+    command(vm, 0x20, -1, &ctr);
+    assert_true(ctr & 0x01);
+    /* a controller reply with KBDINT set raises IRQ 1 until the data is read */
+    outb(vm, PORT_I8042_CMD, 0xaa);
+    assert_int_equal(fake_irq.level[1], 1);
+    inb(vm, PORT_I8042_DATA);
+    assert_int_equal(fake_irq.level[1], 0);
+    /* aux data raises IRQ 12 */
+    outb(vm, PORT_I8042_CMD, 0xd4);
+    outb(vm, PORT_I8042_DATA, 0xf2);
+    assert_int_equal(fake_irq.level[12], 1);
+    assert_int_equal(fake_irq.level[1], 0);
+    inb(vm, PORT_I8042_DATA);
+    assert_int_equal(fake_irq.level[12], 0);
+    /* with interrupts disabled in the command byte, nothing */
+    command(vm, 0x60, ctr & ~0x03, NULL);
+    outb(vm, PORT_I8042_CMD, 0xaa);
+    assert_int_equal(fake_irq.level[1], 0);
+    assert_int_equal(inb(vm, PORT_I8042_DATA), 0x55);
+}
+
 static void test_reset_command(void **state)
 {
     struct vm *vm = *state;
@@ -117,6 +142,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_probe_sequence, setup, teardown),
         cmocka_unit_test_setup_teardown(test_absent_keyboard_answers_fast, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_irqs_follow_output_buffer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reset_command, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reset_via_output_port, setup, teardown),
     };
