@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,8 +65,17 @@ struct rtc {
     uint8_t index;
     bool nmi_disabled;
     uint8_t cmos[128];
-    int64_t offset_s;    /* guest time = host time + offset */
-    int64_t last_c_read; /* host ns of the last register C read, for its lazily computed flags */
+    int64_t offset_s; /* guest time = host time + offset */
+
+    /* Register C: flags latched since the guest last read it.  Events are evaluated lazily at
+     * each register C read and, while an interrupt is enabled, by the timer thread. */
+    uint8_t c_flags;
+    int64_t ev_last; /* host ns up to which events have been evaluated */
+    struct irq_line irq;
+    bool irq_level;
+    pthread_t timer;
+    pthread_cond_t timer_cond; /* CLOCK_MONOTONIC; signalled when A or B change, and at detach */
+    bool timer_started, timer_stop;
 };
 
 static bool is_time_reg(unsigned r)
@@ -152,29 +162,106 @@ static bool alarm_field_matches(const struct rtc *r, uint8_t alarm, uint8_t now)
     return alarm >= 0xc0 || alarm == now; /* 0xc0-0xff: "don't care" */
 }
 
-static uint8_t read_reg_c(struct rtc *r, int64_t now)
+static int64_t periodic_ns(const struct rtc *r)
 {
-    uint8_t c = 0;
-    int64_t last = r->last_c_read;
-    r->last_c_read = now;
-    if (!(r->cmos[REG_B] & B_SET)) {
-        if (now / NS_PER_S != last / NS_PER_S) c |= C_UF;
-        unsigned rs = r->cmos[REG_A] & 0x0f;
-        if (rs) {
-            if (rs < 3) rs += 7; /* rates 1 and 2 are the same as 8 and 9 */
-            int64_t period = NS_PER_S * (1ll << (rs - 1)) / 32768;
-            if (now / period != last / period) c |= C_PF;
-        }
-        /* Alarm: compare against the current time only (a poller reads often enough). */
+    unsigned rs = r->cmos[REG_A] & 0x0f;
+    if (!rs) return 0;
+    if (rs < 3) rs += 7; /* rates 1 and 2 are the same as 8 and 9 */
+    return NS_PER_S * (1ll << (rs - 1)) / 32768;
+}
+
+static bool irqf(const struct rtc *r)
+{
+    uint8_t b = r->cmos[REG_B], c = r->c_flags;
+    return ((c & C_PF) && (b & B_PIE)) || ((c & C_AF) && (b & B_AIE)) ||
+           ((c & C_UF) && (b & B_UIE));
+}
+
+/* IRQ 8 is asserted while an enabled flag is latched in register C (reading C releases it). */
+static void update_irq(struct rtc *r)
+{
+    bool level = irqf(r);
+    if (level != r->irq_level) {
+        r->irq_level = level;
+        irq_line_set(&r->irq, level);
+    }
+}
+
+/* Latches the periodic, update-ended and alarm events that happened since the last evaluation. */
+static void poll_events(struct rtc *r, int64_t now)
+{
+    int64_t last = r->ev_last;
+    if (now <= last) return;
+    r->ev_last = now;
+    int64_t period = periodic_ns(r);
+    if (period && now / period != last / period) r->c_flags |= C_PF;
+    if (!(r->cmos[REG_B] & B_SET) && now / NS_PER_S != last / NS_PER_S) {
+        r->c_flags |= C_UF; /* an update cycle completed */
         render(r, guest_seconds(r, now));
         if (alarm_field_matches(r, r->cmos[REG_SEC_ALARM], r->cmos[REG_SEC]) &&
             alarm_field_matches(r, r->cmos[REG_MIN_ALARM], r->cmos[REG_MIN]) &&
             alarm_field_matches(r, r->cmos[REG_HOUR_ALARM], r->cmos[REG_HOUR]))
-            c |= C_AF;
+            r->c_flags |= C_AF;
     }
-    uint8_t b = r->cmos[REG_B];
-    if ((c & C_PF && b & B_PIE) || (c & C_AF && b & B_AIE) || (c & C_UF && b & B_UIE)) c |= C_IRQF;
+    update_irq(r);
+}
+
+static uint8_t read_reg_c(struct rtc *r, int64_t now)
+{
+    poll_events(r, now);
+    uint8_t c = (uint8_t)(r->c_flags | (irqf(r) ? C_IRQF : 0));
+    r->c_flags = 0;
+    update_irq(r);
     return c;
+}
+
+/* While an RTC interrupt is enabled, wakes at each event time so IRQ 8 fires without the guest
+ * polling.  Sleeps on the condition variable otherwise. */
+static void *timer_main(void *arg)
+{
+    struct rtc *r = arg;
+    pthread_mutex_lock(&r->lock);
+    while (!r->timer_stop) {
+        uint8_t b = r->cmos[REG_B];
+        int64_t period = periodic_ns(r);
+        bool want_periodic = (b & B_PIE) && period;
+        bool want_seconds = (b & (B_UIE | B_AIE)) && !(b & B_SET);
+        if (!want_periodic && !want_seconds) {
+            pthread_cond_wait(&r->timer_cond, &r->lock);
+            continue;
+        }
+        int64_t now = rtc_host_clock_ns();
+        poll_events(r, now);
+        int64_t next = INT64_MAX;
+        if (want_seconds) next = (now / NS_PER_S + 1) * NS_PER_S;
+        if (want_periodic) next = MIN(next, (now / period + 1) * period);
+        int64_t sleep_ns = MAX(MIN(next - now, NS_PER_S), 50000ll);
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        int64_t until = (int64_t)ts.tv_sec * NS_PER_S + ts.tv_nsec + sleep_ns;
+        ts.tv_sec = (time_t)(until / NS_PER_S);
+        ts.tv_nsec = (long)(until % NS_PER_S);
+        pthread_cond_timedwait(&r->timer_cond, &r->lock, &ts);
+    }
+    pthread_mutex_unlock(&r->lock);
+    return NULL;
+}
+
+/* Called with the lock held after A or B changed. */
+static void timer_kick(struct rtc *r)
+{
+    if (!r->timer_started && (r->cmos[REG_B] & (B_PIE | B_AIE | B_UIE))) {
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_BLOCK, &all, &old);
+        int e = pthread_create(&r->timer, NULL, timer_main, r);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        if (e)
+            log_warn("rtc: cannot start the timer thread (%s); IRQ 8 only when polled",
+                     strerror(e));
+        r->timer_started = e == 0;
+    }
+    pthread_cond_signal(&r->timer_cond);
 }
 
 static uint8_t reg_read(struct rtc *r, unsigned idx)
@@ -211,7 +298,11 @@ static void reg_write(struct rtc *r, unsigned idx, uint8_t v)
         return;
     }
     switch (idx) {
-    case REG_A: r->cmos[REG_A] = v & 0x7f; return;
+    case REG_A:
+        poll_events(r, now);
+        r->cmos[REG_A] = v & 0x7f;
+        timer_kick(r);
+        return;
     case REG_B:
         if ((v & B_SET) && !frozen) {
             render(r, guest_seconds(r, now)); /* freeze: the guest edits a snapshot */
@@ -221,7 +312,10 @@ static void reg_write(struct rtc *r, unsigned idx, uint8_t v)
             r->offset_s = registers_time(r) - now / NS_PER_S;
             log_debug("rtc: guest set the clock (offset %lld s from host)", (long long)r->offset_s);
         }
+        poll_events(r, now);
         r->cmos[REG_B] = v;
+        update_irq(r); /* enabling an interrupt whose flag is latched asserts IRQ 8 at once */
+        timer_kick(r);
         return;
     case REG_C:
     case REG_D: return; /* read-only */
@@ -269,9 +363,16 @@ int rtc_attach(struct vm *vm)
     r->vm = vm;
     r->cmos[REG_A] = 0x26;  /* 32.768 kHz time base, 1024 Hz periodic rate: the PC default */
     r->cmos[REG_B] = B_24H; /* BCD, 24-hour, no interrupts: what PC firmware leaves */
-    r->last_c_read = rtc_host_clock_ns();
+    r->ev_last = rtc_host_clock_ns();
+    r->irq = (struct irq_line){.set = vm_irq_set, .ctx = vm, .gsi = GSI_RTC};
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&r->timer_cond, &ca);
+    pthread_condattr_destroy(&ca);
     int rc = bus_register(&vm->pio, PORT_RTC, 2, &rtc_ops, r, "rtc");
     if (rc < 0) {
+        pthread_cond_destroy(&r->timer_cond);
         pthread_mutex_destroy(&r->lock);
         free(r);
         return err_wrap(rc, "rtc");
@@ -285,6 +386,12 @@ void rtc_detach(struct vm *vm)
         if (vm->pio.r[i].ops == &rtc_ops) {
             struct rtc *r = vm->pio.r[i].opaque;
             dev_unregister(&vm->pio, r);
+            pthread_mutex_lock(&r->lock);
+            r->timer_stop = true;
+            pthread_cond_signal(&r->timer_cond);
+            pthread_mutex_unlock(&r->lock);
+            if (r->timer_started) pthread_join(r->timer, NULL);
+            pthread_cond_destroy(&r->timer_cond);
             pthread_mutex_destroy(&r->lock);
             free(r);
             return;

@@ -6,8 +6,10 @@
  * set during the last 244 us of each second, as the chip does before an update, so Linux's
  * mc146818_get_time() sees what it expects; the time read is always consistent anyway.  Register D
  * reads 0x80 (VRT: battery good).  The century is at 0x32.  The other CMOS bytes are plain memory.
- * Register C's flags (periodic, alarm, update-ended) are computed at read time for guests that
- * poll; no IRQ 8 interrupts are raised yet. */
+ * Register C latches the periodic (rate from register A), update-ended and alarm events; IRQ 8
+ * (GSI_RTC) is asserted while a latched event is enabled in register B and released when the
+ * guest reads C.  Events are evaluated at each register C read and, only while some RTC interrupt
+ * is enabled, by a timer thread started on first use that sleeps until the next event. */
 #pragma once
 #include <stdint.h>
 

@@ -5,13 +5,15 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include <unistd.h>
+
 #include "devices/rtc.h"
 #include "legacy_fakevm.h"
 #include "machine/layout.h"
 
 /* 2026-11-22 21:05:09 UTC (a Sunday), plus a settable fraction of a second */
 #define T0 1795381509ll
-static int64_t fake_now;
+static _Atomic int64_t fake_now; /* the RTC timer thread reads it too */
 static int64_t fake_clock(void)
 {
     return fake_now;
@@ -136,6 +138,47 @@ static void test_reg_c_flags(void **state)
     assert_int_equal(rd(vm, 0x0c) & 0x90, 0); /* cleared by reading */
 }
 
+static void test_irq8_update_interrupt(void **state)
+{
+    struct vm *vm = *state;
+    rd(vm, 0x0c);
+    wr(vm, 0x0b, 0x12); /* UIE: the timer thread starts */
+    assert_int_equal(fake_irq.level[GSI_RTC], 0);
+    fake_now += 1000000000ll; /* a second passes; the thread notices within its sleep (<= 1 s) */
+    for (int i = 0; i < 300 && !fake_irq.level[GSI_RTC]; i++)
+        usleep(10000);
+    assert_int_equal(fake_irq.level[GSI_RTC], 1);
+    uint8_t c = rd(vm, 0x0c);
+    assert_int_equal(c & 0x90, 0x90);
+    assert_int_equal(fake_irq.level[GSI_RTC], 0); /* reading C releases the line */
+    wr(vm, 0x0b, 0x02);
+    fake_now += 1000000000ll;
+    usleep(50000);
+    assert_int_equal(fake_irq.level[GSI_RTC], 0);
+}
+
+static void test_irq8_on_enable_with_latched_flag(void **state)
+{
+    struct vm *vm = *state;
+    rd(vm, 0x0c);
+    fake_now += 1000000000ll;
+    wr(vm, 0x0b, 0x12); /* UF latched meanwhile: enabling UIE asserts at once */
+    assert_int_equal(fake_irq.level[GSI_RTC], 1);
+    rd(vm, 0x0c);
+    assert_int_equal(fake_irq.level[GSI_RTC], 0);
+}
+
+static void test_periodic_flag(void **state)
+{
+    struct vm *vm = *state;
+    rd(vm, 0x0c);
+    fake_now += 2000000; /* 2 ms: at 1024 Hz a periodic tick passed */
+    assert_true(rd(vm, 0x0c) & 0x40);
+    wr(vm, 0x0a, 0x20); /* rate 0: periodic off */
+    fake_now += 2000000;
+    assert_false(rd(vm, 0x0c) & 0x40);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -145,6 +188,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_guest_sets_time, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cmos_memory_and_index, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reg_c_flags, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_irq8_update_interrupt, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_irq8_on_enable_with_latched_flag, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_periodic_flag, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
