@@ -85,7 +85,7 @@ void acpi_pm_detach(struct vm *vm)
     for (unsigned i = 0; i < vm->pio.n; i++)
         if (vm->pio.r[i].ops == &pm_ops) {
             void *pm = vm->pio.r[i].opaque;
-            dev_unregister(&vm->pio, pm);
+            dev_unregister(&vm->pio, &pm_ops, pm);
             free(pm);
             return;
         }

@@ -7,12 +7,13 @@
 
 #include "bus/bus.h"
 
-/* Removes every range whose opaque is `opaque` (teardown only: no vCPU may be running). */
-static inline void dev_unregister(struct bus *b, const void *opaque)
+/* Removes every range with handlers `ops` (any, if NULL) and opaque `opaque` (teardown only: no
+ * vCPU may be running). */
+static inline void dev_unregister(struct bus *b, const struct bus_ops *ops, const void *opaque)
 {
     unsigned i = 0;
     while (i < b->n) {
-        if (b->r[i].opaque == opaque) {
+        if (b->r[i].opaque == opaque && (!ops || b->r[i].ops == ops)) {
             memmove(&b->r[i], &b->r[i + 1], (b->n - i - 1) * sizeof(b->r[0]));
             b->n--;
         } else {

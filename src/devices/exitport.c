@@ -35,7 +35,7 @@ void exitport_detach(struct vm *vm)
 {
     for (unsigned i = 0; i < vm->pio.n; i++)
         if (vm->pio.r[i].ops == &exit_ops) {
-            dev_unregister(&vm->pio, vm->pio.r[i].opaque);
+            dev_unregister(&vm->pio, &exit_ops, vm);
             return;
         }
 }

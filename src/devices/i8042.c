@@ -182,7 +182,7 @@ int i8042_attach(struct vm *vm)
     int r = bus_register(&vm->pio, PORT_I8042_DATA, 1, &data_ops, k, "i8042-data");
     if (r == 0) {
         r = bus_register(&vm->pio, PORT_I8042_CMD, 1, &cmd_ops, k, "i8042-cmd");
-        if (r < 0) dev_unregister(&vm->pio, k);
+        if (r < 0) dev_unregister(&vm->pio, NULL, k);
     }
     if (r < 0) {
         pthread_mutex_destroy(&k->lock);
@@ -197,7 +197,7 @@ void i8042_detach(struct vm *vm)
     for (unsigned i = 0; i < vm->pio.n; i++)
         if (vm->pio.r[i].ops == &data_ops) {
             struct i8042 *k = vm->pio.r[i].opaque;
-            dev_unregister(&vm->pio, k);
+            dev_unregister(&vm->pio, NULL, k);
             pthread_mutex_destroy(&k->lock);
             free(k);
             return;

@@ -385,7 +385,7 @@ void rtc_detach(struct vm *vm)
     for (unsigned i = 0; i < vm->pio.n; i++)
         if (vm->pio.r[i].ops == &rtc_ops) {
             struct rtc *r = vm->pio.r[i].opaque;
-            dev_unregister(&vm->pio, r);
+            dev_unregister(&vm->pio, &rtc_ops, r);
             pthread_mutex_lock(&r->lock);
             r->timer_stop = true;
             pthread_cond_signal(&r->timer_cond);

@@ -331,7 +331,7 @@ struct uart16550 *uart_attach(struct vm *vm, uint16_t port, unsigned gsi, uart_o
 void uart_detach(struct vm *vm, struct uart16550 *u)
 {
     if (!u) return;
-    dev_unregister(&vm->pio, u);
+    dev_unregister(&vm->pio, &uart_ops, u);
     pthread_mutex_destroy(&u->lock);
     free(u);
 }

@@ -81,6 +81,23 @@ static void test_acpi_reset(void **state)
     assert_int_equal(vm->stop_reason, VM_STOP_RESET);
 }
 
+static void dummy_rw(void *o, uint64_t off, uint8_t *d, unsigned n) {}
+static void dummy_w(void *o, uint64_t off, const uint8_t *d, unsigned n) {}
+static const struct bus_ops dummy_ops = {dummy_rw, dummy_w};
+
+static void test_detach_keeps_other_devices(void **state)
+{
+    struct vm *vm = *state;
+    /* another device that also uses the vm as its opaque must survive the exit port's detach */
+    assert_int_equal(bus_register(&vm->pio, 0x80, 1, &dummy_ops, vm, "dummy"), 0);
+    exitport_detach(vm);
+    assert_non_null(bus_find(&vm->pio, 0x80));
+    assert_null(bus_find(&vm->pio, PORT_EXIT));
+    acpi_pm_detach(vm);
+    assert_int_equal(vm->pio.n, 1);
+    vm->pio.n = 0; /* drop the dummy too, so teardown's check holds */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -89,6 +106,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_first_stop_reason_wins, setup, teardown),
         cmocka_unit_test_setup_teardown(test_acpi_s5_powers_off, setup, teardown),
         cmocka_unit_test_setup_teardown(test_acpi_reset, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_detach_keeps_other_devices, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
