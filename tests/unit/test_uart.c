@@ -122,6 +122,28 @@ static void test_autoconfig_finds_16550a(void **state)
     outb(VM, B + LCR, 0);
 }
 
+static void test_size_fifo_counts_16(void **state)
+{
+    /* Linux's size_fifo(): loopback, 256 bytes out, count what comes back (64 would make it a
+     * "U6_16550A").  Nothing may reach the console meanwhile. */
+    outb(VM, B + LCR, 0);
+    outb(VM, B + FCR, 0x07);
+    outb(VM, B + MCR, 0x10);
+    outb(VM, B + LCR, 0x80);
+    outb(VM, B + 0, 0x01);
+    outb(VM, B + 1, 0x00);
+    outb(VM, B + LCR, 0x03);
+    for (int i = 0; i < 256; i++)
+        outb(VM, B + RBR, (uint8_t)i);
+    int count = 0;
+    while ((inb(VM, B + LSR) & 0x01) && count < 256) {
+        inb(VM, B + RBR);
+        count++;
+    }
+    assert_int_equal(count, 16);
+    assert_int_equal(out_len, 0);
+}
+
 static void test_loopback_msr(void **state)
 {
     /* Linux's loopback check: MCR = LOOP | OUT2 | RTS  ->  MSR & 0xf0 == DCD | CTS */
@@ -279,6 +301,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_transmit_and_lsr, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ier_masks_high_bits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_autoconfig_finds_16550a, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_size_fifo_counts_16, setup, teardown),
         cmocka_unit_test_setup_teardown(test_loopback_msr, setup, teardown),
         cmocka_unit_test_setup_teardown(test_thre_interrupt_linux_startup, setup, teardown),
         cmocka_unit_test_setup_teardown(test_thre_edge_per_byte, setup, teardown),
