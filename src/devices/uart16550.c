@@ -350,6 +350,14 @@ size_t uart_receive(struct uart16550 *u, const uint8_t *buf, size_t n)
     return i;
 }
 
+void uart_set_output(struct uart16550 *u, uart_out_fn out, void *ctx)
+{
+    pthread_mutex_lock(&u->lock);
+    u->out = out;
+    u->out_ctx = ctx;
+    pthread_mutex_unlock(&u->lock);
+}
+
 void uart_set_rx_notify(struct uart16550 *u, void (*notify)(void *ctx), void *ctx)
 {
     pthread_mutex_lock(&u->lock);

@@ -29,6 +29,7 @@ struct console {
     bool interactive;
     pthread_t reader, writer;
     bool reader_started, writer_started;
+    bool hooked; /* installed as the UART's output */
     _Atomic bool stopping;
 
     /* Output ring, protected by lock. */
@@ -325,6 +326,10 @@ struct console *console_start(struct vm *vm, struct uart16550 *com1, int in_fd, 
         console_stop(c);
         return NULL;
     }
+    if (com1) {
+        uart_set_output(com1, console_output, c);
+        c->hooked = true;
+    }
     return c;
 }
 
@@ -335,8 +340,10 @@ void console_stop(struct console *c)
     if (c->wake_fd >= 0) wake(c);
     pthread_mutex_lock(&c->lock);
     pthread_cond_broadcast(&c->have_data);
-    pthread_cond_broadcast(&c->have_space);
+    pthread_cond_broadcast(&c->have_space); /* a vCPU waiting for room gives up at once */
     pthread_mutex_unlock(&c->lock);
+    /* Under the UART lock: once this returns no vCPU is inside console_output() for us. */
+    if (c->hooked) uart_set_output(c->uart, NULL, NULL);
     if (c->reader_started) pthread_join(c->reader, NULL);
     if (c->uart && c->in_fd >= 0) uart_set_rx_notify(c->uart, NULL, NULL);
     if (c->writer_started) pthread_join(c->writer, NULL);

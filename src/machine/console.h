@@ -26,16 +26,20 @@ struct vm;
 struct uart16550;
 struct console;
 
-/* Starts the console threads.  com1 may be NULL and in_fd -1 for an output-only console;
- * out_fd -1 discards output.  Returns NULL with err_set() on failure. */
-struct console *console_start(struct vm *vm, struct uart16550 *com1, int in_fd, int out_fd,
+/* Starts the console for `uart` (may be NULL: a console that only prints what is passed to
+ * console_output()).  The console installs itself as the UART's output (uart_set_output), so
+ * uart_attach() may be given a NULL `out`.  in_fd -1: no input (e.g. COM2 in command mode);
+ * out_fd -1: output is discarded.  Returns NULL with err_set() on failure. */
+struct console *console_start(struct vm *vm, struct uart16550 *uart, int in_fd, int out_fd,
                               bool interactive);
 
-/* The UART `out` callback: pass the struct console * as ctx.  Safe with a NULL console (drops). */
+/* The UART `out` callback (console_start() installs it; usable directly with the struct console *
+ * as ctx).  Safe with a NULL console (drops). */
 void console_output(void *console, const uint8_t *buf, size_t n);
 
-/* Stops the threads, flushes buffered output (for at most about a second), restores the terminal
- * and frees the console.  Call after the vCPUs have stopped: the UART keeps a pointer to it. */
+/* Detaches from the UART (its output is dropped from then on), stops the threads, flushes
+ * buffered output (for at most about a second), restores the terminal and frees the console.
+ * Safe while vCPUs still run. */
 void console_stop(struct console *c);
 
 /* Restores the terminal mode console_start() changed, if any.  Async-signal-safe (only

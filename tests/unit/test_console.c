@@ -50,20 +50,13 @@ static int teardown(void **state)
     return 0;
 }
 
-static struct console *console_ptr;
-static void out_cb(void *ctx, const uint8_t *buf, size_t n)
-{
-    console_output(*(struct console **)ctx, buf, n);
-}
-
 static void start(struct fx *f, bool interactive, bool with_input)
 {
-    f->u = uart_attach(&f->vm, B, GSI_COM1, out_cb, &console_ptr);
+    f->u = uart_attach(&f->vm, B, GSI_COM1, NULL, NULL); /* the console hooks itself in */
     assert_non_null(f->u);
     outb(&f->vm, B + 2, 0x01); /* FIFOs on, as Linux runs it */
     f->c = console_start(&f->vm, f->u, with_input ? f->in[0] : -1, f->out[1], interactive);
     assert_non_null(f->c);
-    console_ptr = f->c;
 }
 
 static size_t read_out(struct fx *f, char *buf, size_t want, int timeout_ms)
@@ -207,9 +200,8 @@ static void test_raw_mode_on_pty(void **state)
     struct termios before, during, after;
     tcgetattr(slave, &before);
     assert_true(before.c_lflag & ICANON);
-    f->u = uart_attach(&f->vm, B, GSI_COM1, out_cb, &console_ptr);
+    f->u = uart_attach(&f->vm, B, GSI_COM1, NULL, NULL);
     f->c = console_start(&f->vm, f->u, slave, f->out[1], true);
-    console_ptr = f->c;
     tcgetattr(slave, &during);
     assert_false(during.c_lflag & (ICANON | ECHO | ISIG));
     /* Ctrl-C reaches the guest as a byte */
@@ -226,6 +218,30 @@ static void test_raw_mode_on_pty(void **state)
     close(slave);
 }
 
+static void *flood_until_told(void *arg)
+{
+    struct fx *f = arg;
+    while (!vm_stopping(&f->vm))
+        outb(&f->vm, B, 'z');
+    return NULL;
+}
+
+static void test_stop_while_vcpu_writes(void **state)
+{
+    /* console_stop() with a vCPU still writing (and the pipe full): it must not hang, and the
+     * vCPU must not touch the freed console afterwards (ASan would catch it). */
+    struct fx *f = *state;
+    start(f, false, false);
+    pthread_t t;
+    pthread_create(&t, NULL, flood_until_told, f);
+    usleep(200000);
+    console_stop(f->c);
+    f->c = NULL;
+    usleep(50000);
+    vm_request_stop(&f->vm, VM_STOP_QUIT, 0);
+    pthread_join(t, NULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -235,6 +251,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_non_interactive_passes_ctrl_a, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stuck_output_drops, setup, teardown),
         cmocka_unit_test_setup_teardown(test_raw_mode_on_pty, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stop_while_vcpu_writes, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
