@@ -140,8 +140,14 @@ size_t api_handle_line(struct api_ctx *ctx, const char *line, size_t len, char *
             known = false;
         }
         if (!known) {
-            char msg[160];
-            snprintf(msg, sizeof(msg), "unknown command \"%.64s\" (try \"help\")", c);
+            /* Echo at most 64 bytes of the name, printable ASCII only: the reply must stay valid
+             * UTF-8 whatever bytes the client sent. */
+            char name[65], msg[160];
+            size_t i = 0;
+            for (; c[i] && i < sizeof(name) - 1; i++)
+                name[i] = (c[i] >= 0x20 && c[i] < 0x7f) ? c[i] : '?';
+            name[i] = 0;
+            snprintf(msg, sizeof(msg), "unknown command \"%s\" (try \"help\")", name);
             n = error_reply(id, msg, reply, cap);
         } else if (rc < 0) {
             char msg[512];

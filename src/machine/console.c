@@ -18,7 +18,7 @@
 
 #define OUT_RING_SIZE    (64 * 1024)
 #define OUT_CHUNK        4096
-#define OUT_WAIT_NS      1000000000ll /* how long a vCPU waits for a stuck host side */
+#define OUT_WAIT_MS      1000 /* default: how long a vCPU waits for a stuck host side */
 #define FLUSH_TIMEOUT_MS 1000
 #define ESCAPE_CHAR      0x01 /* Ctrl-A */
 
@@ -29,7 +29,8 @@ struct console {
     bool interactive;
     pthread_t reader, writer;
     bool reader_started, writer_started;
-    bool hooked; /* installed as the UART's output */
+    bool hooked;             /* installed as the UART's output */
+    _Atomic int out_wait_ms; /* < 0: wait as long as it takes (lossless) */
     _Atomic bool stopping;
 
     /* Output ring, protected by lock. */
@@ -109,15 +110,21 @@ void console_output(void *console, const uint8_t *buf, size_t n)
     while (n > 0) {
         if (c->out_broken || c->stuck) break;
         if (c->len == OUT_RING_SIZE) {
-            /* Full: wait a bounded time for the writer (the mutex is a condvar's, the UART lock
-             * our caller holds only delays the console input thread meanwhile). */
-            int64_t deadline = now_ns() + OUT_WAIT_NS;
-            struct timespec ts;
-            clock_gettime(CLOCK_MONOTONIC, &ts);
-            ts.tv_sec += OUT_WAIT_NS / 1000000000ll;
+            /* Full: wait for the writer, a bounded time unless lossless output was asked for.
+             * The waits are in slices so a VM stop or console stop ends them. */
+            int wait_ms = atomic_load(&c->out_wait_ms);
+            int64_t deadline = wait_ms < 0 ? INT64_MAX : now_ns() + wait_ms * 1000000ll;
             while (c->len == OUT_RING_SIZE && !c->out_broken && !atomic_load(&c->stopping) &&
-                   now_ns() < deadline)
+                   !vm_stopping(c->vm) && now_ns() < deadline) {
+                struct timespec ts;
+                clock_gettime(CLOCK_MONOTONIC, &ts);
+                ts.tv_nsec += 100000000l;
+                if (ts.tv_nsec >= 1000000000l) {
+                    ts.tv_sec++;
+                    ts.tv_nsec -= 1000000000l;
+                }
                 pthread_cond_timedwait(&c->have_space, &c->lock, &ts);
+            }
             if (c->len == OUT_RING_SIZE) {
                 c->stuck = true;
                 break;
@@ -287,6 +294,7 @@ struct console *console_start(struct vm *vm, struct uart16550 *com1, int in_fd, 
     c->in_fd = com1 ? in_fd : -1;
     c->out_fd = out_fd;
     c->interactive = interactive;
+    c->out_wait_ms = OUT_WAIT_MS;
     c->ring = malloc(OUT_RING_SIZE);
     c->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     pthread_mutex_init(&c->lock, NULL);
@@ -359,6 +367,11 @@ void console_stop(struct console *c)
     pthread_mutex_destroy(&c->lock);
     free(c->ring);
     free(c);
+}
+
+void console_set_output_wait(struct console *c, int ms)
+{
+    atomic_store(&c->out_wait_ms, ms);
 }
 
 uint64_t console_dropped(const struct console *c)

@@ -11,9 +11,9 @@
  *
  * Output: console_output() is the UART's `out` callback.  It copies the bytes into a bounded
  * buffer (64 KiB) that a writer thread drains to out_fd, so a vCPU never blocks on the host
- * terminal.  When the buffer is full the vCPU waits at most one second for the writer; if the host
- * side stays stuck, bytes are dropped and counted (reported by console_stop()) until the writer
- * makes progress again.  A write error on out_fd (EPIPE, EIO) drops all further output likewise.
+ * terminal.  When the buffer is full the vCPU waits at most one second (console_set_output_wait)
+ * for the writer; if the host side stays stuck, bytes are dropped and counted (reported by
+ * console_stop()) until the writer makes progress again.  A write error on out_fd (EPIPE, EIO) drops all further output likewise.
  *
  * Threads: console_output() from vCPU threads (with the UART lock held), the rest from the board.
  * Trusts: the bytes in both directions are opaque; nothing is interpreted except the escape. */
@@ -45,6 +45,12 @@ void console_stop(struct console *c);
 /* Restores the terminal mode console_start() changed, if any.  Async-signal-safe (only
  * tcsetattr()), idempotent; also registered with atexit() when raw mode is entered. */
 void console_restore_terminal(void);
+
+/* How long a vCPU may wait for room in the output buffer before output is dropped: default 1000
+ * ms; a negative value never drops (lossless, e.g. for command output in `lookout run -- CMD`),
+ * at the price that a host side that never reads stalls the writing vCPU (it still ends when the
+ * VM stops or the console is stopped). */
+void console_set_output_wait(struct console *c, int ms);
 
 /* Bytes of guest output dropped so far because the host side did not keep up. */
 uint64_t console_dropped(const struct console *c);

@@ -169,6 +169,10 @@ static void test_unknown_command(void **state)
     assert_non_null(strstr(str(r, "error"), "unknown command"));
     assert_int_equal(cJSON_GetObjectItem(r, "id")->valueint, 3);
     cJSON_Delete(r);
+    r = run("{\"cmd\":\"\xc3\xa9t\xff\x01\"}"); /* non-ASCII bytes are not echoed */
+    assert_false(ok(r));
+    assert_non_null(strstr(str(r, "error"), "\"??t??\""));
+    cJSON_Delete(r);
     r = run("{\"cmd\":\"help\"}");
     assert_true(ok(r));
     assert_true(cJSON_IsArray(cJSON_GetObjectItem(r, "commands")));

@@ -242,6 +242,24 @@ static void test_stop_while_vcpu_writes(void **state)
     pthread_join(t, NULL);
 }
 
+static void test_lossless_output_waits(void **state)
+{
+    struct fx *f = *state;
+    start(f, false, false);
+    console_set_output_wait(f->c, -1);
+    pthread_t t;
+    pthread_create(&t, NULL, flood, f); /* 300 KiB: more than pipe + buffer */
+    usleep(1500000);                    /* longer than the default wait: still nothing dropped */
+    assert_int_equal(console_dropped(f->c), 0);
+    char buf[4096];
+    size_t total = 0, n;
+    while ((n = read_out(f, buf, sizeof(buf), 500)) > 0)
+        total += n;
+    pthread_join(t, NULL);
+    assert_int_equal(total, 300 * 1024);
+    assert_int_equal(console_dropped(f->c), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -252,6 +270,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_stuck_output_drops, setup, teardown),
         cmocka_unit_test_setup_teardown(test_raw_mode_on_pty, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stop_while_vcpu_writes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lossless_output_waits, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
