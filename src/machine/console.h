@@ -13,7 +13,8 @@
  * buffer (64 KiB) that a writer thread drains to out_fd, so a vCPU never blocks on the host
  * terminal.  When the buffer is full the vCPU waits at most one second (console_set_output_wait)
  * for the writer; if the host side stays stuck, bytes are dropped and counted (reported by
- * console_stop()) until the writer makes progress again.  A write error on out_fd (EPIPE, EIO) drops all further output likewise.
+ * console_stop()) until the writer makes progress again.  A write error on out_fd (EPIPE, EIO)
+ * drops all further output likewise.
  *
  * Threads: console_output() from vCPU threads (with the UART lock held), the rest from the board.
  * Trusts: the bytes in both directions are opaque; nothing is interpreted except the escape. */

@@ -17,9 +17,7 @@ static const char *fz_state(const struct vm *vm)
 {
     return "running";
 }
-static void fz_quit(struct vm *vm)
-{
-}
+static void fz_quit(struct vm *vm) {}
 static const struct api_ops fz_ops = {fz_pause, fz_pause, fz_state, fz_quit};
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
