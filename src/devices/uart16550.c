@@ -358,6 +358,18 @@ void uart_set_output(struct uart16550 *u, uart_out_fn out, void *ctx)
     pthread_mutex_unlock(&u->lock);
 }
 
+bool uart_hook_output(struct uart16550 *u, uart_out_fn out, void *ctx)
+{
+    pthread_mutex_lock(&u->lock);
+    bool free_slot = u->out == NULL;
+    if (free_slot) {
+        u->out = out;
+        u->out_ctx = ctx;
+    }
+    pthread_mutex_unlock(&u->lock);
+    return free_slot;
+}
+
 void uart_set_rx_notify(struct uart16550 *u, void (*notify)(void *ctx), void *ctx)
 {
     pthread_mutex_lock(&u->lock);

@@ -38,6 +38,8 @@ struct uart16550 *uart_attach(struct vm *vm, uint16_t port, unsigned gsi, uart_o
 /* Replaces the output callback (NULL drops output).  When this returns, no call to the previous
  * callback is in progress or will start, so its context may be freed. */
 void uart_set_output(struct uart16550 *u, uart_out_fn out, void *ctx);
+/* Installs `out` only if the UART has no output callback yet; returns whether it did. */
+bool uart_hook_output(struct uart16550 *u, uart_out_fn out, void *ctx);
 
 /* Teardown (no vCPU may be running): unregisters the ports and frees the UART. */
 void uart_detach(struct vm *vm, struct uart16550 *u);

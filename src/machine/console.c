@@ -334,10 +334,9 @@ struct console *console_start(struct vm *vm, struct uart16550 *com1, int in_fd, 
         console_stop(c);
         return NULL;
     }
-    if (com1) {
-        uart_set_output(com1, console_output, c);
-        c->hooked = true;
-    }
+    /* Become the UART's output unless the board wired one itself (it then calls
+     * console_output() from its own callback). */
+    if (com1) c->hooked = uart_hook_output(com1, console_output, c);
     return c;
 }
 

@@ -28,9 +28,11 @@ struct uart16550;
 struct console;
 
 /* Starts the console for `uart` (may be NULL: a console that only prints what is passed to
- * console_output()).  The console installs itself as the UART's output (uart_set_output), so
- * uart_attach() may be given a NULL `out`.  in_fd -1: no input (e.g. COM2 in command mode);
- * out_fd -1: output is discarded.  Returns NULL with err_set() on failure. */
+ * console_output()).  If the UART has no output callback (uart_attach() was given a NULL `out`),
+ * the console installs itself as its output and removes itself again in console_stop(); a board
+ * that passes its own callback calls console_output() from it and must stop the vCPUs first.  in_fd
+ * -1: no input (e.g. COM2 in command mode); out_fd -1: output is discarded.  Returns NULL with
+ * err_set() on failure. */
 struct console *console_start(struct vm *vm, struct uart16550 *uart, int in_fd, int out_fd,
                               bool interactive);
 
@@ -38,9 +40,9 @@ struct console *console_start(struct vm *vm, struct uart16550 *uart, int in_fd, 
  * as ctx).  Safe with a NULL console (drops). */
 void console_output(void *console, const uint8_t *buf, size_t n);
 
-/* Detaches from the UART (its output is dropped from then on), stops the threads, flushes
- * buffered output (for at most about a second), restores the terminal and frees the console.
- * Safe while vCPUs still run. */
+/* Detaches from the UART if it installed itself (its output is dropped from then on), stops the
+ * threads, flushes buffered output (for at most about a second), restores the terminal and frees
+ * the console.  Safe while vCPUs still run only if the console installed itself. */
 void console_stop(struct console *c);
 
 /* Restores the terminal mode console_start() changed, if any.  Async-signal-safe (only

@@ -260,6 +260,36 @@ static void test_lossless_output_waits(void **state)
     assert_int_equal(console_dropped(f->c), 0);
 }
 
+static uint8_t board_seen[8];
+static size_t board_seen_len;
+static struct console *board_console;
+static void board_out(void *ctx, const uint8_t *buf, size_t n)
+{
+    for (size_t i = 0; i < n && board_seen_len < sizeof(board_seen); i++)
+        board_seen[board_seen_len++] = buf[i];
+    console_output(board_console, buf, n);
+}
+
+static void test_board_callback_is_kept(void **state)
+{
+    /* a board that wires its own callback keeps it; it forwards to console_output() */
+    struct fx *f = *state;
+    board_seen_len = 0;
+    f->u = uart_attach(&f->vm, B, GSI_COM1, board_out, NULL);
+    f->c = console_start(&f->vm, f->u, -1, f->out[1], false);
+    board_console = f->c;
+    outb(&f->vm, B, 'q');
+    char c = 0;
+    assert_int_equal(read_out(f, &c, 1, 2000), 1);
+    assert_int_equal(c, 'q');
+    assert_int_equal(board_seen_len, 1);
+    console_stop(f->c);
+    f->c = NULL;
+    board_console = NULL;
+    outb(&f->vm, B, 'r'); /* still the board's callback (console gone: dropped safely) */
+    assert_int_equal(board_seen_len, 2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -271,6 +301,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_raw_mode_on_pty, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stop_while_vcpu_writes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lossless_output_waits, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_board_callback_is_kept, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
