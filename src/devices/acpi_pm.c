@@ -80,6 +80,32 @@ int acpi_pm_attach(struct vm *vm)
     return 0;
 }
 
+static struct acpi_pm *find_pm(struct vm *vm)
+{
+    for (unsigned i = 0; i < vm->pio.n; i++)
+        if (vm->pio.r[i].ops == &pm_ops) return vm->pio.r[i].opaque;
+    err_set(ENODEV, "this VM has no ACPI PM registers");
+    return NULL;
+}
+
+int acpi_pm_get_state(struct vm *vm, struct acpi_pm_state *s)
+{
+    struct acpi_pm *pm = find_pm(vm);
+    if (!pm) return -ENODEV;
+    s->sleep_sts = atomic_load(&pm->sleep_sts);
+    return 0;
+}
+
+int acpi_pm_set_state(struct vm *vm, const struct acpi_pm_state *s)
+{
+    struct acpi_pm *pm = find_pm(vm);
+    if (!pm) return -ENODEV;
+    if (s->sleep_sts & ~WAK_STS)
+        return err_set(EINVAL, "acpi pm state: sleep status %#x has undefined bits", s->sleep_sts);
+    atomic_store(&pm->sleep_sts, s->sleep_sts);
+    return 0;
+}
+
 void acpi_pm_detach(struct vm *vm)
 {
     for (unsigned i = 0; i < vm->pio.n; i++)

@@ -6,8 +6,16 @@
  *   PORT_ACPI_RESET      writing ACPI_RESET_VALUE resets (VM_STOP_RESET).
  * Reads of the control and reset registers return 0. */
 #pragma once
+#include <stdint.h>
 
 struct vm;
 
 int acpi_pm_attach(struct vm *vm);
+
+/* Guest-visible state for snapshots (the sleep status register); -ENODEV without the device. */
+struct acpi_pm_state {
+    uint8_t sleep_sts;
+};
+int acpi_pm_get_state(struct vm *vm, struct acpi_pm_state *s);
+int acpi_pm_set_state(struct vm *vm, const struct acpi_pm_state *s);
 void acpi_pm_detach(struct vm *vm);

@@ -192,6 +192,52 @@ int i8042_attach(struct vm *vm)
     return 0;
 }
 
+static struct i8042 *find_i8042(struct vm *vm)
+{
+    for (unsigned i = 0; i < vm->pio.n; i++)
+        if (vm->pio.r[i].ops == &data_ops) return vm->pio.r[i].opaque;
+    err_set(ENODEV, "this VM has no i8042");
+    return NULL;
+}
+
+int i8042_get_state(struct vm *vm, struct i8042_state *s)
+{
+    struct i8042 *k = find_i8042(vm);
+    if (!k) return -ENODEV;
+    pthread_mutex_lock(&k->lock);
+    *s = (struct i8042_state){k->status, k->ctr, k->outport, k->out, k->pending_cmd};
+    pthread_mutex_unlock(&k->lock);
+    return 0;
+}
+
+int i8042_set_state(struct vm *vm, const struct i8042_state *s)
+{
+    struct i8042 *k = find_i8042(vm);
+    if (!k) return -ENODEV;
+    if (s->status & STS_IBF)
+        return err_set(EINVAL, "i8042 state: input buffer full (%#x) never persists", s->status);
+    switch (s->pending_cmd) {
+    case 0:
+    case 0x60:
+    case 0xd1:
+    case 0xd2:
+    case 0xd3:
+    case 0xd4: break;
+    default:
+        return err_set(EINVAL, "i8042 state: %#x is not a command that waits for data",
+                       s->pending_cmd);
+    }
+    pthread_mutex_lock(&k->lock);
+    k->status = s->status;
+    k->ctr = s->ctr;
+    k->outport = s->outport;
+    k->out = s->out;
+    k->pending_cmd = s->pending_cmd;
+    update_irq(k);
+    pthread_mutex_unlock(&k->lock);
+    return 0;
+}
+
 void i8042_detach(struct vm *vm)
 {
     for (unsigned i = 0; i < vm->pio.n; i++)

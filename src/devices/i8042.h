@@ -11,8 +11,16 @@
  * (keyboard-side data) or IRQ 12 (aux data) while it is full and the command byte enables that
  * interrupt, as on a PC; Linux disables both while it probes and polls the status port. */
 #pragma once
+#include <stdint.h>
 
 struct vm;
 
 int i8042_attach(struct vm *vm);
+
+/* Guest-visible state for snapshots; -ENODEV without an i8042, -EINVAL for impossible states. */
+struct i8042_state {
+    uint8_t status, ctr, outport, out, pending_cmd;
+};
+int i8042_get_state(struct vm *vm, struct i8042_state *s);
+int i8042_set_state(struct vm *vm, const struct i8042_state *s);
 void i8042_detach(struct vm *vm);

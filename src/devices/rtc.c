@@ -380,6 +380,58 @@ int rtc_attach(struct vm *vm)
     return 0;
 }
 
+static struct rtc *find_rtc(struct vm *vm)
+{
+    for (unsigned i = 0; i < vm->pio.n; i++)
+        if (vm->pio.r[i].ops == &rtc_ops) return vm->pio.r[i].opaque;
+    err_set(ENODEV, "this VM has no RTC");
+    return NULL;
+}
+
+int rtc_get_state(struct vm *vm, struct rtc_state *s)
+{
+    struct rtc *r = find_rtc(vm);
+    if (!r) return -ENODEV;
+    memset(s, 0, sizeof(*s));
+    pthread_mutex_lock(&r->lock);
+    poll_events(r, rtc_host_clock_ns());
+    memcpy(s->cmos, r->cmos, sizeof(s->cmos));
+    s->cmos[REG_D] = D_VRT;
+    s->index = r->index;
+    s->c_flags = r->c_flags;
+    s->nmi_disabled = r->nmi_disabled;
+    s->offset_s = r->offset_s;
+    pthread_mutex_unlock(&r->lock);
+    return 0;
+}
+
+int rtc_set_state(struct vm *vm, const struct rtc_state *s)
+{
+    struct rtc *r = find_rtc(vm);
+    if (!r) return -ENODEV;
+    if (s->index > 0x7f) return err_set(EINVAL, "rtc state: index %#x is past 127", s->index);
+    if (s->c_flags & 0x8f)
+        return err_set(EINVAL, "rtc state: register C flags %#x has undefined bits", s->c_flags);
+    if (s->nmi_disabled > 1) return err_set(EINVAL, "rtc state: nmi_disabled is not 0 or 1");
+    /* +-10000 years: beyond that timegm()/gmtime_r() arithmetic is no longer meaningful */
+    if (s->offset_s > 315569520000ll || s->offset_s < -315569520000ll)
+        return err_set(EINVAL, "rtc state: clock offset %lld s is out of range",
+                       (long long)s->offset_s);
+    pthread_mutex_lock(&r->lock);
+    memcpy(r->cmos, s->cmos, sizeof(r->cmos));
+    r->cmos[REG_A] &= 0x7f;
+    r->cmos[REG_C] = r->cmos[REG_D] = 0;
+    r->index = s->index;
+    r->c_flags = s->c_flags;
+    r->nmi_disabled = s->nmi_disabled;
+    r->offset_s = s->offset_s;
+    r->ev_last = rtc_host_clock_ns();
+    update_irq(r);
+    timer_kick(r);
+    pthread_mutex_unlock(&r->lock);
+    return 0;
+}
+
 void rtc_detach(struct vm *vm)
 {
     for (unsigned i = 0; i < vm->pio.n; i++)

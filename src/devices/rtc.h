@@ -18,6 +18,18 @@ struct vm;
 int rtc_attach(struct vm *vm);
 void rtc_detach(struct vm *vm);
 
+/* The guest-visible state, for snapshots and migration.  The clock is stored as an offset from
+ * the host's UTC clock, so a restored guest's RTC keeps telling real time (as a battery-backed
+ * chip would after a power-off), plus what the guest set relative to it. */
+struct rtc_state {
+    uint8_t cmos[128]; /* time registers: the frozen copy while register B's SET bit is on */
+    uint8_t index, c_flags, nmi_disabled;
+    int64_t offset_s;
+};
+/* -ENODEV with err_set() if the VM has no RTC; set refuses impossible states with -EINVAL. */
+int rtc_get_state(struct vm *vm, struct rtc_state *s);
+int rtc_set_state(struct vm *vm, const struct rtc_state *s);
+
 /* The host clock the RTC reads (nanoseconds since the Unix epoch, UTC).  Defaults to
  * CLOCK_REALTIME; unit tests replace it. */
 extern int64_t (*rtc_host_clock_ns)(void);

@@ -378,6 +378,59 @@ void uart_set_rx_notify(struct uart16550 *u, void (*notify)(void *ctx), void *ct
     pthread_mutex_unlock(&u->lock);
 }
 
+void uart_get_state(struct uart16550 *u, struct uart_state *s)
+{
+    memset(s, 0, sizeof(*s));
+    pthread_mutex_lock(&u->lock);
+    s->ier = u->ier;
+    s->lcr = u->lcr;
+    s->mcr = u->mcr;
+    s->lsr = u->lsr;
+    s->msr = u->msr;
+    s->scr = u->scr;
+    s->fcr = u->fcr;
+    s->thre_pending = u->thre_pending;
+    s->divisor = u->divisor;
+    s->rx_count = (uint8_t)u->rx_count;
+    for (unsigned i = 0; i < u->rx_count; i++)
+        s->rx[i] = u->rx[(u->rx_head + i) % FIFO_SIZE];
+    pthread_mutex_unlock(&u->lock);
+}
+
+int uart_set_state(struct uart16550 *u, const struct uart_state *s)
+{
+    /* A snapshot is input like any other: check every field against what the chip can hold. */
+    if (s->ier & 0xf0) return err_set(EINVAL, "uart state: IER %#x has reserved bits", s->ier);
+    if (s->mcr & 0xe0) return err_set(EINVAL, "uart state: MCR %#x has reserved bits", s->mcr);
+    if (s->fcr & ~(FCR_ENABLE | 0x08 | 0xc0) || (s->fcr && !(s->fcr & FCR_ENABLE)))
+        return err_set(EINVAL, "uart state: FCR %#x is not a stored FIFO setting", s->fcr);
+    if (s->thre_pending > 1)
+        return err_set(EINVAL, "uart state: thre_pending %u is not 0 or 1", s->thre_pending);
+    unsigned cap = (s->fcr & FCR_ENABLE) ? FIFO_SIZE : 1;
+    if (s->rx_count > cap)
+        return err_set(EINVAL, "uart state: %u received bytes, the FIFO holds %u", s->rx_count,
+                       cap);
+    if (!!(s->lsr & LSR_DR) != (s->rx_count > 0))
+        return err_set(EINVAL, "uart state: LSR.DR disagrees with the %u received bytes",
+                       s->rx_count);
+    pthread_mutex_lock(&u->lock);
+    u->ier = s->ier;
+    u->lcr = s->lcr;
+    u->mcr = s->mcr;
+    u->lsr = (uint8_t)(s->lsr | LSR_THRE | LSR_TEMT); /* transmission is instantaneous */
+    u->msr = s->msr;
+    u->scr = s->scr;
+    u->fcr = s->fcr;
+    u->thre_pending = s->thre_pending;
+    u->divisor = s->divisor;
+    u->rx_head = 0;
+    u->rx_count = s->rx_count;
+    memcpy(u->rx, s->rx, s->rx_count);
+    update_irq(u);
+    pthread_mutex_unlock(&u->lock);
+    return 0;
+}
+
 bool uart_irq_level(struct uart16550 *u)
 {
     pthread_mutex_lock(&u->lock);

@@ -56,5 +56,19 @@ size_t uart_receive(struct uart16550 *u, const uint8_t *buf, size_t n);
  * bytes can offer them again. */
 void uart_set_rx_notify(struct uart16550 *u, void (*notify)(void *ctx), void *ctx);
 
+/* The guest-visible state, for snapshots and migration: plain data, no pointers.  rx[0] is the
+ * oldest received byte.  The IRQ level is not part of it: it follows from the registers. */
+struct uart_state {
+    uint8_t ier, lcr, mcr, lsr, msr, scr, fcr;
+    uint8_t thre_pending; /* 0 or 1 */
+    uint16_t divisor;
+    uint8_t rx_count;
+    uint8_t rx[16];
+};
+void uart_get_state(struct uart16550 *u, struct uart_state *s);
+/* Refuses (-EINVAL, err_set() saying which field) a state no 16550A can be in (bits it does not
+ * implement, more bytes than the FIFO holds); then drives the IRQ pin to the restored level. */
+int uart_set_state(struct uart16550 *u, const struct uart_state *s);
+
 /* For the board and tests: the level the IRQ pin currently has. */
 bool uart_irq_level(struct uart16550 *u);

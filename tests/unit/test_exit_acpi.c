@@ -98,6 +98,19 @@ static void test_detach_keeps_other_devices(void **state)
     vm->pio.n = 0; /* drop the dummy too, so teardown's check holds */
 }
 
+static void test_pm_state(void **state)
+{
+    struct vm *vm = *state;
+    struct acpi_pm_state st = {.sleep_sts = 0x80};
+    assert_int_equal(acpi_pm_set_state(vm, &st), 0);
+    assert_int_equal(inb(vm, PORT_ACPI_SLEEP_STS), 0x80);
+    st.sleep_sts = 0;
+    assert_int_equal(acpi_pm_get_state(vm, &st), 0);
+    assert_int_equal(st.sleep_sts, 0x80);
+    st.sleep_sts = 0x01;
+    assert_int_equal(acpi_pm_set_state(vm, &st), -EINVAL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -107,6 +120,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_acpi_s5_powers_off, setup, teardown),
         cmocka_unit_test_setup_teardown(test_acpi_reset, setup, teardown),
         cmocka_unit_test_setup_teardown(test_detach_keeps_other_devices, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pm_state, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

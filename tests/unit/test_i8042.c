@@ -137,6 +137,30 @@ static void test_reset_via_output_port(void **state)
     assert_int_equal(vm->stop_reason, VM_STOP_RESET);
 }
 
+static void test_state_round_trip(void **state)
+{
+    struct vm *vm = *state;
+    outb(vm, PORT_I8042_CMD, 0xaa); /* reply 0x55 waiting, IRQ 1 up */
+    outb(vm, PORT_I8042_CMD, 0x60); /* and a command waiting for its data byte */
+    struct i8042_state st;
+    assert_int_equal(i8042_get_state(vm, &st), 0);
+    struct vm *vm2 = calloc(1, sizeof(*vm2));
+    fake_vm_init(vm2);
+    assert_int_equal(i8042_attach(vm2), 0);
+    assert_int_equal(i8042_set_state(vm2, &st), 0);
+    assert_int_equal(fake_irq.level[1], 1);
+    assert_int_equal(inb(vm2, PORT_I8042_DATA), 0x55);
+    outb(vm2, PORT_I8042_DATA, 0x00); /* completes the pending 0x60: command byte 0 */
+    int r;
+    command(vm2, 0x20, -1, &r);
+    assert_int_equal(r, 0);
+    struct i8042_state bad = st;
+    bad.pending_cmd = 0x20;
+    assert_int_equal(i8042_set_state(vm2, &bad), -EINVAL);
+    i8042_detach(vm2);
+    free(vm2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -145,6 +169,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_irqs_follow_output_buffer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reset_command, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reset_via_output_port, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_state_round_trip, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

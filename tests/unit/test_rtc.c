@@ -179,6 +179,45 @@ static void test_periodic_flag(void **state)
     assert_false(rd(vm, 0x0c) & 0x40);
 }
 
+static void test_state_round_trip(void **state)
+{
+    struct vm *vm = *state;
+    wr(vm, 0x0b, 0x82); /* the guest sets 2030-01-02 03:04:05 */
+    wr(vm, 0x09, 0x30);
+    wr(vm, 0x08, 0x01);
+    wr(vm, 0x07, 0x02);
+    wr(vm, 0x04, 0x03);
+    wr(vm, 0x02, 0x04);
+    wr(vm, 0x00, 0x05);
+    wr(vm, 0x0b, 0x02); /* run (the registers were BCD) */
+    wr(vm, 0x0b, 0x06); /* then binary, 24h */
+    wr(vm, 0x50, 0x99);
+    outb(vm, PORT_RTC, 0x09);
+    struct rtc_state st;
+    assert_int_equal(rtc_get_state(vm, &st), 0);
+    assert_int_equal(st.index, 0x09);
+
+    struct vm *vm2 = calloc(1, sizeof(*vm2));
+    fake_vm_init(vm2);
+    assert_int_equal(rtc_attach(vm2), 0);
+    fake_now += 10 * 1000000000ll; /* restored 10 s later */
+    assert_int_equal(rtc_set_state(vm2, &st), 0);
+    assert_int_equal(inb(vm2, PORT_RTC + 1), 30); /* the index was restored too: year */
+    assert_int_equal(rd(vm2, 0x00), 15);
+    assert_int_equal(rd(vm2, 0x04), 3);
+    assert_int_equal(rd(vm2, 0x50), 0x99);
+
+    struct rtc_state bad = st;
+    bad.index = 0x80;
+    assert_int_equal(rtc_set_state(vm2, &bad), -EINVAL);
+    bad = st;
+    bad.offset_s = INT64_MAX;
+    assert_int_equal(rtc_set_state(vm2, &bad), -EINVAL);
+    rtc_detach(vm2);
+    assert_int_equal(rtc_get_state(vm2, &st), -ENODEV);
+    free(vm2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -191,6 +230,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_irq8_update_interrupt, setup, teardown),
         cmocka_unit_test_setup_teardown(test_irq8_on_enable_with_latched_flag, setup, teardown),
         cmocka_unit_test_setup_teardown(test_periodic_flag, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_state_round_trip, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -293,6 +293,56 @@ static void test_wide_access_and_unclaimed(void **state)
     assert_int_equal(inb(VM, B + 8), 0xff); /* past the UART: nobody */
 }
 
+static void test_state_round_trip(void **state)
+{
+    outb(VM, B + FCR, 0x81);
+    outb(VM, B + LCR, 0x83);
+    outb(VM, B + 0, 0x34);
+    outb(VM, B + 1, 0x12);
+    outb(VM, B + LCR, 0x03);
+    outb(VM, B + MCR, 0x0b);
+    outb(VM, B + SCR, 0x77);
+    outb(VM, B + IER, 0x03); /* RX + THRE: THRE pending */
+    uart_receive(U, (const uint8_t *)"snap", 4);
+    inb(VM, B + RBR); /* "nap" left, head moved */
+    struct uart_state st;
+    uart_get_state(U, &st);
+    assert_int_equal(st.rx_count, 3);
+    assert_memory_equal(st.rx, "nap", 3);
+
+    struct vm vm2;
+    fake_vm_init(&vm2);
+    struct uart16550 *u2 = uart_attach(&vm2, B, GSI_COM1, capture, NULL);
+    assert_int_equal(uart_set_state(u2, &st), 0);
+    assert_int_equal(fake_irq.level[GSI_COM1], 1); /* the pin follows the restored registers */
+    assert_int_equal(inb(&vm2, B + SCR), 0x77);
+    assert_int_equal(inb(&vm2, B + IIR), 0xcc); /* FIFO on, 3 bytes below trigger 8: timeout */
+    outb(&vm2, B + LCR, 0x83);
+    assert_int_equal(inb(&vm2, B + 0), 0x34);
+    assert_int_equal(inb(&vm2, B + 1), 0x12);
+    outb(&vm2, B + LCR, 0x03);
+    assert_int_equal(inb(&vm2, B + RBR), 'n');
+    assert_int_equal(inb(&vm2, B + RBR), 'a');
+    assert_int_equal(inb(&vm2, B + RBR), 'p');
+    assert_int_equal(inb(&vm2, B + IIR) & 0x0f, 0x02); /* then the pending THRE */
+
+    /* hostile snapshots are refused */
+    struct uart_state bad = st;
+    bad.rx_count = 17;
+    assert_int_equal(uart_set_state(u2, &bad), -EINVAL);
+    bad = st;
+    bad.fcr = 0;
+    bad.rx_count = 3; /* FIFO off holds 1 */
+    assert_int_equal(uart_set_state(u2, &bad), -EINVAL);
+    bad = st;
+    bad.ier = 0x40;
+    assert_int_equal(uart_set_state(u2, &bad), -EINVAL);
+    bad = st;
+    bad.lsr &= ~0x01; /* DR clear but bytes present */
+    assert_int_equal(uart_set_state(u2, &bad), -EINVAL);
+    uart_detach(&vm2, u2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -312,6 +362,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_loopback_transmit_and_overrun, setup, teardown),
         cmocka_unit_test_setup_teardown(test_iir_priority_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wide_access_and_unclaimed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_state_round_trip, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
