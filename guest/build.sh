@@ -30,9 +30,10 @@ DEFAULT_APPEND="console=ttyS0 quiet panic=-1 reboot=k pci=off mitigations=off"
 
 # Virtio modules in load order (insmod does not resolve dependencies): the core, the MMIO
 # transport (the board's devices are virtio-mmio, described in the ACPI DSDT), then drivers.
+# When depmod is available the order is recomputed from the modules.dep it writes.
 MODULES=(
-  drivers/virtio/virtio.ko
   drivers/virtio/virtio_ring.ko
+  drivers/virtio/virtio.ko
   drivers/virtio/virtio_mmio.ko
   drivers/block/virtio_blk.ko
   net/core/failover.ko
@@ -247,10 +248,21 @@ for f in modules.builtin modules.builtin.modinfo modules.order; do
   [ -f "$mods/$f" ] && cp "$mods/$f" "$R/lib/modules/$KREL/"
 done
 DEPMOD=$(command -v depmod || echo /sbin/depmod)
-if [ -x "$DEPMOD" ]; then
-  "$DEPMOD" -b "$R" "$KREL" 2>/dev/null || say "warning: depmod failed; /init loads modules by list"
+if [ -x "$DEPMOD" ] && "$DEPMOD" -b "$R" "$KREL" 2>/dev/null; then
+  # Load order from modules.dep: each module after its dependencies (modprobe loads a module's
+  # dependency list from its end), each module once.
+  awk -F': *' 'NR == FNR { dep[$1] = $2; next }
+    function load(m,   n, d, i) {
+      if (m in done) return
+      done[m] = 1
+      n = split(dep[m], d, " ")
+      for (i = n; i >= 1; i--) load(d[i])
+      print m
+    }
+    { load($0) }' "$R/lib/modules/$KREL/modules.dep" "$R/etc/lookout/modules" >"$WORK/order"
+  mv "$WORK/order" "$R/etc/lookout/modules"
 else
-  say "warning: depmod not found (install kmod); /init loads modules by list"
+  say "warning: depmod failed or missing (install kmod); /init loads modules in the built-in order"
 fi
 
 # The exit-port helper (no /dev/port in Debian's cloud kernel).
