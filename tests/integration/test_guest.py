@@ -1,0 +1,96 @@
+"""The Debian guest (guest/build.sh) under the backend `--cpu auto` picks: slow, marked `guest`.
+
+`lookout run [options] -- CMD ARGS...` passes the command to the guest's /init as
+lookout.run=<base64>; /init runs it with its output on COM2 (copied to lookout's stdout) and
+reports its exit status through port 0xf4, which lookout turns into its own exit status."""
+import re
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import auto_backend, guest_timeout
+
+pytestmark = pytest.mark.guest
+
+READY_RE = re.compile(r"^lookout-guest: ready \(uptime [0-9]+\.[0-9]+\)", re.M)
+
+
+def test_auto_backend_rule():
+    """Documents which backend the guest tests below use here."""
+    assert auto_backend() in ("kvm", "bt")
+
+
+def test_uname(run_guest, debian_guest):
+    r = run_guest(cmd=["uname", "-r"])
+    assert r.rc == 0, r
+    assert r.out.strip().splitlines()[-1:] == [debian_guest["RELEASE"]], r
+
+
+def test_exit_status(run_guest):
+    r = run_guest(cmd=["sh", "-c", "exit 7"])
+    assert r.rc == 7, r
+
+
+def test_output_is_exact(run_guest):
+    """Bytes come through unchanged: no CR added, stderr included, quoting preserved."""
+    r = run_guest(cmd=["sh", "-c", "printf 'a b\\n'; echo 'it''s' >&2; printf '%s\\n' \"$0\"",
+                       "x y"])
+    assert r.rc == 0, r
+    assert "a b\nit's\nx y\n" in r.out, r
+
+
+def test_smp2_nproc(run_guest):
+    r = run_guest("--smp", "2", cmd=["nproc"])
+    assert r.rc == 0, r
+    assert r.out.strip().splitlines()[-1:] == ["2"], r
+
+
+def test_poweroff_ends_with_zero(run_guest):
+    r = run_guest(cmd=["poweroff", "-f"])
+    assert r.rc == 0, r
+
+
+def test_reboot_ends_cleanly(run_guest):
+    """A guest reboot (i8042 reset, reboot=k) ends lookout; assumed status 0, like power-off."""
+    r = run_guest(cmd=["reboot", "-f"])
+    assert r.rc == 0, r
+    assert "Sanitizer" not in r.err and "triple fault" not in r.both.lower(), r
+
+
+def test_ready_line_and_shell(lookout_bin, debian_guest):
+    """Interactive mode with stdin a pipe (not a terminal): the ready line appears on the
+    console, then the shell reads what we type and `poweroff -f` ends lookout with 0.
+    stdin stays open until lookout exits (EOF on stdin is not a request to stop)."""
+    argv = [str(lookout_bin), "run", "--kernel", debian_guest["KERNEL"], "--initrd",
+            debian_guest["INITRD"], "--append", debian_guest["APPEND"], "--mem", "512M"]
+    p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, start_new_session=True)
+    lines, ready, said = [], threading.Event(), threading.Event()
+
+    def reader():
+        for raw in p.stdout:
+            line = raw.decode(errors="replace")
+            lines.append(line)
+            if READY_RE.search(line):
+                ready.set()
+            if "shell-42" in line and "echo" not in line:
+                said.set()
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    try:
+        assert ready.wait(guest_timeout()), "no ready line:\n" + "".join(lines)[-3000:]
+        time.sleep(0.5)
+        p.stdin.write(b"echo shell-$((6*7))\n")
+        p.stdin.flush()
+        assert said.wait(120), "the shell did not answer:\n" + "".join(lines)[-3000:]
+        p.stdin.write(b"poweroff -f\n")
+        p.stdin.flush()
+        rc = p.wait(timeout=120)
+        assert rc == 0, f"power-off should end lookout with 0, got {rc}: " + \
+            p.stderr.read().decode(errors="replace")[-2000:]
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
