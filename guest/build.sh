@@ -18,7 +18,8 @@ KERNEL_META=${LOOKOUT_GUEST_KERNEL:-linux-image-cloud-amd64}
 #  console=ttyS0   the 16550 at 0x3f8 is the console from the first line (8250 console is built in)
 #  quiet           serial output costs VM exits; boot messages are for debugging (--append)
 #  panic=-1        a panic reboots at once, and a reboot ends lookout: a broken guest never hangs
-#  reboot=k        reboot through the i8042 reset line (port 0x64), which the board implements
+#  (no reboot=)    Linux's default tries the FADT reset register first, then the i8042 reset
+#                  line (port 0x64); the board has both, so either ends lookout
 #  pci=off         the board has no PCI host bridge: skip probing config space
 #  mitigations=off the guest is a single-user test appliance and the isolation boundary is the
 #                  VMM; the CPUID model reports Intel without ARCH_CAPABILITIES, so Linux would
@@ -26,7 +27,7 @@ KERNEL_META=${LOOKOUT_GUEST_KERNEL:-linux-image-cloud-amd64}
 # No tsc_early_khz=: lookout's CPUID model reports the TSC frequency in leaf 0x15 (vendor Intel,
 # the only vendor for which Linux reads that leaf), so the kernel needs no calibration.  QEMU's
 # TCG CPU does not, which is why bench/boot adds tsc_early_khz= for QEMU only.
-DEFAULT_APPEND="console=ttyS0 quiet panic=-1 reboot=k pci=off mitigations=off"
+DEFAULT_APPEND="console=ttyS0 quiet panic=-1 pci=off mitigations=off"
 
 # Virtio modules in load order (insmod does not resolve dependencies): the core, the MMIO
 # transport (the board's devices are virtio-mmio, described in the ACPI DSDT), then drivers.

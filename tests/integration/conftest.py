@@ -12,7 +12,8 @@ Markers (registered in pytest.ini):
 
 Environment:
   LOOKOUT_TEST_SAN=0        do not run the fast tests against the sanitizer build as well
-  LOOKOUT_GUEST_TIMEOUT=S   seconds one Debian guest boot may take (default 900)
+  LOOKOUT_GUEST_TIMEOUT=S   seconds one Debian guest boot may take (default 600); after one
+                            boot timed out, the other guest tests fail at once (CI time budget)
 """
 
 import base64
@@ -37,7 +38,7 @@ EXIT_POWEROFF = 0
 
 
 def guest_timeout():
-    return float(os.environ.get("LOOKOUT_GUEST_TIMEOUT", "900"))
+    return float(os.environ.get("LOOKOUT_GUEST_TIMEOUT", "600"))
 
 
 # --------------------------------------------------------------------------- host facts
@@ -201,17 +202,35 @@ def debian_guest():
     return paths
 
 
+_GUEST_HUNG = []
+
+
+def guest_hung_check():
+    """One hung boot costs LOOKOUT_GUEST_TIMEOUT; the next ones would only repeat it."""
+    if _GUEST_HUNG:
+        pytest.fail(f"not run: the Debian guest boot in {_GUEST_HUNG[0]} timed out")
+
+
+def guest_hung_mark(name):
+    _GUEST_HUNG.append(name)
+
+
 @pytest.fixture
-def run_guest(lookout_bin, debian_guest):
+def run_guest(request, lookout_bin, debian_guest):
     """run_guest(*lookout_run_args, cmd=[...]) boots the Debian guest with the backend
     `--cpu auto` picks and returns a Result; cmd, when given, follows `--`."""
     def run(*args, cmd=None, stdin_data=None, timeout=None):
+        guest_hung_check()
         argv = ["run", "--kernel", debian_guest["KERNEL"], "--initrd", debian_guest["INITRD"],
                 "--append", debian_guest["APPEND"], "--mem", "512M", "--cpu", "auto", *args]
         if cmd is not None:
             argv += ["--", *cmd]
-        return run_lookout(lookout_bin, *argv, timeout=timeout or guest_timeout(),
-                           stdin_data=stdin_data)
+        try:
+            return run_lookout(lookout_bin, *argv, timeout=timeout or guest_timeout(),
+                               stdin_data=stdin_data)
+        except pytest.fail.Exception:
+            guest_hung_mark(request.node.name)
+            raise
     return run
 
 
