@@ -11,6 +11,7 @@ Markers (registered in pytest.ini):
   api    uses the control socket
 
 Environment:
+  LOOKOUT_BIN=PATH          the binary for the slow (Debian guest) tests; default build/lookout
   LOOKOUT_TEST_SAN=0        do not run the fast tests against the sanitizer build as well
   LOOKOUT_GUEST_TIMEOUT=S   seconds one Debian guest boot may take (default 600); after one
                             boot timed out, the other guest tests fail at once (CI time budget)
@@ -155,7 +156,10 @@ def _need(path, what):
 
 @pytest.fixture(scope="session")
 def lookout_bin():
-    """The optimised binary (build/lookout): used for slow boots."""
+    """The optimised binary (build/lookout, or $LOOKOUT_BIN): used for slow boots."""
+    override = os.environ.get("LOOKOUT_BIN")
+    if override:
+        return _need(pathlib.Path(override).resolve(), "LOOKOUT_BIN names no file")
     return _need(BUILD, "run `make` first")
 
 
