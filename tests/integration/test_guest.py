@@ -56,6 +56,24 @@ def test_reboot_ends_cleanly(run_guest):
     assert "Sanitizer" not in r.err and "triple fault" not in r.both.lower(), r
 
 
+def wait_or_exit(p, event, timeout):
+    """Waits for event; gives up early when the process has ended."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if event.wait(0.1):
+            return True
+        if p.poll() is not None:
+            return event.wait(1)
+    return False
+
+
+def drain(f):
+    try:
+        return f.read().decode(errors="replace")[-3000:]
+    except (OSError, ValueError):
+        return ""
+
+
 def test_ready_line_and_shell(lookout_bin, debian_guest):
     """Interactive mode with stdin a pipe (not a terminal): the ready line appears on the
     console, then the shell reads what we type and `poweroff -f` ends lookout with 0.
@@ -78,14 +96,17 @@ def test_ready_line_and_shell(lookout_bin, debian_guest):
     t = threading.Thread(target=reader, daemon=True)
     t.start()
     try:
-        if not ready.wait(guest_timeout()):
+        if not wait_or_exit(p, ready, guest_timeout()):
             if p.poll() is None:
                 guest_hung_mark("test_ready_line_and_shell")
-            pytest.fail("no ready line:\n" + "".join(lines)[-3000:])
+                p.kill()
+                p.wait()
+            pytest.fail(f"no ready line (lookout status {p.poll()}):\n" + "".join(lines)[-3000:]
+                        + "\n--- stderr ---\n" + drain(p.stderr))
         time.sleep(0.5)
         p.stdin.write(b"echo shell-$((6*7))\n")
         p.stdin.flush()
-        assert said.wait(120), "the shell did not answer:\n" + "".join(lines)[-3000:]
+        assert wait_or_exit(p, said, 120), "the shell did not answer:\n" + "".join(lines)[-3000:]
         p.stdin.write(b"poweroff -f\n")
         p.stdin.flush()
         rc = p.wait(timeout=120)
