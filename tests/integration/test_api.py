@@ -1,7 +1,9 @@
 """The control socket (--api PATH): line-delimited JSON, `lookout ctl PATH CMD` as its client.
 
-Assumed contract (documented in docs/testing.md):
-  - `spin.elf` (tests/guests/) prints "spinning" on COM1 and loops forever;
+Assumed contract (documented in docs/testing.md and docs/console-and-control.md):
+  - a test kernel that runs until told otherwise: `uartirq` (tests/guests/uartirq.c, prints
+    "uartirq: ready" and runs until it reads 'q' on the console), or `spin` if one is added
+    (prints "spinning", loops forever);
   - the socket exists once lookout has set up the VM;
   - `lookout ctl PATH status` prints the reply, which contains "running" or "paused";
     `pause`, `resume` and `quit` succeed with status 0; after `quit` lookout exits 0;
@@ -14,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import kernel_backend, run_lookout
+from conftest import GUESTS, kernel_backend, run_lookout
 
 pytestmark = [pytest.mark.api, pytest.mark.kvm]
 
@@ -28,14 +30,24 @@ def wait_for(pred, timeout, what):
     pytest.fail(f"timed out after {timeout}s waiting for {what}")
 
 
+LONG_RUNNING = [("spin", "spinning"), ("uartirq", "uartirq: ready")]
+
+
 @pytest.fixture
 def spinning_vm(lookout_any, test_kernel, tmp_path):
+    for name, marker in LONG_RUNNING:
+        if (GUESTS / f"{name}.elf").exists():
+            break
+    else:
+        pytest.fail("no long-running test kernel: run `make guests` (needs "
+                    + " or ".join(f"build/guests/{n}.elf" for n, _ in LONG_RUNNING) + ")")
     sock = tmp_path / "api.sock"
     out = open(tmp_path / "stdout", "w+b")
     err = open(tmp_path / "stderr", "w+b")
+    # stdin stays an open pipe with nothing in it: uartirq would stop on a 'q'.
     p = subprocess.Popen([str(lookout_any), "run", "--cpu", kernel_backend(), "--kernel",
-                          str(test_kernel("spin")), "--api", str(sock)],
-                         stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+                          str(test_kernel(name)), "--api", str(sock)],
+                         stdin=subprocess.PIPE, stdout=out, stderr=err)
 
     def printed():
         out.flush()
@@ -48,13 +60,14 @@ def spinning_vm(lookout_any, test_kernel, tmp_path):
     try:
         wait_for(lambda: os.path.exists(sock) or p.poll() is not None, 20, "the control socket")
         assert p.poll() is None, f"lookout exited with {p.returncode} before the socket" + diag()
-        wait_for(lambda: "spinning" in printed() or p.poll() is not None, 20, '"spinning"')
+        wait_for(lambda: marker in printed() or p.poll() is not None, 20, repr(marker))
         assert p.poll() is None, f"lookout exited with {p.returncode}" + diag()
         yield p, sock, lookout_any, diag
     finally:
         if p.poll() is None:
             p.kill()
             p.wait()
+        p.stdin.close()
         out.close()
         err.close()
 
