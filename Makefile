@@ -53,9 +53,23 @@ san: build-san/lookout
 unit: $(UNIT_BINS)
 
 include tests/guests/Makefile.inc
+-include tests/difftest/Makefile.inc
 
 test: all san unit
 	tests/run.sh
+
+# The README's two commands.  Both install what is missing first (scripts/setup.sh) and build in a
+# second make, so pkg-config sees the libraries setup just installed.
+#   make run    boots the default Debian guest to a shell on this terminal (ARGS="--smp 2" ...)
+#   make check  the whole suite, as CI runs it (.ci/run)
+run:
+	bash scripts/setup.sh
+	$(MAKE) -j2 build/lookout
+	build/lookout run $(ARGS)
+
+check:
+	bash scripts/setup.sh
+	$(MAKE) -j2 test
 
 fmt:
 	clang-format -i $(SRCS) $(shell find src tests -name '*.h') $(UNIT_SRCS)
@@ -63,6 +77,6 @@ fmt:
 clean:
 	rm -rf build build-san
 
-.PHONY: all san unit test fmt clean guests
+.PHONY: all san unit test fmt clean guests run check
 .SECONDARY:
 -include $(shell find build build-san -name '*.d' 2>/dev/null)

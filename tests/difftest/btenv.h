@@ -32,6 +32,9 @@ struct btenv {
 };
 
 static struct btenv *btenv_current;
+/* 64: 64-bit mode (CS 0x33); 32: compatibility mode (CS 0x23, the 32-bit code segment Linux
+ * gives every 64-bit process), so 32-bit code can be compared natively too */
+static int btenv_bits = 64;
 
 static bool btenv_observer(struct bt_cpu *c, int vector, uint32_t err)
 {
@@ -106,10 +109,13 @@ static void btenv_load(struct btenv *e, const uint8_t *code, size_t len, const u
     s->efer = X86_EFER_LME | X86_EFER_LMA | X86_EFER_SCE | X86_EFER_NXE;
     s->cr3 = 0x1000;
     /* Linux user mode: CS 0x33, SS 0x2b, null data selectors with flat hidden parts */
-    btenv_flat_seg(&s->seg[SEG_CS], 0x33, 0xb, true);
+    if (btenv_bits == 32)
+        btenv_flat_seg(&s->seg[SEG_CS], 0x23, 0xb, false);
+    else
+        btenv_flat_seg(&s->seg[SEG_CS], 0x33, 0xb, true);
     btenv_flat_seg(&s->seg[SEG_SS], 0x2b, 0x3, false);
-    btenv_flat_seg(&s->seg[SEG_DS], 0, 0x3, false);
-    btenv_flat_seg(&s->seg[SEG_ES], 0, 0x3, false);
+    btenv_flat_seg(&s->seg[SEG_DS], btenv_bits == 32 ? 0x2b : 0, 0x3, false);
+    btenv_flat_seg(&s->seg[SEG_ES], btenv_bits == 32 ? 0x2b : 0, 0x3, false);
     btenv_flat_seg(&s->seg[SEG_FS], 0, 0x3, false);
     btenv_flat_seg(&s->seg[SEG_GS], 0, 0x3, false);
     s->seg[SEG_TR].type = 0xb;

@@ -16,7 +16,7 @@ static const char *const dt_regname[16] = {"rax", "rcx", "rdx", "rbx", "rsp", "r
 static int dt_native_outcome(const struct native_result *r, size_t len)
 {
     switch (r->sig) {
-    case SIGILL: return r->rip == DT_CODE + len ? DT_DONE : X86_UD;
+    case SIGILL: return (uint32_t)r->rip == (uint32_t)(DT_CODE + len) ? DT_DONE : X86_UD;
     case SIGFPE: return X86_DE;
     case SIGSEGV:
     case SIGBUS: return DT_MEMFAULT;
@@ -33,7 +33,9 @@ static int dt_bt_outcome(struct btenv *e, int vector, size_t len)
     case X86_SS:
     case X86_GP:
     case X86_PF:
-    case X86_AC: return DT_MEMFAULT;
+    case X86_AC:
+    case X86_OF: /* Linux reports #OF (INTO) and #BR (BOUND) as SIGSEGV */
+    case X86_BR: return DT_MEMFAULT;
     default: return vector;
     }
 }
@@ -66,11 +68,14 @@ static int dt_check(struct btenv *e, struct native_result *nr, const uint8_t *co
     const struct x86_state *s = &e->c->s;
     if (no != bo)
         dt_append(msg, msglen, " outcome native %d bt %d (vector %d);", no, bo, v);
-    if (nr->rip != s->rip)
+    /* in 32-bit code only the low halves of the eight legacy registers are architectural */
+    uint64_t m = btenv_bits == 32 ? 0xffffffffull : ~0ull;
+    int nregs = btenv_bits == 32 ? 8 : 16;
+    if ((nr->rip ^ s->rip) & m)
         dt_append(msg, msglen, " rip native +%#llx bt +%#llx;",
                   (unsigned long long)(nr->rip - DT_CODE), (unsigned long long)(s->rip - DT_CODE));
-    for (int k = 0; k < 16; k++)
-        if (nr->gpr[k] != s->gpr[k])
+    for (int k = 0; k < nregs; k++)
+        if ((nr->gpr[k] ^ s->gpr[k]) & m)
             dt_append(msg, msglen, " %s native %#llx bt %#llx;", dt_regname[k],
                       (unsigned long long)nr->gpr[k], (unsigned long long)s->gpr[k]);
     if ((nr->rflags ^ s->rflags) & DT_FLAGS)

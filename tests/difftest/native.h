@@ -29,30 +29,39 @@ struct native_result {
 
 /* register image the trampoline loads (child only) */
 uint64_t native_regs[16], native_flags, native_target;
+struct {
+    uint32_t off;
+    uint16_t sel;
+} __attribute__((packed)) native_far; /* m16:32 for the far jump into 32-bit code */
 static struct native_result *native_out;
 
+#define NATIVE_LOADS                                                                               \
+    "  pushq native_flags(%rip)\n"                                                                 \
+    "  popfq\n"                                                                                    \
+    "  movq native_regs+0(%rip), %rax\n"                                                           \
+    "  movq native_regs+8(%rip), %rcx\n"                                                           \
+    "  movq native_regs+16(%rip), %rdx\n"                                                          \
+    "  movq native_regs+24(%rip), %rbx\n"                                                          \
+    "  movq native_regs+40(%rip), %rbp\n"                                                          \
+    "  movq native_regs+48(%rip), %rsi\n"                                                          \
+    "  movq native_regs+56(%rip), %rdi\n"                                                          \
+    "  movq native_regs+64(%rip), %r8\n"                                                           \
+    "  movq native_regs+72(%rip), %r9\n"                                                           \
+    "  movq native_regs+80(%rip), %r10\n"                                                          \
+    "  movq native_regs+88(%rip), %r11\n"                                                          \
+    "  movq native_regs+96(%rip), %r12\n"                                                          \
+    "  movq native_regs+104(%rip), %r13\n"                                                         \
+    "  movq native_regs+112(%rip), %r14\n"                                                         \
+    "  movq native_regs+120(%rip), %r15\n"                                                         \
+    "  movq native_regs+32(%rip), %rsp\n"
 __asm__(".text\n"
-        "native_enter:\n"
-        "  pushq native_flags(%rip)\n"
-        "  popfq\n"
-        "  movq native_regs+0(%rip), %rax\n"
-        "  movq native_regs+8(%rip), %rcx\n"
-        "  movq native_regs+16(%rip), %rdx\n"
-        "  movq native_regs+24(%rip), %rbx\n"
-        "  movq native_regs+40(%rip), %rbp\n"
-        "  movq native_regs+48(%rip), %rsi\n"
-        "  movq native_regs+56(%rip), %rdi\n"
-        "  movq native_regs+64(%rip), %r8\n"
-        "  movq native_regs+72(%rip), %r9\n"
-        "  movq native_regs+80(%rip), %r10\n"
-        "  movq native_regs+88(%rip), %r11\n"
-        "  movq native_regs+96(%rip), %r12\n"
-        "  movq native_regs+104(%rip), %r13\n"
-        "  movq native_regs+112(%rip), %r14\n"
-        "  movq native_regs+120(%rip), %r15\n"
-        "  movq native_regs+32(%rip), %rsp\n"
-        "  jmp *native_target(%rip)\n");
+        "native_enter:\n" NATIVE_LOADS "  jmp *native_target(%rip)\n"
+        "native_enter32:\n"
+        "  movl $0x2b, %eax\n" /* 32-bit code needs usable DS/ES: __USER_DS */
+        "  movl %eax, %ds\n"
+        "  movl %eax, %es\n" NATIVE_LOADS "  ljmpl *native_far(%rip)\n");
 void native_enter(void);
+void native_enter32(void);
 
 static void native_on_signal(int sig, siginfo_t *si, void *ucv)
 {
@@ -104,10 +113,15 @@ static _Noreturn void native_child(const uint8_t *code, size_t len, const uint8_
     memcpy(native_regs, gpr, sizeof(native_regs));
     native_flags = (rflags & 0xcd5) | 0x202; /* arithmetic flags and DF only */
     native_target = DT_CODE;
+    native_far.off = (uint32_t)DT_CODE;
+    native_far.sel = 0x23;
     alarm(2);
     if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT) < 0)
         _exit(122);
-    native_enter();
+    if (btenv_bits == 32)
+        native_enter32();
+    else
+        native_enter();
     _exit(123);
 }
 

@@ -118,9 +118,14 @@ static void op_cmpxchg(struct bt_cpu *c, const struct bt_insn *i)
             *d = (*d & ~0xff00ull) | ((m & 0xff) << 8);
             if (d == &c->s.gpr[RAX]) /* CMPXCHG AH, r8: both halves of AX change */
                 rax = (rax & ~0xff00ull) | ((m & 0xff) << 8);
+            c->s.gpr[RAX] = rax;
         } else {
-            *d = host_cmpxchg(size, &rax, *d, src, &fl);
+            uint64_t v = host_cmpxchg(size, &rax, *d, src, &fl);
+            c->s.gpr[RAX] = rax;
+            *d = v; /* last: CMPXCHG rAX, r writes the source into rAX */
         }
+        bt_commit_flags(c, fl);
+        return;
     }
     c->s.gpr[RAX] = rax;
     bt_commit_flags(c, fl);
@@ -142,8 +147,9 @@ static void op_cmpxchg8b(struct bt_cpu *c, const struct bt_insn *i)
     } else {
         bt_probe_write(c, lin, 8, BT_ACC_WRITE);
         uint64_t m = bt_read(c, lin, 8, BT_ACC_READ);
-        asm(PRE "cmpxchg8b %[m]" POST : "+a"(rax), "+d"(rdx), [m] "+m"(m), [f] "+r"(h)
-            : "b"(b), "c"(cx) : "cc");
+        /* the copy is addressed through a register: PRE moves RSP, so no RSP-relative operand */
+        asm(PRE "cmpxchg8b (%[p])" POST : "+a"(rax), "+d"(rdx), [f] "+r"(h)
+            : "b"(b), "c"(cx), [p] "r"(&m) : "cc", "memory");
         bt_write(c, lin, 8, m, BT_ACC_WRITE);
     }
     c->s.gpr[RAX] = rax;
@@ -172,8 +178,8 @@ static void op_cmpxchg16b(struct bt_cpu *c, const struct bt_insn *i)
         unsigned __int128 m __attribute__((aligned(16)));
         bt_probe_write(c, lin, 16, BT_ACC_WRITE);
         bt_read_buf(c, lin, &m, 16, BT_ACC_READ);
-        asm(PRE "cmpxchg16b %[m]" POST : "+a"(rax), "+d"(rdx), [m] "+m"(m), [f] "+r"(h)
-            : "b"(b), "c"(cx) : "cc");
+        asm(PRE "cmpxchg16b (%[p])" POST : "+a"(rax), "+d"(rdx), [f] "+r"(h)
+            : "b"(b), "c"(cx), [p] "r"(&m) : "cc", "memory");
         bt_write_buf(c, lin, &m, 16, BT_ACC_WRITE);
     }
     c->s.gpr[RAX] = rax;

@@ -22,6 +22,7 @@ struct bt_vcpu {
     struct bt_cpu cpu;
     pthread_mutex_t lock;
     pthread_cond_t cond;
+    bool wake; /* under lock: something became pending since the vCPU last looked */
     bool single_step;
 };
 
@@ -142,7 +143,17 @@ static void halt_wait(struct bt_vcpu *v)
     struct timespec ts = {.tv_sec = (time_t)(until / 1000000000ull),
                           .tv_nsec = (long)(until % 1000000000ull)};
     pthread_mutex_lock(&v->lock);
-    if (!atomic_load(&c->kicked)) pthread_cond_timedwait(&v->cond, &v->lock, &ts);
+    if (!atomic_load(&c->kicked) && !v->wake) pthread_cond_timedwait(&v->cond, &v->lock, &ts);
+    pthread_mutex_unlock(&v->lock);
+}
+
+void bt_vcpu_wake(struct vcpu *cpu)
+{
+    struct bt_vcpu *v = cpu ? bvc(cpu) : NULL;
+    if (!v) return;
+    pthread_mutex_lock(&v->lock);
+    v->wake = true;
+    pthread_cond_signal(&v->cond);
     pthread_mutex_unlock(&v->lock);
 }
 
@@ -161,6 +172,9 @@ static int bt_vcpu_run(struct vcpu *cpu, struct vcpu_exit *exit)
         }
         bt_glue_timers(c);
         if (c->halted || c->s.mp_state == MP_WAIT_FOR_SIPI) {
+            pthread_mutex_lock(&v->lock);
+            v->wake = false; /* anything arriving from here on wakes the wait below */
+            pthread_mutex_unlock(&v->lock);
             if (bt_check_interrupts(c) && c->s.mp_state != MP_WAIT_FOR_SIPI) {
                 c->halted = false;
                 c->s.mp_state = MP_RUNNABLE;

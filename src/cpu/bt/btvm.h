@@ -28,6 +28,9 @@ struct bt_vm {
 
 /* The VM's bt state when the VM is run by the bt backend, else NULL (bt_emulate_one under KVM). */
 struct bt_vm *bt_vm_of(const struct vm *vm);
+/* Wakes vCPU `cpu` if it sleeps in HLT (the LAPIC calls it when something becomes pending; a
+ * running vCPU sees new interrupts by itself between instructions). */
+void bt_vcpu_wake(struct vcpu *cpu);
 /* Allocates / frees the watch bitmap for all of the VM's guest-physical space. */
 int bt_watch_init(struct bt_vm *bv);
 void bt_watch_destroy(struct bt_vm *bv);

@@ -252,6 +252,7 @@ static void deliver(struct bt_cpu *c, int kind, int vector, uint32_t err)
 void bt_deliver(struct bt_cpu *c, enum bt_event_kind kind, int vector, uint32_t errcode)
 {
     c->halted = false;
+    if (c->s.mp_state == MP_HALTED) c->s.mp_state = MP_RUNNABLE;
     deliver(c, kind, vector & 0xff, errcode);
 }
 

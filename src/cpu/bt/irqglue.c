@@ -20,8 +20,7 @@ int64_t bt_glue_now(void)
 
 static void kick_cb(void *ctx)
 {
-    struct vcpu *v = ctx;
-    if (v && v->vm && v->vm->backend && v->vm->backend->vcpu_kick) v->vm->backend->vcpu_kick(v);
+    bt_vcpu_wake(ctx);
 }
 
 int bt_glue_lapic_create(struct bt_cpu *c)
@@ -81,7 +80,7 @@ void bt_glue_set_cr8(struct bt_cpu *c, uint64_t v)
 bool bt_glue_set_apic_base(struct bt_cpu *c, uint64_t v, unsigned maxphy)
 {
     if (!c->lapic) return true;
-    return lapic_set_base(c->lapic, v, maxphy, vclock_ns()) >= 0;
+    return lapic_set_base(c->lapic, v, maxphy) >= 0;
 }
 
 uint64_t bt_glue_tsc(struct bt_cpu *c)

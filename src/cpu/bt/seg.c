@@ -573,8 +573,7 @@ static void op_lxs(struct bt_cpu *c, const struct bt_insn *i)
     uint64_t m = c->code_bits == 64 ? ~0ull : 0xffffffffull;
     uint16_t sel = (uint16_t)bt_read(c, (lin + sz) & m, 2, BT_ACC_READ);
     bt_load_seg(c, seg, sel);
-    bt_gpr_write(c, i->op[0].reg, sz, off);
-    if (seg == SEG_SS) c->s.ev.interrupt_shadow = 2;
+    bt_gpr_write(c, i->op[0].reg, sz, off); /* LSS makes no interrupt shadow (MOV/POP SS do) */
     c->s.rip = c->next_rip;
 }
 BT_HANDLER(LDS, op_lxs);

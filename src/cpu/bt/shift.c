@@ -13,6 +13,12 @@ static void shift(struct bt_cpu *c, const struct bt_insn *i, int op)
     uint64_t fl = c->s.rflags;
     uint64_t a = bt_rmw_read(c, i, 0, &r);
     uint64_t v = bt_host_alu(op, size, a, count, &fl);
+    /* The host runs the CL form.  Intel's immediate forms of ROL/ROR with a register destination
+     * differ in the undefined OF: for a masked count above 1 it is left unchanged (measured on
+     * the host; the CL forms and the memory-destination forms compute it). */
+    if ((op == BT_ROL || op == BT_ROR) && i->op[1].kind == BT_OPK_IMM && !r.mem &&
+        (count & (size == 8 ? 63 : 31)) > 1)
+        fl = (fl & ~(uint64_t)X86_FLAG_OF) | (c->s.rflags & X86_FLAG_OF);
     bt_rmw_write(c, i, 0, &r, v);
     bt_commit_flags(c, fl);
 }

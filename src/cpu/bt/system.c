@@ -380,8 +380,7 @@ static void op_hlt(struct bt_cpu *c, const struct bt_insn *i)
 {
     need_cpl0(c);
     next(c);
-    c->halted = true;
-    c->s.mp_state = MP_HALTED;
+    c->halted = true; /* get_state reports it as MP_HALTED */
     c->exit_now = true;
 }
 BT_HANDLER(HLT, op_hlt);
