@@ -45,8 +45,8 @@ build-san/lookout: build-san/obj/cli/main.o $(LIB_OBJS_SAN)
 
 # Unit tests (cmocka), always built with the sanitizers.
 build-san/tests/%: tests/unit/%.c $(LIB_OBJS_SAN)
-	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_COMMON) $(SAN_CFLAGS) -Itests/unit -MMD -MP $(LDFLAGS_COMMON) -o $@ $< $(LIB_OBJS_SAN) $(LIBS) -lcmocka
+	@mkdir -p $(dir $@) build-san/tests/.deps
+	$(CC) $(CFLAGS_COMMON) $(SAN_CFLAGS) -Itests/unit -MMD -MP -MF build-san/tests/.deps/$*.d $(LDFLAGS_COMMON) -o $@ $< $(LIB_OBJS_SAN) $(LIBS) -lcmocka
 UNIT_BINS := $(patsubst tests/unit/%.c,build-san/tests/%,$(UNIT_SRCS))
 
 san: build-san/lookout
@@ -58,12 +58,25 @@ include tests/guests/Makefile.inc
 test: all san unit
 	tests/run.sh
 
+# The README's two commands.  Both install what is missing first (scripts/setup.sh) and build in a
+# second make, so pkg-config sees the libraries setup just installed.
+#   make run    boots the default Debian guest to a shell on this terminal (ARGS="--smp 2" ...)
+#   make check  the whole suite, as CI runs it (.ci/run)
+run:
+	bash scripts/setup.sh
+	$(MAKE) -j2 build/lookout
+	build/lookout run $(ARGS)
+
+check:
+	bash scripts/setup.sh
+	$(MAKE) -j2 test
+
 fmt:
 	clang-format -i $(SRCS) $(shell find src tests -name '*.h') $(UNIT_SRCS)
 
 clean:
 	rm -rf build build-san
 
-.PHONY: all san unit test fmt clean guests
+.PHONY: all san unit test fmt clean guests run check
 .SECONDARY:
 -include $(shell find build build-san -name '*.d' 2>/dev/null)

@@ -13,6 +13,7 @@ PKGS=(
   python3 python3-pytest  # integration tests drive the real binary
   busybox-static cpio gzip xz-utils kmod  # the default guest's initramfs
   binutils
+  acpica-tools      # iasl -d checks the ACPI tables in tests/unit/test_acpi.c
 )
 
 missing=()

@@ -95,7 +95,7 @@ enum vm_stop_reason {
     VM_STOP_NONE,
     VM_STOP_POWEROFF,      /* ACPI S5 or equivalent */
     VM_STOP_RESET,         /* i8042 / ACPI reset: lookout exits (no reboot loop) */
-    VM_STOP_EXIT_PORT,     /* test exit port 0xf4: exit_code = (v << 1) | 1 */
+    VM_STOP_EXIT_PORT,     /* test exit port 0xf4: exit_code = v as written (cli exits (v << 1) | 1) */
     VM_STOP_TRIPLE_FAULT,
     VM_STOP_INTERNAL_ERROR, /* the backend could not run the guest */
     VM_STOP_VMM_ERROR,      /* lookout itself failed */

@@ -7,7 +7,9 @@
 #define LAYOUT_BOOT_IDT      0x00000520ull
 #define LAYOUT_ZERO_PAGE     0x00007000ull /* Linux boot_params */
 #define LAYOUT_MB_INFO       0x00007000ull /* Multiboot info (Multiboot and Linux never mix) */
-#define LAYOUT_PML4          0x00009000ull /* identity page tables for 64-bit entry: 9000-cfff */
+#define LAYOUT_PML4          0x00009000ull /* identity page tables for 64-bit entry: 9000-efff */
+#define LAYOUT_PML4_END      0x0000f000ull /* PML4, PDPT and four 2 MiB-page PDs (4 GiB) */
+#define LAYOUT_BOOT_STACK    0x00008ff0ull /* initial RSP/ESP: top of the free page 8000-8fff */
 #define LAYOUT_CMDLINE       0x00020000ull
 #define LAYOUT_CMDLINE_MAX   0x00010000ull
 #define LAYOUT_EBDA          0x0009fc00ull

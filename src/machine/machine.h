@@ -14,6 +14,7 @@ struct machine_config {
     const char *cpu_model; /* "lookout-v1" (default) or "host" */
     const char *api_path;  /* control socket, or NULL */
     bool command_mode;     /* `lookout run -- CMD`: COM2 carries the command's output */
+    bool verbose;          /* command mode: copy COM1 (kernel messages) to stderr as well */
     int console_in_fd, console_out_fd; /* -1 for none */
 };
 
@@ -27,3 +28,5 @@ void machine_destroy(struct vm *vm);
 int machine_pause(struct vm *vm);
 int machine_resume(struct vm *vm);
 const char *machine_state_name(const struct vm *vm); /* "running", "paused", "stopped" */
+/* The backend `--cpu auto` (or "kvm"/"bt") resolves to on this host, or NULL + err_msg(). */
+const struct cpu_backend *machine_pick_backend(const char *cpu);

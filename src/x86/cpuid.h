@@ -2,10 +2,15 @@
  *
  * The default model "lookout-v1" is a baseline x86-64 that the software CPU implements in full:
  *   leaf 1 EDX: FPU PSE TSC MSR PAE CX8 APIC SEP PGE CMOV PAT CLFSH MMX FXSR SSE SSE2
- *   leaf 1 ECX: CX16 HYPERVISOR (no SSE3+, no XSAVE, no x2APIC)
+ *   leaf 1 ECX: CX16 TSC_DEADLINE HYPERVISOR (no SSE3+, no XSAVE, no x2APIC)
+ *   leaf 6 EAX: ARAT (the LAPIC timer keeps running in idle);  leaf 0xb: one package, ncpus cores
  *   leaf 7: none;  0x80000001 EDX: SYSCALL NX RDTSCP LM, ECX: LAHF_LM
- *   leaves 0x15/0x16: TSC and crystal frequency, so Linux needs no calibration
- *   vendor "GenuineIntel" (Linux reads leaf 0x15 only on Intel), family 6.
+ *   leaves 0x15/0x16: TSC and crystal frequency, so Linux needs no calibration.  The crystal is
+ *     1 GHz because Linux also programs the LAPIC timer from it: the LAPIC timer of both backends
+ *     counts at 1 GHz (KVM's in-kernel LAPIC does); the ratio EBX/EAX = tsc_khz/1000000.
+ *   leaf 0x40000000: max 0x40000010, signature "Lookout LKOT"; 0x40000010: EAX TSC kHz,
+ *     EBX LAPIC bus kHz (1000000);  0x80000002-4: "lookout virtual CPU";  0x80000008: 40/48 bits
+ *   vendor "GenuineIntel" (Linux reads leaf 0x15 only on Intel), family 6 model 0x2f stepping 1.
  * Under KVM the model is intersected with KVM_GET_SUPPORTED_CPUID; the result is what both
  * backends present, so a snapshot taken under one restores under the other.  "host" passes
  * through what KVM supports (KVM only).  Per-vCPU fields (APIC ID in leaves 1/0xb) are filled

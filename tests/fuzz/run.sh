@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Builds and runs the libFuzzer harnesses in tests/fuzz/ for a bounded time.
+#   tests/fuzz/run.sh [SECONDS]   (default 30 per harness)
+# Needs clang and libclang-rt (scripts/setup.sh installs both).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+secs=${1:-30}
+out=build-san/fuzz  # inside an ignored build directory
+mkdir -p "$out/corpus-api"
+flags=(-std=gnu11 -g -O1 -D_GNU_SOURCE -Isrc -Werror -fsanitize=fuzzer,address,undefined)
+clang "${flags[@]}" -o "$out/fuzz_api" tests/fuzz/fuzz_api.c src/api/protocol.c \
+  src/api/machine_stubs_weak.c src/cpu/vm.c src/util/log.c -lcjson -lpthread
+printf '{"cmd":"status","id":1}' >"$out/corpus-api/status"
+printf '{"cmd":"quit"}' >"$out/corpus-api/quit"
+"$out/fuzz_api" -max_total_time="$secs" -max_len=5000 "$out/corpus-api"
+
+mkdir -p "$out/corpus-pio"
+clang "${flags[@]}" -o "$out/fuzz_legacy_pio" tests/fuzz/fuzz_legacy_pio.c \
+  src/devices/uart16550.c src/devices/rtc.c src/devices/i8042.c src/devices/exitport.c \
+  src/devices/acpi_pm.c src/bus/bus.c src/cpu/vm.c src/util/log.c -lpthread
+# a seed: Linux's 8250 probe-ish sequence (IER/LCR/FCR/MCR writes, IIR/LSR reads)
+printf '\x03\x01\x0f\x01\x02\x01\x03\x03\x83\x01\x04\x03\x07\x02\x09\x04\x0b\x00\x02\x00\x05\xe3abcd\x00\x00' \
+  >"$out/corpus-pio/probe"
+LOOKOUT_LOG=error "$out/fuzz_legacy_pio" -max_total_time="$secs" -max_len=4096 "$out/corpus-pio"
