@@ -131,7 +131,9 @@ static int finish_linux(struct vm *vm, const char *path, uint8_t *zp, uint64_t k
 
 /* LZ4 block format (lz4.github.io/lz4/lz4_Block_format): sequences of a token, literals, and a
  * back-reference (2-byte offset, length + 4).  Every length and offset is checked against the
- * input and output bounds; references may reach into earlier output of the same stream. */
+ * input and output bounds; references may reach into earlier output of the same stream.
+ * `out` must have LZ4_SLACK bytes beyond `cap`: short copies are done 16 bytes at a time. */
+#define LZ4_SLACK 32
 static int lz4_block(const uint8_t *in, size_t n, uint8_t *out, size_t cap, size_t *pos)
 {
     size_t i = 0, o = *pos;
@@ -147,7 +149,10 @@ static int lz4_block(const uint8_t *in, size_t n, uint8_t *out, size_t cap, size
             } while (b == 255);
         }
         if (lit > n - i || lit > cap - o) return -1;
-        memcpy(out + o, in + i, lit);
+        if (lit <= 16 && n - i >= 16)
+            memcpy(out + o, in + i, 16); /* fixed size: fast; spills into the slack */
+        else
+            memcpy(out + o, in + i, lit);
         i += lit;
         o += lit;
         if (i == n) break; /* the last sequence has literals only */
@@ -165,8 +170,15 @@ static int lz4_block(const uint8_t *in, size_t n, uint8_t *out, size_t cap, size
         }
         ml += 4;
         if (off == 0 || off > o || ml > cap - o) return -1;
-        for (size_t j = 0; j < ml; j++, o++)
-            out[o] = out[o - off];
+        if (off >= 16) {
+            /* 16-byte chunks never overlap their source; the last may spill into the slack. */
+            for (size_t done = 0; done < ml; done += 16)
+                memcpy(out + o + done, out + o + done - off, 16);
+        } else {
+            for (size_t j = 0; j < ml; j++)
+                out[o + j] = out[o + j - off];
+        }
+        o += ml;
     }
     *pos = o;
     return 0;
@@ -179,7 +191,7 @@ static uint8_t *lz4_payload(const uint8_t *p, size_t n, size_t *outlen)
     if (n < 12 || get32(p, 0) != LZ4_LEGACY_MAGIC) return NULL;
     uint32_t want = get32(p, n - 4);
     if (want == 0 || want > DIRECT_MAX_SIZE) return NULL;
-    uint8_t *out = malloc(want);
+    uint8_t *out = malloc((size_t)want + LZ4_SLACK);
     if (!out) return NULL;
     size_t i = 4, o = 0, end = n - 4;
     while (i < end) {
