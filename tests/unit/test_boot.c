@@ -668,51 +668,17 @@ static void test_real_bzimage(void **st)
     }
 }
 
-/* Appends an LZ4 length continuation (the part of a length beyond the token's 15). */
-static size_t lz4_len(uint8_t *b, size_t pos, size_t v)
-{
-    while (v >= 255) {
-        b[pos++] = 255;
-        v -= 255;
-    }
-    b[pos++] = (uint8_t)v;
-    return pos;
-}
-
 /* A bzImage whose payload is an LZ4 legacy frame holding an ELF64 vmlinux (one block with a
  * literal run, a back-reference and a final literal run) boots the vmlinux directly. */
 static void test_bzimage_lz4_direct(void **st)
 {
-    static uint8_t elf[0x3000];
-    struct elf_seg sg = {0x1000, 0xffffffff81000000ull, 0x1000000, 0x2000, 0x2800};
-    size_t en = make_elf(elf, sizeof(elf), 64, 0x1000000, &sg, 1); /* data has period 256 */
-    assert_int_equal(en, 0x3000);
-    static uint8_t blk[0x2000];
-    size_t lit1 = 0x1100, tail = 8, ml = en - lit1 - tail, n = 0;
-    blk[n++] = 0xff; /* 15+ literals, 15+ match */
-    n = lz4_len(blk, n, lit1 - 15);
-    memcpy(blk + n, elf, lit1);
-    n += lit1;
-    blk[n++] = 0x00; /* offset 256 */
-    blk[n++] = 0x01;
-    n = lz4_len(blk, n, ml - 4 - 15);
-    blk[n++] = (uint8_t)(tail << 4);
-    memcpy(blk + n, elf + en - tail, tail);
-    n += tail;
-
-    static uint8_t b[BZ_SIZE + 0x2000];
-    make_bzimage(b);
-    size_t payload = 0x100, plen = 4 + 4 + n + 4;
-    uint8_t *pl = b + BZ_SETUP + payload;
-    wr32(pl, 0x184c2102u);
-    wr32(pl + 4, (uint32_t)n);
-    memcpy(pl + 8, blk, n);
-    wr32(pl + 8 + n, (uint32_t)en);
-    wr32(b + 0x248, (uint32_t)payload);
-    wr32(b + 0x24c, (uint32_t)plen);
-    size_t total = BZ_SETUP + payload + plen;
-    assert_true(total <= sizeof(b));
-
+    static uint8_t elf[LZ4_ELF_SIZE], b[BZ_SIZE + 0x2000];
+    size_t blk_at, blk_len;
+    size_t total = make_lz4_bzimage(b, sizeof(b), elf, &blk_at, &blk_len);
+    uint8_t *blk = malloc(blk_len);
+    memcpy(blk, b + blk_at, blk_len);
+    uint8_t *pl = b + blk_at - 8;
+    size_t n = blk_len, en = LZ4_ELF_SIZE;
     struct fixture *f = fx_new(64 * MiB);
     struct x86_state s;
     assert_int_equal(load(f, b, total, "rd", 2, "quiet", &s), 0);
@@ -740,6 +706,7 @@ static void test_bzimage_lz4_direct(void **st)
     assert_int_equal(load(f, b, total, NULL, 0, "quiet", &s), 0);
     boot_direct_vmlinux = true;
     check_long_mode(&s, 0x1000200);
+    free(blk);
     fx_free(f);
 }
 
