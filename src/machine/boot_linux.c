@@ -3,6 +3,8 @@
  * setup header, e820 map, command line, initrd and ACPI RSDP pointer.
  * Trusts nothing in the image: every setup-header field used is range-checked first. */
 #include <errno.h>
+#include <stdbool.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "machine/boot.h"
@@ -45,6 +47,13 @@
 #define XLF_KERNEL_64 0x01
 
 #define PROTO_MIN 0x020c /* 2.12: xloadflags, hence XLF_KERNEL_64, exists from here on */
+
+#define HDR_PAYLOAD_OFFSET 0x248
+#define HDR_PAYLOAD_LENGTH 0x24c
+#define LZ4_LEGACY_MAGIC   0x184c2102u
+#define DIRECT_MAX_SIZE    (512u << 20) /* largest decompressed vmlinux we accept */
+
+bool boot_direct_vmlinux = true;
 
 static uint16_t get16(const uint8_t *p, size_t off)
 {
@@ -120,6 +129,117 @@ static int finish_linux(struct vm *vm, const char *path, uint8_t *zp, uint64_t k
     return 0;
 }
 
+/* LZ4 block format (lz4.github.io/lz4/lz4_Block_format): sequences of a token, literals, and a
+ * back-reference (2-byte offset, length + 4).  Every length and offset is checked against the
+ * input and output bounds; references may reach into earlier output of the same stream.
+ * `out` must have LZ4_SLACK bytes beyond `cap`: short copies are done 16 bytes at a time. */
+#define LZ4_SLACK 32
+static int lz4_block(const uint8_t *in, size_t n, uint8_t *out, size_t cap, size_t *pos)
+{
+    size_t i = 0, o = *pos;
+    while (i < n) {
+        uint8_t tok = in[i++];
+        size_t lit = tok >> 4;
+        if (lit == 15) {
+            uint8_t b;
+            do {
+                if (i >= n) return -1;
+                b = in[i++];
+                lit += b;
+            } while (b == 255);
+        }
+        if (lit > n - i || lit > cap - o) return -1;
+        if (lit <= 16 && n - i >= 16)
+            memcpy(out + o, in + i, 16); /* fixed size: fast; spills into the slack */
+        else
+            memcpy(out + o, in + i, lit);
+        i += lit;
+        o += lit;
+        if (i == n) break; /* the last sequence has literals only */
+        if (n - i < 2) return -1;
+        size_t off = (size_t)in[i] | (size_t)in[i + 1] << 8;
+        i += 2;
+        size_t ml = tok & 15;
+        if (ml == 15) {
+            uint8_t b;
+            do {
+                if (i >= n) return -1;
+                b = in[i++];
+                ml += b;
+            } while (b == 255);
+        }
+        ml += 4;
+        if (off == 0 || off > o || ml > cap - o) return -1;
+        if (off >= 16) {
+            /* 16-byte chunks never overlap their source; the last may spill into the slack. */
+            for (size_t done = 0; done < ml; done += 16)
+                memcpy(out + o + done, out + o + done - off, 16);
+        } else {
+            for (size_t j = 0; j < ml; j++)
+                out[o + j] = out[o + j - off];
+        }
+        o += ml;
+    }
+    *pos = o;
+    return 0;
+}
+
+/* The kernel's LZ4 payload: a legacy-frame stream (magic, then size-prefixed blocks) followed by
+ * the 4-byte decompressed size the kernel build appends.  NULL if it is anything else. */
+static uint8_t *lz4_payload(const uint8_t *p, size_t n, size_t *outlen)
+{
+    if (n < 12 || get32(p, 0) != LZ4_LEGACY_MAGIC) return NULL;
+    uint32_t want = get32(p, n - 4);
+    if (want == 0 || want > DIRECT_MAX_SIZE) return NULL;
+    uint8_t *out = malloc((size_t)want + LZ4_SLACK);
+    if (!out) return NULL;
+    size_t i = 4, o = 0, end = n - 4;
+    while (i < end) {
+        if (end - i < 4) goto bad;
+        uint32_t c = get32(p, i);
+        i += 4;
+        if (c == LZ4_LEGACY_MAGIC) continue; /* concatenated frames */
+        if (c > end - i || lz4_block(p + i, c, out, want, &o) < 0) goto bad;
+        i += c;
+    }
+    if (o != want) goto bad;
+    *outlen = o;
+    return out;
+bad:
+    free(out);
+    return NULL;
+}
+
+static int load_vmlinux(struct vm *vm, const struct boot_image *k, const uint8_t *hdr,
+                        size_t hdr_end, const char *initrd, const char *cmdline,
+                        struct x86_state *bsp);
+
+/* Decompresses an LZ4 payload on the host and loads the vmlinux inside it, so the guest does not
+ * spend its first (emulated) seconds decompressing itself.  Returns 1 if the payload is not one
+ * we can handle (the caller boots the bzImage normally), 0 or -errno otherwise. */
+static int try_direct(struct vm *vm, const struct boot_image *k, size_t setup_size, size_t hdr_end,
+                      const char *initrd, const char *cmdline, struct x86_state *bsp)
+{
+    const uint8_t *d = k->data;
+    uint64_t off = get32(d, HDR_PAYLOAD_OFFSET), len = get32(d, HDR_PAYLOAD_LENGTH);
+    uint64_t pm = k->size - setup_size;
+    if (len == 0 || off > pm || len > pm - off) return 1;
+    size_t n;
+    uint8_t *elf = lz4_payload(d + setup_size + off, len, &n);
+    if (!elf) return 1;
+    struct boot_image e = {.path = k->path, .data = elf, .size = n};
+    int r = 1;
+    if (boot_detect(&e) == BOOT_FMT_ELF64) {
+        r = load_vmlinux(vm, &e, d, hdr_end, initrd, cmdline, bsp);
+        if (r == 0)
+            log_info("kernel %s: booting its LZ4 payload (%zu bytes) directly", k->path, n);
+        else if (r != -ENOSPC && r != -E2BIG)
+            r = 1; /* odd ELF: let the kernel's own path try */
+    }
+    free(elf);
+    return r;
+}
+
 int boot_linux_bzimage(struct vm *vm, const struct boot_image *k, const char *initrd,
                        const char *cmdline, struct x86_state *bsp)
 {
@@ -171,6 +291,10 @@ int boot_linux_bzimage(struct vm *vm, const struct boot_image *k, const char *in
         if (pref % align || boot_check_kernel_range(vm, pref, need, p, "kernel") < 0)
             load = ALIGN_UP((uint64_t)LAYOUT_KERNEL_MIN, (uint64_t)align);
     }
+    if (boot_direct_vmlinux) {
+        int d_r = try_direct(vm, k, setup_size, hdr_end, initrd, cmdline, bsp);
+        if (d_r <= 0) return d_r;
+    }
     int r = boot_check_kernel_range(vm, load, need, p, "bzImage (init_size)");
     if (r < 0) return r;
     if ((r = guest_write(&vm->mem, load, d + setup_size, pm_size)) < 0) return r;
@@ -185,8 +309,11 @@ int boot_linux_bzimage(struct vm *vm, const struct boot_image *k, const char *in
                         load + 0x200, bsp);
 }
 
-int boot_linux_elf(struct vm *vm, const struct boot_image *k, const char *initrd,
-                   const char *cmdline, struct x86_state *bsp)
+/* Loads an ELF64 vmlinux; the zero page's setup header comes from `hdr` (a bzImage's, up to
+ * hdr_end) when given, else from the defaults a vmlinux needs. */
+static int load_vmlinux(struct vm *vm, const struct boot_image *k, const uint8_t *hdr,
+                        size_t hdr_end, const char *initrd, const char *cmdline,
+                        struct x86_state *bsp)
 {
     struct boot_segment seg[BOOT_ELF_MAX_SEGMENTS];
     uint64_t entry, end;
@@ -194,9 +321,16 @@ int boot_linux_elf(struct vm *vm, const struct boot_image *k, const char *initrd
     if (n < 0) return n;
     int r = boot_elf_load(vm, k, seg, (unsigned)n, &end);
     if (r < 0) return r;
-    /* No setup header in a vmlinux: supply the fields the kernel reads. */
     uint8_t zp[4096];
     memset(zp, 0, sizeof(zp));
+    if (hdr) {
+        memcpy(zp + BP_HDR, hdr + BP_HDR, hdr_end - BP_HDR);
+        put16(zp, HDR_HEAP_END_PTR, 0);
+        return finish_linux(vm, k->path, zp, end, (uint64_t)get32(hdr, HDR_INITRD_ADDR_MAX) + 1,
+                            initrd, cmdline, (uint64_t)get32(hdr, HDR_CMDLINE_SIZE) + 1, entry,
+                            bsp);
+    }
+    /* No setup header in a vmlinux: supply the fields the kernel reads. */
     put16(zp, HDR_BOOT_FLAG, 0xaa55);
     memcpy(zp + HDR_MAGIC, "HdrS", 4);
     put16(zp, HDR_VERSION, 0x020f);
@@ -206,4 +340,10 @@ int boot_linux_elf(struct vm *vm, const struct boot_image *k, const char *initrd
     put32(zp, HDR_CMDLINE_SIZE, (uint32_t)LAYOUT_CMDLINE_MAX - 1);
     return finish_linux(vm, k->path, zp, end, 0x80000000ull, initrd, cmdline, LAYOUT_CMDLINE_MAX,
                         entry, bsp);
+}
+
+int boot_linux_elf(struct vm *vm, const struct boot_image *k, const char *initrd,
+                   const char *cmdline, struct x86_state *bsp)
+{
+    return load_vmlinux(vm, k, NULL, 0, initrd, cmdline, bsp);
 }
