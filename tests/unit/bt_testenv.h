@@ -41,11 +41,11 @@
 #define T_CODE0  0x10000ull
 #define T_CODE3  0x220000ull
 
-#define SEL_KCODE 0x08
-#define SEL_KDATA 0x10
-#define SEL_UDATA 0x1b
-#define SEL_UCODE 0x23
-#define SEL_TSS   0x28
+#define SEL_KCODE   0x08
+#define SEL_KDATA   0x10
+#define SEL_UDATA   0x1b
+#define SEL_UCODE   0x23
+#define SEL_TSS     0x28
 #define SEL_KCODE32 0x38
 #define SEL_UCODE32 0x43 /* 0x40 | 3 */
 
@@ -86,15 +86,15 @@ static inline void put_bytes(struct tenv *t, uint64_t gpa, const void *b, size_t
 }
 
 /* Runs `stmt`; returns -1 if it completed, else the vector bt_raise() recorded. */
-#define T_TRY(c, stmt)                                                                            \
-    ({                                                                                            \
-        volatile int _v = -1;                                                                     \
-        if (setjmp((c)->fault_jmp) == 0) {                                                        \
-            stmt;                                                                                 \
-        } else {                                                                                  \
-            _v = (c)->pending_vector;                                                             \
-        }                                                                                         \
-        _v;                                                                                       \
+#define T_TRY(c, stmt)                                                                             \
+    ({                                                                                             \
+        volatile int _v = -1;                                                                      \
+        if (setjmp((c)->fault_jmp) == 0) {                                                         \
+            stmt;                                                                                  \
+        } else {                                                                                   \
+            _v = (c)->pending_vector;                                                              \
+        }                                                                                          \
+        _v;                                                                                        \
     })
 
 static inline struct tenv *tenv_new(bool with_backend)
@@ -138,8 +138,8 @@ static inline void tenv_free(struct tenv *t)
     free(t);
 }
 
-static inline uint64_t t_gate64(uint64_t off, uint16_t sel, unsigned type, unsigned dpl, unsigned ist,
-                                uint64_t *hi)
+static inline uint64_t t_gate64(uint64_t off, uint16_t sel, unsigned type, unsigned dpl,
+                                unsigned ist, uint64_t *hi)
 {
     *hi = off >> 32;
     return (off & 0xffff) | ((uint64_t)sel << 16) | ((uint64_t)ist << 32) |
@@ -155,7 +155,8 @@ static inline void t_set_gate64(struct tenv *t, int v, uint64_t off, unsigned ty
     put64(t, T_IDT + 16 * (uint64_t)v + 8, hi);
 }
 
-static inline void t_seg(struct x86_seg *s, uint16_t sel, uint8_t type, unsigned dpl, bool l, bool db)
+static inline void t_seg(struct x86_seg *s, uint16_t sel, uint8_t type, unsigned dpl, bool l,
+                         bool db)
 {
     memset(s, 0, sizeof(*s));
     s->sel = sel;
@@ -185,8 +186,9 @@ static inline void t_setup_long(struct tenv *t)
     put64(t, T_GDT + 0x18, 0x00cff2000000ffffull); /* user data */
     put64(t, T_GDT + 0x20, 0x00affa000000ffffull); /* user code 64 */
     uint64_t tss_lim = 0x88 + 8192 / 8; /* I/O bitmap for ports 0..8191, then the 0xff byte */
-    put64(t, T_GDT + 0x28, (tss_lim & 0xffff) | ((T_TSS & 0xffffff) << 16) | (0x89ull << 40) |
-                               ((tss_lim >> 16 & 0xf) << 48) | ((T_TSS >> 24 & 0xff) << 56));
+    put64(t, T_GDT + 0x28,
+          (tss_lim & 0xffff) | ((T_TSS & 0xffffff) << 16) | (0x89ull << 40) |
+              ((tss_lim >> 16 & 0xf) << 48) | ((T_TSS >> 24 & 0xff) << 56));
     put64(t, T_GDT + 0x30, 0);
     put64(t, T_GDT + 0x38, 0x00cf9a000000ffffull); /* kernel code 32 */
     put64(t, T_GDT + 0x40, 0x00cffa000000ffffull); /* user code 32 */
@@ -211,8 +213,8 @@ static inline void t_setup_long(struct tenv *t)
     t_seg(&c->s.seg[SEG_CS], SEL_KCODE, 0xb, 0, true, false);
     for (int s = SEG_ES; s <= SEG_GS; s++)
         if (s != SEG_CS) t_seg(&c->s.seg[s], SEL_KDATA, 0x3, 0, false, true);
-    c->s.seg[SEG_TR] = (struct x86_seg){.sel = SEL_TSS, .base = T_TSS, .limit = (uint32_t)tss_lim,
-                                        .type = 0xb, .present = 1};
+    c->s.seg[SEG_TR] = (struct x86_seg){
+        .sel = SEL_TSS, .base = T_TSS, .limit = (uint32_t)tss_lim, .type = 0xb, .present = 1};
     c->s.seg[SEG_LDTR] = (struct x86_seg){.unusable = 1, .type = 2};
     c->s.gdtr = (struct x86_dtable){T_GDT, 0x4f};
     c->s.idtr = (struct x86_dtable){T_IDT, 0xfff};

@@ -84,7 +84,8 @@ static void *run_thread(void *arg)
 
 static bool wait_stop(struct vm *vm, int ms)
 {
-    for (int k = 0; k < ms && !vm_stopping(vm); k++) usleep(1000);
+    for (int k = 0; k < ms && !vm_stopping(vm); k++)
+        usleep(1000);
     return vm_stopping(vm);
 }
 
@@ -178,13 +179,13 @@ static void ioapic_interrupt_wakes_hlt(void **state)
     uint8_t code[128];
     size_t n = 0;
     n += emit_mov_rbx(code + n, 0xfee000f0);
-    n += emit_store(code + n, 0, 0x1ff);    /* SVR: enable */
+    n += emit_store(code + n, 0, 0x1ff); /* SVR: enable */
     n += emit_mov_rbx(code + n, 0xfec00000);
-    n += emit_store(code + n, 0, 0x18);     /* IOREGSEL: pin 4 low */
-    n += emit_store(code + n, 0x10, 0x41);  /* IOWIN: vector 0x41, edge, unmasked, dest 0 */
-    code[n++] = 0xfb;                        /* sti */
-    code[n++] = 0xf4;                        /* hlt */
-    code[n++] = 0xeb, code[n++] = 0xfd;      /* jmp hlt */
+    n += emit_store(code + n, 0, 0x18);    /* IOREGSEL: pin 4 low */
+    n += emit_store(code + n, 0x10, 0x41); /* IOWIN: vector 0x41, edge, unmasked, dest 0 */
+    code[n++] = 0xfb;                      /* sti */
+    code[n++] = 0xf4;                      /* hlt */
+    code[n++] = 0xeb, code[n++] = 0xfd;    /* jmp hlt */
     put_bytes(t, T_CODE0, code, n);
     bk_long(b, T_CODE0);
     pthread_t th;
@@ -212,13 +213,13 @@ static void lapic_timer_wakes_hlt(void **state)
     uint8_t code[128];
     size_t n = 0;
     n += emit_mov_rbx(code + n, 0xfee000f0);
-    n += emit_store(code + n, 0, 0x1ff);         /* SVR */
+    n += emit_store(code + n, 0, 0x1ff); /* SVR */
     n += emit_mov_rbx(code + n, 0xfee00320);
-    n += emit_store(code + n, 0, 0x42);          /* LVT timer: one-shot, vector 0x42 */
+    n += emit_store(code + n, 0, 0x42); /* LVT timer: one-shot, vector 0x42 */
     n += emit_mov_rbx(code + n, 0xfee003e0);
-    n += emit_store(code + n, 0, 0xb);           /* divide by 1 */
+    n += emit_store(code + n, 0, 0xb); /* divide by 1 */
     n += emit_mov_rbx(code + n, 0xfee00380);
-    n += emit_store(code + n, 0, 2000000);       /* 2 ms */
+    n += emit_store(code + n, 0, 2000000); /* 2 ms */
     code[n++] = 0xfb;
     code[n++] = 0xf4;
     code[n++] = 0xeb, code[n++] = 0xfd;
@@ -260,10 +261,12 @@ static void init_sipi_starts_ap(void **state)
     put_bytes(t, T_CODE0, code, n);
     bk_long(b, T_CODE0);
     pthread_t th[2];
-    for (int i = 0; i < 2; i++) pthread_create(&th[i], NULL, run_thread, b->cpu[i]);
+    for (int i = 0; i < 2; i++)
+        pthread_create(&th[i], NULL, run_thread, b->cpu[i]);
     bool stopped = wait_stop(vm, 2000);
     if (!stopped) vm_request_stop(vm, VM_STOP_QUIT, 0);
-    for (int i = 0; i < 2; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < 2; i++)
+        pthread_join(th[i], NULL);
     assert_true(stopped);
     assert_int_equal(vm->exit_code, 0x99);
     struct x86_state s;
@@ -297,6 +300,27 @@ static void emulate_one(void **state)
     put_bytes(t, T_CODE0, (uint8_t[]){0xcc}, 1);
     assert_int_equal(bt_emulate_one(&t->vm, 0, &s), 0);
     assert_int_equal(s.rip, T_HAND + 16 * 3);
+    /* XSAVE with CR4.OSXSAVE (kvm_pvm guests see the host's XSAVE): x87+SSE round trip */
+    s.cr4 |= X86_CR4_OSXSAVE;
+    s.xcr0 = 3;
+    s.rip = T_CODE0;
+    s.gpr[RAX] = 3, s.gpr[RDX] = 0, s.gpr[RBX] = 0x40000;
+    memset(s.fx.xmm[0], 0xab, 16);
+    put_bytes(t, T_CODE0, (uint8_t[]){0x48, 0x0f, 0xae, 0x23}, 4); /* xsave64 [rbx] */
+    assert_int_equal(bt_emulate_one(&t->vm, 0, &s), 0);
+    assert_int_equal(get64(t, 0x40000 + 512), 3); /* XSTATE_BV */
+    assert_int_equal(get64(t, 0x40000 + 160), 0xababababababababull);
+    memset(s.fx.xmm[0], 0, 16);
+    s.rip = T_CODE0;
+    put_bytes(t, T_CODE0, (uint8_t[]){0x48, 0x0f, 0xae, 0x2b}, 4); /* xrstor64 [rbx] */
+    assert_int_equal(bt_emulate_one(&t->vm, 0, &s), 0);
+    assert_int_equal(s.fx.xmm[0][5], 0xab);
+    /* XSETBV with AVX: #GP (the neutral state has no YMM) */
+    s.rip = T_CODE0;
+    s.gpr[RAX] = 7, s.gpr[RCX] = 0;
+    put_bytes(t, T_CODE0, (uint8_t[]){0x0f, 0x01, 0xd1}, 3);
+    assert_int_equal(bt_emulate_one(&t->vm, 0, &s), 0);
+    assert_int_equal(s.rip, T_HAND + 16 * X86_GP);
     tenv_free(t);
 }
 

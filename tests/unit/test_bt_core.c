@@ -148,6 +148,10 @@ static void test_muldiv(void **st)
     CASE(0xf6, 0xf1);                   /* div cl */
     CASE(0x49, 0xf7, 0xfc);             /* idiv r12 (0 in one variant: #DE) */
     CASE(0x48, 0xf7, 0xfa);             /* idiv rdx */
+    CASE(0x48, 0xc7, 0xc1, 0xff, 0xff, 0xff, 0xff, 0x48, 0xf7, 0xf9); /* idiv by -1: #DE */
+    CASE(0x48, 0x31, 0xd2, 0x48, 0xf7, 0xd2, 0x48, 0xc7, 0xc1, 0xff, 0xff, 0xff, 0xff, 0x48,
+         0xf7, 0xf9);                   /* rdx = -1, idiv by -1 */
+    CASE(0xb9, 0xff, 0xff, 0xff, 0xff, 0xf7, 0xf9); /* 32-bit idiv by -1 */
 }
 
 static void test_bitops(void **st)
@@ -223,6 +227,32 @@ static void test_atomic(void **st)
     CASE(0x48, 0x0f, 0xc7, 0x4b, 0x08);       /* cmpxchg16b [rbx+8]: #GP */
 }
 
+/* crashme: random bytes (biased towards the integer opcode space) in ring 3, 64- and 32-bit code:
+ * the software CPU must end every run with an exception or the budget, never crash or hang
+ * (this binary runs under ASan/UBSan). */
+static void test_crashme(void **st)
+{
+    uint64_t x = 0x2545f4914f6cdd1dull;
+    uint8_t code[64];
+    uint64_t g[16];
+    unsigned runs = 0, faults = 0;
+    for (int n = 0; n < 20000; n++) {
+        for (size_t k = 0; k < sizeof(code); k++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            code[k] = (uint8_t)x;
+        }
+        base_regs(g);
+        btenv_bits = (n & 3) == 0 ? 32 : 64;
+        btenv_load(&env, code, sizeof(code), scratch, g, x & 0xcd5);
+        int v = btenv_run(&env, 200);
+        runs++;
+        faults += v >= 0;
+    }
+    btenv_bits = 64;
+    print_message("crashme: %u runs, %u ended in an exception\n", runs, faults);
+    assert_int_equal(runs, 20000);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -230,7 +260,7 @@ int main(void)
         cmocka_unit_test(test_shift),   cmocka_unit_test(test_muldiv),
         cmocka_unit_test(test_bitops),  cmocka_unit_test(test_datamov),
         cmocka_unit_test(test_branch),  cmocka_unit_test(test_string),
-        cmocka_unit_test(test_atomic),
+        cmocka_unit_test(test_atomic),  cmocka_unit_test(test_crashme),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -48,8 +48,10 @@ static void crashme(void **state)
         memcpy(gp(t, 0, tmpl_len), tmpl, tmpl_len);
         c->s = s0;
         uint64_t code = ring ? T_CODE3 : T_CODE0;
-        if (ring) t_to_ring3(t, code);
-        else bt_update_mode(c);
+        if (ring)
+            t_to_ring3(t, code);
+        else
+            bt_update_mode(c);
         for (int r = 0; r < 16; r++) {
             if (r == RSP) continue;
             uint64_t v = rnd();
@@ -88,7 +90,8 @@ static void crashme(void **state)
     }
     unsigned long exc[2] = {0, 0};
     for (int ring = 0; ring < 2; ring++)
-        for (int v = 0; v < 256; v++) exc[ring] += vectors[ring][v];
+        for (int v = 0; v < 256; v++)
+            exc[ring] += vectors[ring][v];
     printf("crashme: %lu cases (seed %lu), %llu instructions executed\n", n,
            envnum("BT_CRASHME_SEED", 1), (unsigned long long)insns);
     for (int ring = 0; ring < 2; ring++) {

@@ -7,7 +7,8 @@
 
 static const uint8_t HLT[] = {0xf4};
 
-/* The frame an exception handler got: [0] = error code if has_err, then RIP, CS, RFLAGS, RSP, SS. */
+/* The frame an exception handler got: [0] = error code if has_err, then RIP, CS, RFLAGS, RSP, SS.
+ */
 static uint64_t frame(struct tenv *t, int k)
 {
     return get64(t, t->c->s.gpr[RSP] + 8 * (uint64_t)k);

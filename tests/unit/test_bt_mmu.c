@@ -22,13 +22,13 @@ static struct tenv *setup(void)
     struct tenv *t = tenv_new(false);
     t_setup_long(t);
     put64(t, T_PD + 16, T_PT | 7);
-    map4k(t, 0, 0x100000, 7);                  /* user RW */
-    map4k(t, 1, 0x101000, 5);                  /* user RO */
-    map4k(t, 2, 0x102000, 3);                  /* supervisor RW */
-    map4k(t, 3, 0x103000, 7 | (1ull << 63));   /* NX */
+    map4k(t, 0, 0x100000, 7);                /* user RW */
+    map4k(t, 1, 0x101000, 5);                /* user RO */
+    map4k(t, 2, 0x102000, 3);                /* supervisor RW */
+    map4k(t, 3, 0x103000, 7 | (1ull << 63)); /* NX */
     /* 4: not present */
-    map4k(t, 5, 0x105000 | (1ull << 50), 7);   /* reserved bit (MAXPHYADDR 36) */
-    put64(t, T_PD + 24, 0x800000 | 0x87);      /* 2 MiB page at 0x600000 -> 0x800000 */
+    map4k(t, 5, 0x105000 | (1ull << 50), 7); /* reserved bit (MAXPHYADDR 36) */
+    put64(t, T_PD + 24, 0x800000 | 0x87);    /* 2 MiB page at 0x600000 -> 0x800000 */
     return t;
 }
 
@@ -40,8 +40,8 @@ static void walk_4level_and_ad_bits(void **state)
     volatile uint64_t v = 0;
     assert_int_equal(T_TRY(c, v = bt_read(c, LIN + 0x10, 8, BT_ACC_READ)), -1);
     assert_int_equal(v, 0x1122334455667788ull);
-    assert_true(get64(t, T_PT) & 0x20);          /* A */
-    assert_false(get64(t, T_PT) & 0x40);         /* not D yet */
+    assert_true(get64(t, T_PT) & 0x20);  /* A */
+    assert_false(get64(t, T_PT) & 0x40); /* not D yet */
     assert_true(get64(t, T_PD + 16) & 0x20);
     assert_true(get64(t, T_PDPT) & 0x20);
     assert_true(get64(t, T_PML4) & 0x20);
@@ -242,9 +242,11 @@ static void segment_limits_and_canonical(void **state)
     t_setup_long(t);
     volatile uint64_t lin = 0;
     /* 64-bit: canonical checks, #SS for SS */
-    assert_int_equal(T_TRY(c, lin = bt_seg_linear(c, SEG_DS, 0x00007ffffffffffcull, 8, BT_ACC_READ)), X86_GP);
+    assert_int_equal(
+        T_TRY(c, lin = bt_seg_linear(c, SEG_DS, 0x00007ffffffffffcull, 8, BT_ACC_READ)), X86_GP);
     assert_int_equal(c->pending_err, 0);
-    assert_int_equal(T_TRY(c, lin = bt_seg_linear(c, SEG_SS, 0x8000000000000000ull, 8, BT_ACC_READ)), X86_SS);
+    assert_int_equal(
+        T_TRY(c, lin = bt_seg_linear(c, SEG_SS, 0x8000000000000000ull, 8, BT_ACC_READ)), X86_SS);
     c->s.seg[SEG_FS].base = 0xffff800000000000ull;
     assert_int_equal(T_TRY(c, lin = bt_seg_linear(c, SEG_FS, 0x10, 8, BT_ACC_READ)), -1);
     assert_int_equal(lin, 0xffff800000000010ull);
@@ -280,7 +282,8 @@ static void segment_limits_and_canonical(void **state)
 static uint8_t mmio_last_write;
 static void mmio_rd(void *o, uint64_t off, uint8_t *d, unsigned size)
 {
-    for (unsigned k = 0; k < size; k++) d[k] = (uint8_t)(0xa0 + off + k);
+    for (unsigned k = 0; k < size; k++)
+        d[k] = (uint8_t)(0xa0 + off + k);
 }
 static void mmio_wr(void *o, uint64_t off, const uint8_t *d, unsigned size)
 {

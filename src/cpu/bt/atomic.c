@@ -17,7 +17,7 @@ static void op_xchg(struct bt_cpu *c, const struct bt_insn *i)
     if (i->op[0].kind == BT_OPK_MEM) {
         uint64_t b = bt_op_read(c, i, 1);
         uint64_t lin = bt_op_lin(c, i, 0, size, BT_ACC_WRITE);
-        void *p = bt_host_ptr(c, lin, size, BT_ACC_READ | BT_ACC_WRITE);
+        void *p = bt_lock_ptr(c, lin, size);
         uint64_t old;
         if (p) {
             uint64_t fl = c->s.rflags;
@@ -43,7 +43,7 @@ static void op_xadd(struct bt_cpu *c, const struct bt_insn *i)
     uint64_t fl = c->s.rflags;
     if ((i->pfx & BT_PFX_LOCK)) {
         uint64_t lin = bt_op_lin(c, i, 0, size, BT_ACC_WRITE);
-        void *p = bt_host_ptr(c, lin, size, BT_ACC_READ | BT_ACC_WRITE);
+        void *p = bt_lock_ptr(c, lin, size);
         if (p) {
             uint64_t old = bt_host_alu_locked(BT_XADD, size, p, src, &fl);
             bt_op_write(c, i, 1, old);
@@ -100,7 +100,7 @@ static void op_cmpxchg(struct bt_cpu *c, const struct bt_insn *i)
     uint64_t fl = c->s.rflags, rax = c->s.gpr[RAX];
     if (i->op[0].kind == BT_OPK_MEM) {
         uint64_t lin = bt_op_lin(c, i, 0, size, BT_ACC_WRITE);
-        void *p = (i->pfx & BT_PFX_LOCK) ? bt_host_ptr(c, lin, size, BT_ACC_READ | BT_ACC_WRITE)
+        void *p = (i->pfx & BT_PFX_LOCK) ? bt_lock_ptr(c, lin, size)
                                           : NULL;
         if (p) {
             locked_cmpxchg(size, p, &rax, src, &fl);
@@ -139,7 +139,7 @@ static void op_cmpxchg8b(struct bt_cpu *c, const struct bt_insn *i)
     uint64_t rax = c->s.gpr[RAX], rdx = c->s.gpr[RDX];
     uint64_t h = (c->s.rflags & BT_ARITH_FLAGS) | X86_FLAG_FIXED;
     uint32_t b = (uint32_t)c->s.gpr[RBX], cx = (uint32_t)c->s.gpr[RCX];
-    void *p = (i->pfx & BT_PFX_LOCK) ? bt_host_ptr(c, lin, 8, BT_ACC_READ | BT_ACC_WRITE) : NULL;
+    void *p = (i->pfx & BT_PFX_LOCK) ? bt_lock_ptr(c, lin, 8) : NULL;
     if (p) {
         asm volatile(PRE "lock cmpxchg8b %[m]" POST
                      : "+a"(rax), "+d"(rdx), [m] "+m"(*(uint64_t *)p), [f] "+r"(h)
@@ -168,7 +168,7 @@ static void op_cmpxchg16b(struct bt_cpu *c, const struct bt_insn *i)
     uint64_t rax = c->s.gpr[RAX], rdx = c->s.gpr[RDX];
     uint64_t h = (c->s.rflags & BT_ARITH_FLAGS) | X86_FLAG_FIXED;
     uint64_t b = c->s.gpr[RBX], cx = c->s.gpr[RCX];
-    void *p = bt_host_ptr(c, lin, 16, BT_ACC_READ | BT_ACC_WRITE);
+    void *p = bt_lock_ptr(c, lin, 16);
     if (p) {
         /* always atomic when the page is RAM: cheap, and right for SMP guests */
         asm volatile(PRE "lock cmpxchg16b %[m]" POST

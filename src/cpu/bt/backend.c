@@ -227,8 +227,9 @@ static int validate_state(const struct x86_state *s)
 {
     const uint64_t cr4_ok = X86_CR4_TSD | X86_CR4_DE | X86_CR4_PSE | X86_CR4_PAE | X86_CR4_MCE |
                             X86_CR4_PGE | X86_CR4_PCE | X86_CR4_OSFXSR | X86_CR4_OSXMMEXCPT;
-    if (s->cr0 >> 32) return err_set(EINVAL, "vCPU state: CR0 %#llx has reserved bits set",
-                                     (unsigned long long)s->cr0);
+    if (s->cr0 >> 32)
+        return err_set(EINVAL, "vCPU state: CR0 %#llx has reserved bits set",
+                       (unsigned long long)s->cr0);
     if ((s->cr0 & X86_CR0_PG) && !(s->cr0 & X86_CR0_PE))
         return err_set(EINVAL, "vCPU state: CR0.PG without CR0.PE");
     if (s->cr4 & ~cr4_ok)
@@ -252,10 +253,12 @@ static int validate_state(const struct x86_state *s)
         !x86_is_canonical(s->kernel_gs_base) || !x86_is_canonical(s->lstar))
         return err_set(EINVAL, "vCPU state: a descriptor-table or MSR base is not canonical");
     if (lma && s->seg[SEG_CS].l && !x86_is_canonical(s->rip))
-        return err_set(EINVAL, "vCPU state: RIP %#llx is not canonical", (unsigned long long)s->rip);
-    if (s->mp_state > MP_STOPPED) return err_set(EINVAL, "vCPU state: bad mp_state %u", s->mp_state);
-    if (s->cr8 > 15) return err_set(EINVAL, "vCPU state: CR8 %#llx out of range",
-                                    (unsigned long long)s->cr8);
+        return err_set(EINVAL, "vCPU state: RIP %#llx is not canonical",
+                       (unsigned long long)s->rip);
+    if (s->mp_state > MP_STOPPED)
+        return err_set(EINVAL, "vCPU state: bad mp_state %u", s->mp_state);
+    if (s->cr8 > 15)
+        return err_set(EINVAL, "vCPU state: CR8 %#llx out of range", (unsigned long long)s->cr8);
     return 0;
 }
 
@@ -313,13 +316,22 @@ static int bt_set_lapic(struct vcpu *cpu, const struct lapic_state *s)
 {
     return bt_glue_set_lapic(&bvc(cpu)->cpu, s);
 }
-static int bt_get_ioapic(struct vm *vm, struct ioapic_state *s) { return bt_glue_get_ioapic(vm, s); }
+static int bt_get_ioapic(struct vm *vm, struct ioapic_state *s)
+{
+    return bt_glue_get_ioapic(vm, s);
+}
 static int bt_set_ioapic(struct vm *vm, const struct ioapic_state *s)
 {
     return bt_glue_set_ioapic(vm, s);
 }
-static int bt_get_pit(struct vm *vm, struct pit_state *s) { return bt_glue_get_pit(vm, s); }
-static int bt_set_pit(struct vm *vm, const struct pit_state *s) { return bt_glue_set_pit(vm, s); }
+static int bt_get_pit(struct vm *vm, struct pit_state *s)
+{
+    return bt_glue_get_pit(vm, s);
+}
+static int bt_set_pit(struct vm *vm, const struct pit_state *s)
+{
+    return bt_glue_set_pit(vm, s);
+}
 
 static int bt_set_debug(struct vcpu *cpu, const struct vcpu_debug *d)
 {
@@ -352,7 +364,8 @@ const struct cpu_backend cpu_backend_bt = {
 
 int bt_emulate_one(struct vm *vm, unsigned cpu_index, struct x86_state *s)
 {
-    if (cpu_index >= VM_MAX_CPUS) return err_set(EINVAL, "emulate: vCPU %u out of range", cpu_index);
+    if (cpu_index >= VM_MAX_CPUS)
+        return err_set(EINVAL, "emulate: vCPU %u out of range", cpu_index);
     struct bt_cpu *c = calloc(1, sizeof(*c));
     if (!c) return err_set(ENOMEM, "emulate: cannot allocate a software CPU");
     c->vm = vm;
@@ -364,6 +377,7 @@ int bt_emulate_one(struct vm *vm, unsigned cpu_index, struct x86_state *s)
     if (r == 0) {
         struct vcpu_exit exit = {.reason = VCPU_EXIT_NONE};
         c->exit = &exit;
+        c->stop_after_event = true; /* one instruction, or its exception: then back to KVM */
         c->tsc_offset = s->tsc - bt_rdtsc(c);
         bt_update_mode(c);
         bt_exec(c, 1);

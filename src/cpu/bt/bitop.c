@@ -30,7 +30,7 @@ static void bitop(struct bt_cpu *c, const struct bt_insn *i, int op)
     int acc = op == BT_BT ? BT_ACC_READ : BT_ACC_WRITE;
     uint64_t lin = bt_seg_linear(c, i->op[0].seg, ea, size, acc);
     if (op != BT_BT && (i->pfx & BT_PFX_LOCK)) {
-        void *p = bt_host_ptr(c, lin, size, BT_ACC_READ | BT_ACC_WRITE);
+        void *p = bt_lock_ptr(c, lin, size);
         if (p) {
             bt_host_alu_locked(op, size, p, off, &fl);
             bt_commit_flags(c, fl);

@@ -180,6 +180,7 @@ struct bt_cpu {
     bool in_event_delivery; /* a fault now is a double fault */
     uint8_t delivering_vector;
     bool shutdown; /* triple fault: the loop must stop (exit_now is also set) */
+    bool stop_after_event; /* bt_emulate_one: stop right after delivering an exception */
 
     /* soft MMU */
     struct bt_tlb_entry tlb[BT_TLB_SIZE];

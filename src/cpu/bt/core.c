@@ -139,6 +139,12 @@ static void core_global_init(void)
         ends_block[k] = 1;
 }
 
+bool bt_has_handler(unsigned mnemonic)
+{
+    pthread_once(&core_once, core_global_init);
+    return mnemonic < BT_MNEM_COUNT && dispatch[mnemonic] != NULL;
+}
+
 /* ---- decoding ----------------------------------------------------------------------------- */
 
 static void map_reg(ZydisRegister r, uint8_t *rclass, uint8_t *idx)
@@ -657,8 +663,15 @@ static void run(struct bt_cpu *c, struct bt_cache *k, uint64_t end)
         }
         bool single_step = (c->s.rflags & X86_FLAG_TF) != 0;
 
-        unsigned count;
-        const struct bt_insn *in = lookup(c, k, &count);
+        unsigned count = 1;
+        const struct bt_insn *in;
+        if (end - c->icount == 1) {
+            /* one instruction (the KVM fallback, single steps): no block worth decoding */
+            decode_uncached(c, c->s.rip, &k->scratch);
+            in = &k->scratch;
+        } else {
+            in = lookup(c, k, &count);
+        }
         /* With an interrupt shadow or TF only one instruction runs before the next check */
         if (shadow || single_step)
             count = 1;

@@ -30,15 +30,16 @@ _Noreturn void bt_raise_pf(struct bt_cpu *c, uint64_t lin, uint32_t errcode)
 
 static bool has_errcode(int v)
 {
-    return v == X86_DF || v == X86_TS || v == X86_NP || v == X86_SS || v == X86_GP ||
-           v == X86_PF || v == X86_AC;
+    return v == X86_DF || v == X86_TS || v == X86_NP || v == X86_SS || v == X86_GP || v == X86_PF ||
+           v == X86_AC;
 }
 
 enum exc_class { BENIGN, CONTRIBUTORY, PAGEFAULT };
 static enum exc_class class_of(int v)
 {
     if (v == X86_PF) return PAGEFAULT;
-    if (v == X86_DE || v == X86_TS || v == X86_NP || v == X86_SS || v == X86_GP) return CONTRIBUTORY;
+    if (v == X86_DE || v == X86_TS || v == X86_NP || v == X86_SS || v == X86_GP)
+        return CONTRIBUTORY;
     return BENIGN;
 }
 
@@ -59,7 +60,8 @@ static void deliver_real(struct bt_cpu *c, int vector)
     if ((uint64_t)vector * 4 + 3 > c->s.idtr.limit) bt_gp0(c);
     uint32_t ent = (uint32_t)bt_read(c, lin & 0xffffffffull, 4, BT_ACC_READ | BT_ACC_IMPLICIT);
     uint64_t vals[3] = {c->s.rflags & 0xffff, c->s.seg[SEG_CS].sel, c->s.rip & 0xffff};
-    uint64_t sp = bt_frame_push(c, &c->s.seg[SEG_SS], c->stack_bits, c->s.gpr[RSP], vals, 3, 2, 0, 0);
+    uint64_t sp =
+        bt_frame_push(c, &c->s.seg[SEG_SS], c->stack_bits, c->s.gpr[RSP], vals, 3, 2, 0, 0);
     uint64_t m = bt_stack_mask(c);
     c->s.gpr[RSP] = (c->s.gpr[RSP] & ~m) | sp;
     c->s.rflags &= ~(uint64_t)(X86_FLAG_IF | X86_FLAG_TF | X86_FLAG_AC | X86_FLAG_RF);
@@ -84,9 +86,11 @@ static void deliver_prot(struct bt_cpu *c, int kind, int vector, uint32_t err)
     uint64_t gate_hi = lm ? bt_read(c, glin + 8, 8, BT_ACC_READ | BT_ACC_IMPLICIT) : 0;
     unsigned type = DESC_TYPE(gate), gdpl = DESC_DPL(gate);
     bool valid_type;
-    if (lm) valid_type = !DESC_S(gate) && (type == 0xe || type == 0xf);
-    else valid_type = !DESC_S(gate) && (type == 0x6 || type == 0x7 || type == 0xe || type == 0xf ||
-                                        type == 0x5);
+    if (lm)
+        valid_type = !DESC_S(gate) && (type == 0xe || type == 0xf);
+    else
+        valid_type = !DESC_S(gate) &&
+                     (type == 0x6 || type == 0x7 || type == 0xe || type == 0xf || type == 0x5);
     if (!valid_type) bt_raise(c, X86_GP, idt_err);
     if (soft && gdpl < c->cpl) bt_raise(c, X86_GP, idt_err);
     if (!DESC_P(gate)) bt_raise(c, X86_NP, idt_err);
@@ -97,7 +101,8 @@ static void deliver_prot(struct bt_cpu *c, int kind, int vector, uint32_t err)
     bool trap = type & 1;
     unsigned gsize = lm ? 8 : (type & 8) ? 4 : 2;
     uint16_t tsel = (uint16_t)(gate >> 16);
-    uint64_t off = (gate & 0xffff) | ((gate >> 32) & 0xffff0000ull) | ((gate_hi & 0xffffffffull) << 32);
+    uint64_t off =
+        (gate & 0xffff) | ((gate >> 32) & 0xffff0000ull) | ((gate_hi & 0xffffffffull) << 32);
     unsigned ist = lm ? (unsigned)(gate >> 32) & 7 : 0;
     if ((tsel & 0xfffc) == 0) bt_raise(c, X86_GP, ext);
     uint64_t d;
@@ -174,7 +179,8 @@ static void deliver_prot(struct bt_cpu *c, int kind, int vector, uint32_t err)
     vals[n++] = c->s.rip;
     if (err != BT_NO_ERRCODE) vals[n++] = err;
     if (gsize < 8)
-        for (unsigned k = 0; k < n; k++) vals[k] &= gsize == 2 ? 0xffff : 0xffffffffull;
+        for (unsigned k = 0; k < n; k++)
+            vals[k] &= gsize == 2 ? 0xffff : 0xffffffffull;
     int acc = ncpl < 3 ? BT_ACC_IMPLICIT : 0;
     uint32_t ss_err = switch_stack ? ((nss.sel & 0xfffc) | ext) : 0;
     uint64_t nsp = bt_frame_push(c, &nss, nbits, sp, vals, n, gsize, acc, ss_err);
@@ -186,9 +192,12 @@ static void deliver_prot(struct bt_cpu *c, int kind, int vector, uint32_t err)
     }
     bt_set_cs(c, tsel, d, ncpl);
     c->s.seg[SEG_SS] = nss;
-    if (nbits == 16) c->s.gpr[RSP] = (c->s.gpr[RSP] & ~0xffffull) | (nsp & 0xffff);
-    else if (nbits == 32 && !switch_stack) c->s.gpr[RSP] = (c->s.gpr[RSP] & ~0xffffffffull) | (nsp & 0xffffffffull);
-    else c->s.gpr[RSP] = nsp;
+    if (nbits == 16)
+        c->s.gpr[RSP] = (c->s.gpr[RSP] & ~0xffffull) | (nsp & 0xffff);
+    else if (nbits == 32 && !switch_stack)
+        c->s.gpr[RSP] = (c->s.gpr[RSP] & ~0xffffffffull) | (nsp & 0xffffffffull);
+    else
+        c->s.gpr[RSP] = nsp;
     c->s.rip = off;
     c->s.rflags &= ~(uint64_t)(X86_FLAG_TF | X86_FLAG_NT | X86_FLAG_RF | X86_FLAG_VM);
     if (!trap) c->s.rflags &= ~(uint64_t)X86_FLAG_IF;
@@ -202,9 +211,11 @@ static void deliver_once(struct bt_cpu *c, int kind, int vector, uint32_t err)
         if (!has_errcode(vector)) err = BT_NO_ERRCODE;
     }
     if (kind == BT_EV_NMI) c->s.ev.nmi_masked = 1;
-    if (!(c->s.cr0 & X86_CR0_PE)) deliver_real(c, vector);
-    else deliver_prot(c, kind == EV_ICEBP ? BT_EV_EXCEPTION : kind, vector,
-                      (kind == BT_EV_EXCEPTION || kind == EV_ICEBP) ? err : BT_NO_ERRCODE);
+    if (!(c->s.cr0 & X86_CR0_PE))
+        deliver_real(c, vector);
+    else
+        deliver_prot(c, kind == EV_ICEBP ? BT_EV_EXCEPTION : kind, vector,
+                     (kind == BT_EV_EXCEPTION || kind == EV_ICEBP) ? err : BT_NO_ERRCODE);
 }
 
 static void deliver(struct bt_cpu *c, int kind, int vector, uint32_t err)
@@ -254,6 +265,7 @@ void bt_deliver(struct bt_cpu *c, enum bt_event_kind kind, int vector, uint32_t 
     c->halted = false;
     if (c->s.mp_state == MP_HALTED) c->s.mp_state = MP_RUNNABLE;
     deliver(c, kind, vector & 0xff, errcode);
+    if (c->stop_after_event) c->exit_now = true;
 }
 
 /* ---- INT n / INT3 / INTO / INT1 ------------------------------------------------------------- */
@@ -373,9 +385,12 @@ static void op_iret(struct bt_cpu *c, const struct bt_insn *i)
     bt_update_mode(c);
     if (pop_stack) {
         unsigned bits = c->stack_bits;
-        if (bits == 64 || sz == 8) c->s.gpr[RSP] = nsp;
-        else if (bits == 32) c->s.gpr[RSP] = nsp & 0xffffffffull;
-        else c->s.gpr[RSP] = (old_rsp & ~0xffffull) | (nsp & 0xffff);
+        if (bits == 64 || sz == 8)
+            c->s.gpr[RSP] = nsp;
+        else if (bits == 32)
+            c->s.gpr[RSP] = nsp & 0xffffffffull;
+        else
+            c->s.gpr[RSP] = (old_rsp & ~0xffffull) | (nsp & 0xffff);
     } else {
         c->s.gpr[RSP] = (old_rsp & ~m) | ((old_rsp + 3 * sz) & m);
     }

@@ -84,3 +84,18 @@ static inline int64_t bt_sext(uint64_t v, unsigned size)
  * exception; returning true skips the delivery and ends bt_exec with RIP at the faulting
  * instruction.  NULL in the VMM. */
 extern bool (*bt_fault_observer)(struct bt_cpu *c, int vector, uint32_t errcode);
+
+/* Host pointer for a LOCKed access to guest RAM, or NULL when the caller must emulate it (MMIO,
+ * or an access that splits a cache line: a split lock on the host is slow, and fatal where the
+ * host kernel runs with split_lock_detect=fatal). */
+static inline void *bt_lock_ptr(struct bt_cpu *c, uint64_t lin, unsigned size)
+{
+    if ((lin & 63) + size > 64) {
+        bt_probe_write(c, lin, size, BT_ACC_WRITE);
+        return NULL;
+    }
+    return bt_host_ptr(c, lin, size, BT_ACC_READ | BT_ACC_WRITE);
+}
+
+/* True if a handler is registered for the (pseudo) mnemonic (tools: the differential tester). */
+bool bt_has_handler(unsigned mnemonic);

@@ -98,7 +98,8 @@ void bt_glue_set_tsc_deadline(struct bt_cpu *c, uint64_t tsc)
     c->s.tsc_deadline = tsc;
     if (!c->lapic) return;
     int64_t now = vclock_ns();
-    uint64_t tsc_now = (c->vm ? vclock_tsc_at(c->vm, now) : vclock_ns_to_ticks(0, now)) + c->tsc_offset;
+    uint64_t tsc_now =
+        (c->vm ? vclock_tsc_at(c->vm, now) : vclock_ns_to_ticks(0, now)) + c->tsc_offset;
     lapic_set_tsc_deadline(c->lapic, tsc, now, tsc_now);
 }
 
@@ -119,7 +120,8 @@ void bt_glue_timers(struct bt_cpu *c)
     if (c->lapic && lapic_next_event_ns(c->lapic) <= now) lapic_update_timer(c->lapic, now);
     struct bt_vm *bv = bt_vm_of(c->vm);
     /* The PIT is the VM's: vCPU 0 drives it (its halt wait includes the PIT's deadline). */
-    if (c->index == 0 && bv && bv->pit && pit_next_event_ns(bv->pit) <= now) pit_update(bv->pit, now);
+    if (c->index == 0 && bv && bv->pit && pit_next_event_ns(bv->pit) <= now)
+        pit_update(bv->pit, now);
 }
 
 bool bt_glue_attention(struct bt_cpu *c)
@@ -226,11 +228,12 @@ int bt_glue_set_pit(struct vm *vm, const struct pit_state *s)
 
 /* TEMPORARY weak fallbacks for the CPUID model (x86/cpuid.c is another helper's, not on main
  * yet): an empty model answers zeros.  The real definitions replace these at link time. */
-__attribute__((weak)) const struct cpuid_entry *cpuid_find(const struct cpuid_model *m,
-                                                           uint32_t fn, uint32_t idx)
+__attribute__((weak)) const struct cpuid_entry *cpuid_find(const struct cpuid_model *m, uint32_t fn,
+                                                           uint32_t idx)
 {
     for (unsigned k = 0; k < m->n && k < CPUID_MAX_ENTRIES; k++)
-        if (m->e[k].function == fn && (!(m->e[k].flags & CPUID_FLAG_INDEXED) || m->e[k].index == idx))
+        if (m->e[k].function == fn &&
+            (!(m->e[k].flags & CPUID_FLAG_INDEXED) || m->e[k].index == idx))
             return &m->e[k];
     return NULL;
 }

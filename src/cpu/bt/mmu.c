@@ -128,8 +128,10 @@ static inline bool is_lapic_page(struct bt_cpu *c, uint64_t gpa)
 static void mmio_access(struct bt_cpu *c, uint64_t gpa, uint8_t *data, unsigned size, bool write)
 {
     if (is_lapic_page(c, gpa)) {
-        if (write) bt_glue_lapic_write(c, (uint32_t)(gpa & 0xfff), data, size);
-        else bt_glue_lapic_read(c, (uint32_t)(gpa & 0xfff), data, size);
+        if (write)
+            bt_glue_lapic_write(c, (uint32_t)(gpa & 0xfff), data, size);
+        else
+            bt_glue_lapic_read(c, (uint32_t)(gpa & 0xfff), data, size);
         return;
     }
     if (!c->vm) {
@@ -139,7 +141,8 @@ static void mmio_access(struct bt_cpu *c, uint64_t gpa, uint8_t *data, unsigned 
     if (size == 1 || size == 2 || size == 4 || size == 8) {
         vm_mmio(c->vm, gpa, data, size, write);
     } else {
-        for (unsigned k = 0; k < size; k++) vm_mmio(c->vm, gpa + k, data + k, 1, write);
+        for (unsigned k = 0; k < size; k++)
+            vm_mmio(c->vm, gpa + k, data + k, 1, write);
     }
 }
 
@@ -165,8 +168,10 @@ uint64_t bt_phys_read(struct bt_cpu *c, uint64_t gpa, unsigned size)
 {
     uint64_t v = 0;
     void *p = c->vm ? guest_ptr(&c->vm->mem, gpa, size) : NULL;
-    if (p && !is_lapic_page(c, gpa)) memcpy(&v, p, size);
-    else mmio_access(c, gpa, (uint8_t *)&v, size, false);
+    if (p && !is_lapic_page(c, gpa))
+        memcpy(&v, p, size);
+    else
+        mmio_access(c, gpa, (uint8_t *)&v, size, false);
     return v;
 }
 
@@ -198,8 +203,10 @@ static uint64_t pte_read(struct bt_cpu *c, uint64_t gpa, unsigned size, void **h
 static void pte_set(struct bt_cpu *c, void *hp, uint64_t gpa, unsigned size, uint64_t bits)
 {
     if (!hp) return;
-    if (size == 8) atomic_fetch_or_explicit((_Atomic uint64_t *)hp, bits, memory_order_relaxed);
-    else atomic_fetch_or_explicit((_Atomic uint32_t *)hp, (uint32_t)bits, memory_order_relaxed);
+    if (size == 8)
+        atomic_fetch_or_explicit((_Atomic uint64_t *)hp, bits, memory_order_relaxed);
+    else
+        atomic_fetch_or_explicit((_Atomic uint32_t *)hp, (uint32_t)bits, memory_order_relaxed);
     ram_written(c, gpa, size);
 }
 
@@ -386,12 +393,16 @@ static inline uint64_t lin_mask(const struct bt_cpu *c)
 /* One access inside a single page through an entry. */
 static void page_read(struct bt_cpu *c, struct bt_tlb_entry *e, uint64_t lin, void *buf, unsigned n)
 {
-    if (e->hva) memcpy(buf, e->hva + (lin & 0xfff), n);
+    if (e->hva)
+        memcpy(buf, e->hva + (lin & 0xfff), n);
     else {
         uint8_t *b = buf;
         uint64_t gpa = e->gpa | (lin & 0xfff);
         while (n) {
-            unsigned k = n >= 8 && !(gpa & 7) ? 8 : n >= 4 && !(gpa & 3) ? 4 : n >= 2 && !(gpa & 1) ? 2 : 1;
+            unsigned k = n >= 8 && !(gpa & 7)   ? 8
+                         : n >= 4 && !(gpa & 3) ? 4
+                         : n >= 2 && !(gpa & 1) ? 2
+                                                : 1;
             mmio_access(c, gpa, b, k, false);
             gpa += k, b += k, n -= k;
         }
@@ -410,7 +421,10 @@ static void page_write(struct bt_cpu *c, struct bt_tlb_entry *e, uint64_t lin, c
         memcpy(tmp, buf, n);
         uint8_t *b = tmp;
         while (n) {
-            unsigned k = n >= 8 && !(gpa & 7) ? 8 : n >= 4 && !(gpa & 3) ? 4 : n >= 2 && !(gpa & 1) ? 2 : 1;
+            unsigned k = n >= 8 && !(gpa & 7)   ? 8
+                         : n >= 4 && !(gpa & 3) ? 4
+                         : n >= 2 && !(gpa & 1) ? 2
+                                                : 1;
             mmio_access(c, gpa, b, k, true);
             gpa += k, b += k, n -= k;
         }

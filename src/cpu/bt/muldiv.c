@@ -40,8 +40,8 @@ static bool div_faults(int op, unsigned size, uint64_t ax, uint64_t dx, uint64_t
                    (128 - 2 * bits); /* shift unsigned, then sign-extend arithmetically */
     __int128 divisor = bt_sext(s, size);
     __int128 lo = -((__int128)1 << (bits - 1)), hi = ((__int128)1 << (bits - 1)) - 1;
-    if (size == 8 && divisor == -1)
-        return dividend == lo; /* the only overflow, and the one C cannot divide */
+    if (divisor == -1 && dividend == (__int128)((unsigned __int128)1 << 127))
+        return true; /* overflows, and C cannot divide it */
     __int128 q = dividend / divisor;
     return q < lo || q > hi;
 }

@@ -177,9 +177,8 @@ uint64_t bt_stack_lin(struct bt_cpu *c, const struct x86_seg *ss, unsigned stack
     return (ss->base + addr) & 0xffffffffull;
 }
 
-uint64_t bt_frame_push(struct bt_cpu *c, const struct x86_seg *ss, unsigned stack_bits,
-                       uint64_t sp, const uint64_t *vals, unsigned n, unsigned size, int acc,
-                       uint32_t errc)
+uint64_t bt_frame_push(struct bt_cpu *c, const struct x86_seg *ss, unsigned stack_bits, uint64_t sp,
+                       const uint64_t *vals, unsigned n, unsigned size, int acc, uint32_t errc)
 {
     uint64_t mask = bt_bits_mask(stack_bits);
     uint64_t new_sp = (sp - (uint64_t)n * size) & mask;
@@ -189,7 +188,8 @@ uint64_t bt_frame_push(struct bt_cpu *c, const struct x86_seg *ss, unsigned stac
         lin[k] = bt_stack_lin(c, ss, stack_bits, addr, size, errc);
         bt_probe_write(c, lin[k], size, acc | BT_ACC_WRITE);
     }
-    for (unsigned k = 0; k < n && k < 16; k++) bt_write(c, lin[k], size, vals[k], acc | BT_ACC_WRITE);
+    for (unsigned k = 0; k < n && k < 16; k++)
+        bt_write(c, lin[k], size, vals[k], acc | BT_ACC_WRITE);
     return new_sp;
 }
 
@@ -279,8 +279,8 @@ static void far_real(struct bt_cpu *c, uint16_t sel, uint64_t off, bool is_call,
     unsigned sz = opsize / 8;
     if (is_call) {
         uint64_t vals[2] = {c->s.seg[SEG_CS].sel, c->next_rip};
-        uint64_t sp = bt_frame_push(c, &c->s.seg[SEG_SS], c->stack_bits, c->s.gpr[RSP], vals, 2,
-                                    sz, 0, 0);
+        uint64_t sp =
+            bt_frame_push(c, &c->s.seg[SEG_SS], c->stack_bits, c->s.gpr[RSP], vals, 2, sz, 0, 0);
         /* Check the target before committing (CS limit applies to the new IP). */
         c->s.gpr[RSP] = (c->s.gpr[RSP] & ~bt_stack_mask(c)) | sp;
     }
@@ -406,8 +406,8 @@ static void far_gate(struct bt_cpu *c, uint16_t sel, uint64_t gate, bool is_call
         vals[n++] = c->s.seg[SEG_CS].sel;
         vals[n++] = c->next_rip;
         if (nbits == 64) nsp &= ~0ull;
-        uint64_t sp = bt_frame_push(c, &nss, nbits, nsp, vals, n, gsize, BT_ACC_IMPLICIT,
-                                    nss_sel & 0xfffc);
+        uint64_t sp =
+            bt_frame_push(c, &nss, nbits, nsp, vals, n, gsize, BT_ACC_IMPLICIT, nss_sel & 0xfffc);
         if (!c->long_mode) {
             uint64_t sd;
             bt_desc_read(c, nss_sel, &sd);
@@ -421,8 +421,8 @@ static void far_gate(struct bt_cpu *c, uint16_t sel, uint64_t gate, bool is_call
         return;
     }
     uint64_t vals[2] = {c->s.seg[SEG_CS].sel, c->next_rip};
-    uint64_t sp = bt_frame_push(c, &c->s.seg[SEG_SS], c->stack_bits, c->s.gpr[RSP], vals, 2, gsize,
-                                0, 0);
+    uint64_t sp =
+        bt_frame_push(c, &c->s.seg[SEG_SS], c->stack_bits, c->s.gpr[RSP], vals, 2, gsize, 0, 0);
     uint64_t m = bt_stack_mask(c);
     c->s.gpr[RSP] = (c->s.gpr[RSP] & ~m) | (sp & m);
     bt_set_cs(c, tsel, d, cpl);
@@ -512,7 +512,8 @@ void bt_far_return(struct bt_cpu *c, unsigned opsize, uint16_t pop_extra)
     } else {
         uint64_t sd;
         if (!bt_desc_read(c, nss_sel, &sd)) bt_raise(c, X86_GP, e);
-        if ((nss_sel & 3) != rpl || DESC_DPL(sd) != rpl || !DESC_IS_DATA(sd) || !(DESC_TYPE(sd) & 2))
+        if ((nss_sel & 3) != rpl || DESC_DPL(sd) != rpl || !DESC_IS_DATA(sd) ||
+            !(DESC_TYPE(sd) & 2))
             bt_raise(c, X86_GP, e);
         if (!DESC_P(sd)) bt_raise(c, X86_SS, e);
         bt_desc_set_accessed(c, nss_sel, sd);
@@ -545,12 +546,14 @@ void bt_tss_stack(struct bt_cpu *c, unsigned dpl, unsigned ist, uint32_t ext, ui
         unsigned off = 4 + 8 * dpl;
         if (off + 5 > tr->limit) bt_raise(c, X86_TS, terr);
         *sp = bt_read(c, (base + off) & 0xffffffffull, 4, BT_ACC_READ | BT_ACC_IMPLICIT);
-        *ss = (uint16_t)bt_read(c, (base + off + 4) & 0xffffffffull, 2, BT_ACC_READ | BT_ACC_IMPLICIT);
+        *ss = (uint16_t)bt_read(c, (base + off + 4) & 0xffffffffull, 2,
+                                BT_ACC_READ | BT_ACC_IMPLICIT);
     } else {
         unsigned off = 2 + 4 * dpl;
         if (off + 3 > tr->limit) bt_raise(c, X86_TS, terr);
         *sp = bt_read(c, (base + off) & 0xffffffffull, 2, BT_ACC_READ | BT_ACC_IMPLICIT);
-        *ss = (uint16_t)bt_read(c, (base + off + 2) & 0xffffffffull, 2, BT_ACC_READ | BT_ACC_IMPLICIT);
+        *ss = (uint16_t)bt_read(c, (base + off + 2) & 0xffffffffull, 2,
+                                BT_ACC_READ | BT_ACC_IMPLICIT);
     }
 }
 
@@ -594,8 +597,10 @@ static bool visible_desc(struct bt_cpu *c, uint16_t sel, uint64_t *d)
 
 static void set_zf(struct bt_cpu *c, bool z)
 {
-    if (z) c->s.rflags |= X86_FLAG_ZF;
-    else c->s.rflags &= ~(uint64_t)X86_FLAG_ZF;
+    if (z)
+        c->s.rflags |= X86_FLAG_ZF;
+    else
+        c->s.rflags &= ~(uint64_t)X86_FLAG_ZF;
 }
 
 static void op_lar_lsl(struct bt_cpu *c, const struct bt_insn *i)
@@ -610,7 +615,8 @@ static void op_lar_lsl(struct bt_cpu *c, const struct bt_insn *i)
         /* valid system types: LDT and available/busy TSS everywhere, call gates for LAR only
          * (legacy: also 16-bit TSS/gates, task gates) */
         bool valid;
-        if (c->long_mode) valid = t == 2 || t == 9 || t == 0xb || (lar && t == 0xc);
+        if (c->long_mode)
+            valid = t == 2 || t == 9 || t == 0xb || (lar && t == 0xc);
         else
             valid = t == 1 || t == 2 || t == 3 || t == 9 || t == 0xb ||
                     (lar && (t == 4 || t == 5 || t == 0xc));
@@ -642,8 +648,10 @@ static void op_verr_verw(struct bt_cpu *c, const struct bt_insn *i)
     bool ok = visible_desc(c, sel, &d) && DESC_S(d);
     if (ok) {
         unsigned t = DESC_TYPE(d);
-        if (i->mnemonic == ZYDIS_MNEMONIC_VERR) ok = !(t & 8) || (t & 2);
-        else ok = !(t & 8) && (t & 2);
+        if (i->mnemonic == ZYDIS_MNEMONIC_VERR)
+            ok = !(t & 8) || (t & 2);
+        else
+            ok = !(t & 8) && (t & 2);
     }
     set_zf(c, ok);
     c->s.rip = c->next_rip;

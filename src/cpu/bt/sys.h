@@ -11,12 +11,12 @@
 #include "cpu/bt/bt.h"
 
 /* Descriptor fields */
-#define DESC_TYPE(d)  ((unsigned)((d) >> 40) & 0xf)
-#define DESC_S(d)     ((unsigned)((d) >> 44) & 1)
-#define DESC_DPL(d)   ((unsigned)((d) >> 45) & 3)
-#define DESC_P(d)     ((unsigned)((d) >> 47) & 1)
-#define DESC_L(d)     ((unsigned)((d) >> 53) & 1)
-#define DESC_DB(d)    ((unsigned)((d) >> 54) & 1)
+#define DESC_TYPE(d)    ((unsigned)((d) >> 40) & 0xf)
+#define DESC_S(d)       ((unsigned)((d) >> 44) & 1)
+#define DESC_DPL(d)     ((unsigned)((d) >> 45) & 3)
+#define DESC_P(d)       ((unsigned)((d) >> 47) & 1)
+#define DESC_L(d)       ((unsigned)((d) >> 53) & 1)
+#define DESC_DB(d)      ((unsigned)((d) >> 54) & 1)
 #define DESC_IS_CODE(d) (DESC_S(d) && (DESC_TYPE(d) & 8))
 #define DESC_IS_DATA(d) (DESC_S(d) && !(DESC_TYPE(d) & 8))
 
@@ -56,9 +56,8 @@ uint64_t bt_stack_lin(struct bt_cpu *c, const struct x86_seg *ss, unsigned stack
                       uint64_t addr, unsigned size, uint32_t errc);
 /* Pushes vals[0..n-1] (vals[0] first, so at the highest address) of `size` bytes each below sp on
  * the stack *ss; every slot is checked writable before any is written.  Returns the new SP. */
-uint64_t bt_frame_push(struct bt_cpu *c, const struct x86_seg *ss, unsigned stack_bits,
-                       uint64_t sp, const uint64_t *vals, unsigned n, unsigned size, int acc,
-                       uint32_t errc);
+uint64_t bt_frame_push(struct bt_cpu *c, const struct x86_seg *ss, unsigned stack_bits, uint64_t sp,
+                       const uint64_t *vals, unsigned n, unsigned size, int acc, uint32_t errc);
 static inline uint64_t bt_bits_mask(unsigned bits)
 {
     return bits == 64 ? ~0ull : bits == 32 ? 0xffffffffull : 0xffffull;

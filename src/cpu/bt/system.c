@@ -99,10 +99,12 @@ BT_HANDLER(STI, op_cli_sti);
 
 /* ---- control registers ---------------------------------------------------------------------- */
 
-#define CR0_KNOWN (X86_CR0_PE | X86_CR0_MP | X86_CR0_EM | X86_CR0_TS | X86_CR0_ET | X86_CR0_NE | \
-                   X86_CR0_WP | X86_CR0_AM | X86_CR0_NW | X86_CR0_CD | X86_CR0_PG)
-#define CR4_MODEL (X86_CR4_TSD | X86_CR4_DE | X86_CR4_PSE | X86_CR4_PAE | X86_CR4_MCE |          \
-                   X86_CR4_PGE | X86_CR4_PCE | X86_CR4_OSFXSR | X86_CR4_OSXMMEXCPT)
+#define CR0_KNOWN                                                                                  \
+    (X86_CR0_PE | X86_CR0_MP | X86_CR0_EM | X86_CR0_TS | X86_CR0_ET | X86_CR0_NE | X86_CR0_WP |    \
+     X86_CR0_AM | X86_CR0_NW | X86_CR0_CD | X86_CR0_PG)
+#define CR4_MODEL                                                                                  \
+    (X86_CR4_TSD | X86_CR4_DE | X86_CR4_PSE | X86_CR4_PAE | X86_CR4_MCE | X86_CR4_PGE |            \
+     X86_CR4_PCE | X86_CR4_OSFXSR | X86_CR4_OSXMMEXCPT)
 
 static uint64_t phys_addr_mask(struct bt_cpu *c)
 {
@@ -252,8 +254,10 @@ BT_HANDLER(LMSW, op_lmsw);
 
 static void op_smsw(struct bt_cpu *c, const struct bt_insn *i)
 {
-    if (i->op[0].kind == BT_OPK_MEM) bt_op_write(c, i, 0, c->s.cr0 & 0xffff);
-    else bt_op_write(c, i, 0, c->s.cr0);
+    if (i->op[0].kind == BT_OPK_MEM)
+        bt_op_write(c, i, 0, c->s.cr0 & 0xffff);
+    else
+        bt_op_write(c, i, 0, c->s.cr0);
     next(c);
 }
 BT_HANDLER(SMSW, op_smsw);
@@ -361,8 +365,10 @@ static void op_invlpg(struct bt_cpu *c, const struct bt_insn *i)
     need_cpl0(c);
     uint64_t ea = bt_op_ea(c, i, 0);
     uint64_t lin = ea;
-    if (c->code_bits != 64) lin = (c->s.seg[i->op[0].seg].base + ea) & 0xffffffffull;
-    else if (i->op[0].seg == SEG_FS || i->op[0].seg == SEG_GS) lin += c->s.seg[i->op[0].seg].base;
+    if (c->code_bits != 64)
+        lin = (c->s.seg[i->op[0].seg].base + ea) & 0xffffffffull;
+    else if (i->op[0].seg == SEG_FS || i->op[0].seg == SEG_GS)
+        lin += c->s.seg[i->op[0].seg].base;
     bt_tlb_flush_page(c, lin);
     next(c);
 }
@@ -393,6 +399,14 @@ static void op_cpuid(struct bt_cpu *c, const struct bt_insn *i)
     uint32_t fn = (uint32_t)c->s.gpr[RAX], idx = (uint32_t)c->s.gpr[RCX];
     if (c->vm) cpuid_query(&c->vm->cpuid, fn, idx, apic_id(c), out);
     if (fn == 1 && !(c->s.apic_base & (1u << 11))) out[3] &= ~(1u << 9); /* APIC disabled */
+    if (fn == 0x15) {
+        /* Linux computes (ECX / 1000) * EBX / EAX in 32 bits: a model whose ratio would overflow
+         * that (crystal 1 GHz, EBX = tsc_khz) makes Linux believe a ~1.5 MHz TSC and the timers
+         * storm.  Reduce the ratio (same meaning) until it fits; a no-op for sane models. */
+        while ((uint64_t)(out[2] / 1000) * out[1] > 0xffffffffull && out[0] % 10 == 0 &&
+               out[1] % 10 == 0)
+            out[0] /= 10, out[1] /= 10;
+    }
     c->s.gpr[RAX] = out[0];
     c->s.gpr[RBX] = out[1];
     c->s.gpr[RCX] = out[2];
@@ -485,8 +499,14 @@ void bt_wrmsr(struct bt_cpu *c, uint32_t msr, uint64_t v)
     case MSR_MTRR_DEF_TYPE: return;
     case MSR_IA32_MCG_STATUS: return;
     case MSR_IA32_SYSENTER_CS: s->sysenter_cs = v & 0xffff; return;
-    case MSR_IA32_SYSENTER_ESP: need_canonical(c, v); s->sysenter_esp = v; return;
-    case MSR_IA32_SYSENTER_EIP: need_canonical(c, v); s->sysenter_eip = v; return;
+    case MSR_IA32_SYSENTER_ESP:
+        need_canonical(c, v);
+        s->sysenter_esp = v;
+        return;
+    case MSR_IA32_SYSENTER_EIP:
+        need_canonical(c, v);
+        s->sysenter_eip = v;
+        return;
     case MSR_IA32_MISC_ENABLE: s->misc_enable = v; return;
     case MSR_IA32_PAT:
         if (!pat_valid(v)) bt_gp0(c);
@@ -504,15 +524,30 @@ void bt_wrmsr(struct bt_cpu *c, uint32_t msr, uint64_t v)
         return;
     }
     case MSR_STAR: s->star = v; return;
-    case MSR_LSTAR: need_canonical(c, v); s->lstar = v; return;
-    case MSR_CSTAR: need_canonical(c, v); s->cstar = v; return;
+    case MSR_LSTAR:
+        need_canonical(c, v);
+        s->lstar = v;
+        return;
+    case MSR_CSTAR:
+        need_canonical(c, v);
+        s->cstar = v;
+        return;
     case MSR_SFMASK:
         if (v >> 32) bt_gp0(c);
         s->sfmask = v;
         return;
-    case MSR_FS_BASE: need_canonical(c, v); s->seg[SEG_FS].base = v; return;
-    case MSR_GS_BASE: need_canonical(c, v); s->seg[SEG_GS].base = v; return;
-    case MSR_KERNEL_GS_BASE: need_canonical(c, v); s->kernel_gs_base = v; return;
+    case MSR_FS_BASE:
+        need_canonical(c, v);
+        s->seg[SEG_FS].base = v;
+        return;
+    case MSR_GS_BASE:
+        need_canonical(c, v);
+        s->seg[SEG_GS].base = v;
+        return;
+    case MSR_KERNEL_GS_BASE:
+        need_canonical(c, v);
+        s->kernel_gs_base = v;
+        return;
     case MSR_TSC_AUX:
         if (v >> 32) bt_gp0(c);
         s->tsc_aux = v;
@@ -594,8 +629,10 @@ static void op_sysret(struct bt_cpu *c, const struct bt_insn *i)
     uint16_t base = (uint16_t)(s->star >> 48);
     bool to64 = i->opsize == 64;
     if (to64 && !x86_is_canonical(s->gpr[RCX])) bt_gp0(c);
-    if (to64) flat_seg(&s->seg[SEG_CS], (uint16_t)((base + 16) | 3), 0xb, 3, true, false);
-    else flat_seg(&s->seg[SEG_CS], (uint16_t)(base | 3), 0xb, 3, false, true);
+    if (to64)
+        flat_seg(&s->seg[SEG_CS], (uint16_t)((base + 16) | 3), 0xb, 3, true, false);
+    else
+        flat_seg(&s->seg[SEG_CS], (uint16_t)(base | 3), 0xb, 3, false, true);
     /* SS: only the selector changes architecturally; the hidden part is the flat ring-3 one. */
     flat_seg(&s->seg[SEG_SS], (uint16_t)((base + 8) | 3), 0x3, 3, false, true);
     s->rflags = (s->gpr[R11] & 0x3c7fd7ull) | X86_FLAG_FIXED;
@@ -663,8 +700,10 @@ static void io_check(struct bt_cpu *c, uint16_t port, unsigned size)
 
 static void pio(struct bt_cpu *c, uint16_t port, uint8_t *data, unsigned size, bool write)
 {
-    if (c->vm) vm_pio(c->vm, port, data, size, write);
-    else if (!write) memset(data, 0xff, size);
+    if (c->vm)
+        vm_pio(c->vm, port, data, size, write);
+    else if (!write)
+        memset(data, 0xff, size);
 }
 
 static uint16_t io_port(struct bt_cpu *c, const struct bt_insn *i, int n)
