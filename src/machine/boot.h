@@ -9,6 +9,7 @@
  * Trusts nothing in the kernel or initrd file: every header field is range- and overflow-checked
  * and every failure names the file and the reason. */
 #pragma once
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -19,6 +20,13 @@
  * Returns 0, or -errno with err_msg() naming the file and the reason. */
 int boot_load(struct vm *vm, const char *kernel, const char *initrd, const char *cmdline,
               struct x86_state *bsp);
+
+/* A bzImage whose payload is LZ4 (Debian's cloud kernel) is decompressed on the host and its
+ * vmlinux entered directly at its 64-bit entry, with the bzImage's own setup header in the zero
+ * page: the guest skips its decompressor (tens of seconds when supervisor code is emulated; no
+ * KASLR then).  Other payloads boot through the bzImage's 64-bit entry.  Default true; set false
+ * before boot_load() to always use the kernel's own decompressor. */
+extern bool boot_direct_vmlinux;
 
 /* ---- Pieces shared by the loaders, exposed for the unit tests ---- */
 

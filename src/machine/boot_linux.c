@@ -3,12 +3,16 @@
  * setup header, e820 map, command line, initrd and ACPI RSDP pointer.
  * Trusts nothing in the image: every setup-header field used is range-checked first. */
 #include <errno.h>
+#include <stdbool.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "machine/boot.h"
 #include "machine/e820.h"
 #include "machine/layout.h"
 #include "util/log.h"
+
+#include <lz4.h>
 
 /* boot_params (the zero page) offsets */
 #define BP_ACPI_RSDP_ADDR   0x070
@@ -45,6 +49,13 @@
 #define XLF_KERNEL_64 0x01
 
 #define PROTO_MIN 0x020c /* 2.12: xloadflags, hence XLF_KERNEL_64, exists from here on */
+
+#define HDR_PAYLOAD_OFFSET 0x248
+#define HDR_PAYLOAD_LENGTH 0x24c
+#define LZ4_LEGACY_MAGIC   0x184c2102u
+#define DIRECT_MAX_SIZE    (512u << 20) /* largest decompressed vmlinux we accept */
+
+bool boot_direct_vmlinux = true;
 
 static uint16_t get16(const uint8_t *p, size_t off)
 {
@@ -120,6 +131,67 @@ static int finish_linux(struct vm *vm, const char *path, uint8_t *zp, uint64_t k
     return 0;
 }
 
+/* The kernel's LZ4 payload: a legacy-frame stream (magic, then size-prefixed blocks) followed by
+ * the 4-byte decompressed size the kernel build appends.  NULL if it is anything else. */
+static uint8_t *lz4_payload(const uint8_t *p, size_t n, size_t *outlen)
+{
+    if (n < 12 || get32(p, 0) != LZ4_LEGACY_MAGIC) return NULL;
+    uint32_t want = get32(p, n - 4);
+    if (want == 0 || want > DIRECT_MAX_SIZE) return NULL;
+    uint8_t *out = malloc(want);
+    if (!out) return NULL;
+    size_t i = 4, o = 0, end = n - 4;
+    while (i < end) {
+        if (end - i < 4) goto bad;
+        uint32_t c = get32(p, i);
+        i += 4;
+        if (c == LZ4_LEGACY_MAGIC) continue; /* concatenated frames */
+        if (c > end - i || c > INT32_MAX) goto bad;
+        /* liblz4's safe decoder bounds every literal and match against both buffers */
+        int got = LZ4_decompress_safe((const char *)p + i, (char *)out + o, (int)c,
+                                      (int)MIN((size_t)want - o, (size_t)INT32_MAX));
+        if (got < 0) goto bad;
+        o += (size_t)got;
+        i += c;
+    }
+    if (o != want) goto bad;
+    *outlen = o;
+    return out;
+bad:
+    free(out);
+    return NULL;
+}
+
+static int load_vmlinux(struct vm *vm, const struct boot_image *k, const uint8_t *hdr,
+                        size_t hdr_end, const char *initrd, const char *cmdline,
+                        struct x86_state *bsp);
+
+/* Decompresses an LZ4 payload on the host and loads the vmlinux inside it, so the guest does not
+ * spend its first (emulated) seconds decompressing itself.  Returns 1 if the payload is not one
+ * we can handle (the caller boots the bzImage normally), 0 or -errno otherwise. */
+static int try_direct(struct vm *vm, const struct boot_image *k, size_t setup_size, size_t hdr_end,
+                      const char *initrd, const char *cmdline, struct x86_state *bsp)
+{
+    const uint8_t *d = k->data;
+    uint64_t off = get32(d, HDR_PAYLOAD_OFFSET), len = get32(d, HDR_PAYLOAD_LENGTH);
+    uint64_t pm = k->size - setup_size;
+    if (len == 0 || off > pm || len > pm - off) return 1;
+    size_t n;
+    uint8_t *elf = lz4_payload(d + setup_size + off, len, &n);
+    if (!elf) return 1;
+    struct boot_image e = {.path = k->path, .data = elf, .size = n};
+    int r = 1;
+    if (boot_detect(&e) == BOOT_FMT_ELF64) {
+        r = load_vmlinux(vm, &e, d, hdr_end, initrd, cmdline, bsp);
+        if (r == 0)
+            log_info("kernel %s: booting its LZ4 payload (%zu bytes) directly", k->path, n);
+        else if (r != -ENOSPC && r != -E2BIG)
+            r = 1; /* odd ELF: let the kernel's own path try */
+    }
+    free(elf);
+    return r;
+}
+
 int boot_linux_bzimage(struct vm *vm, const struct boot_image *k, const char *initrd,
                        const char *cmdline, struct x86_state *bsp)
 {
@@ -171,6 +243,10 @@ int boot_linux_bzimage(struct vm *vm, const struct boot_image *k, const char *in
         if (pref % align || boot_check_kernel_range(vm, pref, need, p, "kernel") < 0)
             load = ALIGN_UP((uint64_t)LAYOUT_KERNEL_MIN, (uint64_t)align);
     }
+    if (boot_direct_vmlinux) {
+        int d_r = try_direct(vm, k, setup_size, hdr_end, initrd, cmdline, bsp);
+        if (d_r <= 0) return d_r;
+    }
     int r = boot_check_kernel_range(vm, load, need, p, "bzImage (init_size)");
     if (r < 0) return r;
     if ((r = guest_write(&vm->mem, load, d + setup_size, pm_size)) < 0) return r;
@@ -185,8 +261,11 @@ int boot_linux_bzimage(struct vm *vm, const struct boot_image *k, const char *in
                         load + 0x200, bsp);
 }
 
-int boot_linux_elf(struct vm *vm, const struct boot_image *k, const char *initrd,
-                   const char *cmdline, struct x86_state *bsp)
+/* Loads an ELF64 vmlinux; the zero page's setup header comes from `hdr` (a bzImage's, up to
+ * hdr_end) when given, else from the defaults a vmlinux needs. */
+static int load_vmlinux(struct vm *vm, const struct boot_image *k, const uint8_t *hdr,
+                        size_t hdr_end, const char *initrd, const char *cmdline,
+                        struct x86_state *bsp)
 {
     struct boot_segment seg[BOOT_ELF_MAX_SEGMENTS];
     uint64_t entry, end;
@@ -194,9 +273,16 @@ int boot_linux_elf(struct vm *vm, const struct boot_image *k, const char *initrd
     if (n < 0) return n;
     int r = boot_elf_load(vm, k, seg, (unsigned)n, &end);
     if (r < 0) return r;
-    /* No setup header in a vmlinux: supply the fields the kernel reads. */
     uint8_t zp[4096];
     memset(zp, 0, sizeof(zp));
+    if (hdr) {
+        memcpy(zp + BP_HDR, hdr + BP_HDR, hdr_end - BP_HDR);
+        put16(zp, HDR_HEAP_END_PTR, 0);
+        return finish_linux(vm, k->path, zp, end, (uint64_t)get32(hdr, HDR_INITRD_ADDR_MAX) + 1,
+                            initrd, cmdline, (uint64_t)get32(hdr, HDR_CMDLINE_SIZE) + 1, entry,
+                            bsp);
+    }
+    /* No setup header in a vmlinux: supply the fields the kernel reads. */
     put16(zp, HDR_BOOT_FLAG, 0xaa55);
     memcpy(zp + HDR_MAGIC, "HdrS", 4);
     put16(zp, HDR_VERSION, 0x020f);
@@ -206,4 +292,10 @@ int boot_linux_elf(struct vm *vm, const struct boot_image *k, const char *initrd
     put32(zp, HDR_CMDLINE_SIZE, (uint32_t)LAYOUT_CMDLINE_MAX - 1);
     return finish_linux(vm, k->path, zp, end, 0x80000000ull, initrd, cmdline, LAYOUT_CMDLINE_MAX,
                         entry, bsp);
+}
+
+int boot_linux_elf(struct vm *vm, const struct boot_image *k, const char *initrd,
+                   const char *cmdline, struct x86_state *bsp)
+{
+    return load_vmlinux(vm, k, NULL, 0, initrd, cmdline, bsp);
 }

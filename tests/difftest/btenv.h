@@ -35,6 +35,8 @@ static struct btenv *btenv_current;
 /* 64: 64-bit mode (CS 0x33); 32: compatibility mode (CS 0x23, the 32-bit code segment Linux
  * gives every 64-bit process), so 32-bit code can be compared natively too */
 static int btenv_bits = 64;
+/* x87/MMX/SSE state both sides start from (FXSAVE image); NULL: the reset values */
+static const struct x86_fxsave *btenv_fx;
 
 static bool btenv_observer(struct bt_cpu *c, int vector, uint32_t err)
 {
@@ -123,6 +125,8 @@ static void btenv_load(struct btenv *e, const uint8_t *code, size_t len, const u
     s->seg[SEG_LDTR].unusable = 1;
     s->fx.fcw = 0x37f;
     s->fx.mxcsr = 0x1f80;
+    if (btenv_fx)
+        s->fx = *btenv_fx;
     s->mp_state = MP_RUNNABLE;
     memcpy(s->gpr, gpr, sizeof(s->gpr));
     s->rflags = (rflags & ~(uint64_t)(X86_FLAG_TF | X86_FLAG_AC)) | X86_FLAG_FIXED | X86_FLAG_IF;

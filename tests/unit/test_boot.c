@@ -67,6 +67,9 @@ static const uint8_t *g(struct fixture *f, uint64_t gpa, uint64_t len)
 static int load(struct fixture *f, const void *img, size_t n, const void *initrd, size_t in,
                 const char *cmdline, struct x86_state *s)
 {
+    if (f->kpath[0]) unlink(f->kpath);
+    if (f->ipath[0]) unlink(f->ipath);
+    f->ipath[0] = 0;
     write_tmp(f->kpath, img, n);
     if (initrd) write_tmp(f->ipath, initrd, in);
     err_clear();
@@ -619,7 +622,8 @@ static void test_guest_kernels_load(void **st)
 }
 
 /* A real Linux bzImage, when one is at hand ($LOOKOUT_TEST_BZIMAGE or the default guest's cache):
- * loads at its preferred address with the header the kernel expects. */
+ * boots directly from its decompressed LZ4 payload, or (with boot_direct_vmlinux off) at its
+ * preferred address + 0x200, with the header the kernel expects either way. */
 static void test_real_bzimage(void **st)
 {
     const char *path = getenv("LOOKOUT_TEST_BZIMAGE");
@@ -632,19 +636,77 @@ static void test_real_bzimage(void **st)
         print_message("no real bzImage (set LOOKOUT_TEST_BZIMAGE): skipping\n");
         skip();
     }
-    struct fixture *f = fx_new(512 * MiB);
+    /* Is the payload LZ4 (direct boot possible)?  Read its first bytes from the file. */
+    bool lz4 = false;
+    FILE *fp = fopen(path, "rb");
+    uint8_t h[0x270];
+    if (fp && fread(h, 1, sizeof(h), fp) == sizeof(h)) {
+        long at = ((h[0x1f1] ? h[0x1f1] : 4) + 1) * 512 + (long)rd32(h + 0x248);
+        uint8_t m[4];
+        lz4 = fseek(fp, at, SEEK_SET) == 0 && fread(m, 1, 4, fp) == 4 && rd32(m) == 0x184c2102u;
+    }
+    if (fp) fclose(fp);
+    for (int direct = 0; direct < 2; direct++) {
+        struct fixture *f = fx_new(512 * MiB);
+        struct x86_state s;
+        static char initrd[4096] = "initramfs";
+        write_tmp(f->ipath, initrd, sizeof(initrd));
+        err_clear();
+        boot_direct_vmlinux = direct;
+        int r = boot_load(&f->vm, path, f->ipath, "console=ttyS0", &s);
+        boot_direct_vmlinux = true;
+        if (r < 0) fail_msg("%s: %s", path, err_msg());
+        const uint8_t *zp = g(f, LAYOUT_ZERO_PAGE, 4096);
+        uint64_t pref = rd64(zp + 0x258);
+        /* direct: entered at vmlinux's phys_startup_64, which sits at the preferred address */
+        check_long_mode(&s, direct && lz4 ? pref : pref + 0x200);
+        assert_memory_equal(zp + 0x202, "HdrS", 4);
+        assert_int_equal(zp[0x210], 0xff);
+        assert_int_equal(rd32(zp + 0x21c), sizeof(initrd));
+        assert_memory_equal(g(f, rd32(zp + 0x218), 9), "initramfs", 9);
+        fx_free(f);
+    }
+}
+
+/* A bzImage whose payload is an LZ4 legacy frame holding an ELF64 vmlinux (one block with a
+ * literal run, a back-reference and a final literal run) boots the vmlinux directly. */
+static void test_bzimage_lz4_direct(void **st)
+{
+    static uint8_t elf[LZ4_ELF_SIZE], b[BZ_SIZE + 0x2000];
+    size_t blk_at, blk_len;
+    size_t total = make_lz4_bzimage(b, sizeof(b), elf, &blk_at, &blk_len);
+    uint8_t *blk = malloc(blk_len);
+    memcpy(blk, b + blk_at, blk_len);
+    uint8_t *pl = b + blk_at - 8;
+    size_t n = blk_len, en = LZ4_ELF_SIZE;
+    struct fixture *f = fx_new(64 * MiB);
     struct x86_state s;
-    static char initrd[4096] = "initramfs";
-    write_tmp(f->ipath, initrd, sizeof(initrd));
-    err_clear();
-    int r = boot_load(&f->vm, path, f->ipath, "console=ttyS0", &s);
-    if (r < 0) fail_msg("%s: %s", path, err_msg());
+    assert_int_equal(load(f, b, total, "rd", 2, "quiet", &s), 0);
+    check_long_mode(&s, 0x1000000); /* the ELF entry, not load + 0x200 */
+    assert_memory_equal(g(f, 0x1000000, 0x2000), elf + 0x1000, 0x2000);
     const uint8_t *zp = g(f, LAYOUT_ZERO_PAGE, 4096);
-    uint64_t pref = rd64(zp + 0x258);
-    check_long_mode(&s, pref + 0x200);
+    assert_int_equal(rd32(zp + 0x238), 2047); /* the bzImage's own header */
     assert_int_equal(zp[0x210], 0xff);
-    assert_true(rd32(zp + 0x218) >= pref + rd32(zp + 0x260));
-    assert_int_equal(rd32(zp + 0x21c), sizeof(initrd));
+    assert_memory_equal(g(f, rd32(zp + 0x218), 2), "rd", 2);
+
+    /* A corrupt payload (wrong decompressed size) falls back to the kernel's own entry. */
+    wr32(pl + 8 + n, (uint32_t)en + 1);
+    assert_int_equal(load(f, b, total, NULL, 0, "quiet", &s), 0);
+    check_long_mode(&s, 0x1000200);
+    /* So does a back-reference before the start of the output. */
+    wr32(pl + 8 + n, (uint32_t)en);
+    blk[0] = 0x0f; /* no literals: the match comes first */
+    memcpy(pl + 8, blk, n);
+    assert_int_equal(load(f, b, total, NULL, 0, "quiet", &s), 0);
+    check_long_mode(&s, 0x1000200);
+    /* And with the knob off the payload is never looked at. */
+    blk[0] = 0xff;
+    memcpy(pl + 8, blk, n);
+    boot_direct_vmlinux = false;
+    assert_int_equal(load(f, b, total, NULL, 0, "quiet", &s), 0);
+    boot_direct_vmlinux = true;
+    check_long_mode(&s, 0x1000200);
+    free(blk);
     fx_free(f);
 }
 
@@ -670,6 +732,7 @@ int main(void)
         cmocka_unit_test(test_bad_files),
         cmocka_unit_test(test_guest_kernels_load),
         cmocka_unit_test(test_real_bzimage),
+        cmocka_unit_test(test_bzimage_lz4_direct),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

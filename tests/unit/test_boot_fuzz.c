@@ -32,12 +32,12 @@ static uint32_t next(void)
     return (uint32_t)rng;
 }
 
-/* Corrupts 1-8 bytes or 32-bit words, mostly inside the first `hot` bytes (the headers). */
-static void mutate(uint8_t *b, size_t n, size_t hot)
+/* Corrupts 1-8 bytes or 32-bit words, mostly inside [hot_at, hot_at + hot) (the headers). */
+static void mutate(uint8_t *b, size_t n, size_t hot_at, size_t hot)
 {
     unsigned k = 1 + next() % 8;
     for (unsigned i = 0; i < k; i++) {
-        size_t off = (next() % 4) ? next() % hot : next() % n;
+        size_t off = (next() % 4) ? hot_at + next() % hot : next() % n;
         switch (next() % 4) {
         case 0: b[off] ^= (uint8_t)(1u << (next() % 8)); break;
         case 1: b[off] = (uint8_t)next(); break;
@@ -75,9 +75,20 @@ static void run(struct vm *vm, const uint8_t *img, size_t n,
     }
 }
 
+static void fuzz_at(int (*loader)(struct vm *, const struct boot_image *, const char *,
+                                  const char *, struct x86_state *),
+                    const uint8_t *base, size_t n, size_t hot_at, size_t hot);
+
 static void fuzz(int (*loader)(struct vm *, const struct boot_image *, const char *, const char *,
                                struct x86_state *),
                  const uint8_t *base, size_t n, size_t hot)
+{
+    fuzz_at(loader, base, n, 0, hot);
+}
+
+static void fuzz_at(int (*loader)(struct vm *, const struct boot_image *, const char *,
+                                  const char *, struct x86_state *),
+                    const uint8_t *base, size_t n, size_t hot_at, size_t hot)
 {
     struct vm *vm = calloc(1, sizeof(*vm));
     assert_non_null(vm);
@@ -86,7 +97,7 @@ static void fuzz(int (*loader)(struct vm *, const struct boot_image *, const cha
     loaded = refused = 0;
     for (unsigned i = 0; i < ITERATIONS; i++) {
         memcpy(b, base, n);
-        mutate(b, n, hot);
+        mutate(b, n, hot_at, hot);
         /* a quarter of the runs also truncate, into an exactly-sized buffer for ASan */
         size_t len = (next() % 4) ? n : next() % (n + 1);
         uint8_t *t = malloc(len ? len : 1);
@@ -106,6 +117,15 @@ static void test_fuzz_bzimage(void **st)
     static uint8_t b[BZ_SIZE];
     make_bzimage(b);
     fuzz(boot_linux_bzimage, b, sizeof(b), 0x270);
+}
+
+static void test_fuzz_bzimage_lz4(void **st)
+{
+    static uint8_t b[BZ_SIZE + 0x2000], elf[LZ4_ELF_SIZE];
+    size_t at, len;
+    size_t n = make_lz4_bzimage(b, sizeof(b), elf, &at, &len);
+    /* mutate the LZ4 frame, not the setup header */
+    fuzz_at(boot_linux_bzimage, b, n, at - 8, 64);
 }
 
 static void test_fuzz_elf64(void **st)
@@ -136,9 +156,8 @@ static void test_fuzz_multiboot_aout(void **st)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_fuzz_bzimage),
-        cmocka_unit_test(test_fuzz_elf64),
-        cmocka_unit_test(test_fuzz_multiboot_elf32),
+        cmocka_unit_test(test_fuzz_bzimage),        cmocka_unit_test(test_fuzz_bzimage_lz4),
+        cmocka_unit_test(test_fuzz_elf64),          cmocka_unit_test(test_fuzz_multiboot_elf32),
         cmocka_unit_test(test_fuzz_multiboot_aout),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -141,3 +141,51 @@ static inline void make_aout(uint8_t *b)
     for (int i = 0x80; i < AOUT_SIZE; i++)
         b[i] = (uint8_t)i;
 }
+
+/* Appends an LZ4 length continuation (the part of a length beyond the token's 15). */
+static inline size_t lz4_len(uint8_t *b, size_t pos, size_t v)
+{
+    while (v >= 255) {
+        b[pos++] = 255;
+        v -= 255;
+    }
+    b[pos++] = (uint8_t)v;
+    return pos;
+}
+
+/* A bzImage (make_bzimage) whose payload is an LZ4 legacy frame holding an ELF64 vmlinux: one
+ * block with a literal run, a back-reference (offset 256) and a final literal run.  Fills elf[]
+ * with the uncompressed ELF (LZ4_ELF_SIZE bytes); returns the image size and where the block
+ * sits in it (after the frame magic and block size). */
+#define LZ4_ELF_SIZE 0x3000
+static inline size_t make_lz4_bzimage(uint8_t *b, size_t cap, uint8_t *elf, size_t *blk_at,
+                                      size_t *blk_len)
+{
+    struct elf_seg sg = {0x1000, 0xffffffff81000000ull, 0x1000000, 0x2000, 0x2800};
+    size_t en = make_elf(elf, LZ4_ELF_SIZE, 64, 0x1000000, &sg, 1); /* data has period 256 */
+    make_bzimage(b);
+    size_t payload = 0x100;
+    uint8_t *pl = b + BZ_SETUP + payload;
+    uint8_t *blk = pl + 8;
+    size_t lit1 = 0x1100, tail = 8, ml = en - lit1 - tail, n = 0;
+    blk[n++] = 0xff; /* 15+ literals, 15+ match */
+    n = lz4_len(blk, n, lit1 - 15);
+    memcpy(blk + n, elf, lit1);
+    n += lit1;
+    blk[n++] = 0x00; /* offset 256 */
+    blk[n++] = 0x01;
+    n = lz4_len(blk, n, ml - 4 - 15);
+    blk[n++] = (uint8_t)(tail << 4);
+    memcpy(blk + n, elf + en - tail, tail);
+    n += tail;
+    wr32(pl, 0x184c2102u);
+    wr32(pl + 4, (uint32_t)n);
+    wr32(pl + 8 + n, (uint32_t)en);
+    size_t plen = 4 + 4 + n + 4;
+    wr32(b + 0x248, (uint32_t)payload);
+    wr32(b + 0x24c, (uint32_t)plen);
+    *blk_at = (size_t)(blk - b);
+    *blk_len = n;
+    (void)cap;
+    return BZ_SETUP + payload + plen;
+}

@@ -226,10 +226,11 @@ static bool try_locked(struct bt_cpu *c, const struct bt_insn *i, int op, uint64
 
 static void binop(struct bt_cpu *c, const struct bt_insn *i, int op)
 {
-    bt_check_lock(c, i);
+    if (i->pfx & BT_PFX_LOCK)
+        bt_check_lock(c, i);
     unsigned size = i->op[0].size;
     uint64_t b = bt_op_read(c, i, 1) & bt_size_mask(size);
-    if (try_locked(c, i, op, b, NULL))
+    if ((i->pfx & BT_PFX_LOCK) && try_locked(c, i, op, b, NULL))
         return;
     struct bt_rmw r;
     uint64_t fl = c->s.rflags;
@@ -247,7 +248,7 @@ static void binop(struct bt_cpu *c, const struct bt_insn *i, int op)
 static void unop(struct bt_cpu *c, const struct bt_insn *i, int op)
 {
     bt_check_lock(c, i);
-    if (try_locked(c, i, op, 0, NULL))
+    if ((i->pfx & BT_PFX_LOCK) && try_locked(c, i, op, 0, NULL))
         return;
     struct bt_rmw r;
     uint64_t fl = c->s.rflags;

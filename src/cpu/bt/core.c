@@ -139,6 +139,12 @@ static void core_global_init(void)
         ends_block[k] = 1;
 }
 
+bool bt_has_handler(unsigned mnemonic)
+{
+    pthread_once(&core_once, core_global_init);
+    return mnemonic < BT_MNEM_COUNT && dispatch[mnemonic] != NULL;
+}
+
 /* ---- decoding ----------------------------------------------------------------------------- */
 
 static void map_reg(ZydisRegister r, uint8_t *rclass, uint8_t *idx)

@@ -96,3 +96,6 @@ static inline void *bt_lock_ptr(struct bt_cpu *c, uint64_t lin, unsigned size)
     }
     return bt_host_ptr(c, lin, size, BT_ACC_READ | BT_ACC_WRITE);
 }
+
+/* True if a handler is registered for the (pseudo) mnemonic (tools: the differential tester). */
+bool bt_has_handler(unsigned mnemonic);
