@@ -433,6 +433,8 @@ struct bt_cache {
     unsigned nqueue;
     uint64_t queue[INVAL_QUEUE];
 
+    /* direct-mapped front of the lookup hash: most lookups hit here in one probe */
+    struct bt_block *fast[4096];
     /* a one-instruction block for code the cache does not hold */
     struct bt_insn scratch;
     unsigned fault_depth;
@@ -458,6 +460,7 @@ static void cache_reset(struct bt_cache *k)
 {
     memset(k->hash, 0, CACHE_BUCKETS * sizeof(*k->hash));
     memset(k->page_hash, 0, PAGE_BUCKETS * sizeof(*k->page_hash));
+    memset(k->fast, 0, sizeof(k->fast));
     k->ninsns = k->nblocks = 0;
     k->flushes++;
 }
@@ -619,14 +622,22 @@ static const struct bt_insn *lookup(struct bt_cpu *c, struct bt_cache *k, unsign
         if (bt_fetch(c, lin, &b0, 1, &gpa) == 1) {
             unsigned mode = mode_of(c);
             k->lookups++;
-            for (struct bt_block *b = k->hash[hash_key(gpa, mode)]; b; b = b->hnext) {
+            struct bt_block **slot = &k->fast[(gpa ^ (gpa >> 12)) & (ARRAY_SIZE(k->fast) - 1)];
+            struct bt_block *b = *slot;
+            if (b && b->gpa == gpa && b->mode == mode) { /* dead blocks have gpa ~0 */
+                *count = b->ninsn;
+                return &k->insns[b->first];
+            }
+            for (b = k->hash[hash_key(gpa, mode)]; b; b = b->hnext) {
                 if (b->gpa == gpa && b->mode == mode) {
+                    *slot = b;
                     *count = b->ninsn;
                     return &k->insns[b->first];
                 }
             }
-            struct bt_block *b = build_block(c, k, lin, gpa, mode);
+            b = build_block(c, k, lin, gpa, mode);
             if (b) {
+                *slot = b;
                 *count = b->ninsn;
                 return &k->insns[b->first];
             }
