@@ -29,20 +29,17 @@ static uint64_t bulk(struct bt_cpu *c, const struct bt_insn *i, int kind, unsign
         ls = bt_seg_linear(c, i->dseg, si, size, BT_ACC_READ);
         n = MIN(n, (4096 - (ls & 0xfff)) / size);
     }
-    if (n < 2)
-        return 0;
+    if (n < 2) return 0;
     uint64_t bytes = n * size;
     if (!x86_is_canonical(ld + bytes - 1) || (kind == MOVS && !x86_is_canonical(ls + bytes - 1)))
         return 0;
     uint8_t *ps = NULL;
     if (kind == MOVS) {
         ps = bt_host_ptr(c, ls, (unsigned)bytes, BT_ACC_READ);
-        if (!ps)
-            return 0;
+        if (!ps) return 0;
     }
     uint8_t *pd = bt_host_ptr(c, ld, (unsigned)bytes, BT_ACC_WRITE);
-    if (!pd)
-        return 0;
+    if (!pd) return 0;
     if (kind == STOS) {
         uint64_t v = c->s.gpr[RAX];
         if (size == 1) {
@@ -59,8 +56,7 @@ static uint64_t bulk(struct bt_cpu *c, const struct bt_insn *i, int kind, unsign
         memmove(pd, ps, bytes);
     }
     c->s.gpr[RDI] = di + bytes;
-    if (kind == MOVS)
-        c->s.gpr[RSI] = si + bytes;
+    if (kind == MOVS) c->s.gpr[RSI] = si + bytes;
     c->s.gpr[RCX] = count - n;
     return n;
 }
@@ -71,8 +67,7 @@ static void string_op(struct bt_cpu *c, const struct bt_insn *i, int kind, unsig
         i->addrsize == 64 && !(c->s.rflags & X86_FLAG_DF)) {
         for (unsigned chunk = 0; chunk < 16; chunk++) {
             uint64_t count = c->s.gpr[RCX];
-            if (count == 0)
-                return;
+            if (count == 0) return;
             if (bulk(c, i, kind, size, count) == 0)
                 goto elementwise; /* page-crossing element or MMIO: one chunk the slow way */
         }
@@ -92,39 +87,38 @@ elementwise:;
         uint64_t count = 0;
         if (rep) {
             count = bt_gpr_read(c, RCX, as);
-            if (count == 0)
-                goto done;
+            if (count == 0) goto done;
         }
         uint64_t si = c->s.gpr[RSI] & amask, di = c->s.gpr[RDI] & amask;
         switch (kind) {
         case MOVS: {
-            uint64_t v = bt_read(c, bt_seg_linear(c, i->dseg, si, size, BT_ACC_READ), size,
-                                 BT_ACC_READ);
+            uint64_t v =
+                bt_read(c, bt_seg_linear(c, i->dseg, si, size, BT_ACC_READ), size, BT_ACC_READ);
             bt_write(c, bt_seg_linear(c, SEG_ES, di, size, BT_ACC_WRITE), size, v, BT_ACC_WRITE);
             bt_gpr_write(c, RSI, as, si + delta);
             bt_gpr_write(c, RDI, as, di + delta);
             break;
         }
         case CMPS: {
-            uint64_t a = bt_read(c, bt_seg_linear(c, i->dseg, si, size, BT_ACC_READ), size,
-                                 BT_ACC_READ);
-            uint64_t b = bt_read(c, bt_seg_linear(c, SEG_ES, di, size, BT_ACC_READ), size,
-                                 BT_ACC_READ);
+            uint64_t a =
+                bt_read(c, bt_seg_linear(c, i->dseg, si, size, BT_ACC_READ), size, BT_ACC_READ);
+            uint64_t b =
+                bt_read(c, bt_seg_linear(c, SEG_ES, di, size, BT_ACC_READ), size, BT_ACC_READ);
             bt_host_alu(BT_CMP, size, a, b, &fl);
             bt_gpr_write(c, RSI, as, si + delta);
             bt_gpr_write(c, RDI, as, di + delta);
             break;
         }
         case SCAS: {
-            uint64_t b = bt_read(c, bt_seg_linear(c, SEG_ES, di, size, BT_ACC_READ), size,
-                                 BT_ACC_READ);
+            uint64_t b =
+                bt_read(c, bt_seg_linear(c, SEG_ES, di, size, BT_ACC_READ), size, BT_ACC_READ);
             bt_host_alu(BT_CMP, size, c->s.gpr[RAX], b, &fl);
             bt_gpr_write(c, RDI, as, di + delta);
             break;
         }
         case LODS: {
-            uint64_t v = bt_read(c, bt_seg_linear(c, i->dseg, si, size, BT_ACC_READ), size,
-                                 BT_ACC_READ);
+            uint64_t v =
+                bt_read(c, bt_seg_linear(c, i->dseg, si, size, BT_ACC_READ), size, BT_ACC_READ);
             bt_gpr_write(c, RAX, size, v);
             bt_gpr_write(c, RSI, as, si + delta);
             break;
@@ -135,15 +129,12 @@ elementwise:;
             bt_gpr_write(c, RDI, as, di + delta);
             break;
         }
-        if (!rep)
-            goto done;
+        if (!rep) goto done;
         bt_gpr_write(c, RCX, as, count - 1);
-        if (count == 1)
-            goto done;
+        if (count == 1) goto done;
         if (kind == CMPS || kind == SCAS) {
             bool zf = fl & X86_FLAG_ZF;
-            if ((i->pfx & BT_PFX_REPNE) ? zf : !zf)
-                goto done;
+            if ((i->pfx & BT_PFX_REPNE) ? zf : !zf) goto done;
         }
     }
     /* more to do: run again after an interrupt check.  The flags stay as they were (each
@@ -151,8 +142,7 @@ elementwise:;
     c->s.rip = c->insn_rip;
     return;
 done:
-    if (kind == CMPS || kind == SCAS)
-        bt_commit_flags(c, fl);
+    if (kind == CMPS || kind == SCAS) bt_commit_flags(c, fl);
 }
 
 #define STR(NAME, KIND, SIZE)                                                                      \
