@@ -144,6 +144,31 @@ static unsigned ceil_log2(unsigned n)
 }
 
 /* Leaves that describe the VM rather than the CPU: topology, frequencies, hypervisor, brand. */
+/* The 0x15 ratio EBX/EAX = tsc_khz / LAPIC_BUS_KHZ.  Linux computes (ECX / 1000) * EBX in 32 bits,
+ * so EBX must stay at or below 2^32 / crystal_khz (4294): with EBX = tsc_khz it overflowed and the
+ * guest saw a 1.5 MHz TSC (timer storms).  The ratio is the best rational approximation with that
+ * bound (continued fractions): exact for whole-MHz rates, within about 1e-7 otherwise. */
+static void tsc_ratio(uint64_t tsc_khz, uint32_t *num, uint32_t *den)
+{
+    const uint64_t nmax = 0xffffffffull / LAPIC_BUS_KHZ;
+    uint64_t p0 = 0, q0 = 1, p1 = 1, q1 = 0; /* convergents p/q of tsc_khz / LAPIC_BUS_KHZ */
+    uint64_t x = tsc_khz, y = LAPIC_BUS_KHZ;
+    while (y) {
+        uint64_t a = x / y, t = x % y;
+        if (a * p1 + p0 > nmax) {
+            uint64_t k = p1 ? (nmax - p0) / p1 : 0; /* best semiconvergent within the bound */
+            if (k && 2 * k >= a) p1 = k * p1 + p0, q1 = k * q1 + q0;
+            break;
+        }
+        uint64_t p2 = a * p1 + p0, q2 = a * q1 + q0;
+        p0 = p1, q0 = q1, p1 = p2, q1 = q2;
+        x = y;
+        y = t;
+    }
+    *num = (uint32_t)(p1 ? p1 : 1);
+    *den = (uint32_t)(q1 ? q1 : 1);
+}
+
 static int add_vm_leaves(struct cpuid_model *m, unsigned ncpus, uint64_t tsc_khz)
 {
     int r = 0;
@@ -153,9 +178,10 @@ static int add_vm_leaves(struct cpuid_model *m, unsigned ncpus, uint64_t tsc_khz
     r |= add(m, 0xb, 1, CPUID_FLAG_INDEXED, shift, ncpus, 0x201, 0);
     r |= add(m, 0xb, 2, CPUID_FLAG_INDEXED, 0, 0, 2, 0);
     /* 0x15: TSC = crystal * EBX / EAX.  The crystal is the LAPIC timer clock (Linux programs the
-     * LAPIC timer from it), so it runs at the LAPIC bus rate and the ratio carries the TSC rate:
-     * crystal_khz * tsc_khz / 1000000 = tsc_khz exactly. */
-    r |= add(m, 0x15, 0, 0, LAPIC_BUS_KHZ, (uint32_t)tsc_khz, LAPIC_BUS_KHZ * 1000u, 0);
+     * LAPIC timer from it), so it runs at the LAPIC bus rate and the ratio carries the TSC rate. */
+    uint32_t num, den;
+    tsc_ratio(tsc_khz, &num, &den);
+    r |= add(m, 0x15, 0, 0, den, num, LAPIC_BUS_KHZ * 1000u, 0);
     r |= add(m, 0x16, 0, 0, (uint32_t)(tsc_khz / 1000), (uint32_t)(tsc_khz / 1000),
              LAPIC_BUS_KHZ / 1000, 0);
     char sig[13] = HV_SIGNATURE;

@@ -65,8 +65,20 @@ static void test_v1_frequencies(void **st)
     uint32_t r[4];
     q(0x15, 0, 0, r);
     assert_true(r[0] && r[1] && r[2]);
-    /* Linux: tsc_khz = crystal_khz * EBX / EAX, with crystal_khz = ECX / 1000 */
-    assert_int_equal((uint64_t)(r[2] / 1000) * r[1] / r[0], khz);
+    /* Linux (native_calibrate_tsc): crystal_khz = ECX / 1000; tsc_khz = crystal_khz * EBX / EAX,
+     * all in 32-bit unsigned arithmetic, so the product must not overflow. */
+    assert_true((uint64_t)(r[2] / 1000) * r[1] <= UINT32_MAX);
+    uint32_t linux_khz = (uint32_t)(r[2] / 1000) * r[1] / r[0];
+    assert_true(linux_khz >= khz - khz / 1000000 - 1 && linux_khz <= khz + khz / 1000000 + 1);
+    /* whole-MHz rates (what vclock picks on most hosts) are exact */
+    static const uint64_t exact[] = {2600000, 2000000, 3400000, 1000000, 4294000};
+    for (unsigned n = 0; n < ARRAY_SIZE(exact); n++) {
+        assert_int_equal(cpuid_model_build(&m, "lookout-v1", NULL, 0, 1, exact[n]), 0);
+        q(0x15, 0, 0, r);
+        assert_true((uint64_t)(r[2] / 1000) * r[1] <= UINT32_MAX);
+        assert_int_equal((uint32_t)(r[2] / 1000) * r[1] / r[0], exact[n]);
+    }
+    assert_int_equal(cpuid_model_build(&m, "lookout-v1", NULL, 0, 1, khz), 0);
     q(0x16, 0, 0, r);
     assert_int_equal(r[0], khz / 1000);
     q(0x40000000, 0, 0, r);
@@ -179,7 +191,7 @@ static void test_host_and_errors(void **st)
     q(0, 0, 0, r);
     assert_int_equal(r[0], 0x16); /* raised so the frequency leaves are visible */
     q(0x15, 0, 0, r);
-    assert_int_equal(r[1], 2600000);
+    assert_int_equal((uint32_t)(r[2] / 1000) * r[1] / r[0], 2600000);
 }
 
 int main(void)

@@ -404,14 +404,6 @@ static void op_cpuid(struct bt_cpu *c, const struct bt_insn *i)
     uint32_t fn = (uint32_t)c->s.gpr[RAX], idx = (uint32_t)c->s.gpr[RCX];
     if (c->vm) cpuid_query(&c->vm->cpuid, fn, idx, apic_id(c), out);
     if (fn == 1 && !(c->s.apic_base & (1u << 11))) out[3] &= ~(1u << 9); /* APIC disabled */
-    if (fn == 0x15) {
-        /* Linux computes (ECX / 1000) * EBX / EAX in 32 bits: a model whose ratio would overflow
-         * that (crystal 1 GHz, EBX = tsc_khz) makes Linux believe a ~1.5 MHz TSC and the timers
-         * storm.  Reduce the ratio (same meaning) until it fits; a no-op for sane models. */
-        while ((uint64_t)(out[2] / 1000) * out[1] > 0xffffffffull && out[0] % 10 == 0 &&
-               out[1] % 10 == 0)
-            out[0] /= 10, out[1] /= 10;
-    }
     c->s.gpr[RAX] = out[0];
     c->s.gpr[RBX] = out[1];
     c->s.gpr[RCX] = out[2];
