@@ -95,7 +95,9 @@ int guest_write(struct guest_mem *m, gpa_t gpa, const void *buf, uint64_t len)
 
 void guest_mark_dirty(struct guest_mem *m, gpa_t gpa, uint64_t len)
 {
-    if (!m->dirty_enabled || len == 0) return;
+    if (len == 0) return;
+    if (m->write_hook) m->write_hook(m->write_hook_ctx, gpa, len);
+    if (!m->dirty_enabled) return;
     int64_t off = guest_ram_offset(m, gpa);
     if (off < 0) return;
     uint64_t first = (uint64_t)off >> GUEST_PAGE_SHIFT;

@@ -37,6 +37,10 @@ struct guest_mem {
      * that bypass the CPU backend's own tracking (device DMA, the software CPU). */
     _Atomic uint64_t *dirty;
     bool dirty_enabled;
+    /* Told of every write that bypasses the CPU backend (device DMA, loaders, restore): the
+     * software CPU drops decoded code of those pages.  Set once before the vCPUs start. */
+    void (*write_hook)(void *ctx, gpa_t gpa, uint64_t len);
+    void *write_hook_ctx;
 };
 
 /* Maps `size` bytes (a multiple of 4 KiB within GUEST_MEM_MIN..MAX) of zeroed RAM. */
@@ -48,7 +52,8 @@ void *guest_ptr(const struct guest_mem *m, gpa_t gpa, uint64_t len);
 /* Copies to/from guest RAM; -EFAULT (with err_set) if any byte is outside RAM. */
 int guest_read(const struct guest_mem *m, gpa_t gpa, void *buf, uint64_t len);
 int guest_write(struct guest_mem *m, gpa_t gpa, const void *buf, uint64_t len);
-/* Device/emulator writes that went through guest_ptr() must report what they dirtied. */
+/* Writes that went through guest_ptr() must report what they changed: dirty log and the
+ * write hook (decoded-code invalidation).  guest_write() does this itself. */
 void guest_mark_dirty(struct guest_mem *m, gpa_t gpa, uint64_t len);
 /* RAM offset (index into base) of a gpa, or -1 if not RAM. */
 int64_t guest_ram_offset(const struct guest_mem *m, gpa_t gpa);

@@ -365,6 +365,31 @@ static void self_modifying_code(void **state)
     tenv_free(t);
 }
 
+static void device_write_invalidates_code(void **state)
+{
+    /* mov eax, 1 ; hlt -- run it, then a "device" (guest_write, as DMA does) rewrites the
+     * immediate: the next run must see 2, not the decoded block of the old bytes. */
+    struct tenv *t = tenv_new(true);
+    struct bt_cpu *c = t->c;
+    t_setup_long(t);
+    const uint8_t v1[] = {0xb8, 0x01, 0x00, 0x00, 0x00, 0xf4};
+    put_bytes(t, T_CODE0, v1, sizeof(v1));
+    c->halted = false;
+    c->exit_now = false;
+    bt_exec(c, 10);
+    assert_true(c->halted);
+    assert_int_equal(c->s.gpr[RAX], 1);
+    const uint8_t two = 2;
+    assert_int_equal(guest_write(&t->vm.mem, T_CODE0 + 1, &two, 1), 0);
+    c->s.rip = T_CODE0;
+    c->halted = false;
+    c->exit_now = false;
+    bt_exec(c, 10);
+    assert_true(c->halted);
+    assert_int_equal(c->s.gpr[RAX], 2);
+    tenv_free(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -379,6 +404,7 @@ int main(void)
         cmocka_unit_test(mmio_and_unclaimed),
         cmocka_unit_test(dirty_log_and_code_watch),
         cmocka_unit_test(self_modifying_code),
+        cmocka_unit_test(device_write_invalidates_code),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

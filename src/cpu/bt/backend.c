@@ -60,6 +60,8 @@ static int bt_vm_create(struct vm *vm)
         vm->bk = NULL;
         return r;
     }
+    vm->mem.write_hook = bt_watch_external_write;
+    vm->mem.write_hook_ctx = bv;
     return 0;
 }
 
@@ -67,6 +69,8 @@ static void bt_vm_destroy(struct vm *vm)
 {
     struct bt_vm *bv = vm->bk;
     if (!bv) return;
+    vm->mem.write_hook = NULL;
+    vm->mem.write_hook_ctx = NULL;
     bt_glue_vm_destroy(vm);
     bt_watch_destroy(bv);
     free(bv);

@@ -34,3 +34,5 @@ void bt_vcpu_wake(struct vcpu *cpu);
 /* Allocates / frees the watch bitmap for all of the VM's guest-physical space. */
 int bt_watch_init(struct bt_vm *bv);
 void bt_watch_destroy(struct bt_vm *bv);
+/* guest_mem write hook (ctx = struct bt_vm): writes by devices and loaders invalidate code. */
+void bt_watch_external_write(void *ctx, gpa_t gpa, uint64_t len);

@@ -579,10 +579,9 @@ void bt_watch_code_page(struct bt_cpu *c, uint64_t gpa_page)
 
 /* A write hit a page holding decoded code: stop watching it and make every vCPU drop its code.
  * bt_cache_invalidate_page() is safe from any thread (core.c queues it for the owner, which
- * applies it before its next instruction). */
-static void watch_hit(struct bt_cpu *c, uint64_t gpa_page)
+ * applies it before its next instruction).  c is the writing vCPU, or NULL for device DMA. */
+static void watch_hit_vm(struct bt_vm *bv, struct bt_cpu *c, uint64_t gpa_page)
 {
-    struct bt_vm *bv = mmu_of(c)->bv;
     uint64_t pg = gpa_page >> 12;
     uint64_t bit = 1ull << (pg % 64);
     if (!(atomic_fetch_and_explicit(&bv->watch[pg / 64], ~bit, memory_order_relaxed) & bit)) return;
@@ -593,5 +592,23 @@ static void watch_hit(struct bt_cpu *c, uint64_t gpa_page)
         self |= o == c;
         bt_cache_invalidate_page(o, gpa_page);
     }
-    if (!self) bt_cache_invalidate_page(c, gpa_page);
+    if (c && !self) bt_cache_invalidate_page(c, gpa_page);
+}
+
+static void watch_hit(struct bt_cpu *c, uint64_t gpa_page)
+{
+    watch_hit_vm(mmu_of(c)->bv, c, gpa_page);
+}
+
+/* guest_mem write hook: a device or loader wrote guest RAM behind the CPU's back (DMA into a page
+ * that once held code, e.g. the page cache reusing it). */
+void bt_watch_external_write(void *ctx, gpa_t gpa, uint64_t len)
+{
+    struct bt_vm *bv = ctx;
+    if (!bv || !bv->watch || len == 0) return;
+    uint64_t first = gpa >> 12, last = (gpa + len - 1) >> 12;
+    if (last < first) last = UINT64_MAX >> 12; /* wrapped: the loop stops at watch_pages */
+    for (uint64_t pg = first; pg <= last && pg < bv->watch_pages; pg++)
+        if ((atomic_load_explicit(&bv->watch[pg / 64], memory_order_relaxed) >> (pg % 64)) & 1)
+            watch_hit_vm(bv, NULL, pg << 12);
 }
