@@ -216,6 +216,12 @@ static uint64_t mono_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+int64_t kvm_vm_clock_ns(struct vm *vm)
+{
+    struct kvm_vm_priv *p = vm->bk;
+    return p ? (int64_t)(mono_ns() - p->clock_base_ns) : 0;
+}
+
 static int set_slots(struct vm *vm, bool log_dirty)
 {
     struct kvm_vm_priv *p = vm->bk;
