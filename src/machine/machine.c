@@ -17,6 +17,7 @@
 
 #include "cpu/kvm/kvm.h"
 #include "machine/board_deps.h" /* loaders, ACPI, devices, console, control socket, vclock */
+#include "snapshot/codec.h"
 #include "snapshot/snapshot.h"
 #include "util/log.h"
 
@@ -284,6 +285,14 @@ struct vm *machine_create(const struct machine_config *cfg)
     if ((r = cpuid_model_build(&vm->cpuid, model, is_kvm ? sup : NULL, nsup, vm->ncpus,
                                vm->tsc_khz)) < 0)
         goto fail;
+    if (cfg->restore_cpuid) {
+        if ((r = snap_cpuid_presentable(&vm->cpuid, cfg->restore_cpuid)) < 0) {
+            err_wrap(r, "snapshot %s: its CPU model \"%s\" cannot be presented by the %s backend",
+                     cfg->restore_path, cfg->restore_cpuid->name, be->name);
+            goto fail;
+        }
+        vm->cpuid = *cfg->restore_cpuid;
+    }
 
     if ((r = be->vm_create(vm)) < 0) {
         err_wrap(r, "creating the VM (%s backend)", be->name);

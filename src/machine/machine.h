@@ -21,6 +21,9 @@ struct machine_config {
     const char *restore_path;
     bool restore_eager; /* read the memory file rather than mapping it */
     uint64_t tsc_khz;   /* 0: the host's; restore: the snapshot's, so CPUID leaves match */
+    /* restore: the snapshot's CPUID table, presented instead of the model if this backend can
+     * (refused with a clear message otherwise) */
+    const struct cpuid_model *restore_cpuid;
 };
 
 struct vm *machine_create(const struct machine_config *cfg); /* NULL + err_msg() on failure */

@@ -204,9 +204,7 @@ int snap_dec_pit(const struct snap_section *sec, struct pit_state *s, int64_t no
         int64_t rel = (int64_t)snap_get_u64(&r);
         if (rel < -(1ll << 62) || rel > (1ll << 62))
             return err_set(EINVAL, "section %s: channel %d load time out of range", sec->name, i);
-        c->count_load_time = now_ns + rel;
-        if (c->count > 65536 || c->mode > 5 || c->rw_mode > 3)
-            return err_set(EINVAL, "section %s: channel %d in an impossible state", sec->name, i);
+        c->count_load_time = now_ns + rel; /* modes and counts: pit_set_state validates */
     }
     s->flags = snap_get_u32(&r);
     return snap_rd_done(&r);
@@ -335,4 +333,52 @@ void snap_cpuid_hash(const struct cpuid_model *m, uint8_t out[SHA256_LEN])
     else
         sha256(w.buf, w.len, out);
     snap_writer_free(&w);
+}
+
+/* The feature-flag registers (as in x86/cpuid.c: what the KVM intersection may clear). */
+static bool feature_reg(uint32_t fn, uint32_t idx, int reg)
+{
+    static const struct {
+        uint32_t fn, idx;
+        int reg;
+    } f[] = {{1, 0, 2}, {1, 0, 3}, {6, 0, 0}, {7, 0, 1}, {7, 0, 2}, {7, 0, 3},
+             {0x80000001, 0, 2}, {0x80000001, 0, 3}};
+    for (unsigned i = 0; i < sizeof(f) / sizeof(f[0]); i++)
+        if (f[i].fn == fn && f[i].idx == idx && f[i].reg == reg) return true;
+    return false;
+}
+
+int snap_cpuid_presentable(const struct cpuid_model *target, const struct cpuid_model *snap)
+{
+    static const char rn[4][4] = {"EAX", "EBX", "ECX", "EDX"};
+    for (unsigned i = 0; i < snap->n; i++) {
+        const struct cpuid_entry *e = &snap->e[i];
+        const struct cpuid_entry *t = cpuid_find(target, e->function, e->index);
+        if (!t || t->function != e->function || t->index != e->index)
+            return err_set(EINVAL, "CPUID leaf %#x.%u of the snapshot does not exist here",
+                           e->function, e->index);
+        const uint32_t sv[4] = {e->eax, e->ebx, e->ecx, e->edx};
+        const uint32_t tv[4] = {t->eax, t->ebx, t->ecx, t->edx};
+        for (int r = 0; r < 4; r++) {
+            if (feature_reg(e->function, e->index, r)) {
+                if (sv[r] & ~tv[r])
+                    return err_set(EINVAL,
+                                   "CPUID leaf %#x.%u %s: the snapshot's CPU has feature bits "
+                                   "%#x that this backend cannot present",
+                                   e->function, e->index, rn[r], sv[r] & ~tv[r]);
+            } else if (e->function == 0x80000008 && r == 0) {
+                if ((sv[0] & 0xff) > (tv[0] & 0xff) || (sv[0] & ~0xffu) != (tv[0] & ~0xffu))
+                    return err_set(EINVAL,
+                                   "CPUID leaf 0x80000008: the snapshot's CPU has %u physical "
+                                   "address bits, this backend %u",
+                                   sv[0] & 0xff, tv[0] & 0xff);
+            } else if (sv[r] != tv[r] && !(e->function == 1 && r == 1) &&
+                       !(e->function == 0xb && r == 3)) { /* APIC IDs are per vCPU */
+                return err_set(EINVAL,
+                               "CPUID leaf %#x.%u %s: %#x in the snapshot, %#x here", e->function,
+                               e->index, rn[r], sv[r], tv[r]);
+            }
+        }
+    }
+    return 0;
 }

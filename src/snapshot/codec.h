@@ -46,5 +46,10 @@ void snap_enc_acpi_pm(struct snap_writer *w, const struct acpi_pm_state *s);
 int snap_dec_acpi_pm(const struct snap_section *sec, struct acpi_pm_state *s);
 void snap_enc_cpuid(struct snap_writer *w, const struct cpuid_model *m);
 int snap_dec_cpuid(const struct snap_section *sec, struct cpuid_model *m);
+/* Whether a VM whose backend builds `target` for the model can present the snapshot's table
+ * `snap` instead: every leaf of snap exists in target, feature-flag registers are subsets of the
+ * target's, the physical address width is not larger, everything else is equal.  0, or -EINVAL
+ * with err_set() naming the leaf, register and bits. */
+int snap_cpuid_presentable(const struct cpuid_model *target, const struct cpuid_model *snap);
 /* SHA-256 of the CPUID table's canonical encoding (name excluded): what the header carries. */
 void snap_cpuid_hash(const struct cpuid_model *m, uint8_t out[SHA256_LEN]);

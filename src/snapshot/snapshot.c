@@ -893,7 +893,7 @@ static int read_state_file(const char *path, uint8_t **buf, size_t *len)
     return r;
 }
 
-int snapshot_peek(const char *path, struct snap_header *h)
+int snapshot_peek(const char *path, struct snap_header *h, struct cpuid_model *cpuid)
 {
     uint8_t *buf;
     size_t len;
@@ -905,7 +905,20 @@ int snapshot_peek(const char *path, struct snap_header *h)
         return err_set(ENOMEM, "out of memory");
     }
     r = snap_parse(buf, len, f);
-    if (!r) *h = f->h;
+    const struct snap_section *cs = r ? NULL : need(f, "cpuid", SNAP_V_CPUID);
+    if (!r && !cs) r = -EINVAL;
+    if (!r) r = snap_dec_cpuid(cs, cpuid);
+    if (!r) {
+        uint8_t hash[SHA256_LEN];
+        snap_cpuid_hash(cpuid, hash);
+        if (memcmp(hash, f->h.cpuid_hash, SHA256_LEN))
+            r = err_set(EINVAL, "section cpuid: does not match the header's CPUID hash");
+        size_t nl = strnlen(f->h.cpu_model, sizeof(cpuid->name) - 1);
+        memcpy(cpuid->name, f->h.cpu_model, nl);
+        cpuid->name[nl] = 0;
+    }
+    if (!r)
+        *h = f->h;
     else
         err_wrap(r, "snapshot %s", path);
     free(f);

@@ -39,8 +39,9 @@ int snapshot_save(struct vm *vm, const char *path, const struct snap_save_opts *
 /* Loads PATH into a paused (or not yet started) VM created with the snapshot's configuration. */
 int snapshot_restore(struct vm *vm, const char *path, const struct snap_restore_opts *o,
                      struct snap_stats *st);
-/* Reads and verifies PATH's state file and returns its header (for `run --restore`). */
-int snapshot_peek(const char *path, struct snap_header *h);
+/* Reads and verifies PATH's state file and returns its header and CPUID table (for
+ * `run --restore`: the new VM is built with them). */
+int snapshot_peek(const char *path, struct snap_header *h, struct cpuid_model *cpuid);
 
 /* pause -> save -> resume (unless stop) / pause -> restore -> resume; for the control socket. */
 int machine_snapshot(struct vm *vm, const char *path, bool stop, const struct snap_save_opts *o,
