@@ -53,10 +53,10 @@ int kmain(struct mb_info *mbi)
         }
         __asm__ volatile("sti");
         seen = ticks;
-        bool ok = count == 0 || table[(count - 1) % TABLE_WORDS] == count - 1;
-        uint64_t x;
+        uint64_t x, prev = count ? table[(count - 1) % TABLE_WORDS] : 0;
         __asm__ volatile("movq %%xmm7, %0" : "=r"(x));
-        ok = ok && (count == 0 || x == count - 1 + 0x5a5a0000ull);
+        bool ok = count == 0 || (prev == count - 1 && x == count - 1 + 0x5a5a0000ull);
+        if (!ok) kprintf("counter: table says %lu, xmm7 %lx\n", (unsigned long)prev, (unsigned long)x);
         table[count % TABLE_WORDS] = count;
         x = count + 0x5a5a0000ull;
         __asm__ volatile("movq %0, %%xmm7" ::"r"(x));
