@@ -379,3 +379,75 @@ def test_save_never_corrupts_previous(lookout_any, counter, tmp_path, vms):
     res = restore_run(lookout_any, snap, "bt")
     assert res.rc == 1, res
     check_continues(res, c, 25)
+
+
+# --------------------------------------------------------------------------- the Debian guest
+class Shell:
+    """The Debian guest's console as a line reader on top of a VM (stdin is a pipe)."""
+
+    def __init__(self, vm):
+        self.vm = vm
+
+    def send(self, line):
+        self.vm.p.stdin.write(line.encode() + b"\n")
+        self.vm.p.stdin.flush()
+
+    def wait_text(self, pattern, start=0, timeout=60):
+        rx = re.compile(pattern)
+        wait_for(lambda: rx.search(self.vm.text(), start) or self.vm.p.poll() is not None,
+                 timeout, repr(pattern))
+        m = rx.search(self.vm.text(), start)
+        assert m, f"no {pattern!r}{self.vm.diag()}"
+        return m
+
+
+TICK = re.compile(r"tick=(\d+)")
+
+
+@pytest.mark.guest
+def test_debian_counter_survives_restore_and_rollback(lookout_bin, debian_guest, tmp_path, vms):
+    """One boot: a shell loop counts in a tmpfs file and on the console; snapshot; the counter
+    continues from the snapshot's value after a rollback in place (which also brings back a file
+    deleted after the snapshot) and after `run --restore` in a new process."""
+    from conftest import guest_timeout
+    vm = start(vms, lookout_bin, tmp_path, "deb", "--kernel", debian_guest["KERNEL"],
+               "--initrd", debian_guest["INITRD"], "--append", debian_guest["APPEND"],
+               "--mem", "512M", "--cpu", "auto")
+    sh = Shell(vm)
+    sh.wait_text(r"lookout-guest: ready", timeout=guest_timeout())
+    sh.send("mkdir -p /run/t && mount -t tmpfs tmpfs /run/t && echo keep > /run/t/keep")
+    sh.send("(i=0; while :; do i=$((i+1)); echo $i > /run/t/c; echo tick=$i; sleep 0.3; done) &")
+    sh.wait_text(r"tick=3\b")
+    snap = tmp_path / "deb"
+    r = vm.ctl("snapshot", snap, "--stop")
+    time.sleep(0.3)
+    at = int(TICK.findall(vm.text())[-1])
+    mem_on_disk = os.stat(str(snap) + ".mem").st_blocks * 512
+    assert mem_on_disk < 400 << 20, f"sparse memory file expected, {mem_on_disk} bytes"
+    vm.ctl("resume")
+    sh.send("rm /run/t/keep")
+    sh.wait_text(rf"tick={at + 5}\b")
+    mark = len(vm.text())
+    r = vm.ctl("rollback", snap)
+    assert r["state"] == "running", r
+    m = sh.wait_text(r"tick=(\d+)", start=mark + vm.text()[mark:].find(f"tick={at + 5}") + 1)
+    # the first tick after the rollback continues from the snapshot's value
+    after = [int(x) for x in TICK.findall(vm.text()[mark:])]
+    assert at + 1 in after, f"no tick={at + 1} after the rollback: {after}{vm.diag()}"
+    sh.send("echo k=$(cat /run/t/keep) file=$(cat /run/t/c)")
+    m = sh.wait_text(r"k=keep file=(\d+)", start=mark, timeout=60)
+    assert int(m.group(1)) > at, m.group(0)
+    vm.close()
+
+    # a new process from the same snapshot, then the console still takes commands
+    v2 = start(vms, lookout_bin, tmp_path, "deb2", "--restore", snap, "--cpu", "auto")
+    sh2 = Shell(v2)
+    sh2.wait_text(rf"tick={at + 1}\b", timeout=30)
+    first = [int(x) for x in TICK.findall(v2.text())][0]
+    assert first == at + 1, f"resumed at tick={first}, expected {at + 1}"
+    sh2.send("echo sum=$((40+2)) file=$(cat /run/t/c)")
+    m = sh2.wait_text(r"sum=42 file=(\d+)", timeout=60)
+    assert int(m.group(1)) > at
+    sh2.send("poweroff -f")
+    v2.p.wait(timeout=60)
+    assert v2.p.returncode == 0, v2.diag()
