@@ -278,7 +278,8 @@ struct vm *machine_create(const struct machine_config *cfg)
     if (is_kvm) {
         if ((r = kvm_query_host(sup, ARRAY_SIZE(sup), &nsup, &vm->tsc_khz)) < 0) goto fail;
     } else {
-        vm->tsc_khz = host_tsc_khz();
+        /* a restore brings its TSC rate: skip the host measurement (it costs milliseconds) */
+        vm->tsc_khz = cfg->tsc_khz ? cfg->tsc_khz : host_tsc_khz();
     }
     if (cfg->tsc_khz) vm->tsc_khz = cfg->tsc_khz;
     const char *model = cfg->cpu_model ? cfg->cpu_model : "lookout-v1";

@@ -675,18 +675,42 @@ static int digest_ram(struct vm *vm, uint8_t out[SHA256_LEN], uint64_t *pages)
     return 0;
 }
 
-static int check_digest(struct vm *vm, const struct mem_info *mi, const char *mpath)
+/* Digest of the pages set in `loaded` (NULL: all pages); the others are known to be zero. */
+static void digest_loaded(struct vm *vm, const uint64_t *loaded, uint8_t out[SHA256_LEN],
+                          uint64_t *pages)
+{
+    if (!loaded) {
+        digest_ram(vm, out, pages);
+        return;
+    }
+    struct sha256 c;
+    sha256_init(&c);
+    *pages = 0;
+    uint64_t npages = vm->mem_size / PAGE;
+    for (uint64_t w = 0; w < ALIGN_UP(npages, 64) / 64; w++) {
+        for (uint64_t bits = loaded[w]; bits; bits &= bits - 1) {
+            uint64_t i = w * 64 + (uint64_t)__builtin_ctzll(bits);
+            if (i >= npages || page_zero(vm->mem.base + i * PAGE)) continue;
+            digest_page(&c, i, vm->mem.base + i * PAGE);
+            (*pages)++;
+        }
+    }
+    sha256_final(&c, out);
+}
+
+static int check_digest(struct vm *vm, const struct mem_info *mi, const char *mpath,
+                        const uint64_t *loaded)
 {
     uint8_t d[SHA256_LEN];
     uint64_t pages;
-    digest_ram(vm, d, &pages);
+    digest_loaded(vm, loaded, d, &pages);
     if (pages != mi->pages || memcmp(d, mi->digest, SHA256_LEN))
         return err_set(EINVAL, "memory file %s: contents do not match the digest (corrupted)",
                        mpath);
     return 0;
 }
 
-static int load_mem_raw_eager(struct vm *vm, int fd, const char *mpath)
+static int load_mem_raw_eager(struct vm *vm, int fd, const char *mpath, uint64_t *loaded)
 {
     int r = ram_zero(vm);
     if (r) return r;
@@ -703,6 +727,9 @@ static int load_mem_raw_eager(struct vm *vm, int fd, const char *mpath)
             (r = read_all_at(fd, vm->mem.base + (data - MEM_HDR), (size_t)(hole - data), data,
                              mpath)) < 0)
             return r;
+        for (uint64_t pg = (uint64_t)(data - MEM_HDR) / PAGE;
+             hole > data && pg < (uint64_t)(hole - MEM_HDR + PAGE - 1) / PAGE; pg++)
+            loaded[pg / 64] |= 1ull << (pg % 64);
         pos = hole;
         progress("restore memory", (uint64_t)(pos - MEM_HDR), vm->mem_size, &last);
     }
@@ -718,15 +745,15 @@ static int load_mem_raw_mapped(struct vm *vm, int fd, const char *mpath)
     return 0;
 }
 
-static int load_mem_zstd(struct vm *vm, int fd, const char *mpath, const struct mem_info *mi)
+static int load_mem_zstd(struct vm *vm, int fd, const char *mpath, const struct mem_info *mi,
+                         uint64_t *bm)
 {
     uint64_t npages = vm->mem_size / PAGE, bmbytes = ALIGN_UP(npages, 64) / 8;
-    uint64_t *bm = calloc(1, bmbytes);
     size_t incap = ZSTD_DStreamInSize();
     uint8_t *in = malloc(incap);
     ZSTD_DCtx *z = ZSTD_createDCtx();
     int r = 0;
-    if (!bm || !in || !z) {
+    if (!in || !z) {
         r = err_set(ENOMEM, "out of memory for decompression");
         goto done;
     }
@@ -780,7 +807,6 @@ static int load_mem_zstd(struct vm *vm, int fd, const char *mpath, const struct 
 done:
     ZSTD_freeDCtx(z);
     free(in);
-    free(bm);
     return r;
 }
 
@@ -940,6 +966,7 @@ int snapshot_restore(struct vm *vm, const char *path, const struct snap_restore_
     struct decoded *d = NULL, *bd = NULL;
     struct snap_writer bw;
     memset(&bw, 0, sizeof(bw));
+    uint64_t *loaded = NULL;
     int fd = -1, r;
     if ((r = path_join(mpath, sizeof(mpath), path, ".mem")) < 0) return r;
     if ((r = read_state_file(path, &buf, &len)) < 0) return r;
@@ -980,13 +1007,18 @@ int snapshot_restore(struct vm *vm, const char *path, const struct snap_restore_
         goto out;
     }
     bool mapped = mi.format == SNAP_MEM_RAW && !(o && o->eager);
-    if (mi.format == SNAP_MEM_ZSTD)
-        r = load_mem_zstd(vm, fd, mpath, &mi);
+    /* pages read from the file (the rest stay zero); their digest is checked */
+    loaded = calloc(1, ALIGN_UP(vm->mem_size / PAGE, 64) / 8);
+    if (!loaded)
+        r = err_set(ENOMEM, "out of memory");
+    else if (mi.format == SNAP_MEM_ZSTD)
+        r = load_mem_zstd(vm, fd, mpath, &mi, loaded);
     else if (mapped)
         r = load_mem_raw_mapped(vm, fd, mpath);
     else
-        r = load_mem_raw_eager(vm, fd, mpath);
-    if (!r && (!mapped || (o && o->verify))) r = check_digest(vm, &mi, mpath);
+        r = load_mem_raw_eager(vm, fd, mpath, loaded);
+    if (!r && (!mapped || (o && o->verify)))
+        r = check_digest(vm, &mi, mpath, mapped ? NULL : loaded);
     if (r) {
         /* memory may be partly loaded: the VM cannot go on from here */
         char why[1024];
@@ -1001,7 +1033,10 @@ int snapshot_restore(struct vm *vm, const char *path, const struct snap_restore_
     st->mem_pages = mi.pages;
     st->state_bytes = len;
     st->ms = now_ms() - t0;
+    log_info("restored %s in %.3f ms (%s memory, %llu pages)", path, st->ms,
+             mapped ? "mapped" : "read", (unsigned long long)mi.pages);
 out:
+    free(loaded);
     if (fd >= 0) close(fd);
     snap_writer_free(&bw);
     free(bd);
