@@ -112,8 +112,21 @@ def take(vm, path, *flags):
     """snapshot --stop, returns the last count printed before it; the VM stays paused."""
     r = vm.ctl("snapshot", path, "--stop", *flags)
     assert r["ok"] and r["state"] == "paused", r
-    time.sleep(0.1)  # the console thread drains what the guest printed before the pause
-    return vm.last(), r
+    # the console thread drains what the guest printed before the pause: wait until it is quiet
+    prev, end = None, time.monotonic() + 5
+    while time.monotonic() < end:
+        cur = vm.text()
+        if cur == prev:
+            break
+        prev = cur
+        time.sleep(0.3)
+    # the pause may split a line ("count 6 o"): the guest finishes it after the restore, so the
+    # first whole line it prints then is the one after
+    c = vm.last()
+    tail = vm.text()[vm.text().rfind("count"):]
+    if tail and not tail.endswith("\n") and not COUNT.fullmatch(tail.rstrip("\r")):
+        c += 1
+    return c, r
 
 
 def check_continues(res, from_count, until):
