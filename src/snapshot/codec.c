@@ -29,9 +29,10 @@ static void dec_seg(struct snap_rd *r, struct x86_seg *g)
 
 /* The 64-bit fields of struct x86_state after the segments, in file order. */
 #define CPU_U64_FIELDS(X)                                                                          \
-    X(cr0) X(cr2) X(cr3) X(cr4) X(cr8) X(efer) X(xcr0) X(dr[0]) X(dr[1]) X(dr[2]) X(dr[3]) X(dr6) \
-    X(dr7) X(star) X(lstar) X(cstar) X(sfmask) X(kernel_gs_base) X(sysenter_cs) X(sysenter_esp)   \
-    X(sysenter_eip) X(pat) X(tsc) X(tsc_aux) X(tsc_deadline) X(misc_enable) X(apic_base)
+    X(cr0)                                                                                         \
+    X(cr2) X(cr3) X(cr4) X(cr8) X(efer) X(xcr0) X(dr[0]) X(dr[1]) X(dr[2]) X(dr[3]) X(dr6) X(dr7)  \
+        X(star) X(lstar) X(cstar) X(sfmask) X(kernel_gs_base) X(sysenter_cs) X(sysenter_esp)       \
+            X(sysenter_eip) X(pat) X(tsc) X(tsc_aux) X(tsc_deadline) X(misc_enable) X(apic_base)
 
 void snap_enc_cpu(struct snap_writer *w, const struct x86_state *s)
 {
@@ -123,8 +124,7 @@ int snap_dec_cpu(const struct snap_section *sec, struct x86_state *s)
         (ev->interrupt_pending && ev->interrupt_vector < 16))
         return err_set(EINVAL, "section %s: impossible pending-event state", sec->name);
     if (fx->mxcsr & ~0xffffu)
-        return err_set(EINVAL, "section %s: MXCSR %#x has reserved bits set", sec->name,
-                       fx->mxcsr);
+        return err_set(EINVAL, "section %s: MXCSR %#x has reserved bits set", sec->name, fx->mxcsr);
     return 0;
 }
 
@@ -178,7 +178,7 @@ void snap_enc_pit(struct snap_writer *w, const struct pit_state *s, int64_t now_
         const struct pit_channel_state *c = &s->channels[i];
         snap_put_u32(w, c->count);
         snap_put_u16(w, c->latched_count);
-        uint8_t b[11] = {c->count_latched, c->status_latched, c->status, c->read_state,
+        uint8_t b[11] = {c->count_latched, c->status_latched, c->status,  c->read_state,
                          c->write_state,   c->write_latch,    c->rw_mode, c->mode,
                          c->bcd,           c->gate,           0};
         snap_put_bytes(w, b, sizeof(b));
@@ -341,8 +341,8 @@ static bool feature_reg(uint32_t fn, uint32_t idx, int reg)
     static const struct {
         uint32_t fn, idx;
         int reg;
-    } f[] = {{1, 0, 2}, {1, 0, 3}, {6, 0, 0}, {7, 0, 1}, {7, 0, 2}, {7, 0, 3},
-             {0x80000001, 0, 2}, {0x80000001, 0, 3}};
+    } f[] = {{1, 0, 2}, {1, 0, 3}, {6, 0, 0},          {7, 0, 1},
+             {7, 0, 2}, {7, 0, 3}, {0x80000001, 0, 2}, {0x80000001, 0, 3}};
     for (unsigned i = 0; i < sizeof(f) / sizeof(f[0]); i++)
         if (f[i].fn == fn && f[i].idx == idx && f[i].reg == reg) return true;
     return false;
@@ -374,9 +374,8 @@ int snap_cpuid_presentable(const struct cpuid_model *target, const struct cpuid_
                                    sv[0] & 0xff, tv[0] & 0xff);
             } else if (sv[r] != tv[r] && !(e->function == 1 && r == 1) &&
                        !(e->function == 0xb && r == 3)) { /* APIC IDs are per vCPU */
-                return err_set(EINVAL,
-                               "CPUID leaf %#x.%u %s: %#x in the snapshot, %#x here", e->function,
-                               e->index, rn[r], sv[r], tv[r]);
+                return err_set(EINVAL, "CPUID leaf %#x.%u %s: %#x in the snapshot, %#x here",
+                               e->function, e->index, rn[r], sv[r], tv[r]);
             }
         }
     }

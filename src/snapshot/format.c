@@ -245,8 +245,7 @@ int snap_parse(const uint8_t *buf, size_t len, struct snap_file *f)
             if (!strcmp(f->sec[k].name, s->name))
                 return err_set(EINVAL, "section %s: appears twice", s->name);
     }
-    if (off != body)
-        return err_set(EINVAL, "file: %zu bytes after the last section", body - off);
+    if (off != body) return err_set(EINVAL, "file: %zu bytes after the last section", body - off);
     f->nsec = nsec;
     return 0;
 }

@@ -15,13 +15,13 @@
 
 #define SNAP_MAGIC          "LOOKSNAP"
 #define SNAP_FORMAT_VERSION 1u
-#define SNAP_NAME_LEN       24               /* section name field, NUL-padded */
-#define SNAP_SECTION_MAX    (4u << 20)       /* payload cap of one section */
-#define SNAP_FILE_MAX       (64u << 20)      /* cap of the whole state file */
+#define SNAP_NAME_LEN       24          /* section name field, NUL-padded */
+#define SNAP_SECTION_MAX    (4u << 20)  /* payload cap of one section */
+#define SNAP_FILE_MAX       (64u << 20) /* cap of the whole state file */
 #define SNAP_MAX_SECTIONS   512u
-#define SNAP_DEVLIST_MAX    1024u            /* bytes of the device list string */
-#define SNAP_HEADER_FIXED   146u             /* bytes before the device list */
-#define SNAP_SEC_HDR        40u              /* name[24] version flags length */
+#define SNAP_DEVLIST_MAX    1024u /* bytes of the device list string */
+#define SNAP_HEADER_FIXED   146u  /* bytes before the device list */
+#define SNAP_SEC_HDR        40u   /* name[24] version flags length */
 #define SNAP_ID_LEN         16
 
 /* Section flags */

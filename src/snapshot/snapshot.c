@@ -24,11 +24,11 @@
 #include "snapshot/codec.h"
 #include "util/log.h"
 
-#define MEM_MAGIC     "LOOKMEM"
-#define MEM_VERSION   1u
-#define MEM_HDR       4096u /* the header page; RAM follows, page-aligned, mappable */
-#define PAGE          GUEST_PAGE_SIZE
-#define PROGRESS_MIN  (1ull << 30) /* memories at least this large report progress */
+#define MEM_MAGIC    "LOOKMEM"
+#define MEM_VERSION  1u
+#define MEM_HDR      4096u /* the header page; RAM follows, page-aligned, mappable */
+#define PAGE         GUEST_PAGE_SIZE
+#define PROGRESS_MIN (1ull << 30) /* memories at least this large report progress */
 
 static double now_ms(void)
 {
@@ -290,8 +290,8 @@ static int decode_all(struct vm *vm, const struct snap_file *f, struct decoded *
         static struct cpuid_model m;
         if (cs && snap_dec_cpuid(cs, &m) == 0) {
             for (unsigned i = 0; i < m.n; i++) {
-                const struct cpuid_entry *e = &m.e[i], *t = cpuid_find(&vm->cpuid, e->function,
-                                                                       e->index);
+                const struct cpuid_entry *e = &m.e[i],
+                                         *t = cpuid_find(&vm->cpuid, e->function, e->index);
                 if (!t || t->eax != e->eax || t->ebx != e->ebx || t->ecx != e->ecx ||
                     t->edx != e->edx) {
                     snprintf(detail, sizeof(detail), " (first difference: leaf %#x.%u)",
@@ -300,8 +300,7 @@ static int decode_all(struct vm *vm, const struct snap_file *f, struct decoded *
                 }
             }
             if (!detail[0] && m.n != vm->cpuid.n)
-                snprintf(detail, sizeof(detail), " (%u leaves, this VM has %u)", m.n,
-                         vm->cpuid.n);
+                snprintf(detail, sizeof(detail), " (%u leaves, this VM has %u)", m.n, vm->cpuid.n);
         }
         err_clear();
         return err_set(EINVAL,
@@ -331,8 +330,7 @@ static int decode_all(struct vm *vm, const struct snap_file *f, struct decoded *
     }
     if (!(s = need(f, "ioapic", SNAP_V_IOAPIC)) || (r = snap_dec_ioapic(s, &d->io)) < 0)
         return -EINVAL;
-    if (!(s = need(f, "pit", SNAP_V_PIT)) || (r = snap_dec_pit(s, &d->pit, 0)) < 0)
-        return -EINVAL;
+    if (!(s = need(f, "pit", SNAP_V_PIT)) || (r = snap_dec_pit(s, &d->pit, 0)) < 0) return -EINVAL;
     if (!(s = need(f, "com1", SNAP_V_UART)) || (r = snap_dec_uart(s, &d->com[0])) < 0)
         return -EINVAL;
     if (!(s = need(f, "com2", SNAP_V_UART)) || (r = snap_dec_uart(s, &d->com[1])) < 0)
@@ -723,9 +721,8 @@ static int load_mem_raw_eager(struct vm *vm, int fd, const char *mpath, uint64_t
         if (hole < 0 || hole > end) hole = end;
         data &= ~(off_t)(PAGE - 1);
         if (data < MEM_HDR) data = MEM_HDR;
-        if (hole > data &&
-            (r = read_all_at(fd, vm->mem.base + (data - MEM_HDR), (size_t)(hole - data), data,
-                             mpath)) < 0)
+        if (hole > data && (r = read_all_at(fd, vm->mem.base + (data - MEM_HDR),
+                                            (size_t)(hole - data), data, mpath)) < 0)
             return r;
         for (uint64_t pg = (uint64_t)(data - MEM_HDR) / PAGE;
              hole > data && pg < (uint64_t)(hole - MEM_HDR + PAGE - 1) / PAGE; pg++)
@@ -738,8 +735,8 @@ static int load_mem_raw_eager(struct vm *vm, int fd, const char *mpath, uint64_t
 
 static int load_mem_raw_mapped(struct vm *vm, int fd, const char *mpath)
 {
-    void *p = mmap(vm->mem.base, vm->mem_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED,
-                   fd, MEM_HDR);
+    void *p = mmap(vm->mem.base, vm->mem_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, fd,
+                   MEM_HDR);
     if (p == MAP_FAILED) return err_set(errno, "mapping %s: %s", mpath, strerror(errno));
     madvise(vm->mem.base, vm->mem_size, MADV_DONTDUMP);
     return 0;
@@ -776,8 +773,7 @@ static int load_mem_zstd(struct vm *vm, int fd, const char *mpath, const struct 
                 while (page < npages && !(bm[page / 64] >> (page % 64) & 1))
                     page++;
                 if (page >= npages) {
-                    r = err_set(EINVAL, "memory file %s: more data than the page map lists",
-                                mpath);
+                    r = err_set(EINVAL, "memory file %s: more data than the page map lists", mpath);
                     goto done;
                 }
                 dst = vm->mem.base + page * PAGE;
@@ -1024,7 +1020,8 @@ int snapshot_restore(struct vm *vm, const char *path, const struct snap_restore_
         char why[1024];
         snprintf(why, sizeof(why), "%s", err_msg());
         apply_all(vm, bd);
-        r = err_set(EIO, "snapshot %s: loading memory failed: %s (the VM's memory is lost; stop it)",
+        r = err_set(EIO,
+                    "snapshot %s: loading memory failed: %s (the VM's memory is lost; stop it)",
                     path, why);
         vm_request_stop(vm, VM_STOP_VMM_ERROR, 0);
         goto out;

@@ -23,8 +23,8 @@ struct snap_stats {
 };
 
 struct snap_save_opts {
-    bool zstd;   /* compress memory (zstd) instead of the raw mappable layout */
-    int level;   /* zstd level, 0 = default (3) */
+    bool zstd; /* compress memory (zstd) instead of the raw mappable layout */
+    int level; /* zstd level, 0 = default (3) */
 };
 
 struct snap_restore_opts {

@@ -42,9 +42,9 @@ int kmain(struct mb_info *mbi)
     outb(0xa1, 0xff);
     set_trap(VEC_TIMER, timer_irq);
     mmio_write32(LAPIC_SVR, 0x1ff);
-    mmio_write32(LAPIC_TMR_DIV, 0x3);                /* divide by 16: 62.5 MHz at a 1 GHz bus */
+    mmio_write32(LAPIC_TMR_DIV, 0x3);                  /* divide by 16: 62.5 MHz at a 1 GHz bus */
     mmio_write32(LAPIC_LVT_TMR, VEC_TIMER | 1u << 17); /* periodic */
-    mmio_write32(LAPIC_TMR_INIT, 1250000);           /* 20 ms */
+    mmio_write32(LAPIC_TMR_INIT, 1250000);             /* 20 ms */
     kprintf("counter: start\n");
     uint64_t count = 0, seen = 0;
     for (;;) {
@@ -58,7 +58,8 @@ int kmain(struct mb_info *mbi)
         uint64_t x, prev = count ? table[(count - 1) % TABLE_WORDS] : 0;
         __asm__ volatile("movq %%xmm7, %0" : "=r"(x));
         bool ok = count == 0 || (prev == count - 1 && x == count - 1 + 0x5a5a0000ull);
-        if (!ok) kprintf("counter: table says %lu, xmm7 %lx\n", (unsigned long)prev, (unsigned long)x);
+        if (!ok)
+            kprintf("counter: table says %lu, xmm7 %lx\n", (unsigned long)prev, (unsigned long)x);
         table[count % TABLE_WORDS] = count;
         x = count + 0x5a5a0000ull;
         __asm__ volatile("movq %0, %%xmm7" ::"r"(x));

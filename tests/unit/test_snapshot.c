@@ -366,10 +366,10 @@ int main(void)
 {
     log_init_from_env();
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_sha256_vectors), cmocka_unit_test(test_xxh64),
-        cmocka_unit_test(test_round_trip),     cmocka_unit_test(test_truncated),
-        cmocka_unit_test(test_flipped_byte),   cmocka_unit_test(test_wrong_version),
-        cmocka_unit_test(test_bad_sections),   cmocka_unit_test(test_bad_payloads),
+        cmocka_unit_test(test_sha256_vectors),    cmocka_unit_test(test_xxh64),
+        cmocka_unit_test(test_round_trip),        cmocka_unit_test(test_truncated),
+        cmocka_unit_test(test_flipped_byte),      cmocka_unit_test(test_wrong_version),
+        cmocka_unit_test(test_bad_sections),      cmocka_unit_test(test_bad_payloads),
         cmocka_unit_test(test_cpuid_presentable),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
