@@ -22,7 +22,7 @@
 static void usage(FILE *f)
 {
     fprintf(f, "usage: lookout ctl SOCKET COMMAND [KEY=VALUE...]\n"
-               "       lookout ctl SOCKET snapshot PATH [--stop] [--zstd]\n"
+               "       lookout ctl SOCKET snapshot PATH [--stop] [--zstd] [--parent SNAPSHOT]\n"
                "       lookout ctl SOCKET rollback PATH [--eager]\n"
                "  commands: status, pause, resume, quit, help, snapshot, rollback\n"
                "  SOCKET is the path given to `lookout run --api SOCKET`\n");
@@ -137,7 +137,15 @@ int ctl_main(int argc, char **argv)
     for (int i = 3; i < argc; i++) {
         /* snapshot/rollback: PATH (made absolute: the VM's working directory is not ours) and
          * --stop/--zstd/--eager/--verify flags */
-        if (snap && argv[i][0] == '-' && argv[i][1] == '-' && !strchr(argv[i], '=')) {
+        const char *field = "path";
+        if (snap && !strcmp(argv[i], "--parent")) {
+            if (++i >= argc) {
+                fprintf(stderr, "lookout ctl: --parent needs a snapshot path\n");
+                cJSON_Delete(req);
+                return 2;
+            }
+            field = "parent";
+        } else if (snap && argv[i][0] == '-' && argv[i][1] == '-' && !strchr(argv[i], '=')) {
             cJSON_DeleteItemFromObjectCaseSensitive(req, argv[i] + 2);
             cJSON_AddTrueToObject(req, argv[i] + 2);
             continue;
@@ -159,8 +167,8 @@ int ctl_main(int argc, char **argv)
                     return 2;
                 }
             }
-            cJSON_DeleteItemFromObjectCaseSensitive(req, "path");
-            cJSON_AddStringToObject(req, "path", abs);
+            cJSON_DeleteItemFromObjectCaseSensitive(req, field);
+            cJSON_AddStringToObject(req, field, abs);
             continue;
         }
         const char *eq = strchr(argv[i], '=');

@@ -46,8 +46,13 @@ static int snap_cmd(struct api_ctx *ctx, const struct api_ops *ops, const cJSON 
     struct snap_stats st;
     int rc;
     if (save) {
+        const cJSON *parent = cJSON_GetObjectItemCaseSensitive(req, "parent");
+        if (parent && (!cJSON_IsString(parent) || !parent->valuestring ||
+                       parent->valuestring[0] != '/'))
+            return err_set(EINVAL, "\"parent\" must be an absolute file name");
         struct snap_save_opts o = {
-            .zstd = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "zstd"))};
+            .zstd = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "zstd")),
+            .parent = parent ? parent->valuestring : NULL};
         bool stop = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "stop"));
         rc = ops->snapshot(ctx->vm, path->valuestring, stop, &o, &st);
     } else {

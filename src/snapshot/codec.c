@@ -30,8 +30,9 @@ static void dec_seg(struct snap_rd *r, struct x86_seg *g)
 /* The 64-bit fields of struct x86_state after the segments, in file order. */
 #define CPU_U64_FIELDS(X)                                                                          \
     X(cr0)                                                                                         \
-    X(cr2) X(cr3) X(cr4) X(cr8) X(efer) X(xcr0) X(dr[0]) X(dr[1]) X(dr[2]) X(dr[3]) X(dr6) X(dr7)  \
-        X(star) X(lstar) X(cstar) X(sfmask) X(kernel_gs_base) X(sysenter_cs) X(sysenter_esp)       \
+    X(cr2)                                                                                         \
+    X(cr3) X(cr4) X(cr8) X(efer) X(xcr0) X(dr[0]) X(dr[1]) X(dr[2]) X(dr[3]) X(dr6) X(dr7) X(star) \
+        X(lstar) X(cstar) X(sfmask) X(kernel_gs_base) X(sysenter_cs) X(sysenter_esp)               \
             X(sysenter_eip) X(pat) X(tsc) X(tsc_aux) X(tsc_deadline) X(misc_enable) X(apic_base)
 
 void snap_enc_cpu(struct snap_writer *w, const struct x86_state *s)

@@ -261,7 +261,7 @@ static bool builtin_name(const char *n, unsigned ncpus)
         snprintf(buf, sizeof(buf), "lapic%u", i);
         if (!strcmp(n, buf)) return true;
     }
-    return !strcmp(n, "memory");
+    return !strcmp(n, "memory") || !strcmp(n, "parent") || !strcmp(n, "memmap");
 }
 
 /* Compares the configuration and decodes every section; touches nothing in the VM. */
@@ -806,6 +806,146 @@ done:
     return r;
 }
 
+/* ---- incremental snapshots ------------------------------------------------------------ */
+
+/* The snapshot this process's VM memory is tracked against: after every save or restore the
+ * backend's dirty log is cleared, so the next dirty_log() lists exactly the pages written since. */
+static struct {
+    struct vm *vm;
+    bool valid;
+    uint8_t id[SNAP_ID_LEN];
+} track;
+
+static size_t map_words(const struct vm *vm)
+{
+    return ALIGN_UP(vm->mem_size / PAGE, 64) / 64;
+}
+
+static void track_reset(struct vm *vm, const uint8_t id[SNAP_ID_LEN])
+{
+    track.valid = false;
+    uint64_t *scratch = calloc(map_words(vm), sizeof(uint64_t));
+    if (!scratch || !vm->backend->dirty_log ||
+        vm->backend->dirty_log(vm, scratch, map_words(vm)) < 0) {
+        log_debug("snapshot: no dirty tracking (%s): incremental snapshots unavailable", err_msg());
+        err_clear();
+        free(scratch);
+        return;
+    }
+    free(scratch);
+    track.vm = vm;
+    memcpy(track.id, id, SNAP_ID_LEN);
+    track.valid = true;
+}
+
+/* The pages in `map`, zero pages left as holes. */
+static int save_mem_incr(struct vm *vm, int fd, const char *path, const uint64_t *map,
+                         struct mem_info *mi)
+{
+    const uint8_t *base = vm->mem.base;
+    uint64_t npages = vm->mem_size / PAGE;
+    if (ftruncate(fd, (off_t)(MEM_HDR + vm->mem_size)) < 0)
+        return err_set(errno, "%s: %s", path, strerror(errno));
+    struct sha256 c;
+    sha256_init(&c);
+    for (uint64_t i = 0; i < npages; i++) {
+        if (!(map[i / 64] >> (i % 64) & 1) || page_zero(base + i * PAGE)) continue;
+        digest_page(&c, i, base + i * PAGE);
+        mi->pages++;
+        int r = write_all_at(fd, base + i * PAGE, PAGE, (off_t)(MEM_HDR + i * PAGE), path);
+        if (r) return r;
+    }
+    sha256_final(&c, mi->digest);
+    return 0;
+}
+
+static void enc_parent(struct snap_writer *w, const uint8_t id[SNAP_ID_LEN], const char *ppath,
+                       const uint64_t *map, size_t nwords, uint64_t npages)
+{
+    snap_section_begin(w, "parent", 1, 0);
+    snap_put_bytes(w, id, SNAP_ID_LEN);
+    size_t n = strlen(ppath);
+    snap_put_u16(w, (uint16_t)n);
+    snap_put_bytes(w, ppath, n);
+    sec_end(w);
+    snap_section_begin(w, "memmap", 1, 0);
+    snap_put_u64(w, npages);
+    for (size_t i = 0; i < nwords; i++)
+        snap_put_u64(w, map[i]);
+    sec_end(w);
+}
+
+/* A parent in a chain: its state file (parsed), memory file and, for the child, the page map. */
+struct link {
+    uint8_t *buf;
+    struct snap_file *f;
+    struct mem_info mi;
+    int fd;
+    char path[4096], mpath[4200];
+    uint64_t *map; /* pages this snapshot carries (NULL: a full snapshot) */
+};
+
+static void link_free(struct link *l)
+{
+    if (l->fd >= 0) close(l->fd);
+    free(l->map);
+    free(l->f);
+    free(l->buf);
+    memset(l, 0, sizeof(*l));
+    l->fd = -1;
+}
+
+/* Decodes f's "parent" and "memmap" sections: 1 (and *ppath, id, map) if f is incremental. */
+static int dec_parent(struct vm *vm, const struct snap_file *f, char *ppath, size_t cap,
+                      uint8_t id[SNAP_ID_LEN], uint64_t **map)
+{
+    const struct snap_section *ps = snap_find(f, "parent");
+    if (!ps) return 0;
+    if (ps->version != 1) return err_set(EINVAL, "section parent: version %u", ps->version);
+    struct snap_rd r;
+    snap_rd_init(&r, ps);
+    snap_get_bytes(&r, id, SNAP_ID_LEN);
+    uint16_t n = snap_get_u16(&r);
+    if (n == 0 || n >= cap) return err_set(EINVAL, "section parent: bad path length %u", n);
+    snap_get_bytes(&r, ppath, n);
+    ppath[n] = 0;
+    int rc = snap_rd_done(&r);
+    if (rc) return rc;
+    if (memchr(ppath, 0, n)) return err_set(EINVAL, "section parent: NUL in the path");
+    const struct snap_section *ms = need(f, "memmap", 1);
+    if (!ms) return -EINVAL;
+    snap_rd_init(&r, ms);
+    uint64_t npages = snap_get_u64(&r);
+    if (npages != vm->mem_size / PAGE)
+        return err_set(EINVAL, "section memmap: %llu pages, the VM has %llu",
+                       (unsigned long long)npages, (unsigned long long)(vm->mem_size / PAGE));
+    *map = calloc(map_words(vm), sizeof(uint64_t));
+    if (!*map) return err_set(ENOMEM, "out of memory");
+    for (size_t i = 0; i < map_words(vm); i++)
+        (*map)[i] = snap_get_u64(&r);
+    return (rc = snap_rd_done(&r)) ? rc : 1;
+}
+
+/* Overlays an incremental snapshot's pages onto RAM (read, not mapped: they are scattered). */
+static int load_overlay(struct vm *vm, const struct link *l, bool verify)
+{
+    uint64_t npages = vm->mem_size / PAGE;
+    for (uint64_t i = 0; i < npages;) {
+        if (!(l->map[i / 64] >> (i % 64) & 1)) {
+            i++;
+            continue;
+        }
+        uint64_t j = i;
+        while (j < npages && j - i < 256 && (l->map[j / 64] >> (j % 64) & 1))
+            j++;
+        int r = read_all_at(l->fd, vm->mem.base + i * PAGE, (size_t)((j - i) * PAGE),
+                            (off_t)(MEM_HDR + i * PAGE), l->mpath);
+        if (r) return r;
+        i = j;
+    }
+    return verify ? check_digest(vm, &l->mi, l->mpath, l->map) : 0;
+}
+
 /* ---- save ------------------------------------------------------------------------------- */
 
 static int path_join(char *out, size_t cap, const char *path, const char *suffix)
@@ -844,12 +984,43 @@ int snapshot_save(struct vm *vm, const char *path, const struct snap_save_opts *
     if (getrandom(h.id, sizeof(h.id), 0) != (ssize_t)sizeof(h.id))
         return err_set(EIO, "getrandom failed: %s", strerror(errno));
 
+    /* incremental: the parent must be what the dirty log is relative to */
+    uint64_t *map = NULL;
+    uint8_t pid[SNAP_ID_LEN];
+    if (o && o->parent) {
+        struct snap_header ph;
+        static struct cpuid_model pm;
+        if (h.mem_format != SNAP_MEM_RAW)
+            return err_set(EINVAL, "incremental snapshots use the raw memory layout (no --zstd)");
+        if (o->parent[0] != '/')
+            return err_set(EINVAL, "the parent path must be absolute: %s", o->parent);
+        if ((r = snapshot_peek(o->parent, &ph, &pm)) < 0) return r;
+        if (!track.valid || track.vm != vm || memcmp(track.id, ph.id, SNAP_ID_LEN))
+            return err_set(EINVAL,
+                           "parent %s is not this VM's last snapshot or restore, so the pages "
+                           "written since it are not known: take a full snapshot",
+                           o->parent);
+        memcpy(pid, ph.id, SNAP_ID_LEN);
+        map = calloc(map_words(vm), sizeof(uint64_t));
+        if (!map) return err_set(ENOMEM, "out of memory");
+        if ((r = vm->backend->dirty_log(vm, map, map_words(vm))) < 0) {
+            free(map);
+            track.valid = false;
+            return err_wrap(r, "reading the dirty log");
+        }
+        track.valid = false; /* the log is consumed: only this save may succeed from here */
+    }
+
     /* memory first: its digest goes into the state file */
     struct mem_info mi = {.format = h.mem_format};
     int fd = open(mtmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0) return err_set(errno, "creating %s: %s", mtmp, strerror(errno));
-    r = h.mem_format == SNAP_MEM_ZSTD ? save_mem_zstd(vm, fd, mtmp, o ? o->level : 0, &mi)
-                                      : save_mem_raw(vm, fd, mtmp, &mi);
+    if (fd < 0) {
+        free(map);
+        return err_set(errno, "creating %s: %s", mtmp, strerror(errno));
+    }
+    r = map                             ? save_mem_incr(vm, fd, mtmp, map, &mi)
+        : h.mem_format == SNAP_MEM_ZSTD ? save_mem_zstd(vm, fd, mtmp, o ? o->level : 0, &mi)
+                                        : save_mem_raw(vm, fd, mtmp, &mi);
     if (!r) {
         uint8_t hdr[MEM_HDR];
         mem_header(hdr, &h, &mi);
@@ -866,6 +1037,7 @@ int snapshot_save(struct vm *vm, const char *path, const struct snap_save_opts *
     if (!r) r = save_state(vm, &w);
     if (!r) {
         enc_mem_section(&w, &mi);
+        if (map) enc_parent(&w, pid, o->parent, map, map_words(vm), vm->mem_size / PAGE);
         r = snap_writer_finish(&w);
     }
     if (!r) r = write_file_sync(tmp, w.buf, w.len);
@@ -881,6 +1053,8 @@ int snapshot_save(struct vm *vm, const char *path, const struct snap_save_opts *
     st->mem_pages = mi.pages;
     st->ms = now_ms() - t0;
     snap_writer_free(&w);
+    free(map);
+    if (!r) track_reset(vm, h.id);
     return r;
 }
 
@@ -962,7 +1136,9 @@ int snapshot_restore(struct vm *vm, const char *path, const struct snap_restore_
     struct decoded *d = NULL, *bd = NULL;
     struct snap_writer bw;
     memset(&bw, 0, sizeof(bw));
-    uint64_t *loaded = NULL;
+    uint64_t *loaded = NULL, *topmap = NULL;
+    static struct link chain[SNAP_CHAIN_MAX]; /* parents, nearest first; VM paused: one user */
+    unsigned nchain = 0;
     int fd = -1, r;
     if ((r = path_join(mpath, sizeof(mpath), path, ".mem")) < 0) return r;
     if ((r = read_state_file(path, &buf, &len)) < 0) return r;
@@ -985,6 +1161,60 @@ int snapshot_restore(struct vm *vm, const char *path, const struct snap_restore_
         r = fd;
         goto out;
     }
+    /* incremental: every parent down to a full snapshot, each checked like the top one */
+    {
+        const struct snap_file *cur = f;
+        uint64_t **curmap = &topmap;
+        for (;;) {
+            char ppath[4096];
+            uint8_t pid[SNAP_ID_LEN];
+            uint64_t *m = NULL;
+            r = dec_parent(vm, cur, ppath, sizeof(ppath), pid, &m);
+            if (r < 0) {
+                free(m);
+                err_wrap(r, "snapshot %s", nchain ? chain[nchain - 1].path : path);
+                goto out;
+            }
+            *curmap = m;
+            if (r == 0) break;
+            if (nchain == SNAP_CHAIN_MAX) {
+                r = err_set(EINVAL, "snapshot %s: more than %d parents", path, SNAP_CHAIN_MAX);
+                goto out;
+            }
+            struct link *l = &chain[nchain++];
+            memset(l, 0, sizeof(*l));
+            l->fd = -1;
+            snprintf(l->path, sizeof(l->path), "%s", ppath);
+            snprintf(l->mpath, sizeof(l->mpath), "%s.mem", ppath);
+            size_t plen;
+            l->f = malloc(sizeof(*l->f));
+            if (!l->f) {
+                r = err_set(ENOMEM, "out of memory");
+                goto out;
+            }
+            if ((r = read_state_file(ppath, &l->buf, &plen)) < 0 ||
+                (r = snap_parse(l->buf, plen, l->f)) < 0 ||
+                (r = dec_mem_section(l->f, &l->mi)) < 0) {
+                err_wrap(r, "parent snapshot %s", ppath);
+                goto out;
+            }
+            if (memcmp(l->f->h.id, pid, SNAP_ID_LEN) || l->f->h.mem_size != f->h.mem_size ||
+                l->f->h.ncpus != f->h.ncpus ||
+                memcmp(l->f->h.cpuid_hash, f->h.cpuid_hash, SHA256_LEN)) {
+                r = err_set(EINVAL,
+                            "parent snapshot %s: not the parent this snapshot was taken from "
+                            "(replaced or overwritten since?)",
+                            ppath);
+                goto out;
+            }
+            if ((l->fd = open_mem(l->mpath, l->f, &l->mi)) < 0) {
+                r = l->fd;
+                goto out;
+            }
+            cur = l->f;
+            curmap = &l->map;
+        }
+    }
     /* the backup, in case a part refuses its state in phase two */
     struct snap_header bh;
     header_for(vm, &bh);
@@ -1002,19 +1232,29 @@ int snapshot_restore(struct vm *vm, const char *path, const struct snap_restore_
         r = err_set(EINVAL, "snapshot %s: %s (nothing was restored)", path, why);
         goto out;
     }
-    bool mapped = mi.format == SNAP_MEM_RAW && !(o && o->eager);
+    /* the base: the full snapshot at the end of the chain (or the top one itself) */
+    const struct mem_info *bmi = nchain ? &chain[nchain - 1].mi : &mi;
+    int bfd = nchain ? chain[nchain - 1].fd : fd;
+    const char *bmpath = nchain ? chain[nchain - 1].mpath : mpath;
+    bool mapped = bmi->format == SNAP_MEM_RAW && !(o && o->eager);
+    bool verify = !mapped || (o && o->verify);
     /* pages read from the file (the rest stay zero); their digest is checked */
     loaded = calloc(1, ALIGN_UP(vm->mem_size / PAGE, 64) / 8);
     if (!loaded)
         r = err_set(ENOMEM, "out of memory");
-    else if (mi.format == SNAP_MEM_ZSTD)
-        r = load_mem_zstd(vm, fd, mpath, &mi, loaded);
+    else if (bmi->format == SNAP_MEM_ZSTD)
+        r = load_mem_zstd(vm, bfd, bmpath, bmi, loaded);
     else if (mapped)
-        r = load_mem_raw_mapped(vm, fd, mpath);
+        r = load_mem_raw_mapped(vm, bfd, bmpath);
     else
-        r = load_mem_raw_eager(vm, fd, mpath, loaded);
-    if (!r && (!mapped || (o && o->verify)))
-        r = check_digest(vm, &mi, mpath, mapped ? NULL : loaded);
+        r = load_mem_raw_eager(vm, bfd, bmpath, loaded);
+    if (!r && verify) r = check_digest(vm, bmi, bmpath, mapped ? NULL : loaded);
+    /* then each increment, oldest first, the top one last */
+    for (int k = (int)nchain - 2; !r && k >= -1; k--) {
+        struct link top = {.fd = fd, .mi = mi, .map = topmap};
+        snprintf(top.mpath, sizeof(top.mpath), "%s", mpath);
+        r = load_overlay(vm, k >= 0 ? &chain[k] : &top, verify);
+    }
     if (r) {
         /* memory may be partly loaded: the VM cannot go on from here */
         char why[1024];
@@ -1028,11 +1268,15 @@ int snapshot_restore(struct vm *vm, const char *path, const struct snap_restore_
     }
     st->mapped = mapped;
     st->mem_pages = mi.pages;
+    track_reset(vm, f->h.id);
     st->state_bytes = len;
     st->ms = now_ms() - t0;
     log_info("restored %s in %.3f ms (%s memory, %llu pages)", path, st->ms,
              mapped ? "mapped" : "read", (unsigned long long)mi.pages);
 out:
+    for (unsigned k = 0; k < nchain; k++)
+        link_free(&chain[k]);
+    free(topmap);
     free(loaded);
     if (fd >= 0) close(fd);
     snap_writer_free(&bw);

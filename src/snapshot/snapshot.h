@@ -24,6 +24,9 @@ struct snap_stats {
 
 struct snap_save_opts {
     bool zstd; /* compress memory (zstd) instead of the raw mappable layout */
+    /* incremental: only pages written since this snapshot (the VM's last snapshot or restore,
+     * tracked with the backend's dirty log); restoring needs the parent files too */
+    const char *parent;
     int level; /* zstd level, 0 = default (3) */
 };
 
@@ -36,6 +39,8 @@ struct snap_restore_opts {
  * both into place, so a snapshot already at PATH stays intact until the new one is complete. */
 int snapshot_save(struct vm *vm, const char *path, const struct snap_save_opts *o,
                   struct snap_stats *st);
+#define SNAP_CHAIN_MAX 64 /* parents an incremental snapshot may have */
+
 /* Loads PATH into a paused (or not yet started) VM created with the snapshot's configuration. */
 int snapshot_restore(struct vm *vm, const char *path, const struct snap_restore_opts *o,
                      struct snap_stats *st);
