@@ -464,3 +464,34 @@ def test_debian_counter_survives_restore_and_rollback(lookout_bin, debian_guest,
     sh2.send("poweroff -f")
     v2.p.wait(timeout=60)
     assert v2.p.returncode == 0, v2.diag()
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_incremental_chain(lookout_any, counter, tmp_path, vms, backend):
+    """full -> incremental -> incremental: the increments hold only the pages written since
+    their parent, the chain restores (mapped and eager), and a broken chain is refused."""
+    vm = start(vms, lookout_any, tmp_path, "a", "--kernel", counter, "--mem", "64M",
+               "--cpu", backend, "--append", "stop=80")
+    vm.wait_count(3)
+    full = vm.ctl("snapshot", tmp_path / "s0")
+    vm.wait_count(vm.last() + 5)
+    i1 = vm.ctl("snapshot", tmp_path / "s1", "--parent", tmp_path / "s0")
+    assert i1["mem_pages"] < full["mem_pages"], (full, i1)
+    vm.wait_count(vm.last() + 5)
+    c, i2 = take(vm, tmp_path / "s2", "--parent", tmp_path / "s1")
+    # only the VM's last snapshot can be a parent
+    r = vm.ctl("snapshot", tmp_path / "bad", "--parent", tmp_path / "s0", ok=False)
+    assert r.rc != 0 and "not this VM's last snapshot" in r.out, r
+    vm.close()
+    for extra in ([], ["--restore-eager"]):
+        res = restore_run(lookout_any, tmp_path / "s2", backend, *extra)
+        assert res.rc == 1, res
+        check_continues(res, c, 80)
+    # a parent replaced by another snapshot: refused, naming it
+    (tmp_path / "s1").rename(tmp_path / "s1.orig")
+    (tmp_path / "s1.mem").rename(tmp_path / "s1.orig.mem")
+    (tmp_path / "s1").write_bytes((tmp_path / "s0").read_bytes())
+    (tmp_path / "s1.mem").write_bytes((tmp_path / "s0.mem").read_bytes())
+    assert_error(restore_run(lookout_any, tmp_path / "s2", backend), "parent snapshot")
+    (tmp_path / "s1").unlink()
+    assert_error(restore_run(lookout_any, tmp_path / "s2", backend), "s1")
