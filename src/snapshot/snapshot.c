@@ -499,8 +499,9 @@ static void progress(const char *what, uint64_t done, uint64_t total, unsigned *
     if (total < PROGRESS_MIN) return;
     unsigned pct = (unsigned)(done * 100 / total);
     if (pct / 10 != *last / 10 || done == total) {
-        log_info("%s: %u%% (%llu of %llu MiB)", what, pct, (unsigned long long)(done >> 20),
-                 (unsigned long long)(total >> 20));
+        /* on stderr whatever LOOKOUT_LOG says: someone is waiting for a large save */
+        dprintf(STDERR_FILENO, "lookout: %s: %u%% (%llu of %llu MiB)\n", what, pct,
+                (unsigned long long)(done >> 20), (unsigned long long)(total >> 20));
         *last = pct;
     }
 }
