@@ -146,7 +146,7 @@ def restore_run(binary, path, backend, *extra, timeout=60):
 @pytest.mark.parametrize("backend", backends())
 def test_snapshot_and_restore(lookout_any, counter, tmp_path, vms, backend):
     vm = start(vms, lookout_any, tmp_path, "a", "--kernel", counter, "--mem", "64M",
-               "--cpu", backend, "--append", "stop=40")
+               "--cpu", backend, "--append", "stop=250")
     vm.wait_count(5)
     snap = tmp_path / "s"
     c, r = take(vm, snap)
@@ -157,14 +157,14 @@ def test_snapshot_and_restore(lookout_any, counter, tmp_path, vms, backend):
     vm.wait_count(c + 5)
     vm.close()
     res = restore_run(lookout_any, snap, backend)
-    assert res.rc == 1, res  # counter's stop=40 survives in RAM: value 0 -> status 1
-    check_continues(res, c, 40)
+    assert res.rc == 1, res  # counter's stop=250 survives in RAM: value 0 -> status 1
+    check_continues(res, c, 250)
 
 
 @pytest.mark.bt
 def test_restore_eager_and_zstd(lookout_any, counter, tmp_path, vms):
     vm = start(vms, lookout_any, tmp_path, "a", "--kernel", counter, "--mem", "64M",
-               "--cpu", "bt", "--append", "stop=30")
+               "--cpu", "bt", "--append", "stop=250")
     vm.wait_count(3)
     c, _ = take(vm, tmp_path / "raw")
     c2, r = take(vm, tmp_path / "z", "--zstd")
@@ -172,17 +172,17 @@ def test_restore_eager_and_zstd(lookout_any, counter, tmp_path, vms):
     assert r["mem_bytes"] < 64 << 10, r  # compressed: a few KiB
     res = restore_run(lookout_any, tmp_path / "raw", "bt", "--restore-eager")
     assert res.rc == 1, res
-    check_continues(res, c, 30)
+    check_continues(res, c, 250)
     res = restore_run(lookout_any, tmp_path / "z", "bt")
     assert res.rc == 1, res
-    check_continues(res, c, 30)
+    check_continues(res, c, 250)
 
 
 @pytest.mark.kvm
 def test_cross_backend(lookout_any, counter, tmp_path, vms):
     """kvm -> bt -> kvm: the neutral state carries the vCPU, LAPIC, IOAPIC, PIT and devices."""
     vm = start(vms, lookout_any, tmp_path, "k", "--kernel", counter, "--mem", "64M",
-               "--cpu", "kvm", "--append", "stop=60")
+               "--cpu", "kvm", "--append", "stop=300")
     vm.wait_count(5)
     c, _ = take(vm, tmp_path / "k1")
     vm.close()
@@ -194,7 +194,7 @@ def test_cross_backend(lookout_any, counter, tmp_path, vms):
     vb.close()
     res = restore_run(lookout_any, tmp_path / "b1", "kvm")
     assert res.rc == 1, res
-    check_continues(res, c2, 60)
+    check_continues(res, c2, 300)
 
 
 @pytest.mark.kvm
@@ -202,13 +202,13 @@ def test_cpu_model_the_target_cannot_present(lookout_any, counter, tmp_path, vms
     """lookout-v1 under the software CPU has RDTSCP, which kvm_pvm cannot present: refused (on a
     host whose KVM can present it, the restore must simply work)."""
     vm = start(vms, lookout_any, tmp_path, "b", "--kernel", counter, "--mem", "64M",
-               "--cpu", "bt", "--append", "stop=20")
+               "--cpu", "bt", "--append", "stop=250")
     vm.wait_count(2)
     c, _ = take(vm, tmp_path / "b")
     vm.close()
     res = restore_run(lookout_any, tmp_path / "b", "kvm")
     if res.rc == 1:
-        check_continues(res, c, 20)
+        check_continues(res, c, 250)
     else:
         assert_error(res, "cannot be presented")
         assert "CPUID" in res.err, res
@@ -233,7 +233,9 @@ def test_rollback_in_place(lookout_any, counter, tmp_path, vms, backend):
         # each rollback shows as one jump back to c + 1 (console output may lag the reply)
         wait_for(lambda: len(jumps()) >= rounds and vm.last() > c + 3, 20,
                  "counting after the rollback")
-        assert all(b == c + 1 and a > c for a, b in jumps()), f"jumps {jumps()}{vm.diag()}"
+        # (c + 2: a line split by the pause at the rollback can hide the first one)
+        assert all(c + 1 <= b <= c + 2 and a > c for a, b in jumps()), \
+            f"jumps {jumps()}, snapshot at {c}{vm.diag()}"
         assert all(s == "ok" for _, s in vm.counts()), vm.diag()
 
 
@@ -272,7 +274,7 @@ def section_offset(data, name):
 def good_snapshot(lookout_bin, counter, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("good")
     vm = VM(lookout_bin, tmp, "g", ["--kernel", counter, "--mem", "64M", "--cpu", "bt",
-                                    "--append", "stop=15"])
+                                    "--append", "stop=250"])
     try:
         vm.wait_count(2)
         c, _ = take(vm, tmp / "good")
@@ -378,7 +380,7 @@ def test_refused_rollback_changes_nothing(lookout_any, good_snapshot, counter, t
 @pytest.mark.bt
 def test_save_never_corrupts_previous(lookout_any, counter, tmp_path, vms):
     vm = start(vms, lookout_any, tmp_path, "a", "--kernel", counter, "--mem", "64M",
-               "--cpu", "bt", "--append", "stop=25")
+               "--cpu", "bt", "--append", "stop=250")
     vm.wait_count(3)
     snap = tmp_path / "s"
     c, _ = take(vm, snap)
@@ -391,7 +393,7 @@ def test_save_never_corrupts_previous(lookout_any, counter, tmp_path, vms):
     vm.close()
     res = restore_run(lookout_any, snap, "bt")
     assert res.rc == 1, res
-    check_continues(res, c, 25)
+    check_continues(res, c, 250)
 
 
 # --------------------------------------------------------------------------- the Debian guest
@@ -471,7 +473,7 @@ def test_incremental_chain(lookout_any, counter, tmp_path, vms, backend):
     """full -> incremental -> incremental: the increments hold only the pages written since
     their parent, the chain restores (mapped and eager), and a broken chain is refused."""
     vm = start(vms, lookout_any, tmp_path, "a", "--kernel", counter, "--mem", "64M",
-               "--cpu", backend, "--append", "stop=80")
+               "--cpu", backend, "--append", "stop=300")
     vm.wait_count(3)
     full = vm.ctl("snapshot", tmp_path / "s0")
     vm.wait_count(vm.last() + 5)
@@ -486,7 +488,7 @@ def test_incremental_chain(lookout_any, counter, tmp_path, vms, backend):
     for extra in ([], ["--restore-eager"]):
         res = restore_run(lookout_any, tmp_path / "s2", backend, *extra)
         assert res.rc == 1, res
-        check_continues(res, c, 80)
+        check_continues(res, c, 300)
     # a parent replaced by another snapshot: refused, naming it
     (tmp_path / "s1").rename(tmp_path / "s1.orig")
     (tmp_path / "s1.mem").rename(tmp_path / "s1.orig.mem")
