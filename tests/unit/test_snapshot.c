@@ -14,6 +14,7 @@
 
 #include "snapshot/codec.h"
 #include "snapshot/format.h"
+#include "snapshot/snapshot.h"
 #include "util/log.h"
 
 static void hex(const uint8_t *d, size_t n, char *out)
@@ -362,6 +363,49 @@ static void test_cpuid_presentable(void **st)
     assert_int_equal(snap_cpuid_presentable(&full, &other), -EINVAL);
 }
 
+static int dev_save(void *o, struct snap_writer *w)
+{
+    snap_put_u32(w, *(uint32_t *)o);
+    return 0;
+}
+static int dev_check(void *o, const struct snap_section *s)
+{
+    return s->len == 4 ? 0 : -EINVAL;
+}
+static int dev_load(void *o, const struct snap_section *s)
+{
+    return 0;
+}
+
+static void test_registry(void **st)
+{
+    static const struct snap_device_ops ops = {"virtio-test0", 1, 0, dev_save, dev_check, dev_load};
+    static const struct snap_device_ops bad = {"", 1, 0, dev_save, dev_check, dev_load};
+    struct vm *vm = (struct vm *)(uintptr_t)0x1000, *other = (struct vm *)(uintptr_t)0x2000;
+    uint32_t a = 1, b = 2;
+    assert_int_equal(snap_register_device(vm, &ops, &a), 0);
+    assert_int_equal(snap_register_device(vm, &ops, &b), -EEXIST); /* names unique per VM */
+    assert_int_equal(snap_register_device(other, &ops, &b), 0);    /* another VM may */
+    assert_int_equal(snap_register_device(vm, &bad, &b), -EINVAL);
+    snap_unregister_device(vm, &a);
+    assert_int_equal(snap_register_device(vm, &ops, &b), 0);
+    snap_unregister_device(vm, &b);
+    snap_unregister_device(other, &b);
+    static struct snap_device_ops many[SNAP_MAX_DEVICES];
+    static char names[SNAP_MAX_DEVICES][16];
+    for (unsigned i = 0; i < SNAP_MAX_DEVICES; i++) {
+        snprintf(names[i], sizeof(names[i]), "dev%u", i);
+        many[i] = ops;
+        many[i].name = names[i];
+        assert_int_equal(snap_register_device(vm, &many[i], names[i]), 0);
+    }
+    assert_int_equal(snap_register_device(vm, &ops, &a), -ENOSPC); /* the cap, not a crash */
+    for (unsigned i = 0; i < SNAP_MAX_DEVICES; i++)
+        snap_unregister_device(vm, names[i]);
+    assert_int_equal(snap_register_device(vm, &ops, &a), 0);
+    snap_unregister_device(vm, &a);
+}
+
 int main(void)
 {
     log_init_from_env();
@@ -370,7 +414,7 @@ int main(void)
         cmocka_unit_test(test_round_trip),        cmocka_unit_test(test_truncated),
         cmocka_unit_test(test_flipped_byte),      cmocka_unit_test(test_wrong_version),
         cmocka_unit_test(test_bad_sections),      cmocka_unit_test(test_bad_payloads),
-        cmocka_unit_test(test_cpuid_presentable),
+        cmocka_unit_test(test_cpuid_presentable), cmocka_unit_test(test_registry),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
