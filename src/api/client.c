@@ -4,6 +4,8 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <limits.h>
+#include <stdbool.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,11 +17,14 @@
 #include "api/protocol.h"
 
 #define REPLY_TIMEOUT_MS 30000 /* pause waits for every vCPU to park: allow it time */
+#define SNAP_TIMEOUT_MS  600000 /* saving or loading a large memory takes a while */
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: lookout ctl SOCKET COMMAND [KEY=VALUE...]\n"
-               "  commands: status, pause, resume, quit, help\n"
+               "       lookout ctl SOCKET snapshot PATH [--stop] [--zstd] [--parent SNAPSHOT]\n"
+               "       lookout ctl SOCKET rollback PATH [--eager]\n"
+               "  commands: status, pause, resume, quit, help, snapshot, rollback\n"
                "  SOCKET is the path given to `lookout run --api SOCKET`\n");
 }
 
@@ -84,15 +89,15 @@ static int send_all(int fd, const char *buf, size_t n)
 }
 
 /* Reads one reply line into buf (NUL-terminated, newline stripped).  0 or -1 with a message. */
-static int read_line(int fd, char *buf, size_t cap)
+static int read_line(int fd, char *buf, size_t cap, int timeout_ms)
 {
     size_t len = 0;
     for (;;) {
         struct pollfd p = {.fd = fd, .events = POLLIN};
-        int r = poll(&p, 1, REPLY_TIMEOUT_MS);
+        int r = poll(&p, 1, timeout_ms);
         if (r < 0 && errno == EINTR) continue;
         if (r <= 0) {
-            fprintf(stderr, "lookout ctl: no reply within %d s\n", REPLY_TIMEOUT_MS / 1000);
+            fprintf(stderr, "lookout ctl: no reply within %d s\n", timeout_ms / 1000);
             return -1;
         }
         ssize_t n = recv(fd, buf + len, cap - 1 - len, 0);
@@ -128,7 +133,44 @@ int ctl_main(int argc, char **argv)
     cJSON *req = cJSON_CreateObject();
     if (!req) return 1;
     cJSON_AddStringToObject(req, "cmd", argv[2]);
+    bool snap = !strcmp(argv[2], "snapshot") || !strcmp(argv[2], "rollback");
     for (int i = 3; i < argc; i++) {
+        /* snapshot/rollback: PATH (made absolute: the VM's working directory is not ours) and
+         * --stop/--zstd/--eager/--verify flags */
+        const char *field = "path";
+        if (snap && !strcmp(argv[i], "--parent")) {
+            if (++i >= argc) {
+                fprintf(stderr, "lookout ctl: --parent needs a snapshot path\n");
+                cJSON_Delete(req);
+                return 2;
+            }
+            field = "parent";
+        } else if (snap && argv[i][0] == '-' && argv[i][1] == '-' && !strchr(argv[i], '=')) {
+            cJSON_DeleteItemFromObjectCaseSensitive(req, argv[i] + 2);
+            cJSON_AddTrueToObject(req, argv[i] + 2);
+            continue;
+        }
+        if (snap && !strchr(argv[i], '=')) {
+            char abs[PATH_MAX + 2];
+            if (argv[i][0] == '/') {
+                snprintf(abs, sizeof(abs), "%s", argv[i]);
+            } else {
+                char cwd[PATH_MAX];
+                if (!getcwd(cwd, sizeof(cwd))) {
+                    fprintf(stderr, "lookout ctl: getcwd: %s\n", strerror(errno));
+                    cJSON_Delete(req);
+                    return 2;
+                }
+                if ((size_t)snprintf(abs, sizeof(abs), "%s/%s", cwd, argv[i]) >= sizeof(abs)) {
+                    fprintf(stderr, "lookout ctl: path too long\n");
+                    cJSON_Delete(req);
+                    return 2;
+                }
+            }
+            cJSON_DeleteItemFromObjectCaseSensitive(req, field);
+            cJSON_AddStringToObject(req, field, abs);
+            continue;
+        }
         const char *eq = strchr(argv[i], '=');
         if (!eq || eq == argv[i]) {
             fprintf(stderr, "lookout ctl: argument \"%s\" is not KEY=VALUE\n", argv[i]);
@@ -164,7 +206,8 @@ int ctl_main(int argc, char **argv)
     char reply[API_REPLY_MAX + 1];
     if (send_all(fd, line, strlen(line)) < 0 || send_all(fd, "\n", 1) < 0) {
         fprintf(stderr, "lookout ctl: sending the request failed: %s\n", strerror(errno));
-    } else if (read_line(fd, reply, sizeof(reply)) == 0) {
+    } else if (read_line(fd, reply, sizeof(reply), snap ? SNAP_TIMEOUT_MS : REPLY_TIMEOUT_MS) ==
+               0) {
         printf("%s\n", reply);
         cJSON *r = cJSON_Parse(reply);
         if (!r)

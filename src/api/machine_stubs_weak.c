@@ -28,3 +28,20 @@ __attribute__((weak)) const char *machine_state_name(const struct vm *vm)
     default: return "stopped";
     }
 }
+
+/* The snapshot commands, for builds that link the protocol without src/snapshot/ (the fuzz
+ * harness). */
+struct snap_save_opts;
+struct snap_restore_opts;
+struct snap_stats;
+__attribute__((weak)) int machine_snapshot(struct vm *vm, const char *path, bool stop,
+                                           const struct snap_save_opts *o, struct snap_stats *st)
+{
+    return err_set(ENOSYS, "snapshots are not available in this build");
+}
+
+__attribute__((weak)) int machine_rollback(struct vm *vm, const char *path,
+                                           const struct snap_restore_opts *o, struct snap_stats *st)
+{
+    return err_set(ENOSYS, "snapshots are not available in this build");
+}

@@ -2,6 +2,7 @@
 #include "api/protocol.h"
 
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +10,7 @@
 
 #include "cpu/cpu.h"
 #include "machine/machine.h"
+#include "snapshot/snapshot.h"
 #include "util/log.h"
 
 int64_t api_now_ns(void)
@@ -28,7 +30,46 @@ static const struct api_ops machine_ops = {
     .resume = machine_resume,
     .state_name = machine_state_name,
     .quit = machine_quit,
+    .snapshot = machine_snapshot,
+    .rollback = machine_rollback,
 };
+
+/* snapshot / rollback: {"path": "...", ...}; the path must be absolute (the client resolves it,
+ * the VM's working directory is not the user's). */
+static int snap_cmd(struct api_ctx *ctx, const struct api_ops *ops, const cJSON *req, bool save,
+                    cJSON *r)
+{
+    const cJSON *path = cJSON_GetObjectItemCaseSensitive(req, "path");
+    if (!cJSON_IsString(path) || !path->valuestring || path->valuestring[0] != '/')
+        return err_set(EINVAL, "\"path\" must be an absolute file name");
+    if (save ? !ops->snapshot : !ops->rollback) return err_set(ENOTSUP, "not supported here");
+    struct snap_stats st;
+    int rc;
+    if (save) {
+        const cJSON *parent = cJSON_GetObjectItemCaseSensitive(req, "parent");
+        if (parent && (!cJSON_IsString(parent) || !parent->valuestring ||
+                       parent->valuestring[0] != '/'))
+            return err_set(EINVAL, "\"parent\" must be an absolute file name");
+        struct snap_save_opts o = {
+            .zstd = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "zstd")),
+            .parent = parent ? parent->valuestring : NULL};
+        bool stop = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "stop"));
+        rc = ops->snapshot(ctx->vm, path->valuestring, stop, &o, &st);
+    } else {
+        struct snap_restore_opts o = {
+            .eager = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "eager")),
+            .verify = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "verify"))};
+        rc = ops->rollback(ctx->vm, path->valuestring, &o, &st);
+    }
+    if (rc < 0) return rc;
+    cJSON_AddStringToObject(r, "state", ops->state_name(ctx->vm));
+    cJSON_AddNumberToObject(r, "ms", (double)(int64_t)(st.ms * 1000) / 1000);
+    cJSON_AddNumberToObject(r, "state_bytes", (double)st.state_bytes);
+    if (save) cJSON_AddNumberToObject(r, "mem_bytes", (double)st.mem_bytes);
+    cJSON_AddNumberToObject(r, "mem_pages", (double)st.mem_pages);
+    if (!save) cJSON_AddBoolToObject(r, "mapped", st.mapped);
+    return 0;
+}
 
 /* Serialises `obj` into reply; falls back to a fixed error when it does not fit. */
 static size_t emit(cJSON *obj, char *reply, size_t cap)
@@ -133,9 +174,12 @@ size_t api_handle_line(struct api_ctx *ctx, const char *line, size_t len, char *
         } else if (!strcmp(c, "quit")) {
             ctx->quit_requested = true;
             ops->quit(ctx->vm);
+        } else if (!strcmp(c, "snapshot") || !strcmp(c, "rollback")) {
+            rc = snap_cmd(ctx, ops, req, c[0] == 's', r);
         } else if (!strcmp(c, "help")) {
-            static const char *const cmds[] = {"status", "pause", "resume", "quit", "help"};
-            cJSON_AddItemToObject(r, "commands", cJSON_CreateStringArray(cmds, 5));
+            static const char *const cmds[] = {"status", "pause",    "resume", "quit",
+                                               "help",   "snapshot", "rollback"};
+            cJSON_AddItemToObject(r, "commands", cJSON_CreateStringArray(cmds, 7));
         } else {
             known = false;
         }

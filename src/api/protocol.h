@@ -1,6 +1,9 @@
 /* The control protocol: one JSON object per line in each direction.
  *
  * Request:  {"cmd":"status"|"pause"|"resume"|"quit"|"help", "id":<any JSON value, optional>}
+ *           {"cmd":"snapshot","path":"/abs/file","stop":false,"zstd":false}
+ *           {"cmd":"rollback","path":"/abs/file","eager":false}
+ * snapshot/rollback reply state, ms, state_bytes, mem_bytes, mem_pages (and mapped).
  * Reply:    {"ok":true, ...command fields..., "id":<echoed>}
  *           {"ok":false, "error":"what went wrong", "id":<echoed if the request had one>}
  * status replies state ("running"/"paused"/...), vcpus, memory (bytes), memory_mib, backend and
@@ -17,6 +20,9 @@
 #include <stdint.h>
 
 struct vm;
+struct snap_save_opts;
+struct snap_restore_opts;
+struct snap_stats;
 
 #define API_LINE_MAX  4096 /* longest request line accepted, newline excluded */
 #define API_REPLY_MAX 4096 /* replies are at most this long, newline included */
@@ -28,6 +34,11 @@ struct api_ops {
     int (*resume)(struct vm *vm); /* 0 or -errno with err_msg() */
     const char *(*state_name)(const struct vm *vm);
     void (*quit)(struct vm *vm);
+    /* NULL: the command answers "not supported" (fakes in tests) */
+    int (*snapshot)(struct vm *vm, const char *path, bool stop, const struct snap_save_opts *o,
+                    struct snap_stats *st);
+    int (*rollback)(struct vm *vm, const char *path, const struct snap_restore_opts *o,
+                    struct snap_stats *st);
 };
 
 struct api_ctx {

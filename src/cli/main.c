@@ -18,6 +18,7 @@
 #include "cli/options.h"
 #include "machine/board_deps.h" /* ctl_main(), console_restore_terminal() */
 #include "machine/machine.h"
+#include "snapshot/snapshot.h"
 #include "util/log.h"
 
 #define LOOKOUT_VERSION "0.1.0"
@@ -28,6 +29,7 @@ static void usage(FILE *f)
         f,
         "usage: lookout run [options] [-- CMD [ARGS...]]\n"
         "       lookout ctl SOCKET COMMAND     (status, pause, resume, quit)\n"
+        "       lookout ctl SOCKET snapshot PATH [--stop] [--zstd] | rollback PATH [--eager]\n"
         "       lookout guest build [...]       (build the default Debian guest)\n"
         "       lookout --help | --version\n"
         "\n"
@@ -42,6 +44,9 @@ static void usage(FILE *f)
         "                       the software CPU otherwise)\n"
         "  --cpu-model lookout-v1|host   CPUID model (host: what KVM supports; KVM only)\n"
         "  --api SOCKET         control socket (see lookout ctl)\n"
+        "  --restore PATH       resume the snapshot PATH (memory, vCPUs and CPU model come from\n"
+        "                       it; --mem/--smp/--cpu-model must agree if given; memory is\n"
+        "                       mapped copy-on-write unless --restore-eager)\n"
         "  -v, --verbose        with -- CMD: also show the kernel's console on stderr\n"
         "  -- CMD [ARGS...]     run CMD in the guest, copy its output to stdout, power off and\n"
         "                       exit with its status\n"
@@ -213,7 +218,32 @@ static int cmd_run(int argc, char **argv)
 
     static struct guest_paths g;
     char cmdline[CMDLINE_MAX];
-    if (o.kernel) {
+    static struct snap_header sh;
+    static struct cpuid_model scpuid;
+    if (o.restore) {
+        if (snapshot_peek(o.restore, &sh, &scpuid) < 0) return fail_usage(err_msg());
+        char msg[256];
+        if (o.mem_set && o.mem_size != sh.mem_size) {
+            snprintf(msg, sizeof(msg), "--mem %lluM disagrees with the snapshot's %lluM (leave "
+                     "--mem out with --restore)", (unsigned long long)(o.mem_size >> 20),
+                     (unsigned long long)(sh.mem_size >> 20));
+            return fail_usage(msg);
+        }
+        if (o.smp_set && o.ncpus != sh.ncpus) {
+            snprintf(msg, sizeof(msg), "--smp %u disagrees with the snapshot's %u vCPUs", o.ncpus,
+                     sh.ncpus);
+            return fail_usage(msg);
+        }
+        if (o.model_set && strcmp(o.cpu_model, sh.cpu_model)) {
+            snprintf(msg, sizeof(msg), "--cpu-model %s disagrees with the snapshot's %s",
+                     o.cpu_model, sh.cpu_model);
+            return fail_usage(msg);
+        }
+        o.mem_size = sh.mem_size;
+        o.ncpus = sh.ncpus;
+        o.cpu_model = sh.cpu_model;
+        cmdline[0] = 0;
+    } else if (o.kernel) {
         if (check_file("kernel", o.kernel) < 0) return fail_usage(err_msg());
         if (o.initrd && check_file("initrd", o.initrd) < 0) return fail_usage(err_msg());
         if (!copy_str(cmdline, sizeof(cmdline), o.append ? o.append : ""))
@@ -255,6 +285,10 @@ static int cmd_run(int argc, char **argv)
         .verbose = o.verbose,
         .console_in_fd = o.cmd_argc > 0 ? -1 : STDIN_FILENO,
         .console_out_fd = STDOUT_FILENO,
+        .restore_path = o.restore,
+        .restore_eager = o.restore_eager,
+        .tsc_khz = o.restore ? sh.tsc_khz : 0,
+        .restore_cpuid = o.restore ? &scpuid : NULL,
     };
 
     sigemptyset(&stop_signals);

@@ -68,7 +68,8 @@ int run_options_parse(struct run_options *o, int argc, char **argv)
     o->cpu = "auto";
     o->cpu_model = "lookout-v1";
     static const char *const with_value[] = {"--kernel", "--initrd", "--append",    "--mem",
-                                             "--smp",    "--cpu",    "--cpu-model", "--api"};
+                                             "--smp",    "--cpu",    "--cpu-model", "--api",
+                                             "--restore"};
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--")) {
@@ -78,6 +79,10 @@ int run_options_parse(struct run_options *o, int argc, char **argv)
             break;
         }
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) return 1;
+        if (!strcmp(a, "--restore-eager")) {
+            o->restore_eager = true;
+            continue;
+        }
         if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) {
             o->verbose = true;
             continue;
@@ -115,9 +120,11 @@ int run_options_parse(struct run_options *o, int argc, char **argv)
         else if (!strcmp(name, "--append"))
             o->append = val;
         else if (!strcmp(name, "--mem"))
-            r = parse_mem_size(val, &o->mem_size);
+            r = parse_mem_size(val, &o->mem_size), o->mem_set = true;
         else if (!strcmp(name, "--smp"))
-            r = parse_smp(val, &o->ncpus);
+            r = parse_smp(val, &o->ncpus), o->smp_set = true;
+        else if (!strcmp(name, "--restore"))
+            o->restore = val;
         else if (!strcmp(name, "--api"))
             o->api_path = val;
         else if (!strcmp(name, "--cpu")) {
@@ -128,11 +135,16 @@ int run_options_parse(struct run_options *o, int argc, char **argv)
             if (strcmp(val, "lookout-v1") && strcmp(val, "host"))
                 return err_set(EINVAL, "--cpu-model \"%s\": use lookout-v1 or host", val);
             o->cpu_model = val;
+            o->model_set = true;
         }
         if (r) return r;
         if (!*val && strcmp(name, "--append"))
             return err_set(EINVAL, "option %s needs a non-empty value", name);
     }
+    if (o->restore && (o->kernel || o->initrd || o->append || o->cmd_argc))
+        return err_set(EINVAL, "--restore resumes a snapshot: --kernel, --initrd, --append and "
+                               "\"-- CMD\" do not apply");
+    if (o->restore_eager && !o->restore) return err_set(EINVAL, "--restore-eager needs --restore");
     if (o->initrd && !o->kernel)
         return err_set(EINVAL, "--initrd needs --kernel (the default guest brings its own)");
     return 0;

@@ -23,6 +23,9 @@ struct run_options {
     unsigned ncpus;
     const char *cpu, *cpu_model, *api_path;
     bool verbose;
+    const char *restore;  /* --restore PATH: resume a snapshot instead of booting */
+    bool restore_eager;   /* --restore-eager: read memory rather than map it */
+    bool mem_set, smp_set, model_set; /* given explicitly (a restore refuses disagreement) */
     int cmd_argc; /* `-- CMD ARGS...`: argv after "--", or 0 */
     char **cmd_argv;
 };

@@ -17,6 +17,8 @@
 
 #include "cpu/kvm/kvm.h"
 #include "machine/board_deps.h" /* loaders, ACPI, devices, console, control socket, vclock */
+#include "snapshot/codec.h"
+#include "snapshot/snapshot.h"
 #include "util/log.h"
 
 /* The software CPU, once linked in (weak until then). */
@@ -250,7 +252,7 @@ struct vm *machine_create(const struct machine_config *cfg)
         err_set(EINVAL, "%u vCPUs is out of range: use 1 to %d", cfg->ncpus, VM_MAX_CPUS);
         return NULL;
     }
-    if (!cfg->kernel) {
+    if (!cfg->kernel && !cfg->restore_path) {
         err_set(EINVAL, "no kernel given");
         return NULL;
     }
@@ -276,12 +278,22 @@ struct vm *machine_create(const struct machine_config *cfg)
     if (is_kvm) {
         if ((r = kvm_query_host(sup, ARRAY_SIZE(sup), &nsup, &vm->tsc_khz)) < 0) goto fail;
     } else {
-        vm->tsc_khz = host_tsc_khz();
+        /* a restore brings its TSC rate: skip the host measurement (it costs milliseconds) */
+        vm->tsc_khz = cfg->tsc_khz ? cfg->tsc_khz : host_tsc_khz();
     }
+    if (cfg->tsc_khz) vm->tsc_khz = cfg->tsc_khz;
     const char *model = cfg->cpu_model ? cfg->cpu_model : "lookout-v1";
     if ((r = cpuid_model_build(&vm->cpuid, model, is_kvm ? sup : NULL, nsup, vm->ncpus,
                                vm->tsc_khz)) < 0)
         goto fail;
+    if (cfg->restore_cpuid) {
+        if ((r = snap_cpuid_presentable(&vm->cpuid, cfg->restore_cpuid)) < 0) {
+            err_wrap(r, "snapshot %s: its CPU model \"%s\" cannot be presented by the %s backend",
+                     cfg->restore_path, cfg->restore_cpuid->name, be->name);
+            goto fail;
+        }
+        vm->cpuid = *cfg->restore_cpuid;
+    }
 
     if ((r = be->vm_create(vm)) < 0) {
         err_wrap(r, "creating the VM (%s backend)", be->name);
@@ -304,6 +316,11 @@ struct vm *machine_create(const struct machine_config *cfg)
         vm->vcpu[i] = c;
     }
     if ((r = attach_devices(vm)) < 0) goto fail;
+    if (cfg->restore_path) {
+        struct snap_restore_opts ro = {.eager = cfg->restore_eager};
+        if ((r = snapshot_restore(vm, cfg->restore_path, &ro, NULL)) < 0) goto fail;
+        goto started;
+    }
     struct x86_state s;
     if ((r = load_guest(vm, &s)) < 0) goto fail;
     for (unsigned i = 0; i < vm->ncpus; i++) {
@@ -313,6 +330,7 @@ struct vm *machine_create(const struct machine_config *cfg)
             goto fail;
         }
     }
+started:
     if (cfg->api_path) {
         NEED(api_start);
         b->api = api_start(vm, cfg->api_path);
@@ -520,6 +538,12 @@ int machine_resume(struct vm *vm)
     pthread_cond_broadcast(&vm->cond);
     pthread_mutex_unlock(&vm->lock);
     return 0;
+}
+
+struct uart16550 *machine_uart(struct vm *vm, unsigned idx)
+{
+    struct board *b = vm->board;
+    return idx == 0 ? b->com1 : idx == 1 ? b->com2 : NULL;
 }
 
 const char *machine_state_name(const struct vm *vm)

@@ -16,6 +16,14 @@ struct machine_config {
     bool command_mode;     /* `lookout run -- CMD`: COM2 carries the command's output */
     bool verbose;          /* command mode: copy COM1 (kernel messages) to stderr as well */
     int console_in_fd, console_out_fd; /* -1 for none */
+    /* Restore from a snapshot instead of booting (kernel ignored): mem_size, ncpus, cpu_model
+     * and tsc_khz must be the snapshot's (cli/ takes them from its header). */
+    const char *restore_path;
+    bool restore_eager; /* read the memory file rather than mapping it */
+    uint64_t tsc_khz;   /* 0: the host's; restore: the snapshot's, so CPUID leaves match */
+    /* restore: the snapshot's CPUID table, presented instead of the model if this backend can
+     * (refused with a clear message otherwise) */
+    const struct cpuid_model *restore_cpuid;
 };
 
 struct vm *machine_create(const struct machine_config *cfg); /* NULL + err_msg() on failure */
@@ -30,3 +38,5 @@ int machine_resume(struct vm *vm);
 const char *machine_state_name(const struct vm *vm); /* "running", "paused", "stopped" */
 /* The backend `--cpu auto` (or "kvm"/"bt") resolves to on this host, or NULL + err_msg(). */
 const struct cpu_backend *machine_pick_backend(const char *cpu);
+/* COM1 (idx 0) / COM2 (idx 1) of the board, NULL if absent (snapshots). */
+struct uart16550 *machine_uart(struct vm *vm, unsigned idx);

@@ -22,3 +22,17 @@ clang "${flags[@]}" -o "$out/fuzz_legacy_pio" tests/fuzz/fuzz_legacy_pio.c \
 printf '\x03\x01\x0f\x01\x02\x01\x03\x03\x83\x01\x04\x03\x07\x02\x09\x04\x0b\x00\x02\x00\x05\xe3abcd\x00\x00' \
   >"$out/corpus-pio/probe"
 LOOKOUT_LOG=error "$out/fuzz_legacy_pio" -max_total_time="$secs" -max_len=4096 "$out/corpus-pio"
+
+# the snapshot state parser and section decoders; seed: a minimal valid header
+mkdir -p "$out/corpus-snap"
+clang "${flags[@]}" -o "$out/fuzz_snapshot" tests/fuzz/fuzz_snapshot.c src/snapshot/format.c \
+  src/snapshot/hash.c src/snapshot/codec.c src/x86/cpuid.c src/util/log.c -lpthread
+python3 - "$out/corpus-snap/min" <<'PY'
+import hashlib, struct, sys
+h = b"LOOKSNAP" + struct.pack("<IIQII", 1, 146, 64 << 20, 1, 0) + b"lookout-v1".ljust(32, b"\0")
+h += bytes(32) + b"bt".ljust(16, b"\0") + struct.pack("<Q", 2000000) + bytes(16)
+h += struct.pack("<IIH", 0, 1, 0)
+h += b"acpi_pm".ljust(24, b"\0") + struct.pack("<IIQ", 1, 0, 1) + b"\x80"
+open(sys.argv[1], "wb").write(h + hashlib.sha256(h).digest())
+PY
+LOOKOUT_LOG=error "$out/fuzz_snapshot" -max_total_time="$secs" -max_len=65536 "$out/corpus-snap"

@@ -35,7 +35,8 @@ static void fake_quit(struct vm *vm)
 {
     quits++;
 }
-static const struct api_ops fake_ops = {fake_pause, fake_resume, fake_state, fake_quit};
+static const struct api_ops fake_ops = {
+    .pause = fake_pause, .resume = fake_resume, .state_name = fake_state, .quit = fake_quit};
 
 static struct vm vm;
 static struct api_ctx ctx;

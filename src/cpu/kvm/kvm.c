@@ -216,6 +216,12 @@ static uint64_t mono_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+int64_t kvm_vm_clock_ns(struct vm *vm)
+{
+    struct kvm_vm_priv *p = vm->bk;
+    return p ? (int64_t)(mono_ns() - p->clock_base_ns) : 0;
+}
+
 static int set_slots(struct vm *vm, bool log_dirty)
 {
     struct kvm_vm_priv *p = vm->bk;
@@ -676,6 +682,26 @@ static int kvm_set_state(struct vcpu *cpu, const struct x86_state *s)
     memcpy(fpu.fpr, s->fx.st, sizeof(fpu.fpr));
     memcpy(fpu.xmm, s->fx.xmm, sizeof(fpu.xmm));
     if ((r = xioctl(c->fd, KVM_SET_FPU, &fpu)) < 0) goto fail;
+    {
+        /* KVM_SET_FPU fills the legacy area but leaves the XSAVE header alone: on a vCPU that
+         * has not used x87/SSE yet (a fresh one being restored from a snapshot) XSTATE_BV says
+         * "init state" for them, and the next XRSTOR of the guest FPU zeroes what was just set.
+         * Mark x87 and SSE as in use (XSAVE header, SDM Vol.1 13.4.2). */
+        static struct kvm_xsave xs; /* 4 KiB; set_state runs with the VM paused */
+        static pthread_mutex_t xs_lock = PTHREAD_MUTEX_INITIALIZER;
+        pthread_mutex_lock(&xs_lock);
+        if (xioctl(c->fd, KVM_GET_XSAVE, &xs) == 0) {
+            uint64_t bv;
+            memcpy(&bv, (uint8_t *)xs.region + 512, 8);
+            if ((bv & 3) != 3) {
+                bv |= 3;
+                memcpy((uint8_t *)xs.region + 512, &bv, 8);
+                r = xioctl(c->fd, KVM_SET_XSAVE, &xs);
+            }
+        }
+        pthread_mutex_unlock(&xs_lock);
+        if (r < 0) goto fail;
+    }
 
     if (p->has_xcrs) {
         what = "XCR0";

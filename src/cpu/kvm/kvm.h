@@ -15,3 +15,8 @@ int kvm_query_host(struct cpuid_entry *sup, unsigned max, unsigned *n, uint64_t 
  * such a host without CPUID faulting the guest's CPUID runs natively and shows the host CPU, not
  * the VM's CPUID model (seen on these machines: XSAVE/AVX visible, hence XRSTOR failures). */
 bool kvm_is_software_virt(void);
+
+struct vm;
+/* The VM clock of the KVM backend's neutral PIT state (ns since the VM was created), so a
+ * snapshot can rebase timer load times between backends. */
+int64_t kvm_vm_clock_ns(struct vm *vm);

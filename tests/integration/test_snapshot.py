@@ -1,0 +1,499 @@
+"""Snapshots: `lookout ctl SOCK snapshot PATH`, `lookout run --restore PATH`, `lookout ctl SOCK
+rollback PATH`, under each backend and across them, with the `counter` test kernel (it prints
+"count N ok" every 20 ms and checks that RAM and XMM7 still hold the previous count, so a restore
+that mixes up memory and registers prints "BAD").  Bad snapshots must be refused with a message
+naming the part, and a refused rollback must leave the running VM untouched.
+"""
+import hashlib
+import json
+import os
+import re
+import struct
+import subprocess
+import time
+
+import pytest
+
+from conftest import GUESTS, assert_error, kvm_usable, run_lookout
+
+pytestmark = [pytest.mark.api]
+
+COUNT = re.compile(r"count (\d+) (ok|BAD)")
+
+
+def backends():
+    return [pytest.param("bt", marks=pytest.mark.bt), pytest.param("kvm", marks=pytest.mark.kvm)]
+
+
+def wait_for(pred, timeout, what):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}")
+
+
+class VM:
+    """A lookout process with a control socket, its output collected in files."""
+
+    def __init__(self, binary, tmp, name, args, stdin=None):
+        self.bin, self.sock = binary, tmp / f"{name}.sock"
+        self.outp, self.errp = tmp / f"{name}.out", tmp / f"{name}.err"
+        self.out, self.err = open(self.outp, "w+b"), open(self.errp, "w+b")
+        self.p = subprocess.Popen([str(binary), "run", *map(str, args), "--api", str(self.sock)],
+                                  stdin=subprocess.PIPE, stdout=self.out, stderr=self.err)
+        wait_for(lambda: self.sock.exists() or self.p.poll() is not None, 20, "the socket")
+        assert self.p.poll() is None, f"lookout exited: {self.diag()}"
+
+    def text(self):
+        self.out.flush()
+        return self.outp.read_bytes().decode(errors="replace")
+
+    def counts(self):
+        return [(int(n), s) for n, s in COUNT.findall(self.text())]
+
+    def last(self):
+        c = self.counts()
+        return c[-1][0] if c else -1
+
+    def wait_count(self, n, timeout=30):
+        wait_for(lambda: self.last() >= n or self.p.poll() is not None, timeout, f"count {n}")
+        assert self.p.poll() is None, f"lookout exited: {self.diag()}"
+
+    def ctl(self, *cmd, ok=True):
+        r = run_lookout(self.bin, "ctl", self.sock, *cmd, timeout=120)
+        if ok:
+            assert r.rc == 0, f"ctl {cmd} failed: {r!r}{self.diag()}"
+            return json.loads(r.out.strip().splitlines()[-1])
+        return r
+
+    def diag(self):
+        return (f"\n--- stdout ---\n{self.text()[-1500:]}\n--- stderr ---\n"
+                f"{self.errp.read_bytes().decode(errors='replace')[-1500:]}")
+
+    def close(self):
+        if self.p.poll() is None:
+            try:
+                run_lookout(self.bin, "ctl", self.sock, "quit", timeout=10)
+                self.p.wait(timeout=10)
+            except Exception:
+                self.p.kill()
+                self.p.wait()
+        self.p.stdin.close()
+        self.out.close()
+        self.err.close()
+        assert "Sanitizer" not in self.errp.read_bytes().decode(errors="replace"), self.diag()
+
+
+@pytest.fixture
+def counter():
+    k = GUESTS / "counter.elf"
+    if not k.exists():
+        pytest.fail(f"{k} is missing: run `make guests`")
+    return k
+
+
+@pytest.fixture
+def vms():
+    made = []
+    yield made
+    for v in made:
+        v.close()
+
+
+def start(vms, binary, tmp, name, *args):
+    v = VM(binary, tmp, name, args)
+    vms.append(v)
+    return v
+
+
+def take(vm, path, *flags):
+    """snapshot --stop, returns the last count printed before it; the VM stays paused."""
+    r = vm.ctl("snapshot", path, "--stop", *flags)
+    assert r["ok"] and r["state"] == "paused", r
+    # the console thread drains what the guest printed before the pause: wait until it is quiet
+    prev, end = None, time.monotonic() + 5
+    while time.monotonic() < end:
+        cur = vm.text()
+        if cur == prev:
+            break
+        prev = cur
+        time.sleep(0.3)
+    # the pause may split a line ("count 6 o"): the guest finishes it after the restore, so the
+    # first whole line it prints then is the one after
+    c = vm.last()
+    tail = vm.text()[vm.text().rfind("count"):]
+    if tail and not tail.endswith("\n") and not COUNT.fullmatch(tail.rstrip("\r")):
+        c += 1
+    return c, r
+
+
+def check_continues(res, from_count, until):
+    counts = [(int(n), s) for n, s in COUNT.findall(res.out)]
+    assert counts, f"no count after the restore: {res!r}"
+    assert counts[0][0] == from_count + 1, f"resumed at {counts[0]}, expected {from_count + 1}"
+    assert all(s == "ok" for _, s in counts), f"inconsistent state after restore: {res!r}"
+    nums = [n for n, _ in counts]
+    assert nums == list(range(from_count + 1, until + 1)), f"gaps or repeats: {nums[:20]}..."
+
+
+def restore_run(binary, path, backend, *extra, timeout=60):
+    return run_lookout(binary, "run", "--restore", path, "--cpu", backend, *extra,
+                       timeout=timeout)
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_snapshot_and_restore(lookout_any, counter, tmp_path, vms, backend):
+    vm = start(vms, lookout_any, tmp_path, "a", "--kernel", counter, "--mem", "64M",
+               "--cpu", backend, "--append", "stop=250")
+    vm.wait_count(5)
+    snap = tmp_path / "s"
+    c, r = take(vm, snap)
+    assert r["state_bytes"] > 0 and r["mem_pages"] > 0, r
+    # sparse: a 64 MiB guest that touched a few pages takes a few pages on disk
+    assert os.stat(str(snap) + ".mem").st_blocks * 512 < 4 << 20
+    vm.ctl("resume")
+    vm.wait_count(c + 5)
+    vm.close()
+    res = restore_run(lookout_any, snap, backend)
+    assert res.rc == 1, res  # counter's stop=250 survives in RAM: value 0 -> status 1
+    check_continues(res, c, 250)
+
+
+@pytest.mark.bt
+def test_restore_eager_and_zstd(lookout_any, counter, tmp_path, vms):
+    vm = start(vms, lookout_any, tmp_path, "a", "--kernel", counter, "--mem", "64M",
+               "--cpu", "bt", "--append", "stop=250")
+    vm.wait_count(3)
+    c, _ = take(vm, tmp_path / "raw")
+    c2, r = take(vm, tmp_path / "z", "--zstd")
+    assert c2 == c
+    assert r["mem_bytes"] < 64 << 10, r  # compressed: a few KiB
+    res = restore_run(lookout_any, tmp_path / "raw", "bt", "--restore-eager")
+    assert res.rc == 1, res
+    check_continues(res, c, 250)
+    res = restore_run(lookout_any, tmp_path / "z", "bt")
+    assert res.rc == 1, res
+    check_continues(res, c, 250)
+
+
+@pytest.mark.kvm
+def test_cross_backend(lookout_any, counter, tmp_path, vms):
+    """kvm -> bt -> kvm: the neutral state carries the vCPU, LAPIC, IOAPIC, PIT and devices."""
+    vm = start(vms, lookout_any, tmp_path, "k", "--kernel", counter, "--mem", "64M",
+               "--cpu", "kvm", "--append", "stop=300")
+    vm.wait_count(5)
+    c, _ = take(vm, tmp_path / "k1")
+    vm.close()
+    vb = start(vms, lookout_any, tmp_path, "b", "--restore", tmp_path / "k1", "--cpu", "bt")
+    vb.wait_count(c + 10)
+    counts = vb.counts()
+    assert counts[0][0] == c + 1 and all(s == "ok" for _, s in counts), vb.diag()
+    c2, _ = take(vb, tmp_path / "b1")
+    vb.close()
+    res = restore_run(lookout_any, tmp_path / "b1", "kvm")
+    assert res.rc == 1, res
+    check_continues(res, c2, 300)
+
+
+@pytest.mark.kvm
+def test_cpu_model_the_target_cannot_present(lookout_any, counter, tmp_path, vms):
+    """lookout-v1 under the software CPU has RDTSCP, which kvm_pvm cannot present: refused (on a
+    host whose KVM can present it, the restore must simply work)."""
+    vm = start(vms, lookout_any, tmp_path, "b", "--kernel", counter, "--mem", "64M",
+               "--cpu", "bt", "--append", "stop=250")
+    vm.wait_count(2)
+    c, _ = take(vm, tmp_path / "b")
+    vm.close()
+    res = restore_run(lookout_any, tmp_path / "b", "kvm")
+    if res.rc == 1:
+        check_continues(res, c, 250)
+    else:
+        assert_error(res, "cannot be presented")
+        assert "CPUID" in res.err, res
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_rollback_in_place(lookout_any, counter, tmp_path, vms, backend):
+    vm = start(vms, lookout_any, tmp_path, "a", "--kernel", counter, "--mem", "64M",
+               "--cpu", backend)
+    vm.wait_count(5)
+    snap = tmp_path / "s"
+    c, _ = take(vm, snap)
+    vm.ctl("resume")
+    for rounds, mode in ((1, []), (2, ["--eager"])):
+        vm.wait_count(c + 10)
+        r = vm.ctl("rollback", snap, *mode)
+        assert r["state"] == "running" and r["mapped"] == (mode == []), r
+
+        def jumps():
+            nums = [x for x, _ in vm.counts()]
+            return [(a, b) for a, b in zip(nums, nums[1:]) if b != a + 1]
+        # each rollback shows as one jump back to c + 1 (console output may lag the reply)
+        wait_for(lambda: len(jumps()) >= rounds and vm.last() > c + 3, 20,
+                 "counting after the rollback")
+        # (c + 2: a line split by the pause at the rollback can hide the first one)
+        assert all(c + 1 <= b <= c + 2 and a > c for a, b in jumps()), \
+            f"jumps {jumps()}, snapshot at {c}{vm.diag()}"
+        assert all(s == "ok" for _, s in vm.counts()), vm.diag()
+
+
+@pytest.mark.bt
+def test_console_input_after_restore(lookout_any, test_kernel, tmp_path, vms):
+    """uartirq echoes COM1 input through IOAPIC interrupts: after a restore the console still
+    delivers input and the guest still gets its interrupts."""
+    k = test_kernel("uartirq")
+    vm = start(vms, lookout_any, tmp_path, "u", "--kernel", k, "--cpu", "bt", "--mem", "64M")
+    wait_for(lambda: "uartirq: ready" in vm.text(), 20, "uartirq ready")
+    vm.ctl("snapshot", tmp_path / "u", "--stop")
+    vm.close()
+    res = run_lookout(lookout_any, "run", "--restore", tmp_path / "u", "--cpu", "bt",
+                      stdin_data="xyq", timeout=30)
+    assert res.rc == 1, res
+    assert "<x>" in res.out and "<y>" in res.out, res
+
+
+# --------------------------------------------------------------------------- bad input
+def reseal(data):
+    return data[:-32] + hashlib.sha256(data[:-32]).digest()
+
+
+def section_offset(data, name):
+    off = 146 + struct.unpack_from("<H", data, 144)[0]
+    for _ in range(struct.unpack_from("<I", data, 140)[0]):
+        n = data[off:off + 24].rstrip(b"\0").decode()
+        ln = struct.unpack_from("<Q", data, off + 32)[0]
+        if n == name:
+            return off
+        off += 40 + ln
+    raise KeyError(name)
+
+
+@pytest.fixture
+def good_snapshot(lookout_bin, counter, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("good")
+    vm = VM(lookout_bin, tmp, "g", ["--kernel", counter, "--mem", "64M", "--cpu", "bt",
+                                    "--append", "stop=250"])
+    try:
+        vm.wait_count(2)
+        c, _ = take(vm, tmp / "good")
+    finally:
+        vm.close()
+    return tmp / "good", c
+
+
+def variant(tmp, good, name, state=None, mem=None):
+    p = tmp / name
+    p.write_bytes(state if state is not None else good.read_bytes())
+    m = pathlib_mem(good)
+    (tmp / (name + ".mem")).write_bytes(mem if mem is not None else m.read_bytes())
+    return p
+
+
+def pathlib_mem(p):
+    return p.with_name(p.name + ".mem")
+
+
+@pytest.mark.bt
+def test_bad_snapshots_refused(lookout_any, good_snapshot, tmp_path):
+    good, _ = good_snapshot
+    data = good.read_bytes()
+    cases = []
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x40
+    cases.append(("flipped", bytes(flipped), None, ["checksum"]))
+    cases.append(("truncated", data[:len(data) - 100], None, ["checksum", "truncated"]))
+    v2 = bytearray(data)
+    v2[8] = 2
+    cases.append(("version", reseal(bytes(v2)), None, ["version 2"]))
+    big = bytearray(data)
+    struct.pack_into("<Q", big, section_offset(data, "pit") + 32, (4 << 20) + 1)
+    cases.append(("oversized", reseal(bytes(big)), None, ["section pit", "cap"]))
+    # a section this lookout does not know, not flagged optional: appended, count bumped
+    body = bytearray(data[:-32])
+    struct.pack_into("<I", body, 140, struct.unpack_from("<I", body, 140)[0] + 1)
+    body += b"future_dev".ljust(24, b"\0") + struct.pack("<IIQ", 1, 0, 4) + b"abcd"
+    cases.append(("unknown", reseal(bytes(body) + bytes(32)), None,
+                  ["section future_dev", "not optional"]))
+    # the same flagged optional is skipped: the restore works
+    opt = bytearray(body)
+    struct.pack_into("<I", opt, len(opt) - 4 - 16 + 4, 1)
+    p = variant(tmp_path, good, "optional", reseal(bytes(opt) + bytes(32)))
+    res = restore_run(lookout_any, p, "bt", timeout=30)
+    assert res.rc == 1, res
+    ver = bytearray(data)
+    struct.pack_into("<I", ver, section_offset(data, "com1") + 24, 7)
+    cases.append(("secversion", reseal(bytes(ver)), None, ["section com1", "version 7"]))
+    mem = bytearray(pathlib_mem(good).read_bytes())
+    mem[24] ^= 1  # the snapshot id in the memory header
+    cases.append(("othermem", None, bytes(mem), ["memory file", "does not match"]))
+    for name, state, memdata, words in cases:
+        p = variant(tmp_path, good, name, state, memdata)
+        res = restore_run(lookout_any, p, "bt", timeout=30)
+        assert_error(res, *words)
+        assert "count" not in res.out, f"{name}: the guest ran: {res!r}"
+    # a corrupted page is caught by the digest when memory is read (eager)
+    mem = bytearray(pathlib_mem(good).read_bytes())
+    first_data = next(i for i in range(4096, len(mem), 4096) if any(mem[i:i + 4096]))
+    mem[first_data + 5] ^= 0xff
+    p = variant(tmp_path, good, "badpage", None, bytes(mem))
+    assert_error(restore_run(lookout_any, p, "bt", "--restore-eager", timeout=30),
+                 "digest", "corrupted")
+    # missing memory file
+    p = tmp_path / "nomem"
+    p.write_bytes(data)
+    assert_error(restore_run(lookout_any, p, "bt", timeout=30), "nomem.mem")
+    # configuration that disagrees with the command line
+    assert_error(run_lookout(lookout_any, "run", "--restore", good, "--mem", "128M"),
+                 "disagrees")
+    assert_error(run_lookout(lookout_any, "run", "--restore", good, "--smp", "2"), "disagrees")
+    assert_error(run_lookout(lookout_any, "run", "--restore", good, "--kernel", good),
+                 "does not apply", "do not apply")
+
+
+@pytest.mark.bt
+def test_refused_rollback_changes_nothing(lookout_any, good_snapshot, counter, tmp_path, vms):
+    good, _ = good_snapshot
+    vm = start(vms, lookout_any, tmp_path, "r", "--kernel", counter, "--mem", "64M",
+               "--cpu", "bt")
+    vm.wait_count(20)
+    # cpu0 parses but carries a CR0 no CPU accepts: refused in the apply phase, after the
+    # devices' checks passed; the state saved just before is put back
+    data = bytearray(good.read_bytes())
+    o = section_offset(bytes(data), "cpu0") + 40 + 16 * 8 + 16 + 8 * 23 + 20  # cr0
+    struct.pack_into("<Q", data, o, struct.unpack_from("<Q", data, o)[0] | 1 << 40)
+    bad = variant(tmp_path, good, "cr0", reseal(bytes(data)))
+    flipped = bytearray(good.read_bytes())
+    flipped[200] ^= 1
+    corrupt = variant(tmp_path, good, "flip", bytes(flipped))
+    for b, words in ((bad, ["nothing was restored", "CR0"]), (corrupt, ["checksum"])):
+        r = vm.ctl("rollback", b, ok=False)
+        assert r.rc != 0 and all(w in r.out for w in words), r
+    n = vm.last()
+    vm.wait_count(n + 5)
+    counts = [x for x, _ in vm.counts()]
+    assert counts == list(range(counts[0], counts[-1] + 1)), "the VM jumped after a refusal"
+    assert vm.ctl("status")["state"] == "running"
+
+
+@pytest.mark.bt
+def test_save_never_corrupts_previous(lookout_any, counter, tmp_path, vms):
+    vm = start(vms, lookout_any, tmp_path, "a", "--kernel", counter, "--mem", "64M",
+               "--cpu", "bt", "--append", "stop=250")
+    vm.wait_count(3)
+    snap = tmp_path / "s"
+    c, _ = take(vm, snap)
+    before = snap.read_bytes()
+    # make the next save fail midway: its temporary memory file cannot be created
+    os.mkdir(str(snap) + ".mem.tmp")
+    r = vm.ctl("snapshot", snap, ok=False)
+    assert r.rc != 0 and "s.mem.tmp" in r.out, r
+    assert snap.read_bytes() == before
+    vm.close()
+    res = restore_run(lookout_any, snap, "bt")
+    assert res.rc == 1, res
+    check_continues(res, c, 250)
+
+
+# --------------------------------------------------------------------------- the Debian guest
+class Shell:
+    """The Debian guest's console as a line reader on top of a VM (stdin is a pipe)."""
+
+    def __init__(self, vm):
+        self.vm = vm
+
+    def send(self, line):
+        self.vm.p.stdin.write(line.encode() + b"\n")
+        self.vm.p.stdin.flush()
+
+    def wait_text(self, pattern, start=0, timeout=60):
+        rx = re.compile(pattern)
+        wait_for(lambda: rx.search(self.vm.text(), start) or self.vm.p.poll() is not None,
+                 timeout, repr(pattern))
+        m = rx.search(self.vm.text(), start)
+        assert m, f"no {pattern!r}{self.vm.diag()}"
+        return m
+
+
+TICK = re.compile(r"tick=(\d+)")
+
+
+@pytest.mark.guest
+def test_debian_counter_survives_restore_and_rollback(lookout_bin, debian_guest, tmp_path, vms):
+    """One boot: a shell loop counts in a tmpfs file and on the console; snapshot; the counter
+    continues from the snapshot's value after a rollback in place (which also brings back a file
+    deleted after the snapshot) and after `run --restore` in a new process."""
+    from conftest import guest_timeout
+    vm = start(vms, lookout_bin, tmp_path, "deb", "--kernel", debian_guest["KERNEL"],
+               "--initrd", debian_guest["INITRD"], "--append", debian_guest["APPEND"],
+               "--mem", "512M", "--cpu", "auto")
+    sh = Shell(vm)
+    sh.wait_text(r"lookout-guest: ready", timeout=guest_timeout())
+    sh.send("mkdir -p /run/t && mount -t tmpfs tmpfs /run/t && echo keep > /run/t/keep")
+    sh.send("(i=0; while :; do i=$((i+1)); echo $i > /run/t/c; echo tick=$i; sleep 0.3; done) &")
+    sh.wait_text(r"tick=3\b")
+    snap = tmp_path / "deb"
+    r = vm.ctl("snapshot", snap, "--stop")
+    time.sleep(0.3)
+    at = int(TICK.findall(vm.text())[-1])
+    mem_on_disk = os.stat(str(snap) + ".mem").st_blocks * 512
+    assert mem_on_disk < 400 << 20, f"sparse memory file expected, {mem_on_disk} bytes"
+    vm.ctl("resume")
+    sh.send("rm /run/t/keep")
+    sh.wait_text(rf"tick={at + 5}\b")
+    mark = len(vm.text())
+    r = vm.ctl("rollback", snap)
+    assert r["state"] == "running", r
+    m = sh.wait_text(r"tick=(\d+)", start=mark + vm.text()[mark:].find(f"tick={at + 5}") + 1)
+    # the first tick after the rollback continues from the snapshot's value
+    after = [int(x) for x in TICK.findall(vm.text()[mark:])]
+    assert at + 1 in after, f"no tick={at + 1} after the rollback: {after}{vm.diag()}"
+    sh.send("echo k=$(cat /run/t/keep) file=$(cat /run/t/c)")
+    m = sh.wait_text(r"k=keep file=(\d+)", start=mark, timeout=60)
+    assert int(m.group(1)) > at, m.group(0)
+    vm.close()
+
+    # a new process from the same snapshot, then the console still takes commands
+    v2 = start(vms, lookout_bin, tmp_path, "deb2", "--restore", snap, "--cpu", "auto")
+    sh2 = Shell(v2)
+    sh2.wait_text(rf"tick={at + 1}\b", timeout=30)
+    first = [int(x) for x in TICK.findall(v2.text())][0]
+    assert first == at + 1, f"resumed at tick={first}, expected {at + 1}"
+    sh2.send("echo sum=$((40+2)) file=$(cat /run/t/c)")
+    m = sh2.wait_text(r"sum=42 file=(\d+)", timeout=60)
+    assert int(m.group(1)) > at
+    sh2.send("poweroff -f")
+    v2.p.wait(timeout=60)
+    assert v2.p.returncode == 0, v2.diag()
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_incremental_chain(lookout_any, counter, tmp_path, vms, backend):
+    """full -> incremental -> incremental: the increments hold only the pages written since
+    their parent, the chain restores (mapped and eager), and a broken chain is refused."""
+    vm = start(vms, lookout_any, tmp_path, "a", "--kernel", counter, "--mem", "64M",
+               "--cpu", backend, "--append", "stop=300")
+    vm.wait_count(3)
+    full = vm.ctl("snapshot", tmp_path / "s0")
+    vm.wait_count(vm.last() + 5)
+    i1 = vm.ctl("snapshot", tmp_path / "s1", "--parent", tmp_path / "s0")
+    assert i1["mem_pages"] < full["mem_pages"], (full, i1)
+    vm.wait_count(vm.last() + 5)
+    c, i2 = take(vm, tmp_path / "s2", "--parent", tmp_path / "s1")
+    # only the VM's last snapshot can be a parent
+    r = vm.ctl("snapshot", tmp_path / "bad", "--parent", tmp_path / "s0", ok=False)
+    assert r.rc != 0 and "not this VM's last snapshot" in r.out, r
+    vm.close()
+    for extra in ([], ["--restore-eager"]):
+        res = restore_run(lookout_any, tmp_path / "s2", backend, *extra)
+        assert res.rc == 1, res
+        check_continues(res, c, 300)
+    # a parent replaced by another snapshot: refused, naming it
+    (tmp_path / "s1").rename(tmp_path / "s1.orig")
+    (tmp_path / "s1.mem").rename(tmp_path / "s1.orig.mem")
+    (tmp_path / "s1").write_bytes((tmp_path / "s0").read_bytes())
+    (tmp_path / "s1.mem").write_bytes((tmp_path / "s0.mem").read_bytes())
+    assert_error(restore_run(lookout_any, tmp_path / "s2", backend), "parent snapshot")
+    (tmp_path / "s1").unlink()
+    assert_error(restore_run(lookout_any, tmp_path / "s2", backend), "s1")
