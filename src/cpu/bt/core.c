@@ -17,6 +17,7 @@
 
 #include "cpu/bt/bt.h"
 #include "cpu/bt/intops.h"
+#include "cpu/bt/jit.h"
 #include "util/log.h"
 
 /* ---- decoder and dispatch table ---------------------------------------------------------- */
@@ -416,6 +417,7 @@ struct bt_block {
     uint32_t first; /* index of the first instruction in the arena */
     uint16_t ninsn;
     uint8_t mode;
+    void *jit; /* the translator's handle for this block (jit.h), NULL until translated */
 };
 
 struct bt_cache {
@@ -436,6 +438,7 @@ struct bt_cache {
     /* a one-instruction block for code the cache does not hold */
     struct bt_insn scratch;
     unsigned fault_depth;
+    struct bt_cpu *cpu; /* owner, for the translator hooks */
 };
 
 static unsigned mode_of(const struct bt_cpu *c)
@@ -460,6 +463,7 @@ static void cache_reset(struct bt_cache *k)
     memset(k->page_hash, 0, PAGE_BUCKETS * sizeof(*k->page_hash));
     k->ninsns = k->nblocks = 0;
     k->flushes++;
+    bt_jit_flush(k->cpu); /* translations point into the arena being recycled */
 }
 
 static void cache_drop_page(struct bt_cache *k, uint64_t page)
@@ -529,7 +533,10 @@ int bt_core_init(struct bt_cpu *c)
                        (size_t)(CACHE_INSNS * sizeof(struct bt_insn)) >> 10);
     }
     pthread_mutex_init(&k->lock, NULL);
+    k->cpu = c;
     c->cache = k;
+    if (bt_jit_init(c, &k->pending) < 0) /* the interpreter alone still works */
+        log_warn("%s; the software CPU runs interpreted", err_msg());
     return 0;
 }
 
@@ -542,6 +549,7 @@ void bt_core_destroy(struct bt_cpu *c)
               "%llu unhandled #UD",
               c->index, (unsigned long long)k->lookups, (unsigned long long)k->misses,
               (unsigned long long)k->flushes, (unsigned long long)c->ud_unhandled);
+    bt_jit_destroy(c);
     pthread_mutex_destroy(&k->lock);
     free(k->insns), free(k->blocks), free(k->hash), free(k->page_hash), free(k);
     c->cache = NULL;
@@ -597,6 +605,7 @@ static struct bt_block *build_block(struct bt_cpu *c, struct bt_cache *k, uint64
     b->mode = (uint8_t)mode;
     b->first = k->ninsns;
     b->ninsn = (uint16_t)n;
+    b->jit = NULL;
     k->ninsns += n;
     uint32_t h = hash_key(gpa, mode);
     b->hnext = k->hash[h];
@@ -609,8 +618,10 @@ static struct bt_block *build_block(struct bt_cpu *c, struct bt_cache *k, uint64
 }
 
 /* The instructions to run at s.rip: a cached block, or one uncached instruction. */
-static const struct bt_insn *lookup(struct bt_cpu *c, struct bt_cache *k, unsigned *count)
+static const struct bt_insn *lookup(struct bt_cpu *c, struct bt_cache *k, unsigned *count,
+                                    struct bt_block **blk)
 {
+    *blk = NULL;
     uint64_t rip = c->s.rip;
     if (cs_flat(c)) {
         uint64_t lin = c->code_bits == 64 ? rip : (c->s.seg[SEG_CS].base + rip) & 0xffffffffull;
@@ -622,12 +633,14 @@ static const struct bt_insn *lookup(struct bt_cpu *c, struct bt_cache *k, unsign
             for (struct bt_block *b = k->hash[hash_key(gpa, mode)]; b; b = b->hnext) {
                 if (b->gpa == gpa && b->mode == mode) {
                     *count = b->ninsn;
+                    *blk = b;
                     return &k->insns[b->first];
                 }
             }
             struct bt_block *b = build_block(c, k, lin, gpa, mode);
             if (b) {
                 *count = b->ninsn;
+                *blk = b;
                 return &k->insns[b->first];
             }
         }
@@ -665,16 +678,30 @@ static void run(struct bt_cpu *c, struct bt_cache *k, uint64_t end)
 
         unsigned count = 1;
         const struct bt_insn *in;
+        struct bt_block *blk = NULL;
         if (end - c->icount == 1) {
             /* one instruction (the KVM fallback, single steps): no block worth decoding */
             decode_uncached(c, c->s.rip, &k->scratch);
             in = &k->scratch;
         } else {
-            in = lookup(c, k, &count);
+            in = lookup(c, k, &count, &blk);
         }
         /* With an interrupt shadow or TF only one instruction runs before the next check */
         if (shadow || single_step)
             count = 1;
+        /* ---- translator hook (jit.h): a whole block in translated code ---- */
+        else if (blk && c->jit && end - c->icount >= count) {
+            int r = bt_jit_run(c, in, count, &blk->jit);
+            if (r == 0) {
+                k->fault_depth = 0;
+                continue;
+            }
+            if (r < 0) { /* code cache full: flush it with the decoded blocks, look up again */
+                cache_reset(k);
+                continue;
+            }
+        }
+        /* ---- end of translator hook ---- */
         uint64_t mask = rip_mask(c);
         for (unsigned n = 0; n < count; n++, in++) {
             uint64_t rip = c->s.rip;

@@ -1,0 +1,687 @@
+/* The translator: decoded blocks become host x86-64 code in a per-vCPU code cache (see jit.h for
+ * the contract with core.c).
+ *
+ * Form of a translation.  On entry RBX holds the struct bt_cpu pointer (pinned for the whole
+ * block) and R12 gets s.rip, the linear RIP the block was entered at: blocks are keyed by
+ * guest-physical address, so the same translation serves every virtual alias of its page and
+ * every instruction's RIP is R12 plus its offset in the block.  Each guest instruction becomes
+ * either
+ *   - native code: the register/immediate forms of MOV, ADD, SUB, AND, OR, XOR, CMP, TEST, INC,
+ *     DEC, LEA and the direct JMP/Jcc that end a block.  They load the guest registers from
+ *     c->s.gpr, run the same host instruction, store the result with the x86 write rules, and take
+ *     the six arithmetic flags from the host's RFLAGS (PUSHFQ), exactly as alu.c computes them; or
+ *   - a call to the interpreter's handler with the decoded struct bt_insn baked in as an immediate
+ *     (call-threaded), after recording insn_rip/next_rip/s.rip as the interpreter loop does.
+ *     After the call the code leaves the block, as the interpreter would, when the handler
+ *     branched (s.rip != next_rip), asked for an exit, set an interrupt shadow, or queued a
+ *     code-cache invalidation (a store into a code page: self-modifying code).
+ * icount counts completed instructions exactly as the interpreter does before any handler runs,
+ * so a fault (bt_raise longjmps from the handler through the translated frame to bt_exec's
+ * setjmp, which restores the callee-saved registers) sees the same state as interpreted.
+ *
+ * The code cache: one memfd, mapped read-write for emitting and read-execute for running, never
+ * both.  Bounded (JIT_CACHE_BYTES); when it is full the caller flushes the decoded-block cache and
+ * with it every translation.  Translations do not jump to each other yet: every block returns to
+ * the interpreter loop, which polls invalidations, interrupts and kicks between blocks.
+ *
+ * Trust: the emitted code operates on guest register values only; guest memory, control
+ * registers and everything that can fault are reached through the handlers.  Instruction forms
+ * are emitted with Zydis's encoder; an encoding the encoder refuses makes the block
+ * untranslatable (it then runs interpreted), never wrong. */
+#include "cpu/bt/jit.h"
+
+#include <errno.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "cpu/bt/bt.h"
+#include "util/log.h"
+
+#define JIT_CACHE_BYTES (16u << 20)
+/* room that must be left before translating a block: 64 instructions at the longest handler
+ * path (~110 bytes) and the tail, with margin */
+#define JIT_BLOCK_RESERVE (16u << 10)
+#define JIT_UNTRANSLATABLE ((void *)1)
+
+struct bt_jit {
+    bool enabled;
+    _Atomic bool *pending;
+    int fd;
+    uint8_t *rw, *rx; /* the two views of the cache (NULL until the first translation) */
+    size_t size, used, base_end;
+    size_t exit_off; /* the trampoline's return path */
+    void (*enter)(struct bt_cpu *c, const void *code);
+    struct bt_jit_stats st;
+};
+
+/* ---- emitter --------------------------------------------------------------------------- */
+
+struct emit {
+    uint8_t *buf;
+    size_t pos, cap;
+    bool fail;
+};
+
+static ZydisEncoderOperand R(ZydisRegister r)
+{
+    ZydisEncoderOperand o;
+    memset(&o, 0, sizeof(o));
+    o.type = ZYDIS_OPERAND_TYPE_REGISTER;
+    o.reg.value = r;
+    return o;
+}
+
+static ZydisEncoderOperand I(int64_t v)
+{
+    ZydisEncoderOperand o;
+    memset(&o, 0, sizeof(o));
+    o.type = ZYDIS_OPERAND_TYPE_IMMEDIATE;
+    o.imm.s = v;
+    return o;
+}
+
+static ZydisEncoderOperand MX(ZydisRegister base, ZydisRegister index, unsigned scale, int64_t disp,
+                              unsigned size)
+{
+    ZydisEncoderOperand o;
+    memset(&o, 0, sizeof(o));
+    o.type = ZYDIS_OPERAND_TYPE_MEMORY;
+    o.mem.base = base;
+    o.mem.index = index;
+    o.mem.scale = (ZyanU8)(index == ZYDIS_REGISTER_NONE ? 0 : scale);
+    o.mem.displacement = disp;
+    o.mem.size = (ZyanU16)size;
+    return o;
+}
+
+static ZydisEncoderOperand M(ZydisRegister base, int64_t disp, unsigned size)
+{
+    return MX(base, ZYDIS_REGISTER_NONE, 0, disp, size);
+}
+
+static void enc(struct emit *e, ZydisMnemonic m, unsigned n, const ZydisEncoderOperand *ops)
+{
+    if (e->fail)
+        return;
+    ZydisEncoderRequest r;
+    memset(&r, 0, sizeof(r));
+    r.machine_mode = ZYDIS_MACHINE_MODE_LONG_64;
+    r.mnemonic = m;
+    r.operand_count = (ZyanU8)n;
+    for (unsigned k = 0; k < n; k++)
+        r.operands[k] = ops[k];
+    ZyanUSize len = e->cap - e->pos;
+    ZyanStatus st = ZYAN_STATUS_INSUFFICIENT_BUFFER_SIZE;
+    if (len < ZYDIS_MAX_INSTRUCTION_LENGTH ||
+        !ZYAN_SUCCESS(st = ZydisEncoderEncodeInstruction(&r, e->buf + e->pos, &len))) {
+        log_debug("translator: cannot encode %s/%u (status %#x)", ZydisMnemonicGetString(m), n,
+                  (unsigned)st);
+        e->fail = true;
+        return;
+    }
+    e->pos += len;
+}
+
+#define E0(e, m)       enc((e), ZYDIS_MNEMONIC_##m, 0, NULL)
+#define E1(e, m, a)    enc((e), ZYDIS_MNEMONIC_##m, 1, (ZydisEncoderOperand[]){a})
+#define E2(e, m, a, b) enc((e), ZYDIS_MNEMONIC_##m, 2, (ZydisEncoderOperand[]){a, b})
+
+/* A near branch with a 32-bit displacement to be patched; returns the offset just after it. */
+static size_t jrel(struct emit *e, ZydisMnemonic m)
+{
+    if (e->fail)
+        return e->pos;
+    ZydisEncoderRequest r;
+    memset(&r, 0, sizeof(r));
+    r.machine_mode = ZYDIS_MACHINE_MODE_LONG_64;
+    r.mnemonic = m;
+    r.branch_type = ZYDIS_BRANCH_TYPE_NEAR;
+    r.branch_width = ZYDIS_BRANCH_WIDTH_32;
+    r.operand_count = 1;
+    r.operands[0] = I(0);
+    ZyanUSize len = e->cap - e->pos;
+    if (len < ZYDIS_MAX_INSTRUCTION_LENGTH ||
+        !ZYAN_SUCCESS(ZydisEncoderEncodeInstruction(&r, e->buf + e->pos, &len)) || len < 5) {
+        e->fail = true;
+        return e->pos;
+    }
+    e->pos += len;
+    return e->pos;
+}
+
+static void patch(struct emit *e, size_t after, size_t target)
+{
+    if (e->fail)
+        return;
+    int32_t rel = (int32_t)((int64_t)target - (int64_t)after);
+    memcpy(e->buf + after - 4, &rel, 4);
+}
+
+/* a branch to an already known offset */
+static void jto(struct emit *e, ZydisMnemonic m, size_t target)
+{
+    patch(e, jrel(e, m), target);
+}
+
+/* ---- state layout ---------------------------------------------------------------------- */
+
+#define C_GPR(r)    ((int64_t)offsetof(struct bt_cpu, s.gpr) + 8 * (int64_t)(r))
+#define C_RIP       ((int64_t)offsetof(struct bt_cpu, s.rip))
+#define C_FLAGS     ((int64_t)offsetof(struct bt_cpu, s.rflags))
+#define C_INSN_RIP  ((int64_t)offsetof(struct bt_cpu, insn_rip))
+#define C_NEXT_RIP  ((int64_t)offsetof(struct bt_cpu, next_rip))
+#define C_ICOUNT    ((int64_t)offsetof(struct bt_cpu, icount))
+#define C_EXIT_NOW  ((int64_t)offsetof(struct bt_cpu, exit_now))
+#define C_SHADOW    ((int64_t)offsetof(struct bt_cpu, s.ev.interrupt_shadow))
+
+#define RBX ZYDIS_REGISTER_RBX
+#define R12 ZYDIS_REGISTER_R12
+
+/* host scratch registers by size: 0 = RAX family, 1 = RCX, 2 = RDX */
+static ZydisRegister hreg(int which, unsigned size)
+{
+    static const ZydisRegister t[3][4] = {
+        {ZYDIS_REGISTER_AL, ZYDIS_REGISTER_AX, ZYDIS_REGISTER_EAX, ZYDIS_REGISTER_RAX},
+        {ZYDIS_REGISTER_CL, ZYDIS_REGISTER_CX, ZYDIS_REGISTER_ECX, ZYDIS_REGISTER_RCX},
+        {ZYDIS_REGISTER_DL, ZYDIS_REGISTER_DX, ZYDIS_REGISTER_EDX, ZYDIS_REGISTER_RDX}};
+    unsigned k = size == 1 ? 0 : size == 2 ? 1 : size == 4 ? 2 : 3;
+    return t[which][k];
+}
+
+/* host register `which` = guest GPR `reg`, zero-extended from `size` bytes */
+static void load_gpr(struct emit *e, int which, unsigned reg, unsigned size)
+{
+    if (size == 1 || size == 2)
+        E2(e, MOVZX, R(hreg(which, 4)), M(RBX, C_GPR(reg), size));
+    else
+        E2(e, MOV, R(hreg(which, size)), M(RBX, C_GPR(reg), size));
+}
+
+/* guest GPR `reg` = host register `which` with the x86 write rules (8/16 merge, 32 zero-extends;
+ * the caller guarantees the host register's upper half is zero for size 4) */
+static void store_gpr(struct emit *e, int which, unsigned reg, unsigned size)
+{
+    unsigned s = size == 4 ? 8 : size;
+    E2(e, MOV, M(RBX, C_GPR(reg), s), R(hreg(which, s)));
+}
+
+/* RAX = the linear RIP at block offset `off` (wrapped to 32 bits in 32-bit code) */
+static void rip_at(struct emit *e, int64_t off, bool b32)
+{
+    if (b32)
+        E2(e, LEA, R(ZYDIS_REGISTER_EAX), M(R12, off, 4));
+    else
+        E2(e, LEA, R(ZYDIS_REGISTER_RAX), M(R12, off, 8));
+}
+
+static void flush_icount(struct emit *e, unsigned *pend)
+{
+    if (*pend)
+        E2(e, ADD, M(RBX, C_ICOUNT, 8), I(*pend));
+    *pend = 0;
+}
+
+/* c->s.rflags = (c->s.rflags & ~mask) | (RDX & mask); RDX holds the host RFLAGS */
+static void merge_flags(struct emit *e, uint32_t mask)
+{
+    E2(e, AND, R(ZYDIS_REGISTER_EDX), I(mask));
+    E2(e, MOV, R(ZYDIS_REGISTER_RCX), M(RBX, C_FLAGS, 8));
+    E2(e, AND, R(ZYDIS_REGISTER_RCX), I(~(int64_t)mask));
+    E2(e, OR, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RDX));
+    E2(e, MOV, M(RBX, C_FLAGS, 8), R(ZYDIS_REGISTER_RCX));
+}
+
+/* ---- native forms ---------------------------------------------------------------------- */
+
+static bool is_gpr(const struct bt_operand *o)
+{
+    return o->kind == BT_OPK_REG && o->rclass == BT_RC_GPR && o->reg < 16;
+}
+
+static bool fits32(int64_t v)
+{
+    return v >= INT32_MIN && v <= INT32_MAX;
+}
+
+/* the immediate as the host instruction of this size takes it (sign-extended forms) */
+static int64_t imm_for(int64_t v, unsigned size)
+{
+    switch (size) {
+    case 1:
+        return (int8_t)v;
+    case 2:
+        return (int16_t)v;
+    case 4:
+        return (int32_t)v;
+    default:
+        return v;
+    }
+}
+
+/* Emits a native form of `i` if it has one; returns false (nothing emitted) otherwise. */
+static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off)
+{
+    if (i->pfx & BT_PFX_LOCK)
+        return false;
+    unsigned size = i->opsize / 8;
+    if (size != 1 && size != 2 && size != 4 && size != 8)
+        return false;
+    const struct bt_operand *d = &i->op[0], *s = &i->op[1];
+    ZydisMnemonic m = (ZydisMnemonic)i->mnemonic;
+    switch (i->mnemonic) {
+    case ZYDIS_MNEMONIC_ADD:
+    case ZYDIS_MNEMONIC_SUB:
+    case ZYDIS_MNEMONIC_AND:
+    case ZYDIS_MNEMONIC_OR:
+    case ZYDIS_MNEMONIC_XOR:
+    case ZYDIS_MNEMONIC_CMP:
+    case ZYDIS_MNEMONIC_TEST: {
+        if (i->nops < 2 || !is_gpr(d) || d->size != size)
+            return false;
+        bool imm = s->kind == BT_OPK_IMM;
+        if (!imm && !(is_gpr(s) && s->size == size))
+            return false;
+        if (imm && size == 8 && !fits32(s->disp))
+            return false;
+        load_gpr(e, 0, d->reg, size);
+        if (imm) {
+            enc(e, m, 2, (ZydisEncoderOperand[]){R(hreg(0, size)), I(imm_for(s->disp, size))});
+        } else {
+            load_gpr(e, 1, s->reg, size);
+            enc(e, m, 2, (ZydisEncoderOperand[]){R(hreg(0, size)), R(hreg(1, size))});
+        }
+        E0(e, PUSHFQ);
+        E1(e, POP, R(ZYDIS_REGISTER_RDX));
+        if (m != ZYDIS_MNEMONIC_CMP && m != ZYDIS_MNEMONIC_TEST)
+            store_gpr(e, 0, d->reg, size);
+        merge_flags(e, BT_ARITH_FLAGS);
+        return true;
+    }
+    case ZYDIS_MNEMONIC_INC:
+    case ZYDIS_MNEMONIC_DEC:
+        if (i->nops < 1 || !is_gpr(d) || d->size != size)
+            return false;
+        load_gpr(e, 0, d->reg, size);
+        enc(e, m, 1, (ZydisEncoderOperand[]){R(hreg(0, size))});
+        E0(e, PUSHFQ);
+        E1(e, POP, R(ZYDIS_REGISTER_RDX));
+        store_gpr(e, 0, d->reg, size);
+        merge_flags(e, BT_ARITH_FLAGS & ~(uint32_t)X86_FLAG_CF); /* CF is preserved */
+        return true;
+    case ZYDIS_MNEMONIC_MOV:
+        if (i->nops < 2 || !is_gpr(d) || d->size != size)
+            return false;
+        if (s->kind == BT_OPK_IMM) {
+            if (size == 8)
+                E2(e, MOV, R(ZYDIS_REGISTER_RAX), I(s->disp));
+            else if (size == 4)
+                E2(e, MOV, R(ZYDIS_REGISTER_EAX), I((int32_t)s->disp));
+            else
+                E2(e, MOV, R(hreg(0, size)), I(imm_for(s->disp, size)));
+        } else if (is_gpr(s) && s->size == size) {
+            load_gpr(e, 0, s->reg, size);
+        } else {
+            return false;
+        }
+        store_gpr(e, 0, d->reg, size);
+        return true;
+    case ZYDIS_MNEMONIC_LEA: {
+        if (i->nops < 2 || !is_gpr(d) || d->size != size || size == 1 || s->kind != BT_OPK_AGEN)
+            return false;
+        if (s->base != BT_REG_RIP && s->base != BT_NOREG && s->base >= 16)
+            return false;
+        if (s->index != BT_NOREG && s->index >= 16)
+            return false;
+        if (s->scale != 1 && s->scale != 2 && s->scale != 4 && s->scale != 8)
+            return false;
+        int64_t disp = s->disp;
+        if (s->base == BT_REG_RIP) {
+            if (s->index != BT_NOREG || !fits32(disp + off))
+                return false;
+            E2(e, LEA, R(ZYDIS_REGISTER_RAX), M(R12, disp + off, 8));
+        } else {
+            if (!fits32(disp))
+                return false;
+            if (s->base != BT_NOREG)
+                E2(e, MOV, R(ZYDIS_REGISTER_RAX), M(RBX, C_GPR(s->base), 8));
+            else
+                E2(e, XOR, R(ZYDIS_REGISTER_EAX), R(ZYDIS_REGISTER_EAX));
+            if (s->index != BT_NOREG) {
+                E2(e, MOV, R(ZYDIS_REGISTER_RCX), M(RBX, C_GPR(s->index), 8));
+                E2(e, LEA, R(ZYDIS_REGISTER_RAX),
+                   MX(ZYDIS_REGISTER_RAX, ZYDIS_REGISTER_RCX, s->scale, disp, 8));
+            } else if (disp) {
+                E2(e, LEA, R(ZYDIS_REGISTER_RAX), M(ZYDIS_REGISTER_RAX, disp, 8));
+            }
+        }
+        /* the address wraps at the address size, then is truncated to the operand size */
+        if (i->addrsize == 32 || size == 4)
+            E2(e, MOV, R(ZYDIS_REGISTER_EAX), R(ZYDIS_REGISTER_EAX));
+        if (i->addrsize == 16)
+            E2(e, MOVZX, R(ZYDIS_REGISTER_EAX), R(ZYDIS_REGISTER_AX));
+        store_gpr(e, 0, d->reg, size);
+        return true;
+    }
+    default:
+        return false;
+    }
+}
+
+/* ---- the handler path -------------------------------------------------------------------- */
+
+static void call_handler(struct emit *e, const struct bt_insn *i, int64_t off, bool b32,
+                         unsigned *pend)
+{
+    flush_icount(e, pend);
+    rip_at(e, off, b32);
+    E2(e, MOV, M(RBX, C_INSN_RIP, 8), R(ZYDIS_REGISTER_RAX));
+    rip_at(e, off + i->len, b32);
+    E2(e, MOV, M(RBX, C_NEXT_RIP, 8), R(ZYDIS_REGISTER_RAX));
+    E2(e, MOV, M(RBX, C_RIP, 8), R(ZYDIS_REGISTER_RAX));
+    E2(e, MOV, R(ZYDIS_REGISTER_RDI), R(RBX));
+    E2(e, MOV, R(ZYDIS_REGISTER_RSI), I((int64_t)(uintptr_t)i));
+    E2(e, MOV, R(ZYDIS_REGISTER_RAX), I((int64_t)(uintptr_t)i->fn));
+    E1(e, CALL, R(ZYDIS_REGISTER_RAX));
+    E1(e, INC, M(RBX, C_ICOUNT, 8));
+}
+
+/* After a handler in the middle of a block: leave when the interpreter loop would stop. */
+static void after_handler_checks(struct emit *e, struct bt_jit *j)
+{
+    E2(e, MOV, R(ZYDIS_REGISTER_RAX), M(RBX, C_NEXT_RIP, 8));
+    E2(e, CMP, M(RBX, C_RIP, 8), R(ZYDIS_REGISTER_RAX));
+    jto(e, ZYDIS_MNEMONIC_JNZ, j->exit_off);
+    E2(e, CMP, M(RBX, C_EXIT_NOW, 1), I(0));
+    jto(e, ZYDIS_MNEMONIC_JNZ, j->exit_off);
+    E2(e, CMP, M(RBX, C_SHADOW, 1), I(0));
+    jto(e, ZYDIS_MNEMONIC_JNZ, j->exit_off);
+    E2(e, MOV, R(ZYDIS_REGISTER_RAX), I((int64_t)(uintptr_t)j->pending));
+    E2(e, CMP, M(ZYDIS_REGISTER_RAX, 0, 1), I(0));
+    jto(e, ZYDIS_MNEMONIC_JNZ, j->exit_off);
+}
+
+/* host Jcc for condition code cc (the low nibble of the guest opcode) */
+static const ZydisMnemonic jcc_host[16] = {
+    ZYDIS_MNEMONIC_JO,  ZYDIS_MNEMONIC_JNO, ZYDIS_MNEMONIC_JB,  ZYDIS_MNEMONIC_JNB,
+    ZYDIS_MNEMONIC_JZ,  ZYDIS_MNEMONIC_JNZ, ZYDIS_MNEMONIC_JBE, ZYDIS_MNEMONIC_JNBE,
+    ZYDIS_MNEMONIC_JS,  ZYDIS_MNEMONIC_JNS, ZYDIS_MNEMONIC_JP,  ZYDIS_MNEMONIC_JNP,
+    ZYDIS_MNEMONIC_JL,  ZYDIS_MNEMONIC_JNL, ZYDIS_MNEMONIC_JLE, ZYDIS_MNEMONIC_JNLE};
+
+static bool is_jcc(unsigned m)
+{
+    for (int k = 0; k < 16; k++)
+        if (jcc_host[k] == m)
+            return true;
+    return false;
+}
+
+/* A direct JMP or Jcc ending the block, natively: the condition is evaluated on the host with the
+ * guest's arithmetic flags loaded, the target checked (canonical in 64-bit code; a flat 32-bit
+ * code segment has no limit to check) and the block left with s.rip set.  A target that fails the
+ * check goes to the handler, which raises the #GP precisely. */
+static bool native_branch(struct emit *e, struct bt_jit *j, const struct bt_insn *i, int64_t off,
+                          bool b32, unsigned *pend)
+{
+    bool jmp = i->mnemonic == ZYDIS_MNEMONIC_JMP;
+    if (!jmp && !is_jcc(i->mnemonic))
+        return false;
+    if (i->op[0].kind != BT_OPK_IMM || !(i->attr_lo & BT_ATTR_RELATIVE) ||
+        i->opsize != (b32 ? 32 : 64))
+        return false;
+    int64_t end = off + i->len, target = end + i->op[0].disp;
+    if (!fits32(target))
+        return false;
+    size_t not_taken = 0;
+    if (!jmp) {
+        E2(e, MOV, R(ZYDIS_REGISTER_RAX), M(RBX, C_FLAGS, 8));
+        E2(e, AND, R(ZYDIS_REGISTER_EAX), I(BT_ARITH_FLAGS));
+        E1(e, PUSH, R(ZYDIS_REGISTER_RAX));
+        E0(e, POPFQ);
+        not_taken = jrel(e, jcc_host[(i->opcode & 0xf) ^ 1]);
+    }
+    rip_at(e, target, b32);
+    size_t slow = 0;
+    if (!b32) {
+        E2(e, MOV, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RAX));
+        E2(e, SHL, R(ZYDIS_REGISTER_RCX), I(16));
+        E2(e, SAR, R(ZYDIS_REGISTER_RCX), I(16));
+        E2(e, CMP, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RAX));
+        slow = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    }
+    E2(e, MOV, M(RBX, C_RIP, 8), R(ZYDIS_REGISTER_RAX));
+    E2(e, ADD, M(RBX, C_ICOUNT, 8), I(*pend + 1));
+    jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
+    if (!jmp) {
+        patch(e, not_taken, e->pos);
+        rip_at(e, end, b32);
+        E2(e, MOV, M(RBX, C_RIP, 8), R(ZYDIS_REGISTER_RAX));
+        E2(e, ADD, M(RBX, C_ICOUNT, 8), I(*pend + 1));
+        jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
+    }
+    if (!b32) {
+        patch(e, slow, e->pos);
+        call_handler(e, i, off, b32, pend); /* raises #GP */
+        jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
+    }
+    *pend = 0;
+    return true;
+}
+
+/* ---- code cache ------------------------------------------------------------------------ */
+
+static bool env_wants(void)
+{
+    const char *v = getenv("LOOKOUT_BT_JIT");
+    return !v || !*v || strcmp(v, "1") == 0;
+}
+
+bool bt_jit_wanted(void)
+{
+    return env_wants();
+}
+
+/* The trampoline at the start of the cache: enter(c, code) saves the callee-saved registers,
+ * pins c in RBX and jumps to the block; blocks leave through exit_off. */
+static int emit_trampoline(struct bt_jit *j)
+{
+    struct emit e = {.buf = j->rw, .pos = 0, .cap = j->size};
+    static const ZydisRegister saved[] = {ZYDIS_REGISTER_RBP, ZYDIS_REGISTER_RBX,
+                                          ZYDIS_REGISTER_R12, ZYDIS_REGISTER_R13,
+                                          ZYDIS_REGISTER_R14, ZYDIS_REGISTER_R15};
+    for (size_t k = 0; k < ARRAY_SIZE(saved); k++)
+        E1(&e, PUSH, R(saved[k]));
+    E2(&e, SUB, R(ZYDIS_REGISTER_RSP), I(8)); /* 16-byte alignment for the handler calls */
+    E2(&e, MOV, R(RBX), R(ZYDIS_REGISTER_RDI));
+    E1(&e, JMP, R(ZYDIS_REGISTER_RSI));
+    j->exit_off = e.pos;
+    E2(&e, ADD, R(ZYDIS_REGISTER_RSP), I(8));
+    for (size_t k = ARRAY_SIZE(saved); k-- > 0;)
+        E1(&e, POP, R(saved[k]));
+    E0(&e, RET);
+    if (e.fail)
+        return err_set(EINVAL, "translator: Zydis cannot encode the trampoline");
+    j->base_end = j->used = ALIGN_UP(e.pos, 64);
+    j->enter = (void (*)(struct bt_cpu *, const void *))(void *)j->rx;
+    return 0;
+}
+
+static int cache_map(struct bt_jit *j)
+{
+    j->size = JIT_CACHE_BYTES;
+    j->fd = memfd_create("lookout-jit", MFD_CLOEXEC);
+    if (j->fd < 0)
+        return err_set(errno, "translator: memfd_create for the code cache failed: %s",
+                       strerror(errno));
+    if (ftruncate(j->fd, (off_t)j->size) < 0) {
+        int e = errno;
+        close(j->fd), j->fd = -1;
+        return err_set(e, "translator: cannot size the %zu MiB code cache: %s", j->size >> 20,
+                       strerror(e));
+    }
+    j->rw = mmap(NULL, j->size, PROT_READ | PROT_WRITE, MAP_SHARED, j->fd, 0);
+    j->rx = mmap(NULL, j->size, PROT_READ | PROT_EXEC, MAP_SHARED, j->fd, 0);
+    if (j->rw == MAP_FAILED || j->rx == MAP_FAILED) {
+        int e = errno;
+        if (j->rw != MAP_FAILED)
+            munmap(j->rw, j->size);
+        if (j->rx != MAP_FAILED)
+            munmap(j->rx, j->size);
+        j->rw = j->rx = NULL;
+        close(j->fd), j->fd = -1;
+        return err_set(e,
+                       "translator: cannot map the code cache twice (RW + RX): %s; a system "
+                       "that forbids executable shared mappings needs LOOKOUT_BT_JIT=0",
+                       strerror(e));
+    }
+    return emit_trampoline(j);
+}
+
+static void cache_unmap(struct bt_jit *j)
+{
+    if (j->rw)
+        munmap(j->rw, j->size);
+    if (j->rx)
+        munmap(j->rx, j->size);
+    if (j->fd >= 0)
+        close(j->fd);
+    j->rw = j->rx = NULL;
+    j->fd = -1;
+}
+
+int bt_jit_set_enabled(struct bt_cpu *c, _Atomic bool *pending, bool on)
+{
+    struct bt_jit *j = c->jit;
+    if (!j) {
+        if (!on)
+            return 0;
+        j = calloc(1, sizeof(*j));
+        if (!j)
+            return err_set(ENOMEM, "translator: no memory for its state");
+        j->fd = -1;
+        c->jit = j;
+    }
+    if (pending)
+        j->pending = pending;
+    j->enabled = on;
+    /* translations made before are not trusted across a switch: the caller's decoded blocks
+     * may hold slots from an earlier cache */
+    bt_cache_flush(c);
+    return 0;
+}
+
+int bt_jit_init(struct bt_cpu *c, _Atomic bool *pending)
+{
+    if (!env_wants())
+        return 0;
+    return bt_jit_set_enabled(c, pending, true);
+}
+
+void bt_jit_destroy(struct bt_cpu *c)
+{
+    struct bt_jit *j = c->jit;
+    if (!j)
+        return;
+    if (j->st.blocks_translated)
+        log_debug("translator %u: %llu blocks translated (%llu native, %llu called instructions), "
+                  "%llu flushes, %llu block runs",
+                  c->index, (unsigned long long)j->st.blocks_translated,
+                  (unsigned long long)j->st.insns_native, (unsigned long long)j->st.insns_called,
+                  (unsigned long long)j->st.flushes, (unsigned long long)j->st.runs);
+    cache_unmap(j);
+    free(j);
+    c->jit = NULL;
+}
+
+void bt_jit_flush(struct bt_cpu *c)
+{
+    struct bt_jit *j = c->jit;
+    if (!j || !j->rw)
+        return;
+    j->used = j->base_end;
+    j->st.flushes++;
+}
+
+void bt_jit_get_stats(const struct bt_cpu *c, struct bt_jit_stats *st)
+{
+    const struct bt_jit *j = c->jit;
+    memset(st, 0, sizeof(*st));
+    if (j) {
+        *st = j->st;
+        st->code_bytes = j->used;
+    }
+}
+
+static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *ins, unsigned n,
+                     void **slot)
+{
+    if (j->size - j->used < JIT_BLOCK_RESERVE)
+        return -ENOSPC;
+    struct emit e = {.buf = j->rw, .pos = j->used, .cap = j->used + JIT_BLOCK_RESERVE};
+    const size_t start = e.pos;
+    const bool b32 = c->code_bits != 64;
+    unsigned pend = 0, native = 0;
+    bool ended = false;
+    int64_t off = 0;
+    E2(&e, MOV, R(R12), M(RBX, C_RIP, 8));
+    for (unsigned k = 0; k < n; k++) {
+        const struct bt_insn *i = &ins[k];
+        bool last = k + 1 == n;
+        if (native_simple(&e, i, off)) {
+            pend++, native++;
+        } else if (last && native_branch(&e, j, i, off, b32, &pend)) {
+            native++;
+            ended = true;
+        } else {
+            call_handler(&e, i, off, b32, &pend);
+            if (last) {
+                jto(&e, ZYDIS_MNEMONIC_JMP, j->exit_off);
+                ended = true;
+            } else {
+                after_handler_checks(&e, j);
+            }
+        }
+        off += i->len;
+    }
+    if (!ended) {
+        /* the block stopped at its size limit or a page end: continue after it */
+        flush_icount(&e, &pend);
+        rip_at(&e, off, b32);
+        E2(&e, MOV, M(RBX, C_RIP, 8), R(ZYDIS_REGISTER_RAX));
+        jto(&e, ZYDIS_MNEMONIC_JMP, j->exit_off);
+    }
+    if (e.fail) {
+        log_debug("translator: block of %u instructions at %#llx left to the interpreter", n,
+                  (unsigned long long)c->s.rip);
+        *slot = JIT_UNTRANSLATABLE;
+        return 1;
+    }
+    j->used = ALIGN_UP(e.pos, 16);
+    j->st.blocks_translated++;
+    j->st.insns_native += native;
+    j->st.insns_called += n - native;
+    *slot = j->rx + start;
+    return 0;
+}
+
+int bt_jit_run(struct bt_cpu *c, const struct bt_insn *insns, unsigned n, void **slot)
+{
+    struct bt_jit *j = c->jit;
+    if (!j || !j->enabled || !j->pending || *slot == JIT_UNTRANSLATABLE || n == 0)
+        return 1;
+    if (!*slot) {
+        if (!j->rw && cache_map(j) < 0) {
+            log_warn("%s; running interpreted", err_msg());
+            j->enabled = false;
+            return 1;
+        }
+        int r = translate(j, c, insns, n, slot);
+        if (r)
+            return r;
+    }
+    j->st.runs++;
+    j->enter(c, *slot);
+    return 0;
+}

@@ -1,0 +1,298 @@
+/* Unit tests of the translator (src/cpu/bt/jit.c): the same programs run interpreted and
+ * translated from identical states must end in identical states (registers, flags, RIP,
+ * instruction count, memory); a store into a translated block makes it re-translated; a fault in
+ * the middle of a translated block is delivered with the faulting RIP; the code cache never has a
+ * mapping that is both writable and executable.  Also prints both speeds on a simple loop. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <time.h>
+
+#include <cmocka.h>
+
+#include "bt_testenv.h"
+#include "cpu/bt/jit.h"
+
+static struct tenv *T;
+
+static int setup(void **st)
+{
+    log_init_from_env();
+    T = tenv_new(true); /* with the backend: the code-page write-watch is on */
+    return 0;
+}
+
+static int teardown(void **st)
+{
+    tenv_free(T);
+    return 0;
+}
+
+/* Switches the vCPU between interpreter (false) and translator (true). */
+static void use_jit(bool on)
+{
+    struct bt_cpu *c = T->c;
+    if (on && !c->jit) {
+        /* created by bt_core_init only when LOOKOUT_BT_JIT allows; recreate the core so the
+         * translator gets core.c's invalidation flag */
+        bt_core_destroy(c);
+        setenv("LOOKOUT_BT_JIT", "1", 1);
+        assert_int_equal(bt_core_init(c), 0);
+    }
+    if (c->jit)
+        assert_int_equal(bt_jit_set_enabled(c, NULL, on), 0);
+}
+
+struct outcome {
+    uint64_t gpr[16], rip, rflags, cr2, icount;
+    bool halted;
+    uint8_t mem[0x1000];
+};
+
+#define T_DATA 0x300000ull /* scratch data page (second 2 MiB page, writable) */
+
+static void run_prog(bool jit, const uint8_t *code, size_t n, uint64_t budget, struct outcome *o)
+{
+    t_setup_long(T);
+    use_jit(jit);
+    struct bt_cpu *c = T->c;
+    static const uint64_t init[16] = {1, 2, 3, 4, T_STACK0 - 0x100, 6, 7, 8, 0x8000000000000000ull,
+                                      0xffffffff, 10, 11, 12, 13, 14, T_DATA};
+    memcpy(c->s.gpr, init, sizeof(init));
+    c->s.rflags = X86_FLAG_FIXED | X86_FLAG_CF;
+    memset(gp(T, T_DATA, 0x1000), 0x5a, 0x1000);
+    c->icount = 0;
+    t_run(T, code, n, budget);
+    memcpy(o->gpr, c->s.gpr, sizeof(o->gpr));
+    o->rip = c->s.rip;
+    o->rflags = c->s.rflags;
+    o->cr2 = c->s.cr2;
+    o->icount = c->icount;
+    o->halted = c->halted;
+    memcpy(o->mem, gp(T, T_DATA, 0x1000), 0x1000);
+}
+
+static void compare(const struct outcome *a, const struct outcome *b)
+{
+    for (int r = 0; r < 16; r++) {
+        if (a->gpr[r] != b->gpr[r])
+            print_error("gpr %d: interpreted %#llx translated %#llx\n", r,
+                        (unsigned long long)a->gpr[r], (unsigned long long)b->gpr[r]);
+        assert_int_equal(a->gpr[r], b->gpr[r]);
+    }
+    assert_int_equal(a->rip, b->rip);
+    assert_int_equal(a->rflags, b->rflags);
+    assert_int_equal(a->cr2, b->cr2);
+    assert_int_equal(a->icount, b->icount);
+    assert_int_equal(a->halted, b->halted);
+    assert_memory_equal(a->mem, b->mem, sizeof(a->mem));
+}
+
+static void both(const uint8_t *code, size_t n, uint64_t budget, struct outcome *ti,
+                 struct outcome *tj)
+{
+    run_prog(false, code, n, budget, ti);
+    run_prog(true, code, n, budget, tj);
+    compare(ti, tj);
+}
+
+/* A loop mixing every native form with memory operands (handler path):
+ *   mov ecx, N; again: add rax, rcx; lea rbx, [rax+rcx*4+8]; xor rdx, rbx; sub r8d, 3;
+ *   inc r9b; test al, 1; cmp rdx, rax; mov [r15+8], rdx; mov r10, [r15+8]; or r11w, cx;
+ *   and r12, -16; dec ecx; jnz again; hlt */
+static const uint8_t loop_prog[] = {
+    0xb9, 0x00, 0x00, 0x00, 0x00,       /* mov ecx, N (patched) */
+    0x48, 0x01, 0xc8,                   /* add rax, rcx */
+    0x48, 0x8d, 0x5c, 0x88, 0x08,       /* lea rbx, [rax+rcx*4+8] */
+    0x48, 0x31, 0xda,                   /* xor rdx, rbx */
+    0x41, 0x83, 0xe8, 0x03,             /* sub r8d, 3 */
+    0x41, 0xfe, 0xc1,                   /* inc r9b */
+    0xa8, 0x01,                         /* test al, 1 */
+    0x48, 0x39, 0xc2,                   /* cmp rdx, rax */
+    0x49, 0x89, 0x57, 0x08,             /* mov [r15+8], rdx */
+    0x4d, 0x8b, 0x57, 0x08,             /* mov r10, [r15+8] */
+    0x66, 0x41, 0x09, 0xcb,             /* or r11w, cx */
+    0x49, 0x83, 0xe4, 0xf0,             /* and r12, -16 */
+    0xff, 0xc9,                         /* dec ecx */
+    0x75, 0x00,                         /* jnz again (patched) */
+    0xf4,                               /* hlt */
+};
+
+static void make_loop(uint8_t *p, uint32_t iters)
+{
+    memcpy(p, loop_prog, sizeof(loop_prog));
+    memcpy(p + 1, &iters, 4);
+    size_t jnz = sizeof(loop_prog) - 3; /* offset of the 0x75 */
+    p[jnz + 1] = (uint8_t)(5 - (int)(jnz + 2));
+}
+
+static void test_loop_same_state(void **st)
+{
+    uint8_t p[sizeof(loop_prog)];
+    make_loop(p, 1000);
+    static struct outcome a, b;
+    both(p, sizeof(p), 1000000, &a, &b);
+    assert_true(a.halted);
+    assert_int_equal(a.icount, 2 + 1000 * 13);
+    struct bt_jit_stats s;
+    bt_jit_get_stats(T->c, &s);
+
+    assert_true(s.blocks_translated >= 2);
+    assert_true(s.insns_native >= 10);
+    assert_true(s.runs >= 1000);
+}
+
+/* Conditional branches on every condition code, after flag-setting native ops; and a budget
+ * that ends the run in the middle of the loop (the translated path must stop exactly there). */
+static void test_all_conditions(void **st)
+{
+    static struct outcome a, b;
+    for (int cc = 0; cc < 16; cc++) {
+        for (int seed = 0; seed < 4; seed++) {
+            static const uint8_t ops[4][3] = {
+                {0x48, 0x29, 0xd8}, /* sub rax, rbx */
+                {0x48, 0x01, 0xc8}, /* add rax, rcx */
+                {0x48, 0x21, 0xd0}, /* and rax, rdx */
+                {0x48, 0x39, 0xf0}, /* cmp rax, rsi */
+            };
+            uint8_t p[] = {
+                0x48, 0xc7, 0xc3, 0x05, 0x00, 0x00, 0x00, /* mov rbx, 5 */
+                0x48, 0xb9, 0, 0, 0, 0, 0, 0, 0, 0x80,    /* mov rcx, 0x8000000000000000 */
+                ops[seed][0], ops[seed][1], ops[seed][2], /* the flag op */
+                (uint8_t)(0x70 | cc), 0x02,               /* jcc +2 */
+                0xff, 0xc7,                               /* inc edi (not taken path) */
+                0x48, 0xff, 0xc6,                         /* inc rsi */
+                0xf4,                                     /* hlt */
+            };
+            both(p, sizeof(p), 1000, &a, &b);
+        }
+    }
+    uint8_t p[sizeof(loop_prog)];
+    make_loop(p, 1000);
+    for (uint64_t budget = 50; budget < 80; budget++) {
+        both(p, sizeof(p), budget, &a, &b);
+        assert_false(a.halted);
+    }
+}
+
+/* A fault in the middle of a translated block: native instructions before it have run, the
+ * exception is delivered with the faulting instruction's RIP and CR2. */
+static void test_fault_mid_block(void **st)
+{
+    static const uint8_t p[] = {
+        0xb8, 0x07, 0x00, 0x00, 0x00,             /* mov eax, 7 */
+        0x83, 0xc0, 0x01,                         /* add eax, 1 */
+        0x48, 0x8b, 0x1c, 0x25, 0, 0, 0, 0x40,    /* mov rbx, [0x40000000]: not mapped */
+        0xff, 0xc0,                               /* inc eax (not reached) */
+        0xf4,
+    };
+    static struct outcome a, b;
+    both(p, sizeof(p), 1000, &a, &b);
+    assert_int_equal(a.gpr[RAX], 8);
+    assert_int_equal(a.cr2, 0x40000000);
+    assert_int_equal(t_handler_vector(T), X86_PF);
+    /* the frame's RIP (above the error code) names the load */
+    assert_int_equal(get64(T, T->c->s.gpr[RSP] + 8), T_CODE0 + 8);
+}
+
+/* Self-modifying code: the loop body rewrites the immediate of an instruction in its own block
+ * (already translated and run once); the next iteration must see the new bytes. */
+static void test_self_modifying(void **st)
+{
+    static const uint8_t p[] = {
+        0xb9, 0x03, 0x00, 0x00, 0x00,             /* mov ecx, 3 */
+        0x31, 0xdb,                               /* xor ebx, ebx */
+        /* again (7): */
+        0xb8, 0x01, 0x00, 0x00, 0x00,             /* mov eax, 1   <- imm patched at 8 */
+        0x01, 0xc3,                               /* add ebx, eax */
+        0x88, 0x0d, 0xf4, 0xff, 0xff, 0xff,       /* mov [rip-12], cl (-> offset 8) */
+        0xff, 0xc9,                               /* dec ecx */
+        0x75, 0xef,                               /* jnz again */
+        0xf4,
+    };
+    static struct outcome a, b;
+    both(p, sizeof(p), 1000, &a, &b);
+    assert_true(a.halted);
+    assert_int_equal(a.gpr[RBX], 1 + 3 + 2); /* each pass runs the bytes the previous wrote */
+    assert_int_equal(a.icount, 18);
+
+    /* the same across blocks: a subroutine translated, then patched from the caller */
+    static const uint8_t q[] = {
+        0xe8, 0x1b, 0x00, 0x00, 0x00,             /* call sub (0x20) */
+        0x89, 0xc3,                               /* mov ebx, eax */
+        0xc6, 0x05, 0x13, 0x00, 0x00, 0x00, 0x09, /* mov byte [rip+0x13], 9 (-> 0x21) */
+        0xe8, 0x0d, 0x00, 0x00, 0x00,             /* call sub */
+        0x01, 0xc3,                               /* add ebx, eax */
+        0xf4,                                     /* hlt (0x15) */
+        0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90,
+        /* sub (0x20): */
+        0xb8, 0x02, 0x00, 0x00, 0x00,             /* mov eax, 2 */
+        0xc3,                                     /* ret */
+    };
+    both(q, sizeof(q), 1000, &a, &b);
+    assert_true(a.halted);
+    assert_int_equal(a.gpr[RBX], 2 + 9);
+}
+
+/* No mapping of this process is writable and executable at once, with the code cache mapped. */
+static void test_wx(void **st)
+{
+    uint8_t p[sizeof(loop_prog)];
+    make_loop(p, 10);
+    static struct outcome b;
+    run_prog(true, p, sizeof(p), 10000, &b);
+    FILE *f = fopen("/proc/self/maps", "r");
+    assert_non_null(f);
+    char line[512];
+    int jit_maps = 0, wx = 0;
+    while (fgets(line, sizeof(line), f)) {
+        char perms[8] = "";
+        if (sscanf(line, "%*s %7s", perms) != 1)
+            continue;
+        if (strchr(perms, 'w') && strchr(perms, 'x')) {
+            print_error("writable and executable: %s", line);
+            wx++;
+        }
+        if (strstr(line, "lookout-jit"))
+            jit_maps++;
+    }
+    fclose(f);
+    assert_int_equal(wx, 0);
+    assert_int_equal(jit_maps, 2); /* the RW view and the RX view */
+}
+
+static double seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Not a pass/fail test: prints guest instructions per second both ways on the loop. */
+static void test_speed(void **st)
+{
+    uint8_t p[sizeof(loop_prog)];
+    make_loop(p, 200000);
+    static struct outcome o;
+    double rate[2];
+    for (int jit = 0; jit < 2; jit++) {
+        double t0 = seconds();
+        run_prog(jit, p, sizeof(p), 100000000, &o);
+        double dt = seconds() - t0;
+        assert_true(o.halted);
+        rate[jit] = (double)o.icount / dt;
+    }
+    fprintf(stderr, "loop: interpreted %.1f M insns/s, translated %.1f M insns/s (x%.2f)\n",
+            rate[0] / 1e6, rate[1] / 1e6, rate[1] / rate[0]);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_loop_same_state), cmocka_unit_test(test_all_conditions),
+        cmocka_unit_test(test_fault_mid_block), cmocka_unit_test(test_self_modifying),
+        cmocka_unit_test(test_wx),              cmocka_unit_test(test_speed),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
