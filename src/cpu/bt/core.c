@@ -469,8 +469,11 @@ static void cache_reset(struct bt_cache *k)
 static void cache_drop_page(struct bt_cache *k, uint64_t page)
 {
     for (struct bt_block *b = k->page_hash[hash_page(page)]; b; b = b->pnext)
-        if (b->gpa != ~0ull && (b->gpa >> 12) == page)
+        if (b->gpa != ~0ull && (b->gpa >> 12) == page) {
             b->gpa = ~0ull; /* unlinked lazily: dead blocks never match and go at the next reset */
+            bt_jit_drop(k->cpu, b->jit); /* translator hook: unchain jumps into its code */
+            b->jit = NULL;
+        }
 }
 
 /* Applies queued invalidations.  Returns true if anything was dropped. */
@@ -691,7 +694,7 @@ static void run(struct bt_cpu *c, struct bt_cache *k, uint64_t end)
             count = 1;
         /* ---- translator hook (jit.h): a whole block in translated code ---- */
         else if (blk && c->jit && end - c->icount >= count) {
-            int r = bt_jit_run(c, in, count, &blk->jit);
+            int r = bt_jit_run(c, in, count, &blk->jit, blk->gpa, end);
             if (r == 0) {
                 k->fault_depth = 0;
                 continue;

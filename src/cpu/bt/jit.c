@@ -21,8 +21,16 @@
  *
  * The code cache: one memfd, mapped read-write for emitting and read-execute for running, never
  * both.  Bounded (JIT_CACHE_BYTES); when it is full the caller flushes the decoded-block cache and
- * with it every translation.  Translations do not jump to each other yet: every block returns to
- * the interpreter loop, which polls invalidations, interrupts and kicks between blocks.
+ * with it every translation.
+ *
+ * Chaining: an exit to a direct successor on the same page (JMP/Jcc targets, the fall-through of
+ * a block cut at its size limit) ends in a patchable jump.  The first time it is taken unpatched
+ * the block returns to the interpreter loop, and if the loop's next block is that successor
+ * (nothing else happened in between), bt_jit_run patches the jump to it.  Before a chained jump
+ * the code checks what the loop checks between blocks (budget, exit requests, kicks, queued
+ * invalidations, pending events).  Other exits (indirect branches, returns, anything a handler
+ * decides) go back to the loop, which looks the next block up by hash.  When core.c drops a block
+ * (its page was written) every jump chained into its translation is unpatched (bt_jit_drop).
  *
  * Trust: the emitted code operates on guest register values only; guest memory, control
  * registers and everything that can fault are reached through the handlers.  Instruction forms
@@ -38,6 +46,7 @@
 #include <unistd.h>
 
 #include "cpu/bt/bt.h"
+#include "cpu/bt/irqglue.h"
 #include "util/log.h"
 
 #define JIT_CACHE_BYTES (16u << 20)
@@ -46,6 +55,22 @@
 #define JIT_BLOCK_RESERVE (16u << 10)
 #define JIT_UNTRANSLATABLE ((void *)1)
 
+#define JIT_MAX_TBS   32768u
+#define JIT_MAX_LINKS 65536u
+#define JIT_BLOCK_MAX 64u /* core.c's longest block: the chain check leaves room for one */
+
+/* One translation.  A block's slot in core.c points here. */
+struct jit_tb {
+    uint32_t entry;    /* offset of the code in the cache */
+    uint32_t links_in; /* exits of other translations patched to jump here: index+1 in links */
+    uint8_t code_bits, stack_bits;
+};
+
+/* A patched exit: the rel32 of a chain jump ending at patch_end now points at a translation. */
+struct jit_link {
+    uint32_t patch_end, next;
+};
+
 struct bt_jit {
     bool enabled;
     _Atomic bool *pending;
@@ -53,7 +78,19 @@ struct bt_jit {
     uint8_t *rw, *rx; /* the two views of the cache (NULL until the first translation) */
     size_t size, used, base_end;
     size_t exit_off; /* the trampoline's return path */
-    void (*enter)(struct bt_cpu *c, const void *code);
+    void (*enter)(struct bt_cpu *c, const void *code, struct bt_jit *j);
+    struct jit_tb *tbs;
+    struct jit_link *links;
+    uint32_t ntbs, nlinks;
+
+    /* read by the translated code through R13 */
+    uint64_t chain_end; /* chained jumps are taken only while icount <= chain_end */
+    uint64_t last_exit; /* set by a chainable exit: its chain jump's patch_end (0: none) */
+
+    /* the state at the last chainable exit, to validate the next block as its successor */
+    uint64_t exit_rip, exit_icount, exit_cr3;
+    uint8_t exit_cpl, exit_code_bits, exit_stack_bits;
+    bool exit_valid;
     struct bt_jit_stats st;
 };
 
@@ -176,6 +213,12 @@ static void jto(struct emit *e, ZydisMnemonic m, size_t target)
 #define C_ICOUNT    ((int64_t)offsetof(struct bt_cpu, icount))
 #define C_EXIT_NOW  ((int64_t)offsetof(struct bt_cpu, exit_now))
 #define C_SHADOW    ((int64_t)offsetof(struct bt_cpu, s.ev.interrupt_shadow))
+#define C_KICKED    ((int64_t)offsetof(struct bt_cpu, kicked))
+#define C_INTR_PEND ((int64_t)offsetof(struct bt_cpu, s.ev.interrupt_pending))
+#define C_NMI_PEND  ((int64_t)offsetof(struct bt_cpu, s.ev.nmi_pending))
+#define J_CHAIN_END ((int64_t)offsetof(struct bt_jit, chain_end))
+#define J_LAST_EXIT ((int64_t)offsetof(struct bt_jit, last_exit))
+#define R13 ZYDIS_REGISTER_R13
 
 #define RBX ZYDIS_REGISTER_RBX
 #define R12 ZYDIS_REGISTER_R12
@@ -403,6 +446,46 @@ static void after_handler_checks(struct emit *e, struct bt_jit *j)
     jto(e, ZYDIS_MNEMONIC_JNZ, j->exit_off);
 }
 
+/* Leaves the block after s.rip and icount are final.  A chainable exit (a direct successor on
+ * the same page, so the same guest-physical page whatever linear alias the block runs at) first
+ * checks everything the interpreter loop checks between blocks: the budget, exit requests, kicks,
+ * queued invalidations and pending events.  If all are clear it takes its chain jump, which
+ * bt_jit_run patches to the successor's translation once that exists (unpatched: falls through
+ * to the stub below, which records this exit for patching and returns to the loop). */
+static void leave(struct emit *e, struct bt_jit *j, bool chainable)
+{
+    if (!chainable) {
+        jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
+        return;
+    }
+    size_t fails[6];
+    int nf = 0;
+    E2(e, MOV, R(ZYDIS_REGISTER_RAX), M(RBX, C_ICOUNT, 8));
+    E2(e, CMP, R(ZYDIS_REGISTER_RAX), M(R13, J_CHAIN_END, 8));
+    fails[nf++] = jrel(e, ZYDIS_MNEMONIC_JNBE);
+    E2(e, MOV, R(ZYDIS_REGISTER_EAX), I(0));
+    E2(e, OR, R(ZYDIS_REGISTER_AL), M(RBX, C_EXIT_NOW, 1));
+    E2(e, OR, R(ZYDIS_REGISTER_AL), M(RBX, C_KICKED, 1));
+    E2(e, OR, R(ZYDIS_REGISTER_AL), M(RBX, C_INTR_PEND, 1));
+    E2(e, OR, R(ZYDIS_REGISTER_AL), M(RBX, C_NMI_PEND, 1));
+    fails[nf++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    E2(e, MOV, R(ZYDIS_REGISTER_RAX), I((int64_t)(uintptr_t)j->pending));
+    E2(e, CMP, M(ZYDIS_REGISTER_RAX, 0, 1), I(0));
+    fails[nf++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    /* a LAPIC with something to say (interrupt, NMI, INIT, SIPI): the loop decides */
+    E2(e, MOV, R(ZYDIS_REGISTER_RDI), R(RBX));
+    E2(e, MOV, R(ZYDIS_REGISTER_RAX), I((int64_t)(uintptr_t)bt_glue_attention));
+    E1(e, CALL, R(ZYDIS_REGISTER_RAX));
+    E2(e, TEST, R(ZYDIS_REGISTER_AL), R(ZYDIS_REGISTER_AL));
+    fails[nf++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    size_t chain = jrel(e, ZYDIS_MNEMONIC_JMP); /* rel32 0: falls through until patched */
+    E2(e, MOV, R(ZYDIS_REGISTER_RAX), I((int64_t)chain));
+    E2(e, MOV, M(R13, J_LAST_EXIT, 8), R(ZYDIS_REGISTER_RAX));
+    for (int k = 0; k < nf; k++)
+        patch(e, fails[k], e->pos);
+    jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
+}
+
 /* host Jcc for condition code cc (the low nibble of the guest opcode) */
 static const ZydisMnemonic jcc_host[16] = {
     ZYDIS_MNEMONIC_JO,  ZYDIS_MNEMONIC_JNO, ZYDIS_MNEMONIC_JB,  ZYDIS_MNEMONIC_JNB,
@@ -422,8 +505,13 @@ static bool is_jcc(unsigned m)
  * guest's arithmetic flags loaded, the target checked (canonical in 64-bit code; a flat 32-bit
  * code segment has no limit to check) and the block left with s.rip set.  A target that fails the
  * check goes to the handler, which raises the #GP precisely. */
+static bool same_page(unsigned page_off, int64_t off)
+{
+    return (int64_t)page_off + off >= 0 && (int64_t)page_off + off < 4096;
+}
+
 static bool native_branch(struct emit *e, struct bt_jit *j, const struct bt_insn *i, int64_t off,
-                          bool b32, unsigned *pend)
+                          bool b32, unsigned *pend, unsigned page_off)
 {
     bool jmp = i->mnemonic == ZYDIS_MNEMONIC_JMP;
     if (!jmp && !is_jcc(i->mnemonic))
@@ -453,13 +541,13 @@ static bool native_branch(struct emit *e, struct bt_jit *j, const struct bt_insn
     }
     E2(e, MOV, M(RBX, C_RIP, 8), R(ZYDIS_REGISTER_RAX));
     E2(e, ADD, M(RBX, C_ICOUNT, 8), I(*pend + 1));
-    jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
+    leave(e, j, same_page(page_off, target));
     if (!jmp) {
         patch(e, not_taken, e->pos);
         rip_at(e, end, b32);
         E2(e, MOV, M(RBX, C_RIP, 8), R(ZYDIS_REGISTER_RAX));
         E2(e, ADD, M(RBX, C_ICOUNT, 8), I(*pend + 1));
-        jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
+        leave(e, j, same_page(page_off, end));
     }
     if (!b32) {
         patch(e, slow, e->pos);
@@ -483,8 +571,8 @@ bool bt_jit_wanted(void)
     return env_wants();
 }
 
-/* The trampoline at the start of the cache: enter(c, code) saves the callee-saved registers,
- * pins c in RBX and jumps to the block; blocks leave through exit_off. */
+/* The trampoline at the start of the cache: enter(c, code, j) saves the callee-saved registers,
+ * pins c in RBX and j in R13 and jumps to the block; blocks leave through exit_off. */
 static int emit_trampoline(struct bt_jit *j)
 {
     struct emit e = {.buf = j->rw, .pos = 0, .cap = j->size};
@@ -495,6 +583,7 @@ static int emit_trampoline(struct bt_jit *j)
         E1(&e, PUSH, R(saved[k]));
     E2(&e, SUB, R(ZYDIS_REGISTER_RSP), I(8)); /* 16-byte alignment for the handler calls */
     E2(&e, MOV, R(RBX), R(ZYDIS_REGISTER_RDI));
+    E2(&e, MOV, R(R13), R(ZYDIS_REGISTER_RDX));
     E1(&e, JMP, R(ZYDIS_REGISTER_RSI));
     j->exit_off = e.pos;
     E2(&e, ADD, R(ZYDIS_REGISTER_RSP), I(8));
@@ -504,13 +593,19 @@ static int emit_trampoline(struct bt_jit *j)
     if (e.fail)
         return err_set(EINVAL, "translator: Zydis cannot encode the trampoline");
     j->base_end = j->used = ALIGN_UP(e.pos, 64);
-    j->enter = (void (*)(struct bt_cpu *, const void *))(void *)j->rx;
+    j->enter = (void (*)(struct bt_cpu *, const void *, struct bt_jit *))(void *)j->rx;
     return 0;
 }
 
 static int cache_map(struct bt_jit *j)
 {
     j->size = JIT_CACHE_BYTES;
+    if (!j->tbs)
+        j->tbs = calloc(JIT_MAX_TBS, sizeof(*j->tbs));
+    if (!j->links)
+        j->links = calloc(JIT_MAX_LINKS, sizeof(*j->links));
+    if (!j->tbs || !j->links)
+        return err_set(ENOMEM, "translator: no memory for its block tables");
     j->fd = memfd_create("lookout-jit", MFD_CLOEXEC);
     if (j->fd < 0)
         return err_set(errno, "translator: memfd_create for the code cache failed: %s",
@@ -585,12 +680,15 @@ void bt_jit_destroy(struct bt_cpu *c)
     if (!j)
         return;
     if (j->st.blocks_translated)
-        log_debug("translator %u: %llu blocks translated (%llu native, %llu called instructions), "
-                  "%llu flushes, %llu block runs",
-                  c->index, (unsigned long long)j->st.blocks_translated,
-                  (unsigned long long)j->st.insns_native, (unsigned long long)j->st.insns_called,
-                  (unsigned long long)j->st.flushes, (unsigned long long)j->st.runs);
+        log_info("translator %u: %llu blocks translated (%llu native, %llu called instructions), "
+                 "%llu flushes, %llu block entries from the loop, %llu chains, %llu unchained",
+                 c->index, (unsigned long long)j->st.blocks_translated,
+                 (unsigned long long)j->st.insns_native, (unsigned long long)j->st.insns_called,
+                 (unsigned long long)j->st.flushes, (unsigned long long)j->st.runs,
+                 (unsigned long long)j->st.chains, (unsigned long long)j->st.unchains);
     cache_unmap(j);
+    free(j->tbs);
+    free(j->links);
     free(j);
     c->jit = NULL;
 }
@@ -601,7 +699,25 @@ void bt_jit_flush(struct bt_cpu *c)
     if (!j || !j->rw)
         return;
     j->used = j->base_end;
+    j->ntbs = j->nlinks = 0;
+    j->exit_valid = false;
     j->st.flushes++;
+}
+
+void bt_jit_drop(struct bt_cpu *c, void *handle)
+{
+    struct bt_jit *j = c->jit;
+    if (!j || !j->rw || !handle || handle == JIT_UNTRANSLATABLE)
+        return;
+    struct jit_tb *tb = handle;
+    /* every exit chained here falls through to its unchained stub again */
+    for (uint32_t l = tb->links_in; l; l = j->links[l - 1].next) {
+        static const int32_t zero = 0;
+        memcpy(j->rw + j->links[l - 1].patch_end - 4, &zero, 4);
+        j->st.unchains++;
+    }
+    tb->links_in = 0;
+    j->exit_valid = false;
 }
 
 void bt_jit_get_stats(const struct bt_cpu *c, struct bt_jit_stats *st)
@@ -615,9 +731,9 @@ void bt_jit_get_stats(const struct bt_cpu *c, struct bt_jit_stats *st)
 }
 
 static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *ins, unsigned n,
-                     void **slot)
+                     void **slot, unsigned page_off)
 {
-    if (j->size - j->used < JIT_BLOCK_RESERVE)
+    if (j->size - j->used < JIT_BLOCK_RESERVE || j->ntbs >= JIT_MAX_TBS)
         return -ENOSPC;
     struct emit e = {.buf = j->rw, .pos = j->used, .cap = j->used + JIT_BLOCK_RESERVE};
     const size_t start = e.pos;
@@ -631,7 +747,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
         bool last = k + 1 == n;
         if (native_simple(&e, i, off)) {
             pend++, native++;
-        } else if (last && native_branch(&e, j, i, off, b32, &pend)) {
+        } else if (last && native_branch(&e, j, i, off, b32, &pend, page_off)) {
             native++;
             ended = true;
         } else {
@@ -650,7 +766,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
         flush_icount(&e, &pend);
         rip_at(&e, off, b32);
         E2(&e, MOV, M(RBX, C_RIP, 8), R(ZYDIS_REGISTER_RAX));
-        jto(&e, ZYDIS_MNEMONIC_JMP, j->exit_off);
+        leave(&e, j, same_page(page_off, off));
     }
     if (e.fail) {
         log_debug("translator: block of %u instructions at %#llx left to the interpreter", n,
@@ -662,11 +778,36 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
     j->st.blocks_translated++;
     j->st.insns_native += native;
     j->st.insns_called += n - native;
-    *slot = j->rx + start;
+    struct jit_tb *tb = &j->tbs[j->ntbs++];
+    tb->entry = (uint32_t)start;
+    tb->links_in = 0;
+    tb->code_bits = c->code_bits;
+    tb->stack_bits = c->stack_bits;
+    *slot = tb;
     return 0;
 }
 
-int bt_jit_run(struct bt_cpu *c, const struct bt_insn *insns, unsigned n, void **slot)
+/* The block about to run is the direct successor of the last chainable exit if nothing else ran
+ * or changed in between (no event delivered, same address space and privilege): patch the exit's
+ * chain jump to it. */
+static void try_chain(struct bt_jit *j, struct bt_cpu *c, struct jit_tb *tb)
+{
+    if (!j->exit_valid || j->exit_rip != c->s.rip || j->exit_icount != c->icount ||
+        j->exit_cr3 != c->s.cr3 || j->exit_cpl != c->cpl || j->exit_code_bits != c->code_bits ||
+        j->exit_stack_bits != c->stack_bits || tb->code_bits != c->code_bits ||
+        tb->stack_bits != c->stack_bits || j->nlinks >= JIT_MAX_LINKS)
+        return;
+    j->exit_valid = false;
+    uint32_t pe = (uint32_t)j->last_exit;
+    int32_t rel = (int32_t)((int64_t)tb->entry - (int64_t)pe);
+    memcpy(j->rw + pe - 4, &rel, 4);
+    j->links[j->nlinks] = (struct jit_link){.patch_end = pe, .next = tb->links_in};
+    tb->links_in = ++j->nlinks;
+    j->st.chains++;
+}
+
+int bt_jit_run(struct bt_cpu *c, const struct bt_insn *insns, unsigned n, void **slot,
+               uint64_t gpa, uint64_t end)
 {
     struct bt_jit *j = c->jit;
     if (!j || !j->enabled || !j->pending || *slot == JIT_UNTRANSLATABLE || n == 0)
@@ -677,11 +818,24 @@ int bt_jit_run(struct bt_cpu *c, const struct bt_insn *insns, unsigned n, void *
             j->enabled = false;
             return 1;
         }
-        int r = translate(j, c, insns, n, slot);
+        int r = translate(j, c, insns, n, slot, (unsigned)(gpa & 0xfff));
         if (r)
             return r;
     }
+    struct jit_tb *tb = *slot;
+    try_chain(j, c, tb);
     j->st.runs++;
-    j->enter(c, *slot);
+    j->chain_end = end >= JIT_BLOCK_MAX ? end - JIT_BLOCK_MAX : 0;
+    j->last_exit = 0;
+    j->enter(c, j->rx + tb->entry, j);
+    j->exit_valid = j->last_exit != 0;
+    if (j->exit_valid) {
+        j->exit_rip = c->s.rip;
+        j->exit_icount = c->icount;
+        j->exit_cr3 = c->s.cr3;
+        j->exit_cpl = c->cpl;
+        j->exit_code_bits = c->code_bits;
+        j->exit_stack_bits = c->stack_bits;
+    }
     return 0;
 }

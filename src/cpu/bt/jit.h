@@ -33,18 +33,25 @@ int bt_jit_set_enabled(struct bt_cpu *c, _Atomic bool *pending, bool on);
 /* True if LOOKOUT_BT_JIT asks for the translator (unset or "1"). */
 bool bt_jit_wanted(void);
 
-/* Runs the block `insns[0..n)` (decoded for c->code_bits), translating it first if *slot is NULL.
+/* Runs the block `insns[0..n)` (decoded for c->code_bits at guest-physical `gpa`), translating it
+ * first if *slot is NULL; `end` is bt_exec's instruction budget limit (chained blocks run while
+ * the count stays below it).
  * *slot is the block's translation handle, owned by core.c's block record.  Returns 0 after the
  * block ran (c->s.rip, icount and everything else as the interpreter would leave them), 1 if the
  * block cannot be translated (the caller interprets it; *slot remembers that), or -ENOSPC when
  * the code cache is full (the caller flushes its decoded-block cache, which flushes this one, and
  * looks the block up again). */
-int bt_jit_run(struct bt_cpu *c, const struct bt_insn *insns, unsigned n, void **slot);
+int bt_jit_run(struct bt_cpu *c, const struct bt_insn *insns, unsigned n, void **slot,
+               uint64_t gpa, uint64_t end);
+/* The block owning this handle is gone (its page was written): jumps chained into its
+ * translation are unpatched.  The code itself stays until the next flush (nothing reaches it). */
+void bt_jit_drop(struct bt_cpu *c, void *handle);
 /* Forgets every translation (the decoded blocks they point into are going away). */
 void bt_jit_flush(struct bt_cpu *c);
 
 /* Statistics for tests and the closing log line */
 struct bt_jit_stats {
-    uint64_t blocks_translated, insns_native, insns_called, flushes, runs, code_bytes;
+    uint64_t blocks_translated, insns_native, insns_called, flushes, runs, code_bytes, chains,
+        unchains;
 };
 void bt_jit_get_stats(const struct bt_cpu *c, struct bt_jit_stats *st);
