@@ -54,6 +54,12 @@
  * path (~110 bytes) and the tail, with margin */
 #define JIT_BLOCK_RESERVE (16u << 10)
 #define JIT_UNTRANSLATABLE ((void *)1)
+/* A block is interpreted on its first JIT_HOT_RUNS entries from the loop (the slot counts them:
+ * small integers 2..JIT_HOT_MAX+1) and translated on the next.  Most of a kernel boot runs once,
+ * and translating that code would cost more than interpreting it (Zydis decoding and encoding
+ * dominate translation). */
+#define JIT_HOT_RUNS 4u
+#define JIT_HOT_MAX  64u
 
 #define JIT_MAX_TBS   32768u
 #define JIT_MAX_LINKS 65536u
@@ -73,6 +79,7 @@ struct jit_link {
 
 struct bt_jit {
     bool enabled;
+    unsigned hot_runs; /* interpreted entries before a block is translated */
     _Atomic bool *pending;
     int fd;
     uint8_t *rw, *rx; /* the two views of the cache (NULL until the first translation) */
@@ -656,6 +663,7 @@ int bt_jit_set_enabled(struct bt_cpu *c, _Atomic bool *pending, bool on)
         if (!j)
             return err_set(ENOMEM, "translator: no memory for its state");
         j->fd = -1;
+        j->hot_runs = JIT_HOT_RUNS;
         c->jit = j;
     }
     if (pending)
@@ -665,6 +673,13 @@ int bt_jit_set_enabled(struct bt_cpu *c, _Atomic bool *pending, bool on)
      * may hold slots from an earlier cache */
     bt_cache_flush(c);
     return 0;
+}
+
+void bt_jit_set_hot_runs(struct bt_cpu *c, unsigned runs)
+{
+    struct bt_jit *j = c->jit;
+    if (j)
+        j->hot_runs = MIN(runs, JIT_HOT_MAX);
 }
 
 int bt_jit_init(struct bt_cpu *c, _Atomic bool *pending)
@@ -707,8 +722,8 @@ void bt_jit_flush(struct bt_cpu *c)
 void bt_jit_drop(struct bt_cpu *c, void *handle)
 {
     struct bt_jit *j = c->jit;
-    if (!j || !j->rw || !handle || handle == JIT_UNTRANSLATABLE)
-        return;
+    if (!j || !j->rw || (uintptr_t)handle < 2 + JIT_HOT_MAX)
+        return; /* not translated (cold, or untranslatable) */
     struct jit_tb *tb = handle;
     /* every exit chained here falls through to its unchained stub again */
     for (uint32_t l = tb->links_in; l; l = j->links[l - 1].next) {
@@ -812,7 +827,15 @@ int bt_jit_run(struct bt_cpu *c, const struct bt_insn *insns, unsigned n, void *
     struct bt_jit *j = c->jit;
     if (!j || !j->enabled || !j->pending || *slot == JIT_UNTRANSLATABLE || n == 0)
         return 1;
-    if (!*slot) {
+    uintptr_t v = (uintptr_t)*slot;
+    if (v < 2 + JIT_HOT_MAX) {
+        unsigned seen = v ? (unsigned)v - 1 : 0;
+        if (seen < j->hot_runs) {
+            *slot = (void *)(uintptr_t)(seen + 2); /* still cold: count and interpret */
+            j->exit_valid = false;
+            return 1;
+        }
+        *slot = NULL;
         if (!j->rw && cache_map(j) < 0) {
             log_warn("%s; running interpreted", err_msg());
             j->enabled = false;

@@ -30,17 +30,20 @@ int bt_jit_init(struct bt_cpu *c, _Atomic bool *pending);
 void bt_jit_destroy(struct bt_cpu *c);
 /* Tests: force the translator on or off for this vCPU (on: creates it if needed). */
 int bt_jit_set_enabled(struct bt_cpu *c, _Atomic bool *pending, bool on);
+/* Tests: how many times a block runs interpreted before it is translated (default 4; 0 translates
+ * on first use). */
+void bt_jit_set_hot_runs(struct bt_cpu *c, unsigned runs);
 /* True if LOOKOUT_BT_JIT asks for the translator (unset or "1"). */
 bool bt_jit_wanted(void);
 
 /* Runs the block `insns[0..n)` (decoded for c->code_bits at guest-physical `gpa`), translating it
- * first if *slot is NULL; `end` is bt_exec's instruction budget limit (chained blocks run while
- * the count stays below it).
- * *slot is the block's translation handle, owned by core.c's block record.  Returns 0 after the
- * block ran (c->s.rip, icount and everything else as the interpreter would leave them), 1 if the
- * block cannot be translated (the caller interprets it; *slot remembers that), or -ENOSPC when
- * the code cache is full (the caller flushes its decoded-block cache, which flushes this one, and
- * looks the block up again). */
+ * first once it is hot: *slot, the block's translation handle owned by core.c's block record,
+ * starts NULL and counts interpreted entries until then.  `end` is bt_exec's instruction budget
+ * limit (chained blocks run only while the count leaves room for a whole block below it).
+ * Returns 0 after the block ran (c->s.rip, icount and everything else as the interpreter would
+ * leave them), 1 if the caller must interpret it (still cold, or untranslatable: *slot remembers
+ * which), or -ENOSPC when the code cache is full (the caller flushes its decoded-block cache,
+ * which flushes this one, and looks the block up again). */
 int bt_jit_run(struct bt_cpu *c, const struct bt_insn *insns, unsigned n, void **slot,
                uint64_t gpa, uint64_t end);
 /* The block owning this handle is gone (its page was written): jumps chained into its
