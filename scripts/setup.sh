@@ -10,6 +10,7 @@ PKGS=(
   libcmocka-dev     # C unit-test framework
   libseccomp-dev    # syscall allow-list after set-up
   libzstd-dev       # snapshot memory compression
+  liblz4-dev        # host-side decompression of LZ4 kernel payloads (direct vmlinux boot)
   python3 python3-pytest  # integration tests drive the real binary
   busybox-static cpio gzip xz-utils kmod  # the default guest's initramfs
   binutils

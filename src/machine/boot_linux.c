@@ -12,6 +12,8 @@
 #include "machine/layout.h"
 #include "util/log.h"
 
+#include <lz4.h>
+
 /* boot_params (the zero page) offsets */
 #define BP_ACPI_RSDP_ADDR   0x070
 #define BP_EXT_RAMDISK_IMG  0x0c0
@@ -129,61 +131,6 @@ static int finish_linux(struct vm *vm, const char *path, uint8_t *zp, uint64_t k
     return 0;
 }
 
-/* LZ4 block format (lz4.github.io/lz4/lz4_Block_format): sequences of a token, literals, and a
- * back-reference (2-byte offset, length + 4).  Every length and offset is checked against the
- * input and output bounds; references may reach into earlier output of the same stream.
- * `out` must have LZ4_SLACK bytes beyond `cap`: short copies are done 16 bytes at a time. */
-#define LZ4_SLACK 32
-static int lz4_block(const uint8_t *in, size_t n, uint8_t *out, size_t cap, size_t *pos)
-{
-    size_t i = 0, o = *pos;
-    while (i < n) {
-        uint8_t tok = in[i++];
-        size_t lit = tok >> 4;
-        if (lit == 15) {
-            uint8_t b;
-            do {
-                if (i >= n) return -1;
-                b = in[i++];
-                lit += b;
-            } while (b == 255);
-        }
-        if (lit > n - i || lit > cap - o) return -1;
-        if (lit <= 16 && n - i >= 16)
-            memcpy(out + o, in + i, 16); /* fixed size: fast; spills into the slack */
-        else
-            memcpy(out + o, in + i, lit);
-        i += lit;
-        o += lit;
-        if (i == n) break; /* the last sequence has literals only */
-        if (n - i < 2) return -1;
-        size_t off = (size_t)in[i] | (size_t)in[i + 1] << 8;
-        i += 2;
-        size_t ml = tok & 15;
-        if (ml == 15) {
-            uint8_t b;
-            do {
-                if (i >= n) return -1;
-                b = in[i++];
-                ml += b;
-            } while (b == 255);
-        }
-        ml += 4;
-        if (off == 0 || off > o || ml > cap - o) return -1;
-        if (off >= 16) {
-            /* 16-byte chunks never overlap their source; the last may spill into the slack. */
-            for (size_t done = 0; done < ml; done += 16)
-                memcpy(out + o + done, out + o + done - off, 16);
-        } else {
-            for (size_t j = 0; j < ml; j++)
-                out[o + j] = out[o + j - off];
-        }
-        o += ml;
-    }
-    *pos = o;
-    return 0;
-}
-
 /* The kernel's LZ4 payload: a legacy-frame stream (magic, then size-prefixed blocks) followed by
  * the 4-byte decompressed size the kernel build appends.  NULL if it is anything else. */
 static uint8_t *lz4_payload(const uint8_t *p, size_t n, size_t *outlen)
@@ -191,7 +138,7 @@ static uint8_t *lz4_payload(const uint8_t *p, size_t n, size_t *outlen)
     if (n < 12 || get32(p, 0) != LZ4_LEGACY_MAGIC) return NULL;
     uint32_t want = get32(p, n - 4);
     if (want == 0 || want > DIRECT_MAX_SIZE) return NULL;
-    uint8_t *out = malloc((size_t)want + LZ4_SLACK);
+    uint8_t *out = malloc(want);
     if (!out) return NULL;
     size_t i = 4, o = 0, end = n - 4;
     while (i < end) {
@@ -199,7 +146,12 @@ static uint8_t *lz4_payload(const uint8_t *p, size_t n, size_t *outlen)
         uint32_t c = get32(p, i);
         i += 4;
         if (c == LZ4_LEGACY_MAGIC) continue; /* concatenated frames */
-        if (c > end - i || lz4_block(p + i, c, out, want, &o) < 0) goto bad;
+        if (c > end - i || c > INT32_MAX) goto bad;
+        /* liblz4's safe decoder bounds every literal and match against both buffers */
+        int got = LZ4_decompress_safe((const char *)p + i, (char *)out + o, (int)c,
+                                      (int)MIN((size_t)want - o, (size_t)INT32_MAX));
+        if (got < 0) goto bad;
+        o += (size_t)got;
         i += c;
     }
     if (o != want) goto bad;

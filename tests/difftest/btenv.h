@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "cpu/bt/bt.h"
+#include "cpu/bt/jit.h"
 #include "cpu/bt/intops.h"
 #include "mem/guest.h"
 
@@ -54,16 +55,16 @@ static void btenv_put64(struct btenv *e, uint64_t gpa, uint64_t v)
 static int btenv_init(struct btenv *e)
 {
     memset(e, 0, sizeof(*e));
-    if (guest_mem_init(&e->vm.mem, 16ull << 20) < 0)
-        return -1;
+    if (guest_mem_init(&e->vm.mem, 16ull << 20) < 0) return -1;
     e->vm.mem_size = 16ull << 20;
     e->vm.ncpus = 1;
     e->c = calloc(1, sizeof(*e->c));
-    if (!e->c)
-        return -1;
+    if (!e->c) return -1;
     e->c->vm = &e->vm;
-    if (bt_core_init(e->c) < 0 || bt_mmu_init(e->c) < 0)
-        return -1;
+    if (bt_core_init(e->c) < 0 || bt_mmu_init(e->c) < 0) return -1;
+    /* with the translator on (LOOKOUT_BT_JIT unset or 1), translate every block on first use so
+     * the cases compare the translated code, not the interpreter it falls back to when cold */
+    bt_jit_set_hot_runs(e->c, 0);
     /* PML4 at 0x1000 -> PDPT at 0x2000 -> PD at 0x3000 -> PT at 0x4000 for DT_BASE: two
      * writable scratch pages and the read-only code page, nothing else (as in the native child) */
     btenv_put64(e, 0x1000, 0x2000 | 7);
@@ -125,8 +126,7 @@ static void btenv_load(struct btenv *e, const uint8_t *code, size_t len, const u
     s->seg[SEG_LDTR].unusable = 1;
     s->fx.fcw = 0x37f;
     s->fx.mxcsr = 0x1f80;
-    if (btenv_fx)
-        s->fx = *btenv_fx;
+    if (btenv_fx) s->fx = *btenv_fx;
     s->mp_state = MP_RUNNABLE;
     memcpy(s->gpr, gpr, sizeof(s->gpr));
     s->rflags = (rflags & ~(uint64_t)(X86_FLAG_TF | X86_FLAG_AC)) | X86_FLAG_FIXED | X86_FLAG_IF;

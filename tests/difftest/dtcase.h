@@ -45,8 +45,7 @@ static int dt_bt_outcome(struct btenv *e, int vector, size_t len)
 static void dt_append(char *buf, size_t n, const char *fmt, ...)
 {
     size_t l = strlen(buf);
-    if (l + 1 >= n)
-        return;
+    if (l + 1 >= n) return;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(buf + l, n - l, fmt, ap);
@@ -60,16 +59,13 @@ static int dt_check(struct btenv *e, struct native_result *nr, const uint8_t *co
 {
     static uint8_t btmem[DT_SCRATCH_N];
     msg[0] = 0;
-    if (native_run(nr, code, len, scratch, gpr, rflags) < 0)
-        return -1;
+    if (native_run(nr, code, len, scratch, gpr, rflags) < 0) return -1;
     btenv_load(e, code, len, scratch, gpr, rflags);
     int v = btenv_run(e, 1000000);
     int no = dt_native_outcome(nr, len), bo = dt_bt_outcome(e, v, len);
-    if (no == DT_DIED)
-        return -1;
+    if (no == DT_DIED) return -1;
     const struct x86_state *s = &e->c->s;
-    if (no != bo)
-        dt_append(msg, msglen, " outcome native %d bt %d (vector %d);", no, bo, v);
+    if (no != bo) dt_append(msg, msglen, " outcome native %d bt %d (vector %d);", no, bo, v);
     /* in 32-bit code only the low halves of the eight legacy registers are architectural */
     uint64_t m = btenv_bits == 32 ? 0xffffffffull : ~0ull;
     int nregs = btenv_bits == 32 ? 8 : 16;
@@ -94,9 +90,10 @@ static int dt_check(struct btenv *e, struct native_result *nr, const uint8_t *co
         dt_append(msg, msglen, " mxcsr native %08x bt %08x;", a->mxcsr, b->mxcsr);
     for (int r = 0; r < 8; r++)
         if (memcmp(a->st[r], b->st[r], 10))
-            dt_append(msg, msglen, " st%d/mm%d native %016llx:%04x bt %016llx:%04x;", r, r,
-                      (unsigned long long)*(const uint64_t *)a->st[r], *(const uint16_t *)(a->st[r] + 8),
-                      (unsigned long long)*(const uint64_t *)b->st[r], *(const uint16_t *)(b->st[r] + 8));
+            dt_append(
+                msg, msglen, " st%d/mm%d native %016llx:%04x bt %016llx:%04x;", r, r,
+                (unsigned long long)*(const uint64_t *)a->st[r], *(const uint16_t *)(a->st[r] + 8),
+                (unsigned long long)*(const uint64_t *)b->st[r], *(const uint16_t *)(b->st[r] + 8));
     for (int r = 0; r < nregs; r++)
         if (memcmp(a->xmm[r], b->xmm[r], 16))
             dt_append(msg, msglen, " xmm%d native %016llx%016llx bt %016llx%016llx;", r,

@@ -80,8 +80,7 @@ static void native_on_signal(int sig, siginfo_t *si, void *ucv)
     r->rip = g[REG_RIP];
     r->rflags = g[REG_EFL];
     memcpy(r->scratch, (void *)DT_SCRATCH, DT_SCRATCH_N);
-    if (uc->uc_mcontext.fpregs)
-        memcpy(&r->fx, uc->uc_mcontext.fpregs, sizeof(r->fx));
+    if (uc->uc_mcontext.fpregs) memcpy(&r->fx, uc->uc_mcontext.fpregs, sizeof(r->fx));
     r->sig = sig;
     /* exit(2), not exit_group: the only exit seccomp strict mode allows */
     __asm__ volatile("syscall" : : "a"(60), "D"(0) : "rcx", "r11", "memory");
@@ -96,14 +95,12 @@ static _Noreturn void native_child(const uint8_t *code, size_t len, const uint8_
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
     void *x = mmap((void *)DT_CODE, DT_CODE_N, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
-    if (s != (void *)DT_SCRATCH || x != (void *)DT_CODE)
-        _exit(120);
+    if (s != (void *)DT_SCRATCH || x != (void *)DT_CODE) _exit(120);
     memcpy(s, scratch, DT_SCRATCH_N);
     memset(x, 0xcc, DT_CODE_N);
     memcpy(x, code, len);
     ((uint8_t *)x)[len] = 0x0f, ((uint8_t *)x)[len + 1] = 0x0b;
-    if (mprotect(x, DT_CODE_N, PROT_READ | PROT_EXEC) < 0)
-        _exit(121);
+    if (mprotect(x, DT_CODE_N, PROT_READ | PROT_EXEC) < 0) _exit(121);
     static uint8_t altstack[65536];
     stack_t ss = {.ss_sp = altstack, .ss_size = sizeof(altstack)};
     sigaltstack(&ss, NULL);
@@ -129,8 +126,7 @@ static _Noreturn void native_child(const uint8_t *code, size_t len, const uint8_
     native_far.off = (uint32_t)DT_CODE;
     native_far.sel = 0x23;
     alarm(2);
-    if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT) < 0)
-        _exit(122);
+    if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT) < 0) _exit(122);
     if (btenv_bits == 32)
         native_enter32();
     else
@@ -145,15 +141,11 @@ static int native_run(struct native_result *shared, const uint8_t *code, size_t 
     memset(shared, 0, sizeof(*shared));
     native_out = shared;
     pid_t pid = fork();
-    if (pid < 0)
-        return -1;
-    if (pid == 0)
-        native_child(code, len, scratch, gpr, rflags);
+    if (pid < 0) return -1;
+    if (pid == 0) native_child(code, len, scratch, gpr, rflags);
     int st;
-    if (waitpid(pid, &st, 0) < 0)
-        return -1;
-    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
-        shared->sig = 0;
+    if (waitpid(pid, &st, 0) < 0) return -1;
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) shared->sig = 0;
     return 0;
 }
 

@@ -59,8 +59,9 @@ static void run_prog(bool jit, const uint8_t *code, size_t n, uint64_t budget, s
     t_setup_long(T);
     use_jit(jit);
     struct bt_cpu *c = T->c;
-    static const uint64_t init[16] = {1, 2, 3, 4, T_STACK0 - 0x100, 6, 7, 8, 0x8000000000000000ull,
-                                      0xffffffff, 10, 11, 12, 13, 14, T_DATA};
+    static const uint64_t init[16] = {
+        1,  2,  3,  4,     T_STACK0 - 0x100, 6, 7, 8, 0x8000000000000000ull, 0xffffffff, 10, 11,
+        12, 13, 14, T_DATA};
     memcpy(c->s.gpr, init, sizeof(init));
     c->s.rflags = X86_FLAG_FIXED | X86_FLAG_CF;
     memset(gp(T, T_DATA, 0x1000), 0x5a, 0x1000);
@@ -104,21 +105,21 @@ static void both(const uint8_t *code, size_t n, uint64_t budget, struct outcome 
  *   inc r9b; test al, 1; cmp rdx, rax; mov [r15+8], rdx; mov r10, [r15+8]; or r11w, cx;
  *   and r12, -16; dec ecx; jnz again; hlt */
 static const uint8_t loop_prog[] = {
-    0xb9, 0x00, 0x00, 0x00, 0x00,       /* mov ecx, N (patched) */
-    0x48, 0x01, 0xc8,                   /* add rax, rcx */
-    0x48, 0x8d, 0x5c, 0x88, 0x08,       /* lea rbx, [rax+rcx*4+8] */
-    0x48, 0x31, 0xda,                   /* xor rdx, rbx */
-    0x41, 0x83, 0xe8, 0x03,             /* sub r8d, 3 */
-    0x41, 0xfe, 0xc1,                   /* inc r9b */
-    0xa8, 0x01,                         /* test al, 1 */
-    0x48, 0x39, 0xc2,                   /* cmp rdx, rax */
-    0x49, 0x89, 0x57, 0x08,             /* mov [r15+8], rdx */
-    0x4d, 0x8b, 0x57, 0x08,             /* mov r10, [r15+8] */
-    0x66, 0x41, 0x09, 0xcb,             /* or r11w, cx */
-    0x49, 0x83, 0xe4, 0xf0,             /* and r12, -16 */
-    0xff, 0xc9,                         /* dec ecx */
-    0x75, 0x00,                         /* jnz again (patched) */
-    0xf4,                               /* hlt */
+    0xb9, 0x00, 0x00, 0x00, 0x00, /* mov ecx, N (patched) */
+    0x48, 0x01, 0xc8,             /* add rax, rcx */
+    0x48, 0x8d, 0x5c, 0x88, 0x08, /* lea rbx, [rax+rcx*4+8] */
+    0x48, 0x31, 0xda,             /* xor rdx, rbx */
+    0x41, 0x83, 0xe8, 0x03,       /* sub r8d, 3 */
+    0x41, 0xfe, 0xc1,             /* inc r9b */
+    0xa8, 0x01,                   /* test al, 1 */
+    0x48, 0x39, 0xc2,             /* cmp rdx, rax */
+    0x49, 0x89, 0x57, 0x08,       /* mov [r15+8], rdx */
+    0x4d, 0x8b, 0x57, 0x08,       /* mov r10, [r15+8] */
+    0x66, 0x41, 0x09, 0xcb,       /* or r11w, cx */
+    0x49, 0x83, 0xe4, 0xf0,       /* and r12, -16 */
+    0xff, 0xc9,                   /* dec ecx */
+    0x75, 0x00,                   /* jnz again (patched) */
+    0xf4,                         /* hlt */
 };
 
 static void make_loop(uint8_t *p, uint32_t iters)
@@ -142,8 +143,8 @@ static void test_loop_same_state(void **st)
 
     assert_true(s.blocks_translated >= 2);
     assert_true(s.insns_native >= 10);
-    assert_true(s.chains >= 1);   /* the loop's back edge is chained to itself */
-    assert_true(s.runs < 100);    /* so the loop rarely goes back to the interpreter loop */
+    assert_true(s.chains >= 1); /* the loop's back edge is chained to itself */
+    assert_true(s.runs < 100);  /* so the loop rarely goes back to the interpreter loop */
 }
 
 /* Conditional branches on every condition code, after flag-setting native ops; and a budget
@@ -160,13 +161,34 @@ static void test_all_conditions(void **st)
                 {0x48, 0x39, 0xf0}, /* cmp rax, rsi */
             };
             uint8_t p[] = {
-                0x48, 0xc7, 0xc3, 0x05, 0x00, 0x00, 0x00, /* mov rbx, 5 */
-                0x48, 0xb9, 0, 0, 0, 0, 0, 0, 0, 0x80,    /* mov rcx, 0x8000000000000000 */
-                ops[seed][0], ops[seed][1], ops[seed][2], /* the flag op */
-                (uint8_t)(0x70 | cc), 0x02,               /* jcc +2 */
-                0xff, 0xc7,                               /* inc edi (not taken path) */
-                0x48, 0xff, 0xc6,                         /* inc rsi */
-                0xf4,                                     /* hlt */
+                0x48,
+                0xc7,
+                0xc3,
+                0x05,
+                0x00,
+                0x00,
+                0x00, /* mov rbx, 5 */
+                0x48,
+                0xb9,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0x80, /* mov rcx, 0x8000000000000000 */
+                ops[seed][0],
+                ops[seed][1],
+                ops[seed][2], /* the flag op */
+                (uint8_t)(0x70 | cc),
+                0x02, /* jcc +2 */
+                0xff,
+                0xc7, /* inc edi (not taken path) */
+                0x48,
+                0xff,
+                0xc6, /* inc rsi */
+                0xf4, /* hlt */
             };
             both(p, sizeof(p), 1000, &a, &b);
         }
@@ -186,7 +208,7 @@ static void test_fault_mid_block(void **st)
     static const uint8_t p[] = {
         0xb8, 0x07, 0x00, 0x00, 0x00,             /* mov eax, 7 */
         0x83, 0xc0, 0x01,                         /* add eax, 1 */
-        0x48, 0x8b, 0x1c, 0x25, 0, 0, 0, 0x40,    /* mov rbx, [0x40000000]: not mapped */
+        0x48, 0x8b, 0x1c, 0x25, 0,    0, 0, 0x40, /* mov rbx, [0x40000000]: not mapped */
         0xff, 0xc0,                               /* inc eax (not reached) */
         0xf4,
     };
@@ -204,14 +226,31 @@ static void test_fault_mid_block(void **st)
 static void test_self_modifying(void **st)
 {
     static const uint8_t p[] = {
-        0xb9, 0x03, 0x00, 0x00, 0x00,             /* mov ecx, 3 */
-        0x31, 0xdb,                               /* xor ebx, ebx */
+        0xb9,
+        0x03,
+        0x00,
+        0x00,
+        0x00, /* mov ecx, 3 */
+        0x31,
+        0xdb, /* xor ebx, ebx */
         /* again (7): */
-        0xb8, 0x01, 0x00, 0x00, 0x00,             /* mov eax, 1   <- imm patched at 8 */
-        0x01, 0xc3,                               /* add ebx, eax */
-        0x88, 0x0d, 0xf4, 0xff, 0xff, 0xff,       /* mov [rip-12], cl (-> offset 8) */
-        0xff, 0xc9,                               /* dec ecx */
-        0x75, 0xef,                               /* jnz again */
+        0xb8,
+        0x01,
+        0x00,
+        0x00,
+        0x00, /* mov eax, 1   <- imm patched at 8 */
+        0x01,
+        0xc3, /* add ebx, eax */
+        0x88,
+        0x0d,
+        0xf4,
+        0xff,
+        0xff,
+        0xff, /* mov [rip-12], cl (-> offset 8) */
+        0xff,
+        0xc9, /* dec ecx */
+        0x75,
+        0xef, /* jnz again */
         0xf4,
     };
     static struct outcome a, b;
@@ -230,8 +269,8 @@ static void test_self_modifying(void **st)
         0xf4,                                     /* hlt (0x15) */
         0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90,
         /* sub (0x20): */
-        0xb8, 0x02, 0x00, 0x00, 0x00,             /* mov eax, 2 */
-        0xc3,                                     /* ret */
+        0xb8, 0x02, 0x00, 0x00, 0x00, /* mov eax, 2 */
+        0xc3,                         /* ret */
     };
     both(q, sizeof(q), 1000, &a, &b);
     assert_true(a.halted);
@@ -281,14 +320,12 @@ static void test_wx(void **st)
     int jit_maps = 0, wx = 0;
     while (fgets(line, sizeof(line), f)) {
         char perms[8] = "";
-        if (sscanf(line, "%*s %7s", perms) != 1)
-            continue;
+        if (sscanf(line, "%*s %7s", perms) != 1) continue;
         if (strchr(perms, 'w') && strchr(perms, 'x')) {
             print_error("writable and executable: %s", line);
             wx++;
         }
-        if (strstr(line, "lookout-jit"))
-            jit_maps++;
+        if (strstr(line, "lookout-jit")) jit_maps++;
     }
     fclose(f);
     assert_int_equal(wx, 0);

@@ -348,6 +348,23 @@ static void dirty_log_and_code_watch(void **state)
     tenv_free(t);
 }
 
+static void self_modifying_code(void **state)
+{
+    /* mov byte [rip+1], 0xf4 ; nop ; int 0x80  -- the store turns the INT into HLT, which must run
+     */
+    struct tenv *t = tenv_new(true);
+    struct bt_cpu *c = t->c;
+    t_setup_long(t);
+    const uint8_t code[] = {0xc6, 0x05, 0x01, 0x00, 0x00, 0x00, 0xf4, 0x90, 0xcd, 0x80, 0xf4};
+    put_bytes(t, T_CODE0, code, sizeof(code));
+    c->halted = false;
+    c->exit_now = false;
+    bt_exec(c, 10);
+    assert_true(c->halted);
+    assert_int_equal(c->s.rip, T_CODE0 + 9);
+    tenv_free(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -361,6 +378,7 @@ int main(void)
         cmocka_unit_test(segment_limits_and_canonical),
         cmocka_unit_test(mmio_and_unclaimed),
         cmocka_unit_test(dirty_log_and_code_watch),
+        cmocka_unit_test(self_modifying_code),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -23,41 +23,77 @@ static inline void fl_out(uint64_t *fl, uint64_t h)
 /* two-operand "op b, a" at each size */
 #define OP2(I)                                                                                     \
     switch (size) {                                                                                \
-    case 1: asm(PRE I "b %b[b], %b[a]" POST : [a] "+r"(a), [f] "+r"(h) : [b] "r"(b) : "cc"); break; \
-    case 2: asm(PRE I "w %w[b], %w[a]" POST : [a] "+r"(a), [f] "+r"(h) : [b] "r"(b) : "cc"); break; \
-    case 4: asm(PRE I "l %k[b], %k[a]" POST : [a] "+r"(a), [f] "+r"(h) : [b] "r"(b) : "cc"); break; \
-    default: asm(PRE I "q %q[b], %q[a]" POST : [a] "+r"(a), [f] "+r"(h) : [b] "r"(b) : "cc"); break; \
+    case 1: asm(PRE I "b %b[b], %b[a]" POST                                                        \
+                : [a] "+r"(a), [f] "+r"(h)                                                         \
+                : [b] "r"(b)                                                                       \
+                : "cc");                                                                           \
+        break;                                                                                     \
+    case 2: asm(PRE I "w %w[b], %w[a]" POST                                                        \
+                : [a] "+r"(a), [f] "+r"(h)                                                         \
+                : [b] "r"(b)                                                                       \
+                : "cc");                                                                           \
+        break;                                                                                     \
+    case 4: asm(PRE I "l %k[b], %k[a]" POST                                                        \
+                : [a] "+r"(a), [f] "+r"(h)                                                         \
+                : [b] "r"(b)                                                                       \
+                : "cc");                                                                           \
+        break;                                                                                     \
+    default: asm(PRE I "q %q[b], %q[a]" POST                                                       \
+                 : [a] "+r"(a), [f] "+r"(h)                                                        \
+                 : [b] "r"(b)                                                                      \
+                 : "cc");                                                                          \
+        break;                                                                                     \
     }
 /* the same without loading the guest flags: for operations whose six flags do not depend on
  * the incoming ones (POPF is the expensive part; the differential tester checks the claim) */
 #define PRE_NF "lea -128(%%rsp), %%rsp\n\t"
 #define OP2N(I)                                                                                    \
     switch (size) {                                                                                \
-    case 1: asm(PRE_NF I "b %b[b], %b[a]" POST : [a] "+r"(a), [f] "=r"(h) : [b] "r"(b) : "cc"); break; \
-    case 2: asm(PRE_NF I "w %w[b], %w[a]" POST : [a] "+r"(a), [f] "=r"(h) : [b] "r"(b) : "cc"); break; \
-    case 4: asm(PRE_NF I "l %k[b], %k[a]" POST : [a] "+r"(a), [f] "=r"(h) : [b] "r"(b) : "cc"); break; \
-    default: asm(PRE_NF I "q %q[b], %q[a]" POST : [a] "+r"(a), [f] "=r"(h) : [b] "r"(b) : "cc"); break; \
+    case 1:                                                                                        \
+        asm(PRE_NF I "b %b[b], %b[a]" POST : [a] "+r"(a), [f] "=r"(h) : [b] "r"(b) : "cc");        \
+        break;                                                                                     \
+    case 2:                                                                                        \
+        asm(PRE_NF I "w %w[b], %w[a]" POST : [a] "+r"(a), [f] "=r"(h) : [b] "r"(b) : "cc");        \
+        break;                                                                                     \
+    case 4:                                                                                        \
+        asm(PRE_NF I "l %k[b], %k[a]" POST : [a] "+r"(a), [f] "=r"(h) : [b] "r"(b) : "cc");        \
+        break;                                                                                     \
+    default:                                                                                       \
+        asm(PRE_NF I "q %q[b], %q[a]" POST : [a] "+r"(a), [f] "=r"(h) : [b] "r"(b) : "cc");        \
+        break;                                                                                     \
     }
 /* 16/32/64 only (BT*, BSF/BSR) */
 #define OP2W(I)                                                                                    \
     switch (size) {                                                                                \
-    case 2: asm(PRE I "w %w[b], %w[a]" POST : [a] "+r"(a), [f] "+r"(h) : [b] "r"(b) : "cc"); break; \
-    case 4: asm(PRE I "l %k[b], %k[a]" POST : [a] "+r"(a), [f] "+r"(h) : [b] "r"(b) : "cc"); break; \
-    default: asm(PRE I "q %q[b], %q[a]" POST : [a] "+r"(a), [f] "+r"(h) : [b] "r"(b) : "cc"); break; \
+    case 2: asm(PRE I "w %w[b], %w[a]" POST                                                        \
+                : [a] "+r"(a), [f] "+r"(h)                                                         \
+                : [b] "r"(b)                                                                       \
+                : "cc");                                                                           \
+        break;                                                                                     \
+    case 4: asm(PRE I "l %k[b], %k[a]" POST                                                        \
+                : [a] "+r"(a), [f] "+r"(h)                                                         \
+                : [b] "r"(b)                                                                       \
+                : "cc");                                                                           \
+        break;                                                                                     \
+    default: asm(PRE I "q %q[b], %q[a]" POST                                                       \
+                 : [a] "+r"(a), [f] "+r"(h)                                                        \
+                 : [b] "r"(b)                                                                      \
+                 : "cc");                                                                          \
+        break;                                                                                     \
     }
 #define OP1(I)                                                                                     \
     switch (size) {                                                                                \
-    case 1: asm(PRE I "b %b[a]" POST : [a] "+r"(a), [f] "+r"(h) : : "cc"); break;                \
-    case 2: asm(PRE I "w %w[a]" POST : [a] "+r"(a), [f] "+r"(h) : : "cc"); break;                \
-    case 4: asm(PRE I "l %k[a]" POST : [a] "+r"(a), [f] "+r"(h) : : "cc"); break;                \
-    default: asm(PRE I "q %q[a]" POST : [a] "+r"(a), [f] "+r"(h) : : "cc"); break;               \
+    case 1: asm(PRE I "b %b[a]" POST : [a] "+r"(a), [f] "+r"(h) : : "cc"); break;                  \
+    case 2: asm(PRE I "w %w[a]" POST : [a] "+r"(a), [f] "+r"(h) : : "cc"); break;                  \
+    case 4: asm(PRE I "l %k[a]" POST : [a] "+r"(a), [f] "+r"(h) : : "cc"); break;                  \
+    default: asm(PRE I "q %q[a]" POST : [a] "+r"(a), [f] "+r"(h) : : "cc"); break;                 \
     }
 #define SHIFT(I)                                                                                   \
     switch (size) {                                                                                \
-    case 1: asm(PRE I "b %%cl, %b[a]" POST : [a] "+r"(a), [f] "+r"(h) : "c"(b) : "cc"); break;   \
-    case 2: asm(PRE I "w %%cl, %w[a]" POST : [a] "+r"(a), [f] "+r"(h) : "c"(b) : "cc"); break;   \
-    case 4: asm(PRE I "l %%cl, %k[a]" POST : [a] "+r"(a), [f] "+r"(h) : "c"(b) : "cc"); break;   \
-    default: asm(PRE I "q %%cl, %q[a]" POST : [a] "+r"(a), [f] "+r"(h) : "c"(b) : "cc"); break;  \
+    case 1: asm(PRE I "b %%cl, %b[a]" POST : [a] "+r"(a), [f] "+r"(h) : "c"(b) : "cc"); break;     \
+    case 2: asm(PRE I "w %%cl, %w[a]" POST : [a] "+r"(a), [f] "+r"(h) : "c"(b) : "cc"); break;     \
+    case 4: asm(PRE I "l %%cl, %k[a]" POST : [a] "+r"(a), [f] "+r"(h) : "c"(b) : "cc"); break;     \
+    default: asm(PRE I "q %%cl, %q[a]" POST : [a] "+r"(a), [f] "+r"(h) : "c"(b) : "cc"); break;    \
     }
 
 uint64_t bt_host_alu(int op, unsigned size, uint64_t a, uint64_t b, uint64_t *fl)
@@ -104,13 +140,22 @@ uint64_t bt_host_shd(int op, unsigned size, uint64_t a, uint64_t b, uint8_t n, u
 #define SHD(I)                                                                                     \
     switch (size) {                                                                                \
     case 2:                                                                                        \
-        asm(PRE I "w %%cl, %w[b], %w[a]" POST : [a] "+r"(a), [f] "+r"(h) : [b] "r"(b), "c"(n) : "cc"); \
+        asm(PRE I "w %%cl, %w[b], %w[a]" POST                                                      \
+            : [a] "+r"(a), [f] "+r"(h)                                                             \
+            : [b] "r"(b), "c"(n)                                                                   \
+            : "cc");                                                                               \
         break;                                                                                     \
     case 4:                                                                                        \
-        asm(PRE I "l %%cl, %k[b], %k[a]" POST : [a] "+r"(a), [f] "+r"(h) : [b] "r"(b), "c"(n) : "cc"); \
+        asm(PRE I "l %%cl, %k[b], %k[a]" POST                                                      \
+            : [a] "+r"(a), [f] "+r"(h)                                                             \
+            : [b] "r"(b), "c"(n)                                                                   \
+            : "cc");                                                                               \
         break;                                                                                     \
     default:                                                                                       \
-        asm(PRE I "q %%cl, %q[b], %q[a]" POST : [a] "+r"(a), [f] "+r"(h) : [b] "r"(b), "c"(n) : "cc"); \
+        asm(PRE I "q %%cl, %q[b], %q[a]" POST                                                      \
+            : [a] "+r"(a), [f] "+r"(h)                                                             \
+            : [b] "r"(b), "c"(n)                                                                   \
+            : "cc");                                                                               \
         break;                                                                                     \
     }
     if (op == BT_SHLD) {
@@ -126,23 +171,78 @@ uint64_t bt_host_shd(int op, unsigned size, uint64_t a, uint64_t b, uint8_t n, u
 /* LOCK forms on host memory */
 #define LOP2(I)                                                                                    \
     switch (size) {                                                                                \
-    case 1: asm volatile(PRE "lock " I "b %b[b], %[m]" POST : [m] "+m"(*(uint8_t *)p), [f] "+r"(h), [b] "+r"(b) : : "cc", "memory"); break; \
-    case 2: asm volatile(PRE "lock " I "w %w[b], %[m]" POST : [m] "+m"(*(uint16_t *)p), [f] "+r"(h), [b] "+r"(b) : : "cc", "memory"); break; \
-    case 4: asm volatile(PRE "lock " I "l %k[b], %[m]" POST : [m] "+m"(*(uint32_t *)p), [f] "+r"(h), [b] "+r"(b) : : "cc", "memory"); break; \
-    default: asm volatile(PRE "lock " I "q %q[b], %[m]" POST : [m] "+m"(*(uint64_t *)p), [f] "+r"(h), [b] "+r"(b) : : "cc", "memory"); break; \
+    case 1:                                                                                        \
+        asm volatile(PRE "lock " I "b %b[b], %[m]" POST                                            \
+                     : [m] "+m"(*(uint8_t *)p), [f] "+r"(h), [b] "+r"(b)                           \
+                     :                                                                             \
+                     : "cc", "memory");                                                            \
+        break;                                                                                     \
+    case 2:                                                                                        \
+        asm volatile(PRE "lock " I "w %w[b], %[m]" POST                                            \
+                     : [m] "+m"(*(uint16_t *)p), [f] "+r"(h), [b] "+r"(b)                          \
+                     :                                                                             \
+                     : "cc", "memory");                                                            \
+        break;                                                                                     \
+    case 4:                                                                                        \
+        asm volatile(PRE "lock " I "l %k[b], %[m]" POST                                            \
+                     : [m] "+m"(*(uint32_t *)p), [f] "+r"(h), [b] "+r"(b)                          \
+                     :                                                                             \
+                     : "cc", "memory");                                                            \
+        break;                                                                                     \
+    default:                                                                                       \
+        asm volatile(PRE "lock " I "q %q[b], %[m]" POST                                            \
+                     : [m] "+m"(*(uint64_t *)p), [f] "+r"(h), [b] "+r"(b)                          \
+                     :                                                                             \
+                     : "cc", "memory");                                                            \
+        break;                                                                                     \
     }
 #define LOP2W(I)                                                                                   \
     switch (size) {                                                                                \
-    case 2: asm volatile(PRE "lock " I "w %w[b], %[m]" POST : [m] "+m"(*(uint16_t *)p), [f] "+r"(h), [b] "+r"(b) : : "cc", "memory"); break; \
-    case 4: asm volatile(PRE "lock " I "l %k[b], %[m]" POST : [m] "+m"(*(uint32_t *)p), [f] "+r"(h), [b] "+r"(b) : : "cc", "memory"); break; \
-    default: asm volatile(PRE "lock " I "q %q[b], %[m]" POST : [m] "+m"(*(uint64_t *)p), [f] "+r"(h), [b] "+r"(b) : : "cc", "memory"); break; \
+    case 2:                                                                                        \
+        asm volatile(PRE "lock " I "w %w[b], %[m]" POST                                            \
+                     : [m] "+m"(*(uint16_t *)p), [f] "+r"(h), [b] "+r"(b)                          \
+                     :                                                                             \
+                     : "cc", "memory");                                                            \
+        break;                                                                                     \
+    case 4:                                                                                        \
+        asm volatile(PRE "lock " I "l %k[b], %[m]" POST                                            \
+                     : [m] "+m"(*(uint32_t *)p), [f] "+r"(h), [b] "+r"(b)                          \
+                     :                                                                             \
+                     : "cc", "memory");                                                            \
+        break;                                                                                     \
+    default:                                                                                       \
+        asm volatile(PRE "lock " I "q %q[b], %[m]" POST                                            \
+                     : [m] "+m"(*(uint64_t *)p), [f] "+r"(h), [b] "+r"(b)                          \
+                     :                                                                             \
+                     : "cc", "memory");                                                            \
+        break;                                                                                     \
     }
 #define LOP1(I)                                                                                    \
     switch (size) {                                                                                \
-    case 1: asm volatile(PRE "lock " I "b %[m]" POST : [m] "+m"(*(uint8_t *)p), [f] "+r"(h) : : "cc", "memory"); break; \
-    case 2: asm volatile(PRE "lock " I "w %[m]" POST : [m] "+m"(*(uint16_t *)p), [f] "+r"(h) : : "cc", "memory"); break; \
-    case 4: asm volatile(PRE "lock " I "l %[m]" POST : [m] "+m"(*(uint32_t *)p), [f] "+r"(h) : : "cc", "memory"); break; \
-    default: asm volatile(PRE "lock " I "q %[m]" POST : [m] "+m"(*(uint64_t *)p), [f] "+r"(h) : : "cc", "memory"); break; \
+    case 1:                                                                                        \
+        asm volatile(PRE "lock " I "b %[m]" POST                                                   \
+                     : [m] "+m"(*(uint8_t *)p), [f] "+r"(h)                                        \
+                     :                                                                             \
+                     : "cc", "memory");                                                            \
+        break;                                                                                     \
+    case 2:                                                                                        \
+        asm volatile(PRE "lock " I "w %[m]" POST                                                   \
+                     : [m] "+m"(*(uint16_t *)p), [f] "+r"(h)                                       \
+                     :                                                                             \
+                     : "cc", "memory");                                                            \
+        break;                                                                                     \
+    case 4:                                                                                        \
+        asm volatile(PRE "lock " I "l %[m]" POST                                                   \
+                     : [m] "+m"(*(uint32_t *)p), [f] "+r"(h)                                       \
+                     :                                                                             \
+                     : "cc", "memory");                                                            \
+        break;                                                                                     \
+    default:                                                                                       \
+        asm volatile(PRE "lock " I "q %[m]" POST                                                   \
+                     : [m] "+m"(*(uint64_t *)p), [f] "+r"(h)                                       \
+                     :                                                                             \
+                     : "cc", "memory");                                                            \
+        break;                                                                                     \
     }
 
 uint64_t bt_host_alu_locked(int op, unsigned size, void *p, uint64_t b, uint64_t *fl)
@@ -198,26 +298,21 @@ void bt_rmw_write(struct bt_cpu *c, const struct bt_insn *i, int n, const struct
 
 void bt_check_lock(struct bt_cpu *c, const struct bt_insn *i)
 {
-    if ((i->pfx & BT_PFX_LOCK) && i->op[0].kind != BT_OPK_MEM)
-        bt_ud(c);
+    if ((i->pfx & BT_PFX_LOCK) && i->op[0].kind != BT_OPK_MEM) bt_ud(c);
 }
 
 /* LOCKed RMW on memory operand 0 through host atomics when it is RAM.  Returns false (nothing
  * done) if the target is MMIO: the caller then emulates; a device sees the accesses in order. */
-static bool try_locked(struct bt_cpu *c, const struct bt_insn *i, int op, uint64_t b,
-                       uint64_t *old)
+static bool try_locked(struct bt_cpu *c, const struct bt_insn *i, int op, uint64_t b, uint64_t *old)
 {
-    if (!(i->pfx & BT_PFX_LOCK) || i->op[0].kind != BT_OPK_MEM)
-        return false;
+    if (!(i->pfx & BT_PFX_LOCK) || i->op[0].kind != BT_OPK_MEM) return false;
     unsigned size = i->op[0].size;
     uint64_t lin = bt_op_lin(c, i, 0, size, BT_ACC_WRITE);
     void *p = bt_lock_ptr(c, lin, size);
-    if (!p)
-        return false;
+    if (!p) return false;
     uint64_t fl = c->s.rflags;
     uint64_t r = bt_host_alu_locked(op, size, p, b, &fl);
-    if (old)
-        *old = r;
+    if (old) *old = r;
     bt_commit_flags(c, fl);
     return true;
 }
@@ -226,12 +321,10 @@ static bool try_locked(struct bt_cpu *c, const struct bt_insn *i, int op, uint64
 
 static void binop(struct bt_cpu *c, const struct bt_insn *i, int op)
 {
-    if (i->pfx & BT_PFX_LOCK)
-        bt_check_lock(c, i);
+    if (i->pfx & BT_PFX_LOCK) bt_check_lock(c, i);
     unsigned size = i->op[0].size;
     uint64_t b = bt_op_read(c, i, 1) & bt_size_mask(size);
-    if ((i->pfx & BT_PFX_LOCK) && try_locked(c, i, op, b, NULL))
-        return;
+    if ((i->pfx & BT_PFX_LOCK) && try_locked(c, i, op, b, NULL)) return;
     struct bt_rmw r;
     uint64_t fl = c->s.rflags;
     if (op == BT_CMP || op == BT_TEST) {
@@ -248,8 +341,7 @@ static void binop(struct bt_cpu *c, const struct bt_insn *i, int op)
 static void unop(struct bt_cpu *c, const struct bt_insn *i, int op)
 {
     bt_check_lock(c, i);
-    if ((i->pfx & BT_PFX_LOCK) && try_locked(c, i, op, 0, NULL))
-        return;
+    if ((i->pfx & BT_PFX_LOCK) && try_locked(c, i, op, 0, NULL)) return;
     struct bt_rmw r;
     uint64_t fl = c->s.rflags;
     uint64_t a = bt_rmw_read(c, i, 0, &r);
@@ -258,18 +350,54 @@ static void unop(struct bt_cpu *c, const struct bt_insn *i, int op)
     bt_commit_flags(c, fl);
 }
 
-static void op_add(struct bt_cpu *c, const struct bt_insn *i) { binop(c, i, BT_ADD); }
-static void op_or(struct bt_cpu *c, const struct bt_insn *i) { binop(c, i, BT_OR); }
-static void op_adc(struct bt_cpu *c, const struct bt_insn *i) { binop(c, i, BT_ADC); }
-static void op_sbb(struct bt_cpu *c, const struct bt_insn *i) { binop(c, i, BT_SBB); }
-static void op_and(struct bt_cpu *c, const struct bt_insn *i) { binop(c, i, BT_AND); }
-static void op_sub(struct bt_cpu *c, const struct bt_insn *i) { binop(c, i, BT_SUB); }
-static void op_xor(struct bt_cpu *c, const struct bt_insn *i) { binop(c, i, BT_XOR); }
-static void op_cmp(struct bt_cpu *c, const struct bt_insn *i) { binop(c, i, BT_CMP); }
-static void op_test(struct bt_cpu *c, const struct bt_insn *i) { binop(c, i, BT_TEST); }
-static void op_inc(struct bt_cpu *c, const struct bt_insn *i) { unop(c, i, BT_INC); }
-static void op_dec(struct bt_cpu *c, const struct bt_insn *i) { unop(c, i, BT_DEC); }
-static void op_neg(struct bt_cpu *c, const struct bt_insn *i) { unop(c, i, BT_NEG); }
+static void op_add(struct bt_cpu *c, const struct bt_insn *i)
+{
+    binop(c, i, BT_ADD);
+}
+static void op_or(struct bt_cpu *c, const struct bt_insn *i)
+{
+    binop(c, i, BT_OR);
+}
+static void op_adc(struct bt_cpu *c, const struct bt_insn *i)
+{
+    binop(c, i, BT_ADC);
+}
+static void op_sbb(struct bt_cpu *c, const struct bt_insn *i)
+{
+    binop(c, i, BT_SBB);
+}
+static void op_and(struct bt_cpu *c, const struct bt_insn *i)
+{
+    binop(c, i, BT_AND);
+}
+static void op_sub(struct bt_cpu *c, const struct bt_insn *i)
+{
+    binop(c, i, BT_SUB);
+}
+static void op_xor(struct bt_cpu *c, const struct bt_insn *i)
+{
+    binop(c, i, BT_XOR);
+}
+static void op_cmp(struct bt_cpu *c, const struct bt_insn *i)
+{
+    binop(c, i, BT_CMP);
+}
+static void op_test(struct bt_cpu *c, const struct bt_insn *i)
+{
+    binop(c, i, BT_TEST);
+}
+static void op_inc(struct bt_cpu *c, const struct bt_insn *i)
+{
+    unop(c, i, BT_INC);
+}
+static void op_dec(struct bt_cpu *c, const struct bt_insn *i)
+{
+    unop(c, i, BT_DEC);
+}
+static void op_neg(struct bt_cpu *c, const struct bt_insn *i)
+{
+    unop(c, i, BT_NEG);
+}
 
 static void op_not(struct bt_cpu *c, const struct bt_insn *i)
 {

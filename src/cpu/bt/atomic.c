@@ -69,10 +69,30 @@ static uint64_t host_cmpxchg(unsigned size, uint64_t *rax, uint64_t dst, uint64_
 {
     uint64_t h = (*fl & BT_ARITH_FLAGS) | X86_FLAG_FIXED, a = *rax;
     switch (size) {
-    case 1: asm(PRE "cmpxchgb %b[s], %b[d]" POST : "+a"(a), [d] "+r"(dst), [f] "+r"(h) : [s] "r"(src) : "cc"); break;
-    case 2: asm(PRE "cmpxchgw %w[s], %w[d]" POST : "+a"(a), [d] "+r"(dst), [f] "+r"(h) : [s] "r"(src) : "cc"); break;
-    case 4: asm(PRE "cmpxchgl %k[s], %k[d]" POST : "+a"(a), [d] "+r"(dst), [f] "+r"(h) : [s] "r"(src) : "cc"); break;
-    default: asm(PRE "cmpxchgq %q[s], %q[d]" POST : "+a"(a), [d] "+r"(dst), [f] "+r"(h) : [s] "r"(src) : "cc"); break;
+    case 1:
+        asm(PRE "cmpxchgb %b[s], %b[d]" POST
+            : "+a"(a), [d] "+r"(dst), [f] "+r"(h)
+            : [s] "r"(src)
+            : "cc");
+        break;
+    case 2:
+        asm(PRE "cmpxchgw %w[s], %w[d]" POST
+            : "+a"(a), [d] "+r"(dst), [f] "+r"(h)
+            : [s] "r"(src)
+            : "cc");
+        break;
+    case 4:
+        asm(PRE "cmpxchgl %k[s], %k[d]" POST
+            : "+a"(a), [d] "+r"(dst), [f] "+r"(h)
+            : [s] "r"(src)
+            : "cc");
+        break;
+    default:
+        asm(PRE "cmpxchgq %q[s], %q[d]" POST
+            : "+a"(a), [d] "+r"(dst), [f] "+r"(h)
+            : [s] "r"(src)
+            : "cc");
+        break;
     }
     *rax = a;
     *fl = (*fl & ~(uint64_t)BT_ARITH_FLAGS) | (h & BT_ARITH_FLAGS);
@@ -83,10 +103,30 @@ static void locked_cmpxchg(unsigned size, void *p, uint64_t *rax, uint64_t src, 
 {
     uint64_t h = (*fl & BT_ARITH_FLAGS) | X86_FLAG_FIXED, a = *rax;
     switch (size) {
-    case 1: asm volatile(PRE "lock cmpxchgb %b[s], %[m]" POST : "+a"(a), [m] "+m"(*(uint8_t *)p), [f] "+r"(h) : [s] "r"(src) : "cc", "memory"); break;
-    case 2: asm volatile(PRE "lock cmpxchgw %w[s], %[m]" POST : "+a"(a), [m] "+m"(*(uint16_t *)p), [f] "+r"(h) : [s] "r"(src) : "cc", "memory"); break;
-    case 4: asm volatile(PRE "lock cmpxchgl %k[s], %[m]" POST : "+a"(a), [m] "+m"(*(uint32_t *)p), [f] "+r"(h) : [s] "r"(src) : "cc", "memory"); break;
-    default: asm volatile(PRE "lock cmpxchgq %q[s], %[m]" POST : "+a"(a), [m] "+m"(*(uint64_t *)p), [f] "+r"(h) : [s] "r"(src) : "cc", "memory"); break;
+    case 1:
+        asm volatile(PRE "lock cmpxchgb %b[s], %[m]" POST
+                     : "+a"(a), [m] "+m"(*(uint8_t *)p), [f] "+r"(h)
+                     : [s] "r"(src)
+                     : "cc", "memory");
+        break;
+    case 2:
+        asm volatile(PRE "lock cmpxchgw %w[s], %[m]" POST
+                     : "+a"(a), [m] "+m"(*(uint16_t *)p), [f] "+r"(h)
+                     : [s] "r"(src)
+                     : "cc", "memory");
+        break;
+    case 4:
+        asm volatile(PRE "lock cmpxchgl %k[s], %[m]" POST
+                     : "+a"(a), [m] "+m"(*(uint32_t *)p), [f] "+r"(h)
+                     : [s] "r"(src)
+                     : "cc", "memory");
+        break;
+    default:
+        asm volatile(PRE "lock cmpxchgq %q[s], %[m]" POST
+                     : "+a"(a), [m] "+m"(*(uint64_t *)p), [f] "+r"(h)
+                     : [s] "r"(src)
+                     : "cc", "memory");
+        break;
     }
     *rax = a;
     *fl = (*fl & ~(uint64_t)BT_ARITH_FLAGS) | (h & BT_ARITH_FLAGS);
@@ -100,8 +140,7 @@ static void op_cmpxchg(struct bt_cpu *c, const struct bt_insn *i)
     uint64_t fl = c->s.rflags, rax = c->s.gpr[RAX];
     if (i->op[0].kind == BT_OPK_MEM) {
         uint64_t lin = bt_op_lin(c, i, 0, size, BT_ACC_WRITE);
-        void *p = (i->pfx & BT_PFX_LOCK) ? bt_lock_ptr(c, lin, size)
-                                          : NULL;
+        void *p = (i->pfx & BT_PFX_LOCK) ? bt_lock_ptr(c, lin, size) : NULL;
         if (p) {
             locked_cmpxchg(size, p, &rax, src, &fl);
         } else {
@@ -133,8 +172,7 @@ static void op_cmpxchg(struct bt_cpu *c, const struct bt_insn *i)
 
 static void op_cmpxchg8b(struct bt_cpu *c, const struct bt_insn *i)
 {
-    if (i->op[0].kind != BT_OPK_MEM)
-        bt_ud(c);
+    if (i->op[0].kind != BT_OPK_MEM) bt_ud(c);
     uint64_t lin = bt_op_lin(c, i, 0, 8, BT_ACC_WRITE);
     uint64_t rax = c->s.gpr[RAX], rdx = c->s.gpr[RDX];
     uint64_t h = (c->s.rflags & BT_ARITH_FLAGS) | X86_FLAG_FIXED;
@@ -143,13 +181,16 @@ static void op_cmpxchg8b(struct bt_cpu *c, const struct bt_insn *i)
     if (p) {
         asm volatile(PRE "lock cmpxchg8b %[m]" POST
                      : "+a"(rax), "+d"(rdx), [m] "+m"(*(uint64_t *)p), [f] "+r"(h)
-                     : "b"(b), "c"(cx) : "cc", "memory");
+                     : "b"(b), "c"(cx)
+                     : "cc", "memory");
     } else {
         bt_probe_write(c, lin, 8, BT_ACC_WRITE);
         uint64_t m = bt_read(c, lin, 8, BT_ACC_READ);
         /* the copy is addressed through a register: PRE moves RSP, so no RSP-relative operand */
-        asm(PRE "cmpxchg8b (%[p])" POST : "+a"(rax), "+d"(rdx), [f] "+r"(h)
-            : "b"(b), "c"(cx), [p] "r"(&m) : "cc", "memory");
+        asm(PRE "cmpxchg8b (%[p])" POST
+            : "+a"(rax), "+d"(rdx), [f] "+r"(h)
+            : "b"(b), "c"(cx), [p] "r"(&m)
+            : "cc", "memory");
         bt_write(c, lin, 8, m, BT_ACC_WRITE);
     }
     c->s.gpr[RAX] = rax;
@@ -159,12 +200,10 @@ static void op_cmpxchg8b(struct bt_cpu *c, const struct bt_insn *i)
 
 static void op_cmpxchg16b(struct bt_cpu *c, const struct bt_insn *i)
 {
-    if (i->op[0].kind != BT_OPK_MEM)
-        bt_ud(c);
+    if (i->op[0].kind != BT_OPK_MEM) bt_ud(c);
     uint64_t ea = bt_op_ea(c, i, 0);
     uint64_t lin = bt_seg_linear(c, i->op[0].seg, ea, 16, BT_ACC_WRITE);
-    if (lin & 15)
-        bt_gp0(c);
+    if (lin & 15) bt_gp0(c);
     uint64_t rax = c->s.gpr[RAX], rdx = c->s.gpr[RDX];
     uint64_t h = (c->s.rflags & BT_ARITH_FLAGS) | X86_FLAG_FIXED;
     uint64_t b = c->s.gpr[RBX], cx = c->s.gpr[RCX];
@@ -173,13 +212,16 @@ static void op_cmpxchg16b(struct bt_cpu *c, const struct bt_insn *i)
         /* always atomic when the page is RAM: cheap, and right for SMP guests */
         asm volatile(PRE "lock cmpxchg16b %[m]" POST
                      : "+a"(rax), "+d"(rdx), [m] "+m"(*(unsigned __int128 *)p), [f] "+r"(h)
-                     : "b"(b), "c"(cx) : "cc", "memory");
+                     : "b"(b), "c"(cx)
+                     : "cc", "memory");
     } else {
         unsigned __int128 m __attribute__((aligned(16)));
         bt_probe_write(c, lin, 16, BT_ACC_WRITE);
         bt_read_buf(c, lin, &m, 16, BT_ACC_READ);
-        asm(PRE "cmpxchg16b (%[p])" POST : "+a"(rax), "+d"(rdx), [f] "+r"(h)
-            : "b"(b), "c"(cx), [p] "r"(&m) : "cc", "memory");
+        asm(PRE "cmpxchg16b (%[p])" POST
+            : "+a"(rax), "+d"(rdx), [f] "+r"(h)
+            : "b"(b), "c"(cx), [p] "r"(&m)
+            : "cc", "memory");
         bt_write_buf(c, lin, &m, 16, BT_ACC_WRITE);
     }
     c->s.gpr[RAX] = rax;

@@ -378,6 +378,7 @@ int bt_emulate_one(struct vm *vm, unsigned cpu_index, struct x86_state *s)
         struct vcpu_exit exit = {.reason = VCPU_EXIT_NONE};
         c->exit = &exit;
         c->stop_after_event = true; /* one instruction, or its exception: then back to KVM */
+        c->kvm_assist = true;
         c->tsc_offset = s->tsc - bt_rdtsc(c);
         bt_update_mode(c);
         bt_exec(c, 1);

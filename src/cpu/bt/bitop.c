@@ -14,8 +14,7 @@ static void bitop(struct bt_cpu *c, const struct bt_insn *i, int op)
     if (i->op[0].kind != BT_OPK_MEM) {
         uint64_t a = bt_op_read(c, i, 0);
         uint64_t v = bt_host_alu(op, size, a, off, &fl);
-        if (op != BT_BT)
-            bt_op_write(c, i, 0, v);
+        if (op != BT_BT) bt_op_write(c, i, 0, v);
         bt_commit_flags(c, fl);
         return;
     }
@@ -37,19 +36,29 @@ static void bitop(struct bt_cpu *c, const struct bt_insn *i, int op)
             return;
         }
     }
-    if (op != BT_BT)
-        bt_probe_write(c, lin, size, BT_ACC_WRITE);
+    if (op != BT_BT) bt_probe_write(c, lin, size, BT_ACC_WRITE);
     uint64_t a = bt_read(c, lin, size, BT_ACC_READ);
     uint64_t v = bt_host_alu(op, size, a, off, &fl);
-    if (op != BT_BT)
-        bt_write(c, lin, size, v, BT_ACC_WRITE);
+    if (op != BT_BT) bt_write(c, lin, size, v, BT_ACC_WRITE);
     bt_commit_flags(c, fl);
 }
 
-static void op_bt(struct bt_cpu *c, const struct bt_insn *i) { bitop(c, i, BT_BT); }
-static void op_bts(struct bt_cpu *c, const struct bt_insn *i) { bitop(c, i, BT_BTS); }
-static void op_btr(struct bt_cpu *c, const struct bt_insn *i) { bitop(c, i, BT_BTR); }
-static void op_btc(struct bt_cpu *c, const struct bt_insn *i) { bitop(c, i, BT_BTC); }
+static void op_bt(struct bt_cpu *c, const struct bt_insn *i)
+{
+    bitop(c, i, BT_BT);
+}
+static void op_bts(struct bt_cpu *c, const struct bt_insn *i)
+{
+    bitop(c, i, BT_BTS);
+}
+static void op_btr(struct bt_cpu *c, const struct bt_insn *i)
+{
+    bitop(c, i, BT_BTR);
+}
+static void op_btc(struct bt_cpu *c, const struct bt_insn *i)
+{
+    bitop(c, i, BT_BTC);
+}
 
 /* BSF/BSR: the host instruction runs on the whole 64-bit destination register, so what it does
  * to the destination for a zero source (kept, including the upper half) is what the guest gets. */
@@ -64,19 +73,21 @@ static void bitscan(struct bt_cpu *c, const struct bt_insn *i, int op)
     bt_commit_flags(c, fl);
 }
 
-static void op_bsf(struct bt_cpu *c, const struct bt_insn *i) { bitscan(c, i, BT_BSF); }
-static void op_bsr(struct bt_cpu *c, const struct bt_insn *i) { bitscan(c, i, BT_BSR); }
+static void op_bsf(struct bt_cpu *c, const struct bt_insn *i)
+{
+    bitscan(c, i, BT_BSF);
+}
+static void op_bsr(struct bt_cpu *c, const struct bt_insn *i)
+{
+    bitscan(c, i, BT_BSR);
+}
 
 static void op_bswap(struct bt_cpu *c, const struct bt_insn *i)
 {
     uint64_t *r = &c->s.gpr[i->op[0].reg];
     switch (i->op[0].size) {
-    case 8:
-        *r = __builtin_bswap64(*r);
-        break;
-    case 4:
-        *r = __builtin_bswap32((uint32_t)*r);
-        break;
+    case 8: *r = __builtin_bswap64(*r); break;
+    case 4: *r = __builtin_bswap32((uint32_t)*r); break;
     default: {
         /* 16-bit BSWAP is undefined; run the encoding on the host for its answer */
         uint64_t v = *r;

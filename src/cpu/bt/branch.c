@@ -15,8 +15,7 @@ static uint64_t ip_mask(unsigned opsize)
 static void jump_to(struct bt_cpu *c, uint64_t target)
 {
     if (c->code_bits == 64) {
-        if (!x86_is_canonical(target))
-            bt_gp0(c);
+        if (!x86_is_canonical(target)) bt_gp0(c);
     } else if (target > c->s.seg[SEG_CS].limit) {
         bt_gp0(c);
     }
@@ -30,8 +29,7 @@ static uint64_t rel_target(struct bt_cpu *c, const struct bt_insn *i)
 
 static uint64_t near_target(struct bt_cpu *c, const struct bt_insn *i)
 {
-    if (i->op[0].kind == BT_OPK_IMM)
-        return rel_target(c, i);
+    if (i->op[0].kind == BT_OPK_IMM) return rel_target(c, i);
     return bt_op_read(c, i, 0) & ip_mask(i->opsize);
 }
 
@@ -42,15 +40,13 @@ static void op_jmp(struct bt_cpu *c, const struct bt_insn *i)
 
 static void op_jcc(struct bt_cpu *c, const struct bt_insn *i)
 {
-    if (bt_cond(c->s.rflags, i->opcode & 0xf))
-        jump_to(c, rel_target(c, i));
+    if (bt_cond(c->s.rflags, i->opcode & 0xf)) jump_to(c, rel_target(c, i));
 }
 
 static void op_call(struct bt_cpu *c, const struct bt_insn *i)
 {
     uint64_t target = near_target(c, i);
-    if (c->code_bits == 64 ? !x86_is_canonical(target) : target > c->s.seg[SEG_CS].limit)
-        bt_gp0(c);
+    if (c->code_bits == 64 ? !x86_is_canonical(target) : target > c->s.seg[SEG_CS].limit) bt_gp0(c);
     bt_push(c, i->opsize / 8, c->next_rip);
     c->s.rip = target;
 }
@@ -80,8 +76,7 @@ static unsigned count_size(const struct bt_insn *i)
 
 static void op_jrcxz(struct bt_cpu *c, const struct bt_insn *i)
 {
-    if (bt_gpr_read(c, RCX, count_size(i)) == 0)
-        jump_to(c, rel_target(c, i));
+    if (bt_gpr_read(c, RCX, count_size(i)) == 0) jump_to(c, rel_target(c, i));
 }
 
 static void loop(struct bt_cpu *c, const struct bt_insn *i, int kind)
@@ -93,14 +88,22 @@ static void loop(struct bt_cpu *c, const struct bt_insn *i, int kind)
         take = take && (c->s.rflags & X86_FLAG_ZF);
     else if (kind == 2)
         take = take && !(c->s.rflags & X86_FLAG_ZF);
-    if (take)
-        jump_to(c, rel_target(c, i));
+    if (take) jump_to(c, rel_target(c, i));
     bt_gpr_write(c, RCX, cs, count);
 }
 
-static void op_loop(struct bt_cpu *c, const struct bt_insn *i) { loop(c, i, 0); }
-static void op_loope(struct bt_cpu *c, const struct bt_insn *i) { loop(c, i, 1); }
-static void op_loopne(struct bt_cpu *c, const struct bt_insn *i) { loop(c, i, 2); }
+static void op_loop(struct bt_cpu *c, const struct bt_insn *i)
+{
+    loop(c, i, 0);
+}
+static void op_loope(struct bt_cpu *c, const struct bt_insn *i)
+{
+    loop(c, i, 1);
+}
+static void op_loopne(struct bt_cpu *c, const struct bt_insn *i)
+{
+    loop(c, i, 2);
+}
 
 /* Far transfers: decode the pointer, seg.c does the descriptor checks and the switch. */
 static void far_pointer(struct bt_cpu *c, const struct bt_insn *i, uint16_t *sel, uint64_t *off)
@@ -110,8 +113,7 @@ static void far_pointer(struct bt_cpu *c, const struct bt_insn *i, uint16_t *sel
         *off = (uint64_t)i->op[0].disp & ip_mask(i->opsize);
         return;
     }
-    if (i->op[0].kind != BT_OPK_MEM)
-        bt_ud(c); /* FF /3 and /5 with a register operand */
+    if (i->op[0].kind != BT_OPK_MEM) bt_ud(c); /* FF /3 and /5 with a register operand */
     unsigned osz = i->opsize / 8;
     uint64_t lin = bt_op_lin(c, i, 0, osz + 2, BT_ACC_READ);
     *off = bt_read(c, lin, osz, BT_ACC_READ);

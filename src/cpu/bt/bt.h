@@ -181,6 +181,8 @@ struct bt_cpu {
     uint8_t delivering_vector;
     bool shutdown; /* triple fault: the loop must stop (exit_now is also set) */
     bool stop_after_event; /* bt_emulate_one: stop right after delivering an exception */
+    bool kvm_assist;       /* bt_emulate_one: the guest sees the host's CPUID (kvm_pvm), so CR4
+                              and CR3 accept the host's features rather than the model's */
 
     /* soft MMU */
     struct bt_tlb_entry tlb[BT_TLB_SIZE];

@@ -8,7 +8,8 @@
  * through bt_seg_linear() and the MMU, which apply the segment and paging checks.
  *
  * Decoded blocks are keyed by the guest-physical address of their first byte and the decoding mode;
- * they never cross a page, so one watched page covers a block, and a write to it (bt_watch_code_page
+ * they never cross a page, so one watched page covers a block, and a write to it
+ * (bt_watch_code_page
  * -> bt_cache_invalidate_page) drops every block of the page before the next instruction runs. */
 #include <errno.h>
 #include <pthread.h>
@@ -65,8 +66,7 @@ static void register_section(const struct bt_handler_def *a, const struct bt_han
             continue;
         }
         if (is_default) {
-            if (!dispatch[d->mnemonic])
-                dispatch[d->mnemonic] = d->fn;
+            if (!dispatch[d->mnemonic]) dispatch[d->mnemonic] = d->fn;
             continue;
         }
         if (dispatch[d->mnemonic] && dispatch[d->mnemonic] != d->fn)
@@ -82,9 +82,8 @@ static void register_section(const struct bt_handler_def *a, const struct bt_han
 
 static void core_global_init(void)
 {
-    static const ZydisMachineMode mm[3] = {ZYDIS_MACHINE_MODE_LEGACY_16,
-                                           ZYDIS_MACHINE_MODE_LEGACY_32,
-                                           ZYDIS_MACHINE_MODE_LONG_64};
+    static const ZydisMachineMode mm[3] = {
+        ZYDIS_MACHINE_MODE_LEGACY_16, ZYDIS_MACHINE_MODE_LEGACY_32, ZYDIS_MACHINE_MODE_LONG_64};
     static const ZydisStackWidth sw[3] = {ZYDIS_STACK_WIDTH_16, ZYDIS_STACK_WIDTH_32,
                                           ZYDIS_STACK_WIDTH_64};
     for (int m = 0; m < 3; m++) {
@@ -106,28 +105,28 @@ static void core_global_init(void)
     register_section(__start_bt_handlers_dflt, __stop_bt_handlers_dflt, true);
 
     static const uint16_t enders[] = {
-        ZYDIS_MNEMONIC_JMP,      ZYDIS_MNEMONIC_CALL,     ZYDIS_MNEMONIC_RET,
-        ZYDIS_MNEMONIC_IRET,     ZYDIS_MNEMONIC_IRETD,    ZYDIS_MNEMONIC_IRETQ,
-        ZYDIS_MNEMONIC_INT,      ZYDIS_MNEMONIC_INT1,     ZYDIS_MNEMONIC_INT3,
-        ZYDIS_MNEMONIC_INTO,     ZYDIS_MNEMONIC_SYSCALL,  ZYDIS_MNEMONIC_SYSRET,
-        ZYDIS_MNEMONIC_SYSENTER, ZYDIS_MNEMONIC_SYSEXIT,  ZYDIS_MNEMONIC_HLT,
-        ZYDIS_MNEMONIC_LOOP,     ZYDIS_MNEMONIC_LOOPE,    ZYDIS_MNEMONIC_LOOPNE,
-        ZYDIS_MNEMONIC_JCXZ,     ZYDIS_MNEMONIC_JECXZ,    ZYDIS_MNEMONIC_JRCXZ,
-        ZYDIS_MNEMONIC_JB,       ZYDIS_MNEMONIC_JBE,      ZYDIS_MNEMONIC_JL,
-        ZYDIS_MNEMONIC_JLE,      ZYDIS_MNEMONIC_JNB,      ZYDIS_MNEMONIC_JNBE,
-        ZYDIS_MNEMONIC_JNL,      ZYDIS_MNEMONIC_JNLE,     ZYDIS_MNEMONIC_JNO,
-        ZYDIS_MNEMONIC_JNP,      ZYDIS_MNEMONIC_JNS,      ZYDIS_MNEMONIC_JNZ,
-        ZYDIS_MNEMONIC_JO,       ZYDIS_MNEMONIC_JP,       ZYDIS_MNEMONIC_JS,
-        ZYDIS_MNEMONIC_JZ,       ZYDIS_MNEMONIC_POPF,     ZYDIS_MNEMONIC_POPFD,
-        ZYDIS_MNEMONIC_POPFQ,    ZYDIS_MNEMONIC_STI,      ZYDIS_MNEMONIC_LMSW,
-        ZYDIS_MNEMONIC_CLTS,     ZYDIS_MNEMONIC_WRMSR,    ZYDIS_MNEMONIC_RSM,
-        ZYDIS_MNEMONIC_LSS,      ZYDIS_MNEMONIC_UD0,      ZYDIS_MNEMONIC_UD1,
-        ZYDIS_MNEMONIC_UD2,      ZYDIS_MNEMONIC_INVLPG,   ZYDIS_MNEMONIC_MOV, /* see below */
-        ZYDIS_MNEMONIC_POP,      ZYDIS_MNEMONIC_XSETBV,   ZYDIS_MNEMONIC_LIDT,
-        ZYDIS_MNEMONIC_LGDT,     ZYDIS_MNEMONIC_LTR,      ZYDIS_MNEMONIC_LLDT,
-        ZYDIS_MNEMONIC_SWAPGS,   ZYDIS_MNEMONIC_PAUSE,    ZYDIS_MNEMONIC_IN,
-        ZYDIS_MNEMONIC_OUT,      ZYDIS_MNEMONIC_INSB,     ZYDIS_MNEMONIC_INSW,
-        ZYDIS_MNEMONIC_INSD,     ZYDIS_MNEMONIC_OUTSB,    ZYDIS_MNEMONIC_OUTSW,
+        ZYDIS_MNEMONIC_JMP,      ZYDIS_MNEMONIC_CALL,    ZYDIS_MNEMONIC_RET,
+        ZYDIS_MNEMONIC_IRET,     ZYDIS_MNEMONIC_IRETD,   ZYDIS_MNEMONIC_IRETQ,
+        ZYDIS_MNEMONIC_INT,      ZYDIS_MNEMONIC_INT1,    ZYDIS_MNEMONIC_INT3,
+        ZYDIS_MNEMONIC_INTO,     ZYDIS_MNEMONIC_SYSCALL, ZYDIS_MNEMONIC_SYSRET,
+        ZYDIS_MNEMONIC_SYSENTER, ZYDIS_MNEMONIC_SYSEXIT, ZYDIS_MNEMONIC_HLT,
+        ZYDIS_MNEMONIC_LOOP,     ZYDIS_MNEMONIC_LOOPE,   ZYDIS_MNEMONIC_LOOPNE,
+        ZYDIS_MNEMONIC_JCXZ,     ZYDIS_MNEMONIC_JECXZ,   ZYDIS_MNEMONIC_JRCXZ,
+        ZYDIS_MNEMONIC_JB,       ZYDIS_MNEMONIC_JBE,     ZYDIS_MNEMONIC_JL,
+        ZYDIS_MNEMONIC_JLE,      ZYDIS_MNEMONIC_JNB,     ZYDIS_MNEMONIC_JNBE,
+        ZYDIS_MNEMONIC_JNL,      ZYDIS_MNEMONIC_JNLE,    ZYDIS_MNEMONIC_JNO,
+        ZYDIS_MNEMONIC_JNP,      ZYDIS_MNEMONIC_JNS,     ZYDIS_MNEMONIC_JNZ,
+        ZYDIS_MNEMONIC_JO,       ZYDIS_MNEMONIC_JP,      ZYDIS_MNEMONIC_JS,
+        ZYDIS_MNEMONIC_JZ,       ZYDIS_MNEMONIC_POPF,    ZYDIS_MNEMONIC_POPFD,
+        ZYDIS_MNEMONIC_POPFQ,    ZYDIS_MNEMONIC_STI,     ZYDIS_MNEMONIC_LMSW,
+        ZYDIS_MNEMONIC_CLTS,     ZYDIS_MNEMONIC_WRMSR,   ZYDIS_MNEMONIC_RSM,
+        ZYDIS_MNEMONIC_LSS,      ZYDIS_MNEMONIC_UD0,     ZYDIS_MNEMONIC_UD1,
+        ZYDIS_MNEMONIC_UD2,      ZYDIS_MNEMONIC_INVLPG,  ZYDIS_MNEMONIC_MOV, /* see below */
+        ZYDIS_MNEMONIC_POP,      ZYDIS_MNEMONIC_XSETBV,  ZYDIS_MNEMONIC_LIDT,
+        ZYDIS_MNEMONIC_LGDT,     ZYDIS_MNEMONIC_LTR,     ZYDIS_MNEMONIC_LLDT,
+        ZYDIS_MNEMONIC_SWAPGS,   ZYDIS_MNEMONIC_PAUSE,   ZYDIS_MNEMONIC_IN,
+        ZYDIS_MNEMONIC_OUT,      ZYDIS_MNEMONIC_INSB,    ZYDIS_MNEMONIC_INSW,
+        ZYDIS_MNEMONIC_INSD,     ZYDIS_MNEMONIC_OUTSB,   ZYDIS_MNEMONIC_OUTSW,
         ZYDIS_MNEMONIC_OUTSD,    ZYDIS_MNEMONIC_CPUID,
     };
     for (size_t k = 0; k < ARRAY_SIZE(enders); k++)
@@ -183,8 +182,7 @@ static void map_reg(ZydisRegister r, uint8_t *rclass, uint8_t *idx)
 static uint8_t map_addr_reg(ZydisRegister r)
 {
     uint8_t rc, idx;
-    if (r == ZYDIS_REGISTER_NONE)
-        return BT_NOREG;
+    if (r == ZYDIS_REGISTER_NONE) return BT_NOREG;
     if (r == ZYDIS_REGISTER_RIP || r == ZYDIS_REGISTER_EIP || r == ZYDIS_REGISTER_IP)
         return BT_REG_RIP;
     map_reg(r, &rc, &idx);
@@ -193,8 +191,7 @@ static uint8_t map_addr_reg(ZydisRegister r)
 
 static uint8_t map_seg(ZydisRegister r)
 {
-    if (r >= ZYDIS_REGISTER_ES && r <= ZYDIS_REGISTER_GS)
-        return (uint8_t)(r - ZYDIS_REGISTER_ES);
+    if (r >= ZYDIS_REGISTER_ES && r <= ZYDIS_REGISTER_GS) return (uint8_t)(r - ZYDIS_REGISTER_ES);
     return SEG_DS;
 }
 
@@ -216,14 +213,10 @@ static int convert(const ZydisDecodedInstruction *z, const ZydisDecodedOperand *
     out->opcode_map = (uint8_t)z->opcode_map;
     out->modrm_reg = z->raw.modrm.reg;
     out->attr_lo = (uint16_t)z->attributes;
-    if (z->attributes & ZYDIS_ATTRIB_HAS_LOCK)
-        out->pfx |= BT_PFX_LOCK;
-    if (z->attributes & (ZYDIS_ATTRIB_HAS_REP | ZYDIS_ATTRIB_HAS_REPE))
-        out->pfx |= BT_PFX_REP;
-    if (z->attributes & ZYDIS_ATTRIB_HAS_REPNE)
-        out->pfx |= BT_PFX_REPNE;
-    if (z->attributes & ZYDIS_ATTRIB_HAS_SEGMENT)
-        out->pfx |= BT_PFX_SEG;
+    if (z->attributes & ZYDIS_ATTRIB_HAS_LOCK) out->pfx |= BT_PFX_LOCK;
+    if (z->attributes & (ZYDIS_ATTRIB_HAS_REP | ZYDIS_ATTRIB_HAS_REPE)) out->pfx |= BT_PFX_REP;
+    if (z->attributes & ZYDIS_ATTRIB_HAS_REPNE) out->pfx |= BT_PFX_REPNE;
+    if (z->attributes & ZYDIS_ATTRIB_HAS_SEGMENT) out->pfx |= BT_PFX_SEG;
 
     out->dseg = SEG_DS;
     if (z->attributes & ZYDIS_ATTRIB_HAS_SEGMENT_FS)
@@ -257,15 +250,13 @@ static int convert(const ZydisDecodedInstruction *z, const ZydisDecodedOperand *
             break;
         case ZYDIS_OPERAND_TYPE_MEMORY:
             b->kind = o->mem.type == ZYDIS_MEMOP_TYPE_AGEN ? BT_OPK_AGEN : BT_OPK_MEM;
-            if (b->kind == BT_OPK_AGEN)
-                b->size = 0;
+            if (b->kind == BT_OPK_AGEN) b->size = 0;
             b->seg = map_seg(o->mem.segment);
             b->base = map_addr_reg(o->mem.base);
             b->index = map_addr_reg(o->mem.index);
             b->scale = o->mem.scale ? o->mem.scale : 1;
             b->disp = o->mem.disp.value;
-            if (b->base == BT_REG_RIP)
-                b->disp += z->length;
+            if (b->base == BT_REG_RIP) b->disp += z->length;
             break;
         case ZYDIS_OPERAND_TYPE_IMMEDIATE:
             b->kind = BT_OPK_IMM;
@@ -281,21 +272,17 @@ static int convert(const ZydisDecodedInstruction *z, const ZydisDecodedOperand *
             b->sel = o->ptr.segment;
             b->disp = o->ptr.offset;
             break;
-        default:
-            b->kind = BT_OPK_NONE;
-            break;
+        default: b->kind = BT_OPK_NONE; break;
         }
     }
 
     /* Route encodings that share a Zydis mnemonic with another family (bt.h pseudo mnemonics) */
     switch (z->mnemonic) {
     case ZYDIS_MNEMONIC_MOVSD:
-        if (z->opcode_map == ZYDIS_OPCODE_MAP_DEFAULT)
-            out->mnemonic = BT_MNEM_MOVSD_STR;
+        if (z->opcode_map == ZYDIS_OPCODE_MAP_DEFAULT) out->mnemonic = BT_MNEM_MOVSD_STR;
         break;
     case ZYDIS_MNEMONIC_CMPSD:
-        if (z->opcode_map == ZYDIS_OPCODE_MAP_DEFAULT)
-            out->mnemonic = BT_MNEM_CMPSD_STR;
+        if (z->opcode_map == ZYDIS_OPCODE_MAP_DEFAULT) out->mnemonic = BT_MNEM_CMPSD_STR;
         break;
     case ZYDIS_MNEMONIC_MOV:
         if (mov_special) {
@@ -318,11 +305,9 @@ static int convert(const ZydisDecodedInstruction *z, const ZydisDecodedOperand *
             out->mnemonic = BT_MNEM_CALL_FAR;
         break;
     case ZYDIS_MNEMONIC_RET:
-        if (z->opcode == 0xca || z->opcode == 0xcb)
-            out->mnemonic = BT_MNEM_RET_FAR;
+        if (z->opcode == 0xca || z->opcode == 0xcb) out->mnemonic = BT_MNEM_RET_FAR;
         break;
-    default:
-        break;
+    default: break;
     }
 
     if (z->attributes & (ZYDIS_ATTRIB_HAS_VEX | ZYDIS_ATTRIB_HAS_EVEX | ZYDIS_ATTRIB_HAS_XOP |
@@ -342,8 +327,8 @@ static const ZydisDecoder *decoder_for(unsigned code_bits, unsigned stack_bits)
 
 /* Decodes; returns the Zydis status.  On failure other than NO_MORE_DATA, *out becomes an
  * instruction that raises the right exception (#UD, or #GP for more than 15 bytes). */
-static ZyanStatus decode(const ZydisDecoder *d, unsigned code_bits, const uint8_t *bytes,
-                         size_t n, struct bt_insn *out)
+static ZyanStatus decode(const ZydisDecoder *d, unsigned code_bits, const uint8_t *bytes, size_t n,
+                         struct bt_insn *out)
 {
     ZydisDecodedInstruction z;
     ZydisDecodedOperand zo[ZYDIS_MAX_OPERAND_COUNT];
@@ -362,8 +347,7 @@ static ZyanStatus decode(const ZydisDecoder *d, unsigned code_bits, const uint8_
 int bt_decode_bytes(const uint8_t *bytes, size_t n, unsigned code_bits, struct bt_insn *out)
 {
     pthread_once(&core_once, core_global_init);
-    if (code_bits != 16 && code_bits != 32 && code_bits != 64)
-        return -EINVAL;
+    if (code_bits != 16 && code_bits != 32 && code_bits != 64) return -EINVAL;
     ZyanStatus st = decode(decoder_for(code_bits, code_bits), code_bits, bytes, n, out);
     return ZYAN_SUCCESS(st) ? 0 : -EINVAL;
 }
@@ -391,12 +375,13 @@ void bt_decode_at(struct bt_cpu *c, uint64_t lin, struct bt_insn *out)
     size_t n = bt_fetch(c, lin, buf, sizeof(buf), &gpa);
     if (n == 0) {
         bt_read(c, lin, 1, BT_ACC_EXEC); /* raises the #PF of the fetch */
-        bt_gp0(c);                         /* not reached unless the MMU disagrees with itself */
+        bt_gp0(c);                       /* not reached unless the MMU disagrees with itself */
     }
     ZyanStatus st = decode(decoder_for(c->code_bits, c->stack_bits), c->code_bits, buf, n, out);
     if (st == ZYDIS_STATUS_NO_MORE_DATA) {
         if (n < sizeof(buf)) {
-            bt_read(c, lin + n, 1, BT_ACC_EXEC); /* the instruction runs into a page we cannot fetch */
+            bt_read(c, lin + n, 1,
+                    BT_ACC_EXEC); /* the instruction runs into a page we cannot fetch */
         }
         out->fn = handler_invalid;
     }
@@ -435,6 +420,8 @@ struct bt_cache {
     unsigned nqueue;
     uint64_t queue[INVAL_QUEUE];
 
+    /* direct-mapped front of the lookup hash: most lookups hit here in one probe */
+    struct bt_block *fast[4096];
     /* a one-instruction block for code the cache does not hold */
     struct bt_insn scratch;
     unsigned fault_depth;
@@ -461,6 +448,7 @@ static void cache_reset(struct bt_cache *k)
 {
     memset(k->hash, 0, CACHE_BUCKETS * sizeof(*k->hash));
     memset(k->page_hash, 0, PAGE_BUCKETS * sizeof(*k->page_hash));
+    memset(k->fast, 0, sizeof(k->fast));
     k->ninsns = k->nblocks = 0;
     k->flushes++;
     bt_jit_flush(k->cpu); /* translations point into the arena being recycled */
@@ -479,8 +467,7 @@ static void cache_drop_page(struct bt_cache *k, uint64_t page)
 /* Applies queued invalidations.  Returns true if anything was dropped. */
 static bool cache_apply_pending(struct bt_cache *k)
 {
-    if (!atomic_load_explicit(&k->pending, memory_order_acquire))
-        return false;
+    if (!atomic_load_explicit(&k->pending, memory_order_acquire)) return false;
     pthread_mutex_lock(&k->lock);
     atomic_store_explicit(&k->pending, false, memory_order_relaxed);
     if (k->flush_all) {
@@ -498,8 +485,7 @@ static bool cache_apply_pending(struct bt_cache *k)
 void bt_cache_invalidate_page(struct bt_cpu *c, uint64_t gpa_page)
 {
     struct bt_cache *k = c->cache;
-    if (!k)
-        return;
+    if (!k) return;
     pthread_mutex_lock(&k->lock);
     if (k->nqueue < INVAL_QUEUE)
         k->queue[k->nqueue++] = gpa_page >> 12;
@@ -512,8 +498,7 @@ void bt_cache_invalidate_page(struct bt_cpu *c, uint64_t gpa_page)
 void bt_cache_flush(struct bt_cpu *c)
 {
     struct bt_cache *k = c->cache;
-    if (!k)
-        return;
+    if (!k) return;
     pthread_mutex_lock(&k->lock);
     k->flush_all = true;
     atomic_store_explicit(&k->pending, true, memory_order_release);
@@ -524,8 +509,7 @@ int bt_core_init(struct bt_cpu *c)
 {
     pthread_once(&core_once, core_global_init);
     struct bt_cache *k = calloc(1, sizeof(*k));
-    if (!k)
-        return err_set(ENOMEM, "software CPU: no memory for the decoded-code cache");
+    if (!k) return err_set(ENOMEM, "software CPU: no memory for the decoded-code cache");
     k->insns = calloc(CACHE_INSNS, sizeof(*k->insns));
     k->blocks = calloc(CACHE_BLOCKS, sizeof(*k->blocks));
     k->hash = calloc(CACHE_BUCKETS, sizeof(*k->hash));
@@ -546,8 +530,7 @@ int bt_core_init(struct bt_cpu *c)
 void bt_core_destroy(struct bt_cpu *c)
 {
     struct bt_cache *k = c->cache;
-    if (!k)
-        return;
+    if (!k) return;
     log_debug("software CPU %u: %llu block lookups, %llu decoded, %llu cache flushes, "
               "%llu unhandled #UD",
               c->index, (unsigned long long)k->lookups, (unsigned long long)k->misses,
@@ -578,8 +561,7 @@ static bool insn_ends_block(const struct bt_insn *in)
 static struct bt_block *build_block(struct bt_cpu *c, struct bt_cache *k, uint64_t lin,
                                     uint64_t gpa, unsigned mode)
 {
-    if (k->ninsns + BLOCK_MAX > CACHE_INSNS || k->nblocks >= CACHE_BLOCKS)
-        cache_reset(k);
+    if (k->ninsns + BLOCK_MAX > CACHE_INSNS || k->nblocks >= CACHE_BLOCKS) cache_reset(k);
     /* watch before reading the bytes, so a write racing with decoding invalidates the block */
     bt_watch_code_page(c, gpa & ~0xfffull);
 
@@ -598,11 +580,9 @@ static struct bt_block *build_block(struct bt_cpu *c, struct bt_cache *k, uint64
         if (!ZYAN_SUCCESS(st) && n > 0)
             break; /* let the bad encoding start its own block so its fault is precise */
         pos += arena[n].len;
-        if (insn_ends_block(&arena[n++]))
-            break;
+        if (insn_ends_block(&arena[n++])) break;
     }
-    if (n == 0)
-        return NULL;
+    if (n == 0) return NULL;
     struct bt_block *b = &k->blocks[k->nblocks++];
     b->gpa = gpa;
     b->mode = (uint8_t)mode;
@@ -633,15 +613,24 @@ static const struct bt_insn *lookup(struct bt_cpu *c, struct bt_cache *k, unsign
         if (bt_fetch(c, lin, &b0, 1, &gpa) == 1) {
             unsigned mode = mode_of(c);
             k->lookups++;
-            for (struct bt_block *b = k->hash[hash_key(gpa, mode)]; b; b = b->hnext) {
+            struct bt_block **slot = &k->fast[(gpa ^ (gpa >> 12)) & (ARRAY_SIZE(k->fast) - 1)];
+            struct bt_block *b = *slot;
+            if (b && b->gpa == gpa && b->mode == mode) { /* dead blocks have gpa ~0 */
+                *count = b->ninsn;
+                *blk = b;
+                return &k->insns[b->first];
+            }
+            for (b = k->hash[hash_key(gpa, mode)]; b; b = b->hnext) {
                 if (b->gpa == gpa && b->mode == mode) {
+                    *slot = b;
                     *count = b->ninsn;
                     *blk = b;
                     return &k->insns[b->first];
                 }
             }
-            struct bt_block *b = build_block(c, k, lin, gpa, mode);
+            b = build_block(c, k, lin, gpa, mode);
             if (b) {
+                *slot = b;
                 *count = b->ninsn;
                 *blk = b;
                 return &k->insns[b->first];
@@ -674,8 +663,7 @@ static void run(struct bt_cpu *c, struct bt_cache *k, uint64_t end)
                 c->halted = false;
                 continue;
             }
-            if (c->halted)
-                return;
+            if (c->halted) return;
         }
         bool single_step = (c->s.rflags & X86_FLAG_TF) != 0;
 
@@ -690,8 +678,7 @@ static void run(struct bt_cpu *c, struct bt_cache *k, uint64_t end)
             in = lookup(c, k, &count, &blk);
         }
         /* With an interrupt shadow or TF only one instruction runs before the next check */
-        if (shadow || single_step)
-            count = 1;
+        if (shadow || single_step) count = 1;
         /* ---- translator hook (jit.h): a whole block in translated code ---- */
         else if (blk && c->jit && end - c->icount >= count) {
             int r = bt_jit_run(c, in, count, &blk->jit, blk->gpa, end);
@@ -711,8 +698,7 @@ static void run(struct bt_cpu *c, struct bt_cache *k, uint64_t end)
             c->insn_rip = rip;
             c->next_rip = (rip + in->len) & mask;
             c->s.rip = c->next_rip;
-            if (shadow)
-                c->s.ev.interrupt_shadow = 0; /* this instruction is the shadowed one */
+            if (shadow) c->s.ev.interrupt_shadow = 0; /* this instruction is the shadowed one */
             in->fn(c, in);
             c->icount++;
             k->fault_depth = 0;
@@ -753,8 +739,7 @@ uint64_t bt_exec(struct bt_cpu *c, uint64_t budget)
              * guards the loop against a delivery path that keeps faulting */
             log_err("software CPU %u: exception %d keeps recurring at %#llx; stopping the vCPU",
                     c->index, c->pending_vector, (unsigned long long)c->insn_rip);
-            if (c->exit)
-                c->exit->reason = VCPU_EXIT_SHUTDOWN;
+            if (c->exit) c->exit->reason = VCPU_EXIT_SHUTDOWN;
             c->exit_now = true;
             return c->icount - start;
         }
@@ -770,14 +755,10 @@ uint64_t bt_gpr_read(const struct bt_cpu *c, unsigned reg, unsigned size)
 {
     uint64_t v = c->s.gpr[reg & 15];
     switch (size) {
-    case 1:
-        return v & 0xff;
-    case 2:
-        return v & 0xffff;
-    case 4:
-        return v & 0xffffffff;
-    default:
-        return v;
+    case 1: return v & 0xff;
+    case 2: return v & 0xffff;
+    case 4: return v & 0xffffffff;
+    default: return v;
     }
 }
 
@@ -785,18 +766,10 @@ void bt_gpr_write(struct bt_cpu *c, unsigned reg, unsigned size, uint64_t v)
 {
     uint64_t *r = &c->s.gpr[reg & 15];
     switch (size) {
-    case 1:
-        *r = (*r & ~0xffull) | (v & 0xff);
-        break;
-    case 2:
-        *r = (*r & ~0xffffull) | (v & 0xffff);
-        break;
-    case 4:
-        *r = v & 0xffffffff;
-        break;
-    default:
-        *r = v;
-        break;
+    case 1: *r = (*r & ~0xffull) | (v & 0xff); break;
+    case 2: *r = (*r & ~0xffffull) | (v & 0xffff); break;
+    case 4: *r = v & 0xffffffff; break;
+    default: *r = v; break;
     }
 }
 
@@ -808,8 +781,7 @@ uint64_t bt_op_ea(struct bt_cpu *c, const struct bt_insn *i, int n)
         ea += c->insn_rip;
     else if (o->base != BT_NOREG)
         ea += c->s.gpr[o->base];
-    if (o->index != BT_NOREG)
-        ea += c->s.gpr[o->index] * o->scale;
+    if (o->index != BT_NOREG) ea += c->s.gpr[o->index] * o->scale;
     return ea & size_mask(i->addrsize);
 }
 
@@ -823,27 +795,20 @@ uint64_t bt_op_read(struct bt_cpu *c, const struct bt_insn *i, int n)
     const struct bt_operand *o = &i->op[n];
     switch (o->kind) {
     case BT_OPK_REG:
-        if (o->rclass == BT_RC_GPR)
-            return bt_gpr_read(c, o->reg, o->size);
-        if (o->rclass == BT_RC_GPR8H)
-            return (c->s.gpr[o->reg] >> 8) & 0xff;
-        if (o->rclass == BT_RC_SEG)
-            return c->s.seg[o->reg].sel;
+        if (o->rclass == BT_RC_GPR) return bt_gpr_read(c, o->reg, o->size);
+        if (o->rclass == BT_RC_GPR8H) return (c->s.gpr[o->reg] >> 8) & 0xff;
+        if (o->rclass == BT_RC_SEG) return c->s.seg[o->reg].sel;
         bt_ud(c); /* other register classes have their own accessors */
     case BT_OPK_MEM: {
         unsigned size = o->size;
-        if (size != 1 && size != 2 && size != 4 && size != 8)
-            bt_ud(c);
+        if (size != 1 && size != 2 && size != 4 && size != 8) bt_ud(c);
         uint64_t lin = bt_seg_linear(c, o->seg, bt_op_ea(c, i, n), size, BT_ACC_READ);
         return bt_read(c, lin, size, BT_ACC_READ);
     }
     case BT_OPK_IMM:
-    case BT_OPK_PTR:
-        return (uint64_t)o->disp;
-    case BT_OPK_AGEN:
-        return bt_op_ea(c, i, n);
-    default:
-        bt_ud(c);
+    case BT_OPK_PTR: return (uint64_t)o->disp;
+    case BT_OPK_AGEN: return bt_op_ea(c, i, n);
+    default: bt_ud(c);
     }
 }
 
@@ -864,14 +829,12 @@ void bt_op_write(struct bt_cpu *c, const struct bt_insn *i, int n, uint64_t v)
         bt_ud(c);
     case BT_OPK_MEM: {
         unsigned size = o->size;
-        if (size != 1 && size != 2 && size != 4 && size != 8)
-            bt_ud(c);
+        if (size != 1 && size != 2 && size != 4 && size != 8) bt_ud(c);
         uint64_t lin = bt_seg_linear(c, o->seg, bt_op_ea(c, i, n), size, BT_ACC_WRITE);
         bt_write(c, lin, size, v, BT_ACC_WRITE);
         return;
     }
-    default:
-        bt_ud(c);
+    default: bt_ud(c);
     }
 }
 

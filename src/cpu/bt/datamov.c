@@ -16,12 +16,10 @@ static void op_mov_seg(struct bt_cpu *c, const struct bt_insn *i)
 {
     if (i->op[0].kind == BT_OPK_REG && i->op[0].rclass == BT_RC_SEG) {
         int seg = i->op[0].reg;
-        if (seg == SEG_CS)
-            bt_ud(c);
+        if (seg == SEG_CS) bt_ud(c);
         uint16_t sel = (uint16_t)bt_op_read(c, i, 1);
         bt_load_seg(c, seg, sel);
-        if (seg == SEG_SS)
-            c->s.ev.interrupt_shadow = 2;
+        if (seg == SEG_SS) c->s.ev.interrupt_shadow = 2;
         return;
     }
     /* MOV r/m, Sreg: a register destination gets the zero-extended selector, memory 16 bits */
@@ -31,8 +29,7 @@ static void op_mov_seg(struct bt_cpu *c, const struct bt_insn *i)
 /* Defaults for MOV CR/DR (system.c may register its own for the same pseudo mnemonics). */
 static void op_mov_cr(struct bt_cpu *c, const struct bt_insn *i)
 {
-    if (c->cpl != 0)
-        bt_gp0(c);
+    if (c->cpl != 0) bt_gp0(c);
     unsigned size = c->long_mode ? 8 : 4;
     if (i->op[0].rclass == BT_RC_CR) {
         bt_write_cr(c, i->op[0].reg, bt_gpr_read(c, i->op[1].reg, size));
@@ -52,22 +49,18 @@ static void op_mov_cr(struct bt_cpu *c, const struct bt_insn *i)
 
 static void op_mov_dr(struct bt_cpu *c, const struct bt_insn *i)
 {
-    if (c->cpl != 0)
-        bt_gp0(c);
+    if (c->cpl != 0) bt_gp0(c);
     unsigned size = c->long_mode ? 8 : 4;
     bool to_dr = i->op[0].rclass == BT_RC_DR;
     unsigned n = to_dr ? i->op[0].reg : i->op[1].reg;
     if (n == 4 || n == 5) {
-        if (c->s.cr4 & X86_CR4_DE)
-            bt_ud(c);
+        if (c->s.cr4 & X86_CR4_DE) bt_ud(c);
         n += 2; /* aliases of DR6/DR7 */
     }
-    if (n > 7)
-        bt_ud(c);
+    if (n > 7) bt_ud(c);
     if (to_dr) {
         uint64_t v = bt_gpr_read(c, i->op[1].reg, size);
-        if (n >= 6 && (v >> 32))
-            bt_gp0(c);
+        if (n >= 6 && (v >> 32)) bt_gp0(c);
         if (n < 4)
             c->s.dr[n] = v;
         else if (n == 6)
@@ -156,8 +149,7 @@ static void op_pop(struct bt_cpu *c, const struct bt_insn *i)
     if (o->kind == BT_OPK_REG && o->rclass == BT_RC_SEG) {
         bt_load_seg(c, o->reg, (uint16_t)v); /* may fault: RSP not yet changed */
         set_rsp(c, rsp);
-        if (o->reg == SEG_SS)
-            c->s.ev.interrupt_shadow = 2;
+        if (o->reg == SEG_SS) c->s.ev.interrupt_shadow = 2;
         return;
     }
     if (o->kind == BT_OPK_MEM) {
@@ -193,8 +185,7 @@ static void op_popa(struct bt_cpu *c, const struct bt_insn *i)
     for (int k = 0; k < 8; k++)
         v[k] = lpop(c, &rsp, size);
     for (int k = 0; k < 8; k++)
-        if (order[k] != RSP)
-            bt_gpr_write(c, order[k], size, v[k]);
+        if (order[k] != RSP) bt_gpr_write(c, order[k], size, v[k]);
     set_rsp(c, rsp);
 }
 
@@ -211,16 +202,15 @@ static void op_enter(struct bt_cpu *c, const struct bt_insn *i)
         uint64_t bp = c->s.gpr[RBP];
         for (unsigned k = 1; k < level; k++) {
             bp = (bp - size) & mask;
-            uint64_t v = bt_read(c, bt_seg_linear(c, SEG_SS, bp, size, BT_ACC_READ), size,
-                                 BT_ACC_READ);
+            uint64_t v =
+                bt_read(c, bt_seg_linear(c, SEG_SS, bp, size, BT_ACC_READ), size, BT_ACC_READ);
             lpush(c, &rsp, size, v);
         }
         lpush(c, &rsp, size, frame);
     }
     uint64_t new_rsp = (rsp - alloc) & mask;
     /* the final RSP must be a valid stack address as well (hardware checks it) */
-    if (alloc)
-        bt_seg_linear(c, SEG_SS, new_rsp, 1, BT_ACC_WRITE);
+    if (alloc) bt_seg_linear(c, SEG_SS, new_rsp, 1, BT_ACC_WRITE);
     bt_gpr_write(c, RBP, c->stack_bits / 8, frame); /* by stack size (SDM ENTER) */
     set_rsp(c, new_rsp);
 }
@@ -260,13 +250,31 @@ static void op_sahf(struct bt_cpu *c, const struct bt_insn *i)
     c->s.rflags = (c->s.rflags & ~m) | ((c->s.gpr[RAX] >> 8) & m);
 }
 
-static void op_clc(struct bt_cpu *c, const struct bt_insn *i) { c->s.rflags &= ~(uint64_t)X86_FLAG_CF; }
-static void op_stc(struct bt_cpu *c, const struct bt_insn *i) { c->s.rflags |= X86_FLAG_CF; }
-static void op_cmc(struct bt_cpu *c, const struct bt_insn *i) { c->s.rflags ^= X86_FLAG_CF; }
-static void op_cld(struct bt_cpu *c, const struct bt_insn *i) { c->s.rflags &= ~(uint64_t)X86_FLAG_DF; }
-static void op_std(struct bt_cpu *c, const struct bt_insn *i) { c->s.rflags |= X86_FLAG_DF; }
+static void op_clc(struct bt_cpu *c, const struct bt_insn *i)
+{
+    c->s.rflags &= ~(uint64_t)X86_FLAG_CF;
+}
+static void op_stc(struct bt_cpu *c, const struct bt_insn *i)
+{
+    c->s.rflags |= X86_FLAG_CF;
+}
+static void op_cmc(struct bt_cpu *c, const struct bt_insn *i)
+{
+    c->s.rflags ^= X86_FLAG_CF;
+}
+static void op_cld(struct bt_cpu *c, const struct bt_insn *i)
+{
+    c->s.rflags &= ~(uint64_t)X86_FLAG_DF;
+}
+static void op_std(struct bt_cpu *c, const struct bt_insn *i)
+{
+    c->s.rflags |= X86_FLAG_DF;
+}
 static void op_nop(struct bt_cpu *c, const struct bt_insn *i) {}
-static void op_ud(struct bt_cpu *c, const struct bt_insn *i) { bt_ud(c); }
+static void op_ud(struct bt_cpu *c, const struct bt_insn *i)
+{
+    bt_ud(c);
+}
 
 BT_HANDLER(MOV, op_mov);
 BT_HANDLER_ID(BT_MNEM_MOV_SEG, op_mov_seg);

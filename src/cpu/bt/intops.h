@@ -9,12 +9,37 @@
 #include "cpu/bt/bt.h"
 
 enum bt_alu_op {
-    BT_ADD, BT_OR, BT_ADC, BT_SBB, BT_AND, BT_SUB, BT_XOR, BT_CMP, /* ModRM.reg order of 80-83 */
-    BT_TEST, BT_INC, BT_DEC, BT_NEG, BT_NOT,
-    BT_ROL, BT_ROR, BT_RCL, BT_RCR, BT_SHL, BT_SHR, BT_SAL, BT_SAR, /* ModRM.reg order of C0-D3 */
-    BT_SHLD, BT_SHRD,
-    BT_BT, BT_BTS, BT_BTR, BT_BTC, BT_BSF, BT_BSR,
-    BT_XADD, BT_XCHG,
+    BT_ADD,
+    BT_OR,
+    BT_ADC,
+    BT_SBB,
+    BT_AND,
+    BT_SUB,
+    BT_XOR,
+    BT_CMP, /* ModRM.reg order of 80-83 */
+    BT_TEST,
+    BT_INC,
+    BT_DEC,
+    BT_NEG,
+    BT_NOT,
+    BT_ROL,
+    BT_ROR,
+    BT_RCL,
+    BT_RCR,
+    BT_SHL,
+    BT_SHR,
+    BT_SAL,
+    BT_SAR, /* ModRM.reg order of C0-D3 */
+    BT_SHLD,
+    BT_SHRD,
+    BT_BT,
+    BT_BTS,
+    BT_BTR,
+    BT_BTC,
+    BT_BSF,
+    BT_BSR,
+    BT_XADD,
+    BT_XCHG,
 };
 
 /* a (op) b on the host at `size` bytes; *fl is the guest RFLAGS, its arithmetic bits updated.

@@ -52,7 +52,7 @@
 #define JIT_CACHE_BYTES (16u << 20)
 /* room that must be left before translating a block: 64 instructions at the longest handler
  * path (~110 bytes) and the tail, with margin */
-#define JIT_BLOCK_RESERVE (16u << 10)
+#define JIT_BLOCK_RESERVE  (16u << 10)
 #define JIT_UNTRANSLATABLE ((void *)1)
 /* A block is interpreted on its first JIT_HOT_RUNS entries from the loop (the slot counts them:
  * small integers 2..JIT_HOT_MAX+1) and translated on the next.  Most of a kernel boot runs once,
@@ -148,8 +148,7 @@ static ZydisEncoderOperand M(ZydisRegister base, int64_t disp, unsigned size)
 
 static void enc(struct emit *e, ZydisMnemonic m, unsigned n, const ZydisEncoderOperand *ops)
 {
-    if (e->fail)
-        return;
+    if (e->fail) return;
     ZydisEncoderRequest r;
     memset(&r, 0, sizeof(r));
     r.machine_mode = ZYDIS_MACHINE_MODE_LONG_64;
@@ -176,8 +175,7 @@ static void enc(struct emit *e, ZydisMnemonic m, unsigned n, const ZydisEncoderO
 /* A near branch with a 32-bit displacement to be patched; returns the offset just after it. */
 static size_t jrel(struct emit *e, ZydisMnemonic m)
 {
-    if (e->fail)
-        return e->pos;
+    if (e->fail) return e->pos;
     ZydisEncoderRequest r;
     memset(&r, 0, sizeof(r));
     r.machine_mode = ZYDIS_MACHINE_MODE_LONG_64;
@@ -198,8 +196,7 @@ static size_t jrel(struct emit *e, ZydisMnemonic m)
 
 static void patch(struct emit *e, size_t after, size_t target)
 {
-    if (e->fail)
-        return;
+    if (e->fail) return;
     int32_t rel = (int32_t)((int64_t)target - (int64_t)after);
     memcpy(e->buf + after - 4, &rel, 4);
 }
@@ -225,7 +222,7 @@ static void jto(struct emit *e, ZydisMnemonic m, size_t target)
 #define C_NMI_PEND  ((int64_t)offsetof(struct bt_cpu, s.ev.nmi_pending))
 #define J_CHAIN_END ((int64_t)offsetof(struct bt_jit, chain_end))
 #define J_LAST_EXIT ((int64_t)offsetof(struct bt_jit, last_exit))
-#define R13 ZYDIS_REGISTER_R13
+#define R13         ZYDIS_REGISTER_R13
 
 #define RBX ZYDIS_REGISTER_RBX
 #define R12 ZYDIS_REGISTER_R12
@@ -269,8 +266,7 @@ static void rip_at(struct emit *e, int64_t off, bool b32)
 
 static void flush_icount(struct emit *e, unsigned *pend)
 {
-    if (*pend)
-        E2(e, ADD, M(RBX, C_ICOUNT, 8), I(*pend));
+    if (*pend) E2(e, ADD, M(RBX, C_ICOUNT, 8), I(*pend));
     *pend = 0;
 }
 
@@ -300,25 +296,19 @@ static bool fits32(int64_t v)
 static int64_t imm_for(int64_t v, unsigned size)
 {
     switch (size) {
-    case 1:
-        return (int8_t)v;
-    case 2:
-        return (int16_t)v;
-    case 4:
-        return (int32_t)v;
-    default:
-        return v;
+    case 1: return (int8_t)v;
+    case 2: return (int16_t)v;
+    case 4: return (int32_t)v;
+    default: return v;
     }
 }
 
 /* Emits a native form of `i` if it has one; returns false (nothing emitted) otherwise. */
 static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off)
 {
-    if (i->pfx & BT_PFX_LOCK)
-        return false;
+    if (i->pfx & BT_PFX_LOCK) return false;
     unsigned size = i->opsize / 8;
-    if (size != 1 && size != 2 && size != 4 && size != 8)
-        return false;
+    if (size != 1 && size != 2 && size != 4 && size != 8) return false;
     const struct bt_operand *d = &i->op[0], *s = &i->op[1];
     ZydisMnemonic m = (ZydisMnemonic)i->mnemonic;
     switch (i->mnemonic) {
@@ -329,13 +319,10 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off)
     case ZYDIS_MNEMONIC_XOR:
     case ZYDIS_MNEMONIC_CMP:
     case ZYDIS_MNEMONIC_TEST: {
-        if (i->nops < 2 || !is_gpr(d) || d->size != size)
-            return false;
+        if (i->nops < 2 || !is_gpr(d) || d->size != size) return false;
         bool imm = s->kind == BT_OPK_IMM;
-        if (!imm && !(is_gpr(s) && s->size == size))
-            return false;
-        if (imm && size == 8 && !fits32(s->disp))
-            return false;
+        if (!imm && !(is_gpr(s) && s->size == size)) return false;
+        if (imm && size == 8 && !fits32(s->disp)) return false;
         load_gpr(e, 0, d->reg, size);
         if (imm) {
             enc(e, m, 2, (ZydisEncoderOperand[]){R(hreg(0, size)), I(imm_for(s->disp, size))});
@@ -345,15 +332,13 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off)
         }
         E0(e, PUSHFQ);
         E1(e, POP, R(ZYDIS_REGISTER_RDX));
-        if (m != ZYDIS_MNEMONIC_CMP && m != ZYDIS_MNEMONIC_TEST)
-            store_gpr(e, 0, d->reg, size);
+        if (m != ZYDIS_MNEMONIC_CMP && m != ZYDIS_MNEMONIC_TEST) store_gpr(e, 0, d->reg, size);
         merge_flags(e, BT_ARITH_FLAGS);
         return true;
     }
     case ZYDIS_MNEMONIC_INC:
     case ZYDIS_MNEMONIC_DEC:
-        if (i->nops < 1 || !is_gpr(d) || d->size != size)
-            return false;
+        if (i->nops < 1 || !is_gpr(d) || d->size != size) return false;
         load_gpr(e, 0, d->reg, size);
         enc(e, m, 1, (ZydisEncoderOperand[]){R(hreg(0, size))});
         E0(e, PUSHFQ);
@@ -362,8 +347,7 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off)
         merge_flags(e, BT_ARITH_FLAGS & ~(uint32_t)X86_FLAG_CF); /* CF is preserved */
         return true;
     case ZYDIS_MNEMONIC_MOV:
-        if (i->nops < 2 || !is_gpr(d) || d->size != size)
-            return false;
+        if (i->nops < 2 || !is_gpr(d) || d->size != size) return false;
         if (s->kind == BT_OPK_IMM) {
             if (size == 8)
                 E2(e, MOV, R(ZYDIS_REGISTER_RAX), I(s->disp));
@@ -381,20 +365,15 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off)
     case ZYDIS_MNEMONIC_LEA: {
         if (i->nops < 2 || !is_gpr(d) || d->size != size || size == 1 || s->kind != BT_OPK_AGEN)
             return false;
-        if (s->base != BT_REG_RIP && s->base != BT_NOREG && s->base >= 16)
-            return false;
-        if (s->index != BT_NOREG && s->index >= 16)
-            return false;
-        if (s->scale != 1 && s->scale != 2 && s->scale != 4 && s->scale != 8)
-            return false;
+        if (s->base != BT_REG_RIP && s->base != BT_NOREG && s->base >= 16) return false;
+        if (s->index != BT_NOREG && s->index >= 16) return false;
+        if (s->scale != 1 && s->scale != 2 && s->scale != 4 && s->scale != 8) return false;
         int64_t disp = s->disp;
         if (s->base == BT_REG_RIP) {
-            if (s->index != BT_NOREG || !fits32(disp + off))
-                return false;
+            if (s->index != BT_NOREG || !fits32(disp + off)) return false;
             E2(e, LEA, R(ZYDIS_REGISTER_RAX), M(R12, disp + off, 8));
         } else {
-            if (!fits32(disp))
-                return false;
+            if (!fits32(disp)) return false;
             if (s->base != BT_NOREG)
                 E2(e, MOV, R(ZYDIS_REGISTER_RAX), M(RBX, C_GPR(s->base), 8));
             else
@@ -410,13 +389,11 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off)
         /* the address wraps at the address size, then is truncated to the operand size */
         if (i->addrsize == 32 || size == 4)
             E2(e, MOV, R(ZYDIS_REGISTER_EAX), R(ZYDIS_REGISTER_EAX));
-        if (i->addrsize == 16)
-            E2(e, MOVZX, R(ZYDIS_REGISTER_EAX), R(ZYDIS_REGISTER_AX));
+        if (i->addrsize == 16) E2(e, MOVZX, R(ZYDIS_REGISTER_EAX), R(ZYDIS_REGISTER_AX));
         store_gpr(e, 0, d->reg, size);
         return true;
     }
-    default:
-        return false;
+    default: return false;
     }
 }
 
@@ -495,16 +472,15 @@ static void leave(struct emit *e, struct bt_jit *j, bool chainable)
 
 /* host Jcc for condition code cc (the low nibble of the guest opcode) */
 static const ZydisMnemonic jcc_host[16] = {
-    ZYDIS_MNEMONIC_JO,  ZYDIS_MNEMONIC_JNO, ZYDIS_MNEMONIC_JB,  ZYDIS_MNEMONIC_JNB,
-    ZYDIS_MNEMONIC_JZ,  ZYDIS_MNEMONIC_JNZ, ZYDIS_MNEMONIC_JBE, ZYDIS_MNEMONIC_JNBE,
-    ZYDIS_MNEMONIC_JS,  ZYDIS_MNEMONIC_JNS, ZYDIS_MNEMONIC_JP,  ZYDIS_MNEMONIC_JNP,
-    ZYDIS_MNEMONIC_JL,  ZYDIS_MNEMONIC_JNL, ZYDIS_MNEMONIC_JLE, ZYDIS_MNEMONIC_JNLE};
+    ZYDIS_MNEMONIC_JO, ZYDIS_MNEMONIC_JNO, ZYDIS_MNEMONIC_JB,  ZYDIS_MNEMONIC_JNB,
+    ZYDIS_MNEMONIC_JZ, ZYDIS_MNEMONIC_JNZ, ZYDIS_MNEMONIC_JBE, ZYDIS_MNEMONIC_JNBE,
+    ZYDIS_MNEMONIC_JS, ZYDIS_MNEMONIC_JNS, ZYDIS_MNEMONIC_JP,  ZYDIS_MNEMONIC_JNP,
+    ZYDIS_MNEMONIC_JL, ZYDIS_MNEMONIC_JNL, ZYDIS_MNEMONIC_JLE, ZYDIS_MNEMONIC_JNLE};
 
 static bool is_jcc(unsigned m)
 {
     for (int k = 0; k < 16; k++)
-        if (jcc_host[k] == m)
-            return true;
+        if (jcc_host[k] == m) return true;
     return false;
 }
 
@@ -521,14 +497,12 @@ static bool native_branch(struct emit *e, struct bt_jit *j, const struct bt_insn
                           bool b32, unsigned *pend, unsigned page_off)
 {
     bool jmp = i->mnemonic == ZYDIS_MNEMONIC_JMP;
-    if (!jmp && !is_jcc(i->mnemonic))
-        return false;
+    if (!jmp && !is_jcc(i->mnemonic)) return false;
     if (i->op[0].kind != BT_OPK_IMM || !(i->attr_lo & BT_ATTR_RELATIVE) ||
         i->opsize != (b32 ? 32 : 64))
         return false;
     int64_t end = off + i->len, target = end + i->op[0].disp;
-    if (!fits32(target))
-        return false;
+    if (!fits32(target)) return false;
     size_t not_taken = 0;
     if (!jmp) {
         E2(e, MOV, R(ZYDIS_REGISTER_RAX), M(RBX, C_FLAGS, 8));
@@ -597,8 +571,7 @@ static int emit_trampoline(struct bt_jit *j)
     for (size_t k = ARRAY_SIZE(saved); k-- > 0;)
         E1(&e, POP, R(saved[k]));
     E0(&e, RET);
-    if (e.fail)
-        return err_set(EINVAL, "translator: Zydis cannot encode the trampoline");
+    if (e.fail) return err_set(EINVAL, "translator: Zydis cannot encode the trampoline");
     j->base_end = j->used = ALIGN_UP(e.pos, 64);
     j->enter = (void (*)(struct bt_cpu *, const void *, struct bt_jit *))(void *)j->rx;
     return 0;
@@ -607,12 +580,9 @@ static int emit_trampoline(struct bt_jit *j)
 static int cache_map(struct bt_jit *j)
 {
     j->size = JIT_CACHE_BYTES;
-    if (!j->tbs)
-        j->tbs = calloc(JIT_MAX_TBS, sizeof(*j->tbs));
-    if (!j->links)
-        j->links = calloc(JIT_MAX_LINKS, sizeof(*j->links));
-    if (!j->tbs || !j->links)
-        return err_set(ENOMEM, "translator: no memory for its block tables");
+    if (!j->tbs) j->tbs = calloc(JIT_MAX_TBS, sizeof(*j->tbs));
+    if (!j->links) j->links = calloc(JIT_MAX_LINKS, sizeof(*j->links));
+    if (!j->tbs || !j->links) return err_set(ENOMEM, "translator: no memory for its block tables");
     j->fd = memfd_create("lookout-jit", MFD_CLOEXEC);
     if (j->fd < 0)
         return err_set(errno, "translator: memfd_create for the code cache failed: %s",
@@ -627,10 +597,8 @@ static int cache_map(struct bt_jit *j)
     j->rx = mmap(NULL, j->size, PROT_READ | PROT_EXEC, MAP_SHARED, j->fd, 0);
     if (j->rw == MAP_FAILED || j->rx == MAP_FAILED) {
         int e = errno;
-        if (j->rw != MAP_FAILED)
-            munmap(j->rw, j->size);
-        if (j->rx != MAP_FAILED)
-            munmap(j->rx, j->size);
+        if (j->rw != MAP_FAILED) munmap(j->rw, j->size);
+        if (j->rx != MAP_FAILED) munmap(j->rx, j->size);
         j->rw = j->rx = NULL;
         close(j->fd), j->fd = -1;
         return err_set(e,
@@ -643,12 +611,9 @@ static int cache_map(struct bt_jit *j)
 
 static void cache_unmap(struct bt_jit *j)
 {
-    if (j->rw)
-        munmap(j->rw, j->size);
-    if (j->rx)
-        munmap(j->rx, j->size);
-    if (j->fd >= 0)
-        close(j->fd);
+    if (j->rw) munmap(j->rw, j->size);
+    if (j->rx) munmap(j->rx, j->size);
+    if (j->fd >= 0) close(j->fd);
     j->rw = j->rx = NULL;
     j->fd = -1;
 }
@@ -657,17 +622,14 @@ int bt_jit_set_enabled(struct bt_cpu *c, _Atomic bool *pending, bool on)
 {
     struct bt_jit *j = c->jit;
     if (!j) {
-        if (!on)
-            return 0;
+        if (!on) return 0;
         j = calloc(1, sizeof(*j));
-        if (!j)
-            return err_set(ENOMEM, "translator: no memory for its state");
+        if (!j) return err_set(ENOMEM, "translator: no memory for its state");
         j->fd = -1;
         j->hot_runs = JIT_HOT_RUNS;
         c->jit = j;
     }
-    if (pending)
-        j->pending = pending;
+    if (pending) j->pending = pending;
     j->enabled = on;
     /* translations made before are not trusted across a switch: the caller's decoded blocks
      * may hold slots from an earlier cache */
@@ -678,22 +640,19 @@ int bt_jit_set_enabled(struct bt_cpu *c, _Atomic bool *pending, bool on)
 void bt_jit_set_hot_runs(struct bt_cpu *c, unsigned runs)
 {
     struct bt_jit *j = c->jit;
-    if (j)
-        j->hot_runs = MIN(runs, JIT_HOT_MAX);
+    if (j) j->hot_runs = MIN(runs, JIT_HOT_MAX);
 }
 
 int bt_jit_init(struct bt_cpu *c, _Atomic bool *pending)
 {
-    if (!env_wants())
-        return 0;
+    if (!env_wants()) return 0;
     return bt_jit_set_enabled(c, pending, true);
 }
 
 void bt_jit_destroy(struct bt_cpu *c)
 {
     struct bt_jit *j = c->jit;
-    if (!j)
-        return;
+    if (!j) return;
     if (j->st.blocks_translated)
         log_info("translator %u: %llu blocks translated (%llu native, %llu called instructions), "
                  "%llu flushes, %llu block entries from the loop, %llu chains, %llu unchained",
@@ -711,8 +670,7 @@ void bt_jit_destroy(struct bt_cpu *c)
 void bt_jit_flush(struct bt_cpu *c)
 {
     struct bt_jit *j = c->jit;
-    if (!j || !j->rw)
-        return;
+    if (!j || !j->rw) return;
     j->used = j->base_end;
     j->ntbs = j->nlinks = 0;
     j->exit_valid = false;
@@ -748,8 +706,7 @@ void bt_jit_get_stats(const struct bt_cpu *c, struct bt_jit_stats *st)
 static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *ins, unsigned n,
                      void **slot, unsigned page_off)
 {
-    if (j->size - j->used < JIT_BLOCK_RESERVE || j->ntbs >= JIT_MAX_TBS)
-        return -ENOSPC;
+    if (j->size - j->used < JIT_BLOCK_RESERVE || j->ntbs >= JIT_MAX_TBS) return -ENOSPC;
     struct emit e = {.buf = j->rw, .pos = j->used, .cap = j->used + JIT_BLOCK_RESERVE};
     const size_t start = e.pos;
     const bool b32 = c->code_bits != 64;
@@ -821,12 +778,11 @@ static void try_chain(struct bt_jit *j, struct bt_cpu *c, struct jit_tb *tb)
     j->st.chains++;
 }
 
-int bt_jit_run(struct bt_cpu *c, const struct bt_insn *insns, unsigned n, void **slot,
-               uint64_t gpa, uint64_t end)
+int bt_jit_run(struct bt_cpu *c, const struct bt_insn *insns, unsigned n, void **slot, uint64_t gpa,
+               uint64_t end)
 {
     struct bt_jit *j = c->jit;
-    if (!j || !j->enabled || !j->pending || *slot == JIT_UNTRANSLATABLE || n == 0)
-        return 1;
+    if (!j || !j->enabled || !j->pending || *slot == JIT_UNTRANSLATABLE || n == 0) return 1;
     uintptr_t v = (uintptr_t)*slot;
     if (v < 2 + JIT_HOT_MAX) {
         unsigned seen = v ? (unsigned)v - 1 : 0;
@@ -842,8 +798,7 @@ int bt_jit_run(struct bt_cpu *c, const struct bt_insn *insns, unsigned n, void *
             return 1;
         }
         int r = translate(j, c, insns, n, slot, (unsigned)(gpa & 0xfff));
-        if (r)
-            return r;
+        if (r) return r;
     }
     struct jit_tb *tb = *slot;
     try_chain(j, c, tb);

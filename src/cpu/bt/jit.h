@@ -44,8 +44,8 @@ bool bt_jit_wanted(void);
  * leave them), 1 if the caller must interpret it (still cold, or untranslatable: *slot remembers
  * which), or -ENOSPC when the code cache is full (the caller flushes its decoded-block cache,
  * which flushes this one, and looks the block up again). */
-int bt_jit_run(struct bt_cpu *c, const struct bt_insn *insns, unsigned n, void **slot,
-               uint64_t gpa, uint64_t end);
+int bt_jit_run(struct bt_cpu *c, const struct bt_insn *insns, unsigned n, void **slot, uint64_t gpa,
+               uint64_t end);
 /* The block owning this handle is gone (its page was written): jumps chained into its
  * translation are unpatched.  The code itself stays until the next flush (nothing reaches it). */
 void bt_jit_drop(struct bt_cpu *c, void *handle);

@@ -11,19 +11,15 @@
 static uint64_t szp(uint8_t v)
 {
     uint64_t f = 0;
-    if (v & 0x80)
-        f |= X86_FLAG_SF;
-    if (v == 0)
-        f |= X86_FLAG_ZF;
-    if (!(__builtin_popcount(v) & 1))
-        f |= X86_FLAG_PF;
+    if (v & 0x80) f |= X86_FLAG_SF;
+    if (v == 0) f |= X86_FLAG_ZF;
+    if (!(__builtin_popcount(v) & 1)) f |= X86_FLAG_PF;
     return f;
 }
 
 static void not_in_64(struct bt_cpu *c)
 {
-    if (c->code_bits == 64)
-        bt_ud(c);
+    if (c->code_bits == 64) bt_ud(c);
 }
 
 static void set_al_flags(struct bt_cpu *c, uint16_t ax, uint64_t f)
@@ -45,8 +41,14 @@ static void ascii_adjust(struct bt_cpu *c, bool sub)
     set_al_flags(c, ax, f | szp((uint8_t)ax));
 }
 
-static void op_aaa(struct bt_cpu *c, const struct bt_insn *i) { ascii_adjust(c, false); }
-static void op_aas(struct bt_cpu *c, const struct bt_insn *i) { ascii_adjust(c, true); }
+static void op_aaa(struct bt_cpu *c, const struct bt_insn *i)
+{
+    ascii_adjust(c, false);
+}
+static void op_aas(struct bt_cpu *c, const struct bt_insn *i)
+{
+    ascii_adjust(c, true);
+}
 
 static void decimal_adjust(struct bt_cpu *c, bool sub)
 {
@@ -67,15 +69,20 @@ static void decimal_adjust(struct bt_cpu *c, bool sub)
     set_al_flags(c, (uint16_t)((c->s.gpr[RAX] & 0xff00) | a), f);
 }
 
-static void op_daa(struct bt_cpu *c, const struct bt_insn *i) { decimal_adjust(c, false); }
-static void op_das(struct bt_cpu *c, const struct bt_insn *i) { decimal_adjust(c, true); }
+static void op_daa(struct bt_cpu *c, const struct bt_insn *i)
+{
+    decimal_adjust(c, false);
+}
+static void op_das(struct bt_cpu *c, const struct bt_insn *i)
+{
+    decimal_adjust(c, true);
+}
 
 static void op_aam(struct bt_cpu *c, const struct bt_insn *i)
 {
     not_in_64(c);
     uint8_t base = (uint8_t)i->op[0].disp, al = (uint8_t)c->s.gpr[RAX];
-    if (base == 0)
-        bt_raise(c, X86_DE, BT_NO_ERRCODE);
+    if (base == 0) bt_raise(c, X86_DE, BT_NO_ERRCODE);
     uint8_t q = al / base, r = al % base;
     set_al_flags(c, (uint16_t)(q << 8 | r), szp(r));
 }
@@ -99,15 +106,13 @@ static void op_salc(struct bt_cpu *c, const struct bt_insn *i)
 static void op_bound(struct bt_cpu *c, const struct bt_insn *i)
 {
     not_in_64(c);
-    if (i->op[1].kind != BT_OPK_MEM)
-        bt_ud(c);
+    if (i->op[1].kind != BT_OPK_MEM) bt_ud(c);
     unsigned size = bt_opbytes(i);
     uint64_t lin = bt_op_lin(c, i, 1, 2 * size, BT_ACC_READ);
     int64_t lo = bt_sext(bt_read(c, lin, size, BT_ACC_READ), size);
     int64_t hi = bt_sext(bt_read(c, lin + size, size, BT_ACC_READ), size);
     int64_t idx = bt_sext(bt_op_read(c, i, 0), size);
-    if (idx < lo || idx > hi)
-        bt_raise(c, X86_BR, BT_NO_ERRCODE);
+    if (idx < lo || idx > hi) bt_raise(c, X86_BR, BT_NO_ERRCODE);
 }
 
 BT_HANDLER(AAA, op_aaa);

@@ -11,10 +11,26 @@
 /* one-operand MUL/IMUL/DIV/IDIV on rax/rdx with the host instruction `I` */
 #define ONEOP(I)                                                                                   \
     switch (size) {                                                                                \
-    case 1: asm(PRE I "b %b[s]" POST : "+a"(ax), "+d"(dx), [f] "+r"(h) : [s] "r"(s) : "cc"); break; \
-    case 2: asm(PRE I "w %w[s]" POST : "+a"(ax), "+d"(dx), [f] "+r"(h) : [s] "r"(s) : "cc"); break; \
-    case 4: asm(PRE I "l %k[s]" POST : "+a"(ax), "+d"(dx), [f] "+r"(h) : [s] "r"(s) : "cc"); break; \
-    default: asm(PRE I "q %q[s]" POST : "+a"(ax), "+d"(dx), [f] "+r"(h) : [s] "r"(s) : "cc"); break; \
+    case 1: asm(PRE I "b %b[s]" POST                                                               \
+                : "+a"(ax), "+d"(dx), [f] "+r"(h)                                                  \
+                : [s] "r"(s)                                                                       \
+                : "cc");                                                                           \
+        break;                                                                                     \
+    case 2: asm(PRE I "w %w[s]" POST                                                               \
+                : "+a"(ax), "+d"(dx), [f] "+r"(h)                                                  \
+                : [s] "r"(s)                                                                       \
+                : "cc");                                                                           \
+        break;                                                                                     \
+    case 4: asm(PRE I "l %k[s]" POST                                                               \
+                : "+a"(ax), "+d"(dx), [f] "+r"(h)                                                  \
+                : [s] "r"(s)                                                                       \
+                : "cc");                                                                           \
+        break;                                                                                     \
+    default: asm(PRE I "q %q[s]" POST                                                              \
+                 : "+a"(ax), "+d"(dx), [f] "+r"(h)                                                 \
+                 : [s] "r"(s)                                                                      \
+                 : "cc");                                                                          \
+        break;                                                                                     \
     }
 
 enum { MUL, IMUL, DIV, IDIV };
@@ -23,11 +39,9 @@ static bool div_faults(int op, unsigned size, uint64_t ax, uint64_t dx, uint64_t
 {
     unsigned bits = size * 8;
     uint64_t m = bt_size_mask(size);
-    if ((s & m) == 0)
-        return true;
+    if ((s & m) == 0) return true;
     if (op == DIV) {
-        if (size == 1)
-            return (ax & 0xffff) / (s & 0xff) > 0xff;
+        if (size == 1) return (ax & 0xffff) / (s & 0xff) > 0xff;
         return (dx & m) >= (s & m); /* quotient needs more than `bits` bits */
     }
     /* IDIV: the dividend is twice the operand size, signed */
@@ -35,9 +49,9 @@ static bool div_faults(int op, unsigned size, uint64_t ax, uint64_t dx, uint64_t
     if (size == 1)
         dividend = (int16_t)ax;
     else
-        dividend = (__int128)((((unsigned __int128)(dx & m) << bits) | (ax & m))
-                              << (128 - 2 * bits)) >>
-                   (128 - 2 * bits); /* shift unsigned, then sign-extend arithmetically */
+        dividend =
+            (__int128)((((unsigned __int128)(dx & m) << bits) | (ax & m)) << (128 - 2 * bits)) >>
+            (128 - 2 * bits); /* shift unsigned, then sign-extend arithmetically */
     __int128 divisor = bt_sext(s, size);
     __int128 lo = -((__int128)1 << (bits - 1)), hi = ((__int128)1 << (bits - 1)) - 1;
     if (divisor == -1 && dividend == (__int128)((unsigned __int128)1 << 127))
@@ -71,9 +85,18 @@ static void oneop(struct bt_cpu *c, const struct bt_insn *i, int op)
     bt_commit_flags(c, h);
 }
 
-static void op_mul(struct bt_cpu *c, const struct bt_insn *i) { oneop(c, i, MUL); }
-static void op_div(struct bt_cpu *c, const struct bt_insn *i) { oneop(c, i, DIV); }
-static void op_idiv(struct bt_cpu *c, const struct bt_insn *i) { oneop(c, i, IDIV); }
+static void op_mul(struct bt_cpu *c, const struct bt_insn *i)
+{
+    oneop(c, i, MUL);
+}
+static void op_div(struct bt_cpu *c, const struct bt_insn *i)
+{
+    oneop(c, i, DIV);
+}
+static void op_idiv(struct bt_cpu *c, const struct bt_insn *i)
+{
+    oneop(c, i, IDIV);
+}
 
 static void op_imul(struct bt_cpu *c, const struct bt_insn *i)
 {
@@ -86,9 +109,15 @@ static void op_imul(struct bt_cpu *c, const struct bt_insn *i)
     uint64_t b = i->nops == 3 ? bt_op_read(c, i, 2) : bt_op_read(c, i, 0);
     uint64_t h = (c->s.rflags & BT_ARITH_FLAGS) | X86_FLAG_FIXED;
     switch (size) {
-    case 2: asm(PRE "imulw %w[b], %w[a]" POST : [a] "+r"(a), [f] "+r"(h) : [b] "r"(b) : "cc"); break;
-    case 4: asm(PRE "imull %k[b], %k[a]" POST : [a] "+r"(a), [f] "+r"(h) : [b] "r"(b) : "cc"); break;
-    default: asm(PRE "imulq %q[b], %q[a]" POST : [a] "+r"(a), [f] "+r"(h) : [b] "r"(b) : "cc"); break;
+    case 2:
+        asm(PRE "imulw %w[b], %w[a]" POST : [a] "+r"(a), [f] "+r"(h) : [b] "r"(b) : "cc");
+        break;
+    case 4:
+        asm(PRE "imull %k[b], %k[a]" POST : [a] "+r"(a), [f] "+r"(h) : [b] "r"(b) : "cc");
+        break;
+    default:
+        asm(PRE "imulq %q[b], %q[a]" POST : [a] "+r"(a), [f] "+r"(h) : [b] "r"(b) : "cc");
+        break;
     }
     bt_op_write(c, i, 0, a);
     bt_commit_flags(c, h);

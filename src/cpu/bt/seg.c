@@ -182,13 +182,14 @@ uint64_t bt_frame_push(struct bt_cpu *c, const struct x86_seg *ss, unsigned stac
 {
     uint64_t mask = bt_bits_mask(stack_bits);
     uint64_t new_sp = (sp - (uint64_t)n * size) & mask;
-    uint64_t lin[16];
-    for (unsigned k = 0; k < n && k < 16; k++) {
+    uint64_t lin[40]; /* at most 31 call-gate parameters + SS, SP, CS, IP */
+    if (n > 40) n = 40;
+    for (unsigned k = 0; k < n; k++) {
         uint64_t addr = (new_sp + (uint64_t)(n - 1 - k) * size) & mask;
         lin[k] = bt_stack_lin(c, ss, stack_bits, addr, size, errc);
         bt_probe_write(c, lin[k], size, acc | BT_ACC_WRITE);
     }
-    for (unsigned k = 0; k < n && k < 16; k++)
+    for (unsigned k = 0; k < n; k++)
         bt_write(c, lin[k], size, vals[k], acc | BT_ACC_WRITE);
     return new_sp;
 }

@@ -23,13 +23,34 @@ static void shift(struct bt_cpu *c, const struct bt_insn *i, int op)
     bt_commit_flags(c, fl);
 }
 
-static void op_rol(struct bt_cpu *c, const struct bt_insn *i) { shift(c, i, BT_ROL); }
-static void op_ror(struct bt_cpu *c, const struct bt_insn *i) { shift(c, i, BT_ROR); }
-static void op_rcl(struct bt_cpu *c, const struct bt_insn *i) { shift(c, i, BT_RCL); }
-static void op_rcr(struct bt_cpu *c, const struct bt_insn *i) { shift(c, i, BT_RCR); }
-static void op_shl(struct bt_cpu *c, const struct bt_insn *i) { shift(c, i, BT_SHL); }
-static void op_shr(struct bt_cpu *c, const struct bt_insn *i) { shift(c, i, BT_SHR); }
-static void op_sar(struct bt_cpu *c, const struct bt_insn *i) { shift(c, i, BT_SAR); }
+static void op_rol(struct bt_cpu *c, const struct bt_insn *i)
+{
+    shift(c, i, BT_ROL);
+}
+static void op_ror(struct bt_cpu *c, const struct bt_insn *i)
+{
+    shift(c, i, BT_ROR);
+}
+static void op_rcl(struct bt_cpu *c, const struct bt_insn *i)
+{
+    shift(c, i, BT_RCL);
+}
+static void op_rcr(struct bt_cpu *c, const struct bt_insn *i)
+{
+    shift(c, i, BT_RCR);
+}
+static void op_shl(struct bt_cpu *c, const struct bt_insn *i)
+{
+    shift(c, i, BT_SHL);
+}
+static void op_shr(struct bt_cpu *c, const struct bt_insn *i)
+{
+    shift(c, i, BT_SHR);
+}
+static void op_sar(struct bt_cpu *c, const struct bt_insn *i)
+{
+    shift(c, i, BT_SAR);
+}
 
 static void shd(struct bt_cpu *c, const struct bt_insn *i, int op)
 {
@@ -44,8 +65,14 @@ static void shd(struct bt_cpu *c, const struct bt_insn *i, int op)
     bt_commit_flags(c, fl);
 }
 
-static void op_shld(struct bt_cpu *c, const struct bt_insn *i) { shd(c, i, BT_SHLD); }
-static void op_shrd(struct bt_cpu *c, const struct bt_insn *i) { shd(c, i, BT_SHRD); }
+static void op_shld(struct bt_cpu *c, const struct bt_insn *i)
+{
+    shd(c, i, BT_SHLD);
+}
+static void op_shrd(struct bt_cpu *c, const struct bt_insn *i)
+{
+    shd(c, i, BT_SHRD);
+}
 
 BT_HANDLER(ROL, op_rol);
 BT_HANDLER(ROR, op_ror);

@@ -142,6 +142,7 @@ void bt_write_cr(struct bt_cpu *c, int n, uint64_t v)
     case 2: s->cr2 = c->code_bits == 64 ? v : (v & 0xffffffffull); return;
     case 3:
         if (c->long_mode) {
+            if (c->kvm_assist && (s->cr4 & X86_CR4_PCIDE)) v &= ~(1ull << 63); /* no-flush hint */
             if (v & ~phys_addr_mask(c) & ~0xfffull) bt_gp0(c);
         } else {
             v &= 0xffffffffull;
@@ -150,7 +151,11 @@ void bt_write_cr(struct bt_cpu *c, int n, uint64_t v)
         bt_tlb_flush(c, false);
         return;
     case 4: {
-        if (v & ~(uint64_t)CR4_MODEL) bt_gp0(c);
+        uint64_t ok = CR4_MODEL;
+        if (c->kvm_assist) /* what a host CPU may offer to a kvm_pvm guest */
+            ok |= X86_CR4_VME | X86_CR4_PVI | X86_CR4_UMIP | X86_CR4_FSGSBASE | X86_CR4_PCIDE |
+                  X86_CR4_OSXSAVE | X86_CR4_SMEP | X86_CR4_SMAP;
+        if (v & ~ok) bt_gp0(c);
         if (c->long_mode && !(v & X86_CR4_PAE)) bt_gp0(c);
         uint64_t changed = s->cr4 ^ v;
         s->cr4 = v;
