@@ -389,9 +389,9 @@ void bt_decode_at(struct bt_cpu *c, uint64_t lin, struct bt_insn *out)
 
 /* ---- decoded-block cache ------------------------------------------------------------------ */
 
-#define CACHE_INSNS   65536u
-#define CACHE_BLOCKS  16384u
-#define CACHE_BUCKETS 16384u /* lookup hash (gpa, mode) */
+#define CACHE_INSNS   262144u
+#define CACHE_BLOCKS  65536u
+#define CACHE_BUCKETS 65536u /* lookup hash (gpa, mode) */
 #define PAGE_BUCKETS  4096u  /* invalidation hash (page) */
 #define BLOCK_MAX     64u    /* instructions per block */
 #define INVAL_QUEUE   64u
