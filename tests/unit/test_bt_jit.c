@@ -332,6 +332,32 @@ static void test_wx(void **st)
     assert_int_equal(jit_maps, 2); /* the RW view and the RX view */
 }
 
+/* LOOKOUT_BT_JIT: unset or 1 wants the translator, anything else (0) the interpreter alone; a
+ * vCPU created under LOOKOUT_BT_JIT=0 has no translator. */
+static void test_switch(void **st)
+{
+    const char *old = getenv("LOOKOUT_BT_JIT");
+    char *saved = old ? strdup(old) : NULL;
+    unsetenv("LOOKOUT_BT_JIT");
+    assert_true(bt_jit_wanted());
+    setenv("LOOKOUT_BT_JIT", "1", 1);
+    assert_true(bt_jit_wanted());
+    setenv("LOOKOUT_BT_JIT", "0", 1);
+    assert_false(bt_jit_wanted());
+    struct bt_cpu *c = calloc(1, sizeof(*c));
+    assert_non_null(c);
+    c->vm = &T->vm;
+    assert_int_equal(bt_core_init(c), 0);
+    assert_null(c->jit);
+    bt_core_destroy(c);
+    free(c);
+    if (saved)
+        setenv("LOOKOUT_BT_JIT", saved, 1);
+    else
+        unsetenv("LOOKOUT_BT_JIT");
+    free(saved);
+}
+
 static double seconds(void)
 {
     struct timespec ts;
@@ -363,7 +389,7 @@ int main(void)
         cmocka_unit_test(test_loop_same_state), cmocka_unit_test(test_all_conditions),
         cmocka_unit_test(test_fault_mid_block), cmocka_unit_test(test_self_modifying),
         cmocka_unit_test(test_chain_smc),       cmocka_unit_test(test_wx),
-        cmocka_unit_test(test_speed),
+        cmocka_unit_test(test_switch),          cmocka_unit_test(test_speed),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
