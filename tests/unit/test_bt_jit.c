@@ -201,6 +201,38 @@ static void test_all_conditions(void **st)
     }
 }
 
+/* Loads inline through the TLB (and their slow paths: first touch of a page, a page-crossing
+ * load, a load after a store into the same page, user mode), looped so the TLB is warm. */
+static void test_inline_loads(void **st)
+{
+    static const uint8_t body[] = {
+        0x49, 0x8b, 0x07,                         /* mov rax, [r15] */
+        0x49, 0x03, 0x87, 0xf8, 0x0f, 0x00, 0x00, /* add rax, [r15+0xff8] */
+        0x41, 0x8b, 0x8f, 0xfe, 0x0f, 0x00, 0x00, /* mov ecx, [r15+0xffe]: crosses the page */
+        0x41, 0x80, 0x7f, 0x05, 0x5a,             /* cmp byte [r15+5], 0x5a */
+        0x41, 0x85, 0x57, 0x10,                   /* test [r15+16], edx */
+        0x66, 0x41, 0x3b, 0x5f, 0x20,             /* cmp bx, [r15+0x20] */
+        0x4d, 0x33, 0x67, 0x28,                   /* xor r12, [r15+0x28] */
+        0x49, 0x89, 0x47, 0x28,                   /* mov [r15+0x28], rax */
+        0x48, 0x2b, 0x15, 0xd7, 0xff, 0xff, 0xff, /* sub rdx, [rip-0x29]: the code itself */
+        0x49, 0xff, 0xc7,                         /* inc r15 */
+        0xff, 0xce,                               /* dec esi */
+        0x75, 0x00,                               /* jnz top (patched) */
+        0xf4,
+    };
+    uint8_t p[sizeof(body) + 5];
+    p[0] = 0xbe, p[1] = 40, p[2] = p[3] = p[4] = 0; /* mov esi, 40 */
+    memcpy(p + 5, body, sizeof(body));
+    p[sizeof(p) - 2] = (uint8_t)(5 - (int)(sizeof(p) - 1));
+    static struct outcome a, b;
+    both(p, sizeof(p), 100000, &a, &b);
+    assert_true(a.halted);
+    assert_int_equal(a.rip, T_CODE0 + sizeof(p)); /* its own HLT, not an exception handler's */
+    struct bt_jit_stats s;
+    bt_jit_get_stats(T->c, &s);
+    assert_true(s.insns_inline_mem >= 7);
+}
+
 /* A fault in the middle of a translated block: native instructions before it have run, the
  * exception is delivered with the faulting instruction's RIP and CR2. */
 static void test_fault_mid_block(void **st)
@@ -386,10 +418,15 @@ static void test_speed(void **st)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_loop_same_state), cmocka_unit_test(test_all_conditions),
-        cmocka_unit_test(test_fault_mid_block), cmocka_unit_test(test_self_modifying),
-        cmocka_unit_test(test_chain_smc),       cmocka_unit_test(test_wx),
-        cmocka_unit_test(test_switch),          cmocka_unit_test(test_speed),
+        cmocka_unit_test(test_loop_same_state),
+        cmocka_unit_test(test_all_conditions),
+        cmocka_unit_test(test_inline_loads),
+        cmocka_unit_test(test_fault_mid_block),
+        cmocka_unit_test(test_self_modifying),
+        cmocka_unit_test(test_chain_smc),
+        cmocka_unit_test(test_wx),
+        cmocka_unit_test(test_switch),
+        cmocka_unit_test(test_speed),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -303,6 +303,147 @@ static int64_t imm_for(int64_t v, unsigned size)
     }
 }
 
+/* ---- inline guest-memory loads (64-bit code) ------------------------------------------------ */
+
+#define C_TLB ((int64_t)offsetof(struct bt_cpu, tlb))
+#define C_CPL ((int64_t)offsetof(struct bt_cpu, cpl))
+#define C_SEGBASE(sg)                                                                              \
+    ((int64_t)offsetof(struct bt_cpu, s.seg) + (int64_t)(sg) * (int64_t)sizeof(struct x86_seg))
+#define T_VTAG ((int64_t)offsetof(struct bt_tlb_entry, vtag))
+#define T_HVA  ((int64_t)offsetof(struct bt_tlb_entry, hva))
+#define T_PERM ((int64_t)offsetof(struct bt_tlb_entry, perm))
+_Static_assert(sizeof(struct bt_tlb_entry) == 32, "the inline TLB probe scales the index by 32");
+_Static_assert(offsetof(struct x86_seg, base) == 0, "segment base first");
+
+/* True if operand `o` of `i` is a memory operand the inline load below handles. */
+static bool inline_mem_ok(const struct bt_insn *i, const struct bt_operand *o, int64_t off,
+                          bool b32)
+{
+    if (b32 || o->kind != BT_OPK_MEM || i->addrsize != 64) return false;
+    if (o->size != 1 && o->size != 2 && o->size != 4 && o->size != 8) return false;
+    if (o->base != BT_REG_RIP && o->base != BT_NOREG && o->base >= 16) return false;
+    if (o->index != BT_NOREG && o->index >= 16) return false;
+    if (o->index != BT_NOREG && o->scale != 1 && o->scale != 2 && o->scale != 4 && o->scale != 8)
+        return false;
+    if (o->base == BT_REG_RIP) return o->index == BT_NOREG && fits32(o->disp + off);
+    return fits32(o->disp);
+}
+
+/* Host register `which` (RCX or RAX family; RDX, RSI, RDI are clobbered) = the guest memory
+ * operand, zero-extended, read through the TLB exactly as bt_op_read's fast path does (the
+ * segment base for FS/GS, canonical address, a TLB entry for the page with a host address and
+ * read permission at the current CPL, no page crossing).  Anything else jumps to the slow path
+ * (its jump offsets are appended to slow[]), which runs the handler instead. */
+static void inline_load(struct emit *e, int which, const struct bt_operand *o, int64_t off,
+                        size_t *slow, int *nslow)
+{
+    const ZydisRegister HRDX = ZYDIS_REGISTER_RDX, HRSI = ZYDIS_REGISTER_RSI;
+    /* HRDX = effective address */
+    if (o->base == BT_REG_RIP) {
+        E2(e, LEA, R(HRDX), M(R12, o->disp + off, 8));
+    } else {
+        if (o->base != BT_NOREG)
+            E2(e, MOV, R(HRDX), M(RBX, C_GPR(o->base), 8));
+        else
+            E2(e, XOR, R(ZYDIS_REGISTER_EDX), R(ZYDIS_REGISTER_EDX));
+        if (o->index != BT_NOREG) {
+            E2(e, MOV, R(HRSI), M(RBX, C_GPR(o->index), 8));
+            E2(e, LEA, R(HRDX), MX(HRDX, HRSI, o->scale, o->disp, 8));
+        } else if (o->disp) {
+            E2(e, LEA, R(HRDX), M(HRDX, o->disp, 8));
+        }
+    }
+    if (o->seg == SEG_FS || o->seg == SEG_GS) E2(e, ADD, R(HRDX), M(RBX, C_SEGBASE(o->seg), 8));
+    /* canonical (the last byte is then too: the access stays in the page, checked below) */
+    E2(e, MOV, R(HRSI), R(HRDX));
+    E2(e, SHL, R(HRSI), I(16));
+    E2(e, SAR, R(HRSI), I(16));
+    E2(e, CMP, R(HRSI), R(HRDX));
+    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    /* no page crossing */
+    E2(e, MOV, R(ZYDIS_REGISTER_ESI), R(ZYDIS_REGISTER_EDX));
+    E2(e, AND, R(ZYDIS_REGISTER_ESI), I(0xfff));
+    E2(e, CMP, R(ZYDIS_REGISTER_ESI), I(4096 - o->size));
+    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNBE);
+    /* RDI = &c->tlb[(lin >> 12) & (BT_TLB_SIZE - 1)] */
+    E2(e, MOV, R(ZYDIS_REGISTER_RDI), R(HRDX));
+    E2(e, SHR, R(ZYDIS_REGISTER_RDI), I(12));
+    E2(e, AND, R(ZYDIS_REGISTER_EDI), I(BT_TLB_SIZE - 1));
+    E2(e, SHL, R(ZYDIS_REGISTER_EDI), I(5));
+    E2(e, LEA, R(ZYDIS_REGISTER_RDI), MX(RBX, ZYDIS_REGISTER_RDI, 1, C_TLB, 8));
+    /* tag: the page | 1 */
+    E2(e, MOV, R(HRSI), R(HRDX));
+    E2(e, AND, R(HRSI), I(~(int64_t)0xfff));
+    E2(e, OR, R(HRSI), I(1));
+    E2(e, CMP, R(HRSI), M(ZYDIS_REGISTER_RDI, T_VTAG, 8));
+    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    /* read permission for the current privilege: supervisor bit 0, user bit 3 */
+    E2(e, MOV, R(ZYDIS_REGISTER_ESI), I(BT_ACC_READ));
+    E2(e, CMP, M(RBX, C_CPL, 1), I(3));
+    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JZ); /* user: rare in the kernel; handler */
+    E2(e, TEST, M(ZYDIS_REGISTER_RDI, T_PERM, 4), R(ZYDIS_REGISTER_ESI));
+    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JZ);
+    /* RAM page (MMIO and the LAPIC have no host address) */
+    E2(e, MOV, R(HRSI), M(ZYDIS_REGISTER_RDI, T_HVA, 8));
+    E2(e, TEST, R(HRSI), R(HRSI));
+    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JZ);
+    E2(e, AND, R(ZYDIS_REGISTER_EDX), I(0xfff));
+    if (o->size == 1 || o->size == 2)
+        E2(e, MOVZX, R(hreg(which, 4)), MX(HRSI, HRDX, 1, 0, o->size));
+    else
+        E2(e, MOV, R(hreg(which, o->size)), MX(HRSI, HRDX, 1, 0, o->size));
+}
+
+/* Native forms reading one memory operand: MOV r, m; ADD/SUB/AND/OR/XOR/CMP/TEST r, m;
+ * CMP/TEST m, r/imm.  Returns false (nothing emitted) if `i` is not one of them. */
+static bool native_load(struct emit *e, const struct bt_insn *i, int64_t off, bool b32,
+                        size_t *slow, int *nslow)
+{
+    if (i->pfx & BT_PFX_LOCK || i->nops < 2) return false;
+    unsigned size = i->opsize / 8;
+    if (size != 1 && size != 2 && size != 4 && size != 8) return false;
+    const struct bt_operand *d = &i->op[0], *s = &i->op[1];
+    ZydisMnemonic m = (ZydisMnemonic)i->mnemonic;
+    switch (i->mnemonic) {
+    case ZYDIS_MNEMONIC_MOV:
+        if (!is_gpr(d) || d->size != size || s->size != size || !inline_mem_ok(i, s, off, b32))
+            return false;
+        inline_load(e, 0, s, off, slow, nslow);
+        store_gpr(e, 0, d->reg, size);
+        return true;
+    case ZYDIS_MNEMONIC_ADD:
+    case ZYDIS_MNEMONIC_SUB:
+    case ZYDIS_MNEMONIC_AND:
+    case ZYDIS_MNEMONIC_OR:
+    case ZYDIS_MNEMONIC_XOR:
+    case ZYDIS_MNEMONIC_CMP:
+    case ZYDIS_MNEMONIC_TEST: {
+        bool ro = m == ZYDIS_MNEMONIC_CMP || m == ZYDIS_MNEMONIC_TEST;
+        if (is_gpr(d) && d->size == size && s->size == size && inline_mem_ok(i, s, off, b32)) {
+            inline_load(e, 1, s, off, slow, nslow); /* source in RCX */
+            load_gpr(e, 0, d->reg, size);
+        } else if (ro && d->size == size && inline_mem_ok(i, d, off, b32) &&
+                   ((is_gpr(s) && s->size == size) ||
+                    (s->kind == BT_OPK_IMM && (size < 8 || fits32(s->disp))))) {
+            inline_load(e, 0, d, off, slow, nslow); /* memory destination in RAX */
+            if (is_gpr(s)) load_gpr(e, 1, s->reg, size);
+        } else {
+            return false;
+        }
+        if (s->kind == BT_OPK_IMM)
+            enc(e, m, 2, (ZydisEncoderOperand[]){R(hreg(0, size)), I(imm_for(s->disp, size))});
+        else
+            enc(e, m, 2, (ZydisEncoderOperand[]){R(hreg(0, size)), R(hreg(1, size))});
+        E0(e, PUSHFQ);
+        E1(e, POP, R(ZYDIS_REGISTER_RDX));
+        if (!ro) store_gpr(e, 0, d->reg, size);
+        merge_flags(e, BT_ARITH_FLAGS);
+        return true;
+    }
+    default: return false;
+    }
+}
+
 /* Emits a native form of `i` if it has one; returns false (nothing emitted) otherwise. */
 static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off)
 {
@@ -654,12 +795,15 @@ void bt_jit_destroy(struct bt_cpu *c)
     struct bt_jit *j = c->jit;
     if (!j) return;
     if (j->st.blocks_translated)
-        log_info("translator %u: %llu blocks translated (%llu native, %llu called instructions), "
-                 "%llu flushes, %llu block entries from the loop, %llu chains, %llu unchained",
-                 c->index, (unsigned long long)j->st.blocks_translated,
-                 (unsigned long long)j->st.insns_native, (unsigned long long)j->st.insns_called,
-                 (unsigned long long)j->st.flushes, (unsigned long long)j->st.runs,
-                 (unsigned long long)j->st.chains, (unsigned long long)j->st.unchains);
+        log_info(
+            "translator %u: %llu blocks translated (%llu native, %llu called instructions; "
+            "%llu with inline loads), %llu flushes, %llu block entries from the loop, %llu chains, "
+            "%llu unchained",
+            c->index, (unsigned long long)j->st.blocks_translated,
+            (unsigned long long)j->st.insns_native, (unsigned long long)j->st.insns_called,
+            (unsigned long long)j->st.insns_inline_mem, (unsigned long long)j->st.flushes,
+            (unsigned long long)j->st.runs, (unsigned long long)j->st.chains,
+            (unsigned long long)j->st.unchains);
     cache_unmap(j);
     free(j->tbs);
     free(j->links);
@@ -710,15 +854,28 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
     struct emit e = {.buf = j->rw, .pos = j->used, .cap = j->used + JIT_BLOCK_RESERVE};
     const size_t start = e.pos;
     const bool b32 = c->code_bits != 64;
-    unsigned pend = 0, native = 0;
+    unsigned pend = 0, native = 0, inline_mem = 0;
     bool ended = false;
     int64_t off = 0;
     E2(&e, MOV, R(R12), M(RBX, C_RIP, 8));
     for (unsigned k = 0; k < n; k++) {
         const struct bt_insn *i = &ins[k];
         bool last = k + 1 == n;
+        size_t slow[8];
+        int nslow = 0;
         if (native_simple(&e, i, off)) {
             pend++, native++;
+        } else if (flush_icount(&e, &pend), native_load(&e, i, off, b32, slow, &nslow)) {
+            /* fast path done; the slow path runs the handler for the whole instruction */
+            E1(&e, INC, M(RBX, C_ICOUNT, 8));
+            size_t done = jrel(&e, ZYDIS_MNEMONIC_JMP);
+            for (int q = 0; q < nslow; q++)
+                patch(&e, slow[q], e.pos);
+            call_handler(&e, i, off, b32, &pend);
+            after_handler_checks(&e, j);
+            patch(&e, done, e.pos);
+            native++;
+            inline_mem++;
         } else if (last && native_branch(&e, j, i, off, b32, &pend, page_off)) {
             native++;
             ended = true;
@@ -750,6 +907,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
     j->st.blocks_translated++;
     j->st.insns_native += native;
     j->st.insns_called += n - native;
+    j->st.insns_inline_mem += inline_mem;
     struct jit_tb *tb = &j->tbs[j->ntbs++];
     tb->entry = (uint32_t)start;
     tb->links_in = 0;

@@ -55,6 +55,6 @@ void bt_jit_flush(struct bt_cpu *c);
 /* Statistics for tests and the closing log line */
 struct bt_jit_stats {
     uint64_t blocks_translated, insns_native, insns_called, flushes, runs, code_bytes, chains,
-        unchains;
+        unchains, insns_inline_mem;
 };
 void bt_jit_get_stats(const struct bt_cpu *c, struct bt_jit_stats *st);
