@@ -233,6 +233,45 @@ static void test_inline_loads(void **st)
     assert_true(s.insns_inline_mem >= 7);
 }
 
+/* Shifts (immediate and CL counts, including 0 and above the width) and IMUL register forms,
+ * whose flags depend on the incoming ones or are undefined: translated like the interpreter. */
+static void test_shift_imul(void **st)
+{
+    static const uint8_t ops[][8] = {
+        {3, 0x48, 0xd3, 0xe0},                   /* shl rax, cl */
+        {3, 0x48, 0xd3, 0xe8},                   /* shr rax, cl */
+        {2, 0xd3, 0xfa},                         /* sar edx, cl */
+        {3, 0x66, 0xd3, 0xe3},                   /* shl bx, cl */
+        {2, 0xd2, 0xe8},                         /* shr al, cl */
+        {4, 0x48, 0xc1, 0xe0, 0x00},             /* shl rax, 0 */
+        {4, 0x48, 0xc1, 0xf8, 0x3f},             /* sar rax, 63 */
+        {3, 0xc1, 0xe2, 0x21},                   /* shl edx, 33 */
+        {3, 0xd0, 0xe4},                         /* shl ah, 1: high byte, handler */
+        {4, 0x48, 0x0f, 0xaf, 0xc2},             /* imul rax, rdx */
+        {3, 0x0f, 0xaf, 0xc1},                   /* imul eax, ecx */
+        {4, 0x66, 0x0f, 0xaf, 0xd8},             /* imul bx, ax */
+        {4, 0x48, 0x6b, 0xc2, 0xf9},             /* imul rax, rdx, -7 */
+        {7, 0x69, 0xc8, 0x01, 0x00, 0x01, 0x00}, /* imul ecx, eax, 0x10001 */
+    };
+    static const uint64_t cls[] = {0, 1, 5, 31, 32, 63, 64, 200};
+    static struct outcome a, b;
+    for (size_t k = 0; k < ARRAY_SIZE(ops); k++) {
+        for (size_t n = 0; n < ARRAY_SIZE(cls); n++) {
+            uint8_t p[32];
+            size_t len = 0;
+            /* mov ecx, count; mov rax, 0x8000000180000001; mov edx, 0x9abcdef1; the op; hlt */
+            p[len++] = 0xb9;
+            memcpy(p + len, &cls[n], 4), len += 4;
+            static const uint8_t movs[] = {0x48, 0xb8, 1,    0,    0,    0x80, 1,   0,
+                                           0,    0x80, 0xba, 0xf1, 0xde, 0xbc, 0x9a};
+            memcpy(p + len, movs, sizeof(movs)), len += sizeof(movs);
+            memcpy(p + len, ops[k] + 1, ops[k][0]), len += ops[k][0];
+            p[len++] = 0xf4;
+            both(p, len, 1000, &a, &b);
+        }
+    }
+}
+
 /* A fault in the middle of a translated block: native instructions before it have run, the
  * exception is delivered with the faulting instruction's RIP and CR2. */
 static void test_fault_mid_block(void **st)
@@ -418,15 +457,11 @@ static void test_speed(void **st)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_loop_same_state),
-        cmocka_unit_test(test_all_conditions),
-        cmocka_unit_test(test_inline_loads),
-        cmocka_unit_test(test_fault_mid_block),
-        cmocka_unit_test(test_self_modifying),
-        cmocka_unit_test(test_chain_smc),
-        cmocka_unit_test(test_wx),
-        cmocka_unit_test(test_switch),
-        cmocka_unit_test(test_speed),
+        cmocka_unit_test(test_loop_same_state), cmocka_unit_test(test_all_conditions),
+        cmocka_unit_test(test_shift_imul),      cmocka_unit_test(test_inline_loads),
+        cmocka_unit_test(test_fault_mid_block), cmocka_unit_test(test_self_modifying),
+        cmocka_unit_test(test_chain_smc),       cmocka_unit_test(test_wx),
+        cmocka_unit_test(test_switch),          cmocka_unit_test(test_speed),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

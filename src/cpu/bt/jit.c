@@ -444,6 +444,17 @@ static bool native_load(struct emit *e, const struct bt_insn *i, int64_t off, bo
     }
 }
 
+/* Loads the guest's six arithmetic flags (and nothing else) into the host RFLAGS, as alu.c's PRE
+ * does, for operations whose result flags depend on the incoming ones (shift counts of zero
+ * leave them; the undefined flags of IMUL and the shifts are what the host makes of them). */
+static void load_guest_flags(struct emit *e)
+{
+    E2(e, MOV, R(ZYDIS_REGISTER_RAX), M(RBX, C_FLAGS, 8));
+    E2(e, AND, R(ZYDIS_REGISTER_EAX), I(BT_ARITH_FLAGS));
+    E1(e, PUSH, R(ZYDIS_REGISTER_RAX));
+    E0(e, POPFQ);
+}
+
 /* Emits a native form of `i` if it has one; returns false (nothing emitted) otherwise. */
 static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off)
 {
@@ -487,6 +498,48 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off)
         store_gpr(e, 0, d->reg, size);
         merge_flags(e, BT_ARITH_FLAGS & ~(uint32_t)X86_FLAG_CF); /* CF is preserved */
         return true;
+    case ZYDIS_MNEMONIC_SHL:
+    case ZYDIS_MNEMONIC_SHR:
+    case ZYDIS_MNEMONIC_SAR: {
+        /* register destination; count an immediate or CL: the host's CL form, as shift.c runs */
+        if (i->nops < 2 || !is_gpr(d) || d->size != size) return false;
+        bool cl = s->kind == BT_OPK_REG && s->rclass == BT_RC_GPR && s->reg == RCX && s->size == 1;
+        if (!cl && s->kind != BT_OPK_IMM) return false;
+        load_guest_flags(e);
+        load_gpr(e, 0, d->reg, size);
+        if (cl)
+            E2(e, MOVZX, R(ZYDIS_REGISTER_ECX), M(RBX, C_GPR(RCX), 1));
+        else
+            E2(e, MOV, R(ZYDIS_REGISTER_ECX), I((uint8_t)s->disp));
+        enc(e, m, 2, (ZydisEncoderOperand[]){R(hreg(0, size)), R(ZYDIS_REGISTER_CL)});
+        E0(e, PUSHFQ);
+        E1(e, POP, R(ZYDIS_REGISTER_RDX));
+        store_gpr(e, 0, d->reg, size);
+        merge_flags(e, BT_ARITH_FLAGS);
+        return true;
+    }
+    case ZYDIS_MNEMONIC_IMUL: {
+        /* IMUL r, r and IMUL r, r, imm (16/32/64): the host's two-operand register form */
+        if (i->nops < 2 || size == 1 || !is_gpr(d) || d->size != size) return false;
+        const struct bt_operand *a = &i->op[1], *b = i->nops >= 3 ? &i->op[2] : &i->op[0];
+        if (!is_gpr(a) || a->size != size) return false;
+        if (!(is_gpr(b) && b->size == size) && b->kind != BT_OPK_IMM) return false;
+        if (b->kind == BT_OPK_IMM && size == 8 && !fits32(b->disp)) return false;
+        load_guest_flags(e);
+        load_gpr(e, 0, a->reg, size);
+        if (b->kind == BT_OPK_IMM)
+            E2(e, MOV, R(hreg(1, size == 8 ? 8 : 4)),
+               I(size == 8 ? b->disp : (int64_t)(uint32_t)b->disp));
+        else
+            load_gpr(e, 1, b->reg, size);
+        E2(e, IMUL, R(hreg(0, size)), R(hreg(1, size)));
+        E0(e, PUSHFQ);
+        E1(e, POP, R(ZYDIS_REGISTER_RDX));
+        if (size == 4) E2(e, MOV, R(ZYDIS_REGISTER_EAX), R(ZYDIS_REGISTER_EAX));
+        store_gpr(e, 0, d->reg, size);
+        merge_flags(e, BT_ARITH_FLAGS);
+        return true;
+    }
     case ZYDIS_MNEMONIC_MOV:
         if (i->nops < 2 || !is_gpr(d) || d->size != size) return false;
         if (s->kind == BT_OPK_IMM) {
