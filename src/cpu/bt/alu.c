@@ -278,7 +278,7 @@ uint64_t bt_rmw_read(struct bt_cpu *c, const struct bt_insn *i, int n, struct bt
     const struct bt_operand *o = &i->op[n];
     if (o->kind != BT_OPK_MEM) {
         r->mem = false;
-        return bt_op_read(c, i, n);
+        return bt_opr(c, i, n);
     }
     r->mem = true;
     r->lin = bt_op_lin(c, i, n, o->size, BT_ACC_WRITE);
@@ -293,7 +293,7 @@ void bt_rmw_write(struct bt_cpu *c, const struct bt_insn *i, int n, const struct
     if (r->mem)
         bt_write(c, r->lin, i->op[n].size, v, BT_ACC_WRITE);
     else
-        bt_op_write(c, i, n, v);
+        bt_opw(c, i, n, v);
 }
 
 void bt_check_lock(struct bt_cpu *c, const struct bt_insn *i)
@@ -323,12 +323,12 @@ static void binop(struct bt_cpu *c, const struct bt_insn *i, int op)
 {
     if (i->pfx & BT_PFX_LOCK) bt_check_lock(c, i);
     unsigned size = i->op[0].size;
-    uint64_t b = bt_op_read(c, i, 1) & bt_size_mask(size);
+    uint64_t b = bt_opr(c, i, 1) & bt_size_mask(size);
     if ((i->pfx & BT_PFX_LOCK) && try_locked(c, i, op, b, NULL)) return;
     struct bt_rmw r;
     uint64_t fl = c->s.rflags;
     if (op == BT_CMP || op == BT_TEST) {
-        uint64_t a = bt_op_read(c, i, 0);
+        uint64_t a = bt_opr(c, i, 0);
         bt_host_alu(op, size, a, b, &fl);
     } else {
         uint64_t a = bt_rmw_read(c, i, 0, &r);

@@ -9,7 +9,7 @@
 
 static void op_mov(struct bt_cpu *c, const struct bt_insn *i)
 {
-    bt_op_write(c, i, 0, bt_op_read(c, i, 1));
+    bt_opw(c, i, 0, bt_opr(c, i, 1));
 }
 
 static void op_mov_seg(struct bt_cpu *c, const struct bt_insn *i)

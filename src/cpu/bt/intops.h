@@ -55,6 +55,33 @@ static inline uint64_t bt_size_mask(unsigned size)
     return size >= 8 ? ~0ull : (1ull << (size * 8)) - 1;
 }
 
+/* Inline front ends of bt_op_read()/bt_op_write() for the common GPR and immediate operands
+ * (the interpreter's hottest path); everything else goes to the full versions. */
+static inline uint64_t bt_opr(struct bt_cpu *c, const struct bt_insn *i, int n)
+{
+    const struct bt_operand *o = &i->op[n];
+    if (o->kind == BT_OPK_REG && o->rclass == BT_RC_GPR)
+        return c->s.gpr[o->reg] & bt_size_mask(o->size);
+    if (o->kind == BT_OPK_IMM)
+        return (uint64_t)o->disp;
+    return bt_op_read(c, i, n);
+}
+
+static inline void bt_opw(struct bt_cpu *c, const struct bt_insn *i, int n, uint64_t v)
+{
+    const struct bt_operand *o = &i->op[n];
+    if (o->kind == BT_OPK_REG && o->rclass == BT_RC_GPR) {
+        uint64_t *r = &c->s.gpr[o->reg];
+        switch (o->size) {
+        case 8: *r = v; return;
+        case 4: *r = (uint32_t)v; return;
+        case 2: *r = (*r & ~0xffffull) | (v & 0xffff); return;
+        default: *r = (*r & ~0xffull) | (v & 0xff); return;
+        }
+    }
+    bt_op_write(c, i, n, v);
+}
+
 static inline unsigned bt_opbytes(const struct bt_insn *i)
 {
     return i->opsize / 8;
