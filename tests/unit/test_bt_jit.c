@@ -440,7 +440,8 @@ static double seconds(void)
 static void test_speed(void **st)
 {
     uint8_t p[sizeof(loop_prog)];
-    make_loop(p, 200000);
+    const char *it = getenv("LOOKOUT_JIT_BENCH_ITERS"); /* longer runs for measurements */
+    make_loop(p, it ? (uint32_t)strtoul(it, NULL, 0) : 200000);
     static struct outcome o;
     double rate[2];
     for (int jit = 0; jit < 2; jit++) {
