@@ -61,9 +61,9 @@
 #define JIT_HOT_RUNS 4u
 #define JIT_HOT_MAX  64u
 
-#define JIT_MAX_TBS   32768u
-#define JIT_MAX_LINKS 65536u
-#define JIT_BLOCK_MAX 64u /* core.c's longest block: the chain check leaves room for one */
+#define JIT_MAX_TBS   65536u  /* core.c's block count */
+#define JIT_MAX_LINKS 262144u /* full: flushed like a full cache (chaining would stop) */
+#define JIT_BLOCK_MAX 64u     /* core.c's longest block: the chain check leaves room for one */
 
 /* One translation.  A block's slot in core.c points here. */
 struct jit_tb {
@@ -994,6 +994,7 @@ int bt_jit_run(struct bt_cpu *c, const struct bt_insn *insns, unsigned n, void *
 {
     struct bt_jit *j = c->jit;
     if (!j || !j->enabled || !j->pending || *slot == JIT_UNTRANSLATABLE || n == 0) return 1;
+    if (j->nlinks >= JIT_MAX_LINKS) return -ENOSPC;
     uintptr_t v = (uintptr_t)*slot;
     if (v < 2 + JIT_HOT_MAX) {
         unsigned seen = v ? (unsigned)v - 1 : 0;
