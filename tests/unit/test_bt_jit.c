@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <pthread.h>
 #include <time.h>
 
 #include <cmocka.h>
@@ -378,6 +379,41 @@ static void test_chain_smc(void **st)
     assert_int_equal(a.gpr[RBX], 1 + 2 + 1);
 }
 
+/* A block chained to itself (`jmp $`) stops exactly at the budget, and a kick from another thread
+ * stops it under an unbounded budget (the chained jump checks what the loop checks; without the
+ * kick check this test hangs until the runner's timeout, which is how it fails). */
+static void *run_forever(void *arg)
+{
+    bt_exec(T->c, UINT64_MAX / 2);
+    return arg;
+}
+
+static void test_chain_budget_kick(void **st)
+{
+    static const uint8_t spin[] = {0x90, 0xff, 0xc0, 0xeb, 0xfb}; /* nop; inc eax; jmp -5 */
+    static struct outcome a, b;
+    for (uint64_t budget = 990; budget < 1010; budget++) {
+        both(spin, sizeof(spin), budget, &a, &b);
+        assert_int_equal(b.icount, budget);
+    }
+    t_setup_long(T);
+    use_jit(true);
+    put_bytes(T, T_CODE0, spin, sizeof(spin));
+    T->c->icount = 0;
+    atomic_store(&T->c->kicked, false);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, run_forever, NULL), 0);
+    struct timespec ts = {0, 50 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    atomic_store(&T->c->kicked, true);
+    assert_int_equal(pthread_join(th, NULL), 0);
+    atomic_store(&T->c->kicked, false);
+    assert_true(T->c->icount > 1000);
+    struct bt_jit_stats s;
+    bt_jit_get_stats(T->c, &s);
+    assert_true(s.chains >= 1);
+}
+
 /* No mapping of this process is writable and executable at once, with the code cache mapped. */
 static void test_wx(void **st)
 {
@@ -458,11 +494,17 @@ static void test_speed(void **st)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_loop_same_state), cmocka_unit_test(test_all_conditions),
-        cmocka_unit_test(test_shift_imul),      cmocka_unit_test(test_inline_loads),
-        cmocka_unit_test(test_fault_mid_block), cmocka_unit_test(test_self_modifying),
-        cmocka_unit_test(test_chain_smc),       cmocka_unit_test(test_wx),
-        cmocka_unit_test(test_switch),          cmocka_unit_test(test_speed),
+        cmocka_unit_test(test_loop_same_state),
+        cmocka_unit_test(test_all_conditions),
+        cmocka_unit_test(test_shift_imul),
+        cmocka_unit_test(test_inline_loads),
+        cmocka_unit_test(test_fault_mid_block),
+        cmocka_unit_test(test_self_modifying),
+        cmocka_unit_test(test_chain_smc),
+        cmocka_unit_test(test_chain_budget_kick),
+        cmocka_unit_test(test_wx),
+        cmocka_unit_test(test_switch),
+        cmocka_unit_test(test_speed),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
