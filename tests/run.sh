@@ -31,6 +31,21 @@ for t in "${bins[@]}"; do
     failed+=("$t")
   fi
 done
+# The software CPU's tests ran above with the translator (LOOKOUT_BT_JIT unset = on); run them
+# again on the interpreter alone, the reference the translator is compared with.
+for t in "${bins[@]}"; do
+  case $t in *test_bt_*) ;; *) continue ;; esac
+  [ -x "$t" ] && [ -f "$t" ] || continue
+  echo "-- LOOKOUT_BT_JIT=0 $t"
+  if LOOKOUT_BT_JIT=0 timeout "${LOOKOUT_UNIT_TIMEOUT:-300}" "$t"; then
+    unit_pass=$((unit_pass + 1))
+  else
+    rc=$?
+    echo "!! LOOKOUT_BT_JIT=0 $t failed (exit $rc)"
+    unit_fail=$((unit_fail + 1))
+    failed+=("LOOKOUT_BT_JIT=0:$t")
+  fi
+done
 echo "== unit tests: $unit_pass binaries passed, $unit_fail failed${failed[*]:+: ${failed[*]}}"
 
 echo "== integration tests (pytest, tests/integration/)"

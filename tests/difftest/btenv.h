@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "cpu/bt/bt.h"
+#include "cpu/bt/jit.h"
 #include "cpu/bt/intops.h"
 #include "mem/guest.h"
 
@@ -61,6 +62,9 @@ static int btenv_init(struct btenv *e)
     if (!e->c) return -1;
     e->c->vm = &e->vm;
     if (bt_core_init(e->c) < 0 || bt_mmu_init(e->c) < 0) return -1;
+    /* with the translator on (LOOKOUT_BT_JIT unset or 1), translate every block on first use so
+     * the cases compare the translated code, not the interpreter it falls back to when cold */
+    bt_jit_set_hot_runs(e->c, 0);
     /* PML4 at 0x1000 -> PDPT at 0x2000 -> PD at 0x3000 -> PT at 0x4000 for DT_BASE: two
      * writable scratch pages and the read-only code page, nothing else (as in the native child) */
     btenv_put64(e, 0x1000, 0x2000 | 7);

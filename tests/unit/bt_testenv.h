@@ -23,6 +23,7 @@
 #include <cmocka.h>
 
 #include "cpu/bt/bt.h"
+#include "cpu/bt/jit.h"
 #include "cpu/bt/btvm.h"
 #include "mem/guest.h"
 #include "util/log.h"
@@ -116,6 +117,7 @@ static inline struct tenv *tenv_new(bool with_backend)
     assert_non_null(t->c);
     t->c->vm = &t->vm;
     assert_int_equal(bt_core_init(t->c), 0);
+    bt_jit_set_hot_runs(t->c, 0); /* translator on: translate on first use (see btenv.h) */
     assert_int_equal(bt_mmu_init(t->c), 0);
     if (with_backend) {
         struct bt_vm *bv = bt_vm_of(&t->vm);

@@ -190,6 +190,7 @@ struct bt_cpu {
 
     /* decoded-block cache */
     void *cache; /* core.c private */
+    void *jit;   /* jit.c private: the translator, NULL when interpreting only */
 
     /* interrupts and time */
     struct lapic *lapic;

@@ -18,6 +18,7 @@
 
 #include "cpu/bt/bt.h"
 #include "cpu/bt/intops.h"
+#include "cpu/bt/jit.h"
 #include "util/log.h"
 
 /* ---- decoder and dispatch table ---------------------------------------------------------- */
@@ -388,9 +389,9 @@ void bt_decode_at(struct bt_cpu *c, uint64_t lin, struct bt_insn *out)
 
 /* ---- decoded-block cache ------------------------------------------------------------------ */
 
-#define CACHE_INSNS   65536u
-#define CACHE_BLOCKS  16384u
-#define CACHE_BUCKETS 16384u /* lookup hash (gpa, mode) */
+#define CACHE_INSNS   262144u
+#define CACHE_BLOCKS  65536u
+#define CACHE_BUCKETS 65536u /* lookup hash (gpa, mode) */
 #define PAGE_BUCKETS  4096u  /* invalidation hash (page) */
 #define BLOCK_MAX     64u    /* instructions per block */
 #define INVAL_QUEUE   64u
@@ -401,6 +402,7 @@ struct bt_block {
     uint32_t first; /* index of the first instruction in the arena */
     uint16_t ninsn;
     uint8_t mode;
+    void *jit; /* the translator's handle for this block (jit.h), NULL until translated */
 };
 
 struct bt_cache {
@@ -423,6 +425,7 @@ struct bt_cache {
     /* a one-instruction block for code the cache does not hold */
     struct bt_insn scratch;
     unsigned fault_depth;
+    struct bt_cpu *cpu; /* owner, for the translator hooks */
 };
 
 static unsigned mode_of(const struct bt_cpu *c)
@@ -448,13 +451,17 @@ static void cache_reset(struct bt_cache *k)
     memset(k->fast, 0, sizeof(k->fast));
     k->ninsns = k->nblocks = 0;
     k->flushes++;
+    bt_jit_flush(k->cpu); /* translations point into the arena being recycled */
 }
 
 static void cache_drop_page(struct bt_cache *k, uint64_t page)
 {
     for (struct bt_block *b = k->page_hash[hash_page(page)]; b; b = b->pnext)
-        if (b->gpa != ~0ull && (b->gpa >> 12) == page)
+        if (b->gpa != ~0ull && (b->gpa >> 12) == page) {
             b->gpa = ~0ull; /* unlinked lazily: dead blocks never match and go at the next reset */
+            bt_jit_drop(k->cpu, b->jit); /* translator hook: unchain jumps into its code */
+            b->jit = NULL;
+        }
 }
 
 /* Applies queued invalidations.  Returns true if anything was dropped. */
@@ -513,7 +520,10 @@ int bt_core_init(struct bt_cpu *c)
                        (size_t)(CACHE_INSNS * sizeof(struct bt_insn)) >> 10);
     }
     pthread_mutex_init(&k->lock, NULL);
+    k->cpu = c;
     c->cache = k;
+    if (bt_jit_init(c, &k->pending) < 0) /* the interpreter alone still works */
+        log_warn("%s; the software CPU runs interpreted", err_msg());
     return 0;
 }
 
@@ -525,6 +535,7 @@ void bt_core_destroy(struct bt_cpu *c)
               "%llu unhandled #UD",
               c->index, (unsigned long long)k->lookups, (unsigned long long)k->misses,
               (unsigned long long)k->flushes, (unsigned long long)c->ud_unhandled);
+    bt_jit_destroy(c);
     pthread_mutex_destroy(&k->lock);
     free(k->insns), free(k->blocks), free(k->hash), free(k->page_hash), free(k);
     c->cache = NULL;
@@ -577,6 +588,7 @@ static struct bt_block *build_block(struct bt_cpu *c, struct bt_cache *k, uint64
     b->mode = (uint8_t)mode;
     b->first = k->ninsns;
     b->ninsn = (uint16_t)n;
+    b->jit = NULL;
     k->ninsns += n;
     uint32_t h = hash_key(gpa, mode);
     b->hnext = k->hash[h];
@@ -589,8 +601,10 @@ static struct bt_block *build_block(struct bt_cpu *c, struct bt_cache *k, uint64
 }
 
 /* The instructions to run at s.rip: a cached block, or one uncached instruction. */
-static const struct bt_insn *lookup(struct bt_cpu *c, struct bt_cache *k, unsigned *count)
+static const struct bt_insn *lookup(struct bt_cpu *c, struct bt_cache *k, unsigned *count,
+                                    struct bt_block **blk)
 {
+    *blk = NULL;
     uint64_t rip = c->s.rip;
     if (cs_flat(c)) {
         uint64_t lin = c->code_bits == 64 ? rip : (c->s.seg[SEG_CS].base + rip) & 0xffffffffull;
@@ -603,12 +617,14 @@ static const struct bt_insn *lookup(struct bt_cpu *c, struct bt_cache *k, unsign
             struct bt_block *b = *slot;
             if (b && b->gpa == gpa && b->mode == mode) { /* dead blocks have gpa ~0 */
                 *count = b->ninsn;
+                *blk = b;
                 return &k->insns[b->first];
             }
             for (b = k->hash[hash_key(gpa, mode)]; b; b = b->hnext) {
                 if (b->gpa == gpa && b->mode == mode) {
                     *slot = b;
                     *count = b->ninsn;
+                    *blk = b;
                     return &k->insns[b->first];
                 }
             }
@@ -616,6 +632,7 @@ static const struct bt_insn *lookup(struct bt_cpu *c, struct bt_cache *k, unsign
             if (b) {
                 *slot = b;
                 *count = b->ninsn;
+                *blk = b;
                 return &k->insns[b->first];
             }
         }
@@ -652,15 +669,29 @@ static void run(struct bt_cpu *c, struct bt_cache *k, uint64_t end)
 
         unsigned count = 1;
         const struct bt_insn *in;
+        struct bt_block *blk = NULL;
         if (end - c->icount == 1) {
             /* one instruction (the KVM fallback, single steps): no block worth decoding */
             decode_uncached(c, c->s.rip, &k->scratch);
             in = &k->scratch;
         } else {
-            in = lookup(c, k, &count);
+            in = lookup(c, k, &count, &blk);
         }
         /* With an interrupt shadow or TF only one instruction runs before the next check */
         if (shadow || single_step) count = 1;
+        /* ---- translator hook (jit.h): a whole block in translated code ---- */
+        else if (blk && c->jit && end - c->icount >= count) {
+            int r = bt_jit_run(c, in, count, &blk->jit, blk->gpa, end);
+            if (r == 0) {
+                k->fault_depth = 0;
+                continue;
+            }
+            if (r < 0) { /* code cache full: flush it with the decoded blocks, look up again */
+                cache_reset(k);
+                continue;
+            }
+        }
+        /* ---- end of translator hook ---- */
         uint64_t mask = rip_mask(c);
         for (unsigned n = 0; n < count; n++, in++) {
             uint64_t rip = c->s.rip;

@@ -1,0 +1,1031 @@
+/* The translator: decoded blocks become host x86-64 code in a per-vCPU code cache (see jit.h for
+ * the contract with core.c).
+ *
+ * Form of a translation.  On entry RBX holds the struct bt_cpu pointer (pinned for the whole
+ * block) and R12 gets s.rip, the linear RIP the block was entered at: blocks are keyed by
+ * guest-physical address, so the same translation serves every virtual alias of its page and
+ * every instruction's RIP is R12 plus its offset in the block.  Each guest instruction becomes
+ * either
+ *   - native code: the register/immediate forms of MOV, ADD, SUB, AND, OR, XOR, CMP, TEST, INC,
+ *     DEC, LEA and the direct JMP/Jcc that end a block.  They load the guest registers from
+ *     c->s.gpr, run the same host instruction, store the result with the x86 write rules, and take
+ *     the six arithmetic flags from the host's RFLAGS (PUSHFQ), exactly as alu.c computes them; or
+ *   - a call to the interpreter's handler with the decoded struct bt_insn baked in as an immediate
+ *     (call-threaded), after recording insn_rip/next_rip/s.rip as the interpreter loop does.
+ *     After the call the code leaves the block, as the interpreter would, when the handler
+ *     branched (s.rip != next_rip), asked for an exit, set an interrupt shadow, or queued a
+ *     code-cache invalidation (a store into a code page: self-modifying code).
+ * icount counts completed instructions exactly as the interpreter does before any handler runs,
+ * so a fault (bt_raise longjmps from the handler through the translated frame to bt_exec's
+ * setjmp, which restores the callee-saved registers) sees the same state as interpreted.
+ *
+ * The code cache: one memfd, mapped read-write for emitting and read-execute for running, never
+ * both.  Bounded (JIT_CACHE_BYTES); when it is full the caller flushes the decoded-block cache and
+ * with it every translation.
+ *
+ * Chaining: an exit to a direct successor on the same page (JMP/Jcc targets, the fall-through of
+ * a block cut at its size limit) ends in a patchable jump.  The first time it is taken unpatched
+ * the block returns to the interpreter loop, and if the loop's next block is that successor
+ * (nothing else happened in between), bt_jit_run patches the jump to it.  Before a chained jump
+ * the code checks what the loop checks between blocks (budget, exit requests, kicks, queued
+ * invalidations, pending events).  Other exits (indirect branches, returns, anything a handler
+ * decides) go back to the loop, which looks the next block up by hash.  When core.c drops a block
+ * (its page was written) every jump chained into its translation is unpatched (bt_jit_drop).
+ *
+ * Trust: the emitted code operates on guest register values only; guest memory, control
+ * registers and everything that can fault are reached through the handlers.  Instruction forms
+ * are emitted with Zydis's encoder; an encoding the encoder refuses makes the block
+ * untranslatable (it then runs interpreted), never wrong. */
+#include "cpu/bt/jit.h"
+
+#include <errno.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "cpu/bt/bt.h"
+#include "cpu/bt/irqglue.h"
+#include "util/log.h"
+
+#define JIT_CACHE_BYTES (16u << 20)
+/* room that must be left before translating a block: 64 instructions at the longest handler
+ * path (~110 bytes) and the tail, with margin */
+#define JIT_BLOCK_RESERVE  (16u << 10)
+#define JIT_UNTRANSLATABLE ((void *)1)
+/* A block is interpreted on its first JIT_HOT_RUNS entries from the loop (the slot counts them:
+ * small integers 2..JIT_HOT_MAX+1) and translated on the next.  Most of a kernel boot runs once,
+ * and translating that code would cost more than interpreting it (Zydis decoding and encoding
+ * dominate translation). */
+#define JIT_HOT_RUNS 4u
+#define JIT_HOT_MAX  64u
+
+#define JIT_MAX_TBS   65536u  /* core.c's block count */
+#define JIT_MAX_LINKS 262144u /* full: flushed like a full cache (chaining would stop) */
+#define JIT_BLOCK_MAX 64u     /* core.c's longest block: the chain check leaves room for one */
+
+/* One translation.  A block's slot in core.c points here. */
+struct jit_tb {
+    uint32_t entry;    /* offset of the code in the cache */
+    uint32_t links_in; /* exits of other translations patched to jump here: index+1 in links */
+    uint8_t code_bits, stack_bits;
+};
+
+/* A patched exit: the rel32 of a chain jump ending at patch_end now points at a translation. */
+struct jit_link {
+    uint32_t patch_end, next;
+};
+
+struct bt_jit {
+    bool enabled;
+    unsigned hot_runs; /* interpreted entries before a block is translated */
+    _Atomic bool *pending;
+    int fd;
+    uint8_t *rw, *rx; /* the two views of the cache (NULL until the first translation) */
+    size_t size, used, base_end;
+    size_t exit_off; /* the trampoline's return path */
+    void (*enter)(struct bt_cpu *c, const void *code, struct bt_jit *j);
+    struct jit_tb *tbs;
+    struct jit_link *links;
+    uint32_t ntbs, nlinks;
+
+    /* read by the translated code through R13 */
+    uint64_t chain_end; /* chained jumps are taken only while icount <= chain_end */
+    uint64_t last_exit; /* set by a chainable exit: its chain jump's patch_end (0: none) */
+
+    /* the state at the last chainable exit, to validate the next block as its successor */
+    uint64_t exit_rip, exit_icount, exit_cr3;
+    uint8_t exit_cpl, exit_code_bits, exit_stack_bits;
+    bool exit_valid;
+    struct bt_jit_stats st;
+};
+
+/* ---- emitter --------------------------------------------------------------------------- */
+
+struct emit {
+    uint8_t *buf;
+    size_t pos, cap;
+    bool fail;
+};
+
+static ZydisEncoderOperand R(ZydisRegister r)
+{
+    ZydisEncoderOperand o;
+    memset(&o, 0, sizeof(o));
+    o.type = ZYDIS_OPERAND_TYPE_REGISTER;
+    o.reg.value = r;
+    return o;
+}
+
+static ZydisEncoderOperand I(int64_t v)
+{
+    ZydisEncoderOperand o;
+    memset(&o, 0, sizeof(o));
+    o.type = ZYDIS_OPERAND_TYPE_IMMEDIATE;
+    o.imm.s = v;
+    return o;
+}
+
+static ZydisEncoderOperand MX(ZydisRegister base, ZydisRegister index, unsigned scale, int64_t disp,
+                              unsigned size)
+{
+    ZydisEncoderOperand o;
+    memset(&o, 0, sizeof(o));
+    o.type = ZYDIS_OPERAND_TYPE_MEMORY;
+    o.mem.base = base;
+    o.mem.index = index;
+    o.mem.scale = (ZyanU8)(index == ZYDIS_REGISTER_NONE ? 0 : scale);
+    o.mem.displacement = disp;
+    o.mem.size = (ZyanU16)size;
+    return o;
+}
+
+static ZydisEncoderOperand M(ZydisRegister base, int64_t disp, unsigned size)
+{
+    return MX(base, ZYDIS_REGISTER_NONE, 0, disp, size);
+}
+
+static void enc(struct emit *e, ZydisMnemonic m, unsigned n, const ZydisEncoderOperand *ops)
+{
+    if (e->fail) return;
+    ZydisEncoderRequest r;
+    memset(&r, 0, sizeof(r));
+    r.machine_mode = ZYDIS_MACHINE_MODE_LONG_64;
+    r.mnemonic = m;
+    r.operand_count = (ZyanU8)n;
+    for (unsigned k = 0; k < n; k++)
+        r.operands[k] = ops[k];
+    ZyanUSize len = e->cap - e->pos;
+    ZyanStatus st = ZYAN_STATUS_INSUFFICIENT_BUFFER_SIZE;
+    if (len < ZYDIS_MAX_INSTRUCTION_LENGTH ||
+        !ZYAN_SUCCESS(st = ZydisEncoderEncodeInstruction(&r, e->buf + e->pos, &len))) {
+        log_debug("translator: cannot encode %s/%u (status %#x)", ZydisMnemonicGetString(m), n,
+                  (unsigned)st);
+        e->fail = true;
+        return;
+    }
+    e->pos += len;
+}
+
+#define E0(e, m)       enc((e), ZYDIS_MNEMONIC_##m, 0, NULL)
+#define E1(e, m, a)    enc((e), ZYDIS_MNEMONIC_##m, 1, (ZydisEncoderOperand[]){a})
+#define E2(e, m, a, b) enc((e), ZYDIS_MNEMONIC_##m, 2, (ZydisEncoderOperand[]){a, b})
+
+/* A near branch with a 32-bit displacement to be patched; returns the offset just after it. */
+static size_t jrel(struct emit *e, ZydisMnemonic m)
+{
+    if (e->fail) return e->pos;
+    ZydisEncoderRequest r;
+    memset(&r, 0, sizeof(r));
+    r.machine_mode = ZYDIS_MACHINE_MODE_LONG_64;
+    r.mnemonic = m;
+    r.branch_type = ZYDIS_BRANCH_TYPE_NEAR;
+    r.branch_width = ZYDIS_BRANCH_WIDTH_32;
+    r.operand_count = 1;
+    r.operands[0] = I(0);
+    ZyanUSize len = e->cap - e->pos;
+    if (len < ZYDIS_MAX_INSTRUCTION_LENGTH ||
+        !ZYAN_SUCCESS(ZydisEncoderEncodeInstruction(&r, e->buf + e->pos, &len)) || len < 5) {
+        e->fail = true;
+        return e->pos;
+    }
+    e->pos += len;
+    return e->pos;
+}
+
+static void patch(struct emit *e, size_t after, size_t target)
+{
+    if (e->fail) return;
+    int32_t rel = (int32_t)((int64_t)target - (int64_t)after);
+    memcpy(e->buf + after - 4, &rel, 4);
+}
+
+/* a branch to an already known offset */
+static void jto(struct emit *e, ZydisMnemonic m, size_t target)
+{
+    patch(e, jrel(e, m), target);
+}
+
+/* ---- state layout ---------------------------------------------------------------------- */
+
+#define C_GPR(r)    ((int64_t)offsetof(struct bt_cpu, s.gpr) + 8 * (int64_t)(r))
+#define C_RIP       ((int64_t)offsetof(struct bt_cpu, s.rip))
+#define C_FLAGS     ((int64_t)offsetof(struct bt_cpu, s.rflags))
+#define C_INSN_RIP  ((int64_t)offsetof(struct bt_cpu, insn_rip))
+#define C_NEXT_RIP  ((int64_t)offsetof(struct bt_cpu, next_rip))
+#define C_ICOUNT    ((int64_t)offsetof(struct bt_cpu, icount))
+#define C_EXIT_NOW  ((int64_t)offsetof(struct bt_cpu, exit_now))
+#define C_SHADOW    ((int64_t)offsetof(struct bt_cpu, s.ev.interrupt_shadow))
+#define C_KICKED    ((int64_t)offsetof(struct bt_cpu, kicked))
+#define C_INTR_PEND ((int64_t)offsetof(struct bt_cpu, s.ev.interrupt_pending))
+#define C_NMI_PEND  ((int64_t)offsetof(struct bt_cpu, s.ev.nmi_pending))
+#define J_CHAIN_END ((int64_t)offsetof(struct bt_jit, chain_end))
+#define J_LAST_EXIT ((int64_t)offsetof(struct bt_jit, last_exit))
+#define R13         ZYDIS_REGISTER_R13
+
+#define RBX ZYDIS_REGISTER_RBX
+#define R12 ZYDIS_REGISTER_R12
+
+/* host scratch registers by size: 0 = RAX family, 1 = RCX, 2 = RDX */
+static ZydisRegister hreg(int which, unsigned size)
+{
+    static const ZydisRegister t[3][4] = {
+        {ZYDIS_REGISTER_AL, ZYDIS_REGISTER_AX, ZYDIS_REGISTER_EAX, ZYDIS_REGISTER_RAX},
+        {ZYDIS_REGISTER_CL, ZYDIS_REGISTER_CX, ZYDIS_REGISTER_ECX, ZYDIS_REGISTER_RCX},
+        {ZYDIS_REGISTER_DL, ZYDIS_REGISTER_DX, ZYDIS_REGISTER_EDX, ZYDIS_REGISTER_RDX}};
+    unsigned k = size == 1 ? 0 : size == 2 ? 1 : size == 4 ? 2 : 3;
+    return t[which][k];
+}
+
+/* host register `which` = guest GPR `reg`, zero-extended from `size` bytes */
+static void load_gpr(struct emit *e, int which, unsigned reg, unsigned size)
+{
+    if (size == 1 || size == 2)
+        E2(e, MOVZX, R(hreg(which, 4)), M(RBX, C_GPR(reg), size));
+    else
+        E2(e, MOV, R(hreg(which, size)), M(RBX, C_GPR(reg), size));
+}
+
+/* guest GPR `reg` = host register `which` with the x86 write rules (8/16 merge, 32 zero-extends;
+ * the caller guarantees the host register's upper half is zero for size 4) */
+static void store_gpr(struct emit *e, int which, unsigned reg, unsigned size)
+{
+    unsigned s = size == 4 ? 8 : size;
+    E2(e, MOV, M(RBX, C_GPR(reg), s), R(hreg(which, s)));
+}
+
+/* RAX = the linear RIP at block offset `off` (wrapped to 32 bits in 32-bit code) */
+static void rip_at(struct emit *e, int64_t off, bool b32)
+{
+    if (b32)
+        E2(e, LEA, R(ZYDIS_REGISTER_EAX), M(R12, off, 4));
+    else
+        E2(e, LEA, R(ZYDIS_REGISTER_RAX), M(R12, off, 8));
+}
+
+static void flush_icount(struct emit *e, unsigned *pend)
+{
+    if (*pend) E2(e, ADD, M(RBX, C_ICOUNT, 8), I(*pend));
+    *pend = 0;
+}
+
+/* c->s.rflags = (c->s.rflags & ~mask) | (RDX & mask); RDX holds the host RFLAGS */
+static void merge_flags(struct emit *e, uint32_t mask)
+{
+    E2(e, AND, R(ZYDIS_REGISTER_EDX), I(mask));
+    E2(e, MOV, R(ZYDIS_REGISTER_RCX), M(RBX, C_FLAGS, 8));
+    E2(e, AND, R(ZYDIS_REGISTER_RCX), I(~(int64_t)mask));
+    E2(e, OR, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RDX));
+    E2(e, MOV, M(RBX, C_FLAGS, 8), R(ZYDIS_REGISTER_RCX));
+}
+
+/* ---- native forms ---------------------------------------------------------------------- */
+
+static bool is_gpr(const struct bt_operand *o)
+{
+    return o->kind == BT_OPK_REG && o->rclass == BT_RC_GPR && o->reg < 16;
+}
+
+static bool fits32(int64_t v)
+{
+    return v >= INT32_MIN && v <= INT32_MAX;
+}
+
+/* the immediate as the host instruction of this size takes it (sign-extended forms) */
+static int64_t imm_for(int64_t v, unsigned size)
+{
+    switch (size) {
+    case 1: return (int8_t)v;
+    case 2: return (int16_t)v;
+    case 4: return (int32_t)v;
+    default: return v;
+    }
+}
+
+/* ---- inline guest-memory loads (64-bit code) ------------------------------------------------ */
+
+#define C_TLB ((int64_t)offsetof(struct bt_cpu, tlb))
+#define C_CPL ((int64_t)offsetof(struct bt_cpu, cpl))
+#define C_SEGBASE(sg)                                                                              \
+    ((int64_t)offsetof(struct bt_cpu, s.seg) + (int64_t)(sg) * (int64_t)sizeof(struct x86_seg))
+#define T_VTAG ((int64_t)offsetof(struct bt_tlb_entry, vtag))
+#define T_HVA  ((int64_t)offsetof(struct bt_tlb_entry, hva))
+#define T_PERM ((int64_t)offsetof(struct bt_tlb_entry, perm))
+_Static_assert(sizeof(struct bt_tlb_entry) == 32, "the inline TLB probe scales the index by 32");
+_Static_assert(offsetof(struct x86_seg, base) == 0, "segment base first");
+
+/* True if operand `o` of `i` is a memory operand the inline load below handles. */
+static bool inline_mem_ok(const struct bt_insn *i, const struct bt_operand *o, int64_t off,
+                          bool b32)
+{
+    if (b32 || o->kind != BT_OPK_MEM || i->addrsize != 64) return false;
+    if (o->size != 1 && o->size != 2 && o->size != 4 && o->size != 8) return false;
+    if (o->base != BT_REG_RIP && o->base != BT_NOREG && o->base >= 16) return false;
+    if (o->index != BT_NOREG && o->index >= 16) return false;
+    if (o->index != BT_NOREG && o->scale != 1 && o->scale != 2 && o->scale != 4 && o->scale != 8)
+        return false;
+    if (o->base == BT_REG_RIP) return o->index == BT_NOREG && fits32(o->disp + off);
+    return fits32(o->disp);
+}
+
+/* Host register `which` (RCX or RAX family; RDX, RSI, RDI are clobbered) = the guest memory
+ * operand, zero-extended, read through the TLB exactly as bt_op_read's fast path does (the
+ * segment base for FS/GS, canonical address, a TLB entry for the page with a host address and
+ * read permission at the current CPL, no page crossing).  Anything else jumps to the slow path
+ * (its jump offsets are appended to slow[]), which runs the handler instead. */
+static void inline_load(struct emit *e, int which, const struct bt_operand *o, int64_t off,
+                        size_t *slow, int *nslow)
+{
+    const ZydisRegister HRDX = ZYDIS_REGISTER_RDX, HRSI = ZYDIS_REGISTER_RSI;
+    /* HRDX = effective address */
+    if (o->base == BT_REG_RIP) {
+        E2(e, LEA, R(HRDX), M(R12, o->disp + off, 8));
+    } else {
+        if (o->base != BT_NOREG)
+            E2(e, MOV, R(HRDX), M(RBX, C_GPR(o->base), 8));
+        else
+            E2(e, XOR, R(ZYDIS_REGISTER_EDX), R(ZYDIS_REGISTER_EDX));
+        if (o->index != BT_NOREG) {
+            E2(e, MOV, R(HRSI), M(RBX, C_GPR(o->index), 8));
+            E2(e, LEA, R(HRDX), MX(HRDX, HRSI, o->scale, o->disp, 8));
+        } else if (o->disp) {
+            E2(e, LEA, R(HRDX), M(HRDX, o->disp, 8));
+        }
+    }
+    if (o->seg == SEG_FS || o->seg == SEG_GS) E2(e, ADD, R(HRDX), M(RBX, C_SEGBASE(o->seg), 8));
+    /* canonical (the last byte is then too: the access stays in the page, checked below) */
+    E2(e, MOV, R(HRSI), R(HRDX));
+    E2(e, SHL, R(HRSI), I(16));
+    E2(e, SAR, R(HRSI), I(16));
+    E2(e, CMP, R(HRSI), R(HRDX));
+    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    /* no page crossing */
+    E2(e, MOV, R(ZYDIS_REGISTER_ESI), R(ZYDIS_REGISTER_EDX));
+    E2(e, AND, R(ZYDIS_REGISTER_ESI), I(0xfff));
+    E2(e, CMP, R(ZYDIS_REGISTER_ESI), I(4096 - o->size));
+    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNBE);
+    /* RDI = &c->tlb[(lin >> 12) & (BT_TLB_SIZE - 1)] */
+    E2(e, MOV, R(ZYDIS_REGISTER_RDI), R(HRDX));
+    E2(e, SHR, R(ZYDIS_REGISTER_RDI), I(12));
+    E2(e, AND, R(ZYDIS_REGISTER_EDI), I(BT_TLB_SIZE - 1));
+    E2(e, SHL, R(ZYDIS_REGISTER_EDI), I(5));
+    E2(e, LEA, R(ZYDIS_REGISTER_RDI), MX(RBX, ZYDIS_REGISTER_RDI, 1, C_TLB, 8));
+    /* tag: the page | 1 */
+    E2(e, MOV, R(HRSI), R(HRDX));
+    E2(e, AND, R(HRSI), I(~(int64_t)0xfff));
+    E2(e, OR, R(HRSI), I(1));
+    E2(e, CMP, R(HRSI), M(ZYDIS_REGISTER_RDI, T_VTAG, 8));
+    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    /* read permission for the current privilege: supervisor bit 0, user bit 3 */
+    E2(e, MOV, R(ZYDIS_REGISTER_ESI), I(BT_ACC_READ));
+    E2(e, CMP, M(RBX, C_CPL, 1), I(3));
+    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JZ); /* user: rare in the kernel; handler */
+    E2(e, TEST, M(ZYDIS_REGISTER_RDI, T_PERM, 4), R(ZYDIS_REGISTER_ESI));
+    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JZ);
+    /* RAM page (MMIO and the LAPIC have no host address) */
+    E2(e, MOV, R(HRSI), M(ZYDIS_REGISTER_RDI, T_HVA, 8));
+    E2(e, TEST, R(HRSI), R(HRSI));
+    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JZ);
+    E2(e, AND, R(ZYDIS_REGISTER_EDX), I(0xfff));
+    if (o->size == 1 || o->size == 2)
+        E2(e, MOVZX, R(hreg(which, 4)), MX(HRSI, HRDX, 1, 0, o->size));
+    else
+        E2(e, MOV, R(hreg(which, o->size)), MX(HRSI, HRDX, 1, 0, o->size));
+}
+
+/* Native forms reading one memory operand: MOV r, m; ADD/SUB/AND/OR/XOR/CMP/TEST r, m;
+ * CMP/TEST m, r/imm.  Returns false (nothing emitted) if `i` is not one of them. */
+static bool native_load(struct emit *e, const struct bt_insn *i, int64_t off, bool b32,
+                        size_t *slow, int *nslow)
+{
+    if (i->pfx & BT_PFX_LOCK || i->nops < 2) return false;
+    unsigned size = i->opsize / 8;
+    if (size != 1 && size != 2 && size != 4 && size != 8) return false;
+    const struct bt_operand *d = &i->op[0], *s = &i->op[1];
+    ZydisMnemonic m = (ZydisMnemonic)i->mnemonic;
+    switch (i->mnemonic) {
+    case ZYDIS_MNEMONIC_MOV:
+        if (!is_gpr(d) || d->size != size || s->size != size || !inline_mem_ok(i, s, off, b32))
+            return false;
+        inline_load(e, 0, s, off, slow, nslow);
+        store_gpr(e, 0, d->reg, size);
+        return true;
+    case ZYDIS_MNEMONIC_ADD:
+    case ZYDIS_MNEMONIC_SUB:
+    case ZYDIS_MNEMONIC_AND:
+    case ZYDIS_MNEMONIC_OR:
+    case ZYDIS_MNEMONIC_XOR:
+    case ZYDIS_MNEMONIC_CMP:
+    case ZYDIS_MNEMONIC_TEST: {
+        bool ro = m == ZYDIS_MNEMONIC_CMP || m == ZYDIS_MNEMONIC_TEST;
+        if (is_gpr(d) && d->size == size && s->size == size && inline_mem_ok(i, s, off, b32)) {
+            inline_load(e, 1, s, off, slow, nslow); /* source in RCX */
+            load_gpr(e, 0, d->reg, size);
+        } else if (ro && d->size == size && inline_mem_ok(i, d, off, b32) &&
+                   ((is_gpr(s) && s->size == size) ||
+                    (s->kind == BT_OPK_IMM && (size < 8 || fits32(s->disp))))) {
+            inline_load(e, 0, d, off, slow, nslow); /* memory destination in RAX */
+            if (is_gpr(s)) load_gpr(e, 1, s->reg, size);
+        } else {
+            return false;
+        }
+        if (s->kind == BT_OPK_IMM)
+            enc(e, m, 2, (ZydisEncoderOperand[]){R(hreg(0, size)), I(imm_for(s->disp, size))});
+        else
+            enc(e, m, 2, (ZydisEncoderOperand[]){R(hreg(0, size)), R(hreg(1, size))});
+        E0(e, PUSHFQ);
+        E1(e, POP, R(ZYDIS_REGISTER_RDX));
+        if (!ro) store_gpr(e, 0, d->reg, size);
+        merge_flags(e, BT_ARITH_FLAGS);
+        return true;
+    }
+    default: return false;
+    }
+}
+
+/* Loads the guest's six arithmetic flags (and nothing else) into the host RFLAGS, as alu.c's PRE
+ * does, for operations whose result flags depend on the incoming ones (shift counts of zero
+ * leave them; the undefined flags of IMUL and the shifts are what the host makes of them). */
+static void load_guest_flags(struct emit *e)
+{
+    E2(e, MOV, R(ZYDIS_REGISTER_RAX), M(RBX, C_FLAGS, 8));
+    E2(e, AND, R(ZYDIS_REGISTER_EAX), I(BT_ARITH_FLAGS));
+    E1(e, PUSH, R(ZYDIS_REGISTER_RAX));
+    E0(e, POPFQ);
+}
+
+/* Emits a native form of `i` if it has one; returns false (nothing emitted) otherwise. */
+static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off)
+{
+    if (i->pfx & BT_PFX_LOCK) return false;
+    unsigned size = i->opsize / 8;
+    if (size != 1 && size != 2 && size != 4 && size != 8) return false;
+    const struct bt_operand *d = &i->op[0], *s = &i->op[1];
+    ZydisMnemonic m = (ZydisMnemonic)i->mnemonic;
+    switch (i->mnemonic) {
+    case ZYDIS_MNEMONIC_ADD:
+    case ZYDIS_MNEMONIC_SUB:
+    case ZYDIS_MNEMONIC_AND:
+    case ZYDIS_MNEMONIC_OR:
+    case ZYDIS_MNEMONIC_XOR:
+    case ZYDIS_MNEMONIC_CMP:
+    case ZYDIS_MNEMONIC_TEST: {
+        if (i->nops < 2 || !is_gpr(d) || d->size != size) return false;
+        bool imm = s->kind == BT_OPK_IMM;
+        if (!imm && !(is_gpr(s) && s->size == size)) return false;
+        if (imm && size == 8 && !fits32(s->disp)) return false;
+        load_gpr(e, 0, d->reg, size);
+        if (imm) {
+            enc(e, m, 2, (ZydisEncoderOperand[]){R(hreg(0, size)), I(imm_for(s->disp, size))});
+        } else {
+            load_gpr(e, 1, s->reg, size);
+            enc(e, m, 2, (ZydisEncoderOperand[]){R(hreg(0, size)), R(hreg(1, size))});
+        }
+        E0(e, PUSHFQ);
+        E1(e, POP, R(ZYDIS_REGISTER_RDX));
+        if (m != ZYDIS_MNEMONIC_CMP && m != ZYDIS_MNEMONIC_TEST) store_gpr(e, 0, d->reg, size);
+        merge_flags(e, BT_ARITH_FLAGS);
+        return true;
+    }
+    case ZYDIS_MNEMONIC_INC:
+    case ZYDIS_MNEMONIC_DEC:
+        if (i->nops < 1 || !is_gpr(d) || d->size != size) return false;
+        load_gpr(e, 0, d->reg, size);
+        enc(e, m, 1, (ZydisEncoderOperand[]){R(hreg(0, size))});
+        E0(e, PUSHFQ);
+        E1(e, POP, R(ZYDIS_REGISTER_RDX));
+        store_gpr(e, 0, d->reg, size);
+        merge_flags(e, BT_ARITH_FLAGS & ~(uint32_t)X86_FLAG_CF); /* CF is preserved */
+        return true;
+    case ZYDIS_MNEMONIC_SHL:
+    case ZYDIS_MNEMONIC_SHR:
+    case ZYDIS_MNEMONIC_SAR: {
+        /* register destination; count an immediate or CL: the host's CL form, as shift.c runs */
+        if (i->nops < 2 || !is_gpr(d) || d->size != size) return false;
+        bool cl = s->kind == BT_OPK_REG && s->rclass == BT_RC_GPR && s->reg == RCX && s->size == 1;
+        if (!cl && s->kind != BT_OPK_IMM) return false;
+        load_guest_flags(e);
+        load_gpr(e, 0, d->reg, size);
+        if (cl)
+            E2(e, MOVZX, R(ZYDIS_REGISTER_ECX), M(RBX, C_GPR(RCX), 1));
+        else
+            E2(e, MOV, R(ZYDIS_REGISTER_ECX), I((uint8_t)s->disp));
+        enc(e, m, 2, (ZydisEncoderOperand[]){R(hreg(0, size)), R(ZYDIS_REGISTER_CL)});
+        E0(e, PUSHFQ);
+        E1(e, POP, R(ZYDIS_REGISTER_RDX));
+        store_gpr(e, 0, d->reg, size);
+        merge_flags(e, BT_ARITH_FLAGS);
+        return true;
+    }
+    case ZYDIS_MNEMONIC_IMUL: {
+        /* IMUL r, r and IMUL r, r, imm (16/32/64): the host's two-operand register form */
+        if (i->nops < 2 || size == 1 || !is_gpr(d) || d->size != size) return false;
+        const struct bt_operand *a = &i->op[1], *b = i->nops >= 3 ? &i->op[2] : &i->op[0];
+        if (!is_gpr(a) || a->size != size) return false;
+        if (!(is_gpr(b) && b->size == size) && b->kind != BT_OPK_IMM) return false;
+        if (b->kind == BT_OPK_IMM && size == 8 && !fits32(b->disp)) return false;
+        load_guest_flags(e);
+        load_gpr(e, 0, a->reg, size);
+        if (b->kind == BT_OPK_IMM)
+            E2(e, MOV, R(hreg(1, size == 8 ? 8 : 4)),
+               I(size == 8 ? b->disp : (int64_t)(uint32_t)b->disp));
+        else
+            load_gpr(e, 1, b->reg, size);
+        E2(e, IMUL, R(hreg(0, size)), R(hreg(1, size)));
+        E0(e, PUSHFQ);
+        E1(e, POP, R(ZYDIS_REGISTER_RDX));
+        if (size == 4) E2(e, MOV, R(ZYDIS_REGISTER_EAX), R(ZYDIS_REGISTER_EAX));
+        store_gpr(e, 0, d->reg, size);
+        merge_flags(e, BT_ARITH_FLAGS);
+        return true;
+    }
+    case ZYDIS_MNEMONIC_MOV:
+        if (i->nops < 2 || !is_gpr(d) || d->size != size) return false;
+        if (s->kind == BT_OPK_IMM) {
+            if (size == 8)
+                E2(e, MOV, R(ZYDIS_REGISTER_RAX), I(s->disp));
+            else if (size == 4)
+                E2(e, MOV, R(ZYDIS_REGISTER_EAX), I((int32_t)s->disp));
+            else
+                E2(e, MOV, R(hreg(0, size)), I(imm_for(s->disp, size)));
+        } else if (is_gpr(s) && s->size == size) {
+            load_gpr(e, 0, s->reg, size);
+        } else {
+            return false;
+        }
+        store_gpr(e, 0, d->reg, size);
+        return true;
+    case ZYDIS_MNEMONIC_LEA: {
+        if (i->nops < 2 || !is_gpr(d) || d->size != size || size == 1 || s->kind != BT_OPK_AGEN)
+            return false;
+        if (s->base != BT_REG_RIP && s->base != BT_NOREG && s->base >= 16) return false;
+        if (s->index != BT_NOREG && s->index >= 16) return false;
+        if (s->scale != 1 && s->scale != 2 && s->scale != 4 && s->scale != 8) return false;
+        int64_t disp = s->disp;
+        if (s->base == BT_REG_RIP) {
+            if (s->index != BT_NOREG || !fits32(disp + off)) return false;
+            E2(e, LEA, R(ZYDIS_REGISTER_RAX), M(R12, disp + off, 8));
+        } else {
+            if (!fits32(disp)) return false;
+            if (s->base != BT_NOREG)
+                E2(e, MOV, R(ZYDIS_REGISTER_RAX), M(RBX, C_GPR(s->base), 8));
+            else
+                E2(e, XOR, R(ZYDIS_REGISTER_EAX), R(ZYDIS_REGISTER_EAX));
+            if (s->index != BT_NOREG) {
+                E2(e, MOV, R(ZYDIS_REGISTER_RCX), M(RBX, C_GPR(s->index), 8));
+                E2(e, LEA, R(ZYDIS_REGISTER_RAX),
+                   MX(ZYDIS_REGISTER_RAX, ZYDIS_REGISTER_RCX, s->scale, disp, 8));
+            } else if (disp) {
+                E2(e, LEA, R(ZYDIS_REGISTER_RAX), M(ZYDIS_REGISTER_RAX, disp, 8));
+            }
+        }
+        /* the address wraps at the address size, then is truncated to the operand size */
+        if (i->addrsize == 32 || size == 4)
+            E2(e, MOV, R(ZYDIS_REGISTER_EAX), R(ZYDIS_REGISTER_EAX));
+        if (i->addrsize == 16) E2(e, MOVZX, R(ZYDIS_REGISTER_EAX), R(ZYDIS_REGISTER_AX));
+        store_gpr(e, 0, d->reg, size);
+        return true;
+    }
+    default: return false;
+    }
+}
+
+/* ---- the handler path -------------------------------------------------------------------- */
+
+static void call_handler(struct emit *e, const struct bt_insn *i, int64_t off, bool b32,
+                         unsigned *pend)
+{
+    flush_icount(e, pend);
+    rip_at(e, off, b32);
+    E2(e, MOV, M(RBX, C_INSN_RIP, 8), R(ZYDIS_REGISTER_RAX));
+    rip_at(e, off + i->len, b32);
+    E2(e, MOV, M(RBX, C_NEXT_RIP, 8), R(ZYDIS_REGISTER_RAX));
+    E2(e, MOV, M(RBX, C_RIP, 8), R(ZYDIS_REGISTER_RAX));
+    E2(e, MOV, R(ZYDIS_REGISTER_RDI), R(RBX));
+    E2(e, MOV, R(ZYDIS_REGISTER_RSI), I((int64_t)(uintptr_t)i));
+    E2(e, MOV, R(ZYDIS_REGISTER_RAX), I((int64_t)(uintptr_t)i->fn));
+    E1(e, CALL, R(ZYDIS_REGISTER_RAX));
+    E1(e, INC, M(RBX, C_ICOUNT, 8));
+}
+
+/* After a handler in the middle of a block: leave when the interpreter loop would stop. */
+static void after_handler_checks(struct emit *e, struct bt_jit *j)
+{
+    E2(e, MOV, R(ZYDIS_REGISTER_RAX), M(RBX, C_NEXT_RIP, 8));
+    E2(e, CMP, M(RBX, C_RIP, 8), R(ZYDIS_REGISTER_RAX));
+    jto(e, ZYDIS_MNEMONIC_JNZ, j->exit_off);
+    E2(e, CMP, M(RBX, C_EXIT_NOW, 1), I(0));
+    jto(e, ZYDIS_MNEMONIC_JNZ, j->exit_off);
+    E2(e, CMP, M(RBX, C_SHADOW, 1), I(0));
+    jto(e, ZYDIS_MNEMONIC_JNZ, j->exit_off);
+    E2(e, MOV, R(ZYDIS_REGISTER_RAX), I((int64_t)(uintptr_t)j->pending));
+    E2(e, CMP, M(ZYDIS_REGISTER_RAX, 0, 1), I(0));
+    jto(e, ZYDIS_MNEMONIC_JNZ, j->exit_off);
+}
+
+/* Leaves the block after s.rip and icount are final.  A chainable exit (a direct successor on
+ * the same page, so the same guest-physical page whatever linear alias the block runs at) first
+ * checks everything the interpreter loop checks between blocks: the budget, exit requests, kicks,
+ * queued invalidations and pending events.  If all are clear it takes its chain jump, which
+ * bt_jit_run patches to the successor's translation once that exists (unpatched: falls through
+ * to the stub below, which records this exit for patching and returns to the loop). */
+static void leave(struct emit *e, struct bt_jit *j, bool chainable)
+{
+    if (!chainable) {
+        jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
+        return;
+    }
+    size_t fails[6];
+    int nf = 0;
+    E2(e, MOV, R(ZYDIS_REGISTER_RAX), M(RBX, C_ICOUNT, 8));
+    E2(e, CMP, R(ZYDIS_REGISTER_RAX), M(R13, J_CHAIN_END, 8));
+    fails[nf++] = jrel(e, ZYDIS_MNEMONIC_JNBE);
+    E2(e, MOV, R(ZYDIS_REGISTER_EAX), I(0));
+    E2(e, OR, R(ZYDIS_REGISTER_AL), M(RBX, C_EXIT_NOW, 1));
+    E2(e, OR, R(ZYDIS_REGISTER_AL), M(RBX, C_KICKED, 1));
+    E2(e, OR, R(ZYDIS_REGISTER_AL), M(RBX, C_INTR_PEND, 1));
+    E2(e, OR, R(ZYDIS_REGISTER_AL), M(RBX, C_NMI_PEND, 1));
+    fails[nf++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    E2(e, MOV, R(ZYDIS_REGISTER_RAX), I((int64_t)(uintptr_t)j->pending));
+    E2(e, CMP, M(ZYDIS_REGISTER_RAX, 0, 1), I(0));
+    fails[nf++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    /* a LAPIC with something to say (interrupt, NMI, INIT, SIPI): the loop decides */
+    E2(e, MOV, R(ZYDIS_REGISTER_RDI), R(RBX));
+    E2(e, MOV, R(ZYDIS_REGISTER_RAX), I((int64_t)(uintptr_t)bt_glue_attention));
+    E1(e, CALL, R(ZYDIS_REGISTER_RAX));
+    E2(e, TEST, R(ZYDIS_REGISTER_AL), R(ZYDIS_REGISTER_AL));
+    fails[nf++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    size_t chain = jrel(e, ZYDIS_MNEMONIC_JMP); /* rel32 0: falls through until patched */
+    E2(e, MOV, R(ZYDIS_REGISTER_RAX), I((int64_t)chain));
+    E2(e, MOV, M(R13, J_LAST_EXIT, 8), R(ZYDIS_REGISTER_RAX));
+    for (int k = 0; k < nf; k++)
+        patch(e, fails[k], e->pos);
+    jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
+}
+
+/* host Jcc for condition code cc (the low nibble of the guest opcode) */
+static const ZydisMnemonic jcc_host[16] = {
+    ZYDIS_MNEMONIC_JO, ZYDIS_MNEMONIC_JNO, ZYDIS_MNEMONIC_JB,  ZYDIS_MNEMONIC_JNB,
+    ZYDIS_MNEMONIC_JZ, ZYDIS_MNEMONIC_JNZ, ZYDIS_MNEMONIC_JBE, ZYDIS_MNEMONIC_JNBE,
+    ZYDIS_MNEMONIC_JS, ZYDIS_MNEMONIC_JNS, ZYDIS_MNEMONIC_JP,  ZYDIS_MNEMONIC_JNP,
+    ZYDIS_MNEMONIC_JL, ZYDIS_MNEMONIC_JNL, ZYDIS_MNEMONIC_JLE, ZYDIS_MNEMONIC_JNLE};
+
+static bool is_jcc(unsigned m)
+{
+    for (int k = 0; k < 16; k++)
+        if (jcc_host[k] == m) return true;
+    return false;
+}
+
+/* A direct JMP or Jcc ending the block, natively: the condition is evaluated on the host with the
+ * guest's arithmetic flags loaded, the target checked (canonical in 64-bit code; a flat 32-bit
+ * code segment has no limit to check) and the block left with s.rip set.  A target that fails the
+ * check goes to the handler, which raises the #GP precisely. */
+static bool same_page(unsigned page_off, int64_t off)
+{
+    return (int64_t)page_off + off >= 0 && (int64_t)page_off + off < 4096;
+}
+
+static bool native_branch(struct emit *e, struct bt_jit *j, const struct bt_insn *i, int64_t off,
+                          bool b32, unsigned *pend, unsigned page_off)
+{
+    bool jmp = i->mnemonic == ZYDIS_MNEMONIC_JMP;
+    if (!jmp && !is_jcc(i->mnemonic)) return false;
+    if (i->op[0].kind != BT_OPK_IMM || !(i->attr_lo & BT_ATTR_RELATIVE) ||
+        i->opsize != (b32 ? 32 : 64))
+        return false;
+    int64_t end = off + i->len, target = end + i->op[0].disp;
+    if (!fits32(target)) return false;
+    size_t not_taken = 0;
+    if (!jmp) {
+        E2(e, MOV, R(ZYDIS_REGISTER_RAX), M(RBX, C_FLAGS, 8));
+        E2(e, AND, R(ZYDIS_REGISTER_EAX), I(BT_ARITH_FLAGS));
+        E1(e, PUSH, R(ZYDIS_REGISTER_RAX));
+        E0(e, POPFQ);
+        not_taken = jrel(e, jcc_host[(i->opcode & 0xf) ^ 1]);
+    }
+    rip_at(e, target, b32);
+    size_t slow = 0;
+    if (!b32) {
+        E2(e, MOV, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RAX));
+        E2(e, SHL, R(ZYDIS_REGISTER_RCX), I(16));
+        E2(e, SAR, R(ZYDIS_REGISTER_RCX), I(16));
+        E2(e, CMP, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RAX));
+        slow = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    }
+    E2(e, MOV, M(RBX, C_RIP, 8), R(ZYDIS_REGISTER_RAX));
+    E2(e, ADD, M(RBX, C_ICOUNT, 8), I(*pend + 1));
+    leave(e, j, same_page(page_off, target));
+    if (!jmp) {
+        patch(e, not_taken, e->pos);
+        rip_at(e, end, b32);
+        E2(e, MOV, M(RBX, C_RIP, 8), R(ZYDIS_REGISTER_RAX));
+        E2(e, ADD, M(RBX, C_ICOUNT, 8), I(*pend + 1));
+        leave(e, j, same_page(page_off, end));
+    }
+    if (!b32) {
+        patch(e, slow, e->pos);
+        call_handler(e, i, off, b32, pend); /* raises #GP */
+        jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
+    }
+    *pend = 0;
+    return true;
+}
+
+/* ---- code cache ------------------------------------------------------------------------ */
+
+static bool env_wants(void)
+{
+    const char *v = getenv("LOOKOUT_BT_JIT");
+    return !v || !*v || strcmp(v, "1") == 0;
+}
+
+bool bt_jit_wanted(void)
+{
+    return env_wants();
+}
+
+/* The trampoline at the start of the cache: enter(c, code, j) saves the callee-saved registers,
+ * pins c in RBX and j in R13 and jumps to the block; blocks leave through exit_off. */
+static int emit_trampoline(struct bt_jit *j)
+{
+    struct emit e = {.buf = j->rw, .pos = 0, .cap = j->size};
+    static const ZydisRegister saved[] = {ZYDIS_REGISTER_RBP, ZYDIS_REGISTER_RBX,
+                                          ZYDIS_REGISTER_R12, ZYDIS_REGISTER_R13,
+                                          ZYDIS_REGISTER_R14, ZYDIS_REGISTER_R15};
+    for (size_t k = 0; k < ARRAY_SIZE(saved); k++)
+        E1(&e, PUSH, R(saved[k]));
+    E2(&e, SUB, R(ZYDIS_REGISTER_RSP), I(8)); /* 16-byte alignment for the handler calls */
+    E2(&e, MOV, R(RBX), R(ZYDIS_REGISTER_RDI));
+    E2(&e, MOV, R(R13), R(ZYDIS_REGISTER_RDX));
+    E1(&e, JMP, R(ZYDIS_REGISTER_RSI));
+    j->exit_off = e.pos;
+    E2(&e, ADD, R(ZYDIS_REGISTER_RSP), I(8));
+    for (size_t k = ARRAY_SIZE(saved); k-- > 0;)
+        E1(&e, POP, R(saved[k]));
+    E0(&e, RET);
+    if (e.fail) return err_set(EINVAL, "translator: Zydis cannot encode the trampoline");
+    j->base_end = j->used = ALIGN_UP(e.pos, 64);
+    j->enter = (void (*)(struct bt_cpu *, const void *, struct bt_jit *))(void *)j->rx;
+    return 0;
+}
+
+static int cache_map(struct bt_jit *j)
+{
+    j->size = JIT_CACHE_BYTES;
+    if (!j->tbs) j->tbs = calloc(JIT_MAX_TBS, sizeof(*j->tbs));
+    if (!j->links) j->links = calloc(JIT_MAX_LINKS, sizeof(*j->links));
+    if (!j->tbs || !j->links) return err_set(ENOMEM, "translator: no memory for its block tables");
+    j->fd = memfd_create("lookout-jit", MFD_CLOEXEC);
+    if (j->fd < 0)
+        return err_set(errno, "translator: memfd_create for the code cache failed: %s",
+                       strerror(errno));
+    if (ftruncate(j->fd, (off_t)j->size) < 0) {
+        int e = errno;
+        close(j->fd), j->fd = -1;
+        return err_set(e, "translator: cannot size the %zu MiB code cache: %s", j->size >> 20,
+                       strerror(e));
+    }
+    j->rw = mmap(NULL, j->size, PROT_READ | PROT_WRITE, MAP_SHARED, j->fd, 0);
+    j->rx = mmap(NULL, j->size, PROT_READ | PROT_EXEC, MAP_SHARED, j->fd, 0);
+    if (j->rw == MAP_FAILED || j->rx == MAP_FAILED) {
+        int e = errno;
+        if (j->rw != MAP_FAILED) munmap(j->rw, j->size);
+        if (j->rx != MAP_FAILED) munmap(j->rx, j->size);
+        j->rw = j->rx = NULL;
+        close(j->fd), j->fd = -1;
+        return err_set(e,
+                       "translator: cannot map the code cache twice (RW + RX): %s; a system "
+                       "that forbids executable shared mappings needs LOOKOUT_BT_JIT=0",
+                       strerror(e));
+    }
+    return emit_trampoline(j);
+}
+
+static void cache_unmap(struct bt_jit *j)
+{
+    if (j->rw) munmap(j->rw, j->size);
+    if (j->rx) munmap(j->rx, j->size);
+    if (j->fd >= 0) close(j->fd);
+    j->rw = j->rx = NULL;
+    j->fd = -1;
+}
+
+int bt_jit_set_enabled(struct bt_cpu *c, _Atomic bool *pending, bool on)
+{
+    struct bt_jit *j = c->jit;
+    if (!j) {
+        if (!on) return 0;
+        j = calloc(1, sizeof(*j));
+        if (!j) return err_set(ENOMEM, "translator: no memory for its state");
+        j->fd = -1;
+        j->hot_runs = JIT_HOT_RUNS;
+        c->jit = j;
+    }
+    if (pending) j->pending = pending;
+    j->enabled = on;
+    /* translations made before are not trusted across a switch: the caller's decoded blocks
+     * may hold slots from an earlier cache */
+    bt_cache_flush(c);
+    return 0;
+}
+
+void bt_jit_set_hot_runs(struct bt_cpu *c, unsigned runs)
+{
+    struct bt_jit *j = c->jit;
+    if (j) j->hot_runs = MIN(runs, JIT_HOT_MAX);
+}
+
+int bt_jit_init(struct bt_cpu *c, _Atomic bool *pending)
+{
+    if (!env_wants()) return 0;
+    return bt_jit_set_enabled(c, pending, true);
+}
+
+void bt_jit_destroy(struct bt_cpu *c)
+{
+    struct bt_jit *j = c->jit;
+    if (!j) return;
+    if (j->st.blocks_translated)
+        log_info(
+            "translator %u: %llu blocks translated (%llu native, %llu called instructions; "
+            "%llu with inline loads), %llu flushes, %llu block entries from the loop, %llu chains, "
+            "%llu unchained",
+            c->index, (unsigned long long)j->st.blocks_translated,
+            (unsigned long long)j->st.insns_native, (unsigned long long)j->st.insns_called,
+            (unsigned long long)j->st.insns_inline_mem, (unsigned long long)j->st.flushes,
+            (unsigned long long)j->st.runs, (unsigned long long)j->st.chains,
+            (unsigned long long)j->st.unchains);
+    cache_unmap(j);
+    free(j->tbs);
+    free(j->links);
+    free(j);
+    c->jit = NULL;
+}
+
+void bt_jit_flush(struct bt_cpu *c)
+{
+    struct bt_jit *j = c->jit;
+    if (!j || !j->rw) return;
+    j->used = j->base_end;
+    j->ntbs = j->nlinks = 0;
+    j->exit_valid = false;
+    j->st.flushes++;
+}
+
+void bt_jit_drop(struct bt_cpu *c, void *handle)
+{
+    struct bt_jit *j = c->jit;
+    if (!j || !j->rw || (uintptr_t)handle < 2 + JIT_HOT_MAX)
+        return; /* not translated (cold, or untranslatable) */
+    struct jit_tb *tb = handle;
+    /* every exit chained here falls through to its unchained stub again */
+    for (uint32_t l = tb->links_in; l; l = j->links[l - 1].next) {
+        static const int32_t zero = 0;
+        memcpy(j->rw + j->links[l - 1].patch_end - 4, &zero, 4);
+        j->st.unchains++;
+    }
+    tb->links_in = 0;
+    j->exit_valid = false;
+}
+
+void bt_jit_get_stats(const struct bt_cpu *c, struct bt_jit_stats *st)
+{
+    const struct bt_jit *j = c->jit;
+    memset(st, 0, sizeof(*st));
+    if (j) {
+        *st = j->st;
+        st->code_bytes = j->used;
+    }
+}
+
+static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *ins, unsigned n,
+                     void **slot, unsigned page_off)
+{
+    if (j->size - j->used < JIT_BLOCK_RESERVE || j->ntbs >= JIT_MAX_TBS) return -ENOSPC;
+    struct emit e = {.buf = j->rw, .pos = j->used, .cap = j->used + JIT_BLOCK_RESERVE};
+    const size_t start = e.pos;
+    const bool b32 = c->code_bits != 64;
+    unsigned pend = 0, native = 0, inline_mem = 0;
+    bool ended = false;
+    int64_t off = 0;
+    E2(&e, MOV, R(R12), M(RBX, C_RIP, 8));
+    for (unsigned k = 0; k < n; k++) {
+        const struct bt_insn *i = &ins[k];
+        bool last = k + 1 == n;
+        size_t slow[8];
+        int nslow = 0;
+        if (native_simple(&e, i, off)) {
+            pend++, native++;
+        } else if (flush_icount(&e, &pend), native_load(&e, i, off, b32, slow, &nslow)) {
+            /* fast path done; the slow path runs the handler for the whole instruction */
+            E1(&e, INC, M(RBX, C_ICOUNT, 8));
+            size_t done = jrel(&e, ZYDIS_MNEMONIC_JMP);
+            for (int q = 0; q < nslow; q++)
+                patch(&e, slow[q], e.pos);
+            call_handler(&e, i, off, b32, &pend);
+            after_handler_checks(&e, j);
+            patch(&e, done, e.pos);
+            native++;
+            inline_mem++;
+        } else if (last && native_branch(&e, j, i, off, b32, &pend, page_off)) {
+            native++;
+            ended = true;
+        } else {
+            call_handler(&e, i, off, b32, &pend);
+            if (last) {
+                jto(&e, ZYDIS_MNEMONIC_JMP, j->exit_off);
+                ended = true;
+            } else {
+                after_handler_checks(&e, j);
+            }
+        }
+        off += i->len;
+    }
+    if (!ended) {
+        /* the block stopped at its size limit or a page end: continue after it */
+        flush_icount(&e, &pend);
+        rip_at(&e, off, b32);
+        E2(&e, MOV, M(RBX, C_RIP, 8), R(ZYDIS_REGISTER_RAX));
+        leave(&e, j, same_page(page_off, off));
+    }
+    if (e.fail) {
+        log_debug("translator: block of %u instructions at %#llx left to the interpreter", n,
+                  (unsigned long long)c->s.rip);
+        *slot = JIT_UNTRANSLATABLE;
+        return 1;
+    }
+    j->used = ALIGN_UP(e.pos, 16);
+    j->st.blocks_translated++;
+    j->st.insns_native += native;
+    j->st.insns_called += n - native;
+    j->st.insns_inline_mem += inline_mem;
+    struct jit_tb *tb = &j->tbs[j->ntbs++];
+    tb->entry = (uint32_t)start;
+    tb->links_in = 0;
+    tb->code_bits = c->code_bits;
+    tb->stack_bits = c->stack_bits;
+    *slot = tb;
+    return 0;
+}
+
+/* The block about to run is the direct successor of the last chainable exit if nothing else ran
+ * or changed in between (no event delivered, same address space and privilege): patch the exit's
+ * chain jump to it. */
+static void try_chain(struct bt_jit *j, struct bt_cpu *c, struct jit_tb *tb)
+{
+    if (!j->exit_valid || j->exit_rip != c->s.rip || j->exit_icount != c->icount ||
+        j->exit_cr3 != c->s.cr3 || j->exit_cpl != c->cpl || j->exit_code_bits != c->code_bits ||
+        j->exit_stack_bits != c->stack_bits || tb->code_bits != c->code_bits ||
+        tb->stack_bits != c->stack_bits || j->nlinks >= JIT_MAX_LINKS)
+        return;
+    j->exit_valid = false;
+    uint32_t pe = (uint32_t)j->last_exit;
+    int32_t rel = (int32_t)((int64_t)tb->entry - (int64_t)pe);
+    memcpy(j->rw + pe - 4, &rel, 4);
+    j->links[j->nlinks] = (struct jit_link){.patch_end = pe, .next = tb->links_in};
+    tb->links_in = ++j->nlinks;
+    j->st.chains++;
+}
+
+int bt_jit_run(struct bt_cpu *c, const struct bt_insn *insns, unsigned n, void **slot, uint64_t gpa,
+               uint64_t end)
+{
+    struct bt_jit *j = c->jit;
+    if (!j || !j->enabled || !j->pending || *slot == JIT_UNTRANSLATABLE || n == 0) return 1;
+    if (j->nlinks >= JIT_MAX_LINKS) return -ENOSPC;
+    uintptr_t v = (uintptr_t)*slot;
+    if (v < 2 + JIT_HOT_MAX) {
+        unsigned seen = v ? (unsigned)v - 1 : 0;
+        if (seen < j->hot_runs) {
+            *slot = (void *)(uintptr_t)(seen + 2); /* still cold: count and interpret */
+            j->exit_valid = false;
+            return 1;
+        }
+        *slot = NULL;
+        if (!j->rw && cache_map(j) < 0) {
+            log_warn("%s; running interpreted", err_msg());
+            j->enabled = false;
+            return 1;
+        }
+        int r = translate(j, c, insns, n, slot, (unsigned)(gpa & 0xfff));
+        if (r) return r;
+    }
+    struct jit_tb *tb = *slot;
+    try_chain(j, c, tb);
+    j->st.runs++;
+    j->chain_end = end >= JIT_BLOCK_MAX ? end - JIT_BLOCK_MAX : 0;
+    j->last_exit = 0;
+    j->enter(c, j->rx + tb->entry, j);
+    j->exit_valid = j->last_exit != 0;
+    if (j->exit_valid) {
+        j->exit_rip = c->s.rip;
+        j->exit_icount = c->icount;
+        j->exit_cr3 = c->s.cr3;
+        j->exit_cpl = c->cpl;
+        j->exit_code_bits = c->code_bits;
+        j->exit_stack_bits = c->stack_bits;
+    }
+    return 0;
+}

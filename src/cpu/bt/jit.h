@@ -1,0 +1,60 @@
+/* The software CPU's translator: decoded blocks (core.c) become host x86-64 code in a per-vCPU
+ * code cache, run by the interpreter loop in place of the per-instruction dispatch.
+ *
+ * Contract with core.c (the only caller):
+ *   - A translation refers to the block's struct bt_insn array (the handler path passes their
+ *     addresses to the handlers), so core.c flushes the translator (bt_jit_flush) whenever it
+ *     recycles its decoded-instruction arena, and a block's translation slot dies with the block.
+ *   - bt_jit_run() runs a whole block: the caller guarantees that the instruction budget covers
+ *     all of it, that no interrupt shadow or single step is active, and that the block was
+ *     decoded for the current mode.  Faults longjmp out of the translated code to bt_exec's
+ *     setjmp with insn_rip naming the faulting instruction, exactly as in the interpreter.
+ *
+ * Trust: the translated code does what the interpreter does for the same instructions; guest
+ * values are only operated on (native forms touch guest registers in struct bt_cpu, nothing
+ * else), every memory access and privileged operation goes through the interpreter's handlers.
+ * The code cache is a memfd mapped twice: written through a read-write view, executed through a
+ * read-execute view; no mapping is ever writable and executable. */
+#pragma once
+#include <stdbool.h>
+#include <stdint.h>
+
+struct bt_cpu;
+struct bt_insn;
+
+/* Sets up the translator for a vCPU if LOOKOUT_BT_JIT is unset or "1" (anything else leaves
+ * c->jit NULL: the interpreter runs alone).  `pending` is core.c's invalidation flag, which the
+ * translated code polls after every instruction that may write memory.  Returns 0, or -errno
+ * with err_msg() (the caller may continue interpreted). */
+int bt_jit_init(struct bt_cpu *c, _Atomic bool *pending);
+void bt_jit_destroy(struct bt_cpu *c);
+/* Tests: force the translator on or off for this vCPU (on: creates it if needed). */
+int bt_jit_set_enabled(struct bt_cpu *c, _Atomic bool *pending, bool on);
+/* Tests: how many times a block runs interpreted before it is translated (default 4; 0 translates
+ * on first use). */
+void bt_jit_set_hot_runs(struct bt_cpu *c, unsigned runs);
+/* True if LOOKOUT_BT_JIT asks for the translator (unset or "1"). */
+bool bt_jit_wanted(void);
+
+/* Runs the block `insns[0..n)` (decoded for c->code_bits at guest-physical `gpa`), translating it
+ * first once it is hot: *slot, the block's translation handle owned by core.c's block record,
+ * starts NULL and counts interpreted entries until then.  `end` is bt_exec's instruction budget
+ * limit (chained blocks run only while the count leaves room for a whole block below it).
+ * Returns 0 after the block ran (c->s.rip, icount and everything else as the interpreter would
+ * leave them), 1 if the caller must interpret it (still cold, or untranslatable: *slot remembers
+ * which), or -ENOSPC when the code cache is full (the caller flushes its decoded-block cache,
+ * which flushes this one, and looks the block up again). */
+int bt_jit_run(struct bt_cpu *c, const struct bt_insn *insns, unsigned n, void **slot, uint64_t gpa,
+               uint64_t end);
+/* The block owning this handle is gone (its page was written): jumps chained into its
+ * translation are unpatched.  The code itself stays until the next flush (nothing reaches it). */
+void bt_jit_drop(struct bt_cpu *c, void *handle);
+/* Forgets every translation (the decoded blocks they point into are going away). */
+void bt_jit_flush(struct bt_cpu *c);
+
+/* Statistics for tests and the closing log line */
+struct bt_jit_stats {
+    uint64_t blocks_translated, insns_native, insns_called, flushes, runs, code_bytes, chains,
+        unchains, insns_inline_mem;
+};
+void bt_jit_get_stats(const struct bt_cpu *c, struct bt_jit_stats *st);

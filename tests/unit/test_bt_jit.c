@@ -1,0 +1,510 @@
+/* Unit tests of the translator (src/cpu/bt/jit.c): the same programs run interpreted and
+ * translated from identical states must end in identical states (registers, flags, RIP,
+ * instruction count, memory); a store into a translated block makes it re-translated; a fault in
+ * the middle of a translated block is delivered with the faulting RIP; the code cache never has a
+ * mapping that is both writable and executable.  Also prints both speeds on a simple loop. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <pthread.h>
+#include <time.h>
+
+#include <cmocka.h>
+
+#include "bt_testenv.h"
+#include "cpu/bt/jit.h"
+
+static struct tenv *T;
+
+static int setup(void **st)
+{
+    log_init_from_env();
+    T = tenv_new(true); /* with the backend: the code-page write-watch is on */
+    return 0;
+}
+
+static int teardown(void **st)
+{
+    tenv_free(T);
+    return 0;
+}
+
+/* Switches the vCPU between interpreter (false) and translator (true). */
+static void use_jit(bool on)
+{
+    struct bt_cpu *c = T->c;
+    if (on && !c->jit) {
+        /* created by bt_core_init only when LOOKOUT_BT_JIT allows; recreate the core so the
+         * translator gets core.c's invalidation flag */
+        bt_core_destroy(c);
+        setenv("LOOKOUT_BT_JIT", "1", 1);
+        assert_int_equal(bt_core_init(c), 0);
+    }
+    if (c->jit) {
+        assert_int_equal(bt_jit_set_enabled(c, NULL, on), 0);
+        bt_jit_set_hot_runs(c, 0); /* translate everything: the tests compare translations */
+    }
+}
+
+struct outcome {
+    uint64_t gpr[16], rip, rflags, cr2, icount;
+    bool halted;
+    uint8_t mem[0x1000];
+};
+
+#define T_DATA 0x300000ull /* scratch data page (second 2 MiB page, writable) */
+
+static void run_prog(bool jit, const uint8_t *code, size_t n, uint64_t budget, struct outcome *o)
+{
+    t_setup_long(T);
+    use_jit(jit);
+    struct bt_cpu *c = T->c;
+    static const uint64_t init[16] = {
+        1,  2,  3,  4,     T_STACK0 - 0x100, 6, 7, 8, 0x8000000000000000ull, 0xffffffff, 10, 11,
+        12, 13, 14, T_DATA};
+    memcpy(c->s.gpr, init, sizeof(init));
+    c->s.rflags = X86_FLAG_FIXED | X86_FLAG_CF;
+    memset(gp(T, T_DATA, 0x1000), 0x5a, 0x1000);
+    c->icount = 0;
+    t_run(T, code, n, budget);
+    memcpy(o->gpr, c->s.gpr, sizeof(o->gpr));
+    o->rip = c->s.rip;
+    o->rflags = c->s.rflags;
+    o->cr2 = c->s.cr2;
+    o->icount = c->icount;
+    o->halted = c->halted;
+    memcpy(o->mem, gp(T, T_DATA, 0x1000), 0x1000);
+}
+
+static void compare(const struct outcome *a, const struct outcome *b)
+{
+    for (int r = 0; r < 16; r++) {
+        if (a->gpr[r] != b->gpr[r])
+            print_error("gpr %d: interpreted %#llx translated %#llx\n", r,
+                        (unsigned long long)a->gpr[r], (unsigned long long)b->gpr[r]);
+        assert_int_equal(a->gpr[r], b->gpr[r]);
+    }
+    assert_int_equal(a->rip, b->rip);
+    assert_int_equal(a->rflags, b->rflags);
+    assert_int_equal(a->cr2, b->cr2);
+    assert_int_equal(a->icount, b->icount);
+    assert_int_equal(a->halted, b->halted);
+    assert_memory_equal(a->mem, b->mem, sizeof(a->mem));
+}
+
+static void both(const uint8_t *code, size_t n, uint64_t budget, struct outcome *ti,
+                 struct outcome *tj)
+{
+    run_prog(false, code, n, budget, ti);
+    run_prog(true, code, n, budget, tj);
+    compare(ti, tj);
+}
+
+/* A loop mixing every native form with memory operands (handler path):
+ *   mov ecx, N; again: add rax, rcx; lea rbx, [rax+rcx*4+8]; xor rdx, rbx; sub r8d, 3;
+ *   inc r9b; test al, 1; cmp rdx, rax; mov [r15+8], rdx; mov r10, [r15+8]; or r11w, cx;
+ *   and r12, -16; dec ecx; jnz again; hlt */
+static const uint8_t loop_prog[] = {
+    0xb9, 0x00, 0x00, 0x00, 0x00, /* mov ecx, N (patched) */
+    0x48, 0x01, 0xc8,             /* add rax, rcx */
+    0x48, 0x8d, 0x5c, 0x88, 0x08, /* lea rbx, [rax+rcx*4+8] */
+    0x48, 0x31, 0xda,             /* xor rdx, rbx */
+    0x41, 0x83, 0xe8, 0x03,       /* sub r8d, 3 */
+    0x41, 0xfe, 0xc1,             /* inc r9b */
+    0xa8, 0x01,                   /* test al, 1 */
+    0x48, 0x39, 0xc2,             /* cmp rdx, rax */
+    0x49, 0x89, 0x57, 0x08,       /* mov [r15+8], rdx */
+    0x4d, 0x8b, 0x57, 0x08,       /* mov r10, [r15+8] */
+    0x66, 0x41, 0x09, 0xcb,       /* or r11w, cx */
+    0x49, 0x83, 0xe4, 0xf0,       /* and r12, -16 */
+    0xff, 0xc9,                   /* dec ecx */
+    0x75, 0x00,                   /* jnz again (patched) */
+    0xf4,                         /* hlt */
+};
+
+static void make_loop(uint8_t *p, uint32_t iters)
+{
+    memcpy(p, loop_prog, sizeof(loop_prog));
+    memcpy(p + 1, &iters, 4);
+    size_t jnz = sizeof(loop_prog) - 3; /* offset of the 0x75 */
+    p[jnz + 1] = (uint8_t)(5 - (int)(jnz + 2));
+}
+
+static void test_loop_same_state(void **st)
+{
+    uint8_t p[sizeof(loop_prog)];
+    make_loop(p, 1000);
+    static struct outcome a, b;
+    both(p, sizeof(p), 1000000, &a, &b);
+    assert_true(a.halted);
+    assert_int_equal(a.icount, 2 + 1000 * 13);
+    struct bt_jit_stats s;
+    bt_jit_get_stats(T->c, &s);
+
+    assert_true(s.blocks_translated >= 2);
+    assert_true(s.insns_native >= 10);
+    assert_true(s.chains >= 1); /* the loop's back edge is chained to itself */
+    assert_true(s.runs < 100);  /* so the loop rarely goes back to the interpreter loop */
+}
+
+/* Conditional branches on every condition code, after flag-setting native ops; and a budget
+ * that ends the run in the middle of the loop (the translated path must stop exactly there). */
+static void test_all_conditions(void **st)
+{
+    static struct outcome a, b;
+    for (int cc = 0; cc < 16; cc++) {
+        for (int seed = 0; seed < 4; seed++) {
+            static const uint8_t ops[4][3] = {
+                {0x48, 0x29, 0xd8}, /* sub rax, rbx */
+                {0x48, 0x01, 0xc8}, /* add rax, rcx */
+                {0x48, 0x21, 0xd0}, /* and rax, rdx */
+                {0x48, 0x39, 0xf0}, /* cmp rax, rsi */
+            };
+            uint8_t p[] = {
+                0x48,
+                0xc7,
+                0xc3,
+                0x05,
+                0x00,
+                0x00,
+                0x00, /* mov rbx, 5 */
+                0x48,
+                0xb9,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0x80, /* mov rcx, 0x8000000000000000 */
+                ops[seed][0],
+                ops[seed][1],
+                ops[seed][2], /* the flag op */
+                (uint8_t)(0x70 | cc),
+                0x02, /* jcc +2 */
+                0xff,
+                0xc7, /* inc edi (not taken path) */
+                0x48,
+                0xff,
+                0xc6, /* inc rsi */
+                0xf4, /* hlt */
+            };
+            both(p, sizeof(p), 1000, &a, &b);
+        }
+    }
+    uint8_t p[sizeof(loop_prog)];
+    make_loop(p, 1000);
+    for (uint64_t budget = 50; budget < 80; budget++) {
+        both(p, sizeof(p), budget, &a, &b);
+        assert_false(a.halted);
+    }
+}
+
+/* Loads inline through the TLB (and their slow paths: first touch of a page, a page-crossing
+ * load, a load after a store into the same page, user mode), looped so the TLB is warm. */
+static void test_inline_loads(void **st)
+{
+    static const uint8_t body[] = {
+        0x49, 0x8b, 0x07,                         /* mov rax, [r15] */
+        0x49, 0x03, 0x87, 0xf8, 0x0f, 0x00, 0x00, /* add rax, [r15+0xff8] */
+        0x41, 0x8b, 0x8f, 0xfe, 0x0f, 0x00, 0x00, /* mov ecx, [r15+0xffe]: crosses the page */
+        0x41, 0x80, 0x7f, 0x05, 0x5a,             /* cmp byte [r15+5], 0x5a */
+        0x41, 0x85, 0x57, 0x10,                   /* test [r15+16], edx */
+        0x66, 0x41, 0x3b, 0x5f, 0x20,             /* cmp bx, [r15+0x20] */
+        0x4d, 0x33, 0x67, 0x28,                   /* xor r12, [r15+0x28] */
+        0x49, 0x89, 0x47, 0x28,                   /* mov [r15+0x28], rax */
+        0x48, 0x2b, 0x15, 0xd7, 0xff, 0xff, 0xff, /* sub rdx, [rip-0x29]: the code itself */
+        0x49, 0xff, 0xc7,                         /* inc r15 */
+        0xff, 0xce,                               /* dec esi */
+        0x75, 0x00,                               /* jnz top (patched) */
+        0xf4,
+    };
+    uint8_t p[sizeof(body) + 5];
+    p[0] = 0xbe, p[1] = 40, p[2] = p[3] = p[4] = 0; /* mov esi, 40 */
+    memcpy(p + 5, body, sizeof(body));
+    p[sizeof(p) - 2] = (uint8_t)(5 - (int)(sizeof(p) - 1));
+    static struct outcome a, b;
+    both(p, sizeof(p), 100000, &a, &b);
+    assert_true(a.halted);
+    assert_int_equal(a.rip, T_CODE0 + sizeof(p)); /* its own HLT, not an exception handler's */
+    struct bt_jit_stats s;
+    bt_jit_get_stats(T->c, &s);
+    assert_true(s.insns_inline_mem >= 7);
+}
+
+/* Shifts (immediate and CL counts, including 0 and above the width) and IMUL register forms,
+ * whose flags depend on the incoming ones or are undefined: translated like the interpreter. */
+static void test_shift_imul(void **st)
+{
+    static const uint8_t ops[][8] = {
+        {3, 0x48, 0xd3, 0xe0},                   /* shl rax, cl */
+        {3, 0x48, 0xd3, 0xe8},                   /* shr rax, cl */
+        {2, 0xd3, 0xfa},                         /* sar edx, cl */
+        {3, 0x66, 0xd3, 0xe3},                   /* shl bx, cl */
+        {2, 0xd2, 0xe8},                         /* shr al, cl */
+        {4, 0x48, 0xc1, 0xe0, 0x00},             /* shl rax, 0 */
+        {4, 0x48, 0xc1, 0xf8, 0x3f},             /* sar rax, 63 */
+        {3, 0xc1, 0xe2, 0x21},                   /* shl edx, 33 */
+        {3, 0xd0, 0xe4},                         /* shl ah, 1: high byte, handler */
+        {4, 0x48, 0x0f, 0xaf, 0xc2},             /* imul rax, rdx */
+        {3, 0x0f, 0xaf, 0xc1},                   /* imul eax, ecx */
+        {4, 0x66, 0x0f, 0xaf, 0xd8},             /* imul bx, ax */
+        {4, 0x48, 0x6b, 0xc2, 0xf9},             /* imul rax, rdx, -7 */
+        {7, 0x69, 0xc8, 0x01, 0x00, 0x01, 0x00}, /* imul ecx, eax, 0x10001 */
+    };
+    static const uint64_t cls[] = {0, 1, 5, 31, 32, 63, 64, 200};
+    static struct outcome a, b;
+    for (size_t k = 0; k < ARRAY_SIZE(ops); k++) {
+        for (size_t n = 0; n < ARRAY_SIZE(cls); n++) {
+            uint8_t p[32];
+            size_t len = 0;
+            /* mov ecx, count; mov rax, 0x8000000180000001; mov edx, 0x9abcdef1; the op; hlt */
+            p[len++] = 0xb9;
+            memcpy(p + len, &cls[n], 4), len += 4;
+            static const uint8_t movs[] = {0x48, 0xb8, 1,    0,    0,    0x80, 1,   0,
+                                           0,    0x80, 0xba, 0xf1, 0xde, 0xbc, 0x9a};
+            memcpy(p + len, movs, sizeof(movs)), len += sizeof(movs);
+            memcpy(p + len, ops[k] + 1, ops[k][0]), len += ops[k][0];
+            p[len++] = 0xf4;
+            both(p, len, 1000, &a, &b);
+        }
+    }
+}
+
+/* A fault in the middle of a translated block: native instructions before it have run, the
+ * exception is delivered with the faulting instruction's RIP and CR2. */
+static void test_fault_mid_block(void **st)
+{
+    static const uint8_t p[] = {
+        0xb8, 0x07, 0x00, 0x00, 0x00,             /* mov eax, 7 */
+        0x83, 0xc0, 0x01,                         /* add eax, 1 */
+        0x48, 0x8b, 0x1c, 0x25, 0,    0, 0, 0x40, /* mov rbx, [0x40000000]: not mapped */
+        0xff, 0xc0,                               /* inc eax (not reached) */
+        0xf4,
+    };
+    static struct outcome a, b;
+    both(p, sizeof(p), 1000, &a, &b);
+    assert_int_equal(a.gpr[RAX], 8);
+    assert_int_equal(a.cr2, 0x40000000);
+    assert_int_equal(t_handler_vector(T), X86_PF);
+    /* the frame's RIP (above the error code) names the load */
+    assert_int_equal(get64(T, T->c->s.gpr[RSP] + 8), T_CODE0 + 8);
+}
+
+/* Self-modifying code: the loop body rewrites the immediate of an instruction in its own block
+ * (already translated and run once); the next iteration must see the new bytes. */
+static void test_self_modifying(void **st)
+{
+    static const uint8_t p[] = {
+        0xb9,
+        0x03,
+        0x00,
+        0x00,
+        0x00, /* mov ecx, 3 */
+        0x31,
+        0xdb, /* xor ebx, ebx */
+        /* again (7): */
+        0xb8,
+        0x01,
+        0x00,
+        0x00,
+        0x00, /* mov eax, 1   <- imm patched at 8 */
+        0x01,
+        0xc3, /* add ebx, eax */
+        0x88,
+        0x0d,
+        0xf4,
+        0xff,
+        0xff,
+        0xff, /* mov [rip-12], cl (-> offset 8) */
+        0xff,
+        0xc9, /* dec ecx */
+        0x75,
+        0xef, /* jnz again */
+        0xf4,
+    };
+    static struct outcome a, b;
+    both(p, sizeof(p), 1000, &a, &b);
+    assert_true(a.halted);
+    assert_int_equal(a.gpr[RBX], 1 + 3 + 2); /* each pass runs the bytes the previous wrote */
+    assert_int_equal(a.icount, 18);
+
+    /* the same across blocks: a subroutine translated, then patched from the caller */
+    static const uint8_t q[] = {
+        0xe8, 0x1b, 0x00, 0x00, 0x00,             /* call sub (0x20) */
+        0x89, 0xc3,                               /* mov ebx, eax */
+        0xc6, 0x05, 0x13, 0x00, 0x00, 0x00, 0x09, /* mov byte [rip+0x13], 9 (-> 0x21) */
+        0xe8, 0x0d, 0x00, 0x00, 0x00,             /* call sub */
+        0x01, 0xc3,                               /* add ebx, eax */
+        0xf4,                                     /* hlt (0x15) */
+        0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90,
+        /* sub (0x20): */
+        0xb8, 0x02, 0x00, 0x00, 0x00, /* mov eax, 2 */
+        0xc3,                         /* ret */
+    };
+    both(q, sizeof(q), 1000, &a, &b);
+    assert_true(a.halted);
+    assert_int_equal(a.gpr[RBX], 2 + 9);
+}
+
+/* Chained blocks and self-modifying code: A jumps to B (chained after the first pass), C rewrites
+ * B's immediate each pass; every pass must run the bytes as they are then. */
+static void test_chain_smc(void **st)
+{
+    uint8_t p[0x2e];
+    memset(p, 0x90, sizeof(p));
+    static const uint8_t head[] = {
+        0xb9, 0x03, 0x00, 0x00, 0x00,       /* 0x00 mov ecx, 3 */
+        0x31, 0xdb,                         /* 0x05 xor ebx, ebx */
+        0xff, 0xc9,                         /* 0x07 A: dec ecx */
+        0xeb, 0x15,                         /* 0x09 jmp B */
+        0x88, 0x0d, 0x10, 0x00, 0x00, 0x00, /* 0x0b C: mov [rip+0x10], cl (-> 0x21) */
+        0xeb, 0xf4,                         /* 0x11 jmp A */
+    };
+    static const uint8_t tail[] = {
+        0xb8, 0x01, 0x00, 0x00, 0x00, /* 0x20 B: mov eax, 1 */
+        0x01, 0xc3,                   /* 0x25 add ebx, eax */
+        0x85, 0xc9,                   /* 0x27 test ecx, ecx */
+        0x74, 0x02,                   /* 0x29 jz done */
+        0xeb, 0xde,                   /* 0x2b jmp C */
+        0xf4,                         /* 0x2d done: hlt */
+    };
+    memcpy(p, head, sizeof(head));
+    memcpy(p + 0x20, tail, sizeof(tail));
+    static struct outcome a, b;
+    both(p, sizeof(p), 1000, &a, &b);
+    assert_true(a.halted);
+    assert_int_equal(a.gpr[RBX], 1 + 2 + 1);
+}
+
+/* A block chained to itself (`jmp $`) stops exactly at the budget, and a kick from another thread
+ * stops it under an unbounded budget (the chained jump checks what the loop checks; without the
+ * kick check this test hangs until the runner's timeout, which is how it fails). */
+static void *run_forever(void *arg)
+{
+    bt_exec(T->c, UINT64_MAX / 2);
+    return arg;
+}
+
+static void test_chain_budget_kick(void **st)
+{
+    static const uint8_t spin[] = {0x90, 0xff, 0xc0, 0xeb, 0xfb}; /* nop; inc eax; jmp -5 */
+    static struct outcome a, b;
+    for (uint64_t budget = 990; budget < 1010; budget++) {
+        both(spin, sizeof(spin), budget, &a, &b);
+        assert_int_equal(b.icount, budget);
+    }
+    t_setup_long(T);
+    use_jit(true);
+    put_bytes(T, T_CODE0, spin, sizeof(spin));
+    T->c->icount = 0;
+    atomic_store(&T->c->kicked, false);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, run_forever, NULL), 0);
+    struct timespec ts = {0, 50 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    atomic_store(&T->c->kicked, true);
+    assert_int_equal(pthread_join(th, NULL), 0);
+    atomic_store(&T->c->kicked, false);
+    assert_true(T->c->icount > 1000);
+    struct bt_jit_stats s;
+    bt_jit_get_stats(T->c, &s);
+    assert_true(s.chains >= 1);
+}
+
+/* No mapping of this process is writable and executable at once, with the code cache mapped. */
+static void test_wx(void **st)
+{
+    uint8_t p[sizeof(loop_prog)];
+    make_loop(p, 10);
+    static struct outcome b;
+    run_prog(true, p, sizeof(p), 10000, &b);
+    FILE *f = fopen("/proc/self/maps", "r");
+    assert_non_null(f);
+    char line[512];
+    int jit_maps = 0, wx = 0;
+    while (fgets(line, sizeof(line), f)) {
+        char perms[8] = "";
+        if (sscanf(line, "%*s %7s", perms) != 1) continue;
+        if (strchr(perms, 'w') && strchr(perms, 'x')) {
+            print_error("writable and executable: %s", line);
+            wx++;
+        }
+        if (strstr(line, "lookout-jit")) jit_maps++;
+    }
+    fclose(f);
+    assert_int_equal(wx, 0);
+    assert_int_equal(jit_maps, 2); /* the RW view and the RX view */
+}
+
+/* LOOKOUT_BT_JIT: unset or 1 wants the translator, anything else (0) the interpreter alone; a
+ * vCPU created under LOOKOUT_BT_JIT=0 has no translator. */
+static void test_switch(void **st)
+{
+    const char *old = getenv("LOOKOUT_BT_JIT");
+    char *saved = old ? strdup(old) : NULL;
+    unsetenv("LOOKOUT_BT_JIT");
+    assert_true(bt_jit_wanted());
+    setenv("LOOKOUT_BT_JIT", "1", 1);
+    assert_true(bt_jit_wanted());
+    setenv("LOOKOUT_BT_JIT", "0", 1);
+    assert_false(bt_jit_wanted());
+    struct bt_cpu *c = calloc(1, sizeof(*c));
+    assert_non_null(c);
+    c->vm = &T->vm;
+    assert_int_equal(bt_core_init(c), 0);
+    assert_null(c->jit);
+    bt_core_destroy(c);
+    free(c);
+    if (saved)
+        setenv("LOOKOUT_BT_JIT", saved, 1);
+    else
+        unsetenv("LOOKOUT_BT_JIT");
+    free(saved);
+}
+
+static double seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Not a pass/fail test: prints guest instructions per second both ways on the loop. */
+static void test_speed(void **st)
+{
+    uint8_t p[sizeof(loop_prog)];
+    const char *it = getenv("LOOKOUT_JIT_BENCH_ITERS"); /* longer runs for measurements */
+    make_loop(p, it ? (uint32_t)strtoul(it, NULL, 0) : 200000);
+    static struct outcome o;
+    double rate[2];
+    for (int jit = 0; jit < 2; jit++) {
+        double t0 = seconds();
+        run_prog(jit, p, sizeof(p), 100000000, &o);
+        double dt = seconds() - t0;
+        assert_true(o.halted);
+        rate[jit] = (double)o.icount / dt;
+    }
+    fprintf(stderr, "loop: interpreted %.1f M insns/s, translated %.1f M insns/s (x%.2f)\n",
+            rate[0] / 1e6, rate[1] / 1e6, rate[1] / rate[0]);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_loop_same_state),
+        cmocka_unit_test(test_all_conditions),
+        cmocka_unit_test(test_shift_imul),
+        cmocka_unit_test(test_inline_loads),
+        cmocka_unit_test(test_fault_mid_block),
+        cmocka_unit_test(test_self_modifying),
+        cmocka_unit_test(test_chain_smc),
+        cmocka_unit_test(test_chain_budget_kick),
+        cmocka_unit_test(test_wx),
+        cmocka_unit_test(test_switch),
+        cmocka_unit_test(test_speed),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
