@@ -182,6 +182,15 @@ struct bt_cpu {
     bool shutdown; /* triple fault: the loop must stop (exit_now is also set) */
     bool stop_after_event; /* bt_emulate_one: stop right after delivering an exception */
 
+    /* The XSAVE feature set as the guest's CPUID shows it.  The software CPU's own model
+     * (lookout-v1) has none, so under --cpu bt these stay zero and every XSAVE-family instruction
+     * raises #UD.  bt_emulate_one() fills them (bt_xsave_guest_view): under kvm_pvm the guest's
+     * CPUID is not the VM's model but close to the host's, so the guest may have enabled
+     * CR4.OSXSAVE and XCR0 components, and the fallback must honour them. */
+    bool xsave_visible;      /* CPUID.1:ECX.XSAVE */
+    uint32_t xsave_d1_eax;   /* CPUID.(0xD,1).EAX: XSAVEOPT, XSAVEC, XGETBV1, XSAVES */
+    uint64_t xcr0_supported; /* CPUID.(0xD,0).EDX:EAX: bits XSETBV may set */
+
     /* soft MMU */
     struct bt_tlb_entry tlb[BT_TLB_SIZE];
     void *mmu; /* mmu.c private (write-watch bitmap, ...) */
@@ -293,6 +302,10 @@ void bt_fpu_reset(struct bt_cpu *c);
 /* #NM / #UD checks shared by x87, MMX and SSE handlers */
 void bt_fpu_check(struct bt_cpu *c);
 void bt_sse_check(struct bt_cpu *c);
+
+/* xsave.c: fills the xsave_* fields above with what a guest of the host's KVM sees (the host's
+ * CPUID leaf 0xD, intersected with what the host OS enabled in its own XCR0). */
+void bt_xsave_guest_view(struct bt_cpu *c);
 
 /* backend.c: the KVM backend's fallback.  Executes exactly one instruction at s->rip on the
  * neutral state of vCPU cpu_index (through the guest's page tables; port I/O and MMIO go to the

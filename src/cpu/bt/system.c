@@ -150,7 +150,8 @@ void bt_write_cr(struct bt_cpu *c, int n, uint64_t v)
         bt_tlb_flush(c, false);
         return;
     case 4: {
-        if (v & ~(uint64_t)CR4_MODEL) bt_gp0(c);
+        /* OSXSAVE only where the guest's CPUID shows XSAVE (the KVM fallback, see bt.h) */
+        if (v & ~((uint64_t)CR4_MODEL | (c->xsave_visible ? X86_CR4_OSXSAVE : 0))) bt_gp0(c);
         if (c->long_mode && !(v & X86_CR4_PAE)) bt_gp0(c);
         uint64_t changed = s->cr4 ^ v;
         s->cr4 = v;
