@@ -50,11 +50,17 @@
 static struct {
     uint32_t size[64];
     bool align[64];
-} host_comp;
+    unsigned lin_bits; /* linear-address width, CPUID.0x80000008:EAX[15:8] */
+} host_comp = {.lin_bits = 48};
 static pthread_once_t host_comp_once = PTHREAD_ONCE_INIT;
 static void host_comp_probe(void)
 {
     unsigned a, b, c, d;
+    if (__get_cpuid_max(0x80000000, NULL) >= 0x80000008) {
+        __cpuid(0x80000008, a, b, c, d);
+        unsigned w = (a >> 8) & 0xff;
+        if (w >= 32 && w <= 64) host_comp.lin_bits = w;
+    }
     if (__get_cpuid_max(0, NULL) < 0xd) return;
     for (unsigned i = 2; i < 63; i++) {
         __cpuid_count(0xd, i, a, b, c, d);
@@ -92,6 +98,7 @@ static void xs_enabled(struct bt_cpu *c, const struct bt_insn *i, uint32_t d1_fe
 {
     if ((i->pfx & BT_PFX_LOCK) || !c->xsave_visible || !(c->s.cr4 & X86_CR4_OSXSAVE)) bt_ud(c);
     if (d1_feature && !(c->xsave_d1_eax & d1_feature)) bt_ud(c);
+    pthread_once(&host_comp_once, host_comp_probe);
 }
 
 static void xs_mem_checks(struct bt_cpu *c, const struct bt_insn *i, uint32_t d1_feature)
@@ -177,6 +184,14 @@ static void legacy_image(struct bt_cpu *c, bool rex_w, struct x86_fxsave *img)
     }
 }
 
+/* FIP is a linear address: XRSTOR keeps it canonical for the CPU's linear-address width
+ * (the host's, whose CPUID the guest sees: 57 bits on an LA57 part, as seen on this host). */
+static uint64_t canon_lin(uint64_t v)
+{
+    unsigned sh = 64 - host_comp.lin_bits;
+    return (uint64_t)((int64_t)(v << sh) >> sh);
+}
+
 enum xs_kind { XS_STD, XS_OPT, XS_C, XS_S };
 
 static uint64_t edx_eax(const struct bt_cpu *c)
@@ -199,6 +214,9 @@ static void xsave_common(struct bt_cpu *c, const struct bt_insn *i, enum xs_kind
     bt_probe_write(c, lin, size, BT_ACC_WRITE); /* every fault before the first byte is written */
 
     uint64_t inuse = xinuse(c);
+    /* The compacted form's restore initialises MXCSR along with SSE when XSTATE_BV[1] = 0, so
+     * XSAVEC/XSAVES count SSE in use when MXCSR is not 1F80H (as the host does). */
+    if (compact && c->s.fx.mxcsr != 0x1f80) inuse |= XF_SSE;
     uint64_t save = compact ? (rfbm & inuse) : rfbm; /* XSAVEC/XSAVES: the init optimisation */
     bool b64 = c->code_bits == 64;
     struct x86_fxsave img;
@@ -208,8 +226,10 @@ static void xsave_common(struct bt_cpu *c, const struct bt_insn *i, enum xs_kind
         bt_write_buf(c, lin, p, 24, BT_ACC_WRITE);
         bt_write_buf(c, lin + 32, p + 32, 128, BT_ACC_WRITE);
     }
-    /* MXCSR and MXCSR_MASK go with SSE or AVX whatever XINUSE says (not init-tracked) */
-    if (rfbm & (XF_SSE | XF_AVX)) bt_write_buf(c, lin + 24, p + 24, 8, BT_ACC_WRITE);
+    /* MXCSR and MXCSR_MASK: the standard form writes them with SSE or AVX whatever XINUSE
+     * says; the compacted form only with the SSE component it saves */
+    if (compact ? (save & XF_SSE) : (rfbm & (XF_SSE | XF_AVX)))
+        bt_write_buf(c, lin + 24, p + 24, 8, BT_ACC_WRITE);
     if (save & XF_SSE) bt_write_buf(c, lin + 160, p + 160, b64 ? 256 : 128, BT_ACC_WRITE);
     for (unsigned k = 0; k < ARRAY_SIZE(x86_xcomps); k++) {
         const struct x86_xcomp *x = &x86_xcomps[k];
@@ -326,8 +346,8 @@ static void xrstor_common(struct bt_cpu *c, const struct bt_insn *i, bool s_form
             fx->ftw = m.ftw;
             fx->fop = m.fop & 0x7ff;
             if (rex_w) {
-                fx->fip = m.fip;
-                fx->fdp = m.fdp;
+                        fx->fip = canon_lin(m.fip);
+                fx->fdp = m.fdp; /* kept whole (seen on the host) */
             } else {
                 const uint8_t *p = (const uint8_t *)&m;
                 uint32_t ip, dp;
