@@ -17,8 +17,8 @@
 #include "bt_testenv.h"
 #include "cpu/bt/fpu.h"
 
-#define SRC 0x40000ull
-#define DST 0x48000ull
+#define SRC  0x40000ull
+#define DST  0x48000ull
 #define AREA 4096
 
 static uint64_t host_xcr0;   /* what the host OS enabled */
@@ -60,7 +60,7 @@ static void make_image(uint8_t *img, uint64_t bv)
     rnd_fill(img, 2688);
     struct x86_fxsave *fx = (struct x86_fxsave *)img;
     fx->fcw = (uint16_t)(0x037f ^ (rnd() & 0x0c00)); /* precision/rounding vary, all masked */
-    fx->fsw &= 0x3f00;                                /* no pending exceptions */
+    fx->fsw &= 0x3f00;                               /* no pending exceptions */
     fx->fop &= 0x7ff;
     fx->mxcsr = 0x1f80 | (uint32_t)(rnd() & 0x7f); /* all masked, random flags/DAZ/FZ-free */
     fx->mxcsr_mask = 0;
@@ -137,7 +137,7 @@ static void host_roundtrip(const uint8_t *src, uint64_t rmask, uint8_t *dst, uin
                      "mov %[sl], %%eax\n\tmov %[sh], %%edx\n\t" SAVE " (%[dst])\n\t"               \
                      "mov %[kl], %%eax\n\tmov %[kh], %%edx\n\txrstor64 (%[keep])"                  \
                      :                                                                             \
-                     : [keep] "r"(keep), [src] "r"(src), [dst] "r"(dst), [kl] "r"(kl),              \
+                     : [keep] "r"(keep), [src] "r"(src), [dst] "r"(dst), [kl] "r"(kl),             \
                        [kh] "r"(kh), [rl] "r"(rl), [rh] "r"(rh), [sl] "r"(sl), [sh] "r"(sh)        \
                      : "rax", "rdx", "memory")
     switch (op) {
@@ -240,16 +240,16 @@ static void one_case(struct tenv *t, const uint8_t *src, bool src_host_compacts,
         uint32_t sl = (uint32_t)smask, sh = (uint32_t)(smask >> 32);
         prefill(host_dst2, op);
 #define HOST_RT2(SAVE)                                                                             \
-    __asm__ volatile("mov %[kl], %%eax\n\tmov %[kh], %%edx\n\txsave64 (%[keep])\n\t"               \
-                     "xrstor64 (%[pre])\n\t"                                                       \
-                     "mov %[rl], %%eax\n\tmov %[rh], %%edx\n\txrstor64 (%[src])\n\t"               \
-                     "mov %[sl], %%eax\n\tmov %[sh], %%edx\n\t" SAVE " (%[dst])\n\t"               \
-                     "mov %[kl], %%eax\n\tmov %[kh], %%edx\n\txrstor64 (%[keep])"                  \
-                     :                                                                             \
-                     : [keep] "r"(keep), [pre] "r"(pre), [src] "r"(host_src),                      \
-                       [dst] "r"(host_dst2), [kl] "r"(kl), [kh] "r"(kh), [rl] "r"(rl),             \
-                       [rh] "r"(rh), [sl] "r"(sl), [sh] "r"(sh)                                    \
-                     : "rax", "rdx", "memory")
+    __asm__ volatile(                                                                              \
+        "mov %[kl], %%eax\n\tmov %[kh], %%edx\n\txsave64 (%[keep])\n\t"                            \
+        "xrstor64 (%[pre])\n\t"                                                                    \
+        "mov %[rl], %%eax\n\tmov %[rh], %%edx\n\txrstor64 (%[src])\n\t"                            \
+        "mov %[sl], %%eax\n\tmov %[sh], %%edx\n\t" SAVE " (%[dst])\n\t"                            \
+        "mov %[kl], %%eax\n\tmov %[kh], %%edx\n\txrstor64 (%[keep])"                               \
+        :                                                                                          \
+        : [keep] "r"(keep), [pre] "r"(pre), [src] "r"(host_src), [dst] "r"(host_dst2),             \
+          [kl] "r"(kl), [kh] "r"(kh), [rl] "r"(rl), [rh] "r"(rh), [sl] "r"(sl), [sh] "r"(sh)       \
+        : "rax", "rdx", "memory")
         switch (op) {
         case OP_XSAVE: HOST_RT2("xsave64"); break;
         case OP_XSAVEOPT: HOST_RT2("xsaveopt64"); break;
@@ -290,8 +290,8 @@ static void test_differential(void **state)
     struct tenv *t = setup();
     static uint8_t src[AREA] __attribute__((aligned(64)));
     const uint64_t m = test_mask;
-    const uint64_t masks[] = {m, m & 7, m & 3, m & 1, m & 2, m & 4, m & ~2ull, m & ~4ull,
-                              m & (X86_XFEATURE_AVX512 | 1)};
+    const uint64_t masks[] = {
+        m, m & 7, m & 3, m & 1, m & 2, m & 4, m & ~2ull, m & ~4ull, m & (X86_XFEATURE_AVX512 | 1)};
     int bad = 0, cases = 0;
     for (int round = 0; round < 6; round++) {
         for (unsigned bi = 0; bi < ARRAY_SIZE(masks); bi++) {
@@ -345,8 +345,8 @@ static void test_header_checks_vs_host(void **state)
                 /* header bits naming components this host lacks but the software CPU's XCR0
                  * (the same test_mask) also lacks: both must fault */
                 if (host != soft) {
-                    print_message("form %d header byte %u bit %u: host %s, software CPU %s\n",
-                                  form, byte, bit, host ? "#GP" : "ok", soft ? "#GP" : "ok");
+                    print_message("form %d header byte %u bit %u: host %s, software CPU %s\n", form,
+                                  byte, bit, host ? "#GP" : "ok", soft ? "#GP" : "ok");
                     bad++;
                 }
             }
@@ -459,12 +459,10 @@ static void test_faults(void **state)
     assert_int_equal(run1(t, XGETBV, 3, 0, 0), X86_UD);
     c->s.cr4 &= ~X86_CR4_OSXSAVE;
     c->s.gpr[RAX] = c->s.cr4 | X86_CR4_OSXSAVE;
-    assert_int_equal(run1(t, (const uint8_t[]){0x0f, 0x22, 0xe0}, 3, c->s.cr4 | X86_CR4_OSXSAVE,
-                          0),
+    assert_int_equal(run1(t, (const uint8_t[]){0x0f, 0x22, 0xe0}, 3, c->s.cr4 | X86_CR4_OSXSAVE, 0),
                      X86_GP); /* mov cr4, rax */
     bt_xsave_guest_view(c);
-    assert_int_equal(run1(t, (const uint8_t[]){0x0f, 0x22, 0xe0}, 3, c->s.cr4 | X86_CR4_OSXSAVE,
-                          0),
+    assert_int_equal(run1(t, (const uint8_t[]){0x0f, 0x22, 0xe0}, 3, c->s.cr4 | X86_CR4_OSXSAVE, 0),
                      -1);
     assert_true(c->s.cr4 & X86_CR4_OSXSAVE);
     tenv_free(t);
@@ -582,12 +580,9 @@ static void test_emulate_one_avx(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_differential),
-        cmocka_unit_test(test_header_checks_vs_host),
-        cmocka_unit_test(test_xsaves),
-        cmocka_unit_test(test_faults),
-        cmocka_unit_test(test_xgetbv_xsetbv),
-        cmocka_unit_test(test_uncarried_component_stops),
+        cmocka_unit_test(test_differential),    cmocka_unit_test(test_header_checks_vs_host),
+        cmocka_unit_test(test_xsaves),          cmocka_unit_test(test_faults),
+        cmocka_unit_test(test_xgetbv_xsetbv),   cmocka_unit_test(test_uncarried_component_stops),
         cmocka_unit_test(test_emulate_one_avx),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -33,11 +33,11 @@
 #include "cpu/bt/sys.h"
 #include "util/log.h"
 
-#define XF_X87 X86_XFEATURE_X87
-#define XF_SSE X86_XFEATURE_SSE
-#define XF_AVX X86_XFEATURE_AVX
-#define XS_HDR 512
-#define XS_EXT 576 /* start of the extended region */
+#define XF_X87        X86_XFEATURE_X87
+#define XF_SSE        X86_XFEATURE_SSE
+#define XF_AVX        X86_XFEATURE_AVX
+#define XS_HDR        512
+#define XS_EXT        576 /* start of the extended region */
 #define XCOMP_COMPACT (1ull << 63)
 /* CPUID.(0xD,1).EAX */
 #define D1_XSAVEOPT 1u
@@ -346,7 +346,7 @@ static void xrstor_common(struct bt_cpu *c, const struct bt_insn *i, bool s_form
             fx->ftw = m.ftw;
             fx->fop = m.fop & 0x7ff;
             if (rex_w) {
-                        fx->fip = canon_lin(m.fip);
+                fx->fip = canon_lin(m.fip);
                 fx->fdp = m.fdp; /* kept whole (seen on the host) */
             } else {
                 const uint8_t *p = (const uint8_t *)&m;
