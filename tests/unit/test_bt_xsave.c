@@ -114,13 +114,14 @@ static const uint8_t XSAVEOPT64[] = {0x48, 0x0f, 0xae, 0x33};
 static const uint8_t XSAVEC64[] = {0x48, 0x0f, 0xc7, 0x23};
 static const uint8_t XSAVES64[] = {0x48, 0x0f, 0xc7, 0x2b};
 static const uint8_t XRSTORS64[] = {0x48, 0x0f, 0xc7, 0x1b};
-static const uint8_t XSAVE32[] = {0x0f, 0xae, 0x23};
+static const uint8_t XSAVE32[] = {0x0f, 0xae, 0x23}; /* without REX.W: 32-bit FIP/FDP form */
+static const uint8_t XSAVEC32[] = {0x0f, 0xc7, 0x23};
 static const uint8_t XGETBV[] = {0x0f, 0x01, 0xd0};
 static const uint8_t XSETBV[] = {0x0f, 0x01, 0xd1};
 
 /* ---- the host side ------------------------------------------------------------------------ */
 
-enum save_op { OP_XSAVE, OP_XSAVEOPT, OP_XSAVEC };
+enum save_op { OP_XSAVE, OP_XSAVEOPT, OP_XSAVEC, OP_XSAVE_NOREXW, OP_XSAVEC_NOREXW };
 
 /* Host: XRSTOR64 src (rmask), then save into dst (smask), with the test's own x87/SSE/AVX state
  * saved around it. */
@@ -144,6 +145,8 @@ static void host_roundtrip(const uint8_t *src, uint64_t rmask, uint8_t *dst, uin
     case OP_XSAVE: HOST_RT("xsave64"); break;
     case OP_XSAVEOPT: HOST_RT("xsaveopt64"); break;
     case OP_XSAVEC: HOST_RT("xsavec64"); break;
+    case OP_XSAVE_NOREXW: HOST_RT("xsave"); break;
+    case OP_XSAVEC_NOREXW: HOST_RT("xsavec"); break;
     }
 #undef HOST_RT
 }
@@ -201,7 +204,8 @@ static void one_case(struct tenv *t, const uint8_t *src, bool src_host_compacts,
 {
     static uint8_t host_src[AREA] __attribute__((aligned(64)));
     static uint8_t soft_dst[AREA];
-    static const uint8_t *const save_code[] = {XSAVE64, XSAVEOPT64, XSAVEC64};
+    static const uint8_t *const save_code[] = {XSAVE64, XSAVEOPT64, XSAVEC64, XSAVE32, XSAVEC32};
+    static const size_t save_len[] = {4, 4, 4, 3, 3};
     memcpy(host_src, src, AREA);
     if (src_host_compacts) {
         /* turn the standard image into the host's compacted one: XRSTOR + XSAVEC natively */
@@ -254,6 +258,8 @@ static void one_case(struct tenv *t, const uint8_t *src, bool src_host_compacts,
         case OP_XSAVE: HOST_RT2("xsave64"); break;
         case OP_XSAVEOPT: HOST_RT2("xsaveopt64"); break;
         case OP_XSAVEC: HOST_RT2("xsavec64"); break;
+        case OP_XSAVE_NOREXW: HOST_RT2("xsave"); break;
+        case OP_XSAVEC_NOREXW: HOST_RT2("xsavec"); break;
         }
 #undef HOST_RT2
     }
@@ -267,7 +273,7 @@ static void one_case(struct tenv *t, const uint8_t *src, bool src_host_compacts,
     }
     prefill(soft_dst, op);
     memcpy(gp(t, DST, AREA), soft_dst, AREA);
-    v = run1(t, save_code[op], 4, smask, DST);
+    v = run1(t, save_code[op], save_len[op], smask, DST);
     if (v != -1) {
         print_message("save op %d: vector %d\n", op, v);
         (*bad)++;
@@ -298,9 +304,9 @@ static void test_differential(void **state)
             uint64_t bv = masks[bi];
             make_image(src, bv);
             for (unsigned ri = 0; ri < ARRAY_SIZE(masks); ri += 1 + round % 3) {
-                for (int op = OP_XSAVE; op <= OP_XSAVEC; op++) {
+                for (int op = OP_XSAVE; op <= OP_XSAVEC_NOREXW; op++) {
                     if (op == OP_XSAVEOPT && !(host_d1_eax & 1)) continue;
-                    if (op == OP_XSAVEC && !(host_d1_eax & 2)) continue;
+                    if ((op == OP_XSAVEC || op == OP_XSAVEC_NOREXW) && !(host_d1_eax & 2)) continue;
                     uint64_t smask = masks[(bi + ri + (unsigned)op) % ARRAY_SIZE(masks)];
                     one_case(t, src, false, bv, masks[ri], smask, (enum save_op)op, &bad);
                     if (host_d1_eax & 2)

@@ -192,6 +192,12 @@ static uint64_t canon_lin(uint64_t v)
     return (uint64_t)((int64_t)(v << sh) >> sh);
 }
 
+/* Linear address of byte `off` of the area (wrapping at 4 GiB outside 64-bit mode). */
+static uint64_t at(const struct bt_cpu *c, uint64_t lin, uint64_t off)
+{
+    return c->code_bits == 64 ? lin + off : (uint32_t)(lin + off);
+}
+
 enum xs_kind { XS_STD, XS_OPT, XS_C, XS_S };
 
 static uint64_t edx_eax(const struct bt_cpu *c)
@@ -224,26 +230,26 @@ static void xsave_common(struct bt_cpu *c, const struct bt_insn *i, enum xs_kind
     const uint8_t *p = (const uint8_t *)&img;
     if (save & XF_X87) {
         bt_write_buf(c, lin, p, 24, BT_ACC_WRITE);
-        bt_write_buf(c, lin + 32, p + 32, 128, BT_ACC_WRITE);
+        bt_write_buf(c, at(c, lin, 32), p + 32, 128, BT_ACC_WRITE);
     }
     /* MXCSR and MXCSR_MASK: the standard form writes them with SSE or AVX whatever XINUSE
      * says; the compacted form only with the SSE component it saves */
     if (compact ? (save & XF_SSE) : (rfbm & (XF_SSE | XF_AVX)))
-        bt_write_buf(c, lin + 24, p + 24, 8, BT_ACC_WRITE);
-    if (save & XF_SSE) bt_write_buf(c, lin + 160, p + 160, b64 ? 256 : 128, BT_ACC_WRITE);
+        bt_write_buf(c, at(c, lin, 24), p + 24, 8, BT_ACC_WRITE);
+    if (save & XF_SSE) bt_write_buf(c, at(c, lin, 160), p + 160, b64 ? 256 : 128, BT_ACC_WRITE);
     for (unsigned k = 0; k < ARRAY_SIZE(x86_xcomps); k++) {
         const struct x86_xcomp *x = &x86_xcomps[k];
         unsigned n = b64 ? x->size : x->size_legacy;
         if ((save & (1ull << x->bit)) && n)
-            bt_write_buf(c, lin + comp_offset(x, xcomp), comp_field(c, x), n, BT_ACC_WRITE);
+            bt_write_buf(c, at(c, lin, comp_offset(x, xcomp)), comp_field(c, x), n, BT_ACC_WRITE);
     }
     if (compact) {
         uint64_t hdr[2] = {rfbm & inuse, xcomp};
-        bt_write_buf(c, lin + XS_HDR, hdr, 16, BT_ACC_WRITE);
+        bt_write_buf(c, at(c, lin, XS_HDR), hdr, 16, BT_ACC_WRITE);
     } else {
-        uint64_t bv = bt_read(c, lin + XS_HDR, 8, BT_ACC_READ);
+        uint64_t bv = bt_read(c, at(c, lin, XS_HDR), 8, BT_ACC_READ);
         bv = (bv & ~rfbm) | (rfbm & inuse);
-        bt_write(c, lin + XS_HDR, 8, bv, BT_ACC_WRITE);
+        bt_write(c, at(c, lin, XS_HDR), 8, bv, BT_ACC_WRITE);
     }
 }
 
@@ -296,7 +302,7 @@ static void xrstor_common(struct bt_cpu *c, const struct bt_insn *i, bool s_form
     if (lin & 63) bt_gp0(c);
     uint64_t allowed = c->s.xcr0 | (s_form ? c->s.xss : 0);
     uint8_t hdr[64];
-    bt_read_buf(c, lin + XS_HDR, hdr, sizeof(hdr), BT_ACC_READ);
+    bt_read_buf(c, at(c, lin, XS_HDR), hdr, sizeof(hdr), BT_ACC_READ);
     uint64_t bv, xcomp;
     memcpy(&bv, hdr, 8);
     memcpy(&xcomp, hdr + 8, 8);
@@ -334,7 +340,7 @@ static void xrstor_common(struct bt_cpu *c, const struct bt_insn *i, bool s_form
         if (!(rfbm & bit) || !n) continue;
         uint8_t *f = (uint8_t *)&ns + x->field;
         if (bv & bit)
-            bt_read_buf(c, lin + comp_offset(x, compact ? xcomp : 0), f, n, BT_ACC_READ);
+            bt_read_buf(c, at(c, lin, comp_offset(x, compact ? xcomp : 0)), f, n, BT_ACC_READ);
         else
             memset(f, 0, n);
     }
