@@ -21,6 +21,8 @@
  *   backend.c  struct cpu_backend cpu_backend_bt, vCPU run/kick/HLT wait, LAPIC/IOAPIC/PIT wiring,
  *              bt_emulate_one()
  *   fpu.c, sse.c  x87, MMX, SSE/SSE2, FXSAVE/FXRSTOR, MXCSR
+ *   xsave.c, hostisa.c  the XSAVE feature set and POPCNT/CLAC/STAC: only in the KVM fallback,
+ *              for guests that see the host's CPUID (kvm_pvm); #UD under the model
  *
  * Execution model: the architectural state lives in `struct bt_cpu.s` (the neutral x86_state:
  * get_state/set_state are copies).  An instruction handler reads operands, computes, and writes
@@ -187,6 +189,7 @@ struct bt_cpu {
      * raises #UD.  bt_emulate_one() fills them (bt_xsave_guest_view): under kvm_pvm the guest's
      * CPUID is not the VM's model but close to the host's, so the guest may have enabled
      * CR4.OSXSAVE and XCR0 components, and the fallback must honour them. */
+    bool host_isa;           /* bt_emulate_one: host instructions beyond the model (hostisa.c) */
     bool xsave_visible;      /* CPUID.1:ECX.XSAVE */
     uint32_t xsave_d1_eax;   /* CPUID.(0xD,1).EAX: XSAVEOPT, XSAVEC, XGETBV1, XSAVES */
     uint64_t xcr0_supported; /* CPUID.(0xD,0).EDX:EAX: bits XSETBV may set */

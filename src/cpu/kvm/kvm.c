@@ -847,9 +847,16 @@ static int emulation_failure(struct vcpu *cpu, struct vcpu_exit *exit)
         err_clear();
         r = bt_emulate_one(cpu->vm, cpu->id, &s);
         if (r == 0) {
-            log_debug("vCPU %u: KVM could not emulate the instruction at %#llx; the software "
-                      "CPU executed it",
-                      cpu->id, (unsigned long long)before.rip);
+            if (log_threshold >= LOG_DEBUG) {
+                uint8_t ib[15];
+                char hx[64] = "";
+                unsigned nb = insn_bytes_at_rip(cpu, &before, ib);
+                for (unsigned k = 0; k < nb && k < 8; k++)
+                    snprintf(hx + 3 * k, 4, " %02x", ib[k]);
+                log_debug("vCPU %u: KVM could not emulate the instruction at %#llx (bytes:%s); "
+                          "the software CPU executed it",
+                          cpu->id, (unsigned long long)before.rip, hx);
+            }
             /* The software CPU reports the TSC advanced by its own run time.  Writing that back
              * would set KVM's TSC offset per vCPU on every hand-off, so the vCPUs' TSCs drift
              * apart and Linux declares the TSC unstable: keep KVM's TSC unless the instruction
