@@ -7,7 +7,11 @@
  *
  * Emulation failures: a KVM without VMX/SVM (kvm_pvm) runs guest supervisor code in its in-kernel
  * emulator, which gives up on some instructions.  The software CPU then executes that one
- * instruction on the neutral state (bt_emulate_one) and KVM resumes. */
+ * instruction on the neutral state (bt_emulate_one) and KVM resumes.
+ *
+ * XSAVE-managed state: x87/SSE travel with KVM_GET/SET_FPU; with KVM_CAP_XSAVE the AVX and AVX-512
+ * components the neutral state carries also travel (KVM_GET/SET_XSAVE, standard format), and
+ * components it does not carry are written back exactly as KVM reported them. */
 #include "cpu/kvm/kvm.h"
 
 #include <errno.h>
