@@ -1,6 +1,8 @@
 /* Reset state and register dumps for the neutral vCPU state.  Pure functions: no guest input. */
 #include "x86/state.h"
 
+#include <stddef.h>
+
 #include <stdio.h>
 #include <string.h>
 
@@ -67,3 +69,10 @@ void x86_state_dump(const struct x86_state *s, int fd)
             (unsigned long long)s->cr0, (unsigned long long)s->cr2, (unsigned long long)s->cr3,
             (unsigned long long)s->cr4, (unsigned long long)s->efer);
 }
+
+const struct x86_xcomp x86_xcomps[4] = {
+    {2, 576, 256, 128, offsetof(struct x86_state, ymmh)},
+    {5, 1088, 64, 64, offsetof(struct x86_state, opmask)},
+    {6, 1152, 512, 256, offsetof(struct x86_state, zmmh)},
+    {7, 1664, 1024, 0, offsetof(struct x86_state, zmm16)},
+};

@@ -75,6 +75,20 @@ struct x86_state {
     struct x86_fxsave fx;
     struct x86_events ev;
     uint32_t mp_state; /* enum x86_mp_state */
+
+    /* XSAVE-managed state beyond FXSAVE's (additive; components x87/SSE live in fx above), each
+     * in the layout of its XSAVE state component (SDM Vol.1 13.5), all zero when initial:
+     *   ymmh   YMM0-15 bits 255:128         component 2 (AVX)
+     *   opmask k0-k7                        component 5 (AVX-512)
+     *   zmmh   ZMM0-15 bits 511:256         component 6 (ZMM_Hi256)
+     *   zmm16  ZMM16-31, all 512 bits       component 7 (Hi16_ZMM)
+     * xss: IA32_XSS, the supervisor components XSAVES/XRSTORS manage (none carried here: a
+     * backend that sees one in use stops rather than losing it). */
+    uint8_t ymmh[16][16];
+    uint64_t opmask[8];
+    uint8_t zmmh[16][32];
+    uint8_t zmm16[16][64];
+    uint64_t xss;
 };
 
 /* RFLAGS bits */
@@ -128,6 +142,24 @@ struct x86_state {
 #define X86_CR4_OSXSAVE    (1ull << 18)
 #define X86_CR4_SMEP       (1ull << 20)
 #define X86_CR4_SMAP       (1ull << 21)
+/* XCR0 / XSAVE state-component bits */
+#define X86_XFEATURE_X87 (1ull << 0)
+#define X86_XFEATURE_SSE (1ull << 1)
+#define X86_XFEATURE_AVX (1ull << 2)
+#define X86_XFEATURE_OPMASK (1ull << 5)
+#define X86_XFEATURE_ZMM_HI256 (1ull << 6)
+#define X86_XFEATURE_HI16_ZMM (1ull << 7)
+#define X86_XFEATURE_AVX512 (X86_XFEATURE_OPMASK | X86_XFEATURE_ZMM_HI256 | X86_XFEATURE_HI16_ZMM)
+/* The XSAVE components struct x86_state carries, and where each one (i >= 2) sits in the
+ * standard-format XSAVE area (architectural: CPUID.(0xD,i).EBX on every CPU that has it). */
+#define X86_XFEATURE_CARRIED                                                                       \
+    (X86_XFEATURE_X87 | X86_XFEATURE_SSE | X86_XFEATURE_AVX | X86_XFEATURE_AVX512)
+struct x86_xcomp {
+    unsigned bit, std_off, size;
+    unsigned size_legacy; /* bytes XSAVE/XRSTOR touch outside 64-bit mode (registers 0-7) */
+    unsigned field;       /* offsetof(struct x86_state, ...) */
+};
+extern const struct x86_xcomp x86_xcomps[4]; /* components 2, 5, 6, 7 */
 /* EFER */
 #define X86_EFER_SCE (1ull << 0)
 #define X86_EFER_LME (1ull << 8)
@@ -150,6 +182,7 @@ struct x86_state {
 #define MSR_IA32_MCG_STATUS     0x17a
 #define MSR_IA32_MISC_ENABLE    0x1a0
 #define MSR_IA32_PAT            0x277
+#define MSR_IA32_XSS            0xda0
 #define MSR_MTRR_DEF_TYPE       0x2ff
 #define MSR_IA32_TSC_DEADLINE   0x6e0
 #define MSR_EFER                0xc0000080

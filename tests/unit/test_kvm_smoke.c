@@ -2,6 +2,7 @@
  * guest RAM, the neutral state set through set_state, run until an OUT to the exit port.  Proves
  * VM/vCPU creation, state conversion both ways, I/O exits and I/O completion.  Skips when /dev/kvm
  * is absent or unusable. */
+#include <cpuid.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -168,6 +169,19 @@ static void test_long_mode(void **st)
     s.star = 0x0023001000000000ull;
     s.lstar = 0xffffffff81000000ull;
     memset(s.fx.xmm[3], 0xab, 16);
+    /* XSAVE-managed state beyond FXSAVE's travels through KVM_GET/SET_XSAVE (where the host
+     * has AVX / AVX-512: KVM refuses components the host lacks) */
+    unsigned ca, cb, cc, cd;
+    __cpuid(1, ca, cb, cc, cd);
+    bool avx = cc & (1u << 28);
+    __cpuid_count(7, 0, ca, cb, cc, cd);
+    bool avx512 = avx && (cb & (1u << 16));
+    if (avx) memset(s.ymmh[5], 0xcd, 16);
+    if (avx512) {
+        memset(s.zmmh[2], 0x17, 32);
+        s.opmask[3] = 0x0123456789abcdefull;
+        memset(s.zmm16[15], 0x42, 64);
+    }
     if (cpu_backend_kvm.set_state(&f->cpu, &s)) fail_msg("set_state: %s", err_msg());
 
     /* round trip before running: what we set is what we read */
@@ -180,6 +194,10 @@ static void test_long_mode(void **st)
     assert_int_equal(g.star, s.star);
     assert_int_equal(g.lstar, s.lstar);
     assert_memory_equal(g.fx.xmm[3], s.fx.xmm[3], 16);
+    assert_memory_equal(g.ymmh, s.ymmh, sizeof(s.ymmh));
+    assert_memory_equal(g.zmmh, s.zmmh, sizeof(s.zmmh));
+    assert_memory_equal(g.opmask, s.opmask, sizeof(s.opmask));
+    assert_memory_equal(g.zmm16, s.zmm16, sizeof(s.zmm16));
     assert_memory_equal(&g.seg[SEG_CS], &s.seg[SEG_CS], sizeof(struct x86_seg));
     assert_int_equal(g.mp_state, MP_RUNNABLE);
 

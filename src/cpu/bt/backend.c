@@ -384,6 +384,8 @@ int bt_emulate_one(struct vm *vm, unsigned cpu_index, struct x86_state *s)
         c->stop_after_event = true; /* one instruction, or its exception: then back to KVM */
         c->kvm_assist = true;
         c->tsc_offset = s->tsc - bt_rdtsc(c);
+        c->host_isa = true; /* the guest sees (close to) the host's CPUID: see hostisa.c */
+        bt_xsave_guest_view(c);
         bt_update_mode(c);
         bt_exec(c, 1);
         if (c->shutdown) {

@@ -21,6 +21,8 @@
  *   backend.c  struct cpu_backend cpu_backend_bt, vCPU run/kick/HLT wait, LAPIC/IOAPIC/PIT wiring,
  *              bt_emulate_one()
  *   fpu.c, sse.c  x87, MMX, SSE/SSE2, FXSAVE/FXRSTOR, MXCSR
+ *   xsave.c, hostisa.c  the XSAVE feature set and POPCNT/CLAC/STAC: only in the KVM fallback,
+ *              for guests that see the host's CPUID (kvm_pvm); #UD under the model
  *
  * Execution model: the architectural state lives in `struct bt_cpu.s` (the neutral x86_state:
  * get_state/set_state are copies).  An instruction handler reads operands, computes, and writes
@@ -184,6 +186,16 @@ struct bt_cpu {
     bool kvm_assist;       /* bt_emulate_one: the guest sees the host's CPUID (kvm_pvm), so CR4
                               and CR3 accept the host's features rather than the model's */
 
+    /* The XSAVE feature set as the guest's CPUID shows it.  The software CPU's own model
+     * (lookout-v1) has none, so under --cpu bt these stay zero and every XSAVE-family instruction
+     * raises #UD.  bt_emulate_one() fills them (bt_xsave_guest_view): under kvm_pvm the guest's
+     * CPUID is not the VM's model but close to the host's, so the guest may have enabled
+     * CR4.OSXSAVE and XCR0 components, and the fallback must honour them. */
+    bool host_isa;           /* bt_emulate_one: host instructions beyond the model (hostisa.c) */
+    bool xsave_visible;      /* CPUID.1:ECX.XSAVE */
+    uint32_t xsave_d1_eax;   /* CPUID.(0xD,1).EAX: XSAVEOPT, XSAVEC, XGETBV1, XSAVES */
+    uint64_t xcr0_supported; /* CPUID.(0xD,0).EDX:EAX: bits XSETBV may set */
+
     /* soft MMU */
     struct bt_tlb_entry tlb[BT_TLB_SIZE];
     void *mmu; /* mmu.c private (write-watch bitmap, ...) */
@@ -296,6 +308,10 @@ void bt_fpu_reset(struct bt_cpu *c);
 /* #NM / #UD checks shared by x87, MMX and SSE handlers */
 void bt_fpu_check(struct bt_cpu *c);
 void bt_sse_check(struct bt_cpu *c);
+
+/* xsave.c: fills the xsave_* fields above with what a guest of the host's KVM sees (the host's
+ * CPUID leaf 0xD, intersected with what the host OS enabled in its own XCR0). */
+void bt_xsave_guest_view(struct bt_cpu *c);
 
 /* backend.c: the KVM backend's fallback.  Executes exactly one instruction at s->rip on the
  * neutral state of vCPU cpu_index (through the guest's page tables; port I/O and MMIO go to the

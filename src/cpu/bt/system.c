@@ -154,7 +154,9 @@ void bt_write_cr(struct bt_cpu *c, int n, uint64_t v)
         uint64_t ok = CR4_MODEL;
         if (c->kvm_assist) /* what a host CPU may offer to a kvm_pvm guest */
             ok |= X86_CR4_VME | X86_CR4_PVI | X86_CR4_UMIP | X86_CR4_FSGSBASE | X86_CR4_PCIDE |
-                  X86_CR4_OSXSAVE | X86_CR4_SMEP | X86_CR4_SMAP;
+                  X86_CR4_SMEP | X86_CR4_SMAP;
+        /* OSXSAVE only where the guest's CPUID shows XSAVE (the KVM fallback, see bt.h) */
+        if (c->xsave_visible) ok |= X86_CR4_OSXSAVE;
         if (v & ~ok) bt_gp0(c);
         if (c->long_mode && !(v & X86_CR4_PAE)) bt_gp0(c);
         uint64_t changed = s->cr4 ^ v;

@@ -7,7 +7,11 @@
  *
  * Emulation failures: a KVM without VMX/SVM (kvm_pvm) runs guest supervisor code in its in-kernel
  * emulator, which gives up on some instructions.  The software CPU then executes that one
- * instruction on the neutral state (bt_emulate_one) and KVM resumes. */
+ * instruction on the neutral state (bt_emulate_one) and KVM resumes.
+ *
+ * XSAVE-managed state: x87/SSE travel with KVM_GET/SET_FPU; with KVM_CAP_XSAVE the AVX and AVX-512
+ * components the neutral state carries also travel (KVM_GET/SET_XSAVE, standard format), and
+ * components it does not carry are written back exactly as KVM reported them. */
 #include "cpu/kvm/kvm.h"
 
 #include <errno.h>
@@ -41,6 +45,7 @@ struct kvm_vm_priv {
     uint32_t *msrs; /* KVM_GET_MSR_INDEX_LIST: the only MSRs we ever read or write */
     unsigned nmsrs;
     bool has_xcrs, has_debugregs;
+    bool has_xsave; /* KVM_CAP_XSAVE: the AVX upper halves travel with KVM_GET/SET_XSAVE */
     bool dirty_logging;
     uint64_t clock_base_ns; /* CLOCK_MONOTONIC at creation: the VM clock of pit_state */
 };
@@ -279,6 +284,7 @@ static int kvm_vm_create(struct vm *vm)
     p->run_size = (size_t)sz;
     p->has_xcrs = ioctl(kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_XCRS) > 0;
     p->has_debugregs = ioctl(kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_DEBUGREGS) > 0;
+    p->has_xsave = ioctl(kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_XSAVE) > 0;
 
     if ((r = xioctl(p->fd, KVM_SET_TSS_ADDR, (void *)(uintptr_t)KVM_TSS_ADDR)) < 0) {
         r = err_set(-r, "KVM_SET_TSS_ADDR failed: %s", strerror(-r));
@@ -439,6 +445,48 @@ static void seg_to_kvm(struct kvm_segment *d, const struct x86_seg *s)
                               .unusable = s->unusable};
 }
 
+/* KVM_GET/SET_XSAVE use the standard (non-compacted) format: legacy region, header at 512 with
+ * XSTATE_BV, then each component at its architectural offset (x86_xcomps). */
+#define XS_HDR 512
+static void xsave_region_to_state(const struct kvm_xsave *xs, struct x86_state *s)
+{
+    const uint8_t *b = (const uint8_t *)xs->region;
+    uint64_t bv;
+    memcpy(&bv, b + XS_HDR, 8);
+    for (unsigned k = 0; k < ARRAY_SIZE(x86_xcomps); k++) {
+        const struct x86_xcomp *x = &x86_xcomps[k];
+        uint8_t *f = (uint8_t *)s + x->field;
+        if (bv & (1ull << x->bit))
+            memcpy(f, b + x->std_off, x->size);
+        else
+            memset(f, 0, x->size); /* in its initial configuration */
+    }
+}
+/* Returns true when the region changed (the caller then writes it back). */
+static bool xsave_region_from_state(struct kvm_xsave *xs, const struct x86_state *s)
+{
+    uint8_t *b = (uint8_t *)xs->region;
+    uint64_t bv;
+    memcpy(&bv, b + XS_HDR, 8);
+    static const uint8_t zero[1024];
+    bool changed = false;
+    for (unsigned k = 0; k < ARRAY_SIZE(x86_xcomps); k++) {
+        const struct x86_xcomp *x = &x86_xcomps[k];
+        const uint8_t *f = (const uint8_t *)s + x->field;
+        uint64_t m = 1ull << x->bit;
+        if (!(bv & m)) {
+            if (memcmp(f, zero, x->size) == 0) continue; /* still initial */
+            bv |= m;
+        } else if (memcmp(b + x->std_off, f, x->size) == 0) {
+            continue;
+        }
+        memcpy(b + x->std_off, f, x->size);
+        changed = true;
+    }
+    memcpy(b + XS_HDR, &bv, 8);
+    return changed;
+}
+
 /* Neutral MSR fields, in the order they are written back (TSC before the deadline). */
 static uint64_t *msr_field(struct x86_state *s, uint32_t idx)
 {
@@ -456,6 +504,7 @@ static uint64_t *msr_field(struct x86_state *s, uint32_t idx)
     case MSR_TSC_AUX: return &s->tsc_aux;
     case MSR_IA32_MISC_ENABLE: return &s->misc_enable;
     case MSR_IA32_TSC_DEADLINE: return &s->tsc_deadline;
+    case MSR_IA32_XSS: return &s->xss;
     default: return NULL;
     }
 }
@@ -473,6 +522,7 @@ static const uint32_t state_msrs[] = {
     MSR_TSC_AUX,
     MSR_IA32_MISC_ENABLE,
     MSR_IA32_TSC_DEADLINE,
+    MSR_IA32_XSS,
 };
 
 struct msr_buf {
@@ -566,6 +616,15 @@ static int kvm_get_state(struct vcpu *cpu, struct x86_state *s)
     s->fx.mxcsr_mask = 0xffff; /* a CPU constant, not state: what FXSAVE reports */
     memcpy(s->fx.st, fpu.fpr, sizeof(s->fx.st));
     memcpy(s->fx.xmm, fpu.xmm, sizeof(s->fx.xmm));
+
+    if (p->has_xsave) {
+        struct kvm_xsave *xs = malloc(sizeof(*xs));
+        if (!xs) return err_set(ENOMEM, "out of memory reading vCPU %u's XSAVE state", cpu->id);
+        r = xioctl(c->fd, KVM_GET_XSAVE, xs);
+        if (r == 0) xsave_region_to_state(xs, s);
+        free(xs);
+        if (r < 0) goto fail;
+    }
 
     s->xcr0 = 1;
     if (p->has_xcrs) {
@@ -710,6 +769,18 @@ static int kvm_set_state(struct vcpu *cpu, const struct x86_state *s)
         x.xcrs[0].value = s->xcr0;
         if ((r = xioctl(c->fd, KVM_SET_XCRS, &x)) < 0) goto fail;
     }
+    if (p->has_xsave) {
+        /* After KVM_SET_FPU, so the legacy region read back is the one just written: only the
+         * AVX and AVX-512 components are patched, and components the neutral state does not
+         * carry go back to KVM unchanged. */
+        what = "XSAVE state (AVX, AVX-512)";
+        struct kvm_xsave *xs = malloc(sizeof(*xs));
+        if (!xs) return err_set(ENOMEM, "out of memory writing vCPU %u's XSAVE state", cpu->id);
+        r = xioctl(c->fd, KVM_GET_XSAVE, xs);
+        if (r == 0 && xsave_region_from_state(xs, s)) r = xioctl(c->fd, KVM_SET_XSAVE, xs);
+        free(xs);
+        if (r < 0) goto fail;
+    }
     if (p->has_debugregs) {
         what = "debug registers";
         struct kvm_debugregs d = {.dr6 = s->dr6, .dr7 = s->dr7};
@@ -806,9 +877,16 @@ static int emulation_failure(struct vcpu *cpu, struct vcpu_exit *exit)
         err_clear();
         r = bt_emulate_one(cpu->vm, cpu->id, &s);
         if (r == 0) {
-            log_debug("vCPU %u: KVM could not emulate the instruction at %#llx; the software "
-                      "CPU executed it",
-                      cpu->id, (unsigned long long)before.rip);
+            if (log_threshold >= LOG_DEBUG) {
+                uint8_t ib[15];
+                char hx[64] = "";
+                unsigned nb = insn_bytes_at_rip(cpu, &before, ib);
+                for (unsigned k = 0; k < nb && k < 8; k++)
+                    snprintf(hx + 3 * k, 4, " %02x", ib[k]);
+                log_debug("vCPU %u: KVM could not emulate the instruction at %#llx (bytes:%s); "
+                          "the software CPU executed it",
+                          cpu->id, (unsigned long long)before.rip, hx);
+            }
             /* The software CPU reports the TSC advanced by its own run time.  Writing that back
              * would set KVM's TSC offset per vCPU on every hand-off, so the vCPUs' TSCs drift
              * apart and Linux declares the TSC unstable: keep KVM's TSC unless the instruction
