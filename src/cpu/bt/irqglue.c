@@ -225,24 +225,3 @@ int bt_glue_set_pit(struct vm *vm, const struct pit_state *s)
     if (!bv || !bv->pit) return err_set(ENODEV, "software CPU: no PIT");
     return pit_set_state(bv->pit, s, vclock_ns());
 }
-
-/* TEMPORARY weak fallbacks for the CPUID model (x86/cpuid.c is another helper's, not on main
- * yet): an empty model answers zeros.  The real definitions replace these at link time. */
-__attribute__((weak)) const struct cpuid_entry *cpuid_find(const struct cpuid_model *m, uint32_t fn,
-                                                           uint32_t idx)
-{
-    for (unsigned k = 0; k < m->n && k < CPUID_MAX_ENTRIES; k++)
-        if (m->e[k].function == fn &&
-            (!(m->e[k].flags & CPUID_FLAG_INDEXED) || m->e[k].index == idx))
-            return &m->e[k];
-    return NULL;
-}
-__attribute__((weak)) void cpuid_query(const struct cpuid_model *m, uint32_t fn, uint32_t idx,
-                                       unsigned apic_id, uint32_t out[4])
-{
-    const struct cpuid_entry *e = cpuid_find(m, fn, idx);
-    out[0] = e ? e->eax : 0;
-    out[1] = e ? e->ebx : 0;
-    out[2] = e ? e->ecx : 0;
-    out[3] = e ? e->edx : 0;
-}
