@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import auto_backend, guest_hung_check, guest_hung_mark, guest_timeout
+from conftest import auto_backend, guest_hung_check, guest_hung_mark, guest_timeout, summarize
 
 pytestmark = pytest.mark.guest
 
@@ -106,15 +106,15 @@ def test_ready_line_and_shell(lookout_bin, debian_guest):
                 guest_hung_mark("test_ready_line_and_shell")
                 p.kill()
                 p.wait()
-            pytest.fail(f"no ready line (lookout status {p.poll()}):\n" + "".join(lines)[-3000:]
-                        + "\n--- stderr ---\n" + drain(p.stderr))
+            pytest.fail(f"no ready line (lookout status {p.poll()}):\n"
+                        + summarize("".join(lines), drain(p.stderr)), pytrace=False)
         time.sleep(0.5)
         p.stdin.write(b"echo shell-$((6*7))\n")
         p.stdin.flush()
-        assert wait_or_exit(p, said, 120), "the shell did not answer:\n" + "".join(lines)[-3000:]
+        assert wait_or_exit(p, said, 300), "the shell did not answer:\n" + summarize("".join(lines), "")
         p.stdin.write(b"poweroff -f\n")
         p.stdin.flush()
-        rc = p.wait(timeout=120)
+        rc = p.wait(timeout=300)
         assert rc == 0, f"power-off should end lookout with 0, got {rc}: " + \
             p.stderr.read().decode(errors="replace")[-2000:]
     finally:
