@@ -201,8 +201,33 @@ fetch() { # package version -> prints the .deb path
   fi
   compgen -G "$dir/*.deb" | head -n1
 }
-KDEB=$(fetch "$KPKG" "$KVER")
-BDEB=$(fetch busybox-static "$BVER")
+fetch_all() { KDEB=$(fetch "$KPKG" "$KVER") && BDEB=$(fetch busybox-static "$BVER"); }
+if ! fetch_all; then
+  # Stale package lists name versions the mirror no longer has: refresh them once (root only).
+  fetched=0
+  if [ "$(id -u)" = 0 ]; then
+    say "download failed: refreshing the package lists and trying once more"
+    if apt-get update -qq >/dev/null 2>&1 && resolve; then
+      printf '%s\n%s %s %s\n' "$(lists_sig)" "$KPKG" "$KVER" "$BVER" >"$CACHE/resolved"
+      KEY=$(key_inputs | sha256sum | cut -d' ' -f1)
+      if [ "$FORCE" = 0 ] && [ "$(cat "$OUTPUT/inputs.sha256" 2>/dev/null)" = "$KEY" ] &&
+        [ -s "$OUTPUT/vmlinuz" ] && [ -s "$OUTPUT/initramfs.cpio.gz" ]; then
+        say "up to date: $OUTPUT"
+        [ "$PRINT" = 1 ] && print_paths
+        exit 0
+      fi
+      fetch_all && fetched=1
+    fi
+  fi
+  if [ "$fetched" = 0 ]; then
+    if [ -s "$OUTPUT/vmlinuz" ] && [ -s "$OUTPUT/initramfs.cpio.gz" ]; then
+      say "warning: cannot download the packages; using the guest built earlier in $OUTPUT"
+      [ "$PRINT" = 1 ] && print_paths
+      exit 0
+    fi
+    die "cannot download $KPKG $KVER / busybox-static $BVER (network? run apt-get update)"
+  fi
+fi
 
 # --- build --------------------------------------------------------------------------------------
 say "building the guest for $KPKG $KVER in $OUTPUT"

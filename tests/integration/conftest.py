@@ -20,6 +20,7 @@ Environment:
 import base64
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -106,9 +107,10 @@ class Result:
         return self.out + self.err
 
     def __repr__(self):
-        return (f"<lookout {' '.join(map(str, self.argv[1:]))}: rc={self.rc} "
-                f"{self.elapsed:.1f}s\n--- stdout ---\n{self.out[-3000:]}\n"
-                f"--- stderr ---\n{self.err[-3000:]}>")
+        head = f"<lookout {' '.join(map(str, self.argv[1:]))}: rc={self.rc} {self.elapsed:.1f}s\n"
+        if len(self.out) + len(self.err) < 3000:
+            return head + f"--- stdout ---\n{self.out}\n--- stderr ---\n{self.err}>"
+        return head + summarize(self.out, self.err) + ">"
 
 
 def run_lookout(binary, *args, timeout=60, stdin_data=None, env=None):
@@ -130,11 +132,26 @@ def run_lookout(binary, *args, timeout=60, stdin_data=None, env=None):
     except subprocess.TimeoutExpired:
         os.killpg(p.pid, signal.SIGKILL)
         out, err = p.communicate()
-        pytest.fail(f"timed out after {timeout}s: {' '.join(argv)}\n--- stdout ---\n"
-                    f"{out.decode(errors='replace')[-3000:]}\n--- stderr ---\n"
-                    f"{err.decode(errors='replace')[-3000:]}")
+        pytest.fail(f"timed out after {timeout}s: {' '.join(argv)}\n"
+                    + summarize(out.decode(errors="replace"), err.decode(errors="replace")),
+                    pytrace=False)
     return Result(argv, p.returncode, out.decode(errors="replace"), err.decode(errors="replace"),
                   time.monotonic() - t0)
+
+
+KMSG_RE = re.compile(r"^\[\s*\d+\.\d+\] ")
+
+
+def summarize(out, err):
+    """What a failed boot printed, readable: whether the ready line came, the lines that are not
+    kernel log messages (those can be thousands of soft-lockup reports), then the raw tails."""
+    def own(text):
+        return "\n".join(line for line in text.splitlines() if not KMSG_RE.match(line))[-1500:]
+    return (f"ready line seen: {'yes' if READY_PREFIX in out else 'no'}\n"
+            f"--- stdout, without kernel messages ---\n{own(out)}\n"
+            f"--- stdout tail ---\n{out[-1500:]}\n"
+            f"--- stderr, without kernel messages ---\n{own(err)}\n"
+            f"--- stderr tail ---\n{err[-1500:]}")
 
 
 def assert_error(res, *words):

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from conftest import auto_backend, guest_hung_check, guest_hung_mark, guest_timeout
+from conftest import (auto_backend, guest_hung_check, guest_hung_mark, guest_timeout,
+                      summarize)
 
 pytestmark = pytest.mark.guest
 
@@ -51,73 +52,105 @@ def test_command_that_powers_off(run_guest):
     assert "without reporting" in r.err, r
 
 
-def test_reboot_ends_cleanly(run_guest):
-    """Interactive mode: `reboot -f` typed at the shell (FADT reset register or i8042 reset)
-    ends lookout with 0, as a power-off does.  Input piped before the guest is ready is held
-    until the guest reads it."""
-    r = run_guest(stdin_data="reboot -f\n")
-    assert READY_RE.search(r.out), r
-    assert r.rc == 0, r
-    assert "triple fault" not in r.both.lower(), r
+class Console:
+    """`lookout run` of the Debian guest in interactive mode, stdin and stdout pipes (not a
+    terminal): what it prints is collected by threads, so neither pipe can fill up."""
 
+    def __init__(self, lookout_bin, guest, name):
+        guest_hung_check()
+        self.name = name
+        argv = [str(lookout_bin), "run", "--kernel", guest["KERNEL"], "--initrd",
+                guest["INITRD"], "--append", guest["APPEND"], "--mem", "512M", "--cpu", "auto"]
+        self.p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, start_new_session=True)
+        self.out, self.err = [], []
+        self.changed = threading.Condition()
+        self.threads = [threading.Thread(target=self._pump, args=(f, buf), daemon=True)
+                        for f, buf in ((self.p.stdout, self.out), (self.p.stderr, self.err))]
+        for t in self.threads:
+            t.start()
 
-def wait_or_exit(p, event, timeout):
-    """Waits for event; gives up early when the process has ended."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if event.wait(0.1):
-            return True
-        if p.poll() is not None:
-            return event.wait(1)
-    return False
+    def _pump(self, f, buf):
+        while True:
+            chunk = f.read1(4096)
+            if not chunk:
+                break
+            with self.changed:
+                buf.append(chunk.decode(errors="replace"))
+                self.changed.notify_all()
 
+    def text(self):
+        with self.changed:
+            return "".join(self.out)
 
-def drain(f):
-    try:
-        return f.read().decode(errors="replace")[-3000:]
-    except (OSError, ValueError):
-        return ""
+    def wait_for(self, regex, timeout):
+        """True once stdout matches regex; False on timeout or when lookout has exited."""
+        end = time.monotonic() + timeout
+        with self.changed:
+            while not regex.search("".join(self.out)):
+                if self.p.poll() is not None or time.monotonic() >= end:
+                    return bool(regex.search("".join(self.out)))
+                self.changed.wait(0.2)
+        return True
 
+    def type(self, text):
+        self.p.stdin.write(text.encode())
+        self.p.stdin.flush()
 
-def test_ready_line_and_shell(lookout_bin, debian_guest):
-    """Interactive mode with stdin a pipe (not a terminal): the ready line appears on the
-    console, then the shell reads what we type and `poweroff -f` ends lookout with 0.
-    stdin stays open until lookout exits (EOF on stdin is not a request to stop)."""
-    guest_hung_check()
-    argv = [str(lookout_bin), "run", "--kernel", debian_guest["KERNEL"], "--initrd",
-            debian_guest["INITRD"], "--append", debian_guest["APPEND"], "--mem", "512M"]
-    p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, start_new_session=True)
-    lines, ready, said = [], threading.Event(), threading.Event()
+    def report(self):
+        with self.changed:
+            return summarize("".join(self.out), "".join(self.err))
 
-    def reader():
-        for raw in p.stdout:
-            line = raw.decode(errors="replace")
-            lines.append(line)
-            if READY_RE.search(line):
-                ready.set()
-            if "shell-42" in line and "echo" not in line:
-                said.set()
-    t = threading.Thread(target=reader, daemon=True)
-    t.start()
-    try:
-        if not wait_or_exit(p, ready, guest_timeout()):
-            if p.poll() is None:
-                guest_hung_mark("test_ready_line_and_shell")
-                p.kill()
-                p.wait()
-            pytest.fail(f"no ready line (lookout status {p.poll()}):\n" + "".join(lines)[-3000:]
-                        + "\n--- stderr ---\n" + drain(p.stderr))
+    def boot(self):
+        if not self.wait_for(READY_RE, guest_timeout()):
+            hung = self.p.poll() is None
+            self.close()
+            if hung:
+                guest_hung_mark(self.name)
+            pytest.fail(f"no ready line (lookout status {self.p.returncode}):\n" + self.report(),
+                        pytrace=False)
         time.sleep(0.5)
-        p.stdin.write(b"echo shell-$((6*7))\n")
-        p.stdin.flush()
-        assert wait_or_exit(p, said, 120), "the shell did not answer:\n" + "".join(lines)[-3000:]
-        p.stdin.write(b"poweroff -f\n")
-        p.stdin.flush()
-        rc = p.wait(timeout=120)
-        assert rc == 0, f"power-off should end lookout with 0, got {rc}: " + \
-            p.stderr.read().decode(errors="replace")[-2000:]
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+
+    def wait_exit(self, timeout):
+        try:
+            return self.p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.close()
+            pytest.fail(f"lookout still runs {timeout} s later:\n" + self.report(), pytrace=False)
+
+    def close(self):
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.wait()
+        for t in self.threads:
+            t.join(5)
+        self.p.stdin.close()
+
+
+@pytest.fixture
+def console(lookout_bin, debian_guest, request):
+    c = Console(lookout_bin, debian_guest, request.node.name)
+    yield c
+    c.close()
+
+
+def test_ready_line_and_shell(console):
+    """The ready line appears on the console, the shell reads what we type, and `poweroff -f`
+    ends lookout with 0.  stdin stays open until lookout exits."""
+    console.boot()
+    console.type("echo shell-$((6*7))\n")
+    assert console.wait_for(re.compile(r"^shell-42\r?$", re.M), 300), \
+        "the shell did not answer:\n" + console.report()
+    console.type("poweroff -f\n")
+    rc = console.wait_exit(300)
+    assert rc == 0, f"power-off should end lookout with 0, got {rc}:\n" + console.report()
+
+
+def test_reboot_ends_cleanly(console):
+    """`reboot -f` typed at the shell (FADT reset register or i8042 reset) ends lookout with 0,
+    as a power-off does, and is not reported as a triple fault."""
+    console.boot()
+    console.type("reboot -f\n")
+    rc = console.wait_exit(300)
+    assert rc == 0, f"reboot should end lookout with 0, got {rc}:\n" + console.report()
+    assert "triple fault" not in console.report().lower()

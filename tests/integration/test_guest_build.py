@@ -4,7 +4,6 @@ the /init contract on a reference VMM, so a failure of the lookout guest tests c
 from a broken guest.  Builds need the Debian packages: skipped with the reason when offline."""
 import base64
 import gzip
-import os
 import pathlib
 import re
 import shlex
