@@ -10,6 +10,8 @@ PKGS=(
   libcmocka-dev     # C unit-test framework
   libseccomp-dev    # syscall allow-list after set-up
   libzstd-dev       # snapshot memory compression
+  libslirp-dev      # virtio-net user networking (--net user)
+  e2fsprogs         # tests: ext4 images for the virtio-blk guest tests
   python3 python3-pytest  # integration tests drive the real binary
   busybox-static cpio gzip xz-utils kmod  # the default guest's initramfs
   binutils

@@ -42,6 +42,10 @@ static void usage(FILE *f)
         "                       the software CPU otherwise)\n"
         "  --cpu-model lookout-v1|host   CPUID model (host: what KVM supports; KVM only)\n"
         "  --api SOCKET         control socket (see lookout ctl)\n"
+        "  --disk PATH[,ro][,bw=RATE][,iops=N]  virtio disk on a raw image (repeatable;\n"
+        "                       RATE in bytes/s with K/M/G, e.g. bw=10M)\n"
+        "  --net user[,hostfwd=tcp::HOSTPORT-:GUESTPORT]|tap:IFNAME  virtio NIC (repeatable)\n"
+        "  --rng[=bw=RATE]      virtio entropy device fed from the host's getrandom()\n"
         "  -v, --verbose        with -- CMD: also show the kernel's console on stderr\n"
         "  -- CMD [ARGS...]     run CMD in the guest, copy its output to stdout, power off and\n"
         "                       exit with its status\n"
@@ -255,6 +259,7 @@ static int cmd_run(int argc, char **argv)
         .verbose = o.verbose,
         .console_in_fd = o.cmd_argc > 0 ? -1 : STDIN_FILENO,
         .console_out_fd = STDOUT_FILENO,
+        .vdevs = &o.vdevs,
     };
 
     sigemptyset(&stop_signals);

@@ -68,7 +68,8 @@ int run_options_parse(struct run_options *o, int argc, char **argv)
     o->cpu = "auto";
     o->cpu_model = "lookout-v1";
     static const char *const with_value[] = {"--kernel", "--initrd", "--append",    "--mem",
-                                             "--smp",    "--cpu",    "--cpu-model", "--api"};
+                                             "--smp",    "--cpu",    "--cpu-model", "--api",
+                                             "--disk",   "--net"};
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--")) {
@@ -78,6 +79,11 @@ int run_options_parse(struct run_options *o, int argc, char **argv)
             break;
         }
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) return 1;
+        if (!strcmp(a, "--rng") || !strncmp(a, "--rng=", 6)) {
+            int r = vdev_parse(&o->vdevs, "--rng", a[5] == '=' ? a + 6 : NULL);
+            if (r) return r;
+            continue;
+        }
         if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) {
             o->verbose = true;
             continue;
@@ -118,6 +124,8 @@ int run_options_parse(struct run_options *o, int argc, char **argv)
             r = parse_mem_size(val, &o->mem_size);
         else if (!strcmp(name, "--smp"))
             r = parse_smp(val, &o->ncpus);
+        else if (!strcmp(name, "--disk") || !strcmp(name, "--net"))
+            r = vdev_parse(&o->vdevs, name, val);
         else if (!strcmp(name, "--api"))
             o->api_path = val;
         else if (!strcmp(name, "--cpu")) {

@@ -5,6 +5,7 @@
 #include <stdint.h>
 
 #include "cpu/cpu.h"
+#include "devices/virtio/config.h"
 
 struct machine_config {
     const char *kernel, *initrd, *cmdline;
@@ -16,6 +17,7 @@ struct machine_config {
     bool command_mode;     /* `lookout run -- CMD`: COM2 carries the command's output */
     bool verbose;          /* command mode: copy COM1 (kernel messages) to stderr as well */
     int console_in_fd, console_out_fd; /* -1 for none */
+    const struct vdev_list *vdevs;     /* virtio devices (NULL: none) */
 };
 
 struct vm *machine_create(const struct machine_config *cfg); /* NULL + err_msg() on failure */
