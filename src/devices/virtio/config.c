@@ -110,19 +110,13 @@ int vdev_parse(struct vdev_list *l, const char *opt, const char *val)
     if (strlen(val) >= sizeof(buf)) return err_set(EINVAL, "%s: value too long", opt);
     if (!strcmp(opt, "--disk")) {
         d.kind = VDEV_BLK;
-        /* PATH[,ro][,bw=RATE][,iops=N]: the path is everything before the first ",key" we know,
-         * so paths with commas still work when they don't look like an option. */
-        const char *p = val, *comma;
-        d.path = val;
-        size_t plen = strlen(val);
-        for (comma = strchr(p, ','); comma; comma = strchr(comma + 1, ',')) {
-            if (!strncmp(comma, ",ro", 3) || !strncmp(comma, ",bw=", 4) ||
-                !strncmp(comma, ",iops=", 6)) {
-                plen = (size_t)(comma - val);
-                break;
-            }
-        }
+        /* PATH[,ro][,bw=RATE][,iops=N]: the path ends at the first comma (paths with commas
+         * are not supported: use a symbolic link). */
+        size_t plen = strcspn(val, ",");
         if (plen == 0) return err_set(EINVAL, "--disk \"%s\": no image path", val);
+        if (plen >= sizeof(d.path)) return err_set(EINVAL, "--disk: image path too long");
+        memcpy(d.path, val, plen);
+        d.path[plen] = 0;
         const char *opts = val + plen;
         while (*opts == ',') {
             opts++;
@@ -142,10 +136,6 @@ int vdev_parse(struct vdev_list *l, const char *opt, const char *val)
                                val, buf);
             opts += n;
         }
-        /* The path must be a separate string: keep a copy (freed never: lives for the run). */
-        char *path = strndup(val, plen);
-        if (!path) return err_set(ENOMEM, "out of memory");
-        d.path = path;
         l->d[l->n++] = d;
         return 0;
     }

@@ -22,7 +22,7 @@ struct vnet_fwd {
 struct vdev_spec {
     enum vdev_kind kind;
     /* disk */
-    const char *path;
+    char path[1024];
     bool ro;
     uint64_t bw, iops; /* rate limits: bytes/s, ops/s (0 = unlimited) */
     /* net */
