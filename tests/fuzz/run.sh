@@ -22,3 +22,14 @@ clang "${flags[@]}" -o "$out/fuzz_legacy_pio" tests/fuzz/fuzz_legacy_pio.c \
 printf '\x03\x01\x0f\x01\x02\x01\x03\x03\x83\x01\x04\x03\x07\x02\x09\x04\x0b\x00\x02\x00\x05\xe3abcd\x00\x00' \
   >"$out/corpus-pio/probe"
 LOOKOUT_LOG=error "$out/fuzz_legacy_pio" -max_total_time="$secs" -max_len=4096 "$out/corpus-pio"
+
+# virtio: the split-virtqueue walker with the blk/rng/net parsers, and the MMIO register interface
+vsrc=(src/devices/virtio/virtq.c src/devices/virtio/mmio.c src/devices/virtio/blk.c
+  src/devices/virtio/rng.c src/devices/virtio/net.c src/mem/guest.c src/util/log.c)
+mkdir -p "$out/corpus-virtq" "$out/corpus-vmmio"
+clang "${flags[@]}" -o "$out/fuzz_virtq" tests/fuzz/fuzz_virtq.c "${vsrc[@]}" -lslirp -lpthread
+clang "${flags[@]}" -o "$out/fuzz_virtio_mmio" tests/fuzz/fuzz_virtio_mmio.c "${vsrc[@]}" \
+  -lslirp -lpthread
+python3 tests/fuzz/virtio_seeds.py "$out/corpus-virtq" "$out/corpus-vmmio"
+LOOKOUT_LOG=error "$out/fuzz_virtq" -max_total_time="$secs" -max_len=8192 "$out/corpus-virtq"
+LOOKOUT_LOG=error "$out/fuzz_virtio_mmio" -max_total_time="$secs" -max_len=8192 "$out/corpus-vmmio"
