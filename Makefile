@@ -77,6 +77,10 @@ fmt:
 clean:
 	rm -rf build build-san
 
-.PHONY: all san unit test fmt clean guests run check
+# `make fuzz [FUZZ_SECS=N] [FUZZ=harness...]`: every libFuzzer harness for N seconds each.
+fuzz:
+	tests/fuzz/run.sh $(or $(FUZZ_SECS),60) $(FUZZ)
+
+.PHONY: all san unit test fmt clean guests run check fuzz
 .SECONDARY:
 -include $(shell find build build-san -name '*.d' 2>/dev/null)
