@@ -443,7 +443,7 @@ static void test_net_parsers(void **state)
 
 /* ---- the MMIO register interface (with the rng device) ---- */
 
-static int irq_level, irq_changes;
+static _Atomic int irq_level, irq_changes; /* the disk worker sets it too */
 static void fake_irq(void *ctx, unsigned gsi, int level)
 {
     irq_level = level;
@@ -628,6 +628,47 @@ static void test_blk_device_config(void **state)
     virtio_blk_destroy(d);
 }
 
+/* The real disk device: requests go to its worker thread; completion raises the interrupt. */
+static void test_blk_device_worker(void **state)
+{
+    irq_level = 0;
+    struct blk_opts o = {.path = img};
+    struct virtio_blk *d = virtio_blk_create(&mem, (struct irq_line){fake_irq, NULL, 16}, &o);
+    assert_non_null(d);
+    struct virtio_mmio *t = virtio_blk_transport(d);
+    wr(t, VMMIO_STATUS, 3);
+    wr(t, VMMIO_DRIVER_FEATURES_SEL, 1);
+    wr(t, VMMIO_DRIVER_FEATURES, 1);
+    wr(t, VMMIO_STATUS, 0xb);
+    wr(t, VMMIO_QUEUE_NUM, 8);
+    wr(t, VMMIO_QUEUE_DESC_LOW, VRB_DESC);
+    wr(t, VMMIO_QUEUE_DRIVER_LOW, VRB_AVAIL);
+    wr(t, VMMIO_QUEUE_DEVICE_LOW, VRB_USED);
+    wr(t, VMMIO_QUEUE_READY, 1);
+    wr(t, VMMIO_STATUS, 0xf);
+    vrb_init(&vb, &mem, 8);
+    put_hdr(VIRTIO_BLK_T_OUT, 1);
+    memset(mem.base + DATA, 0x5a, 512);
+    vrb_desc(&vb, 0, HDR, 16, N, 1);
+    vrb_desc(&vb, 1, DATA, 512, N, 2);
+    vrb_desc(&vb, 2, STAT, 1, W, 0);
+    vrb_publish(&vb, 0);
+    wr(t, VMMIO_QUEUE_NOTIFY, 0);
+    for (int i = 0; i < 5000 && vrb_used_idx(&vb) == 0; i++)
+        usleep(1000);
+    assert_int_equal(vrb_used_idx(&vb), 1);
+    assert_int_equal(mem.base[STAT], VIRTIO_BLK_S_OK);
+    uint8_t back[512];
+    assert_int_equal(pread(be.fd, back, 512, 512), 512);
+    assert_int_equal(back[0], 0x5a);
+    for (int i = 0; i < 5000 && !irq_level; i++)
+        usleep(1000);
+    assert_int_equal(irq_level, 1);
+    wr(t, VMMIO_STATUS, 0); /* reset with the worker idle */
+    assert_int_equal(irq_level, 0);
+    virtio_blk_destroy(d);
+}
+
 /* ---- options ---- */
 
 static void test_options(void **state)
@@ -684,6 +725,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_blk_ro_id_unsupp, blk_setup, blk_teardown),
         cmocka_unit_test_setup_teardown(test_blk_write_zeroes_discard, blk_setup, blk_teardown),
         cmocka_unit_test_setup_teardown(test_blk_device_config, blk_setup, blk_teardown),
+        cmocka_unit_test_setup_teardown(test_blk_device_worker, blk_setup, blk_teardown),
         cmocka_unit_test_setup_teardown(test_rng_process, setup, teardown),
         cmocka_unit_test_setup_teardown(test_net_parsers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mmio_identity_and_sizes, setup, teardown),
