@@ -192,3 +192,13 @@ def test_guest_disk_rng_net_and_kill(lookout_bin, debian_guest, tmp_path, http_d
     assert "DISK1-OK" in r.out and "DISK2-OK" in r.out, r
     fsck = subprocess.run(["e2fsck", "-fn", str(d1)], capture_output=True, text=True)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+
+def test_tap_backend_opens(lookout_any, test_kernel):
+    """`--net tap:IF` as root: the TAP device is created/attached and released at exit."""
+    if os.geteuid() != 0 or not os.path.exists("/dev/net/tun"):
+        pytest.skip("needs root and /dev/net/tun")
+    r = run_lookout(lookout_any, "run", "--cpu", kernel_backend(), "--kernel",
+                    test_kernel("exit42"), "--net", "tap:lkvtest0", timeout=20)
+    assert r.rc == (42 << 1) | 1, r
+    assert "Sanitizer" not in r.err, r
