@@ -17,6 +17,7 @@
 #include "devices/virtio/config.h"
 #include "devices/virtio/mmio.h"
 #include "devices/virtio/net.h"
+#include "devices/virtio/ratelimit.h"
 #include "devices/virtio/rng.h"
 #include "devices/virtio/virtq.h"
 #include "vring_builder.h"
@@ -544,6 +545,8 @@ static void test_mmio_rng_irq_and_needs_reset(void **state)
     vrb_desc(&vb, 0, VRB_BUF, 32, W, 0);
     vrb_publish(&vb, 0);
     wr(t, VMMIO_QUEUE_NOTIFY, 0);
+    for (int i = 0; i < 5000 && !irq_level; i++) /* served by the device's thread */
+        usleep(1000);
     assert_int_equal(vrb_used_idx(&vb), 1);
     assert_int_equal(irq_level, 1);
     assert_int_equal(rd(t, VMMIO_INTERRUPT_STATUS, 4), VIRTIO_INT_USED);
@@ -558,6 +561,8 @@ static void test_mmio_rng_irq_and_needs_reset(void **state)
     /* the avail index jumps by more than the queue size: needs reset + config interrupt */
     vrb_set_avail_idx(&vb, 100);
     wr(t, VMMIO_QUEUE_NOTIFY, 0);
+    for (int i = 0; i < 5000 && !(rd(t, VMMIO_STATUS, 4) & VIRTIO_STATUS_NEEDS_RESET); i++)
+        usleep(1000);
     assert_true(rd(t, VMMIO_STATUS, 4) & VIRTIO_STATUS_NEEDS_RESET);
     assert_int_equal(rd(t, VMMIO_INTERRUPT_STATUS, 4), VIRTIO_INT_CONFIG);
     assert_int_equal(irq_level, 1);
@@ -669,6 +674,22 @@ static void test_blk_device_worker(void **state)
     virtio_blk_destroy(d);
 }
 
+/* ---- token buckets ---- */
+
+static void test_tbucket(void **state)
+{
+    struct tbucket b;
+    tb_init(&b, 1000); /* 1000 tokens/s, burst 1000 */
+    uint64_t t0 = b.last_ns;
+    assert_int_equal(tb_take(&b, 1000, t0), 0);
+    assert_int_equal(tb_take(&b, 500, t0), 500000000); /* half a second of debt */
+    assert_int_equal(tb_take(&b, 0, t0 + 500000000), 0); /* repaid */
+    assert_int_equal(tb_take(&b, 5000, t0 + 2500000000ull), 4000000000ull); /* > burst: debt */
+    struct tbucket u;
+    tb_init(&u, 0); /* unlimited */
+    assert_int_equal(tb_take(&u, UINT64_MAX, 0), 0);
+}
+
 /* ---- options ---- */
 
 static void test_options(void **state)
@@ -733,6 +754,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_mmio_rng_irq_and_needs_reset, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mmio_bad_ring_ready, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mmio_state_round_trip, setup, teardown),
+        cmocka_unit_test(test_tbucket),
         cmocka_unit_test(test_options),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

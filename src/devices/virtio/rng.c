@@ -28,20 +28,42 @@ struct virtio_rng {
     struct virtio_mmio t;
     struct virtio_dev_ops ops;
     struct tbucket bw;
-    struct vq_chain chain;
+    pthread_t thread;
+    pthread_cond_t work; /* with t.lock */
+    bool kick, stop;
+    struct vq_chain chain; /* worker-owned */
 };
 
-/* With t.lock held, on the vCPU thread: a bounded number of bounded requests. */
+/* With t.lock held (vCPU thread): wake the worker. */
 static void rng_notify(void *dev, unsigned q)
 {
     struct virtio_rng *d = dev;
-    for (unsigned i = 0; i < VQ_MAX_SIZE; i++) {
-        if (d->bw.rate && tb_take(&d->bw, 0, tb_now_ns()) > 0) break; /* over budget: later */
-        if (virtio_mmio_pop(&d->t, 0, &d->chain) <= 0) break;
-        uint32_t n = rng_process(d->t.mem, &d->chain);
-        (void)tb_take(&d->bw, n, tb_now_ns());
-        virtio_mmio_push(&d->t, 0, d->chain.head, n);
+    d->kick = true;
+    pthread_cond_signal(&d->work);
+}
+
+/* Serves requests off the vCPU thread, sleeping (unlocked) while over the byte budget. */
+static void *rng_worker(void *arg)
+{
+    struct virtio_rng *d = arg;
+    struct virtio_mmio *t = &d->t;
+    pthread_mutex_lock(&t->lock);
+    for (;;) {
+        while (!d->kick && !d->stop)
+            pthread_cond_wait(&d->work, &t->lock);
+        if (d->stop) break;
+        d->kick = false;
+        while (!d->stop && virtio_mmio_pop(t, 0, &d->chain) > 0) {
+            pthread_mutex_unlock(&t->lock);
+            uint64_t want = MIN(d->chain.in_len, (uint64_t)VIRTIO_RNG_MAX_REQ);
+            tb_sleep_ns(tb_take(&d->bw, want, tb_now_ns()));
+            uint32_t n = rng_process(t->mem, &d->chain);
+            pthread_mutex_lock(&t->lock);
+            virtio_mmio_push(t, 0, d->chain.head, n);
+        }
     }
+    pthread_mutex_unlock(&t->lock);
+    return NULL;
 }
 
 struct virtio_rng *virtio_rng_create(struct guest_mem *mem, struct irq_line irq,
@@ -56,6 +78,15 @@ struct virtio_rng *virtio_rng_create(struct guest_mem *mem, struct irq_line irq,
         (struct virtio_dev_ops){.device_id = VIRTIO_ID_RNG, .nqueues = 1, .notify = rng_notify};
     tb_init(&d->bw, bytes_per_sec);
     virtio_mmio_init(&d->t, mem, irq, &d->ops, d, 0);
+    pthread_cond_init(&d->work, NULL);
+    int e = pthread_create(&d->thread, NULL, rng_worker, d);
+    if (e) {
+        err_set(e, "cannot start the entropy device thread: %s", strerror(e));
+        pthread_cond_destroy(&d->work);
+        virtio_mmio_destroy(&d->t);
+        free(d);
+        return NULL;
+    }
     return d;
 }
 
@@ -67,6 +98,12 @@ struct virtio_mmio *virtio_rng_transport(struct virtio_rng *d)
 void virtio_rng_destroy(struct virtio_rng *d)
 {
     if (!d) return;
+    pthread_mutex_lock(&d->t.lock);
+    d->stop = true;
+    pthread_cond_signal(&d->work);
+    pthread_mutex_unlock(&d->t.lock);
+    pthread_join(d->thread, NULL);
+    pthread_cond_destroy(&d->work);
     virtio_mmio_destroy(&d->t);
     free(d);
 }
@@ -78,5 +115,12 @@ void virtio_rng_get_state(struct virtio_rng *d, struct virtio_rng_state *s)
 
 int virtio_rng_set_state(struct virtio_rng *d, const struct virtio_rng_state *s)
 {
-    return virtio_mmio_set_state(&d->t, &s->mmio);
+    int r = virtio_mmio_set_state(&d->t, &s->mmio);
+    if (r == 0) {
+        pthread_mutex_lock(&d->t.lock);
+        d->kick = true; /* requests the guest queued before the snapshot */
+        pthread_cond_signal(&d->work);
+        pthread_mutex_unlock(&d->t.lock);
+    }
+    return r;
 }

@@ -1,6 +1,7 @@
 /* virtio-rng (device id 4, "entropy device"): one request queue whose device-writable buffers
- * are filled from the host's getrandom().  Requests are served on the notifying vCPU thread: each
- * is bounded (VIRTIO_RNG_MAX_REQ bytes) and getrandom() on an initialised pool does not block.
+ * are filled from the host's getrandom().  Requests are served by a worker thread (each at most
+ * VIRTIO_RNG_MAX_REQ bytes), which sleeps while the optional byte budget is spent, so a limited
+ * guest waits instead of spinning and a vCPU never blocks.
  * Trusts nothing in a chain: a request with device-readable parts or no writable bytes is
  * completed with 0 bytes. */
 #pragma once
