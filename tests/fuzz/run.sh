@@ -9,9 +9,9 @@ secs=${1:-30}
 only=("${@:2}")
 want() { [ ${#only[@]} -eq 0 ] || printf '%s\n' "${only[@]}" | grep -qx "$1"; }
 out=build-san/fuzz  # inside an ignored build directory
+flags=(-std=gnu11 -g -O1 -D_GNU_SOURCE -Isrc -Werror -fsanitize=fuzzer,address,undefined)
 if want api; then
 mkdir -p "$out/corpus-api"
-flags=(-std=gnu11 -g -O1 -D_GNU_SOURCE -Isrc -Werror -fsanitize=fuzzer,address,undefined)
 clang "${flags[@]}" -o "$out/fuzz_api" tests/fuzz/fuzz_api.c src/api/protocol.c \
   src/api/machine_stubs_weak.c src/cpu/vm.c src/util/log.c -lcjson -lpthread
 printf '{"cmd":"status","id":1}' >"$out/corpus-api/status"
