@@ -52,7 +52,10 @@ void virtio_mmio_config_changed(struct virtio_mmio *t)
 void virtio_mmio_fail(struct virtio_mmio *t, const char *why)
 {
     if (t->status & VIRTIO_STATUS_NEEDS_RESET) return;
-    log_warn("virtio device %u: %s: the device needs a reset", t->ops->device_id, why);
+    /* A hostile guest can break queues in a loop: say so a few times, not without end. */
+    if (t->fail_logged < 5)
+        log_warn("virtio device %u: %s: the device needs a reset%s", t->ops->device_id, why,
+                 ++t->fail_logged == 5 ? " (further reports of this device suppressed)" : "");
     t->status |= VIRTIO_STATUS_NEEDS_RESET;
     if (t->status & VIRTIO_STATUS_DRIVER_OK) {
         t->isr |= VIRTIO_INT_CONFIG;

@@ -110,6 +110,7 @@ struct virtio_mmio {
     /* host side */
     unsigned inflight; /* requests a back end popped and has not completed */
     bool irq_level;
+    unsigned fail_logged; /* needs-reset warnings printed (capped) */
 };
 
 void virtio_mmio_init(struct virtio_mmio *t, struct guest_mem *mem, struct irq_line irq,
