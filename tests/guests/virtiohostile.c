@@ -11,8 +11,8 @@
  * device gives value 1.  The VMM must not crash (run it under the sanitizer build). */
 #include "lib.h"
 
-#define VBASE 0xd0000000ull
-#define AREA  0x400000ull /* rings and buffers the devices may DMA into: 4-5 MiB */
+#define VBASE     0xd0000000ull
+#define AREA      0x400000ull /* rings and buffers the devices may DMA into: 4-5 MiB */
 #define AREA_SIZE 0x100000ull
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
@@ -25,11 +25,9 @@ static uint64_t rnd(void)
     return rng_state = x;
 }
 
-static const uint64_t boundary[] = {0,          1,          2,          3,
-                                    4,          7,          8,          0xf,
-                                    0x10,       0xff,       0x100,      0x101,
-                                    0x7fff,     0x8000,     0xffff,     0x10000,
-                                    0x7fffffff, 0x80000000, 0xfffffffe, 0xffffffff};
+static const uint64_t boundary[] = {
+    0,     1,     2,      3,      4,      7,       8,          0xf,        0x10,       0xff,
+    0x100, 0x101, 0x7fff, 0x8000, 0xffff, 0x10000, 0x7fffffff, 0x80000000, 0xfffffffe, 0xffffffff};
 
 static uint64_t value(void)
 {
@@ -84,7 +82,8 @@ static void bring_up(uint64_t b, uint64_t mem_end)
     unsigned q = (unsigned)(rnd() % 3);
     mmio_write32(b + 0x30, q);
     mmio_write32(b + 0x38, (rnd() & 1) ? 8 : sizes[rnd() % 8]);
-    uint64_t d = (rnd() & 3) ? AREA : addr(mem_end), a = (rnd() & 3) ? AREA + 0x1000 : addr(mem_end),
+    uint64_t d = (rnd() & 3) ? AREA : addr(mem_end),
+             a = (rnd() & 3) ? AREA + 0x1000 : addr(mem_end),
              u = (rnd() & 3) ? AREA + 0x2000 : addr(mem_end);
     mmio_write32(b + 0x80, (uint32_t)d);
     mmio_write32(b + 0x84, (uint32_t)(d >> 32));
@@ -122,8 +121,8 @@ static void poison_ring(uint64_t mem_end)
         avail[2 + i] = (uint16_t)((rnd() & 3) ? rnd() % 8 : rnd());
     uint16_t idx = avail[1];
     switch (rnd() % 4) {
-    case 0: idx = (uint16_t)rnd(); break;       /* a jump */
-    case 1: idx = (uint16_t)(idx + 9); break;   /* just over a queue of 8 */
+    case 0: idx = (uint16_t)rnd(); break;     /* a jump */
+    case 1: idx = (uint16_t)(idx + 9); break; /* just over a queue of 8 */
     default: idx = (uint16_t)(idx + 1 + rnd() % 4); break;
     }
     avail[1] = idx;
@@ -152,7 +151,9 @@ static void campaign(uint64_t b, unsigned iters, uint64_t mem_end)
         case 4: bring_up(b, mem_end); break;
         case 5: poison_ring(mem_end); break;
         case 6:
-        case 7: mmio_write32(b + 0x50, (rnd() & 3) ? (uint32_t)(rnd() % 3) : (uint32_t)rnd()); break;
+        case 7:
+            mmio_write32(b + 0x50, (rnd() & 3) ? (uint32_t)(rnd() % 3) : (uint32_t)rnd());
+            break;
         case 8:
             mmio_write32(b + 0x64, mmio_read32(b + 0x60) | (uint32_t)rnd());
             (void)mmio_read32(b + 0x70);
@@ -167,10 +168,10 @@ static void campaign(uint64_t b, unsigned iters, uint64_t mem_end)
 
 static int port_allowed(uint16_t p)
 {
-    if (p >= 0xf0 && p <= 0xff) return 0;    /* exit port and neighbours */
-    if (p >= 0x600 && p <= 0x60f) return 0;  /* ACPI sleep control / reset */
+    if (p >= 0xf0 && p <= 0xff) return 0;               /* exit port and neighbours */
+    if (p >= 0x600 && p <= 0x60f) return 0;             /* ACPI sleep control / reset */
     if (p == 0x64 || p == 0x92 || p == 0xcf9) return 0; /* reset lines */
-    if (p >= 0x3f8 && p <= 0x3ff) return 0;  /* COM1 carries our output */
+    if (p >= 0x3f8 && p <= 0x3ff) return 0;             /* COM1 carries our output */
     return 1;
 }
 
