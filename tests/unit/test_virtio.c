@@ -682,7 +682,7 @@ static void test_tbucket(void **state)
     tb_init(&b, 1000); /* 1000 tokens/s, burst 1000 */
     uint64_t t0 = b.last_ns;
     assert_int_equal(tb_take(&b, 1000, t0), 0);
-    assert_int_equal(tb_take(&b, 500, t0), 500000000); /* half a second of debt */
+    assert_int_equal(tb_take(&b, 500, t0), 500000000);   /* half a second of debt */
     assert_int_equal(tb_take(&b, 0, t0 + 500000000), 0); /* repaid */
     assert_int_equal(tb_take(&b, 5000, t0 + 2500000000ull), 4000000000ull); /* > burst: debt */
     struct tbucket u;
