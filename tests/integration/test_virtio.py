@@ -3,7 +3,9 @@ and the Debian guest using a virtio disk, entropy and user networking (slow: two
 
 Boot 1 writes files to an ext4 disk (made on the host with mkfs.ext4), syncs, unmounts it; writes
 one more file to a second disk and syncs without unmounting; reads /dev/hwrng; checks a read-only
-disk refuses writes at the device (after `blockdev --setrw` lifts the kernel's own refusal); gets
+disk is read-only in the guest (VIRTIO_BLK_F_RO: /sys/block/vdc/ro is 1, a raw write fails even
+after `blockdev --setrw`; the device's own IOERR for writes is covered by test_virtio.c) and its
+image is unchanged; gets
 an address by DHCP over `--net user` and downloads a file from an HTTP server on the host's
 loopback; then prints a marker and sleeps, and the test kills lookout with SIGKILL.  Boot 2 checks
 every checksum on both disks (the second disk's journal is replayed: what was synced survived the
