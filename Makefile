@@ -4,11 +4,11 @@
 # binary, any tests/guests/*.S|*.c kernel is listed in tests/guests/Makefile.inc.
 
 CC      ?= cc
-PKGS    := libcjson libzydis libseccomp libzstd liblz4
+PKGS    := libcjson libzydis libseccomp libzstd liblz4 slirp
 WARN    := -Wall -Wextra -Werror -Wno-unused-parameter -Wshadow -Wvla -Wformat=2
 CFLAGS_COMMON := -std=gnu11 -g -D_GNU_SOURCE -Isrc $(WARN) -fno-strict-aliasing \
                  $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-LIBS    := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lcjson -lZydis -lseccomp -lzstd -llz4) -lpthread -lm
+LIBS    := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lcjson -lZydis -lseccomp -lzstd -llz4 -lslirp) -lpthread -lm
 
 OPT_CFLAGS := -O2 -fstack-protector-strong -D_FORTIFY_SOURCE=2 -fPIE
 SAN_CFLAGS := -O1 -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -fPIE
@@ -77,6 +77,10 @@ fmt:
 clean:
 	rm -rf build build-san
 
-.PHONY: all san unit test fmt clean guests run check
+# `make fuzz [FUZZ_SECS=N] [FUZZ=harness...]`: every libFuzzer harness for N seconds each.
+fuzz:
+	tests/fuzz/run.sh $(or $(FUZZ_SECS),60) $(FUZZ)
+
+.PHONY: all san unit test fmt clean guests run check fuzz
 .SECONDARY:
 -include $(shell find build build-san -name '*.d' 2>/dev/null)

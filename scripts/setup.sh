@@ -11,6 +11,8 @@ PKGS=(
   libseccomp-dev    # syscall allow-list after set-up
   libzstd-dev       # snapshot memory compression
   liblz4-dev        # host-side decompression of LZ4 kernel payloads (direct vmlinux boot)
+  libslirp-dev      # virtio-net user networking (--net user)
+  e2fsprogs         # tests: ext4 images for the virtio-blk guest tests
   python3 python3-pytest  # integration tests drive the real binary
   busybox-static cpio gzip xz-utils kmod  # the default guest's initramfs
   binutils

@@ -47,6 +47,10 @@ static void usage(FILE *f)
         "  --restore PATH       resume the snapshot PATH (memory, vCPUs and CPU model come from\n"
         "                       it; --mem/--smp/--cpu-model must agree if given; memory is\n"
         "                       mapped copy-on-write unless --restore-eager)\n"
+        "  --disk PATH[,ro][,bw=RATE][,iops=N]  virtio disk on a raw image (repeatable;\n"
+        "                       RATE in bytes/s with K/M/G, e.g. bw=10M)\n"
+        "  --net user[,hostfwd=tcp::HOSTPORT-:GUESTPORT]|tap:IFNAME  virtio NIC (repeatable)\n"
+        "  --rng[=bw=RATE]      virtio entropy device fed from the host's getrandom()\n"
         "  -v, --verbose        with -- CMD: also show the kernel's console on stderr\n"
         "  -- CMD [ARGS...]     run CMD in the guest, copy its output to stdout, power off and\n"
         "                       exit with its status\n"
@@ -289,6 +293,7 @@ static int cmd_run(int argc, char **argv)
         .restore_eager = o.restore_eager,
         .tsc_khz = o.restore ? sh.tsc_khz : 0,
         .restore_cpuid = o.restore ? &scpuid : NULL,
+        .vdevs = &o.vdevs,
     };
 
     sigemptyset(&stop_signals);

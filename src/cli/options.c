@@ -69,7 +69,7 @@ int run_options_parse(struct run_options *o, int argc, char **argv)
     o->cpu_model = "lookout-v1";
     static const char *const with_value[] = {"--kernel", "--initrd", "--append",    "--mem",
                                              "--smp",    "--cpu",    "--cpu-model", "--api",
-                                             "--restore"};
+                                             "--restore", "--disk",   "--net"};
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--")) {
@@ -81,6 +81,11 @@ int run_options_parse(struct run_options *o, int argc, char **argv)
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) return 1;
         if (!strcmp(a, "--restore-eager")) {
             o->restore_eager = true;
+            continue;
+        }
+        if (!strcmp(a, "--rng") || !strncmp(a, "--rng=", 6)) {
+            int r = vdev_parse(&o->vdevs, "--rng", a[5] == '=' ? a + 6 : NULL);
+            if (r) return r;
             continue;
         }
         if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) {
@@ -125,6 +130,8 @@ int run_options_parse(struct run_options *o, int argc, char **argv)
             r = parse_smp(val, &o->ncpus), o->smp_set = true;
         else if (!strcmp(name, "--restore"))
             o->restore = val;
+        else if (!strcmp(name, "--disk") || !strcmp(name, "--net"))
+            r = vdev_parse(&o->vdevs, name, val);
         else if (!strcmp(name, "--api"))
             o->api_path = val;
         else if (!strcmp(name, "--cpu")) {

@@ -5,6 +5,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "devices/virtio/config.h"
+
 /* Exit statuses of `lookout run` (documented in --help).  The test exit port gives odd values
  * ((v << 1) | 1), so every status lookout chooses itself is even. */
 #define EXIT_OK           0
@@ -28,6 +30,7 @@ struct run_options {
     bool mem_set, smp_set, model_set; /* given explicitly (a restore refuses disagreement) */
     int cmd_argc; /* `-- CMD ARGS...`: argv after "--", or 0 */
     char **cmd_argv;
+    struct vdev_list vdevs; /* --disk, --net, --rng in order: virtio-mmio slots 0, 1, ... */
 };
 
 /* Parses the arguments after "run" (argv[0] is the first option).  0, or -EINVAL with err_set()

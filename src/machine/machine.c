@@ -19,6 +19,7 @@
 #include "machine/board_deps.h" /* loaders, ACPI, devices, console, control socket, vclock */
 #include "snapshot/codec.h"
 #include "snapshot/snapshot.h"
+#include "machine/virtio_board.h"
 #include "util/log.h"
 
 /* The software CPU, once linked in (weak until then). */
@@ -41,6 +42,7 @@ struct board {
     struct console *console;     /* COM1 <-> the terminal (not in command mode) */
     struct console *out_console; /* command mode: COM2 -> stdout */
     struct api_server *api;
+    struct virtio_board *virtio; /* virtio-mmio slots (--disk, --net, --rng) */
     bool threads_started;
     bool have_i8042, have_rtc, have_exitport, have_acpi_pm; /* attached: detach at the end */
     bool vm_created; /* backend vm_create succeeded: vm_destroy is due */
@@ -222,6 +224,7 @@ static int attach_devices(struct vm *vm)
     NEED(acpi_pm_attach);
     if ((r = acpi_pm_attach(vm)) < 0) return err_wrap(r, "ACPI power management");
     b->have_acpi_pm = true;
+    if (!(b->virtio = virtio_board_attach(vm, b->cfg.vdevs))) return err_wrap(-EIO, "virtio");
     return 0;
 fail:
     return -ENOSYS;
@@ -236,7 +239,7 @@ static int load_guest(struct vm *vm, struct x86_state *bsp)
     struct acpi_config ac;
     memset(&ac, 0, sizeof(ac));
     ac.ncpus = vm->ncpus;
-    ac.nvirtio = 0;
+    virtio_board_acpi(((struct board *)vm->board)->virtio, &ac);
     if ((r = acpi_build(vm, &ac)) < 0) return err_wrap(r, "building the ACPI tables");
     x86_state_reset(bsp, 0, true);
     if ((r = boot_load(vm, cfg->kernel, cfg->initrd, cfg->cmdline ? cfg->cmdline : "", bsp)) < 0)
@@ -570,6 +573,8 @@ static void detach_devices(struct vm *vm)
     if (b->have_exitport && BOARD_HAVE(exitport_detach)) exitport_detach(vm);
     if (b->have_acpi_pm && BOARD_HAVE(acpi_pm_detach)) acpi_pm_detach(vm);
     b->have_i8042 = b->have_rtc = b->have_exitport = b->have_acpi_pm = false;
+    virtio_board_detach(vm, b->virtio);
+    b->virtio = NULL;
 }
 
 void machine_destroy(struct vm *vm)

@@ -5,6 +5,7 @@
 #include <stdint.h>
 
 #include "cpu/cpu.h"
+#include "devices/virtio/config.h"
 
 struct machine_config {
     const char *kernel, *initrd, *cmdline;
@@ -24,6 +25,7 @@ struct machine_config {
     /* restore: the snapshot's CPUID table, presented instead of the model if this backend can
      * (refused with a clear message otherwise) */
     const struct cpuid_model *restore_cpuid;
+    const struct vdev_list *vdevs;     /* virtio devices (NULL: none) */
 };
 
 struct vm *machine_create(const struct machine_config *cfg); /* NULL + err_msg() on failure */

@@ -1,0 +1,357 @@
+/* virtio-blk request parsing and execution, and the per-disk worker thread (see blk.h).
+ * Trusts nothing in guest requests; trusts the image file only to be a file (its size is read
+ * once; a file that shrinks under us gives short reads, which fail the request). */
+#include "devices/virtio/blk.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "devices/virtio/ratelimit.h"
+#include "util/log.h"
+
+#define SECTOR 512ull
+
+/* iovecs of guest RAM for bytes [off, off+len) of a chain part (readable or writable).  Returns
+ * the count, or -1 if the part is too short. */
+static int part_iov(struct guest_mem *m, const struct vq_chain *c, bool writable, uint64_t off,
+                    uint64_t len, struct iovec *iov, int max)
+{
+    unsigned first = writable ? c->nout : 0, n = writable ? c->nin : c->nout;
+    int k = 0;
+    for (unsigned i = first; i < first + n && len > 0; i++) {
+        const struct vq_seg *s = &c->seg[i];
+        if (off >= s->len) {
+            off -= s->len;
+            continue;
+        }
+        uint64_t piece = MIN((uint64_t)s->len - off, len);
+        void *p = guest_ptr(m, s->addr + off, piece);
+        if (!p || k >= max) return -1;
+        iov[k++] = (struct iovec){p, piece};
+        if (writable) guest_mark_dirty(m, s->addr + off, piece);
+        len -= piece;
+        off = 0;
+    }
+    return len ? -1 : k;
+}
+
+/* Full positional vector I/O: loops over short transfers and EINTR. */
+static int rw_full(int fd, struct iovec *iov, int n, uint64_t pos, bool write)
+{
+    while (n > 0) {
+        ssize_t r = write ? pwritev(fd, iov, n, (off_t)pos) : preadv(fd, iov, n, (off_t)pos);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return -1; /* error, or end of file inside the range */
+        pos += (uint64_t)r;
+        while (n > 0 && (size_t)r >= iov->iov_len) {
+            r -= (ssize_t)iov->iov_len;
+            iov++;
+            n--;
+        }
+        if (n > 0) {
+            iov->iov_base = (uint8_t *)iov->iov_base + r;
+            iov->iov_len -= (size_t)r;
+        }
+    }
+    return 0;
+}
+
+static bool range_ok(const struct blk_backend *b, uint64_t sector, uint64_t nsect)
+{
+    return sector <= b->sectors && nsect <= b->sectors - sector;
+}
+
+static int zero_range(const struct blk_backend *b, uint64_t pos, uint64_t len, bool unmap)
+{
+    if (fallocate(b->fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, (off_t)pos, (off_t)len) == 0)
+        return 0;
+    if (unmap &&
+        fallocate(b->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)pos, (off_t)len) == 0)
+        return 0;
+    static const uint8_t zero[65536];
+    while (len) {
+        size_t n = (size_t)MIN(len, sizeof(zero));
+        ssize_t w = pwrite(b->fd, zero, n, (off_t)pos);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return -1;
+        pos += (uint64_t)w;
+        len -= (uint64_t)w;
+    }
+    return 0;
+}
+
+/* DISCARD / WRITE_ZEROES: 16-byte segments {le64 sector, le32 num_sectors, le32 flags}. */
+static int discard_zeroes(const struct blk_backend *b, struct guest_mem *m,
+                          const struct vq_chain *c, uint32_t type)
+{
+    uint64_t len = c->out_len - 16;
+    if (len == 0 || len % 16 || len / 16 > VIRTIO_BLK_MAX_DWZ_SEGS) return VIRTIO_BLK_S_IOERR;
+    if (b->ro) return VIRTIO_BLK_S_IOERR;
+    for (uint64_t off = 16; off < c->out_len; off += 16) {
+        uint8_t raw[16];
+        if (vq_copy_from(m, c, off, raw, 16) != 16) return VIRTIO_BLK_S_IOERR;
+        uint64_t sector;
+        uint32_t num, flags;
+        memcpy(&sector, raw, 8);
+        memcpy(&num, raw + 8, 4);
+        memcpy(&flags, raw + 12, 4);
+        if (!range_ok(b, sector, num)) return VIRTIO_BLK_S_IOERR;
+        if (type == VIRTIO_BLK_T_DISCARD) {
+            if (flags) return VIRTIO_BLK_S_UNSUPP; /* 5.2.6.2: reserved bits / unmap */
+            /* Discard is a hint: a file system without hole punching simply keeps the data. */
+            if (num)
+                (void)fallocate(b->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                                (off_t)(sector * SECTOR), (off_t)(num * SECTOR));
+        } else {
+            if (flags & ~1u) return VIRTIO_BLK_S_UNSUPP;
+            if (num && zero_range(b, sector * SECTOR, num * SECTOR, flags & 1) < 0)
+                return VIRTIO_BLK_S_IOERR;
+        }
+    }
+    return VIRTIO_BLK_S_OK;
+}
+
+int blk_process(const struct blk_backend *b, struct guest_mem *m, const struct vq_chain *c,
+                uint32_t *used)
+{
+    *used = 0;
+    if (c->in_len < 1) return -1; /* nowhere to put the status */
+    uint64_t status_off = c->in_len - 1;
+    uint8_t hdr[16];
+    int st = VIRTIO_BLK_S_IOERR;
+    uint32_t wrote = 0;
+    if (c->out_len < 16 || vq_copy_from(m, c, 0, hdr, 16) != 16) goto done;
+    uint32_t type;
+    uint64_t sector;
+    memcpy(&type, hdr, 4);
+    memcpy(&sector, hdr + 8, 8);
+    struct iovec iov[VQ_MAX_SEGS];
+    switch (type) {
+    case VIRTIO_BLK_T_IN: {
+        uint64_t len = status_off;
+        if (c->out_len != 16 || len % SECTOR || !range_ok(b, sector, len / SECTOR)) goto done;
+        if (len) {
+            int n = part_iov(m, c, true, 0, len, iov, VQ_MAX_SEGS);
+            if (n < 0 || rw_full(b->fd, iov, n, sector * SECTOR, false) < 0) goto done;
+        }
+        wrote = (uint32_t)len;
+        st = VIRTIO_BLK_S_OK;
+        break;
+    }
+    case VIRTIO_BLK_T_OUT: {
+        uint64_t len = c->out_len - 16;
+        if (b->ro || status_off != 0 || len % SECTOR || !range_ok(b, sector, len / SECTOR))
+            goto done;
+        if (len) {
+            int n = part_iov(m, c, false, 16, len, iov, VQ_MAX_SEGS);
+            if (n < 0 || rw_full(b->fd, iov, n, sector * SECTOR, true) < 0) goto done;
+        }
+        st = VIRTIO_BLK_S_OK;
+        break;
+    }
+    case VIRTIO_BLK_T_FLUSH:
+        if (c->out_len != 16 || status_off != 0) goto done;
+        st = (b->ro || fdatasync(b->fd) == 0) ? VIRTIO_BLK_S_OK : VIRTIO_BLK_S_IOERR;
+        break;
+    case VIRTIO_BLK_T_GET_ID: {
+        if (c->out_len != 16) goto done;
+        uint64_t len = MIN(status_off, (uint64_t)VIRTIO_BLK_ID_BYTES);
+        if (len && vq_copy_to(m, c, 0, b->id, len) != (long)len) goto done;
+        wrote = (uint32_t)len;
+        st = VIRTIO_BLK_S_OK;
+        break;
+    }
+    case VIRTIO_BLK_T_DISCARD:
+    case VIRTIO_BLK_T_WRITE_ZEROES:
+        if (status_off != 0) goto done;
+        st = discard_zeroes(b, m, c, type);
+        break;
+    default: st = VIRTIO_BLK_S_UNSUPP; break;
+    }
+done:;
+    uint8_t s8 = (uint8_t)st;
+    if (vq_copy_to(m, c, status_off, &s8, 1) != 1) return -1;
+    *used = wrote + 1;
+    return st;
+}
+
+/* ---- the device ---------------------------------------------------------------------------- */
+
+struct virtio_blk {
+    struct virtio_mmio t;
+    struct blk_backend be;
+    struct virtio_dev_ops ops;
+    uint8_t config[VIRTIO_BLK_CONFIG_SIZE];
+    pthread_t thread;
+    pthread_cond_t work; /* with t.lock */
+    bool kick, stop, started;
+    struct tbucket bw, iops;
+    struct vq_chain chain; /* worker-owned */
+};
+
+static void put_le(uint8_t *p, uint64_t v, unsigned n)
+{
+    for (unsigned i = 0; i < n; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void blk_config_read(void *dev, uint32_t off, uint8_t *data, unsigned len)
+{
+    struct virtio_blk *d = dev;
+    memcpy(data, d->config + off, len); /* the transport checked off+len <= config_size */
+}
+
+static void blk_notify(void *dev, unsigned q)
+{
+    struct virtio_blk *d = dev;
+    d->kick = true;
+    pthread_cond_signal(&d->work);
+}
+
+static void *blk_worker(void *arg)
+{
+    struct virtio_blk *d = arg;
+    struct virtio_mmio *t = &d->t;
+    pthread_mutex_lock(&t->lock);
+    for (;;) {
+        while (!d->kick && !d->stop)
+            pthread_cond_wait(&d->work, &t->lock);
+        if (d->stop) break;
+        d->kick = false;
+        while (!d->stop && virtio_mmio_pop(t, 0, &d->chain) > 0) {
+            pthread_mutex_unlock(&t->lock);
+            uint64_t now = tb_now_ns();
+            uint64_t wait = MAX(tb_take(&d->iops, 1, now),
+                                tb_take(&d->bw, d->chain.out_len + d->chain.in_len, now));
+            tb_sleep_ns(wait);
+            uint32_t used = 0;
+            (void)blk_process(&d->be, t->mem, &d->chain, &used);
+            pthread_mutex_lock(&t->lock);
+            virtio_mmio_push(t, 0, d->chain.head, used);
+        }
+    }
+    pthread_mutex_unlock(&t->lock);
+    return NULL;
+}
+
+struct virtio_blk *virtio_blk_create(struct guest_mem *mem, struct irq_line irq,
+                                     const struct blk_opts *o)
+{
+    struct virtio_blk *d = calloc(1, sizeof(*d));
+    if (!d) {
+        err_set(ENOMEM, "out of memory");
+        return NULL;
+    }
+    d->be.ro = o->ro;
+    d->be.fd = open(o->path, (o->ro ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+    if (d->be.fd < 0) {
+        err_set(errno, "cannot open disk image %s%s: %s", o->path, o->ro ? "" : " for writing",
+                strerror(errno));
+        free(d);
+        return NULL;
+    }
+    struct stat st;
+    off_t size = lseek(d->be.fd, 0, SEEK_END);
+    if (fstat(d->be.fd, &st) < 0 || (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) || size < 0) {
+        err_set(EINVAL, "disk image %s is not a regular file or block device", o->path);
+        goto fail;
+    }
+    /* Two VMs writing one image corrupt it: take a lock (shared for read-only use). */
+    if (flock(d->be.fd, (o->ro ? LOCK_SH : LOCK_EX) | LOCK_NB) < 0) {
+        err_set(EBUSY,
+                "disk image %s is in use by another process (locked); use ,ro on both or "
+                "a copy",
+                o->path);
+        goto fail;
+    }
+    d->be.sectors = (uint64_t)size / SECTOR;
+    if ((uint64_t)size % SECTOR)
+        log_warn("disk image %s: %llu trailing bytes beyond the last whole sector are not visible",
+                 o->path, (unsigned long long)((uint64_t)size % SECTOR));
+    const char *base = strrchr(o->path, '/');
+    const char *name = base ? base + 1 : o->path; /* the id: NUL-padded, unterminated if full */
+    memcpy(d->be.id, name, strnlen(name, sizeof(d->be.id)));
+
+    uint8_t *cf = d->config;
+    put_le(cf + 0, d->be.sectors, 8);     /* capacity */
+    put_le(cf + 12, VQ_MAX_SEGS - 2, 4);  /* seg_max: header and status take two */
+    put_le(cf + 36, UINT32_MAX / 512, 4); /* max_discard_sectors */
+    put_le(cf + 40, VIRTIO_BLK_MAX_DWZ_SEGS, 4);
+    put_le(cf + 44, 8, 4);                /* discard_sector_alignment: 4 KiB */
+    put_le(cf + 48, UINT32_MAX / 512, 4); /* max_write_zeroes_sectors */
+    put_le(cf + 52, VIRTIO_BLK_MAX_DWZ_SEGS, 4);
+    cf[56] = 1; /* write_zeroes_may_unmap */
+    uint64_t feat = (1ull << VIRTIO_BLK_F_SEG_MAX) | (1ull << VIRTIO_BLK_F_FLUSH);
+    if (o->ro)
+        feat |= 1ull << VIRTIO_BLK_F_RO;
+    else
+        feat |= (1ull << VIRTIO_BLK_F_DISCARD) | (1ull << VIRTIO_BLK_F_WRITE_ZEROES);
+
+    d->ops = (struct virtio_dev_ops){.device_id = VIRTIO_ID_BLOCK,
+                                     .nqueues = 1,
+                                     .config_size = VIRTIO_BLK_CONFIG_SIZE,
+                                     .config_read = blk_config_read,
+                                     .notify = blk_notify};
+    tb_init(&d->bw, o->bw);
+    tb_init(&d->iops, o->iops);
+    virtio_mmio_init(&d->t, mem, irq, &d->ops, d, feat);
+    pthread_cond_init(&d->work, NULL);
+    int e = pthread_create(&d->thread, NULL, blk_worker, d);
+    if (e) {
+        err_set(e, "cannot start the disk worker thread: %s", strerror(e));
+        pthread_cond_destroy(&d->work);
+        virtio_mmio_destroy(&d->t);
+        goto fail;
+    }
+    d->started = true;
+    return d;
+fail:
+    close(d->be.fd);
+    free(d);
+    return NULL;
+}
+
+struct virtio_mmio *virtio_blk_transport(struct virtio_blk *d)
+{
+    return &d->t;
+}
+
+void virtio_blk_destroy(struct virtio_blk *d)
+{
+    if (!d) return;
+    pthread_mutex_lock(&d->t.lock);
+    d->stop = true;
+    pthread_cond_signal(&d->work);
+    pthread_mutex_unlock(&d->t.lock);
+    pthread_join(d->thread, NULL);
+    /* What the guest wrote but never flushed still reaches the image at a clean exit. */
+    if (!d->be.ro) (void)fdatasync(d->be.fd);
+    close(d->be.fd);
+    pthread_cond_destroy(&d->work);
+    virtio_mmio_destroy(&d->t);
+    free(d);
+}
+
+void virtio_blk_get_state(struct virtio_blk *d, struct virtio_blk_state *s)
+{
+    virtio_mmio_get_state(&d->t, &s->mmio);
+}
+
+int virtio_blk_set_state(struct virtio_blk *d, const struct virtio_blk_state *s)
+{
+    int r = virtio_mmio_set_state(&d->t, &s->mmio);
+    if (r == 0) {
+        pthread_mutex_lock(&d->t.lock);
+        d->kick = true; /* requests the guest queued before the snapshot */
+        pthread_cond_signal(&d->work);
+        pthread_mutex_unlock(&d->t.lock);
+    }
+    return r;
+}

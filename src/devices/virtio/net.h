@@ -1,0 +1,44 @@
+/* virtio-net (device id 1): one receive and one transmit queue, no offloads, with two back ends:
+ * `user` (libslirp: DHCP at 10.0.2.15, the host at 10.0.2.2 including its loopback, DNS at
+ * 10.0.2.3, outbound TCP/UDP, host port forwarding) and `tap:IFNAME` (/dev/net/tun, IFF_TAP |
+ * IFF_NO_PI).  A poll thread per NIC feeds received frames to the guest; transmitted frames are
+ * handed to the back end on the notifying vCPU thread (bounded work, non-blocking writes).
+ *
+ * Trusts nothing in guest chains: the 12-byte virtio_net_hdr_v1 is required and must ask for no
+ * offload (none is offered), frames are 14..VNET_MAX_FRAME bytes, receive chains must be wholly
+ * device-writable and large enough, or the frame is dropped. */
+#pragma once
+#include <stdint.h>
+
+#include "bus/bus.h"
+#include "devices/virtio/config.h"
+#include "devices/virtio/mmio.h"
+#include "mem/guest.h"
+
+#define VIRTIO_ID_NET       1
+#define VIRTIO_NET_F_MAC    5
+#define VIRTIO_NET_F_STATUS 16
+#define VNET_HDR_LEN        12    /* struct virtio_net_hdr_v1 (VERSION_1 always has num_buffers) */
+#define VNET_MAX_FRAME      65536 /* largest frame we accept or deliver */
+
+/* Parses a transmit chain: copies the frame (without the header) to buf (VNET_MAX_FRAME bytes).
+ * Returns the frame length, or -1 for a malformed request (dropped). */
+long vnet_tx_parse(const struct guest_mem *m, const struct vq_chain *c, uint8_t *buf);
+/* Writes header + frame into a receive chain: bytes written (for the used ring), or -1 if the
+ * chain cannot hold it. */
+long vnet_rx_fill(struct guest_mem *m, const struct vq_chain *c, const uint8_t *frame, size_t len);
+
+struct virtio_net;
+struct virtio_net *virtio_net_create(struct guest_mem *mem, struct irq_line irq,
+                                     const struct vdev_spec *spec, unsigned slot);
+struct virtio_mmio *virtio_net_transport(struct virtio_net *d);
+void virtio_net_destroy(struct virtio_net *d);
+
+/* Snapshot state: the transport's and the MAC.  Connections inside the user back end are not
+ * saved (a restored guest sees them reset, as after a cable pull). */
+struct virtio_net_state {
+    struct virtio_mmio_state mmio;
+    uint8_t mac[6];
+};
+void virtio_net_get_state(struct virtio_net *d, struct virtio_net_state *s);
+int virtio_net_set_state(struct virtio_net *d, const struct virtio_net_state *s);

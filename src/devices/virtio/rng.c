@@ -1,0 +1,126 @@
+/* virtio-rng: chains filled from getrandom() (see rng.h).  Trusts nothing in the chains. */
+#include "devices/virtio/rng.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "devices/virtio/ratelimit.h"
+#include "util/log.h"
+
+uint32_t rng_process(struct guest_mem *m, const struct vq_chain *c)
+{
+    if (c->nout || c->in_len == 0) return 0; /* 5.4.6: only device-writable buffers */
+    uint8_t buf[VIRTIO_RNG_MAX_REQ];
+    size_t n = (size_t)MIN(c->in_len, (uint64_t)sizeof(buf)), got = 0;
+    while (got < n) {
+        ssize_t r = getrandom(buf + got, n - got, GRND_NONBLOCK);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break;
+        got += (size_t)r;
+    }
+    if (!got || vq_copy_to(m, c, 0, buf, got) != (long)got) return 0;
+    return (uint32_t)got;
+}
+
+struct virtio_rng {
+    struct virtio_mmio t;
+    struct virtio_dev_ops ops;
+    struct tbucket bw;
+    pthread_t thread;
+    pthread_cond_t work; /* with t.lock */
+    bool kick, stop;
+    struct vq_chain chain; /* worker-owned */
+};
+
+/* With t.lock held (vCPU thread): wake the worker. */
+static void rng_notify(void *dev, unsigned q)
+{
+    struct virtio_rng *d = dev;
+    d->kick = true;
+    pthread_cond_signal(&d->work);
+}
+
+/* Serves requests off the vCPU thread, sleeping (unlocked) while over the byte budget. */
+static void *rng_worker(void *arg)
+{
+    struct virtio_rng *d = arg;
+    struct virtio_mmio *t = &d->t;
+    pthread_mutex_lock(&t->lock);
+    for (;;) {
+        while (!d->kick && !d->stop)
+            pthread_cond_wait(&d->work, &t->lock);
+        if (d->stop) break;
+        d->kick = false;
+        while (!d->stop && virtio_mmio_pop(t, 0, &d->chain) > 0) {
+            pthread_mutex_unlock(&t->lock);
+            uint64_t want = MIN(d->chain.in_len, (uint64_t)VIRTIO_RNG_MAX_REQ);
+            tb_sleep_ns(tb_take(&d->bw, want, tb_now_ns()));
+            uint32_t n = rng_process(t->mem, &d->chain);
+            pthread_mutex_lock(&t->lock);
+            virtio_mmio_push(t, 0, d->chain.head, n);
+        }
+    }
+    pthread_mutex_unlock(&t->lock);
+    return NULL;
+}
+
+struct virtio_rng *virtio_rng_create(struct guest_mem *mem, struct irq_line irq,
+                                     uint64_t bytes_per_sec)
+{
+    struct virtio_rng *d = calloc(1, sizeof(*d));
+    if (!d) {
+        err_set(ENOMEM, "out of memory");
+        return NULL;
+    }
+    d->ops =
+        (struct virtio_dev_ops){.device_id = VIRTIO_ID_RNG, .nqueues = 1, .notify = rng_notify};
+    tb_init(&d->bw, bytes_per_sec);
+    virtio_mmio_init(&d->t, mem, irq, &d->ops, d, 0);
+    pthread_cond_init(&d->work, NULL);
+    int e = pthread_create(&d->thread, NULL, rng_worker, d);
+    if (e) {
+        err_set(e, "cannot start the entropy device thread: %s", strerror(e));
+        pthread_cond_destroy(&d->work);
+        virtio_mmio_destroy(&d->t);
+        free(d);
+        return NULL;
+    }
+    return d;
+}
+
+struct virtio_mmio *virtio_rng_transport(struct virtio_rng *d)
+{
+    return &d->t;
+}
+
+void virtio_rng_destroy(struct virtio_rng *d)
+{
+    if (!d) return;
+    pthread_mutex_lock(&d->t.lock);
+    d->stop = true;
+    pthread_cond_signal(&d->work);
+    pthread_mutex_unlock(&d->t.lock);
+    pthread_join(d->thread, NULL);
+    pthread_cond_destroy(&d->work);
+    virtio_mmio_destroy(&d->t);
+    free(d);
+}
+
+void virtio_rng_get_state(struct virtio_rng *d, struct virtio_rng_state *s)
+{
+    virtio_mmio_get_state(&d->t, &s->mmio);
+}
+
+int virtio_rng_set_state(struct virtio_rng *d, const struct virtio_rng_state *s)
+{
+    int r = virtio_mmio_set_state(&d->t, &s->mmio);
+    if (r == 0) {
+        pthread_mutex_lock(&d->t.lock);
+        d->kick = true; /* requests the guest queued before the snapshot */
+        pthread_cond_signal(&d->work);
+        pthread_mutex_unlock(&d->t.lock);
+    }
+    return r;
+}

@@ -1,0 +1,225 @@
+"""Virtio devices: option errors and device set-up/teardown (fast, both builds, a test kernel),
+and the Debian guest using a virtio disk, entropy and user networking (slow: two boots in all).
+
+Boot 1 writes files to an ext4 disk (made on the host with mkfs.ext4), syncs, unmounts it; writes
+one more file to a second disk and syncs without unmounting; reads /dev/hwrng; checks a read-only
+disk is read-only in the guest (VIRTIO_BLK_F_RO: /sys/block/vdc/ro is 1, a raw write fails even
+after `blockdev --setrw`; the device's own IOERR for writes is covered by test_virtio.c) and its
+image is unchanged; gets
+an address by DHCP over `--net user` and downloads a file from an HTTP server on the host's
+loopback; then prints a marker and sleeps, and the test kills lookout with SIGKILL.  Boot 2 checks
+every checksum on both disks (the second disk's journal is replayed: what was synced survived the
+kill) and powers off; the host's e2fsck then finds the cleanly unmounted disk consistent."""
+
+import hashlib
+import http.server
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import assert_error, guest_timeout, kernel_backend, run_lookout
+
+
+def _mkfs(path, size_mb=32):
+    if not shutil.which("mkfs.ext4"):
+        pytest.skip("mkfs.ext4 (e2fsprogs) is not installed")
+    with open(path, "wb") as f:
+        f.truncate(size_mb << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(path)], check=True)
+
+
+# --------------------------------------------------------------------------- fast
+def test_disk_option_errors(lookout_any, test_kernel, tmp_path):
+    k = test_kernel("exit42")
+    r = run_lookout(lookout_any, "run", "--cpu", kernel_backend(), "--kernel", k, "--disk",
+                    tmp_path / "x.img,bogus", timeout=20)
+    assert r.rc == 2, r
+    assert_error(r, "--disk")
+    r = run_lookout(lookout_any, "run", "--cpu", kernel_backend(), "--kernel", k, "--disk",
+                    tmp_path / "missing.img", timeout=20)
+    assert_error(r, "cannot open disk image")
+    r = run_lookout(lookout_any, "run", "--cpu", kernel_backend(), "--kernel", k, "--net",
+                    "bridge", timeout=20)
+    assert r.rc == 2, r
+    assert_error(r, "--net")
+    many = []
+    for _ in range(9):
+        many.append("--rng")
+    r = run_lookout(lookout_any, "run", "--cpu", kernel_backend(), "--kernel", k, *many,
+                    timeout=20)
+    assert_error(r, "at most 8")
+
+
+def test_devices_attach_and_detach(lookout_any, test_kernel, tmp_path):
+    """A guest that never touches the devices: they are created, registered and torn down
+    cleanly (the sanitizer build reports leaks and races in teardown)."""
+    img = tmp_path / "d.img"
+    img.write_bytes(b"\0" * 65536)
+    r = run_lookout(lookout_any, "run", "--cpu", kernel_backend(), "--kernel",
+                    test_kernel("exit42"), "--disk", f"{img},bw=1M,iops=100", "--disk",
+                    f"{img},ro", "--rng", "--net", "user,hostfwd=tcp::0-:22", timeout=20)
+    # hostfwd port 0 is refused by the parser
+    assert_error(r, "hostfwd")
+    r = run_lookout(lookout_any, "run", "--cpu", kernel_backend(), "--kernel",
+                    test_kernel("exit42"), "--disk", f"{img},bw=1M,iops=100", "--rng", "--net",
+                    "user", timeout=20)
+    assert r.rc == (42 << 1) | 1, r
+    assert "Sanitizer" not in r.err, r
+
+
+def test_disk_locked_by_another_vm(lookout_any, test_kernel, tmp_path):
+    img = tmp_path / "d.img"
+    img.write_bytes(b"\0" * 65536)
+    r = run_lookout(lookout_any, "run", "--cpu", kernel_backend(), "--kernel",
+                    test_kernel("exit42"), "--disk", img, "--disk", img, timeout=20)
+    assert_error(r, "in use", "locked")
+
+
+# --------------------------------------------------------------------------- Debian guest
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+
+
+@pytest.fixture
+def http_dir(tmp_path):
+    d = tmp_path / "www"
+    d.mkdir()
+    blob = os.urandom(300_000)
+    (d / "blob").write_bytes(blob)
+
+    def handler(*a, **kw):
+        return _Quiet(*a, directory=str(d), **kw)
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield srv.server_address[1], hashlib.sha256(blob).hexdigest()
+    srv.shutdown()
+
+
+BOOT1 = r"""
+set -x
+mount /dev/vda /mnt || exit 10
+dd if=/dev/urandom of=/mnt/a bs=4096 count=64 2>/dev/null
+dd if=/dev/urandom of=/mnt/b bs=1000 count=333 2>/dev/null
+mkdir -p /mnt/dir && echo hello >/mnt/dir/c
+sha256sum /mnt/a /mnt/b /mnt/dir/c >/mnt/SUMS
+sync
+umount /mnt || exit 11
+mkdir -p /m2 && mount /dev/vdb /m2 || exit 12
+dd if=/dev/urandom of=/m2/k bs=4096 count=16 2>/dev/null
+(cd /m2 && sha256sum k >SUMS)
+sync
+echo "HWRNG $(head -c 64 /dev/hwrng | wc -c) $(cat /sys/class/misc/hw_random/rng_current)"
+echo "RO $(cat /sys/block/vdc/ro)"
+mkdir -p /m3 && mount -o ro /dev/vdc /m3 && echo "RO-READ $(cat /m3/hello)" && umount /m3
+blockdev --setrw /dev/vdc
+if dd if=/dev/zero of=/dev/vdc bs=4096 count=1 oflag=direct 2>/dev/null; then
+    echo RO-WRITE-ACCEPTED; else echo RO-WRITE-REFUSED; fi
+ip link set eth0 up
+printf '#!/bin/sh\n[ "$1" = bound ] && ip addr add $ip/$mask dev $interface && ip route add default via $router\nexit 0\n' >/tmp/dhcp
+chmod +x /tmp/dhcp
+udhcpc -i eth0 -s /tmp/dhcp -q -n -t 5 >/dev/null 2>&1
+echo "ADDR $(ip -4 addr show eth0 | grep -o 'inet [0-9.]*')"
+wget -q -O /tmp/blob http://10.0.2.2:PORT/blob && echo "NET $(sha256sum /tmp/blob)"
+echo SYNCED-AND-WAITING
+sleep 1000
+"""
+
+BOOT2 = r"""
+mount /dev/vda /mnt || exit 20
+(cd / && sha256sum -c /mnt/SUMS) && echo DISK1-OK
+umount /mnt
+mount /dev/vdb /m2 2>/dev/null || { mkdir -p /m2 && mount /dev/vdb /m2; } || exit 21
+(cd /m2 && sha256sum -c SUMS) && echo DISK2-OK
+umount /m2
+"""
+
+
+@pytest.mark.guest
+def test_guest_disk_rng_net_and_kill(lookout_bin, debian_guest, tmp_path, http_dir):
+    port, blob_sum = http_dir
+    d1, d2, d3 = tmp_path / "d1.img", tmp_path / "d2.img", tmp_path / "ro.img"
+    for d in (d1, d2, d3):
+        _mkfs(d)
+    # put one file on the read-only disk from the host (debugfs, no mount needed)
+    hello = tmp_path / "hello"
+    hello.write_text("from-the-host\n")
+    subprocess.run(["debugfs", "-w", "-R", f"write {hello} hello", str(d3)], check=True,
+                   capture_output=True)
+    ro_before = hashlib.sha256(d3.read_bytes()).hexdigest()
+    base = ["run", "--kernel", debian_guest["KERNEL"], "--initrd", debian_guest["INITRD"],
+            "--append", debian_guest["APPEND"], "--mem", "512M", "--cpu", "auto"]
+
+    # boot 1: write, sync, other checks, then SIGKILL while the guest sleeps
+    argv = [str(lookout_bin), *base, "--disk", str(d1), "--disk", str(d2), "--disk",
+            f"{d3},ro", "--rng", "--net", "user", "--", "sh", "-c",
+            BOOT1.replace("PORT", str(port))]
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         stdin=subprocess.DEVNULL, start_new_session=True)
+    out = b""
+    deadline = time.monotonic() + guest_timeout()
+    os.set_blocking(p.stdout.fileno(), False)
+    while b"SYNCED-AND-WAITING" not in out and time.monotonic() < deadline and p.poll() is None:
+        chunk = p.stdout.read()
+        if chunk:
+            out += chunk
+        else:
+            time.sleep(0.2)
+    os.killpg(p.pid, signal.SIGKILL)
+    _, err = p.communicate()
+    text = out.decode(errors="replace")
+    assert "SYNCED-AND-WAITING" in text, f"{text[-3000:]}\n--- stderr ---\n{err.decode()[-3000:]}"
+    assert "HWRNG 64 virtio_rng" in text, text
+    assert "RO 1" in text, text
+    assert "RO-READ from-the-host" in text, text
+    assert "RO-WRITE-REFUSED" in text, text
+    assert "ADDR inet 10.0.2.15" in text, text
+    assert f"NET {blob_sum}" in text, text
+    assert hashlib.sha256(d3.read_bytes()).hexdigest() == ro_before, "the ro image changed"
+    # the first disk was unmounted before the kill: consistent on the host
+    fsck = subprocess.run(["e2fsck", "-fn", str(d1)], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+    # boot 2: everything that was synced is there
+    r = run_lookout(lookout_bin, *base, "--disk", str(d1), "--disk", str(d2), "--", "sh", "-c",
+                    BOOT2, timeout=guest_timeout())
+    assert r.rc == 0, r
+    assert "DISK1-OK" in r.out and "DISK2-OK" in r.out, r
+    fsck = subprocess.run(["e2fsck", "-fn", str(d1)], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+
+def test_tap_backend_opens(lookout_any, test_kernel):
+    """`--net tap:IF` as root: the TAP device is created/attached and released at exit."""
+    if os.geteuid() != 0 or not os.path.exists("/dev/net/tun"):
+        pytest.skip("needs root and /dev/net/tun")
+    r = run_lookout(lookout_any, "run", "--cpu", kernel_backend(), "--kernel",
+                    test_kernel("exit42"), "--net", "tap:lkvtest0", timeout=20)
+    assert r.rc == (42 << 1) | 1, r
+    assert "Sanitizer" not in r.err, r
+
+
+@pytest.mark.parametrize("cpu,iters", [pytest.param("kvm", 300, marks=pytest.mark.kvm),
+                                       pytest.param("bt", 2000, marks=pytest.mark.bt)])
+def test_hostile_driver(lookout_any, test_kernel, tmp_path, cpu, iters):
+    """tests/guests/virtiohostile.c attacks every virtio device (random and boundary register
+    values, malformed rings, resets) and the whole port space; the VMM must survive (the
+    sanitizer build reports any memory error) and every device must still answer."""
+    d1, d2 = tmp_path / "a.img", tmp_path / "b.img"
+    for d in (d1, d2):
+        d.write_bytes(b"\0" * (1 << 20))
+    for seed in (1, 7):
+        r = run_lookout(lookout_any, "run", "--cpu", cpu, "--kernel",
+                        test_kernel("virtiohostile"), "--append", f"seed={seed} iters={iters}",
+                        "--disk", d1, "--disk", f"{d2},ro", "--rng", "--net", "user",
+                        timeout=300)
+        assert r.rc == 1, r  # exit value 0
+        assert "all devices still answer" in r.out, r
+        assert "Sanitizer" not in r.err, r
