@@ -13,8 +13,9 @@
 #define LAYOUT_CMDLINE       0x00020000ull
 #define LAYOUT_CMDLINE_MAX   0x00010000ull
 #define LAYOUT_EBDA          0x0009fc00ull
-#define LAYOUT_ACPI_BASE     0x000e0000ull /* RSDP and tables: e0000-fffff (BIOS area, searched) */
-#define LAYOUT_ACPI_SIZE     0x00020000ull
+#define LAYOUT_ACPI_BASE     0x000e0000ull /* RSDP and tables (BIOS area, searched by Linux) */
+#define LAYOUT_ACPI_SIZE     0x0001f000ull /* e0000-fefff; the last page holds the reset stub */
+#define LAYOUT_RESET_VECTOR  0x000ffff0ull /* F000:FFF0: a few bytes that ask the board to reset */
 #define LAYOUT_KERNEL_MIN    0x00100000ull
 
 /* 32-bit MMIO hole (3-4 GiB) */

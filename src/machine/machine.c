@@ -241,6 +241,14 @@ static int load_guest(struct vm *vm, struct x86_state *bsp)
     ac.ncpus = vm->ncpus;
     virtio_board_acpi(((struct board *)vm->board)->virtio, &ac);
     if ((r = acpi_build(vm, &ac)) < 0) return err_wrap(r, "building the ACPI tables");
+    /* There is no firmware, but guests still jump to the reset vector to reboot: Linux on a
+     * HW-reduced ACPI board picks its EFI-then-BIOS path (machine_real_restart to F000:FFF0),
+     * never the reset register.  What a BIOS would do there is reset the board, so the vector
+     * holds: mov al, ACPI_RESET_VALUE; mov dx, PORT_ACPI_RESET; out dx, al; hlt; jmp $-1. */
+    static const uint8_t reset_stub[] = {0xb0, ACPI_RESET_VALUE, 0xba, PORT_ACPI_RESET & 0xff,
+                                         PORT_ACPI_RESET >> 8, 0xee, 0xf4, 0xeb, 0xfd};
+    if ((r = guest_write(&vm->mem, LAYOUT_RESET_VECTOR, reset_stub, sizeof(reset_stub))) < 0)
+        return err_wrap(r, "writing the reset vector");
     x86_state_reset(bsp, 0, true);
     if ((r = boot_load(vm, cfg->kernel, cfg->initrd, cfg->cmdline ? cfg->cmdline : "", bsp)) < 0)
         return r;
