@@ -400,10 +400,15 @@ static void *vcpu_thread(void *arg)
     struct vm *vm = cpu->vm;
     const struct cpu_backend *be = vm->backend;
     struct vcpu_exit ex;
+    bool first = cpu->id == 0;
     while (!vm_stopping(vm)) {
         if (atomic_load(&vm->pause_requested)) {
             park(cpu);
             continue;
+        }
+        if (first) { /* bench/boot reads this line */
+            log_info("first guest instruction after %.3f ms", uptime_ms());
+            first = false;
         }
         int r = be->vcpu_run(cpu, &ex);
         if (r < 0) {

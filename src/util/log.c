@@ -7,8 +7,23 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 enum log_level log_threshold = LOG_WARN;
+static struct timespec process_start;
+
+__attribute__((constructor)) static void note_process_start(void)
+{
+    clock_gettime(CLOCK_MONOTONIC, &process_start);
+}
+
+double uptime_ms(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)(now.tv_sec - process_start.tv_sec) * 1e3 +
+           (double)(now.tv_nsec - process_start.tv_nsec) / 1e6;
+}
 static __thread char err_buf[1024];
 
 void log_init_from_env(void)

@@ -25,6 +25,8 @@ int err_set(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)))
 /* Prefixes the current message with more context: "loading kernel: <old message>". */
 int err_wrap(int ret, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 const char *err_msg(void);
+/* Milliseconds since the process started (taken in a constructor, before main()). */
+double uptime_ms(void);
 void err_clear(void);
 
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
