@@ -4,11 +4,11 @@
 # binary, any tests/guests/*.S|*.c kernel is listed in tests/guests/Makefile.inc.
 
 CC      ?= cc
-PKGS    := libcjson libzydis libseccomp libzstd liblz4 slirp
+PKGS    := libcjson libzydis libseccomp libzstd liblz4 slirp libsodium libxxhash
 WARN    := -Wall -Wextra -Werror -Wno-unused-parameter -Wshadow -Wvla -Wformat=2
 CFLAGS_COMMON := -std=gnu11 -g -D_GNU_SOURCE -Isrc $(WARN) -fno-strict-aliasing \
                  $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-LIBS    := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lcjson -lZydis -lseccomp -lzstd -llz4 -lslirp) -lpthread -lm
+LIBS    := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lcjson -lZydis -lseccomp -lzstd -llz4 -lslirp -lsodium -lxxhash) -lpthread -lm
 
 OPT_CFLAGS := -O2 -fstack-protector-strong -D_FORTIFY_SOURCE=2 -fPIE
 SAN_CFLAGS := -O1 -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -fPIE

@@ -10,6 +10,8 @@ PKGS=(
   libcmocka-dev     # C unit-test framework
   libseccomp-dev    # syscall allow-list after set-up
   libzstd-dev       # snapshot memory compression
+  libsodium-dev     # SHA-256 over snapshot state files
+  libxxhash-dev     # XXH64 digests of snapshot memory pages
   liblz4-dev        # host-side decompression of LZ4 kernel payloads (direct vmlinux boot)
   libslirp-dev      # virtio-net user networking (--net user)
   e2fsprogs         # tests: ext4 images for the virtio-blk guest tests

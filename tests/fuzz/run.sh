@@ -35,7 +35,8 @@ if want snap; then
   # the snapshot state parser and section decoders; seed: a minimal valid header
   mkdir -p "$out/corpus-snap"
   clang "${flags[@]}" -o "$out/fuzz_snapshot" tests/fuzz/fuzz_snapshot.c src/snapshot/format.c \
-    src/snapshot/hash.c src/snapshot/codec.c src/x86/cpuid.c src/util/log.c -lpthread
+    src/snapshot/hash.c src/snapshot/codec.c src/x86/cpuid.c src/util/log.c -lsodium -lxxhash \
+    -lpthread
 python3 - "$out/corpus-snap/min" <<'PY'
 import hashlib, struct, sys
 h = b"LOOKSNAP" + struct.pack("<IIQII", 1, 146, 64 << 20, 1, 0) + b"lookout-v1".ljust(32, b"\0")
