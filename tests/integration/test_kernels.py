@@ -46,3 +46,16 @@ def test_emufail(lookout_any, test_kernel, cpu):
                     timeout=120)
     assert r.out.strip(), f"emufail printed nothing: {r!r}"
     assert r.rc == 1, r
+
+
+@pytest.mark.parametrize("cpu", BACKENDS)
+def test_first_instruction_timing_line(lookout_any, test_kernel, cpu):
+    """bench/boot reads the time to the first guest instruction from this info line."""
+    import re
+    r = run_lookout(lookout_any, "run", "--cpu", cpu, "--kernel", test_kernel("exit42"),
+                    timeout=60, env={"LOOKOUT_LOG": "info"})
+    assert r.rc == 85, r
+    m = re.search(r"^lookout: info: first guest instruction after ([0-9]+\.[0-9]{3}) ms", r.err,
+                  re.M)
+    assert m, r
+    assert 0 < float(m.group(1)) < 60000, r
