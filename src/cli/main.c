@@ -16,7 +16,8 @@
 #include <unistd.h>
 
 #include "cli/options.h"
-#include "machine/board_deps.h" /* ctl_main(), console_restore_terminal() */
+#include "api/client.h"
+#include "machine/console.h"
 #include "machine/machine.h"
 #include "snapshot/snapshot.h"
 #include "util/log.h"

@@ -16,7 +16,17 @@
 #include <x86intrin.h>
 
 #include "cpu/kvm/kvm.h"
-#include "machine/board_deps.h" /* loaders, ACPI, devices, console, control socket, vclock */
+#include "api/server.h"
+#include "devices/acpi_pm.h"
+#include "devices/exitport.h"
+#include "devices/i8042.h"
+#include "devices/rtc.h"
+#include "devices/uart16550.h"
+#include "devices/vclock.h"
+#include "machine/acpi.h"
+#include "machine/boot.h"
+#include "machine/console.h"
+#include "machine/layout.h"
 #include "snapshot/codec.h"
 #include "snapshot/snapshot.h"
 #include "machine/virtio_board.h"
@@ -24,15 +34,6 @@
 
 /* The software CPU, once linked in (weak until then). */
 extern const struct cpu_backend cpu_backend_bt __attribute__((weak));
-
-/* True if a (possibly weak) function is linked in.  The cast to void (*)(void) is the one
- * function-pointer conversion the compiler accepts silently, and comparing inside a function keeps
- * -Waddress quiet once the declarations are strong. */
-static bool board_have(void (*fn)(void))
-{
-    return fn != NULL;
-}
-#define BOARD_HAVE(f) board_have((void (*)(void))(f))
 
 #define COM1_KEEP (64u << 10) /* command mode: last COM1 bytes kept for an abnormal end */
 
@@ -63,21 +64,12 @@ static void write_all(int fd, const uint8_t *buf, size_t n)
     }
 }
 
-/* Guest output goes through the console's buffer (a writer thread drains it) so a vCPU never
- * blocks on a stuck terminal; written directly only while the console code is not linked in. */
-static void to_console(struct console *c, int fd, const uint8_t *buf, size_t n)
-{
-    if (BOARD_HAVE(console_output))
-        console_output(c, buf, n);
-    else if (fd >= 0)
-        write_all(fd, buf, n);
-}
 
 static void com1_out(void *ctx, const uint8_t *buf, size_t n)
 {
     struct board *b = ctx;
     if (!b->cfg.command_mode) {
-        to_console(b->console, b->cfg.console_out_fd, buf, n);
+        console_output(b->console, buf, n); /* buffered: a stuck terminal never blocks a vCPU */
         return;
     }
     if (b->cfg.verbose) write_all(STDERR_FILENO, buf, n);
@@ -95,7 +87,7 @@ static void com1_out(void *ctx, const uint8_t *buf, size_t n)
 static void com2_out(void *ctx, const uint8_t *buf, size_t n)
 {
     struct board *b = ctx;
-    if (b->cfg.command_mode) to_console(b->out_console, b->cfg.console_out_fd, buf, n);
+    if (b->cfg.command_mode) console_output(b->out_console, buf, n);
 }
 
 static void dump_com1_ring(struct board *b)
@@ -151,22 +143,7 @@ const struct cpu_backend *machine_pick_backend(const char *cpu)
  * KVM reports, else the host TSC measured against CLOCK_MONOTONIC for a few milliseconds. */
 static uint64_t host_tsc_khz(void)
 {
-    struct cpuid_entry sup[8];
-    unsigned n;
-    uint64_t khz;
-    if (BOARD_HAVE(vclock_pick_tsc_khz)) return vclock_pick_tsc_khz();
-    if (cpu_backend_kvm.probe() == 0 && kvm_query_host(sup, 0, &n, &khz) == 0) return khz;
-    err_clear();
-    struct timespec a, b;
-    clock_gettime(CLOCK_MONOTONIC, &a);
-    uint64_t t0 = __rdtsc();
-    do
-        clock_gettime(CLOCK_MONOTONIC, &b);
-    while ((b.tv_sec - a.tv_sec) * 1000000000ll + (b.tv_nsec - a.tv_nsec) < 5000000);
-    uint64_t t1 = __rdtsc();
-    uint64_t ns = (uint64_t)((b.tv_sec - a.tv_sec) * 1000000000ll + (b.tv_nsec - a.tv_nsec));
-    khz = (t1 - t0) * 1000000ull / ns / 1000;
-    return (khz + 500) / 1000 * 1000; /* to the MHz: the measurement is not better than that */
+    return vclock_pick_tsc_khz();
 }
 
 /* ---- creation ---------------------------------------------------------------------------- */
@@ -192,50 +169,30 @@ static struct vm *vm_alloc(const struct machine_config *cfg)
     return vm;
 }
 
-#define NEED(f)                                                                                    \
-    do {                                                                                           \
-        if (!BOARD_HAVE(f)) {                                                                      \
-            err_set(ENOSYS,                                                                        \
-                    "%s() is not linked into this build (it comes with another part of "           \
-                    "lookout that is not merged yet)",                                             \
-                    #f);                                                                           \
-            goto fail;                                                                             \
-        }                                                                                          \
-    } while (0)
-
 static int attach_devices(struct vm *vm)
 {
     struct board *b = vm->board;
     int r;
-    NEED(uart_attach);
     b->com1 = uart_attach(vm, PORT_COM1, GSI_COM1, com1_out, b);
     if (!b->com1) return err_wrap(-EIO, "COM1");
     b->com2 = uart_attach(vm, PORT_COM2, GSI_COM2, com2_out, b);
     if (!b->com2) return err_wrap(-EIO, "COM2");
-    NEED(i8042_attach);
     if ((r = i8042_attach(vm)) < 0) return err_wrap(r, "i8042");
     b->have_i8042 = true;
-    NEED(rtc_attach);
     if ((r = rtc_attach(vm)) < 0) return err_wrap(r, "RTC");
     b->have_rtc = true;
-    NEED(exitport_attach);
     if ((r = exitport_attach(vm)) < 0) return err_wrap(r, "exit port");
     b->have_exitport = true;
-    NEED(acpi_pm_attach);
     if ((r = acpi_pm_attach(vm)) < 0) return err_wrap(r, "ACPI power management");
     b->have_acpi_pm = true;
     if (!(b->virtio = virtio_board_attach(vm, b->cfg.vdevs))) return err_wrap(-EIO, "virtio");
     return 0;
-fail:
-    return -ENOSYS;
 }
 
 static int load_guest(struct vm *vm, struct x86_state *bsp)
 {
     const struct machine_config *cfg = &((struct board *)vm->board)->cfg;
     int r;
-    NEED(boot_load);
-    NEED(acpi_build);
     struct acpi_config ac;
     memset(&ac, 0, sizeof(ac));
     ac.ncpus = vm->ncpus;
@@ -253,8 +210,6 @@ static int load_guest(struct vm *vm, struct x86_state *bsp)
     if ((r = boot_load(vm, cfg->kernel, cfg->initrd, cfg->cmdline ? cfg->cmdline : "", bsp)) < 0)
         return r;
     return 0;
-fail:
-    return -ENOSYS;
 }
 
 struct vm *machine_create(const struct machine_config *cfg)
@@ -343,7 +298,6 @@ struct vm *machine_create(const struct machine_config *cfg)
     }
 started:
     if (cfg->api_path) {
-        NEED(api_start);
         b->api = api_start(vm, cfg->api_path);
         if (!b->api) goto fail;
     }
@@ -456,7 +410,6 @@ static void *vcpu_thread(void *arg)
  * the terminal. */
 static void stop_consoles(struct board *b)
 {
-    if (!BOARD_HAVE(console_stop)) return;
     if (b->console) console_stop(b->console);
     if (b->out_console) console_stop(b->out_console);
     b->console = b->out_console = NULL;
@@ -466,7 +419,7 @@ enum vm_stop_reason machine_run(struct vm *vm)
 {
     struct board *b = vm->board;
     const struct machine_config *cfg = &b->cfg;
-    if (BOARD_HAVE(console_start)) {
+    {
         if (!cfg->command_mode)
             b->console = console_start(vm, b->com1, cfg->console_in_fd, cfg->console_out_fd,
                                        cfg->console_in_fd >= 0 && isatty(cfg->console_in_fd));
@@ -539,7 +492,7 @@ int machine_pause(struct vm *vm)
     if (!vm_stopping(vm)) atomic_store(&vm->state, VM_STATE_PAUSED);
     pthread_mutex_unlock(&vm->lock);
     /* the software backend's devices keep time in virtual ns: freeze it while paused */
-    if (vm->backend != &cpu_backend_kvm && BOARD_HAVE(vclock_pause)) vclock_pause();
+    if (vm->backend != &cpu_backend_kvm) vclock_pause();
     return 0;
 }
 
@@ -547,7 +500,7 @@ int machine_resume(struct vm *vm)
 {
     if (atomic_load(&vm->state) != VM_STATE_PAUSED)
         return err_set(EINVAL, "the VM is %s, not paused", machine_state_name(vm));
-    if (vm->backend != &cpu_backend_kvm && BOARD_HAVE(vclock_resume)) vclock_resume();
+    if (vm->backend != &cpu_backend_kvm) vclock_resume();
     pthread_mutex_lock(&vm->lock);
     atomic_store(&vm->pause_requested, false);
     atomic_store(&vm->state, VM_STATE_RUNNING);
@@ -576,15 +529,15 @@ const char *machine_state_name(const struct vm *vm)
 static void detach_devices(struct vm *vm)
 {
     struct board *b = vm->board;
-    if (BOARD_HAVE(uart_detach)) {
+    {
         if (b->com1) uart_detach(vm, b->com1);
         if (b->com2) uart_detach(vm, b->com2);
         b->com1 = b->com2 = NULL;
     }
-    if (b->have_i8042 && BOARD_HAVE(i8042_detach)) i8042_detach(vm);
-    if (b->have_rtc && BOARD_HAVE(rtc_detach)) rtc_detach(vm);
-    if (b->have_exitport && BOARD_HAVE(exitport_detach)) exitport_detach(vm);
-    if (b->have_acpi_pm && BOARD_HAVE(acpi_pm_detach)) acpi_pm_detach(vm);
+    if (b->have_i8042) i8042_detach(vm);
+    if (b->have_rtc) rtc_detach(vm);
+    if (b->have_exitport) exitport_detach(vm);
+    if (b->have_acpi_pm) acpi_pm_detach(vm);
     b->have_i8042 = b->have_rtc = b->have_exitport = b->have_acpi_pm = false;
     virtio_board_detach(vm, b->virtio);
     b->virtio = NULL;
@@ -600,7 +553,7 @@ void machine_destroy(struct vm *vm)
             pthread_join(vm->vcpu[i]->thread, NULL);
     }
     stop_consoles(b);
-    if (b->api && BOARD_HAVE(api_stop)) api_stop(b->api);
+    if (b->api) api_stop(b->api);
     detach_devices(vm);
     for (unsigned i = 0; i < VM_MAX_CPUS; i++) {
         if (!vm->vcpu[i]) continue;
