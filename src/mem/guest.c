@@ -97,7 +97,12 @@ void guest_mark_dirty(struct guest_mem *m, gpa_t gpa, uint64_t len)
 {
     if (len == 0) return;
     if (m->write_hook) m->write_hook(m->write_hook_ctx, gpa, len);
-    if (!m->dirty_enabled) return;
+    guest_log_dirty(m, gpa, len);
+}
+
+void guest_log_dirty(struct guest_mem *m, gpa_t gpa, uint64_t len)
+{
+    if (!m->dirty_enabled || len == 0) return;
     int64_t off = guest_ram_offset(m, gpa);
     if (off < 0) return;
     uint64_t first = (uint64_t)off >> GUEST_PAGE_SHIFT;

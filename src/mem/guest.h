@@ -55,6 +55,9 @@ int guest_write(struct guest_mem *m, gpa_t gpa, const void *buf, uint64_t len);
 /* Writes that went through guest_ptr() must report what they changed: dirty log and the
  * write hook (decoded-code invalidation).  guest_write() does this itself. */
 void guest_mark_dirty(struct guest_mem *m, gpa_t gpa, uint64_t len);
+/* Dirty log only, for a CPU backend's own writes: it tracks its decoded code itself, so the write
+ * hook (meant for writes behind the CPU's back) would only repeat that work on the hot path. */
+void guest_log_dirty(struct guest_mem *m, gpa_t gpa, uint64_t len);
 /* RAM offset (index into base) of a gpa, or -1 if not RAM. */
 int64_t guest_ram_offset(const struct guest_mem *m, gpa_t gpa);
 bool guest_is_ram(const struct guest_mem *m, gpa_t gpa);

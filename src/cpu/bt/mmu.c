@@ -159,7 +159,7 @@ static inline bool watched(struct bt_mmu *m, uint64_t gpa)
 /* RAM write bookkeeping: dirty log and code watch. */
 static inline void ram_written(struct bt_cpu *c, uint64_t gpa, unsigned size)
 {
-    if (c->vm && c->vm->mem.dirty_enabled) guest_mark_dirty(&c->vm->mem, gpa, size);
+    if (c->vm && c->vm->mem.dirty_enabled) guest_log_dirty(&c->vm->mem, gpa, size);
     struct bt_mmu *m = mmu_of(c);
     if (watched(m, gpa)) watch_hit(c, gpa & ~0xfffull);
 }
