@@ -111,7 +111,16 @@ const struct cpu_backend *machine_pick_backend(const char *cpu)
     const struct cpu_backend *bt = &cpu_backend_bt; /* NULL while the software CPU is absent */
     if (!cpu || !strcmp(cpu, "auto")) {
         int r = cpu_backend_kvm.probe();
-        if (r == 0 && !kvm_is_software_virt()) return &cpu_backend_kvm;
+        if (r == 0 && !kvm_is_software_virt()) {
+            log_info("--cpu auto: KVM on hardware virtualization");
+            return &cpu_backend_kvm;
+        }
+        /* Said at info level so tests and users can see which backend auto chose and why. */
+        if (bt && r == 0)
+            log_info("--cpu auto: the software CPU (bt): this host's /dev/kvm has no VMX/SVM "
+                     "(kvm_pvm), which runs a Linux kernel far slower");
+        else if (bt)
+            log_info("--cpu auto: the software CPU (bt): KVM is not usable here (%s)", err_msg());
         if (bt) return bt;
         if (r == 0) {
             log_warn("this host's /dev/kvm has no VMX/SVM (kvm_pvm), where the software CPU is "
