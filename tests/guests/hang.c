@@ -10,7 +10,8 @@ int kmain(struct mb_info *mbi)
     kprintf(hlt ? "hang: halted\n" : "hang: looping\n");
     __asm__ volatile("cli");
     if (hlt)
-        for (;;) __asm__ volatile("hlt");
+        for (;;)
+            __asm__ volatile("hlt");
     __asm__ volatile("1: jmp 1b");
     return 1;
 }
