@@ -31,7 +31,8 @@ static void dec_seg(struct snap_rd *r, struct x86_seg *g)
 #define CPU_U64_FIELDS(X)                                                                          \
     X(cr0)                                                                                         \
     X(cr2)                                                                                         \
-    X(cr3) X(cr4) X(cr8) X(efer) X(xcr0) X(dr[0]) X(dr[1]) X(dr[2]) X(dr[3]) X(dr6) X(dr7) X(star) \
+    X(cr3)                                                                                         \
+    X(cr4) X(cr8) X(efer) X(xcr0) X(dr[0]) X(dr[1]) X(dr[2]) X(dr[3]) X(dr6) X(dr7) X(star)        \
         X(lstar) X(cstar) X(sfmask) X(kernel_gs_base) X(sysenter_cs) X(sysenter_esp)               \
             X(sysenter_eip) X(pat) X(tsc) X(tsc_aux) X(tsc_deadline) X(misc_enable) X(apic_base)
 
@@ -74,6 +75,7 @@ void snap_enc_cpu(struct snap_writer *w, const struct x86_state *s)
     snap_put_u8(w, ev->nmi_masked);
     snap_put_u8(w, ev->interrupt_shadow);
     snap_put_u32(w, s->mp_state);
+    snap_put_u64(w, s->tsc_adjust); /* version 2 */
 }
 
 int snap_dec_cpu(const struct snap_section *sec, struct x86_state *s)
@@ -116,6 +118,7 @@ int snap_dec_cpu(const struct snap_section *sec, struct x86_state *s)
     ev->nmi_masked = snap_get_u8(&r);
     ev->interrupt_shadow = snap_get_u8(&r);
     s->mp_state = snap_get_u32(&r);
+    s->tsc_adjust = snap_get_u64(&r);
     int rc = snap_rd_done(&r);
     if (rc) return rc;
     if (s->mp_state > MP_STOPPED)

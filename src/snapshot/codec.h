@@ -14,7 +14,7 @@
 #include "x86/irqchip.h"
 #include "x86/state.h"
 
-#define SNAP_V_CPU    1
+#define SNAP_V_CPU    2 /* 2: IA32_TSC_ADJUST */
 #define SNAP_V_LAPIC  1
 #define SNAP_V_IOAPIC 1
 #define SNAP_V_PIT    1

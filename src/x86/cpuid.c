@@ -30,6 +30,8 @@
 #define F1C_TSC_DEADLINE (1u << 24)
 #define F1C_HYPERVISOR   (1u << 31)
 #define F6A_ARAT         (1u << 2)
+#define F7B_TSC_ADJUST   (1u << 1)
+#define FX7D_INVTSC      (1u << 8)
 #define FX1C_LAHF        (1u << 0)
 #define FX1D_SYSCALL     (1u << 11)
 #define FX1D_NX          (1u << 20)
@@ -48,8 +50,8 @@ struct feature_reg {
     int reg; /* 0 eax .. 3 edx */
 };
 static const struct feature_reg feature_regs[] = {
-    {1, 0, 2}, {1, 0, 3}, {6, 0, 0},          {7, 0, 1},
-    {7, 0, 2}, {7, 0, 3}, {0x80000001, 0, 2}, {0x80000001, 0, 3},
+    {1, 0, 2}, {1, 0, 3},          {6, 0, 0},          {7, 0, 1},          {7, 0, 2},
+    {7, 0, 3}, {0x80000001, 0, 2}, {0x80000001, 0, 3}, {0x80000007, 0, 3},
 };
 
 /* Features the guest kernel cannot boot without: a backend lacking any is refused. */
@@ -205,9 +207,15 @@ static int build_v1(struct cpuid_model *m, unsigned ncpus, uint64_t tsc_khz)
             F1D_FPU | F1D_PSE | F1D_TSC | F1D_MSR | F1D_PAE | F1D_CX8 | F1D_APIC | F1D_SEP |
                 F1D_PGE | F1D_CMOV | F1D_PAT | F1D_CLFSH | F1D_MMX | F1D_FXSR | F1D_SSE | F1D_SSE2);
     r |= add(m, 6, 0, 0, F6A_ARAT, 0, 0, 0);
-    r |= add(m, 7, 0, CPUID_FLAG_INDEXED, 0, 0, 0, 0);
+    /* TSC_ADJUST and the invariant TSC: the TSC runs at one rate from the host's monotonic clock
+     * and never stops, which is what these say.  With both (and constant TSC, which Linux infers
+     * from the invariant bit on Intel) Linux trusts the TSC and runs no clocksource watchdog
+     * against its jiffies, which a busy host delays: without them a loaded host made the guest
+     * mark its TSC unstable and fall back to refined-jiffies, a clock that runs slow. */
+    r |= add(m, 7, 0, CPUID_FLAG_INDEXED, 0, F7B_TSC_ADJUST, 0, 0);
     r |= add(m, 0x80000000, 0, 0, 0x80000008, 0, 0, 0);
     r |= add(m, 0x80000001, 0, 0, 0, 0, FX1C_LAHF, FX1D_SYSCALL | FX1D_NX | FX1D_RDTSCP | FX1D_LM);
+    r |= add(m, 0x80000007, 0, 0, 0, 0, 0, FX7D_INVTSC);
     r |= add(m, 0x80000008, 0, 0, VIRT_BITS << 8 | PHYS_BITS, 0, 0, 0);
     if (r) return r;
     return add_vm_leaves(m, ncpus, tsc_khz);

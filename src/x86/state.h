@@ -71,6 +71,7 @@ struct x86_state {
     uint64_t star, lstar, cstar, sfmask, kernel_gs_base;
     uint64_t sysenter_cs, sysenter_esp, sysenter_eip;
     uint64_t pat, tsc, tsc_aux, tsc_deadline, misc_enable, apic_base;
+    uint64_t tsc_adjust; /* IA32_TSC_ADJUST: moves with every write to the TSC (SDM 17.17.3) */
 
     struct x86_fxsave fx;
     struct x86_events ev;

@@ -24,9 +24,15 @@ def test_auto_backend_rule():
 
 
 def test_uname(run_guest, debian_guest):
-    r = run_guest(cmd=["uname", "-r"])
+    """The kernel release, and (same boot) the TSC flags that make Linux trust the TSC without a
+    watchdog against jiffies: without them a busy host made the guest switch to refined-jiffies."""
+    r = run_guest(cmd=["sh", "-c", "grep -m1 ^flags /proc/cpuinfo; uname -r"])
     assert r.rc == 0, r
-    assert r.out.strip().splitlines()[-1:] == [debian_guest["RELEASE"]], r
+    lines = r.out.strip().splitlines()
+    assert lines[-1:] == [debian_guest["RELEASE"]], r
+    if auto_backend() == "bt":
+        flags = set(lines[-2].split())
+        assert {"constant_tsc", "nonstop_tsc", "tsc_adjust"} <= flags, lines[-2]
 
 
 def test_exit_status_and_exact_output(run_guest):

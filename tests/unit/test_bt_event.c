@@ -256,6 +256,21 @@ static void msr_checks(void **state)
     assert_int_equal(run_one(t, rdmsr, 2), -1);
     assert_int_equal(c->s.gpr[RAX], 0x11223344);
     assert_int_equal(c->s.gpr[RDX], 0x00230010);
+    /* IA32_TSC_ADJUST: a TSC write moves it by the same delta; writing it moves the TSC */
+    t_setup_long(t);
+    uint64_t tsc0 = bt_rdtsc(c);
+    c->s.gpr[RCX] = MSR_IA32_TSC;
+    c->s.gpr[RAX] = 0;
+    c->s.gpr[RDX] = 0x100; /* TSC = 2^40, far ahead */
+    assert_int_equal(run_one(t, wrmsr, 2), -1);
+    assert_true(((1ull << 40) - tsc0) - c->s.tsc_adjust < 1000000000ull);
+    c->s.gpr[RCX] = MSR_IA32_TSC_ADJUST;
+    c->s.gpr[RAX] = c->s.gpr[RDX] = 0;
+    assert_int_equal(run_one(t, wrmsr, 2), -1);
+    assert_int_equal(c->s.tsc_adjust, 0);
+    assert_true(bt_rdtsc(c) - tsc0 < 1000000000ull); /* back near where it was */
+    assert_int_equal(run_one(t, rdmsr, 2), -1);
+    assert_int_equal(c->s.gpr[RAX] | c->s.gpr[RDX], 0);
     /* EFER reserved bit, non-canonical LSTAR, bad PAT type: #GP */
     c->s.gpr[RCX] = MSR_EFER;
     c->s.gpr[RAX] = (uint32_t)(c->s.efer | 2);

@@ -445,6 +445,7 @@ uint64_t bt_rdmsr(struct bt_cpu *c, uint32_t msr)
     const struct x86_state *s = &c->s;
     switch (msr) {
     case MSR_IA32_TSC: return bt_rdtsc(c);
+    case MSR_IA32_TSC_ADJUST: return s->tsc_adjust;
     case MSR_IA32_APIC_BASE: return s->apic_base;
     case MSR_IA32_FEATURE_CONTROL: return 1; /* locked, VMX off */
     case MSR_IA32_BIOS_SIGN_ID: return 0;
@@ -483,7 +484,16 @@ void bt_wrmsr(struct bt_cpu *c, uint32_t msr, uint64_t v)
 {
     struct x86_state *s = &c->s;
     switch (msr) {
-    case MSR_IA32_TSC: c->tsc_offset += v - bt_rdtsc(c); return;
+    case MSR_IA32_TSC: { /* SDM 17.17.3: the same delta goes into IA32_TSC_ADJUST */
+        uint64_t delta = v - bt_rdtsc(c);
+        c->tsc_offset += delta;
+        s->tsc_adjust += delta;
+        return;
+    }
+    case MSR_IA32_TSC_ADJUST: /* and a write to it moves the TSC by its change */
+        c->tsc_offset += v - s->tsc_adjust;
+        s->tsc_adjust = v;
+        return;
     case MSR_IA32_APIC_BASE: {
         uint64_t allowed = (1u << 8) | (1u << 11) | (phys_addr_mask(c) & ~0xfffull);
         if (v & ~allowed) bt_gp0(c);

@@ -492,6 +492,7 @@ static uint64_t *msr_field(struct x86_state *s, uint32_t idx)
 {
     switch (idx) {
     case MSR_IA32_TSC: return &s->tsc;
+    case MSR_IA32_TSC_ADJUST: return &s->tsc_adjust;
     case MSR_STAR: return &s->star;
     case MSR_LSTAR: return &s->lstar;
     case MSR_CSTAR: return &s->cstar;
@@ -510,6 +511,7 @@ static uint64_t *msr_field(struct x86_state *s, uint32_t idx)
 }
 static const uint32_t state_msrs[] = {
     MSR_IA32_TSC,
+    MSR_IA32_TSC_ADJUST, /* after the TSC: a host-side TSC write leaves it alone */
     MSR_STAR,
     MSR_LSTAR,
     MSR_CSTAR,
