@@ -94,6 +94,22 @@ static unsigned reg_list(struct vm *vm, const struct snap_device_ops **ops, void
     return n;
 }
 
+static void quiesce_all(struct vm *vm, bool on)
+{
+    const struct snap_device_ops *ops[SNAP_MAX_DEVICES];
+    void *op[SNAP_MAX_DEVICES];
+    unsigned n = reg_list(vm, ops, op);
+    for (unsigned i = 0; i < n; i++)
+        if (ops[i]->quiesce) ops[i]->quiesce(op[i], on);
+}
+
+static bool restore_force;
+
+bool snap_restore_forced(void)
+{
+    return restore_force;
+}
+
 /* ---- the board's parts -------------------------------------------------------------------- */
 
 static bool is_kvm(const struct vm *vm)
@@ -279,7 +295,10 @@ static int decode_all(struct vm *vm, const struct snap_file *f, struct decoded *
                        vm->ncpus);
     device_list(vm, devs, sizeof(devs));
     if (strcmp(devs, h->devices))
-        return err_set(EINVAL, "header: the snapshot's devices are \"%s\", this VM has \"%s\"",
+        return err_set(EINVAL,
+                       "header: the snapshot's devices are \"%s\", this VM has \"%s\" (a "
+                       "restored VM needs the same --disk/--net/--rng options, in the same "
+                       "order, as the VM the snapshot was taken of)",
                        h->devices, devs);
     uint8_t hash[SHA256_LEN];
     snap_cpuid_hash(&vm->cpuid, hash);
@@ -966,8 +985,22 @@ static int write_file_sync(const char *tmp, const uint8_t *buf, size_t n)
     return r;
 }
 
+static int save_quiesced(struct vm *vm, const char *path, const struct snap_save_opts *o,
+                         struct snap_stats *st);
+
+/* Devices are quiesced for the whole save (the dirty log read included), so memory and their
+ * state are one consistent moment and no request is half done. */
 int snapshot_save(struct vm *vm, const char *path, const struct snap_save_opts *o,
                   struct snap_stats *st)
+{
+    quiesce_all(vm, true);
+    int r = save_quiesced(vm, path, o, st);
+    quiesce_all(vm, false);
+    return r;
+}
+
+static int save_quiesced(struct vm *vm, const char *path, const struct snap_save_opts *o,
+                         struct snap_stats *st)
 {
     struct snap_stats dummy;
     if (!st) st = &dummy;
@@ -1019,6 +1052,7 @@ int snapshot_save(struct vm *vm, const char *path, const struct snap_save_opts *
         free(map);
         return err_set(errno, "creating %s: %s", mtmp, strerror(errno));
     }
+
     r = map                             ? save_mem_incr(vm, fd, mtmp, map, &mi)
         : h.mem_format == SNAP_MEM_ZSTD ? save_mem_zstd(vm, fd, mtmp, o ? o->level : 0, &mi)
                                         : save_mem_raw(vm, fd, mtmp, &mi);
@@ -1123,8 +1157,24 @@ int snapshot_peek(const char *path, struct snap_header *h, struct cpuid_model *c
     return r;
 }
 
+static int restore_quiesced(struct vm *vm, const char *path, const struct snap_restore_opts *o,
+                            struct snap_stats *st);
+
+/* Devices are quiesced for the whole restore: their back ends start no request on the rings of
+ * the state being replaced; afterwards they serve what the restored guest queued. */
 int snapshot_restore(struct vm *vm, const char *path, const struct snap_restore_opts *o,
                      struct snap_stats *st)
+{
+    quiesce_all(vm, true);
+    restore_force = o && o->force;
+    int r = restore_quiesced(vm, path, o, st);
+    restore_force = false;
+    quiesce_all(vm, false);
+    return r;
+}
+
+static int restore_quiesced(struct vm *vm, const char *path, const struct snap_restore_opts *o,
+                            struct snap_stats *st)
 {
     struct snap_stats dummy;
     if (!st) st = &dummy;

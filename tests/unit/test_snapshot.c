@@ -379,8 +379,9 @@ static int dev_load(void *o, const struct snap_section *s)
 
 static void test_registry(void **st)
 {
-    static const struct snap_device_ops ops = {"virtio-test0", 1, 0, dev_save, dev_check, dev_load};
-    static const struct snap_device_ops bad = {"", 1, 0, dev_save, dev_check, dev_load};
+    static const struct snap_device_ops ops = {"virtio-test0", 1,        0,   dev_save,
+                                               dev_check,      dev_load, NULL};
+    static const struct snap_device_ops bad = {"", 1, 0, dev_save, dev_check, dev_load, NULL};
     struct vm *vm = (struct vm *)(uintptr_t)0x1000, *other = (struct vm *)(uintptr_t)0x2000;
     uint32_t a = 1, b = 2;
     assert_int_equal(snap_register_device(vm, &ops, &a), 0);
