@@ -15,6 +15,7 @@ import time
 import pytest
 
 from conftest import GUESTS, assert_error, kvm_usable, run_lookout
+from test_virtio import http_dir  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.api]
 
@@ -419,53 +420,114 @@ class Shell:
 TICK = re.compile(r"tick=(\d+)")
 
 
+def cp_image(src, dst):
+    """The user's side of a disk snapshot: a sparse copy that keeps the mtime (cp -p), which is
+    what lookout compares (with the size) to tell the image is as the snapshot saw it."""
+    subprocess.run(["cp", "-p", "--sparse=always", str(src), str(dst)], check=True)
+
+
+NETUP = ("ip link set eth0 up && printf '#!/bin/sh\\n[ \"$1\" = bound ] && ip addr add $ip/$mask "
+         "dev $interface && ip route add default via $router\\nexit 0\\n' >/tmp/dhcp && "
+         "chmod +x /tmp/dhcp && udhcpc -i eth0 -s /tmp/dhcp -q -n -t 5 >/dev/null 2>&1; "
+         "echo ADDR=$(ip -4 addr show eth0 | grep -o 'inet [0-9.]*' | tr ' ' _)")
+
+
+def wget_line(port, tag):
+    return (f"wget -q -O /tmp/blob http://10.0.2.2:{port}/blob; "
+            f"echo {tag}=$(sha256sum </tmp/blob | cut -c1-64)")
+
+
 @pytest.mark.guest
-def test_debian_counter_survives_restore_and_rollback(lookout_bin, debian_guest, tmp_path, vms):
-    """One boot: a shell loop counts in a tmpfs file and on the console; snapshot; the counter
-    continues from the snapshot's value after a rollback in place (which also brings back a file
-    deleted after the snapshot) and after `run --restore` in a new process."""
+def test_debian_counter_survives_restore_and_rollback(lookout_bin, debian_guest, tmp_path, vms,
+                                                      http_dir):
+    """One boot with a virtio disk (ext4), entropy device and user network.  A shell loop counts
+    in a tmpfs file, in a file on the disk (synced) and on the console; snapshot (the image is
+    copied with cp -p while the VM is paused).  Then, in place: the image changed since the
+    snapshot, so a rollback is refused naming the disk; with the image put back (cp -p) the
+    rollback works: the counter continues from the snapshot's value, a tmpfs file deleted after
+    the snapshot is back, and a disk file rewritten after it reads (page cache dropped) as it
+    was.  Then a new process `run --restore` from the same snapshot: the console takes commands,
+    the counter continues, the entropy device delivers, the network downloads from the host
+    (DHCP lease and ARP survive; libslirp's state does not and is not needed), the disk counter
+    equals the tmpfs counter after the page cache is dropped, and the host's e2fsck finds the
+    unmounted image clean."""
     from conftest import guest_timeout
+    from test_virtio import _mkfs
+    port, blob_sum = http_dir
+    img, saved = tmp_path / "d.img", tmp_path / "d.snap.img"
+    _mkfs(img)
+    devs = ["--disk", img, "--rng", "--net", "user"]
     vm = start(vms, lookout_bin, tmp_path, "deb", "--kernel", debian_guest["KERNEL"],
                "--initrd", debian_guest["INITRD"], "--append", debian_guest["APPEND"],
-               "--mem", "512M", "--cpu", "auto")
+               "--mem", "512M", "--cpu", "auto", *devs)
     sh = Shell(vm)
     sh.wait_text(r"lookout-guest: ready", timeout=guest_timeout())
-    sh.send("mkdir -p /run/t && mount -t tmpfs tmpfs /run/t && echo keep > /run/t/keep")
-    sh.send("(i=0; while :; do i=$((i+1)); echo $i > /run/t/c; echo tick=$i; sleep 0.3; done) &")
+    sh.send("mkdir -p /run/t /mnt && mount -t tmpfs tmpfs /run/t && mount /dev/vda /mnt && "
+            "echo keep > /run/t/keep && echo before > /mnt/marker && sync && echo MOUNTED")
+    sh.wait_text(r"MOUNTED")
+    sh.send(NETUP)
+    sh.wait_text(r"ADDR=inet_10\.0\.2\.15")
+    sh.send(wget_line(port, "PRE"))
+    sh.wait_text(rf"PRE={blob_sum}")
+    sh.send("(i=0; while :; do i=$((i+1)); echo $i > /run/t/c; echo $i > /mnt/c; sync; "
+            "echo tick=$i; sleep 0.3; done) &")
     sh.wait_text(r"tick=3\b")
     snap = tmp_path / "deb"
-    r = vm.ctl("snapshot", snap, "--stop")
+    vm.ctl("snapshot", snap, "--stop")
+    cp_image(img, saved)  # paused, devices idle: the image as the snapshot saw it
     time.sleep(0.3)
     at = int(TICK.findall(vm.text())[-1])
     mem_on_disk = os.stat(str(snap) + ".mem").st_blocks * 512
     assert mem_on_disk < 400 << 20, f"sparse memory file expected, {mem_on_disk} bytes"
     vm.ctl("resume")
-    sh.send("rm /run/t/keep")
+    sh.send("rm /run/t/keep; echo after > /mnt/marker; sync")
     sh.wait_text(rf"tick={at + 5}\b")
+
+    # the image has been written since the snapshot: refused, naming the disk, VM untouched
+    r = vm.ctl("rollback", snap, ok=False)
+    assert r.rc != 0 and "virtio0-blk" in r.out and "not in the state" in r.out, r
+    assert vm.ctl("status")["state"] == "running"
+    # put the image back while the VM is paused, then roll back
+    vm.ctl("pause")
+    cp_image(saved, img)
     mark = len(vm.text())
     r = vm.ctl("rollback", snap)
-    assert r["state"] == "running", r
-    m = sh.wait_text(r"tick=(\d+)", start=mark + vm.text()[mark:].find(f"tick={at + 5}") + 1)
-    # the first tick after the rollback continues from the snapshot's value
+    assert r["state"] == "paused", r
+    vm.ctl("resume")
+    sh.wait_text(r"tick=(\d+)", start=mark)
+    wait_for(lambda: len(TICK.findall(vm.text()[mark:])) >= 2, 30, "ticks after the rollback")
     after = [int(x) for x in TICK.findall(vm.text()[mark:])]
-    assert at + 1 in after, f"no tick={at + 1} after the rollback: {after}{vm.diag()}"
-    sh.send("echo k=$(cat /run/t/keep) file=$(cat /run/t/c)")
-    m = sh.wait_text(r"k=keep file=(\d+)", start=mark, timeout=60)
-    assert int(m.group(1)) > at, m.group(0)
+    assert after[0] in (at + 1, at + 2) and after == list(range(after[0], after[-1] + 1)), \
+        f"after the rollback: {after}, snapshot at {at}{vm.diag()}"
+    sh.send("echo 3 > /proc/sys/vm/drop_caches; "
+            "echo k=$(cat /run/t/keep) m=$(cat /mnt/marker) file=$(cat /run/t/c)")
+    m = sh.wait_text(r"k=(\w*) m=(\w*) file=(\d+)", start=mark, timeout=60)
+    assert m.group(1) == "keep" and m.group(2) == "before" and int(m.group(3)) > at, m.group(0)
     vm.close()
 
-    # a new process from the same snapshot, then the console still takes commands
-    v2 = start(vms, lookout_bin, tmp_path, "deb2", "--restore", snap, "--cpu", "auto")
+    # a new process from the same snapshot (the image put back again: the loop wrote to it)
+    cp_image(saved, img)
+    v2 = start(vms, lookout_bin, tmp_path, "deb2", "--restore", snap, "--cpu", "auto", *devs)
     sh2 = Shell(v2)
-    sh2.wait_text(rf"tick={at + 1}\b", timeout=30)
+    sh2.wait_text(rf"tick={at + 2}\b", timeout=30)
     first = [int(x) for x in TICK.findall(v2.text())][0]
-    assert first == at + 1, f"resumed at tick={first}, expected {at + 1}"
-    sh2.send("echo sum=$((40+2)) file=$(cat /run/t/c)")
-    m = sh2.wait_text(r"sum=42 file=(\d+)", timeout=60)
-    assert int(m.group(1)) > at
+    assert first in (at + 1, at + 2), f"resumed at tick={first}, expected {at + 1}"
+    sh2.send("echo sum=$((40+2)) rng=$(head -c 64 /dev/hwrng | wc -c)")
+    sh2.wait_text(r"sum=42 rng=64\b", timeout=60)
+    sh2.send(wget_line(port, "POST"))
+    sh2.wait_text(rf"POST={blob_sum}", timeout=90)
+    sh2.send("kill $!; sleep 0.5; sync; echo 3 > /proc/sys/vm/drop_caches; "
+             "echo disk=$(cat /mnt/c) tmp=$(cat /run/t/c) m=$(cat /mnt/marker); umount /mnt && "
+             "echo UNMOUNTED")
+    m = sh2.wait_text(r"disk=(\d+) tmp=(\d+) m=(\w+)", timeout=60)
+    assert m.group(1) == m.group(2) and int(m.group(1)) > at and m.group(3) == "before", \
+        m.group(0)
+    sh2.wait_text(r"UNMOUNTED")
     sh2.send("poweroff -f")
     v2.p.wait(timeout=60)
     assert v2.p.returncode == 0, v2.diag()
+    fsck = subprocess.run(["e2fsck", "-fn", str(img)], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
 
 
 @pytest.mark.parametrize("backend", backends())
