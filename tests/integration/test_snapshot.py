@@ -378,6 +378,86 @@ def test_refused_rollback_changes_nothing(lookout_any, good_snapshot, counter, t
     assert vm.ctl("status")["state"] == "running"
 
 
+def virtio_payload(data, name):
+    return section_offset(data, name) + 40
+
+
+def patch_queue0(data, name, size=8, ready=1, desc=0x200000, avail=0x201000, used=0x202000,
+                 last=0, used_idx=0):
+    """A virtio section made to claim a negotiated device with queue 0 set up as given."""
+    b = bytearray(data)
+    p = virtio_payload(data, name)
+    struct.pack_into("<I", b, p + 4, 0x0f)         # status: ... FEATURES_OK | DRIVER_OK
+    struct.pack_into("<Q", b, p + 28, 1 << 32)     # driver features: VERSION_1
+    struct.pack_into("<HBQQQHH", b, p + 37, size, ready, desc, avail, used, last, used_idx)
+    return reseal(bytes(b))
+
+
+@pytest.mark.bt
+def test_virtio_snapshot_config_and_tampering(lookout_any, counter, tmp_path, vms):
+    """A VM with a disk, an entropy device and a NIC (the counter kernel leaves them in reset):
+    the restore needs the same devices (a missing disk, a disk of another size, another NIC
+    count are refused, naming what differs), an image changed since the snapshot is refused
+    unless --restore-force, and tampered virtio sections (ring outside RAM, a queue size that is
+    not a power of two, requests in flight, another device's state) are refused naming the
+    section and the field, before the guest runs."""
+    img = tmp_path / "d.img"
+    with open(img, "wb") as f:
+        f.truncate(8 << 20)
+    vm = start(vms, lookout_any, tmp_path, "v", "--kernel", counter, "--mem", "64M", "--cpu", "bt",
+               "--append", "stop=250", "--disk", img, "--rng", "--net", "user")
+    vm.wait_count(3)
+    snap = tmp_path / "s"
+    c, _ = take(vm, snap)
+    vm.close()
+    data = snap.read_bytes()
+    for n in ("virtio0-blk", "virtio1-rng", "virtio2-net"):
+        section_offset(data, n)  # one section per device
+    devs = ["--disk", img, "--rng", "--net", "user"]
+    res = restore_run(lookout_any, snap, "bt", *devs)
+    assert res.rc == 1, res
+    check_continues(res, c, 250)
+    # configuration that disagrees
+    assert_error(restore_run(lookout_any, snap, "bt", "--rng", "--net", "user"), "devices are",
+                 "virtio0-blk", "--disk")
+    assert_error(restore_run(lookout_any, snap, "bt", *devs, "--net", "user"), "devices are",
+                 "virtio3-net")
+    other = tmp_path / "e.img"
+    with open(other, "wb") as f:
+        f.truncate(16 << 20)
+    assert_error(restore_run(lookout_any, snap, "bt", "--disk", other, "--rng", "--net", "user"),
+                 "section virtio0-blk", "16384 sectors", "32768")
+    # the image written (its mtime moves): refused unless forced
+    st = os.stat(img)
+    os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert_error(restore_run(lookout_any, snap, "bt", *devs), "section virtio0-blk",
+                 "not in the state", "--restore-force")
+    res = restore_run(lookout_any, snap, "bt", *devs, "--restore-force")
+    assert res.rc == 1, res
+    check_continues(res, c, 250)
+    os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns))
+    # tampered sections (re-sealed, so the checksum passes and the device's check must refuse)
+    cases = [
+        ("ring", patch_queue0(data, "virtio0-blk", desc=1 << 40),
+         ["section virtio0-blk", "queue 0", "outside guest RAM"]),
+        ("size", patch_queue0(data, "virtio1-rng", size=12),
+         ["section virtio1-rng", "queue 0", "power of two"]),
+        ("inflight", patch_queue0(data, "virtio2-net", last=3, used_idx=1),
+         ["section virtio2-net", "queue 0", "in flight"]),
+        ("kind", reseal(data[:virtio_payload(data, "virtio1-rng")] + b"\x02" +
+                        data[virtio_payload(data, "virtio1-rng") + 1:]),
+         ["section virtio1-rng"]),
+    ]
+    ver = bytearray(data)
+    struct.pack_into("<I", ver, section_offset(data, "virtio2-net") + 24, 2)
+    cases.append(("version", reseal(bytes(ver)), ["section virtio2-net", "version 2"]))
+    for name, state, words in cases:
+        p = variant(tmp_path, snap, name, state)
+        res = restore_run(lookout_any, p, "bt", *devs, timeout=30)
+        assert_error(res, *words)
+        assert "count" not in res.out, f"{name}: the guest ran: {res!r}"
+
+
 @pytest.mark.bt
 def test_save_never_corrupts_previous(lookout_any, counter, tmp_path, vms):
     vm = start(vms, lookout_any, tmp_path, "a", "--kernel", counter, "--mem", "64M",
