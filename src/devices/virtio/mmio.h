@@ -140,12 +140,14 @@ struct virtio_mmio_state {
     } vq[VIRTIO_MAX_QUEUES];
 };
 void virtio_mmio_get_state(struct virtio_mmio *t, struct virtio_mmio_state *s);
-/* Checks a state against this device and guest RAM without changing anything: features a subset
- * of the offer, status bits possible (DRIVER_OK only with FEATURES_OK, FEATURES_OK only with
- * VERSION_1), interrupt status, every queue's size (a power of two up to VQ_MAX_SIZE; 0 allowed
- * while not ready), a ready queue's rings inside RAM and aligned, only existing queues set up,
- * and no request in flight (last_avail == used_idx: a snapshot is taken quiesced).  0 or -EINVAL
- * with err_set() naming the queue and the field. */
+/* Checks a state against this device and guest RAM without changing anything: exactly the
+ * invariants the register interface keeps, so every state a device can reach restores and
+ * nothing else does.  Driver features a subset of the offer once FEATURES_OK is set; status
+ * bits possible (DRIVER_OK only with FEATURES_OK, FEATURES_OK only with VERSION_1); interrupt
+ * status bits 0-1; queue sizes up to VQ_MAX_SIZE; a ready queue's size a power of two and its
+ * rings aligned and inside RAM; only existing queues set up; and, for a running device, no
+ * request in flight (last_avail == used_idx: a snapshot is taken quiesced).  0 or -EINVAL with
+ * err_set() naming the queue and the field. */
 int virtio_mmio_check_state(const struct virtio_mmio *t, const struct virtio_mmio_state *s);
 /* check, then apply (waiting until no request is in flight); the interrupt line is set to the
  * state's level. */
