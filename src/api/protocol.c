@@ -59,7 +59,8 @@ static int snap_cmd(struct api_ctx *ctx, const struct api_ops *ops, const cJSON 
         struct snap_restore_opts o = {
             .eager = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "eager")),
             .verify = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "verify")),
-            .force = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "force"))};
+            .force = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "force")),
+            .lazy = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "lazy"))};
         rc = ops->rollback(ctx->vm, path->valuestring, &o, &st);
     }
     if (rc < 0) return rc;

@@ -51,7 +51,8 @@ static void usage(FILE *f)
         "                       mapped copy-on-write unless --restore-eager); give the same\n"
         "                       --disk/--net/--rng options, in the same order, as when it was\n"
         "                       taken; disk images must be as they were at the snapshot\n"
-        "                       (same size and mtime) unless --restore-force\n"
+        "                       (same size and mtime) unless --restore-force;\n"
+        "                       --restore-lazy loads memory on demand (userfaultfd)\n"
         "  --disk PATH[,ro][,bw=RATE][,iops=N]  virtio disk on a raw image (repeatable;\n"
         "                       RATE in bytes/s with K/M/G, e.g. bw=10M)\n"
         "  --net user[,hostfwd=tcp::HOSTPORT-:GUESTPORT]|tap:IFNAME  virtio NIC (repeatable)\n"
@@ -299,6 +300,7 @@ static int cmd_run(int argc, char **argv)
         .restore_path = o.restore,
         .restore_eager = o.restore_eager,
         .restore_force = o.restore_force,
+        .restore_lazy = o.restore_lazy,
         .tsc_khz = o.restore ? sh.tsc_khz : 0,
         .restore_cpuid = o.restore ? &scpuid : NULL,
         .vdevs = &o.vdevs,

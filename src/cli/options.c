@@ -87,6 +87,10 @@ int run_options_parse(struct run_options *o, int argc, char **argv)
             o->restore_force = true;
             continue;
         }
+        if (!strcmp(a, "--restore-lazy")) {
+            o->restore_lazy = true;
+            continue;
+        }
         if (!strcmp(a, "--rng") || !strncmp(a, "--rng=", 6)) {
             int r = vdev_parse(&o->vdevs, "--rng", a[5] == '=' ? a + 6 : NULL);
             if (r) return r;
@@ -157,6 +161,9 @@ int run_options_parse(struct run_options *o, int argc, char **argv)
                                "\"-- CMD\" do not apply");
     if (o->restore_eager && !o->restore) return err_set(EINVAL, "--restore-eager needs --restore");
     if (o->restore_force && !o->restore) return err_set(EINVAL, "--restore-force needs --restore");
+    if (o->restore_lazy && !o->restore) return err_set(EINVAL, "--restore-lazy needs --restore");
+    if (o->restore_lazy && o->restore_eager)
+        return err_set(EINVAL, "--restore-lazy and --restore-eager exclude each other");
     if (o->initrd && !o->kernel)
         return err_set(EINVAL, "--initrd needs --kernel (the default guest brings its own)");
     return 0;

@@ -289,7 +289,8 @@ struct vm *machine_create(const struct machine_config *cfg)
     }
     if ((r = attach_devices(vm)) < 0) goto fail;
     if (cfg->restore_path) {
-        struct snap_restore_opts ro = {.eager = cfg->restore_eager, .force = cfg->restore_force};
+        struct snap_restore_opts ro = {
+            .eager = cfg->restore_eager, .force = cfg->restore_force, .lazy = cfg->restore_lazy};
         if ((r = snapshot_restore(vm, cfg->restore_path, &ro, NULL)) < 0) goto fail;
         goto started;
     }
@@ -568,6 +569,7 @@ void machine_destroy(struct vm *vm)
         vm->vcpu[i] = NULL;
     }
     if (b->vm_created) vm->backend->vm_destroy(vm);
+    snapshot_release(vm); /* a lazy restore's loader thread fills guest RAM */
     guest_mem_destroy(&vm->mem);
     pthread_mutex_destroy(&b->ring_lock);
     free(b->ring);

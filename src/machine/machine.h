@@ -22,6 +22,7 @@ struct machine_config {
     const char *restore_path;
     bool restore_eager; /* read the memory file rather than mapping it */
     bool restore_force; /* accept disk images modified since the snapshot */
+    bool restore_lazy;  /* load memory on demand through userfaultfd */
     uint64_t tsc_khz;   /* 0: the host's; restore: the snapshot's, so CPUID leaves match */
     /* restore: the snapshot's CPUID table, presented instead of the model if this backend can
      * (refused with a clear message otherwise) */

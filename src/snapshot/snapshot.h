@@ -34,6 +34,7 @@ struct snap_restore_opts {
     bool eager;  /* read memory instead of mapping it (raw layout) */
     bool verify; /* mapped restore: check the memory digest too (always done when reading) */
     bool force;  /* accept disk images modified since the snapshot (see docs/snapshot-format.md) */
+    bool lazy;   /* raw full snapshots: pages loaded on demand through userfaultfd (+ prefetch) */
 };
 
 /* The VM must be paused (or not started).  Writes PATH.tmp and PATH.mem.tmp, syncs, then renames
@@ -45,6 +46,8 @@ int snapshot_save(struct vm *vm, const char *path, const struct snap_save_opts *
 /* Loads PATH into a paused (or not yet started) VM created with the snapshot's configuration. */
 int snapshot_restore(struct vm *vm, const char *path, const struct snap_restore_opts *o,
                      struct snap_stats *st);
+/* Before the VM's memory is freed: stops a lazy restore's loader thread (if any). */
+void snapshot_release(struct vm *vm);
 /* Reads and verifies PATH's state file and returns its header and CPUID table (for
  * `run --restore`: the new VM is built with them). */
 int snapshot_peek(const char *path, struct snap_header *h, struct cpuid_model *cpuid);
