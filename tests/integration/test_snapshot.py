@@ -177,6 +177,12 @@ def test_restore_eager_and_zstd(lookout_any, counter, tmp_path, vms):
     res = restore_run(lookout_any, tmp_path / "z", "bt")
     assert res.rc == 1, res
     check_continues(res, c, 250)
+    # lazy (userfaultfd): the raw layout only
+    res = restore_run(lookout_any, tmp_path / "raw", "bt", "--restore-lazy")
+    assert res.rc == 1, res
+    check_continues(res, c, 250)
+    assert_error(restore_run(lookout_any, tmp_path / "z", "bt", "--restore-lazy"), "lazy",
+                 "raw memory layout")
 
 
 @pytest.mark.kvm
@@ -223,7 +229,7 @@ def test_rollback_in_place(lookout_any, counter, tmp_path, vms, backend):
     snap = tmp_path / "s"
     c, _ = take(vm, snap)
     vm.ctl("resume")
-    for rounds, mode in ((1, []), (2, ["--eager"])):
+    for rounds, mode in ((1, []), (2, ["--eager"]), (3, ["--lazy"])):
         vm.wait_count(c + 10)
         r = vm.ctl("rollback", snap, *mode)
         assert r["state"] == "running" and r["mapped"] == (mode == []), r
@@ -584,7 +590,7 @@ def test_debian_counter_survives_restore_and_rollback(lookout_bin, debian_guest,
     snapshot, so a rollback is refused naming the disk; with the image put back (cp -p) the
     rollback works: the counter continues from the snapshot's value, a tmpfs file deleted after
     the snapshot is back, and a disk file rewritten after it reads (page cache dropped) as it
-    was.  Then a new process `run --restore` from the same snapshot: the console takes commands,
+    was.  Then a new process `run --restore --restore-lazy` (userfaultfd) from the same snapshot: the console takes commands,
     the counter continues, the entropy device delivers, the network downloads from the host
     (DHCP lease and ARP survive; libslirp's state does not and is not needed), the disk counter
     equals the tmpfs counter after the page cache is dropped, and the host's e2fsck finds the
@@ -645,7 +651,9 @@ def test_debian_counter_survives_restore_and_rollback(lookout_bin, debian_guest,
 
     # a new process from the same snapshot (the image put back again: the loop wrote to it)
     cp_image(saved, img)
-    v2 = start(vms, lookout_bin, tmp_path, "deb2", "--restore", snap, "--cpu", "auto", *devs)
+    # lazily (userfaultfd): the devices' I/O into guest memory faults pages in too
+    v2 = start(vms, lookout_bin, tmp_path, "deb2", "--restore", snap, "--cpu", "auto",
+               "--restore-lazy", *devs)
     sh2 = Shell(v2)
     sh2.wait_text(rf"tick={at + 2}\b", timeout=30)
     first = [int(x) for x in TICK.findall(v2.text())][0]
