@@ -413,7 +413,7 @@ def test_virtio_snapshot_config_and_tampering(lookout_any, counter, tmp_path, vm
     with open(img, "wb") as f:
         f.truncate(8 << 20)
     vm = start(vms, lookout_any, tmp_path, "v", "--kernel", counter, "--mem", "64M", "--cpu", "bt",
-               "--append", "stop=250", "--disk", img, "--rng", "--net", "user")
+               "--append", "stop=60", "--disk", img, "--rng", "--net", "user")
     vm.wait_count(3)
     snap = tmp_path / "s"
     c, _ = take(vm, snap)
@@ -424,7 +424,7 @@ def test_virtio_snapshot_config_and_tampering(lookout_any, counter, tmp_path, vm
     devs = ["--disk", img, "--rng", "--net", "user"]
     res = restore_run(lookout_any, snap, "bt", *devs)
     assert res.rc == 1, res
-    check_continues(res, c, 250)
+    check_continues(res, c, 60)
     # configuration that disagrees
     assert_error(restore_run(lookout_any, snap, "bt", "--rng", "--net", "user"), "devices are",
                  "virtio0-blk", "--disk")
@@ -442,7 +442,7 @@ def test_virtio_snapshot_config_and_tampering(lookout_any, counter, tmp_path, vm
                  "not in the state", "--restore-force")
     res = restore_run(lookout_any, snap, "bt", *devs, "--restore-force")
     assert res.rc == 1, res
-    check_continues(res, c, 250)
+    check_continues(res, c, 60)
     os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns))
     # tampered sections (re-sealed, so the checksum passes and the device's check must refuse)
     cases = [
