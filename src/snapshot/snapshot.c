@@ -788,10 +788,24 @@ static struct {
     double t0;
 } lazy = {.uffd = -1, .fd = -1, .stopfd = -1};
 
-/* Copies page `pg` from the file into RAM; 0, or -errno (EEXIST: already there, not an error). */
-static int lazy_copy(uint64_t pg, uint8_t *buf)
+/* Copies page `pg` from the file into RAM; 0, or -errno (EEXIST: already there, not an error).
+ * A fault on a page in a hole of the file (a zero page) maps the shared zero page instead, so
+ * reading all of RAM (a snapshot save, say) does not allocate it. */
+static int lazy_copy(uint64_t pg, uint8_t *buf, bool fault)
 {
-    int r = read_all_at(lazy.fd, buf, PAGE, (off_t)(MEM_HDR + pg * PAGE), lazy.path);
+    off_t off = (off_t)(MEM_HDR + pg * PAGE);
+    if (fault && lseek(lazy.fd, off, SEEK_DATA) != off) {
+        struct uffdio_zeropage z = {
+            .range = {.start = (uint64_t)(uintptr_t)(lazy.base + pg * PAGE), .len = PAGE}};
+        if (ioctl(lazy.uffd, UFFDIO_ZEROPAGE, &z) == 0) return 0;
+        if (errno == EEXIST) {
+            struct uffdio_range w = {.start = z.range.start, .len = PAGE};
+            (void)ioctl(lazy.uffd, UFFDIO_WAKE, &w);
+            return 0;
+        }
+        /* anything else: fall back to copying what the file reads as */
+    }
+    int r = read_all_at(lazy.fd, buf, PAGE, off, lazy.path);
     if (r) return r;
     struct uffdio_copy c = {.dst = (uint64_t)(uintptr_t)(lazy.base + pg * PAGE),
                             .src = (uint64_t)(uintptr_t)buf,
@@ -829,7 +843,8 @@ static void *lazy_thread(void *arg)
                 if (m[i].event != UFFD_EVENT_PAGEFAULT) continue;
                 uint64_t off = m[i].arg.pagefault.address - (uint64_t)(uintptr_t)lazy.base;
                 lazy.faults++;
-                if (off >= lazy.size || lazy_copy(off / PAGE, buf) < 0) why = "serving a fault";
+                if (off >= lazy.size || lazy_copy(off / PAGE, buf, true) < 0)
+                    why = "serving a fault";
             }
             continue;
         }
@@ -847,7 +862,7 @@ static void *lazy_thread(void *arg)
                 if (hole < 0 || hole > end) hole = end;
             }
             if (pos < MEM_HDR) pos = MEM_HDR;
-            if (lazy_copy((uint64_t)(pos - MEM_HDR) / PAGE, buf) < 0) why = "prefetching";
+            if (lazy_copy((uint64_t)(pos - MEM_HDR) / PAGE, buf, false) < 0) why = "prefetching";
             pos += PAGE;
         }
         if (done) {
