@@ -23,7 +23,7 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: lookout ctl SOCKET COMMAND [KEY=VALUE...]\n"
                "       lookout ctl SOCKET snapshot PATH [--stop] [--zstd] [--parent SNAPSHOT]\n"
-               "       lookout ctl SOCKET rollback PATH [--eager] [--force]\n"
+               "       lookout ctl SOCKET rollback PATH [--eager|--lazy] [--force]\n"
                "  commands: status, pause, resume, quit, help, snapshot, rollback\n"
                "  SOCKET is the path given to `lookout run --api SOCKET`\n");
 }
