@@ -30,7 +30,8 @@ static void usage(FILE *f)
         f,
         "usage: lookout run [options] [-- CMD [ARGS...]]\n"
         "       lookout ctl SOCKET COMMAND     (status, pause, resume, quit)\n"
-        "       lookout ctl SOCKET snapshot PATH [--stop] [--zstd] | rollback PATH [--eager] "
+        "       lookout ctl SOCKET snapshot PATH [--stop] [--zstd] | rollback PATH "
+        "[--eager|--lazy] "
         "[--force]\n"
         "       lookout guest build [...]       (build the default Debian guest)\n"
         "       lookout --help | --version\n"
