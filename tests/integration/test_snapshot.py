@@ -595,7 +595,8 @@ def test_debian_counter_survives_restore_and_rollback(lookout_bin, debian_guest,
     was.  Then a new process `run --restore --restore-lazy` (memory through userfaultfd) from
     the same snapshot: the console takes commands, the counter continues, the entropy device
     delivers, the network downloads from the host
-    (DHCP lease and ARP survive; libslirp's state does not and is not needed), the disk counter
+    (DHCP lease and ARP survive, libslirp's state is not needed, and a new lease is granted),
+    the disk counter
     equals the tmpfs counter after the page cache is dropped, and the host's e2fsck finds the
     unmounted image clean."""
     from conftest import guest_timeout
@@ -665,6 +666,9 @@ def test_debian_counter_survives_restore_and_rollback(lookout_bin, debian_guest,
     sh2.wait_text(r"sum=42 rng=64\b", timeout=60)
     sh2.send(wget_line(port, "POST"))
     sh2.wait_text(rf"POST={blob_sum}", timeout=90)
+    # and the new process's DHCP server hands out a lease again
+    sh2.send("udhcpc -i eth0 -s /tmp/dhcp -q -n -t 5 >/dev/null 2>&1 && echo RENEW=ok")
+    sh2.wait_text(r"RENEW=ok", timeout=60)
     sh2.send("kill $!; sleep 0.5; sync; echo 3 > /proc/sys/vm/drop_caches; "
              "echo disk=$(cat /mnt/c) tmp=$(cat /run/t/c) m=$(cat /mnt/marker); umount /mnt && "
              "echo UNMOUNTED")
