@@ -594,11 +594,9 @@ def test_debian_counter_survives_restore_and_rollback(lookout_bin, debian_guest,
     the snapshot is back, and a disk file rewritten after it reads (page cache dropped) as it
     was.  Then a new process `run --restore --restore-lazy` (memory through userfaultfd) from
     the same snapshot: the console takes commands, the counter continues, the entropy device
-    delivers, the network downloads from the host
-    (DHCP lease and ARP survive, libslirp's state is not needed, and a new lease is granted),
-    the disk counter
-    equals the tmpfs counter after the page cache is dropped, and the host's e2fsck finds the
-    unmounted image clean."""
+    delivers, the network downloads from the host (DHCP lease and ARP survive, libslirp's state
+    is not needed, and a new lease is granted), the disk counter equals the tmpfs counter after
+    the page cache is dropped, and the host's e2fsck finds the unmounted image clean."""
     from conftest import guest_timeout
     from test_virtio import _mkfs
     port, blob_sum = http_dir
