@@ -2,7 +2,10 @@
 rollback PATH`, under each backend and across them, with the `counter` test kernel (it prints
 "count N ok" every 20 ms and checks that RAM and XMM7 still hold the previous count, so a restore
 that mixes up memory and registers prints "BAD").  Bad snapshots must be refused with a message
-naming the part, and a refused rollback must leave the running VM untouched.
+naming the part, and a refused rollback must leave the running VM untouched.  Virtio devices:
+configurations that disagree and tampered sections are refused, snapshots of the hostile
+driver's campaign all restore, and the Debian guest with a disk, NIC and entropy device survives
+a rollback in place and a (lazy) restore in a new process.
 """
 import hashlib
 import json
