@@ -16,14 +16,14 @@
 
 #include "api/protocol.h"
 
-#define REPLY_TIMEOUT_MS 30000 /* pause waits for every vCPU to park: allow it time */
+#define REPLY_TIMEOUT_MS 30000  /* pause waits for every vCPU to park: allow it time */
 #define SNAP_TIMEOUT_MS  600000 /* saving or loading a large memory takes a while */
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: lookout ctl SOCKET COMMAND [KEY=VALUE...]\n"
                "       lookout ctl SOCKET snapshot PATH [--stop] [--zstd] [--parent SNAPSHOT]\n"
-               "       lookout ctl SOCKET rollback PATH [--eager]\n"
+               "       lookout ctl SOCKET rollback PATH [--eager|--lazy] [--force]\n"
                "  commands: status, pause, resume, quit, help, snapshot, rollback\n"
                "  SOCKET is the path given to `lookout run --api SOCKET`\n");
 }

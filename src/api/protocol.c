@@ -47,18 +47,20 @@ static int snap_cmd(struct api_ctx *ctx, const struct api_ops *ops, const cJSON 
     int rc;
     if (save) {
         const cJSON *parent = cJSON_GetObjectItemCaseSensitive(req, "parent");
-        if (parent && (!cJSON_IsString(parent) || !parent->valuestring ||
-                       parent->valuestring[0] != '/'))
+        if (parent &&
+            (!cJSON_IsString(parent) || !parent->valuestring || parent->valuestring[0] != '/'))
             return err_set(EINVAL, "\"parent\" must be an absolute file name");
-        struct snap_save_opts o = {
-            .zstd = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "zstd")),
-            .parent = parent ? parent->valuestring : NULL};
+        struct snap_save_opts o = {.zstd =
+                                       cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "zstd")),
+                                   .parent = parent ? parent->valuestring : NULL};
         bool stop = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "stop"));
         rc = ops->snapshot(ctx->vm, path->valuestring, stop, &o, &st);
     } else {
         struct snap_restore_opts o = {
             .eager = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "eager")),
-            .verify = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "verify"))};
+            .verify = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "verify")),
+            .force = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "force")),
+            .lazy = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "lazy"))};
         rc = ops->rollback(ctx->vm, path->valuestring, &o, &st);
     }
     if (rc < 0) return rc;
@@ -177,7 +179,7 @@ size_t api_handle_line(struct api_ctx *ctx, const char *line, size_t len, char *
         } else if (!strcmp(c, "snapshot") || !strcmp(c, "rollback")) {
             rc = snap_cmd(ctx, ops, req, c[0] == 's', r);
         } else if (!strcmp(c, "help")) {
-            static const char *const cmds[] = {"status", "pause",    "resume", "quit",
+            static const char *const cmds[] = {"status", "pause",    "resume",  "quit",
                                                "help",   "snapshot", "rollback"};
             cJSON_AddItemToObject(r, "commands", cJSON_CreateStringArray(cmds, 7));
         } else {

@@ -30,7 +30,9 @@ static void usage(FILE *f)
         f,
         "usage: lookout run [options] [-- CMD [ARGS...]]\n"
         "       lookout ctl SOCKET COMMAND     (status, pause, resume, quit)\n"
-        "       lookout ctl SOCKET snapshot PATH [--stop] [--zstd] | rollback PATH [--eager]\n"
+        "       lookout ctl SOCKET snapshot PATH [--stop] [--zstd] | rollback PATH "
+        "[--eager|--lazy] "
+        "[--force]\n"
         "       lookout guest build [...]       (build the default Debian guest)\n"
         "       lookout --help | --version\n"
         "\n"
@@ -47,7 +49,11 @@ static void usage(FILE *f)
         "  --api SOCKET         control socket (see lookout ctl)\n"
         "  --restore PATH       resume the snapshot PATH (memory, vCPUs and CPU model come from\n"
         "                       it; --mem/--smp/--cpu-model must agree if given; memory is\n"
-        "                       mapped copy-on-write unless --restore-eager)\n"
+        "                       mapped copy-on-write unless --restore-eager); give the same\n"
+        "                       --disk/--net/--rng options, in the same order, as when it was\n"
+        "                       taken; disk images must be as they were at the snapshot\n"
+        "                       (same size and mtime) unless --restore-force;\n"
+        "                       --restore-lazy loads memory on demand (userfaultfd)\n"
         "  --disk PATH[,ro][,bw=RATE][,iops=N]  virtio disk on a raw image (repeatable;\n"
         "                       RATE in bytes/s with K/M/G, e.g. bw=10M)\n"
         "  --net user[,hostfwd=tcp::HOSTPORT-:GUESTPORT]|tap:IFNAME  virtio NIC (repeatable)\n"
@@ -229,8 +235,10 @@ static int cmd_run(int argc, char **argv)
         if (snapshot_peek(o.restore, &sh, &scpuid) < 0) return fail_usage(err_msg());
         char msg[256];
         if (o.mem_set && o.mem_size != sh.mem_size) {
-            snprintf(msg, sizeof(msg), "--mem %lluM disagrees with the snapshot's %lluM (leave "
-                     "--mem out with --restore)", (unsigned long long)(o.mem_size >> 20),
+            snprintf(msg, sizeof(msg),
+                     "--mem %lluM disagrees with the snapshot's %lluM (leave "
+                     "--mem out with --restore)",
+                     (unsigned long long)(o.mem_size >> 20),
                      (unsigned long long)(sh.mem_size >> 20));
             return fail_usage(msg);
         }
@@ -292,6 +300,8 @@ static int cmd_run(int argc, char **argv)
         .console_out_fd = STDOUT_FILENO,
         .restore_path = o.restore,
         .restore_eager = o.restore_eager,
+        .restore_force = o.restore_force,
+        .restore_lazy = o.restore_lazy,
         .tsc_khz = o.restore ? sh.tsc_khz : 0,
         .restore_cpuid = o.restore ? &scpuid : NULL,
         .vdevs = &o.vdevs,

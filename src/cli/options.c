@@ -67,8 +67,8 @@ int run_options_parse(struct run_options *o, int argc, char **argv)
     o->ncpus = 1;
     o->cpu = "auto";
     o->cpu_model = "lookout-v1";
-    static const char *const with_value[] = {"--kernel", "--initrd", "--append",    "--mem",
-                                             "--smp",    "--cpu",    "--cpu-model", "--api",
+    static const char *const with_value[] = {"--kernel",  "--initrd", "--append",    "--mem",
+                                             "--smp",     "--cpu",    "--cpu-model", "--api",
                                              "--restore", "--disk",   "--net"};
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
@@ -81,6 +81,14 @@ int run_options_parse(struct run_options *o, int argc, char **argv)
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) return 1;
         if (!strcmp(a, "--restore-eager")) {
             o->restore_eager = true;
+            continue;
+        }
+        if (!strcmp(a, "--restore-force")) {
+            o->restore_force = true;
+            continue;
+        }
+        if (!strcmp(a, "--restore-lazy")) {
+            o->restore_lazy = true;
             continue;
         }
         if (!strcmp(a, "--rng") || !strncmp(a, "--rng=", 6)) {
@@ -152,6 +160,10 @@ int run_options_parse(struct run_options *o, int argc, char **argv)
         return err_set(EINVAL, "--restore resumes a snapshot: --kernel, --initrd, --append and "
                                "\"-- CMD\" do not apply");
     if (o->restore_eager && !o->restore) return err_set(EINVAL, "--restore-eager needs --restore");
+    if (o->restore_force && !o->restore) return err_set(EINVAL, "--restore-force needs --restore");
+    if (o->restore_lazy && !o->restore) return err_set(EINVAL, "--restore-lazy needs --restore");
+    if (o->restore_lazy && o->restore_eager)
+        return err_set(EINVAL, "--restore-lazy and --restore-eager exclude each other");
     if (o->initrd && !o->kernel)
         return err_set(EINVAL, "--initrd needs --kernel (the default guest brings its own)");
     return 0;

@@ -25,10 +25,12 @@ struct run_options {
     unsigned ncpus;
     const char *cpu, *cpu_model, *api_path;
     bool verbose;
-    const char *restore;  /* --restore PATH: resume a snapshot instead of booting */
-    bool restore_eager;   /* --restore-eager: read memory rather than map it */
+    const char *restore; /* --restore PATH: resume a snapshot instead of booting */
+    bool restore_eager;  /* --restore-eager: read memory rather than map it */
+    bool restore_force;  /* --restore-force: accept disk images changed since the snapshot */
+    bool restore_lazy;   /* --restore-lazy: memory on demand through userfaultfd */
     bool mem_set, smp_set, model_set; /* given explicitly (a restore refuses disagreement) */
-    int cmd_argc; /* `-- CMD ARGS...`: argv after "--", or 0 */
+    int cmd_argc;                     /* `-- CMD ARGS...`: argv after "--", or 0 */
     char **cmd_argv;
     struct vdev_list vdevs; /* --disk, --net, --rng in order: virtio-mmio slots 0, 1, ... */
 };

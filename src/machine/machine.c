@@ -64,7 +64,6 @@ static void write_all(int fd, const uint8_t *buf, size_t n)
     }
 }
 
-
 static void com1_out(void *ctx, const uint8_t *buf, size_t n)
 {
     struct board *b = ctx;
@@ -211,8 +210,15 @@ static int load_guest(struct vm *vm, struct x86_state *bsp)
      * HW-reduced ACPI board picks its EFI-then-BIOS path (machine_real_restart to F000:FFF0),
      * never the reset register.  What a BIOS would do there is reset the board, so the vector
      * holds: mov al, ACPI_RESET_VALUE; mov dx, PORT_ACPI_RESET; out dx, al; hlt; jmp $-1. */
-    static const uint8_t reset_stub[] = {0xb0, ACPI_RESET_VALUE, 0xba, PORT_ACPI_RESET & 0xff,
-                                         PORT_ACPI_RESET >> 8, 0xee, 0xf4, 0xeb, 0xfd};
+    static const uint8_t reset_stub[] = {0xb0,
+                                         ACPI_RESET_VALUE,
+                                         0xba,
+                                         PORT_ACPI_RESET & 0xff,
+                                         PORT_ACPI_RESET >> 8,
+                                         0xee,
+                                         0xf4,
+                                         0xeb,
+                                         0xfd};
     if ((r = guest_write(&vm->mem, LAYOUT_RESET_VECTOR, reset_stub, sizeof(reset_stub))) < 0)
         return err_wrap(r, "writing the reset vector");
     x86_state_reset(bsp, 0, true);
@@ -292,7 +298,8 @@ struct vm *machine_create(const struct machine_config *cfg)
     }
     if ((r = attach_devices(vm)) < 0) goto fail;
     if (cfg->restore_path) {
-        struct snap_restore_opts ro = {.eager = cfg->restore_eager};
+        struct snap_restore_opts ro = {
+            .eager = cfg->restore_eager, .force = cfg->restore_force, .lazy = cfg->restore_lazy};
         if ((r = snapshot_restore(vm, cfg->restore_path, &ro, NULL)) < 0) goto fail;
         goto started;
     }
@@ -571,6 +578,7 @@ void machine_destroy(struct vm *vm)
         vm->vcpu[i] = NULL;
     }
     if (b->vm_created) vm->backend->vm_destroy(vm);
+    snapshot_release(vm); /* a lazy restore's loader thread fills guest RAM */
     guest_mem_destroy(&vm->mem);
     pthread_mutex_destroy(&b->ring_lock);
     free(b->ring);

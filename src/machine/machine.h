@@ -21,11 +21,13 @@ struct machine_config {
      * and tsc_khz must be the snapshot's (cli/ takes them from its header). */
     const char *restore_path;
     bool restore_eager; /* read the memory file rather than mapping it */
+    bool restore_force; /* accept disk images modified since the snapshot */
+    bool restore_lazy;  /* load memory on demand through userfaultfd */
     uint64_t tsc_khz;   /* 0: the host's; restore: the snapshot's, so CPUID leaves match */
     /* restore: the snapshot's CPUID table, presented instead of the model if this backend can
      * (refused with a clear message otherwise) */
     const struct cpuid_model *restore_cpuid;
-    const struct vdev_list *vdevs;     /* virtio devices (NULL: none) */
+    const struct vdev_list *vdevs; /* virtio devices (NULL: none) */
 };
 
 struct vm *machine_create(const struct machine_config *cfg); /* NULL + err_msg() on failure */

@@ -2,6 +2,7 @@
 #include "machine/virtio_board.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -10,16 +11,96 @@
 #include "devices/virtio/blk.h"
 #include "devices/virtio/net.h"
 #include "devices/virtio/rng.h"
+#include "snapshot/codec.h"
+#include "snapshot/snapshot.h"
 #include "util/log.h"
+
+struct vslot {
+    enum vdev_kind kind;
+    void *dev;
+    struct virtio_mmio *t;
+    bool registered; /* with the snapshot registry */
+    char name[SNAP_NAME_LEN + 1];
+    struct snap_device_ops ops;
+};
 
 struct virtio_board {
     unsigned n;
-    struct {
-        enum vdev_kind kind;
-        void *dev;
-        struct virtio_mmio *t;
-    } slot[LAYOUT_VIRTIO_MAX];
+    struct vslot slot[LAYOUT_VIRTIO_MAX];
 };
+
+/* ---- snapshot sections: one per slot, "virtioN-blk" / "-net" / "-rng" ----------------------- */
+
+static int vs_save(void *opaque, struct snap_writer *w)
+{
+    struct vslot *v = opaque;
+    static struct virtio_dev_state s; /* large (the path); the VM is paused: one user */
+    switch (v->kind) {
+    case VDEV_BLK: virtio_blk_get_state(v->dev, &s); break;
+    case VDEV_NET: virtio_net_get_state(v->dev, &s); break;
+    case VDEV_RNG: virtio_rng_get_state(v->dev, &s); break;
+    }
+    snap_enc_virtio(w, &s);
+    return 0;
+}
+
+static int vs_decode_check(struct vslot *v, const struct snap_section *sec,
+                           struct virtio_dev_state *s)
+{
+    if (sec->version != SNAP_V_VIRTIO)
+        return err_set(EINVAL, "version %u, this lookout reads version %u", sec->version,
+                       SNAP_V_VIRTIO);
+    int r = snap_dec_virtio(sec, s);
+    if (r < 0) return r;
+    switch (v->kind) {
+    case VDEV_BLK: return virtio_blk_check_state(v->dev, s, snap_restore_forced());
+    case VDEV_NET: return virtio_net_check_state(v->dev, s);
+    case VDEV_RNG: return virtio_rng_check_state(v->dev, s);
+    }
+    return -EINVAL;
+}
+
+static int vs_check(void *opaque, const struct snap_section *sec)
+{
+    static struct virtio_dev_state s;
+    return vs_decode_check(opaque, sec, &s);
+}
+
+static int vs_load(void *opaque, const struct snap_section *sec)
+{
+    struct vslot *v = opaque;
+    static struct virtio_dev_state s;
+    int r = snap_dec_virtio(sec, &s);
+    if (r < 0) return r;
+    switch (v->kind) {
+    case VDEV_BLK: return virtio_blk_set_state(v->dev, &s);
+    case VDEV_NET: return virtio_net_set_state(v->dev, &s);
+    case VDEV_RNG: return virtio_rng_set_state(v->dev, &s);
+    }
+    return -EINVAL;
+}
+
+static void vs_quiesce(void *opaque, bool on)
+{
+    struct vslot *v = opaque;
+    virtio_mmio_quiesce(v->t, on);
+}
+
+static int vs_register(struct vm *vm, struct vslot *v, unsigned i)
+{
+    static const char *const kind_name[] = {
+        [VDEV_BLK] = "blk", [VDEV_NET] = "net", [VDEV_RNG] = "rng"};
+    snprintf(v->name, sizeof(v->name), "virtio%u-%s", i, kind_name[v->kind]);
+    v->ops = (struct snap_device_ops){.name = v->name,
+                                      .version = SNAP_V_VIRTIO,
+                                      .save = vs_save,
+                                      .check = vs_check,
+                                      .load = vs_load,
+                                      .quiesce = vs_quiesce};
+    int r = snap_register_device(vm, &v->ops, v);
+    if (r == 0) v->registered = true;
+    return r;
+}
 
 static void destroy_dev(enum vdev_kind k, void *dev)
 {
@@ -78,6 +159,10 @@ struct virtio_board *virtio_board_attach(struct vm *vm, const struct vdev_list *
         vb->slot[i].dev = dev;
         vb->slot[i].t = t;
         vb->n = i + 1;
+        if ((r = vs_register(vm, &vb->slot[i], i)) < 0) {
+            err_wrap(r, "virtio device %u: snapshot section", i);
+            goto fail;
+        }
     }
     return vb;
 fail:
@@ -100,6 +185,7 @@ void virtio_board_detach(struct vm *vm, struct virtio_board *vb)
     if (!vb) return;
     for (unsigned i = 0; i < vb->n; i++) {
         if (!vb->slot[i].dev) continue;
+        if (vb->slot[i].registered) snap_unregister_device(vm, &vb->slot[i]);
         dev_unregister(&vm->mmio, &virtio_mmio_bus_ops, vb->slot[i].t);
         destroy_dev(vb->slot[i].kind, vb->slot[i].dev);
     }

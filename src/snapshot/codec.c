@@ -385,3 +385,128 @@ int snap_cpuid_presentable(const struct cpuid_model *target, const struct cpuid_
     }
     return 0;
 }
+
+/* ---- virtio devices ---- */
+
+static void put_str16(struct snap_writer *w, const char *str)
+{
+    size_t n = strlen(str);
+    snap_put_u16(w, (uint16_t)n);
+    snap_put_bytes(w, str, n);
+}
+
+/* A length-prefixed string of printable bytes (no NUL) of at most max bytes. */
+static int get_str16(struct snap_rd *r, char *out, size_t max, const char *what)
+{
+    uint16_t n = snap_get_u16(r);
+    if (r->bad) return 0; /* snap_rd_done reports the truncation */
+    if (n > max)
+        return err_set(EINVAL, "section %s: %s of %u bytes (at most %zu)", r->sec->name, what, n,
+                       max);
+    snap_get_bytes(r, out, n);
+    out[n] = 0;
+    for (uint16_t i = 0; i < n && !r->bad; i++)
+        if ((unsigned char)out[i] < 0x20 || (unsigned char)out[i] == 0x7f)
+            return err_set(EINVAL, "section %s: %s has a control byte", r->sec->name, what);
+    return 0;
+}
+
+void snap_enc_virtio(struct snap_writer *w, const struct virtio_dev_state *s)
+{
+    const struct virtio_mmio_state *m = &s->mmio;
+    snap_put_u32(w, s->device_id);
+    snap_put_u32(w, m->status);
+    snap_put_u32(w, m->dev_features_sel);
+    snap_put_u32(w, m->drv_features_sel);
+    snap_put_u32(w, m->queue_sel);
+    snap_put_u32(w, m->isr);
+    snap_put_u32(w, m->config_gen);
+    snap_put_u64(w, m->drv_features);
+    snap_put_u8(w, s->nqueues);
+    for (unsigned i = 0; i < s->nqueues && i < VIRTIO_MAX_QUEUES; i++) {
+        snap_put_u16(w, m->vq[i].size);
+        snap_put_u8(w, m->vq[i].ready);
+        snap_put_u64(w, m->vq[i].desc);
+        snap_put_u64(w, m->vq[i].avail);
+        snap_put_u64(w, m->vq[i].used);
+        snap_put_u16(w, m->vq[i].last_avail);
+        snap_put_u16(w, m->vq[i].used_idx);
+    }
+    snap_put_u16(w, s->config_len);
+    snap_put_bytes(w, s->config, s->config_len);
+    snap_put_u8(w, s->nbuckets);
+    for (unsigned i = 0; i < s->nbuckets && i < VIRTIO_SNAP_BUCKETS; i++) {
+        snap_put_u64(w, s->bucket[i].rate);
+        snap_put_u64(w, (uint64_t)s->bucket[i].milli);
+    }
+    if (s->device_id == 2) { /* blk */
+        snap_put_u8(w, s->blk.ro);
+        snap_put_u64(w, s->blk.sectors);
+        snap_put_u64(w, s->blk.image_size);
+        snap_put_u64(w, (uint64_t)s->blk.image_mtime_ns);
+        put_str16(w, s->blk.path);
+    } else if (s->device_id == 1) { /* net */
+        snap_put_u8(w, s->net.backend);
+        put_str16(w, s->net.ifname);
+    }
+}
+
+int snap_dec_virtio(const struct snap_section *sec, struct virtio_dev_state *s)
+{
+    struct snap_rd r;
+    snap_rd_init(&r, sec);
+    memset(s, 0, sizeof(*s));
+    struct virtio_mmio_state *m = &s->mmio;
+    s->device_id = snap_get_u32(&r);
+    if (!r.bad && s->device_id != 1 && s->device_id != 2 && s->device_id != 4)
+        return err_set(EINVAL, "section %s: device id %u is not a disk, NIC or entropy device",
+                       sec->name, s->device_id);
+    m->status = snap_get_u32(&r);
+    m->dev_features_sel = snap_get_u32(&r);
+    m->drv_features_sel = snap_get_u32(&r);
+    m->queue_sel = snap_get_u32(&r);
+    m->isr = snap_get_u32(&r);
+    m->config_gen = snap_get_u32(&r);
+    m->drv_features = snap_get_u64(&r);
+    s->nqueues = snap_get_u8(&r);
+    if (s->nqueues > VIRTIO_MAX_QUEUES)
+        return err_set(EINVAL, "section %s: %u queues (at most %d)", sec->name, s->nqueues,
+                       VIRTIO_MAX_QUEUES);
+    for (unsigned i = 0; i < s->nqueues; i++) {
+        m->vq[i].size = snap_get_u16(&r);
+        m->vq[i].ready = snap_get_u8(&r);
+        m->vq[i].desc = snap_get_u64(&r);
+        m->vq[i].avail = snap_get_u64(&r);
+        m->vq[i].used = snap_get_u64(&r);
+        m->vq[i].last_avail = snap_get_u16(&r);
+        m->vq[i].used_idx = snap_get_u16(&r);
+    }
+    s->config_len = snap_get_u16(&r);
+    if (s->config_len > VIRTIO_CONFIG_MAX)
+        return err_set(EINVAL, "section %s: config space of %u bytes (at most %d)", sec->name,
+                       s->config_len, VIRTIO_CONFIG_MAX);
+    snap_get_bytes(&r, s->config, s->config_len);
+    s->nbuckets = snap_get_u8(&r);
+    if (s->nbuckets > VIRTIO_SNAP_BUCKETS)
+        return err_set(EINVAL, "section %s: %u rate buckets (at most %d)", sec->name, s->nbuckets,
+                       VIRTIO_SNAP_BUCKETS);
+    for (unsigned i = 0; i < s->nbuckets; i++) {
+        s->bucket[i].rate = snap_get_u64(&r);
+        s->bucket[i].milli = (int64_t)snap_get_u64(&r);
+    }
+    int rc = 0;
+    if (s->device_id == 2) {
+        s->blk.ro = snap_get_u8(&r);
+        s->blk.sectors = snap_get_u64(&r);
+        s->blk.image_size = snap_get_u64(&r);
+        s->blk.image_mtime_ns = (int64_t)snap_get_u64(&r);
+        rc = get_str16(&r, s->blk.path, VIRTIO_SNAP_PATH, "image path");
+        if (!rc && !r.bad && s->blk.ro > 1)
+            rc = err_set(EINVAL, "section %s: ro flag %u", sec->name, s->blk.ro);
+    } else if (s->device_id == 1) {
+        s->net.backend = snap_get_u8(&r);
+        rc = get_str16(&r, s->net.ifname, sizeof(s->net.ifname) - 1, "interface name");
+    }
+    if (rc) return rc;
+    return snap_rd_done(&r);
+}

@@ -9,6 +9,7 @@
 #include "devices/i8042.h"
 #include "devices/rtc.h"
 #include "devices/uart16550.h"
+#include "devices/virtio/mmio.h"
 #include "snapshot/format.h"
 #include "x86/cpuid.h"
 #include "x86/irqchip.h"
@@ -25,6 +26,7 @@
 #define SNAP_V_CPUID  1
 #define SNAP_V_CLOCK  1
 #define SNAP_V_MEMORY 1
+#define SNAP_V_VIRTIO 1 /* every virtioN-KIND section */
 
 void snap_enc_cpu(struct snap_writer *w, const struct x86_state *s);
 int snap_dec_cpu(const struct snap_section *sec, struct x86_state *s);
@@ -44,6 +46,12 @@ void snap_enc_i8042(struct snap_writer *w, const struct i8042_state *s);
 int snap_dec_i8042(const struct snap_section *sec, struct i8042_state *s);
 void snap_enc_acpi_pm(struct snap_writer *w, const struct acpi_pm_state *s);
 int snap_dec_acpi_pm(const struct snap_section *sec, struct acpi_pm_state *s);
+/* A virtio device (virtioN-blk/-net/-rng).  The decoder checks the layout and everything that
+ * needs no device: known device id, queue count <= VIRTIO_MAX_QUEUES, config <= 64 bytes,
+ * buckets <= 2, printable NUL-free path and interface name, the part of the device id and
+ * nothing after it; the device's check then validates the values against itself and RAM. */
+void snap_enc_virtio(struct snap_writer *w, const struct virtio_dev_state *s);
+int snap_dec_virtio(const struct snap_section *sec, struct virtio_dev_state *s);
 void snap_enc_cpuid(struct snap_writer *w, const struct cpuid_model *m);
 int snap_dec_cpuid(const struct snap_section *sec, struct cpuid_model *m);
 /* Whether a VM whose backend builds `target` for the model can present the snapshot's table

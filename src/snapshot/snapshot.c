@@ -11,7 +11,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -92,6 +97,22 @@ static unsigned reg_list(struct vm *vm, const struct snap_device_ops **ops, void
         }
     pthread_mutex_unlock(&reg_lock);
     return n;
+}
+
+static void quiesce_all(struct vm *vm, bool on)
+{
+    const struct snap_device_ops *ops[SNAP_MAX_DEVICES];
+    void *op[SNAP_MAX_DEVICES];
+    unsigned n = reg_list(vm, ops, op);
+    for (unsigned i = 0; i < n; i++)
+        if (ops[i]->quiesce) ops[i]->quiesce(op[i], on);
+}
+
+static bool restore_force;
+
+bool snap_restore_forced(void)
+{
+    return restore_force;
 }
 
 /* ---- the board's parts -------------------------------------------------------------------- */
@@ -279,7 +300,10 @@ static int decode_all(struct vm *vm, const struct snap_file *f, struct decoded *
                        vm->ncpus);
     device_list(vm, devs, sizeof(devs));
     if (strcmp(devs, h->devices))
-        return err_set(EINVAL, "header: the snapshot's devices are \"%s\", this VM has \"%s\"",
+        return err_set(EINVAL,
+                       "header: the snapshot's devices are \"%s\", this VM has \"%s\" (a "
+                       "restored VM needs the same --disk/--net/--rng options, in the same "
+                       "order, as the VM the snapshot was taken of)",
                        h->devices, devs);
     uint8_t hash[SHA256_LEN];
     snap_cpuid_hash(&vm->cpuid, hash);
@@ -743,6 +767,181 @@ static int load_mem_raw_mapped(struct vm *vm, int fd, const char *mpath)
     return 0;
 }
 
+/* ---- lazy restore through userfaultfd --------------------------------------------------------
+ * Guest RAM becomes fresh anonymous memory registered with a userfaultfd; a loader thread serves
+ * each missing-page fault (vCPU threads, the software CPU, KVM's own accesses through
+ * get_user_pages, device threads) by reading that page from the memory file, and between faults
+ * copies the file's data extents in, in order.  Once every data page is in, it unregisters: the
+ * pages left are the file's holes, which then fault in as zero pages without us.  One loader per
+ * process (one VM per process); it is stopped before RAM is replaced again and before the VM's
+ * memory is freed (snapshot_release). */
+#define LAZY_BATCH 16 /* pages copied between two looks at the fault queue */
+
+static struct {
+    pthread_t thread;
+    bool running;
+    int uffd, fd, stopfd;
+    uint8_t *base;
+    uint64_t size;
+    char path[4096];
+    uint64_t faults, copied;
+    double t0;
+} lazy = {.uffd = -1, .fd = -1, .stopfd = -1};
+
+/* Copies page `pg` from the file into RAM; 0, or -errno (EEXIST: already there, not an error).
+ * A fault on a page in a hole of the file (a zero page) maps the shared zero page instead, so
+ * reading all of RAM (a snapshot save, say) does not allocate it. */
+static int lazy_copy(uint64_t pg, uint8_t *buf, bool fault)
+{
+    off_t off = (off_t)(MEM_HDR + pg * PAGE);
+    if (fault && lseek(lazy.fd, off, SEEK_DATA) != off) {
+        struct uffdio_zeropage z = {
+            .range = {.start = (uint64_t)(uintptr_t)(lazy.base + pg * PAGE), .len = PAGE}};
+        if (ioctl(lazy.uffd, UFFDIO_ZEROPAGE, &z) == 0) return 0;
+        if (errno == EEXIST) {
+            struct uffdio_range w = {.start = z.range.start, .len = PAGE};
+            (void)ioctl(lazy.uffd, UFFDIO_WAKE, &w);
+            return 0;
+        }
+        /* anything else: fall back to copying what the file reads as */
+    }
+    int r = read_all_at(lazy.fd, buf, PAGE, off, lazy.path);
+    if (r) return r;
+    struct uffdio_copy c = {.dst = (uint64_t)(uintptr_t)(lazy.base + pg * PAGE),
+                            .src = (uint64_t)(uintptr_t)buf,
+                            .len = PAGE,
+                            .mode = 0};
+    if (ioctl(lazy.uffd, UFFDIO_COPY, &c) == 0) {
+        lazy.copied++;
+        return 0;
+    }
+    if (errno == EEXIST) {
+        /* faulted in meanwhile (by us); wake anyone waiting on it */
+        struct uffdio_range w = {.start = c.dst, .len = PAGE};
+        (void)ioctl(lazy.uffd, UFFDIO_WAKE, &w);
+        return 0;
+    }
+    return -errno;
+}
+
+static void *lazy_thread(void *arg)
+{
+    static uint8_t buf[PAGE] __attribute__((aligned(PAGE)));
+    off_t pos = MEM_HDR, end = (off_t)(MEM_HDR + lazy.size), hole = MEM_HDR;
+    bool done = false;
+    const char *why = NULL;
+    while (!why) {
+        struct pollfd pf[2] = {{.fd = lazy.uffd, .events = POLLIN},
+                               {.fd = lazy.stopfd, .events = POLLIN}};
+        int n = poll(pf, 2, done ? -1 : 0);
+        if (n < 0 && errno != EINTR) why = "poll failed";
+        if (pf[1].revents) break;
+        if (pf[0].revents & POLLIN) {
+            struct uffd_msg m[16];
+            ssize_t got = read(lazy.uffd, m, sizeof(m));
+            for (ssize_t i = 0; i < got / (ssize_t)sizeof(m[0]) && !why; i++) {
+                if (m[i].event != UFFD_EVENT_PAGEFAULT) continue;
+                uint64_t off = m[i].arg.pagefault.address - (uint64_t)(uintptr_t)lazy.base;
+                lazy.faults++;
+                if (off >= lazy.size || lazy_copy(off / PAGE, buf, true) < 0)
+                    why = "serving a fault";
+            }
+            continue;
+        }
+        if (done) continue;
+        /* between faults: the next few pages of the file's data extents */
+        for (int k = 0; k < LAZY_BATCH && !done && !why; k++) {
+            if (pos >= hole) {
+                off_t d = pos < end ? lseek(lazy.fd, pos, SEEK_DATA) : -1;
+                if (d < 0 || d >= end) {
+                    done = true;
+                    break;
+                }
+                pos = d & ~(off_t)(PAGE - 1);
+                hole = lseek(lazy.fd, d, SEEK_HOLE);
+                if (hole < 0 || hole > end) hole = end;
+            }
+            if (pos < MEM_HDR) pos = MEM_HDR;
+            if (lazy_copy((uint64_t)(pos - MEM_HDR) / PAGE, buf, false) < 0) why = "prefetching";
+            pos += PAGE;
+        }
+        if (done) {
+            /* every data page is in: what is missing is zero, the kernel can fill it */
+            struct uffdio_range rg = {.start = (uint64_t)(uintptr_t)lazy.base, .len = lazy.size};
+            if (ioctl(lazy.uffd, UFFDIO_UNREGISTER, &rg) < 0) why = "unregistering";
+            log_info("lazy restore: all %llu data pages in after %.1f ms (%llu faults served)",
+                     (unsigned long long)lazy.copied, now_ms() - lazy.t0,
+                     (unsigned long long)lazy.faults);
+            if (!why) break;
+        }
+    }
+    if (why)
+        log_err("lazy restore from %s stopped (%s: %s): the guest may hang on a missing page",
+                lazy.path, why, strerror(errno));
+    return arg;
+}
+
+static void lazy_stop(void)
+{
+    if (!lazy.running) return;
+    uint64_t one = 1;
+    if (write(lazy.stopfd, &one, 8) < 0) { /* the eventfd cannot be full */
+    }
+    pthread_join(lazy.thread, NULL);
+    lazy.running = false;
+    close(lazy.uffd);
+    close(lazy.fd);
+    close(lazy.stopfd);
+    lazy.uffd = lazy.fd = lazy.stopfd = -1;
+}
+
+void snapshot_release(struct vm *vm)
+{
+    if (lazy.base == vm->mem.base) lazy_stop();
+}
+
+static int load_mem_raw_lazy(struct vm *vm, int fd, const char *mpath)
+{
+    int r = ram_zero(vm);
+    if (r) return r;
+    int uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    if (uffd < 0)
+        return err_set(errno,
+                       "lazy restore: userfaultfd: %s (needs vm.unprivileged_userfaultfd=1 or "
+                       "CAP_SYS_PTRACE; restore without lazy instead)",
+                       strerror(errno));
+    struct uffdio_api api = {.api = UFFD_API, .features = 0};
+    struct uffdio_register ureg = {
+        .range = {.start = (uint64_t)(uintptr_t)vm->mem.base, .len = vm->mem_size},
+        .mode = UFFDIO_REGISTER_MODE_MISSING};
+    if (ioctl(uffd, UFFDIO_API, &api) < 0 || ioctl(uffd, UFFDIO_REGISTER, &ureg) < 0) {
+        r = err_set(errno, "lazy restore: registering guest RAM with userfaultfd: %s",
+                    strerror(errno));
+        close(uffd);
+        return r;
+    }
+    lazy.uffd = uffd;
+    lazy.fd = dup(fd);
+    lazy.stopfd = eventfd(0, EFD_CLOEXEC);
+    lazy.base = vm->mem.base;
+    lazy.size = vm->mem_size;
+    lazy.faults = lazy.copied = 0;
+    lazy.t0 = now_ms();
+    snprintf(lazy.path, sizeof(lazy.path), "%s", mpath);
+    int e = lazy.fd < 0 || lazy.stopfd < 0 ? errno
+                                           : pthread_create(&lazy.thread, NULL, lazy_thread, NULL);
+    if (e) {
+        close(uffd);
+        if (lazy.fd >= 0) close(lazy.fd);
+        if (lazy.stopfd >= 0) close(lazy.stopfd);
+        lazy.uffd = lazy.fd = lazy.stopfd = -1;
+        ram_zero(vm); /* unregistered again: nothing may wait for a loader that is not there */
+        return err_set(e, "lazy restore: starting the loader: %s", strerror(e));
+    }
+    lazy.running = true;
+    return 0;
+}
+
 static int load_mem_zstd(struct vm *vm, int fd, const char *mpath, const struct mem_info *mi,
                          uint64_t *bm)
 {
@@ -966,8 +1165,22 @@ static int write_file_sync(const char *tmp, const uint8_t *buf, size_t n)
     return r;
 }
 
+static int save_quiesced(struct vm *vm, const char *path, const struct snap_save_opts *o,
+                         struct snap_stats *st);
+
+/* Devices are quiesced for the whole save (the dirty log read included), so memory and their
+ * state are one consistent moment and no request is half done. */
 int snapshot_save(struct vm *vm, const char *path, const struct snap_save_opts *o,
                   struct snap_stats *st)
+{
+    quiesce_all(vm, true);
+    int r = save_quiesced(vm, path, o, st);
+    quiesce_all(vm, false);
+    return r;
+}
+
+static int save_quiesced(struct vm *vm, const char *path, const struct snap_save_opts *o,
+                         struct snap_stats *st)
 {
     struct snap_stats dummy;
     if (!st) st = &dummy;
@@ -1019,6 +1232,7 @@ int snapshot_save(struct vm *vm, const char *path, const struct snap_save_opts *
         free(map);
         return err_set(errno, "creating %s: %s", mtmp, strerror(errno));
     }
+
     r = map                             ? save_mem_incr(vm, fd, mtmp, map, &mi)
         : h.mem_format == SNAP_MEM_ZSTD ? save_mem_zstd(vm, fd, mtmp, o ? o->level : 0, &mi)
                                         : save_mem_raw(vm, fd, mtmp, &mi);
@@ -1123,8 +1337,24 @@ int snapshot_peek(const char *path, struct snap_header *h, struct cpuid_model *c
     return r;
 }
 
+static int restore_quiesced(struct vm *vm, const char *path, const struct snap_restore_opts *o,
+                            struct snap_stats *st);
+
+/* Devices are quiesced for the whole restore: their back ends start no request on the rings of
+ * the state being replaced; afterwards they serve what the restored guest queued. */
 int snapshot_restore(struct vm *vm, const char *path, const struct snap_restore_opts *o,
                      struct snap_stats *st)
+{
+    quiesce_all(vm, true);
+    restore_force = o && o->force;
+    int r = restore_quiesced(vm, path, o, st);
+    restore_force = false;
+    quiesce_all(vm, false);
+    return r;
+}
+
+static int restore_quiesced(struct vm *vm, const char *path, const struct snap_restore_opts *o,
+                            struct snap_stats *st)
 {
     struct snap_stats dummy;
     if (!st) st = &dummy;
@@ -1216,6 +1446,13 @@ int snapshot_restore(struct vm *vm, const char *path, const struct snap_restore_
             curmap = &l->map;
         }
     }
+    if (o && o->lazy && (nchain || mi.format != SNAP_MEM_RAW)) {
+        r = err_set(EINVAL,
+                    "snapshot %s: a lazy restore needs a full snapshot with the raw memory "
+                    "layout (this one is %s)",
+                    path, nchain ? "incremental" : "zstd-compressed");
+        goto out;
+    }
     /* the backup, in case a part refuses its state in phase two */
     struct snap_header bh;
     header_for(vm, &bh);
@@ -1237,14 +1474,18 @@ int snapshot_restore(struct vm *vm, const char *path, const struct snap_restore_
     const struct mem_info *bmi = nchain ? &chain[nchain - 1].mi : &mi;
     int bfd = nchain ? chain[nchain - 1].fd : fd;
     const char *bmpath = nchain ? chain[nchain - 1].mpath : mpath;
-    bool mapped = bmi->format == SNAP_MEM_RAW && !(o && o->eager);
-    bool verify = !mapped || (o && o->verify);
+    bool lazy_load = o && o->lazy;
+    bool mapped = bmi->format == SNAP_MEM_RAW && !(o && o->eager) && !lazy_load;
+    bool verify = (!mapped && !lazy_load) || (o && o->verify && !lazy_load);
+    lazy_stop(); /* RAM is about to be replaced: a loader still filling it must not go on */
     /* pages read from the file (the rest stay zero); their digest is checked */
     loaded = calloc(1, ALIGN_UP(vm->mem_size / PAGE, 64) / 8);
     if (!loaded)
         r = err_set(ENOMEM, "out of memory");
     else if (bmi->format == SNAP_MEM_ZSTD)
         r = load_mem_zstd(vm, bfd, bmpath, bmi, loaded);
+    else if (lazy_load)
+        r = load_mem_raw_lazy(vm, bfd, bmpath);
     else if (mapped)
         r = load_mem_raw_mapped(vm, bfd, bmpath);
     else
@@ -1273,7 +1514,10 @@ int snapshot_restore(struct vm *vm, const char *path, const struct snap_restore_
     st->state_bytes = len;
     st->ms = now_ms() - t0;
     log_info("restored %s in %.3f ms (%s memory, %llu pages)", path, st->ms,
-             mapped ? "mapped" : "read", (unsigned long long)mi.pages);
+             lazy_load ? "lazy"
+             : mapped  ? "mapped"
+                       : "read",
+             (unsigned long long)mi.pages);
 out:
     for (unsigned k = 0; k < nchain; k++)
         link_free(&chain[k]);

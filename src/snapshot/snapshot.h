@@ -33,6 +33,8 @@ struct snap_save_opts {
 struct snap_restore_opts {
     bool eager;  /* read memory instead of mapping it (raw layout) */
     bool verify; /* mapped restore: check the memory digest too (always done when reading) */
+    bool force;  /* accept disk images modified since the snapshot (see docs/snapshot-format.md) */
+    bool lazy;   /* raw full snapshots: pages loaded on demand through userfaultfd (+ prefetch) */
 };
 
 /* The VM must be paused (or not started).  Writes PATH.tmp and PATH.mem.tmp, syncs, then renames
@@ -44,6 +46,8 @@ int snapshot_save(struct vm *vm, const char *path, const struct snap_save_opts *
 /* Loads PATH into a paused (or not yet started) VM created with the snapshot's configuration. */
 int snapshot_restore(struct vm *vm, const char *path, const struct snap_restore_opts *o,
                      struct snap_stats *st);
+/* Before the VM's memory is freed: stops a lazy restore's loader thread (if any). */
+void snapshot_release(struct vm *vm);
 /* Reads and verifies PATH's state file and returns its header and CPUID table (for
  * `run --restore`: the new VM is built with them). */
 int snapshot_peek(const char *path, struct snap_header *h, struct cpuid_model *cpuid);
@@ -67,7 +71,14 @@ struct snap_device_ops {
     int (*save)(void *opaque, struct snap_writer *w);
     int (*check)(void *opaque, const struct snap_section *sec);
     int (*load)(void *opaque, const struct snap_section *sec);
+    /* Optional.  on=true before save (and before a restore replaces the device): finish the
+     * requests in flight and start no new ones, so no back-end thread writes guest memory or the
+     * device's state meanwhile; on=false afterwards (also after a failed save or restore). */
+    void (*quiesce)(void *opaque, bool on);
 };
+/* Inside check(): whether the restore was forced (snap_restore_opts.force).  Restores of one
+ * process run one at a time (the VM is paused), so this is the running restore's flag. */
+bool snap_restore_forced(void);
 #define SNAP_MAX_DEVICES 32
 int snap_register_device(struct vm *vm, const struct snap_device_ops *ops, void *opaque);
 void snap_unregister_device(struct vm *vm, void *opaque);

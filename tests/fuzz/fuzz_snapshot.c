@@ -37,6 +37,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             struct i8042_state kb;
             struct acpi_pm_state pm;
             static struct cpuid_model m, t;
+            static struct virtio_dev_state vs;
             /* every decoder on every section: each must refuse or accept without overreading */
             (void)snap_dec_cpu(s, &st);
             (void)snap_dec_lapic(s, &l);
@@ -46,6 +47,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             (void)snap_dec_rtc(s, &rtc);
             (void)snap_dec_i8042(s, &kb);
             (void)snap_dec_acpi_pm(s, &pm);
+            if (snap_dec_virtio(s, &vs) == 0) {
+                /* what decodes must re-encode to the same bytes (no field silently dropped) */
+                struct snap_writer w = {0};
+                snap_enc_virtio(&w, &vs);
+                if (!w.err && (w.len != s->len || memcmp(w.buf, s->data, s->len))) __builtin_trap();
+                snap_writer_free(&w);
+            }
             if (snap_dec_cpuid(s, &m) == 0) {
                 if (!t.n) cpuid_model_build(&t, "lookout-v1", NULL, 0, 1, 2000000);
                 (void)snap_cpuid_presentable(&t, &m);

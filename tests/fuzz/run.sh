@@ -45,6 +45,7 @@ h += struct.pack("<IIH", 0, 1, 0)
 h += b"acpi_pm".ljust(24, b"\0") + struct.pack("<IIQ", 1, 0, 1) + b"\x80"
 open(sys.argv[1], "wb").write(h + hashlib.sha256(h).digest())
 PY
+python3 tests/fuzz/snapshot_seeds.py "$out/corpus-snap"
   LOOKOUT_LOG=error "$out/fuzz_snapshot" -max_total_time="$secs" -max_len=65536 "$out/corpus-snap"
 fi
 

@@ -8,6 +8,8 @@
 
 #include <cmocka.h>
 
+#include <errno.h>
+
 #include "cli/options.h"
 #include "util/log.h"
 
@@ -108,6 +110,23 @@ static void test_run_options(void **st)
     assert_non_null(strstr(err_msg(), "--frobnicate"));
 }
 
+static void test_restore_options(void **st)
+{
+    (void)st;
+    struct run_options o;
+    const char *a1[] = {"--restore", "s", "--restore-lazy", "--restore-force", "--disk",
+                        "d.img",     NULL};
+    assert_int_equal(parse(&o, a1), 0);
+    assert_true(o.restore_lazy && o.restore_force && !o.restore_eager);
+    assert_int_equal(o.vdevs.n, 1);
+    const char *a2[] = {"--restore-lazy", NULL};
+    assert_int_equal(parse(&o, a2), -EINVAL); /* needs --restore */
+    const char *a3[] = {"--restore-force", NULL};
+    assert_int_equal(parse(&o, a3), -EINVAL);
+    const char *a4[] = {"--restore", "s", "--restore-lazy", "--restore-eager", NULL};
+    assert_int_equal(parse(&o, a4), -EINVAL); /* one way of loading memory */
+}
+
 static void test_quote_and_base64(void **st)
 {
     (void)st;
@@ -150,9 +169,8 @@ static void test_command_cmdline(void **st)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_mem_sizes),
-        cmocka_unit_test(test_run_options),
-        cmocka_unit_test(test_quote_and_base64),
+        cmocka_unit_test(test_mem_sizes),       cmocka_unit_test(test_run_options),
+        cmocka_unit_test(test_restore_options), cmocka_unit_test(test_quote_and_base64),
         cmocka_unit_test(test_command_cmdline),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

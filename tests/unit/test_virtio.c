@@ -20,6 +20,7 @@
 #include "devices/virtio/ratelimit.h"
 #include "devices/virtio/rng.h"
 #include "devices/virtio/virtq.h"
+#include "snapshot/codec.h"
 #include "vring_builder.h"
 
 #define MEM (16ull << 20)
@@ -590,32 +591,151 @@ static void test_mmio_bad_ring_ready(void **state)
     virtio_rng_destroy(r);
 }
 
+/* Encodes a device state as a snapshot section payload and decodes it again. */
+static struct snap_writer enc_w;
+static struct snap_section enc_sec;
+static void encode(const struct virtio_dev_state *s)
+{
+    snap_writer_free(&enc_w);
+    memset(&enc_w, 0, sizeof(enc_w));
+    snap_enc_virtio(&enc_w, s);
+    assert_int_equal(enc_w.err, 0);
+    memset(&enc_sec, 0, sizeof(enc_sec));
+    strcpy(enc_sec.name, "virtio0-test");
+    enc_sec.version = SNAP_V_VIRTIO;
+    enc_sec.data = enc_w.buf;
+    enc_sec.len = enc_w.len;
+}
+
 static void test_mmio_state_round_trip(void **state)
 {
-    struct virtio_rng *r = virtio_rng_create(&mem, (struct irq_line){fake_irq, NULL, 16}, 0);
+    struct virtio_rng *r = virtio_rng_create(&mem, (struct irq_line){fake_irq, NULL, 16}, 1000);
     bring_up(r);
-    struct virtio_rng_state s;
+    static struct virtio_dev_state s, s2, bad;
     virtio_rng_get_state(r, &s);
-    struct virtio_rng *r2 = virtio_rng_create(&mem, (struct irq_line){fake_irq, NULL, 16}, 0);
-    assert_int_equal(virtio_rng_set_state(r2, &s), 0);
-    struct virtio_rng_state s2;
-    virtio_rng_get_state(r2, &s2);
+    assert_int_equal(s.device_id, VIRTIO_ID_RNG);
+    assert_int_equal(s.nbuckets, 1);
+    assert_int_equal(s.bucket[0].rate, 1000);
+    /* through the section codec */
+    encode(&s);
+    assert_int_equal(snap_dec_virtio(&enc_sec, &s2), 0);
     assert_memory_equal(&s, &s2, sizeof(s));
-    struct virtio_rng_state bad = s;
-    bad.mmio.vq[0].used = MEM; /* ring outside RAM */
-    assert_int_equal(virtio_rng_set_state(r2, &bad), -EINVAL);
-    bad = s;
-    bad.mmio.drv_features |= 1ull << 40; /* never offered */
-    assert_int_equal(virtio_rng_set_state(r2, &bad), -EINVAL);
-    bad = s;
-    bad.mmio.vq[1].ready = 1; /* the rng has one queue */
-    bad.mmio.vq[1].size = 8;
-    bad.mmio.vq[1].desc = VRB_DESC;
-    bad.mmio.vq[1].avail = VRB_AVAIL;
-    bad.mmio.vq[1].used = VRB_USED;
-    assert_int_equal(virtio_rng_set_state(r2, &bad), -EINVAL);
+    struct virtio_rng *r2 = virtio_rng_create(&mem, (struct irq_line){fake_irq, NULL, 16}, 1000);
+    assert_int_equal(virtio_rng_check_state(r2, &s2), 0);
+    assert_int_equal(virtio_rng_set_state(r2, &s2), 0);
+    virtio_rng_get_state(r2, &s2);
+    s2.bucket[0].milli = s.bucket[0].milli; /* refilled a little meanwhile */
+    assert_memory_equal(&s, &s2, sizeof(s));
+
+    /* hostile values: each refused by the check, and set changes nothing */
+#define REFUSE(stmt)                                                                               \
+    do {                                                                                           \
+        bad = s;                                                                                   \
+        stmt;                                                                                      \
+        assert_int_equal(virtio_rng_check_state(r2, &bad), -EINVAL);                               \
+        assert_int_equal(virtio_rng_set_state(r2, &bad), -EINVAL);                                 \
+    } while (0)
+    REFUSE(bad.mmio.vq[0].used = MEM);                 /* ring outside RAM */
+    REFUSE(bad.mmio.vq[0].desc = MEM - 16);            /* ring crosses the end of RAM */
+    REFUSE(bad.mmio.vq[0].avail |= 1);                 /* misaligned */
+    REFUSE(bad.mmio.vq[0].size = 12);                  /* not a power of two */
+    REFUSE(bad.mmio.vq[0].size = 512);                 /* over the maximum */
+    REFUSE(bad.mmio.vq[0].size = 0);                   /* ready with size 0 */
+    REFUSE(bad.mmio.vq[0].ready = 2);                  /* not a boolean */
+    REFUSE(bad.mmio.vq[0].last_avail = 5);             /* a request in flight */
+    REFUSE(bad.mmio.drv_features |= 1ull << 40);       /* never offered */
+    REFUSE(bad.mmio.drv_features &= ~(1ull << 32));    /* FEATURES_OK without VERSION_1 */
+    REFUSE(bad.mmio.status = VIRTIO_STATUS_DRIVER_OK); /* DRIVER_OK without FEATURES_OK */
+    REFUSE(bad.mmio.status |= 0x100);                  /* reserved */
+    REFUSE(bad.mmio.isr = 4);                          /* reserved */
+    REFUSE(bad.mmio.vq[1].size = 8);                   /* the rng has one queue */
+    REFUSE(bad.nbuckets = 0);
+    REFUSE(bad.config_len = 4);
+    REFUSE(bad.device_id = VIRTIO_ID_BLOCK);
+#undef REFUSE
+    virtio_rng_get_state(r2, &s2);
+    s2.bucket[0].milli = s.bucket[0].milli;
+    assert_memory_equal(&s, &s2, sizeof(s)); /* untouched by the refusals */
+
+    /* the decoder: truncation, trailing bytes, impossible counts, unknown device */
+    encode(&s);
+    enc_sec.len--;
+    assert_int_equal(snap_dec_virtio(&enc_sec, &s2), -EINVAL);
+    uint8_t *copy = malloc(enc_w.len + 1);
+    memcpy(copy, enc_w.buf, enc_w.len);
+    copy[enc_w.len] = 0;
+    enc_sec.data = copy;
+    enc_sec.len = enc_w.len + 1;
+    assert_int_equal(snap_dec_virtio(&enc_sec, &s2), -EINVAL);
+    enc_sec.len = enc_w.len;
+    copy[0] = 3; /* device id 3 (console): not ours */
+    assert_int_equal(snap_dec_virtio(&enc_sec, &s2), -EINVAL);
+    copy[0] = 4;
+    copy[4 * 7 + 8] = 9; /* nqueues */
+    assert_int_equal(snap_dec_virtio(&enc_sec, &s2), -EINVAL);
+    free(copy);
+    snap_writer_free(&enc_w);
+    memset(&enc_w, 0, sizeof(enc_w));
     virtio_rng_destroy(r);
     virtio_rng_destroy(r2);
+}
+
+/* Quiesced, the back end pops nothing; released, it serves what was queued meanwhile. */
+static void test_mmio_quiesce(void **state)
+{
+    irq_level = 0;
+    struct virtio_rng *r = virtio_rng_create(&mem, (struct irq_line){fake_irq, NULL, 16}, 0);
+    struct virtio_mmio *t = bring_up(r);
+    vrb_init(&vb, &mem, 8);
+    virtio_mmio_quiesce(t, true);
+    vrb_desc(&vb, 0, VRB_BUF, 32, W, 0);
+    vrb_publish(&vb, 0);
+    wr(t, VMMIO_QUEUE_NOTIFY, 0);
+    usleep(50000);
+    assert_int_equal(vrb_used_idx(&vb), 0);
+    virtio_mmio_quiesce(t, false);
+    for (int i = 0; i < 5000 && vrb_used_idx(&vb) == 0; i++)
+        usleep(1000);
+    assert_int_equal(vrb_used_idx(&vb), 1);
+    virtio_rng_destroy(r);
+}
+
+/* A disk's state carries the image's identity: a different size or ro flag is refused, a
+ * modified image is refused unless forced. */
+static void test_blk_state_identity(void **state)
+{
+    struct blk_opts o = {.path = img, .bw = 1 << 20};
+    struct virtio_blk *d = virtio_blk_create(&mem, (struct irq_line){fake_irq, NULL, 16}, &o);
+    assert_non_null(d);
+    static struct virtio_dev_state s, s2;
+    virtio_blk_get_state(d, &s);
+    assert_int_equal(s.blk.sectors, 2048);
+    assert_string_equal(s.blk.path, img);
+    encode(&s);
+    assert_int_equal(snap_dec_virtio(&enc_sec, &s2), 0);
+    assert_memory_equal(&s, &s2, sizeof(s));
+    assert_int_equal(virtio_blk_check_state(d, &s2, false), 0);
+    s2.blk.sectors++;
+    assert_int_equal(virtio_blk_check_state(d, &s2, true), -EINVAL); /* never, even forced */
+    s2 = s;
+    s2.blk.ro = 1;
+    assert_int_equal(virtio_blk_check_state(d, &s2, true), -EINVAL);
+    s2 = s;
+    s2.config[0] ^= 1; /* capacity in config space */
+    assert_int_equal(virtio_blk_check_state(d, &s2, true), -EINVAL);
+    s2 = s;
+    s2.blk.image_mtime_ns -= 1000000000; /* the image was written after the snapshot */
+    assert_int_equal(virtio_blk_check_state(d, &s2, false), -EINVAL);
+    assert_int_equal(virtio_blk_check_state(d, &s2, true), 0);
+    assert_int_equal(virtio_blk_set_state(d, &s2), 0);
+    /* a path with a control byte is refused by the decoder */
+    s2 = s;
+    s2.blk.path[0] = '\n';
+    encode(&s2);
+    assert_int_equal(snap_dec_virtio(&enc_sec, &s2), -EINVAL);
+    snap_writer_free(&enc_w);
+    memset(&enc_w, 0, sizeof(enc_w));
+    virtio_blk_destroy(d);
 }
 
 static void test_blk_device_config(void **state)
@@ -754,6 +874,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_mmio_rng_irq_and_needs_reset, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mmio_bad_ring_ready, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mmio_state_round_trip, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_mmio_quiesce, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_blk_state_identity, blk_setup, blk_teardown),
         cmocka_unit_test(test_tbucket),
         cmocka_unit_test(test_options),
     };

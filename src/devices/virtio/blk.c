@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
@@ -193,7 +194,8 @@ struct virtio_blk {
     pthread_cond_t work; /* with t.lock */
     bool kick, stop, started;
     struct tbucket bw, iops;
-    struct vq_chain chain; /* worker-owned */
+    struct vq_chain chain;           /* worker-owned */
+    char path[VIRTIO_SNAP_PATH + 1]; /* as given (for snapshots and messages) */
 };
 
 static void put_le(uint8_t *p, uint64_t v, unsigned n)
@@ -250,6 +252,10 @@ struct virtio_blk *virtio_blk_create(struct guest_mem *mem, struct irq_line irq,
         return NULL;
     }
     d->be.ro = o->ro;
+    /* the absolute path, for snapshots and messages (the restoring process may run elsewhere) */
+    char *abs = realpath(o->path, NULL);
+    snprintf(d->path, sizeof(d->path), "%s", abs ? abs : o->path);
+    free(abs);
     d->be.fd = open(o->path, (o->ro ? O_RDONLY : O_RDWR) | O_CLOEXEC);
     if (d->be.fd < 0) {
         err_set(errno, "cannot open disk image %s%s: %s", o->path, o->ro ? "" : " for writing",
@@ -339,16 +345,88 @@ void virtio_blk_destroy(struct virtio_blk *d)
     free(d);
 }
 
-void virtio_blk_get_state(struct virtio_blk *d, struct virtio_blk_state *s)
+/* The image's identity now: size in bytes and modification time (ns). */
+static int image_stat(const struct virtio_blk *d, uint64_t *size, int64_t *mtime_ns)
 {
-    virtio_mmio_get_state(&d->t, &s->mmio);
+    struct stat st;
+    if (fstat(d->be.fd, &st) < 0) return err_set(errno, "%s: %s", d->path, strerror(errno));
+    off_t end = S_ISBLK(st.st_mode) ? lseek(d->be.fd, 0, SEEK_END) : st.st_size;
+    *size = end < 0 ? 0 : (uint64_t)end;
+    *mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000ll + st.st_mtim.tv_nsec;
+    return 0;
 }
 
-int virtio_blk_set_state(struct virtio_blk *d, const struct virtio_blk_state *s)
+void virtio_blk_get_state(struct virtio_blk *d, struct virtio_dev_state *s)
+{
+    memset(s, 0, sizeof(*s));
+    s->device_id = VIRTIO_ID_BLOCK;
+    s->nqueues = (uint8_t)d->ops.nqueues;
+    virtio_mmio_get_state(&d->t, &s->mmio);
+    s->config_len = VIRTIO_BLK_CONFIG_SIZE;
+    memcpy(s->config, d->config, VIRTIO_BLK_CONFIG_SIZE);
+    pthread_mutex_lock(&d->t.lock); /* quiesced: the worker is not in its buckets */
+    s->nbuckets = 2;
+    s->bucket[0].rate = d->bw.rate;
+    s->bucket[0].milli = tb_level_milli(&d->bw);
+    s->bucket[1].rate = d->iops.rate;
+    s->bucket[1].milli = tb_level_milli(&d->iops);
+    pthread_mutex_unlock(&d->t.lock);
+    s->blk.ro = d->be.ro;
+    s->blk.sectors = d->be.sectors;
+    (void)image_stat(d, &s->blk.image_size, &s->blk.image_mtime_ns);
+    snprintf(s->blk.path, sizeof(s->blk.path), "%s", d->path);
+}
+
+int virtio_blk_check_state(struct virtio_blk *d, const struct virtio_dev_state *s, bool force)
+{
+    if (s->device_id != VIRTIO_ID_BLOCK || s->nqueues != d->ops.nqueues)
+        return err_set(EINVAL, "not a disk's state (device id %u, %u queues)", s->device_id,
+                       s->nqueues);
+    if (s->blk.sectors != d->be.sectors)
+        return err_set(EINVAL,
+                       "the snapshot's disk (%s) had %llu sectors, this VM's disk %s has %llu: "
+                       "give the image the snapshot was taken with",
+                       s->blk.path, (unsigned long long)s->blk.sectors, d->path,
+                       (unsigned long long)d->be.sectors);
+    if (s->blk.ro != d->be.ro)
+        return err_set(EINVAL, "the snapshot's disk %s was %s, this VM's disk %s is %s",
+                       s->blk.path, s->blk.ro ? "read-only" : "writable", d->path,
+                       d->be.ro ? "read-only (,ro)" : "writable");
+    if (s->config_len != VIRTIO_BLK_CONFIG_SIZE ||
+        memcmp(s->config, d->config, VIRTIO_BLK_CONFIG_SIZE))
+        return err_set(EINVAL, "the disk's config space differs from this disk's");
+    if (s->nbuckets != 2) return err_set(EINVAL, "%u rate buckets, a disk has 2", s->nbuckets);
+    int r = virtio_mmio_check_state(&d->t, &s->mmio);
+    if (r < 0) return r;
+    uint64_t size;
+    int64_t mtime;
+    if ((r = image_stat(d, &size, &mtime)) < 0) return r;
+    if (size != s->blk.image_size || mtime != s->blk.image_mtime_ns) {
+        if (!force)
+            return err_set(EINVAL,
+                           "disk image %s is not in the state the snapshot saw (%s: %llu bytes, "
+                           "mtime %lld ns; now %llu bytes, mtime %lld ns): the guest's cached "
+                           "view of it would not match the disk.  Give the image as it was "
+                           "(e.g. a copy made with `cp -p` while the VM was paused for the "
+                           "snapshot), or force it (run --restore-force, ctl rollback --force)",
+                           d->path, s->blk.path, (unsigned long long)s->blk.image_size,
+                           (long long)s->blk.image_mtime_ns, (unsigned long long)size,
+                           (long long)mtime);
+        log_warn("disk image %s changed since the snapshot; restoring anyway (forced)", d->path);
+    }
+    if (strcmp(s->blk.path, d->path))
+        log_info("disk image %s stands in for the snapshot's %s (same size and mtime)", d->path,
+                 s->blk.path);
+    return 0;
+}
+
+int virtio_blk_set_state(struct virtio_blk *d, const struct virtio_dev_state *s)
 {
     int r = virtio_mmio_set_state(&d->t, &s->mmio);
     if (r == 0) {
         pthread_mutex_lock(&d->t.lock);
+        tb_restore(&d->bw, s->bucket[0].rate, s->bucket[0].milli);
+        tb_restore(&d->iops, s->bucket[1].rate, s->bucket[1].milli);
         d->kick = true; /* requests the guest queued before the snapshot */
         pthread_cond_signal(&d->work);
         pthread_mutex_unlock(&d->t.lock);

@@ -67,9 +67,10 @@ struct virtio_blk *virtio_blk_create(struct guest_mem *mem, struct irq_line irq,
 struct virtio_mmio *virtio_blk_transport(struct virtio_blk *d);
 void virtio_blk_destroy(struct virtio_blk *d); /* stops the worker, closes the image */
 
-/* Snapshot state: the transport's (the image itself is the disk's content). */
-struct virtio_blk_state {
-    struct virtio_mmio_state mmio;
-};
-void virtio_blk_get_state(struct virtio_blk *d, struct virtio_blk_state *s);
-int virtio_blk_set_state(struct virtio_blk *d, const struct virtio_blk_state *s);
+/* Snapshot state (struct virtio_dev_state, mmio.h): transport, config space, buckets, and the
+ * image's identity (path, size, mtime): its contents are not in the snapshot.  check() refuses a
+ * different capacity or ro flag always, and an image modified since the snapshot (mtime or size)
+ * unless `force`; it changes nothing.  set() applies (after check). */
+void virtio_blk_get_state(struct virtio_blk *d, struct virtio_dev_state *s);
+int virtio_blk_check_state(struct virtio_blk *d, const struct virtio_dev_state *s, bool force);
+int virtio_blk_set_state(struct virtio_blk *d, const struct virtio_dev_state *s);

@@ -65,7 +65,7 @@ void virtio_mmio_fail(struct virtio_mmio *t, const char *why)
 
 int virtio_mmio_pop(struct virtio_mmio *t, unsigned q, struct vq_chain *c)
 {
-    if (q >= t->ops->nqueues || !virtio_mmio_running(t)) return 0;
+    if (q >= t->ops->nqueues || !virtio_mmio_running(t) || t->quiesced) return 0;
     int r = vq_pop(&t->vq[q], t->mem, c);
     if (r < 0) {
         virtio_mmio_fail(t, err_msg());
@@ -302,22 +302,55 @@ void virtio_mmio_get_state(struct virtio_mmio *t, struct virtio_mmio_state *s)
     pthread_mutex_unlock(&t->lock);
 }
 
+/* The invariants the register interface itself maintains, and no more: a state this device can
+ * reach must restore (tests/integration/test_snapshot.py snapshots the hostile driver to check). */
+int virtio_mmio_check_state(const struct virtio_mmio *t, const struct virtio_mmio_state *s)
+{
+    bool feat_ok = s->status & VIRTIO_STATUS_FEATURES_OK;
+    /* before FEATURES_OK the driver-features register holds whatever the driver wrote */
+    if (feat_ok && (s->drv_features & ~t->host_features))
+        return err_set(EINVAL, "driver features %#llx were not offered by this device",
+                       (unsigned long long)(s->drv_features & ~t->host_features));
+    if (s->status & ~0xffu) return err_set(EINVAL, "status %#x has reserved bits", s->status);
+    if ((s->status & VIRTIO_STATUS_DRIVER_OK) && !feat_ok)
+        return err_set(EINVAL, "status %#x: DRIVER_OK without FEATURES_OK", s->status);
+    if (feat_ok && !(s->drv_features & (1ull << VIRTIO_F_VERSION_1)))
+        return err_set(EINVAL, "status %#x: FEATURES_OK without VERSION_1", s->status);
+    if (s->isr & ~3u) return err_set(EINVAL, "interrupt status %#x has reserved bits", s->isr);
+    bool running =
+        (s->status & VIRTIO_STATUS_DRIVER_OK) && !(s->status & VIRTIO_STATUS_NEEDS_RESET);
+    for (unsigned i = 0; i < VIRTIO_MAX_QUEUES; i++) {
+        const typeof(s->vq[0]) *v = &s->vq[i];
+        if (i >= t->ops->nqueues) {
+            if (v->size || v->ready || v->desc || v->avail || v->used || v->last_avail ||
+                v->used_idx)
+                return err_set(EINVAL, "queue %u: set up, but the device has %u queue%s", i,
+                               t->ops->nqueues, t->ops->nqueues == 1 ? "" : "s");
+            continue;
+        }
+        if (v->ready > 1) return err_set(EINVAL, "queue %u: ready is %u", i, v->ready);
+        if (v->size > VQ_MAX_SIZE)
+            return err_set(EINVAL, "queue %u: size %u is over %u", i, v->size, VQ_MAX_SIZE);
+        if (!v->ready) continue; /* set-up registers in progress: checked when made ready */
+        struct virtq q = {.size = v->size, .desc = v->desc, .avail = v->avail, .used = v->used};
+        if (vq_check(&q, t->mem) < 0) return err_wrap(-EINVAL, "queue %u", i);
+        /* quiesced, a running device has completed every chain it popped (a broken one may
+         * have popped a chain it then refused) */
+        if (running && v->last_avail != v->used_idx)
+            return err_set(EINVAL,
+                           "queue %u: %u request%s in flight (avail %u, used %u): a snapshot is "
+                           "taken with none",
+                           i, (uint16_t)(v->last_avail - v->used_idx),
+                           (uint16_t)(v->last_avail - v->used_idx) == 1 ? "" : "s", v->last_avail,
+                           v->used_idx);
+    }
+    return 0;
+}
+
 int virtio_mmio_set_state(struct virtio_mmio *t, const struct virtio_mmio_state *s)
 {
-    if (s->drv_features & ~t->host_features)
-        return err_set(EINVAL, "virtio state: driver features %#llx not offered by this device",
-                       (unsigned long long)s->drv_features);
-    if (s->status & ~0xffu) return err_set(EINVAL, "virtio state: bad status %#x", s->status);
-    if (s->isr & ~3u) return err_set(EINVAL, "virtio state: bad interrupt status %#x", s->isr);
-    for (unsigned i = 0; i < VIRTIO_MAX_QUEUES; i++) {
-        if (!s->vq[i].ready) continue;
-        struct virtq q = {.size = s->vq[i].size,
-                          .desc = s->vq[i].desc,
-                          .avail = s->vq[i].avail,
-                          .used = s->vq[i].used};
-        if (i >= t->ops->nqueues || vq_check(&q, t->mem) < 0)
-            return err_wrap(-EINVAL, "virtio state: queue %u", i);
-    }
+    int r = virtio_mmio_check_state(t, s);
+    if (r < 0) return err_wrap(r, "virtio state");
     pthread_mutex_lock(&t->lock);
     while (t->inflight)
         pthread_cond_wait(&t->idle, &t->lock);
@@ -337,9 +370,28 @@ int virtio_mmio_set_state(struct virtio_mmio *t, const struct virtio_mmio_state 
         q->desc = s->vq[i].desc;
         q->avail = s->vq[i].avail;
         q->used = s->vq[i].used;
-        q->indirect = s->drv_features & (1ull << VIRTIO_F_INDIRECT_DESC);
+        q->indirect = (s->status & VIRTIO_STATUS_FEATURES_OK) &&
+                      (s->drv_features & (1ull << VIRTIO_F_INDIRECT_DESC));
     }
-    update_irq(t);
+    /* set the line whatever level it had: the interrupt controller's state was replaced too */
+    t->irq_level = t->isr != 0;
+    irq_line_set(&t->irq, t->irq_level);
     pthread_mutex_unlock(&t->lock);
     return 0;
+}
+
+void virtio_mmio_quiesce(struct virtio_mmio *t, bool on)
+{
+    pthread_mutex_lock(&t->lock);
+    if (on) {
+        t->quiesced = true;
+        while (t->inflight)
+            pthread_cond_wait(&t->idle, &t->lock);
+    } else if (t->quiesced) {
+        t->quiesced = false;
+        for (unsigned q = 0; q < t->ops->nqueues; q++)
+            if (t->vq[q].ready && virtio_mmio_running(t) && t->ops->notify)
+                t->ops->notify(t->dev, q);
+    }
+    pthread_mutex_unlock(&t->lock);
 }

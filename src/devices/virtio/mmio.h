@@ -109,6 +109,7 @@ struct virtio_mmio {
     struct virtq vq[VIRTIO_MAX_QUEUES];
     /* host side */
     unsigned inflight; /* requests a back end popped and has not completed */
+    bool quiesced;     /* snapshot in progress: back ends pop nothing (virtio_mmio_quiesce) */
     bool irq_level;
     unsigned fail_logged; /* needs-reset warnings printed (capped) */
 };
@@ -128,7 +129,7 @@ void virtio_mmio_push(struct virtio_mmio *t, unsigned q, uint16_t head, uint32_t
 void virtio_mmio_fail(struct virtio_mmio *t, const char *why);
 void virtio_mmio_config_changed(struct virtio_mmio *t);
 
-/* Transport state for snapshots: plain data, validated on set (with the device quiescent). */
+/* Transport state for snapshots: plain data, validated before it is set. */
 struct virtio_mmio_state {
     uint32_t status, dev_features_sel, drv_features_sel, queue_sel, isr, config_gen;
     uint64_t drv_features;
@@ -139,4 +140,49 @@ struct virtio_mmio_state {
     } vq[VIRTIO_MAX_QUEUES];
 };
 void virtio_mmio_get_state(struct virtio_mmio *t, struct virtio_mmio_state *s);
+/* Checks a state against this device and guest RAM without changing anything: exactly the
+ * invariants the register interface keeps, so every state a device can reach restores and
+ * nothing else does.  Driver features a subset of the offer once FEATURES_OK is set; status
+ * bits possible (DRIVER_OK only with FEATURES_OK, FEATURES_OK only with VERSION_1); interrupt
+ * status bits 0-1; queue sizes up to VQ_MAX_SIZE; a ready queue's size a power of two and its
+ * rings aligned and inside RAM; only existing queues set up; and, for a running device, no
+ * request in flight (last_avail == used_idx: a snapshot is taken quiesced).  0 or -EINVAL with
+ * err_set() naming the queue and the field. */
+int virtio_mmio_check_state(const struct virtio_mmio *t, const struct virtio_mmio_state *s);
+/* check, then apply (waiting until no request is in flight); the interrupt line is set to the
+ * state's level. */
 int virtio_mmio_set_state(struct virtio_mmio *t, const struct virtio_mmio_state *s);
+/* Snapshot quiescing: on=true waits until no request is in flight and makes virtio_mmio_pop()
+ * return 0 until on=false, so back-end threads neither start requests nor touch the rings while
+ * the state and memory are saved or replaced.  on=false notifies the device for every ready queue,
+ * so requests the guest queued meanwhile (or before a restored snapshot) are served. */
+void virtio_mmio_quiesce(struct virtio_mmio *t, bool on);
+
+/* A whole virtio device for snapshots (transport + device config + device part).  The same
+ * struct for every kind; fields of other kinds stay zero.  Encoded by snapshot/codec.c. */
+#define VIRTIO_CONFIG_MAX   64   /* bytes of device config space saved */
+#define VIRTIO_SNAP_PATH    1024 /* longest image path recorded */
+#define VIRTIO_SNAP_BUCKETS 2
+struct virtio_dev_state {
+    uint32_t device_id;
+    uint8_t nqueues; /* the device's queue count; queues beyond it are all zero */
+    struct virtio_mmio_state mmio;
+    uint16_t config_len;
+    uint8_t config[VIRTIO_CONFIG_MAX];
+    /* rate limiter buckets (blk: bytes, ops; rng: bytes): rate/s and level in 1/1000 tokens */
+    uint8_t nbuckets;
+    struct {
+        uint64_t rate;
+        int64_t milli;
+    } bucket[VIRTIO_SNAP_BUCKETS];
+    struct { /* device id 2 */
+        uint8_t ro;
+        uint64_t sectors, image_size;
+        int64_t image_mtime_ns;
+        char path[VIRTIO_SNAP_PATH + 1];
+    } blk;
+    struct {             /* device id 1 */
+        uint8_t backend; /* enum vnet_backend */
+        char ifname[17];
+    } net;
+};

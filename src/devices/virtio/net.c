@@ -13,6 +13,7 @@
 #include <linux/if_tun.h>
 #include <poll.h>
 #include <slirp/libslirp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -63,6 +64,7 @@ struct virtio_net {
     struct virtio_dev_ops ops;
     uint8_t config[10]; /* mac[6], status, max_virtqueue_pairs */
     enum vnet_backend kind;
+    char ifname[17]; /* tap */
     int tap_fd, wake_fd;
     Slirp *slirp;
     struct slirp_timer timers[MAX_TIMERS];
@@ -244,7 +246,7 @@ static void *net_thread(void *arg)
             }
         } else {
             /* read the TAP only while the guest has somewhere to put frames */
-            bool room = virtio_mmio_running(&d->t) && d->t.vq[RXQ].ready;
+            bool room = virtio_mmio_running(&d->t) && d->t.vq[RXQ].ready && !d->t.quiesced;
             cb_add_poll(d->tap_fd, room ? SLIRP_POLL_IN : 0, d);
         }
         unsigned n = d->npfd;
@@ -347,6 +349,7 @@ struct virtio_net *virtio_net_create(struct guest_mem *mem, struct irq_line irq,
         return NULL;
     }
     d->kind = spec->net;
+    if (d->kind == VNET_TAP) snprintf(d->ifname, sizeof(d->ifname), "%s", spec->ifname);
     d->tap_fd = -1;
     d->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (d->wake_fd < 0) {
@@ -433,21 +436,49 @@ void virtio_net_destroy(struct virtio_net *d)
     free(d);
 }
 
-void virtio_net_get_state(struct virtio_net *d, struct virtio_net_state *s)
+void virtio_net_get_state(struct virtio_net *d, struct virtio_dev_state *s)
 {
+    memset(s, 0, sizeof(*s));
+    s->device_id = VIRTIO_ID_NET;
+    s->nqueues = (uint8_t)d->ops.nqueues;
     virtio_mmio_get_state(&d->t, &s->mmio);
-    memcpy(s->mac, d->config, 6);
+    pthread_mutex_lock(&d->t.lock);
+    s->config_len = sizeof(d->config);
+    memcpy(s->config, d->config, sizeof(d->config));
+    pthread_mutex_unlock(&d->t.lock);
+    s->net.backend = (uint8_t)d->kind;
+    snprintf(s->net.ifname, sizeof(s->net.ifname), "%s", d->ifname);
 }
 
-int virtio_net_set_state(struct virtio_net *d, const struct virtio_net_state *s)
+int virtio_net_check_state(struct virtio_net *d, const struct virtio_dev_state *s)
 {
-    if (s->mac[0] & 1) return err_set(EINVAL, "virtio-net state: multicast MAC address");
-    int r = virtio_mmio_set_state(&d->t, &s->mmio);
-    if (r == 0) {
-        pthread_mutex_lock(&d->t.lock);
-        memcpy(d->config, s->mac, 6);
-        pthread_mutex_unlock(&d->t.lock);
-        wake(d);
-    }
-    return r;
+    if (s->device_id != VIRTIO_ID_NET || s->nqueues != d->ops.nqueues)
+        return err_set(EINVAL, "not a NIC's state (device id %u, %u queues)", s->device_id,
+                       s->nqueues);
+    if (s->config_len != sizeof(d->config))
+        return err_set(EINVAL, "config space of %u bytes, a NIC has %zu", s->config_len,
+                       sizeof(d->config));
+    if (s->config[0] & 1) return err_set(EINVAL, "multicast MAC address");
+    if (s->config[6] & ~1u) return err_set(EINVAL, "link status %#x", s->config[6]);
+    if (s->config[8] || s->config[9])
+        return err_set(EINVAL, "max_virtqueue_pairs set (no multiqueue)");
+    if (s->nbuckets) return err_set(EINVAL, "%u rate buckets, a NIC has none", s->nbuckets);
+    if (s->net.backend > VNET_TAP) return err_set(EINVAL, "back end %u", s->net.backend);
+    if (s->net.backend != d->kind)
+        log_info("virtio-net: the snapshot's NIC used %s, this one %s",
+                 s->net.backend == VNET_TAP ? "tap" : "user", d->kind == VNET_TAP ? "tap" : "user");
+    return virtio_mmio_check_state(&d->t, &s->mmio);
+}
+
+int virtio_net_set_state(struct virtio_net *d, const struct virtio_dev_state *s)
+{
+    int r = virtio_net_check_state(d, s);
+    if (r < 0) return r;
+    if ((r = virtio_mmio_set_state(&d->t, &s->mmio)) < 0) return r;
+    pthread_mutex_lock(&d->t.lock);
+    memcpy(d->config, s->config, sizeof(d->config));
+    net_reset(d); /* frames queued for the guest we replaced are not for this one */
+    pthread_mutex_unlock(&d->t.lock);
+    wake(d);
+    return 0;
 }

@@ -34,11 +34,11 @@ struct virtio_net *virtio_net_create(struct guest_mem *mem, struct irq_line irq,
 struct virtio_mmio *virtio_net_transport(struct virtio_net *d);
 void virtio_net_destroy(struct virtio_net *d);
 
-/* Snapshot state: the transport's and the MAC.  Connections inside the user back end are not
- * saved (a restored guest sees them reset, as after a cable pull). */
-struct virtio_net_state {
-    struct virtio_mmio_state mmio;
-    uint8_t mac[6];
-};
-void virtio_net_get_state(struct virtio_net *d, struct virtio_net_state *s);
-int virtio_net_set_state(struct virtio_net *d, const struct virtio_net_state *s);
+/* Snapshot state (struct virtio_dev_state): transport, config space (MAC, link status) and the
+ * back end's kind.  Connections inside the user back end and frames waiting for receive buffers
+ * are not saved: a restored guest sees its connections reset, as after a cable pull, and opens
+ * new ones (DHCP lease, ARP and addresses stay valid: the user network is always the same).  A
+ * different back end (user vs tap) is allowed: the guest cannot tell. */
+void virtio_net_get_state(struct virtio_net *d, struct virtio_dev_state *s);
+int virtio_net_check_state(struct virtio_net *d, const struct virtio_dev_state *s);
+int virtio_net_set_state(struct virtio_net *d, const struct virtio_dev_state *s);

@@ -50,3 +50,21 @@ static inline void tb_sleep_ns(uint64_t ns)
     while (nanosleep(&ts, &ts) != 0)
         ;
 }
+
+/* Snapshot: the bucket's level in 1/1000 tokens.  Restoring applies the level only when the rate
+ * is the one the snapshot had (limits are host policy: the command line may change them), capped
+ * at the burst. */
+static inline int64_t tb_level_milli(const struct tbucket *b)
+{
+    return (int64_t)(b->tokens * 1000.0);
+}
+
+static inline void tb_restore(struct tbucket *b, uint64_t rate, int64_t milli)
+{
+    if (!b->rate || rate != b->rate) return;
+    double t = (double)milli / 1000.0;
+    if (t > (double)b->rate) t = (double)b->rate;
+    if (t < -(double)b->rate * 60.0) t = -(double)b->rate * 60.0; /* a minute of debt at most */
+    b->tokens = t;
+    b->last_ns = tb_now_ns();
+}

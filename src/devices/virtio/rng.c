@@ -108,19 +108,39 @@ void virtio_rng_destroy(struct virtio_rng *d)
     free(d);
 }
 
-void virtio_rng_get_state(struct virtio_rng *d, struct virtio_rng_state *s)
+void virtio_rng_get_state(struct virtio_rng *d, struct virtio_dev_state *s)
 {
+    memset(s, 0, sizeof(*s));
+    s->device_id = VIRTIO_ID_RNG;
+    s->nqueues = (uint8_t)d->ops.nqueues;
     virtio_mmio_get_state(&d->t, &s->mmio);
+    pthread_mutex_lock(&d->t.lock); /* quiesced: the worker is not in its bucket */
+    s->nbuckets = 1;
+    s->bucket[0].rate = d->bw.rate;
+    s->bucket[0].milli = tb_level_milli(&d->bw);
+    pthread_mutex_unlock(&d->t.lock);
 }
 
-int virtio_rng_set_state(struct virtio_rng *d, const struct virtio_rng_state *s)
+int virtio_rng_check_state(struct virtio_rng *d, const struct virtio_dev_state *s)
 {
-    int r = virtio_mmio_set_state(&d->t, &s->mmio);
-    if (r == 0) {
-        pthread_mutex_lock(&d->t.lock);
-        d->kick = true; /* requests the guest queued before the snapshot */
-        pthread_cond_signal(&d->work);
-        pthread_mutex_unlock(&d->t.lock);
-    }
-    return r;
+    if (s->device_id != VIRTIO_ID_RNG || s->nqueues != d->ops.nqueues)
+        return err_set(EINVAL, "not an entropy device's state (device id %u, %u queues)",
+                       s->device_id, s->nqueues);
+    if (s->config_len)
+        return err_set(EINVAL, "config space of %u bytes, none expected", s->config_len);
+    if (s->nbuckets != 1) return err_set(EINVAL, "%u rate buckets, expected 1", s->nbuckets);
+    return virtio_mmio_check_state(&d->t, &s->mmio);
+}
+
+int virtio_rng_set_state(struct virtio_rng *d, const struct virtio_dev_state *s)
+{
+    int r = virtio_rng_check_state(d, s);
+    if (r < 0) return r;
+    if ((r = virtio_mmio_set_state(&d->t, &s->mmio)) < 0) return r;
+    pthread_mutex_lock(&d->t.lock);
+    tb_restore(&d->bw, s->bucket[0].rate, s->bucket[0].milli);
+    d->kick = true; /* requests the guest queued before the snapshot */
+    pthread_cond_signal(&d->work);
+    pthread_mutex_unlock(&d->t.lock);
+    return 0;
 }

@@ -24,8 +24,7 @@ struct virtio_rng *virtio_rng_create(struct guest_mem *mem, struct irq_line irq,
 struct virtio_mmio *virtio_rng_transport(struct virtio_rng *d);
 void virtio_rng_destroy(struct virtio_rng *d);
 
-struct virtio_rng_state {
-    struct virtio_mmio_state mmio;
-};
-void virtio_rng_get_state(struct virtio_rng *d, struct virtio_rng_state *s);
-int virtio_rng_set_state(struct virtio_rng *d, const struct virtio_rng_state *s);
+/* Snapshot state (struct virtio_dev_state): transport and the byte bucket. */
+void virtio_rng_get_state(struct virtio_rng *d, struct virtio_dev_state *s);
+int virtio_rng_check_state(struct virtio_rng *d, const struct virtio_dev_state *s);
+int virtio_rng_set_state(struct virtio_rng *d, const struct virtio_dev_state *s);
