@@ -101,6 +101,27 @@ uint64_t vclock_tsc(const struct vm *vm)
     return vclock_tsc_at(vm, vclock_ns());
 }
 
+static uint64_t rdtsc_now(void)
+{
+    uint32_t lo, hi;
+    __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+    return ((uint64_t)hi << 32) | lo;
+}
+
+/* The host clock now and the TSC at the same instant (the middle of the tightest of 8 tries). */
+static int64_t tsc_bracket(uint64_t *tsc)
+{
+    uint64_t best = UINT64_MAX;
+    int64_t t = 0;
+    for (int i = 0; i < 8; i++) {
+        uint64_t a = rdtsc_now();
+        int64_t ns = host_ns();
+        uint64_t b = rdtsc_now();
+        if (b - a < best) best = b - a, t = ns, *tsc = a + (b - a) / 2;
+    }
+    return t;
+}
+
 /* Host TSC frequency: only meaningful when the TSC is invariant (CPUID 0x80000007 EDX[8]). */
 static uint64_t host_tsc_khz(void)
 {
@@ -125,17 +146,16 @@ static uint64_t host_tsc_khz(void)
             if (a) return a;
         }
     }
-    /* Calibrate against CLOCK_MONOTONIC for ~10 ms and round to 1 MHz. */
-    uint32_t lo, hi;
-    int64_t t0 = host_ns();
-    __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
-    uint64_t c0 = ((uint64_t)hi << 32) | lo;
-    int64_t t1;
+    /* Calibrate against CLOCK_MONOTONIC over ~20 ms and round to 1 MHz.  Each end is the
+     * tightest of several (TSC, clock, TSC) brackets: a preemption between reading the clock and
+     * the TSC would otherwise skew the rate by the time the thread was away, and a snapshot taken
+     * on a loaded host then failed its CPU-model check against a VM calibrated on an idle one. */
+    uint64_t c0, c1;
+    int64_t t0 = tsc_bracket(&c0), t1;
     do
         t1 = host_ns();
-    while (t1 - t0 < 10000000);
-    __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
-    uint64_t c1 = ((uint64_t)hi << 32) | lo;
+    while (t1 - t0 < 20000000);
+    t1 = tsc_bracket(&c1);
     uint64_t khz = (c1 - c0) * 1000000ull / (uint64_t)(t1 - t0);
     return (khz + 500) / 1000 * 1000;
 }
@@ -150,7 +170,8 @@ uint64_t vclock_pick_tsc_khz(void)
         log_debug("vclock: host TSC not invariant or unknown; guest TSC runs at %llu kHz",
                   (unsigned long long)VCLOCK_DEFAULT_TSC_KHZ);
         k = VCLOCK_DEFAULT_TSC_KHZ;
-    }
+    } else
+        log_debug("vclock: guest TSC runs at the host's rate, %llu kHz", (unsigned long long)k);
     atomic_store(&cached, k);
     return k;
 }
