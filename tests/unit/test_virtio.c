@@ -688,6 +688,53 @@ static void test_tbucket(void **state)
     struct tbucket u;
     tb_init(&u, 0); /* unlimited */
     assert_int_equal(tb_take(&u, UINT64_MAX, 0), 0);
+    assert_int_equal(tb_wait_ns(&u, 0), 0);
+    tb_charge(&u, UINT64_MAX);
+    assert_int_equal(tb_wait_ns(&u, 0), 0);
+}
+
+/* The NIC's way: admitted while out of debt, charged afterwards; the burst is burst_ms of rate. */
+static void test_tbucket_wait_charge_burst(void **state)
+{
+    struct tbucket b;
+    tb_init_burst(&b, 1000000, 250); /* 1 MB/s, burst 250 ms = 250 000 */
+    uint64_t t0 = b.last_ns;
+    assert_true(b.tokens == 250000.0);
+    assert_int_equal(tb_wait_ns(&b, t0), 0);
+    tb_charge(&b, 250000); /* the whole burst at once */
+    assert_int_equal(tb_wait_ns(&b, t0), 0); /* exactly empty is not in debt */
+    tb_charge(&b, 1500);                     /* one frame more: 1.5 ms of debt */
+    assert_int_equal(tb_wait_ns(&b, t0), 1500000);
+    assert_int_equal(tb_wait_ns(&b, t0 + 1000000), 500000);
+    assert_int_equal(tb_wait_ns(&b, t0 + 1500000), 0);
+    /* idle for a long time: the bucket refills to the burst, not beyond */
+    assert_int_equal(tb_wait_ns(&b, t0 + 10000000000ull), 0);
+    assert_true(b.tokens == 250000.0);
+    /* time running backwards (another thread's older reading) changes nothing */
+    tb_charge(&b, 251000);
+    assert_int_equal(tb_wait_ns(&b, t0), 1000000);
+    /* a sub-nanosecond debt still says "wait", so callers never spin on a 0 */
+    struct tbucket c;
+    tb_init_burst(&c, 3, 1000);
+    tb_charge(&c, 3);
+    c.tokens = -1e-12;
+    assert_true(tb_wait_ns(&c, c.last_ns) >= 1);
+    /* sustained: over 10 s of 1500-byte frames sent whenever allowed, the bytes admitted are
+     * at most rate*T + burst + one frame */
+    struct tbucket s;
+    tb_init_burst(&s, 1000000, 1000);
+    uint64_t t = s.last_ns, end = t + 10000000000ull, sent = 0;
+    while (t < end) {
+        uint64_t w = tb_wait_ns(&s, t);
+        if (w) {
+            t += w;
+            continue;
+        }
+        tb_charge(&s, 1500);
+        sent += 1500;
+    }
+    assert_true(sent <= 10000000 + 1000000 + 1500);
+    assert_true(sent >= 10000000 + 1000000 - 1500);
 }
 
 /* ---- options ---- */
@@ -719,7 +766,36 @@ static void test_options(void **state)
     assert_int_equal(vdev_parse(&l, "--net", "tap:waytoolonginterfacename"), -EINVAL);
     assert_int_equal(vdev_parse(&l, "--net", "bridge"), -EINVAL);
     assert_int_equal(vdev_parse(&l, "--rng", "bw=x"), -EINVAL);
+    assert_int_equal(vdev_parse(&l, "--net", "user,bw=-1"), -EINVAL);
+    assert_int_equal(vdev_parse(&l, "--net", "user,pps=0"), -EINVAL);
+    assert_int_equal(vdev_parse(&l, "--net", "user,burst=0"), -EINVAL);
+    assert_int_equal(vdev_parse(&l, "--net", "user,burst=1K"), -EINVAL);
+    assert_int_equal(vdev_parse(&l, "--net", "user,burst=60001"), -EINVAL);
+    assert_int_equal(vdev_parse(&l, "--net", "user,rx-bw="), -EINVAL);
+    assert_int_equal(vdev_parse(&l, "--net", "tap:t0,hostfwd=tcp::8022-:22"), -EINVAL);
+    assert_int_equal(vdev_parse(&l, "--net", "tap:t0,iops=5"), -EINVAL);
+    assert_int_equal(vdev_parse(&l, "--disk", "x,burst=0"), -EINVAL);
     assert_int_equal(l.n, 4);
+    /* NIC limits: both directions, then one direction overriding */
+    struct vdev_list n;
+    memset(&n, 0, sizeof(n));
+    assert_int_equal(vdev_parse(&n, "--net", "user,bw=1M,pps=100,tx-bw=2M,burst=250"), 0);
+    assert_int_equal(n.d[0].rx_bw, 1ull << 20);
+    assert_int_equal(n.d[0].tx_bw, 2ull << 20);
+    assert_int_equal(n.d[0].rx_pps, 100);
+    assert_int_equal(n.d[0].tx_pps, 100);
+    assert_int_equal(n.d[0].burst_ms, 250);
+    assert_int_equal(vdev_parse(&n, "--net", "tap:tap1,rx-pps=5,hostfwd=x"), -EINVAL);
+    assert_int_equal(vdev_parse(&n, "--net", "tap:tap1,rx-pps=5"), 0);
+    assert_string_equal(n.d[1].ifname, "tap1");
+    assert_int_equal(n.d[1].rx_pps, 5);
+    assert_int_equal(n.d[1].tx_pps, 0);
+    assert_int_equal(n.d[1].rx_bw, 0);
+    assert_int_equal(vdev_parse(&n, "--net", "user,hostfwd=tcp::8022-:22,rx-bw=64K"), 0);
+    assert_int_equal(n.d[2].nfwd, 1);
+    assert_int_equal(n.d[2].rx_bw, 64 << 10);
+    assert_int_equal(vdev_parse(&n, "--disk", "/x,iops=10,burst=100"), 0);
+    assert_int_equal(n.d[3].burst_ms, 100);
     for (int i = 4; i < VDEV_MAX; i++)
         assert_int_equal(vdev_parse(&l, "--rng", NULL), 0);
     assert_int_equal(vdev_parse(&l, "--rng", NULL), -EINVAL); /* GSIs run out */
@@ -755,6 +831,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_mmio_bad_ring_ready, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mmio_state_round_trip, setup, teardown),
         cmocka_unit_test(test_tbucket),
+        cmocka_unit_test(test_tbucket_wait_charge_burst),
         cmocka_unit_test(test_options),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
