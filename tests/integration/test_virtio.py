@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 
@@ -333,3 +334,73 @@ def http_dir_big(tmp_path):
     yield srv.server_address[1], hashlib.sha256(blob).hexdigest(), sink
     srv.shutdown()
     sink.close()
+
+
+# --------------------------------------------------------------------------- TAP in a netns
+TAP_NET = "192.168.77"
+
+
+def _ip(*args):
+    return subprocess.run(["ip", *args], capture_output=True, text=True)
+
+
+@pytest.fixture
+def tap_netns(tmp_path):
+    """A private network namespace holding a TAP device with address .1 and an HTTP server on
+    it; yields (netns, ifname, port, sha256 of /blob).  Everything goes with the namespace."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: creates a network namespace and a TAP device")
+    if not shutil.which("ip"):
+        pytest.skip("needs the ip command (iproute2)")
+    if not os.path.exists("/dev/net/tun"):
+        pytest.skip("needs /dev/net/tun (the tun module)")
+    ns, tap, port = f"lookout-t{os.getpid()}", "lktap0", 8077
+    r = _ip("netns", "add", ns)
+    if r.returncode:
+        pytest.skip(f"cannot create a network namespace: {r.stderr.strip()}")
+    srv = None
+    try:
+        for cmd in (["link", "set", "lo", "up"], ["tuntap", "add", tap, "mode", "tap"],
+                    ["addr", "add", f"{TAP_NET}.1/24", "dev", tap], ["link", "set", tap, "up"]):
+            r = _ip("-n", ns, *cmd)
+            if r.returncode:
+                pytest.skip(f"ip -n {ns} {' '.join(cmd)} failed: {r.stderr.strip()}")
+        www = tmp_path / "tapwww"
+        www.mkdir()
+        blob = os.urandom(200_000)
+        (www / "blob").write_bytes(blob)
+        srv = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "http.server",
+                                "-b", f"{TAP_NET}.1", "-d", str(www), str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        yield ns, tap, port, hashlib.sha256(blob).hexdigest()
+    finally:
+        if srv:
+            srv.kill()
+            srv.wait()
+        _ip("netns", "del", ns)
+        assert ns not in _ip("netns", "list").stdout, f"network namespace {ns} was left behind"
+
+
+@pytest.mark.guest
+@pytest.mark.root
+def test_guest_tap_in_netns(lookout_bin, debian_guest, tap_netns):
+    """`--net tap:IF` with lookout inside a network namespace: the guest takes a static address
+    on the TAP's subnet, pings the host side and downloads a file from it (checksum verified)."""
+    ns, tap, port, blob_sum = tap_netns
+    script = f"""
+ip addr add {TAP_NET}.2/24 dev eth0 && ip link set eth0 up
+ping -c 2 -W 5 {TAP_NET}.1 >/dev/null && echo PING-OK
+for i in 1 2 3 4 5; do
+    wget -q -O /tmp/blob http://{TAP_NET}.1:{port}/blob && break; sleep 1
+done
+echo "SUM $(sha256sum /tmp/blob)"
+"""
+    r = subprocess.run(["ip", "netns", "exec", ns, str(lookout_bin), "run", "--kernel",
+                        debian_guest["KERNEL"], "--initrd", debian_guest["INITRD"], "--append",
+                        debian_guest["APPEND"], "--mem", "512M", "--cpu", "auto", "--net",
+                        f"tap:{tap}", "--", "sh", "-c", script],
+                       capture_output=True, text=True, timeout=guest_timeout(),
+                       stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, f"{r.stdout[-2000:]}\n--- stderr ---\n{r.stderr[-2000:]}"
+    assert "PING-OK" in r.stdout, r.stdout
+    assert f"SUM {blob_sum}" in r.stdout, r.stdout
