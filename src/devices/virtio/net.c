@@ -80,6 +80,7 @@ struct virtio_net {
      * transmit is throttled: the poll thread re-runs it then (the guest's kick has been used). */
     struct tbucket rx_bw, rx_pps, tx_bw, tx_pps;
     uint64_t tx_due_ns;
+    uint64_t n_rx, n_tx, n_rx_dropped, n_backlogged; /* counters, logged at exit (debug) */
     uint8_t frame[VNET_MAX_FRAME];   /* tx, with t.lock held */
     uint8_t rxframe[VNET_MAX_FRAME]; /* tap rx, poll thread */
 };
@@ -118,6 +119,7 @@ static bool deliver(struct virtio_net *d, const uint8_t *frame, size_t len)
     long n = vnet_rx_fill(d->t.mem, &d->chain, frame, len);
     virtio_mmio_push(&d->t, RXQ, d->chain.head, n < 0 ? 0 : (uint32_t)n);
     if (n >= 0) {
+        d->n_rx++;
         tb_charge(&d->rx_bw, len);
         tb_charge(&d->rx_pps, 1);
     }
@@ -128,7 +130,11 @@ static bool deliver(struct virtio_net *d, const uint8_t *frame, size_t len)
  * false if the backlog is full (the frame is dropped, as a full switch queue would). */
 static bool backlog_add(struct virtio_net *d, const uint8_t *frame, size_t len)
 {
-    if (d->bl_len >= BACKLOG || len > VNET_MAX_FRAME) return false;
+    if (d->bl_len >= BACKLOG || len > VNET_MAX_FRAME) {
+        d->n_rx_dropped++;
+        return false;
+    }
+    d->n_backlogged++;
     uint8_t *copy = malloc(len ? len : 1);
     if (!copy) return false;
     memcpy(copy, frame, len);
@@ -341,6 +347,7 @@ static void tx_run(struct virtio_net *d)
         if (len < 0) continue;
         tb_charge(&d->tx_bw, (uint64_t)len);
         tb_charge(&d->tx_pps, 1);
+        d->n_tx++;
         if (d->kind == VNET_USER) {
             slirp_input(d->slirp, d->frame, (int)len);
         } else if (write(d->tap_fd, d->frame, (size_t)len) < 0) {
@@ -494,6 +501,10 @@ void virtio_net_destroy(struct virtio_net *d)
         wake(d);
         pthread_join(d->thread, NULL);
     }
+    log_debug("virtio-net: %llu frames to the guest (%llu waited in the backlog, %llu dropped "
+              "with it full), %llu from it",
+              (unsigned long long)d->n_rx, (unsigned long long)d->n_backlogged,
+              (unsigned long long)d->n_rx_dropped, (unsigned long long)d->n_tx);
     net_reset(d);
     if (d->slirp) slirp_cleanup(d->slirp);
     if (d->tap_fd >= 0) close(d->tap_fd);
