@@ -42,7 +42,8 @@ int main(int argc, char **argv)
     char mode = argv[2][0];
     char *end;
     unsigned long long bs = strtoull(argv[3], &end, 10);
-    if (*end || bs == 0 || bs % 512 || bs > (1u << 20) || argv[2][1] || (mode != 'r' && mode != 'w'))
+    if (*end || bs == 0 || bs % 512 || bs > (1u << 20) || argv[2][1] ||
+        (mode != 'r' && mode != 'w'))
         return usage();
     unsigned long long count = strtoull(argv[4], &end, 10);
     if (*end || count == 0) return usage();

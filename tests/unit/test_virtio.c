@@ -701,7 +701,7 @@ static void test_tbucket_wait_charge_burst(void **state)
     uint64_t t0 = b.last_ns;
     assert_true(b.tokens == 250000.0);
     assert_int_equal(tb_wait_ns(&b, t0), 0);
-    tb_charge(&b, 250000); /* the whole burst at once */
+    tb_charge(&b, 250000);                   /* the whole burst at once */
     assert_int_equal(tb_wait_ns(&b, t0), 0); /* exactly empty is not in debt */
     tb_charge(&b, 1500);                     /* one frame more: 1.5 ms of debt */
     assert_int_equal(tb_wait_ns(&b, t0), 1500000);

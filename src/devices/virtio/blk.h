@@ -43,8 +43,8 @@
 struct blk_opts {
     const char *path;
     bool ro;
-    uint64_t bw;   /* bytes/s, 0 = unlimited */
-    uint64_t iops; /* requests/s, 0 = unlimited */
+    uint64_t bw;       /* bytes/s, 0 = unlimited */
+    uint64_t iops;     /* requests/s, 0 = unlimited */
     uint32_t burst_ms; /* the buckets hold this many ms of their rate (0: one second) */
 };
 

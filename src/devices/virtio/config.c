@@ -187,8 +187,8 @@ int vdev_parse(struct vdev_list *l, const char *opt, const char *val)
             d.net = VNET_TAP;
             size_t n = strcspn(val + 4, ",");
             if (n == 0 || n >= sizeof(d.ifname) || memchr(val + 4, '/', n))
-                return err_set(EINVAL,
-                               "--net \"%s\": expected tap:IFNAME (at most 15 characters)", val);
+                return err_set(EINVAL, "--net \"%s\": expected tap:IFNAME (at most 15 characters)",
+                               val);
             memcpy(d.ifname, val + 4, n);
             d.ifname[n] = 0;
             opts = val + 4 + n;

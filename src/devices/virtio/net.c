@@ -81,8 +81,8 @@ struct virtio_net {
     struct tbucket rx_bw, rx_pps, tx_bw, tx_pps;
     uint64_t tx_due_ns;
     uint64_t n_rx, n_tx, n_rx_dropped, n_backlogged; /* counters, logged at exit (debug) */
-    uint8_t frame[VNET_MAX_FRAME];   /* tx, with t.lock held */
-    uint8_t rxframe[VNET_MAX_FRAME]; /* tap rx, poll thread */
+    uint8_t frame[VNET_MAX_FRAME];                   /* tx, with t.lock held */
+    uint8_t rxframe[VNET_MAX_FRAME];                 /* tap rx, poll thread */
 };
 
 static void wake(struct virtio_net *d)
