@@ -261,9 +261,9 @@ def _run_marked(argv, timeout):
 @pytest.mark.guest
 def test_guest_net_rate_limits(lookout_bin, debian_guest, http_dir_big):
     """`--net user,rx-bw=256K,tx-bw=256K`: a 1 MiB download and a 1 MiB upload each take at
-    least (1 MiB - the 256 KiB burst) / 256 KiB/s = 3 s (unlimited, ~0.3 s and ~1 s under the
-    software CPU on a loaded host), and both arrive whole (transmit throttling waits, it never
-    drops)."""
+    least (1 MiB - the 256 KiB burst) / 256 KiB/s = 3 s (checked with a margin for the marker
+    lines' latency: >= 2.5 s; unlimited it took 0.8 s under the software CPU on a loaded host),
+    and both arrive whole (transmit throttling waits, it never drops)."""
     port, blob_sum, sink = http_dir_big
     script = DHCP + f"""
 echo M:R0; wget -q -O /tmp/blob http://10.0.2.2:{port}/blob; echo M:R1
@@ -277,11 +277,11 @@ echo M:T0; dd if=/tmp/blob bs=65536 2>/dev/null | nc 10.0.2.2 {sink.port}; echo 
     assert rc == 0, f"{text[-2000:]}\n--- stderr ---\n{err[-2000:]}"
     assert f"SUM {blob_sum}" in text, text
     rx = marks["R1"] - marks["R0"]
-    assert rx >= 2.9, f"1 MiB arrived in {rx:.2f} s: the 256 KiB/s receive limit was not applied"
+    assert rx >= 2.5, f"1 MiB arrived in {rx:.2f} s: the 256 KiB/s receive limit was not applied"
     assert rx < 60, f"1 MiB took {rx:.2f} s at a 256 KiB/s limit: throttling stalls"
     sink.done.wait(30)
     assert sink.sha256 == blob_sum, "the upload arrived damaged or short (throttling dropped?)"
-    assert sink.seconds >= 2.9, f"1 MiB left in {sink.seconds:.2f} s: the 256 KiB/s transmit " \
+    assert sink.seconds >= 2.5, f"1 MiB left in {sink.seconds:.2f} s: the 256 KiB/s transmit " \
                                 "limit was not applied"
     assert sink.seconds < 60, f"upload took {sink.seconds:.2f} s: throttling stalls"
 
