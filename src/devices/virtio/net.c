@@ -28,23 +28,82 @@
 #define MAX_TIMERS 32
 #define MAX_PFDS   256
 
+/* Ones'-complement sum of p[0..n) as big-endian 16-bit words, added to sum (not folded). */
+static uint64_t csum_add(uint64_t sum, const uint8_t *p, size_t n)
+{
+    for (; n >= 2; p += 2, n -= 2)
+        sum += (uint32_t)p[0] << 8 | p[1];
+    if (n) sum += (uint32_t)p[0] << 8;
+    return sum;
+}
+
+static uint16_t csum_fold(uint64_t sum)
+{
+    while (sum >> 16)
+        sum = (sum & 0xffff) + (sum >> 16);
+    return (uint16_t)sum;
+}
+
 long vnet_tx_parse(const struct guest_mem *m, const struct vq_chain *c, uint8_t *buf)
 {
     uint8_t hdr[VNET_HDR_LEN];
     if (c->nin || c->out_len < VNET_HDR_LEN + 14 || c->out_len > VNET_HDR_LEN + VNET_MAX_FRAME)
         return -1;
     if (vq_copy_from(m, c, 0, hdr, VNET_HDR_LEN) != VNET_HDR_LEN) return -1;
-    /* flags (NEEDS_CSUM) and gso_type must be 0: we offered no checksum or GSO offload */
-    if (hdr[0] != 0 || hdr[1] != 0) return -1;
+    /* gso_type must be 0 (no segmentation offload is offered); flags may only ask for a
+     * checksum (VIRTIO_NET_F_CSUM) */
+    if ((hdr[0] & ~VNET_HDR_F_NEEDS_CSUM) != 0 || hdr[1] != 0) return -1;
     uint64_t len = c->out_len - VNET_HDR_LEN;
     if (vq_copy_from(m, c, VNET_HDR_LEN, buf, len) != (long)len) return -1;
+    if (hdr[0] & VNET_HDR_F_NEEDS_CSUM) {
+        /* the guest left the pseudo-header sum in the field; the sum over [start, end) with
+         * it, complemented, is the checksum (virtio 1.2, 5.1.6.2) */
+        uint32_t start = (uint32_t)hdr[6] | (uint32_t)hdr[7] << 8;
+        uint32_t off = (uint32_t)hdr[8] | (uint32_t)hdr[9] << 8;
+        if ((uint64_t)start + off + 2 > len) return -1;
+        uint16_t sum = (uint16_t)~csum_fold(csum_add(0, buf + start, len - start));
+        buf[start + off] = (uint8_t)(sum >> 8);
+        buf[start + off + 1] = (uint8_t)sum;
+    }
     return (long)len;
+}
+
+bool vnet_l4_csum_valid(const uint8_t *f, size_t len)
+{
+    if (len < 14 + 20 || f[12] != 0x08 || f[13] != 0x00) return false; /* IPv4 */
+    const uint8_t *ip = f + 14;
+    size_t ihl = (size_t)(ip[0] & 15) * 4, tot = (size_t)ip[2] << 8 | ip[3];
+    if ((ip[0] >> 4) != 4 || ihl < 20 || tot < ihl || 14 + tot > len) return false;
+    if ((ip[6] & 0x3f) || ip[7]) return false; /* MF or a fragment offset: not whole */
+    uint8_t proto = ip[9];
+    size_t l4len = tot - ihl;
+    const uint8_t *l4 = ip + ihl;
+    if (proto == 6) {
+        if (l4len < 20) return false;
+    } else if (proto == 17) {
+        if (l4len < 8) return false;
+        if (l4[6] == 0 && l4[7] == 0) return true; /* no checksum */
+    } else {
+        return false;
+    }
+    uint64_t sum = csum_add(0, ip + 12, 8); /* pseudo-header: addresses, protocol, length */
+    sum += proto;
+    sum += l4len;
+    sum = csum_add(sum, l4, l4len);
+    return csum_fold(sum) == 0xffff;
 }
 
 long vnet_rx_fill(struct guest_mem *m, const struct vq_chain *c, const uint8_t *frame, size_t len)
 {
+    return vnet_rx_fill_flags(m, c, frame, len, 0);
+}
+
+long vnet_rx_fill_flags(struct guest_mem *m, const struct vq_chain *c, const uint8_t *frame,
+                        size_t len, uint8_t flags)
+{
     if (c->nout || len > VNET_MAX_FRAME || c->in_len < VNET_HDR_LEN + len) return -1;
     uint8_t hdr[VNET_HDR_LEN] = {0};
+    hdr[0] = flags;
     hdr[10] = 1; /* num_buffers = 1 */
     if (vq_copy_to(m, c, 0, hdr, VNET_HDR_LEN) != VNET_HDR_LEN) return -1;
     if (len && vq_copy_to(m, c, VNET_HDR_LEN, frame, len) != (long)len) return -1;
@@ -116,7 +175,11 @@ static bool deliver(struct virtio_net *d, const uint8_t *frame, size_t len)
     if (!virtio_mmio_running(&d->t) || !d->t.vq[RXQ].ready) return true; /* link down: drop */
     int r = virtio_mmio_pop(&d->t, RXQ, &d->chain);
     if (r <= 0) return r < 0; /* no buffer: the caller queues; broken queue: drop */
-    long n = vnet_rx_fill(d->t.mem, &d->chain, frame, len);
+    /* a checksum verified here (natively) need not be verified again by the guest's stack */
+    uint8_t flags = 0;
+    if ((d->t.drv_features & (1ull << VIRTIO_NET_F_GUEST_CSUM)) && vnet_l4_csum_valid(frame, len))
+        flags = VNET_HDR_F_DATA_VALID;
+    long n = vnet_rx_fill_flags(d->t.mem, &d->chain, frame, len, flags);
     virtio_mmio_push(&d->t, RXQ, d->chain.head, n < 0 ? 0 : (uint32_t)n);
     if (n >= 0) {
         d->n_rx++;
@@ -441,7 +504,8 @@ struct virtio_net *virtio_net_create(struct guest_mem *mem, struct irq_line irq,
                                      .notify = net_notify,
                                      .reset = net_reset};
     virtio_mmio_init(&d->t, mem, irq, &d->ops, d,
-                     (1ull << VIRTIO_NET_F_MAC) | (1ull << VIRTIO_NET_F_STATUS));
+                     (1ull << VIRTIO_NET_F_CSUM) | (1ull << VIRTIO_NET_F_GUEST_CSUM) |
+                         (1ull << VIRTIO_NET_F_MAC) | (1ull << VIRTIO_NET_F_STATUS));
     if (d->kind == VNET_TAP) {
         int fd = open_tap(spec->ifname);
         if (fd < 0) goto fail;
