@@ -1,12 +1,14 @@
-/* virtio-net (device id 1): one receive and one transmit queue, no offloads, with two back ends:
+/* virtio-net (device id 1): one receive and one transmit queue, checksum offloads only (no
+ * segmentation), optional per-direction rate limits (token buckets), with two back ends:
  * `user` (libslirp: DHCP at 10.0.2.15, the host at 10.0.2.2 including its loopback, DNS at
  * 10.0.2.3, outbound TCP/UDP, host port forwarding) and `tap:IFNAME` (/dev/net/tun, IFF_TAP |
  * IFF_NO_PI).  A poll thread per NIC feeds received frames to the guest; transmitted frames are
  * handed to the back end on the notifying vCPU thread (bounded work, non-blocking writes).
  *
- * Trusts nothing in guest chains: the 12-byte virtio_net_hdr_v1 is required and must ask for no
- * offload (none is offered), frames are 14..VNET_MAX_FRAME bytes, receive chains must be wholly
- * device-writable and large enough, or the frame is dropped. */
+ * Trusts nothing in guest chains: the 12-byte virtio_net_hdr_v1 is required and may ask for a
+ * checksum only (its position checked against the frame), never GSO; frames are
+ * 14..VNET_MAX_FRAME bytes, receive chains must be wholly device-writable and large enough, or
+ * the frame is dropped. */
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>
