@@ -125,7 +125,11 @@ struct virtio_board *virtio_board_attach(struct vm *vm, const struct vdev_list *
         struct virtio_mmio *t = NULL;
         switch (s->kind) {
         case VDEV_BLK: {
-            struct blk_opts o = {.path = s->path, .ro = s->ro, .bw = s->bw, .iops = s->iops};
+            struct blk_opts o = {.path = s->path,
+                                 .ro = s->ro,
+                                 .bw = s->bw,
+                                 .iops = s->iops,
+                                 .burst_ms = s->burst_ms};
             struct virtio_blk *d = virtio_blk_create(&vm->mem, irq, &o);
             if (d) t = virtio_blk_transport(d);
             dev = d;

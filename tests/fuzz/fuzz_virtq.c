@@ -75,7 +75,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         case 1: used = rng_process(&mem, &chain); break;
         case 2: (void)vnet_tx_parse(&mem, &chain, frame); break;
         case 3: {
-            long w = vnet_rx_fill(&mem, &chain, data, size < 1514 ? size : 1514);
+            size_t flen = size < 1514 ? size : 1514;
+            uint8_t flags = vnet_l4_csum_valid(data, flen) ? VNET_HDR_F_DATA_VALID : 0;
+            long w = vnet_rx_fill_flags(&mem, &chain, data, flen, flags);
             used = w < 0 ? 0 : (uint32_t)w;
             break;
         }

@@ -9,6 +9,7 @@ Markers (registered in pytest.ini):
   bt     runs on the software CPU (--cpu bt); select or deselect with -m
   guest  boots the Debian guest (slow: minutes under the software CPU)
   api    uses the control socket
+  root   sets up host networking (a network namespace with a TAP device); skipped unless root
 
 Environment:
   LOOKOUT_BIN=PATH          the binary for the slow (Debian guest) tests; default build/lookout

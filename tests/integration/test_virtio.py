@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 
@@ -211,7 +212,8 @@ def test_tap_backend_opens(lookout_any, test_kernel):
 def test_hostile_driver(lookout_any, test_kernel, tmp_path, cpu, iters):
     """tests/guests/virtiohostile.c attacks every virtio device (random and boundary register
     values, malformed rings, resets) and the whole port space; the VMM must survive (the
-    sanitizer build reports any memory error) and every device must still answer."""
+    sanitizer build reports any memory error) and every device must still answer.  The second
+    NIC is rate-limited, so the throttled transmit path and its timer re-kick are attacked too."""
     d1, d2 = tmp_path / "a.img", tmp_path / "b.img"
     for d in (d1, d2):
         d.write_bytes(b"\0" * (1 << 20))
@@ -219,7 +221,187 @@ def test_hostile_driver(lookout_any, test_kernel, tmp_path, cpu, iters):
         r = run_lookout(lookout_any, "run", "--cpu", cpu, "--kernel",
                         test_kernel("virtiohostile"), "--append", f"seed={seed} iters={iters}",
                         "--disk", d1, "--disk", f"{d2},ro", "--rng", "--net", "user",
-                        timeout=300)
+                        "--net", "user,bw=64K,pps=200,burst=50", timeout=300)
         assert r.rc == 1, r  # exit value 0
         assert "all devices still answer" in r.out, r
         assert "Sanitizer" not in r.err, r
+
+
+# --------------------------------------------------------------------------- NIC rate limits
+DHCP = r"""
+ip link set eth0 up
+printf '#!/bin/sh\n[ "$1" = bound ] && ip addr add $ip/$mask dev $interface && ip route add default via $router\nexit 0\n' >/tmp/dhcp
+chmod +x /tmp/dhcp
+udhcpc -i eth0 -s /tmp/dhcp -q -n -t 5 >/dev/null 2>&1
+"""
+
+
+def _run_marked(argv, timeout):
+    """Runs lookout; returns ({marker: host time}, text, stderr, rc) for the M:NAME lines the
+    guest prints (the guest's clock is not trusted under the software CPU)."""
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         stdin=subprocess.DEVNULL, start_new_session=True)
+    marks, text = {}, ""
+    deadline = time.monotonic() + timeout
+    try:
+        for raw in p.stdout:
+            line = raw.decode(errors="replace")
+            text += line
+            if line.startswith("M:"):
+                marks[line[2:].split()[0]] = time.monotonic()
+            if time.monotonic() > deadline:
+                break
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+        _, err = p.communicate()
+    return marks, text, err.decode(errors="replace"), p.returncode
+
+
+@pytest.mark.guest
+def test_guest_net_rate_limits(lookout_bin, debian_guest, http_dir_big):
+    """`--net user,rx-bw=256K,tx-bw=256K`: a 1 MiB download and a 1 MiB upload each take at
+    least (1 MiB - the 256 KiB burst) / 256 KiB/s = 3 s (checked with a margin for the marker
+    lines' latency: >= 2.5 s; unlimited it took 0.8 s under the software CPU on a loaded host),
+    and both arrive whole (transmit throttling waits, it never drops)."""
+    port, blob_sum, sink = http_dir_big
+    script = DHCP + f"""
+echo M:R0; wget -q -O /tmp/blob http://10.0.2.2:{port}/blob; echo M:R1
+echo "SUM $(sha256sum /tmp/blob)"
+echo M:T0; dd if=/tmp/blob bs=65536 2>/dev/null | nc 10.0.2.2 {sink.port}; echo M:T1
+"""
+    argv = [str(lookout_bin), "run", "--kernel", debian_guest["KERNEL"], "--initrd",
+            debian_guest["INITRD"], "--append", debian_guest["APPEND"], "--mem", "512M", "--cpu",
+            "auto", "--net", "user,rx-bw=256K,tx-bw=256K", "--", "sh", "-c", script]
+    marks, text, err, rc = _run_marked(argv, guest_timeout())
+    assert rc == 0, f"{text[-2000:]}\n--- stderr ---\n{err[-2000:]}"
+    assert f"SUM {blob_sum}" in text, text
+    rx = marks["R1"] - marks["R0"]
+    assert rx >= 2.5, f"1 MiB arrived in {rx:.2f} s: the 256 KiB/s receive limit was not applied"
+    assert rx < 60, f"1 MiB took {rx:.2f} s at a 256 KiB/s limit: throttling stalls"
+    sink.done.wait(30)
+    assert sink.sha256 == blob_sum, "the upload arrived damaged or short (throttling dropped?)"
+    assert sink.seconds >= 2.5, f"1 MiB left in {sink.seconds:.2f} s: the 256 KiB/s transmit " \
+                                "limit was not applied"
+    assert sink.seconds < 60, f"upload took {sink.seconds:.2f} s: throttling stalls"
+
+
+class _Sink:
+    """A TCP server on the host's loopback that hashes one connection's bytes and times it from
+    accept to EOF."""
+
+    def __init__(self):
+        import socket
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1)
+        self.port = self.sock.getsockname()[1]
+        self.done = threading.Event()
+        self.sha256, self.seconds = None, None
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        try:
+            c, _ = self.sock.accept()
+        except OSError:
+            return
+        t0, h = time.monotonic(), hashlib.sha256()
+        with c:
+            while True:
+                b = c.recv(1 << 16)
+                if not b:
+                    break
+                h.update(b)
+        self.seconds, self.sha256 = time.monotonic() - t0, h.hexdigest()
+        self.done.set()
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def http_dir_big(tmp_path):
+    d = tmp_path / "www"
+    d.mkdir()
+    blob = os.urandom(1 << 20)
+    (d / "blob").write_bytes(blob)
+
+    def handler(*a, **kw):
+        return _Quiet(*a, directory=str(d), **kw)
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    sink = _Sink()
+    yield srv.server_address[1], hashlib.sha256(blob).hexdigest(), sink
+    srv.shutdown()
+    sink.close()
+
+
+# --------------------------------------------------------------------------- TAP in a netns
+TAP_NET = "192.168.77"
+
+
+def _ip(*args):
+    return subprocess.run(["ip", *args], capture_output=True, text=True)
+
+
+@pytest.fixture
+def tap_netns(tmp_path):
+    """A private network namespace holding a TAP device with address .1 and an HTTP server on
+    it; yields (netns, ifname, port, sha256 of /blob).  Everything goes with the namespace."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: creates a network namespace and a TAP device")
+    if not shutil.which("ip"):
+        pytest.skip("needs the ip command (iproute2)")
+    if not os.path.exists("/dev/net/tun"):
+        pytest.skip("needs /dev/net/tun (the tun module)")
+    ns, tap, port = f"lookout-t{os.getpid()}", "lktap0", 8077
+    r = _ip("netns", "add", ns)
+    if r.returncode:
+        pytest.skip(f"cannot create a network namespace: {r.stderr.strip()}")
+    srv = None
+    try:
+        for cmd in (["link", "set", "lo", "up"], ["tuntap", "add", tap, "mode", "tap"],
+                    ["addr", "add", f"{TAP_NET}.1/24", "dev", tap], ["link", "set", tap, "up"]):
+            r = _ip("-n", ns, *cmd)
+            if r.returncode:
+                pytest.skip(f"ip -n {ns} {' '.join(cmd)} failed: {r.stderr.strip()}")
+        www = tmp_path / "tapwww"
+        www.mkdir()
+        blob = os.urandom(200_000)
+        (www / "blob").write_bytes(blob)
+        srv = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "http.server",
+                                "-b", f"{TAP_NET}.1", "-d", str(www), str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        yield ns, tap, port, hashlib.sha256(blob).hexdigest()
+    finally:
+        if srv:
+            srv.kill()
+            srv.wait()
+        _ip("netns", "del", ns)
+        assert ns not in _ip("netns", "list").stdout, f"network namespace {ns} was left behind"
+
+
+@pytest.mark.guest
+@pytest.mark.root
+def test_guest_tap_in_netns(lookout_bin, debian_guest, tap_netns):
+    """`--net tap:IF` with lookout inside a network namespace: the guest takes a static address
+    on the TAP's subnet, pings the host side and downloads a file from it (checksum verified)."""
+    ns, tap, port, blob_sum = tap_netns
+    script = f"""
+ip addr add {TAP_NET}.2/24 dev eth0 && ip link set eth0 up
+ping -c 2 -W 5 {TAP_NET}.1 >/dev/null && echo PING-OK
+for i in 1 2 3 4 5; do
+    wget -q -O /tmp/blob http://{TAP_NET}.1:{port}/blob && break; sleep 1
+done
+echo "SUM $(sha256sum /tmp/blob)"
+"""
+    r = subprocess.run(["ip", "netns", "exec", ns, str(lookout_bin), "run", "--kernel",
+                        debian_guest["KERNEL"], "--initrd", debian_guest["INITRD"], "--append",
+                        debian_guest["APPEND"], "--mem", "512M", "--cpu", "auto", "--net",
+                        f"tap:{tap}", "--", "sh", "-c", script],
+                       capture_output=True, text=True, timeout=guest_timeout(),
+                       stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, f"{r.stdout[-2000:]}\n--- stderr ---\n{r.stderr[-2000:]}"
+    assert "PING-OK" in r.stdout, r.stdout
+    assert f"SUM {blob_sum}" in r.stdout, r.stdout

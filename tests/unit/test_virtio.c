@@ -426,8 +426,20 @@ static void test_net_parsers(void **state)
     vrb_publish(&vb, 0);
     assert_int_equal(vq_pop(&vb.q, &mem, &chain), 1);
     assert_int_equal(vnet_tx_parse(&mem, &chain, frame), 60);
-    mem.base[VRB_BUF] = 1; /* NEEDS_CSUM: not offered */
+    mem.base[VRB_BUF] = 1; /* NEEDS_CSUM with csum_start 0, csum_offset 0: in range */
+    assert_int_equal(vnet_tx_parse(&mem, &chain, frame), 60);
+    mem.base[VRB_BUF + 6] = 59; /* csum_start 59: the 2-byte field would end past the frame */
     assert_int_equal(vnet_tx_parse(&mem, &chain, frame), -1);
+    mem.base[VRB_BUF + 6] = 0;
+    mem.base[VRB_BUF + 8] = 0xff; /* csum_offset 255 */
+    assert_int_equal(vnet_tx_parse(&mem, &chain, frame), -1);
+    mem.base[VRB_BUF + 8] = 0;
+    mem.base[VRB_BUF] = 2; /* DATA_VALID is for the receive side */
+    assert_int_equal(vnet_tx_parse(&mem, &chain, frame), -1);
+    mem.base[VRB_BUF] = 0;
+    mem.base[VRB_BUF + 1] = 1; /* GSO TCPv4: not offered */
+    assert_int_equal(vnet_tx_parse(&mem, &chain, frame), -1);
+    mem.base[VRB_BUF + 1] = 0;
     vrb_desc(&vb, 1, VRB_BUF, 12 + 10, 0, 0); /* runt */
     vrb_publish(&vb, 1);
     assert_int_equal(vq_pop(&vb.q, &mem, &chain), 1);
@@ -441,6 +453,110 @@ static void test_net_parsers(void **state)
     assert_int_equal(vnet_rx_fill(&mem, &chain, frame, 60), 72);
     assert_int_equal(mem.base[VRB_BUF + 12], 0xab);
     assert_int_equal(vnet_rx_fill(&mem, &chain, frame, 61), -1); /* too small */
+    assert_int_equal(vnet_rx_fill_flags(&mem, &chain, frame, 60, VNET_HDR_F_DATA_VALID), 72);
+    assert_int_equal(mem.base[VRB_BUF], VNET_HDR_F_DATA_VALID);
+}
+
+/* A reference checksum for the tests, written independently of net.c's: RFC 1071 over 16-bit
+ * big-endian words. */
+static uint16_t ref_csum(const uint8_t *p, size_t n, uint32_t sum)
+{
+    for (size_t i = 0; i + 1 < n; i += 2)
+        sum += (uint32_t)(p[i] << 8 | p[i + 1]);
+    if (n & 1) sum += (uint32_t)p[n - 1] << 8;
+    while (sum >> 16)
+        sum = (sum & 0xffff) + (sum >> 16);
+    return (uint16_t)~sum;
+}
+
+/* Ethernet + IPv4 + TCP (proto 6) or UDP (17) with `plen` payload bytes; l4 checksum left 0. */
+static size_t build_ip_frame(uint8_t *f, uint8_t proto, size_t plen)
+{
+    size_t l4h = proto == 6 ? 20 : 8, tot = 20 + l4h + plen;
+    memset(f, 0, 14 + tot);
+    f[12] = 0x08; /* IPv4 */
+    uint8_t *ip = f + 14;
+    ip[0] = 0x45;
+    ip[2] = (uint8_t)(tot >> 8);
+    ip[3] = (uint8_t)tot;
+    ip[8] = 64;
+    ip[9] = proto;
+    memcpy(ip + 12, "\x0a\x00\x02\x0f\x0a\x00\x02\x02", 8);
+    uint8_t *l4 = ip + 20;
+    l4[0] = 0x12, l4[1] = 0x34, l4[2] = 0x00, l4[3] = 0x50;
+    if (proto == 6)
+        l4[12] = 0x50;
+    else
+        l4[4] = (uint8_t)((8 + plen) >> 8), l4[5] = (uint8_t)(8 + plen);
+    for (size_t i = 0; i < plen; i++)
+        l4[l4h + i] = (uint8_t)(i * 7 + 3);
+    return 14 + tot;
+}
+
+/* The pseudo-header sum (addresses, protocol, L4 length), not complemented: what a guest with
+ * VIRTIO_NET_F_CSUM leaves in the checksum field. */
+static uint32_t pseudo_sum(const uint8_t *f)
+{
+    const uint8_t *ip = f + 14;
+    uint32_t sum = 0;
+    for (int i = 12; i < 20; i += 2)
+        sum += (uint32_t)(ip[i] << 8 | ip[i + 1]);
+    size_t l4len = (size_t)(ip[2] << 8 | ip[3]) - 20;
+    return sum + ip[9] + (uint32_t)l4len;
+}
+
+static void test_net_checksums(void **state)
+{
+    static uint8_t f[2000];
+    for (int proto = 6; proto <= 17; proto += 11) {
+        unsigned coff = proto == 6 ? 16 : 6;
+        for (size_t plen = 0; plen < 40; plen += 13) { /* odd lengths too */
+            size_t n = build_ip_frame(f, (uint8_t)proto, plen);
+            uint8_t *ck = f + 34 + coff;
+            /* a correct checksum verifies; one flipped payload bit does not */
+            uint16_t c = ref_csum(f + 34, n - 34, pseudo_sum(f));
+            if (proto == 17 && c == 0) c = 0xffff;
+            ck[0] = (uint8_t)(c >> 8), ck[1] = (uint8_t)c;
+            assert_true(vnet_l4_csum_valid(f, n));
+            f[n - 1] ^= plen ? 0x10 : 0;
+            f[34] ^= plen ? 0 : 0x10; /* no payload: flip a port bit */
+            assert_false(vnet_l4_csum_valid(f, n));
+            /* the transmit offload: the guest leaves the pseudo-header sum in the field */
+            n = build_ip_frame(f, (uint8_t)proto, plen);
+            uint16_t ps = (uint16_t)(pseudo_sum(f) % 0xffff);
+            ck[0] = (uint8_t)(ps >> 8), ck[1] = (uint8_t)ps;
+            memset(mem.base + VRB_BUF, 0, 12);
+            mem.base[VRB_BUF] = VNET_HDR_F_NEEDS_CSUM;
+            mem.base[VRB_BUF + 6] = 34;
+            mem.base[VRB_BUF + 8] = (uint8_t)coff;
+            memcpy(mem.base + VRB_BUF + 12, f, n);
+            vrb_init(&vb, &mem, 8);
+            vrb_desc(&vb, 0, VRB_BUF, (uint32_t)(12 + n), 0, 0);
+            vrb_publish(&vb, 0);
+            assert_int_equal(vq_pop(&vb.q, &mem, &chain), 1);
+            assert_int_equal(vnet_tx_parse(&mem, &chain, frame), (long)n);
+            assert_true(vnet_l4_csum_valid(frame, n));
+        }
+    }
+    size_t n = build_ip_frame(f, 17, 10); /* UDP without a checksum (0) */
+    assert_true(vnet_l4_csum_valid(f, n));
+    n = build_ip_frame(f, 6, 10);
+    uint16_t c = ref_csum(f + 34, n - 34, pseudo_sum(f));
+    f[50] = (uint8_t)(c >> 8), f[51] = (uint8_t)c;
+    assert_true(vnet_l4_csum_valid(f, n));
+    assert_false(vnet_l4_csum_valid(f, n - 1)); /* IP total length beyond the frame */
+    f[20] = 0x20;                               /* more fragments */
+    assert_false(vnet_l4_csum_valid(f, n));
+    f[20] = 0;
+    f[23] = 1; /* ICMP: not ours to judge */
+    assert_false(vnet_l4_csum_valid(f, n));
+    f[23] = 6;
+    f[14] = 0x44; /* IHL 4: bad */
+    assert_false(vnet_l4_csum_valid(f, n));
+    f[14] = 0x45;
+    f[12] = 0x86, f[13] = 0xdd; /* IPv6 */
+    assert_false(vnet_l4_csum_valid(f, n));
+    assert_false(vnet_l4_csum_valid(f, 20));
 }
 
 /* ---- the MMIO register interface (with the rng device) ---- */
@@ -808,6 +924,98 @@ static void test_tbucket(void **state)
     struct tbucket u;
     tb_init(&u, 0); /* unlimited */
     assert_int_equal(tb_take(&u, UINT64_MAX, 0), 0);
+    assert_int_equal(tb_wait_ns(&u, 0), 0);
+    tb_charge(&u, UINT64_MAX);
+    assert_int_equal(tb_wait_ns(&u, 0), 0);
+}
+
+/* The NIC's way: admitted while out of debt, charged afterwards; the burst is burst_ms of rate. */
+static void test_tbucket_wait_charge_burst(void **state)
+{
+    struct tbucket b;
+    tb_init_burst(&b, 1000000, 250); /* 1 MB/s, burst 250 ms = 250 000 */
+    uint64_t t0 = b.last_ns;
+    assert_true(b.tokens == 250000.0);
+    assert_int_equal(tb_wait_ns(&b, t0), 0);
+    tb_charge(&b, 250000);                   /* the whole burst at once */
+    assert_int_equal(tb_wait_ns(&b, t0), 0); /* exactly empty is not in debt */
+    tb_charge(&b, 1500);                     /* one frame more: 1.5 ms of debt */
+    assert_int_equal(tb_wait_ns(&b, t0), 1500000);
+    assert_int_equal(tb_wait_ns(&b, t0 + 1000000), 500000);
+    assert_int_equal(tb_wait_ns(&b, t0 + 1500000), 0);
+    /* idle for a long time: the bucket refills to the burst, not beyond */
+    assert_int_equal(tb_wait_ns(&b, t0 + 10000000000ull), 0);
+    assert_true(b.tokens == 250000.0);
+    /* time running backwards (another thread's older reading) changes nothing */
+    tb_charge(&b, 251000);
+    assert_int_equal(tb_wait_ns(&b, t0), 1000000);
+    /* a sub-nanosecond debt still says "wait", so callers never spin on a 0 */
+    struct tbucket c;
+    tb_init_burst(&c, 3, 1000);
+    tb_charge(&c, 3);
+    c.tokens = -1e-12;
+    assert_true(tb_wait_ns(&c, c.last_ns) >= 1);
+    /* sustained: over 10 s of 1500-byte frames sent whenever allowed, the bytes admitted are
+     * at most rate*T + burst + one frame */
+    struct tbucket s;
+    tb_init_burst(&s, 1000000, 1000);
+    uint64_t t = s.last_ns, end = t + 10000000000ull, sent = 0;
+    while (t < end) {
+        uint64_t w = tb_wait_ns(&s, t);
+        if (w) {
+            t += w;
+            continue;
+        }
+        tb_charge(&s, 1500);
+        sent += 1500;
+    }
+    assert_true(sent <= 10000000 + 1000000 + 1500);
+    assert_true(sent >= 10000000 + 1000000 - 1500);
+}
+
+/* The NIC's transmit limit on the real device: at tx-pps=10 with a 100 ms burst, two frames go
+ * at once (the burst, then one into debt) and the rest follow one per 100 ms with no further
+ * kick from the guest (the poll thread re-runs transmit); none is skipped. */
+static void test_net_tx_throttle(void **state)
+{
+    struct vdev_spec spec;
+    memset(&spec, 0, sizeof(spec));
+    spec.kind = VDEV_NET;
+    spec.net = VNET_USER;
+    spec.tx_pps = 10;
+    spec.burst_ms = 100;
+    struct virtio_net *d = virtio_net_create(&mem, (struct irq_line){fake_irq, NULL, 17}, &spec, 0);
+    assert_non_null(d);
+    struct virtio_mmio *t = virtio_net_transport(d);
+    wr(t, VMMIO_STATUS, 3);
+    wr(t, VMMIO_DRIVER_FEATURES_SEL, 1);
+    wr(t, VMMIO_DRIVER_FEATURES, 1);
+    wr(t, VMMIO_STATUS, 0xb);
+    wr(t, VMMIO_QUEUE_SEL, 1); /* transmit */
+    wr(t, VMMIO_QUEUE_NUM, 8);
+    wr(t, VMMIO_QUEUE_DESC_LOW, VRB_DESC);
+    wr(t, VMMIO_QUEUE_DRIVER_LOW, VRB_AVAIL);
+    wr(t, VMMIO_QUEUE_DEVICE_LOW, VRB_USED);
+    wr(t, VMMIO_QUEUE_READY, 1);
+    wr(t, VMMIO_STATUS, 0xf);
+    vrb_init(&vb, &mem, 8);
+    memset(mem.base + VRB_BUF, 0, 4 * 0x100);
+    for (uint16_t i = 0; i < 4; i++) {
+        vrb_desc(&vb, i, VRB_BUF + 0x100u * i, VNET_HDR_LEN + 60, 0, 0);
+        vrb_publish(&vb, i);
+    }
+    uint64_t t0 = tb_now_ns();
+    wr(t, VMMIO_QUEUE_NOTIFY, 1);
+    uint16_t first = vrb_used_idx(&vb);
+    if (tb_now_ns() - t0 < 90000000ull) /* not descheduled past the first re-kick */
+        assert_int_equal(first, 2);
+    for (int i = 0; i < 3000 && vrb_used_idx(&vb) < 4; i++)
+        usleep(1000);
+    uint64_t dt = tb_now_ns() - t0;
+    assert_int_equal(vrb_used_idx(&vb), 4);
+    assert_true(dt >= 190000000ull); /* frames 3 and 4 at 100 and 200 ms */
+    assert_true(dt < 2000000000ull);
+    virtio_net_destroy(d);
 }
 
 /* ---- options ---- */
@@ -839,7 +1047,36 @@ static void test_options(void **state)
     assert_int_equal(vdev_parse(&l, "--net", "tap:waytoolonginterfacename"), -EINVAL);
     assert_int_equal(vdev_parse(&l, "--net", "bridge"), -EINVAL);
     assert_int_equal(vdev_parse(&l, "--rng", "bw=x"), -EINVAL);
+    assert_int_equal(vdev_parse(&l, "--net", "user,bw=-1"), -EINVAL);
+    assert_int_equal(vdev_parse(&l, "--net", "user,pps=0"), -EINVAL);
+    assert_int_equal(vdev_parse(&l, "--net", "user,burst=0"), -EINVAL);
+    assert_int_equal(vdev_parse(&l, "--net", "user,burst=1K"), -EINVAL);
+    assert_int_equal(vdev_parse(&l, "--net", "user,burst=60001"), -EINVAL);
+    assert_int_equal(vdev_parse(&l, "--net", "user,rx-bw="), -EINVAL);
+    assert_int_equal(vdev_parse(&l, "--net", "tap:t0,hostfwd=tcp::8022-:22"), -EINVAL);
+    assert_int_equal(vdev_parse(&l, "--net", "tap:t0,iops=5"), -EINVAL);
+    assert_int_equal(vdev_parse(&l, "--disk", "x,burst=0"), -EINVAL);
     assert_int_equal(l.n, 4);
+    /* NIC limits: both directions, then one direction overriding */
+    struct vdev_list n;
+    memset(&n, 0, sizeof(n));
+    assert_int_equal(vdev_parse(&n, "--net", "user,bw=1M,pps=100,tx-bw=2M,burst=250"), 0);
+    assert_int_equal(n.d[0].rx_bw, 1ull << 20);
+    assert_int_equal(n.d[0].tx_bw, 2ull << 20);
+    assert_int_equal(n.d[0].rx_pps, 100);
+    assert_int_equal(n.d[0].tx_pps, 100);
+    assert_int_equal(n.d[0].burst_ms, 250);
+    assert_int_equal(vdev_parse(&n, "--net", "tap:tap1,rx-pps=5,hostfwd=x"), -EINVAL);
+    assert_int_equal(vdev_parse(&n, "--net", "tap:tap1,rx-pps=5"), 0);
+    assert_string_equal(n.d[1].ifname, "tap1");
+    assert_int_equal(n.d[1].rx_pps, 5);
+    assert_int_equal(n.d[1].tx_pps, 0);
+    assert_int_equal(n.d[1].rx_bw, 0);
+    assert_int_equal(vdev_parse(&n, "--net", "user,hostfwd=tcp::8022-:22,rx-bw=64K"), 0);
+    assert_int_equal(n.d[2].nfwd, 1);
+    assert_int_equal(n.d[2].rx_bw, 64 << 10);
+    assert_int_equal(vdev_parse(&n, "--disk", "/x,iops=10,burst=100"), 0);
+    assert_int_equal(n.d[3].burst_ms, 100);
     for (int i = 4; i < VDEV_MAX; i++)
         assert_int_equal(vdev_parse(&l, "--rng", NULL), 0);
     assert_int_equal(vdev_parse(&l, "--rng", NULL), -EINVAL); /* GSIs run out */
@@ -869,6 +1106,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_blk_device_worker, blk_setup, blk_teardown),
         cmocka_unit_test_setup_teardown(test_rng_process, setup, teardown),
         cmocka_unit_test_setup_teardown(test_net_parsers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_net_checksums, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mmio_identity_and_sizes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mmio_negotiation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mmio_rng_irq_and_needs_reset, setup, teardown),
@@ -877,6 +1115,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_mmio_quiesce, setup, teardown),
         cmocka_unit_test_setup_teardown(test_blk_state_identity, blk_setup, blk_teardown),
         cmocka_unit_test(test_tbucket),
+        cmocka_unit_test(test_tbucket_wait_charge_burst),
+        cmocka_unit_test_setup_teardown(test_net_tx_throttle, setup, teardown),
         cmocka_unit_test(test_options),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -305,8 +305,8 @@ struct virtio_blk *virtio_blk_create(struct guest_mem *mem, struct irq_line irq,
                                      .config_size = VIRTIO_BLK_CONFIG_SIZE,
                                      .config_read = blk_config_read,
                                      .notify = blk_notify};
-    tb_init(&d->bw, o->bw);
-    tb_init(&d->iops, o->iops);
+    tb_init_burst(&d->bw, o->bw, o->burst_ms);
+    tb_init_burst(&d->iops, o->iops, o->burst_ms);
     virtio_mmio_init(&d->t, mem, irq, &d->ops, d, feat);
     pthread_cond_init(&d->work, NULL);
     int e = pthread_create(&d->thread, NULL, blk_worker, d);

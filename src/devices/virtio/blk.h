@@ -43,8 +43,9 @@
 struct blk_opts {
     const char *path;
     bool ro;
-    uint64_t bw;   /* bytes/s, 0 = unlimited */
-    uint64_t iops; /* requests/s, 0 = unlimited */
+    uint64_t bw;       /* bytes/s, 0 = unlimited */
+    uint64_t iops;     /* requests/s, 0 = unlimited */
+    uint32_t burst_ms; /* the buckets hold this many ms of their rate (0: one second) */
 };
 
 /* The image side of a disk, separate from the transport so tests can drive it directly. */

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "devices/virtio/ratelimit.h"
 #include "util/log.h"
 
 int vdev_parse_rate(const char *s, uint64_t *out)
@@ -88,6 +89,42 @@ static int parse_fwd(struct vdev_spec *d, const char *v)
     return 0;
 }
 
+/* burst=MS: 1..TB_BURST_MS_MAX milliseconds */
+static int parse_burst(const char *s, uint32_t *out)
+{
+    uint64_t v;
+    if (vdev_parse_rate(s, &v) < 0 || v == 0 || v > TB_BURST_MS_MAX) return -1;
+    for (const char *p = s; *p; p++)
+        if (!isdigit((unsigned char)*p)) return -1; /* no K/M/G: these are milliseconds */
+    *out = (uint32_t)v;
+    return 0;
+}
+
+/* One rate setting of --net: 1 parsed, 0 not a rate setting, -1 a rate setting with a bad value.
+ * bw=/pps= set both directions; rx-/tx- prefixed ones one direction. */
+static int parse_net_limit(struct vdev_spec *d, const char *s)
+{
+    static const struct {
+        const char *name;
+        bool bytes, rx, tx;
+    } keys[] = {{"bw=", true, true, true},     {"pps=", false, true, true},
+                {"rx-bw=", true, true, false}, {"rx-pps=", false, true, false},
+                {"tx-bw=", true, false, true}, {"tx-pps=", false, false, true}};
+    if (!strncmp(s, "burst=", 6)) return parse_burst(s + 6, &d->burst_ms) < 0 ? -1 : 1;
+    for (unsigned i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+        size_t n = strlen(keys[i].name);
+        if (strncmp(s, keys[i].name, n)) continue;
+        uint64_t v;
+        if (vdev_parse_rate(s + n, &v) < 0 || v == 0) return -1;
+        if (keys[i].rx) *(keys[i].bytes ? &d->rx_bw : &d->rx_pps) = v;
+        if (keys[i].tx) *(keys[i].bytes ? &d->tx_bw : &d->tx_pps) = v;
+        return 1;
+    }
+    return 0;
+}
+
+#define NET_LIMITS_HELP "bw=RATE, pps=N, rx-bw=, tx-bw=, rx-pps=, tx-pps=, burst=MS"
+
 int vdev_parse(struct vdev_list *l, const char *opt, const char *val)
 {
     if (l->n >= VDEV_MAX)
@@ -129,45 +166,61 @@ int vdev_parse(struct vdev_list *l, const char *opt, const char *val)
                 ;
             else if (!strncmp(buf, "iops=", 5) && vdev_parse_rate(buf + 5, &d.iops) == 0 && d.iops)
                 ;
+            else if (!strncmp(buf, "burst=", 6) && parse_burst(buf + 6, &d.burst_ms) == 0)
+                ;
             else
                 return err_set(EINVAL,
                                "--disk \"%s\": unknown or bad setting \"%s\" (use ro, bw=RATE "
-                               "such as 10M, iops=N)",
-                               val, buf);
+                               "such as 10M, iops=N, burst=MS up to %d)",
+                               val, buf, TB_BURST_MS_MAX);
             opts += n;
         }
         l->d[l->n++] = d;
         return 0;
     }
     if (!strcmp(opt, "--net")) {
+        /* user[,hostfwd=...][,LIMIT]... or tap:IFNAME[,LIMIT]... (the interface name ends at
+         * the first comma, as the disk's path does) */
         d.kind = VDEV_NET;
+        const char *opts;
         if (!strncmp(val, "tap:", 4)) {
             d.net = VNET_TAP;
-            size_t n = strlen(val + 4);
-            if (n == 0 || n >= sizeof(d.ifname) || strchr(val + 4, ',') || strchr(val + 4, '/'))
+            size_t n = strcspn(val + 4, ",");
+            if (n == 0 || n >= sizeof(d.ifname) || memchr(val + 4, '/', n))
                 return err_set(EINVAL, "--net \"%s\": expected tap:IFNAME (at most 15 characters)",
                                val);
-            memcpy(d.ifname, val + 4, n + 1);
+            memcpy(d.ifname, val + 4, n);
+            d.ifname[n] = 0;
+            opts = val + 4 + n;
         } else if (!strncmp(val, "user", 4) && (val[4] == 0 || val[4] == ',')) {
             d.net = VNET_USER;
-            const char *opts = val + 4;
-            while (*opts == ',') {
-                opts++;
-                size_t n = strcspn(opts, ",");
-                memcpy(buf, opts, n);
-                buf[n] = 0;
-                if (strncmp(buf, "hostfwd=", 8) || parse_fwd(&d, buf + 8) < 0)
-                    return err_set(EINVAL,
-                                   "--net \"%s\": bad setting \"%s\" (use "
-                                   "hostfwd=tcp::HOSTPORT-:GUESTPORT, at most %d)",
-                                   val, buf, VNET_MAX_FWD);
-                opts += n;
-            }
+            opts = val + 4;
         } else {
             return err_set(EINVAL,
                            "--net \"%s\": use user[,hostfwd=tcp::HOSTPORT-:GUESTPORT] or "
-                           "tap:IFNAME",
+                           "tap:IFNAME, then rate limits if wanted (" NET_LIMITS_HELP ")",
                            val);
+        }
+        while (*opts == ',') {
+            opts++;
+            size_t n = strcspn(opts, ",");
+            memcpy(buf, opts, n);
+            buf[n] = 0;
+            int lim = parse_net_limit(&d, buf);
+            if (lim < 0)
+                return err_set(EINVAL,
+                               "--net \"%s\": bad rate limit \"%s\" (bytes/s with K/M/G such "
+                               "as bw=1M, packets/s such as pps=1000, burst=MS from 1 to %d)",
+                               val, buf, TB_BURST_MS_MAX);
+            if (lim == 0) {
+                if (d.net != VNET_USER || strncmp(buf, "hostfwd=", 8) || parse_fwd(&d, buf + 8) < 0)
+                    return err_set(EINVAL,
+                                   "--net \"%s\": bad setting \"%s\" (use "
+                                   "hostfwd=tcp::HOSTPORT-:GUESTPORT (user only, at most %d) or "
+                                   "a rate limit: " NET_LIMITS_HELP ")",
+                                   val, buf, VNET_MAX_FWD);
+            }
+            opts += n;
         }
         l->d[l->n++] = d;
         return 0;

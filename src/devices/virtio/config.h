@@ -25,11 +25,14 @@ struct vdev_spec {
     char path[1024];
     bool ro;
     uint64_t bw, iops; /* rate limits: bytes/s, ops/s (0 = unlimited) */
+    uint32_t burst_ms; /* disk and NIC buckets hold this many ms of their rate (0: 1000) */
     /* net */
     enum vnet_backend net;
     char ifname[16];
     unsigned nfwd;
     struct vnet_fwd fwd[VNET_MAX_FWD];
+    /* NIC rate limits per direction, 0 = unlimited; rx = to the guest, tx = from the guest */
+    uint64_t rx_bw, tx_bw, rx_pps, tx_pps;
 };
 
 /* GSIs LAYOUT_VIRTIO_GSI.. must stay below the IOAPIC's 24 pins: 8 devices. */

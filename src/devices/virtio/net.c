@@ -29,23 +29,82 @@
 #define MAX_TIMERS 32
 #define MAX_PFDS   256
 
+/* Ones'-complement sum of p[0..n) as big-endian 16-bit words, added to sum (not folded). */
+static uint64_t csum_add(uint64_t sum, const uint8_t *p, size_t n)
+{
+    for (; n >= 2; p += 2, n -= 2)
+        sum += (uint32_t)p[0] << 8 | p[1];
+    if (n) sum += (uint32_t)p[0] << 8;
+    return sum;
+}
+
+static uint16_t csum_fold(uint64_t sum)
+{
+    while (sum >> 16)
+        sum = (sum & 0xffff) + (sum >> 16);
+    return (uint16_t)sum;
+}
+
 long vnet_tx_parse(const struct guest_mem *m, const struct vq_chain *c, uint8_t *buf)
 {
     uint8_t hdr[VNET_HDR_LEN];
     if (c->nin || c->out_len < VNET_HDR_LEN + 14 || c->out_len > VNET_HDR_LEN + VNET_MAX_FRAME)
         return -1;
     if (vq_copy_from(m, c, 0, hdr, VNET_HDR_LEN) != VNET_HDR_LEN) return -1;
-    /* flags (NEEDS_CSUM) and gso_type must be 0: we offered no checksum or GSO offload */
-    if (hdr[0] != 0 || hdr[1] != 0) return -1;
+    /* gso_type must be 0 (no segmentation offload is offered); flags may only ask for a
+     * checksum (VIRTIO_NET_F_CSUM) */
+    if ((hdr[0] & ~VNET_HDR_F_NEEDS_CSUM) != 0 || hdr[1] != 0) return -1;
     uint64_t len = c->out_len - VNET_HDR_LEN;
     if (vq_copy_from(m, c, VNET_HDR_LEN, buf, len) != (long)len) return -1;
+    if (hdr[0] & VNET_HDR_F_NEEDS_CSUM) {
+        /* the guest left the pseudo-header sum in the field; the sum over [start, end) with
+         * it, complemented, is the checksum (virtio 1.2, 5.1.6.2) */
+        uint32_t start = (uint32_t)hdr[6] | (uint32_t)hdr[7] << 8;
+        uint32_t off = (uint32_t)hdr[8] | (uint32_t)hdr[9] << 8;
+        if ((uint64_t)start + off + 2 > len) return -1;
+        uint16_t sum = (uint16_t)~csum_fold(csum_add(0, buf + start, len - start));
+        buf[start + off] = (uint8_t)(sum >> 8);
+        buf[start + off + 1] = (uint8_t)sum;
+    }
     return (long)len;
+}
+
+bool vnet_l4_csum_valid(const uint8_t *f, size_t len)
+{
+    if (len < 14 + 20 || f[12] != 0x08 || f[13] != 0x00) return false; /* IPv4 */
+    const uint8_t *ip = f + 14;
+    size_t ihl = (size_t)(ip[0] & 15) * 4, tot = (size_t)ip[2] << 8 | ip[3];
+    if ((ip[0] >> 4) != 4 || ihl < 20 || tot < ihl || 14 + tot > len) return false;
+    if ((ip[6] & 0x3f) || ip[7]) return false; /* MF or a fragment offset: not whole */
+    uint8_t proto = ip[9];
+    size_t l4len = tot - ihl;
+    const uint8_t *l4 = ip + ihl;
+    if (proto == 6) {
+        if (l4len < 20) return false;
+    } else if (proto == 17) {
+        if (l4len < 8) return false;
+        if (l4[6] == 0 && l4[7] == 0) return true; /* no checksum */
+    } else {
+        return false;
+    }
+    uint64_t sum = csum_add(0, ip + 12, 8); /* pseudo-header: addresses, protocol, length */
+    sum += proto;
+    sum += l4len;
+    sum = csum_add(sum, l4, l4len);
+    return csum_fold(sum) == 0xffff;
 }
 
 long vnet_rx_fill(struct guest_mem *m, const struct vq_chain *c, const uint8_t *frame, size_t len)
 {
+    return vnet_rx_fill_flags(m, c, frame, len, 0);
+}
+
+long vnet_rx_fill_flags(struct guest_mem *m, const struct vq_chain *c, const uint8_t *frame,
+                        size_t len, uint8_t flags)
+{
     if (c->nout || len > VNET_MAX_FRAME || c->in_len < VNET_HDR_LEN + len) return -1;
     uint8_t hdr[VNET_HDR_LEN] = {0};
+    hdr[0] = flags;
     hdr[10] = 1; /* num_buffers = 1 */
     if (vq_copy_to(m, c, 0, hdr, VNET_HDR_LEN) != VNET_HDR_LEN) return -1;
     if (len && vq_copy_to(m, c, VNET_HDR_LEN, frame, len) != (long)len) return -1;
@@ -78,8 +137,13 @@ struct virtio_net {
     } backlog[BACKLOG];
     unsigned bl_head, bl_len;
     struct vq_chain chain;
-    uint8_t frame[VNET_MAX_FRAME];   /* tx, with t.lock held */
-    uint8_t rxframe[VNET_MAX_FRAME]; /* tap rx, poll thread */
+    /* rate limits (spec->rx_bw...): rx = to the guest, tx = from it.  tx_due_ns != 0 while
+     * transmit is throttled: the poll thread re-runs it then (the guest's kick has been used). */
+    struct tbucket rx_bw, rx_pps, tx_bw, tx_pps;
+    uint64_t tx_due_ns;
+    uint64_t n_rx, n_tx, n_rx_dropped, n_backlogged; /* counters, logged at exit (debug) */
+    uint8_t frame[VNET_MAX_FRAME];                   /* tx, with t.lock held */
+    uint8_t rxframe[VNET_MAX_FRAME];                 /* tap rx, poll thread */
 };
 
 static void wake(struct virtio_net *d)
@@ -89,20 +153,66 @@ static void wake(struct virtio_net *d)
     }
 }
 
+/* ns until the receive limits allow the next frame to the guest (0: now). */
+static uint64_t rx_wait(struct virtio_net *d, uint64_t now)
+{
+    return MAX(tb_wait_ns(&d->rx_bw, now), tb_wait_ns(&d->rx_pps, now));
+}
+
+static uint64_t tx_wait(struct virtio_net *d, uint64_t now)
+{
+    return MAX(tb_wait_ns(&d->tx_bw, now), tb_wait_ns(&d->tx_pps, now));
+}
+
+/* poll() timeout in ms for a wait in ns, rounded up so a throttled thread does not spin. */
+static int wait_ms(uint64_t ns)
+{
+    uint64_t ms = (ns + 999999) / 1000000;
+    return (int)MIN(ms, 1000u);
+}
+
 /* With t.lock held: one frame to the guest.  true if delivered (or dropped as malformed). */
 static bool deliver(struct virtio_net *d, const uint8_t *frame, size_t len)
 {
     if (!virtio_mmio_running(&d->t) || !d->t.vq[RXQ].ready) return true; /* link down: drop */
     int r = virtio_mmio_pop(&d->t, RXQ, &d->chain);
     if (r <= 0) return r < 0; /* no buffer: the caller queues; broken queue: drop */
-    long n = vnet_rx_fill(d->t.mem, &d->chain, frame, len);
+    /* a checksum verified here (natively) need not be verified again by the guest's stack */
+    uint8_t flags = 0;
+    if ((d->t.drv_features & (1ull << VIRTIO_NET_F_GUEST_CSUM)) && vnet_l4_csum_valid(frame, len))
+        flags = VNET_HDR_F_DATA_VALID;
+    long n = vnet_rx_fill_flags(d->t.mem, &d->chain, frame, len, flags);
     virtio_mmio_push(&d->t, RXQ, d->chain.head, n < 0 ? 0 : (uint32_t)n);
+    if (n >= 0) {
+        d->n_rx++;
+        tb_charge(&d->rx_bw, len);
+        tb_charge(&d->rx_pps, 1);
+    }
+    return true;
+}
+
+/* Queues a copy of a frame the guest cannot take yet (no buffer, or over its receive limit).
+ * false if the backlog is full (the frame is dropped, as a full switch queue would). */
+static bool backlog_add(struct virtio_net *d, const uint8_t *frame, size_t len)
+{
+    if (d->bl_len >= BACKLOG || len > VNET_MAX_FRAME) {
+        d->n_rx_dropped++;
+        return false;
+    }
+    d->n_backlogged++;
+    uint8_t *copy = malloc(len ? len : 1);
+    if (!copy) return false;
+    memcpy(copy, frame, len);
+    unsigned i = (d->bl_head + d->bl_len) % BACKLOG;
+    d->backlog[i].data = copy;
+    d->backlog[i].len = len;
+    d->bl_len++;
     return true;
 }
 
 static void drain_backlog(struct virtio_net *d)
 {
-    while (d->bl_len) {
+    while (d->bl_len && !rx_wait(d, tb_now_ns())) {
         unsigned i = d->bl_head;
         if (!deliver(d, d->backlog[i].data, d->backlog[i].len)) return;
         free(d->backlog[i].data);
@@ -118,18 +228,9 @@ static ssize_t cb_send_packet(const void *buf, size_t len, void *opaque)
 {
     struct virtio_net *d = opaque;
     drain_backlog(d);
-    if (d->bl_len == 0 && deliver(d, buf, len)) return (ssize_t)len;
-    if (d->bl_len < BACKLOG && len <= VNET_MAX_FRAME) {
-        uint8_t *copy = malloc(len);
-        if (copy) {
-            memcpy(copy, buf, len);
-            unsigned i = (d->bl_head + d->bl_len) % BACKLOG;
-            d->backlog[i].data = copy;
-            d->backlog[i].len = len;
-            d->bl_len++;
-        }
-    }
-    return (ssize_t)len; /* dropped when full: TCP retransmits, DHCP retries */
+    if (d->bl_len == 0 && !rx_wait(d, tb_now_ns()) && deliver(d, buf, len)) return (ssize_t)len;
+    backlog_add(d, buf, len); /* dropped when full: TCP retransmits, DHCP retries */
+    return (ssize_t)len;
 }
 
 static void cb_guest_error(const char *msg, void *opaque)
@@ -226,18 +327,24 @@ static void run_timers(struct virtio_net *d, int64_t now_ms)
     }
 }
 
+static void tx_run(struct virtio_net *d);
+
 static void *net_thread(void *arg)
 {
     struct virtio_net *d = arg;
     pthread_mutex_lock(&d->t.lock);
     while (!d->stop) {
         int timeout = 1000;
+        uint64_t now = tb_now_ns();
+        if (d->tx_due_ns) timeout = wait_ms(d->tx_due_ns > now ? d->tx_due_ns - now : 0);
+        uint64_t rxw = rx_wait(d, now);
+        if (d->bl_len && rxw) timeout = MIN(timeout, wait_ms(rxw));
         d->npfd = 0;
         cb_add_poll(d->wake_fd, SLIRP_POLL_IN, d);
         if (d->kind == VNET_USER) {
             uint32_t to = 1000;
             slirp_pollfds_fill(d->slirp, &to, cb_add_poll, d);
-            timeout = (int)MIN(to, 1000u);
+            timeout = (int)MIN((uint32_t)timeout, to);
             int64_t now_ms = (int64_t)(tb_now_ns() / 1000000);
             for (unsigned i = 0; i < MAX_TIMERS; i++) {
                 const struct slirp_timer *tm = &d->timers[i];
@@ -245,8 +352,14 @@ static void *net_thread(void *arg)
                     timeout = (int)MIN((int64_t)timeout, MAX(tm->expire_ms - now_ms, 0));
             }
         } else {
-            /* read the TAP only while the guest has somewhere to put frames */
-            bool room = virtio_mmio_running(&d->t) && d->t.vq[RXQ].ready && !d->t.quiesced;
+            /* read the TAP only while the guest has somewhere to put frames and its receive
+             * limit allows: meanwhile they wait in the kernel's queue */
+            bool room = virtio_mmio_running(&d->t) && d->t.vq[RXQ].ready && !d->t.quiesced &&
+                        !d->bl_len;
+            if (room && rxw) {
+                room = false;
+                timeout = MIN(timeout, wait_ms(rxw));
+            }
             cb_add_poll(d->tap_fd, room ? SLIRP_POLL_IN : 0, d);
         }
         unsigned n = d->npfd;
@@ -259,15 +372,20 @@ static void *net_thread(void *arg)
             if (read(d->wake_fd, &v, 8) < 0) { /* EAGAIN: nothing to clear */
             }
         }
+        if (d->tx_due_ns && tb_now_ns() >= d->tx_due_ns) tx_run(d);
         if (d->kind == VNET_USER) {
             slirp_pollfds_poll(d->slirp, pr < 0, cb_get_revents, d);
             run_timers(d, (int64_t)(tb_now_ns() / 1000000));
             drain_backlog(d);
-        } else if (pr > 0 && (d->pfd[1].revents & POLLIN)) {
-            for (unsigned k = 0; k < 64; k++) {
-                ssize_t r = read(d->tap_fd, d->rxframe, sizeof(d->rxframe));
-                if (r <= 0) break;
-                if (!deliver(d, d->rxframe, (size_t)r)) break; /* no buffer: frame dropped */
+        } else {
+            drain_backlog(d);
+            if (pr > 0 && (d->pfd[1].revents & POLLIN)) {
+                for (unsigned k = 0; k < 64 && !d->bl_len && !rx_wait(d, tb_now_ns()); k++) {
+                    ssize_t r = read(d->tap_fd, d->rxframe, sizeof(d->rxframe));
+                    if (r <= 0) break;
+                    if (!deliver(d, d->rxframe, (size_t)r)) /* no buffer: keep it for later */
+                        backlog_add(d, d->rxframe, (size_t)r);
+                }
             }
         }
     }
@@ -277,27 +395,44 @@ static void *net_thread(void *arg)
 
 /* ---- device ops (t.lock held, vCPU thread) ---- */
 
-static void net_notify(void *dev, unsigned q)
+/* With t.lock held (a vCPU's kick, or the poll thread when a throttle expires): sends what
+ * the guest queued.  Over the transmit limit it stops before popping the next chain (the guest
+ * waits for its buffers, nothing is dropped) and leaves tx_due_ns for the poll thread. */
+static void tx_run(struct virtio_net *d)
 {
-    struct virtio_net *d = dev;
-    if (q == RXQ) {
-        if (d->kind == VNET_USER) drain_backlog(d);
-        wake(d);
-        return;
-    }
-    if (q != TXQ) return;
+    d->tx_due_ns = 0;
     for (unsigned i = 0; i < VQ_MAX_SIZE; i++) {
+        uint64_t now = tb_now_ns(), w = tx_wait(d, now);
+        if (w) {
+            d->tx_due_ns = now + w;
+            break;
+        }
         if (virtio_mmio_pop(&d->t, TXQ, &d->chain) <= 0) break;
         long len = vnet_tx_parse(d->t.mem, &d->chain, d->frame);
         virtio_mmio_push(&d->t, TXQ, d->chain.head, 0);
         if (len < 0) continue;
+        tb_charge(&d->tx_bw, (uint64_t)len);
+        tb_charge(&d->tx_pps, 1);
+        d->n_tx++;
         if (d->kind == VNET_USER) {
             slirp_input(d->slirp, d->frame, (int)len);
         } else if (write(d->tap_fd, d->frame, (size_t)len) < 0) {
             /* EAGAIN/ENOBUFS: dropped, as a congested wire would */
         }
     }
-    if (d->kind == VNET_USER) wake(d); /* new sockets/timers: the poll set changed */
+    /* user: new sockets/timers changed the poll set; either: a throttle deadline to wait for */
+    if (d->kind == VNET_USER || d->tx_due_ns) wake(d);
+}
+
+static void net_notify(void *dev, unsigned q)
+{
+    struct virtio_net *d = dev;
+    if (q == RXQ) {
+        drain_backlog(d);
+        wake(d);
+        return;
+    }
+    if (q == TXQ) tx_run(d);
 }
 
 static void net_config_read(void *dev, uint32_t off, uint8_t *data, unsigned len)
@@ -309,6 +444,7 @@ static void net_config_read(void *dev, uint32_t off, uint8_t *data, unsigned len
 static void net_reset(void *dev)
 {
     struct virtio_net *d = dev;
+    d->tx_due_ns = 0;
     while (d->bl_len) {
         free(d->backlog[d->bl_head].data);
         d->backlog[d->bl_head].data = NULL;
@@ -361,6 +497,10 @@ struct virtio_net *virtio_net_create(struct guest_mem *mem, struct irq_line irq,
     memcpy(d->config, mac, 6);
     d->config[5] = (uint8_t)(0x56 + slot);
     d->config[6] = 1; /* status: VIRTIO_NET_S_LINK_UP */
+    tb_init_burst(&d->rx_bw, spec->rx_bw, spec->burst_ms);
+    tb_init_burst(&d->rx_pps, spec->rx_pps, spec->burst_ms);
+    tb_init_burst(&d->tx_bw, spec->tx_bw, spec->burst_ms);
+    tb_init_burst(&d->tx_pps, spec->tx_pps, spec->burst_ms);
     d->ops = (struct virtio_dev_ops){.device_id = VIRTIO_ID_NET,
                                      .nqueues = 2,
                                      .config_size = sizeof(d->config),
@@ -368,7 +508,8 @@ struct virtio_net *virtio_net_create(struct guest_mem *mem, struct irq_line irq,
                                      .notify = net_notify,
                                      .reset = net_reset};
     virtio_mmio_init(&d->t, mem, irq, &d->ops, d,
-                     (1ull << VIRTIO_NET_F_MAC) | (1ull << VIRTIO_NET_F_STATUS));
+                     (1ull << VIRTIO_NET_F_CSUM) | (1ull << VIRTIO_NET_F_GUEST_CSUM) |
+                         (1ull << VIRTIO_NET_F_MAC) | (1ull << VIRTIO_NET_F_STATUS));
     if (d->kind == VNET_TAP) {
         int fd = open_tap(spec->ifname);
         if (fd < 0) goto fail;
@@ -428,6 +569,10 @@ void virtio_net_destroy(struct virtio_net *d)
         wake(d);
         pthread_join(d->thread, NULL);
     }
+    log_debug("virtio-net: %llu frames to the guest (%llu waited in the backlog, %llu dropped "
+              "with it full), %llu from it",
+              (unsigned long long)d->n_rx, (unsigned long long)d->n_backlogged,
+              (unsigned long long)d->n_rx_dropped, (unsigned long long)d->n_tx);
     net_reset(d);
     if (d->slirp) slirp_cleanup(d->slirp);
     if (d->tap_fd >= 0) close(d->tap_fd);
