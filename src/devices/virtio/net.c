@@ -354,8 +354,8 @@ static void *net_thread(void *arg)
         } else {
             /* read the TAP only while the guest has somewhere to put frames and its receive
              * limit allows: meanwhile they wait in the kernel's queue */
-            bool room = virtio_mmio_running(&d->t) && d->t.vq[RXQ].ready && !d->t.quiesced &&
-                        !d->bl_len;
+            bool room =
+                virtio_mmio_running(&d->t) && d->t.vq[RXQ].ready && !d->t.quiesced && !d->bl_len;
             if (room && rxw) {
                 room = false;
                 timeout = MIN(timeout, wait_ms(rxw));
