@@ -55,10 +55,15 @@ struct outcome {
 
 #define T_DATA 0x300000ull /* scratch data page (second 2 MiB page, writable) */
 
+/* called by run_prog after the machine is set up, before the program runs: extra code pages,
+ * page tables */
+static void (*prep)(void);
+
 static void run_prog(bool jit, const uint8_t *code, size_t n, uint64_t budget, struct outcome *o)
 {
     t_setup_long(T);
     use_jit(jit);
+    if (prep) prep();
     struct bt_cpu *c = T->c;
     static const uint64_t init[16] = {
         1,  2,  3,  4,     T_STACK0 - 0x100, 6, 7, 8, 0x8000000000000000ull, 0xffffffff, 10, 11,
@@ -414,6 +419,138 @@ static void test_chain_budget_kick(void **st)
     assert_true(s.chains >= 1);
 }
 
+/* ---- control flow: inline lookup, cross-page chains (assembled with GNU as; the sources are in
+ * the comments, the bytes from `ld -Ttext=0x10000 --oformat binary`) ---- */
+
+/*   start: mov ecx, 50; xor ebx, ebx
+ *   loop1: lea rax, [rip+f1]; call rax          (indirect call, another page)
+ *          lea rdx, [rip+t1]; jmp rdx; nop      (indirect jump)
+ *   t1:    call f2                              (direct call, another page; f2 calls f1)
+ *          add rbx, rax; call [rip+fptr]        (memory-indirect call)
+ *          dec ecx; jnz loop1
+ *          mov edi, 150; xor eax, eax; call rec (recursion 150 deep: deeper than the shadow stack)
+ *          add rbx, rax; call lj_a; add rbx, 7; hlt
+ *   fptr:  .quad f3
+ *   rec:   test edi, edi; jz 1f; dec edi; push rdi; call rec; pop rdi; add rax, rdi; 1: ret
+ *   lj_a:  mov r8, rsp; call lj_b; ud2          (longjmp-like: lj_c returns from lj_a's frame)
+ *   lj_b:  call lj_c; ud2
+ *   lj_c:  mov rsp, r8; ret
+ *   0x11000 f1: add rbx, 3; ret
+ *   0x12000 f2: mov eax, ecx; call f1; ret      f3: inc rbx; ret */
+static const uint8_t ind_0[] = {
+    0xb9, 0x32, 0x00, 0x00, 0x00, 0x31, 0xdb, 0x48, 0x8d, 0x05, 0xf2, 0x0f, 0x00, 0x00, 0xff,
+    0xd0, 0x48, 0x8d, 0x15, 0x03, 0x00, 0x00, 0x00, 0xff, 0xe2, 0x90, 0xe8, 0xe1, 0x1f, 0x00,
+    0x00, 0x48, 0x01, 0xc3, 0xff, 0x15, 0x20, 0x00, 0x00, 0x00, 0xff, 0xc9, 0x75, 0xdb, 0xbf,
+    0x96, 0x00, 0x00, 0x00, 0x31, 0xc0, 0xe8, 0x18, 0x00, 0x00, 0x00, 0x48, 0x01, 0xc3, 0xe8,
+    0x21, 0x00, 0x00, 0x00, 0x48, 0x83, 0xc3, 0x07, 0xf4, 0x0f, 0x1f, 0x00, 0x08, 0x20, 0x01,
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x85, 0xff, 0x74, 0x0c, 0xff, 0xcf, 0x57, 0xe8, 0xf4, 0xff,
+    0xff, 0xff, 0x5f, 0x48, 0x01, 0xf8, 0xc3, 0x49, 0x89, 0xe0, 0xe8, 0x02, 0x00, 0x00, 0x00,
+    0x0f, 0x0b, 0xe8, 0x02, 0x00, 0x00, 0x00, 0x0f, 0x0b, 0x4c, 0x89, 0xc4, 0xc3};
+static const uint8_t ind_1000[] = {0x48, 0x83, 0xc3, 0x03, 0xc3};
+static const uint8_t ind_2000[] = {0x89, 0xc8, 0xe8, 0xf9, 0xef, 0xff,
+                                   0xff, 0xc3, 0x48, 0xff, 0xc3, 0xc3};
+
+static void prep_ind(void)
+{
+    put_bytes(T, T_CODE0 + 0x1000, ind_1000, sizeof(ind_1000));
+    put_bytes(T, T_CODE0 + 0x2000, ind_2000, sizeof(ind_2000));
+}
+
+static void test_indirect_calls(void **st)
+{
+    static struct outcome a, b;
+    prep = prep_ind;
+    run_prog(false, ind_0, sizeof(ind_0), 1000000, &a);
+    struct bt_jit_stats s0, s;
+    bt_jit_get_stats(T->c, &s0);
+    run_prog(true, ind_0, sizeof(ind_0), 1000000, &b);
+    bt_jit_get_stats(T->c, &s);
+    compare(&a, &b);
+    assert_true(a.halted);
+    /* 50 x (3 + (3 + ecx) + 1) with ecx 50..1, then 149*150/2 from rec, then 7 */
+    assert_int_equal(a.gpr[RBX], 50 * 7 + 50 * 51 / 2 + 150 * 149 / 2 + 7);
+    uint64_t hits = s.lookup_hits - s0.lookup_hits, runs = s.runs - s0.runs;
+    print_message("lookups %llu hits %llu, loop entries %llu\n",
+                  (unsigned long long)(s.lookups - s0.lookups), (unsigned long long)hits,
+                  (unsigned long long)runs);
+    assert_true(hits > 300); /* the calls and returns of the loop */
+    assert_true(runs < hits / 4);
+    /* every budget that ends inside the program ends identically */
+    for (uint64_t budget = 1; budget < 1500; budget += 37)
+        both(ind_0, sizeof(ind_0), budget, &a, &b);
+    prep = NULL;
+}
+
+/* Self-modifying code reached through a lookup: f (another page) is called indirectly, then its
+ * immediate rewritten; the lookup must never jump to the old translation.
+ *   start: mov ecx, 3; xor ebx, ebx
+ *   again: lea rax, [rip+f]; call rax; add ebx, eax; mov byte [rip+f+1], cl; dec ecx; jnz again
+ *          hlt
+ *   0x11000 f: mov eax, 1; ret */
+static const uint8_t smc_0[] = {0xb9, 0x03, 0x00, 0x00, 0x00, 0x31, 0xdb, 0x48, 0x8d, 0x05,
+                                0xf2, 0x0f, 0x00, 0x00, 0xff, 0xd0, 0x01, 0xc3, 0x88, 0x0d,
+                                0xe9, 0x0f, 0x00, 0x00, 0xff, 0xc9, 0x75, 0xeb, 0xf4};
+static const uint8_t smc_1000[] = {0xb8, 0x01, 0x00, 0x00, 0x00, 0xc3};
+
+static void prep_smc(void)
+{
+    put_bytes(T, T_CODE0 + 0x1000, smc_1000, sizeof(smc_1000));
+}
+
+static void test_lookup_smc(void **st)
+{
+    static struct outcome a, b;
+    prep = prep_smc;
+    both(smc_0, sizeof(smc_0), 1000, &a, &b);
+    assert_true(a.halted);
+    assert_int_equal(a.gpr[RBX], 1 + 3 + 2);
+    prep = NULL;
+}
+
+/* Two address spaces mapping linear 2-4 MiB to different physical pages (CR3 0x1000: identity;
+ * CR3 0x14000: physical 4-6 MiB), switched every pass.  The same linear code at 0x250000 is
+ * `mov eax, 1; ret` in one and `mov eax, 2; ret` in the other (reached by an indirect call: the
+ * lookup), and at 0x250100 `mov eax, 10 / 20; jmp back` (reached by a direct jump across pages:
+ * the TLB-checked chain).
+ *   start: mov ecx, 6; xor ebx, ebx
+ *   again: mov rdx, 0x250000; call rdx; add ebx, eax; jmp 0x250100
+ *   back:  add ebx, eax; mov rax, cr3; xor eax, 0x15000; mov cr3, rax; dec ecx; jnz again; hlt */
+static const uint8_t cr3_0[] = {0xb9, 0x06, 0x00, 0x00, 0x00, 0x31, 0xdb, 0x48, 0xc7, 0xc2, 0x00,
+                                0x00, 0x25, 0x00, 0xff, 0xd2, 0x01, 0xc3, 0xe9, 0xe9, 0x00, 0x24,
+                                0x00, 0x01, 0xc3, 0x0f, 0x20, 0xd8, 0x35, 0x00, 0x50, 0x01, 0x00,
+                                0x0f, 0x22, 0xd8, 0xff, 0xc9, 0x75, 0xdf, 0xf4};
+static const uint8_t pA_0[] = {0xb8, 0x01, 0x00, 0x00, 0x00, 0xc3};
+static const uint8_t pA_100[] = {0xb8, 0x0a, 0x00, 0x00, 0x00, 0xe9, 0x0d, 0xff, 0xdb, 0xff};
+static const uint8_t pB_0[] = {0xb8, 0x02, 0x00, 0x00, 0x00, 0xc3};
+static const uint8_t pB_100[] = {0xb8, 0x14, 0x00, 0x00, 0x00, 0xe9, 0x0d, 0xff, 0xdb, 0xff};
+
+static void prep_cr3(void)
+{
+    put64(T, 0x14000, 0x15000 | 7);
+    put64(T, 0x15000, 0x16000 | 7);
+    put64(T, 0x16000, 0x000000 | 0x83);
+    put64(T, 0x16008, 0x400000 | 0x87);
+    put_bytes(T, 0x250000, pA_0, sizeof(pA_0));
+    put_bytes(T, 0x250100, pA_100, sizeof(pA_100));
+    put_bytes(T, 0x450000, pB_0, sizeof(pB_0));
+    put_bytes(T, 0x450100, pB_100, sizeof(pB_100));
+}
+
+static void test_cr3_switch(void **st)
+{
+    static struct outcome a, b;
+    prep = prep_cr3;
+    for (int round = 0; round < 2; round++) { /* the second time every block is translated */
+        both(cr3_0, sizeof(cr3_0), 1000, &a, &b);
+        assert_true(a.halted);
+        assert_int_equal(a.gpr[RBX], 3 * (1 + 10) + 3 * (2 + 20));
+    }
+    struct bt_jit_stats s;
+    bt_jit_get_stats(T->c, &s);
+    assert_true(s.chains_cross >= 1);
+    prep = NULL;
+}
+
 /* No mapping of this process is writable and executable at once, with the code cache mapped. */
 static void test_wx(void **st)
 {
@@ -494,17 +631,13 @@ static void test_speed(void **st)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_loop_same_state),
-        cmocka_unit_test(test_all_conditions),
-        cmocka_unit_test(test_shift_imul),
-        cmocka_unit_test(test_inline_loads),
-        cmocka_unit_test(test_fault_mid_block),
-        cmocka_unit_test(test_self_modifying),
-        cmocka_unit_test(test_chain_smc),
-        cmocka_unit_test(test_chain_budget_kick),
-        cmocka_unit_test(test_wx),
-        cmocka_unit_test(test_switch),
-        cmocka_unit_test(test_speed),
+        cmocka_unit_test(test_loop_same_state), cmocka_unit_test(test_all_conditions),
+        cmocka_unit_test(test_shift_imul),      cmocka_unit_test(test_inline_loads),
+        cmocka_unit_test(test_fault_mid_block), cmocka_unit_test(test_self_modifying),
+        cmocka_unit_test(test_chain_smc),       cmocka_unit_test(test_chain_budget_kick),
+        cmocka_unit_test(test_indirect_calls),  cmocka_unit_test(test_lookup_smc),
+        cmocka_unit_test(test_cr3_switch),      cmocka_unit_test(test_wx),
+        cmocka_unit_test(test_switch),          cmocka_unit_test(test_speed),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
