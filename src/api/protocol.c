@@ -1,6 +1,8 @@
 /* Control protocol parser and dispatcher (see protocol.h).  Trusts: nothing in a request line. */
 #include "api/protocol.h"
 
+#include "cpu/bt/cfi.h"
+
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <stdio.h>
@@ -8,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cpu/bt/cfi.h"
 #include "cpu/cpu.h"
 #include "machine/machine.h"
 #include "snapshot/snapshot.h"
@@ -47,12 +50,12 @@ static int snap_cmd(struct api_ctx *ctx, const struct api_ops *ops, const cJSON 
     int rc;
     if (save) {
         const cJSON *parent = cJSON_GetObjectItemCaseSensitive(req, "parent");
-        if (parent && (!cJSON_IsString(parent) || !parent->valuestring ||
-                       parent->valuestring[0] != '/'))
+        if (parent &&
+            (!cJSON_IsString(parent) || !parent->valuestring || parent->valuestring[0] != '/'))
             return err_set(EINVAL, "\"parent\" must be an absolute file name");
-        struct snap_save_opts o = {
-            .zstd = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "zstd")),
-            .parent = parent ? parent->valuestring : NULL};
+        struct snap_save_opts o = {.zstd =
+                                       cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "zstd")),
+                                   .parent = parent ? parent->valuestring : NULL};
         bool stop = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "stop"));
         rc = ops->snapshot(ctx->vm, path->valuestring, stop, &o, &st);
     } else {
@@ -131,6 +134,23 @@ static void add_status(struct api_ctx *ctx, const struct api_ops *ops, cJSON *r)
     cJSON_AddStringToObject(r, "backend", vm->backend ? vm->backend->name : "none");
     double up = (double)(api_now_ns() - ctx->start_ns) / 1e9;
     cJSON_AddNumberToObject(r, "uptime", up < 0 ? 0 : (double)(int64_t)(up * 1000) / 1000);
+    /* --cfi (software CPU): policy and return-integrity counts, all vCPUs */
+    struct bt_cfi_policy pol;
+    struct bt_cfi_stats cs;
+    bt_cfi_get_policy(&pol);
+    bt_cfi_get_stats(&cs);
+    bool bt = vm->backend && !strcmp(vm->backend->name, "bt");
+    cJSON *cfi = cJSON_AddObjectToObject(r, "cfi");
+    if (cfi) {
+        cJSON_AddStringToObject(cfi, "policy", bt ? bt_cfi_mode_name(pol.mode) : "off");
+        cJSON_AddStringToObject(cfi, "scope", pol.kernel ? "all" : "user");
+        cJSON_AddNumberToObject(cfi, "violations",
+                                (double)(cs.violations_user + cs.violations_kernel));
+        cJSON_AddNumberToObject(cfi, "violations_user", (double)cs.violations_user);
+        cJSON_AddNumberToObject(cfi, "violations_kernel", (double)cs.violations_kernel);
+        cJSON_AddNumberToObject(cfi, "returns_checked", (double)cs.checked);
+        cJSON_AddNumberToObject(cfi, "returns_unverified", (double)cs.unverified);
+    }
 }
 
 size_t api_handle_line(struct api_ctx *ctx, const char *line, size_t len, char *reply, size_t cap)
@@ -177,7 +197,7 @@ size_t api_handle_line(struct api_ctx *ctx, const char *line, size_t len, char *
         } else if (!strcmp(c, "snapshot") || !strcmp(c, "rollback")) {
             rc = snap_cmd(ctx, ops, req, c[0] == 's', r);
         } else if (!strcmp(c, "help")) {
-            static const char *const cmds[] = {"status", "pause",    "resume", "quit",
+            static const char *const cmds[] = {"status", "pause",    "resume",  "quit",
                                                "help",   "snapshot", "rollback"};
             cJSON_AddItemToObject(r, "commands", cJSON_CreateStringArray(cmds, 7));
         } else {

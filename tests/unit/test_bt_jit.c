@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include "bt_testenv.h"
+#include "cpu/bt/cfi.h"
 #include "cpu/bt/jit.h"
 
 static struct tenv *T;
@@ -450,10 +451,11 @@ static const uint8_t ind_1000[] = {0x48, 0x83, 0xc3, 0x03, 0xc3};
 static const uint8_t ind_2000[] = {0x89, 0xc8, 0xe8, 0xf9, 0xef, 0xff,
                                    0xff, 0xc3, 0x48, 0xff, 0xc3, 0xc3};
 
+static uint64_t ind_base = T_CODE0;
 static void prep_ind(void)
 {
-    put_bytes(T, T_CODE0 + 0x1000, ind_1000, sizeof(ind_1000));
-    put_bytes(T, T_CODE0 + 0x2000, ind_2000, sizeof(ind_2000));
+    put_bytes(T, ind_base + 0x1000, ind_1000, sizeof(ind_1000));
+    put_bytes(T, ind_base + 0x2000, ind_2000, sizeof(ind_2000));
 }
 
 static void test_indirect_calls(void **st)
@@ -551,6 +553,114 @@ static void test_cr3_switch(void **st)
     prep = NULL;
 }
 
+/* ---- --cfi: the shadow stack of the CALL/RET handlers, the same in both backends ---- */
+
+/*   start: call r1; add rbx, 1; call r2; add rbx, 2; hlt
+ *   r1:    lea rax, [rip+gadget]; mov [rsp], rax; ret     (ROP-style: a return to a non-call site)
+ *   r2:    ret
+ *   gadget: add rbx, 100; hlt */
+static const uint8_t rop_0[] = {0xe8, 0x0e, 0x00, 0x00, 0x00, 0x48, 0x83, 0xc3, 0x01, 0xe8,
+                                0x11, 0x00, 0x00, 0x00, 0x48, 0x83, 0xc3, 0x02, 0xf4, 0x48,
+                                0x8d, 0x05, 0x06, 0x00, 0x00, 0x00, 0x48, 0x89, 0x04, 0x24,
+                                0xc3, 0xc3, 0x48, 0x83, 0xc3, 0x64, 0xf4};
+
+/* Runs `code` at T_CODE3 in ring 3 (user stack) under `pol`; returns the CFI counts it added. */
+static void run_user(bool jit, const uint8_t *code, size_t n, const struct bt_cfi_policy *pol,
+                     bool user, struct outcome *o, struct bt_cfi_stats *d)
+{
+    t_setup_long(T);
+    use_jit(jit);
+    struct bt_cpu *c = T->c;
+    if (user) t_to_ring3(T, T_CODE3);
+    ind_base = c->s.rip;
+    if (prep) prep();
+    c->s.gpr[RBX] = 2;
+    c->icount = 0;
+    bt_cfi_set_policy(pol);
+    bt_cfi_destroy(c); /* a fresh shadow stack */
+    bt_cfi_reset_stats();
+    atomic_store(&T->vm.stop_reason, VM_STOP_NONE);
+    uint8_t buf[0x100];
+    assert_true(n <= sizeof(buf));
+    memcpy(buf, code, n);
+    if (code == ind_0) { /* fptr (offset 0x48) holds the absolute address of f3 */
+        uint64_t f3 = c->s.rip + 0x2008;
+        memcpy(buf + 0x48, &f3, 8);
+    }
+    t_run(T, buf, n, 100000);
+    bt_cfi_destroy(c); /* folds the vCPU's counts into the totals */
+    bt_cfi_get_stats(d);
+    memcpy(o->gpr, c->s.gpr, sizeof(o->gpr));
+    o->rip = c->s.rip;
+    o->rflags = c->s.rflags;
+    o->icount = c->icount;
+    o->halted = c->halted;
+    static const struct bt_cfi_policy dflt = {BT_CFI_LOG, false};
+    bt_cfi_set_policy(&dflt);
+}
+
+static void test_cfi(void **st)
+{
+    static struct outcome a, b;
+    struct bt_cfi_stats da, db;
+    const struct bt_cfi_policy log_user = {BT_CFI_LOG, false}, enforce = {BT_CFI_ENFORCE, false},
+                               log_all = {BT_CFI_LOG, true};
+    const uint64_t ret_r1 = T_CODE3 + 0x1e; /* the RET of r1 */
+
+    /* calls, returns, recursion deeper than the shadow stack, a longjmp-like unwind: clean */
+    prep = prep_ind;
+    for (int jit = 0; jit < 2; jit++)
+        run_user(jit, ind_0, sizeof(ind_0), &enforce, true, jit ? &b : &a, jit ? &db : &da);
+    prep = NULL;
+    ind_base = T_CODE0;
+    assert_int_equal(a.gpr[RBX], b.gpr[RBX]);
+    assert_int_equal(a.icount, b.icount);
+    assert_int_equal(a.rip, b.rip);
+    assert_int_equal(a.gpr[RBX], 50 * 7 + 50 * 51 / 2 + 150 * 149 / 2 + 7);
+    assert_int_equal(da.violations_user + db.violations_user, 0);
+    assert_int_equal(da.checked, db.checked);
+    assert_int_equal(da.unverified, db.unverified);
+    print_message("clean run: %llu calls, %llu returns checked, %llu unverified\n",
+                  (unsigned long long)da.calls, (unsigned long long)da.checked,
+                  (unsigned long long)da.unverified);
+    assert_int_equal(da.checked + da.unverified, 200 + 151 + 1); /* every RET that ran */
+    assert_int_equal(da.unverified, 151 - 64); /* the recursion beyond the 64-deep ring */
+
+    /* log: the gadget runs, one user violation, both backends */
+    for (int jit = 0; jit < 2; jit++)
+        run_user(jit, rop_0, sizeof(rop_0), &log_user, true, jit ? &b : &a, jit ? &db : &da);
+    compare(&a, &b);
+    assert_int_equal(a.gpr[RBX], 2 + 100);
+    assert_int_equal(da.violations_user, 1);
+    assert_int_equal(db.violations_user, 1);
+
+    /* enforce: the VM stops at the RET, before the gadget; the RET has not completed */
+    for (int jit = 0; jit < 2; jit++) {
+        run_user(jit, rop_0, sizeof(rop_0), &enforce, true, jit ? &b : &a, jit ? &db : &da);
+        assert_int_equal(atomic_load(&T->vm.stop_reason), VM_STOP_CFI);
+        assert_true(T->c->exit_now);
+    }
+    assert_int_equal(a.rip, ret_r1);
+    assert_int_equal(b.rip, ret_r1);
+    assert_int_equal(a.gpr[RBX], 2);
+    assert_int_equal(b.gpr[RBX], 2);
+    assert_int_equal(a.gpr[RSP], b.gpr[RSP]);
+    assert_int_equal(da.violations_user + db.violations_user, 2);
+
+    /* the same in the kernel: not policed with scope user, counted with scope all */
+    for (int jit = 0; jit < 2; jit++)
+        run_user(jit, rop_0, sizeof(rop_0), &enforce, false, jit ? &b : &a, jit ? &db : &da);
+    compare(&a, &b);
+    assert_int_equal(a.gpr[RBX], 2 + 100);
+    assert_int_equal(da.violations_kernel + db.violations_kernel, 0);
+    for (int jit = 0; jit < 2; jit++)
+        run_user(jit, rop_0, sizeof(rop_0), &log_all, false, jit ? &b : &a, jit ? &db : &da);
+    assert_int_equal(da.violations_kernel, 1);
+    assert_int_equal(db.violations_kernel, 1);
+    atomic_store(&T->vm.stop_reason, VM_STOP_NONE);
+    T->c->exit_now = false;
+}
+
 /* No mapping of this process is writable and executable at once, with the code cache mapped. */
 static void test_wx(void **st)
 {
@@ -631,13 +741,21 @@ static void test_speed(void **st)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_loop_same_state), cmocka_unit_test(test_all_conditions),
-        cmocka_unit_test(test_shift_imul),      cmocka_unit_test(test_inline_loads),
-        cmocka_unit_test(test_fault_mid_block), cmocka_unit_test(test_self_modifying),
-        cmocka_unit_test(test_chain_smc),       cmocka_unit_test(test_chain_budget_kick),
-        cmocka_unit_test(test_indirect_calls),  cmocka_unit_test(test_lookup_smc),
-        cmocka_unit_test(test_cr3_switch),      cmocka_unit_test(test_wx),
-        cmocka_unit_test(test_switch),          cmocka_unit_test(test_speed),
+        cmocka_unit_test(test_loop_same_state),
+        cmocka_unit_test(test_all_conditions),
+        cmocka_unit_test(test_shift_imul),
+        cmocka_unit_test(test_inline_loads),
+        cmocka_unit_test(test_fault_mid_block),
+        cmocka_unit_test(test_self_modifying),
+        cmocka_unit_test(test_chain_smc),
+        cmocka_unit_test(test_chain_budget_kick),
+        cmocka_unit_test(test_indirect_calls),
+        cmocka_unit_test(test_lookup_smc),
+        cmocka_unit_test(test_cr3_switch),
+        cmocka_unit_test(test_cfi),
+        cmocka_unit_test(test_wx),
+        cmocka_unit_test(test_switch),
+        cmocka_unit_test(test_speed),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
