@@ -150,6 +150,7 @@ static void add_status(struct api_ctx *ctx, const struct api_ops *ops, cJSON *r)
         cJSON_AddNumberToObject(cfi, "violations_kernel", (double)cs.violations_kernel);
         cJSON_AddNumberToObject(cfi, "returns_checked", (double)cs.checked);
         cJSON_AddNumberToObject(cfi, "returns_unverified", (double)cs.unverified);
+        cJSON_AddNumberToObject(cfi, "returns_retpoline", (double)cs.retpoline);
     }
 }
 

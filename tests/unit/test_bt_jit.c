@@ -564,6 +564,14 @@ static const uint8_t rop_0[] = {0xe8, 0x0e, 0x00, 0x00, 0x00, 0x48, 0x83, 0xc3, 
                                 0x8d, 0x05, 0x06, 0x00, 0x00, 0x00, 0x48, 0x89, 0x04, 0x24,
                                 0xc3, 0xc3, 0x48, 0x83, 0xc3, 0x64, 0xf4};
 
+/* A retpoline thunk: start: lea rax, [rip+target]; call thunk; add rbx, 1; hlt
+ *   thunk:  call 1f; 2: pause; lfence; jmp 2b; 1: mov [rsp], rax; ret
+ *   target: add rbx, 10; ret */
+static const uint8_t retp_0[] = {0x48, 0x8d, 0x05, 0x1b, 0x00, 0x00, 0x00, 0xe8, 0x05, 0x00,
+                                 0x00, 0x00, 0x48, 0x83, 0xc3, 0x01, 0xf4, 0xe8, 0x07, 0x00,
+                                 0x00, 0x00, 0xf3, 0x90, 0x0f, 0xae, 0xe8, 0xeb, 0xf9, 0x48,
+                                 0x89, 0x04, 0x24, 0xc3, 0x48, 0x83, 0xc3, 0x0a, 0xc3};
+
 /* Runs `code` at T_CODE3 in ring 3 (user stack) under `pol`; returns the CFI counts it added. */
 static void run_user(bool jit, const uint8_t *code, size_t n, const struct bt_cfi_policy *pol,
                      bool user, struct outcome *o, struct bt_cfi_stats *d)
@@ -657,6 +665,15 @@ static void test_cfi(void **st)
         run_user(jit, rop_0, sizeof(rop_0), &log_all, false, jit ? &b : &a, jit ? &db : &da);
     assert_int_equal(da.violations_kernel, 1);
     assert_int_equal(db.violations_kernel, 1);
+
+    /* a retpoline thunk rewrites its own return slot: recognised, not a violation */
+    for (int jit = 0; jit < 2; jit++)
+        run_user(jit, retp_0, sizeof(retp_0), &enforce, true, jit ? &b : &a, jit ? &db : &da);
+    compare(&a, &b);
+    assert_int_equal(a.gpr[RBX], 2 + 10 + 1);
+    assert_int_equal(da.violations_user + db.violations_user, 0);
+    assert_int_equal(da.retpoline, 1);
+    assert_int_equal(db.retpoline, 1);
     atomic_store(&T->vm.stop_reason, VM_STOP_NONE);
     T->c->exit_now = false;
 }

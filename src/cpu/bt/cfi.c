@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "cpu/bt/bt.h"
+#include "mem/guest.h"
 #include "util/log.h"
 
 #define CFI_DEPTH     64u
@@ -25,7 +26,7 @@
 _Atomic int bt_cfi_mode_now = BT_CFI_LOG;
 _Atomic bool bt_cfi_kernel_now = false;
 
-static _Atomic uint64_t g_calls, g_checked, g_unverified, g_viol_user, g_viol_kernel;
+static _Atomic uint64_t g_calls, g_checked, g_unverified, g_viol_user, g_viol_kernel, g_retpoline;
 
 struct cfi_frame {
     uint64_t slot, ret;
@@ -97,6 +98,7 @@ void bt_cfi_get_stats(struct bt_cfi_stats *st)
     st->unverified = atomic_load(&g_unverified);
     st->violations_user = atomic_load(&g_viol_user);
     st->violations_kernel = atomic_load(&g_viol_kernel);
+    st->retpoline = atomic_load(&g_retpoline);
 }
 
 void bt_cfi_reset_stats(void)
@@ -106,6 +108,7 @@ void bt_cfi_reset_stats(void)
     atomic_store(&g_unverified, 0);
     atomic_store(&g_viol_user, 0);
     atomic_store(&g_viol_kernel, 0);
+    atomic_store(&g_retpoline, 0);
 }
 
 static void fold(struct bt_cfi_cpu *k)
@@ -175,6 +178,20 @@ void bt_cfi_call(struct bt_cpu *c, uint64_t slot, uint64_t ret)
     counted(k);
 }
 
+/* Retpoline thunks (Linux's __x86_indirect_thunk_*, code built with -mretpoline) CALL a label
+ * that overwrites the return address just pushed with the real target and RET: the return site
+ * they leave behind is a speculation trap that starts with PAUSE (F3 90).  A mismatch whose
+ * recorded return site is such a trap is the thunk's indirect jump, not an attack (an attacker
+ * would have to rewrite the slot in the one instruction between the thunk's CALL and RET).
+ * Reads the guest's code through its page tables without side effects on failure; RAM only. */
+static bool retpoline_site(struct bt_cpu *c, uint64_t site)
+{
+    uint64_t gpa;
+    if (!c->vm || (site & 0xfff) > 0xffe || bt_translate(c, site, BT_ACC_EXEC, &gpa)) return false;
+    const uint8_t *p = guest_ptr(&c->vm->mem, gpa, 2);
+    return p && p[0] == 0xf3 && p[1] == 0x90;
+}
+
 bool bt_cfi_ret(struct bt_cpu *c, uint64_t slot, uint64_t target)
 {
     struct cfi_stack *s = stack_of(c);
@@ -192,6 +209,10 @@ bool bt_cfi_ret(struct bt_cpu *c, uint64_t slot, uint64_t target)
     k->checked++;
     counted(k);
     if (expected == target) return true;
+    if (retpoline_site(c, expected)) {
+        atomic_fetch_add(&g_retpoline, 1);
+        return true;
+    }
 
     bool user = c->cpl == 3;
     uint64_t n = atomic_fetch_add(user ? &g_viol_user : &g_viol_kernel, 1) + 1;

@@ -40,9 +40,10 @@ void bt_cfi_set_policy(const struct bt_cfi_policy *p);
 void bt_cfi_get_policy(struct bt_cfi_policy *p);
 
 /* Counts since start (or the last reset), all vCPUs.  checked: returns compared with a record
- * (matched or violation); unverified: returns without a record for their slot. */
+ * (matched or violation); unverified: returns without a record for their slot; retpoline: of the
+ * checked, mismatches that were retpoline thunks' indirect jumps (not violations, see cfi.c). */
 struct bt_cfi_stats {
-    uint64_t calls, checked, unverified, violations_user, violations_kernel;
+    uint64_t calls, checked, unverified, violations_user, violations_kernel, retpoline;
 };
 void bt_cfi_get_stats(struct bt_cfi_stats *st);
 void bt_cfi_reset_stats(void); /* tests */

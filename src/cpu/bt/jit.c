@@ -46,7 +46,7 @@
 #include <unistd.h>
 
 #include "cpu/bt/bt.h"
-#include "cpu/bt/irqglue.h"
+#include "devices/lapic.h"
 #include "util/log.h"
 
 #define JIT_CACHE_BYTES (16u << 20)
@@ -102,6 +102,7 @@ struct bt_jit {
     bool enabled;
     unsigned hot_runs; /* interpreted entries before a block is translated */
     _Atomic bool *pending;
+    const _Atomic bool *attention; /* the vCPU's LAPIC attention flag, NULL without a LAPIC */
     int fd;
     uint8_t *rw, *rx; /* the two views of the cache (NULL until the first translation) */
     size_t size, used, base_end;
@@ -703,12 +704,13 @@ static void between_blocks(struct emit *e, struct bt_jit *j, size_t *fails, int 
     E2(e, MOV, R(ZYDIS_REGISTER_RAX), I((int64_t)(uintptr_t)j->pending));
     E2(e, CMP, M(ZYDIS_REGISTER_RAX, 0, 1), I(0));
     fails[(*nf)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
-    /* a LAPIC with something to say (interrupt, NMI, INIT, SIPI): the loop decides */
-    E2(e, MOV, R(ZYDIS_REGISTER_RDI), R(RBX));
-    E2(e, MOV, R(ZYDIS_REGISTER_RAX), I((int64_t)(uintptr_t)bt_glue_attention));
-    E1(e, CALL, R(ZYDIS_REGISTER_RAX));
-    E2(e, TEST, R(ZYDIS_REGISTER_AL), R(ZYDIS_REGISTER_AL));
-    fails[(*nf)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    /* a LAPIC with something to say (interrupt, NMI, INIT, SIPI): the loop decides.  Its
+     * attention flag is read in place (what bt_glue_attention does, without two calls) */
+    if (j->attention) {
+        E2(e, MOV, R(ZYDIS_REGISTER_RAX), I((int64_t)(uintptr_t)j->attention));
+        E2(e, CMP, M(ZYDIS_REGISTER_RAX, 0, 1), I(0));
+        fails[(*nf)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    }
 }
 
 /* RAX holds a linear code address (64-bit code): RSI = its soft-TLB entry if that maps the page
@@ -1132,6 +1134,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
     unsigned pend = 0, native = 0, inline_mem = 0;
     bool ended = false;
     int64_t off = 0;
+    j->attention = c->lapic ? lapic_attention_flag(c->lapic) : NULL;
     E2(&e, MOV, R(R12), M(RBX, C_RIP, 8));
     for (unsigned k = 0; k < n; k++) {
         const struct bt_insn *i = &ins[k];
