@@ -253,6 +253,8 @@ static void jto(struct emit *e, ZydisMnemonic m, size_t target)
 #define J_LTAB      ((int64_t)offsetof(struct bt_jit, ltab))
 #define J_LOOKUPS   ((int64_t)offsetof(struct bt_jit, st.lookups))
 #define J_HITS      ((int64_t)offsetof(struct bt_jit, st.lookup_hits))
+#define J_MISS_KEY  ((int64_t)offsetof(struct bt_jit, st.lookup_miss_key))
+#define J_MISS_TLB  ((int64_t)offsetof(struct bt_jit, st.lookup_miss_tlb))
 #define C_CR3       ((int64_t)offsetof(struct bt_cpu, s.cr3))
 #define C_HALTED    ((int64_t)offsetof(struct bt_cpu, halted))
 #define L_RIP       ((int64_t)offsetof(struct jit_lent, rip))
@@ -744,8 +746,8 @@ static void tlb_exec_probe(struct emit *e, size_t *fails, int *nf)
  * a hit jumps straight to the translation, a miss returns to the loop. */
 static void lookup_exit(struct emit *e, struct bt_jit *j)
 {
-    size_t fails[16];
-    int nf = 0;
+    size_t fails[12], kfails[4], tfails[8];
+    int nf = 0, nk = 0, nt = 0;
     between_blocks(e, j, fails, &nf, true);
     E1(e, INC, M(R13, J_LOOKUPS, 8));
     E2(e, MOV, R(ZYDIS_REGISTER_RAX), M(RBX, C_RIP, 8));
@@ -756,22 +758,30 @@ static void lookup_exit(struct emit *e, struct bt_jit *j)
     E2(e, SHL, R(ZYDIS_REGISTER_ECX), I(5));
     E2(e, LEA, R(ZYDIS_REGISTER_RDI), MX(R13, ZYDIS_REGISTER_RCX, 1, J_LTAB, 8));
     E2(e, CMP, R(ZYDIS_REGISTER_RAX), M(ZYDIS_REGISTER_RDI, L_RIP, 8));
-    fails[nf++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    kfails[nk++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
     E2(e, MOV, R(ZYDIS_REGISTER_RDX), M(RBX, C_CR3, 8));
     E2(e, CMP, R(ZYDIS_REGISTER_RDX), M(ZYDIS_REGISTER_RDI, L_CR3, 8));
-    fails[nf++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    kfails[nk++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
     E2(e, MOV, R(ZYDIS_REGISTER_EDX), M(RBX, C_CPL, 4));
     E2(e, CMP, R(ZYDIS_REGISTER_EDX), M(ZYDIS_REGISTER_RDI, L_MODE, 4));
-    fails[nf++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
-    tlb_exec_probe(e, fails, &nf);
+    kfails[nk++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    tlb_exec_probe(e, tfails, &nt);
     E2(e, MOV, R(ZYDIS_REGISTER_RDX), M(ZYDIS_REGISTER_RSI, T_GPA, 8));
     E2(e, CMP, R(ZYDIS_REGISTER_RDX), M(ZYDIS_REGISTER_RDI, L_GPA, 8));
-    fails[nf++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    tfails[nt++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
     E1(e, INC, M(R13, J_HITS, 8));
     E2(e, MOV, R(ZYDIS_REGISTER_EAX), M(ZYDIS_REGISTER_RDI, L_CODE, 4));
     E2(e, MOV, R(ZYDIS_REGISTER_RCX), I((int64_t)(uintptr_t)j->rx));
     E2(e, ADD, R(ZYDIS_REGISTER_RAX), R(ZYDIS_REGISTER_RCX));
     E1(e, JMP, R(ZYDIS_REGISTER_RAX));
+    /* misses by kind (statistics), then back to the loop */
+    for (int k = 0; k < nk; k++)
+        patch(e, kfails[k], e->pos);
+    E1(e, INC, M(R13, J_MISS_KEY, 8));
+    jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
+    for (int k = 0; k < nt; k++)
+        patch(e, tfails[k], e->pos);
+    E1(e, INC, M(R13, J_MISS_TLB, 8));
     for (int k = 0; k < nf; k++)
         patch(e, fails[k], e->pos);
     jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
@@ -1065,14 +1075,16 @@ void bt_jit_destroy(struct bt_cpu *c)
             "translator %u: %llu blocks translated (%llu native, %llu called instructions; "
             "%llu with inline loads), %llu flushes (%llu because the code cache was full), "
             "%llu block entries from the loop, %llu chains (%llu across pages), %llu unchained, "
-            "%llu inline lookups (%llu hits), %llu lookup-table clears",
+            "%llu inline lookups (%llu hits; misses: %llu not in the table, %llu TLB), "
+            "%llu lookup-table clears",
             c->index, (unsigned long long)j->st.blocks_translated,
             (unsigned long long)j->st.insns_native, (unsigned long long)j->st.insns_called,
             (unsigned long long)j->st.insns_inline_mem, (unsigned long long)j->st.flushes,
             (unsigned long long)j->st.flushes_full, (unsigned long long)j->st.runs,
             (unsigned long long)j->st.chains, (unsigned long long)j->st.chains_cross,
             (unsigned long long)j->st.unchains, (unsigned long long)j->st.lookups,
-            (unsigned long long)j->st.lookup_hits, (unsigned long long)j->st.lookup_clears);
+            (unsigned long long)j->st.lookup_hits, (unsigned long long)j->st.lookup_miss_key,
+            (unsigned long long)j->st.lookup_miss_tlb, (unsigned long long)j->st.lookup_clears);
     cache_unmap(j);
     free(j->tbs);
     free(j->links);
