@@ -79,7 +79,7 @@ struct jit_tb {
  * and the soft TLB maps RIP's page, executable at the current CPL, to the guest-physical page the
  * translation was made from, so a remapped page or another address space never runs a stale
  * translation.  Entries die with their translation (bt_jit_drop, bt_jit_flush). */
-#define JIT_LOOKUP_SIZE 4096u
+#define JIT_LOOKUP_SIZE 16384u
 #define JIT_DROP_PAGES  16u
 struct jit_lent {
     uint64_t rip, cr3, gpa; /* gpa: the page (low 12 bits clear); 0 with rip ~0: empty */
@@ -1174,6 +1174,11 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
             if (last) {
                 if (b32)
                     jto(&e, ZYDIS_MNEMONIC_JMP, j->exit_off);
+                else if (i->mnemonic == ZYDIS_MNEMONIC_CALL && i->op[0].kind == BT_OPK_IMM &&
+                         (i->attr_lo & BT_ATTR_RELATIVE))
+                    /* a direct CALL: its handler pushed and jumped (or faulted); the target
+                     * is known, so it chains like a direct JMP */
+                    leave_direct(&e, j, page_off, off + i->len + i->op[0].disp, b32);
                 else
                     lookup_exit(&e, j); /* the successor is known only now */
                 ended = true;
