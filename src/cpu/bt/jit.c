@@ -1075,6 +1075,7 @@ void bt_jit_destroy(struct bt_cpu *c)
             "translator %u: %llu blocks translated (%llu native, %llu called instructions; "
             "%llu with inline loads), %llu flushes (%llu because the code cache was full), "
             "%llu block entries from the loop, %llu chains (%llu across pages), %llu unchained, "
+            "%llu exits through unpatched chain jumps, "
             "%llu inline lookups (%llu hits; misses: %llu not in the table, %llu TLB), "
             "%llu lookup-table clears",
             c->index, (unsigned long long)j->st.blocks_translated,
@@ -1082,9 +1083,10 @@ void bt_jit_destroy(struct bt_cpu *c)
             (unsigned long long)j->st.insns_inline_mem, (unsigned long long)j->st.flushes,
             (unsigned long long)j->st.flushes_full, (unsigned long long)j->st.runs,
             (unsigned long long)j->st.chains, (unsigned long long)j->st.chains_cross,
-            (unsigned long long)j->st.unchains, (unsigned long long)j->st.lookups,
-            (unsigned long long)j->st.lookup_hits, (unsigned long long)j->st.lookup_miss_key,
-            (unsigned long long)j->st.lookup_miss_tlb, (unsigned long long)j->st.lookup_clears);
+            (unsigned long long)j->st.unchains, (unsigned long long)j->st.exits_unchained,
+            (unsigned long long)j->st.lookups, (unsigned long long)j->st.lookup_hits,
+            (unsigned long long)j->st.lookup_miss_key, (unsigned long long)j->st.lookup_miss_tlb,
+            (unsigned long long)j->st.lookup_clears);
     cache_unmap(j);
     free(j->tbs);
     free(j->links);
@@ -1278,6 +1280,7 @@ int bt_jit_run(struct bt_cpu *c, const struct bt_insn *insns, unsigned n, void *
     j->enter(c, j->rx + tb->entry, j);
     j->exit_valid = j->last_exit != 0;
     if (j->exit_valid) {
+        j->st.exits_unchained++;
         j->exit_rip = c->s.rip;
         j->exit_icount = c->icount;
         j->exit_cr3 = c->s.cr3;

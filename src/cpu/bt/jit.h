@@ -64,6 +64,7 @@ struct bt_jit_stats {
     uint64_t blocks_translated, insns_native, insns_called, flushes, runs, code_bytes, chains,
         unchains, insns_inline_mem;
     uint64_t flushes_full, chains_cross, lookups, lookup_hits, lookup_clears, lookup_miss_key,
-        lookup_miss_tlb;
+        lookup_miss_tlb, exits_unchained; /* exits_unchained: through a chain jump not yet
+                                             patched (or whose target page changed) */
 };
 void bt_jit_get_stats(const struct bt_cpu *c, struct bt_jit_stats *st);
