@@ -255,6 +255,7 @@ static void jto(struct emit *e, ZydisMnemonic m, size_t target)
 #define J_HITS      ((int64_t)offsetof(struct bt_jit, st.lookup_hits))
 #define J_MISS_KEY  ((int64_t)offsetof(struct bt_jit, st.lookup_miss_key))
 #define J_MISS_TLB  ((int64_t)offsetof(struct bt_jit, st.lookup_miss_tlb))
+#define J_BAILS     ((int64_t)offsetof(struct bt_jit, st.lookup_bails))
 #define C_CR3       ((int64_t)offsetof(struct bt_cpu, s.cr3))
 #define C_HALTED    ((int64_t)offsetof(struct bt_cpu, halted))
 #define L_RIP       ((int64_t)offsetof(struct jit_lent, rip))
@@ -782,8 +783,10 @@ static void lookup_exit(struct emit *e, struct bt_jit *j)
     for (int k = 0; k < nt; k++)
         patch(e, tfails[k], e->pos);
     E1(e, INC, M(R13, J_MISS_TLB, 8));
+    jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
     for (int k = 0; k < nf; k++)
         patch(e, fails[k], e->pos);
+    E1(e, INC, M(R13, J_BAILS, 8)); /* the loop has something to do first */
     jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
 }
 
@@ -1076,7 +1079,8 @@ void bt_jit_destroy(struct bt_cpu *c)
             "%llu with inline loads), %llu flushes (%llu because the code cache was full), "
             "%llu block entries from the loop, %llu chains (%llu across pages), %llu unchained, "
             "%llu exits through unpatched chain jumps, "
-            "%llu inline lookups (%llu hits; misses: %llu not in the table, %llu TLB), "
+            "%llu inline lookups (%llu hits; misses: %llu not in the table, %llu TLB; %llu exits "
+            "to the loop before the lookup: budget, events), "
             "%llu lookup-table clears",
             c->index, (unsigned long long)j->st.blocks_translated,
             (unsigned long long)j->st.insns_native, (unsigned long long)j->st.insns_called,
@@ -1086,7 +1090,7 @@ void bt_jit_destroy(struct bt_cpu *c)
             (unsigned long long)j->st.unchains, (unsigned long long)j->st.exits_unchained,
             (unsigned long long)j->st.lookups, (unsigned long long)j->st.lookup_hits,
             (unsigned long long)j->st.lookup_miss_key, (unsigned long long)j->st.lookup_miss_tlb,
-            (unsigned long long)j->st.lookup_clears);
+            (unsigned long long)j->st.lookup_bails, (unsigned long long)j->st.lookup_clears);
     cache_unmap(j);
     free(j->tbs);
     free(j->links);
