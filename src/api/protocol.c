@@ -1,8 +1,6 @@
 /* Control protocol parser and dispatcher (see protocol.h).  Trusts: nothing in a request line. */
 #include "api/protocol.h"
 
-#include "cpu/bt/cfi.h"
-
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <stdio.h>
@@ -50,12 +48,12 @@ static int snap_cmd(struct api_ctx *ctx, const struct api_ops *ops, const cJSON 
     int rc;
     if (save) {
         const cJSON *parent = cJSON_GetObjectItemCaseSensitive(req, "parent");
-        if (parent &&
-            (!cJSON_IsString(parent) || !parent->valuestring || parent->valuestring[0] != '/'))
+        if (parent && (!cJSON_IsString(parent) || !parent->valuestring ||
+                       parent->valuestring[0] != '/'))
             return err_set(EINVAL, "\"parent\" must be an absolute file name");
-        struct snap_save_opts o = {.zstd =
-                                       cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "zstd")),
-                                   .parent = parent ? parent->valuestring : NULL};
+        struct snap_save_opts o = {
+            .zstd = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "zstd")),
+            .parent = parent ? parent->valuestring : NULL};
         bool stop = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "stop"));
         rc = ops->snapshot(ctx->vm, path->valuestring, stop, &o, &st);
     } else {
@@ -198,7 +196,7 @@ size_t api_handle_line(struct api_ctx *ctx, const char *line, size_t len, char *
         } else if (!strcmp(c, "snapshot") || !strcmp(c, "rollback")) {
             rc = snap_cmd(ctx, ops, req, c[0] == 's', r);
         } else if (!strcmp(c, "help")) {
-            static const char *const cmds[] = {"status", "pause",    "resume",  "quit",
+            static const char *const cmds[] = {"status", "pause",    "resume", "quit",
                                                "help",   "snapshot", "rollback"};
             cJSON_AddItemToObject(r, "commands", cJSON_CreateStringArray(cmds, 7));
         } else {

@@ -235,10 +235,8 @@ static int cmd_run(int argc, char **argv)
         if (snapshot_peek(o.restore, &sh, &scpuid) < 0) return fail_usage(err_msg());
         char msg[256];
         if (o.mem_set && o.mem_size != sh.mem_size) {
-            snprintf(msg, sizeof(msg),
-                     "--mem %lluM disagrees with the snapshot's %lluM (leave "
-                     "--mem out with --restore)",
-                     (unsigned long long)(o.mem_size >> 20),
+            snprintf(msg, sizeof(msg), "--mem %lluM disagrees with the snapshot's %lluM (leave "
+                     "--mem out with --restore)", (unsigned long long)(o.mem_size >> 20),
                      (unsigned long long)(sh.mem_size >> 20));
             return fail_usage(msg);
         }
