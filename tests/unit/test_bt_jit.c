@@ -553,6 +553,31 @@ static void test_cr3_switch(void **st)
     prep = NULL;
 }
 
+/* The same linear code in two modes: X (bytes 48 ff c1 ff e2) is `inc rcx; jmp rdx` in 64-bit code
+ * and `dec eax; inc ecx; jmp edx` in 32-bit code.  It runs twice in 64-bit mode through an
+ * indirect jump (its lookup entry is filled), then a far jump to a 32-bit code segment enters it
+ * at the same RIP: the lookup must not take the 64-bit translation.
+ *   start: mov esi, 2
+ *   again: lea rdx, [rip+back]; lea rax, [rip+X]; jmp rax
+ *   back:  dec esi; jnz again; lea edx, [rip+back32]; jmp fword [rip+farptr]
+ *   back32: hlt
+ *   farptr: .long X; .word 0x38 (32-bit kernel code)    X: .byte 0x48, 0xff, 0xc1, 0xff, 0xe2 */
+static const uint8_t mode_0[] = {0xbe, 0x02, 0x00, 0x00, 0x00, 0x48, 0x8d, 0x15, 0x09, 0x00, 0x00,
+                                 0x00, 0x48, 0x8d, 0x05, 0x1d, 0x00, 0x00, 0x00, 0xff, 0xe0, 0xff,
+                                 0xce, 0x75, 0xec, 0x8d, 0x15, 0x06, 0x00, 0x00, 0x00, 0xff, 0x2d,
+                                 0x03, 0x00, 0x00, 0x00, 0xf4, 0x66, 0x90, 0x30, 0x00, 0x01, 0x00,
+                                 0x38, 0x00, 0x66, 0x90, 0x48, 0xff, 0xc1, 0xff, 0xe2};
+
+static void test_lookup_mode(void **st)
+{
+    static struct outcome a, b;
+    both(mode_0, sizeof(mode_0), 1000, &a, &b);
+    assert_true(a.halted);
+    assert_int_equal(a.rip, T_CODE0 + 0x26);
+    assert_int_equal(a.gpr[RCX], 2 + 3);              /* 2 from the initial state, +1 per pass */
+    assert_int_equal(a.gpr[RAX], T_CODE0 + 0x30 - 1); /* the 32-bit pass decremented EAX */
+}
+
 /* ---- --cfi: the shadow stack of the CALL/RET handlers, the same in both backends ---- */
 
 /*   start: call r1; add rbx, 1; call r2; add rbx, 2; hlt
@@ -769,6 +794,7 @@ int main(void)
         cmocka_unit_test(test_indirect_calls),
         cmocka_unit_test(test_lookup_smc),
         cmocka_unit_test(test_cr3_switch),
+        cmocka_unit_test(test_lookup_mode),
         cmocka_unit_test(test_cfi),
         cmocka_unit_test(test_wx),
         cmocka_unit_test(test_switch),
