@@ -578,6 +578,28 @@ static void test_lookup_mode(void **st)
     assert_int_equal(a.gpr[RAX], T_CODE0 + 0x30 - 1); /* the 32-bit pass decremented EAX */
 }
 
+/* REP string instructions in the middle of a block run in chunks (16 pages per handler call):
+ * each chunk re-runs the instruction, which leaves the block through the inline lookup.
+ *   mov esi, 0x240000; mov edi, 0x2a0000; mov ecx, 0x14000; xor eax, eax; rep movsb; add eax, 1
+ *   mov ecx, 0x23456; mov edi, 0x280000; rep stosb; add eax, 2; hlt */
+static const uint8_t rep_0[] = {0xbe, 0x00, 0x00, 0x24, 0x00, 0xbf, 0x00, 0x00, 0x2a, 0x00,
+                                0xb9, 0x00, 0x40, 0x01, 0x00, 0x31, 0xc0, 0xf3, 0xa4, 0x83,
+                                0xc0, 0x01, 0xb9, 0x56, 0x34, 0x02, 0x00, 0xbf, 0x00, 0x00,
+                                0x28, 0x00, 0xf3, 0xaa, 0x83, 0xc0, 0x02, 0xf4};
+
+static void test_rep_mid_block(void **st)
+{
+    static struct outcome a, b;
+    both(rep_0, sizeof(rep_0), 100000, &a, &b);
+    assert_true(a.halted);
+    assert_int_equal(a.gpr[RAX], 3);
+    assert_int_equal(a.gpr[RCX], 0);
+    assert_int_equal(a.gpr[RSI], 0x240000 + 0x14000);
+    assert_int_equal(a.gpr[RDI], 0x280000 + 0x23456);
+    for (uint64_t budget = 3; budget < 20; budget++) /* budgets ending between the chunks */
+        both(rep_0, sizeof(rep_0), budget, &a, &b);
+}
+
 /* ---- --cfi: the shadow stack of the CALL/RET handlers, the same in both backends ---- */
 
 /*   start: call r1; add rbx, 1; call r2; add rbx, 2; hlt
@@ -795,6 +817,7 @@ int main(void)
         cmocka_unit_test(test_lookup_smc),
         cmocka_unit_test(test_cr3_switch),
         cmocka_unit_test(test_lookup_mode),
+        cmocka_unit_test(test_rep_mid_block),
         cmocka_unit_test(test_cfi),
         cmocka_unit_test(test_wx),
         cmocka_unit_test(test_switch),

@@ -126,6 +126,11 @@ struct bt_jit {
      * entries are cleared before translated code runs again (ndrop > JIT_DROP_PAGES: all) */
     uint64_t drop_pages[JIT_DROP_PAGES];
     unsigned ndrop;
+    /* while translating a block of 64-bit code: the jumps of handlers in its middle that branched
+     * (REP string chunks), to one inline lookup emitted after the block's end */
+    bool mid_lookup;
+    unsigned nmid;
+    size_t mid_jumps[JIT_BLOCK_MAX];
     struct jit_lent ltab[JIT_LOOKUP_SIZE]; /* read by the translated code through R13 */
 };
 
@@ -656,7 +661,10 @@ static void after_handler_checks(struct emit *e, struct bt_jit *j)
 {
     E2(e, MOV, R(ZYDIS_REGISTER_RAX), M(RBX, C_NEXT_RIP, 8));
     E2(e, CMP, M(RBX, C_RIP, 8), R(ZYDIS_REGISTER_RAX));
-    jto(e, ZYDIS_MNEMONIC_JNZ, j->exit_off);
+    if (j->mid_lookup && j->nmid < ARRAY_SIZE(j->mid_jumps))
+        j->mid_jumps[j->nmid++] = jrel(e, ZYDIS_MNEMONIC_JNZ); /* to the block's lookup exit */
+    else
+        jto(e, ZYDIS_MNEMONIC_JNZ, j->exit_off);
     E2(e, CMP, M(RBX, C_EXIT_NOW, 1), I(0));
     jto(e, ZYDIS_MNEMONIC_JNZ, j->exit_off);
     E2(e, CMP, M(RBX, C_SHADOW, 1), I(0));
@@ -1153,6 +1161,8 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
     bool ended = false;
     int64_t off = 0;
     j->attention = c->lapic ? lapic_attention_flag(c->lapic) : NULL;
+    j->mid_lookup = !b32;
+    j->nmid = 0;
     E2(&e, MOV, R(R12), M(RBX, C_RIP, 8));
     for (unsigned k = 0; k < n; k++) {
         const struct bt_insn *i = &ins[k];
@@ -1201,6 +1211,13 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
         E2(&e, MOV, M(RBX, C_RIP, 8), R(ZYDIS_REGISTER_RAX));
         leave_direct(&e, j, page_off, off, b32);
     }
+    if (j->nmid) { /* a handler in the middle branched: look its target up like a block end */
+        size_t at = e.pos;
+        lookup_exit(&e, j);
+        for (unsigned k = 0; k < j->nmid; k++)
+            patch(&e, j->mid_jumps[k], at);
+    }
+    j->mid_lookup = false;
     if (e.fail) {
         log_debug("translator: block of %u instructions at %#llx left to the interpreter", n,
                   (unsigned long long)c->s.rip);
