@@ -126,8 +126,8 @@ struct bt_jit {
      * entries are cleared before translated code runs again (ndrop > JIT_DROP_PAGES: all) */
     uint64_t drop_pages[JIT_DROP_PAGES];
     unsigned ndrop;
-    /* while translating a block of 64-bit code: the jumps of handlers in its middle that branched
-     * (REP string chunks), to one inline lookup emitted after the block's end */
+    /* while translating a block of 64-bit code: the jumps of REP string instructions in its
+     * middle that re-run themselves (a chunk done), to one inline lookup after the block's end */
     bool mid_lookup;
     unsigned nmid;
     size_t mid_jumps[JIT_BLOCK_MAX];
@@ -1161,7 +1161,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
     bool ended = false;
     int64_t off = 0;
     j->attention = c->lapic ? lapic_attention_flag(c->lapic) : NULL;
-    j->mid_lookup = !b32;
+    j->mid_lookup = false;
     j->nmid = 0;
     E2(&e, MOV, R(R12), M(RBX, C_RIP, 8));
     for (unsigned k = 0; k < n; k++) {
@@ -1199,7 +1199,11 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
                     lookup_exit(&e, j); /* the successor is known only now */
                 ended = true;
             } else {
+                /* only REP string instructions branch from the middle of a block (a chunk
+                 * done, the instruction re-runs): a lookup stub for them alone */
+                j->mid_lookup = !b32 && (i->pfx & (BT_PFX_REP | BT_PFX_REPNE));
                 after_handler_checks(&e, j);
+                j->mid_lookup = false;
             }
         }
         off += i->len;
