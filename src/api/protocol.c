@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cpu/bt/cfi.h"
 #include "cpu/cpu.h"
 #include "machine/machine.h"
 #include "snapshot/snapshot.h"
@@ -133,6 +134,24 @@ static void add_status(struct api_ctx *ctx, const struct api_ops *ops, cJSON *r)
     cJSON_AddStringToObject(r, "backend", vm->backend ? vm->backend->name : "none");
     double up = (double)(api_now_ns() - ctx->start_ns) / 1e9;
     cJSON_AddNumberToObject(r, "uptime", up < 0 ? 0 : (double)(int64_t)(up * 1000) / 1000);
+    /* --cfi (software CPU): policy and return-integrity counts, all vCPUs */
+    struct bt_cfi_policy pol;
+    struct bt_cfi_stats cs;
+    bt_cfi_get_policy(&pol);
+    bt_cfi_get_stats(&cs);
+    bool bt = vm->backend && !strcmp(vm->backend->name, "bt");
+    cJSON *cfi = cJSON_AddObjectToObject(r, "cfi");
+    if (cfi) {
+        cJSON_AddStringToObject(cfi, "policy", bt ? bt_cfi_mode_name(pol.mode) : "off");
+        cJSON_AddStringToObject(cfi, "scope", pol.kernel ? "all" : "user");
+        cJSON_AddNumberToObject(cfi, "violations",
+                                (double)(cs.violations_user + cs.violations_kernel));
+        cJSON_AddNumberToObject(cfi, "violations_user", (double)cs.violations_user);
+        cJSON_AddNumberToObject(cfi, "violations_kernel", (double)cs.violations_kernel);
+        cJSON_AddNumberToObject(cfi, "returns_checked", (double)cs.checked);
+        cJSON_AddNumberToObject(cfi, "returns_unverified", (double)cs.unverified);
+        cJSON_AddNumberToObject(cfi, "returns_retpoline", (double)cs.retpoline);
+    }
 }
 
 size_t api_handle_line(struct api_ctx *ctx, const char *line, size_t len, char *reply, size_t cap)

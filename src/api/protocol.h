@@ -6,9 +6,12 @@
  * snapshot/rollback reply state, ms, state_bytes, mem_bytes, mem_pages (and mapped).
  * Reply:    {"ok":true, ...command fields..., "id":<echoed>}
  *           {"ok":false, "error":"what went wrong", "id":<echoed if the request had one>}
- * status replies state ("running"/"paused"/...), vcpus, memory (bytes), memory_mib, backend and
- * uptime (seconds since the control socket started, a float).  Unknown fields in a request are
- * ignored so newer clients can talk to older servers; an unknown cmd is an error.
+ * status replies state ("running"/"paused"/...), vcpus, memory (bytes), memory_mib, backend,
+ * uptime (seconds since the control socket started, a float), and cfi: {policy ("off"/"log"/
+ * "enforce"; "off" unless the software CPU runs the guest), scope ("user"/"all"), violations,
+ * violations_user, violations_kernel, returns_checked, returns_unverified, returns_retpoline}
+ * (see cpu/bt/cfi.h).  Unknown fields in a request are ignored so newer clients can talk to
+ * older servers; an unknown cmd is an error.
  *
  * api_handle_line() is a pure function of its inputs (plus the machine operations it calls): the
  * socket server, unit tests and the fuzz harness all drive it the same way.

@@ -62,6 +62,10 @@ static void usage(FILE *f)
         "                       directions; rx-bw=, tx-bw=, rx-pps=, tx-pps= one direction\n"
         "                       (rx: to the guest); burst=MS as for --disk\n"
         "  --rng[=bw=RATE]      virtio entropy device fed from the host's getrandom()\n"
+        "  --cfi off|log|enforce  return-address integrity under --cpu bt (default log: count\n"
+        "                       and log returns to an overwritten return address; enforce:\n"
+        "                       stop the VM there)\n"
+        "  --cfi-scope user|all   privilege levels --cfi polices (default user: CPL 3 only)\n"
         "  -v, --verbose        with -- CMD: also show the kernel's console on stderr\n"
         "  -- CMD [ARGS...]     run CMD in the guest, copy its output to stdout, power off and\n"
         "                       exit with its status\n"
@@ -69,10 +73,11 @@ static void usage(FILE *f)
         "exit status: 0 guest powered off or rebooted; (v << 1) | 1 when the guest writes v to\n"
         "the test exit port 0xf4 (with -- CMD: CMD's status, or %d if the guest stopped\n"
         "without reporting it); %d usage or input error; %d lookout error; %d CPU backend\n"
-        "internal error; %d guest triple fault; 128+N stopped by signal N.\n"
+        "internal error; %d guest triple fault; %d stopped by --cfi enforce; 128+N stopped by\n"
+        "signal N.\n"
         "environment: LOOKOUT_HOME (default: the directory above the binary's),\n"
         "LOOKOUT_LOG=debug|info|warn|error\n",
-        EXIT_NO_STATUS, EXIT_USAGE, EXIT_VMM_ERROR, EXIT_INTERNAL, EXIT_TRIPLE_FAULT);
+        EXIT_NO_STATUS, EXIT_USAGE, EXIT_VMM_ERROR, EXIT_INTERNAL, EXIT_TRIPLE_FAULT, EXIT_CFI);
 }
 
 static int fail_usage(const char *msg)
@@ -216,6 +221,7 @@ static int exit_status(enum vm_stop_reason why, const struct vm *vm, bool comman
         return command_mode ? (vm->exit_code & 0xff) : (((vm->exit_code << 1) | 1) & 0xff);
     case VM_STOP_TRIPLE_FAULT: return EXIT_TRIPLE_FAULT;
     case VM_STOP_INTERNAL_ERROR: return EXIT_INTERNAL;
+    case VM_STOP_CFI: return EXIT_CFI;
     case VM_STOP_QUIT: return got_signal ? EXIT_SIGNAL_BASE + got_signal : EXIT_OK;
     default: return EXIT_VMM_ERROR;
     }
@@ -289,6 +295,10 @@ static int cmd_run(int argc, char **argv)
         return fail_usage("the kernel command line is too long (Linux takes 2047 bytes)");
     }
 
+    bt_cfi_set_policy(&o.cfi);
+    if (o.cfi_set && o.cfi.mode != BT_CFI_OFF && !strcmp(o.cpu, "kvm"))
+        log_warn("--cfi applies to the software CPU (--cpu bt) only: under KVM the guest's "
+                 "returns run on the hardware unchecked");
     struct machine_config cfg = {
         .kernel = o.kernel,
         .initrd = o.initrd,

@@ -67,9 +67,10 @@ int run_options_parse(struct run_options *o, int argc, char **argv)
     o->ncpus = 1;
     o->cpu = "auto";
     o->cpu_model = "lookout-v1";
-    static const char *const with_value[] = {"--kernel",  "--initrd", "--append",    "--mem",
-                                             "--smp",     "--cpu",    "--cpu-model", "--api",
-                                             "--restore", "--disk",   "--net"};
+    o->cfi = (struct bt_cfi_policy){.mode = BT_CFI_LOG, .kernel = false};
+    static const char *const with_value[] = {
+        "--kernel", "--initrd",  "--append", "--mem", "--smp", "--cpu",      "--cpu-model",
+        "--api",    "--restore", "--disk",   "--net", "--cfi", "--cfi-scope"};
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--")) {
@@ -142,6 +143,10 @@ int run_options_parse(struct run_options *o, int argc, char **argv)
             r = vdev_parse(&o->vdevs, name, val);
         else if (!strcmp(name, "--api"))
             o->api_path = val;
+        else if (!strcmp(name, "--cfi"))
+            r = bt_cfi_parse_mode(val, &o->cfi.mode), o->cfi_set = true;
+        else if (!strcmp(name, "--cfi-scope"))
+            r = bt_cfi_parse_scope(val, &o->cfi.kernel), o->cfi_set = true;
         else if (!strcmp(name, "--cpu")) {
             if (strcmp(val, "kvm") && strcmp(val, "bt") && strcmp(val, "auto"))
                 return err_set(EINVAL, "--cpu \"%s\": use kvm, bt or auto", val);

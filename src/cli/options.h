@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "cpu/bt/cfi.h"
 #include "devices/virtio/config.h"
 
 /* Exit statuses of `lookout run` (documented in --help).  The test exit port gives odd values
@@ -15,6 +16,7 @@
 #define EXIT_VMM_ERROR    120 /* lookout failed (including: the VM could not be created) */
 #define EXIT_INTERNAL     122 /* the CPU backend could not run the guest (registers printed) */
 #define EXIT_TRIPLE_FAULT 124 /* the guest triple-faulted (registers printed) */
+#define EXIT_CFI          126 /* --cfi enforce stopped the guest at an overwritten return */
 #define EXIT_SIGNAL_BASE  128 /* 128 + signal number: stopped by SIGINT/SIGTERM/SIGHUP */
 
 #define CMDLINE_MAX 2048 /* the x86 Linux kernel's COMMAND_LINE_SIZE, with the NUL */
@@ -32,7 +34,9 @@ struct run_options {
     bool mem_set, smp_set, model_set; /* given explicitly (a restore refuses disagreement) */
     int cmd_argc;                     /* `-- CMD ARGS...`: argv after "--", or 0 */
     char **cmd_argv;
-    struct vdev_list vdevs; /* --disk, --net, --rng in order: virtio-mmio slots 0, 1, ... */
+    struct vdev_list vdevs;   /* --disk, --net, --rng in order: virtio-mmio slots 0, 1, ... */
+    struct bt_cfi_policy cfi; /* --cfi, --cfi-scope (software CPU only) */
+    bool cfi_set;
 };
 
 /* Parses the arguments after "run" (argv[0] is the first option).  0, or -EINVAL with err_set()

@@ -100,6 +100,7 @@ enum vm_stop_reason {
     VM_STOP_INTERNAL_ERROR, /* the backend could not run the guest */
     VM_STOP_VMM_ERROR,      /* lookout itself failed */
     VM_STOP_QUIT,           /* console escape or control socket quit */
+    VM_STOP_CFI,            /* --cfi enforce: a return whose address was overwritten (bt) */
 };
 
 enum vm_run_state { VM_STATE_CREATED, VM_STATE_RUNNING, VM_STATE_PAUSED, VM_STATE_STOPPED };

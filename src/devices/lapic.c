@@ -703,6 +703,11 @@ bool lapic_attention(struct lapic *l)
     return atomic_load_explicit(&l->attention, memory_order_acquire);
 }
 
+const _Atomic bool *lapic_attention_flag(struct lapic *l)
+{
+    return &l->attention;
+}
+
 int lapic_pending_vector(struct lapic *l)
 {
     pthread_mutex_lock(&l->lock);

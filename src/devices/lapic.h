@@ -189,6 +189,9 @@ void lapic_set_tsc_deadline(struct lapic *l, uint64_t deadline, int64_t now, uin
 /* ---- interrupt acceptance, for the CPU that owns the LAPIC ---- */
 /* Cheap check (one atomic load) whether anything may be pending: IRR, NMI, INIT or SIPI. */
 bool lapic_attention(struct lapic *l);
+/* The flag lapic_attention() reads, for code that polls it without a call (the software CPU's
+ * translated code compares the byte with 0; x86 loads have acquire semantics). */
+const _Atomic bool *lapic_attention_flag(struct lapic *l);
 /* Highest IRR vector whose priority class is above PPR's, or -1. */
 int lapic_pending_vector(struct lapic *l);
 /* The CPU takes `vector` (from lapic_pending_vector): IRR -> ISR, PPR updated. */

@@ -127,6 +127,9 @@ def test_status_reply_is_json(spinning_vm):
     assert r.rc == 0, r
     reply = json.loads(r.out.strip().splitlines()[-1])
     assert isinstance(reply, dict), r
+    cfi = reply.get("cfi")  # --cfi policy and return-integrity counts (software CPU)
+    assert isinstance(cfi, dict) and cfi.get("violations") == 0, r
+    assert cfi.get("policy") in ("off", "log", "enforce") and cfi.get("scope") == "user", r
 
 
 @pytest.mark.parametrize("bad", [b"{this is not json\n", b"[1,2,3]\n", b"\"status\"\n",

@@ -59,3 +59,33 @@ def test_first_instruction_timing_line(lookout_any, test_kernel, cpu):
                   re.M)
     assert m, r
     assert 0 < float(m.group(1)) < 60000, r
+
+
+@pytest.mark.bt
+@pytest.mark.parametrize("jit", ["0", "1"])
+@pytest.mark.parametrize("mode,rop,rc,gadget", [
+    ("log", 0, 1, False), ("log", 1, 1, True), ("enforce", 0, 1, False),
+    ("enforce", 1, 126, False), ("off", 1, 1, True)])
+def test_cfi(lookout_any, test_kernel, jit, mode, rop, rc, gadget):
+    """--cfi under the software CPU, interpreted (LOOKOUT_BT_JIT=0) and translated: the clean
+    user program never counts as a violation; a ROP-style return to a non-call site is logged
+    (log), stops the VM before the gadget runs (enforce: status 126), or goes unnoticed (off)."""
+    r = run_lookout(lookout_any, "run", "--cpu", "bt", "--cfi", mode, "--kernel",
+                    test_kernel("cfi"), "--append", f"rop={rop}", timeout=60,
+                    env={"LOOKOUT_BT_JIT": jit})
+    assert "cfi: clean run ok" in r.out, r
+    assert r.rc == rc, r
+    assert ("cfi: ROP gadget ran in user mode" in r.out) == gadget, r
+    assert ("control-flow integrity" in r.err) == (rop == 1 and mode != "off"), r
+    if rc == 126:
+        assert "the VM is stopped before the RET completes" in r.err, r
+        assert "cfi: done" not in r.out, r
+
+
+@pytest.mark.kvm
+def test_cfi_kernel_under_kvm(lookout_any, test_kernel):
+    """The hardware runs the guest's returns: the gadget runs, the kernel still ends cleanly."""
+    r = run_lookout(lookout_any, "run", "--cpu", "kvm", "--kernel", test_kernel("cfi"),
+                    "--append", "rop=1", timeout=60)
+    assert "cfi: ROP gadget ran in user mode" in r.out, r
+    assert r.rc == 1, r

@@ -88,6 +88,13 @@ static void test_status(void **state)
     assert_true(cJSON_GetObjectItem(r, "memory")->valuedouble == (double)(256 << 20));
     assert_true(cJSON_GetObjectItem(r, "uptime")->valuedouble >= 0);
     assert_null(cJSON_GetObjectItem(r, "id"));
+    /* --cfi: not the software CPU, so the policy reads "off"; the counts are there */
+    cJSON *cfi = cJSON_GetObjectItem(r, "cfi");
+    assert_non_null(cfi);
+    assert_string_equal(str(cfi, "policy"), "off");
+    assert_string_equal(str(cfi, "scope"), "user");
+    assert_non_null(cJSON_GetObjectItem(cfi, "violations"));
+    assert_non_null(cJSON_GetObjectItem(cfi, "returns_checked"));
     cJSON_Delete(r);
 }
 

@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include "bt_testenv.h"
+#include "cpu/bt/cfi.h"
 #include "cpu/bt/jit.h"
 
 static struct tenv *T;
@@ -55,10 +56,15 @@ struct outcome {
 
 #define T_DATA 0x300000ull /* scratch data page (second 2 MiB page, writable) */
 
+/* called by run_prog after the machine is set up, before the program runs: extra code pages,
+ * page tables */
+static void (*prep)(void);
+
 static void run_prog(bool jit, const uint8_t *code, size_t n, uint64_t budget, struct outcome *o)
 {
     t_setup_long(T);
     use_jit(jit);
+    if (prep) prep();
     struct bt_cpu *c = T->c;
     static const uint64_t init[16] = {
         1,  2,  3,  4,     T_STACK0 - 0x100, 6, 7, 8, 0x8000000000000000ull, 0xffffffff, 10, 11,
@@ -414,6 +420,311 @@ static void test_chain_budget_kick(void **st)
     assert_true(s.chains >= 1);
 }
 
+/* ---- control flow: inline lookup, cross-page chains (assembled with GNU as; the sources are in
+ * the comments, the bytes from `ld -Ttext=0x10000 --oformat binary`) ---- */
+
+/*   start: mov ecx, 50; xor ebx, ebx
+ *   loop1: lea rax, [rip+f1]; call rax          (indirect call, another page)
+ *          lea rdx, [rip+t1]; jmp rdx; nop      (indirect jump)
+ *   t1:    call f2                              (direct call, another page; f2 calls f1)
+ *          add rbx, rax; call [rip+fptr]        (memory-indirect call)
+ *          dec ecx; jnz loop1
+ *          mov edi, 150; xor eax, eax; call rec (recursion 150 deep: deeper than the shadow stack)
+ *          add rbx, rax; call lj_a; add rbx, 7; hlt
+ *   fptr:  .quad f3
+ *   rec:   test edi, edi; jz 1f; dec edi; push rdi; call rec; pop rdi; add rax, rdi; 1: ret
+ *   lj_a:  mov r8, rsp; call lj_b; ud2          (longjmp-like: lj_c returns from lj_a's frame)
+ *   lj_b:  call lj_c; ud2
+ *   lj_c:  mov rsp, r8; ret
+ *   0x11000 f1: add rbx, 3; ret
+ *   0x12000 f2: mov eax, ecx; call f1; ret      f3: inc rbx; ret */
+static const uint8_t ind_0[] = {
+    0xb9, 0x32, 0x00, 0x00, 0x00, 0x31, 0xdb, 0x48, 0x8d, 0x05, 0xf2, 0x0f, 0x00, 0x00, 0xff,
+    0xd0, 0x48, 0x8d, 0x15, 0x03, 0x00, 0x00, 0x00, 0xff, 0xe2, 0x90, 0xe8, 0xe1, 0x1f, 0x00,
+    0x00, 0x48, 0x01, 0xc3, 0xff, 0x15, 0x20, 0x00, 0x00, 0x00, 0xff, 0xc9, 0x75, 0xdb, 0xbf,
+    0x96, 0x00, 0x00, 0x00, 0x31, 0xc0, 0xe8, 0x18, 0x00, 0x00, 0x00, 0x48, 0x01, 0xc3, 0xe8,
+    0x21, 0x00, 0x00, 0x00, 0x48, 0x83, 0xc3, 0x07, 0xf4, 0x0f, 0x1f, 0x00, 0x08, 0x20, 0x01,
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x85, 0xff, 0x74, 0x0c, 0xff, 0xcf, 0x57, 0xe8, 0xf4, 0xff,
+    0xff, 0xff, 0x5f, 0x48, 0x01, 0xf8, 0xc3, 0x49, 0x89, 0xe0, 0xe8, 0x02, 0x00, 0x00, 0x00,
+    0x0f, 0x0b, 0xe8, 0x02, 0x00, 0x00, 0x00, 0x0f, 0x0b, 0x4c, 0x89, 0xc4, 0xc3};
+static const uint8_t ind_1000[] = {0x48, 0x83, 0xc3, 0x03, 0xc3};
+static const uint8_t ind_2000[] = {0x89, 0xc8, 0xe8, 0xf9, 0xef, 0xff,
+                                   0xff, 0xc3, 0x48, 0xff, 0xc3, 0xc3};
+
+static uint64_t ind_base = T_CODE0;
+static void prep_ind(void)
+{
+    put_bytes(T, ind_base + 0x1000, ind_1000, sizeof(ind_1000));
+    put_bytes(T, ind_base + 0x2000, ind_2000, sizeof(ind_2000));
+}
+
+static void test_indirect_calls(void **st)
+{
+    static struct outcome a, b;
+    prep = prep_ind;
+    run_prog(false, ind_0, sizeof(ind_0), 1000000, &a);
+    struct bt_jit_stats s0, s;
+    bt_jit_get_stats(T->c, &s0);
+    run_prog(true, ind_0, sizeof(ind_0), 1000000, &b);
+    bt_jit_get_stats(T->c, &s);
+    compare(&a, &b);
+    assert_true(a.halted);
+    /* 50 x (3 + (3 + ecx) + 1) with ecx 50..1, then 149*150/2 from rec, then 7 */
+    assert_int_equal(a.gpr[RBX], 50 * 7 + 50 * 51 / 2 + 150 * 149 / 2 + 7);
+    uint64_t hits = s.lookup_hits - s0.lookup_hits, runs = s.runs - s0.runs;
+    print_message("lookups %llu hits %llu, loop entries %llu\n",
+                  (unsigned long long)(s.lookups - s0.lookups), (unsigned long long)hits,
+                  (unsigned long long)runs);
+    assert_true(hits > 300); /* the calls and returns of the loop */
+    assert_true(runs < hits / 4);
+    /* every budget that ends inside the program ends identically */
+    for (uint64_t budget = 1; budget < 1500; budget += 37)
+        both(ind_0, sizeof(ind_0), budget, &a, &b);
+    prep = NULL;
+}
+
+/* Self-modifying code reached through a lookup: f (another page) is called indirectly, then its
+ * immediate rewritten; the lookup must never jump to the old translation.
+ *   start: mov ecx, 3; xor ebx, ebx
+ *   again: lea rax, [rip+f]; call rax; add ebx, eax; mov byte [rip+f+1], cl; dec ecx; jnz again
+ *          hlt
+ *   0x11000 f: mov eax, 1; ret */
+static const uint8_t smc_0[] = {0xb9, 0x03, 0x00, 0x00, 0x00, 0x31, 0xdb, 0x48, 0x8d, 0x05,
+                                0xf2, 0x0f, 0x00, 0x00, 0xff, 0xd0, 0x01, 0xc3, 0x88, 0x0d,
+                                0xe9, 0x0f, 0x00, 0x00, 0xff, 0xc9, 0x75, 0xeb, 0xf4};
+static const uint8_t smc_1000[] = {0xb8, 0x01, 0x00, 0x00, 0x00, 0xc3};
+
+static void prep_smc(void)
+{
+    put_bytes(T, T_CODE0 + 0x1000, smc_1000, sizeof(smc_1000));
+}
+
+static void test_lookup_smc(void **st)
+{
+    static struct outcome a, b;
+    prep = prep_smc;
+    both(smc_0, sizeof(smc_0), 1000, &a, &b);
+    assert_true(a.halted);
+    assert_int_equal(a.gpr[RBX], 1 + 3 + 2);
+    prep = NULL;
+}
+
+/* Two address spaces mapping linear 2-4 MiB to different physical pages (CR3 0x1000: identity;
+ * CR3 0x14000: physical 4-6 MiB), switched every pass.  The same linear code at 0x250000 is
+ * `mov eax, 1; ret` in one and `mov eax, 2; ret` in the other (reached by an indirect call: the
+ * lookup), and at 0x250100 `mov eax, 10 / 20; jmp back` (reached by a direct jump across pages:
+ * the TLB-checked chain).
+ *   start: mov ecx, 6; xor ebx, ebx
+ *   again: mov rdx, 0x250000; call rdx; add ebx, eax; jmp 0x250100
+ *   back:  add ebx, eax; mov rax, cr3; xor eax, 0x15000; mov cr3, rax; dec ecx; jnz again; hlt */
+static const uint8_t cr3_0[] = {0xb9, 0x06, 0x00, 0x00, 0x00, 0x31, 0xdb, 0x48, 0xc7, 0xc2, 0x00,
+                                0x00, 0x25, 0x00, 0xff, 0xd2, 0x01, 0xc3, 0xe9, 0xe9, 0x00, 0x24,
+                                0x00, 0x01, 0xc3, 0x0f, 0x20, 0xd8, 0x35, 0x00, 0x50, 0x01, 0x00,
+                                0x0f, 0x22, 0xd8, 0xff, 0xc9, 0x75, 0xdf, 0xf4};
+static const uint8_t pA_0[] = {0xb8, 0x01, 0x00, 0x00, 0x00, 0xc3};
+static const uint8_t pA_100[] = {0xb8, 0x0a, 0x00, 0x00, 0x00, 0xe9, 0x0d, 0xff, 0xdb, 0xff};
+static const uint8_t pB_0[] = {0xb8, 0x02, 0x00, 0x00, 0x00, 0xc3};
+static const uint8_t pB_100[] = {0xb8, 0x14, 0x00, 0x00, 0x00, 0xe9, 0x0d, 0xff, 0xdb, 0xff};
+
+static void prep_cr3(void)
+{
+    put64(T, 0x14000, 0x15000 | 7);
+    put64(T, 0x15000, 0x16000 | 7);
+    put64(T, 0x16000, 0x000000 | 0x83);
+    put64(T, 0x16008, 0x400000 | 0x87);
+    put_bytes(T, 0x250000, pA_0, sizeof(pA_0));
+    put_bytes(T, 0x250100, pA_100, sizeof(pA_100));
+    put_bytes(T, 0x450000, pB_0, sizeof(pB_0));
+    put_bytes(T, 0x450100, pB_100, sizeof(pB_100));
+}
+
+static void test_cr3_switch(void **st)
+{
+    static struct outcome a, b;
+    prep = prep_cr3;
+    for (int round = 0; round < 2; round++) { /* the second time every block is translated */
+        both(cr3_0, sizeof(cr3_0), 1000, &a, &b);
+        assert_true(a.halted);
+        assert_int_equal(a.gpr[RBX], 3 * (1 + 10) + 3 * (2 + 20));
+    }
+    struct bt_jit_stats s;
+    bt_jit_get_stats(T->c, &s);
+    assert_true(s.chains_cross >= 1);
+    prep = NULL;
+}
+
+/* The same linear code in two modes: X (bytes 48 ff c1 ff e2) is `inc rcx; jmp rdx` in 64-bit code
+ * and `dec eax; inc ecx; jmp edx` in 32-bit code.  It runs twice in 64-bit mode through an
+ * indirect jump (its lookup entry is filled), then a far jump to a 32-bit code segment enters it
+ * at the same RIP: the lookup must not take the 64-bit translation.
+ *   start: mov esi, 2
+ *   again: lea rdx, [rip+back]; lea rax, [rip+X]; jmp rax
+ *   back:  dec esi; jnz again; lea edx, [rip+back32]; jmp fword [rip+farptr]
+ *   back32: hlt
+ *   farptr: .long X; .word 0x38 (32-bit kernel code)    X: .byte 0x48, 0xff, 0xc1, 0xff, 0xe2 */
+static const uint8_t mode_0[] = {0xbe, 0x02, 0x00, 0x00, 0x00, 0x48, 0x8d, 0x15, 0x09, 0x00, 0x00,
+                                 0x00, 0x48, 0x8d, 0x05, 0x1d, 0x00, 0x00, 0x00, 0xff, 0xe0, 0xff,
+                                 0xce, 0x75, 0xec, 0x8d, 0x15, 0x06, 0x00, 0x00, 0x00, 0xff, 0x2d,
+                                 0x03, 0x00, 0x00, 0x00, 0xf4, 0x66, 0x90, 0x30, 0x00, 0x01, 0x00,
+                                 0x38, 0x00, 0x66, 0x90, 0x48, 0xff, 0xc1, 0xff, 0xe2};
+
+static void test_lookup_mode(void **st)
+{
+    static struct outcome a, b;
+    both(mode_0, sizeof(mode_0), 1000, &a, &b);
+    assert_true(a.halted);
+    assert_int_equal(a.rip, T_CODE0 + 0x26);
+    assert_int_equal(a.gpr[RCX], 2 + 3);              /* 2 from the initial state, +1 per pass */
+    assert_int_equal(a.gpr[RAX], T_CODE0 + 0x30 - 1); /* the 32-bit pass decremented EAX */
+}
+
+/* REP string instructions in the middle of a block run in chunks (16 pages per handler call):
+ * each chunk re-runs the instruction, which leaves the block through the inline lookup.
+ *   mov esi, 0x240000; mov edi, 0x2a0000; mov ecx, 0x14000; xor eax, eax; rep movsb; add eax, 1
+ *   mov ecx, 0x23456; mov edi, 0x280000; rep stosb; add eax, 2; hlt */
+static const uint8_t rep_0[] = {0xbe, 0x00, 0x00, 0x24, 0x00, 0xbf, 0x00, 0x00, 0x2a, 0x00,
+                                0xb9, 0x00, 0x40, 0x01, 0x00, 0x31, 0xc0, 0xf3, 0xa4, 0x83,
+                                0xc0, 0x01, 0xb9, 0x56, 0x34, 0x02, 0x00, 0xbf, 0x00, 0x00,
+                                0x28, 0x00, 0xf3, 0xaa, 0x83, 0xc0, 0x02, 0xf4};
+
+static void test_rep_mid_block(void **st)
+{
+    static struct outcome a, b;
+    both(rep_0, sizeof(rep_0), 100000, &a, &b);
+    assert_true(a.halted);
+    assert_int_equal(a.gpr[RAX], 3);
+    assert_int_equal(a.gpr[RCX], 0);
+    assert_int_equal(a.gpr[RSI], 0x240000 + 0x14000);
+    assert_int_equal(a.gpr[RDI], 0x280000 + 0x23456);
+    for (uint64_t budget = 3; budget < 20; budget++) /* budgets ending between the chunks */
+        both(rep_0, sizeof(rep_0), budget, &a, &b);
+}
+
+/* ---- --cfi: the shadow stack of the CALL/RET handlers, the same in both backends ---- */
+
+/*   start: call r1; add rbx, 1; call r2; add rbx, 2; hlt
+ *   r1:    lea rax, [rip+gadget]; mov [rsp], rax; ret     (ROP-style: a return to a non-call site)
+ *   r2:    ret
+ *   gadget: add rbx, 100; hlt */
+static const uint8_t rop_0[] = {0xe8, 0x0e, 0x00, 0x00, 0x00, 0x48, 0x83, 0xc3, 0x01, 0xe8,
+                                0x11, 0x00, 0x00, 0x00, 0x48, 0x83, 0xc3, 0x02, 0xf4, 0x48,
+                                0x8d, 0x05, 0x06, 0x00, 0x00, 0x00, 0x48, 0x89, 0x04, 0x24,
+                                0xc3, 0xc3, 0x48, 0x83, 0xc3, 0x64, 0xf4};
+
+/* A retpoline thunk: start: lea rax, [rip+target]; call thunk; add rbx, 1; hlt
+ *   thunk:  call 1f; 2: pause; lfence; jmp 2b; 1: mov [rsp], rax; ret
+ *   target: add rbx, 10; ret */
+static const uint8_t retp_0[] = {0x48, 0x8d, 0x05, 0x1b, 0x00, 0x00, 0x00, 0xe8, 0x05, 0x00,
+                                 0x00, 0x00, 0x48, 0x83, 0xc3, 0x01, 0xf4, 0xe8, 0x07, 0x00,
+                                 0x00, 0x00, 0xf3, 0x90, 0x0f, 0xae, 0xe8, 0xeb, 0xf9, 0x48,
+                                 0x89, 0x04, 0x24, 0xc3, 0x48, 0x83, 0xc3, 0x0a, 0xc3};
+
+/* Runs `code` at T_CODE3 in ring 3 (user stack) under `pol`; returns the CFI counts it added. */
+static void run_user(bool jit, const uint8_t *code, size_t n, const struct bt_cfi_policy *pol,
+                     bool user, struct outcome *o, struct bt_cfi_stats *d)
+{
+    t_setup_long(T);
+    use_jit(jit);
+    struct bt_cpu *c = T->c;
+    if (user) t_to_ring3(T, T_CODE3);
+    ind_base = c->s.rip;
+    if (prep) prep();
+    c->s.gpr[RBX] = 2;
+    c->icount = 0;
+    bt_cfi_set_policy(pol);
+    bt_cfi_destroy(c); /* a fresh shadow stack */
+    bt_cfi_reset_stats();
+    atomic_store(&T->vm.stop_reason, VM_STOP_NONE);
+    uint8_t buf[0x100];
+    assert_true(n <= sizeof(buf));
+    memcpy(buf, code, n);
+    if (code == ind_0) { /* fptr (offset 0x48) holds the absolute address of f3 */
+        uint64_t f3 = c->s.rip + 0x2008;
+        memcpy(buf + 0x48, &f3, 8);
+    }
+    t_run(T, buf, n, 100000);
+    bt_cfi_destroy(c); /* folds the vCPU's counts into the totals */
+    bt_cfi_get_stats(d);
+    memcpy(o->gpr, c->s.gpr, sizeof(o->gpr));
+    o->rip = c->s.rip;
+    o->rflags = c->s.rflags;
+    o->icount = c->icount;
+    o->halted = c->halted;
+    static const struct bt_cfi_policy dflt = {BT_CFI_LOG, false};
+    bt_cfi_set_policy(&dflt);
+}
+
+static void test_cfi(void **st)
+{
+    static struct outcome a, b;
+    struct bt_cfi_stats da, db;
+    const struct bt_cfi_policy log_user = {BT_CFI_LOG, false}, enforce = {BT_CFI_ENFORCE, false},
+                               log_all = {BT_CFI_LOG, true};
+    const uint64_t ret_r1 = T_CODE3 + 0x1e; /* the RET of r1 */
+
+    /* calls, returns, recursion deeper than the shadow stack, a longjmp-like unwind: clean */
+    prep = prep_ind;
+    for (int jit = 0; jit < 2; jit++)
+        run_user(jit, ind_0, sizeof(ind_0), &enforce, true, jit ? &b : &a, jit ? &db : &da);
+    prep = NULL;
+    ind_base = T_CODE0;
+    assert_int_equal(a.gpr[RBX], b.gpr[RBX]);
+    assert_int_equal(a.icount, b.icount);
+    assert_int_equal(a.rip, b.rip);
+    assert_int_equal(a.gpr[RBX], 50 * 7 + 50 * 51 / 2 + 150 * 149 / 2 + 7);
+    assert_int_equal(da.violations_user + db.violations_user, 0);
+    assert_int_equal(da.checked, db.checked);
+    assert_int_equal(da.unverified, db.unverified);
+    print_message("clean run: %llu calls, %llu returns checked, %llu unverified\n",
+                  (unsigned long long)da.calls, (unsigned long long)da.checked,
+                  (unsigned long long)da.unverified);
+    assert_int_equal(da.checked + da.unverified, 200 + 151 + 1); /* every RET that ran */
+    assert_int_equal(da.unverified, 151 - 64); /* the recursion beyond the 64-deep ring */
+
+    /* log: the gadget runs, one user violation, both backends */
+    for (int jit = 0; jit < 2; jit++)
+        run_user(jit, rop_0, sizeof(rop_0), &log_user, true, jit ? &b : &a, jit ? &db : &da);
+    compare(&a, &b);
+    assert_int_equal(a.gpr[RBX], 2 + 100);
+    assert_int_equal(da.violations_user, 1);
+    assert_int_equal(db.violations_user, 1);
+
+    /* enforce: the VM stops at the RET, before the gadget; the RET has not completed */
+    for (int jit = 0; jit < 2; jit++) {
+        run_user(jit, rop_0, sizeof(rop_0), &enforce, true, jit ? &b : &a, jit ? &db : &da);
+        assert_int_equal(atomic_load(&T->vm.stop_reason), VM_STOP_CFI);
+        assert_true(T->c->exit_now);
+    }
+    assert_int_equal(a.rip, ret_r1);
+    assert_int_equal(b.rip, ret_r1);
+    assert_int_equal(a.gpr[RBX], 2);
+    assert_int_equal(b.gpr[RBX], 2);
+    assert_int_equal(a.gpr[RSP], b.gpr[RSP]);
+    assert_int_equal(da.violations_user + db.violations_user, 2);
+
+    /* the same in the kernel: not policed with scope user, counted with scope all */
+    for (int jit = 0; jit < 2; jit++)
+        run_user(jit, rop_0, sizeof(rop_0), &enforce, false, jit ? &b : &a, jit ? &db : &da);
+    compare(&a, &b);
+    assert_int_equal(a.gpr[RBX], 2 + 100);
+    assert_int_equal(da.violations_kernel + db.violations_kernel, 0);
+    for (int jit = 0; jit < 2; jit++)
+        run_user(jit, rop_0, sizeof(rop_0), &log_all, false, jit ? &b : &a, jit ? &db : &da);
+    assert_int_equal(da.violations_kernel, 1);
+    assert_int_equal(db.violations_kernel, 1);
+
+    /* a retpoline thunk rewrites its own return slot: recognised, not a violation */
+    for (int jit = 0; jit < 2; jit++)
+        run_user(jit, retp_0, sizeof(retp_0), &enforce, true, jit ? &b : &a, jit ? &db : &da);
+    compare(&a, &b);
+    assert_int_equal(a.gpr[RBX], 2 + 10 + 1);
+    assert_int_equal(da.violations_user + db.violations_user, 0);
+    assert_int_equal(da.retpoline, 1);
+    assert_int_equal(db.retpoline, 1);
+    atomic_store(&T->vm.stop_reason, VM_STOP_NONE);
+    T->c->exit_now = false;
+}
+
 /* No mapping of this process is writable and executable at once, with the code cache mapped. */
 static void test_wx(void **st)
 {
@@ -502,6 +813,12 @@ int main(void)
         cmocka_unit_test(test_self_modifying),
         cmocka_unit_test(test_chain_smc),
         cmocka_unit_test(test_chain_budget_kick),
+        cmocka_unit_test(test_indirect_calls),
+        cmocka_unit_test(test_lookup_smc),
+        cmocka_unit_test(test_cr3_switch),
+        cmocka_unit_test(test_lookup_mode),
+        cmocka_unit_test(test_rep_mid_block),
+        cmocka_unit_test(test_cfi),
         cmocka_unit_test(test_wx),
         cmocka_unit_test(test_switch),
         cmocka_unit_test(test_speed),

@@ -84,6 +84,16 @@ static void test_run_options(void **st)
     assert_int_equal(o.mem_size, 512ull << 20);
     assert_string_equal(o.cpu, "auto");
     assert_string_equal(o.cpu_model, "lookout-v1");
+    assert_int_equal(o.cfi.mode, BT_CFI_LOG); /* the default: count, user mode only */
+    assert_false(o.cfi.kernel);
+
+    const char *c1[] = {"--cfi", "enforce", "--cfi-scope=all", NULL};
+    assert_int_equal(parse(&o, c1), 0);
+    assert_int_equal(o.cfi.mode, BT_CFI_ENFORCE);
+    assert_true(o.cfi.kernel);
+    const char *c2[] = {"--cfi=off", NULL};
+    assert_int_equal(parse(&o, c2), 0);
+    assert_int_equal(o.cfi.mode, BT_CFI_OFF);
 
     const char *h[] = {"--help", NULL};
     assert_int_equal(parse(&o, h), 1);
@@ -102,6 +112,8 @@ static void test_run_options(void **st)
         (const char *[]){"--", NULL},
         (const char *[]){"--initrd", "i", NULL},
         (const char *[]){"--kernel=", NULL},
+        (const char *[]){"--cfi", "strict", NULL},
+        (const char *[]){"--cfi-scope", "kernel", NULL},
     };
     for (unsigned i = 0; i < ARRAY_SIZE(bad); i++)
         assert_true(parse(&o, bad[i]) < 0);

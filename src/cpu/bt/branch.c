@@ -4,6 +4,7 @@
  * Trust: branch targets are guest data.  A target outside the code segment limit (legacy modes)
  * or non-canonical (64-bit mode) raises #GP(0) on the branch itself, before any register or
  * stack change, as the SDM's pseudo-code does. */
+#include "cpu/bt/cfi.h"
 #include "cpu/bt/intops.h"
 
 static uint64_t ip_mask(unsigned opsize)
@@ -43,17 +44,25 @@ static void op_jcc(struct bt_cpu *c, const struct bt_insn *i)
     if (bt_cond(c->s.rflags, i->opcode & 0xf)) jump_to(c, rel_target(c, i));
 }
 
+static uint64_t stack_mask(const struct bt_cpu *c)
+{
+    return c->stack_bits == 64 ? ~0ull : c->stack_bits == 32 ? 0xffffffffull : 0xffffull;
+}
+
+/* --cfi checks returns of the software CPU's own guests (not the KVM backend's fallback, which
+ * sees single instructions of a guest the hardware runs) */
+static inline bool cfi_on(const struct bt_cpu *c)
+{
+    return bt_cfi_active(c->cpl) && !c->kvm_assist;
+}
+
 static void op_call(struct bt_cpu *c, const struct bt_insn *i)
 {
     uint64_t target = near_target(c, i);
     if (c->code_bits == 64 ? !x86_is_canonical(target) : target > c->s.seg[SEG_CS].limit) bt_gp0(c);
     bt_push(c, i->opsize / 8, c->next_rip);
     c->s.rip = target;
-}
-
-static uint64_t stack_mask(const struct bt_cpu *c)
-{
-    return c->stack_bits == 64 ? ~0ull : c->stack_bits == 32 ? 0xffffffffull : 0xffffull;
+    if (cfi_on(c)) bt_cfi_call(c, c->s.gpr[RSP] & stack_mask(c), c->next_rip);
 }
 
 static void op_ret(struct bt_cpu *c, const struct bt_insn *i)
@@ -64,6 +73,10 @@ static void op_ret(struct bt_cpu *c, const struct bt_insn *i)
     uint64_t lin = bt_seg_linear(c, SEG_SS, rsp, size, BT_ACC_READ);
     uint64_t target = bt_read(c, lin, size, BT_ACC_READ);
     jump_to(c, target); /* may #GP: RSP is committed only after */
+    if (cfi_on(c) && !bt_cfi_ret(c, rsp, target)) {
+        c->s.rip = c->insn_rip; /* --cfi enforce: the RET does not complete, the VM stops */
+        return;
+    }
     uint64_t extra = i->nops ? (uint64_t)i->op[0].disp & 0xffff : 0;
     c->s.gpr[RSP] = (c->s.gpr[RSP] & ~mask) | ((rsp + size + extra) & mask);
 }

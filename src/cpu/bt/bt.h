@@ -203,6 +203,7 @@ struct bt_cpu {
     /* decoded-block cache */
     void *cache; /* core.c private */
     void *jit;   /* jit.c private: the translator, NULL when interpreting only */
+    void *cfi;   /* cfi.c private: the shadow stacks of --cfi, allocated on first use */
 
     /* interrupts and time */
     struct lapic *lapic;

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "cpu/bt/bt.h"
+#include "cpu/bt/cfi.h"
 #include "cpu/bt/intops.h"
 #include "cpu/bt/jit.h"
 #include "util/log.h"
@@ -536,6 +537,7 @@ void bt_core_destroy(struct bt_cpu *c)
               c->index, (unsigned long long)k->lookups, (unsigned long long)k->misses,
               (unsigned long long)k->flushes, (unsigned long long)c->ud_unhandled);
     bt_jit_destroy(c);
+    bt_cfi_destroy(c);
     pthread_mutex_destroy(&k->lock);
     free(k->insns), free(k->blocks), free(k->hash), free(k->page_hash), free(k);
     c->cache = NULL;

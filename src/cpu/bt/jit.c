@@ -46,7 +46,7 @@
 #include <unistd.h>
 
 #include "cpu/bt/bt.h"
-#include "cpu/bt/irqglue.h"
+#include "devices/lapic.h"
 #include "util/log.h"
 
 #define JIT_CACHE_BYTES (16u << 20)
@@ -67,10 +67,31 @@
 
 /* One translation.  A block's slot in core.c points here. */
 struct jit_tb {
+    uint64_t gpa;      /* guest-physical address of the block's first byte */
     uint32_t entry;    /* offset of the code in the cache */
     uint32_t links_in; /* exits of other translations patched to jump here: index+1 in links */
     uint8_t code_bits, stack_bits;
 };
+
+/* The inline lookup table (indirect branches, returns, handler-decided exits in 64-bit code):
+ * direct-mapped by linear RIP, probed by the emitted code.  An entry is used only if the linear
+ * RIP, CR3 and the mode word (CPL, code and stack size, paging: the 4 bytes at bt_cpu.cpl) match
+ * and the soft TLB maps RIP's page, executable at the current CPL, to the guest-physical page the
+ * translation was made from, so a remapped page or another address space never runs a stale
+ * translation.  Entries die with their translation (bt_jit_drop, bt_jit_flush). */
+#define JIT_LOOKUP_SIZE 16384u
+#define JIT_DROP_PAGES  16u
+struct jit_lent {
+    uint64_t rip, cr3, gpa; /* gpa: the page (low 12 bits clear); 0 with rip ~0: empty */
+    uint32_t mode, code;    /* mode word; code offset in the cache */
+};
+_Static_assert(sizeof(struct jit_lent) == 32, "the lookup probe scales the index by 32");
+_Static_assert(offsetof(struct bt_cpu, code_bits) == offsetof(struct bt_cpu, cpl) + 1 &&
+                   offsetof(struct bt_cpu, stack_bits) == offsetof(struct bt_cpu, cpl) + 2 &&
+                   offsetof(struct bt_cpu, paging) == offsetof(struct bt_cpu, cpl) + 3,
+               "the mode word is the 4 bytes cpl, code_bits, stack_bits, paging");
+/* placeholder guest-physical page of an unpatched cross-page chain: never a page address */
+#define JIT_NO_GPA 0x8000000000000001ull
 
 /* A patched exit: the rel32 of a chain jump ending at patch_end now points at a translation. */
 struct jit_link {
@@ -81,6 +102,7 @@ struct bt_jit {
     bool enabled;
     unsigned hot_runs; /* interpreted entries before a block is translated */
     _Atomic bool *pending;
+    const _Atomic bool *attention; /* the vCPU's LAPIC attention flag, NULL without a LAPIC */
     int fd;
     uint8_t *rw, *rx; /* the two views of the cache (NULL until the first translation) */
     size_t size, used, base_end;
@@ -99,6 +121,17 @@ struct bt_jit {
     uint8_t exit_cpl, exit_code_bits, exit_stack_bits;
     bool exit_valid;
     struct bt_jit_stats st;
+
+    /* guest-physical pages whose translations were dropped since the last run: their lookup
+     * entries are cleared before translated code runs again (ndrop > JIT_DROP_PAGES: all) */
+    uint64_t drop_pages[JIT_DROP_PAGES];
+    unsigned ndrop;
+    /* while translating a block of 64-bit code: the jumps of REP string instructions in its
+     * middle that re-run themselves (a chunk done), to one inline lookup after the block's end */
+    bool mid_lookup;
+    unsigned nmid;
+    size_t mid_jumps[JIT_BLOCK_MAX];
+    struct jit_lent ltab[JIT_LOOKUP_SIZE]; /* read by the translated code through R13 */
 };
 
 /* ---- emitter --------------------------------------------------------------------------- */
@@ -222,6 +255,19 @@ static void jto(struct emit *e, ZydisMnemonic m, size_t target)
 #define C_NMI_PEND  ((int64_t)offsetof(struct bt_cpu, s.ev.nmi_pending))
 #define J_CHAIN_END ((int64_t)offsetof(struct bt_jit, chain_end))
 #define J_LAST_EXIT ((int64_t)offsetof(struct bt_jit, last_exit))
+#define J_LTAB      ((int64_t)offsetof(struct bt_jit, ltab))
+#define J_LOOKUPS   ((int64_t)offsetof(struct bt_jit, st.lookups))
+#define J_HITS      ((int64_t)offsetof(struct bt_jit, st.lookup_hits))
+#define J_MISS_KEY  ((int64_t)offsetof(struct bt_jit, st.lookup_miss_key))
+#define J_MISS_TLB  ((int64_t)offsetof(struct bt_jit, st.lookup_miss_tlb))
+#define J_BAILS     ((int64_t)offsetof(struct bt_jit, st.lookup_bails))
+#define C_CR3       ((int64_t)offsetof(struct bt_cpu, s.cr3))
+#define C_HALTED    ((int64_t)offsetof(struct bt_cpu, halted))
+#define L_RIP       ((int64_t)offsetof(struct jit_lent, rip))
+#define L_CR3       ((int64_t)offsetof(struct jit_lent, cr3))
+#define L_GPA       ((int64_t)offsetof(struct jit_lent, gpa))
+#define L_MODE      ((int64_t)offsetof(struct jit_lent, mode))
+#define L_CODE      ((int64_t)offsetof(struct jit_lent, code))
 #define R13         ZYDIS_REGISTER_R13
 
 #define RBX ZYDIS_REGISTER_RBX
@@ -311,6 +357,7 @@ static int64_t imm_for(int64_t v, unsigned size)
     ((int64_t)offsetof(struct bt_cpu, s.seg) + (int64_t)(sg) * (int64_t)sizeof(struct x86_seg))
 #define T_VTAG ((int64_t)offsetof(struct bt_tlb_entry, vtag))
 #define T_HVA  ((int64_t)offsetof(struct bt_tlb_entry, hva))
+#define T_GPA  ((int64_t)offsetof(struct bt_tlb_entry, gpa))
 #define T_PERM ((int64_t)offsetof(struct bt_tlb_entry, perm))
 _Static_assert(sizeof(struct bt_tlb_entry) == 32, "the inline TLB probe scales the index by 32");
 _Static_assert(offsetof(struct x86_seg, base) == 0, "segment base first");
@@ -614,7 +661,10 @@ static void after_handler_checks(struct emit *e, struct bt_jit *j)
 {
     E2(e, MOV, R(ZYDIS_REGISTER_RAX), M(RBX, C_NEXT_RIP, 8));
     E2(e, CMP, M(RBX, C_RIP, 8), R(ZYDIS_REGISTER_RAX));
-    jto(e, ZYDIS_MNEMONIC_JNZ, j->exit_off);
+    if (j->mid_lookup && j->nmid < ARRAY_SIZE(j->mid_jumps))
+        j->mid_jumps[j->nmid++] = jrel(e, ZYDIS_MNEMONIC_JNZ); /* to the block's lookup exit */
+    else
+        jto(e, ZYDIS_MNEMONIC_JNZ, j->exit_off);
     E2(e, CMP, M(RBX, C_EXIT_NOW, 1), I(0));
     jto(e, ZYDIS_MNEMONIC_JNZ, j->exit_off);
     E2(e, CMP, M(RBX, C_SHADOW, 1), I(0));
@@ -630,32 +680,179 @@ static void after_handler_checks(struct emit *e, struct bt_jit *j)
  * queued invalidations and pending events.  If all are clear it takes its chain jump, which
  * bt_jit_run patches to the successor's translation once that exists (unpatched: falls through
  * to the stub below, which records this exit for patching and returns to the loop). */
+static void leave(struct emit *e, struct bt_jit *j, bool chainable);
+
+static bool same_page(unsigned page_off, int64_t off)
+{
+    return (int64_t)page_off + off >= 0 && (int64_t)page_off + off < 4096;
+}
+
+/* What the interpreter loop checks between blocks, before the code goes on to another block
+ * without it: the budget (room for a whole block), exit requests, kicks, pending events, queued
+ * invalidations and the LAPIC's attention.  `full` adds what only an exit decided by a handler can
+ * change (an interrupt shadow, HLT, TF from POPF/IRET): a direct branch changes none of them.
+ * Each failing check jumps to a fails[] entry the caller patches.  Clobbers the caller-saved
+ * registers. */
+static void between_blocks(struct emit *e, struct bt_jit *j, size_t *fails, int *nf, bool full)
+{
+    E2(e, MOV, R(ZYDIS_REGISTER_RAX), M(RBX, C_ICOUNT, 8));
+    E2(e, CMP, R(ZYDIS_REGISTER_RAX), M(R13, J_CHAIN_END, 8));
+    fails[(*nf)++] = jrel(e, ZYDIS_MNEMONIC_JNBE);
+    E2(e, MOV, R(ZYDIS_REGISTER_EAX), I(0));
+    E2(e, OR, R(ZYDIS_REGISTER_AL), M(RBX, C_EXIT_NOW, 1));
+    E2(e, OR, R(ZYDIS_REGISTER_AL), M(RBX, C_KICKED, 1));
+    E2(e, OR, R(ZYDIS_REGISTER_AL), M(RBX, C_INTR_PEND, 1));
+    E2(e, OR, R(ZYDIS_REGISTER_AL), M(RBX, C_NMI_PEND, 1));
+    if (full) {
+        E2(e, OR, R(ZYDIS_REGISTER_AL), M(RBX, C_SHADOW, 1));
+        E2(e, OR, R(ZYDIS_REGISTER_AL), M(RBX, C_HALTED, 1));
+    }
+    fails[(*nf)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    if (full) { /* TF: the loop single-steps */
+        E2(e, TEST, M(RBX, C_FLAGS + 1, 1), I(X86_FLAG_TF >> 8));
+        fails[(*nf)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    }
+    E2(e, MOV, R(ZYDIS_REGISTER_RAX), I((int64_t)(uintptr_t)j->pending));
+    E2(e, CMP, M(ZYDIS_REGISTER_RAX, 0, 1), I(0));
+    fails[(*nf)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    /* a LAPIC with something to say (interrupt, NMI, INIT, SIPI): the loop decides.  Its
+     * attention flag is read in place (what bt_glue_attention does, without two calls) */
+    if (j->attention) {
+        E2(e, MOV, R(ZYDIS_REGISTER_RAX), I((int64_t)(uintptr_t)j->attention));
+        E2(e, CMP, M(ZYDIS_REGISTER_RAX, 0, 1), I(0));
+        fails[(*nf)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    }
+}
+
+/* RAX holds a linear code address (64-bit code): RSI = its soft-TLB entry if that maps the page
+ * executable at the current CPL, else a jump to a fails[] entry.  The same test bt_fetch's fast
+ * path makes, so a hit means the interpreter would fetch from the page the entry names.
+ * Clobbers RCX, RDX. */
+static void tlb_exec_probe(struct emit *e, size_t *fails, int *nf)
+{
+    E2(e, MOV, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RAX));
+    E2(e, SHR, R(ZYDIS_REGISTER_RCX), I(12));
+    E2(e, AND, R(ZYDIS_REGISTER_ECX), I(BT_TLB_SIZE - 1));
+    E2(e, SHL, R(ZYDIS_REGISTER_ECX), I(5));
+    E2(e, LEA, R(ZYDIS_REGISTER_RSI), MX(RBX, ZYDIS_REGISTER_RCX, 1, C_TLB, 8));
+    E2(e, MOV, R(ZYDIS_REGISTER_RDX), R(ZYDIS_REGISTER_RAX));
+    E2(e, AND, R(ZYDIS_REGISTER_RDX), I(~(int64_t)0xfff));
+    E2(e, OR, R(ZYDIS_REGISTER_RDX), I(1));
+    E2(e, CMP, R(ZYDIS_REGISTER_RDX), M(ZYDIS_REGISTER_RSI, T_VTAG, 8));
+    fails[(*nf)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    /* execute permission: supervisor bit 2, user bit 5 (mmu.c) */
+    E2(e, MOV, R(ZYDIS_REGISTER_EDX), I(BT_ACC_EXEC));
+    E2(e, MOV, R(ZYDIS_REGISTER_ECX), I(BT_ACC_EXEC << 3));
+    E2(e, CMP, M(RBX, C_CPL, 1), I(3));
+    E2(e, CMOVZ, R(ZYDIS_REGISTER_EDX), R(ZYDIS_REGISTER_ECX));
+    E2(e, TEST, M(ZYDIS_REGISTER_RSI, T_PERM, 4), R(ZYDIS_REGISTER_EDX));
+    fails[(*nf)++] = jrel(e, ZYDIS_MNEMONIC_JZ);
+}
+
+/* The end of a block whose successor a handler decided (indirect JMP/CALL, RET, direct CALL and
+ * every other handler-ended block) in 64-bit code: after the loop's checks, the inline lookup of
+ * s.rip in the per-vCPU table (see struct jit_lent), validated by CR3, the mode word and the TLB;
+ * a hit jumps straight to the translation, a miss returns to the loop. */
+static void lookup_exit(struct emit *e, struct bt_jit *j)
+{
+    size_t fails[12], kfails[4], tfails[8];
+    int nf = 0, nk = 0, nt = 0;
+    between_blocks(e, j, fails, &nf, true);
+    E1(e, INC, M(R13, J_LOOKUPS, 8));
+    E2(e, MOV, R(ZYDIS_REGISTER_RAX), M(RBX, C_RIP, 8));
+    E2(e, MOV, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RAX));
+    E2(e, SHR, R(ZYDIS_REGISTER_RCX), I(12));
+    E2(e, XOR, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RAX));
+    E2(e, AND, R(ZYDIS_REGISTER_ECX), I(JIT_LOOKUP_SIZE - 1));
+    E2(e, SHL, R(ZYDIS_REGISTER_ECX), I(5));
+    E2(e, LEA, R(ZYDIS_REGISTER_RDI), MX(R13, ZYDIS_REGISTER_RCX, 1, J_LTAB, 8));
+    E2(e, CMP, R(ZYDIS_REGISTER_RAX), M(ZYDIS_REGISTER_RDI, L_RIP, 8));
+    kfails[nk++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    E2(e, MOV, R(ZYDIS_REGISTER_RDX), M(RBX, C_CR3, 8));
+    E2(e, CMP, R(ZYDIS_REGISTER_RDX), M(ZYDIS_REGISTER_RDI, L_CR3, 8));
+    kfails[nk++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    E2(e, MOV, R(ZYDIS_REGISTER_EDX), M(RBX, C_CPL, 4));
+    E2(e, CMP, R(ZYDIS_REGISTER_EDX), M(ZYDIS_REGISTER_RDI, L_MODE, 4));
+    kfails[nk++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    tlb_exec_probe(e, tfails, &nt);
+    E2(e, MOV, R(ZYDIS_REGISTER_RDX), M(ZYDIS_REGISTER_RSI, T_GPA, 8));
+    E2(e, CMP, R(ZYDIS_REGISTER_RDX), M(ZYDIS_REGISTER_RDI, L_GPA, 8));
+    tfails[nt++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    E1(e, INC, M(R13, J_HITS, 8));
+    E2(e, MOV, R(ZYDIS_REGISTER_EAX), M(ZYDIS_REGISTER_RDI, L_CODE, 4));
+    E2(e, MOV, R(ZYDIS_REGISTER_RCX), I((int64_t)(uintptr_t)j->rx));
+    E2(e, ADD, R(ZYDIS_REGISTER_RAX), R(ZYDIS_REGISTER_RCX));
+    E1(e, JMP, R(ZYDIS_REGISTER_RAX));
+    /* misses by kind (statistics), then back to the loop */
+    for (int k = 0; k < nk; k++)
+        patch(e, kfails[k], e->pos);
+    E1(e, INC, M(R13, J_MISS_KEY, 8));
+    jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
+    for (int k = 0; k < nt; k++)
+        patch(e, tfails[k], e->pos);
+    E1(e, INC, M(R13, J_MISS_TLB, 8));
+    jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
+    for (int k = 0; k < nf; k++)
+        patch(e, fails[k], e->pos);
+    E1(e, INC, M(R13, J_BAILS, 8)); /* the loop has something to do first */
+    jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
+}
+
+/* A direct successor on another page (64-bit code): chainable too, but the page's mapping may
+ * differ from run to run (another address space, a remapped page), so before the chain jump the
+ * TLB must map the target's page, executable, to the guest-physical page the chained translation
+ * was made from: a 64-bit immediate patched together with the jump (JIT_NO_GPA until then).  A
+ * TLB miss returns to the loop; a different physical page goes to the stub, which records the exit
+ * so the jump is patched again to what the page now holds. */
+static void leave_far(struct emit *e, struct bt_jit *j)
+{
+    size_t fails[12];
+    int nf = 0;
+    between_blocks(e, j, fails, &nf, false);
+    E2(e, MOV, R(ZYDIS_REGISTER_RAX), M(RBX, C_RIP, 8));
+    tlb_exec_probe(e, fails, &nf);
+    size_t before = e->pos;
+    E2(e, MOV, R(ZYDIS_REGISTER_RDX), I((int64_t)JIT_NO_GPA));
+    if (!e->fail && e->pos - before != 10) e->fail = true; /* want REX.W B8+r imm64 */
+    size_t imm_off = e->pos - 8;
+    E2(e, CMP, R(ZYDIS_REGISTER_RDX), M(ZYDIS_REGISTER_RSI, T_GPA, 8));
+    size_t other = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    size_t chain = jrel(e, ZYDIS_MNEMONIC_JMP); /* rel32 0: falls through until patched */
+    patch(e, other, e->pos);
+    E2(e, MOV, R(ZYDIS_REGISTER_RAX), I((int64_t)(chain | (uint64_t)imm_off << 32)));
+    E2(e, MOV, M(R13, J_LAST_EXIT, 8), R(ZYDIS_REGISTER_RAX));
+    for (int k = 0; k < nf; k++)
+        patch(e, fails[k], e->pos);
+    jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
+}
+
+/* Leaves toward a direct successor at block offset `off`: chained on the same page, chained with
+ * the TLB check across pages in 64-bit code, else back to the loop. */
+static void leave_direct(struct emit *e, struct bt_jit *j, unsigned page_off, int64_t off, bool b32)
+{
+    if (same_page(page_off, off))
+        leave(e, j, true);
+    else if (!b32)
+        leave_far(e, j);
+    else
+        leave(e, j, false);
+}
+
+/* Leaves the block after s.rip and icount are final.  A chainable exit (a direct successor on
+ * the same page, so the same guest-physical page whatever linear alias the block runs at) first
+ * checks everything the interpreter loop checks between blocks: the budget, exit requests, kicks,
+ * queued invalidations and pending events.  If all are clear it takes its chain jump, which
+ * bt_jit_run patches to the successor's translation once that exists (unpatched: falls through
+ * to the stub below, which records this exit for patching and returns to the loop). */
 static void leave(struct emit *e, struct bt_jit *j, bool chainable)
 {
     if (!chainable) {
         jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
         return;
     }
-    size_t fails[6];
+    size_t fails[8];
     int nf = 0;
-    E2(e, MOV, R(ZYDIS_REGISTER_RAX), M(RBX, C_ICOUNT, 8));
-    E2(e, CMP, R(ZYDIS_REGISTER_RAX), M(R13, J_CHAIN_END, 8));
-    fails[nf++] = jrel(e, ZYDIS_MNEMONIC_JNBE);
-    E2(e, MOV, R(ZYDIS_REGISTER_EAX), I(0));
-    E2(e, OR, R(ZYDIS_REGISTER_AL), M(RBX, C_EXIT_NOW, 1));
-    E2(e, OR, R(ZYDIS_REGISTER_AL), M(RBX, C_KICKED, 1));
-    E2(e, OR, R(ZYDIS_REGISTER_AL), M(RBX, C_INTR_PEND, 1));
-    E2(e, OR, R(ZYDIS_REGISTER_AL), M(RBX, C_NMI_PEND, 1));
-    fails[nf++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
-    E2(e, MOV, R(ZYDIS_REGISTER_RAX), I((int64_t)(uintptr_t)j->pending));
-    E2(e, CMP, M(ZYDIS_REGISTER_RAX, 0, 1), I(0));
-    fails[nf++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
-    /* a LAPIC with something to say (interrupt, NMI, INIT, SIPI): the loop decides */
-    E2(e, MOV, R(ZYDIS_REGISTER_RDI), R(RBX));
-    E2(e, MOV, R(ZYDIS_REGISTER_RAX), I((int64_t)(uintptr_t)bt_glue_attention));
-    E1(e, CALL, R(ZYDIS_REGISTER_RAX));
-    E2(e, TEST, R(ZYDIS_REGISTER_AL), R(ZYDIS_REGISTER_AL));
-    fails[nf++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    between_blocks(e, j, fails, &nf, false);
     size_t chain = jrel(e, ZYDIS_MNEMONIC_JMP); /* rel32 0: falls through until patched */
     E2(e, MOV, R(ZYDIS_REGISTER_RAX), I((int64_t)chain));
     E2(e, MOV, M(R13, J_LAST_EXIT, 8), R(ZYDIS_REGISTER_RAX));
@@ -682,10 +879,6 @@ static bool is_jcc(unsigned m)
  * guest's arithmetic flags loaded, the target checked (canonical in 64-bit code; a flat 32-bit
  * code segment has no limit to check) and the block left with s.rip set.  A target that fails the
  * check goes to the handler, which raises the #GP precisely. */
-static bool same_page(unsigned page_off, int64_t off)
-{
-    return (int64_t)page_off + off >= 0 && (int64_t)page_off + off < 4096;
-}
 
 static bool native_branch(struct emit *e, struct bt_jit *j, const struct bt_insn *i, int64_t off,
                           bool b32, unsigned *pend, unsigned page_off)
@@ -716,13 +909,13 @@ static bool native_branch(struct emit *e, struct bt_jit *j, const struct bt_insn
     }
     E2(e, MOV, M(RBX, C_RIP, 8), R(ZYDIS_REGISTER_RAX));
     E2(e, ADD, M(RBX, C_ICOUNT, 8), I(*pend + 1));
-    leave(e, j, same_page(page_off, target));
+    leave_direct(e, j, page_off, target, b32);
     if (!jmp) {
         patch(e, not_taken, e->pos);
         rip_at(e, end, b32);
         E2(e, MOV, M(RBX, C_RIP, 8), R(ZYDIS_REGISTER_RAX));
         E2(e, ADD, M(RBX, C_ICOUNT, 8), I(*pend + 1));
-        leave(e, j, same_page(page_off, end));
+        leave_direct(e, j, page_off, end, b32);
     }
     if (!b32) {
         patch(e, slow, e->pos);
@@ -812,6 +1005,45 @@ static void cache_unmap(struct bt_jit *j)
     j->fd = -1;
 }
 
+static void lookup_clear_all(struct bt_jit *j)
+{
+    for (unsigned k = 0; k < JIT_LOOKUP_SIZE; k++)
+        j->ltab[k].rip = ~0ull; /* never a RIP the probe compares (not canonical) */
+    j->ndrop = 0;
+    j->st.lookup_clears++;
+}
+
+/* Clears the lookup entries of translations dropped since the last run. */
+static void lookup_apply_drops(struct bt_jit *j)
+{
+    if (j->ndrop > JIT_DROP_PAGES) {
+        lookup_clear_all(j);
+        return;
+    }
+    for (unsigned k = 0; k < JIT_LOOKUP_SIZE; k++) {
+        struct jit_lent *l = &j->ltab[k];
+        for (unsigned d = 0; d < j->ndrop; d++)
+            if (l->gpa == j->drop_pages[d]) l->rip = ~0ull;
+    }
+    j->ndrop = 0;
+}
+
+static inline uint32_t lookup_index(uint64_t rip)
+{
+    return (uint32_t)((rip >> 12) ^ rip) & (JIT_LOOKUP_SIZE - 1);
+}
+
+/* Records the translation about to run at s.rip (64-bit code) for the inline lookup. */
+static void lookup_fill(struct bt_jit *j, struct bt_cpu *c, const struct jit_tb *tb)
+{
+    struct jit_lent *l = &j->ltab[lookup_index(c->s.rip)];
+    l->rip = c->s.rip;
+    l->cr3 = c->s.cr3;
+    l->gpa = tb->gpa & ~0xfffull;
+    memcpy(&l->mode, &c->cpl, 4);
+    l->code = tb->entry;
+}
+
 int bt_jit_set_enabled(struct bt_cpu *c, _Atomic bool *pending, bool on)
 {
     struct bt_jit *j = c->jit;
@@ -821,6 +1053,8 @@ int bt_jit_set_enabled(struct bt_cpu *c, _Atomic bool *pending, bool on)
         if (!j) return err_set(ENOMEM, "translator: no memory for its state");
         j->fd = -1;
         j->hot_runs = JIT_HOT_RUNS;
+        lookup_clear_all(j);
+        j->st.lookup_clears = 0;
         c->jit = j;
     }
     if (pending) j->pending = pending;
@@ -850,13 +1084,21 @@ void bt_jit_destroy(struct bt_cpu *c)
     if (j->st.blocks_translated)
         log_info(
             "translator %u: %llu blocks translated (%llu native, %llu called instructions; "
-            "%llu with inline loads), %llu flushes, %llu block entries from the loop, %llu chains, "
-            "%llu unchained",
+            "%llu with inline loads), %llu flushes (%llu because the code cache was full), "
+            "%llu block entries from the loop, %llu chains (%llu across pages), %llu unchained, "
+            "%llu exits through unpatched chain jumps, "
+            "%llu inline lookups (%llu hits; misses: %llu not in the table, %llu TLB; %llu exits "
+            "to the loop before the lookup: budget, events), "
+            "%llu lookup-table clears",
             c->index, (unsigned long long)j->st.blocks_translated,
             (unsigned long long)j->st.insns_native, (unsigned long long)j->st.insns_called,
             (unsigned long long)j->st.insns_inline_mem, (unsigned long long)j->st.flushes,
-            (unsigned long long)j->st.runs, (unsigned long long)j->st.chains,
-            (unsigned long long)j->st.unchains);
+            (unsigned long long)j->st.flushes_full, (unsigned long long)j->st.runs,
+            (unsigned long long)j->st.chains, (unsigned long long)j->st.chains_cross,
+            (unsigned long long)j->st.unchains, (unsigned long long)j->st.exits_unchained,
+            (unsigned long long)j->st.lookups, (unsigned long long)j->st.lookup_hits,
+            (unsigned long long)j->st.lookup_miss_key, (unsigned long long)j->st.lookup_miss_tlb,
+            (unsigned long long)j->st.lookup_bails, (unsigned long long)j->st.lookup_clears);
     cache_unmap(j);
     free(j->tbs);
     free(j->links);
@@ -871,6 +1113,7 @@ void bt_jit_flush(struct bt_cpu *c)
     j->used = j->base_end;
     j->ntbs = j->nlinks = 0;
     j->exit_valid = false;
+    lookup_clear_all(j);
     j->st.flushes++;
 }
 
@@ -888,6 +1131,12 @@ void bt_jit_drop(struct bt_cpu *c, void *handle)
     }
     tb->links_in = 0;
     j->exit_valid = false;
+    /* its lookup entries go before translated code runs again (bt_jit_run) */
+    uint64_t page = tb->gpa & ~0xfffull;
+    if (j->ndrop <= JIT_DROP_PAGES && (j->ndrop == 0 || j->drop_pages[j->ndrop - 1] != page)) {
+        if (j->ndrop < JIT_DROP_PAGES) j->drop_pages[j->ndrop] = page;
+        j->ndrop++;
+    }
 }
 
 void bt_jit_get_stats(const struct bt_cpu *c, struct bt_jit_stats *st)
@@ -901,15 +1150,19 @@ void bt_jit_get_stats(const struct bt_cpu *c, struct bt_jit_stats *st)
 }
 
 static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *ins, unsigned n,
-                     void **slot, unsigned page_off)
+                     void **slot, uint64_t gpa)
 {
     if (j->size - j->used < JIT_BLOCK_RESERVE || j->ntbs >= JIT_MAX_TBS) return -ENOSPC;
     struct emit e = {.buf = j->rw, .pos = j->used, .cap = j->used + JIT_BLOCK_RESERVE};
     const size_t start = e.pos;
+    const unsigned page_off = (unsigned)(gpa & 0xfff);
     const bool b32 = c->code_bits != 64;
     unsigned pend = 0, native = 0, inline_mem = 0;
     bool ended = false;
     int64_t off = 0;
+    j->attention = c->lapic ? lapic_attention_flag(c->lapic) : NULL;
+    j->mid_lookup = false;
+    j->nmid = 0;
     E2(&e, MOV, R(R12), M(RBX, C_RIP, 8));
     for (unsigned k = 0; k < n; k++) {
         const struct bt_insn *i = &ins[k];
@@ -935,10 +1188,22 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
         } else {
             call_handler(&e, i, off, b32, &pend);
             if (last) {
-                jto(&e, ZYDIS_MNEMONIC_JMP, j->exit_off);
+                if (b32)
+                    jto(&e, ZYDIS_MNEMONIC_JMP, j->exit_off);
+                else if (i->mnemonic == ZYDIS_MNEMONIC_CALL && i->op[0].kind == BT_OPK_IMM &&
+                         (i->attr_lo & BT_ATTR_RELATIVE))
+                    /* a direct CALL: its handler pushed and jumped (or faulted); the target
+                     * is known, so it chains like a direct JMP */
+                    leave_direct(&e, j, page_off, off + i->len + i->op[0].disp, b32);
+                else
+                    lookup_exit(&e, j); /* the successor is known only now */
                 ended = true;
             } else {
+                /* only REP string instructions branch from the middle of a block (a chunk
+                 * done, the instruction re-runs): a lookup stub for them alone */
+                j->mid_lookup = !b32 && (i->pfx & (BT_PFX_REP | BT_PFX_REPNE));
                 after_handler_checks(&e, j);
+                j->mid_lookup = false;
             }
         }
         off += i->len;
@@ -948,8 +1213,15 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
         flush_icount(&e, &pend);
         rip_at(&e, off, b32);
         E2(&e, MOV, M(RBX, C_RIP, 8), R(ZYDIS_REGISTER_RAX));
-        leave(&e, j, same_page(page_off, off));
+        leave_direct(&e, j, page_off, off, b32);
     }
+    if (j->nmid) { /* a handler in the middle branched: look its target up like a block end */
+        size_t at = e.pos;
+        lookup_exit(&e, j);
+        for (unsigned k = 0; k < j->nmid; k++)
+            patch(&e, j->mid_jumps[k], at);
+    }
+    j->mid_lookup = false;
     if (e.fail) {
         log_debug("translator: block of %u instructions at %#llx left to the interpreter", n,
                   (unsigned long long)c->s.rip);
@@ -962,6 +1234,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
     j->st.insns_called += n - native;
     j->st.insns_inline_mem += inline_mem;
     struct jit_tb *tb = &j->tbs[j->ntbs++];
+    tb->gpa = gpa;
     tb->entry = (uint32_t)start;
     tb->links_in = 0;
     tb->code_bits = c->code_bits;
@@ -981,7 +1254,13 @@ static void try_chain(struct bt_jit *j, struct bt_cpu *c, struct jit_tb *tb)
         tb->stack_bits != c->stack_bits || j->nlinks >= JIT_MAX_LINKS)
         return;
     j->exit_valid = false;
-    uint32_t pe = (uint32_t)j->last_exit;
+    uint32_t pe = (uint32_t)j->last_exit, imm = (uint32_t)(j->last_exit >> 32);
+    if (imm) {
+        /* cross-page exit: the chained translation's page, checked against the TLB first */
+        uint64_t page = tb->gpa & ~0xfffull;
+        memcpy(j->rw + imm, &page, 8);
+        j->st.chains_cross++;
+    }
     int32_t rel = (int32_t)((int64_t)tb->entry - (int64_t)pe);
     memcpy(j->rw + pe - 4, &rel, 4);
     j->links[j->nlinks] = (struct jit_link){.patch_end = pe, .next = tb->links_in};
@@ -994,7 +1273,10 @@ int bt_jit_run(struct bt_cpu *c, const struct bt_insn *insns, unsigned n, void *
 {
     struct bt_jit *j = c->jit;
     if (!j || !j->enabled || !j->pending || *slot == JIT_UNTRANSLATABLE || n == 0) return 1;
-    if (j->nlinks >= JIT_MAX_LINKS) return -ENOSPC;
+    if (j->nlinks >= JIT_MAX_LINKS) {
+        j->st.flushes_full++;
+        return -ENOSPC;
+    }
     uintptr_t v = (uintptr_t)*slot;
     if (v < 2 + JIT_HOT_MAX) {
         unsigned seen = v ? (unsigned)v - 1 : 0;
@@ -1009,17 +1291,21 @@ int bt_jit_run(struct bt_cpu *c, const struct bt_insn *insns, unsigned n, void *
             j->enabled = false;
             return 1;
         }
-        int r = translate(j, c, insns, n, slot, (unsigned)(gpa & 0xfff));
+        int r = translate(j, c, insns, n, slot, gpa);
+        if (r == -ENOSPC) j->st.flushes_full++;
         if (r) return r;
     }
     struct jit_tb *tb = *slot;
+    if (j->ndrop) lookup_apply_drops(j);
     try_chain(j, c, tb);
+    if (c->code_bits == 64) lookup_fill(j, c, tb);
     j->st.runs++;
     j->chain_end = end >= JIT_BLOCK_MAX ? end - JIT_BLOCK_MAX : 0;
     j->last_exit = 0;
     j->enter(c, j->rx + tb->entry, j);
     j->exit_valid = j->last_exit != 0;
     if (j->exit_valid) {
+        j->st.exits_unchained++;
         j->exit_rip = c->s.rip;
         j->exit_icount = c->icount;
         j->exit_cr3 = c->s.cr3;

@@ -52,9 +52,21 @@ void bt_jit_drop(struct bt_cpu *c, void *handle);
 /* Forgets every translation (the decoded blocks they point into are going away). */
 void bt_jit_flush(struct bt_cpu *c);
 
-/* Statistics for tests and the closing log line */
+/* Statistics for tests and the closing log line.  runs: block entries from the interpreter loop;
+ * flushes: every flush of the code cache, flushes_full: those because it (or its link table) was
+ * full (the others come with core.c recycling its decoded-block arena, or a full invalidation);
+ * chains_cross: chains across pages (TLB-checked); lookups/lookup_hits: inline lookups probed by
+ * translated code at handler-decided exits and how many jumped straight to a translation;
+ * lookup_bails: lookup exits that went to the loop before probing (budget, exit request,
+ * pending event, LAPIC attention, interrupt shadow, HLT, TF, queued invalidation);
+ * lookup_miss_key / lookup_miss_tlb: lookups that missed because the table held another key
+ * (RIP, CR3, mode) or because the TLB did not vouch for the page; lookup_clears: whole-table
+ * clears of the lookup table. */
 struct bt_jit_stats {
     uint64_t blocks_translated, insns_native, insns_called, flushes, runs, code_bytes, chains,
         unchains, insns_inline_mem;
+    uint64_t flushes_full, chains_cross, lookups, lookup_hits, lookup_clears, lookup_miss_key,
+        lookup_miss_tlb, exits_unchained, lookup_bails; /* exits_unchained: through a chain jump not
+                                             yet patched (or whose target page changed) */
 };
 void bt_jit_get_stats(const struct bt_cpu *c, struct bt_jit_stats *st);
