@@ -52,7 +52,7 @@
 #define JIT_CACHE_BYTES (16u << 20)
 /* room that must be left before translating a block: 64 instructions at the longest handler
  * path (~110 bytes) and the tail, with margin */
-#define JIT_BLOCK_RESERVE  (16u << 10)
+#define JIT_BLOCK_RESERVE  (32u << 10)
 #define JIT_UNTRANSLATABLE ((void *)1)
 /* A block is interpreted on its first JIT_HOT_RUNS entries from the loop (the slot counts them:
  * small integers 2..JIT_HOT_MAX+1) and translated on the next.  Most of a kernel boot runs once,
@@ -84,7 +84,8 @@ struct bt_jit {
     int fd;
     uint8_t *rw, *rx; /* the two views of the cache (NULL until the first translation) */
     size_t size, used, base_end;
-    size_t exit_off; /* the trampoline's return path */
+    size_t exit_off;        /* the trampoline's return path */
+    size_t probe_off[2][4]; /* the inline-access probes: [write][size 1, 2, 4, 8] */
     void (*enter)(struct bt_cpu *c, const void *code, struct bt_jit *j);
     struct jit_tb *tbs;
     struct jit_link *links;
@@ -300,147 +301,6 @@ static int64_t imm_for(int64_t v, unsigned size)
     case 2: return (int16_t)v;
     case 4: return (int32_t)v;
     default: return v;
-    }
-}
-
-/* ---- inline guest-memory loads (64-bit code) ------------------------------------------------ */
-
-#define C_TLB ((int64_t)offsetof(struct bt_cpu, tlb))
-#define C_CPL ((int64_t)offsetof(struct bt_cpu, cpl))
-#define C_SEGBASE(sg)                                                                              \
-    ((int64_t)offsetof(struct bt_cpu, s.seg) + (int64_t)(sg) * (int64_t)sizeof(struct x86_seg))
-#define T_VTAG ((int64_t)offsetof(struct bt_tlb_entry, vtag))
-#define T_HVA  ((int64_t)offsetof(struct bt_tlb_entry, hva))
-#define T_PERM ((int64_t)offsetof(struct bt_tlb_entry, perm))
-_Static_assert(sizeof(struct bt_tlb_entry) == 32, "the inline TLB probe scales the index by 32");
-_Static_assert(offsetof(struct x86_seg, base) == 0, "segment base first");
-
-/* True if operand `o` of `i` is a memory operand the inline load below handles. */
-static bool inline_mem_ok(const struct bt_insn *i, const struct bt_operand *o, int64_t off,
-                          bool b32)
-{
-    if (b32 || o->kind != BT_OPK_MEM || i->addrsize != 64) return false;
-    if (o->size != 1 && o->size != 2 && o->size != 4 && o->size != 8) return false;
-    if (o->base != BT_REG_RIP && o->base != BT_NOREG && o->base >= 16) return false;
-    if (o->index != BT_NOREG && o->index >= 16) return false;
-    if (o->index != BT_NOREG && o->scale != 1 && o->scale != 2 && o->scale != 4 && o->scale != 8)
-        return false;
-    if (o->base == BT_REG_RIP) return o->index == BT_NOREG && fits32(o->disp + off);
-    return fits32(o->disp);
-}
-
-/* Host register `which` (RCX or RAX family; RDX, RSI, RDI are clobbered) = the guest memory
- * operand, zero-extended, read through the TLB exactly as bt_op_read's fast path does (the
- * segment base for FS/GS, canonical address, a TLB entry for the page with a host address and
- * read permission at the current CPL, no page crossing).  Anything else jumps to the slow path
- * (its jump offsets are appended to slow[]), which runs the handler instead. */
-static void inline_load(struct emit *e, int which, const struct bt_operand *o, int64_t off,
-                        size_t *slow, int *nslow)
-{
-    const ZydisRegister HRDX = ZYDIS_REGISTER_RDX, HRSI = ZYDIS_REGISTER_RSI;
-    /* HRDX = effective address */
-    if (o->base == BT_REG_RIP) {
-        E2(e, LEA, R(HRDX), M(R12, o->disp + off, 8));
-    } else {
-        if (o->base != BT_NOREG)
-            E2(e, MOV, R(HRDX), M(RBX, C_GPR(o->base), 8));
-        else
-            E2(e, XOR, R(ZYDIS_REGISTER_EDX), R(ZYDIS_REGISTER_EDX));
-        if (o->index != BT_NOREG) {
-            E2(e, MOV, R(HRSI), M(RBX, C_GPR(o->index), 8));
-            E2(e, LEA, R(HRDX), MX(HRDX, HRSI, o->scale, o->disp, 8));
-        } else if (o->disp) {
-            E2(e, LEA, R(HRDX), M(HRDX, o->disp, 8));
-        }
-    }
-    if (o->seg == SEG_FS || o->seg == SEG_GS) E2(e, ADD, R(HRDX), M(RBX, C_SEGBASE(o->seg), 8));
-    /* canonical (the last byte is then too: the access stays in the page, checked below) */
-    E2(e, MOV, R(HRSI), R(HRDX));
-    E2(e, SHL, R(HRSI), I(16));
-    E2(e, SAR, R(HRSI), I(16));
-    E2(e, CMP, R(HRSI), R(HRDX));
-    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
-    /* no page crossing */
-    E2(e, MOV, R(ZYDIS_REGISTER_ESI), R(ZYDIS_REGISTER_EDX));
-    E2(e, AND, R(ZYDIS_REGISTER_ESI), I(0xfff));
-    E2(e, CMP, R(ZYDIS_REGISTER_ESI), I(4096 - o->size));
-    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNBE);
-    /* RDI = &c->tlb[(lin >> 12) & (BT_TLB_SIZE - 1)] */
-    E2(e, MOV, R(ZYDIS_REGISTER_RDI), R(HRDX));
-    E2(e, SHR, R(ZYDIS_REGISTER_RDI), I(12));
-    E2(e, AND, R(ZYDIS_REGISTER_EDI), I(BT_TLB_SIZE - 1));
-    E2(e, SHL, R(ZYDIS_REGISTER_EDI), I(5));
-    E2(e, LEA, R(ZYDIS_REGISTER_RDI), MX(RBX, ZYDIS_REGISTER_RDI, 1, C_TLB, 8));
-    /* tag: the page | 1 */
-    E2(e, MOV, R(HRSI), R(HRDX));
-    E2(e, AND, R(HRSI), I(~(int64_t)0xfff));
-    E2(e, OR, R(HRSI), I(1));
-    E2(e, CMP, R(HRSI), M(ZYDIS_REGISTER_RDI, T_VTAG, 8));
-    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
-    /* read permission for the current privilege: supervisor bit 0, user bit 3 */
-    E2(e, MOV, R(ZYDIS_REGISTER_ESI), I(BT_ACC_READ));
-    E2(e, CMP, M(RBX, C_CPL, 1), I(3));
-    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JZ); /* user: rare in the kernel; handler */
-    E2(e, TEST, M(ZYDIS_REGISTER_RDI, T_PERM, 4), R(ZYDIS_REGISTER_ESI));
-    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JZ);
-    /* RAM page (MMIO and the LAPIC have no host address) */
-    E2(e, MOV, R(HRSI), M(ZYDIS_REGISTER_RDI, T_HVA, 8));
-    E2(e, TEST, R(HRSI), R(HRSI));
-    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JZ);
-    E2(e, AND, R(ZYDIS_REGISTER_EDX), I(0xfff));
-    if (o->size == 1 || o->size == 2)
-        E2(e, MOVZX, R(hreg(which, 4)), MX(HRSI, HRDX, 1, 0, o->size));
-    else
-        E2(e, MOV, R(hreg(which, o->size)), MX(HRSI, HRDX, 1, 0, o->size));
-}
-
-/* Native forms reading one memory operand: MOV r, m; ADD/SUB/AND/OR/XOR/CMP/TEST r, m;
- * CMP/TEST m, r/imm.  Returns false (nothing emitted) if `i` is not one of them. */
-static bool native_load(struct emit *e, const struct bt_insn *i, int64_t off, bool b32,
-                        size_t *slow, int *nslow)
-{
-    if (i->pfx & BT_PFX_LOCK || i->nops < 2) return false;
-    unsigned size = i->opsize / 8;
-    if (size != 1 && size != 2 && size != 4 && size != 8) return false;
-    const struct bt_operand *d = &i->op[0], *s = &i->op[1];
-    ZydisMnemonic m = (ZydisMnemonic)i->mnemonic;
-    switch (i->mnemonic) {
-    case ZYDIS_MNEMONIC_MOV:
-        if (!is_gpr(d) || d->size != size || s->size != size || !inline_mem_ok(i, s, off, b32))
-            return false;
-        inline_load(e, 0, s, off, slow, nslow);
-        store_gpr(e, 0, d->reg, size);
-        return true;
-    case ZYDIS_MNEMONIC_ADD:
-    case ZYDIS_MNEMONIC_SUB:
-    case ZYDIS_MNEMONIC_AND:
-    case ZYDIS_MNEMONIC_OR:
-    case ZYDIS_MNEMONIC_XOR:
-    case ZYDIS_MNEMONIC_CMP:
-    case ZYDIS_MNEMONIC_TEST: {
-        bool ro = m == ZYDIS_MNEMONIC_CMP || m == ZYDIS_MNEMONIC_TEST;
-        if (is_gpr(d) && d->size == size && s->size == size && inline_mem_ok(i, s, off, b32)) {
-            inline_load(e, 1, s, off, slow, nslow); /* source in RCX */
-            load_gpr(e, 0, d->reg, size);
-        } else if (ro && d->size == size && inline_mem_ok(i, d, off, b32) &&
-                   ((is_gpr(s) && s->size == size) ||
-                    (s->kind == BT_OPK_IMM && (size < 8 || fits32(s->disp))))) {
-            inline_load(e, 0, d, off, slow, nslow); /* memory destination in RAX */
-            if (is_gpr(s)) load_gpr(e, 1, s->reg, size);
-        } else {
-            return false;
-        }
-        if (s->kind == BT_OPK_IMM)
-            enc(e, m, 2, (ZydisEncoderOperand[]){R(hreg(0, size)), I(imm_for(s->disp, size))});
-        else
-            enc(e, m, 2, (ZydisEncoderOperand[]){R(hreg(0, size)), R(hreg(1, size))});
-        E0(e, PUSHFQ);
-        E1(e, POP, R(ZYDIS_REGISTER_RDX));
-        if (!ro) store_gpr(e, 0, d->reg, size);
-        merge_flags(e, BT_ARITH_FLAGS);
-        return true;
-    }
-    default: return false;
     }
 }
 
@@ -733,6 +593,425 @@ static bool native_branch(struct emit *e, struct bt_jit *j, const struct bt_insn
     return true;
 }
 
+/* ---- inline guest-memory access (64-bit code) ------------------------------------------------ */
+
+#define C_TLB ((int64_t)offsetof(struct bt_cpu, tlb))
+#define C_CPL ((int64_t)offsetof(struct bt_cpu, cpl))
+#define C_SEGBASE(sg)                                                                              \
+    ((int64_t)offsetof(struct bt_cpu, s.seg) + (int64_t)(sg) * (int64_t)sizeof(struct x86_seg))
+#define T_VTAG ((int64_t)offsetof(struct bt_tlb_entry, vtag))
+#define T_GPA  ((int64_t)offsetof(struct bt_tlb_entry, gpa))
+#define T_HVA  ((int64_t)offsetof(struct bt_tlb_entry, hva))
+#define T_PERM ((int64_t)offsetof(struct bt_tlb_entry, perm))
+_Static_assert(sizeof(struct bt_tlb_entry) == 32, "the inline TLB probe scales the index by 32");
+_Static_assert(offsetof(struct x86_seg, base) == 0, "segment base first");
+
+#define HRAX ZYDIS_REGISTER_RAX
+#define HEAX ZYDIS_REGISTER_EAX
+#define HRCX ZYDIS_REGISTER_RCX
+#define HECX ZYDIS_REGISTER_ECX
+#define HRDX ZYDIS_REGISTER_RDX
+#define HEDX ZYDIS_REGISTER_EDX
+#define HRSI ZYDIS_REGISTER_RSI
+#define HESI ZYDIS_REGISTER_ESI
+#define HRDI ZYDIS_REGISTER_RDI
+#define HEDI ZYDIS_REGISTER_EDI
+
+static unsigned size_index(unsigned size)
+{
+    return size == 1 ? 0 : size == 2 ? 1 : size == 4 ? 2 : 3;
+}
+
+/* One probe subroutine of the code cache, shared by every inline access of `size` bytes
+ * (reads, or writes if `write`).  In: RDX = the linear address.  Out: RSI = the host address of
+ * the operand, or 0 when the access must take the slow path (the instruction's handler, which
+ * fills the TLB, faults or does MMIO precisely).  Clobbers RAX, RCX, RDI and the host flags.
+ * The fast path is exactly bt_read's / bt_write's: a canonical address, no page crossing, a TLB
+ * entry for the page with a host address and the permission at the current privilege (the
+ * entry's supervisor bits, or its user bits at CPL 3; a write bit is only there once the PTE is
+ * dirty), and for a write what ram_written() would have to do: nothing, because dirty logging
+ * is off and the page holds no decoded code (its watch bit is clear).  Otherwise the handler
+ * runs and does all of it. */
+static void emit_probe(struct emit *e, unsigned size, bool write, const struct bt_store_watch *w)
+{
+    size_t fail[8];
+    int nf = 0;
+    /* canonical (the last byte is then too: the access stays in the page, checked below) */
+    E2(e, MOV, R(HRSI), R(HRDX));
+    E2(e, SHL, R(HRSI), I(16));
+    E2(e, SAR, R(HRSI), I(16));
+    E2(e, CMP, R(HRSI), R(HRDX));
+    fail[nf++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    E2(e, MOV, R(HESI), R(HEDX));
+    E2(e, AND, R(HESI), I(0xfff));
+    E2(e, CMP, R(HESI), I(4096 - size));
+    fail[nf++] = jrel(e, ZYDIS_MNEMONIC_JNBE);
+    /* RDI = &c->tlb[(lin >> 12) & (BT_TLB_SIZE - 1)]; its tag is the page | 1 */
+    E2(e, MOV, R(HRDI), R(HRDX));
+    E2(e, SHR, R(HRDI), I(12));
+    E2(e, AND, R(HEDI), I(BT_TLB_SIZE - 1));
+    E2(e, SHL, R(HEDI), I(5));
+    E2(e, LEA, R(HRDI), MX(RBX, HRDI, 1, C_TLB, 8));
+    E2(e, MOV, R(HRSI), R(HRDX));
+    E2(e, AND, R(HRSI), I(~(int64_t)0xfff));
+    E2(e, OR, R(HRSI), I(1));
+    E2(e, CMP, R(HRSI), M(HRDI, T_VTAG, 8));
+    fail[nf++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    /* permission: supervisor bits 0-2, user bits 3-5 (CPL 3) */
+    E2(e, XOR, R(HECX), R(HECX));
+    E2(e, CMP, M(RBX, C_CPL, 1), I(3));
+    E1(e, SETZ, R(ZYDIS_REGISTER_CL));
+    E2(e, LEA, R(HRCX), MX(HRCX, HRCX, 2, 0, 8));
+    E2(e, MOV, R(HEAX), M(HRDI, T_PERM, 4));
+    E2(e, SHR, R(HEAX), R(ZYDIS_REGISTER_CL));
+    E2(e, TEST, R(ZYDIS_REGISTER_AL), I(write ? BT_ACC_WRITE : BT_ACC_READ));
+    fail[nf++] = jrel(e, ZYDIS_MNEMONIC_JZ);
+    /* RAM (MMIO and the LAPIC have no host address) */
+    E2(e, MOV, R(HRSI), M(HRDI, T_HVA, 8));
+    E2(e, TEST, R(HRSI), R(HRSI));
+    fail[nf++] = jrel(e, ZYDIS_MNEMONIC_JZ);
+    if (write && w->dirty_enabled) {
+        E2(e, MOV, R(HRAX), I((int64_t)(uintptr_t)w->dirty_enabled));
+        E2(e, CMP, M(HRAX, 0, 1), I(0));
+        fail[nf++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    }
+    if (write && w->bitmap) {
+        E2(e, MOV, R(HRAX), M(HRDI, T_GPA, 8));
+        E2(e, SHR, R(HRAX), I(12));
+        E2(e, MOV, R(HRCX), I((int64_t)w->pages));
+        E2(e, CMP, R(HRAX), R(HRCX));
+        size_t unwatched = jrel(e, ZYDIS_MNEMONIC_JNB);
+        E2(e, MOV, R(HRCX), R(HRAX));
+        E2(e, SHR, R(HRCX), I(6));
+        E2(e, MOV, R(HRDI), I((int64_t)(uintptr_t)w->bitmap));
+        E2(e, MOV, R(HRCX), MX(HRDI, HRCX, 8, 0, 8));
+        E2(e, BT, R(HRCX), R(HRAX));
+        fail[nf++] = jrel(e, ZYDIS_MNEMONIC_JB);
+        patch(e, unwatched, e->pos);
+    }
+    E2(e, MOV, R(HEAX), R(HEDX));
+    E2(e, AND, R(HEAX), I(0xfff));
+    E2(e, ADD, R(HRSI), R(HRAX));
+    E0(e, RET);
+    for (int k = 0; k < nf; k++)
+        patch(e, fail[k], e->pos);
+    E2(e, XOR, R(HESI), R(HESI));
+    E0(e, RET);
+}
+
+/* True if operand `o` of `i` is a memory operand the inline access below handles. */
+static bool inline_mem_ok(const struct bt_insn *i, const struct bt_operand *o, int64_t off,
+                          bool b32)
+{
+    if (b32 || o->kind != BT_OPK_MEM || i->addrsize != 64) return false;
+    if (o->size != 1 && o->size != 2 && o->size != 4 && o->size != 8) return false;
+    if (o->base != BT_REG_RIP && o->base != BT_NOREG && o->base >= 16) return false;
+    if (o->index != BT_NOREG && o->index >= 16) return false;
+    if (o->index != BT_NOREG && o->scale != 1 && o->scale != 2 && o->scale != 4 && o->scale != 8)
+        return false;
+    if (o->base == BT_REG_RIP) return o->index == BT_NOREG && fits32(o->disp + off);
+    return fits32(o->disp);
+}
+
+/* RSI = host address of memory operand `o` (probed for a read or a write of its size), or a
+ * jump to the slow path (appended to slow[]).  Clobbers RAX, RCX, RDX, RDI and the host flags. */
+static void mem_probe(struct emit *e, const struct bt_jit *j, const struct bt_operand *o,
+                      int64_t off, bool write, size_t *slow, int *nslow)
+{
+    /* RDX = effective address (+ the FS/GS base): the linear address in 64-bit code */
+    if (o->base == BT_REG_RIP) {
+        E2(e, LEA, R(HRDX), M(R12, o->disp + off, 8));
+    } else {
+        if (o->base != BT_NOREG)
+            E2(e, MOV, R(HRDX), M(RBX, C_GPR(o->base), 8));
+        else
+            E2(e, XOR, R(HEDX), R(HEDX));
+        if (o->index != BT_NOREG) {
+            E2(e, MOV, R(HRSI), M(RBX, C_GPR(o->index), 8));
+            E2(e, LEA, R(HRDX), MX(HRDX, HRSI, o->scale, o->disp, 8));
+        } else if (o->disp) {
+            E2(e, LEA, R(HRDX), M(HRDX, o->disp, 8));
+        }
+    }
+    if (o->seg == SEG_FS || o->seg == SEG_GS) E2(e, ADD, R(HRDX), M(RBX, C_SEGBASE(o->seg), 8));
+    jto(e, ZYDIS_MNEMONIC_CALL, j->probe_off[write][size_index(o->size)]);
+    E2(e, TEST, R(HRSI), R(HRSI));
+    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JZ);
+}
+
+/* host register `which` = the probed operand of `size` bytes at [RSI], zero-extended */
+static void load_mem(struct emit *e, int which, unsigned size)
+{
+    if (size == 1 || size == 2)
+        E2(e, MOVZX, R(hreg(which, 4)), M(HRSI, 0, size));
+    else
+        E2(e, MOV, R(hreg(which, size)), M(HRSI, 0, size));
+}
+
+static bool imm_ok(const struct bt_operand *s, unsigned size)
+{
+    return s->kind == BT_OPK_IMM && (size < 8 || fits32(s->disp));
+}
+
+/* The stack slot a 64-bit PUSH (disp -8) or POP (disp 0) touches, as a memory operand. */
+static struct bt_operand stack_slot(int64_t disp)
+{
+    return (struct bt_operand){.kind = BT_OPK_MEM,
+                               .size = 8,
+                               .seg = SEG_SS,
+                               .base = RSP,
+                               .index = BT_NOREG,
+                               .scale = 1,
+                               .disp = disp};
+}
+
+/* c->s.rflags takes the host's RFLAGS for `mask` (after the native operation) */
+static void take_flags(struct emit *e, uint32_t mask)
+{
+    E0(e, PUSHFQ);
+    E1(e, POP, R(HRDX));
+    merge_flags(e, mask);
+}
+
+/* Native forms with one memory operand (64-bit code, flat addressing): MOV r,m / m,r / m,imm;
+ * ADD/SUB/AND/OR/XOR/ADC/SBB/CMP/TEST in both directions; INC/DEC/NEG/NOT m; SHL/SHR/SAR/ROL/
+ * ROR m; MOVZX/MOVSX/MOVSXD r,m; IMUL r,m(,imm); PUSH r/imm, POP r.  The probe comes first and
+ * nothing guest-visible changes before it succeeded, so the slow path may run the handler for
+ * the whole instruction.  Returns false (nothing emitted) if `i` is not one of them. */
+static bool native_mem(struct emit *e, const struct bt_jit *j, const struct bt_insn *i, int64_t off,
+                       bool b32, unsigned stack_bits, size_t *slow, int *nslow)
+{
+    if (b32 || (i->pfx & BT_PFX_LOCK) || i->nops < 1) return false;
+    unsigned size = i->opsize / 8;
+    if (size != 1 && size != 2 && size != 4 && size != 8) return false;
+    const struct bt_operand *d = &i->op[0], *s = &i->op[1];
+    ZydisMnemonic m = (ZydisMnemonic)i->mnemonic;
+    bool two = i->nops >= 2;
+#define MEMOK(o) inline_mem_ok(i, (o), off, b32)
+    switch (m) {
+    case ZYDIS_MNEMONIC_MOV:
+        if (!two) return false;
+        if (is_gpr(d) && d->size == size && s->size == size && MEMOK(s)) {
+            mem_probe(e, j, s, off, false, slow, nslow);
+            load_mem(e, 0, size);
+            store_gpr(e, 0, d->reg, size);
+            return true;
+        }
+        if (MEMOK(d) && d->size == size && ((is_gpr(s) && s->size == size) || imm_ok(s, size))) {
+            mem_probe(e, j, d, off, true, slow, nslow);
+            if (is_gpr(s)) {
+                load_gpr(e, 0, s->reg, size);
+                E2(e, MOV, M(HRSI, 0, size), R(hreg(0, size)));
+            } else {
+                E2(e, MOV, M(HRSI, 0, size), I(imm_for(s->disp, size)));
+            }
+            return true;
+        }
+        return false;
+    case ZYDIS_MNEMONIC_ADD:
+    case ZYDIS_MNEMONIC_SUB:
+    case ZYDIS_MNEMONIC_AND:
+    case ZYDIS_MNEMONIC_OR:
+    case ZYDIS_MNEMONIC_XOR:
+    case ZYDIS_MNEMONIC_ADC:
+    case ZYDIS_MNEMONIC_SBB:
+    case ZYDIS_MNEMONIC_CMP:
+    case ZYDIS_MNEMONIC_TEST: {
+        if (!two) return false;
+        bool ro = m == ZYDIS_MNEMONIC_CMP || m == ZYDIS_MNEMONIC_TEST;
+        bool cf_in = m == ZYDIS_MNEMONIC_ADC || m == ZYDIS_MNEMONIC_SBB;
+        if (is_gpr(d) && d->size == size && s->size == size && MEMOK(s)) {
+            /* register destination, memory source */
+            mem_probe(e, j, s, off, false, slow, nslow);
+            if (cf_in) load_guest_flags(e);
+            load_gpr(e, 0, d->reg, size);
+            if (m == ZYDIS_MNEMONIC_TEST) /* commutative; the host encodes TEST m, r */
+                E2(e, TEST, M(HRSI, 0, size), R(hreg(0, size)));
+            else
+                enc(e, m, 2, (ZydisEncoderOperand[]){R(hreg(0, size)), M(HRSI, 0, size)});
+            E0(e, PUSHFQ);
+            E1(e, POP, R(HRDX));
+            if (!ro) store_gpr(e, 0, d->reg, size);
+            merge_flags(e, BT_ARITH_FLAGS);
+            return true;
+        }
+        if (MEMOK(d) && d->size == size && ((is_gpr(s) && s->size == size) || imm_ok(s, size))) {
+            /* memory destination (read-modify-write, or read only for CMP/TEST) */
+            mem_probe(e, j, d, off, !ro, slow, nslow);
+            if (cf_in) load_guest_flags(e);
+            if (is_gpr(s)) {
+                load_gpr(e, 1, s->reg, size);
+                enc(e, m, 2, (ZydisEncoderOperand[]){M(HRSI, 0, size), R(hreg(1, size))});
+            } else {
+                enc(e, m, 2, (ZydisEncoderOperand[]){M(HRSI, 0, size), I(imm_for(s->disp, size))});
+            }
+            take_flags(e, BT_ARITH_FLAGS);
+            return true;
+        }
+        return false;
+    }
+    case ZYDIS_MNEMONIC_INC:
+    case ZYDIS_MNEMONIC_DEC:
+    case ZYDIS_MNEMONIC_NEG:
+    case ZYDIS_MNEMONIC_NOT:
+        if (!MEMOK(d) || d->size != size) return false;
+        mem_probe(e, j, d, off, true, slow, nslow);
+        enc(e, m, 1, (ZydisEncoderOperand[]){M(HRSI, 0, size)});
+        if (m == ZYDIS_MNEMONIC_NOT) return true; /* no flags */
+        take_flags(e, m == ZYDIS_MNEMONIC_NEG ? BT_ARITH_FLAGS
+                                              : BT_ARITH_FLAGS & ~(uint32_t)X86_FLAG_CF);
+        return true;
+    case ZYDIS_MNEMONIC_SHL:
+    case ZYDIS_MNEMONIC_SHR:
+    case ZYDIS_MNEMONIC_SAR:
+    case ZYDIS_MNEMONIC_ROL:
+    case ZYDIS_MNEMONIC_ROR: {
+        /* the host's CL form on the memory operand with the guest's flags loaded, as shift.c
+         * runs it (a masked count of 0 leaves the flags and the value alone) */
+        if (!two || !MEMOK(d) || d->size != size) return false;
+        bool cl = s->kind == BT_OPK_REG && s->rclass == BT_RC_GPR && s->reg == RCX && s->size == 1;
+        if (!cl && s->kind != BT_OPK_IMM) return false;
+        mem_probe(e, j, d, off, true, slow, nslow);
+        load_guest_flags(e);
+        if (cl)
+            E2(e, MOVZX, R(HECX), M(RBX, C_GPR(RCX), 1));
+        else
+            E2(e, MOV, R(HECX), I((uint8_t)s->disp));
+        enc(e, m, 2, (ZydisEncoderOperand[]){M(HRSI, 0, size), R(ZYDIS_REGISTER_CL)});
+        take_flags(e, BT_ARITH_FLAGS);
+        return true;
+    }
+    case ZYDIS_MNEMONIC_MOVZX:
+    case ZYDIS_MNEMONIC_MOVSX:
+    case ZYDIS_MNEMONIC_MOVSXD: {
+        if (!two || !is_gpr(d) || !MEMOK(s)) return false;
+        unsigned ds = d->size, ss = s->size;
+        if (ds != 2 && ds != 4 && ds != 8) return false;
+        if (m == ZYDIS_MNEMONIC_MOVSXD ? (ds != 8 || ss != 4) : (ss != 1 && ss != 2) || ss >= ds)
+            return false;
+        mem_probe(e, j, s, off, false, slow, nslow);
+        if (m == ZYDIS_MNEMONIC_MOVZX)
+            E2(e, MOVZX, R(HEAX), M(HRSI, 0, ss));
+        else if (m == ZYDIS_MNEMONIC_MOVSXD)
+            E2(e, MOVSXD, R(HRAX), M(HRSI, 0, 4));
+        else
+            E2(e, MOVSX, R(ds == 8 ? HRAX : ds == 4 ? HEAX : ZYDIS_REGISTER_AX), M(HRSI, 0, ss));
+        store_gpr(e, 0, d->reg, ds);
+        return true;
+    }
+    case ZYDIS_MNEMONIC_IMUL: {
+        /* IMUL r, m and IMUL r, m, imm (16/32/64), as the register forms in native_simple */
+        if (!two || size == 1 || !is_gpr(d) || d->size != size) return false;
+        const struct bt_operand *a = &i->op[1], *b = i->nops >= 3 ? &i->op[2] : &i->op[0];
+        if (!MEMOK(a) || a->size != size) return false;
+        if (!(is_gpr(b) && b->size == size) && b->kind != BT_OPK_IMM) return false;
+        if (b->kind == BT_OPK_IMM && size == 8 && !fits32(b->disp)) return false;
+        mem_probe(e, j, a, off, false, slow, nslow);
+        load_guest_flags(e);
+        load_mem(e, 0, size);
+        if (b->kind == BT_OPK_IMM)
+            E2(e, MOV, R(hreg(1, size == 8 ? 8 : 4)),
+               I(size == 8 ? b->disp : (int64_t)(uint32_t)b->disp));
+        else
+            load_gpr(e, 1, b->reg, size);
+        E2(e, IMUL, R(hreg(0, size)), R(hreg(1, size)));
+        E0(e, PUSHFQ);
+        E1(e, POP, R(HRDX));
+        if (size == 4) E2(e, MOV, R(HEAX), R(HEAX));
+        store_gpr(e, 0, d->reg, size);
+        merge_flags(e, BT_ARITH_FLAGS);
+        return true;
+    }
+    case ZYDIS_MNEMONIC_PUSH: {
+        if (stack_bits != 64 || size != 8 || !((is_gpr(d) && d->size == 8) || imm_ok(d, 8)))
+            return false;
+        struct bt_operand slot = stack_slot(-8);
+        mem_probe(e, j, &slot, off, true, slow, nslow);
+        if (is_gpr(d)) {
+            load_gpr(e, 0, d->reg, 8); /* PUSH RSP pushes the old value */
+            E2(e, MOV, M(HRSI, 0, 8), R(HRAX));
+        } else {
+            E2(e, MOV, M(HRSI, 0, 8), I(d->disp));
+        }
+        E2(e, SUB, M(RBX, C_GPR(RSP), 8), I(8));
+        return true;
+    }
+    case ZYDIS_MNEMONIC_POP: {
+        if (stack_bits != 64 || size != 8 || !is_gpr(d) || d->size != 8) return false;
+        struct bt_operand slot = stack_slot(0);
+        mem_probe(e, j, &slot, off, false, slow, nslow);
+        E2(e, MOV, R(HRAX), M(HRSI, 0, 8));
+        E2(e, ADD, M(RBX, C_GPR(RSP), 8), I(8));
+        store_gpr(e, 0, d->reg, 8); /* POP RSP: the popped value wins */
+        return true;
+    }
+    default: return false;
+    }
+#undef MEMOK
+}
+
+/* RAX canonical, or a jump appended to slow[] (RCX clobbered) */
+static void check_canonical_rax(struct emit *e, size_t *slow, int *nslow)
+{
+    E2(e, MOV, R(HRCX), R(HRAX));
+    E2(e, SHL, R(HRCX), I(16));
+    E2(e, SAR, R(HRCX), I(16));
+    E2(e, CMP, R(HRCX), R(HRAX));
+    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+}
+
+/* A direct CALL or a RET (imm16 too) ending a 64-bit block: the return address pushed or popped
+ * inline, then the block left as a JMP would (CALL: a chainable exit when the target is on the
+ * same page; RET: the exit path of indirect branches).  Anything the fast path cannot do (TLB
+ * miss, a non-canonical target, ...) runs the handler and leaves. */
+static bool native_callret(struct emit *e, struct bt_jit *j, const struct bt_insn *i, int64_t off,
+                           bool b32, unsigned stack_bits, unsigned *pend, unsigned page_off)
+{
+    if (b32 || stack_bits != 64 || i->opsize != 64) return false;
+    size_t slow[8];
+    int nslow = 0;
+    int64_t end = off + i->len;
+    if (i->mnemonic == ZYDIS_MNEMONIC_CALL) {
+        if (i->nops < 1 || i->op[0].kind != BT_OPK_IMM || !(i->attr_lo & BT_ATTR_RELATIVE))
+            return false;
+        int64_t target = end + i->op[0].disp;
+        if (!fits32(target)) return false;
+        rip_at(e, target, false);
+        check_canonical_rax(e, slow, &nslow);
+        struct bt_operand slot = stack_slot(-8);
+        mem_probe(e, j, &slot, off, true, slow, &nslow);
+        rip_at(e, end, false);
+        E2(e, MOV, M(HRSI, 0, 8), R(HRAX));
+        E2(e, SUB, M(RBX, C_GPR(RSP), 8), I(8));
+        rip_at(e, target, false);
+        E2(e, MOV, M(RBX, C_RIP, 8), R(HRAX));
+        E2(e, ADD, M(RBX, C_ICOUNT, 8), I(*pend + 1));
+        leave(e, j, same_page(page_off, target));
+    } else if (i->mnemonic == ZYDIS_MNEMONIC_RET) {
+        int64_t extra = 0;
+        if (i->nops >= 1) {
+            if (i->op[0].kind != BT_OPK_IMM) return false;
+            extra = i->op[0].disp & 0xffff;
+        }
+        struct bt_operand slot = stack_slot(0);
+        mem_probe(e, j, &slot, off, false, slow, &nslow);
+        E2(e, MOV, R(HRAX), M(HRSI, 0, 8));
+        check_canonical_rax(e, slow, &nslow);
+        E2(e, ADD, M(RBX, C_GPR(RSP), 8), I(8 + extra));
+        E2(e, MOV, M(RBX, C_RIP, 8), R(HRAX));
+        E2(e, ADD, M(RBX, C_ICOUNT, 8), I(*pend + 1));
+        jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
+    } else {
+        return false;
+    }
+    for (int k = 0; k < nslow; k++)
+        patch(e, slow[k], e->pos);
+    call_handler(e, i, off, b32, pend);
+    jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
+    *pend = 0;
+    return true;
+}
+
 /* ---- code cache ------------------------------------------------------------------------ */
 
 static bool env_wants(void)
@@ -748,7 +1027,7 @@ bool bt_jit_wanted(void)
 
 /* The trampoline at the start of the cache: enter(c, code, j) saves the callee-saved registers,
  * pins c in RBX and j in R13 and jumps to the block; blocks leave through exit_off. */
-static int emit_trampoline(struct bt_jit *j)
+static int emit_trampoline(struct bt_jit *j, struct bt_cpu *c)
 {
     struct emit e = {.buf = j->rw, .pos = 0, .cap = j->size};
     static const ZydisRegister saved[] = {ZYDIS_REGISTER_RBP, ZYDIS_REGISTER_RBX,
@@ -765,13 +1044,24 @@ static int emit_trampoline(struct bt_jit *j)
     for (size_t k = ARRAY_SIZE(saved); k-- > 0;)
         E1(&e, POP, R(saved[k]));
     E0(&e, RET);
+    struct bt_store_watch w;
+    bt_mmu_store_watch(c, &w);
+    for (int wr = 0; wr < 2; wr++) {
+        for (unsigned k = 0; k < 4; k++) {
+            e.pos = ALIGN_UP(e.pos, 16);
+            j->probe_off[wr][k] = e.pos;
+            emit_probe(&e, 1u << k, wr, &w);
+        }
+    }
     if (e.fail) return err_set(EINVAL, "translator: Zydis cannot encode the trampoline");
     j->base_end = j->used = ALIGN_UP(e.pos, 64);
     j->enter = (void (*)(struct bt_cpu *, const void *, struct bt_jit *))(void *)j->rx;
     return 0;
 }
 
-static int cache_map(struct bt_jit *j)
+static void cache_unmap(struct bt_jit *j);
+
+static int cache_map(struct bt_jit *j, struct bt_cpu *c)
 {
     j->size = JIT_CACHE_BYTES;
     if (!j->tbs) j->tbs = calloc(JIT_MAX_TBS, sizeof(*j->tbs));
@@ -800,7 +1090,9 @@ static int cache_map(struct bt_jit *j)
                        "that forbids executable shared mappings needs LOOKOUT_BT_JIT=0",
                        strerror(e));
     }
-    return emit_trampoline(j);
+    int r = emit_trampoline(j, c);
+    if (r < 0) cache_unmap(j); /* no half-made cache: the caller runs interpreted */
+    return r;
 }
 
 static void cache_unmap(struct bt_jit *j)
@@ -916,9 +1208,13 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
         bool last = k + 1 == n;
         size_t slow[8];
         int nslow = 0;
+        size_t mark = e.pos;
+        unsigned pend0 = pend;
         if (native_simple(&e, i, off)) {
             pend++, native++;
-        } else if (flush_icount(&e, &pend), native_load(&e, i, off, b32, slow, &nslow)) {
+        } else if (flush_icount(&e, &pend),
+                   native_mem(&e, j, i, off, b32, c->stack_bits, slow, &nslow) &&
+                       (!e.fail || (e.fail = false, e.pos = mark, pend = pend0, false))) {
             /* fast path done; the slow path runs the handler for the whole instruction */
             E1(&e, INC, M(RBX, C_ICOUNT, 8));
             size_t done = jrel(&e, ZYDIS_MNEMONIC_JMP);
@@ -931,6 +1227,10 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
             inline_mem++;
         } else if (last && native_branch(&e, j, i, off, b32, &pend, page_off)) {
             native++;
+            ended = true;
+        } else if (last && native_callret(&e, j, i, off, b32, c->stack_bits, &pend, page_off)) {
+            native++;
+            inline_mem++;
             ended = true;
         } else {
             call_handler(&e, i, off, b32, &pend);
@@ -1004,7 +1304,7 @@ int bt_jit_run(struct bt_cpu *c, const struct bt_insn *insns, unsigned n, void *
             return 1;
         }
         *slot = NULL;
-        if (!j->rw && cache_map(j) < 0) {
+        if (!j->rw && cache_map(j, c) < 0) {
             log_warn("%s; running interpreted", err_msg());
             j->enabled = false;
             return 1;
