@@ -50,10 +50,14 @@ static void use_jit(bool on)
 struct outcome {
     uint64_t gpr[16], rip, rflags, cr2, icount;
     bool halted;
-    uint8_t mem[0x1000];
+    uint8_t mem[0x2000];
+    uint8_t stack[0x200]; /* below the initial RSP */
 };
 
 #define T_DATA 0x300000ull /* scratch data page (second 2 MiB page, writable) */
+
+/* Called after the registers are set and before the program runs (ring switch, TLB priming) */
+static void (*prep)(struct bt_cpu *c);
 
 static void run_prog(bool jit, const uint8_t *code, size_t n, uint64_t budget, struct outcome *o)
 {
@@ -65,8 +69,10 @@ static void run_prog(bool jit, const uint8_t *code, size_t n, uint64_t budget, s
         12, 13, 14, T_DATA};
     memcpy(c->s.gpr, init, sizeof(init));
     c->s.rflags = X86_FLAG_FIXED | X86_FLAG_CF;
-    memset(gp(T, T_DATA, 0x1000), 0x5a, 0x1000);
+    memset(gp(T, T_DATA, 0x2000), 0x5a, 0x2000);
     c->icount = 0;
+    if (prep) prep(c);
+    uint64_t sp0 = c->s.gpr[RSP];
     t_run(T, code, n, budget);
     memcpy(o->gpr, c->s.gpr, sizeof(o->gpr));
     o->rip = c->s.rip;
@@ -74,7 +80,8 @@ static void run_prog(bool jit, const uint8_t *code, size_t n, uint64_t budget, s
     o->cr2 = c->s.cr2;
     o->icount = c->icount;
     o->halted = c->halted;
-    memcpy(o->mem, gp(T, T_DATA, 0x1000), 0x1000);
+    memcpy(o->mem, gp(T, T_DATA, 0x2000), 0x2000);
+    memcpy(o->stack, gp(T, sp0 - 0x200, 0x200), 0x200);
 }
 
 static void compare(const struct outcome *a, const struct outcome *b)
@@ -91,6 +98,7 @@ static void compare(const struct outcome *a, const struct outcome *b)
     assert_int_equal(a->icount, b->icount);
     assert_int_equal(a->halted, b->halted);
     assert_memory_equal(a->mem, b->mem, sizeof(a->mem));
+    assert_memory_equal(a->stack, b->stack, sizeof(a->stack));
 }
 
 static void both(const uint8_t *code, size_t n, uint64_t budget, struct outcome *ti,
@@ -232,6 +240,243 @@ static void test_inline_loads(void **st)
     struct bt_jit_stats s;
     bt_jit_get_stats(T->c, &s);
     assert_true(s.insns_inline_mem >= 7);
+}
+
+/* Every native memory form (stores, read-modify-write, shifts and rotates on memory, MOVZX/MOVSX,
+ * IMUL r,m, PUSH/POP, CALL/RET, page-crossing accesses that take the slow path), looped with the
+ * TLB warm so the inline fast paths run. */
+static const uint8_t mem_forms[] = {
+    0xbe, 0x1e, 0x00, 0x00, 0x00,                   /* 0: mov esi,0x1e */
+    0x49, 0x89, 0x47, 0x08,                         /* 5: mov QWORD PTR [r15+0x8],rax */
+    0x41, 0xc7, 0x47, 0x10, 0x78, 0x56, 0x34, 0x12, /* 9: mov DWORD PTR [r15+0x10],0x12345678 */
+    0x49, 0xc7, 0x47, 0x18, 0xfb, 0xff, 0xff, 0xff, /* 11: mov QWORD PTR
+                                                       [r15+0x18],0xfffffffffffffffb */
+    0x66, 0x41, 0x89, 0x4f, 0x20,                   /* 19: mov WORD PTR [r15+0x20],cx */
+    0x41, 0x88, 0x57, 0x22,                         /* 1e: mov BYTE PTR [r15+0x22],dl */
+    0x49, 0x01, 0x47, 0x28,                         /* 22: add QWORD PTR [r15+0x28],rax */
+    0x41, 0x83, 0x6f, 0x30, 0x07,                   /* 26: sub DWORD PTR [r15+0x30],0x7 */
+    0x66, 0x41, 0x21, 0x4f, 0x38,                   /* 2b: and WORD PTR [r15+0x38],cx */
+    0x41, 0x80, 0x4f, 0x3a, 0x81,                   /* 30: or BYTE PTR [r15+0x3a],0x81 */
+    0x49, 0x31, 0x57, 0x40,                         /* 35: xor QWORD PTR [r15+0x40],rdx */
+    0x49, 0x11, 0x5f, 0x48,                         /* 39: adc QWORD PTR [r15+0x48],rbx */
+    0x41, 0x83, 0x5f, 0x50, 0x03,                   /* 3d: sbb DWORD PTR [r15+0x50],0x3 */
+    0x49, 0x13, 0x4f, 0x48,                         /* 42: adc rcx,QWORD PTR [r15+0x48] */
+    0x41, 0x1b, 0x57, 0x50,                         /* 46: sbb edx,DWORD PTR [r15+0x50] */
+    0x49, 0xff, 0x47, 0x58,                         /* 4a: inc QWORD PTR [r15+0x58] */
+    0x66, 0x41, 0xff, 0x4f, 0x60,                   /* 4e: dec WORD PTR [r15+0x60] */
+    0x41, 0xf7, 0x5f, 0x68,                         /* 53: neg DWORD PTR [r15+0x68] */
+    0x41, 0xf6, 0x57, 0x70,                         /* 57: not BYTE PTR [r15+0x70] */
+    0x49, 0xd3, 0x67, 0x78,                         /* 5b: shl QWORD PTR [r15+0x78],cl */
+    0x41, 0xc1, 0xaf, 0x80, 0x00, 0x00, 0x00, 0x03, /* 5f: shr DWORD PTR [r15+0x80],0x3 */
+    0x66, 0x41, 0xd1, 0xbf, 0x88, 0x00, 0x00, 0x00, /* 67: sar WORD PTR [r15+0x88],1 */
+    0x49, 0xc1, 0x87, 0x90, 0x00, 0x00, 0x00, 0x05, /* 6f: rol QWORD PTR [r15+0x90],0x5 */
+    0x41, 0xd2, 0x8f, 0x98, 0x00, 0x00, 0x00,       /* 77: ror BYTE PTR [r15+0x98],cl */
+    0x41, 0x0f, 0xb6, 0x87, 0x99, 0x00, 0x00, 0x00, /* 7e: movzx eax,BYTE PTR [r15+0x99] */
+    0x4d, 0x0f, 0xb7, 0x87, 0x9a, 0x00, 0x00, 0x00, /* 86: movzx r8,WORD PTR [r15+0x9a] */
+    0x4d, 0x0f, 0xbe, 0x8f, 0x9c, 0x00, 0x00, 0x00, /* 8e: movsx r9,BYTE PTR [r15+0x9c] */
+    0x45, 0x0f, 0xbf, 0x97, 0x9e, 0x00, 0x00, 0x00, /* 96: movsx r10d,WORD PTR [r15+0x9e] */
+    0x66, 0x45, 0x0f, 0xbe, 0x9f, 0xa0, 0x00, 0x00, 0x00, /* 9e: movsx r11w,BYTE PTR [r15+0xa0] */
+    0x4d, 0x63, 0xa7, 0xa4, 0x00, 0x00, 0x00,             /* a7: movsxd r12,DWORD PTR [r15+0xa4] */
+    0x4d, 0x0f, 0xaf, 0x6f, 0x28,                         /* ae: imul r13,QWORD PTR [r15+0x28] */
+    0x45, 0x6b, 0x77, 0x30, 0xfd,             /* b3: imul r14d,DWORD PTR [r15+0x30],0xfffffffd */
+    0x66, 0x41, 0x69, 0x5f, 0x20, 0x34, 0x12, /* b8: imul bx,WORD PTR [r15+0x20],0x1234 */
+    0x50,                                     /* bf: push rax */
+    0x41, 0x50,                               /* c0: push r8 */
+    0x6a, 0xf9,                               /* c2: push 0xfffffffffffffff9 */
+    0x5f,                                     /* c4: pop rdi */
+    0x5d,                                     /* c5: pop rbp */
+    0x58,                                     /* c6: pop rax */
+    0x41, 0x85, 0x47, 0x10,                   /* c7: test DWORD PTR [r15+0x10],eax */
+    0x41, 0x80, 0x7f, 0x22, 0x5a,             /* cb: cmp BYTE PTR [r15+0x22],0x5a */
+    0x41, 0x89, 0x87, 0xfd, 0x0f, 0x00, 0x00, /* d0: mov DWORD PTR [r15+0xffd],eax */
+    0x41, 0x01, 0x8f, 0xfe, 0x0f, 0x00, 0x00, /* d7: add DWORD PTR [r15+0xffe],ecx */
+    0xe8, 0x10, 0x00, 0x00, 0x00,             /* de: call f3 <sub1> */
+    0x48, 0x01, 0xf8,                         /* e3: add rax,rdi */
+    0x4d, 0x8d, 0x7f, 0x08,                   /* e6: lea r15,[r15+0x8] */
+    0xff, 0xce,                               /* ea: dec esi */
+    0x0f, 0x85, 0x13, 0xff, 0xff, 0xff,       /* ec: jne 5 <top> */
+    0xf4,                                     /* f2: hlt */
+    0x51,                                     /* f3: push rcx */
+    0x48, 0x31, 0x04, 0x24,                   /* f4: xor QWORD PTR [rsp],rax */
+    0x59,                                     /* f8: pop rcx */
+    0xc3,                                     /* f9: ret */
+};
+
+static void prime_data(struct bt_cpu *c)
+{
+    /* TLB entries with write permission for the data pages and the stack: the inline paths run
+     * from the first access (both runs prime alike) */
+    bt_probe_write(c, T_DATA, 8, BT_ACC_WRITE);
+    bt_probe_write(c, T_DATA + 0x1000, 8, BT_ACC_WRITE);
+    bt_probe_write(c, c->s.gpr[RSP] - 8, 8, BT_ACC_WRITE);
+}
+
+static void test_inline_mem_forms(void **st)
+{
+    static struct outcome a, b;
+    prep = prime_data;
+    both(mem_forms, sizeof(mem_forms), 100000, &a, &b);
+    prep = NULL;
+    assert_true(a.halted);
+    assert_int_equal(a.rip, T_CODE0 + 0xf3); /* its own HLT */
+    struct bt_jit_stats s;
+    bt_jit_get_stats(T->c, &s);
+    assert_true(s.insns_inline_mem >= 40);
+    /* cold TLB: every first access takes the slow path */
+    both(mem_forms, sizeof(mem_forms), 100000, &a, &b);
+    assert_int_equal(a.rip, T_CODE0 + 0xf3);
+    /* budgets ending anywhere in the loop */
+    for (uint64_t budget = 60; budget < 130; budget += 7)
+        both(mem_forms, sizeof(mem_forms), budget, &a, &b);
+}
+
+/* A store that faults in the middle of a translated block whose earlier accesses ran inline:
+ * memory and registers as the interpreter leaves them, the #PF with the store's RIP, CR2 and
+ * error code.  Targets: an unmapped page, a read-only page (in the TLB for reads), a code page
+ * (no fault: the watched page takes the slow path, which invalidates). */
+static const uint8_t store_fault[] = {
+    0x49, 0x8b, 0x07,       /* 0: mov rax, [r15] */
+    0x49, 0x01, 0x47, 0x08, /* 3: add [r15+8], rax */
+    0x49, 0x89, 0x47, 0x10, /* 7: mov [r15+0x10], rax */
+    0x50,                   /* b: push rax */
+    0x59,                   /* c: pop rcx */
+    0x89, 0x03,             /* d: mov [rbx], eax */
+    0xff, 0xc0,             /* f: inc eax */
+    0xf4,                   /* 11: hlt */
+};
+static uint64_t fault_target;
+
+#define T_RO 0x400000ull /* a read-only 2 MiB page (user-accessible) */
+
+static void prime_fault(struct bt_cpu *c)
+{
+    put64(T, T_PD + 16, T_RO | 0x85); /* present, user, 2 MiB, not writable */
+    prime_data(c);
+    bt_read(c, T_RO, 8, BT_ACC_READ);
+    c->s.gpr[RBX] = fault_target;
+}
+
+static void test_store_faults(void **st)
+{
+    static struct outcome a, b;
+    static const struct {
+        uint64_t target;
+        int vector;
+        uint32_t err;
+    } cases[] = {
+        {0x40000000, X86_PF, 0x2},  /* not present, write */
+        {T_RO + 0x10, X86_PF, 0x3}, /* protection, write */
+        {T_CODE0 + 0x800, -1, 0},   /* a code page: no fault */
+        {T_DATA + 0x100, -1, 0},    /* plain */
+    };
+    prep = prime_fault;
+    for (size_t k = 0; k < ARRAY_SIZE(cases); k++) {
+        fault_target = cases[k].target;
+        both(store_fault, sizeof(store_fault), 1000, &a, &b);
+        if (cases[k].vector < 0) {
+            assert_int_equal(a.rip, T_CODE0 + sizeof(store_fault));
+            continue;
+        }
+        assert_int_equal(t_handler_vector(T), cases[k].vector);
+        assert_int_equal(b.cr2, cases[k].target);
+        assert_int_equal(get64(T, T->c->s.gpr[RSP]), cases[k].err);
+        assert_int_equal(get64(T, T->c->s.gpr[RSP] + 8), T_CODE0 + 0xd);
+        assert_int_equal(b.icount, 5 + 1); /* five before the store, then the handler's HLT */
+    }
+    prep = NULL;
+}
+
+/* The same at CPL 3: user accesses run inline on user pages; a supervisor page (its TLB entry
+ * made by a kernel access) and a read-only page fault with the user bit, precisely. */
+static const uint8_t user_prog[] = {
+    0x49, 0x8b, 0x07,       /* 0: mov rax, [r15] */
+    0x49, 0x89, 0x47, 0x08, /* 3: mov [r15+8], rax */
+    0x83, 0xc0, 0x01,       /* 7: add eax, 1 */
+    0x41, 0x01, 0x47, 0x10, /* a: add [r15+0x10], eax */
+    0x89, 0xc1,             /* e: mov ecx, eax */
+    0x01, 0x0a,             /* 10: add [rdx], ecx */
+    0xff, 0xc0,             /* 12: inc eax */
+    0xf4,                   /* 14: hlt: #GP at CPL 3 */
+};
+
+static void prime_user(struct bt_cpu *c)
+{
+    put64(T, T_PD + 16, T_RO | 0x85);
+    prime_data(c);
+    bt_read(c, T_RO, 8, BT_ACC_READ);
+    bt_read(c, 0x8000, 8, BT_ACC_READ); /* a supervisor page, in the TLB */
+    t_to_ring3(T, T_CODE3);
+    c->s.gpr[RDX] = fault_target;
+}
+
+static void test_user_mode(void **st)
+{
+    static struct outcome a, b;
+    static const struct {
+        uint64_t target;
+        int vector;
+        uint32_t err;
+    } cases[] = {
+        {T_DATA + 0x20, X86_GP, 0}, /* no fault until the HLT */
+        {0x8000, X86_PF, 0x7},      /* supervisor page: protection, write, user */
+        {T_RO + 8, X86_PF, 0x7},    /* read-only page */
+        {0x40000000, X86_PF, 0x6},  /* not present */
+    };
+    prep = prime_user;
+    for (size_t k = 0; k < ARRAY_SIZE(cases); k++) {
+        fault_target = cases[k].target;
+        both(user_prog, sizeof(user_prog), 1000, &a, &b);
+        assert_int_equal(t_handler_vector(T), cases[k].vector);
+        assert_int_equal(get64(T, T->c->s.gpr[RSP]), cases[k].err);
+        if (cases[k].vector == X86_PF) {
+            assert_int_equal(b.cr2, cases[k].target);
+            assert_int_equal(get64(T, T->c->s.gpr[RSP] + 8), T_CODE3 + 0x10);
+        }
+    }
+    prep = NULL;
+    struct bt_jit_stats s;
+    bt_jit_get_stats(T->c, &s);
+    assert_true(s.insns_inline_mem >= 4);
+}
+
+/* Dirty logging switched on while translated code that stores inline runs: the stores after the
+ * switch are logged (the inline path defers to the handler while logging is on). */
+static void test_dirty_log(void **st)
+{
+    static const uint8_t p[] = {
+        0xb9, 0x10, 0x00, 0x00, 0x00, /* mov ecx, 16 */
+        0x49, 0x89, 0x0f,             /* again: mov [r15], rcx */
+        0x49, 0x83, 0xc7, 0x08,       /* add r15, 8 */
+        0xff, 0xc9,                   /* dec ecx */
+        0x75, 0xf5,                   /* jnz again */
+        0xf4,
+    };
+    struct guest_mem *m = &T->vm.mem;
+    assert_int_equal(guest_dirty_enable(m), 0);
+    for (int jit = 0; jit < 2; jit++) {
+        m->dirty_enabled = false;
+        t_setup_long(T);
+        use_jit(jit);
+        struct bt_cpu *c = T->c;
+        c->s.gpr[R15] = T_DATA + 0x3000;
+        put_bytes(T, T_CODE0, p, sizeof(p));
+        prime_data(c);
+        bt_probe_write(c, T_DATA + 0x3000, 8, BT_ACC_WRITE);
+        bt_exec(c, 20); /* the loop runs translated and warm, unlogged */
+        assert_false(c->halted);
+        uint64_t bits[(16 << 20) / 4096 / 64];
+        m->dirty_enabled = true;
+        memset(bits, 0, sizeof(bits));
+        guest_dirty_collect(m, bits, ARRAY_SIZE(bits));
+        memset(bits, 0, sizeof(bits));
+        bt_exec(c, 1000);
+        assert_true(c->halted);
+        guest_dirty_collect(m, bits, ARRAY_SIZE(bits));
+        uint64_t pg = (T_DATA + 0x3000) >> 12;
+        assert_true((bits[pg / 64] >> (pg % 64)) & 1);
+        assert_int_equal(get64(T, T_DATA + 0x3000 + 15 * 8), 1);
+    }
+    m->dirty_enabled = false;
 }
 
 /* Shifts (immediate and CL counts, including 0 and above the width) and IMUL register forms,
@@ -499,6 +744,10 @@ int main(void)
         cmocka_unit_test(test_shift_imul),
         cmocka_unit_test(test_inline_loads),
         cmocka_unit_test(test_fault_mid_block),
+        cmocka_unit_test(test_inline_mem_forms),
+        cmocka_unit_test(test_store_faults),
+        cmocka_unit_test(test_user_mode),
+        cmocka_unit_test(test_dirty_log),
         cmocka_unit_test(test_self_modifying),
         cmocka_unit_test(test_chain_smc),
         cmocka_unit_test(test_chain_budget_kick),
