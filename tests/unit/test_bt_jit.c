@@ -325,6 +325,20 @@ static void test_inline_mem_forms(void **st)
     /* cold TLB: every first access takes the slow path */
     both(mem_forms, sizeof(mem_forms), 100000, &a, &b);
     assert_int_equal(a.rip, T_CODE0 + 0xf3);
+    /* IMUL memory forms after a register IMUL in the same block */
+    static const uint8_t imuls[] = {
+        0x49, 0xba, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, /* mov r10, 0x100000000 */
+        0xba, 0x79, 0x00, 0x00, 0x00,                               /* mov edx, 0x79 */
+        0x41, 0x6b, 0xd2, 0xb3,                                     /* imul edx, r10d, -77 */
+        0x41, 0x6b, 0x7f, 0x49, 0xee,                               /* imul edi, [r15+0x49], -18 */
+        0x41, 0x0f, 0xaf, 0x47, 0x48,                               /* imul eax, [r15+0x48] */
+        0x66, 0x41, 0x69, 0x4f, 0x46, 0xff, 0x7f, /* imul cx, [r15+0x46], 0x7fff */
+        0xf4,
+    };
+    prep = prime_data;
+    both(imuls, sizeof(imuls), 1000, &a, &b);
+    prep = NULL;
+    assert_int_equal(a.gpr[RDX], 0);
     /* budgets ending anywhere in the loop */
     for (uint64_t budget = 60; budget < 130; budget += 7)
         both(mem_forms, sizeof(mem_forms), budget, &a, &b);

@@ -389,7 +389,9 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off)
         load_gpr(e, 0, a->reg, size);
         if (b->kind == BT_OPK_IMM)
             E2(e, MOV, R(hreg(1, size == 8 ? 8 : 4)),
-               I(size == 8 ? b->disp : (int64_t)(uint32_t)b->disp));
+               I(size == 8   ? b->disp
+                 : size == 4 ? (int32_t)b->disp
+                             : (int64_t)(uint16_t)b->disp));
         else
             load_gpr(e, 1, b->reg, size);
         E2(e, IMUL, R(hreg(0, size)), R(hreg(1, size)));
@@ -911,7 +913,9 @@ static bool native_mem(struct emit *e, const struct bt_jit *j, const struct bt_i
         load_mem(e, 0, size);
         if (b->kind == BT_OPK_IMM)
             E2(e, MOV, R(hreg(1, size == 8 ? 8 : 4)),
-               I(size == 8 ? b->disp : (int64_t)(uint32_t)b->disp));
+               I(size == 8   ? b->disp
+                 : size == 4 ? (int32_t)b->disp
+                             : (int64_t)(uint16_t)b->disp));
         else
             load_gpr(e, 1, b->reg, size);
         E2(e, IMUL, R(hreg(0, size)), R(hreg(1, size)));
@@ -1208,13 +1212,31 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
         bool last = k + 1 == n;
         size_t slow[8];
         int nslow = 0;
+        /* A native form Zydis cannot encode is undone (e.pos back to mark) and the instruction
+         * takes the handler path; the block stays translated. */
         size_t mark = e.pos;
         unsigned pend0 = pend;
+        enum { HANDLER, SIMPLE, MEM, BRANCH, CALLRET } how = HANDLER;
         if (native_simple(&e, i, off)) {
-            pend++, native++;
-        } else if (flush_icount(&e, &pend),
-                   native_mem(&e, j, i, off, b32, c->stack_bits, slow, &nslow) &&
-                       (!e.fail || (e.fail = false, e.pos = mark, pend = pend0, false))) {
+            how = SIMPLE;
+        } else {
+            flush_icount(&e, &pend);
+            if (native_mem(&e, j, i, off, b32, c->stack_bits, slow, &nslow))
+                how = MEM;
+            else if (last && native_branch(&e, j, i, off, b32, &pend, page_off))
+                how = BRANCH;
+            else if (last && native_callret(&e, j, i, off, b32, c->stack_bits, &pend, page_off))
+                how = CALLRET;
+        }
+        if (e.fail) {
+            e.fail = false;
+            e.pos = mark;
+            pend = pend0;
+            how = HANDLER;
+        }
+        switch (how) {
+        case SIMPLE: pend++, native++; break;
+        case MEM: {
             /* fast path done; the slow path runs the handler for the whole instruction */
             E1(&e, INC, M(RBX, C_ICOUNT, 8));
             size_t done = jrel(&e, ZYDIS_MNEMONIC_JMP);
@@ -1225,14 +1247,15 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
             patch(&e, done, e.pos);
             native++;
             inline_mem++;
-        } else if (last && native_branch(&e, j, i, off, b32, &pend, page_off)) {
+            break;
+        }
+        case BRANCH:
+        case CALLRET:
             native++;
+            inline_mem += how == CALLRET;
             ended = true;
-        } else if (last && native_callret(&e, j, i, off, b32, c->stack_bits, &pend, page_off)) {
-            native++;
-            inline_mem++;
-            ended = true;
-        } else {
+            break;
+        case HANDLER:
             call_handler(&e, i, off, b32, &pend);
             if (last) {
                 jto(&e, ZYDIS_MNEMONIC_JMP, j->exit_off);
@@ -1240,6 +1263,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
             } else {
                 after_handler_checks(&e, j);
             }
+            break;
         }
         off += i->len;
     }
