@@ -315,6 +315,12 @@ static void load_guest_flags(struct emit *e)
     E0(e, POPFQ);
 }
 
+/* The host CF = the guest's (ADC and SBB read no other flag and write all six) */
+static void load_guest_cf(struct emit *e)
+{
+    E2(e, BT, M(RBX, C_FLAGS, 8), I(0));
+}
+
 /* Emits a native form of `i` if it has one; returns false (nothing emitted) otherwise. */
 static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off)
 {
@@ -561,11 +567,29 @@ static bool native_branch(struct emit *e, struct bt_jit *j, const struct bt_insn
     if (!fits32(target)) return false;
     size_t not_taken = 0;
     if (!jmp) {
-        E2(e, MOV, R(ZYDIS_REGISTER_RAX), M(RBX, C_FLAGS, 8));
-        E2(e, AND, R(ZYDIS_REGISTER_EAX), I(BT_ARITH_FLAGS));
-        E1(e, PUSH, R(ZYDIS_REGISTER_RAX));
-        E0(e, POPFQ);
-        not_taken = jrel(e, jcc_host[(i->opcode & 0xf) ^ 1]);
+        /* the condition from the guest's RFLAGS in memory, by bit tests (no POPFQ, which is
+         * slow): host ZF clear iff the positive form of the condition (cc & ~1) holds */
+        unsigned cc = i->opcode & 0xf;
+        E2(e, MOV, R(ZYDIS_REGISTER_EAX), M(RBX, C_FLAGS, 4));
+        switch (cc >> 1) {
+        case 0: E2(e, TEST, R(ZYDIS_REGISTER_EAX), I(X86_FLAG_OF)); break;
+        case 1: E2(e, TEST, R(ZYDIS_REGISTER_EAX), I(X86_FLAG_CF)); break;
+        case 2: E2(e, TEST, R(ZYDIS_REGISTER_EAX), I(X86_FLAG_ZF)); break;
+        case 3: E2(e, TEST, R(ZYDIS_REGISTER_EAX), I(X86_FLAG_CF | X86_FLAG_ZF)); break;
+        case 4: E2(e, TEST, R(ZYDIS_REGISTER_EAX), I(X86_FLAG_SF)); break;
+        case 5: E2(e, TEST, R(ZYDIS_REGISTER_EAX), I(X86_FLAG_PF)); break;
+        default: /* L: SF != OF (OF is bit 11, SF bit 7); LE: that or ZF */
+            E2(e, MOV, R(ZYDIS_REGISTER_ECX), R(ZYDIS_REGISTER_EAX));
+            E2(e, SHR, R(ZYDIS_REGISTER_ECX), I(4));
+            E2(e, XOR, R(ZYDIS_REGISTER_ECX), R(ZYDIS_REGISTER_EAX));
+            E2(e, AND, R(ZYDIS_REGISTER_ECX), I(X86_FLAG_SF));
+            if (cc >> 1 == 7) {
+                E2(e, AND, R(ZYDIS_REGISTER_EAX), I(X86_FLAG_ZF));
+                E2(e, OR, R(ZYDIS_REGISTER_ECX), R(ZYDIS_REGISTER_EAX));
+            }
+            break;
+        }
+        not_taken = jrel(e, (cc & 1) ? ZYDIS_MNEMONIC_JNZ : ZYDIS_MNEMONIC_JZ);
     }
     rip_at(e, target, b32);
     size_t slow = 0;
@@ -825,7 +849,7 @@ static bool native_mem(struct emit *e, const struct bt_jit *j, const struct bt_i
         if (is_gpr(d) && d->size == size && s->size == size && MEMOK(s)) {
             /* register destination, memory source */
             mem_probe(e, j, s, off, false, slow, nslow);
-            if (cf_in) load_guest_flags(e);
+            if (cf_in) load_guest_cf(e);
             load_gpr(e, 0, d->reg, size);
             if (m == ZYDIS_MNEMONIC_TEST) /* commutative; the host encodes TEST m, r */
                 E2(e, TEST, M(HRSI, 0, size), R(hreg(0, size)));
@@ -840,7 +864,7 @@ static bool native_mem(struct emit *e, const struct bt_jit *j, const struct bt_i
         if (MEMOK(d) && d->size == size && ((is_gpr(s) && s->size == size) || imm_ok(s, size))) {
             /* memory destination (read-modify-write, or read only for CMP/TEST) */
             mem_probe(e, j, d, off, !ro, slow, nslow);
-            if (cf_in) load_guest_flags(e);
+            if (cf_in) load_guest_cf(e);
             if (is_gpr(s)) {
                 load_gpr(e, 1, s->reg, size);
                 enc(e, m, 2, (ZydisEncoderOperand[]){M(HRSI, 0, size), R(hreg(1, size))});
