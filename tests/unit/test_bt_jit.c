@@ -344,6 +344,115 @@ static void test_inline_mem_forms(void **st)
         both(mem_forms, sizeof(mem_forms), budget, &a, &b);
 }
 
+/* Register forms beyond ALU/MOV/LEA (MOVZX/MOVSX/MOVSXD, BSWAP, NEG/NOT, ADC/SBB, ROL/ROR with the
+ * OF rule of the immediate forms, NOPs) and SETcc/CMOVcc on every condition code with flags that
+ * vary from pass to pass. */
+static const uint8_t reg_forms[] = {
+    0x6a, 0x28,                         /* 0: push 0x28 */
+    0x0f, 0xb6, 0xc1,                   /* 2: movzx eax,cl */
+    0x44, 0x0f, 0xb7, 0xc2,             /* 5: movzx r8d,dx */
+    0x4c, 0x0f, 0xb6, 0xcb,             /* 9: movzx r9,bl */
+    0x4c, 0x0f, 0xbf, 0xd1,             /* d: movsx r10,cx */
+    0x44, 0x0f, 0xbe, 0xda,             /* 11: movsx r11d,dl */
+    0x66, 0x44, 0x0f, 0xbe, 0xe3,       /* 15: movsx r12w,bl */
+    0x4c, 0x63, 0xea,                   /* 1a: movsxd r13,edx */
+    0x41, 0x0f, 0xc8,                   /* 1d: bswap r8d */
+    0x49, 0x0f, 0xc9,                   /* 20: bswap r9 */
+    0x49, 0xf7, 0xda,                   /* 23: neg r10 */
+    0x41, 0xf7, 0xd3,                   /* 26: not r11d */
+    0x66, 0xf7, 0xd9,                   /* 29: neg cx */
+    0x48, 0x11, 0xd0,                   /* 2c: adc rax,rdx */
+    0x41, 0x83, 0xd8, 0x77,             /* 2f: sbb r8d,0x77 */
+    0x10, 0xcb,                         /* 33: adc bl,cl */
+    0x49, 0xc1, 0xc4, 0x07,             /* 35: rol r12,0x7 */
+    0x41, 0xd1, 0xcd,                   /* 39: ror r13d,1 */
+    0x66, 0xd3, 0xc2,                   /* 3c: rol dx,cl */
+    0x41, 0xc0, 0xc9, 0x03,             /* 3f: ror r9b,0x3 */
+    0x0f, 0x1f, 0x04, 0x00,             /* 43: nop DWORD PTR [rax+rax*1] */
+    0x90,                               /* 47: nop */
+    0x48, 0x01, 0xc7,                   /* 48: add rdi,rax */
+    0x44, 0x29, 0xce,                   /* 4b: sub esi,r9d */
+    0x41, 0x0f, 0x90, 0xc6,             /* 4e: seto r14b */
+    0x4c, 0x0f, 0x40, 0xff,             /* 52: cmovo r15,rdi */
+    0x41, 0x0f, 0x40, 0xf5,             /* 56: cmovo esi,r13d */
+    0x66, 0x0f, 0x40, 0xea,             /* 5a: cmovo bp,dx */
+    0x41, 0x0f, 0x91, 0xc6,             /* 5e: setno r14b */
+    0x4c, 0x0f, 0x41, 0xff,             /* 62: cmovno r15,rdi */
+    0x41, 0x0f, 0x41, 0xf5,             /* 66: cmovno esi,r13d */
+    0x66, 0x0f, 0x41, 0xea,             /* 6a: cmovno bp,dx */
+    0x41, 0x0f, 0x92, 0xc6,             /* 6e: setb r14b */
+    0x4c, 0x0f, 0x42, 0xff,             /* 72: cmovb r15,rdi */
+    0x41, 0x0f, 0x42, 0xf5,             /* 76: cmovb esi,r13d */
+    0x66, 0x0f, 0x42, 0xea,             /* 7a: cmovb bp,dx */
+    0x41, 0x0f, 0x93, 0xc6,             /* 7e: setae r14b */
+    0x4c, 0x0f, 0x43, 0xff,             /* 82: cmovae r15,rdi */
+    0x41, 0x0f, 0x43, 0xf5,             /* 86: cmovae esi,r13d */
+    0x66, 0x0f, 0x43, 0xea,             /* 8a: cmovae bp,dx */
+    0x41, 0x0f, 0x94, 0xc6,             /* 8e: sete r14b */
+    0x4c, 0x0f, 0x44, 0xff,             /* 92: cmove r15,rdi */
+    0x41, 0x0f, 0x44, 0xf5,             /* 96: cmove esi,r13d */
+    0x66, 0x0f, 0x44, 0xea,             /* 9a: cmove bp,dx */
+    0x41, 0x0f, 0x95, 0xc6,             /* 9e: setne r14b */
+    0x4c, 0x0f, 0x45, 0xff,             /* a2: cmovne r15,rdi */
+    0x41, 0x0f, 0x45, 0xf5,             /* a6: cmovne esi,r13d */
+    0x66, 0x0f, 0x45, 0xea,             /* aa: cmovne bp,dx */
+    0x41, 0x0f, 0x96, 0xc6,             /* ae: setbe r14b */
+    0x4c, 0x0f, 0x46, 0xff,             /* b2: cmovbe r15,rdi */
+    0x41, 0x0f, 0x46, 0xf5,             /* b6: cmovbe esi,r13d */
+    0x66, 0x0f, 0x46, 0xea,             /* ba: cmovbe bp,dx */
+    0x41, 0x0f, 0x97, 0xc6,             /* be: seta r14b */
+    0x4c, 0x0f, 0x47, 0xff,             /* c2: cmova r15,rdi */
+    0x41, 0x0f, 0x47, 0xf5,             /* c6: cmova esi,r13d */
+    0x66, 0x0f, 0x47, 0xea,             /* ca: cmova bp,dx */
+    0x4c, 0x01, 0xe0,                   /* ce: add rax,r12 */
+    0x38, 0xda,                         /* d1: cmp dl,bl */
+    0x41, 0x0f, 0x98, 0xc6,             /* d3: sets r14b */
+    0x4c, 0x0f, 0x48, 0xff,             /* d7: cmovs r15,rdi */
+    0x41, 0x0f, 0x48, 0xf5,             /* db: cmovs esi,r13d */
+    0x66, 0x0f, 0x48, 0xea,             /* df: cmovs bp,dx */
+    0x41, 0x0f, 0x99, 0xc6,             /* e3: setns r14b */
+    0x4c, 0x0f, 0x49, 0xff,             /* e7: cmovns r15,rdi */
+    0x41, 0x0f, 0x49, 0xf5,             /* eb: cmovns esi,r13d */
+    0x66, 0x0f, 0x49, 0xea,             /* ef: cmovns bp,dx */
+    0x41, 0x0f, 0x9a, 0xc6,             /* f3: setp r14b */
+    0x4c, 0x0f, 0x4a, 0xff,             /* f7: cmovp r15,rdi */
+    0x41, 0x0f, 0x4a, 0xf5,             /* fb: cmovp esi,r13d */
+    0x66, 0x0f, 0x4a, 0xea,             /* ff: cmovp bp,dx */
+    0x41, 0x0f, 0x9b, 0xc6,             /* 103: setnp r14b */
+    0x4c, 0x0f, 0x4b, 0xff,             /* 107: cmovnp r15,rdi */
+    0x41, 0x0f, 0x4b, 0xf5,             /* 10b: cmovnp esi,r13d */
+    0x66, 0x0f, 0x4b, 0xea,             /* 10f: cmovnp bp,dx */
+    0x41, 0x0f, 0x9c, 0xc6,             /* 113: setl r14b */
+    0x4c, 0x0f, 0x4c, 0xff,             /* 117: cmovl r15,rdi */
+    0x41, 0x0f, 0x4c, 0xf5,             /* 11b: cmovl esi,r13d */
+    0x66, 0x0f, 0x4c, 0xea,             /* 11f: cmovl bp,dx */
+    0x41, 0x0f, 0x9d, 0xc6,             /* 123: setge r14b */
+    0x4c, 0x0f, 0x4d, 0xff,             /* 127: cmovge r15,rdi */
+    0x41, 0x0f, 0x4d, 0xf5,             /* 12b: cmovge esi,r13d */
+    0x66, 0x0f, 0x4d, 0xea,             /* 12f: cmovge bp,dx */
+    0x41, 0x0f, 0x9e, 0xc6,             /* 133: setle r14b */
+    0x4c, 0x0f, 0x4e, 0xff,             /* 137: cmovle r15,rdi */
+    0x41, 0x0f, 0x4e, 0xf5,             /* 13b: cmovle esi,r13d */
+    0x66, 0x0f, 0x4e, 0xea,             /* 13f: cmovle bp,dx */
+    0x41, 0x0f, 0x9f, 0xc6,             /* 143: setg r14b */
+    0x4c, 0x0f, 0x4f, 0xff,             /* 147: cmovg r15,rdi */
+    0x41, 0x0f, 0x4f, 0xf5,             /* 14b: cmovg esi,r13d */
+    0x66, 0x0f, 0x4f, 0xea,             /* 14f: cmovg bp,dx */
+    0x48, 0xff, 0x0c, 0x24,             /* 153: dec QWORD PTR [rsp] */
+    0x0f, 0x85, 0xa5, 0xfe, 0xff, 0xff, /* 157: jne 2 <top> */
+    0xf4,                               /* 15d: hlt */
+};
+
+static void test_reg_forms(void **st)
+{
+    static struct outcome a, b;
+    both(reg_forms, sizeof(reg_forms), 100000, &a, &b);
+    assert_true(a.halted);
+    assert_int_equal(a.rip, T_CODE0 + sizeof(reg_forms));
+    for (uint64_t budget = 100; budget < 200; budget += 13)
+        both(reg_forms, sizeof(reg_forms), budget, &a, &b);
+}
+
 /* A store that faults in the middle of a translated block whose earlier accesses ran inline:
  * memory and registers as the interpreter leaves them, the #PF with the store's RIP, CR2 and
  * error code.  Targets: an unmapped page, a read-only page (in the TLB for reads), a code page
@@ -759,6 +868,7 @@ int main(void)
         cmocka_unit_test(test_inline_loads),
         cmocka_unit_test(test_fault_mid_block),
         cmocka_unit_test(test_inline_mem_forms),
+        cmocka_unit_test(test_reg_forms),
         cmocka_unit_test(test_store_faults),
         cmocka_unit_test(test_user_mode),
         cmocka_unit_test(test_dirty_log),

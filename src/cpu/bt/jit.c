@@ -315,6 +315,33 @@ static void load_guest_flags(struct emit *e)
     E0(e, POPFQ);
 }
 
+/* Evaluates condition code cc (the low nibble of Jcc/SETcc/CMOVcc) on the guest's RFLAGS in
+ * memory by bit tests (no POPFQ, which is slow): afterwards the host ZF is clear iff the positive
+ * form of the condition (cc & ~1) holds, so the condition itself holds on JNZ/SETNZ/CMOVNZ for an
+ * even cc and on JZ/SETZ/CMOVZ for an odd one (cond_true).  Clobbers EAX and ECX. */
+static void emit_cond(struct emit *e, unsigned cc)
+{
+    E2(e, MOV, R(ZYDIS_REGISTER_EAX), M(RBX, C_FLAGS, 4));
+    switch (cc >> 1) {
+    case 0: E2(e, TEST, R(ZYDIS_REGISTER_EAX), I(X86_FLAG_OF)); break;
+    case 1: E2(e, TEST, R(ZYDIS_REGISTER_EAX), I(X86_FLAG_CF)); break;
+    case 2: E2(e, TEST, R(ZYDIS_REGISTER_EAX), I(X86_FLAG_ZF)); break;
+    case 3: E2(e, TEST, R(ZYDIS_REGISTER_EAX), I(X86_FLAG_CF | X86_FLAG_ZF)); break;
+    case 4: E2(e, TEST, R(ZYDIS_REGISTER_EAX), I(X86_FLAG_SF)); break;
+    case 5: E2(e, TEST, R(ZYDIS_REGISTER_EAX), I(X86_FLAG_PF)); break;
+    default: /* L: SF != OF (OF is bit 11, SF bit 7); LE: that or ZF */
+        E2(e, MOV, R(ZYDIS_REGISTER_ECX), R(ZYDIS_REGISTER_EAX));
+        E2(e, SHR, R(ZYDIS_REGISTER_ECX), I(4));
+        E2(e, XOR, R(ZYDIS_REGISTER_ECX), R(ZYDIS_REGISTER_EAX));
+        E2(e, AND, R(ZYDIS_REGISTER_ECX), I(X86_FLAG_SF));
+        if (cc >> 1 == 7) {
+            E2(e, AND, R(ZYDIS_REGISTER_EAX), I(X86_FLAG_ZF));
+            E2(e, OR, R(ZYDIS_REGISTER_ECX), R(ZYDIS_REGISTER_EAX));
+        }
+        break;
+    }
+}
+
 /* The host CF = the guest's (ADC and SBB read no other flag and write all six) */
 static void load_guest_cf(struct emit *e)
 {
@@ -366,8 +393,12 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off)
         return true;
     case ZYDIS_MNEMONIC_SHL:
     case ZYDIS_MNEMONIC_SHR:
-    case ZYDIS_MNEMONIC_SAR: {
-        /* register destination; count an immediate or CL: the host's CL form, as shift.c runs */
+    case ZYDIS_MNEMONIC_SAR:
+    case ZYDIS_MNEMONIC_ROL:
+    case ZYDIS_MNEMONIC_ROR: {
+        /* register destination; count an immediate or CL: the host's CL form, as shift.c runs
+         * (which keeps the incoming OF for ROL/ROR by an immediate whose masked count is above
+         * 1, as Intel's immediate register forms do) */
         if (i->nops < 2 || !is_gpr(d) || d->size != size) return false;
         bool cl = s->kind == BT_OPK_REG && s->rclass == BT_RC_GPR && s->reg == RCX && s->size == 1;
         if (!cl && s->kind != BT_OPK_IMM) return false;
@@ -381,7 +412,9 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off)
         E0(e, PUSHFQ);
         E1(e, POP, R(ZYDIS_REGISTER_RDX));
         store_gpr(e, 0, d->reg, size);
-        merge_flags(e, BT_ARITH_FLAGS);
+        bool keep_of = (m == ZYDIS_MNEMONIC_ROL || m == ZYDIS_MNEMONIC_ROR) && !cl &&
+                       (s->disp & (size == 8 ? 63 : 31)) > 1;
+        merge_flags(e, keep_of ? BT_ARITH_FLAGS & ~(uint32_t)X86_FLAG_OF : BT_ARITH_FLAGS);
         return true;
     }
     case ZYDIS_MNEMONIC_IMUL: {
@@ -406,6 +439,119 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off)
         if (size == 4) E2(e, MOV, R(ZYDIS_REGISTER_EAX), R(ZYDIS_REGISTER_EAX));
         store_gpr(e, 0, d->reg, size);
         merge_flags(e, BT_ARITH_FLAGS);
+        return true;
+    }
+    case ZYDIS_MNEMONIC_NOP: /* every form, hint NOPs with a memory operand too: no access */
+        return true;
+    case ZYDIS_MNEMONIC_ADC:
+    case ZYDIS_MNEMONIC_SBB: {
+        if (i->nops < 2 || !is_gpr(d) || d->size != size) return false;
+        bool imm = s->kind == BT_OPK_IMM;
+        if (!imm && !(is_gpr(s) && s->size == size)) return false;
+        if (imm && size == 8 && !fits32(s->disp)) return false;
+        load_gpr(e, 0, d->reg, size);
+        if (!imm) load_gpr(e, 1, s->reg, size);
+        load_guest_cf(e);
+        if (imm)
+            enc(e, m, 2, (ZydisEncoderOperand[]){R(hreg(0, size)), I(imm_for(s->disp, size))});
+        else
+            enc(e, m, 2, (ZydisEncoderOperand[]){R(hreg(0, size)), R(hreg(1, size))});
+        E0(e, PUSHFQ);
+        E1(e, POP, R(ZYDIS_REGISTER_RDX));
+        store_gpr(e, 0, d->reg, size);
+        merge_flags(e, BT_ARITH_FLAGS);
+        return true;
+    }
+    case ZYDIS_MNEMONIC_NEG:
+    case ZYDIS_MNEMONIC_NOT:
+        if (i->nops < 1 || !is_gpr(d) || d->size != size) return false;
+        load_gpr(e, 0, d->reg, size);
+        enc(e, m, 1, (ZydisEncoderOperand[]){R(hreg(0, size))});
+        if (m == ZYDIS_MNEMONIC_NEG) {
+            E0(e, PUSHFQ);
+            E1(e, POP, R(ZYDIS_REGISTER_RDX));
+        }
+        store_gpr(e, 0, d->reg, size);
+        if (m == ZYDIS_MNEMONIC_NEG) merge_flags(e, BT_ARITH_FLAGS);
+        return true;
+    case ZYDIS_MNEMONIC_MOVZX:
+    case ZYDIS_MNEMONIC_MOVSX:
+    case ZYDIS_MNEMONIC_MOVSXD: {
+        if (i->nops < 2 || !is_gpr(d) || !is_gpr(s)) return false;
+        unsigned ds = d->size, ss = s->size;
+        if (ds != 2 && ds != 4 && ds != 8) return false;
+        if (m == ZYDIS_MNEMONIC_MOVSXD ? (ds != 8 || ss != 4) : (ss != 1 && ss != 2) || ss >= ds)
+            return false;
+        if (m == ZYDIS_MNEMONIC_MOVZX)
+            E2(e, MOVZX, R(ZYDIS_REGISTER_EAX), M(RBX, C_GPR(s->reg), ss));
+        else if (m == ZYDIS_MNEMONIC_MOVSXD)
+            E2(e, MOVSXD, R(ZYDIS_REGISTER_RAX), M(RBX, C_GPR(s->reg), 4));
+        else
+            E2(e, MOVSX,
+               R(ds == 8   ? ZYDIS_REGISTER_RAX
+                 : ds == 4 ? ZYDIS_REGISTER_EAX
+                           : ZYDIS_REGISTER_AX),
+               M(RBX, C_GPR(s->reg), ss));
+        store_gpr(e, 0, d->reg, ds);
+        return true;
+    }
+    case ZYDIS_MNEMONIC_BSWAP:
+        if (i->nops < 1 || !is_gpr(d) || (d->size != 4 && d->size != 8)) return false;
+        load_gpr(e, 0, d->reg, d->size);
+        E1(e, BSWAP, R(hreg(0, d->size)));
+        store_gpr(e, 0, d->reg, d->size);
+        return true;
+    case ZYDIS_MNEMONIC_SETO:
+    case ZYDIS_MNEMONIC_SETNO:
+    case ZYDIS_MNEMONIC_SETB:
+    case ZYDIS_MNEMONIC_SETNB:
+    case ZYDIS_MNEMONIC_SETZ:
+    case ZYDIS_MNEMONIC_SETNZ:
+    case ZYDIS_MNEMONIC_SETBE:
+    case ZYDIS_MNEMONIC_SETNBE:
+    case ZYDIS_MNEMONIC_SETS:
+    case ZYDIS_MNEMONIC_SETNS:
+    case ZYDIS_MNEMONIC_SETP:
+    case ZYDIS_MNEMONIC_SETNP:
+    case ZYDIS_MNEMONIC_SETL:
+    case ZYDIS_MNEMONIC_SETNL:
+    case ZYDIS_MNEMONIC_SETLE:
+    case ZYDIS_MNEMONIC_SETNLE: {
+        if (i->nops < 1 || !is_gpr(d) || d->size != 1 || i->opcode_map == 0) return false;
+        unsigned cc = i->opcode & 0xf;
+        emit_cond(e, cc);
+        E1(e, SETNZ, R(ZYDIS_REGISTER_AL));
+        if (cc & 1) E2(e, XOR, R(ZYDIS_REGISTER_AL), I(1));
+        store_gpr(e, 0, d->reg, 1);
+        return true;
+    }
+    case ZYDIS_MNEMONIC_CMOVO:
+    case ZYDIS_MNEMONIC_CMOVNO:
+    case ZYDIS_MNEMONIC_CMOVB:
+    case ZYDIS_MNEMONIC_CMOVNB:
+    case ZYDIS_MNEMONIC_CMOVZ:
+    case ZYDIS_MNEMONIC_CMOVNZ:
+    case ZYDIS_MNEMONIC_CMOVBE:
+    case ZYDIS_MNEMONIC_CMOVNBE:
+    case ZYDIS_MNEMONIC_CMOVS:
+    case ZYDIS_MNEMONIC_CMOVNS:
+    case ZYDIS_MNEMONIC_CMOVP:
+    case ZYDIS_MNEMONIC_CMOVNP:
+    case ZYDIS_MNEMONIC_CMOVL:
+    case ZYDIS_MNEMONIC_CMOVNL:
+    case ZYDIS_MNEMONIC_CMOVLE:
+    case ZYDIS_MNEMONIC_CMOVNLE: {
+        /* the register form: dest = cond ? src : dest, zero-extended from 32 bits either way */
+        if (i->nops < 2 || !is_gpr(d) || !is_gpr(s) || d->size != size || s->size != size ||
+            size == 1)
+            return false;
+        unsigned cc = i->opcode & 0xf;
+        emit_cond(e, cc);
+        load_gpr(e, 0, d->reg, size);
+        load_gpr(e, 2, s->reg, size);
+        enc(e, (cc & 1) ? ZYDIS_MNEMONIC_CMOVZ : ZYDIS_MNEMONIC_CMOVNZ, 2,
+            (ZydisEncoderOperand[]){R(ZYDIS_REGISTER_RAX), R(ZYDIS_REGISTER_RDX)});
+        store_gpr(e, 0, d->reg, size);
         return true;
     }
     case ZYDIS_MNEMONIC_MOV:
@@ -567,28 +713,8 @@ static bool native_branch(struct emit *e, struct bt_jit *j, const struct bt_insn
     if (!fits32(target)) return false;
     size_t not_taken = 0;
     if (!jmp) {
-        /* the condition from the guest's RFLAGS in memory, by bit tests (no POPFQ, which is
-         * slow): host ZF clear iff the positive form of the condition (cc & ~1) holds */
         unsigned cc = i->opcode & 0xf;
-        E2(e, MOV, R(ZYDIS_REGISTER_EAX), M(RBX, C_FLAGS, 4));
-        switch (cc >> 1) {
-        case 0: E2(e, TEST, R(ZYDIS_REGISTER_EAX), I(X86_FLAG_OF)); break;
-        case 1: E2(e, TEST, R(ZYDIS_REGISTER_EAX), I(X86_FLAG_CF)); break;
-        case 2: E2(e, TEST, R(ZYDIS_REGISTER_EAX), I(X86_FLAG_ZF)); break;
-        case 3: E2(e, TEST, R(ZYDIS_REGISTER_EAX), I(X86_FLAG_CF | X86_FLAG_ZF)); break;
-        case 4: E2(e, TEST, R(ZYDIS_REGISTER_EAX), I(X86_FLAG_SF)); break;
-        case 5: E2(e, TEST, R(ZYDIS_REGISTER_EAX), I(X86_FLAG_PF)); break;
-        default: /* L: SF != OF (OF is bit 11, SF bit 7); LE: that or ZF */
-            E2(e, MOV, R(ZYDIS_REGISTER_ECX), R(ZYDIS_REGISTER_EAX));
-            E2(e, SHR, R(ZYDIS_REGISTER_ECX), I(4));
-            E2(e, XOR, R(ZYDIS_REGISTER_ECX), R(ZYDIS_REGISTER_EAX));
-            E2(e, AND, R(ZYDIS_REGISTER_ECX), I(X86_FLAG_SF));
-            if (cc >> 1 == 7) {
-                E2(e, AND, R(ZYDIS_REGISTER_EAX), I(X86_FLAG_ZF));
-                E2(e, OR, R(ZYDIS_REGISTER_ECX), R(ZYDIS_REGISTER_EAX));
-            }
-            break;
-        }
+        emit_cond(e, cc);
         not_taken = jrel(e, (cc & 1) ? ZYDIS_MNEMONIC_JNZ : ZYDIS_MNEMONIC_JZ);
     }
     rip_at(e, target, b32);
