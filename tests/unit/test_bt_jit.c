@@ -453,6 +453,51 @@ static void test_reg_forms(void **st)
         both(reg_forms, sizeof(reg_forms), budget, &a, &b);
 }
 
+/* Flags that a later instruction of the block overwrites are not stored (dead flags); the ones a
+ * reader sees are: a SETcc, the loop's Jcc, the block end, and a load that faults (the #PF frame
+ * holds RFLAGS) or not (R13 mapped or not). */
+static const uint8_t dead_flags[] = {
+    0xbe, 0x32, 0x00, 0x00, 0x00, /* 0: mov esi,0x32 */
+    0x48, 0x01, 0xd8,             /* 5: add rax,rbx */
+    0x48, 0x29, 0xd1,             /* 8: sub rcx,rdx */
+    0x4c, 0x8d, 0x04, 0x08,       /* b: lea r8,[rax+rcx*1] */
+    0x45, 0x31, 0xc1,             /* f: xor r9d,r8d */
+    0x49, 0x39, 0xc1,             /* 12: cmp r9,rax */
+    0x4d, 0x89, 0xca,             /* 15: mov r10,r9 */
+    0x49, 0x83, 0xe2, 0x3f,       /* 18: and r10,0x3f */
+    0x4d, 0x85, 0xd2,             /* 1c: test r10,r10 */
+    0x41, 0x0f, 0x94, 0xc3,       /* 1f: sete r11b */
+    0x4c, 0x01, 0xd3,             /* 23: add rbx,r10 */
+    0x48, 0x09, 0xda,             /* 26: or rdx,rbx */
+    0x48, 0x29, 0xc2,             /* 29: sub rdx,rax */
+    0xff, 0xce,                   /* 2c: dec esi */
+    0x75, 0xd5,                   /* 2e: jne 5 <top> */
+    0x48, 0x01, 0xc8,             /* 30: add rax,rcx */
+    0x48, 0x29, 0xd3,             /* 33: sub rbx,rdx */
+    0x4d, 0x8b, 0x65, 0x00,       /* 36: mov r12,QWORD PTR [r13+0x0] */
+    0xf4,                         /* 3a: hlt */
+};
+static uint64_t r13_value;
+
+static void set_r13(struct bt_cpu *c)
+{
+    c->s.gpr[R13] = r13_value;
+}
+
+static void test_dead_flags(void **st)
+{
+    static struct outcome a, b;
+    prep = set_r13;
+    r13_value = T_DATA + 0x40;
+    both(dead_flags, sizeof(dead_flags), 100000, &a, &b);
+    assert_int_equal(a.rip, T_CODE0 + sizeof(dead_flags));
+    r13_value = 0x40000000;
+    both(dead_flags, sizeof(dead_flags), 100000, &a, &b);
+    assert_int_equal(t_handler_vector(T), X86_PF);
+    assert_int_equal(get64(T, T->c->s.gpr[RSP] + 24), a.rflags & ~(uint64_t)X86_FLAG_IF);
+    prep = NULL;
+}
+
 /* A store that faults in the middle of a translated block whose earlier accesses ran inline:
  * memory and registers as the interpreter leaves them, the #PF with the store's RIP, CR2 and
  * error code.  Targets: an unmapped page, a read-only page (in the TLB for reads), a code page
@@ -869,6 +914,7 @@ int main(void)
         cmocka_unit_test(test_fault_mid_block),
         cmocka_unit_test(test_inline_mem_forms),
         cmocka_unit_test(test_reg_forms),
+        cmocka_unit_test(test_dead_flags),
         cmocka_unit_test(test_store_faults),
         cmocka_unit_test(test_user_mode),
         cmocka_unit_test(test_dirty_log),

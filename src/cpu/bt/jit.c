@@ -348,8 +348,50 @@ static void load_guest_cf(struct emit *e)
     E2(e, BT, M(RBX, C_FLAGS, 8), I(0));
 }
 
-/* Emits a native form of `i` if it has one; returns false (nothing emitted) otherwise. */
-static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off)
+/* Dead flags.  What an instruction does to the six arithmetic flags as far as the code after it
+ * can tell: FL_WRITES sets all six from its operands alone and cannot fault or leave the block
+ * early (register/immediate ADD, SUB, AND, OR, XOR, CMP, TEST, NEG); FL_NONE neither reads nor
+ * writes them and cannot fault (register MOV, LEA, MOVZX/MOVSX, BSWAP, NOT, NOP); FL_READS is
+ * everything else, conservatively: it may read them, or fault or exit with c->s.rflags
+ * visible.  A FL_WRITES instruction followed in its block by another FL_WRITES one with only
+ * FL_NONE ones in between produces flags nobody can see, so its native form skips the merge
+ * into c->s.rflags (the handler path, if it ends up there, still merges: harmless). */
+enum { FL_READS, FL_NONE, FL_WRITES };
+
+static int flag_effect(const struct bt_insn *i)
+{
+    if (i->pfx & BT_PFX_LOCK) return FL_READS;
+    for (unsigned k = 0; k < i->nops && k < 4; k++) {
+        const struct bt_operand *o = &i->op[k];
+        bool gpr = o->kind == BT_OPK_REG && (o->rclass == BT_RC_GPR || o->rclass == BT_RC_GPR8H);
+        if (!gpr && o->kind != BT_OPK_IMM && o->kind != BT_OPK_AGEN &&
+            !(o->kind == BT_OPK_MEM && i->mnemonic == ZYDIS_MNEMONIC_NOP))
+            return FL_READS;
+    }
+    switch (i->mnemonic) {
+    case ZYDIS_MNEMONIC_ADD:
+    case ZYDIS_MNEMONIC_SUB:
+    case ZYDIS_MNEMONIC_AND:
+    case ZYDIS_MNEMONIC_OR:
+    case ZYDIS_MNEMONIC_XOR:
+    case ZYDIS_MNEMONIC_CMP:
+    case ZYDIS_MNEMONIC_TEST:
+    case ZYDIS_MNEMONIC_NEG: return FL_WRITES;
+    case ZYDIS_MNEMONIC_MOV:
+    case ZYDIS_MNEMONIC_LEA:
+    case ZYDIS_MNEMONIC_MOVZX:
+    case ZYDIS_MNEMONIC_MOVSX:
+    case ZYDIS_MNEMONIC_MOVSXD:
+    case ZYDIS_MNEMONIC_BSWAP:
+    case ZYDIS_MNEMONIC_NOT:
+    case ZYDIS_MNEMONIC_NOP: return FL_NONE;
+    default: return FL_READS;
+    }
+}
+
+/* Emits a native form of `i` if it has one; returns false (nothing emitted) otherwise.
+ * flags_dead: the flags it writes are dead (see flag_effect), so they need not be stored. */
+static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off, bool flags_dead)
 {
     if (i->pfx & BT_PFX_LOCK) return false;
     unsigned size = i->opsize / 8;
@@ -375,10 +417,12 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off)
             load_gpr(e, 1, s->reg, size);
             enc(e, m, 2, (ZydisEncoderOperand[]){R(hreg(0, size)), R(hreg(1, size))});
         }
-        E0(e, PUSHFQ);
-        E1(e, POP, R(ZYDIS_REGISTER_RDX));
+        if (!flags_dead) {
+            E0(e, PUSHFQ);
+            E1(e, POP, R(ZYDIS_REGISTER_RDX));
+        }
         if (m != ZYDIS_MNEMONIC_CMP && m != ZYDIS_MNEMONIC_TEST) store_gpr(e, 0, d->reg, size);
-        merge_flags(e, BT_ARITH_FLAGS);
+        if (!flags_dead) merge_flags(e, BT_ARITH_FLAGS);
         return true;
     }
     case ZYDIS_MNEMONIC_INC:
@@ -467,12 +511,13 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off)
         if (i->nops < 1 || !is_gpr(d) || d->size != size) return false;
         load_gpr(e, 0, d->reg, size);
         enc(e, m, 1, (ZydisEncoderOperand[]){R(hreg(0, size))});
-        if (m == ZYDIS_MNEMONIC_NEG) {
+        bool merge = m == ZYDIS_MNEMONIC_NEG && !flags_dead;
+        if (merge) {
             E0(e, PUSHFQ);
             E1(e, POP, R(ZYDIS_REGISTER_RDX));
         }
         store_gpr(e, 0, d->reg, size);
-        if (m == ZYDIS_MNEMONIC_NEG) merge_flags(e, BT_ARITH_FLAGS);
+        if (merge) merge_flags(e, BT_ARITH_FLAGS);
         return true;
     case ZYDIS_MNEMONIC_MOVZX:
     case ZYDIS_MNEMONIC_MOVSX:
@@ -1356,6 +1401,14 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
     unsigned pend = 0, native = 0, inline_mem = 0;
     bool ended = false;
     int64_t off = 0;
+    /* dead flags: a backward scan (the block's end reads them: they must be in c->s.rflags) */
+    bool dead[JIT_BLOCK_MAX] = {false};
+    bool live = true;
+    for (unsigned k = n; k-- > 0;) {
+        int fe = flag_effect(&ins[k]);
+        if (k < JIT_BLOCK_MAX) dead[k] = fe == FL_WRITES && !live;
+        if (fe != FL_NONE) live = fe == FL_READS;
+    }
     E2(&e, MOV, R(R12), M(RBX, C_RIP, 8));
     for (unsigned k = 0; k < n; k++) {
         const struct bt_insn *i = &ins[k];
@@ -1367,7 +1420,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
         size_t mark = e.pos;
         unsigned pend0 = pend;
         enum { HANDLER, SIMPLE, MEM, BRANCH, CALLRET } how = HANDLER;
-        if (native_simple(&e, i, off)) {
+        if (native_simple(&e, i, off, k < JIT_BLOCK_MAX && dead[k])) {
             how = SIMPLE;
         } else {
             flush_icount(&e, &pend);
