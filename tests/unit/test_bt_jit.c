@@ -52,6 +52,7 @@ struct outcome {
     bool halted;
     uint8_t mem[0x2000];
     uint8_t stack[0x200]; /* below the initial RSP */
+    uint8_t xmm[16][16];
 };
 
 #define T_DATA 0x300000ull /* scratch data page (second 2 MiB page, writable) */
@@ -82,6 +83,7 @@ static void run_prog(bool jit, const uint8_t *code, size_t n, uint64_t budget, s
     o->halted = c->halted;
     memcpy(o->mem, gp(T, T_DATA, 0x2000), 0x2000);
     memcpy(o->stack, gp(T, sp0 - 0x200, 0x200), 0x200);
+    memcpy(o->xmm, c->s.fx.xmm, sizeof(o->xmm));
 }
 
 static void compare(const struct outcome *a, const struct outcome *b)
@@ -99,6 +101,7 @@ static void compare(const struct outcome *a, const struct outcome *b)
     assert_int_equal(a->halted, b->halted);
     assert_memory_equal(a->mem, b->mem, sizeof(a->mem));
     assert_memory_equal(a->stack, b->stack, sizeof(a->stack));
+    assert_memory_equal(a->xmm, b->xmm, sizeof(a->xmm));
 }
 
 static void both(const uint8_t *code, size_t n, uint64_t budget, struct outcome *ti,
@@ -496,6 +499,57 @@ static void test_dead_flags(void **st)
     assert_int_equal(t_handler_vector(T), X86_PF);
     assert_int_equal(get64(T, T->c->s.gpr[RSP] + 24), a.rflags & ~(uint64_t)X86_FLAG_IF);
     prep = NULL;
+}
+
+/* 16-byte SSE moves: loads, stores (one crossing a page), XMM to XMM, and an aligned load whose
+ * address becomes misaligned (#GP from the handler); CR0.TS set makes the first one #NM. */
+static const uint8_t sse_moves[] = {
+    0xbe, 0x14, 0x00, 0x00, 0x00,       /* 0: mov esi,0x14 */
+    0xf3, 0x41, 0x0f, 0x6f, 0x4f, 0x11, /* 5: movdqu xmm1,XMMWORD PTR [r15+0x11] */
+    0x41, 0x0f, 0x28, 0x57, 0x20,       /* b: movaps xmm2,XMMWORD PTR [r15+0x20] */
+    0x41, 0x0f, 0x11, 0x4f, 0x43,       /* 10: movups XMMWORD PTR [r15+0x43],xmm1 */
+    0x66, 0x41, 0x0f, 0x7f, 0x57, 0x50, /* 15: movdqa XMMWORD PTR [r15+0x50],xmm2 */
+    0x66, 0x0f, 0x28, 0xd9,             /* 1b: movapd xmm3,xmm1 */
+    0x66, 0x45, 0x0f, 0x10, 0x8f, 0xf8,
+    0x0f, 0x00, 0x00, /* 1f: movupd xmm9,XMMWORD PTR [r15+0xff8] */
+    0xf3, 0x45, 0x0f, 0x7f, 0x8f, 0xf9,
+    0x1f, 0x00, 0x00,             /* 28: movdqu XMMWORD PTR [r15+0x1ff9],xmm9 */
+    0x41, 0x0f, 0x28, 0x24, 0x3f, /* 31: movaps xmm4,XMMWORD PTR [r15+rdi*1] */
+    0x48, 0x83, 0xc7, 0x10,       /* 36: add rdi,0x10 */
+    0xff, 0xce,                   /* 3a: dec esi */
+    0x75, 0xc7,                   /* 3c: jne 5 <top> */
+    0xf4,                         /* 3e: hlt */
+};
+static uint64_t sse_rdi, sse_cr0_or;
+
+static void prep_sse(struct bt_cpu *c)
+{
+    prime_data(c);
+    c->s.gpr[RDI] = sse_rdi;
+    c->s.cr0 |= sse_cr0_or;
+    for (int r = 0; r < 16; r++)
+        memset(c->s.fx.xmm[r], 0x11 * r, 16);
+}
+
+static void test_sse_moves(void **st)
+{
+    static struct outcome a, b;
+    prep = prep_sse;
+    sse_rdi = 0x400; /* aligned all along */
+    both(sse_moves, sizeof(sse_moves), 100000, &a, &b);
+    assert_int_equal(a.rip, T_CODE0 + sizeof(sse_moves));
+    sse_rdi = 0x408 - 19 * 16; /* misaligned on the last pass */
+    both(sse_moves, sizeof(sse_moves), 100000, &a, &b);
+    assert_int_equal(t_handler_vector(T), X86_GP);
+    sse_rdi = 0x400;
+    sse_cr0_or = X86_CR0_TS;
+    both(sse_moves, sizeof(sse_moves), 100000, &a, &b);
+    assert_int_equal(t_handler_vector(T), X86_NM);
+    sse_cr0_or = 0;
+    prep = NULL;
+    struct bt_jit_stats s;
+    bt_jit_get_stats(T->c, &s);
+    assert_true(s.insns_inline_mem >= 8);
 }
 
 /* A store that faults in the middle of a translated block whose earlier accesses ran inline:
@@ -915,6 +969,7 @@ int main(void)
         cmocka_unit_test(test_inline_mem_forms),
         cmocka_unit_test(test_reg_forms),
         cmocka_unit_test(test_dead_flags),
+        cmocka_unit_test(test_sse_moves),
         cmocka_unit_test(test_store_faults),
         cmocka_unit_test(test_user_mode),
         cmocka_unit_test(test_dirty_log),

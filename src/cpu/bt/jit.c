@@ -85,7 +85,7 @@ struct bt_jit {
     uint8_t *rw, *rx; /* the two views of the cache (NULL until the first translation) */
     size_t size, used, base_end;
     size_t exit_off;        /* the trampoline's return path */
-    size_t probe_off[2][4]; /* the inline-access probes: [write][size 1, 2, 4, 8] */
+    size_t probe_off[2][5]; /* the inline-access probes: [write][size 1, 2, 4, 8, 16] */
     void (*enter)(struct bt_cpu *c, const void *code, struct bt_jit *j);
     struct jit_tb *tbs;
     struct jit_link *links;
@@ -816,7 +816,7 @@ _Static_assert(offsetof(struct x86_seg, base) == 0, "segment base first");
 
 static unsigned size_index(unsigned size)
 {
-    return size == 1 ? 0 : size == 2 ? 1 : size == 4 ? 2 : 3;
+    return size == 1 ? 0 : size == 2 ? 1 : size == 4 ? 2 : size == 8 ? 3 : 4;
 }
 
 /* One probe subroutine of the code cache, shared by every inline access of `size` bytes
@@ -910,10 +910,30 @@ static bool inline_mem_ok(const struct bt_insn *i, const struct bt_operand *o, i
     return fits32(o->disp);
 }
 
+/* inline_mem_ok for a 16-byte operand */
+static bool inline_mem_ok16(const struct bt_insn *i, const struct bt_operand *o, int64_t off)
+{
+    struct bt_operand t = *o;
+    t.size = 8; /* the other checks are the same */
+    return o->size == 16 && inline_mem_ok(i, &t, off, false);
+}
+
 /* RSI = host address of memory operand `o` (probed for a read or a write of its size), or a
  * jump to the slow path (appended to slow[]).  Clobbers RAX, RCX, RDX, RDI and the host flags. */
+static void mem_lin(struct emit *e, const struct bt_operand *o, int64_t off);
+static void probe_call(struct emit *e, const struct bt_jit *j, unsigned size, bool write,
+                       size_t *slow, int *nslow);
+
 static void mem_probe(struct emit *e, const struct bt_jit *j, const struct bt_operand *o,
                       int64_t off, bool write, size_t *slow, int *nslow)
+{
+    mem_lin(e, o, off);
+    probe_call(e, j, o->size, write, slow, nslow);
+}
+
+/* RDX = the linear address of memory operand `o` (64-bit code: the effective address plus the
+ * FS/GS base).  Clobbers RSI. */
+static void mem_lin(struct emit *e, const struct bt_operand *o, int64_t off)
 {
     /* RDX = effective address (+ the FS/GS base): the linear address in 64-bit code */
     if (o->base == BT_REG_RIP) {
@@ -931,7 +951,13 @@ static void mem_probe(struct emit *e, const struct bt_jit *j, const struct bt_op
         }
     }
     if (o->seg == SEG_FS || o->seg == SEG_GS) E2(e, ADD, R(HRDX), M(RBX, C_SEGBASE(o->seg), 8));
-    jto(e, ZYDIS_MNEMONIC_CALL, j->probe_off[write][size_index(o->size)]);
+}
+
+/* RSI = host address for an access of `size` bytes at RDX (the probe), or the slow path */
+static void probe_call(struct emit *e, const struct bt_jit *j, unsigned size, bool write,
+                       size_t *slow, int *nslow)
+{
+    jto(e, ZYDIS_MNEMONIC_CALL, j->probe_off[write][size_index(size)]);
     E2(e, TEST, R(HRSI), R(HRSI));
     slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JZ);
 }
@@ -970,6 +996,66 @@ static void take_flags(struct emit *e, uint32_t mask)
     merge_flags(e, mask);
 }
 
+#define C_CR0    ((int64_t)offsetof(struct bt_cpu, s.cr0))
+#define C_CR4    ((int64_t)offsetof(struct bt_cpu, s.cr4))
+#define C_XMM(n) ((int64_t)offsetof(struct bt_cpu, s.fx.xmm) + 16 * (int64_t)(n))
+
+static bool is_xmm(const struct bt_operand *o)
+{
+    return o->kind == BT_OPK_REG && o->rclass == BT_RC_XMM && o->zreg >= ZYDIS_REGISTER_XMM0 &&
+           o->zreg <= ZYDIS_REGISTER_XMM15;
+}
+
+/* Full 16-byte SSE moves (MOVAPS/MOVAPD/MOVDQA, MOVUPS/MOVUPD/MOVDQU): XMM <- XMM/m128 and
+ * m128 <- XMM, as sse.c's mov_full: SSE usable (CR0.EM and CR0.TS clear, CR4.OSFXSR set; else
+ * the handler raises #UD/#NM), the aligned forms' 16-byte alignment (else the handler's #GP),
+ * then the access through the probe. */
+static bool native_sse_move(struct emit *e, const struct bt_jit *j, const struct bt_insn *i,
+                            int64_t off, size_t *slow, int *nslow)
+{
+    bool aligned;
+    switch (i->mnemonic) {
+    case ZYDIS_MNEMONIC_MOVAPS:
+    case ZYDIS_MNEMONIC_MOVAPD:
+    case ZYDIS_MNEMONIC_MOVDQA: aligned = true; break;
+    case ZYDIS_MNEMONIC_MOVUPS:
+    case ZYDIS_MNEMONIC_MOVUPD:
+    case ZYDIS_MNEMONIC_MOVDQU: aligned = false; break;
+    default: return false;
+    }
+    if (i->nops < 2) return false;
+    const struct bt_operand *d = &i->op[0], *s = &i->op[1];
+    bool load =
+        is_xmm(d) &&
+        (is_xmm(s) || (s->kind == BT_OPK_MEM && s->size == 16 && inline_mem_ok16(i, s, off)));
+    bool store = is_xmm(s) && d->kind == BT_OPK_MEM && d->size == 16 && inline_mem_ok16(i, d, off);
+    if (!load && !store) return false;
+    E2(e, TEST, M(RBX, C_CR0, 4), I(X86_CR0_EM | X86_CR0_TS));
+    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    E2(e, TEST, M(RBX, C_CR4, 4), I(X86_CR4_OSFXSR));
+    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JZ);
+    const struct bt_operand *m = load ? s : d;
+    if (m->kind == BT_OPK_MEM) {
+        mem_lin(e, m, off);
+        if (aligned) {
+            E2(e, TEST, R(ZYDIS_REGISTER_DL), I(15));
+            slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+        }
+        probe_call(e, j, 16, store, slow, nslow);
+    }
+    if (load) {
+        if (is_xmm(s))
+            E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM0), M(RBX, C_XMM(s->zreg - ZYDIS_REGISTER_XMM0), 16));
+        else
+            E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM0), M(HRSI, 0, 16));
+        E2(e, MOVDQU, M(RBX, C_XMM(d->zreg - ZYDIS_REGISTER_XMM0), 16), R(ZYDIS_REGISTER_XMM0));
+    } else {
+        E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM0), M(RBX, C_XMM(s->zreg - ZYDIS_REGISTER_XMM0), 16));
+        E2(e, MOVDQU, M(HRSI, 0, 16), R(ZYDIS_REGISTER_XMM0));
+    }
+    return true;
+}
+
 /* Native forms with one memory operand (64-bit code, flat addressing): MOV r,m / m,r / m,imm;
  * ADD/SUB/AND/OR/XOR/ADC/SBB/CMP/TEST in both directions; INC/DEC/NEG/NOT m; SHL/SHR/SAR/ROL/
  * ROR m; MOVZX/MOVSX/MOVSXD r,m; IMUL r,m(,imm); PUSH r/imm, POP r.  The probe comes first and
@@ -979,6 +1065,7 @@ static bool native_mem(struct emit *e, const struct bt_jit *j, const struct bt_i
                        bool b32, unsigned stack_bits, size_t *slow, int *nslow)
 {
     if (b32 || (i->pfx & BT_PFX_LOCK) || i->nops < 1) return false;
+    if (native_sse_move(e, j, i, off, slow, nslow)) return true;
     unsigned size = i->opsize / 8;
     if (size != 1 && size != 2 && size != 4 && size != 8) return false;
     const struct bt_operand *d = &i->op[0], *s = &i->op[1];
@@ -1246,7 +1333,7 @@ static int emit_trampoline(struct bt_jit *j, struct bt_cpu *c)
     struct bt_store_watch w;
     bt_mmu_store_watch(c, &w);
     for (int wr = 0; wr < 2; wr++) {
-        for (unsigned k = 0; k < 4; k++) {
+        for (unsigned k = 0; k < 5; k++) {
             e.pos = ALIGN_UP(e.pos, 16);
             j->probe_off[wr][k] = e.pos;
             emit_probe(&e, 1u << k, wr, &w);
