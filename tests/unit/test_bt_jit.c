@@ -703,8 +703,20 @@ static void test_dirty_log(void **st)
 
 /* Shifts (immediate and CL counts, including 0 and above the width) and IMUL register forms,
  * whose flags depend on the incoming ones or are undefined: translated like the interpreter. */
+static uint64_t flags_in;
+
+static void set_flags(struct bt_cpu *c)
+{
+    c->s.rflags = X86_FLAG_FIXED | flags_in;
+}
+
 static void test_shift_imul(void **st)
 {
+    /* incoming flags (a count of 0 keeps them; the undefined ones may depend on them) */
+    static const uint64_t in_flags[] = {0, BT_ARITH_FLAGS, X86_FLAG_OF,
+                                        X86_FLAG_SF | X86_FLAG_ZF | X86_FLAG_AF | X86_FLAG_PF,
+                                        X86_FLAG_CF | X86_FLAG_OF};
+    prep = set_flags;
     static const uint8_t ops[][8] = {
         {3, 0x48, 0xd3, 0xe0},                   /* shl rax, cl */
         {3, 0x48, 0xd3, 0xe8},                   /* shr rax, cl */
@@ -720,6 +732,14 @@ static void test_shift_imul(void **st)
         {4, 0x66, 0x0f, 0xaf, 0xd8},             /* imul bx, ax */
         {4, 0x48, 0x6b, 0xc2, 0xf9},             /* imul rax, rdx, -7 */
         {7, 0x69, 0xc8, 0x01, 0x00, 0x01, 0x00}, /* imul ecx, eax, 0x10001 */
+        {3, 0x48, 0xd3, 0xc0},                   /* rol rax, cl */
+        {2, 0xd3, 0xca},                         /* ror edx, cl */
+        {3, 0x48, 0xd1, 0xc0},                   /* rol rax, 1 */
+        {3, 0xc1, 0xc8, 0x05},                   /* ror eax, 5 */
+        {3, 0xc0, 0xc2, 0x08},                   /* rol dl, 8 */
+        {4, 0x66, 0xc1, 0xcb, 0x11},             /* ror bx, 17 */
+        {4, 0x48, 0xc1, 0xc0, 0x00},             /* rol rax, 0 */
+        {3, 0xc0, 0xcc, 0x03},                   /* ror ah, 3: high byte, handler */
     };
     static const uint64_t cls[] = {0, 1, 5, 31, 32, 63, 64, 200};
     static struct outcome a, b;
@@ -735,9 +755,13 @@ static void test_shift_imul(void **st)
             memcpy(p + len, movs, sizeof(movs)), len += sizeof(movs);
             memcpy(p + len, ops[k] + 1, ops[k][0]), len += ops[k][0];
             p[len++] = 0xf4;
-            both(p, len, 1000, &a, &b);
+            for (size_t f = 0; f < ARRAY_SIZE(in_flags); f++) {
+                flags_in = in_flags[f];
+                both(p, len, 1000, &a, &b);
+            }
         }
     }
+    prep = NULL;
 }
 
 /* A fault in the middle of a translated block: native instructions before it have run, the

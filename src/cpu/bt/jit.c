@@ -309,10 +309,15 @@ static int64_t imm_for(int64_t v, unsigned size)
  * leave them; the undefined flags of IMUL and the shifts are what the host makes of them). */
 static void load_guest_flags(struct emit *e)
 {
-    E2(e, MOV, R(ZYDIS_REGISTER_RAX), M(RBX, C_FLAGS, 8));
-    E2(e, AND, R(ZYDIS_REGISTER_EAX), I(BT_ARITH_FLAGS));
-    E1(e, PUSH, R(ZYDIS_REGISTER_RAX));
-    E0(e, POPFQ);
+    /* Without POPFQ (slow): OF by an 8-bit signed overflow (0x80 + 0x80 overflows, 0 + 0x80 does
+     * not), then SF, ZF, AF, PF and CF by SAHF, which leaves OF alone.  Clobbers EAX and ECX.
+     * (DF and AC stay clear as the host ABI keeps them; no operation here depends on them.) */
+    E2(e, MOVZX, R(ZYDIS_REGISTER_ECX), M(RBX, C_FLAGS, 2));
+    E2(e, SHR, R(ZYDIS_REGISTER_ECX), I(4)); /* OF: bit 11 -> bit 7 */
+    E2(e, AND, R(ZYDIS_REGISTER_ECX), I(0x80));
+    E2(e, ADD, R(ZYDIS_REGISTER_CL), I(-128));
+    E2(e, MOV, R(ZYDIS_REGISTER_AH), M(RBX, C_FLAGS, 1));
+    E0(e, SAHF);
 }
 
 /* Evaluates condition code cc (the low nibble of Jcc/SETcc/CMOVcc) on the guest's RFLAGS in
@@ -446,19 +451,28 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off, 
         if (i->nops < 2 || !is_gpr(d) || d->size != size) return false;
         bool cl = s->kind == BT_OPK_REG && s->rclass == BT_RC_GPR && s->reg == RCX && s->size == 1;
         if (!cl && s->kind != BT_OPK_IMM) return false;
-        load_guest_flags(e);
+        /* A rotate by an immediate touches CF and OF only, both functions of the result (OF for
+         * a masked count of 1; above 1 the guest's OF stays): the incoming flags are not needed
+         * and only those bits are merged.  Everything else runs with the guest's flags loaded. */
+        bool rot_imm = (m == ZYDIS_MNEMONIC_ROL || m == ZYDIS_MNEMONIC_ROR) && !cl;
+        unsigned masked = (unsigned)s->disp & (size == 8 ? 63 : 31);
+        uint32_t mask = !rot_imm      ? BT_ARITH_FLAGS
+                        : masked == 0 ? 0
+                        : masked == 1 ? X86_FLAG_CF | X86_FLAG_OF
+                                      : X86_FLAG_CF;
+        if (!rot_imm) load_guest_flags(e);
         load_gpr(e, 0, d->reg, size);
         if (cl)
             E2(e, MOVZX, R(ZYDIS_REGISTER_ECX), M(RBX, C_GPR(RCX), 1));
         else
             E2(e, MOV, R(ZYDIS_REGISTER_ECX), I((uint8_t)s->disp));
         enc(e, m, 2, (ZydisEncoderOperand[]){R(hreg(0, size)), R(ZYDIS_REGISTER_CL)});
-        E0(e, PUSHFQ);
-        E1(e, POP, R(ZYDIS_REGISTER_RDX));
+        if (mask) {
+            E0(e, PUSHFQ);
+            E1(e, POP, R(ZYDIS_REGISTER_RDX));
+        }
         store_gpr(e, 0, d->reg, size);
-        bool keep_of = (m == ZYDIS_MNEMONIC_ROL || m == ZYDIS_MNEMONIC_ROR) && !cl &&
-                       (s->disp & (size == 8 ? 63 : 31)) > 1;
-        merge_flags(e, keep_of ? BT_ARITH_FLAGS & ~(uint32_t)X86_FLAG_OF : BT_ARITH_FLAGS);
+        if (mask) merge_flags(e, mask);
         return true;
     }
     case ZYDIS_MNEMONIC_IMUL: {
