@@ -1510,6 +1510,15 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
         if (k < JIT_BLOCK_MAX) dead[k] = fe == FL_WRITES && !live;
         if (fe != FL_NONE) live = fe == FL_READS;
     }
+    /* the slow paths of inline memory accesses, emitted after the block */
+    struct slow_path {
+        const struct bt_insn *i;
+        int64_t off;
+        unsigned pend, n;
+        size_t back, jumps[8];
+    } sps[JIT_BLOCK_MAX];
+    unsigned nsp = 0;
+    if (n > JIT_BLOCK_MAX) return (*slot = JIT_UNTRANSLATABLE), 1;
     E2(&e, MOV, R(R12), M(RBX, C_RIP, 8));
     for (unsigned k = 0; k < n; k++) {
         const struct bt_insn *i = &ins[k];
@@ -1519,12 +1528,11 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
         /* A native form Zydis cannot encode is undone (e.pos back to mark) and the instruction
          * takes the handler path; the block stays translated. */
         size_t mark = e.pos;
-        unsigned pend0 = pend;
+        unsigned pend0 = pend, nsp0 = nsp;
         enum { HANDLER, SIMPLE, MEM, BRANCH, CALLRET } how = HANDLER;
         if (native_simple(&e, i, off, k < JIT_BLOCK_MAX && dead[k])) {
             how = SIMPLE;
         } else {
-            flush_icount(&e, &pend);
             if (native_mem(&e, j, i, off, b32, c->stack_bits, slow, &nslow))
                 how = MEM;
             else if (last && native_branch(&e, j, i, off, b32, &pend, page_off))
@@ -1536,19 +1544,23 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
             e.fail = false;
             e.pos = mark;
             pend = pend0;
+            nsp = nsp0;
             how = HANDLER;
         }
         switch (how) {
         case SIMPLE: pend++, native++; break;
         case MEM: {
-            /* fast path done; the slow path runs the handler for the whole instruction */
-            E1(&e, INC, M(RBX, C_ICOUNT, 8));
-            size_t done = jrel(&e, ZYDIS_MNEMONIC_JMP);
-            for (int q = 0; q < nslow; q++)
-                patch(&e, slow[q], e.pos);
-            call_handler(&e, i, off, b32, &pend);
-            after_handler_checks(&e, j);
-            patch(&e, done, e.pos);
+            /* fast path done: the instruction counts like a register form (pending).  Its slow
+             * path, emitted after the block, runs the handler for the whole instruction with
+             * icount exact and comes back here with the same count pending. */
+            struct slow_path *sp = &sps[nsp++];
+            sp->i = i;
+            sp->off = off;
+            sp->pend = pend;
+            sp->back = e.pos;
+            sp->n = (unsigned)nslow;
+            memcpy(sp->jumps, slow, sizeof(slow));
+            pend++;
             native++;
             inline_mem++;
             break;
@@ -1577,6 +1589,16 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
         rip_at(&e, off, b32);
         E2(&e, MOV, M(RBX, C_RIP, 8), R(ZYDIS_REGISTER_RAX));
         leave(&e, j, same_page(page_off, off));
+    }
+    for (unsigned q = 0; q < nsp; q++) {
+        struct slow_path *sp = &sps[q];
+        for (unsigned k = 0; k < sp->n; k++)
+            patch(&e, sp->jumps[k], e.pos);
+        unsigned p = sp->pend;
+        call_handler(&e, sp->i, sp->off, b32, &p);
+        after_handler_checks(&e, j);
+        E2(&e, SUB, M(RBX, C_ICOUNT, 8), I(sp->pend + 1));
+        jto(&e, ZYDIS_MNEMONIC_JMP, sp->back);
     }
     if (e.fail) {
         log_debug("translator: block of %u instructions at %#llx left to the interpreter", n,
