@@ -94,10 +94,11 @@ struct bt_operand {
 #define BT_PFX_SEG   0x08 /* explicit segment override present */
 
 /* Zydis attribute bits kept in bt_insn.attr_lo (the low 16 bits of ZydisInstructionAttributes) */
-#define BT_ATTR_MODRM    0x0001 /* ZYDIS_ATTRIB_HAS_MODRM */
-#define BT_ATTR_REX      0x0004 /* ZYDIS_ATTRIB_HAS_REX */
-#define BT_ATTR_RELATIVE 0x0080 /* ZYDIS_ATTRIB_IS_RELATIVE: IMM operand is a branch displacement  \
-                                 */
+#define BT_ATTR_MODRM 0x0001 /* ZYDIS_ATTRIB_HAS_MODRM */
+#define BT_ATTR_REX   0x0004 /* ZYDIS_ATTRIB_HAS_REX */
+#define BT_ATTR_RELATIVE                                                                           \
+    0x0080 /* ZYDIS_ATTRIB_IS_RELATIVE: IMM operand is a branch displacement                       \
+            */
 
 typedef void (*bt_handler)(struct bt_cpu *c, const struct bt_insn *i);
 
@@ -159,7 +160,8 @@ enum bt_pseudo_mnemonic {
 #define BT_ACC_EXEC     0x04
 #define BT_ACC_IMPLICIT 0x08 /* supervisor access regardless of CPL (GDT/IDT/TSS reads) */
 
-#define BT_TLB_SIZE 256
+#define BT_TLB_SIZE                                                                                \
+    1024 /* direct-mapped; 256 missed often enough to show in profiles of a shell loop */
 struct bt_tlb_entry {
     uint64_t vtag; /* linear page number | 1 (valid) in bit 0 of a shifted form; see mmu.c */
     uint64_t gpa;  /* guest-physical page address */
