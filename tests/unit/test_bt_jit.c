@@ -531,6 +531,36 @@ static void prep_sse(struct bt_cpu *c)
         memset(c->s.fx.xmm[r], 0x11 * r, 16);
 }
 
+/* SSE2 integer ops (a strlen-like PCMPEQB/PMOVMSKB, the others with register and aligned
+ * memory sources: a misaligned one is the handler's #GP) */
+static const uint8_t sse_int[] = {
+    0xbe, 0x0a, 0x00, 0x00, 0x00,       /* 0: mov esi,0xa */
+    0x66, 0x0f, 0xef, 0xc0,             /* 5: pxor xmm0,xmm0 */
+    0xf3, 0x41, 0x0f, 0x6f, 0x0c, 0x3f, /* 9: movdqu xmm1,XMMWORD PTR [r15+rdi*1] */
+    0x66, 0x0f, 0x74, 0xc1,             /* f: pcmpeqb xmm0,xmm1 */
+    0x66, 0x0f, 0xd7, 0xc0,             /* 13: pmovmskb eax,xmm0 */
+    0x66, 0x44, 0x0f, 0xd7, 0xc1,       /* 17: pmovmskb r8d,xmm1 */
+    0x66, 0x41, 0x0f, 0xeb, 0x57, 0x40, /* 1c: por xmm2,XMMWORD PTR [r15+0x40] */
+    0x66, 0x0f, 0xdb, 0xd9,             /* 22: pand xmm3,xmm1 */
+    0x66, 0x0f, 0xdf, 0xe2,             /* 26: pandn xmm4,xmm2 */
+    0x66, 0x0f, 0xfc, 0xe9,             /* 2a: paddb xmm5,xmm1 */
+    0x66, 0x41, 0x0f, 0xfd, 0x77, 0x60, /* 2e: paddw xmm6,XMMWORD PTR [r15+0x60] */
+    0x66, 0x0f, 0xfe, 0xf9,             /* 34: paddd xmm7,xmm1 */
+    0x66, 0x44, 0x0f, 0xd4, 0xc7,       /* 38: paddq xmm8,xmm7 */
+    0x66, 0x44, 0x0f, 0xf8, 0xc9,       /* 3d: psubb xmm9,xmm1 */
+    0x66, 0x45, 0x0f, 0xf9, 0xd1,       /* 42: psubw xmm10,xmm9 */
+    0x66, 0x45, 0x0f, 0xfa, 0x1c, 0x3f, /* 47: psubd xmm11,XMMWORD PTR [r15+rdi*1] */
+    0x66, 0x45, 0x0f, 0xfb, 0xe3,       /* 4d: psubq xmm12,xmm11 */
+    0x66, 0x44, 0x0f, 0xda, 0xe9,       /* 52: pminub xmm13,xmm1 */
+    0x66, 0x44, 0x0f, 0xde, 0xf1,       /* 57: pmaxub xmm14,xmm1 */
+    0x66, 0x45, 0x0f, 0x75, 0xfe,       /* 5c: pcmpeqw xmm15,xmm14 */
+    0x66, 0x41, 0x0f, 0x76, 0xd7,       /* 61: pcmpeqd xmm2,xmm15 */
+    0x48, 0x83, 0xc7, 0x10,             /* 66: add rdi,0x10 */
+    0xff, 0xce,                         /* 6a: dec esi */
+    0x75, 0x97,                         /* 6c: jne 5 <top> */
+    0xf4,                               /* 6e: hlt */
+};
+
 static void test_sse_moves(void **st)
 {
     static struct outcome a, b;
@@ -546,6 +576,14 @@ static void test_sse_moves(void **st)
     both(sse_moves, sizeof(sse_moves), 100000, &a, &b);
     assert_int_equal(t_handler_vector(T), X86_NM);
     sse_cr0_or = 0;
+    for (int r = 0; r < 64; r++)
+        put64(T, T_DATA + 0x400 + 8 * (uint64_t)r, 0x0123456789abcdefull * (uint64_t)r);
+    sse_rdi = 0x400;
+    both(sse_int, sizeof(sse_int), 100000, &a, &b);
+    assert_int_equal(a.rip, T_CODE0 + sizeof(sse_int));
+    sse_rdi = 0x404;
+    both(sse_int, sizeof(sse_int), 100000, &a, &b);
+    assert_int_equal(t_handler_vector(T), X86_GP);
     prep = NULL;
     struct bt_jit_stats s;
     bt_jit_get_stats(T->c, &s);

@@ -1020,6 +1020,71 @@ static bool is_xmm(const struct bt_operand *o)
            o->zreg <= ZYDIS_REGISTER_XMM15;
 }
 
+/* SSE checks of sse.c's check_for: CR0.EM and CR0.TS clear, CR4.OSFXSR set (else the handler
+ * raises #UD or #NM) */
+static void sse_usable(struct emit *e, size_t *slow, int *nslow)
+{
+    E2(e, TEST, M(RBX, C_CR0, 4), I(X86_CR0_EM | X86_CR0_TS));
+    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    E2(e, TEST, M(RBX, C_CR4, 4), I(X86_CR4_OSFXSR));
+    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JZ);
+}
+
+/* SSE2 integer operations on XMM registers that the C string functions use (sse.c's binop with
+ * a host operation and no MXCSR): XMM op= XMM/m128 (a 16-byte aligned memory operand, else the
+ * handler's #GP), and PMOVMSKB r, XMM. */
+static bool native_sse_int(struct emit *e, const struct bt_jit *j, const struct bt_insn *i,
+                           int64_t off, size_t *slow, int *nslow)
+{
+    if (i->nops < 2) return false;
+    const struct bt_operand *d = &i->op[0], *s = &i->op[1];
+    if (i->mnemonic == ZYDIS_MNEMONIC_PMOVMSKB) {
+        if (!is_gpr(d) || (d->size != 4 && d->size != 8) || !is_xmm(s)) return false;
+        sse_usable(e, slow, nslow);
+        E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM0), M(RBX, C_XMM(s->zreg - ZYDIS_REGISTER_XMM0), 16));
+        E2(e, PMOVMSKB, R(ZYDIS_REGISTER_EAX), R(ZYDIS_REGISTER_XMM0));
+        store_gpr(e, 0, d->reg, 4); /* zero-extended */
+        return true;
+    }
+    switch (i->mnemonic) {
+    case ZYDIS_MNEMONIC_PCMPEQB:
+    case ZYDIS_MNEMONIC_PCMPEQW:
+    case ZYDIS_MNEMONIC_PCMPEQD:
+    case ZYDIS_MNEMONIC_PXOR:
+    case ZYDIS_MNEMONIC_POR:
+    case ZYDIS_MNEMONIC_PAND:
+    case ZYDIS_MNEMONIC_PANDN:
+    case ZYDIS_MNEMONIC_PADDB:
+    case ZYDIS_MNEMONIC_PADDW:
+    case ZYDIS_MNEMONIC_PADDD:
+    case ZYDIS_MNEMONIC_PADDQ:
+    case ZYDIS_MNEMONIC_PSUBB:
+    case ZYDIS_MNEMONIC_PSUBW:
+    case ZYDIS_MNEMONIC_PSUBD:
+    case ZYDIS_MNEMONIC_PSUBQ:
+    case ZYDIS_MNEMONIC_PMINUB:
+    case ZYDIS_MNEMONIC_PMAXUB: break;
+    default: return false;
+    }
+    if (!is_xmm(d) || !(is_xmm(s) || (s->kind == BT_OPK_MEM && inline_mem_ok16(i, s, off))))
+        return false;
+    sse_usable(e, slow, nslow);
+    if (is_xmm(s)) {
+        E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM1), M(RBX, C_XMM(s->zreg - ZYDIS_REGISTER_XMM0), 16));
+    } else {
+        mem_lin(e, s, off);
+        E2(e, TEST, R(ZYDIS_REGISTER_DL), I(15));
+        slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+        probe_call(e, j, 16, false, slow, nslow);
+        E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM1), M(HRSI, 0, 16));
+    }
+    E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM0), M(RBX, C_XMM(d->zreg - ZYDIS_REGISTER_XMM0), 16));
+    enc(e, (ZydisMnemonic)i->mnemonic, 2,
+        (ZydisEncoderOperand[]){R(ZYDIS_REGISTER_XMM0), R(ZYDIS_REGISTER_XMM1)});
+    E2(e, MOVDQU, M(RBX, C_XMM(d->zreg - ZYDIS_REGISTER_XMM0), 16), R(ZYDIS_REGISTER_XMM0));
+    return true;
+}
+
 /* Full 16-byte SSE moves (MOVAPS/MOVAPD/MOVDQA, MOVUPS/MOVUPD/MOVDQU): XMM <- XMM/m128 and
  * m128 <- XMM, as sse.c's mov_full: SSE usable (CR0.EM and CR0.TS clear, CR4.OSFXSR set; else
  * the handler raises #UD/#NM), the aligned forms' 16-byte alignment (else the handler's #GP),
@@ -1035,7 +1100,7 @@ static bool native_sse_move(struct emit *e, const struct bt_jit *j, const struct
     case ZYDIS_MNEMONIC_MOVUPS:
     case ZYDIS_MNEMONIC_MOVUPD:
     case ZYDIS_MNEMONIC_MOVDQU: aligned = false; break;
-    default: return false;
+    default: return native_sse_int(e, j, i, off, slow, nslow);
     }
     if (i->nops < 2) return false;
     const struct bt_operand *d = &i->op[0], *s = &i->op[1];
@@ -1044,10 +1109,7 @@ static bool native_sse_move(struct emit *e, const struct bt_jit *j, const struct
         (is_xmm(s) || (s->kind == BT_OPK_MEM && s->size == 16 && inline_mem_ok16(i, s, off)));
     bool store = is_xmm(s) && d->kind == BT_OPK_MEM && d->size == 16 && inline_mem_ok16(i, d, off);
     if (!load && !store) return false;
-    E2(e, TEST, M(RBX, C_CR0, 4), I(X86_CR0_EM | X86_CR0_TS));
-    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
-    E2(e, TEST, M(RBX, C_CR4, 4), I(X86_CR4_OSFXSR));
-    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JZ);
+    sse_usable(e, slow, nslow);
     const struct bt_operand *m = load ? s : d;
     if (m->kind == BT_OPK_MEM) {
         mem_lin(e, m, off);
