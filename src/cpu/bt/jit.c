@@ -847,16 +847,15 @@ static void emit_probe(struct emit *e, unsigned size, bool write, const struct b
 {
     size_t fail[8];
     int nf = 0;
-    /* canonical (the last byte is then too: the access stays in the page, checked below) */
-    E2(e, MOV, R(HRSI), R(HRDX));
-    E2(e, SHL, R(HRSI), I(16));
-    E2(e, SAR, R(HRSI), I(16));
-    E2(e, CMP, R(HRSI), R(HRDX));
-    fail[nf++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
-    E2(e, MOV, R(HESI), R(HEDX));
-    E2(e, AND, R(HESI), I(0xfff));
-    E2(e, CMP, R(HESI), I(4096 - size));
-    fail[nf++] = jrel(e, ZYDIS_MNEMONIC_JNBE);
+    /* No canonical check: the TLB only holds tags of canonical pages (every fill follows
+     * bt_seg_linear's canonical check, or is a 32-bit address), so the tag compare below fails
+     * for a non-canonical address, and the access stays in the page (checked here). */
+    if (size > 1) {
+        E2(e, MOV, R(HESI), R(HEDX));
+        E2(e, AND, R(HESI), I(0xfff));
+        E2(e, CMP, R(HESI), I(4096 - size));
+        fail[nf++] = jrel(e, ZYDIS_MNEMONIC_JNBE);
+    }
     /* RDI = &c->tlb[(lin >> 12) & (BT_TLB_SIZE - 1)]; its tag is the page | 1 */
     E2(e, MOV, R(HRDI), R(HRDX));
     E2(e, SHR, R(HRDI), I(12));
