@@ -89,6 +89,7 @@ struct bt_jit {
     void (*enter)(struct bt_cpu *c, const void *code, struct bt_jit *j);
     struct jit_tb *tbs;
     struct jit_link *links;
+    struct enc_cached *enc_cache; /* NULL if it could not be allocated (encodes every time) */
     uint32_t ntbs, nlinks;
 
     /* read by the translated code through R13 */
@@ -104,10 +105,21 @@ struct bt_jit {
 
 /* ---- emitter --------------------------------------------------------------------------- */
 
+/* Zydis's encoder costs about a microsecond per instruction, and a translation repeats the
+ * same requests (state loads and stores, flag merges, probe calls' neighbours) over and over:
+ * encoded bytes are remembered by request, compared in full, in a direct-mapped table. */
+#define ENC_CACHE_SIZE 2048u
+struct enc_cached {
+    ZydisEncoderRequest req;
+    uint8_t len; /* 0: empty */
+    uint8_t bytes[ZYDIS_MAX_INSTRUCTION_LENGTH];
+};
+
 struct emit {
     uint8_t *buf;
     size_t pos, cap;
     bool fail;
+    struct enc_cached *cache; /* may be NULL */
 };
 
 static ZydisEncoderOperand R(ZydisRegister r)
@@ -158,13 +170,34 @@ static void enc(struct emit *e, ZydisMnemonic m, unsigned n, const ZydisEncoderO
     for (unsigned k = 0; k < n; k++)
         r.operands[k] = ops[k];
     ZyanUSize len = e->cap - e->pos;
-    ZyanStatus st = ZYAN_STATUS_INSUFFICIENT_BUFFER_SIZE;
-    if (len < ZYDIS_MAX_INSTRUCTION_LENGTH ||
-        !ZYAN_SUCCESS(st = ZydisEncoderEncodeInstruction(&r, e->buf + e->pos, &len))) {
+    if (len < ZYDIS_MAX_INSTRUCTION_LENGTH) {
+        e->fail = true;
+        return;
+    }
+    struct enc_cached *slot = NULL;
+    if (e->cache) {
+        uint64_t w[sizeof(r) / 8], h = 0xcbf29ce484222325ull;
+        memcpy(w, &r, sizeof(w));
+        for (size_t k = 0; k < ARRAY_SIZE(w); k++)
+            h = (h ^ w[k]) * 0x100000001b3ull;
+        slot = &e->cache[(h ^ (h >> 29)) & (ENC_CACHE_SIZE - 1)];
+        if (slot->len && memcmp(&slot->req, &r, sizeof(r)) == 0) {
+            memcpy(e->buf + e->pos, slot->bytes, slot->len);
+            e->pos += slot->len;
+            return;
+        }
+    }
+    ZyanStatus st = ZydisEncoderEncodeInstruction(&r, e->buf + e->pos, &len);
+    if (!ZYAN_SUCCESS(st)) {
         log_debug("translator: cannot encode %s/%u (status %#x)", ZydisMnemonicGetString(m), n,
                   (unsigned)st);
         e->fail = true;
         return;
+    }
+    if (slot && len <= sizeof(slot->bytes)) {
+        slot->req = r;
+        slot->len = (uint8_t)len;
+        memcpy(slot->bytes, e->buf + e->pos, len);
     }
     e->pos += len;
 }
@@ -1428,6 +1461,7 @@ static int cache_map(struct bt_jit *j, struct bt_cpu *c)
     if (!j->tbs) j->tbs = calloc(JIT_MAX_TBS, sizeof(*j->tbs));
     if (!j->links) j->links = calloc(JIT_MAX_LINKS, sizeof(*j->links));
     if (!j->tbs || !j->links) return err_set(ENOMEM, "translator: no memory for its block tables");
+    if (!j->enc_cache) j->enc_cache = calloc(ENC_CACHE_SIZE, sizeof(*j->enc_cache));
     j->fd = memfd_create("lookout-jit", MFD_CLOEXEC);
     if (j->fd < 0)
         return err_set(errno, "translator: memfd_create for the code cache failed: %s",
@@ -1513,6 +1547,7 @@ void bt_jit_destroy(struct bt_cpu *c)
     cache_unmap(j);
     free(j->tbs);
     free(j->links);
+    free(j->enc_cache);
     free(j);
     c->jit = NULL;
 }
@@ -1557,7 +1592,8 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
                      void **slot, unsigned page_off)
 {
     if (j->size - j->used < JIT_BLOCK_RESERVE || j->ntbs >= JIT_MAX_TBS) return -ENOSPC;
-    struct emit e = {.buf = j->rw, .pos = j->used, .cap = j->used + JIT_BLOCK_RESERVE};
+    struct emit e = {
+        .buf = j->rw, .pos = j->used, .cap = j->used + JIT_BLOCK_RESERVE, .cache = j->enc_cache};
     const size_t start = e.pos;
     const bool b32 = c->code_bits != 64;
     unsigned pend = 0, native = 0, inline_mem = 0;
