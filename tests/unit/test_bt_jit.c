@@ -446,9 +446,28 @@ static const uint8_t reg_forms[] = {
     0xf4,                               /* 15d: hlt */
 };
 
+/* CBW..CQO on values of both signs, prefetches (no access, never a fault) */
+static const uint8_t sign_ext[] = {
+    0xbe, 0x06, 0x00, 0x00, 0x00,             /* 0: mov esi,0x6 */
+    0x66, 0x98,                               /* 5: cbw */
+    0x98,                                     /* 7: cwde */
+    0x48, 0x98,                               /* 8: cdqe */
+    0x66, 0x99,                               /* a: cwd */
+    0x99,                                     /* c: cdq */
+    0x48, 0x99,                               /* d: cqo */
+    0x0f, 0x18, 0x08,                         /* f: prefetcht0 BYTE PTR [rax] */
+    0x41, 0x0f, 0x18, 0x47, 0x08,             /* 12: prefetchnta BYTE PTR [r15+0x8] */
+    0x48, 0x69, 0xc0, 0x01, 0x36, 0x65, 0xc4, /* 17: imul rax,rax,0xffffffffc4653601 */
+    0xff, 0xce,                               /* 1e: dec esi */
+    0x75, 0xe3,                               /* 20: jne 5 <top> */
+    0xf4,                                     /* 22: hlt */
+};
+
 static void test_reg_forms(void **st)
 {
     static struct outcome a, b;
+    both(sign_ext, sizeof(sign_ext), 1000, &a, &b);
+    assert_int_equal(a.rip, T_CODE0 + sizeof(sign_ext));
     both(reg_forms, sizeof(reg_forms), 100000, &a, &b);
     assert_true(a.halted);
     assert_int_equal(a.rip, T_CODE0 + sizeof(reg_forms));

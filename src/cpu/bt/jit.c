@@ -422,7 +422,13 @@ static int flag_effect(const struct bt_insn *i)
     case ZYDIS_MNEMONIC_MOVSXD:
     case ZYDIS_MNEMONIC_BSWAP:
     case ZYDIS_MNEMONIC_NOT:
-    case ZYDIS_MNEMONIC_NOP: return FL_NONE;
+    case ZYDIS_MNEMONIC_NOP:
+    case ZYDIS_MNEMONIC_CBW:
+    case ZYDIS_MNEMONIC_CWDE:
+    case ZYDIS_MNEMONIC_CDQE:
+    case ZYDIS_MNEMONIC_CWD:
+    case ZYDIS_MNEMONIC_CDQ:
+    case ZYDIS_MNEMONIC_CQO: return FL_NONE;
     default: return FL_READS;
     }
 }
@@ -533,6 +539,38 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off, 
         return true;
     }
     case ZYDIS_MNEMONIC_NOP: /* every form, hint NOPs with a memory operand too: no access */
+    case ZYDIS_MNEMONIC_PREFETCHNTA: /* prefetches never fault (sse.c) */
+    case ZYDIS_MNEMONIC_PREFETCHT0:
+    case ZYDIS_MNEMONIC_PREFETCHT1:
+    case ZYDIS_MNEMONIC_PREFETCHT2: return true;
+    case ZYDIS_MNEMONIC_CBW:
+    case ZYDIS_MNEMONIC_CWDE:
+    case ZYDIS_MNEMONIC_CDQE:
+        /* rAX = the sign extension of its lower half */
+        if (size == 2) {
+            E2(e, MOVSX, R(ZYDIS_REGISTER_AX), M(RBX, C_GPR(RAX), 1));
+        } else if (size == 4) {
+            E2(e, MOVSX, R(ZYDIS_REGISTER_EAX), M(RBX, C_GPR(RAX), 2));
+        } else {
+            E2(e, MOVSXD, R(ZYDIS_REGISTER_RAX), M(RBX, C_GPR(RAX), 4));
+        }
+        store_gpr(e, 0, RAX, size);
+        return true;
+    case ZYDIS_MNEMONIC_CWD:
+    case ZYDIS_MNEMONIC_CDQ:
+    case ZYDIS_MNEMONIC_CQO:
+        /* rDX = the sign of rAX, replicated (flags untouched: the host's SAR is not merged) */
+        if (size == 2)
+            E2(e, MOVSX, R(ZYDIS_REGISTER_RAX), M(RBX, C_GPR(RAX), 2));
+        else if (size == 4)
+            E2(e, MOVSXD, R(ZYDIS_REGISTER_RAX), M(RBX, C_GPR(RAX), 4));
+        else if (size == 8)
+            E2(e, MOV, R(ZYDIS_REGISTER_RAX), M(RBX, C_GPR(RAX), 8));
+        else
+            return false;
+        E2(e, SAR, R(ZYDIS_REGISTER_RAX), I(63));
+        if (size == 4) E2(e, MOV, R(ZYDIS_REGISTER_EAX), R(ZYDIS_REGISTER_EAX));
+        store_gpr(e, 0, RDX, size);
         return true;
     case ZYDIS_MNEMONIC_ADC:
     case ZYDIS_MNEMONIC_SBB: {
