@@ -513,6 +513,17 @@ static void test_dead_flags(void **st)
     r13_value = T_DATA + 0x40;
     both(dead_flags, sizeof(dead_flags), 100000, &a, &b);
     assert_int_equal(a.rip, T_CODE0 + sizeof(dead_flags));
+    /* a flag-neutral instruction that takes its handler (BSWAP r16) between two flag writers:
+     * the block is translated again without the dead-flag pass */
+    static const uint8_t neutral_handler[] = {
+        0x48, 0x01, 0xd8, /* add rax, rbx */
+        0x66, 0x0f, 0xc8, /* bswap ax */
+        0x48, 0x29, 0xd1, /* sub rcx, rdx */
+        0xf4,
+    };
+    prep = NULL;
+    both(neutral_handler, sizeof(neutral_handler), 100, &a, &b);
+    prep = set_r13;
     r13_value = 0x40000000;
     both(dead_flags, sizeof(dead_flags), 100000, &a, &b);
     assert_int_equal(t_handler_vector(T), X86_PF);

@@ -393,7 +393,9 @@ static void load_guest_cf(struct emit *e)
  * everything else, conservatively: it may read them, or fault or exit with c->s.rflags
  * visible.  A FL_WRITES instruction followed in its block by another FL_WRITES one with only
  * FL_NONE ones in between produces flags nobody can see, so its native form skips the merge
- * into c->s.rflags (the handler path, if it ends up there, still merges: harmless). */
+ * into c->s.rflags (the handler path, if it ends up there, still merges: harmless).  A FL_NONE
+ * instruction must be native: after a handler the block may be left (after_handler_checks)
+ * with dead flags unstored, so translate() starts again without the pass if one is not. */
 enum { FL_READS, FL_NONE, FL_WRITES };
 
 static int flag_effect(const struct bt_insn *i)
@@ -401,7 +403,7 @@ static int flag_effect(const struct bt_insn *i)
     if (i->pfx & BT_PFX_LOCK) return FL_READS;
     for (unsigned k = 0; k < i->nops && k < 4; k++) {
         const struct bt_operand *o = &i->op[k];
-        bool gpr = o->kind == BT_OPK_REG && (o->rclass == BT_RC_GPR || o->rclass == BT_RC_GPR8H);
+        bool gpr = o->kind == BT_OPK_REG && o->rclass == BT_RC_GPR; /* AH..BH: handlers */
         if (!gpr && o->kind != BT_OPK_IMM && o->kind != BT_OPK_AGEN &&
             !(o->kind == BT_OPK_MEM && i->mnemonic == ZYDIS_MNEMONIC_NOP))
             return FL_READS;
@@ -415,7 +417,7 @@ static int flag_effect(const struct bt_insn *i)
     case ZYDIS_MNEMONIC_CMP:
     case ZYDIS_MNEMONIC_TEST:
     case ZYDIS_MNEMONIC_NEG: return FL_WRITES;
-    case ZYDIS_MNEMONIC_MOV:
+    case ZYDIS_MNEMONIC_MOV: /* translate() re-runs without this pass if one takes a handler */
     case ZYDIS_MNEMONIC_LEA:
     case ZYDIS_MNEMONIC_MOVZX:
     case ZYDIS_MNEMONIC_MOVSX:
@@ -1627,7 +1629,7 @@ void bt_jit_get_stats(const struct bt_cpu *c, struct bt_jit_stats *st)
 }
 
 static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *ins, unsigned n,
-                     void **slot, unsigned page_off)
+                     void **slot, unsigned page_off, bool use_dead)
 {
     if (j->size - j->used < JIT_BLOCK_RESERVE || j->ntbs >= JIT_MAX_TBS) return -ENOSPC;
     struct emit e = {
@@ -1642,7 +1644,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
     bool live = true;
     for (unsigned k = n; k-- > 0;) {
         int fe = flag_effect(&ins[k]);
-        if (k < JIT_BLOCK_MAX) dead[k] = fe == FL_WRITES && !live;
+        if (k < JIT_BLOCK_MAX) dead[k] = use_dead && fe == FL_WRITES && !live;
         if (fe != FL_NONE) live = fe == FL_READS;
     }
     /* the slow paths of inline memory accesses, emitted after the block */
@@ -1707,6 +1709,11 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
             ended = true;
             break;
         case HANDLER:
+            /* A flag-neutral instruction (flag_effect) that ends up here can leave the block
+             * after its handler (after_handler_checks) with dead flags not stored: translate
+             * again without the dead-flag pass (an encoding Zydis refused, say). */
+            if (use_dead && flag_effect(i) == FL_NONE)
+                return translate(j, c, ins, n, slot, page_off, false);
             call_handler(&e, i, off, b32, &pend);
             if (last) {
                 jto(&e, ZYDIS_MNEMONIC_JMP, j->exit_off);
@@ -1794,7 +1801,7 @@ int bt_jit_run(struct bt_cpu *c, const struct bt_insn *insns, unsigned n, void *
             j->enabled = false;
             return 1;
         }
-        int r = translate(j, c, insns, n, slot, (unsigned)(gpa & 0xfff));
+        int r = translate(j, c, insns, n, slot, (unsigned)(gpa & 0xfff), true);
         if (r) return r;
     }
     struct jit_tb *tb = *slot;
