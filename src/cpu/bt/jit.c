@@ -6,10 +6,15 @@
  * guest-physical address, so the same translation serves every virtual alias of its page and
  * every instruction's RIP is R12 plus its offset in the block.  Each guest instruction becomes
  * either
- *   - native code: the register/immediate forms of MOV, ADD, SUB, AND, OR, XOR, CMP, TEST, INC,
- *     DEC, LEA and the direct JMP/Jcc that end a block.  They load the guest registers from
- *     c->s.gpr, run the same host instruction, store the result with the x86 write rules, and take
- *     the six arithmetic flags from the host's RFLAGS (PUSHFQ), exactly as alu.c computes them; or
+ *   - native code: register/immediate forms (MOV, the ALU group, shifts and rotates, IMUL,
+ *     MOVZX/MOVSX, SETcc, CMOVcc, ...), the direct JMP/Jcc/CALL and RET that end a block, and
+ *     forms with one guest memory operand in 64-bit code (loads, stores, read-modify-write,
+ *     PUSH/POP, SSE moves).  They load the guest registers from c->s.gpr, run the same host
+ *     instruction, store the result with the x86 write rules, and take the six arithmetic flags
+ *     from the host's RFLAGS (PUSHFQ), exactly as alu.c computes them.  A memory operand is
+ *     reached through a probe stub that does bt_read's/bt_write's TLB fast path and returns the
+ *     host address; anything else (TLB miss, MMIO, a watched code page, dirty logging, a
+ *     fault) takes the instruction's slow path, its handler; or
  *   - a call to the interpreter's handler with the decoded struct bt_insn baked in as an immediate
  *     (call-threaded), after recording insn_rip/next_rip/s.rip as the interpreter loop does.
  *     After the call the code leaves the block, as the interpreter would, when the handler
@@ -32,10 +37,12 @@
  * decides) go back to the loop, which looks the next block up by hash.  When core.c drops a block
  * (its page was written) every jump chained into its translation is unpatched (bt_jit_drop).
  *
- * Trust: the emitted code operates on guest register values only; guest memory, control
- * registers and everything that can fault are reached through the handlers.  Instruction forms
- * are emitted with Zydis's encoder; an encoding the encoder refuses makes the block
- * untranslatable (it then runs interpreted), never wrong. */
+ * Trust: the emitted code operates on guest register values and on guest RAM only through a
+ * host address the soft TLB holds for a whole 4 KiB page (from guest_ptr(), see mmu.c), with an
+ * in-page offset and no page crossing, and only where bt_read/bt_write would touch it without
+ * further checks; control registers and everything that can fault are reached through the
+ * handlers.  Instruction forms are emitted with Zydis's encoder; a form the encoder refuses
+ * takes the handler path instead, never a wrong encoding. */
 #include "cpu/bt/jit.h"
 
 #include <errno.h>
