@@ -1582,15 +1582,15 @@ void bt_jit_destroy(struct bt_cpu *c)
     struct bt_jit *j = c->jit;
     if (!j) return;
     if (j->st.blocks_translated)
-        log_info(
-            "translator %u: %llu blocks translated (%llu native, %llu called instructions; "
-            "%llu with inline loads), %llu flushes, %llu block entries from the loop, %llu chains, "
-            "%llu unchained",
-            c->index, (unsigned long long)j->st.blocks_translated,
-            (unsigned long long)j->st.insns_native, (unsigned long long)j->st.insns_called,
-            (unsigned long long)j->st.insns_inline_mem, (unsigned long long)j->st.flushes,
-            (unsigned long long)j->st.runs, (unsigned long long)j->st.chains,
-            (unsigned long long)j->st.unchains);
+        log_info("translator %u: %llu blocks translated (%llu native, %llu called instructions; "
+                 "%llu with inline memory access), %llu flushes, %llu block entries from the loop, "
+                 "%llu chains, "
+                 "%llu unchained",
+                 c->index, (unsigned long long)j->st.blocks_translated,
+                 (unsigned long long)j->st.insns_native, (unsigned long long)j->st.insns_called,
+                 (unsigned long long)j->st.insns_inline_mem, (unsigned long long)j->st.flushes,
+                 (unsigned long long)j->st.runs, (unsigned long long)j->st.chains,
+                 (unsigned long long)j->st.unchains);
     cache_unmap(j);
     free(j->tbs);
     free(j->links);
