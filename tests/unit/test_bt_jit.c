@@ -51,28 +51,34 @@ static void use_jit(bool on)
 struct outcome {
     uint64_t gpr[16], rip, rflags, cr2, icount;
     bool halted;
-    uint8_t mem[0x1000];
+    uint8_t mem[0x2000];
+    uint8_t stack[0x200]; /* below the initial RSP */
+    uint8_t xmm[16][16];
 };
 
 #define T_DATA 0x300000ull /* scratch data page (second 2 MiB page, writable) */
 
 /* called by run_prog after the machine is set up, before the program runs: extra code pages,
  * page tables */
-static void (*prep)(void);
+static void (*setup_hook)(void);
+/* Called after the registers are set and before the program runs (ring switch, TLB priming) */
+static void (*prep)(struct bt_cpu *c);
 
 static void run_prog(bool jit, const uint8_t *code, size_t n, uint64_t budget, struct outcome *o)
 {
     t_setup_long(T);
     use_jit(jit);
-    if (prep) prep();
+    if (setup_hook) setup_hook();
     struct bt_cpu *c = T->c;
     static const uint64_t init[16] = {
         1,  2,  3,  4,     T_STACK0 - 0x100, 6, 7, 8, 0x8000000000000000ull, 0xffffffff, 10, 11,
         12, 13, 14, T_DATA};
     memcpy(c->s.gpr, init, sizeof(init));
     c->s.rflags = X86_FLAG_FIXED | X86_FLAG_CF;
-    memset(gp(T, T_DATA, 0x1000), 0x5a, 0x1000);
+    memset(gp(T, T_DATA, 0x2000), 0x5a, 0x2000);
     c->icount = 0;
+    if (prep) prep(c);
+    uint64_t sp0 = c->s.gpr[RSP];
     t_run(T, code, n, budget);
     memcpy(o->gpr, c->s.gpr, sizeof(o->gpr));
     o->rip = c->s.rip;
@@ -80,7 +86,9 @@ static void run_prog(bool jit, const uint8_t *code, size_t n, uint64_t budget, s
     o->cr2 = c->s.cr2;
     o->icount = c->icount;
     o->halted = c->halted;
-    memcpy(o->mem, gp(T, T_DATA, 0x1000), 0x1000);
+    memcpy(o->mem, gp(T, T_DATA, 0x2000), 0x2000);
+    memcpy(o->stack, gp(T, sp0 - 0x200, 0x200), 0x200);
+    memcpy(o->xmm, c->s.fx.xmm, sizeof(o->xmm));
 }
 
 static void compare(const struct outcome *a, const struct outcome *b)
@@ -97,6 +105,8 @@ static void compare(const struct outcome *a, const struct outcome *b)
     assert_int_equal(a->icount, b->icount);
     assert_int_equal(a->halted, b->halted);
     assert_memory_equal(a->mem, b->mem, sizeof(a->mem));
+    assert_memory_equal(a->stack, b->stack, sizeof(a->stack));
+    assert_memory_equal(a->xmm, b->xmm, sizeof(a->xmm));
 }
 
 static void both(const uint8_t *code, size_t n, uint64_t budget, struct outcome *ti,
@@ -240,10 +250,548 @@ static void test_inline_loads(void **st)
     assert_true(s.insns_inline_mem >= 7);
 }
 
+/* Every native memory form (stores, read-modify-write, shifts and rotates on memory, MOVZX/MOVSX,
+ * IMUL r,m, PUSH/POP, CALL/RET, page-crossing accesses that take the slow path), looped with the
+ * TLB warm so the inline fast paths run. */
+static const uint8_t mem_forms[] = {
+    0xbe, 0x1e, 0x00, 0x00, 0x00,                   /* 0: mov esi,0x1e */
+    0x49, 0x89, 0x47, 0x08,                         /* 5: mov QWORD PTR [r15+0x8],rax */
+    0x41, 0xc7, 0x47, 0x10, 0x78, 0x56, 0x34, 0x12, /* 9: mov DWORD PTR [r15+0x10],0x12345678 */
+    0x49, 0xc7, 0x47, 0x18, 0xfb, 0xff, 0xff, 0xff, /* 11: mov QWORD PTR
+                                                       [r15+0x18],0xfffffffffffffffb */
+    0x66, 0x41, 0x89, 0x4f, 0x20,                   /* 19: mov WORD PTR [r15+0x20],cx */
+    0x41, 0x88, 0x57, 0x22,                         /* 1e: mov BYTE PTR [r15+0x22],dl */
+    0x49, 0x01, 0x47, 0x28,                         /* 22: add QWORD PTR [r15+0x28],rax */
+    0x41, 0x83, 0x6f, 0x30, 0x07,                   /* 26: sub DWORD PTR [r15+0x30],0x7 */
+    0x66, 0x41, 0x21, 0x4f, 0x38,                   /* 2b: and WORD PTR [r15+0x38],cx */
+    0x41, 0x80, 0x4f, 0x3a, 0x81,                   /* 30: or BYTE PTR [r15+0x3a],0x81 */
+    0x49, 0x31, 0x57, 0x40,                         /* 35: xor QWORD PTR [r15+0x40],rdx */
+    0x49, 0x11, 0x5f, 0x48,                         /* 39: adc QWORD PTR [r15+0x48],rbx */
+    0x41, 0x83, 0x5f, 0x50, 0x03,                   /* 3d: sbb DWORD PTR [r15+0x50],0x3 */
+    0x49, 0x13, 0x4f, 0x48,                         /* 42: adc rcx,QWORD PTR [r15+0x48] */
+    0x41, 0x1b, 0x57, 0x50,                         /* 46: sbb edx,DWORD PTR [r15+0x50] */
+    0x49, 0xff, 0x47, 0x58,                         /* 4a: inc QWORD PTR [r15+0x58] */
+    0x66, 0x41, 0xff, 0x4f, 0x60,                   /* 4e: dec WORD PTR [r15+0x60] */
+    0x41, 0xf7, 0x5f, 0x68,                         /* 53: neg DWORD PTR [r15+0x68] */
+    0x41, 0xf6, 0x57, 0x70,                         /* 57: not BYTE PTR [r15+0x70] */
+    0x49, 0xd3, 0x67, 0x78,                         /* 5b: shl QWORD PTR [r15+0x78],cl */
+    0x41, 0xc1, 0xaf, 0x80, 0x00, 0x00, 0x00, 0x03, /* 5f: shr DWORD PTR [r15+0x80],0x3 */
+    0x66, 0x41, 0xd1, 0xbf, 0x88, 0x00, 0x00, 0x00, /* 67: sar WORD PTR [r15+0x88],1 */
+    0x49, 0xc1, 0x87, 0x90, 0x00, 0x00, 0x00, 0x05, /* 6f: rol QWORD PTR [r15+0x90],0x5 */
+    0x41, 0xd2, 0x8f, 0x98, 0x00, 0x00, 0x00,       /* 77: ror BYTE PTR [r15+0x98],cl */
+    0x41, 0x0f, 0xb6, 0x87, 0x99, 0x00, 0x00, 0x00, /* 7e: movzx eax,BYTE PTR [r15+0x99] */
+    0x4d, 0x0f, 0xb7, 0x87, 0x9a, 0x00, 0x00, 0x00, /* 86: movzx r8,WORD PTR [r15+0x9a] */
+    0x4d, 0x0f, 0xbe, 0x8f, 0x9c, 0x00, 0x00, 0x00, /* 8e: movsx r9,BYTE PTR [r15+0x9c] */
+    0x45, 0x0f, 0xbf, 0x97, 0x9e, 0x00, 0x00, 0x00, /* 96: movsx r10d,WORD PTR [r15+0x9e] */
+    0x66, 0x45, 0x0f, 0xbe, 0x9f, 0xa0, 0x00, 0x00, 0x00, /* 9e: movsx r11w,BYTE PTR [r15+0xa0] */
+    0x4d, 0x63, 0xa7, 0xa4, 0x00, 0x00, 0x00,             /* a7: movsxd r12,DWORD PTR [r15+0xa4] */
+    0x4d, 0x0f, 0xaf, 0x6f, 0x28,                         /* ae: imul r13,QWORD PTR [r15+0x28] */
+    0x45, 0x6b, 0x77, 0x30, 0xfd,             /* b3: imul r14d,DWORD PTR [r15+0x30],0xfffffffd */
+    0x66, 0x41, 0x69, 0x5f, 0x20, 0x34, 0x12, /* b8: imul bx,WORD PTR [r15+0x20],0x1234 */
+    0x50,                                     /* bf: push rax */
+    0x41, 0x50,                               /* c0: push r8 */
+    0x6a, 0xf9,                               /* c2: push 0xfffffffffffffff9 */
+    0x5f,                                     /* c4: pop rdi */
+    0x5d,                                     /* c5: pop rbp */
+    0x58,                                     /* c6: pop rax */
+    0x41, 0x85, 0x47, 0x10,                   /* c7: test DWORD PTR [r15+0x10],eax */
+    0x41, 0x80, 0x7f, 0x22, 0x5a,             /* cb: cmp BYTE PTR [r15+0x22],0x5a */
+    0x41, 0x89, 0x87, 0xfd, 0x0f, 0x00, 0x00, /* d0: mov DWORD PTR [r15+0xffd],eax */
+    0x41, 0x01, 0x8f, 0xfe, 0x0f, 0x00, 0x00, /* d7: add DWORD PTR [r15+0xffe],ecx */
+    0xe8, 0x10, 0x00, 0x00, 0x00,             /* de: call f3 <sub1> */
+    0x48, 0x01, 0xf8,                         /* e3: add rax,rdi */
+    0x4d, 0x8d, 0x7f, 0x08,                   /* e6: lea r15,[r15+0x8] */
+    0xff, 0xce,                               /* ea: dec esi */
+    0x0f, 0x85, 0x13, 0xff, 0xff, 0xff,       /* ec: jne 5 <top> */
+    0xf4,                                     /* f2: hlt */
+    0x51,                                     /* f3: push rcx */
+    0x48, 0x31, 0x04, 0x24,                   /* f4: xor QWORD PTR [rsp],rax */
+    0x59,                                     /* f8: pop rcx */
+    0xc3,                                     /* f9: ret */
+};
+
+static void prime_data(struct bt_cpu *c)
+{
+    /* TLB entries with write permission for the data pages and the stack: the inline paths run
+     * from the first access (both runs prime alike) */
+    bt_probe_write(c, T_DATA, 8, BT_ACC_WRITE);
+    bt_probe_write(c, T_DATA + 0x1000, 8, BT_ACC_WRITE);
+    bt_probe_write(c, c->s.gpr[RSP] - 8, 8, BT_ACC_WRITE);
+}
+
+static void test_inline_mem_forms(void **st)
+{
+    static struct outcome a, b;
+    prep = prime_data;
+    both(mem_forms, sizeof(mem_forms), 100000, &a, &b);
+    prep = NULL;
+    assert_true(a.halted);
+    assert_int_equal(a.rip, T_CODE0 + 0xf3); /* its own HLT */
+    struct bt_jit_stats s;
+    bt_jit_get_stats(T->c, &s);
+    assert_true(s.insns_inline_mem >= 40);
+    /* cold TLB: every first access takes the slow path */
+    both(mem_forms, sizeof(mem_forms), 100000, &a, &b);
+    assert_int_equal(a.rip, T_CODE0 + 0xf3);
+    /* IMUL memory forms after a register IMUL in the same block */
+    static const uint8_t imuls[] = {
+        0x49, 0xba, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, /* mov r10, 0x100000000 */
+        0xba, 0x79, 0x00, 0x00, 0x00,                               /* mov edx, 0x79 */
+        0x41, 0x6b, 0xd2, 0xb3,                                     /* imul edx, r10d, -77 */
+        0x41, 0x6b, 0x7f, 0x49, 0xee,                               /* imul edi, [r15+0x49], -18 */
+        0x41, 0x0f, 0xaf, 0x47, 0x48,                               /* imul eax, [r15+0x48] */
+        0x66, 0x41, 0x69, 0x4f, 0x46, 0xff, 0x7f, /* imul cx, [r15+0x46], 0x7fff */
+        0xf4,
+    };
+    prep = prime_data;
+    both(imuls, sizeof(imuls), 1000, &a, &b);
+    prep = NULL;
+    assert_int_equal(a.gpr[RDX], 0);
+    /* budgets ending anywhere in the loop */
+    for (uint64_t budget = 60; budget < 130; budget += 7)
+        both(mem_forms, sizeof(mem_forms), budget, &a, &b);
+}
+
+/* Register forms beyond ALU/MOV/LEA (MOVZX/MOVSX/MOVSXD, BSWAP, NEG/NOT, ADC/SBB, ROL/ROR with the
+ * OF rule of the immediate forms, NOPs) and SETcc/CMOVcc on every condition code with flags that
+ * vary from pass to pass. */
+static const uint8_t reg_forms[] = {
+    0x6a, 0x28,                         /* 0: push 0x28 */
+    0x0f, 0xb6, 0xc1,                   /* 2: movzx eax,cl */
+    0x44, 0x0f, 0xb7, 0xc2,             /* 5: movzx r8d,dx */
+    0x4c, 0x0f, 0xb6, 0xcb,             /* 9: movzx r9,bl */
+    0x4c, 0x0f, 0xbf, 0xd1,             /* d: movsx r10,cx */
+    0x44, 0x0f, 0xbe, 0xda,             /* 11: movsx r11d,dl */
+    0x66, 0x44, 0x0f, 0xbe, 0xe3,       /* 15: movsx r12w,bl */
+    0x4c, 0x63, 0xea,                   /* 1a: movsxd r13,edx */
+    0x41, 0x0f, 0xc8,                   /* 1d: bswap r8d */
+    0x49, 0x0f, 0xc9,                   /* 20: bswap r9 */
+    0x49, 0xf7, 0xda,                   /* 23: neg r10 */
+    0x41, 0xf7, 0xd3,                   /* 26: not r11d */
+    0x66, 0xf7, 0xd9,                   /* 29: neg cx */
+    0x48, 0x11, 0xd0,                   /* 2c: adc rax,rdx */
+    0x41, 0x83, 0xd8, 0x77,             /* 2f: sbb r8d,0x77 */
+    0x10, 0xcb,                         /* 33: adc bl,cl */
+    0x49, 0xc1, 0xc4, 0x07,             /* 35: rol r12,0x7 */
+    0x41, 0xd1, 0xcd,                   /* 39: ror r13d,1 */
+    0x66, 0xd3, 0xc2,                   /* 3c: rol dx,cl */
+    0x41, 0xc0, 0xc9, 0x03,             /* 3f: ror r9b,0x3 */
+    0x0f, 0x1f, 0x04, 0x00,             /* 43: nop DWORD PTR [rax+rax*1] */
+    0x90,                               /* 47: nop */
+    0x48, 0x01, 0xc7,                   /* 48: add rdi,rax */
+    0x44, 0x29, 0xce,                   /* 4b: sub esi,r9d */
+    0x41, 0x0f, 0x90, 0xc6,             /* 4e: seto r14b */
+    0x4c, 0x0f, 0x40, 0xff,             /* 52: cmovo r15,rdi */
+    0x41, 0x0f, 0x40, 0xf5,             /* 56: cmovo esi,r13d */
+    0x66, 0x0f, 0x40, 0xea,             /* 5a: cmovo bp,dx */
+    0x41, 0x0f, 0x91, 0xc6,             /* 5e: setno r14b */
+    0x4c, 0x0f, 0x41, 0xff,             /* 62: cmovno r15,rdi */
+    0x41, 0x0f, 0x41, 0xf5,             /* 66: cmovno esi,r13d */
+    0x66, 0x0f, 0x41, 0xea,             /* 6a: cmovno bp,dx */
+    0x41, 0x0f, 0x92, 0xc6,             /* 6e: setb r14b */
+    0x4c, 0x0f, 0x42, 0xff,             /* 72: cmovb r15,rdi */
+    0x41, 0x0f, 0x42, 0xf5,             /* 76: cmovb esi,r13d */
+    0x66, 0x0f, 0x42, 0xea,             /* 7a: cmovb bp,dx */
+    0x41, 0x0f, 0x93, 0xc6,             /* 7e: setae r14b */
+    0x4c, 0x0f, 0x43, 0xff,             /* 82: cmovae r15,rdi */
+    0x41, 0x0f, 0x43, 0xf5,             /* 86: cmovae esi,r13d */
+    0x66, 0x0f, 0x43, 0xea,             /* 8a: cmovae bp,dx */
+    0x41, 0x0f, 0x94, 0xc6,             /* 8e: sete r14b */
+    0x4c, 0x0f, 0x44, 0xff,             /* 92: cmove r15,rdi */
+    0x41, 0x0f, 0x44, 0xf5,             /* 96: cmove esi,r13d */
+    0x66, 0x0f, 0x44, 0xea,             /* 9a: cmove bp,dx */
+    0x41, 0x0f, 0x95, 0xc6,             /* 9e: setne r14b */
+    0x4c, 0x0f, 0x45, 0xff,             /* a2: cmovne r15,rdi */
+    0x41, 0x0f, 0x45, 0xf5,             /* a6: cmovne esi,r13d */
+    0x66, 0x0f, 0x45, 0xea,             /* aa: cmovne bp,dx */
+    0x41, 0x0f, 0x96, 0xc6,             /* ae: setbe r14b */
+    0x4c, 0x0f, 0x46, 0xff,             /* b2: cmovbe r15,rdi */
+    0x41, 0x0f, 0x46, 0xf5,             /* b6: cmovbe esi,r13d */
+    0x66, 0x0f, 0x46, 0xea,             /* ba: cmovbe bp,dx */
+    0x41, 0x0f, 0x97, 0xc6,             /* be: seta r14b */
+    0x4c, 0x0f, 0x47, 0xff,             /* c2: cmova r15,rdi */
+    0x41, 0x0f, 0x47, 0xf5,             /* c6: cmova esi,r13d */
+    0x66, 0x0f, 0x47, 0xea,             /* ca: cmova bp,dx */
+    0x4c, 0x01, 0xe0,                   /* ce: add rax,r12 */
+    0x38, 0xda,                         /* d1: cmp dl,bl */
+    0x41, 0x0f, 0x98, 0xc6,             /* d3: sets r14b */
+    0x4c, 0x0f, 0x48, 0xff,             /* d7: cmovs r15,rdi */
+    0x41, 0x0f, 0x48, 0xf5,             /* db: cmovs esi,r13d */
+    0x66, 0x0f, 0x48, 0xea,             /* df: cmovs bp,dx */
+    0x41, 0x0f, 0x99, 0xc6,             /* e3: setns r14b */
+    0x4c, 0x0f, 0x49, 0xff,             /* e7: cmovns r15,rdi */
+    0x41, 0x0f, 0x49, 0xf5,             /* eb: cmovns esi,r13d */
+    0x66, 0x0f, 0x49, 0xea,             /* ef: cmovns bp,dx */
+    0x41, 0x0f, 0x9a, 0xc6,             /* f3: setp r14b */
+    0x4c, 0x0f, 0x4a, 0xff,             /* f7: cmovp r15,rdi */
+    0x41, 0x0f, 0x4a, 0xf5,             /* fb: cmovp esi,r13d */
+    0x66, 0x0f, 0x4a, 0xea,             /* ff: cmovp bp,dx */
+    0x41, 0x0f, 0x9b, 0xc6,             /* 103: setnp r14b */
+    0x4c, 0x0f, 0x4b, 0xff,             /* 107: cmovnp r15,rdi */
+    0x41, 0x0f, 0x4b, 0xf5,             /* 10b: cmovnp esi,r13d */
+    0x66, 0x0f, 0x4b, 0xea,             /* 10f: cmovnp bp,dx */
+    0x41, 0x0f, 0x9c, 0xc6,             /* 113: setl r14b */
+    0x4c, 0x0f, 0x4c, 0xff,             /* 117: cmovl r15,rdi */
+    0x41, 0x0f, 0x4c, 0xf5,             /* 11b: cmovl esi,r13d */
+    0x66, 0x0f, 0x4c, 0xea,             /* 11f: cmovl bp,dx */
+    0x41, 0x0f, 0x9d, 0xc6,             /* 123: setge r14b */
+    0x4c, 0x0f, 0x4d, 0xff,             /* 127: cmovge r15,rdi */
+    0x41, 0x0f, 0x4d, 0xf5,             /* 12b: cmovge esi,r13d */
+    0x66, 0x0f, 0x4d, 0xea,             /* 12f: cmovge bp,dx */
+    0x41, 0x0f, 0x9e, 0xc6,             /* 133: setle r14b */
+    0x4c, 0x0f, 0x4e, 0xff,             /* 137: cmovle r15,rdi */
+    0x41, 0x0f, 0x4e, 0xf5,             /* 13b: cmovle esi,r13d */
+    0x66, 0x0f, 0x4e, 0xea,             /* 13f: cmovle bp,dx */
+    0x41, 0x0f, 0x9f, 0xc6,             /* 143: setg r14b */
+    0x4c, 0x0f, 0x4f, 0xff,             /* 147: cmovg r15,rdi */
+    0x41, 0x0f, 0x4f, 0xf5,             /* 14b: cmovg esi,r13d */
+    0x66, 0x0f, 0x4f, 0xea,             /* 14f: cmovg bp,dx */
+    0x48, 0xff, 0x0c, 0x24,             /* 153: dec QWORD PTR [rsp] */
+    0x0f, 0x85, 0xa5, 0xfe, 0xff, 0xff, /* 157: jne 2 <top> */
+    0xf4,                               /* 15d: hlt */
+};
+
+/* CBW..CQO on values of both signs, prefetches (no access, never a fault) */
+static const uint8_t sign_ext[] = {
+    0xbe, 0x06, 0x00, 0x00, 0x00,             /* 0: mov esi,0x6 */
+    0x66, 0x98,                               /* 5: cbw */
+    0x98,                                     /* 7: cwde */
+    0x48, 0x98,                               /* 8: cdqe */
+    0x66, 0x99,                               /* a: cwd */
+    0x99,                                     /* c: cdq */
+    0x48, 0x99,                               /* d: cqo */
+    0x0f, 0x18, 0x08,                         /* f: prefetcht0 BYTE PTR [rax] */
+    0x41, 0x0f, 0x18, 0x47, 0x08,             /* 12: prefetchnta BYTE PTR [r15+0x8] */
+    0x48, 0x69, 0xc0, 0x01, 0x36, 0x65, 0xc4, /* 17: imul rax,rax,0xffffffffc4653601 */
+    0xff, 0xce,                               /* 1e: dec esi */
+    0x75, 0xe3,                               /* 20: jne 5 <top> */
+    0xf4,                                     /* 22: hlt */
+};
+
+static void test_reg_forms(void **st)
+{
+    static struct outcome a, b;
+    both(sign_ext, sizeof(sign_ext), 1000, &a, &b);
+    assert_int_equal(a.rip, T_CODE0 + sizeof(sign_ext));
+    both(reg_forms, sizeof(reg_forms), 100000, &a, &b);
+    assert_true(a.halted);
+    assert_int_equal(a.rip, T_CODE0 + sizeof(reg_forms));
+    for (uint64_t budget = 100; budget < 200; budget += 13)
+        both(reg_forms, sizeof(reg_forms), budget, &a, &b);
+}
+
+/* Flags that a later instruction of the block overwrites are not stored (dead flags); the ones a
+ * reader sees are: a SETcc, the loop's Jcc, the block end, and a load that faults (the #PF frame
+ * holds RFLAGS) or not (R13 mapped or not). */
+static const uint8_t dead_flags[] = {
+    0xbe, 0x32, 0x00, 0x00, 0x00, /* 0: mov esi,0x32 */
+    0x48, 0x01, 0xd8,             /* 5: add rax,rbx */
+    0x48, 0x29, 0xd1,             /* 8: sub rcx,rdx */
+    0x4c, 0x8d, 0x04, 0x08,       /* b: lea r8,[rax+rcx*1] */
+    0x45, 0x31, 0xc1,             /* f: xor r9d,r8d */
+    0x49, 0x39, 0xc1,             /* 12: cmp r9,rax */
+    0x4d, 0x89, 0xca,             /* 15: mov r10,r9 */
+    0x49, 0x83, 0xe2, 0x3f,       /* 18: and r10,0x3f */
+    0x4d, 0x85, 0xd2,             /* 1c: test r10,r10 */
+    0x41, 0x0f, 0x94, 0xc3,       /* 1f: sete r11b */
+    0x4c, 0x01, 0xd3,             /* 23: add rbx,r10 */
+    0x48, 0x09, 0xda,             /* 26: or rdx,rbx */
+    0x48, 0x29, 0xc2,             /* 29: sub rdx,rax */
+    0xff, 0xce,                   /* 2c: dec esi */
+    0x75, 0xd5,                   /* 2e: jne 5 <top> */
+    0x48, 0x01, 0xc8,             /* 30: add rax,rcx */
+    0x48, 0x29, 0xd3,             /* 33: sub rbx,rdx */
+    0x4d, 0x8b, 0x65, 0x00,       /* 36: mov r12,QWORD PTR [r13+0x0] */
+    0xf4,                         /* 3a: hlt */
+};
+static uint64_t r13_value;
+
+static void set_r13(struct bt_cpu *c)
+{
+    c->s.gpr[R13] = r13_value;
+}
+
+static void test_dead_flags(void **st)
+{
+    static struct outcome a, b;
+    prep = set_r13;
+    r13_value = T_DATA + 0x40;
+    both(dead_flags, sizeof(dead_flags), 100000, &a, &b);
+    assert_int_equal(a.rip, T_CODE0 + sizeof(dead_flags));
+    /* a flag-neutral instruction that takes its handler (BSWAP r16) between two flag writers:
+     * the block is translated again without the dead-flag pass */
+    static const uint8_t neutral_handler[] = {
+        0x48, 0x01, 0xd8, /* add rax, rbx */
+        0x66, 0x0f, 0xc8, /* bswap ax */
+        0x48, 0x29, 0xd1, /* sub rcx, rdx */
+        0xf4,
+    };
+    prep = NULL;
+    both(neutral_handler, sizeof(neutral_handler), 100, &a, &b);
+    prep = set_r13;
+    r13_value = 0x40000000;
+    both(dead_flags, sizeof(dead_flags), 100000, &a, &b);
+    assert_int_equal(t_handler_vector(T), X86_PF);
+    assert_int_equal(get64(T, T->c->s.gpr[RSP] + 24), a.rflags & ~(uint64_t)X86_FLAG_IF);
+    prep = NULL;
+}
+
+/* 16-byte SSE moves: loads, stores (one crossing a page), XMM to XMM, and an aligned load whose
+ * address becomes misaligned (#GP from the handler); CR0.TS set makes the first one #NM. */
+static const uint8_t sse_moves[] = {
+    0xbe, 0x14, 0x00, 0x00, 0x00,       /* 0: mov esi,0x14 */
+    0xf3, 0x41, 0x0f, 0x6f, 0x4f, 0x11, /* 5: movdqu xmm1,XMMWORD PTR [r15+0x11] */
+    0x41, 0x0f, 0x28, 0x57, 0x20,       /* b: movaps xmm2,XMMWORD PTR [r15+0x20] */
+    0x41, 0x0f, 0x11, 0x4f, 0x43,       /* 10: movups XMMWORD PTR [r15+0x43],xmm1 */
+    0x66, 0x41, 0x0f, 0x7f, 0x57, 0x50, /* 15: movdqa XMMWORD PTR [r15+0x50],xmm2 */
+    0x66, 0x0f, 0x28, 0xd9,             /* 1b: movapd xmm3,xmm1 */
+    0x66, 0x45, 0x0f, 0x10, 0x8f, 0xf8,
+    0x0f, 0x00, 0x00, /* 1f: movupd xmm9,XMMWORD PTR [r15+0xff8] */
+    0xf3, 0x45, 0x0f, 0x7f, 0x8f, 0xf9,
+    0x1f, 0x00, 0x00,             /* 28: movdqu XMMWORD PTR [r15+0x1ff9],xmm9 */
+    0x41, 0x0f, 0x28, 0x24, 0x3f, /* 31: movaps xmm4,XMMWORD PTR [r15+rdi*1] */
+    0x48, 0x83, 0xc7, 0x10,       /* 36: add rdi,0x10 */
+    0xff, 0xce,                   /* 3a: dec esi */
+    0x75, 0xc7,                   /* 3c: jne 5 <top> */
+    0xf4,                         /* 3e: hlt */
+};
+static uint64_t sse_rdi, sse_cr0_or;
+
+static void prep_sse(struct bt_cpu *c)
+{
+    prime_data(c);
+    c->s.gpr[RDI] = sse_rdi;
+    c->s.cr0 |= sse_cr0_or;
+    for (int r = 0; r < 16; r++)
+        memset(c->s.fx.xmm[r], 0x11 * r, 16);
+}
+
+/* SSE2 integer ops (a strlen-like PCMPEQB/PMOVMSKB, the others with register and aligned
+ * memory sources: a misaligned one is the handler's #GP) */
+static const uint8_t sse_int[] = {
+    0xbe, 0x0a, 0x00, 0x00, 0x00,       /* 0: mov esi,0xa */
+    0x66, 0x0f, 0xef, 0xc0,             /* 5: pxor xmm0,xmm0 */
+    0xf3, 0x41, 0x0f, 0x6f, 0x0c, 0x3f, /* 9: movdqu xmm1,XMMWORD PTR [r15+rdi*1] */
+    0x66, 0x0f, 0x74, 0xc1,             /* f: pcmpeqb xmm0,xmm1 */
+    0x66, 0x0f, 0xd7, 0xc0,             /* 13: pmovmskb eax,xmm0 */
+    0x66, 0x44, 0x0f, 0xd7, 0xc1,       /* 17: pmovmskb r8d,xmm1 */
+    0x66, 0x41, 0x0f, 0xeb, 0x57, 0x40, /* 1c: por xmm2,XMMWORD PTR [r15+0x40] */
+    0x66, 0x0f, 0xdb, 0xd9,             /* 22: pand xmm3,xmm1 */
+    0x66, 0x0f, 0xdf, 0xe2,             /* 26: pandn xmm4,xmm2 */
+    0x66, 0x0f, 0xfc, 0xe9,             /* 2a: paddb xmm5,xmm1 */
+    0x66, 0x41, 0x0f, 0xfd, 0x77, 0x60, /* 2e: paddw xmm6,XMMWORD PTR [r15+0x60] */
+    0x66, 0x0f, 0xfe, 0xf9,             /* 34: paddd xmm7,xmm1 */
+    0x66, 0x44, 0x0f, 0xd4, 0xc7,       /* 38: paddq xmm8,xmm7 */
+    0x66, 0x44, 0x0f, 0xf8, 0xc9,       /* 3d: psubb xmm9,xmm1 */
+    0x66, 0x45, 0x0f, 0xf9, 0xd1,       /* 42: psubw xmm10,xmm9 */
+    0x66, 0x45, 0x0f, 0xfa, 0x1c, 0x3f, /* 47: psubd xmm11,XMMWORD PTR [r15+rdi*1] */
+    0x66, 0x45, 0x0f, 0xfb, 0xe3,       /* 4d: psubq xmm12,xmm11 */
+    0x66, 0x44, 0x0f, 0xda, 0xe9,       /* 52: pminub xmm13,xmm1 */
+    0x66, 0x44, 0x0f, 0xde, 0xf1,       /* 57: pmaxub xmm14,xmm1 */
+    0x66, 0x45, 0x0f, 0x75, 0xfe,       /* 5c: pcmpeqw xmm15,xmm14 */
+    0x66, 0x41, 0x0f, 0x76, 0xd7,       /* 61: pcmpeqd xmm2,xmm15 */
+    0x48, 0x83, 0xc7, 0x10,             /* 66: add rdi,0x10 */
+    0xff, 0xce,                         /* 6a: dec esi */
+    0x75, 0x97,                         /* 6c: jne 5 <top> */
+    0xf4,                               /* 6e: hlt */
+};
+
+static void test_sse_moves(void **st)
+{
+    static struct outcome a, b;
+    prep = prep_sse;
+    sse_rdi = 0x400; /* aligned all along */
+    both(sse_moves, sizeof(sse_moves), 100000, &a, &b);
+    assert_int_equal(a.rip, T_CODE0 + sizeof(sse_moves));
+    sse_rdi = 0x408 - 19 * 16; /* misaligned on the last pass */
+    both(sse_moves, sizeof(sse_moves), 100000, &a, &b);
+    assert_int_equal(t_handler_vector(T), X86_GP);
+    sse_rdi = 0x400;
+    sse_cr0_or = X86_CR0_TS;
+    both(sse_moves, sizeof(sse_moves), 100000, &a, &b);
+    assert_int_equal(t_handler_vector(T), X86_NM);
+    sse_cr0_or = 0;
+    for (int r = 0; r < 64; r++)
+        put64(T, T_DATA + 0x400 + 8 * (uint64_t)r, 0x0123456789abcdefull * (uint64_t)r);
+    sse_rdi = 0x400;
+    both(sse_int, sizeof(sse_int), 100000, &a, &b);
+    assert_int_equal(a.rip, T_CODE0 + sizeof(sse_int));
+    sse_rdi = 0x404;
+    both(sse_int, sizeof(sse_int), 100000, &a, &b);
+    assert_int_equal(t_handler_vector(T), X86_GP);
+    prep = NULL;
+    struct bt_jit_stats s;
+    bt_jit_get_stats(T->c, &s);
+    assert_true(s.insns_inline_mem >= 8);
+}
+
+/* A store that faults in the middle of a translated block whose earlier accesses ran inline:
+ * memory and registers as the interpreter leaves them, the #PF with the store's RIP, CR2 and
+ * error code.  Targets: an unmapped page, a read-only page (in the TLB for reads), a code page
+ * (no fault: the watched page takes the slow path, which invalidates). */
+static const uint8_t store_fault[] = {
+    0x49, 0x8b, 0x07,       /* 0: mov rax, [r15] */
+    0x49, 0x01, 0x47, 0x08, /* 3: add [r15+8], rax */
+    0x49, 0x89, 0x47, 0x10, /* 7: mov [r15+0x10], rax */
+    0x50,                   /* b: push rax */
+    0x59,                   /* c: pop rcx */
+    0x89, 0x03,             /* d: mov [rbx], eax */
+    0xff, 0xc0,             /* f: inc eax */
+    0xf4,                   /* 11: hlt */
+};
+static uint64_t fault_target;
+
+#define T_RO 0x400000ull /* a read-only 2 MiB page (user-accessible) */
+
+static void prime_fault(struct bt_cpu *c)
+{
+    put64(T, T_PD + 16, T_RO | 0x85); /* present, user, 2 MiB, not writable */
+    prime_data(c);
+    bt_read(c, T_RO, 8, BT_ACC_READ);
+    c->s.gpr[RBX] = fault_target;
+}
+
+static void test_store_faults(void **st)
+{
+    static struct outcome a, b;
+    static const struct {
+        uint64_t target;
+        int vector;
+        uint32_t err;
+    } cases[] = {
+        {0x40000000, X86_PF, 0x2},          /* not present, write */
+        {T_RO + 0x10, X86_PF, 0x3},         /* protection, write */
+        {T_CODE0 + 0x800, -1, 0},           /* a code page: no fault */
+        {T_DATA + 0x100, -1, 0},            /* plain */
+        {0x0000800000000000ull, X86_GP, 0}, /* not canonical */
+        {0xffff7ffffffff000ull, X86_GP, 0}, /* not canonical either */
+    };
+    prep = prime_fault;
+    for (size_t k = 0; k < ARRAY_SIZE(cases); k++) {
+        fault_target = cases[k].target;
+        both(store_fault, sizeof(store_fault), 1000, &a, &b);
+        if (cases[k].vector < 0) {
+            assert_int_equal(a.rip, T_CODE0 + sizeof(store_fault));
+            continue;
+        }
+        assert_int_equal(t_handler_vector(T), cases[k].vector);
+        if (cases[k].vector == X86_PF) assert_int_equal(b.cr2, cases[k].target);
+        assert_int_equal(get64(T, T->c->s.gpr[RSP]), cases[k].err);
+        assert_int_equal(get64(T, T->c->s.gpr[RSP] + 8), T_CODE0 + 0xd);
+        assert_int_equal(b.icount, 5 + 1); /* five before the store, then the handler's HLT */
+    }
+    prep = NULL;
+}
+
+/* The same at CPL 3: user accesses run inline on user pages; a supervisor page (its TLB entry
+ * made by a kernel access) and a read-only page fault with the user bit, precisely. */
+static const uint8_t user_prog[] = {
+    0x49, 0x8b, 0x07,       /* 0: mov rax, [r15] */
+    0x49, 0x89, 0x47, 0x08, /* 3: mov [r15+8], rax */
+    0x83, 0xc0, 0x01,       /* 7: add eax, 1 */
+    0x41, 0x01, 0x47, 0x10, /* a: add [r15+0x10], eax */
+    0x89, 0xc1,             /* e: mov ecx, eax */
+    0x01, 0x0a,             /* 10: add [rdx], ecx */
+    0xff, 0xc0,             /* 12: inc eax */
+    0xf4,                   /* 14: hlt: #GP at CPL 3 */
+};
+
+static void prime_user(struct bt_cpu *c)
+{
+    put64(T, T_PD + 16, T_RO | 0x85);
+    prime_data(c);
+    bt_read(c, T_RO, 8, BT_ACC_READ);
+    bt_read(c, 0x8000, 8, BT_ACC_READ); /* a supervisor page, in the TLB */
+    t_to_ring3(T, T_CODE3);
+    c->s.gpr[RDX] = fault_target;
+}
+
+static void test_user_mode(void **st)
+{
+    static struct outcome a, b;
+    static const struct {
+        uint64_t target;
+        int vector;
+        uint32_t err;
+    } cases[] = {
+        {T_DATA + 0x20, X86_GP, 0}, /* no fault until the HLT */
+        {0x8000, X86_PF, 0x7},      /* supervisor page: protection, write, user */
+        {T_RO + 8, X86_PF, 0x7},    /* read-only page */
+        {0x40000000, X86_PF, 0x6},  /* not present */
+    };
+    prep = prime_user;
+    for (size_t k = 0; k < ARRAY_SIZE(cases); k++) {
+        fault_target = cases[k].target;
+        both(user_prog, sizeof(user_prog), 1000, &a, &b);
+        assert_int_equal(t_handler_vector(T), cases[k].vector);
+        assert_int_equal(get64(T, T->c->s.gpr[RSP]), cases[k].err);
+        if (cases[k].vector == X86_PF) {
+            assert_int_equal(b.cr2, cases[k].target);
+            assert_int_equal(get64(T, T->c->s.gpr[RSP] + 8), T_CODE3 + 0x10);
+        }
+    }
+    prep = NULL;
+    struct bt_jit_stats s;
+    bt_jit_get_stats(T->c, &s);
+    assert_true(s.insns_inline_mem >= 4);
+}
+
+/* Dirty logging switched on while translated code that stores inline runs: the stores after the
+ * switch are logged (the inline path defers to the handler while logging is on). */
+static void test_dirty_log(void **st)
+{
+    static const uint8_t p[] = {
+        0xb9, 0x10, 0x00, 0x00, 0x00, /* mov ecx, 16 */
+        0x49, 0x89, 0x0f,             /* again: mov [r15], rcx */
+        0x49, 0x83, 0xc7, 0x08,       /* add r15, 8 */
+        0xff, 0xc9,                   /* dec ecx */
+        0x75, 0xf5,                   /* jnz again */
+        0xf4,
+    };
+    struct guest_mem *m = &T->vm.mem;
+    assert_int_equal(guest_dirty_enable(m), 0);
+    for (int jit = 0; jit < 2; jit++) {
+        m->dirty_enabled = false;
+        t_setup_long(T);
+        use_jit(jit);
+        struct bt_cpu *c = T->c;
+        c->s.gpr[R15] = T_DATA + 0x3000;
+        put_bytes(T, T_CODE0, p, sizeof(p));
+        prime_data(c);
+        bt_probe_write(c, T_DATA + 0x3000, 8, BT_ACC_WRITE);
+        bt_exec(c, 20); /* the loop runs translated and warm, unlogged */
+        assert_false(c->halted);
+        uint64_t bits[(16 << 20) / 4096 / 64];
+        m->dirty_enabled = true;
+        memset(bits, 0, sizeof(bits));
+        guest_dirty_collect(m, bits, ARRAY_SIZE(bits));
+        memset(bits, 0, sizeof(bits));
+        bt_exec(c, 1000);
+        assert_true(c->halted);
+        guest_dirty_collect(m, bits, ARRAY_SIZE(bits));
+        uint64_t pg = (T_DATA + 0x3000) >> 12;
+        assert_true((bits[pg / 64] >> (pg % 64)) & 1);
+        assert_int_equal(get64(T, T_DATA + 0x3000 + 15 * 8), 1);
+    }
+    m->dirty_enabled = false;
+}
+
 /* Shifts (immediate and CL counts, including 0 and above the width) and IMUL register forms,
  * whose flags depend on the incoming ones or are undefined: translated like the interpreter. */
+static uint64_t flags_in;
+
+static void set_flags(struct bt_cpu *c)
+{
+    c->s.rflags = X86_FLAG_FIXED | flags_in;
+}
+
 static void test_shift_imul(void **st)
 {
+    /* incoming flags (a count of 0 keeps them; the undefined ones may depend on them) */
+    static const uint64_t in_flags[] = {0, BT_ARITH_FLAGS, X86_FLAG_OF,
+                                        X86_FLAG_SF | X86_FLAG_ZF | X86_FLAG_AF | X86_FLAG_PF,
+                                        X86_FLAG_CF | X86_FLAG_OF};
+    prep = set_flags;
     static const uint8_t ops[][8] = {
         {3, 0x48, 0xd3, 0xe0},                   /* shl rax, cl */
         {3, 0x48, 0xd3, 0xe8},                   /* shr rax, cl */
@@ -259,6 +807,14 @@ static void test_shift_imul(void **st)
         {4, 0x66, 0x0f, 0xaf, 0xd8},             /* imul bx, ax */
         {4, 0x48, 0x6b, 0xc2, 0xf9},             /* imul rax, rdx, -7 */
         {7, 0x69, 0xc8, 0x01, 0x00, 0x01, 0x00}, /* imul ecx, eax, 0x10001 */
+        {3, 0x48, 0xd3, 0xc0},                   /* rol rax, cl */
+        {2, 0xd3, 0xca},                         /* ror edx, cl */
+        {3, 0x48, 0xd1, 0xc0},                   /* rol rax, 1 */
+        {3, 0xc1, 0xc8, 0x05},                   /* ror eax, 5 */
+        {3, 0xc0, 0xc2, 0x08},                   /* rol dl, 8 */
+        {4, 0x66, 0xc1, 0xcb, 0x11},             /* ror bx, 17 */
+        {4, 0x48, 0xc1, 0xc0, 0x00},             /* rol rax, 0 */
+        {3, 0xc0, 0xcc, 0x03},                   /* ror ah, 3: high byte, handler */
     };
     static const uint64_t cls[] = {0, 1, 5, 31, 32, 63, 64, 200};
     static struct outcome a, b;
@@ -274,9 +830,13 @@ static void test_shift_imul(void **st)
             memcpy(p + len, movs, sizeof(movs)), len += sizeof(movs);
             memcpy(p + len, ops[k] + 1, ops[k][0]), len += ops[k][0];
             p[len++] = 0xf4;
-            both(p, len, 1000, &a, &b);
+            for (size_t f = 0; f < ARRAY_SIZE(in_flags); f++) {
+                flags_in = in_flags[f];
+                both(p, len, 1000, &a, &b);
+            }
         }
     }
+    prep = NULL;
 }
 
 /* A fault in the middle of a translated block: native instructions before it have run, the
@@ -461,7 +1021,7 @@ static void prep_ind(void)
 static void test_indirect_calls(void **st)
 {
     static struct outcome a, b;
-    prep = prep_ind;
+    setup_hook = prep_ind;
     run_prog(false, ind_0, sizeof(ind_0), 1000000, &a);
     struct bt_jit_stats s0, s;
     bt_jit_get_stats(T->c, &s0);
@@ -480,7 +1040,7 @@ static void test_indirect_calls(void **st)
     /* every budget that ends inside the program ends identically */
     for (uint64_t budget = 1; budget < 1500; budget += 37)
         both(ind_0, sizeof(ind_0), budget, &a, &b);
-    prep = NULL;
+    setup_hook = NULL;
 }
 
 /* Self-modifying code reached through a lookup: f (another page) is called indirectly, then its
@@ -502,11 +1062,11 @@ static void prep_smc(void)
 static void test_lookup_smc(void **st)
 {
     static struct outcome a, b;
-    prep = prep_smc;
+    setup_hook = prep_smc;
     both(smc_0, sizeof(smc_0), 1000, &a, &b);
     assert_true(a.halted);
     assert_int_equal(a.gpr[RBX], 1 + 3 + 2);
-    prep = NULL;
+    setup_hook = NULL;
 }
 
 /* Two address spaces mapping linear 2-4 MiB to different physical pages (CR3 0x1000: identity;
@@ -541,7 +1101,7 @@ static void prep_cr3(void)
 static void test_cr3_switch(void **st)
 {
     static struct outcome a, b;
-    prep = prep_cr3;
+    setup_hook = prep_cr3;
     for (int round = 0; round < 2; round++) { /* the second time every block is translated */
         both(cr3_0, sizeof(cr3_0), 1000, &a, &b);
         assert_true(a.halted);
@@ -550,7 +1110,7 @@ static void test_cr3_switch(void **st)
     struct bt_jit_stats s;
     bt_jit_get_stats(T->c, &s);
     assert_true(s.chains_cross >= 1);
-    prep = NULL;
+    setup_hook = NULL;
 }
 
 /* The same linear code in two modes: X (bytes 48 ff c1 ff e2) is `inc rcx; jmp rdx` in 64-bit code
@@ -628,7 +1188,7 @@ static void run_user(bool jit, const uint8_t *code, size_t n, const struct bt_cf
     struct bt_cpu *c = T->c;
     if (user) t_to_ring3(T, T_CODE3);
     ind_base = c->s.rip;
-    if (prep) prep();
+    if (setup_hook) setup_hook();
     c->s.gpr[RBX] = 2;
     c->icount = 0;
     bt_cfi_set_policy(pol);
@@ -663,10 +1223,10 @@ static void test_cfi(void **st)
     const uint64_t ret_r1 = T_CODE3 + 0x1e; /* the RET of r1 */
 
     /* calls, returns, recursion deeper than the shadow stack, a longjmp-like unwind: clean */
-    prep = prep_ind;
+    setup_hook = prep_ind;
     for (int jit = 0; jit < 2; jit++)
         run_user(jit, ind_0, sizeof(ind_0), &enforce, true, jit ? &b : &a, jit ? &db : &da);
-    prep = NULL;
+    setup_hook = NULL;
     ind_base = T_CODE0;
     assert_int_equal(a.gpr[RBX], b.gpr[RBX]);
     assert_int_equal(a.icount, b.icount);
@@ -810,6 +1370,13 @@ int main(void)
         cmocka_unit_test(test_shift_imul),
         cmocka_unit_test(test_inline_loads),
         cmocka_unit_test(test_fault_mid_block),
+        cmocka_unit_test(test_inline_mem_forms),
+        cmocka_unit_test(test_reg_forms),
+        cmocka_unit_test(test_dead_flags),
+        cmocka_unit_test(test_sse_moves),
+        cmocka_unit_test(test_store_faults),
+        cmocka_unit_test(test_user_mode),
+        cmocka_unit_test(test_dirty_log),
         cmocka_unit_test(test_self_modifying),
         cmocka_unit_test(test_chain_smc),
         cmocka_unit_test(test_chain_budget_kick),

@@ -51,30 +51,39 @@ struct bt_insn;
 enum bt_opkind { BT_OPK_NONE, BT_OPK_REG, BT_OPK_MEM, BT_OPK_IMM, BT_OPK_PTR, BT_OPK_AGEN };
 
 /* Register classes for BT_OPK_REG */
-enum bt_regclass { BT_RC_GPR, BT_RC_GPR8H, BT_RC_SEG, BT_RC_CR, BT_RC_DR, BT_RC_XMM, BT_RC_MMX,
-                   BT_RC_ST, BT_RC_OTHER };
+enum bt_regclass {
+    BT_RC_GPR,
+    BT_RC_GPR8H,
+    BT_RC_SEG,
+    BT_RC_CR,
+    BT_RC_DR,
+    BT_RC_XMM,
+    BT_RC_MMX,
+    BT_RC_ST,
+    BT_RC_OTHER
+};
 
-#define BT_NOREG   0xff
+#define BT_NOREG 0xff
 /* Base register meaning RIP-relative.  The decoder folds the instruction length into disp, so the
  * effective address is insn_rip + disp (== next_rip + the encoded displacement). */
 #define BT_REG_RIP 16
 
 struct bt_operand {
-    uint8_t kind;     /* enum bt_opkind */
-    uint8_t size;     /* bytes: 1, 2, 4, 8, 10, 16, or 0 for none/agen */
-    uint8_t rclass;   /* enum bt_regclass, for REG */
-    uint8_t reg;      /* GPR index 0-15 (AH..BH: rclass GPR8H, reg 0-3), SEG (enum x86_sreg), CR/DR n,
-                         XMM/MMX/ST n */
-    uint8_t seg;      /* MEM: effective segment (enum x86_sreg), overrides applied */
-    uint8_t base;     /* MEM: GPR index, BT_REG_RIP, or BT_NOREG */
-    uint8_t index;    /* MEM: GPR index or BT_NOREG */
-    uint8_t scale;    /* MEM: 1, 2, 4, 8 */
-    uint16_t zreg;    /* the ZydisRegister, for handlers that want it */
-    uint16_t sel;     /* PTR: far pointer selector */
-    int64_t disp;     /* MEM: displacement; IMM: the immediate, sign-extended (if the encoding
-                         says so) to the operand size and zero above it; relative branch IMM
-                         (BT_ATTR_RELATIVE): the signed displacement, target = next_rip + disp;
-                         PTR: offset */
+    uint8_t kind;   /* enum bt_opkind */
+    uint8_t size;   /* bytes: 1, 2, 4, 8, 10, 16, or 0 for none/agen */
+    uint8_t rclass; /* enum bt_regclass, for REG */
+    uint8_t reg;    /* GPR index 0-15 (AH..BH: rclass GPR8H, reg 0-3), SEG (enum x86_sreg), CR/DR n,
+                       XMM/MMX/ST n */
+    uint8_t seg;    /* MEM: effective segment (enum x86_sreg), overrides applied */
+    uint8_t base;   /* MEM: GPR index, BT_REG_RIP, or BT_NOREG */
+    uint8_t index;  /* MEM: GPR index or BT_NOREG */
+    uint8_t scale;  /* MEM: 1, 2, 4, 8 */
+    uint16_t zreg;  /* the ZydisRegister, for handlers that want it */
+    uint16_t sel;   /* PTR: far pointer selector */
+    int64_t disp;   /* MEM: displacement; IMM: the immediate, sign-extended (if the encoding
+                       says so) to the operand size and zero above it; relative branch IMM
+                       (BT_ATTR_RELATIVE): the signed displacement, target = next_rip + disp;
+                       PTR: offset */
 };
 /* MEM/AGEN size is the access size in bytes (6 for m16:32, 10 for m80, 16 for m128), 0 when the
  * operand is larger than 255 bytes (FXSAVE area) or an address only (LEA). */
@@ -85,9 +94,11 @@ struct bt_operand {
 #define BT_PFX_SEG   0x08 /* explicit segment override present */
 
 /* Zydis attribute bits kept in bt_insn.attr_lo (the low 16 bits of ZydisInstructionAttributes) */
-#define BT_ATTR_MODRM    0x0001 /* ZYDIS_ATTRIB_HAS_MODRM */
-#define BT_ATTR_REX      0x0004 /* ZYDIS_ATTRIB_HAS_REX */
-#define BT_ATTR_RELATIVE 0x0080 /* ZYDIS_ATTRIB_IS_RELATIVE: IMM operand is a branch displacement */
+#define BT_ATTR_MODRM 0x0001 /* ZYDIS_ATTRIB_HAS_MODRM */
+#define BT_ATTR_REX   0x0004 /* ZYDIS_ATTRIB_HAS_REX */
+#define BT_ATTR_RELATIVE                                                                           \
+    0x0080 /* ZYDIS_ATTRIB_IS_RELATIVE: IMM operand is a branch displacement                       \
+            */
 
 typedef void (*bt_handler)(struct bt_cpu *c, const struct bt_insn *i);
 
@@ -115,30 +126,30 @@ struct bt_handler_def {
     uint16_t mnemonic;
     bt_handler fn;
 };
-#define BT_HANDLER(MNEM, FN)                                                                     \
-    static const struct bt_handler_def __bt_h_##MNEM##_##FN                                       \
+#define BT_HANDLER(MNEM, FN)                                                                       \
+    static const struct bt_handler_def __bt_h_##MNEM##_##FN                                        \
         __attribute__((used, section("bt_handlers"), aligned(16))) = {ZYDIS_MNEMONIC_##MNEM, FN}
 
 /* Pseudo mnemonics: encodings that share a Zydis mnemonic with another family are routed by the
  * decoder to these ids, so each family registers its own handler (BT_HANDLER_ID). */
 enum bt_pseudo_mnemonic {
     BT_MNEM_MOVSD_STR = ZYDIS_MNEMONIC_MAX_VALUE + 1, /* string MOVSD (A5), not SSE2 MOVSD */
-    BT_MNEM_CMPSD_STR, /* string CMPSD (A7), not SSE2 CMPSD */
-    BT_MNEM_MOV_CR,    /* MOV to/from CRn (0F 20 / 0F 22) */
-    BT_MNEM_MOV_DR,    /* MOV to/from DRn (0F 21 / 0F 23) */
-    BT_MNEM_MOV_SEG,   /* MOV to/from Sreg (8C / 8E) */
-    BT_MNEM_JMP_FAR,   /* EA, FF /5 */
-    BT_MNEM_CALL_FAR,  /* 9A, FF /3 */
-    BT_MNEM_RET_FAR,   /* CA, CB */
+    BT_MNEM_CMPSD_STR,                                /* string CMPSD (A7), not SSE2 CMPSD */
+    BT_MNEM_MOV_CR,                                   /* MOV to/from CRn (0F 20 / 0F 22) */
+    BT_MNEM_MOV_DR,                                   /* MOV to/from DRn (0F 21 / 0F 23) */
+    BT_MNEM_MOV_SEG,                                  /* MOV to/from Sreg (8C / 8E) */
+    BT_MNEM_JMP_FAR,                                  /* EA, FF /5 */
+    BT_MNEM_CALL_FAR,                                 /* 9A, FF /3 */
+    BT_MNEM_RET_FAR,                                  /* CA, CB */
     BT_MNEM_COUNT
 };
-#define BT_HANDLER_ID(ID, FN)                                                                    \
-    static const struct bt_handler_def __bt_hid_##ID##_##FN                                           \
+#define BT_HANDLER_ID(ID, FN)                                                                      \
+    static const struct bt_handler_def __bt_hid_##ID##_##FN                                        \
         __attribute__((used, section("bt_handlers"), aligned(16))) = {ID, FN}
 /* A default that a BT_HANDLER/BT_HANDLER_ID of the same id in section bt_handlers replaces
  * (core.c uses it for MOV CR/DR so a privileged-instruction family can take them over). */
-#define BT_HANDLER_DEFAULT(ID, FN)                                                               \
-    static const struct bt_handler_def __bt_hd_##ID##_##FN                                            \
+#define BT_HANDLER_DEFAULT(ID, FN)                                                                 \
+    static const struct bt_handler_def __bt_hd_##ID##_##FN                                         \
         __attribute__((used, section("bt_handlers_dflt"), aligned(16))) = {ID, FN}
 
 /* ---- memory access ------------------------------------------------------------------------ */
@@ -149,12 +160,13 @@ enum bt_pseudo_mnemonic {
 #define BT_ACC_EXEC     0x04
 #define BT_ACC_IMPLICIT 0x08 /* supervisor access regardless of CPL (GDT/IDT/TSS reads) */
 
-#define BT_TLB_SIZE 256
+#define BT_TLB_SIZE                                                                                \
+    1024 /* direct-mapped; 256 missed often enough to show in profiles of a shell loop */
 struct bt_tlb_entry {
-    uint64_t vtag;  /* linear page number | 1 (valid) in bit 0 of a shifted form; see mmu.c */
-    uint64_t gpa;   /* guest-physical page address */
-    uint8_t *hva;   /* host address of the page, NULL for MMIO (slow path) */
-    uint32_t perm;  /* allowed access kinds per privilege, see mmu.c */
+    uint64_t vtag; /* linear page number | 1 (valid) in bit 0 of a shifted form; see mmu.c */
+    uint64_t gpa;  /* guest-physical page address */
+    uint8_t *hva;  /* host address of the page, NULL for MMIO (slow path) */
+    uint32_t perm; /* allowed access kinds per privilege, see mmu.c */
 };
 
 /* ---- the vCPU -------------------------------------------------------------------------- */
@@ -172,16 +184,16 @@ struct bt_cpu {
     bool paging, long_mode;
 
     /* current instruction */
-    uint64_t insn_rip;  /* RIP of the instruction being executed */
-    uint64_t next_rip;  /* RIP after it.  The loop sets s.rip = next_rip before calling the
-                           handler; a handler that branches (or repeats itself: REP) sets s.rip */
+    uint64_t insn_rip; /* RIP of the instruction being executed */
+    uint64_t next_rip; /* RIP after it.  The loop sets s.rip = next_rip before calling the
+                          handler; a handler that branches (or repeats itself: REP) sets s.rip */
     jmp_buf fault_jmp;
     /* set by bt_raise() before it longjmps: the loop delivers this exception */
     int pending_vector;
-    uint32_t pending_err; /* BT_NO_ERRCODE if none */
+    uint32_t pending_err;   /* BT_NO_ERRCODE if none */
     bool in_event_delivery; /* a fault now is a double fault */
     uint8_t delivering_vector;
-    bool shutdown; /* triple fault: the loop must stop (exit_now is also set) */
+    bool shutdown;         /* triple fault: the loop must stop (exit_now is also set) */
     bool stop_after_event; /* bt_emulate_one: stop right after delivering an exception */
     bool kvm_assist;       /* bt_emulate_one: the guest sees the host's CPUID (kvm_pvm), so CR4
                               and CR3 accept the host's features rather than the model's */
@@ -234,7 +246,7 @@ void bt_cache_invalidate_page(struct bt_cpu *c, uint64_t gpa_page);
 void bt_cache_flush(struct bt_cpu *c);
 
 /* operand helpers (core.c) */
-uint64_t bt_op_ea(struct bt_cpu *c, const struct bt_insn *i, int n);  /* effective offset */
+uint64_t bt_op_ea(struct bt_cpu *c, const struct bt_insn *i, int n); /* effective offset */
 uint64_t bt_op_lin(struct bt_cpu *c, const struct bt_insn *i, int n, unsigned size, int acc);
 uint64_t bt_op_read(struct bt_cpu *c, const struct bt_insn *i, int n);
 void bt_op_write(struct bt_cpu *c, const struct bt_insn *i, int n, uint64_t v);
@@ -252,7 +264,7 @@ void bt_tlb_flush_page(struct bt_cpu *c, uint64_t lin);
 /* Linear address of seg:off for `size` bytes, with limit/canonical checks (#GP or #SS). */
 uint64_t bt_seg_linear(struct bt_cpu *c, int seg, uint64_t off, unsigned size, int acc);
 /* Linear-address accesses through paging with the current CPL (or supervisor if IMPLICIT). */
-uint64_t bt_read(struct bt_cpu *c, uint64_t lin, unsigned size, int acc);     /* size 1/2/4/8 */
+uint64_t bt_read(struct bt_cpu *c, uint64_t lin, unsigned size, int acc); /* size 1/2/4/8 */
 void bt_write(struct bt_cpu *c, uint64_t lin, unsigned size, uint64_t v, int acc);
 void bt_read_buf(struct bt_cpu *c, uint64_t lin, void *buf, size_t n, int acc);
 void bt_write_buf(struct bt_cpu *c, uint64_t lin, const void *buf, size_t n, int acc);
@@ -267,6 +279,17 @@ size_t bt_fetch(struct bt_cpu *c, uint64_t lin, uint8_t *buf, size_t max, uint64
 /* Marks a guest-physical page as holding decoded code: a write to it calls
  * bt_cache_invalidate_page() (self-modifying code) for every vCPU. */
 void bt_watch_code_page(struct bt_cpu *c, uint64_t gpa_page);
+/* What a RAM store must report besides the bytes (ram_written): the code-watch bitmap (bit n =
+ * guest-physical page n holds decoded code; NULL when nothing is watched) with its size in
+ * pages, and the dirty-log switch (NULL without a VM).  The translator's inline stores (jit.c)
+ * take their fast path only for a page that is not watched while dirty logging is off, so they
+ * need neither; everything else goes through bt_write. */
+struct bt_store_watch {
+    const _Atomic uint64_t *bitmap;
+    uint64_t pages;
+    const bool *dirty_enabled;
+};
+void bt_mmu_store_watch(struct bt_cpu *c, struct bt_store_watch *w);
 /* Translation without side effects on failure (tools, tests): 0 and *gpa, or the #PF error code
  * (with bit 31 set so 0 is never an error).  Sets A/D bits like an access on success. */
 #define BT_XLATE_FAULT 0x80000000u
@@ -280,7 +303,7 @@ void bt_phys_write(struct bt_cpu *c, uint64_t gpa, unsigned size, uint64_t v);
 /* Raises an exception from inside an instruction: never returns (longjmp to the loop). */
 _Noreturn void bt_raise(struct bt_cpu *c, int vector, uint32_t errcode);
 _Noreturn void bt_raise_pf(struct bt_cpu *c, uint64_t lin, uint32_t errcode);
-#define bt_ud(c) bt_raise((c), X86_UD, BT_NO_ERRCODE)
+#define bt_ud(c)  bt_raise((c), X86_UD, BT_NO_ERRCODE)
 #define bt_gp0(c) bt_raise((c), X86_GP, 0)
 /* Delivers an exception or interrupt through the IDT (called by the loop, not by handlers).
  * soft: INT n/INT3/INTO (privilege check against the gate DPL, return address after the insn). */
@@ -321,4 +344,5 @@ void bt_xsave_guest_view(struct bt_cpu *c);
 int bt_emulate_one(struct vm *vm, unsigned cpu_index, struct x86_state *s);
 
 /* Host-flags helpers for ALU handlers (alu.c).  op is a small enum in alu.c. */
-#define BT_ARITH_FLAGS (X86_FLAG_CF | X86_FLAG_PF | X86_FLAG_AF | X86_FLAG_ZF | X86_FLAG_SF | X86_FLAG_OF)
+#define BT_ARITH_FLAGS                                                                             \
+    (X86_FLAG_CF | X86_FLAG_PF | X86_FLAG_AF | X86_FLAG_ZF | X86_FLAG_SF | X86_FLAG_OF)

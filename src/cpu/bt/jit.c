@@ -6,10 +6,15 @@
  * guest-physical address, so the same translation serves every virtual alias of its page and
  * every instruction's RIP is R12 plus its offset in the block.  Each guest instruction becomes
  * either
- *   - native code: the register/immediate forms of MOV, ADD, SUB, AND, OR, XOR, CMP, TEST, INC,
- *     DEC, LEA and the direct JMP/Jcc that end a block.  They load the guest registers from
- *     c->s.gpr, run the same host instruction, store the result with the x86 write rules, and take
- *     the six arithmetic flags from the host's RFLAGS (PUSHFQ), exactly as alu.c computes them; or
+ *   - native code: register/immediate forms (MOV, the ALU group, shifts and rotates, IMUL,
+ *     MOVZX/MOVSX, SETcc, CMOVcc, ...), the direct JMP/Jcc/CALL and RET that end a block, and
+ *     forms with one guest memory operand in 64-bit code (loads, stores, read-modify-write,
+ *     PUSH/POP, SSE moves).  They load the guest registers from c->s.gpr, run the same host
+ *     instruction, store the result with the x86 write rules, and take the six arithmetic flags
+ *     from the host's RFLAGS (PUSHFQ), exactly as alu.c computes them.  A memory operand is
+ *     reached through a probe stub that does bt_read's/bt_write's TLB fast path and returns the
+ *     host address; anything else (TLB miss, MMIO, a watched code page, dirty logging, a
+ *     fault) takes the instruction's slow path, its handler; or
  *   - a call to the interpreter's handler with the decoded struct bt_insn baked in as an immediate
  *     (call-threaded), after recording insn_rip/next_rip/s.rip as the interpreter loop does.
  *     After the call the code leaves the block, as the interpreter would, when the handler
@@ -32,10 +37,12 @@
  * decides) go back to the loop, which looks the next block up by hash.  When core.c drops a block
  * (its page was written) every jump chained into its translation is unpatched (bt_jit_drop).
  *
- * Trust: the emitted code operates on guest register values only; guest memory, control
- * registers and everything that can fault are reached through the handlers.  Instruction forms
- * are emitted with Zydis's encoder; an encoding the encoder refuses makes the block
- * untranslatable (it then runs interpreted), never wrong. */
+ * Trust: the emitted code operates on guest register values and on guest RAM only through a
+ * host address the soft TLB holds for a whole 4 KiB page (from guest_ptr(), see mmu.c), with an
+ * in-page offset and no page crossing, and only where bt_read/bt_write would touch it without
+ * further checks; control registers and everything that can fault are reached through the
+ * handlers.  Instruction forms are emitted with Zydis's encoder; a form the encoder refuses
+ * takes the handler path instead, never a wrong encoding. */
 #include "cpu/bt/jit.h"
 
 #include <errno.h>
@@ -46,13 +53,14 @@
 #include <unistd.h>
 
 #include "cpu/bt/bt.h"
+#include "cpu/bt/cfi.h"
 #include "devices/lapic.h"
 #include "util/log.h"
 
 #define JIT_CACHE_BYTES (16u << 20)
 /* room that must be left before translating a block: 64 instructions at the longest handler
  * path (~110 bytes) and the tail, with margin */
-#define JIT_BLOCK_RESERVE  (16u << 10)
+#define JIT_BLOCK_RESERVE  (32u << 10)
 #define JIT_UNTRANSLATABLE ((void *)1)
 /* A block is interpreted on its first JIT_HOT_RUNS entries from the loop (the slot counts them:
  * small integers 2..JIT_HOT_MAX+1) and translated on the next.  Most of a kernel boot runs once,
@@ -106,10 +114,12 @@ struct bt_jit {
     int fd;
     uint8_t *rw, *rx; /* the two views of the cache (NULL until the first translation) */
     size_t size, used, base_end;
-    size_t exit_off; /* the trampoline's return path */
+    size_t exit_off;        /* the trampoline's return path */
+    size_t probe_off[2][5]; /* the inline-access probes: [write][size 1, 2, 4, 8, 16] */
     void (*enter)(struct bt_cpu *c, const void *code, struct bt_jit *j);
     struct jit_tb *tbs;
     struct jit_link *links;
+    struct enc_cached *enc_cache; /* NULL if it could not be allocated (encodes every time) */
     uint32_t ntbs, nlinks;
 
     /* read by the translated code through R13 */
@@ -136,10 +146,21 @@ struct bt_jit {
 
 /* ---- emitter --------------------------------------------------------------------------- */
 
+/* Zydis's encoder costs about a microsecond per instruction, and a translation repeats the
+ * same requests (state loads and stores, flag merges, probe calls' neighbours) over and over:
+ * encoded bytes are remembered by request, compared in full, in a direct-mapped table. */
+#define ENC_CACHE_SIZE 2048u
+struct enc_cached {
+    ZydisEncoderRequest req;
+    uint8_t len; /* 0: empty */
+    uint8_t bytes[ZYDIS_MAX_INSTRUCTION_LENGTH];
+};
+
 struct emit {
     uint8_t *buf;
     size_t pos, cap;
     bool fail;
+    struct enc_cached *cache; /* may be NULL */
 };
 
 static ZydisEncoderOperand R(ZydisRegister r)
@@ -190,13 +211,34 @@ static void enc(struct emit *e, ZydisMnemonic m, unsigned n, const ZydisEncoderO
     for (unsigned k = 0; k < n; k++)
         r.operands[k] = ops[k];
     ZyanUSize len = e->cap - e->pos;
-    ZyanStatus st = ZYAN_STATUS_INSUFFICIENT_BUFFER_SIZE;
-    if (len < ZYDIS_MAX_INSTRUCTION_LENGTH ||
-        !ZYAN_SUCCESS(st = ZydisEncoderEncodeInstruction(&r, e->buf + e->pos, &len))) {
+    if (len < ZYDIS_MAX_INSTRUCTION_LENGTH) {
+        e->fail = true;
+        return;
+    }
+    struct enc_cached *slot = NULL;
+    if (e->cache) {
+        uint64_t w[sizeof(r) / 8], h = 0xcbf29ce484222325ull;
+        memcpy(w, &r, sizeof(w));
+        for (size_t k = 0; k < ARRAY_SIZE(w); k++)
+            h = (h ^ w[k]) * 0x100000001b3ull;
+        slot = &e->cache[(h ^ (h >> 29)) & (ENC_CACHE_SIZE - 1)];
+        if (slot->len && memcmp(&slot->req, &r, sizeof(r)) == 0) {
+            memcpy(e->buf + e->pos, slot->bytes, slot->len);
+            e->pos += slot->len;
+            return;
+        }
+    }
+    ZyanStatus st = ZydisEncoderEncodeInstruction(&r, e->buf + e->pos, &len);
+    if (!ZYAN_SUCCESS(st)) {
         log_debug("translator: cannot encode %s/%u (status %#x)", ZydisMnemonicGetString(m), n,
                   (unsigned)st);
         e->fail = true;
         return;
+    }
+    if (slot && len <= sizeof(slot->bytes)) {
+        slot->req = r;
+        slot->len = (uint8_t)len;
+        memcpy(slot->bytes, e->buf + e->pos, len);
     }
     e->pos += len;
 }
@@ -349,161 +391,107 @@ static int64_t imm_for(int64_t v, unsigned size)
     }
 }
 
-/* ---- inline guest-memory loads (64-bit code) ------------------------------------------------ */
-
-#define C_TLB ((int64_t)offsetof(struct bt_cpu, tlb))
-#define C_CPL ((int64_t)offsetof(struct bt_cpu, cpl))
-#define C_SEGBASE(sg)                                                                              \
-    ((int64_t)offsetof(struct bt_cpu, s.seg) + (int64_t)(sg) * (int64_t)sizeof(struct x86_seg))
-#define T_VTAG ((int64_t)offsetof(struct bt_tlb_entry, vtag))
-#define T_HVA  ((int64_t)offsetof(struct bt_tlb_entry, hva))
-#define T_GPA  ((int64_t)offsetof(struct bt_tlb_entry, gpa))
-#define T_PERM ((int64_t)offsetof(struct bt_tlb_entry, perm))
-_Static_assert(sizeof(struct bt_tlb_entry) == 32, "the inline TLB probe scales the index by 32");
-_Static_assert(offsetof(struct x86_seg, base) == 0, "segment base first");
-
-/* True if operand `o` of `i` is a memory operand the inline load below handles. */
-static bool inline_mem_ok(const struct bt_insn *i, const struct bt_operand *o, int64_t off,
-                          bool b32)
+/* Loads the guest's six arithmetic flags (and nothing else) into the host RFLAGS, as alu.c's PRE
+ * does, for operations whose result flags depend on the incoming ones (shift counts of zero
+ * leave them; the undefined flags of IMUL and the shifts are what the host makes of them). */
+static void load_guest_flags(struct emit *e)
 {
-    if (b32 || o->kind != BT_OPK_MEM || i->addrsize != 64) return false;
-    if (o->size != 1 && o->size != 2 && o->size != 4 && o->size != 8) return false;
-    if (o->base != BT_REG_RIP && o->base != BT_NOREG && o->base >= 16) return false;
-    if (o->index != BT_NOREG && o->index >= 16) return false;
-    if (o->index != BT_NOREG && o->scale != 1 && o->scale != 2 && o->scale != 4 && o->scale != 8)
-        return false;
-    if (o->base == BT_REG_RIP) return o->index == BT_NOREG && fits32(o->disp + off);
-    return fits32(o->disp);
+    /* Without POPFQ (slow): OF by an 8-bit signed overflow (0x80 + 0x80 overflows, 0 + 0x80 does
+     * not), then SF, ZF, AF, PF and CF by SAHF, which leaves OF alone.  Clobbers EAX and ECX.
+     * (DF and AC stay clear as the host ABI keeps them; no operation here depends on them.) */
+    E2(e, MOVZX, R(ZYDIS_REGISTER_ECX), M(RBX, C_FLAGS, 2));
+    E2(e, SHR, R(ZYDIS_REGISTER_ECX), I(4)); /* OF: bit 11 -> bit 7 */
+    E2(e, AND, R(ZYDIS_REGISTER_ECX), I(0x80));
+    E2(e, ADD, R(ZYDIS_REGISTER_CL), I(-128));
+    E2(e, MOV, R(ZYDIS_REGISTER_AH), M(RBX, C_FLAGS, 1));
+    E0(e, SAHF);
 }
 
-/* Host register `which` (RCX or RAX family; RDX, RSI, RDI are clobbered) = the guest memory
- * operand, zero-extended, read through the TLB exactly as bt_op_read's fast path does (the
- * segment base for FS/GS, canonical address, a TLB entry for the page with a host address and
- * read permission at the current CPL, no page crossing).  Anything else jumps to the slow path
- * (its jump offsets are appended to slow[]), which runs the handler instead. */
-static void inline_load(struct emit *e, int which, const struct bt_operand *o, int64_t off,
-                        size_t *slow, int *nslow)
+/* Evaluates condition code cc (the low nibble of Jcc/SETcc/CMOVcc) on the guest's RFLAGS in
+ * memory by bit tests (no POPFQ, which is slow): afterwards the host ZF is clear iff the positive
+ * form of the condition (cc & ~1) holds, so the condition itself holds on JNZ/SETNZ/CMOVNZ for an
+ * even cc and on JZ/SETZ/CMOVZ for an odd one (cond_true).  Clobbers EAX and ECX. */
+static void emit_cond(struct emit *e, unsigned cc)
 {
-    const ZydisRegister HRDX = ZYDIS_REGISTER_RDX, HRSI = ZYDIS_REGISTER_RSI;
-    /* HRDX = effective address */
-    if (o->base == BT_REG_RIP) {
-        E2(e, LEA, R(HRDX), M(R12, o->disp + off, 8));
-    } else {
-        if (o->base != BT_NOREG)
-            E2(e, MOV, R(HRDX), M(RBX, C_GPR(o->base), 8));
-        else
-            E2(e, XOR, R(ZYDIS_REGISTER_EDX), R(ZYDIS_REGISTER_EDX));
-        if (o->index != BT_NOREG) {
-            E2(e, MOV, R(HRSI), M(RBX, C_GPR(o->index), 8));
-            E2(e, LEA, R(HRDX), MX(HRDX, HRSI, o->scale, o->disp, 8));
-        } else if (o->disp) {
-            E2(e, LEA, R(HRDX), M(HRDX, o->disp, 8));
+    E2(e, MOV, R(ZYDIS_REGISTER_EAX), M(RBX, C_FLAGS, 4));
+    switch (cc >> 1) {
+    case 0: E2(e, TEST, R(ZYDIS_REGISTER_EAX), I(X86_FLAG_OF)); break;
+    case 1: E2(e, TEST, R(ZYDIS_REGISTER_EAX), I(X86_FLAG_CF)); break;
+    case 2: E2(e, TEST, R(ZYDIS_REGISTER_EAX), I(X86_FLAG_ZF)); break;
+    case 3: E2(e, TEST, R(ZYDIS_REGISTER_EAX), I(X86_FLAG_CF | X86_FLAG_ZF)); break;
+    case 4: E2(e, TEST, R(ZYDIS_REGISTER_EAX), I(X86_FLAG_SF)); break;
+    case 5: E2(e, TEST, R(ZYDIS_REGISTER_EAX), I(X86_FLAG_PF)); break;
+    default: /* L: SF != OF (OF is bit 11, SF bit 7); LE: that or ZF */
+        E2(e, MOV, R(ZYDIS_REGISTER_ECX), R(ZYDIS_REGISTER_EAX));
+        E2(e, SHR, R(ZYDIS_REGISTER_ECX), I(4));
+        E2(e, XOR, R(ZYDIS_REGISTER_ECX), R(ZYDIS_REGISTER_EAX));
+        E2(e, AND, R(ZYDIS_REGISTER_ECX), I(X86_FLAG_SF));
+        if (cc >> 1 == 7) {
+            E2(e, AND, R(ZYDIS_REGISTER_EAX), I(X86_FLAG_ZF));
+            E2(e, OR, R(ZYDIS_REGISTER_ECX), R(ZYDIS_REGISTER_EAX));
         }
+        break;
     }
-    if (o->seg == SEG_FS || o->seg == SEG_GS) E2(e, ADD, R(HRDX), M(RBX, C_SEGBASE(o->seg), 8));
-    /* canonical (the last byte is then too: the access stays in the page, checked below) */
-    E2(e, MOV, R(HRSI), R(HRDX));
-    E2(e, SHL, R(HRSI), I(16));
-    E2(e, SAR, R(HRSI), I(16));
-    E2(e, CMP, R(HRSI), R(HRDX));
-    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
-    /* no page crossing */
-    E2(e, MOV, R(ZYDIS_REGISTER_ESI), R(ZYDIS_REGISTER_EDX));
-    E2(e, AND, R(ZYDIS_REGISTER_ESI), I(0xfff));
-    E2(e, CMP, R(ZYDIS_REGISTER_ESI), I(4096 - o->size));
-    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNBE);
-    /* RDI = &c->tlb[(lin >> 12) & (BT_TLB_SIZE - 1)] */
-    E2(e, MOV, R(ZYDIS_REGISTER_RDI), R(HRDX));
-    E2(e, SHR, R(ZYDIS_REGISTER_RDI), I(12));
-    E2(e, AND, R(ZYDIS_REGISTER_EDI), I(BT_TLB_SIZE - 1));
-    E2(e, SHL, R(ZYDIS_REGISTER_EDI), I(5));
-    E2(e, LEA, R(ZYDIS_REGISTER_RDI), MX(RBX, ZYDIS_REGISTER_RDI, 1, C_TLB, 8));
-    /* tag: the page | 1 */
-    E2(e, MOV, R(HRSI), R(HRDX));
-    E2(e, AND, R(HRSI), I(~(int64_t)0xfff));
-    E2(e, OR, R(HRSI), I(1));
-    E2(e, CMP, R(HRSI), M(ZYDIS_REGISTER_RDI, T_VTAG, 8));
-    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
-    /* read permission for the current privilege: supervisor bit 0, user bit 3 */
-    E2(e, MOV, R(ZYDIS_REGISTER_ESI), I(BT_ACC_READ));
-    E2(e, CMP, M(RBX, C_CPL, 1), I(3));
-    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JZ); /* user: rare in the kernel; handler */
-    E2(e, TEST, M(ZYDIS_REGISTER_RDI, T_PERM, 4), R(ZYDIS_REGISTER_ESI));
-    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JZ);
-    /* RAM page (MMIO and the LAPIC have no host address) */
-    E2(e, MOV, R(HRSI), M(ZYDIS_REGISTER_RDI, T_HVA, 8));
-    E2(e, TEST, R(HRSI), R(HRSI));
-    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JZ);
-    E2(e, AND, R(ZYDIS_REGISTER_EDX), I(0xfff));
-    if (o->size == 1 || o->size == 2)
-        E2(e, MOVZX, R(hreg(which, 4)), MX(HRSI, HRDX, 1, 0, o->size));
-    else
-        E2(e, MOV, R(hreg(which, o->size)), MX(HRSI, HRDX, 1, 0, o->size));
 }
 
-/* Native forms reading one memory operand: MOV r, m; ADD/SUB/AND/OR/XOR/CMP/TEST r, m;
- * CMP/TEST m, r/imm.  Returns false (nothing emitted) if `i` is not one of them. */
-static bool native_load(struct emit *e, const struct bt_insn *i, int64_t off, bool b32,
-                        size_t *slow, int *nslow)
+/* The host CF = the guest's (ADC and SBB read no other flag and write all six) */
+static void load_guest_cf(struct emit *e)
 {
-    if (i->pfx & BT_PFX_LOCK || i->nops < 2) return false;
-    unsigned size = i->opsize / 8;
-    if (size != 1 && size != 2 && size != 4 && size != 8) return false;
-    const struct bt_operand *d = &i->op[0], *s = &i->op[1];
-    ZydisMnemonic m = (ZydisMnemonic)i->mnemonic;
+    E2(e, BT, M(RBX, C_FLAGS, 8), I(0));
+}
+
+/* Dead flags.  What an instruction does to the six arithmetic flags as far as the code after it
+ * can tell: FL_WRITES sets all six from its operands alone and cannot fault or leave the block
+ * early (register/immediate ADD, SUB, AND, OR, XOR, CMP, TEST, NEG); FL_NONE neither reads nor
+ * writes them and cannot fault (register MOV, LEA, MOVZX/MOVSX, BSWAP, NOT, NOP); FL_READS is
+ * everything else, conservatively: it may read them, or fault or exit with c->s.rflags
+ * visible.  A FL_WRITES instruction followed in its block by another FL_WRITES one with only
+ * FL_NONE ones in between produces flags nobody can see, so its native form skips the merge
+ * into c->s.rflags (the handler path, if it ends up there, still merges: harmless).  A FL_NONE
+ * instruction must be native: after a handler the block may be left (after_handler_checks)
+ * with dead flags unstored, so translate() starts again without the pass if one is not. */
+enum { FL_READS, FL_NONE, FL_WRITES };
+
+static int flag_effect(const struct bt_insn *i)
+{
+    if (i->pfx & BT_PFX_LOCK) return FL_READS;
+    for (unsigned k = 0; k < i->nops && k < 4; k++) {
+        const struct bt_operand *o = &i->op[k];
+        bool gpr = o->kind == BT_OPK_REG && o->rclass == BT_RC_GPR; /* AH..BH: handlers */
+        if (!gpr && o->kind != BT_OPK_IMM && o->kind != BT_OPK_AGEN &&
+            !(o->kind == BT_OPK_MEM && i->mnemonic == ZYDIS_MNEMONIC_NOP))
+            return FL_READS;
+    }
     switch (i->mnemonic) {
-    case ZYDIS_MNEMONIC_MOV:
-        if (!is_gpr(d) || d->size != size || s->size != size || !inline_mem_ok(i, s, off, b32))
-            return false;
-        inline_load(e, 0, s, off, slow, nslow);
-        store_gpr(e, 0, d->reg, size);
-        return true;
     case ZYDIS_MNEMONIC_ADD:
     case ZYDIS_MNEMONIC_SUB:
     case ZYDIS_MNEMONIC_AND:
     case ZYDIS_MNEMONIC_OR:
     case ZYDIS_MNEMONIC_XOR:
     case ZYDIS_MNEMONIC_CMP:
-    case ZYDIS_MNEMONIC_TEST: {
-        bool ro = m == ZYDIS_MNEMONIC_CMP || m == ZYDIS_MNEMONIC_TEST;
-        if (is_gpr(d) && d->size == size && s->size == size && inline_mem_ok(i, s, off, b32)) {
-            inline_load(e, 1, s, off, slow, nslow); /* source in RCX */
-            load_gpr(e, 0, d->reg, size);
-        } else if (ro && d->size == size && inline_mem_ok(i, d, off, b32) &&
-                   ((is_gpr(s) && s->size == size) ||
-                    (s->kind == BT_OPK_IMM && (size < 8 || fits32(s->disp))))) {
-            inline_load(e, 0, d, off, slow, nslow); /* memory destination in RAX */
-            if (is_gpr(s)) load_gpr(e, 1, s->reg, size);
-        } else {
-            return false;
-        }
-        if (s->kind == BT_OPK_IMM)
-            enc(e, m, 2, (ZydisEncoderOperand[]){R(hreg(0, size)), I(imm_for(s->disp, size))});
-        else
-            enc(e, m, 2, (ZydisEncoderOperand[]){R(hreg(0, size)), R(hreg(1, size))});
-        E0(e, PUSHFQ);
-        E1(e, POP, R(ZYDIS_REGISTER_RDX));
-        if (!ro) store_gpr(e, 0, d->reg, size);
-        merge_flags(e, BT_ARITH_FLAGS);
-        return true;
-    }
-    default: return false;
+    case ZYDIS_MNEMONIC_TEST:
+    case ZYDIS_MNEMONIC_NEG: return FL_WRITES;
+    case ZYDIS_MNEMONIC_MOV: /* translate() re-runs without this pass if one takes a handler */
+    case ZYDIS_MNEMONIC_LEA:
+    case ZYDIS_MNEMONIC_MOVZX:
+    case ZYDIS_MNEMONIC_MOVSX:
+    case ZYDIS_MNEMONIC_MOVSXD:
+    case ZYDIS_MNEMONIC_BSWAP:
+    case ZYDIS_MNEMONIC_NOT:
+    case ZYDIS_MNEMONIC_NOP:
+    case ZYDIS_MNEMONIC_CBW:
+    case ZYDIS_MNEMONIC_CWDE:
+    case ZYDIS_MNEMONIC_CDQE:
+    case ZYDIS_MNEMONIC_CWD:
+    case ZYDIS_MNEMONIC_CDQ:
+    case ZYDIS_MNEMONIC_CQO: return FL_NONE;
+    default: return FL_READS;
     }
 }
 
-/* Loads the guest's six arithmetic flags (and nothing else) into the host RFLAGS, as alu.c's PRE
- * does, for operations whose result flags depend on the incoming ones (shift counts of zero
- * leave them; the undefined flags of IMUL and the shifts are what the host makes of them). */
-static void load_guest_flags(struct emit *e)
-{
-    E2(e, MOV, R(ZYDIS_REGISTER_RAX), M(RBX, C_FLAGS, 8));
-    E2(e, AND, R(ZYDIS_REGISTER_EAX), I(BT_ARITH_FLAGS));
-    E1(e, PUSH, R(ZYDIS_REGISTER_RAX));
-    E0(e, POPFQ);
-}
-
-/* Emits a native form of `i` if it has one; returns false (nothing emitted) otherwise. */
-static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off)
+/* Emits a native form of `i` if it has one; returns false (nothing emitted) otherwise.
+ * flags_dead: the flags it writes are dead (see flag_effect), so they need not be stored. */
+static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off, bool flags_dead)
 {
     if (i->pfx & BT_PFX_LOCK) return false;
     unsigned size = i->opsize / 8;
@@ -529,10 +517,12 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off)
             load_gpr(e, 1, s->reg, size);
             enc(e, m, 2, (ZydisEncoderOperand[]){R(hreg(0, size)), R(hreg(1, size))});
         }
-        E0(e, PUSHFQ);
-        E1(e, POP, R(ZYDIS_REGISTER_RDX));
+        if (!flags_dead) {
+            E0(e, PUSHFQ);
+            E1(e, POP, R(ZYDIS_REGISTER_RDX));
+        }
         if (m != ZYDIS_MNEMONIC_CMP && m != ZYDIS_MNEMONIC_TEST) store_gpr(e, 0, d->reg, size);
-        merge_flags(e, BT_ARITH_FLAGS);
+        if (!flags_dead) merge_flags(e, BT_ARITH_FLAGS);
         return true;
     }
     case ZYDIS_MNEMONIC_INC:
@@ -547,22 +537,37 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off)
         return true;
     case ZYDIS_MNEMONIC_SHL:
     case ZYDIS_MNEMONIC_SHR:
-    case ZYDIS_MNEMONIC_SAR: {
-        /* register destination; count an immediate or CL: the host's CL form, as shift.c runs */
+    case ZYDIS_MNEMONIC_SAR:
+    case ZYDIS_MNEMONIC_ROL:
+    case ZYDIS_MNEMONIC_ROR: {
+        /* register destination; count an immediate or CL: the host's CL form, as shift.c runs
+         * (which keeps the incoming OF for ROL/ROR by an immediate whose masked count is above
+         * 1, as Intel's immediate register forms do) */
         if (i->nops < 2 || !is_gpr(d) || d->size != size) return false;
         bool cl = s->kind == BT_OPK_REG && s->rclass == BT_RC_GPR && s->reg == RCX && s->size == 1;
         if (!cl && s->kind != BT_OPK_IMM) return false;
-        load_guest_flags(e);
+        /* A rotate by an immediate touches CF and OF only, both functions of the result (OF for
+         * a masked count of 1; above 1 the guest's OF stays): the incoming flags are not needed
+         * and only those bits are merged.  Everything else runs with the guest's flags loaded. */
+        bool rot_imm = (m == ZYDIS_MNEMONIC_ROL || m == ZYDIS_MNEMONIC_ROR) && !cl;
+        unsigned masked = (unsigned)s->disp & (size == 8 ? 63 : 31);
+        uint32_t mask = !rot_imm      ? BT_ARITH_FLAGS
+                        : masked == 0 ? 0
+                        : masked == 1 ? X86_FLAG_CF | X86_FLAG_OF
+                                      : X86_FLAG_CF;
+        if (!rot_imm) load_guest_flags(e);
         load_gpr(e, 0, d->reg, size);
         if (cl)
             E2(e, MOVZX, R(ZYDIS_REGISTER_ECX), M(RBX, C_GPR(RCX), 1));
         else
             E2(e, MOV, R(ZYDIS_REGISTER_ECX), I((uint8_t)s->disp));
         enc(e, m, 2, (ZydisEncoderOperand[]){R(hreg(0, size)), R(ZYDIS_REGISTER_CL)});
-        E0(e, PUSHFQ);
-        E1(e, POP, R(ZYDIS_REGISTER_RDX));
+        if (mask) {
+            E0(e, PUSHFQ);
+            E1(e, POP, R(ZYDIS_REGISTER_RDX));
+        }
         store_gpr(e, 0, d->reg, size);
-        merge_flags(e, BT_ARITH_FLAGS);
+        if (mask) merge_flags(e, mask);
         return true;
     }
     case ZYDIS_MNEMONIC_IMUL: {
@@ -576,7 +581,9 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off)
         load_gpr(e, 0, a->reg, size);
         if (b->kind == BT_OPK_IMM)
             E2(e, MOV, R(hreg(1, size == 8 ? 8 : 4)),
-               I(size == 8 ? b->disp : (int64_t)(uint32_t)b->disp));
+               I(size == 8   ? b->disp
+                 : size == 4 ? (int32_t)b->disp
+                             : (int64_t)(uint16_t)b->disp));
         else
             load_gpr(e, 1, b->reg, size);
         E2(e, IMUL, R(hreg(0, size)), R(hreg(1, size)));
@@ -585,6 +592,152 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off)
         if (size == 4) E2(e, MOV, R(ZYDIS_REGISTER_EAX), R(ZYDIS_REGISTER_EAX));
         store_gpr(e, 0, d->reg, size);
         merge_flags(e, BT_ARITH_FLAGS);
+        return true;
+    }
+    case ZYDIS_MNEMONIC_NOP: /* every form, hint NOPs with a memory operand too: no access */
+    case ZYDIS_MNEMONIC_PREFETCHNTA: /* prefetches never fault (sse.c) */
+    case ZYDIS_MNEMONIC_PREFETCHT0:
+    case ZYDIS_MNEMONIC_PREFETCHT1:
+    case ZYDIS_MNEMONIC_PREFETCHT2: return true;
+    case ZYDIS_MNEMONIC_CBW:
+    case ZYDIS_MNEMONIC_CWDE:
+    case ZYDIS_MNEMONIC_CDQE:
+        /* rAX = the sign extension of its lower half */
+        if (size == 2) {
+            E2(e, MOVSX, R(ZYDIS_REGISTER_AX), M(RBX, C_GPR(RAX), 1));
+        } else if (size == 4) {
+            E2(e, MOVSX, R(ZYDIS_REGISTER_EAX), M(RBX, C_GPR(RAX), 2));
+        } else {
+            E2(e, MOVSXD, R(ZYDIS_REGISTER_RAX), M(RBX, C_GPR(RAX), 4));
+        }
+        store_gpr(e, 0, RAX, size);
+        return true;
+    case ZYDIS_MNEMONIC_CWD:
+    case ZYDIS_MNEMONIC_CDQ:
+    case ZYDIS_MNEMONIC_CQO:
+        /* rDX = the sign of rAX, replicated (flags untouched: the host's SAR is not merged) */
+        if (size == 2)
+            E2(e, MOVSX, R(ZYDIS_REGISTER_RAX), M(RBX, C_GPR(RAX), 2));
+        else if (size == 4)
+            E2(e, MOVSXD, R(ZYDIS_REGISTER_RAX), M(RBX, C_GPR(RAX), 4));
+        else if (size == 8)
+            E2(e, MOV, R(ZYDIS_REGISTER_RAX), M(RBX, C_GPR(RAX), 8));
+        else
+            return false;
+        E2(e, SAR, R(ZYDIS_REGISTER_RAX), I(63));
+        if (size == 4) E2(e, MOV, R(ZYDIS_REGISTER_EAX), R(ZYDIS_REGISTER_EAX));
+        store_gpr(e, 0, RDX, size);
+        return true;
+    case ZYDIS_MNEMONIC_ADC:
+    case ZYDIS_MNEMONIC_SBB: {
+        if (i->nops < 2 || !is_gpr(d) || d->size != size) return false;
+        bool imm = s->kind == BT_OPK_IMM;
+        if (!imm && !(is_gpr(s) && s->size == size)) return false;
+        if (imm && size == 8 && !fits32(s->disp)) return false;
+        load_gpr(e, 0, d->reg, size);
+        if (!imm) load_gpr(e, 1, s->reg, size);
+        load_guest_cf(e);
+        if (imm)
+            enc(e, m, 2, (ZydisEncoderOperand[]){R(hreg(0, size)), I(imm_for(s->disp, size))});
+        else
+            enc(e, m, 2, (ZydisEncoderOperand[]){R(hreg(0, size)), R(hreg(1, size))});
+        E0(e, PUSHFQ);
+        E1(e, POP, R(ZYDIS_REGISTER_RDX));
+        store_gpr(e, 0, d->reg, size);
+        merge_flags(e, BT_ARITH_FLAGS);
+        return true;
+    }
+    case ZYDIS_MNEMONIC_NEG:
+    case ZYDIS_MNEMONIC_NOT:
+        if (i->nops < 1 || !is_gpr(d) || d->size != size) return false;
+        load_gpr(e, 0, d->reg, size);
+        enc(e, m, 1, (ZydisEncoderOperand[]){R(hreg(0, size))});
+        bool merge = m == ZYDIS_MNEMONIC_NEG && !flags_dead;
+        if (merge) {
+            E0(e, PUSHFQ);
+            E1(e, POP, R(ZYDIS_REGISTER_RDX));
+        }
+        store_gpr(e, 0, d->reg, size);
+        if (merge) merge_flags(e, BT_ARITH_FLAGS);
+        return true;
+    case ZYDIS_MNEMONIC_MOVZX:
+    case ZYDIS_MNEMONIC_MOVSX:
+    case ZYDIS_MNEMONIC_MOVSXD: {
+        if (i->nops < 2 || !is_gpr(d) || !is_gpr(s)) return false;
+        unsigned ds = d->size, ss = s->size;
+        if (ds != 2 && ds != 4 && ds != 8) return false;
+        if (m == ZYDIS_MNEMONIC_MOVSXD ? (ds != 8 || ss != 4) : (ss != 1 && ss != 2) || ss >= ds)
+            return false;
+        if (m == ZYDIS_MNEMONIC_MOVZX)
+            E2(e, MOVZX, R(ZYDIS_REGISTER_EAX), M(RBX, C_GPR(s->reg), ss));
+        else if (m == ZYDIS_MNEMONIC_MOVSXD)
+            E2(e, MOVSXD, R(ZYDIS_REGISTER_RAX), M(RBX, C_GPR(s->reg), 4));
+        else
+            E2(e, MOVSX,
+               R(ds == 8   ? ZYDIS_REGISTER_RAX
+                 : ds == 4 ? ZYDIS_REGISTER_EAX
+                           : ZYDIS_REGISTER_AX),
+               M(RBX, C_GPR(s->reg), ss));
+        store_gpr(e, 0, d->reg, ds);
+        return true;
+    }
+    case ZYDIS_MNEMONIC_BSWAP:
+        if (i->nops < 1 || !is_gpr(d) || (d->size != 4 && d->size != 8)) return false;
+        load_gpr(e, 0, d->reg, d->size);
+        E1(e, BSWAP, R(hreg(0, d->size)));
+        store_gpr(e, 0, d->reg, d->size);
+        return true;
+    case ZYDIS_MNEMONIC_SETO:
+    case ZYDIS_MNEMONIC_SETNO:
+    case ZYDIS_MNEMONIC_SETB:
+    case ZYDIS_MNEMONIC_SETNB:
+    case ZYDIS_MNEMONIC_SETZ:
+    case ZYDIS_MNEMONIC_SETNZ:
+    case ZYDIS_MNEMONIC_SETBE:
+    case ZYDIS_MNEMONIC_SETNBE:
+    case ZYDIS_MNEMONIC_SETS:
+    case ZYDIS_MNEMONIC_SETNS:
+    case ZYDIS_MNEMONIC_SETP:
+    case ZYDIS_MNEMONIC_SETNP:
+    case ZYDIS_MNEMONIC_SETL:
+    case ZYDIS_MNEMONIC_SETNL:
+    case ZYDIS_MNEMONIC_SETLE:
+    case ZYDIS_MNEMONIC_SETNLE: {
+        if (i->nops < 1 || !is_gpr(d) || d->size != 1 || i->opcode_map == 0) return false;
+        unsigned cc = i->opcode & 0xf;
+        emit_cond(e, cc);
+        E1(e, SETNZ, R(ZYDIS_REGISTER_AL));
+        if (cc & 1) E2(e, XOR, R(ZYDIS_REGISTER_AL), I(1));
+        store_gpr(e, 0, d->reg, 1);
+        return true;
+    }
+    case ZYDIS_MNEMONIC_CMOVO:
+    case ZYDIS_MNEMONIC_CMOVNO:
+    case ZYDIS_MNEMONIC_CMOVB:
+    case ZYDIS_MNEMONIC_CMOVNB:
+    case ZYDIS_MNEMONIC_CMOVZ:
+    case ZYDIS_MNEMONIC_CMOVNZ:
+    case ZYDIS_MNEMONIC_CMOVBE:
+    case ZYDIS_MNEMONIC_CMOVNBE:
+    case ZYDIS_MNEMONIC_CMOVS:
+    case ZYDIS_MNEMONIC_CMOVNS:
+    case ZYDIS_MNEMONIC_CMOVP:
+    case ZYDIS_MNEMONIC_CMOVNP:
+    case ZYDIS_MNEMONIC_CMOVL:
+    case ZYDIS_MNEMONIC_CMOVNL:
+    case ZYDIS_MNEMONIC_CMOVLE:
+    case ZYDIS_MNEMONIC_CMOVNLE: {
+        /* the register form: dest = cond ? src : dest, zero-extended from 32 bits either way */
+        if (i->nops < 2 || !is_gpr(d) || !is_gpr(s) || d->size != size || s->size != size ||
+            size == 1)
+            return false;
+        unsigned cc = i->opcode & 0xf;
+        emit_cond(e, cc);
+        load_gpr(e, 0, d->reg, size);
+        load_gpr(e, 2, s->reg, size);
+        enc(e, (cc & 1) ? ZYDIS_MNEMONIC_CMOVZ : ZYDIS_MNEMONIC_CMOVNZ, 2,
+            (ZydisEncoderOperand[]){R(ZYDIS_REGISTER_RAX), R(ZYDIS_REGISTER_RDX)});
+        store_gpr(e, 0, d->reg, size);
         return true;
     }
     case ZYDIS_MNEMONIC_MOV:
@@ -723,6 +876,17 @@ static void between_blocks(struct emit *e, struct bt_jit *j, size_t *fails, int 
         fails[(*nf)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
     }
 }
+
+#define C_TLB ((int64_t)offsetof(struct bt_cpu, tlb))
+#define C_CPL ((int64_t)offsetof(struct bt_cpu, cpl))
+#define C_SEGBASE(sg)                                                                              \
+    ((int64_t)offsetof(struct bt_cpu, s.seg) + (int64_t)(sg) * (int64_t)sizeof(struct x86_seg))
+#define T_VTAG ((int64_t)offsetof(struct bt_tlb_entry, vtag))
+#define T_GPA  ((int64_t)offsetof(struct bt_tlb_entry, gpa))
+#define T_HVA  ((int64_t)offsetof(struct bt_tlb_entry, hva))
+#define T_PERM ((int64_t)offsetof(struct bt_tlb_entry, perm))
+_Static_assert(sizeof(struct bt_tlb_entry) == 32, "the inline TLB probe scales the index by 32");
+_Static_assert(offsetof(struct x86_seg, base) == 0, "segment base first");
 
 /* RAX holds a linear code address (64-bit code): RSI = its soft-TLB entry if that maps the page
  * executable at the current CPL, else a jump to a fails[] entry.  The same test bt_fetch's fast
@@ -892,11 +1056,9 @@ static bool native_branch(struct emit *e, struct bt_jit *j, const struct bt_insn
     if (!fits32(target)) return false;
     size_t not_taken = 0;
     if (!jmp) {
-        E2(e, MOV, R(ZYDIS_REGISTER_RAX), M(RBX, C_FLAGS, 8));
-        E2(e, AND, R(ZYDIS_REGISTER_EAX), I(BT_ARITH_FLAGS));
-        E1(e, PUSH, R(ZYDIS_REGISTER_RAX));
-        E0(e, POPFQ);
-        not_taken = jrel(e, jcc_host[(i->opcode & 0xf) ^ 1]);
+        unsigned cc = i->opcode & 0xf;
+        emit_cond(e, cc);
+        not_taken = jrel(e, (cc & 1) ? ZYDIS_MNEMONIC_JNZ : ZYDIS_MNEMONIC_JZ);
     }
     rip_at(e, target, b32);
     size_t slow = 0;
@@ -926,6 +1088,570 @@ static bool native_branch(struct emit *e, struct bt_jit *j, const struct bt_insn
     return true;
 }
 
+/* ---- inline guest-memory access (64-bit code) ------------------------------------------------ */
+
+
+#define HRAX ZYDIS_REGISTER_RAX
+#define HEAX ZYDIS_REGISTER_EAX
+#define HRCX ZYDIS_REGISTER_RCX
+#define HECX ZYDIS_REGISTER_ECX
+#define HRDX ZYDIS_REGISTER_RDX
+#define HEDX ZYDIS_REGISTER_EDX
+#define HRSI ZYDIS_REGISTER_RSI
+#define HESI ZYDIS_REGISTER_ESI
+#define HRDI ZYDIS_REGISTER_RDI
+#define HEDI ZYDIS_REGISTER_EDI
+
+static unsigned size_index(unsigned size)
+{
+    return size == 1 ? 0 : size == 2 ? 1 : size == 4 ? 2 : size == 8 ? 3 : 4;
+}
+
+/* One probe subroutine of the code cache, shared by every inline access of `size` bytes
+ * (reads, or writes if `write`).  In: RDX = the linear address.  Out: RSI = the host address of
+ * the operand, or 0 when the access must take the slow path (the instruction's handler, which
+ * fills the TLB, faults or does MMIO precisely).  Clobbers RAX, RCX, RDI and the host flags.
+ * The fast path is exactly bt_read's / bt_write's: a canonical address, no page crossing, a TLB
+ * entry for the page with a host address and the permission at the current privilege (the
+ * entry's supervisor bits, or its user bits at CPL 3; a write bit is only there once the PTE is
+ * dirty), and for a write what ram_written() would have to do: nothing, because dirty logging
+ * is off and the page holds no decoded code (its watch bit is clear).  Otherwise the handler
+ * runs and does all of it. */
+static void emit_probe(struct emit *e, unsigned size, bool write, const struct bt_store_watch *w)
+{
+    size_t fail[8];
+    int nf = 0;
+    /* No canonical check: the TLB only holds tags of canonical pages (every fill follows
+     * bt_seg_linear's canonical check, or is a 32-bit address), so the tag compare below fails
+     * for a non-canonical address, and the access stays in the page (checked here). */
+    if (size > 1) {
+        E2(e, MOV, R(HESI), R(HEDX));
+        E2(e, AND, R(HESI), I(0xfff));
+        E2(e, CMP, R(HESI), I(4096 - size));
+        fail[nf++] = jrel(e, ZYDIS_MNEMONIC_JNBE);
+    }
+    /* RDI = &c->tlb[(lin >> 12) & (BT_TLB_SIZE - 1)]; its tag is the page | 1 */
+    E2(e, MOV, R(HRDI), R(HRDX));
+    E2(e, SHR, R(HRDI), I(12));
+    E2(e, AND, R(HEDI), I(BT_TLB_SIZE - 1));
+    E2(e, SHL, R(HEDI), I(5));
+    E2(e, LEA, R(HRDI), MX(RBX, HRDI, 1, C_TLB, 8));
+    E2(e, MOV, R(HRSI), R(HRDX));
+    E2(e, AND, R(HRSI), I(~(int64_t)0xfff));
+    E2(e, OR, R(HRSI), I(1));
+    E2(e, CMP, R(HRSI), M(HRDI, T_VTAG, 8));
+    fail[nf++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    /* permission: supervisor bits 0-2, user bits 3-5 (CPL 3) */
+    E2(e, XOR, R(HECX), R(HECX));
+    E2(e, CMP, M(RBX, C_CPL, 1), I(3));
+    E1(e, SETZ, R(ZYDIS_REGISTER_CL));
+    E2(e, LEA, R(HRCX), MX(HRCX, HRCX, 2, 0, 8));
+    E2(e, MOV, R(HEAX), M(HRDI, T_PERM, 4));
+    E2(e, SHR, R(HEAX), R(ZYDIS_REGISTER_CL));
+    E2(e, TEST, R(ZYDIS_REGISTER_AL), I(write ? BT_ACC_WRITE : BT_ACC_READ));
+    fail[nf++] = jrel(e, ZYDIS_MNEMONIC_JZ);
+    /* RAM (MMIO and the LAPIC have no host address) */
+    E2(e, MOV, R(HRSI), M(HRDI, T_HVA, 8));
+    E2(e, TEST, R(HRSI), R(HRSI));
+    fail[nf++] = jrel(e, ZYDIS_MNEMONIC_JZ);
+    if (write && w->dirty_enabled) {
+        E2(e, MOV, R(HRAX), I((int64_t)(uintptr_t)w->dirty_enabled));
+        E2(e, CMP, M(HRAX, 0, 1), I(0));
+        fail[nf++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    }
+    if (write && w->bitmap) {
+        E2(e, MOV, R(HRAX), M(HRDI, T_GPA, 8));
+        E2(e, SHR, R(HRAX), I(12));
+        E2(e, MOV, R(HRCX), I((int64_t)w->pages));
+        E2(e, CMP, R(HRAX), R(HRCX));
+        size_t unwatched = jrel(e, ZYDIS_MNEMONIC_JNB);
+        E2(e, MOV, R(HRCX), R(HRAX));
+        E2(e, SHR, R(HRCX), I(6));
+        E2(e, MOV, R(HRDI), I((int64_t)(uintptr_t)w->bitmap));
+        E2(e, MOV, R(HRCX), MX(HRDI, HRCX, 8, 0, 8));
+        E2(e, BT, R(HRCX), R(HRAX));
+        fail[nf++] = jrel(e, ZYDIS_MNEMONIC_JB);
+        patch(e, unwatched, e->pos);
+    }
+    E2(e, MOV, R(HEAX), R(HEDX));
+    E2(e, AND, R(HEAX), I(0xfff));
+    E2(e, ADD, R(HRSI), R(HRAX));
+    E0(e, RET);
+    for (int k = 0; k < nf; k++)
+        patch(e, fail[k], e->pos);
+    E2(e, XOR, R(HESI), R(HESI));
+    E0(e, RET);
+}
+
+/* True if operand `o` of `i` is a memory operand the inline access below handles. */
+static bool inline_mem_ok(const struct bt_insn *i, const struct bt_operand *o, int64_t off,
+                          bool b32)
+{
+    if (b32 || o->kind != BT_OPK_MEM || i->addrsize != 64) return false;
+    if (o->size != 1 && o->size != 2 && o->size != 4 && o->size != 8) return false;
+    if (o->base != BT_REG_RIP && o->base != BT_NOREG && o->base >= 16) return false;
+    if (o->index != BT_NOREG && o->index >= 16) return false;
+    if (o->index != BT_NOREG && o->scale != 1 && o->scale != 2 && o->scale != 4 && o->scale != 8)
+        return false;
+    if (o->base == BT_REG_RIP) return o->index == BT_NOREG && fits32(o->disp + off);
+    return fits32(o->disp);
+}
+
+/* inline_mem_ok for a 16-byte operand */
+static bool inline_mem_ok16(const struct bt_insn *i, const struct bt_operand *o, int64_t off)
+{
+    struct bt_operand t = *o;
+    t.size = 8; /* the other checks are the same */
+    return o->size == 16 && inline_mem_ok(i, &t, off, false);
+}
+
+/* RSI = host address of memory operand `o` (probed for a read or a write of its size), or a
+ * jump to the slow path (appended to slow[]).  Clobbers RAX, RCX, RDX, RDI and the host flags. */
+static void mem_lin(struct emit *e, const struct bt_operand *o, int64_t off);
+static void probe_call(struct emit *e, const struct bt_jit *j, unsigned size, bool write,
+                       size_t *slow, int *nslow);
+
+static void mem_probe(struct emit *e, const struct bt_jit *j, const struct bt_operand *o,
+                      int64_t off, bool write, size_t *slow, int *nslow)
+{
+    mem_lin(e, o, off);
+    probe_call(e, j, o->size, write, slow, nslow);
+}
+
+/* RDX = the linear address of memory operand `o` (64-bit code: the effective address plus the
+ * FS/GS base).  Clobbers RSI. */
+static void mem_lin(struct emit *e, const struct bt_operand *o, int64_t off)
+{
+    /* RDX = effective address (+ the FS/GS base): the linear address in 64-bit code */
+    if (o->base == BT_REG_RIP) {
+        E2(e, LEA, R(HRDX), M(R12, o->disp + off, 8));
+    } else {
+        if (o->base != BT_NOREG)
+            E2(e, MOV, R(HRDX), M(RBX, C_GPR(o->base), 8));
+        else
+            E2(e, XOR, R(HEDX), R(HEDX));
+        if (o->index != BT_NOREG) {
+            E2(e, MOV, R(HRSI), M(RBX, C_GPR(o->index), 8));
+            E2(e, LEA, R(HRDX), MX(HRDX, HRSI, o->scale, o->disp, 8));
+        } else if (o->disp) {
+            E2(e, LEA, R(HRDX), M(HRDX, o->disp, 8));
+        }
+    }
+    if (o->seg == SEG_FS || o->seg == SEG_GS) E2(e, ADD, R(HRDX), M(RBX, C_SEGBASE(o->seg), 8));
+}
+
+/* RSI = host address for an access of `size` bytes at RDX (the probe), or the slow path */
+static void probe_call(struct emit *e, const struct bt_jit *j, unsigned size, bool write,
+                       size_t *slow, int *nslow)
+{
+    jto(e, ZYDIS_MNEMONIC_CALL, j->probe_off[write][size_index(size)]);
+    E2(e, TEST, R(HRSI), R(HRSI));
+    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JZ);
+}
+
+/* host register `which` = the probed operand of `size` bytes at [RSI], zero-extended */
+static void load_mem(struct emit *e, int which, unsigned size)
+{
+    if (size == 1 || size == 2)
+        E2(e, MOVZX, R(hreg(which, 4)), M(HRSI, 0, size));
+    else
+        E2(e, MOV, R(hreg(which, size)), M(HRSI, 0, size));
+}
+
+static bool imm_ok(const struct bt_operand *s, unsigned size)
+{
+    return s->kind == BT_OPK_IMM && (size < 8 || fits32(s->disp));
+}
+
+/* The stack slot a 64-bit PUSH (disp -8) or POP (disp 0) touches, as a memory operand. */
+static struct bt_operand stack_slot(int64_t disp)
+{
+    return (struct bt_operand){.kind = BT_OPK_MEM,
+                               .size = 8,
+                               .seg = SEG_SS,
+                               .base = RSP,
+                               .index = BT_NOREG,
+                               .scale = 1,
+                               .disp = disp};
+}
+
+/* c->s.rflags takes the host's RFLAGS for `mask` (after the native operation) */
+static void take_flags(struct emit *e, uint32_t mask)
+{
+    E0(e, PUSHFQ);
+    E1(e, POP, R(HRDX));
+    merge_flags(e, mask);
+}
+
+#define C_CR0    ((int64_t)offsetof(struct bt_cpu, s.cr0))
+#define C_CR4    ((int64_t)offsetof(struct bt_cpu, s.cr4))
+#define C_XMM(n) ((int64_t)offsetof(struct bt_cpu, s.fx.xmm) + 16 * (int64_t)(n))
+
+static bool is_xmm(const struct bt_operand *o)
+{
+    return o->kind == BT_OPK_REG && o->rclass == BT_RC_XMM && o->zreg >= ZYDIS_REGISTER_XMM0 &&
+           o->zreg <= ZYDIS_REGISTER_XMM15;
+}
+
+/* SSE checks of sse.c's check_for: CR0.EM and CR0.TS clear, CR4.OSFXSR set (else the handler
+ * raises #UD or #NM) */
+static void sse_usable(struct emit *e, size_t *slow, int *nslow)
+{
+    E2(e, TEST, M(RBX, C_CR0, 4), I(X86_CR0_EM | X86_CR0_TS));
+    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    E2(e, TEST, M(RBX, C_CR4, 4), I(X86_CR4_OSFXSR));
+    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JZ);
+}
+
+/* SSE2 integer operations on XMM registers that the C string functions use (sse.c's binop with
+ * a host operation and no MXCSR): XMM op= XMM/m128 (a 16-byte aligned memory operand, else the
+ * handler's #GP), and PMOVMSKB r, XMM. */
+static bool native_sse_int(struct emit *e, const struct bt_jit *j, const struct bt_insn *i,
+                           int64_t off, size_t *slow, int *nslow)
+{
+    if (i->nops < 2) return false;
+    const struct bt_operand *d = &i->op[0], *s = &i->op[1];
+    if (i->mnemonic == ZYDIS_MNEMONIC_PMOVMSKB) {
+        if (!is_gpr(d) || (d->size != 4 && d->size != 8) || !is_xmm(s)) return false;
+        sse_usable(e, slow, nslow);
+        E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM0), M(RBX, C_XMM(s->zreg - ZYDIS_REGISTER_XMM0), 16));
+        E2(e, PMOVMSKB, R(ZYDIS_REGISTER_EAX), R(ZYDIS_REGISTER_XMM0));
+        store_gpr(e, 0, d->reg, 4); /* zero-extended */
+        return true;
+    }
+    switch (i->mnemonic) {
+    case ZYDIS_MNEMONIC_PCMPEQB:
+    case ZYDIS_MNEMONIC_PCMPEQW:
+    case ZYDIS_MNEMONIC_PCMPEQD:
+    case ZYDIS_MNEMONIC_PXOR:
+    case ZYDIS_MNEMONIC_POR:
+    case ZYDIS_MNEMONIC_PAND:
+    case ZYDIS_MNEMONIC_PANDN:
+    case ZYDIS_MNEMONIC_PADDB:
+    case ZYDIS_MNEMONIC_PADDW:
+    case ZYDIS_MNEMONIC_PADDD:
+    case ZYDIS_MNEMONIC_PADDQ:
+    case ZYDIS_MNEMONIC_PSUBB:
+    case ZYDIS_MNEMONIC_PSUBW:
+    case ZYDIS_MNEMONIC_PSUBD:
+    case ZYDIS_MNEMONIC_PSUBQ:
+    case ZYDIS_MNEMONIC_PMINUB:
+    case ZYDIS_MNEMONIC_PMAXUB: break;
+    default: return false;
+    }
+    if (!is_xmm(d) || !(is_xmm(s) || (s->kind == BT_OPK_MEM && inline_mem_ok16(i, s, off))))
+        return false;
+    sse_usable(e, slow, nslow);
+    if (is_xmm(s)) {
+        E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM1), M(RBX, C_XMM(s->zreg - ZYDIS_REGISTER_XMM0), 16));
+    } else {
+        mem_lin(e, s, off);
+        E2(e, TEST, R(ZYDIS_REGISTER_DL), I(15));
+        slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+        probe_call(e, j, 16, false, slow, nslow);
+        E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM1), M(HRSI, 0, 16));
+    }
+    E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM0), M(RBX, C_XMM(d->zreg - ZYDIS_REGISTER_XMM0), 16));
+    enc(e, (ZydisMnemonic)i->mnemonic, 2,
+        (ZydisEncoderOperand[]){R(ZYDIS_REGISTER_XMM0), R(ZYDIS_REGISTER_XMM1)});
+    E2(e, MOVDQU, M(RBX, C_XMM(d->zreg - ZYDIS_REGISTER_XMM0), 16), R(ZYDIS_REGISTER_XMM0));
+    return true;
+}
+
+/* Full 16-byte SSE moves (MOVAPS/MOVAPD/MOVDQA, MOVUPS/MOVUPD/MOVDQU): XMM <- XMM/m128 and
+ * m128 <- XMM, as sse.c's mov_full: SSE usable (CR0.EM and CR0.TS clear, CR4.OSFXSR set; else
+ * the handler raises #UD/#NM), the aligned forms' 16-byte alignment (else the handler's #GP),
+ * then the access through the probe. */
+static bool native_sse_move(struct emit *e, const struct bt_jit *j, const struct bt_insn *i,
+                            int64_t off, size_t *slow, int *nslow)
+{
+    bool aligned;
+    switch (i->mnemonic) {
+    case ZYDIS_MNEMONIC_MOVAPS:
+    case ZYDIS_MNEMONIC_MOVAPD:
+    case ZYDIS_MNEMONIC_MOVDQA: aligned = true; break;
+    case ZYDIS_MNEMONIC_MOVUPS:
+    case ZYDIS_MNEMONIC_MOVUPD:
+    case ZYDIS_MNEMONIC_MOVDQU: aligned = false; break;
+    default: return native_sse_int(e, j, i, off, slow, nslow);
+    }
+    if (i->nops < 2) return false;
+    const struct bt_operand *d = &i->op[0], *s = &i->op[1];
+    bool load =
+        is_xmm(d) &&
+        (is_xmm(s) || (s->kind == BT_OPK_MEM && s->size == 16 && inline_mem_ok16(i, s, off)));
+    bool store = is_xmm(s) && d->kind == BT_OPK_MEM && d->size == 16 && inline_mem_ok16(i, d, off);
+    if (!load && !store) return false;
+    sse_usable(e, slow, nslow);
+    const struct bt_operand *m = load ? s : d;
+    if (m->kind == BT_OPK_MEM) {
+        mem_lin(e, m, off);
+        if (aligned) {
+            E2(e, TEST, R(ZYDIS_REGISTER_DL), I(15));
+            slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+        }
+        probe_call(e, j, 16, store, slow, nslow);
+    }
+    if (load) {
+        if (is_xmm(s))
+            E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM0), M(RBX, C_XMM(s->zreg - ZYDIS_REGISTER_XMM0), 16));
+        else
+            E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM0), M(HRSI, 0, 16));
+        E2(e, MOVDQU, M(RBX, C_XMM(d->zreg - ZYDIS_REGISTER_XMM0), 16), R(ZYDIS_REGISTER_XMM0));
+    } else {
+        E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM0), M(RBX, C_XMM(s->zreg - ZYDIS_REGISTER_XMM0), 16));
+        E2(e, MOVDQU, M(HRSI, 0, 16), R(ZYDIS_REGISTER_XMM0));
+    }
+    return true;
+}
+
+/* Native forms with one memory operand (64-bit code, flat addressing): MOV r,m / m,r / m,imm;
+ * ADD/SUB/AND/OR/XOR/ADC/SBB/CMP/TEST in both directions; INC/DEC/NEG/NOT m; SHL/SHR/SAR/ROL/
+ * ROR m; MOVZX/MOVSX/MOVSXD r,m; IMUL r,m(,imm); PUSH r/imm, POP r.  The probe comes first and
+ * nothing guest-visible changes before it succeeded, so the slow path may run the handler for
+ * the whole instruction.  Returns false (nothing emitted) if `i` is not one of them. */
+static bool native_mem(struct emit *e, const struct bt_jit *j, const struct bt_insn *i, int64_t off,
+                       bool b32, unsigned stack_bits, size_t *slow, int *nslow)
+{
+    if (b32 || (i->pfx & BT_PFX_LOCK) || i->nops < 1) return false;
+    if (native_sse_move(e, j, i, off, slow, nslow)) return true;
+    unsigned size = i->opsize / 8;
+    if (size != 1 && size != 2 && size != 4 && size != 8) return false;
+    const struct bt_operand *d = &i->op[0], *s = &i->op[1];
+    ZydisMnemonic m = (ZydisMnemonic)i->mnemonic;
+    bool two = i->nops >= 2;
+#define MEMOK(o) inline_mem_ok(i, (o), off, b32)
+    switch (m) {
+    case ZYDIS_MNEMONIC_MOV:
+        if (!two) return false;
+        if (is_gpr(d) && d->size == size && s->size == size && MEMOK(s)) {
+            mem_probe(e, j, s, off, false, slow, nslow);
+            load_mem(e, 0, size);
+            store_gpr(e, 0, d->reg, size);
+            return true;
+        }
+        if (MEMOK(d) && d->size == size && ((is_gpr(s) && s->size == size) || imm_ok(s, size))) {
+            mem_probe(e, j, d, off, true, slow, nslow);
+            if (is_gpr(s)) {
+                load_gpr(e, 0, s->reg, size);
+                E2(e, MOV, M(HRSI, 0, size), R(hreg(0, size)));
+            } else {
+                E2(e, MOV, M(HRSI, 0, size), I(imm_for(s->disp, size)));
+            }
+            return true;
+        }
+        return false;
+    case ZYDIS_MNEMONIC_ADD:
+    case ZYDIS_MNEMONIC_SUB:
+    case ZYDIS_MNEMONIC_AND:
+    case ZYDIS_MNEMONIC_OR:
+    case ZYDIS_MNEMONIC_XOR:
+    case ZYDIS_MNEMONIC_ADC:
+    case ZYDIS_MNEMONIC_SBB:
+    case ZYDIS_MNEMONIC_CMP:
+    case ZYDIS_MNEMONIC_TEST: {
+        if (!two) return false;
+        bool ro = m == ZYDIS_MNEMONIC_CMP || m == ZYDIS_MNEMONIC_TEST;
+        bool cf_in = m == ZYDIS_MNEMONIC_ADC || m == ZYDIS_MNEMONIC_SBB;
+        if (is_gpr(d) && d->size == size && s->size == size && MEMOK(s)) {
+            /* register destination, memory source */
+            mem_probe(e, j, s, off, false, slow, nslow);
+            if (cf_in) load_guest_cf(e);
+            load_gpr(e, 0, d->reg, size);
+            if (m == ZYDIS_MNEMONIC_TEST) /* commutative; the host encodes TEST m, r */
+                E2(e, TEST, M(HRSI, 0, size), R(hreg(0, size)));
+            else
+                enc(e, m, 2, (ZydisEncoderOperand[]){R(hreg(0, size)), M(HRSI, 0, size)});
+            E0(e, PUSHFQ);
+            E1(e, POP, R(HRDX));
+            if (!ro) store_gpr(e, 0, d->reg, size);
+            merge_flags(e, BT_ARITH_FLAGS);
+            return true;
+        }
+        if (MEMOK(d) && d->size == size && ((is_gpr(s) && s->size == size) || imm_ok(s, size))) {
+            /* memory destination (read-modify-write, or read only for CMP/TEST) */
+            mem_probe(e, j, d, off, !ro, slow, nslow);
+            if (cf_in) load_guest_cf(e);
+            if (is_gpr(s)) {
+                load_gpr(e, 1, s->reg, size);
+                enc(e, m, 2, (ZydisEncoderOperand[]){M(HRSI, 0, size), R(hreg(1, size))});
+            } else {
+                enc(e, m, 2, (ZydisEncoderOperand[]){M(HRSI, 0, size), I(imm_for(s->disp, size))});
+            }
+            take_flags(e, BT_ARITH_FLAGS);
+            return true;
+        }
+        return false;
+    }
+    case ZYDIS_MNEMONIC_INC:
+    case ZYDIS_MNEMONIC_DEC:
+    case ZYDIS_MNEMONIC_NEG:
+    case ZYDIS_MNEMONIC_NOT:
+        if (!MEMOK(d) || d->size != size) return false;
+        mem_probe(e, j, d, off, true, slow, nslow);
+        enc(e, m, 1, (ZydisEncoderOperand[]){M(HRSI, 0, size)});
+        if (m == ZYDIS_MNEMONIC_NOT) return true; /* no flags */
+        take_flags(e, m == ZYDIS_MNEMONIC_NEG ? BT_ARITH_FLAGS
+                                              : BT_ARITH_FLAGS & ~(uint32_t)X86_FLAG_CF);
+        return true;
+    case ZYDIS_MNEMONIC_SHL:
+    case ZYDIS_MNEMONIC_SHR:
+    case ZYDIS_MNEMONIC_SAR:
+    case ZYDIS_MNEMONIC_ROL:
+    case ZYDIS_MNEMONIC_ROR: {
+        /* the host's CL form on the memory operand with the guest's flags loaded, as shift.c
+         * runs it (a masked count of 0 leaves the flags and the value alone) */
+        if (!two || !MEMOK(d) || d->size != size) return false;
+        bool cl = s->kind == BT_OPK_REG && s->rclass == BT_RC_GPR && s->reg == RCX && s->size == 1;
+        if (!cl && s->kind != BT_OPK_IMM) return false;
+        mem_probe(e, j, d, off, true, slow, nslow);
+        load_guest_flags(e);
+        if (cl)
+            E2(e, MOVZX, R(HECX), M(RBX, C_GPR(RCX), 1));
+        else
+            E2(e, MOV, R(HECX), I((uint8_t)s->disp));
+        enc(e, m, 2, (ZydisEncoderOperand[]){M(HRSI, 0, size), R(ZYDIS_REGISTER_CL)});
+        take_flags(e, BT_ARITH_FLAGS);
+        return true;
+    }
+    case ZYDIS_MNEMONIC_MOVZX:
+    case ZYDIS_MNEMONIC_MOVSX:
+    case ZYDIS_MNEMONIC_MOVSXD: {
+        if (!two || !is_gpr(d) || !MEMOK(s)) return false;
+        unsigned ds = d->size, ss = s->size;
+        if (ds != 2 && ds != 4 && ds != 8) return false;
+        if (m == ZYDIS_MNEMONIC_MOVSXD ? (ds != 8 || ss != 4) : (ss != 1 && ss != 2) || ss >= ds)
+            return false;
+        mem_probe(e, j, s, off, false, slow, nslow);
+        if (m == ZYDIS_MNEMONIC_MOVZX)
+            E2(e, MOVZX, R(HEAX), M(HRSI, 0, ss));
+        else if (m == ZYDIS_MNEMONIC_MOVSXD)
+            E2(e, MOVSXD, R(HRAX), M(HRSI, 0, 4));
+        else
+            E2(e, MOVSX, R(ds == 8 ? HRAX : ds == 4 ? HEAX : ZYDIS_REGISTER_AX), M(HRSI, 0, ss));
+        store_gpr(e, 0, d->reg, ds);
+        return true;
+    }
+    case ZYDIS_MNEMONIC_IMUL: {
+        /* IMUL r, m and IMUL r, m, imm (16/32/64), as the register forms in native_simple */
+        if (!two || size == 1 || !is_gpr(d) || d->size != size) return false;
+        const struct bt_operand *a = &i->op[1], *b = i->nops >= 3 ? &i->op[2] : &i->op[0];
+        if (!MEMOK(a) || a->size != size) return false;
+        if (!(is_gpr(b) && b->size == size) && b->kind != BT_OPK_IMM) return false;
+        if (b->kind == BT_OPK_IMM && size == 8 && !fits32(b->disp)) return false;
+        mem_probe(e, j, a, off, false, slow, nslow);
+        load_guest_flags(e);
+        load_mem(e, 0, size);
+        if (b->kind == BT_OPK_IMM)
+            E2(e, MOV, R(hreg(1, size == 8 ? 8 : 4)),
+               I(size == 8   ? b->disp
+                 : size == 4 ? (int32_t)b->disp
+                             : (int64_t)(uint16_t)b->disp));
+        else
+            load_gpr(e, 1, b->reg, size);
+        E2(e, IMUL, R(hreg(0, size)), R(hreg(1, size)));
+        E0(e, PUSHFQ);
+        E1(e, POP, R(HRDX));
+        if (size == 4) E2(e, MOV, R(HEAX), R(HEAX));
+        store_gpr(e, 0, d->reg, size);
+        merge_flags(e, BT_ARITH_FLAGS);
+        return true;
+    }
+    case ZYDIS_MNEMONIC_PUSH: {
+        if (stack_bits != 64 || size != 8 || !((is_gpr(d) && d->size == 8) || imm_ok(d, 8)))
+            return false;
+        struct bt_operand slot = stack_slot(-8);
+        mem_probe(e, j, &slot, off, true, slow, nslow);
+        if (is_gpr(d)) {
+            load_gpr(e, 0, d->reg, 8); /* PUSH RSP pushes the old value */
+            E2(e, MOV, M(HRSI, 0, 8), R(HRAX));
+        } else {
+            E2(e, MOV, M(HRSI, 0, 8), I(d->disp));
+        }
+        E2(e, SUB, M(RBX, C_GPR(RSP), 8), I(8));
+        return true;
+    }
+    case ZYDIS_MNEMONIC_POP: {
+        if (stack_bits != 64 || size != 8 || !is_gpr(d) || d->size != 8) return false;
+        struct bt_operand slot = stack_slot(0);
+        mem_probe(e, j, &slot, off, false, slow, nslow);
+        E2(e, MOV, R(HRAX), M(HRSI, 0, 8));
+        E2(e, ADD, M(RBX, C_GPR(RSP), 8), I(8));
+        store_gpr(e, 0, d->reg, 8); /* POP RSP: the popped value wins */
+        return true;
+    }
+    default: return false;
+    }
+#undef MEMOK
+}
+
+/* RAX canonical, or a jump appended to slow[] (RCX clobbered) */
+static void check_canonical_rax(struct emit *e, size_t *slow, int *nslow)
+{
+    E2(e, MOV, R(HRCX), R(HRAX));
+    E2(e, SHL, R(HRCX), I(16));
+    E2(e, SAR, R(HRCX), I(16));
+    E2(e, CMP, R(HRCX), R(HRAX));
+    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+}
+
+/* A direct CALL or a RET (imm16 too) ending a 64-bit block: the return address pushed or popped
+ * inline, then the block left as a JMP would (CALL: a chainable exit when the target is on the
+ * same page; RET: the exit path of indirect branches).  Anything the fast path cannot do (TLB
+ * miss, a non-canonical target, ...) runs the handler and leaves. */
+static bool native_callret(struct emit *e, struct bt_jit *j, const struct bt_insn *i, int64_t off,
+                           bool b32, unsigned stack_bits, unsigned cpl, unsigned *pend,
+                           unsigned page_off)
+{
+    if (b32 || stack_bits != 64 || i->opsize != 64) return false;
+    /* With --cfi watching this privilege level the CALL/RET handlers keep the shadow stack:
+     * translate them as handler calls (the block is keyed by CPL; the policy is set once at
+     * start, before any translation). */
+    if (bt_cfi_active(cpl)) return false;
+    size_t slow[8];
+    int nslow = 0;
+    int64_t end = off + i->len;
+    if (i->mnemonic == ZYDIS_MNEMONIC_CALL) {
+        if (i->nops < 1 || i->op[0].kind != BT_OPK_IMM || !(i->attr_lo & BT_ATTR_RELATIVE))
+            return false;
+        int64_t target = end + i->op[0].disp;
+        if (!fits32(target)) return false;
+        rip_at(e, target, false);
+        check_canonical_rax(e, slow, &nslow);
+        struct bt_operand slot = stack_slot(-8);
+        mem_probe(e, j, &slot, off, true, slow, &nslow);
+        rip_at(e, end, false);
+        E2(e, MOV, M(HRSI, 0, 8), R(HRAX));
+        E2(e, SUB, M(RBX, C_GPR(RSP), 8), I(8));
+        rip_at(e, target, false);
+        E2(e, MOV, M(RBX, C_RIP, 8), R(HRAX));
+        E2(e, ADD, M(RBX, C_ICOUNT, 8), I(*pend + 1));
+        leave_direct(e, j, page_off, target, false); /* chained, across pages too */
+    } else if (i->mnemonic == ZYDIS_MNEMONIC_RET) {
+        int64_t extra = 0;
+        if (i->nops >= 1) {
+            if (i->op[0].kind != BT_OPK_IMM) return false;
+            extra = i->op[0].disp & 0xffff;
+        }
+        struct bt_operand slot = stack_slot(0);
+        mem_probe(e, j, &slot, off, false, slow, &nslow);
+        E2(e, MOV, R(HRAX), M(HRSI, 0, 8));
+        check_canonical_rax(e, slow, &nslow);
+        E2(e, ADD, M(RBX, C_GPR(RSP), 8), I(8 + extra));
+        E2(e, MOV, M(RBX, C_RIP, 8), R(HRAX));
+        E2(e, ADD, M(RBX, C_ICOUNT, 8), I(*pend + 1));
+        lookup_exit(e, j); /* the return target through the inline lookup */
+    } else {
+        return false;
+    }
+    for (int k = 0; k < nslow; k++)
+        patch(e, slow[k], e->pos);
+    call_handler(e, i, off, b32, pend);
+    jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
+    *pend = 0;
+    return true;
+}
+
 /* ---- code cache ------------------------------------------------------------------------ */
 
 static bool env_wants(void)
@@ -941,7 +1667,7 @@ bool bt_jit_wanted(void)
 
 /* The trampoline at the start of the cache: enter(c, code, j) saves the callee-saved registers,
  * pins c in RBX and j in R13 and jumps to the block; blocks leave through exit_off. */
-static int emit_trampoline(struct bt_jit *j)
+static int emit_trampoline(struct bt_jit *j, struct bt_cpu *c)
 {
     struct emit e = {.buf = j->rw, .pos = 0, .cap = j->size};
     static const ZydisRegister saved[] = {ZYDIS_REGISTER_RBP, ZYDIS_REGISTER_RBX,
@@ -958,18 +1684,30 @@ static int emit_trampoline(struct bt_jit *j)
     for (size_t k = ARRAY_SIZE(saved); k-- > 0;)
         E1(&e, POP, R(saved[k]));
     E0(&e, RET);
+    struct bt_store_watch w;
+    bt_mmu_store_watch(c, &w);
+    for (int wr = 0; wr < 2; wr++) {
+        for (unsigned k = 0; k < 5; k++) {
+            e.pos = ALIGN_UP(e.pos, 16);
+            j->probe_off[wr][k] = e.pos;
+            emit_probe(&e, 1u << k, wr, &w);
+        }
+    }
     if (e.fail) return err_set(EINVAL, "translator: Zydis cannot encode the trampoline");
     j->base_end = j->used = ALIGN_UP(e.pos, 64);
     j->enter = (void (*)(struct bt_cpu *, const void *, struct bt_jit *))(void *)j->rx;
     return 0;
 }
 
-static int cache_map(struct bt_jit *j)
+static void cache_unmap(struct bt_jit *j);
+
+static int cache_map(struct bt_jit *j, struct bt_cpu *c)
 {
     j->size = JIT_CACHE_BYTES;
     if (!j->tbs) j->tbs = calloc(JIT_MAX_TBS, sizeof(*j->tbs));
     if (!j->links) j->links = calloc(JIT_MAX_LINKS, sizeof(*j->links));
     if (!j->tbs || !j->links) return err_set(ENOMEM, "translator: no memory for its block tables");
+    if (!j->enc_cache) j->enc_cache = calloc(ENC_CACHE_SIZE, sizeof(*j->enc_cache));
     j->fd = memfd_create("lookout-jit", MFD_CLOEXEC);
     if (j->fd < 0)
         return err_set(errno, "translator: memfd_create for the code cache failed: %s",
@@ -993,7 +1731,9 @@ static int cache_map(struct bt_jit *j)
                        "that forbids executable shared mappings needs LOOKOUT_BT_JIT=0",
                        strerror(e));
     }
-    return emit_trampoline(j);
+    int r = emit_trampoline(j, c);
+    if (r < 0) cache_unmap(j); /* no half-made cache: the caller runs interpreted */
+    return r;
 }
 
 static void cache_unmap(struct bt_jit *j)
@@ -1084,7 +1824,7 @@ void bt_jit_destroy(struct bt_cpu *c)
     if (j->st.blocks_translated)
         log_info(
             "translator %u: %llu blocks translated (%llu native, %llu called instructions; "
-            "%llu with inline loads), %llu flushes (%llu because the code cache was full), "
+            "%llu with inline memory access), %llu flushes (%llu because the code cache was full), "
             "%llu block entries from the loop, %llu chains (%llu across pages), %llu unchained, "
             "%llu exits through unpatched chain jumps, "
             "%llu inline lookups (%llu hits; misses: %llu not in the table, %llu TLB; %llu exits "
@@ -1102,6 +1842,7 @@ void bt_jit_destroy(struct bt_cpu *c)
     cache_unmap(j);
     free(j->tbs);
     free(j->links);
+    free(j->enc_cache);
     free(j);
     c->jit = NULL;
 }
@@ -1150,10 +1891,11 @@ void bt_jit_get_stats(const struct bt_cpu *c, struct bt_jit_stats *st)
 }
 
 static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *ins, unsigned n,
-                     void **slot, uint64_t gpa)
+                     void **slot, uint64_t gpa, bool use_dead)
 {
     if (j->size - j->used < JIT_BLOCK_RESERVE || j->ntbs >= JIT_MAX_TBS) return -ENOSPC;
-    struct emit e = {.buf = j->rw, .pos = j->used, .cap = j->used + JIT_BLOCK_RESERVE};
+    struct emit e = {
+        .buf = j->rw, .pos = j->used, .cap = j->used + JIT_BLOCK_RESERVE, .cache = j->enc_cache};
     const size_t start = e.pos;
     const unsigned page_off = (unsigned)(gpa & 0xfff);
     const bool b32 = c->code_bits != 64;
@@ -1163,29 +1905,81 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
     j->attention = c->lapic ? lapic_attention_flag(c->lapic) : NULL;
     j->mid_lookup = false;
     j->nmid = 0;
+    /* dead flags: a backward scan (the block's end reads them: they must be in c->s.rflags) */
+    bool dead[JIT_BLOCK_MAX] = {false};
+    bool live = true;
+    for (unsigned k = n; k-- > 0;) {
+        int fe = flag_effect(&ins[k]);
+        if (k < JIT_BLOCK_MAX) dead[k] = use_dead && fe == FL_WRITES && !live;
+        if (fe != FL_NONE) live = fe == FL_READS;
+    }
+    /* the slow paths of inline memory accesses, emitted after the block */
+    struct slow_path {
+        const struct bt_insn *i;
+        int64_t off;
+        unsigned pend, n;
+        size_t back, jumps[8];
+    } sps[JIT_BLOCK_MAX];
+    unsigned nsp = 0;
+    if (n > JIT_BLOCK_MAX) return (*slot = JIT_UNTRANSLATABLE), 1;
     E2(&e, MOV, R(R12), M(RBX, C_RIP, 8));
     for (unsigned k = 0; k < n; k++) {
         const struct bt_insn *i = &ins[k];
         bool last = k + 1 == n;
         size_t slow[8];
         int nslow = 0;
-        if (native_simple(&e, i, off)) {
-            pend++, native++;
-        } else if (flush_icount(&e, &pend), native_load(&e, i, off, b32, slow, &nslow)) {
-            /* fast path done; the slow path runs the handler for the whole instruction */
-            E1(&e, INC, M(RBX, C_ICOUNT, 8));
-            size_t done = jrel(&e, ZYDIS_MNEMONIC_JMP);
-            for (int q = 0; q < nslow; q++)
-                patch(&e, slow[q], e.pos);
-            call_handler(&e, i, off, b32, &pend);
-            after_handler_checks(&e, j);
-            patch(&e, done, e.pos);
+        /* A native form Zydis cannot encode is undone (e.pos back to mark) and the instruction
+         * takes the handler path; the block stays translated. */
+        size_t mark = e.pos;
+        unsigned pend0 = pend, nsp0 = nsp;
+        enum { HANDLER, SIMPLE, MEM, BRANCH, CALLRET } how = HANDLER;
+        if (native_simple(&e, i, off, k < JIT_BLOCK_MAX && dead[k])) {
+            how = SIMPLE;
+        } else {
+            if (native_mem(&e, j, i, off, b32, c->stack_bits, slow, &nslow))
+                how = MEM;
+            else if (last && native_branch(&e, j, i, off, b32, &pend, page_off))
+                how = BRANCH;
+            else if (last && native_callret(&e, j, i, off, b32, c->stack_bits, c->cpl, &pend, page_off))
+                how = CALLRET;
+        }
+        if (e.fail) {
+            e.fail = false;
+            e.pos = mark;
+            pend = pend0;
+            nsp = nsp0;
+            how = HANDLER;
+        }
+        switch (how) {
+        case SIMPLE: pend++, native++; break;
+        case MEM: {
+            /* fast path done: the instruction counts like a register form (pending).  Its slow
+             * path, emitted after the block, runs the handler for the whole instruction with
+             * icount exact and comes back here with the same count pending. */
+            struct slow_path *sp = &sps[nsp++];
+            sp->i = i;
+            sp->off = off;
+            sp->pend = pend;
+            sp->back = e.pos;
+            sp->n = (unsigned)nslow;
+            memcpy(sp->jumps, slow, sizeof(slow));
+            pend++;
             native++;
             inline_mem++;
-        } else if (last && native_branch(&e, j, i, off, b32, &pend, page_off)) {
+            break;
+        }
+        case BRANCH:
+        case CALLRET:
             native++;
+            inline_mem += how == CALLRET;
             ended = true;
-        } else {
+            break;
+        case HANDLER:
+            /* A flag-neutral instruction (flag_effect) that ends up here can leave the block
+             * after its handler (after_handler_checks) with dead flags not stored: translate
+             * again without the dead-flag pass (an encoding Zydis refused, say). */
+            if (use_dead && flag_effect(i) == FL_NONE)
+                return translate(j, c, ins, n, slot, gpa, false);
             call_handler(&e, i, off, b32, &pend);
             if (last) {
                 if (b32)
@@ -1205,6 +1999,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
                 after_handler_checks(&e, j);
                 j->mid_lookup = false;
             }
+            break;
         }
         off += i->len;
     }
@@ -1214,6 +2009,16 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
         rip_at(&e, off, b32);
         E2(&e, MOV, M(RBX, C_RIP, 8), R(ZYDIS_REGISTER_RAX));
         leave_direct(&e, j, page_off, off, b32);
+    }
+    for (unsigned q = 0; q < nsp; q++) {
+        struct slow_path *sp = &sps[q];
+        for (unsigned k = 0; k < sp->n; k++)
+            patch(&e, sp->jumps[k], e.pos);
+        unsigned p = sp->pend;
+        call_handler(&e, sp->i, sp->off, b32, &p);
+        after_handler_checks(&e, j);
+        E2(&e, SUB, M(RBX, C_ICOUNT, 8), I(sp->pend + 1));
+        jto(&e, ZYDIS_MNEMONIC_JMP, sp->back);
     }
     if (j->nmid) { /* a handler in the middle branched: look its target up like a block end */
         size_t at = e.pos;
@@ -1286,12 +2091,12 @@ int bt_jit_run(struct bt_cpu *c, const struct bt_insn *insns, unsigned n, void *
             return 1;
         }
         *slot = NULL;
-        if (!j->rw && cache_map(j) < 0) {
+        if (!j->rw && cache_map(j, c) < 0) {
             log_warn("%s; running interpreted", err_msg());
             j->enabled = false;
             return 1;
         }
-        int r = translate(j, c, insns, n, slot, gpa);
+        int r = translate(j, c, insns, n, slot, gpa, true);
         if (r == -ENOSPC) j->st.flushes_full++;
         if (r) return r;
     }

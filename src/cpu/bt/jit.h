@@ -11,8 +11,10 @@
  *     setjmp with insn_rip naming the faulting instruction, exactly as in the interpreter.
  *
  * Trust: the translated code does what the interpreter does for the same instructions; guest
- * values are only operated on (native forms touch guest registers in struct bt_cpu, nothing
- * else), every memory access and privileged operation goes through the interpreter's handlers.
+ * values are only operated on (native forms touch guest registers in struct bt_cpu, and guest
+ * RAM through the soft TLB's host addresses exactly where bt_read/bt_write's fast path would),
+ * everything else (TLB misses, MMIO, faults, code-page writes, dirty logging, privileged
+ * operations) goes through the interpreter's handlers.
  * The code cache is a memfd mapped twice: written through a read-write view, executed through a
  * read-execute view; no mapping is ever writable and executable. */
 #pragma once

@@ -577,6 +577,17 @@ void bt_watch_code_page(struct bt_cpu *c, uint64_t gpa_page)
     atomic_fetch_or_explicit(&m->bv->watch[pg / 64], 1ull << (pg % 64), memory_order_relaxed);
 }
 
+void bt_mmu_store_watch(struct bt_cpu *c, struct bt_store_watch *w)
+{
+    struct bt_mmu *m = mmu_of(c);
+    memset(w, 0, sizeof(*w));
+    if (m && m->bv && m->bv->watch) {
+        w->bitmap = m->bv->watch;
+        w->pages = m->bv->watch_pages;
+    }
+    if (c->vm) w->dirty_enabled = &c->vm->mem.dirty_enabled;
+}
+
 /* A write hit a page holding decoded code: stop watching it and make every vCPU drop its code.
  * bt_cache_invalidate_page() is safe from any thread (core.c queues it for the owner, which
  * applies it before its next instruction).  c is the writing vCPU, or NULL for device DMA. */
