@@ -1090,7 +1090,6 @@ static bool native_branch(struct emit *e, struct bt_jit *j, const struct bt_insn
 
 /* ---- inline guest-memory access (64-bit code) ------------------------------------------------ */
 
-
 #define HRAX ZYDIS_REGISTER_RAX
 #define HEAX ZYDIS_REGISTER_EAX
 #define HRCX ZYDIS_REGISTER_RCX
@@ -1604,10 +1603,10 @@ static bool native_callret(struct emit *e, struct bt_jit *j, const struct bt_ins
                            unsigned page_off)
 {
     if (b32 || stack_bits != 64 || i->opsize != 64) return false;
-    /* With --cfi watching this privilege level the CALL/RET handlers keep the shadow stack:
-     * translate them as handler calls (the block is keyed by CPL; the policy is set once at
-     * start, before any translation). */
-    if (bt_cfi_active(cpl)) return false;
+    /* --cfi watching this privilege level: the native forms call the shadow-stack hooks as the
+     * handlers do (the block is keyed by CPL; the policy is set once at start, before any
+     * translation). */
+    const bool cfi = bt_cfi_active(cpl);
     size_t slow[8];
     int nslow = 0;
     int64_t end = off + i->len;
@@ -1623,6 +1622,13 @@ static bool native_callret(struct emit *e, struct bt_jit *j, const struct bt_ins
         rip_at(e, end, false);
         E2(e, MOV, M(HRSI, 0, 8), R(HRAX));
         E2(e, SUB, M(RBX, C_GPR(RSP), 8), I(8));
+        if (cfi) { /* bt_cfi_call(c, new RSP, return address) */
+            E2(e, MOV, R(ZYDIS_REGISTER_RDX), R(HRAX));
+            E2(e, MOV, R(ZYDIS_REGISTER_RSI), M(RBX, C_GPR(RSP), 8));
+            E2(e, MOV, R(ZYDIS_REGISTER_RDI), R(RBX));
+            E2(e, MOV, R(HRAX), I((int64_t)(uintptr_t)bt_cfi_call));
+            E1(e, CALL, R(HRAX));
+        }
         rip_at(e, target, false);
         E2(e, MOV, M(RBX, C_RIP, 8), R(HRAX));
         E2(e, ADD, M(RBX, C_ICOUNT, 8), I(*pend + 1));
@@ -1637,10 +1643,35 @@ static bool native_callret(struct emit *e, struct bt_jit *j, const struct bt_ins
         mem_probe(e, j, &slot, off, false, slow, &nslow);
         E2(e, MOV, R(HRAX), M(HRSI, 0, 8));
         check_canonical_rax(e, slow, &nslow);
+        size_t stopped = 0;
+        if (cfi) { /* bt_cfi_ret(c, RSP, target); false: --cfi enforce stops before the RET */
+            rip_at(e, off, false);
+            E2(e, MOV, M(RBX, C_INSN_RIP, 8), R(HRAX)); /* for its message */
+            E2(e, MOV, R(HRAX), M(HRSI, 0, 8));
+            E1(e, PUSH, R(HRAX)); /* twice: the host stack stays 16-byte aligned for the call */
+            E1(e, PUSH, R(HRAX));
+            E2(e, MOV, R(ZYDIS_REGISTER_RDX), R(HRAX));
+            E2(e, MOV, R(ZYDIS_REGISTER_RSI), M(RBX, C_GPR(RSP), 8));
+            E2(e, MOV, R(ZYDIS_REGISTER_RDI), R(RBX));
+            E2(e, MOV, R(HRAX), I((int64_t)(uintptr_t)bt_cfi_ret));
+            E1(e, CALL, R(HRAX));
+            E1(e, POP, R(HRCX));
+            E1(e, POP, R(HRCX));
+            E2(e, TEST, R(ZYDIS_REGISTER_AL), R(ZYDIS_REGISTER_AL));
+            stopped = jrel(e, ZYDIS_MNEMONIC_JZ);
+            E2(e, MOV, R(HRAX), R(HRCX));
+        }
         E2(e, ADD, M(RBX, C_GPR(RSP), 8), I(8 + extra));
         E2(e, MOV, M(RBX, C_RIP, 8), R(HRAX));
         E2(e, ADD, M(RBX, C_ICOUNT, 8), I(*pend + 1));
         lookup_exit(e, j); /* the return target through the inline lookup */
+        if (cfi) {         /* stopped: the RET has not run; s.rip at it, exit_now set */
+            patch(e, stopped, e->pos);
+            rip_at(e, off, false);
+            E2(e, MOV, M(RBX, C_RIP, 8), R(HRAX));
+            if (*pend) E2(e, ADD, M(RBX, C_ICOUNT, 8), I(*pend));
+            jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
+        }
     } else {
         return false;
     }
@@ -1940,7 +1971,8 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
                 how = MEM;
             else if (last && native_branch(&e, j, i, off, b32, &pend, page_off))
                 how = BRANCH;
-            else if (last && native_callret(&e, j, i, off, b32, c->stack_bits, c->cpl, &pend, page_off))
+            else if (last &&
+                     native_callret(&e, j, i, off, b32, c->stack_bits, c->cpl, &pend, page_off))
                 how = CALLRET;
         }
         if (e.fail) {
