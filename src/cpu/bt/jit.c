@@ -217,12 +217,20 @@ static void enc(struct emit *e, ZydisMnemonic m, unsigned n, const ZydisEncoderO
     }
     struct enc_cached *slot = NULL;
     if (e->cache) {
-        uint64_t w[sizeof(r) / 8], h = 0xcbf29ce484222325ull;
+        /* the request up to its last operand: the rest is zero in every request (memset),
+         * and operand_count is in the part compared */
+        size_t used = offsetof(ZydisEncoderRequest, operands) + n * sizeof(ZydisEncoderOperand);
+        uint64_t w[sizeof(r) / 8], h0 = 0xcbf29ce484222325ull, h1 = 0x9e3779b97f4a7c15ull;
+        size_t nw = (used + 7) / 8;
         memcpy(w, &r, sizeof(w));
-        for (size_t k = 0; k < ARRAY_SIZE(w); k++)
-            h = (h ^ w[k]) * 0x100000001b3ull;
+        for (size_t k = 0; k + 1 < nw; k += 2) {
+            h0 = (h0 ^ w[k]) * 0x100000001b3ull;
+            h1 = (h1 ^ w[k + 1]) * 0xff51afd7ed558ccdull;
+        }
+        if (nw & 1) h0 = (h0 ^ w[nw - 1]) * 0x100000001b3ull;
+        uint64_t h = h0 ^ (h1 >> 17) ^ (h1 << 7);
         slot = &e->cache[(h ^ (h >> 29)) & (ENC_CACHE_SIZE - 1)];
-        if (slot->len && memcmp(&slot->req, &r, sizeof(r)) == 0) {
+        if (slot->len && memcmp(&slot->req, &r, nw * 8) == 0) {
             memcpy(e->buf + e->pos, slot->bytes, slot->len);
             e->pos += slot->len;
             return;
