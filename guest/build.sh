@@ -48,8 +48,10 @@ usage() {
 usage: ${0##*/} [--print-paths] [--add PROGRAM]... [--output DIR] [--cache DIR] [--force] [-q]
 Builds the default lookout guest (Debian $KERNEL_META + busybox-static initramfs).
   --print-paths  build if needed, then print KERNEL=, INITRD=, APPEND= (one per line)
-  --add PROGRAM  copy a host program (name or path) with its shared libraries into the initramfs
-                 (repeatable), e.g. --add xz --add sha256sum
+  --add PROGRAM[=GUESTPATH]
+                 copy a host program (name or path) with its shared libraries into the initramfs
+                 (repeatable), at its host path or at GUESTPATH, e.g. --add xz --add sha256sum
+                 --add build/iorand=/usr/local/bin/iorand
   --output DIR   where the kernel and initramfs go (default: a directory in the cache)
   --cache DIR    download cache (default: \$LOOKOUT_HOME/guest/cache, else
                  \${XDG_CACHE_HOME:-~/.cache}/lookout)
@@ -134,9 +136,18 @@ fi
 # Programs for --add: resolved to absolute paths now, so the cache key sees what will be copied.
 ADD_PATHS=()
 for p in ${ADDS[@]+"${ADDS[@]}"}; do
+  dest=
+  if [[ $p == *=* ]]; then dest=${p#*=}; p=${p%%=*}; fi
   if [[ $p == */* ]]; then q=$p; else q=$(command -v -- "$p" || true); fi
   [ -n "$q" ] && [ -f "$q" ] || die "--add $p: no such program on this host (install it first)"
-  ADD_PATHS+=("$(readlink -f -- "$q")|$q")
+  [ -n "$dest" ] || dest=$q
+  [[ $dest == /* ]] || dest=$(readlink -f -- "$dest")
+  # The guest's init mounts tmpfs/proc/sysfs/devtmpfs over these: a file there would vanish.
+  case $dest in
+    /tmp/*|/run/*|/proc/*|/sys/*|/dev/*)
+      die "--add $p: the guest mounts over ${dest%/*} at boot, so $dest would be hidden there; give a place in the guest: --add $p=/usr/local/bin/${dest##*/}" ;;
+  esac
+  ADD_PATHS+=("$(readlink -f -- "$q")|$dest")
 done
 
 if [ -z "$OUTPUT" ]; then

@@ -68,6 +68,27 @@ def test_add_program(debian_guest, tmp_path):
     assert any("liblzma.so" in n for n in names), "xz's shared library missing"
 
 
+def test_add_program_at_a_guest_path(debian_guest, tmp_path):
+    """--add SRC=DEST puts SRC at DEST in the guest; a file under a directory the guest's init
+    mounts over (/tmp: a checkout there, say) is refused with the way out."""
+    src = tmp_path / "tool.sh"
+    src.write_text("#!/bin/sh\necho tool\n")
+    r = subprocess.run(["bash", str(GUEST_BUILD), "--print-paths", "-q", "--add",
+                        f"{src}=/usr/local/bin/tool.sh", "--output", str(tmp_path / "g")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    paths = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+    assert "usr/local/bin/tool.sh" in cpio_names(paths["INITRD"])
+    r = subprocess.run(["bash", str(GUEST_BUILD), "--print-paths", "-q", "--add", "/tmp/x=/tmp/x",
+                        "--output", str(tmp_path / "h")], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode != 0
+    r = subprocess.run(["bash", str(GUEST_BUILD), "--print-paths", "-q", "--add",
+                        f"{src}=/tmp/tool.sh", "--output", str(tmp_path / "h")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "mounts over /tmp" in r.stderr and "/usr/local/bin" in r.stderr
+
+
 def test_unknown_option_fails():
     r = subprocess.run(["bash", str(GUEST_BUILD), "--frobnicate"], capture_output=True,
                        text=True, timeout=30)
