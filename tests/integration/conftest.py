@@ -22,6 +22,7 @@ import base64
 import os
 import pathlib
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -258,3 +259,20 @@ def run_guest(request, lookout_bin, debian_guest):
 
 def b64(s):
     return base64.b64encode(s.encode()).decode()
+
+
+def read_until(fd, pattern, timeout):
+    """Bytes read from fd (a pty) until pattern appears, EOF, or timeout seconds."""
+    out = b""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and pattern not in out:
+        r, _, _ = select.select([fd], [], [], 0.1)
+        if r:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+    return out

@@ -11,13 +11,12 @@ import datetime
 import os
 import pty
 import re
-import select
 import termios
 import time
 
 import pytest
 
-from conftest import kernel_backend, run_lookout
+from conftest import kernel_backend, read_until as _read_until, run_lookout
 
 pytestmark = [pytest.mark.kvm]
 
@@ -37,22 +36,6 @@ def test_uart_interrupts_and_rtc(lookout_any, test_kernel):
     t = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S").replace(
         tzinfo=datetime.timezone.utc)
     assert before - datetime.timedelta(seconds=2) <= t <= after + datetime.timedelta(seconds=2), r
-
-
-def _read_until(fd, pattern, timeout):
-    out = b""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end and pattern not in out:
-        r, _, _ = select.select([fd], [], [], 0.1)
-        if r:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            out += chunk
-    return out
 
 
 def test_terminal_escapes_and_restore(lookout_any, test_kernel):

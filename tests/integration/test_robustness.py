@@ -12,13 +12,12 @@ report) within a bound."""
 import os
 import pty
 import re
-import select
 import subprocess
 import time
 
 import pytest
 
-from conftest import auto_backend, kvm_is_pvm, kvm_usable, run_lookout
+from conftest import auto_backend, kvm_is_pvm, kvm_usable, read_until as _read_until, run_lookout
 
 pytestmark = pytest.mark.bt
 
@@ -97,22 +96,6 @@ def test_hung_guest_quits_from_control_socket(lookout_any, test_kernel, tmp_path
         assert rc == 0, f"quit should end lookout with 0, got {rc}" + vm.diag()
     finally:
         vm.close()
-
-
-def _read_until(fd, pattern, timeout):
-    out = b""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end and pattern not in out:
-        r, _, _ = select.select([fd], [], [], 0.1)
-        if r:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            out += chunk
-    return out
 
 
 def test_hung_guest_quits_from_console_escape(lookout_any, test_kernel):
