@@ -1015,6 +1015,20 @@ static void test_net_tx_throttle(void **state)
     assert_int_equal(vrb_used_idx(&vb), 4);
     assert_true(dt >= 190000000ull); /* frames 3 and 4 at 100 and 200 ms */
     assert_true(dt < 2000000000ull);
+
+    /* snapshots carry the four buckets (rx/tx bytes/frames): the spent transmit bucket comes
+     * back spent; a snapshot from before the limits (no buckets) is accepted, others refused */
+    static struct virtio_dev_state st;
+    virtio_net_get_state(d, &st);
+    assert_int_equal(st.nbuckets, 4);
+    assert_int_equal(st.bucket[3].rate, 10);
+    assert_true(st.bucket[3].milli < 1000); /* less than one frame left */
+    assert_int_equal(st.bucket[0].rate, 0);
+    assert_int_equal(virtio_net_check_state(d, &st), 0);
+    st.nbuckets = 3;
+    assert_true(virtio_net_check_state(d, &st) < 0);
+    st.nbuckets = 0;
+    assert_int_equal(virtio_net_check_state(d, &st), 0);
     virtio_net_destroy(d);
 }
 

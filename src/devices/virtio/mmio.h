@@ -162,14 +162,16 @@ void virtio_mmio_quiesce(struct virtio_mmio *t, bool on);
  * struct for every kind; fields of other kinds stay zero.  Encoded by snapshot/codec.c. */
 #define VIRTIO_CONFIG_MAX   64   /* bytes of device config space saved */
 #define VIRTIO_SNAP_PATH    1024 /* longest image path recorded */
-#define VIRTIO_SNAP_BUCKETS 2
+#define VIRTIO_SNAP_BUCKETS 4
 struct virtio_dev_state {
     uint32_t device_id;
     uint8_t nqueues; /* the device's queue count; queues beyond it are all zero */
     struct virtio_mmio_state mmio;
     uint16_t config_len;
     uint8_t config[VIRTIO_CONFIG_MAX];
-    /* rate limiter buckets (blk: bytes, ops; rng: bytes): rate/s and level in 1/1000 tokens */
+    /* rate limiter buckets (blk: bytes, ops; rng: bytes; net: rx bytes, rx frames, tx bytes, tx
+     * frames, or none in snapshots older than the NIC's limits): rate/s and level in 1/1000 tokens
+     */
     uint8_t nbuckets;
     struct {
         uint64_t rate;

@@ -590,6 +590,12 @@ void virtio_net_get_state(struct virtio_net *d, struct virtio_dev_state *s)
     pthread_mutex_lock(&d->t.lock);
     s->config_len = sizeof(d->config);
     memcpy(s->config, d->config, sizeof(d->config));
+    const struct tbucket *tb[4] = {&d->rx_bw, &d->rx_pps, &d->tx_bw, &d->tx_pps};
+    s->nbuckets = 4;
+    for (int k = 0; k < 4; k++) {
+        s->bucket[k].rate = tb[k]->rate;
+        s->bucket[k].milli = tb_level_milli(tb[k]);
+    }
     pthread_mutex_unlock(&d->t.lock);
     s->net.backend = (uint8_t)d->kind;
     snprintf(s->net.ifname, sizeof(s->net.ifname), "%s", d->ifname);
@@ -607,7 +613,8 @@ int virtio_net_check_state(struct virtio_net *d, const struct virtio_dev_state *
     if (s->config[6] & ~1u) return err_set(EINVAL, "link status %#x", s->config[6]);
     if (s->config[8] || s->config[9])
         return err_set(EINVAL, "max_virtqueue_pairs set (no multiqueue)");
-    if (s->nbuckets) return err_set(EINVAL, "%u rate buckets, a NIC has none", s->nbuckets);
+    if (s->nbuckets != 0 && s->nbuckets != 4) /* 0: a snapshot from before the NIC's limits */
+        return err_set(EINVAL, "%u rate buckets, a NIC has 4", s->nbuckets);
     if (s->net.backend > VNET_TAP) return err_set(EINVAL, "back end %u", s->net.backend);
     if (s->net.backend != d->kind)
         log_info("virtio-net: the snapshot's NIC used %s, this one %s",
@@ -622,6 +629,11 @@ int virtio_net_set_state(struct virtio_net *d, const struct virtio_dev_state *s)
     if ((r = virtio_mmio_set_state(&d->t, &s->mmio)) < 0) return r;
     pthread_mutex_lock(&d->t.lock);
     memcpy(d->config, s->config, sizeof(d->config));
+    if (s->nbuckets == 4) { /* levels carried over where this NIC has the same rates */
+        struct tbucket *tb[4] = {&d->rx_bw, &d->rx_pps, &d->tx_bw, &d->tx_pps};
+        for (int k = 0; k < 4; k++)
+            tb_restore(tb[k], s->bucket[k].rate, s->bucket[k].milli);
+    }
     net_reset(d); /* frames queued for the guest we replaced are not for this one */
     pthread_mutex_unlock(&d->t.lock);
     wake(d);
