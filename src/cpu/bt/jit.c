@@ -1900,6 +1900,62 @@ static bool native_atomic(struct emit *e, const struct bt_jit *j, const struct b
     return true;
 }
 
+/* SSE2 register forms memset/strchr-style code uses to broadcast a byte (sse.c's binop, pshufd
+ * and op_movdq): PUNPCKL/H* and PSHUFD XMM, XMM(, imm8); MOVD/MOVQ between an XMM register and a
+ * GPR (a write to XMM zeroes its upper bits; to a 32-bit GPR zero-extends). */
+static bool native_sse_more(struct emit *e, const struct bt_insn *i, size_t *slow, int *nslow)
+{
+    if (i->nops < 2) return false;
+    const struct bt_operand *d = &i->op[0], *s = &i->op[1];
+    ZydisMnemonic m = (ZydisMnemonic)i->mnemonic;
+    switch (m) {
+    case ZYDIS_MNEMONIC_PUNPCKLBW:
+    case ZYDIS_MNEMONIC_PUNPCKLWD:
+    case ZYDIS_MNEMONIC_PUNPCKLDQ:
+    case ZYDIS_MNEMONIC_PUNPCKLQDQ:
+    case ZYDIS_MNEMONIC_PUNPCKHBW:
+    case ZYDIS_MNEMONIC_PUNPCKHWD:
+    case ZYDIS_MNEMONIC_PUNPCKHDQ:
+    case ZYDIS_MNEMONIC_PSHUFD: {
+        bool shuf = m == ZYDIS_MNEMONIC_PSHUFD;
+        if (!is_xmm(d) || !is_xmm(s)) return false;
+        if (shuf && (i->nops < 3 || i->op[2].kind != BT_OPK_IMM)) return false;
+        sse_usable(e, slow, nslow);
+        E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM1), M(RBX, C_XMM(s->zreg - ZYDIS_REGISTER_XMM0), 16));
+        if (shuf) {
+            enc(e, m, 3,
+                (ZydisEncoderOperand[]){R(ZYDIS_REGISTER_XMM0), R(ZYDIS_REGISTER_XMM1),
+                                        I(i->op[2].disp & 0xff)});
+        } else {
+            E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM0),
+               M(RBX, C_XMM(d->zreg - ZYDIS_REGISTER_XMM0), 16));
+            enc(e, m, 2, (ZydisEncoderOperand[]){R(ZYDIS_REGISTER_XMM0), R(ZYDIS_REGISTER_XMM1)});
+        }
+        E2(e, MOVDQU, M(RBX, C_XMM(d->zreg - ZYDIS_REGISTER_XMM0), 16), R(ZYDIS_REGISTER_XMM0));
+        return true;
+    }
+    case ZYDIS_MNEMONIC_MOVD:
+    case ZYDIS_MNEMONIC_MOVQ: {
+        unsigned n = m == ZYDIS_MNEMONIC_MOVD ? 4 : 8;
+        if (is_xmm(d) && is_gpr(s) && s->size == n) {
+            sse_usable(e, slow, nslow);
+            E2(e, MOV, R(hreg(0, n)), M(RBX, C_GPR(s->reg), n));
+            E2(e, MOV, M(RBX, C_XMM(d->zreg - ZYDIS_REGISTER_XMM0), 8), R(HRAX));
+            E2(e, MOV, M(RBX, C_XMM(d->zreg - ZYDIS_REGISTER_XMM0) + 8, 8), I(0));
+            return true;
+        }
+        if (is_gpr(d) && d->size == n && is_xmm(s)) {
+            sse_usable(e, slow, nslow);
+            E2(e, MOV, R(hreg(0, n)), M(RBX, C_XMM(s->zreg - ZYDIS_REGISTER_XMM0), n));
+            store_gpr(e, 0, d->reg, n);
+            return true;
+        }
+        return false;
+    }
+    default: return false;
+    }
+}
+
 /* The forms above (fast path, with slow-path jumps like native_mem), 64-bit code only. */
 static bool native_forms(struct emit *e, const struct bt_jit *j, const struct bt_insn *i,
                          int64_t off, bool b32, size_t *slow, int *nslow)
@@ -1909,7 +1965,8 @@ static bool native_forms(struct emit *e, const struct bt_jit *j, const struct bt
         i->mnemonic != ZYDIS_MNEMONIC_XADD && i->mnemonic != ZYDIS_MNEMONIC_XCHG)
         return false;
     return native_muldiv(e, j, i, off, slow, nslow) ||
-           native_bitscan(e, j, i, off, slow, nslow) || native_atomic(e, j, i, off, slow, nslow);
+           native_bitscan(e, j, i, off, slow, nslow) || native_atomic(e, j, i, off, slow, nslow) ||
+           native_sse_more(e, i, slow, nslow);
 }
 
 /* Indirect JMP/CALL r/m64 ending a 64-bit block: the target read (register or inline memory
