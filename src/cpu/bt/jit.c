@@ -1956,6 +1956,83 @@ static bool native_sse_more(struct emit *e, const struct bt_insn *i, size_t *slo
     }
 }
 
+/* BT/BTS/BTR/BTC with a register destination (register or immediate bit offset), and with a
+ * memory destination and an immediate offset (no LOCK: the handler's read-modify-write), as
+ * bitop.c runs them: the host instruction with the guest's flags loaded (the offset masked by
+ * the host exactly as the handler's host instruction or its `off &= bits - 1` does). */
+static bool native_bittest(struct emit *e, const struct bt_jit *j, const struct bt_insn *i,
+                           int64_t off, size_t *slow, int *nslow)
+{
+    ZydisMnemonic m = (ZydisMnemonic)i->mnemonic;
+    if (m != ZYDIS_MNEMONIC_BT && m != ZYDIS_MNEMONIC_BTS && m != ZYDIS_MNEMONIC_BTR &&
+        m != ZYDIS_MNEMONIC_BTC)
+        return false;
+    if (i->nops < 2 || (i->pfx & BT_PFX_LOCK)) return false;
+    const struct bt_operand *d = &i->op[0], *s = &i->op[1];
+    unsigned size = d->size;
+    if (size != 2 && size != 4 && size != 8) return false;
+    bool imm = s->kind == BT_OPK_IMM;
+    if (!imm && !(is_gpr(s) && s->size == size)) return false;
+    ZydisEncoderOperand src = imm ? I(s->disp & 0xff) : R(hreg(2, size));
+    if (is_gpr(d)) {
+        load_guest_flags(e); /* clobbers EAX, ECX */
+        load_gpr(e, 0, d->reg, size);
+        if (!imm) load_gpr(e, 2, s->reg, size);
+        enc(e, m, 2, (ZydisEncoderOperand[]){R(hreg(0, size)), src});
+        E0(e, PUSHFQ);
+        if (m != ZYDIS_MNEMONIC_BT) store_gpr(e, 0, d->reg, size);
+        E1(e, POP, R(HRDX));
+        merge_flags(e, BT_ARITH_FLAGS);
+        return true;
+    }
+    if (!imm || !inline_mem_ok(i, d, off, false)) return false;
+    mem_probe(e, j, d, off, m != ZYDIS_MNEMONIC_BT, slow, nslow);
+    load_guest_flags(e);
+    enc(e, m, 2, (ZydisEncoderOperand[]){M(HRSI, 0, size), src});
+    take_flags(e, BT_ARITH_FLAGS);
+    return true;
+}
+
+/* SETcc to a byte in memory (write probe) or to AH..BH */
+static bool native_setcc_more(struct emit *e, const struct bt_jit *j, const struct bt_insn *i,
+                              int64_t off, size_t *slow, int *nslow)
+{
+    if (i->mnemonic < ZYDIS_MNEMONIC_SETB || i->mnemonic > ZYDIS_MNEMONIC_SETZ) return false;
+    switch (i->mnemonic) {
+    case ZYDIS_MNEMONIC_SETO:
+    case ZYDIS_MNEMONIC_SETNO:
+    case ZYDIS_MNEMONIC_SETB:
+    case ZYDIS_MNEMONIC_SETNB:
+    case ZYDIS_MNEMONIC_SETZ:
+    case ZYDIS_MNEMONIC_SETNZ:
+    case ZYDIS_MNEMONIC_SETBE:
+    case ZYDIS_MNEMONIC_SETNBE:
+    case ZYDIS_MNEMONIC_SETS:
+    case ZYDIS_MNEMONIC_SETNS:
+    case ZYDIS_MNEMONIC_SETP:
+    case ZYDIS_MNEMONIC_SETNP:
+    case ZYDIS_MNEMONIC_SETL:
+    case ZYDIS_MNEMONIC_SETNL:
+    case ZYDIS_MNEMONIC_SETLE:
+    case ZYDIS_MNEMONIC_SETNLE: break;
+    default: return false;
+    }
+    const struct bt_operand *d = &i->op[0];
+    if (i->nops < 1 || d->size != 1 || i->opcode_map == 0) return false;
+    bool hi = d->kind == BT_OPK_REG && d->rclass == BT_RC_GPR8H && d->reg < 4;
+    if (!hi && !inline_mem_ok(i, d, off, false)) return false;
+    if (!hi) mem_probe(e, j, d, off, true, slow, nslow);
+    unsigned cc = i->opcode & 0xf;
+    emit_cond(e, cc); /* clobbers EAX, ECX only */
+    E1(e, SETNZ, R(ZYDIS_REGISTER_AL));
+    if (cc & 1) E2(e, XOR, R(ZYDIS_REGISTER_AL), I(1));
+    if (hi)
+        E2(e, MOV, M(RBX, C_GPR(d->reg) + 1, 1), R(ZYDIS_REGISTER_AL));
+    else
+        E2(e, MOV, M(HRSI, 0, 1), R(ZYDIS_REGISTER_AL));
+    return true;
+}
+
 /* The forms above (fast path, with slow-path jumps like native_mem), 64-bit code only. */
 static bool native_forms(struct emit *e, const struct bt_jit *j, const struct bt_insn *i,
                          int64_t off, bool b32, size_t *slow, int *nslow)
@@ -1966,7 +2043,8 @@ static bool native_forms(struct emit *e, const struct bt_jit *j, const struct bt
         return false;
     return native_muldiv(e, j, i, off, slow, nslow) ||
            native_bitscan(e, j, i, off, slow, nslow) || native_atomic(e, j, i, off, slow, nslow) ||
-           native_sse_more(e, i, slow, nslow);
+           native_sse_more(e, i, slow, nslow) || native_bittest(e, j, i, off, slow, nslow) ||
+           native_setcc_more(e, j, i, off, slow, nslow);
 }
 
 /* Indirect JMP/CALL r/m64 ending a 64-bit block: the target read (register or inline memory
