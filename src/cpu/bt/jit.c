@@ -9,9 +9,11 @@
  *   - native code: register/immediate forms (MOV, the ALU group, shifts and rotates, IMUL,
  *     MOVZX/MOVSX, SETcc, CMOVcc, ...), the direct JMP/Jcc/CALL and RET that end a block, and
  *     forms with one guest memory operand in 64-bit code (loads, stores, read-modify-write,
- *     PUSH/POP, SSE moves).  They load the guest registers from c->s.gpr, run the same host
- *     instruction, store the result with the x86 write rules, and take the six arithmetic flags
- *     from the host's RFLAGS (PUSHFQ), exactly as alu.c computes them.  A memory operand is
+ *     PUSH/POP, SSE moves); MUL/DIV, BSF/BSR, BT*, LOCK CMPXCHG/XADD/XCHG, indirect JMP/CALL
+ *     (native_forms, native_indirect: each checks on the host what its handler would fault on
+ *     and leaves those cases to the handler).  They load the guest registers from c->s.gpr, run the
+ * same host instruction, store the result with the x86 write rules, and take the six arithmetic
+ * flags from the host's RFLAGS (PUSHFQ), exactly as alu.c computes them.  A memory operand is
  *     reached through a probe stub that does bt_read's/bt_write's TLB fast path and returns the
  *     host address; anything else (TLB miss, MMIO, a watched code page, dirty logging, a
  *     fault) takes the instruction's slow path, its handler; or
@@ -160,7 +162,7 @@ struct emit {
     uint8_t *buf;
     size_t pos, cap;
     bool fail;
-    struct enc_cached *cache; /* may be NULL */
+    struct enc_cached *cache;            /* may be NULL */
     ZydisInstructionAttributes prefixes; /* for the next request only (LOCK), then cleared */
 };
 
@@ -1749,7 +1751,7 @@ static bool native_callret(struct emit *e, struct bt_jit *j, const struct bt_ins
 /* RDI / RSI by size */
 static ZydisRegister rdi_sz(unsigned size)
 {
-    return size == 1 ? ZYDIS_REGISTER_DIL
+    return size == 1   ? ZYDIS_REGISTER_DIL
            : size == 2 ? ZYDIS_REGISTER_DI
            : size == 4 ? ZYDIS_REGISTER_EDI
                        : ZYDIS_REGISTER_RDI;
@@ -1927,8 +1929,7 @@ static bool native_sse_more(struct emit *e, const struct bt_insn *i, size_t *slo
                 (ZydisEncoderOperand[]){R(ZYDIS_REGISTER_XMM0), R(ZYDIS_REGISTER_XMM1),
                                         I(i->op[2].disp & 0xff)});
         } else {
-            E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM0),
-               M(RBX, C_XMM(d->zreg - ZYDIS_REGISTER_XMM0), 16));
+            E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM0), M(RBX, C_XMM(d->zreg - ZYDIS_REGISTER_XMM0), 16));
             enc(e, m, 2, (ZydisEncoderOperand[]){R(ZYDIS_REGISTER_XMM0), R(ZYDIS_REGISTER_XMM1)});
         }
         E2(e, MOVDQU, M(RBX, C_XMM(d->zreg - ZYDIS_REGISTER_XMM0), 16), R(ZYDIS_REGISTER_XMM0));
@@ -2041,9 +2042,9 @@ static bool native_forms(struct emit *e, const struct bt_jit *j, const struct bt
     if ((i->pfx & BT_PFX_LOCK) && i->mnemonic != ZYDIS_MNEMONIC_CMPXCHG &&
         i->mnemonic != ZYDIS_MNEMONIC_XADD && i->mnemonic != ZYDIS_MNEMONIC_XCHG)
         return false;
-    return native_muldiv(e, j, i, off, slow, nslow) ||
-           native_bitscan(e, j, i, off, slow, nslow) || native_atomic(e, j, i, off, slow, nslow) ||
-           native_sse_more(e, i, slow, nslow) || native_bittest(e, j, i, off, slow, nslow) ||
+    return native_muldiv(e, j, i, off, slow, nslow) || native_bitscan(e, j, i, off, slow, nslow) ||
+           native_atomic(e, j, i, off, slow, nslow) || native_sse_more(e, i, slow, nslow) ||
+           native_bittest(e, j, i, off, slow, nslow) ||
            native_setcc_more(e, j, i, off, slow, nslow);
 }
 
