@@ -706,6 +706,12 @@ static void prime_user(struct bt_cpu *c)
     c->s.gpr[RDX] = fault_target;
 }
 
+static void prime_user_iopl3(struct bt_cpu *c)
+{
+    prime_user(c);
+    c->s.rflags |= X86_FLAG_IOPL | X86_FLAG_IF;
+}
+
 static void test_user_mode(void **st)
 {
     static struct outcome a, b;
@@ -730,6 +736,17 @@ static void test_user_mode(void **st)
             assert_int_equal(get64(T, T->c->s.gpr[RSP] + 8), T_CODE3 + 0x10);
         }
     }
+    /* CLI at CPL 3: #GP with IOPL 0, clears IF with IOPL 3; PUSHFQ pushes what it sees */
+    static const uint8_t cli_prog[] = {0x48, 0xff, 0xc0, 0xfa, 0x9c, 0x41, 0x5d, 0xf4};
+    prep = prime_user;
+    fault_target = T_DATA;
+    both(cli_prog, sizeof(cli_prog), 1000, &a, &b);
+    assert_int_equal(t_handler_vector(T), X86_GP);
+    assert_int_equal(get64(T, T->c->s.gpr[RSP] + 8), T_CODE3 + 3);
+    prep = prime_user_iopl3;
+    both(cli_prog, sizeof(cli_prog), 1000, &a, &b);
+    assert_int_equal(a.gpr[R13] & X86_FLAG_IF, 0);
+    assert_int_equal(a.gpr[R13] & X86_FLAG_IOPL, X86_FLAG_IOPL);
     prep = NULL;
     struct bt_jit_stats s;
     bt_jit_get_stats(T->c, &s);
@@ -907,6 +924,8 @@ static void test_more_forms(void **st)
         {5, 0x41, 0x0f, 0x95, 0x47, 0x09},             /* setnz byte [r15+9] */
         {5, 0x41, 0x0f, 0x9c, 0x47, 0x08},             /* setl byte [r15+8] */
         {3, 0x0f, 0x96, 0xc7},                         /* setbe bh */
+        {3, 0x9c, 0x41, 0x5d},                         /* pushfq; pop r13 */
+        {4, 0xfa, 0x9c, 0x41, 0x5d},                   /* cli; pushfq; pop r13 */
     };
     static const uint64_t vals[][3] = {
         {100, 0, 7},
@@ -922,7 +941,7 @@ static void test_more_forms(void **st)
         {7, 0x8000, 7}, /* CMPXCHG: equal */
         {0xff00, 0x7f, 0x100},
     };
-    static const uint64_t in_flags[] = {0, BT_ARITH_FLAGS, X86_FLAG_OF | X86_FLAG_ZF};
+    static const uint64_t in_flags[] = {0, BT_ARITH_FLAGS, X86_FLAG_OF | X86_FLAG_ZF | X86_FLAG_IF};
     static struct outcome a, b;
     prep = prep_forms;
     for (size_t k = 0; k < ARRAY_SIZE(ops); k++) {

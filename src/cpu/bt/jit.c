@@ -2034,9 +2034,36 @@ static bool native_setcc_more(struct emit *e, const struct bt_jit *j, const stru
     return true;
 }
 
+/* PUSHFQ with a 64-bit stack (system.c's op_pushf: RFLAGS without VM and RF; no virtual-8086
+ * mode in 64-bit code) and CLI (op_cli_sti: #GP, through the handler, when IOPL < CPL). */
+static bool native_flags_ops(struct emit *e, const struct bt_jit *j, const struct bt_insn *i,
+                             int64_t off, unsigned stack_bits, size_t *slow, int *nslow)
+{
+    if (i->mnemonic == ZYDIS_MNEMONIC_PUSHFQ) {
+        if (stack_bits != 64 || i->opsize != 64) return false;
+        struct bt_operand slot = stack_slot(-8);
+        mem_probe(e, j, &slot, off, true, slow, nslow);
+        E2(e, MOV, R(HRAX), M(RBX, C_FLAGS, 8));
+        E2(e, AND, R(HRAX), I(~(int64_t)(X86_FLAG_VM | X86_FLAG_RF)));
+        E2(e, MOV, M(HRSI, 0, 8), R(HRAX));
+        E2(e, SUB, M(RBX, C_GPR(RSP), 8), I(8));
+        return true;
+    }
+    if (i->mnemonic == ZYDIS_MNEMONIC_CLI) {
+        E2(e, MOV, R(HEAX), M(RBX, C_FLAGS, 4));
+        E2(e, SHR, R(HEAX), I(12));
+        E2(e, AND, R(HEAX), I(3));
+        E2(e, CMP, R(ZYDIS_REGISTER_AL), M(RBX, C_CPL, 1));
+        slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JB);
+        E2(e, AND, M(RBX, C_FLAGS, 8), I(~(int64_t)X86_FLAG_IF));
+        return true;
+    }
+    return false;
+}
+
 /* The forms above (fast path, with slow-path jumps like native_mem), 64-bit code only. */
 static bool native_forms(struct emit *e, const struct bt_jit *j, const struct bt_insn *i,
-                         int64_t off, bool b32, size_t *slow, int *nslow)
+                         int64_t off, bool b32, unsigned stack_bits, size_t *slow, int *nslow)
 {
     if (b32) return false;
     if ((i->pfx & BT_PFX_LOCK) && i->mnemonic != ZYDIS_MNEMONIC_CMPXCHG &&
@@ -2045,7 +2072,8 @@ static bool native_forms(struct emit *e, const struct bt_jit *j, const struct bt
     return native_muldiv(e, j, i, off, slow, nslow) || native_bitscan(e, j, i, off, slow, nslow) ||
            native_atomic(e, j, i, off, slow, nslow) || native_sse_more(e, i, slow, nslow) ||
            native_bittest(e, j, i, off, slow, nslow) ||
-           native_setcc_more(e, j, i, off, slow, nslow);
+           native_setcc_more(e, j, i, off, slow, nslow) ||
+           native_flags_ops(e, j, i, off, stack_bits, slow, nslow);
 }
 
 /* Indirect JMP/CALL r/m64 ending a 64-bit block: the target read (register or inline memory
@@ -2383,7 +2411,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
         } else {
             if (native_mem(&e, j, i, off, b32, c->stack_bits, slow, &nslow))
                 how = MEM;
-            else if (native_forms(&e, j, i, off, b32, slow, &nslow))
+            else if (native_forms(&e, j, i, off, b32, c->stack_bits, slow, &nslow))
                 how = MEM;
             else if (last && native_indirect(&e, j, i, off, b32, c->stack_bits, c->cpl, &pend))
                 how = CALLRET;
