@@ -706,6 +706,12 @@ static void prime_user(struct bt_cpu *c)
     c->s.gpr[RDX] = fault_target;
 }
 
+static void prime_user_iopl3(struct bt_cpu *c)
+{
+    prime_user(c);
+    c->s.rflags |= X86_FLAG_IOPL | X86_FLAG_IF;
+}
+
 static void test_user_mode(void **st)
 {
     static struct outcome a, b;
@@ -730,6 +736,17 @@ static void test_user_mode(void **st)
             assert_int_equal(get64(T, T->c->s.gpr[RSP] + 8), T_CODE3 + 0x10);
         }
     }
+    /* CLI at CPL 3: #GP with IOPL 0, clears IF with IOPL 3; PUSHFQ pushes what it sees */
+    static const uint8_t cli_prog[] = {0x48, 0xff, 0xc0, 0xfa, 0x9c, 0x41, 0x5d, 0xf4};
+    prep = prime_user;
+    fault_target = T_DATA;
+    both(cli_prog, sizeof(cli_prog), 1000, &a, &b);
+    assert_int_equal(t_handler_vector(T), X86_GP);
+    assert_int_equal(get64(T, T->c->s.gpr[RSP] + 8), T_CODE3 + 3);
+    prep = prime_user_iopl3;
+    both(cli_prog, sizeof(cli_prog), 1000, &a, &b);
+    assert_int_equal(a.gpr[R13] & X86_FLAG_IF, 0);
+    assert_int_equal(a.gpr[R13] & X86_FLAG_IOPL, X86_FLAG_IOPL);
     prep = NULL;
     struct bt_jit_stats s;
     bt_jit_get_stats(T->c, &s);
@@ -835,6 +852,184 @@ static void test_shift_imul(void **st)
                 both(p, len, 1000, &a, &b);
             }
         }
+    }
+    prep = NULL;
+}
+
+/* The forms made native after the handler-call statistic (jit.c's native_muldiv,
+ * native_bitscan, native_atomic, native_sse_more, native_indirect): each op after
+ * mov rax, A; mov rdx, D; mov rcx, S; mov [r15+8], rcx, over operand values that take the fast
+ * path and values the handler must take (#DE for DIV/IDIV, a split-line LOCK), varied incoming
+ * flags, a warm and a cold TLB. */
+static bool forms_prime;
+
+static void prep_forms(struct bt_cpu *c)
+{
+    if (forms_prime) prime_data(c);
+    c->s.rflags = X86_FLAG_FIXED | flags_in;
+    for (int r = 0; r < 16; r++)
+        memset(c->s.fx.xmm[r], 0x13 * r + 1, 16);
+}
+
+static void test_more_forms(void **st)
+{
+    static const uint8_t ops[][12] = {
+        {3, 0x48, 0xf7, 0xf1},                   /* div rcx */
+        {2, 0xf7, 0xf1},                         /* div ecx */
+        {3, 0x66, 0xf7, 0xf1},                   /* div cx */
+        {2, 0xf6, 0xf1},                         /* div cl */
+        {3, 0x48, 0xf7, 0xf9},                   /* idiv rcx */
+        {2, 0xf7, 0xf9},                         /* idiv ecx */
+        {3, 0x66, 0xf7, 0xf9},                   /* idiv cx */
+        {2, 0xf6, 0xf9},                         /* idiv cl */
+        {3, 0x48, 0xf7, 0xe1},                   /* mul rcx */
+        {2, 0xf7, 0xe1},                         /* mul ecx */
+        {3, 0x66, 0xf7, 0xe1},                   /* mul cx */
+        {2, 0xf6, 0xe1},                         /* mul cl */
+        {3, 0x48, 0xf7, 0xe9},                   /* imul rcx */
+        {2, 0xf6, 0xe9},                         /* imul cl */
+        {4, 0x49, 0xf7, 0x77, 0x08},             /* div qword [r15+8] */
+        {4, 0x41, 0xf7, 0x7f, 0x08},             /* idiv dword [r15+8] */
+        {4, 0x41, 0xf6, 0x67, 0x08},             /* mul byte [r15+8] */
+        {4, 0x48, 0x0f, 0xbc, 0xc1},             /* bsf rax, rcx */
+        {3, 0x0f, 0xbd, 0xc1},                   /* bsr eax, ecx */
+        {4, 0x66, 0x0f, 0xbc, 0xc1},             /* bsf ax, cx */
+        {5, 0x49, 0x0f, 0xbc, 0x47, 0x08},       /* bsf rax, [r15+8] */
+        {4, 0xf3, 0x0f, 0xbc, 0xc1},             /* rep bsf eax, ecx (TZCNT encoding) */
+        {6, 0xf0, 0x49, 0x0f, 0xb1, 0x4f, 0x08}, /* lock cmpxchg [r15+8], rcx */
+        {5, 0x41, 0x0f, 0xb1, 0x57, 0x08},       /* cmpxchg dword [r15+8], edx */
+        {6, 0xf0, 0x41, 0x0f, 0xb0, 0x4f, 0x08}, /* lock cmpxchg byte [r15+8], cl */
+        {6, 0xf0, 0x49, 0x0f, 0xb1, 0x4f, 0x3d}, /* lock cmpxchg [r15+0x3d], rcx: split */
+        {6, 0xf0, 0x49, 0x0f, 0xc1, 0x57, 0x08}, /* lock xadd [r15+8], rdx */
+        {6, 0x66, 0x41, 0x0f, 0xc1, 0x47, 0x08}, /* xadd word [r15+8], ax */
+        {4, 0x49, 0x87, 0x47, 0x08},             /* xchg [r15+8], rax */
+        {4, 0x41, 0x86, 0x57, 0x09},             /* xchg byte [r15+9], dl */
+        {4, 0x41, 0x87, 0x4f, 0x0a},             /* xchg dword [r15+10], ecx */
+        {8, 0x66, 0x0f, 0x60, 0xc1, 0x66, 0x0f, 0x61, 0xd0},       /* punpcklbw; punpcklwd */
+        {9, 0x66, 0x0f, 0x70, 0xd8, 0x1b, 0x66, 0x0f, 0x68, 0xc1}, /* pshufd 0x1b; punpckhbw */
+        {4, 0x66, 0x0f, 0x6c, 0xc1},                               /* punpcklqdq xmm0, xmm1 */
+        {9, 0x66, 0x0f, 0x6e, 0xc9, 0x66, 0x48, 0x0f, 0x6e,
+         0xd2}, /* movd xmm1, ecx; movq xmm2, rdx */
+        {9, 0x66, 0x0f, 0x7e, 0xc8, 0x66, 0x48, 0x0f, 0x7e,
+         0xda},                                        /* movd eax, xmm1; movq rdx, xmm3 */
+        {4, 0x48, 0x0f, 0xa3, 0xc8},                   /* bt rax, rcx */
+        {4, 0x0f, 0xba, 0xe8, 0x05},                   /* bts eax, 5 */
+        {5, 0x48, 0x0f, 0xba, 0xf2, 0x3f},             /* btr rdx, 63 */
+        {4, 0x66, 0x0f, 0xbb, 0xc1},                   /* btc cx, ax */
+        {6, 0x41, 0x0f, 0xba, 0x67, 0x08, 0x03},       /* bt dword [r15+8], 3 */
+        {6, 0x49, 0x0f, 0xba, 0x6f, 0x08, 0x28},       /* bts qword [r15+8], 40 */
+        {7, 0x66, 0x41, 0x0f, 0xba, 0x77, 0x08, 0x11}, /* btr word [r15+8], 17 */
+        {6, 0x41, 0x0f, 0xba, 0x7f, 0x08, 0x1f},       /* btc dword [r15+8], 31 */
+        {3, 0x0f, 0x94, 0xc4},                         /* setz ah */
+        {5, 0x41, 0x0f, 0x95, 0x47, 0x09},             /* setnz byte [r15+9] */
+        {5, 0x41, 0x0f, 0x9c, 0x47, 0x08},             /* setl byte [r15+8] */
+        {3, 0x0f, 0x96, 0xc7},                         /* setbe bh */
+        {3, 0x9c, 0x41, 0x5d},                         /* pushfq; pop r13 */
+        {4, 0xfa, 0x9c, 0x41, 0x5d},                   /* cli; pushfq; pop r13 */
+    };
+    static const uint64_t vals[][3] = {
+        {100, 0, 7},
+        {0xffffffffffffffffull, 5, 7},
+        {123, 0, 0}, /* #DE */
+        {1, 9, 7},   /* DIV: quotient too big, #DE */
+        {-100ull, -1ull, -7ull},
+        {0x8000000000000000ull, -1ull, -1ull}, /* IDIV overflow */
+        {0x80, 0, 0xff},
+        {0x123456789abcdef0ull, 0x1234, 0x10000},
+        {0xfffffff0, 0, 3},
+        {-5ull, 0, 2},  /* IDIV: RDX not RAX's sign: the handler decides */
+        {7, 0x8000, 7}, /* CMPXCHG: equal */
+        {0xff00, 0x7f, 0x100},
+    };
+    static const uint64_t in_flags[] = {0, BT_ARITH_FLAGS, X86_FLAG_OF | X86_FLAG_ZF | X86_FLAG_IF};
+    static struct outcome a, b;
+    prep = prep_forms;
+    for (size_t k = 0; k < ARRAY_SIZE(ops); k++) {
+        for (size_t v = 0; v < ARRAY_SIZE(vals); v++) {
+            uint8_t p[64];
+            size_t len = 0;
+            static const uint8_t movabs[3] = {0xb8, 0xba, 0xb9}; /* rax, rdx, rcx */
+            for (int r = 0; r < 3; r++) {
+                p[len++] = 0x48;
+                p[len++] = movabs[r];
+                memcpy(p + len, &vals[v][r], 8), len += 8;
+            }
+            static const uint8_t st_rcx[] = {0x49, 0x89, 0x4f, 0x08,  /* mov [r15+8], rcx */
+                                             0x49, 0x89, 0x4f, 0x3d}; /* mov [r15+0x3d], rcx */
+            memcpy(p + len, st_rcx, sizeof(st_rcx)), len += sizeof(st_rcx);
+            memcpy(p + len, ops[k] + 1, ops[k][0]), len += ops[k][0];
+            p[len++] = 0x48, p[len++] = 0xff, p[len++] = 0xc3; /* inc rbx (after) */
+            p[len++] = 0xf4;
+            for (size_t f = 0; f < ARRAY_SIZE(in_flags); f++) {
+                flags_in = in_flags[f];
+                forms_prime = f != 1; /* once with a cold TLB: the slow path */
+                both(p, len, 1000, &a, &b);
+            }
+        }
+    }
+    /* DIV by zero: #DE with the state before the instruction and its RIP in the frame */
+    static const uint8_t de[] = {
+        0x31, 0xc9,       /* xor ecx, ecx */
+        0x48, 0xff, 0xc0, /* inc rax */
+        0x48, 0xf7, 0xf1, /* div rcx */
+        0x48, 0xff, 0xc0, /* inc rax (not reached) */
+        0xf4,
+    };
+    flags_in = 0;
+    forms_prime = true;
+    both(de, sizeof(de), 1000, &a, &b);
+    assert_int_equal(t_handler_vector(T), X86_DE);
+    assert_int_equal(a.gpr[RAX], 2);
+    assert_int_equal(get64(T, T->c->s.gpr[RSP]), T_CODE0 + 5);
+    /* #PF from the memory forms: nothing written, CR2 and RIP exact */
+    static const uint8_t pf[][12] = {
+        {8, 0x48, 0xf7, 0x34, 0x25, 0, 0, 0, 0x40},              /* div qword [0x40000000] */
+        {10, 0xf0, 0x48, 0x0f, 0xb1, 0x0c, 0x25, 0, 0, 0, 0x40}, /* lock cmpxchg */
+        {8, 0x48, 0x87, 0x0c, 0x25, 0, 0, 0, 0x40},              /* xchg [0x40000000], rcx */
+        {7, 0xff, 0x24, 0x25, 0, 0, 0, 0x40},                    /* jmp [0x40000000] */
+        {7, 0xff, 0x14, 0x25, 0, 0, 0, 0x40},                    /* call [0x40000000] */
+    };
+    for (size_t k = 0; k < ARRAY_SIZE(pf); k++) {
+        uint8_t p[32] = {0x48, 0xff, 0xc0}; /* inc rax */
+        size_t len = 3;
+        memcpy(p + len, pf[k] + 1, pf[k][0]), len += pf[k][0];
+        p[len++] = 0xf4;
+        both(p, len, 1000, &a, &b);
+        assert_int_equal(t_handler_vector(T), X86_PF);
+        assert_int_equal(a.cr2, 0x40000000);
+    }
+    /* indirect JMP/CALL: through memory (a warm and a cold TLB), and non-canonical (#GP) */
+    static const uint8_t ind[] = {
+        0x48, 0x8d, 0x05, 0x1b, 0x00, 0x00, 0x00, /* 0: lea rax, [rip+0x1b] (0x22) */
+        0x49, 0x89, 0x47, 0x08,                   /* 7: mov [r15+8], rax */
+        0x41, 0xff, 0x57, 0x08,                   /* b: call [r15+8] */
+        0x48, 0x8d, 0x0d, 0x06, 0x00, 0x00, 0x00, /* f: lea rcx, [rip+6] (0x1c) */
+        0xff, 0xe1,                               /* 16: jmp rcx */
+        0x0f, 0x0b,                               /* 18: ud2 */
+        0x0f, 0x0b,                               /* 1a: ud2 */
+        0x48, 0xff, 0xc3,                         /* 1c: inc rbx */
+        0xff, 0xe2,                               /* 1f: jmp rdx: non-canonical, #GP */
+        0xf4,                                     /* 21 */
+        0x48, 0x83, 0xc3, 0x05,                   /* 22: add rbx, 5 */
+        0xc3,                                     /* 26: ret */
+    };
+    for (int cold = 0; cold < 2; cold++) {
+        forms_prime = !cold;
+        prep = prep_forms;
+        setup_hook = NULL;
+        static const uint8_t mov_rdx[] = {0x48, 0xba, 0, 0, 0, 0, 0, 0, 0, 0x80, 0xff, 0xd2};
+        uint8_t p[64];
+        memcpy(p, mov_rdx, 10); /* mov rdx, 0x8000000000000000 */
+        memcpy(p + 10, ind, sizeof(ind));
+        /* the lea displacements are RIP-relative: unaffected by the prefix */
+        both(p, 10 + sizeof(ind), 1000, &a, &b);
+        assert_int_equal(t_handler_vector(T), X86_GP);
+        assert_int_equal(a.gpr[RBX], 4 + 5 + 1);
+        /* call rdx: #GP before the push */
+        memcpy(p + 10, mov_rdx + 10, 2);
+        p[12] = 0xf4;
+        both(p, 13, 1000, &a, &b);
+        assert_int_equal(t_handler_vector(T), X86_GP);
     }
     prep = NULL;
 }
@@ -1368,6 +1563,7 @@ int main(void)
         cmocka_unit_test(test_loop_same_state),
         cmocka_unit_test(test_all_conditions),
         cmocka_unit_test(test_shift_imul),
+        cmocka_unit_test(test_more_forms),
         cmocka_unit_test(test_inline_loads),
         cmocka_unit_test(test_fault_mid_block),
         cmocka_unit_test(test_inline_mem_forms),

@@ -9,9 +9,11 @@
  *   - native code: register/immediate forms (MOV, the ALU group, shifts and rotates, IMUL,
  *     MOVZX/MOVSX, SETcc, CMOVcc, ...), the direct JMP/Jcc/CALL and RET that end a block, and
  *     forms with one guest memory operand in 64-bit code (loads, stores, read-modify-write,
- *     PUSH/POP, SSE moves).  They load the guest registers from c->s.gpr, run the same host
- *     instruction, store the result with the x86 write rules, and take the six arithmetic flags
- *     from the host's RFLAGS (PUSHFQ), exactly as alu.c computes them.  A memory operand is
+ *     PUSH/POP, SSE moves); MUL/DIV, BSF/BSR, BT*, LOCK CMPXCHG/XADD/XCHG, indirect JMP/CALL
+ *     (native_forms, native_indirect: each checks on the host what its handler would fault on
+ *     and leaves those cases to the handler).  They load the guest registers from c->s.gpr, run the
+ * same host instruction, store the result with the x86 write rules, and take the six arithmetic
+ * flags from the host's RFLAGS (PUSHFQ), exactly as alu.c computes them.  A memory operand is
  *     reached through a probe stub that does bt_read's/bt_write's TLB fast path and returns the
  *     host address; anything else (TLB miss, MMIO, a watched code page, dirty logging, a
  *     fault) takes the instruction's slow path, its handler; or
@@ -160,7 +162,8 @@ struct emit {
     uint8_t *buf;
     size_t pos, cap;
     bool fail;
-    struct enc_cached *cache; /* may be NULL */
+    struct enc_cached *cache;            /* may be NULL */
+    ZydisInstructionAttributes prefixes; /* for the next request only (LOCK), then cleared */
 };
 
 static ZydisEncoderOperand R(ZydisRegister r)
@@ -207,6 +210,8 @@ static void enc(struct emit *e, ZydisMnemonic m, unsigned n, const ZydisEncoderO
     memset(&r, 0, sizeof(r));
     r.machine_mode = ZYDIS_MACHINE_MODE_LONG_64;
     r.mnemonic = m;
+    r.prefixes = e->prefixes;
+    e->prefixes = 0;
     r.operand_count = (ZyanU8)n;
     for (unsigned k = 0; k < n; k++)
         r.operands[k] = ops[k];
@@ -800,6 +805,50 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off, 
 }
 
 /* ---- the handler path -------------------------------------------------------------------- */
+
+/* Debug statistic: handler calls from translated code by mnemonic, counted at run time when
+ * LOOKOUT_BT_HSTATS=1 (an INC per call, emitted only then), the top 20 logged at exit.  [m]:
+ * the instruction's own handler path, [ZYDIS_MNEMONIC_MAX_VALUE + 1 + m]: the slow path of a
+ * native memory form (TLB miss, MMIO, ...).  Process-wide, not atomic: approximate with several
+ * vCPUs. */
+#define HSTAT_N (2u * (ZYDIS_MNEMONIC_MAX_VALUE + 1u))
+static uint64_t *hstat;
+static int hstat_on = -1;
+
+static void hstat_count(struct emit *e, const struct bt_insn *i, bool slow)
+{
+    if (hstat_on < 0) {
+        const char *v = getenv("LOOKOUT_BT_HSTATS");
+        hstat_on = v && v[0] == '1' && (hstat = calloc(HSTAT_N, sizeof(*hstat))) != NULL;
+    }
+    if (!hstat_on || i->mnemonic > ZYDIS_MNEMONIC_MAX_VALUE) return;
+    uint64_t *ctr = &hstat[(slow ? ZYDIS_MNEMONIC_MAX_VALUE + 1u : 0u) + i->mnemonic];
+    E2(e, MOV, R(ZYDIS_REGISTER_RAX), I((int64_t)(uintptr_t)ctr));
+    E1(e, INC, M(ZYDIS_REGISTER_RAX, 0, 8));
+}
+
+static void hstat_report(void)
+{
+    if (!hstat) return;
+    uint64_t total = 0;
+    for (unsigned k = 0; k < HSTAT_N; k++)
+        total += hstat[k];
+    log_info("translator: %llu handler calls from translated code; the top 20:",
+             (unsigned long long)total);
+    for (int r = 0; r < 20; r++) {
+        unsigned best = 0;
+        for (unsigned k = 1; k < HSTAT_N; k++)
+            if (hstat[k] > hstat[best]) best = k;
+        if (!hstat[best]) break;
+        bool slow = best > ZYDIS_MNEMONIC_MAX_VALUE;
+        unsigned m = slow ? best - ZYDIS_MNEMONIC_MAX_VALUE - 1 : best;
+        log_info("  %12llu %s%s", (unsigned long long)hstat[best],
+                 ZydisMnemonicGetString((ZydisMnemonic)m), slow ? " (slow path)" : "");
+        hstat[best] = 0;
+    }
+    free(hstat);
+    hstat = NULL;
+}
 
 static void call_handler(struct emit *e, const struct bt_insn *i, int64_t off, bool b32,
                          unsigned *pend)
@@ -1691,6 +1740,390 @@ static bool native_callret(struct emit *e, struct bt_jit *j, const struct bt_ins
     return true;
 }
 
+/* ---- more native forms: DIV/MUL, BSF/BSR, LOCK CMPXCHG/XADD, XCHG m, indirect JMP/CALL -------
+ *
+ * Each runs the same host instruction as its handler on the same inputs (the guest's flags
+ * loaded where the handler loads them), so results and the flags the SDM leaves undefined are
+ * the host's in both.  Whatever the handler would fault on (#DE, a non-canonical target) or
+ * treat specially (a split-line LOCK) takes the slow path: the handler runs the whole
+ * instruction. */
+
+/* RDI / RSI by size */
+static ZydisRegister rdi_sz(unsigned size)
+{
+    return size == 1   ? ZYDIS_REGISTER_DIL
+           : size == 2 ? ZYDIS_REGISTER_DI
+           : size == 4 ? ZYDIS_REGISTER_EDI
+                       : ZYDIS_REGISTER_RDI;
+}
+
+/* RDI = the source operand (a GPR, not AH..BH, or an inline memory operand), zero-extended */
+static bool load_src_rdi(struct emit *e, const struct bt_jit *j, const struct bt_insn *i,
+                         const struct bt_operand *o, int64_t off, size_t *slow, int *nslow)
+{
+    unsigned size = o->size;
+    if (is_gpr(o)) {
+        if (size < 4)
+            E2(e, MOVZX, R(HEDI), M(RBX, C_GPR(o->reg), size));
+        else
+            E2(e, MOV, R(rdi_sz(size)), M(RBX, C_GPR(o->reg), size));
+        return true;
+    }
+    if (!inline_mem_ok(i, o, off, false)) return false;
+    mem_probe(e, j, o, off, false, slow, nslow);
+    if (size < 4)
+        E2(e, MOVZX, R(HEDI), M(HRSI, 0, size));
+    else
+        E2(e, MOV, R(rdi_sz(size)), M(HRSI, 0, size));
+    return true;
+}
+
+/* One-operand MUL/IMUL/DIV/IDIV (muldiv.c's oneop).  DIV goes to the handler (#DE) when the
+ * divisor is zero or the high half of the dividend is not below it (the quotient would not fit);
+ * IDIV when the divisor is 0 or -1 or the dividend is not the sign extension of its low half
+ * (then |quotient| <= |dividend| / 2 fits): the common `cqo; idiv` never leaves. */
+static bool native_muldiv(struct emit *e, const struct bt_jit *j, const struct bt_insn *i,
+                          int64_t off, size_t *slow, int *nslow)
+{
+    ZydisMnemonic m = (ZydisMnemonic)i->mnemonic;
+    if (m != ZYDIS_MNEMONIC_MUL && m != ZYDIS_MNEMONIC_DIV && m != ZYDIS_MNEMONIC_IDIV &&
+        !(m == ZYDIS_MNEMONIC_IMUL && i->nops == 1))
+        return false;
+    if (i->nops < 1) return false;
+    const struct bt_operand *o = &i->op[0];
+    unsigned size = o->size;
+    if (size != 1 && size != 2 && size != 4 && size != 8) return false;
+    if (!load_src_rdi(e, j, i, o, off, slow, nslow)) return false;
+    ZydisRegister d = rdi_sz(size);
+    if (m == ZYDIS_MNEMONIC_DIV || m == ZYDIS_MNEMONIC_IDIV) {
+        E2(e, TEST, R(d), R(d));
+        slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JZ);
+    }
+    if (m == ZYDIS_MNEMONIC_DIV) {
+        if (size == 1)
+            E2(e, MOVZX, R(HECX), M(RBX, C_GPR(RAX) + 1, 1)); /* AH */
+        else
+            E2(e, MOV, R(hreg(1, size)), M(RBX, C_GPR(RDX), size));
+        E2(e, CMP, R(hreg(1, size)), R(d));
+        slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNB);
+    } else if (m == ZYDIS_MNEMONIC_IDIV) {
+        E2(e, CMP, R(d), I(-1));
+        slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JZ);
+        if (size == 1) {
+            E2(e, MOVSX, R(ZYDIS_REGISTER_CX), M(RBX, C_GPR(RAX), 1));
+            E2(e, CMP, R(ZYDIS_REGISTER_CX), M(RBX, C_GPR(RAX), 2));
+        } else {
+            E2(e, MOV, R(hreg(1, size)), M(RBX, C_GPR(RAX), size));
+            E2(e, SAR, R(hreg(1, size)), I(size * 8 - 1));
+            E2(e, CMP, R(hreg(1, size)), M(RBX, C_GPR(RDX), size));
+        }
+        slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    }
+    load_guest_flags(e); /* clobbers EAX, ECX */
+    E2(e, MOV, R(HRAX), M(RBX, C_GPR(RAX), 8));
+    E2(e, MOV, R(HRDX), M(RBX, C_GPR(RDX), 8));
+    enc(e, m, 1, (ZydisEncoderOperand[]){R(d)});
+    if (size == 1) {
+        E2(e, MOV, M(RBX, C_GPR(RAX), 2), R(ZYDIS_REGISTER_AX));
+    } else {
+        unsigned w = size == 4 ? 8 : size; /* the host zero-extended the 32-bit results */
+        E2(e, MOV, M(RBX, C_GPR(RAX), w), R(hreg(0, w)));
+        E2(e, MOV, M(RBX, C_GPR(RDX), w), R(hreg(2, w)));
+    }
+    take_flags(e, BT_ARITH_FLAGS);
+    return true;
+}
+
+/* BSF/BSR r, r/m (bitop.c's bitscan): the host instruction on the whole 64-bit destination with
+ * the guest's flags loaded, so a zero source leaves what the host leaves. */
+static bool native_bitscan(struct emit *e, const struct bt_jit *j, const struct bt_insn *i,
+                           int64_t off, size_t *slow, int *nslow)
+{
+    ZydisMnemonic m = (ZydisMnemonic)i->mnemonic;
+    if ((m != ZYDIS_MNEMONIC_BSF && m != ZYDIS_MNEMONIC_BSR) || i->nops < 2) return false;
+    const struct bt_operand *d = &i->op[0], *s = &i->op[1];
+    unsigned size = d->size;
+    if (!is_gpr(d) || (size != 2 && size != 4 && size != 8) || s->size != size) return false;
+    if (!load_src_rdi(e, j, i, s, off, slow, nslow)) return false;
+    load_guest_flags(e);
+    E2(e, MOV, R(HRAX), M(RBX, C_GPR(d->reg), 8));
+    enc(e, m, 2, (ZydisEncoderOperand[]){R(hreg(0, size)), R(rdi_sz(size))});
+    E2(e, MOV, M(RBX, C_GPR(d->reg), 8), R(HRAX));
+    take_flags(e, BT_ARITH_FLAGS);
+    return true;
+}
+
+/* CMPXCHG m, r and XADD m, r (LOCK or not) and XCHG m, r (always locked) on the host address
+ * after a write probe (atomic.c): the host's locked instruction on the guest page as the handler
+ * runs it; an operand that splits a cache line goes to the handler (bt_lock_ptr). */
+static bool native_atomic(struct emit *e, const struct bt_jit *j, const struct bt_insn *i,
+                          int64_t off, size_t *slow, int *nslow)
+{
+    ZydisMnemonic m = (ZydisMnemonic)i->mnemonic;
+    if (m != ZYDIS_MNEMONIC_CMPXCHG && m != ZYDIS_MNEMONIC_XADD && m != ZYDIS_MNEMONIC_XCHG)
+        return false;
+    if (i->nops < 2) return false;
+    const struct bt_operand *d = &i->op[0], *s = &i->op[1];
+    unsigned size = d->size;
+    if (!is_gpr(s) || s->size != size || !inline_mem_ok(i, d, off, false)) return false;
+    bool locked = m == ZYDIS_MNEMONIC_XCHG || (i->pfx & BT_PFX_LOCK);
+    mem_probe(e, j, d, off, true, slow, nslow);
+    if (locked && size > 1) { /* a split-line lock: the handler emulates it */
+        E2(e, MOV, R(HEAX), R(HEDX));
+        E2(e, AND, R(HEAX), I(63));
+        E2(e, CMP, R(HEAX), I(64 - size));
+        slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNBE);
+    }
+    E2(e, MOV, R(HRCX), M(RBX, C_GPR(s->reg), 8));
+    if (m == ZYDIS_MNEMONIC_XCHG) {
+        E2(e, XCHG, M(HRSI, 0, size), R(hreg(1, size)));
+        store_gpr(e, 1, s->reg, size);
+        return true;
+    }
+    if (m == ZYDIS_MNEMONIC_XADD) {
+        load_guest_flags(e); /* as the handler (PRE); clobbers EAX, ECX: reload */
+        E2(e, MOV, R(HRCX), M(RBX, C_GPR(s->reg), 8));
+        if (locked) e->prefixes = ZYDIS_ATTRIB_HAS_LOCK;
+        E2(e, XADD, M(HRSI, 0, size), R(hreg(1, size)));
+        E0(e, PUSHFQ);
+        E1(e, POP, R(HRDX));
+        store_gpr(e, 1, s->reg, size);
+        merge_flags(e, BT_ARITH_FLAGS);
+        return true;
+    }
+    E2(e, MOV, R(HRAX), M(RBX, C_GPR(RAX), 8));
+    if (locked) e->prefixes = ZYDIS_ATTRIB_HAS_LOCK;
+    E2(e, CMPXCHG, M(HRSI, 0, size), R(hreg(1, size)));
+    E0(e, PUSHFQ);
+    E1(e, POP, R(HRDX));
+    /* the handler writes the whole RAX the host left (a 32-bit failure zero-extends) */
+    E2(e, MOV, M(RBX, C_GPR(RAX), 8), R(HRAX));
+    merge_flags(e, BT_ARITH_FLAGS);
+    return true;
+}
+
+/* SSE2 register forms memset/strchr-style code uses to broadcast a byte (sse.c's binop, pshufd
+ * and op_movdq): PUNPCKL/H* and PSHUFD XMM, XMM(, imm8); MOVD/MOVQ between an XMM register and a
+ * GPR (a write to XMM zeroes its upper bits; to a 32-bit GPR zero-extends). */
+static bool native_sse_more(struct emit *e, const struct bt_insn *i, size_t *slow, int *nslow)
+{
+    if (i->nops < 2) return false;
+    const struct bt_operand *d = &i->op[0], *s = &i->op[1];
+    ZydisMnemonic m = (ZydisMnemonic)i->mnemonic;
+    switch (m) {
+    case ZYDIS_MNEMONIC_PUNPCKLBW:
+    case ZYDIS_MNEMONIC_PUNPCKLWD:
+    case ZYDIS_MNEMONIC_PUNPCKLDQ:
+    case ZYDIS_MNEMONIC_PUNPCKLQDQ:
+    case ZYDIS_MNEMONIC_PUNPCKHBW:
+    case ZYDIS_MNEMONIC_PUNPCKHWD:
+    case ZYDIS_MNEMONIC_PUNPCKHDQ:
+    case ZYDIS_MNEMONIC_PSHUFD: {
+        bool shuf = m == ZYDIS_MNEMONIC_PSHUFD;
+        if (!is_xmm(d) || !is_xmm(s)) return false;
+        if (shuf && (i->nops < 3 || i->op[2].kind != BT_OPK_IMM)) return false;
+        sse_usable(e, slow, nslow);
+        E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM1), M(RBX, C_XMM(s->zreg - ZYDIS_REGISTER_XMM0), 16));
+        if (shuf) {
+            enc(e, m, 3,
+                (ZydisEncoderOperand[]){R(ZYDIS_REGISTER_XMM0), R(ZYDIS_REGISTER_XMM1),
+                                        I(i->op[2].disp & 0xff)});
+        } else {
+            E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM0), M(RBX, C_XMM(d->zreg - ZYDIS_REGISTER_XMM0), 16));
+            enc(e, m, 2, (ZydisEncoderOperand[]){R(ZYDIS_REGISTER_XMM0), R(ZYDIS_REGISTER_XMM1)});
+        }
+        E2(e, MOVDQU, M(RBX, C_XMM(d->zreg - ZYDIS_REGISTER_XMM0), 16), R(ZYDIS_REGISTER_XMM0));
+        return true;
+    }
+    case ZYDIS_MNEMONIC_MOVD:
+    case ZYDIS_MNEMONIC_MOVQ: {
+        unsigned n = m == ZYDIS_MNEMONIC_MOVD ? 4 : 8;
+        if (is_xmm(d) && is_gpr(s) && s->size == n) {
+            sse_usable(e, slow, nslow);
+            E2(e, MOV, R(hreg(0, n)), M(RBX, C_GPR(s->reg), n));
+            E2(e, MOV, M(RBX, C_XMM(d->zreg - ZYDIS_REGISTER_XMM0), 8), R(HRAX));
+            E2(e, MOV, M(RBX, C_XMM(d->zreg - ZYDIS_REGISTER_XMM0) + 8, 8), I(0));
+            return true;
+        }
+        if (is_gpr(d) && d->size == n && is_xmm(s)) {
+            sse_usable(e, slow, nslow);
+            E2(e, MOV, R(hreg(0, n)), M(RBX, C_XMM(s->zreg - ZYDIS_REGISTER_XMM0), n));
+            store_gpr(e, 0, d->reg, n);
+            return true;
+        }
+        return false;
+    }
+    default: return false;
+    }
+}
+
+/* BT/BTS/BTR/BTC with a register destination (register or immediate bit offset), and with a
+ * memory destination and an immediate offset (no LOCK: the handler's read-modify-write), as
+ * bitop.c runs them: the host instruction with the guest's flags loaded (the offset masked by
+ * the host exactly as the handler's host instruction or its `off &= bits - 1` does). */
+static bool native_bittest(struct emit *e, const struct bt_jit *j, const struct bt_insn *i,
+                           int64_t off, size_t *slow, int *nslow)
+{
+    ZydisMnemonic m = (ZydisMnemonic)i->mnemonic;
+    if (m != ZYDIS_MNEMONIC_BT && m != ZYDIS_MNEMONIC_BTS && m != ZYDIS_MNEMONIC_BTR &&
+        m != ZYDIS_MNEMONIC_BTC)
+        return false;
+    if (i->nops < 2 || (i->pfx & BT_PFX_LOCK)) return false;
+    const struct bt_operand *d = &i->op[0], *s = &i->op[1];
+    unsigned size = d->size;
+    if (size != 2 && size != 4 && size != 8) return false;
+    bool imm = s->kind == BT_OPK_IMM;
+    if (!imm && !(is_gpr(s) && s->size == size)) return false;
+    ZydisEncoderOperand src = imm ? I(s->disp & 0xff) : R(hreg(2, size));
+    if (is_gpr(d)) {
+        load_guest_flags(e); /* clobbers EAX, ECX */
+        load_gpr(e, 0, d->reg, size);
+        if (!imm) load_gpr(e, 2, s->reg, size);
+        enc(e, m, 2, (ZydisEncoderOperand[]){R(hreg(0, size)), src});
+        E0(e, PUSHFQ);
+        if (m != ZYDIS_MNEMONIC_BT) store_gpr(e, 0, d->reg, size);
+        E1(e, POP, R(HRDX));
+        merge_flags(e, BT_ARITH_FLAGS);
+        return true;
+    }
+    if (!imm || !inline_mem_ok(i, d, off, false)) return false;
+    mem_probe(e, j, d, off, m != ZYDIS_MNEMONIC_BT, slow, nslow);
+    load_guest_flags(e);
+    enc(e, m, 2, (ZydisEncoderOperand[]){M(HRSI, 0, size), src});
+    take_flags(e, BT_ARITH_FLAGS);
+    return true;
+}
+
+/* SETcc to a byte in memory (write probe) or to AH..BH */
+static bool native_setcc_more(struct emit *e, const struct bt_jit *j, const struct bt_insn *i,
+                              int64_t off, size_t *slow, int *nslow)
+{
+    if (i->mnemonic < ZYDIS_MNEMONIC_SETB || i->mnemonic > ZYDIS_MNEMONIC_SETZ) return false;
+    switch (i->mnemonic) {
+    case ZYDIS_MNEMONIC_SETO:
+    case ZYDIS_MNEMONIC_SETNO:
+    case ZYDIS_MNEMONIC_SETB:
+    case ZYDIS_MNEMONIC_SETNB:
+    case ZYDIS_MNEMONIC_SETZ:
+    case ZYDIS_MNEMONIC_SETNZ:
+    case ZYDIS_MNEMONIC_SETBE:
+    case ZYDIS_MNEMONIC_SETNBE:
+    case ZYDIS_MNEMONIC_SETS:
+    case ZYDIS_MNEMONIC_SETNS:
+    case ZYDIS_MNEMONIC_SETP:
+    case ZYDIS_MNEMONIC_SETNP:
+    case ZYDIS_MNEMONIC_SETL:
+    case ZYDIS_MNEMONIC_SETNL:
+    case ZYDIS_MNEMONIC_SETLE:
+    case ZYDIS_MNEMONIC_SETNLE: break;
+    default: return false;
+    }
+    const struct bt_operand *d = &i->op[0];
+    if (i->nops < 1 || d->size != 1 || i->opcode_map == 0) return false;
+    bool hi = d->kind == BT_OPK_REG && d->rclass == BT_RC_GPR8H && d->reg < 4;
+    if (!hi && !inline_mem_ok(i, d, off, false)) return false;
+    if (!hi) mem_probe(e, j, d, off, true, slow, nslow);
+    unsigned cc = i->opcode & 0xf;
+    emit_cond(e, cc); /* clobbers EAX, ECX only */
+    E1(e, SETNZ, R(ZYDIS_REGISTER_AL));
+    if (cc & 1) E2(e, XOR, R(ZYDIS_REGISTER_AL), I(1));
+    if (hi)
+        E2(e, MOV, M(RBX, C_GPR(d->reg) + 1, 1), R(ZYDIS_REGISTER_AL));
+    else
+        E2(e, MOV, M(HRSI, 0, 1), R(ZYDIS_REGISTER_AL));
+    return true;
+}
+
+/* PUSHFQ with a 64-bit stack (system.c's op_pushf: RFLAGS without VM and RF; no virtual-8086
+ * mode in 64-bit code) and CLI (op_cli_sti: #GP, through the handler, when IOPL < CPL). */
+static bool native_flags_ops(struct emit *e, const struct bt_jit *j, const struct bt_insn *i,
+                             int64_t off, unsigned stack_bits, size_t *slow, int *nslow)
+{
+    if (i->mnemonic == ZYDIS_MNEMONIC_PUSHFQ) {
+        if (stack_bits != 64 || i->opsize != 64) return false;
+        struct bt_operand slot = stack_slot(-8);
+        mem_probe(e, j, &slot, off, true, slow, nslow);
+        E2(e, MOV, R(HRAX), M(RBX, C_FLAGS, 8));
+        E2(e, AND, R(HRAX), I(~(int64_t)(X86_FLAG_VM | X86_FLAG_RF)));
+        E2(e, MOV, M(HRSI, 0, 8), R(HRAX));
+        E2(e, SUB, M(RBX, C_GPR(RSP), 8), I(8));
+        return true;
+    }
+    if (i->mnemonic == ZYDIS_MNEMONIC_CLI) {
+        E2(e, MOV, R(HEAX), M(RBX, C_FLAGS, 4));
+        E2(e, SHR, R(HEAX), I(12));
+        E2(e, AND, R(HEAX), I(3));
+        E2(e, CMP, R(ZYDIS_REGISTER_AL), M(RBX, C_CPL, 1));
+        slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JB);
+        E2(e, AND, M(RBX, C_FLAGS, 8), I(~(int64_t)X86_FLAG_IF));
+        return true;
+    }
+    return false;
+}
+
+/* The forms above (fast path, with slow-path jumps like native_mem), 64-bit code only. */
+static bool native_forms(struct emit *e, const struct bt_jit *j, const struct bt_insn *i,
+                         int64_t off, bool b32, unsigned stack_bits, size_t *slow, int *nslow)
+{
+    if (b32) return false;
+    if ((i->pfx & BT_PFX_LOCK) && i->mnemonic != ZYDIS_MNEMONIC_CMPXCHG &&
+        i->mnemonic != ZYDIS_MNEMONIC_XADD && i->mnemonic != ZYDIS_MNEMONIC_XCHG)
+        return false;
+    return native_muldiv(e, j, i, off, slow, nslow) || native_bitscan(e, j, i, off, slow, nslow) ||
+           native_atomic(e, j, i, off, slow, nslow) || native_sse_more(e, i, slow, nslow) ||
+           native_bittest(e, j, i, off, slow, nslow) ||
+           native_setcc_more(e, j, i, off, slow, nslow) ||
+           native_flags_ops(e, j, i, off, stack_bits, slow, nslow);
+}
+
+/* Indirect JMP/CALL r/m64 ending a 64-bit block: the target read (register or inline memory
+ * operand), checked canonical, the return address pushed inline (CALL, with the --cfi hook as
+ * native_callret), then the inline lookup.  Any failing check: the handler, then the loop. */
+static bool native_indirect(struct emit *e, struct bt_jit *j, const struct bt_insn *i, int64_t off,
+                            bool b32, unsigned stack_bits, unsigned cpl, unsigned *pend)
+{
+    bool call = i->mnemonic == ZYDIS_MNEMONIC_CALL;
+    if (!call && i->mnemonic != ZYDIS_MNEMONIC_JMP) return false;
+    if (b32 || stack_bits != 64 || i->opsize != 64 || i->nops < 1) return false;
+    const struct bt_operand *o = &i->op[0];
+    if (o->kind == BT_OPK_IMM || o->size != 8) return false;
+    const bool cfi = call && bt_cfi_active(cpl);
+    size_t slow[8];
+    int nslow = 0;
+    if (is_gpr(o)) {
+        E2(e, MOV, R(HRAX), M(RBX, C_GPR(o->reg), 8));
+    } else {
+        if (!inline_mem_ok(i, o, off, false)) return false;
+        mem_probe(e, j, o, off, false, slow, &nslow);
+        E2(e, MOV, R(HRAX), M(HRSI, 0, 8));
+    }
+    check_canonical_rax(e, slow, &nslow);
+    /* s.rip = the target now (a slow path below rewrites it before the handler runs) */
+    E2(e, MOV, M(RBX, C_RIP, 8), R(HRAX));
+    if (call) {
+        struct bt_operand slot = stack_slot(-8);
+        mem_probe(e, j, &slot, off, true, slow, &nslow);
+        rip_at(e, off + i->len, false);
+        E2(e, MOV, M(HRSI, 0, 8), R(HRAX));
+        E2(e, SUB, M(RBX, C_GPR(RSP), 8), I(8));
+        if (cfi) { /* bt_cfi_call(c, new RSP, return address) */
+            E2(e, MOV, R(ZYDIS_REGISTER_RDX), R(HRAX));
+            E2(e, MOV, R(ZYDIS_REGISTER_RSI), M(RBX, C_GPR(RSP), 8));
+            E2(e, MOV, R(ZYDIS_REGISTER_RDI), R(RBX));
+            E2(e, MOV, R(HRAX), I((int64_t)(uintptr_t)bt_cfi_call));
+            E1(e, CALL, R(HRAX));
+        }
+    }
+    E2(e, ADD, M(RBX, C_ICOUNT, 8), I(*pend + 1));
+    lookup_exit(e, j);
+    for (int k = 0; k < nslow; k++)
+        patch(e, slow[k], e->pos);
+    call_handler(e, i, off, b32, pend);
+    jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
+    *pend = 0;
+    return true;
+}
+
 /* ---- code cache ------------------------------------------------------------------------ */
 
 static bool env_wants(void)
@@ -1878,6 +2311,7 @@ void bt_jit_destroy(struct bt_cpu *c)
             (unsigned long long)j->st.lookups, (unsigned long long)j->st.lookup_hits,
             (unsigned long long)j->st.lookup_miss_key, (unsigned long long)j->st.lookup_miss_tlb,
             (unsigned long long)j->st.lookup_bails, (unsigned long long)j->st.lookup_clears);
+    hstat_report();
     cache_unmap(j);
     free(j->tbs);
     free(j->links);
@@ -1977,6 +2411,10 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
         } else {
             if (native_mem(&e, j, i, off, b32, c->stack_bits, slow, &nslow))
                 how = MEM;
+            else if (native_forms(&e, j, i, off, b32, c->stack_bits, slow, &nslow))
+                how = MEM;
+            else if (last && native_indirect(&e, j, i, off, b32, c->stack_bits, c->cpl, &pend))
+                how = CALLRET;
             else if (last && native_branch(&e, j, i, off, b32, &pend, page_off))
                 how = BRANCH;
             else if (last &&
@@ -2020,6 +2458,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
              * again without the dead-flag pass (an encoding Zydis refused, say). */
             if (use_dead && flag_effect(i) == FL_NONE)
                 return translate(j, c, ins, n, slot, gpa, false);
+            hstat_count(&e, i, false);
             call_handler(&e, i, off, b32, &pend);
             if (last) {
                 if (b32)
@@ -2055,6 +2494,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
         for (unsigned k = 0; k < sp->n; k++)
             patch(&e, sp->jumps[k], e.pos);
         unsigned p = sp->pend;
+        hstat_count(&e, sp->i, true);
         call_handler(&e, sp->i, sp->off, b32, &p);
         after_handler_checks(&e, j);
         E2(&e, SUB, M(RBX, C_ICOUNT, 8), I(sp->pend + 1));
