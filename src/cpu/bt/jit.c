@@ -57,7 +57,7 @@
 #include "devices/lapic.h"
 #include "util/log.h"
 
-#define JIT_CACHE_BYTES (16u << 20)
+#define JIT_CACHE_BYTES (64u << 20) /* inline TLB checks made code bigger; 16 MiB filled ~2x a shell loop */
 /* room that must be left before translating a block: 64 instructions at the longest handler
  * path (~110 bytes) and the tail, with margin */
 #define JIT_BLOCK_RESERVE  (32u << 10)
