@@ -736,6 +736,42 @@ static void test_user_mode(void **st)
     assert_true(s.insns_inline_mem >= 4);
 }
 
+/* A TLB change between two inline stores to the same page: the PTE made read-only, then INVLPG
+ * (a handler in the middle of the block).  The translated store after it must not use the write
+ * tag the first store's warm entry had (bt_tlb_flush_page kills the inline tags with the entry):
+ * #PF (protection, write) at the second store in both runs. */
+static const uint8_t tlb_change[] = {
+    0x89, 0x02,             /* 0: mov [rdx], eax */
+    0x4d, 0x89, 0x08,       /* 2: mov [r8], r9: the PTE, now read-only */
+    0x0f, 0x01, 0x3a,       /* 5: invlpg [rdx] */
+    0x89, 0x42, 0x08,       /* 8: mov [rdx+8], eax */
+    0xf4,                   /* b: hlt */
+};
+
+static void prime_tlb_change(struct bt_cpu *c)
+{
+    put64(T, T_PD + 16, T_RO | 0x83); /* writable, supervisor */
+    c->s.gpr[RDX] = T_RO + 0x10;
+    c->s.gpr[R8] = T_PD + 16;
+    c->s.gpr[R9] = T_RO | 0x81; /* read-only */
+    bt_probe_write(c, T_RO + 0x10, 8, BT_ACC_WRITE); /* the write tag is warm */
+}
+
+static void test_tlb_change(void **st)
+{
+    static struct outcome a, b;
+    prep = prime_tlb_change;
+    both(tlb_change, sizeof(tlb_change), 1000, &a, &b);
+    prep = NULL;
+    assert_int_equal(t_handler_vector(T), X86_PF);
+    assert_int_equal(get64(T, T->c->s.gpr[RSP]), 0x3);
+    assert_int_equal(b.cr2, T_RO + 0x18);
+    assert_int_equal(get64(T, T->c->s.gpr[RSP] + 8), T_CODE0 + 8);
+    struct bt_jit_stats s;
+    bt_jit_get_stats(T->c, &s);
+    assert_true(s.insns_inline_mem >= 2);
+}
+
 /* Dirty logging switched on while translated code that stores inline runs: the stores after the
  * switch are logged (the inline path defers to the handler while logging is on). */
 static void test_dirty_log(void **st)
@@ -1377,6 +1413,7 @@ int main(void)
         cmocka_unit_test(test_store_faults),
         cmocka_unit_test(test_user_mode),
         cmocka_unit_test(test_dirty_log),
+        cmocka_unit_test(test_tlb_change),
         cmocka_unit_test(test_self_modifying),
         cmocka_unit_test(test_chain_smc),
         cmocka_unit_test(test_chain_budget_kick),
