@@ -741,11 +741,11 @@ static void test_user_mode(void **st)
  * tag the first store's warm entry had (bt_tlb_flush_page kills the inline tags with the entry):
  * #PF (protection, write) at the second store in both runs. */
 static const uint8_t tlb_change[] = {
-    0x89, 0x02,             /* 0: mov [rdx], eax */
-    0x4d, 0x89, 0x08,       /* 2: mov [r8], r9: the PTE, now read-only */
-    0x0f, 0x01, 0x3a,       /* 5: invlpg [rdx] */
-    0x89, 0x42, 0x08,       /* 8: mov [rdx+8], eax */
-    0xf4,                   /* b: hlt */
+    0x89, 0x02,       /* 0: mov [rdx], eax */
+    0x4d, 0x89, 0x08, /* 2: mov [r8], r9: the PTE, now read-only */
+    0x0f, 0x01, 0x3a, /* 5: invlpg [rdx] */
+    0x89, 0x42, 0x08, /* 8: mov [rdx+8], eax */
+    0xf4,             /* b: hlt */
 };
 
 static void prime_tlb_change(struct bt_cpu *c)
@@ -753,7 +753,7 @@ static void prime_tlb_change(struct bt_cpu *c)
     put64(T, T_PD + 16, T_RO | 0x83); /* writable, supervisor */
     c->s.gpr[RDX] = T_RO + 0x10;
     c->s.gpr[R8] = T_PD + 16;
-    c->s.gpr[R9] = T_RO | 0x81; /* read-only */
+    c->s.gpr[R9] = T_RO | 0x81;                      /* read-only */
     bt_probe_write(c, T_RO + 0x10, 8, BT_ACC_WRITE); /* the write tag is warm */
 }
 

@@ -57,7 +57,8 @@
 #include "devices/lapic.h"
 #include "util/log.h"
 
-#define JIT_CACHE_BYTES (64u << 20) /* inline TLB checks made code bigger; 16 MiB filled ~2x a shell loop */
+#define JIT_CACHE_BYTES                                                                            \
+    (64u << 20) /* inline TLB checks made code bigger; 16 MiB filled ~2x a shell loop */
 /* room that must be left before translating a block: 64 instructions at the longest handler
  * path (~110 bytes) and the tail, with margin */
 #define JIT_BLOCK_RESERVE  (32u << 10)
@@ -114,7 +115,7 @@ struct bt_jit {
     int fd;
     uint8_t *rw, *rx; /* the two views of the cache (NULL until the first translation) */
     size_t size, used, base_end;
-    size_t exit_off;        /* the trampoline's return path */
+    size_t exit_off;             /* the trampoline's return path */
     struct bt_store_watch watch; /* what an inline store checks besides the TLB tag */
     void (*enter)(struct bt_cpu *c, const void *code, struct bt_jit *j);
     struct jit_tb *tbs;
@@ -889,12 +890,12 @@ static void between_blocks(struct emit *e, struct bt_jit *j, size_t *fails, int 
 #define C_CPL ((int64_t)offsetof(struct bt_cpu, cpl))
 #define C_SEGBASE(sg)                                                                              \
     ((int64_t)offsetof(struct bt_cpu, s.seg) + (int64_t)(sg) * (int64_t)sizeof(struct x86_seg))
-#define T_VTAG ((int64_t)offsetof(struct bt_tlb_entry, vtag))
-#define T_GPA  ((int64_t)offsetof(struct bt_tlb_entry, gpa))
-#define T_HVA  ((int64_t)offsetof(struct bt_tlb_entry, hva))
-#define T_PERM ((int64_t)offsetof(struct bt_tlb_entry, perm))
-#define T_FTAG ((int64_t)offsetof(struct bt_tlb_entry, ftag))
-#define C_UOFF ((int64_t)offsetof(struct bt_cpu, tlb_uoff))
+#define T_VTAG     ((int64_t)offsetof(struct bt_tlb_entry, vtag))
+#define T_GPA      ((int64_t)offsetof(struct bt_tlb_entry, gpa))
+#define T_HVA      ((int64_t)offsetof(struct bt_tlb_entry, hva))
+#define T_PERM     ((int64_t)offsetof(struct bt_tlb_entry, perm))
+#define T_FTAG     ((int64_t)offsetof(struct bt_tlb_entry, ftag))
+#define C_UOFF     ((int64_t)offsetof(struct bt_cpu, tlb_uoff))
 #define TLB_ESHIFT 6
 _Static_assert(sizeof(struct bt_tlb_entry) == 1 << TLB_ESHIFT, "the TLB probes scale the index");
 _Static_assert(offsetof(struct x86_seg, base) == 0, "segment base first");
