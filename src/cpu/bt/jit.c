@@ -117,6 +117,11 @@ struct bt_jit {
     size_t size, used, base_end;
     size_t exit_off;             /* the trampoline's return path */
     struct bt_store_watch watch; /* what an inline store checks besides the TLB tag */
+    /* The inline access check, encoded once per [write][size 1, 2, 4, 8, 16] (it depends on
+     * nothing else) and copied: encoding its ~15 instructions per memory operand showed in
+     * translation time.  tpl_slow: offsets just after its jumps to the slow path (rel32). */
+    uint8_t tpl[2][5][192];
+    uint8_t tpl_len[2][5], tpl_slow[2][5][4], tpl_nslow[2][5];
     void (*enter)(struct bt_cpu *c, const void *code, struct bt_jit *j);
     struct jit_tb *tbs;
     struct jit_link *links;
@@ -1180,10 +1185,9 @@ static void mem_lin(struct emit *e, const struct bt_operand *o, int64_t off)
  * what ram_written() would otherwise do to be nothing: dirty logging off (read at run time) and
  * the guest-physical page out of the code-watch bitmap (read at run time, so a page another
  * vCPU starts watching is seen by the next store). */
-static void probe_call(struct emit *e, const struct bt_jit *j, unsigned size, bool write,
+static void probe_emit(struct emit *e, const struct bt_store_watch *w, unsigned size, bool write,
                        size_t *slow, int *nslow)
 {
-    const struct bt_store_watch *w = &j->watch;
     E2(e, MOV, R(HRDI), R(HRDX));
     E2(e, SHR, R(HRDI), I(12 - TLB_ESHIFT));
     E2(e, AND, R(HEDI), I((BT_TLB_SIZE - 1) << TLB_ESHIFT));
@@ -1219,6 +1223,51 @@ static void probe_call(struct emit *e, const struct bt_jit *j, unsigned size, bo
     E2(e, MOV, R(HEAX), R(HEDX));
     E2(e, AND, R(HEAX), I(0xfff));
     E2(e, ADD, R(HRSI), R(HRAX));
+}
+
+static unsigned size_index(unsigned size)
+{
+    return size == 1 ? 0 : size == 2 ? 1 : size == 4 ? 2 : size == 8 ? 3 : 4;
+}
+
+/* Encodes probe_emit's sequences once (bt_jit_init's trampoline time) */
+static void probe_templates(struct bt_jit *j)
+{
+    for (int wr = 0; wr < 2; wr++) {
+        for (unsigned k = 0; k < 5; k++) {
+            struct emit t = {.buf = j->tpl[wr][k], .cap = sizeof(j->tpl[wr][k])};
+            size_t slow[8];
+            int ns = 0;
+            probe_emit(&t, &j->watch, 1u << k, wr, slow, &ns);
+            j->tpl_len[wr][k] = 0; /* 0: encode at each use */
+            if (t.fail || ns > 4 || t.pos > 255) continue;
+            for (int n = 0; n < ns; n++)
+                j->tpl_slow[wr][k][n] = (uint8_t)slow[n];
+            j->tpl_nslow[wr][k] = (uint8_t)ns;
+            j->tpl_len[wr][k] = (uint8_t)t.pos;
+        }
+    }
+}
+
+/* RSI = host address for an access of `size` bytes at RDX (probe_emit's code) */
+static void probe_call(struct emit *e, const struct bt_jit *j, unsigned size, bool write,
+                       size_t *slow, int *nslow)
+{
+    unsigned k = size_index(size);
+    size_t len = j->tpl_len[write][k];
+    if (!len) {
+        probe_emit(e, &j->watch, size, write, slow, nslow);
+        return;
+    }
+    if (e->fail) return;
+    if (e->cap - e->pos < len) {
+        e->fail = true;
+        return;
+    }
+    memcpy(e->buf + e->pos, j->tpl[write][k], len);
+    for (unsigned n = 0; n < j->tpl_nslow[write][k]; n++)
+        slow[(*nslow)++] = e->pos + j->tpl_slow[write][k][n];
+    e->pos += len;
 }
 
 /* host register `which` = the probed operand of `size` bytes at [RSI], zero-extended */
@@ -1689,6 +1738,7 @@ static int emit_trampoline(struct bt_jit *j, struct bt_cpu *c)
         E1(&e, POP, R(saved[k]));
     E0(&e, RET);
     bt_mmu_store_watch(c, &j->watch);
+    probe_templates(j);
     if (e.fail) return err_set(EINVAL, "translator: Zydis cannot encode the trampoline");
     j->base_end = j->used = ALIGN_UP(e.pos, 64);
     j->enter = (void (*)(struct bt_cpu *, const void *, struct bt_jit *))(void *)j->rx;
