@@ -772,6 +772,36 @@ static void test_tlb_change(void **st)
     assert_true(s.insns_inline_mem >= 2);
 }
 
+/* An instruction crossing a page (decoded uncached on every run, the decoding memoised by its
+ * bytes) whose immediate the loop increments: each run must see the new bytes, both ways. */
+static void test_crossing_smc(void **st)
+{
+    static uint8_t p[0x1008];
+    static const uint8_t head[] = {
+        0xb9, 0x03, 0x00, 0x00, 0x00, /* 0: mov ecx, 3 */
+        0xba, 0xff, 0x0f, 0x01, 0x00, /* 5: mov edx, T_CODE0 + 0xfff (the immediate) */
+        0x31, 0xf6,                   /* a: xor esi, esi */
+        0xe9, 0xed, 0x0f, 0x00, 0x00, /* c: jmp 0xffe */
+        0x01, 0xc6,                   /* 11: add esi, eax */
+        0xff, 0x02,                   /* 13: inc dword [rdx] */
+        0xff, 0xc9,                   /* 15: dec ecx */
+        0x75, 0xf3,                   /* 17: jnz 0xc */
+        0xf4,                         /* 19: hlt */
+    };
+    static const uint8_t tail[] = {
+        0xb8, 0x10, 0x00, 0x00, 0x00, /* ffe: mov eax, 0x10 (crosses into the next page) */
+        0xe9, 0x09, 0xf0, 0xff, 0xff, /* 1003: jmp 0x11 */
+    };
+    static struct outcome a, b;
+    _Static_assert(T_CODE0 == 0x10000, "the program's addresses");
+    memset(p, 0x90, sizeof(p));
+    memcpy(p, head, sizeof(head));
+    memcpy(p + 0xffe, tail, sizeof(tail));
+    both(p, sizeof(p), 1000, &a, &b);
+    assert_true(a.halted);
+    assert_int_equal(a.gpr[RSI], 0x10 + 0x11 + 0x12);
+}
+
 /* Dirty logging switched on while translated code that stores inline runs: the stores after the
  * switch are logged (the inline path defers to the handler while logging is on). */
 static void test_dirty_log(void **st)
@@ -1414,6 +1444,7 @@ int main(void)
         cmocka_unit_test(test_user_mode),
         cmocka_unit_test(test_dirty_log),
         cmocka_unit_test(test_tlb_change),
+        cmocka_unit_test(test_crossing_smc),
         cmocka_unit_test(test_self_modifying),
         cmocka_unit_test(test_chain_smc),
         cmocka_unit_test(test_chain_budget_kick),
