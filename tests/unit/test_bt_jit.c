@@ -753,6 +753,72 @@ static void test_user_mode(void **st)
     assert_true(s.insns_inline_mem >= 4);
 }
 
+/* A TLB change between two inline stores to the same page: the PTE made read-only, then INVLPG
+ * (a handler in the middle of the block).  The translated store after it must not use the write
+ * tag the first store's warm entry had (bt_tlb_flush_page kills the inline tags with the entry):
+ * #PF (protection, write) at the second store in both runs. */
+static const uint8_t tlb_change[] = {
+    0x89, 0x02,       /* 0: mov [rdx], eax */
+    0x4d, 0x89, 0x08, /* 2: mov [r8], r9: the PTE, now read-only */
+    0x0f, 0x01, 0x3a, /* 5: invlpg [rdx] */
+    0x89, 0x42, 0x08, /* 8: mov [rdx+8], eax */
+    0xf4,             /* b: hlt */
+};
+
+static void prime_tlb_change(struct bt_cpu *c)
+{
+    put64(T, T_PD + 16, T_RO | 0x83); /* writable, supervisor */
+    c->s.gpr[RDX] = T_RO + 0x10;
+    c->s.gpr[R8] = T_PD + 16;
+    c->s.gpr[R9] = T_RO | 0x81;                      /* read-only */
+    bt_probe_write(c, T_RO + 0x10, 8, BT_ACC_WRITE); /* the write tag is warm */
+}
+
+static void test_tlb_change(void **st)
+{
+    static struct outcome a, b;
+    prep = prime_tlb_change;
+    both(tlb_change, sizeof(tlb_change), 1000, &a, &b);
+    prep = NULL;
+    assert_int_equal(t_handler_vector(T), X86_PF);
+    assert_int_equal(get64(T, T->c->s.gpr[RSP]), 0x3);
+    assert_int_equal(b.cr2, T_RO + 0x18);
+    assert_int_equal(get64(T, T->c->s.gpr[RSP] + 8), T_CODE0 + 8);
+    struct bt_jit_stats s;
+    bt_jit_get_stats(T->c, &s);
+    assert_true(s.insns_inline_mem >= 2);
+}
+
+/* An instruction crossing a page (decoded uncached on every run, the decoding memoised by its
+ * bytes) whose immediate the loop increments: each run must see the new bytes, both ways. */
+static void test_crossing_smc(void **st)
+{
+    static uint8_t p[0x1008];
+    static const uint8_t head[] = {
+        0xb9, 0x03, 0x00, 0x00, 0x00, /* 0: mov ecx, 3 */
+        0xba, 0xff, 0x0f, 0x01, 0x00, /* 5: mov edx, T_CODE0 + 0xfff (the immediate) */
+        0x31, 0xf6,                   /* a: xor esi, esi */
+        0xe9, 0xed, 0x0f, 0x00, 0x00, /* c: jmp 0xffe */
+        0x01, 0xc6,                   /* 11: add esi, eax */
+        0xff, 0x02,                   /* 13: inc dword [rdx] */
+        0xff, 0xc9,                   /* 15: dec ecx */
+        0x75, 0xf3,                   /* 17: jnz 0xc */
+        0xf4,                         /* 19: hlt */
+    };
+    static const uint8_t tail[] = {
+        0xb8, 0x10, 0x00, 0x00, 0x00, /* ffe: mov eax, 0x10 (crosses into the next page) */
+        0xe9, 0x09, 0xf0, 0xff, 0xff, /* 1003: jmp 0x11 */
+    };
+    static struct outcome a, b;
+    _Static_assert(T_CODE0 == 0x10000, "the program's addresses");
+    memset(p, 0x90, sizeof(p));
+    memcpy(p, head, sizeof(head));
+    memcpy(p + 0xffe, tail, sizeof(tail));
+    both(p, sizeof(p), 1000, &a, &b);
+    assert_true(a.halted);
+    assert_int_equal(a.gpr[RSI], 0x10 + 0x11 + 0x12);
+}
+
 /* Dirty logging switched on while translated code that stores inline runs: the stores after the
  * switch are logged (the inline path defers to the handler while logging is on). */
 static void test_dirty_log(void **st)
@@ -1573,6 +1639,8 @@ int main(void)
         cmocka_unit_test(test_store_faults),
         cmocka_unit_test(test_user_mode),
         cmocka_unit_test(test_dirty_log),
+        cmocka_unit_test(test_tlb_change),
+        cmocka_unit_test(test_crossing_smc),
         cmocka_unit_test(test_self_modifying),
         cmocka_unit_test(test_chain_smc),
         cmocka_unit_test(test_chain_budget_kick),

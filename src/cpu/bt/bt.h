@@ -167,6 +167,13 @@ struct bt_tlb_entry {
     uint64_t gpa;  /* guest-physical page address */
     uint8_t *hva;  /* host address of the page, NULL for MMIO (slow path) */
     uint32_t perm; /* allowed access kinds per privilege, see mmu.c */
+    uint32_t pad;
+    /* The translator's inline access check, one compare: ftag[user * 2 + write] is
+     * (linear page | 0xfff) when an access of that kind at that privilege needs nothing but the
+     * host address (RAM, permitted; a write bit only once the PTE is dirty), else 0.  The emitted
+     * code compares it with (last byte's address | 0xfff), which also rejects a page crossing.
+     * Written with vtag at every fill, zeroed with it at every flush (mmu.c). */
+    uint64_t ftag[4];
 };
 
 /* ---- the vCPU -------------------------------------------------------------------------- */
@@ -182,6 +189,7 @@ struct bt_cpu {
     uint8_t code_bits;  /* 16, 32 or 64 */
     uint8_t stack_bits; /* 16, 32 or 64 */
     bool paging, long_mode;
+    uint32_t tlb_uoff; /* 16 at CPL 3, else 0: the byte offset of the privilege's ftag pair */
 
     /* current instruction */
     uint64_t insn_rip; /* RIP of the instruction being executed */

@@ -368,6 +368,11 @@ static void decode_uncached(struct bt_cpu *c, uint64_t rip, struct bt_insn *out)
         bt_seg_linear(c, SEG_CS, rip, out->len, BT_ACC_EXEC); /* CS limit covers every byte */
 }
 
+static bool memo_get(struct bt_cpu *c, uint64_t lin, const uint8_t *buf, size_t n,
+                     struct bt_insn *out);
+static void memo_put(struct bt_cpu *c, uint64_t lin, const uint8_t *buf, size_t n,
+                     const struct bt_insn *insn);
+
 void bt_decode_at(struct bt_cpu *c, uint64_t lin, struct bt_insn *out)
 {
     pthread_once(&core_once, core_global_init);
@@ -378,7 +383,9 @@ void bt_decode_at(struct bt_cpu *c, uint64_t lin, struct bt_insn *out)
         bt_read(c, lin, 1, BT_ACC_EXEC); /* raises the #PF of the fetch */
         bt_gp0(c);                       /* not reached unless the MMU disagrees with itself */
     }
+    if (memo_get(c, lin, buf, n, out)) return;
     ZyanStatus st = decode(decoder_for(c->code_bits, c->stack_bits), c->code_bits, buf, n, out);
+    if (st != ZYDIS_STATUS_NO_MORE_DATA) memo_put(c, lin, buf, n, out);
     if (st == ZYDIS_STATUS_NO_MORE_DATA) {
         if (n < sizeof(buf)) {
             bt_read(c, lin + n, 1,
@@ -425,9 +432,45 @@ struct bt_cache {
     struct bt_block *fast[4096];
     /* a one-instruction block for code the cache does not hold */
     struct bt_insn scratch;
+    /* the last decodings of such code (instructions crossing a page: a shell loop runs some
+     * 10^6 times), keyed by their bytes and mode: decode() is a function of nothing else */
+    struct uc_memo {
+        uint8_t bytes[ZYDIS_MAX_INSTRUCTION_LENGTH];
+        uint8_t n, code_bits, stack_bits;
+        struct bt_insn insn;
+    } memo[16];
     unsigned fault_depth;
     struct bt_cpu *cpu; /* owner, for the translator hooks */
 };
+
+static struct uc_memo *memo_of(struct bt_cpu *c, uint64_t lin)
+{
+    struct bt_cache *k = c->cache;
+    return k ? &k->memo[(lin ^ (lin >> 4)) & (ARRAY_SIZE(k->memo) - 1)] : NULL;
+}
+
+static bool memo_get(struct bt_cpu *c, uint64_t lin, const uint8_t *buf, size_t n,
+                     struct bt_insn *out)
+{
+    struct uc_memo *m = memo_of(c, lin);
+    if (!m || m->n != n || m->code_bits != c->code_bits || m->stack_bits != c->stack_bits ||
+        memcmp(m->bytes, buf, n) != 0)
+        return false;
+    *out = m->insn;
+    return true;
+}
+
+static void memo_put(struct bt_cpu *c, uint64_t lin, const uint8_t *buf, size_t n,
+                     const struct bt_insn *insn)
+{
+    struct uc_memo *m = memo_of(c, lin);
+    if (!m || n == 0 || n > sizeof(m->bytes)) return;
+    memcpy(m->bytes, buf, n);
+    m->n = (uint8_t)n;
+    m->code_bits = c->code_bits;
+    m->stack_bits = c->stack_bits;
+    m->insn = *insn;
+}
 
 static unsigned mode_of(const struct bt_cpu *c)
 {

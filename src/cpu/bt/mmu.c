@@ -61,11 +61,30 @@ void bt_mmu_destroy(struct bt_cpu *c)
     c->mmu = NULL;
 }
 
+/* An entry no access matches (vtag 0 is never a tag; ftag 0 never a compared value). */
+static void tlb_kill(struct bt_tlb_entry *e)
+{
+    e->vtag = 0;
+    memset(e->ftag, 0, sizeof(e->ftag));
+}
+
+/* The translator's one-compare tags of a freshly filled entry (see struct bt_tlb_entry): the
+ * same conditions its probes tested one by one (a host address, the permission bit for the
+ * privilege: supervisor bits 0-2, user bits 3-5). */
+static void tlb_set_ftags(struct bt_tlb_entry *e, uint64_t lin)
+{
+    uint64_t f = lin | 0xfff;
+    for (unsigned k = 0; k < 4; k++) {
+        uint32_t bit = (k & 1 ? BT_ACC_WRITE : BT_ACC_READ) << (k & 2 ? 3 : 0);
+        e->ftag[k] = e->hva && (e->perm & bit) ? f : 0;
+    }
+}
+
 void bt_tlb_flush(struct bt_cpu *c, bool include_global)
 {
     bool keep_global = !include_global && (c->s.cr4 & X86_CR4_PGE);
     for (unsigned i = 0; i < BT_TLB_SIZE; i++)
-        if (!keep_global || !(c->tlb[i].perm & P_GLOBAL)) c->tlb[i].vtag = 0;
+        if (!keep_global || !(c->tlb[i].perm & P_GLOBAL)) tlb_kill(&c->tlb[i]);
 }
 
 void bt_tlb_flush_page(struct bt_cpu *c, uint64_t lin)
@@ -76,7 +95,7 @@ void bt_tlb_flush_page(struct bt_cpu *c, uint64_t lin)
     uint64_t big = lin & ~0x3fffffull;
     for (unsigned i = 0; i < BT_TLB_SIZE; i++) {
         uint64_t v = c->tlb[i].vtag & ~1ull;
-        if (c->tlb[i].vtag && (v & ~0x3fffffull) == big) c->tlb[i].vtag = 0;
+        if (c->tlb[i].vtag && (v & ~0x3fffffull) == big) tlb_kill(&c->tlb[i]);
     }
 }
 
@@ -382,6 +401,7 @@ static struct bt_tlb_entry *tlb_get(struct bt_cpu *c, uint64_t lin, int acc)
     e->gpa = gpa;
     e->perm = perm;
     e->hva = (c->vm && !is_lapic_page(c, gpa)) ? guest_ptr(&c->vm->mem, gpa, 4096) : NULL;
+    tlb_set_ftags(e, lin);
     return e;
 }
 
@@ -538,6 +558,7 @@ size_t bt_fetch(struct bt_cpu *c, uint64_t lin, uint8_t *buf, size_t max, uint64
                 e->gpa = g;
                 e->perm = perm;
                 e->hva = (c->vm && !is_lapic_page(c, g)) ? guest_ptr(&c->vm->mem, g, 4096) : NULL;
+                tlb_set_ftags(e, at);
             }
         }
         size_t in_page = 4096 - (at & 0xfff);
