@@ -146,15 +146,17 @@ static uint64_t host_tsc_khz(void)
             if (a) return a;
         }
     }
-    /* Calibrate against CLOCK_MONOTONIC over ~20 ms and round to 1 MHz.  Each end is the
-     * tightest of several (TSC, clock, TSC) brackets: a preemption between reading the clock and
-     * the TSC would otherwise skew the rate by the time the thread was away, and a snapshot taken
-     * on a loaded host then failed its CPU-model check against a VM calibrated on an idle one. */
+    /* Calibrate against CLOCK_MONOTONIC over ~3 ms and round to 1 MHz.  Each end is the
+     * tightest of several (TSC, clock, TSC) brackets, so a preemption between reading the clock
+     * and the TSC cannot skew the rate (it once did by a MHz on a loaded host, and a snapshot then
+     * failed its CPU-model check against a VM calibrated on an idle one); with ends known to tens
+     * of ns, 3 ms is ample for 1 MHz, and it is spent asleep (this delays the first guest
+     * instruction: a 20 ms busy wait cost 20 ms of it). */
     uint64_t c0, c1;
     int64_t t0 = tsc_bracket(&c0), t1;
-    do
-        t1 = host_ns();
-    while (t1 - t0 < 20000000);
+    struct timespec nap = {0, 3000000};
+    while (nanosleep(&nap, &nap) != 0) {
+    }
     t1 = tsc_bracket(&c1);
     uint64_t khz = (c1 - c0) * 1000000ull / (uint64_t)(t1 - t0);
     return (khz + 500) / 1000 * 1000;
