@@ -190,11 +190,8 @@ struct virtio_blk {
     struct blk_backend be;
     struct virtio_dev_ops ops;
     uint8_t config[VIRTIO_BLK_CONFIG_SIZE];
-    pthread_t thread;
-    pthread_cond_t work; /* with t.lock */
-    bool kick, stop, started;
+    struct virtio_worker w;
     struct tbucket bw, iops;
-    struct vq_chain chain;           /* worker-owned */
     char path[VIRTIO_SNAP_PATH + 1]; /* as given (for snapshots and messages) */
 };
 
@@ -213,34 +210,18 @@ static void blk_config_read(void *dev, uint32_t off, uint8_t *data, unsigned len
 static void blk_notify(void *dev, unsigned q)
 {
     struct virtio_blk *d = dev;
-    d->kick = true;
-    pthread_cond_signal(&d->work);
+    virtio_worker_kick(&d->w);
 }
 
-static void *blk_worker(void *arg)
+/* On the worker, t.lock released: the rate limits, then the request. */
+static uint32_t blk_serve(void *dev, const struct vq_chain *c)
 {
-    struct virtio_blk *d = arg;
-    struct virtio_mmio *t = &d->t;
-    pthread_mutex_lock(&t->lock);
-    for (;;) {
-        while (!d->kick && !d->stop)
-            pthread_cond_wait(&d->work, &t->lock);
-        if (d->stop) break;
-        d->kick = false;
-        while (!d->stop && virtio_mmio_pop(t, 0, &d->chain) > 0) {
-            pthread_mutex_unlock(&t->lock);
-            uint64_t now = tb_now_ns();
-            uint64_t wait = MAX(tb_take(&d->iops, 1, now),
-                                tb_take(&d->bw, d->chain.out_len + d->chain.in_len, now));
-            tb_sleep_ns(wait);
-            uint32_t used = 0;
-            (void)blk_process(&d->be, t->mem, &d->chain, &used);
-            pthread_mutex_lock(&t->lock);
-            virtio_mmio_push(t, 0, d->chain.head, used);
-        }
-    }
-    pthread_mutex_unlock(&t->lock);
-    return NULL;
+    struct virtio_blk *d = dev;
+    uint64_t now = tb_now_ns();
+    tb_sleep_ns(MAX(tb_take(&d->iops, 1, now), tb_take(&d->bw, c->out_len + c->in_len, now)));
+    uint32_t used = 0;
+    (void)blk_process(&d->be, d->t.mem, c, &used);
+    return used;
 }
 
 struct virtio_blk *virtio_blk_create(struct guest_mem *mem, struct irq_line irq,
@@ -308,15 +289,12 @@ struct virtio_blk *virtio_blk_create(struct guest_mem *mem, struct irq_line irq,
     tb_init_burst(&d->bw, o->bw, o->burst_ms);
     tb_init_burst(&d->iops, o->iops, o->burst_ms);
     virtio_mmio_init(&d->t, mem, irq, &d->ops, d, feat);
-    pthread_cond_init(&d->work, NULL);
-    int e = pthread_create(&d->thread, NULL, blk_worker, d);
+    int e = virtio_worker_start(&d->w, &d->t, blk_serve, d);
     if (e) {
         err_set(e, "cannot start the disk worker thread: %s", strerror(e));
-        pthread_cond_destroy(&d->work);
         virtio_mmio_destroy(&d->t);
         goto fail;
     }
-    d->started = true;
     return d;
 fail:
     close(d->be.fd);
@@ -332,15 +310,10 @@ struct virtio_mmio *virtio_blk_transport(struct virtio_blk *d)
 void virtio_blk_destroy(struct virtio_blk *d)
 {
     if (!d) return;
-    pthread_mutex_lock(&d->t.lock);
-    d->stop = true;
-    pthread_cond_signal(&d->work);
-    pthread_mutex_unlock(&d->t.lock);
-    pthread_join(d->thread, NULL);
+    virtio_worker_stop(&d->w);
     /* What the guest wrote but never flushed still reaches the image at a clean exit. */
     if (!d->be.ro) (void)fdatasync(d->be.fd);
     close(d->be.fd);
-    pthread_cond_destroy(&d->work);
     virtio_mmio_destroy(&d->t);
     free(d);
 }
@@ -427,8 +400,7 @@ int virtio_blk_set_state(struct virtio_blk *d, const struct virtio_dev_state *s)
         pthread_mutex_lock(&d->t.lock);
         tb_restore(&d->bw, s->bucket[0].rate, s->bucket[0].milli);
         tb_restore(&d->iops, s->bucket[1].rate, s->bucket[1].milli);
-        d->kick = true; /* requests the guest queued before the snapshot */
-        pthread_cond_signal(&d->work);
+        virtio_worker_kick(&d->w); /* requests the guest queued before the snapshot */
         pthread_mutex_unlock(&d->t.lock);
     }
     return r;

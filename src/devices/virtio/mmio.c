@@ -37,6 +37,56 @@ void virtio_mmio_destroy(struct virtio_mmio *t)
     pthread_mutex_destroy(&t->lock);
 }
 
+static void *worker_main(void *arg)
+{
+    struct virtio_worker *w = arg;
+    struct virtio_mmio *t = w->t;
+    pthread_mutex_lock(&t->lock);
+    for (;;) {
+        while (!w->kick && !w->stop)
+            pthread_cond_wait(&w->work, &t->lock);
+        if (w->stop) break;
+        w->kick = false;
+        while (!w->stop && virtio_mmio_pop(t, 0, &w->chain) > 0) {
+            pthread_mutex_unlock(&t->lock);
+            uint32_t used = w->serve(w->dev, &w->chain);
+            pthread_mutex_lock(&t->lock);
+            virtio_mmio_push(t, 0, w->chain.head, used);
+        }
+    }
+    pthread_mutex_unlock(&t->lock);
+    return NULL;
+}
+
+int virtio_worker_start(struct virtio_worker *w, struct virtio_mmio *t,
+                        uint32_t (*serve)(void *dev, const struct vq_chain *c), void *dev)
+{
+    w->t = t;
+    w->serve = serve;
+    w->dev = dev;
+    w->kick = w->stop = false;
+    pthread_cond_init(&w->work, NULL);
+    int e = pthread_create(&w->thread, NULL, worker_main, w);
+    if (e) pthread_cond_destroy(&w->work);
+    return e;
+}
+
+void virtio_worker_kick(struct virtio_worker *w)
+{
+    w->kick = true;
+    pthread_cond_signal(&w->work);
+}
+
+void virtio_worker_stop(struct virtio_worker *w)
+{
+    pthread_mutex_lock(&w->t->lock);
+    w->stop = true;
+    pthread_cond_signal(&w->work);
+    pthread_mutex_unlock(&w->t->lock);
+    pthread_join(w->thread, NULL);
+    pthread_cond_destroy(&w->work);
+}
+
 bool virtio_mmio_running(const struct virtio_mmio *t)
 {
     return (t->status & VIRTIO_STATUS_DRIVER_OK) && !(t->status & VIRTIO_STATUS_NEEDS_RESET);

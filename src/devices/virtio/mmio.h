@@ -129,6 +129,25 @@ void virtio_mmio_push(struct virtio_mmio *t, unsigned q, uint16_t head, uint32_t
 void virtio_mmio_fail(struct virtio_mmio *t, const char *why);
 void virtio_mmio_config_changed(struct virtio_mmio *t);
 
+/* One worker thread serving queue 0 off the vCPU thread (virtio-blk, virtio-rng): woken by a
+ * kick, it pops every available chain and serves each with t->lock released; serve() returns the
+ * bytes written into the chain (it may sleep, e.g. on a rate limit).  Quiescing (pop returns
+ * nothing) and needs-reset are the transport's. */
+struct virtio_worker {
+    struct virtio_mmio *t;
+    uint32_t (*serve)(void *dev, const struct vq_chain *c);
+    void *dev;
+    pthread_t thread;
+    pthread_cond_t work; /* with t->lock */
+    bool kick, stop;
+    struct vq_chain chain; /* worker-owned */
+};
+/* 0, or the pthread error (nothing left to undo). */
+int virtio_worker_start(struct virtio_worker *w, struct virtio_mmio *t,
+                        uint32_t (*serve)(void *dev, const struct vq_chain *c), void *dev);
+void virtio_worker_kick(struct virtio_worker *w); /* with t->lock held */
+void virtio_worker_stop(struct virtio_worker *w); /* joins the thread */
+
 /* Transport state for snapshots: plain data, validated before it is set. */
 struct virtio_mmio_state {
     uint32_t status, dev_features_sel, drv_features_sel, queue_sel, isr, config_gen;

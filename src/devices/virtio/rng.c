@@ -28,42 +28,23 @@ struct virtio_rng {
     struct virtio_mmio t;
     struct virtio_dev_ops ops;
     struct tbucket bw;
-    pthread_t thread;
-    pthread_cond_t work; /* with t.lock */
-    bool kick, stop;
-    struct vq_chain chain; /* worker-owned */
+    struct virtio_worker w;
 };
 
 /* With t.lock held (vCPU thread): wake the worker. */
 static void rng_notify(void *dev, unsigned q)
 {
     struct virtio_rng *d = dev;
-    d->kick = true;
-    pthread_cond_signal(&d->work);
+    virtio_worker_kick(&d->w);
 }
 
-/* Serves requests off the vCPU thread, sleeping (unlocked) while over the byte budget. */
-static void *rng_worker(void *arg)
+/* On the worker, t.lock released: sleeps while over the byte budget, then fills the chain. */
+static uint32_t rng_serve(void *dev, const struct vq_chain *c)
 {
-    struct virtio_rng *d = arg;
-    struct virtio_mmio *t = &d->t;
-    pthread_mutex_lock(&t->lock);
-    for (;;) {
-        while (!d->kick && !d->stop)
-            pthread_cond_wait(&d->work, &t->lock);
-        if (d->stop) break;
-        d->kick = false;
-        while (!d->stop && virtio_mmio_pop(t, 0, &d->chain) > 0) {
-            pthread_mutex_unlock(&t->lock);
-            uint64_t want = MIN(d->chain.in_len, (uint64_t)VIRTIO_RNG_MAX_REQ);
-            tb_sleep_ns(tb_take(&d->bw, want, tb_now_ns()));
-            uint32_t n = rng_process(t->mem, &d->chain);
-            pthread_mutex_lock(&t->lock);
-            virtio_mmio_push(t, 0, d->chain.head, n);
-        }
-    }
-    pthread_mutex_unlock(&t->lock);
-    return NULL;
+    struct virtio_rng *d = dev;
+    uint64_t want = MIN(c->in_len, (uint64_t)VIRTIO_RNG_MAX_REQ);
+    tb_sleep_ns(tb_take(&d->bw, want, tb_now_ns()));
+    return rng_process(d->t.mem, c);
 }
 
 struct virtio_rng *virtio_rng_create(struct guest_mem *mem, struct irq_line irq,
@@ -78,11 +59,9 @@ struct virtio_rng *virtio_rng_create(struct guest_mem *mem, struct irq_line irq,
         (struct virtio_dev_ops){.device_id = VIRTIO_ID_RNG, .nqueues = 1, .notify = rng_notify};
     tb_init(&d->bw, bytes_per_sec);
     virtio_mmio_init(&d->t, mem, irq, &d->ops, d, 0);
-    pthread_cond_init(&d->work, NULL);
-    int e = pthread_create(&d->thread, NULL, rng_worker, d);
+    int e = virtio_worker_start(&d->w, &d->t, rng_serve, d);
     if (e) {
         err_set(e, "cannot start the entropy device thread: %s", strerror(e));
-        pthread_cond_destroy(&d->work);
         virtio_mmio_destroy(&d->t);
         free(d);
         return NULL;
@@ -98,12 +77,7 @@ struct virtio_mmio *virtio_rng_transport(struct virtio_rng *d)
 void virtio_rng_destroy(struct virtio_rng *d)
 {
     if (!d) return;
-    pthread_mutex_lock(&d->t.lock);
-    d->stop = true;
-    pthread_cond_signal(&d->work);
-    pthread_mutex_unlock(&d->t.lock);
-    pthread_join(d->thread, NULL);
-    pthread_cond_destroy(&d->work);
+    virtio_worker_stop(&d->w);
     virtio_mmio_destroy(&d->t);
     free(d);
 }
@@ -139,8 +113,7 @@ int virtio_rng_set_state(struct virtio_rng *d, const struct virtio_dev_state *s)
     if ((r = virtio_mmio_set_state(&d->t, &s->mmio)) < 0) return r;
     pthread_mutex_lock(&d->t.lock);
     tb_restore(&d->bw, s->bucket[0].rate, s->bucket[0].milli);
-    d->kick = true; /* requests the guest queued before the snapshot */
-    pthread_cond_signal(&d->work);
+    virtio_worker_kick(&d->w); /* requests the guest queued before the snapshot */
     pthread_mutex_unlock(&d->t.lock);
     return 0;
 }
