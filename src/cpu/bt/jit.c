@@ -454,6 +454,38 @@ static void emit_cond(struct emit *e, unsigned cc)
     }
 }
 
+/* AL = 1 if condition cc holds on the guest's flags, else 0.  Clobbers EAX and ECX. */
+static void setcc_al(struct emit *e, unsigned cc)
+{
+    emit_cond(e, cc);
+    E1(e, SETNZ, R(ZYDIS_REGISTER_AL));
+    if (cc & 1) E2(e, XOR, R(ZYDIS_REGISTER_AL), I(1));
+}
+
+/* The sixteen SETcc mnemonics (0F 90+cc) */
+static bool is_setcc(unsigned m)
+{
+    switch (m) {
+    case ZYDIS_MNEMONIC_SETO:
+    case ZYDIS_MNEMONIC_SETNO:
+    case ZYDIS_MNEMONIC_SETB:
+    case ZYDIS_MNEMONIC_SETNB:
+    case ZYDIS_MNEMONIC_SETZ:
+    case ZYDIS_MNEMONIC_SETNZ:
+    case ZYDIS_MNEMONIC_SETBE:
+    case ZYDIS_MNEMONIC_SETNBE:
+    case ZYDIS_MNEMONIC_SETS:
+    case ZYDIS_MNEMONIC_SETNS:
+    case ZYDIS_MNEMONIC_SETP:
+    case ZYDIS_MNEMONIC_SETNP:
+    case ZYDIS_MNEMONIC_SETL:
+    case ZYDIS_MNEMONIC_SETNL:
+    case ZYDIS_MNEMONIC_SETLE:
+    case ZYDIS_MNEMONIC_SETNLE: return true;
+    default: return false;
+    }
+}
+
 /* The host CF = the guest's (ADC and SBB read no other flag and write all six) */
 static void load_guest_cf(struct emit *e)
 {
@@ -518,6 +550,12 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off, 
     if (size != 1 && size != 2 && size != 4 && size != 8) return false;
     const struct bt_operand *d = &i->op[0], *s = &i->op[1];
     ZydisMnemonic m = (ZydisMnemonic)i->mnemonic;
+    if (is_setcc(m)) { /* to a low byte register; memory and AH..BH: native_setcc_more */
+        if (i->nops < 1 || !is_gpr(d) || d->size != 1 || i->opcode_map == 0) return false;
+        setcc_al(e, i->opcode & 0xf);
+        store_gpr(e, 0, d->reg, 1);
+        return true;
+    }
     switch (i->mnemonic) {
     case ZYDIS_MNEMONIC_ADD:
     case ZYDIS_MNEMONIC_SUB:
@@ -707,30 +745,6 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off, 
         E1(e, BSWAP, R(hreg(0, d->size)));
         store_gpr(e, 0, d->reg, d->size);
         return true;
-    case ZYDIS_MNEMONIC_SETO:
-    case ZYDIS_MNEMONIC_SETNO:
-    case ZYDIS_MNEMONIC_SETB:
-    case ZYDIS_MNEMONIC_SETNB:
-    case ZYDIS_MNEMONIC_SETZ:
-    case ZYDIS_MNEMONIC_SETNZ:
-    case ZYDIS_MNEMONIC_SETBE:
-    case ZYDIS_MNEMONIC_SETNBE:
-    case ZYDIS_MNEMONIC_SETS:
-    case ZYDIS_MNEMONIC_SETNS:
-    case ZYDIS_MNEMONIC_SETP:
-    case ZYDIS_MNEMONIC_SETNP:
-    case ZYDIS_MNEMONIC_SETL:
-    case ZYDIS_MNEMONIC_SETNL:
-    case ZYDIS_MNEMONIC_SETLE:
-    case ZYDIS_MNEMONIC_SETNLE: {
-        if (i->nops < 1 || !is_gpr(d) || d->size != 1 || i->opcode_map == 0) return false;
-        unsigned cc = i->opcode & 0xf;
-        emit_cond(e, cc);
-        E1(e, SETNZ, R(ZYDIS_REGISTER_AL));
-        if (cc & 1) E2(e, XOR, R(ZYDIS_REGISTER_AL), I(1));
-        store_gpr(e, 0, d->reg, 1);
-        return true;
-    }
     case ZYDIS_MNEMONIC_CMOVO:
     case ZYDIS_MNEMONIC_CMOVNO:
     case ZYDIS_MNEMONIC_CMOVB:
@@ -2013,35 +2027,13 @@ static bool native_bittest(struct emit *e, const struct bt_jit *j, const struct 
 static bool native_setcc_more(struct emit *e, const struct bt_jit *j, const struct bt_insn *i,
                               int64_t off, size_t *slow, int *nslow)
 {
-    if (i->mnemonic < ZYDIS_MNEMONIC_SETB || i->mnemonic > ZYDIS_MNEMONIC_SETZ) return false;
-    switch (i->mnemonic) {
-    case ZYDIS_MNEMONIC_SETO:
-    case ZYDIS_MNEMONIC_SETNO:
-    case ZYDIS_MNEMONIC_SETB:
-    case ZYDIS_MNEMONIC_SETNB:
-    case ZYDIS_MNEMONIC_SETZ:
-    case ZYDIS_MNEMONIC_SETNZ:
-    case ZYDIS_MNEMONIC_SETBE:
-    case ZYDIS_MNEMONIC_SETNBE:
-    case ZYDIS_MNEMONIC_SETS:
-    case ZYDIS_MNEMONIC_SETNS:
-    case ZYDIS_MNEMONIC_SETP:
-    case ZYDIS_MNEMONIC_SETNP:
-    case ZYDIS_MNEMONIC_SETL:
-    case ZYDIS_MNEMONIC_SETNL:
-    case ZYDIS_MNEMONIC_SETLE:
-    case ZYDIS_MNEMONIC_SETNLE: break;
-    default: return false;
-    }
+    if (!is_setcc(i->mnemonic)) return false;
     const struct bt_operand *d = &i->op[0];
     if (i->nops < 1 || d->size != 1 || i->opcode_map == 0) return false;
     bool hi = d->kind == BT_OPK_REG && d->rclass == BT_RC_GPR8H && d->reg < 4;
     if (!hi && !inline_mem_ok(i, d, off, false)) return false;
     if (!hi) mem_probe(e, j, d, off, true, slow, nslow);
-    unsigned cc = i->opcode & 0xf;
-    emit_cond(e, cc); /* clobbers EAX, ECX only */
-    E1(e, SETNZ, R(ZYDIS_REGISTER_AL));
-    if (cc & 1) E2(e, XOR, R(ZYDIS_REGISTER_AL), I(1));
+    setcc_al(e, i->opcode & 0xf); /* clobbers EAX, ECX only */
     if (hi)
         E2(e, MOV, M(RBX, C_GPR(d->reg) + 1, 1), R(ZYDIS_REGISTER_AL));
     else
