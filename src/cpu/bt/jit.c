@@ -346,13 +346,72 @@ static ZydisRegister hreg(int which, unsigned size)
     return t[which][k];
 }
 
+/* ---- guest state in host registers ---------------------------------------------------------
+ *
+ * Inside translated code (from the trampoline's entry to its exit, across chained jumps and
+ * inline lookups) the six guest GPRs used most (counted in the shell loop, sha256sum, gzip and
+ * xz: RCX, RAX, RDX, RSI, RDI, R8) live in host registers, and the guest's six arithmetic flags
+ * in R14 (its other bits mean nothing); c->s.gpr[] and the arithmetic bits of c->s.rflags are
+ * stale for them.  Every way out to C writes them back first (sync_out) and reads them again
+ * afterwards (sync_in): the handler calls, the --cfi hooks and the trampoline's exit; a fault
+ * longjmps out of a handler, after its sync_out.  Emitted code reaches a guest GPR only through
+ * G() (a register or the memory slot), the flags only through FLAGS_REG. */
+#define FLAGS_REG ZYDIS_REGISTER_R14
+#define NPIN      6
+static const unsigned pin_guest[NPIN] = {RAX, RCX, RDX, RSI, RDI, R8};
+static const ZydisRegister pin_host[NPIN][4] = {
+    {ZYDIS_REGISTER_BPL, ZYDIS_REGISTER_BP, ZYDIS_REGISTER_EBP, ZYDIS_REGISTER_RBP},
+    {ZYDIS_REGISTER_R8B, ZYDIS_REGISTER_R8W, ZYDIS_REGISTER_R8D, ZYDIS_REGISTER_R8},
+    {ZYDIS_REGISTER_R9B, ZYDIS_REGISTER_R9W, ZYDIS_REGISTER_R9D, ZYDIS_REGISTER_R9},
+    {ZYDIS_REGISTER_R10B, ZYDIS_REGISTER_R10W, ZYDIS_REGISTER_R10D, ZYDIS_REGISTER_R10},
+    {ZYDIS_REGISTER_R11B, ZYDIS_REGISTER_R11W, ZYDIS_REGISTER_R11D, ZYDIS_REGISTER_R11},
+    {ZYDIS_REGISTER_R15B, ZYDIS_REGISTER_R15W, ZYDIS_REGISTER_R15D, ZYDIS_REGISTER_R15}};
+
+/* the host register holding guest GPR `reg` at `size` bytes, or ZYDIS_REGISTER_NONE */
+static ZydisRegister pinned(unsigned reg, unsigned size)
+{
+    unsigned k = size == 1 ? 0 : size == 2 ? 1 : size == 4 ? 2 : 3;
+    for (unsigned p = 0; p < NPIN; p++)
+        if (pin_guest[p] == reg) return pin_host[p][k];
+    return ZYDIS_REGISTER_NONE;
+}
+
+/* guest GPR `reg` as an operand of `size` bytes: its host register or its slot in c->s.gpr.  A
+ * 32-bit write zero-extends only in the register: writers use 8 bytes for 32-bit results. */
+static ZydisEncoderOperand G(unsigned reg, unsigned size)
+{
+    ZydisRegister h = pinned(reg, size);
+    return h != ZYDIS_REGISTER_NONE ? R(h) : M(RBX, C_GPR(reg), size);
+}
+
+/* c->s.gpr[] and c->s.rflags take the guest state held in host registers.  Clobbers RCX, RDX. */
+static void sync_out(struct emit *e)
+{
+    for (unsigned p = 0; p < NPIN; p++)
+        E2(e, MOV, M(RBX, C_GPR(pin_guest[p]), 8), R(pin_host[p][3]));
+    E2(e, MOV, R(ZYDIS_REGISTER_RCX), M(RBX, C_FLAGS, 8));
+    E2(e, AND, R(ZYDIS_REGISTER_RCX), I(~(int64_t)BT_ARITH_FLAGS));
+    E2(e, MOV, R(ZYDIS_REGISTER_EDX), R(ZYDIS_REGISTER_R14D));
+    E2(e, AND, R(ZYDIS_REGISTER_EDX), I(BT_ARITH_FLAGS));
+    E2(e, OR, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RDX));
+    E2(e, MOV, M(RBX, C_FLAGS, 8), R(ZYDIS_REGISTER_RCX));
+}
+
+/* the host registers take the guest state from c->s (after C code may have changed it) */
+static void sync_in(struct emit *e)
+{
+    for (unsigned p = 0; p < NPIN; p++)
+        E2(e, MOV, R(pin_host[p][3]), M(RBX, C_GPR(pin_guest[p]), 8));
+    E2(e, MOV, R(FLAGS_REG), M(RBX, C_FLAGS, 8));
+}
+
 /* host register `which` = guest GPR `reg`, zero-extended from `size` bytes */
 static void load_gpr(struct emit *e, int which, unsigned reg, unsigned size)
 {
     if (size == 1 || size == 2)
-        E2(e, MOVZX, R(hreg(which, 4)), M(RBX, C_GPR(reg), size));
+        E2(e, MOVZX, R(hreg(which, 4)), G(reg, size));
     else
-        E2(e, MOV, R(hreg(which, size)), M(RBX, C_GPR(reg), size));
+        E2(e, MOV, R(hreg(which, size)), G(reg, size));
 }
 
 /* guest GPR `reg` = host register `which` with the x86 write rules (8/16 merge, 32 zero-extends;
@@ -360,7 +419,22 @@ static void load_gpr(struct emit *e, int which, unsigned reg, unsigned size)
 static void store_gpr(struct emit *e, int which, unsigned reg, unsigned size)
 {
     unsigned s = size == 4 ? 8 : size;
-    E2(e, MOV, M(RBX, C_GPR(reg), s), R(hreg(which, s)));
+    E2(e, MOV, G(reg, s), R(hreg(which, s)));
+}
+
+/* ECX = guest AH..BH (`reg` 0-3: bits 8-15 of RAX..RBX), zero-extended.  Clobbers RCX only. */
+static void load_gpr_hi(struct emit *e, unsigned reg)
+{
+    E2(e, MOV, R(ZYDIS_REGISTER_RCX), G(reg, 8));
+    E2(e, MOVZX, R(ZYDIS_REGISTER_ECX), R(ZYDIS_REGISTER_CH));
+}
+
+/* guest AH..BH (`reg` 0-3) = AL.  Clobbers RCX. */
+static void store_gpr_hi_al(struct emit *e, unsigned reg)
+{
+    E2(e, MOV, R(ZYDIS_REGISTER_RCX), G(reg, 8));
+    E2(e, MOV, R(ZYDIS_REGISTER_CH), R(ZYDIS_REGISTER_AL));
+    E2(e, MOV, G(reg, 8), R(ZYDIS_REGISTER_RCX));
 }
 
 /* RAX = the linear RIP at block offset `off` (wrapped to 32 bits in 32-bit code) */
@@ -378,14 +452,16 @@ static void flush_icount(struct emit *e, unsigned *pend)
     *pend = 0;
 }
 
-/* c->s.rflags = (c->s.rflags & ~mask) | (RDX & mask); RDX holds the host RFLAGS */
+/* The guest's flags (FLAGS_REG) take `mask` of RDX, which holds the host RFLAGS.  Clobbers RDX. */
 static void merge_flags(struct emit *e, uint32_t mask)
 {
+    if ((mask & BT_ARITH_FLAGS) == BT_ARITH_FLAGS) { /* all six: no merge */
+        E2(e, MOV, R(FLAGS_REG), R(ZYDIS_REGISTER_RDX));
+        return;
+    }
     E2(e, AND, R(ZYDIS_REGISTER_EDX), I(mask));
-    E2(e, MOV, R(ZYDIS_REGISTER_RCX), M(RBX, C_FLAGS, 8));
-    E2(e, AND, R(ZYDIS_REGISTER_RCX), I(~(int64_t)mask));
-    E2(e, OR, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RDX));
-    E2(e, MOV, M(RBX, C_FLAGS, 8), R(ZYDIS_REGISTER_RCX));
+    E2(e, AND, R(ZYDIS_REGISTER_R14D), I(~(int64_t)mask));
+    E2(e, OR, R(ZYDIS_REGISTER_R14D), R(ZYDIS_REGISTER_EDX));
 }
 
 /* ---- native forms ---------------------------------------------------------------------- */
@@ -419,11 +495,12 @@ static void load_guest_flags(struct emit *e)
     /* Without POPFQ (slow): OF by an 8-bit signed overflow (0x80 + 0x80 overflows, 0 + 0x80 does
      * not), then SF, ZF, AF, PF and CF by SAHF, which leaves OF alone.  Clobbers EAX and ECX.
      * (DF and AC stay clear as the host ABI keeps them; no operation here depends on them.) */
-    E2(e, MOVZX, R(ZYDIS_REGISTER_ECX), M(RBX, C_FLAGS, 2));
+    E2(e, MOV, R(ZYDIS_REGISTER_EAX), R(ZYDIS_REGISTER_R14D));
+    E2(e, SHL, R(ZYDIS_REGISTER_EAX), I(8)); /* AH = the low byte (before OF is set) */
+    E2(e, MOV, R(ZYDIS_REGISTER_ECX), R(ZYDIS_REGISTER_R14D));
     E2(e, SHR, R(ZYDIS_REGISTER_ECX), I(4)); /* OF: bit 11 -> bit 7 */
     E2(e, AND, R(ZYDIS_REGISTER_ECX), I(0x80));
     E2(e, ADD, R(ZYDIS_REGISTER_CL), I(-128));
-    E2(e, MOV, R(ZYDIS_REGISTER_AH), M(RBX, C_FLAGS, 1));
     E0(e, SAHF);
 }
 
@@ -433,7 +510,7 @@ static void load_guest_flags(struct emit *e)
  * even cc and on JZ/SETZ/CMOVZ for an odd one (cond_true).  Clobbers EAX and ECX. */
 static void emit_cond(struct emit *e, unsigned cc)
 {
-    E2(e, MOV, R(ZYDIS_REGISTER_EAX), M(RBX, C_FLAGS, 4));
+    E2(e, MOV, R(ZYDIS_REGISTER_EAX), R(ZYDIS_REGISTER_R14D));
     switch (cc >> 1) {
     case 0: E2(e, TEST, R(ZYDIS_REGISTER_EAX), I(X86_FLAG_OF)); break;
     case 1: E2(e, TEST, R(ZYDIS_REGISTER_EAX), I(X86_FLAG_CF)); break;
@@ -489,7 +566,7 @@ static bool is_setcc(unsigned m)
 /* The host CF = the guest's (ADC and SBB read no other flag and write all six) */
 static void load_guest_cf(struct emit *e)
 {
-    E2(e, BT, M(RBX, C_FLAGS, 8), I(0));
+    E2(e, BT, R(ZYDIS_REGISTER_R14D), I(0));
 }
 
 /* Dead flags.  What an instruction does to the six arithmetic flags as far as the code after it
@@ -616,7 +693,7 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off, 
         if (!rot_imm) load_guest_flags(e);
         load_gpr(e, 0, d->reg, size);
         if (cl)
-            E2(e, MOVZX, R(ZYDIS_REGISTER_ECX), M(RBX, C_GPR(RCX), 1));
+            E2(e, MOVZX, R(ZYDIS_REGISTER_ECX), G(RCX, 1));
         else
             E2(e, MOV, R(ZYDIS_REGISTER_ECX), I((uint8_t)s->disp));
         enc(e, m, 2, (ZydisEncoderOperand[]){R(hreg(0, size)), R(ZYDIS_REGISTER_CL)});
@@ -662,11 +739,11 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off, 
     case ZYDIS_MNEMONIC_CDQE:
         /* rAX = the sign extension of its lower half */
         if (size == 2) {
-            E2(e, MOVSX, R(ZYDIS_REGISTER_AX), M(RBX, C_GPR(RAX), 1));
+            E2(e, MOVSX, R(ZYDIS_REGISTER_AX), G(RAX, 1));
         } else if (size == 4) {
-            E2(e, MOVSX, R(ZYDIS_REGISTER_EAX), M(RBX, C_GPR(RAX), 2));
+            E2(e, MOVSX, R(ZYDIS_REGISTER_EAX), G(RAX, 2));
         } else {
-            E2(e, MOVSXD, R(ZYDIS_REGISTER_RAX), M(RBX, C_GPR(RAX), 4));
+            E2(e, MOVSXD, R(ZYDIS_REGISTER_RAX), G(RAX, 4));
         }
         store_gpr(e, 0, RAX, size);
         return true;
@@ -675,11 +752,11 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off, 
     case ZYDIS_MNEMONIC_CQO:
         /* rDX = the sign of rAX, replicated (flags untouched: the host's SAR is not merged) */
         if (size == 2)
-            E2(e, MOVSX, R(ZYDIS_REGISTER_RAX), M(RBX, C_GPR(RAX), 2));
+            E2(e, MOVSX, R(ZYDIS_REGISTER_RAX), G(RAX, 2));
         else if (size == 4)
-            E2(e, MOVSXD, R(ZYDIS_REGISTER_RAX), M(RBX, C_GPR(RAX), 4));
+            E2(e, MOVSXD, R(ZYDIS_REGISTER_RAX), G(RAX, 4));
         else if (size == 8)
-            E2(e, MOV, R(ZYDIS_REGISTER_RAX), M(RBX, C_GPR(RAX), 8));
+            E2(e, MOV, R(ZYDIS_REGISTER_RAX), G(RAX, 8));
         else
             return false;
         E2(e, SAR, R(ZYDIS_REGISTER_RAX), I(63));
@@ -727,15 +804,15 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off, 
         if (m == ZYDIS_MNEMONIC_MOVSXD ? (ds != 8 || ss != 4) : (ss != 1 && ss != 2) || ss >= ds)
             return false;
         if (m == ZYDIS_MNEMONIC_MOVZX)
-            E2(e, MOVZX, R(ZYDIS_REGISTER_EAX), M(RBX, C_GPR(s->reg), ss));
+            E2(e, MOVZX, R(ZYDIS_REGISTER_EAX), G(s->reg, ss));
         else if (m == ZYDIS_MNEMONIC_MOVSXD)
-            E2(e, MOVSXD, R(ZYDIS_REGISTER_RAX), M(RBX, C_GPR(s->reg), 4));
+            E2(e, MOVSXD, R(ZYDIS_REGISTER_RAX), G(s->reg, 4));
         else
             E2(e, MOVSX,
                R(ds == 8   ? ZYDIS_REGISTER_RAX
                  : ds == 4 ? ZYDIS_REGISTER_EAX
                            : ZYDIS_REGISTER_AX),
-               M(RBX, C_GPR(s->reg), ss));
+               G(s->reg, ss));
         store_gpr(e, 0, d->reg, ds);
         return true;
     }
@@ -803,11 +880,11 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off, 
         } else {
             if (!fits32(disp)) return false;
             if (s->base != BT_NOREG)
-                E2(e, MOV, R(ZYDIS_REGISTER_RAX), M(RBX, C_GPR(s->base), 8));
+                E2(e, MOV, R(ZYDIS_REGISTER_RAX), G(s->base, 8));
             else
                 E2(e, XOR, R(ZYDIS_REGISTER_EAX), R(ZYDIS_REGISTER_EAX));
             if (s->index != BT_NOREG) {
-                E2(e, MOV, R(ZYDIS_REGISTER_RCX), M(RBX, C_GPR(s->index), 8));
+                E2(e, MOV, R(ZYDIS_REGISTER_RCX), G(s->index, 8));
                 E2(e, LEA, R(ZYDIS_REGISTER_RAX),
                    MX(ZYDIS_REGISTER_RAX, ZYDIS_REGISTER_RCX, s->scale, disp, 8));
             } else if (disp) {
@@ -880,10 +957,12 @@ static void call_handler(struct emit *e, const struct bt_insn *i, int64_t off, b
     rip_at(e, off + i->len, b32);
     E2(e, MOV, M(RBX, C_NEXT_RIP, 8), R(ZYDIS_REGISTER_RAX));
     E2(e, MOV, M(RBX, C_RIP, 8), R(ZYDIS_REGISTER_RAX));
+    sync_out(e);
     E2(e, MOV, R(ZYDIS_REGISTER_RDI), R(RBX));
     E2(e, MOV, R(ZYDIS_REGISTER_RSI), I((int64_t)(uintptr_t)i));
     E2(e, MOV, R(ZYDIS_REGISTER_RAX), I((int64_t)(uintptr_t)i->fn));
     E1(e, CALL, R(ZYDIS_REGISTER_RAX));
+    sync_in(e);
     E1(e, INC, M(RBX, C_ICOUNT, 8));
 }
 
@@ -1226,11 +1305,11 @@ static void mem_lin(struct emit *e, const struct bt_operand *o, int64_t off)
         E2(e, LEA, R(HRDX), M(R12, o->disp + off, 8));
     } else {
         if (o->base != BT_NOREG)
-            E2(e, MOV, R(HRDX), M(RBX, C_GPR(o->base), 8));
+            E2(e, MOV, R(HRDX), G(o->base, 8));
         else
             E2(e, XOR, R(HEDX), R(HEDX));
         if (o->index != BT_NOREG) {
-            E2(e, MOV, R(HRSI), M(RBX, C_GPR(o->index), 8));
+            E2(e, MOV, R(HRSI), G(o->index, 8));
             E2(e, LEA, R(HRDX), MX(HRDX, HRSI, o->scale, o->disp, 8));
         } else if (o->disp) {
             E2(e, LEA, R(HRDX), M(HRDX, o->disp, 8));
@@ -1592,7 +1671,7 @@ static bool native_mem(struct emit *e, const struct bt_jit *j, const struct bt_i
         mem_probe(e, j, d, off, true, slow, nslow);
         load_guest_flags(e);
         if (cl)
-            E2(e, MOVZX, R(HECX), M(RBX, C_GPR(RCX), 1));
+            E2(e, MOVZX, R(HECX), G(RCX, 1));
         else
             E2(e, MOV, R(HECX), I((uint8_t)s->disp));
         enc(e, m, 2, (ZydisEncoderOperand[]){M(HRSI, 0, size), R(ZYDIS_REGISTER_CL)});
@@ -1653,7 +1732,7 @@ static bool native_mem(struct emit *e, const struct bt_jit *j, const struct bt_i
         } else {
             E2(e, MOV, M(HRSI, 0, 8), I(d->disp));
         }
-        E2(e, SUB, M(RBX, C_GPR(RSP), 8), I(8));
+        E2(e, SUB, G(RSP, 8), I(8));
         return true;
     }
     case ZYDIS_MNEMONIC_POP: {
@@ -1661,7 +1740,7 @@ static bool native_mem(struct emit *e, const struct bt_jit *j, const struct bt_i
         struct bt_operand slot = stack_slot(0);
         mem_probe(e, j, &slot, off, false, slow, nslow);
         E2(e, MOV, R(HRAX), M(HRSI, 0, 8));
-        E2(e, ADD, M(RBX, C_GPR(RSP), 8), I(8));
+        E2(e, ADD, G(RSP, 8), I(8));
         store_gpr(e, 0, d->reg, 8); /* POP RSP: the popped value wins */
         return true;
     }
@@ -1707,13 +1786,15 @@ static bool native_callret(struct emit *e, struct bt_jit *j, const struct bt_ins
         mem_probe(e, j, &slot, off, true, slow, &nslow);
         rip_at(e, end, false);
         E2(e, MOV, M(HRSI, 0, 8), R(HRAX));
-        E2(e, SUB, M(RBX, C_GPR(RSP), 8), I(8));
+        E2(e, SUB, G(RSP, 8), I(8));
         if (cfi) { /* bt_cfi_call(c, new RSP, return address) */
+            sync_out(e); /* the hook may stop the VM: c->s complete */
             E2(e, MOV, R(ZYDIS_REGISTER_RDX), R(HRAX));
-            E2(e, MOV, R(ZYDIS_REGISTER_RSI), M(RBX, C_GPR(RSP), 8));
+            E2(e, MOV, R(ZYDIS_REGISTER_RSI), G(RSP, 8));
             E2(e, MOV, R(ZYDIS_REGISTER_RDI), R(RBX));
             E2(e, MOV, R(HRAX), I((int64_t)(uintptr_t)bt_cfi_call));
             E1(e, CALL, R(HRAX));
+            sync_in(e); /* and the caller-saved host registers are gone */
         }
         rip_at(e, target, false);
         E2(e, MOV, M(RBX, C_RIP, 8), R(HRAX));
@@ -1736,18 +1817,20 @@ static bool native_callret(struct emit *e, struct bt_jit *j, const struct bt_ins
             E2(e, MOV, R(HRAX), M(HRSI, 0, 8));
             E1(e, PUSH, R(HRAX)); /* twice: the host stack stays 16-byte aligned for the call */
             E1(e, PUSH, R(HRAX));
+            sync_out(e);
             E2(e, MOV, R(ZYDIS_REGISTER_RDX), R(HRAX));
-            E2(e, MOV, R(ZYDIS_REGISTER_RSI), M(RBX, C_GPR(RSP), 8));
+            E2(e, MOV, R(ZYDIS_REGISTER_RSI), G(RSP, 8));
             E2(e, MOV, R(ZYDIS_REGISTER_RDI), R(RBX));
             E2(e, MOV, R(HRAX), I((int64_t)(uintptr_t)bt_cfi_ret));
             E1(e, CALL, R(HRAX));
+            sync_in(e);
             E1(e, POP, R(HRCX));
             E1(e, POP, R(HRCX));
             E2(e, TEST, R(ZYDIS_REGISTER_AL), R(ZYDIS_REGISTER_AL));
             stopped = jrel(e, ZYDIS_MNEMONIC_JZ);
             E2(e, MOV, R(HRAX), R(HRCX));
         }
-        E2(e, ADD, M(RBX, C_GPR(RSP), 8), I(8 + extra));
+        E2(e, ADD, G(RSP, 8), I(8 + extra));
         E2(e, MOV, M(RBX, C_RIP, 8), R(HRAX));
         E2(e, ADD, M(RBX, C_ICOUNT, 8), I(*pend + 1));
         lookup_exit(e, j); /* the return target through the inline lookup */
@@ -1793,9 +1876,9 @@ static bool load_src_rdi(struct emit *e, const struct bt_jit *j, const struct bt
     unsigned size = o->size;
     if (is_gpr(o)) {
         if (size < 4)
-            E2(e, MOVZX, R(HEDI), M(RBX, C_GPR(o->reg), size));
+            E2(e, MOVZX, R(HEDI), G(o->reg, size));
         else
-            E2(e, MOV, R(rdi_sz(size)), M(RBX, C_GPR(o->reg), size));
+            E2(e, MOV, R(rdi_sz(size)), G(o->reg, size));
         return true;
     }
     if (!inline_mem_ok(i, o, off, false)) return false;
@@ -1830,34 +1913,34 @@ static bool native_muldiv(struct emit *e, const struct bt_jit *j, const struct b
     }
     if (m == ZYDIS_MNEMONIC_DIV) {
         if (size == 1)
-            E2(e, MOVZX, R(HECX), M(RBX, C_GPR(RAX) + 1, 1)); /* AH */
+            load_gpr_hi(e, RAX); /* AH */
         else
-            E2(e, MOV, R(hreg(1, size)), M(RBX, C_GPR(RDX), size));
+            E2(e, MOV, R(hreg(1, size)), G(RDX, size));
         E2(e, CMP, R(hreg(1, size)), R(d));
         slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNB);
     } else if (m == ZYDIS_MNEMONIC_IDIV) {
         E2(e, CMP, R(d), I(-1));
         slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JZ);
         if (size == 1) {
-            E2(e, MOVSX, R(ZYDIS_REGISTER_CX), M(RBX, C_GPR(RAX), 1));
-            E2(e, CMP, R(ZYDIS_REGISTER_CX), M(RBX, C_GPR(RAX), 2));
+            E2(e, MOVSX, R(ZYDIS_REGISTER_CX), G(RAX, 1));
+            E2(e, CMP, R(ZYDIS_REGISTER_CX), G(RAX, 2));
         } else {
-            E2(e, MOV, R(hreg(1, size)), M(RBX, C_GPR(RAX), size));
+            E2(e, MOV, R(hreg(1, size)), G(RAX, size));
             E2(e, SAR, R(hreg(1, size)), I(size * 8 - 1));
-            E2(e, CMP, R(hreg(1, size)), M(RBX, C_GPR(RDX), size));
+            E2(e, CMP, R(hreg(1, size)), G(RDX, size));
         }
         slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
     }
     load_guest_flags(e); /* clobbers EAX, ECX */
-    E2(e, MOV, R(HRAX), M(RBX, C_GPR(RAX), 8));
-    E2(e, MOV, R(HRDX), M(RBX, C_GPR(RDX), 8));
+    E2(e, MOV, R(HRAX), G(RAX, 8));
+    E2(e, MOV, R(HRDX), G(RDX, 8));
     enc(e, m, 1, (ZydisEncoderOperand[]){R(d)});
     if (size == 1) {
-        E2(e, MOV, M(RBX, C_GPR(RAX), 2), R(ZYDIS_REGISTER_AX));
+        E2(e, MOV, G(RAX, 2), R(ZYDIS_REGISTER_AX));
     } else {
         unsigned w = size == 4 ? 8 : size; /* the host zero-extended the 32-bit results */
-        E2(e, MOV, M(RBX, C_GPR(RAX), w), R(hreg(0, w)));
-        E2(e, MOV, M(RBX, C_GPR(RDX), w), R(hreg(2, w)));
+        E2(e, MOV, G(RAX, w), R(hreg(0, w)));
+        E2(e, MOV, G(RDX, w), R(hreg(2, w)));
     }
     take_flags(e, BT_ARITH_FLAGS);
     return true;
@@ -1875,9 +1958,9 @@ static bool native_bitscan(struct emit *e, const struct bt_jit *j, const struct 
     if (!is_gpr(d) || (size != 2 && size != 4 && size != 8) || s->size != size) return false;
     if (!load_src_rdi(e, j, i, s, off, slow, nslow)) return false;
     load_guest_flags(e);
-    E2(e, MOV, R(HRAX), M(RBX, C_GPR(d->reg), 8));
+    E2(e, MOV, R(HRAX), G(d->reg, 8));
     enc(e, m, 2, (ZydisEncoderOperand[]){R(hreg(0, size)), R(rdi_sz(size))});
-    E2(e, MOV, M(RBX, C_GPR(d->reg), 8), R(HRAX));
+    E2(e, MOV, G(d->reg, 8), R(HRAX));
     take_flags(e, BT_ARITH_FLAGS);
     return true;
 }
@@ -1903,7 +1986,7 @@ static bool native_atomic(struct emit *e, const struct bt_jit *j, const struct b
         E2(e, CMP, R(HEAX), I(64 - size));
         slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNBE);
     }
-    E2(e, MOV, R(HRCX), M(RBX, C_GPR(s->reg), 8));
+    E2(e, MOV, R(HRCX), G(s->reg, 8));
     if (m == ZYDIS_MNEMONIC_XCHG) {
         E2(e, XCHG, M(HRSI, 0, size), R(hreg(1, size)));
         store_gpr(e, 1, s->reg, size);
@@ -1911,7 +1994,7 @@ static bool native_atomic(struct emit *e, const struct bt_jit *j, const struct b
     }
     if (m == ZYDIS_MNEMONIC_XADD) {
         load_guest_flags(e); /* as the handler (PRE); clobbers EAX, ECX: reload */
-        E2(e, MOV, R(HRCX), M(RBX, C_GPR(s->reg), 8));
+        E2(e, MOV, R(HRCX), G(s->reg, 8));
         if (locked) e->prefixes = ZYDIS_ATTRIB_HAS_LOCK;
         E2(e, XADD, M(HRSI, 0, size), R(hreg(1, size)));
         E0(e, PUSHFQ);
@@ -1920,13 +2003,13 @@ static bool native_atomic(struct emit *e, const struct bt_jit *j, const struct b
         merge_flags(e, BT_ARITH_FLAGS);
         return true;
     }
-    E2(e, MOV, R(HRAX), M(RBX, C_GPR(RAX), 8));
+    E2(e, MOV, R(HRAX), G(RAX, 8));
     if (locked) e->prefixes = ZYDIS_ATTRIB_HAS_LOCK;
     E2(e, CMPXCHG, M(HRSI, 0, size), R(hreg(1, size)));
     E0(e, PUSHFQ);
     E1(e, POP, R(HRDX));
     /* the handler writes the whole RAX the host left (a 32-bit failure zero-extends) */
-    E2(e, MOV, M(RBX, C_GPR(RAX), 8), R(HRAX));
+    E2(e, MOV, G(RAX, 8), R(HRAX));
     merge_flags(e, BT_ARITH_FLAGS);
     return true;
 }
@@ -1969,7 +2052,7 @@ static bool native_sse_more(struct emit *e, const struct bt_insn *i, size_t *slo
         unsigned n = m == ZYDIS_MNEMONIC_MOVD ? 4 : 8;
         if (is_xmm(d) && is_gpr(s) && s->size == n) {
             sse_usable(e, slow, nslow);
-            E2(e, MOV, R(hreg(0, n)), M(RBX, C_GPR(s->reg), n));
+            E2(e, MOV, R(hreg(0, n)), G(s->reg, n));
             E2(e, MOV, M(RBX, C_XMM(d->zreg - ZYDIS_REGISTER_XMM0), 8), R(HRAX));
             E2(e, MOV, M(RBX, C_XMM(d->zreg - ZYDIS_REGISTER_XMM0) + 8, 8), I(0));
             return true;
@@ -2035,7 +2118,7 @@ static bool native_setcc_more(struct emit *e, const struct bt_jit *j, const stru
     if (!hi) mem_probe(e, j, d, off, true, slow, nslow);
     setcc_al(e, i->opcode & 0xf); /* clobbers EAX, ECX only */
     if (hi)
-        E2(e, MOV, M(RBX, C_GPR(d->reg) + 1, 1), R(ZYDIS_REGISTER_AL));
+        store_gpr_hi_al(e, d->reg);
     else
         E2(e, MOV, M(HRSI, 0, 1), R(ZYDIS_REGISTER_AL));
     return true;
@@ -2050,10 +2133,13 @@ static bool native_flags_ops(struct emit *e, const struct bt_jit *j, const struc
         if (stack_bits != 64 || i->opsize != 64) return false;
         struct bt_operand slot = stack_slot(-8);
         mem_probe(e, j, &slot, off, true, slow, nslow);
-        E2(e, MOV, R(HRAX), M(RBX, C_FLAGS, 8));
-        E2(e, AND, R(HRAX), I(~(int64_t)(X86_FLAG_VM | X86_FLAG_RF)));
+        E2(e, MOV, R(HRAX), M(RBX, C_FLAGS, 8)); /* the other bits from memory */
+        E2(e, AND, R(HRAX), I(~(int64_t)(X86_FLAG_VM | X86_FLAG_RF | BT_ARITH_FLAGS)));
+        E2(e, MOV, R(HECX), R(ZYDIS_REGISTER_R14D));
+        E2(e, AND, R(HECX), I(BT_ARITH_FLAGS));
+        E2(e, OR, R(HRAX), R(HRCX));
         E2(e, MOV, M(HRSI, 0, 8), R(HRAX));
-        E2(e, SUB, M(RBX, C_GPR(RSP), 8), I(8));
+        E2(e, SUB, G(RSP, 8), I(8));
         return true;
     }
     if (i->mnemonic == ZYDIS_MNEMONIC_CLI) {
@@ -2098,7 +2184,7 @@ static bool native_indirect(struct emit *e, struct bt_jit *j, const struct bt_in
     size_t slow[8];
     int nslow = 0;
     if (is_gpr(o)) {
-        E2(e, MOV, R(HRAX), M(RBX, C_GPR(o->reg), 8));
+        E2(e, MOV, R(HRAX), G(o->reg, 8));
     } else {
         if (!inline_mem_ok(i, o, off, false)) return false;
         mem_probe(e, j, o, off, false, slow, &nslow);
@@ -2112,13 +2198,15 @@ static bool native_indirect(struct emit *e, struct bt_jit *j, const struct bt_in
         mem_probe(e, j, &slot, off, true, slow, &nslow);
         rip_at(e, off + i->len, false);
         E2(e, MOV, M(HRSI, 0, 8), R(HRAX));
-        E2(e, SUB, M(RBX, C_GPR(RSP), 8), I(8));
+        E2(e, SUB, G(RSP, 8), I(8));
         if (cfi) { /* bt_cfi_call(c, new RSP, return address) */
+            sync_out(e); /* the hook may stop the VM: c->s complete */
             E2(e, MOV, R(ZYDIS_REGISTER_RDX), R(HRAX));
-            E2(e, MOV, R(ZYDIS_REGISTER_RSI), M(RBX, C_GPR(RSP), 8));
+            E2(e, MOV, R(ZYDIS_REGISTER_RSI), G(RSP, 8));
             E2(e, MOV, R(ZYDIS_REGISTER_RDI), R(RBX));
             E2(e, MOV, R(HRAX), I((int64_t)(uintptr_t)bt_cfi_call));
             E1(e, CALL, R(HRAX));
+            sync_in(e); /* and the caller-saved host registers are gone */
         }
     }
     E2(e, ADD, M(RBX, C_ICOUNT, 8), I(*pend + 1));
@@ -2157,8 +2245,10 @@ static int emit_trampoline(struct bt_jit *j, struct bt_cpu *c)
     E2(&e, SUB, R(ZYDIS_REGISTER_RSP), I(8)); /* 16-byte alignment for the handler calls */
     E2(&e, MOV, R(RBX), R(ZYDIS_REGISTER_RDI));
     E2(&e, MOV, R(R13), R(ZYDIS_REGISTER_RDX));
+    sync_in(&e); /* the guest state translated code keeps in host registers */
     E1(&e, JMP, R(ZYDIS_REGISTER_RSI));
     j->exit_off = e.pos;
+    sync_out(&e);
     E2(&e, ADD, R(ZYDIS_REGISTER_RSP), I(8));
     for (size_t k = ARRAY_SIZE(saved); k-- > 0;)
         E1(&e, POP, R(saved[k]));
