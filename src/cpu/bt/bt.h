@@ -161,7 +161,7 @@ enum bt_pseudo_mnemonic {
 #define BT_ACC_IMPLICIT 0x08 /* supervisor access regardless of CPL (GDT/IDT/TSS reads) */
 
 #define BT_TLB_SIZE                                                                                \
-    1024 /* direct-mapped; 256 missed often enough to show in profiles of a shell loop */
+    8192 /* direct-mapped; see docs/translator.md (Soft TLB) for the size */
 struct bt_tlb_entry {
     uint64_t vtag; /* linear page number | 1 (valid) in bit 0 of a shifted form; see mmu.c */
     uint64_t gpa;  /* guest-physical page address */

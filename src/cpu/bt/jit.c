@@ -464,6 +464,8 @@ static void merge_flags(struct emit *e, uint32_t mask)
     E2(e, OR, R(ZYDIS_REGISTER_R14D), R(ZYDIS_REGISTER_EDX));
 }
 
+static void take_flags(struct emit *e, uint32_t mask);
+
 /* ---- native forms ---------------------------------------------------------------------- */
 
 static bool is_gpr(const struct bt_operand *o)
@@ -618,6 +620,36 @@ static int flag_effect(const struct bt_insn *i)
     }
 }
 
+/* A two-operand ALU op (ADD/SUB/AND/OR/XOR/CMP/TEST/ADC/SBB; MOV with flags_dead ignored) run
+ * on the guest registers where they are: host registers (pinned) or c->s.gpr slots, with at
+ * most one memory operand, and never a 32-bit write to a slot (the register write rule
+ * zero-extends, a memory write would not).  False: nothing emitted. */
+static bool alu_in_place(struct emit *e, ZydisMnemonic m, const struct bt_operand *d,
+                         const struct bt_operand *s, unsigned size, bool flags_dead)
+{
+    bool imm = s->kind == BT_OPK_IMM;
+    bool dreg = pinned(d->reg, size) != ZYDIS_REGISTER_NONE;
+    bool sreg = imm || pinned(s->reg, size) != ZYDIS_REGISTER_NONE;
+    bool writes = m != ZYDIS_MNEMONIC_CMP && m != ZYDIS_MNEMONIC_TEST;
+    if (!dreg && !sreg) return false;
+    if (!dreg && writes && size == 4) return false;
+    if (!dreg && imm && !fits32(s->disp) && size == 8) return false; /* no MOV m64, imm64 */
+    ZydisEncoderOperand dop = G(d->reg, size);
+    ZydisEncoderOperand sop = imm ? I(imm_for(s->disp, size)) : G(s->reg, size);
+    if (m == ZYDIS_MNEMONIC_MOV) {
+        if (imm && size == 8) sop = I(s->disp);
+        enc(e, m, 2, (ZydisEncoderOperand[]){dop, sop});
+        return true;
+    }
+    if (m == ZYDIS_MNEMONIC_ADC || m == ZYDIS_MNEMONIC_SBB) load_guest_cf(e);
+    if (m == ZYDIS_MNEMONIC_TEST && !sreg) /* commutative; the host encodes TEST r/m, r */
+        enc(e, m, 2, (ZydisEncoderOperand[]){sop, dop});
+    else
+        enc(e, m, 2, (ZydisEncoderOperand[]){dop, sop});
+    if (!flags_dead) take_flags(e, BT_ARITH_FLAGS);
+    return true;
+}
+
 /* Emits a native form of `i` if it has one; returns false (nothing emitted) otherwise.
  * flags_dead: the flags it writes are dead (see flag_effect), so they need not be stored. */
 static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off, bool flags_dead)
@@ -645,6 +677,7 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off, 
         bool imm = s->kind == BT_OPK_IMM;
         if (!imm && !(is_gpr(s) && s->size == size)) return false;
         if (imm && size == 8 && !fits32(s->disp)) return false;
+        if (alu_in_place(e, m, d, s, size, flags_dead)) return true;
         load_gpr(e, 0, d->reg, size);
         if (imm) {
             enc(e, m, 2, (ZydisEncoderOperand[]){R(hreg(0, size)), I(imm_for(s->disp, size))});
@@ -663,6 +696,11 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off, 
     case ZYDIS_MNEMONIC_INC:
     case ZYDIS_MNEMONIC_DEC:
         if (i->nops < 1 || !is_gpr(d) || d->size != size) return false;
+        if (pinned(d->reg, size) != ZYDIS_REGISTER_NONE) {
+            enc(e, m, 1, (ZydisEncoderOperand[]){G(d->reg, size)});
+            take_flags(e, BT_ARITH_FLAGS & ~(uint32_t)X86_FLAG_CF); /* CF is preserved */
+            return true;
+        }
         load_gpr(e, 0, d->reg, size);
         enc(e, m, 1, (ZydisEncoderOperand[]){R(hreg(0, size))});
         E0(e, PUSHFQ);
@@ -769,6 +807,7 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off, 
         bool imm = s->kind == BT_OPK_IMM;
         if (!imm && !(is_gpr(s) && s->size == size)) return false;
         if (imm && size == 8 && !fits32(s->disp)) return false;
+        if (alu_in_place(e, m, d, s, size, false)) return true;
         load_gpr(e, 0, d->reg, size);
         if (!imm) load_gpr(e, 1, s->reg, size);
         load_guest_cf(e);
@@ -785,6 +824,11 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off, 
     case ZYDIS_MNEMONIC_NEG:
     case ZYDIS_MNEMONIC_NOT:
         if (i->nops < 1 || !is_gpr(d) || d->size != size) return false;
+        if (pinned(d->reg, size) != ZYDIS_REGISTER_NONE) {
+            enc(e, m, 1, (ZydisEncoderOperand[]){G(d->reg, size)});
+            if (m == ZYDIS_MNEMONIC_NEG && !flags_dead) take_flags(e, BT_ARITH_FLAGS);
+            return true;
+        }
         load_gpr(e, 0, d->reg, size);
         enc(e, m, 1, (ZydisEncoderOperand[]){R(hreg(0, size))});
         bool merge = m == ZYDIS_MNEMONIC_NEG && !flags_dead;
@@ -853,6 +897,9 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off, 
     }
     case ZYDIS_MNEMONIC_MOV:
         if (i->nops < 2 || !is_gpr(d) || d->size != size) return false;
+        if ((s->kind == BT_OPK_IMM || (is_gpr(s) && s->size == size)) &&
+            alu_in_place(e, m, d, s, size, true))
+            return true;
         if (s->kind == BT_OPK_IMM) {
             if (size == 8)
                 E2(e, MOV, R(ZYDIS_REGISTER_RAX), I(s->disp));
@@ -1304,15 +1351,24 @@ static void mem_lin(struct emit *e, const struct bt_operand *o, int64_t off)
     if (o->base == BT_REG_RIP) {
         E2(e, LEA, R(HRDX), M(R12, o->disp + off, 8));
     } else {
-        if (o->base != BT_NOREG)
-            E2(e, MOV, R(HRDX), G(o->base, 8));
-        else
+        /* base and index straight from their host registers when pinned */
+        ZydisRegister b = o->base != BT_NOREG ? pinned(o->base, 8) : ZYDIS_REGISTER_NONE;
+        ZydisRegister x = o->index != BT_NOREG ? pinned(o->index, 8) : ZYDIS_REGISTER_NONE;
+        if (o->base == BT_NOREG) {
             E2(e, XOR, R(HEDX), R(HEDX));
+            b = HRDX;
+        } else if (b == ZYDIS_REGISTER_NONE) {
+            E2(e, MOV, R(HRDX), G(o->base, 8));
+            b = HRDX;
+        }
         if (o->index != BT_NOREG) {
-            E2(e, MOV, R(HRSI), G(o->index, 8));
-            E2(e, LEA, R(HRDX), MX(HRDX, HRSI, o->scale, o->disp, 8));
-        } else if (o->disp) {
-            E2(e, LEA, R(HRDX), M(HRDX, o->disp, 8));
+            if (x == ZYDIS_REGISTER_NONE) {
+                E2(e, MOV, R(HRSI), G(o->index, 8));
+                x = HRSI;
+            }
+            E2(e, LEA, R(HRDX), MX(b, x, o->scale, o->disp, 8));
+        } else if (o->disp || b != HRDX) {
+            E2(e, LEA, R(HRDX), M(b, o->disp, 8));
         }
     }
     if (o->seg == SEG_FS || o->seg == SEG_GS) E2(e, ADD, R(HRDX), M(RBX, C_SEGBASE(o->seg), 8));
@@ -1443,6 +1499,10 @@ static struct bt_operand stack_slot(int64_t disp)
 static void take_flags(struct emit *e, uint32_t mask)
 {
     E0(e, PUSHFQ);
+    if ((mask & BT_ARITH_FLAGS) == BT_ARITH_FLAGS) {
+        E1(e, POP, R(FLAGS_REG));
+        return;
+    }
     E1(e, POP, R(HRDX));
     merge_flags(e, mask);
 }

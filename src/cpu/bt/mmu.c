@@ -90,12 +90,15 @@ void bt_tlb_flush(struct bt_cpu *c, bool include_global)
 void bt_tlb_flush_page(struct bt_cpu *c, uint64_t lin)
 {
     /* A large page is cached as 4 KiB pieces; INVLPG of any address in it must drop them all, so
-     * drop every entry whose translation came from the same 2 MiB/4 MiB region.  Cheaper and
-     * simpler: a 256-entry scan. */
+     * drop every entry whose translation came from the same 2 MiB/4 MiB region (simpler than
+     * remembering which entries came from large pages). */
     uint64_t big = lin & ~0x3fffffull;
-    for (unsigned i = 0; i < BT_TLB_SIZE; i++) {
-        uint64_t v = c->tlb[i].vtag & ~1ull;
-        if (c->tlb[i].vtag && (v & ~0x3fffffull) == big) tlb_kill(&c->tlb[i]);
+    /* the 1024 pages of that 4 MiB region sit in 1024 consecutive slots (mod the TLB size) */
+    _Static_assert(BT_TLB_SIZE >= 1024, "a 4 MiB region's pages in distinct slots");
+    for (unsigned k = 0; k < 1024; k++) {
+        struct bt_tlb_entry *e = &c->tlb[((big >> 12) + k) & (BT_TLB_SIZE - 1)];
+        uint64_t v = e->vtag & ~1ull;
+        if (e->vtag && (v & ~0x3fffffull) == big) tlb_kill(e);
     }
 }
 
