@@ -171,6 +171,10 @@ struct emit {
     bool fail;
     struct enc_cached *cache;            /* may be NULL */
     ZydisInstructionAttributes prefixes; /* for the next request only (LOCK), then cleared */
+    /* The host's arithmetic flags are the guest's: the instruction just emitted was a native
+     * register form that set all six and nothing after it touched the host flags (a Jcc right
+     * after it tests them directly).  translate() clears it before each instruction. */
+    bool hflags;
 };
 
 static ZydisEncoderOperand R(ZydisRegister r)
@@ -647,6 +651,7 @@ static bool alu_in_place(struct emit *e, ZydisMnemonic m, const struct bt_operan
     else
         enc(e, m, 2, (ZydisEncoderOperand[]){dop, sop});
     if (!flags_dead) take_flags(e, BT_ARITH_FLAGS);
+    e->hflags = !flags_dead;
     return true;
 }
 
@@ -691,6 +696,7 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off, 
         }
         if (m != ZYDIS_MNEMONIC_CMP && m != ZYDIS_MNEMONIC_TEST) store_gpr(e, 0, d->reg, size);
         if (!flags_dead) merge_flags(e, BT_ARITH_FLAGS);
+        e->hflags = !flags_dead; /* MOVs and a full merge leave the host flags alone */
         return true;
     }
     case ZYDIS_MNEMONIC_INC:
@@ -1264,8 +1270,12 @@ static bool native_branch(struct emit *e, struct bt_jit *j, const struct bt_insn
     size_t not_taken = 0;
     if (!jmp) {
         unsigned cc = i->opcode & 0xf;
-        emit_cond(e, cc);
-        not_taken = jrel(e, (cc & 1) ? ZYDIS_MNEMONIC_JNZ : ZYDIS_MNEMONIC_JZ);
+        if (e->hflags) { /* right after its flag producer: the host's Jcc on the host flags */
+            not_taken = jrel(e, jcc_host[cc ^ 1]);
+        } else {
+            emit_cond(e, cc);
+            not_taken = jrel(e, (cc & 1) ? ZYDIS_MNEMONIC_JNZ : ZYDIS_MNEMONIC_JZ);
+        }
     }
     rip_at(e, target, b32);
     size_t slow = 0;
@@ -2555,10 +2565,13 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
          * takes the handler path; the block stays translated. */
         size_t mark = e.pos;
         unsigned pend0 = pend, nsp0 = nsp;
+        bool hflags_in = e.hflags;
+        e.hflags = false;
         enum { HANDLER, SIMPLE, MEM, BRANCH, CALLRET } how = HANDLER;
         if (native_simple(&e, i, off, k < JIT_BLOCK_MAX && dead[k])) {
             how = SIMPLE;
         } else {
+            e.hflags = hflags_in; /* for a Jcc (native_branch) right after the producer */
             if (native_mem(&e, j, i, off, b32, c->stack_bits, slow, &nslow))
                 how = MEM;
             else if (native_forms(&e, j, i, off, b32, c->stack_bits, slow, &nslow))
@@ -2578,6 +2591,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
             nsp = nsp0;
             how = HANDLER;
         }
+        if (how != SIMPLE) e.hflags = false;
         switch (how) {
         case SIMPLE: pend++, native++; break;
         case MEM: {
