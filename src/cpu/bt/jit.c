@@ -409,6 +409,23 @@ static void sync_in(struct emit *e)
     E2(e, MOV, R(FLAGS_REG), M(RBX, C_FLAGS, 8));
 }
 
+/* Around a call into C code that neither reads nor writes guest registers or flags and never
+ * faults (the --cfi hooks): only the caller-saved host registers among the pinned ones need
+ * keeping (RBP, R15 and R14 are callee-saved).  Four pushes: the host stack stays 16-byte
+ * aligned. */
+static const ZydisRegister pin_volatile[4] = {ZYDIS_REGISTER_R8, ZYDIS_REGISTER_R9,
+                                              ZYDIS_REGISTER_R10, ZYDIS_REGISTER_R11};
+static void save_volatile(struct emit *e)
+{
+    for (unsigned k = 0; k < 4; k++)
+        E1(e, PUSH, R(pin_volatile[k]));
+}
+static void restore_volatile(struct emit *e)
+{
+    for (unsigned k = 4; k-- > 0;)
+        E1(e, POP, R(pin_volatile[k]));
+}
+
 /* host register `which` = guest GPR `reg`, zero-extended from `size` bytes */
 static void load_gpr(struct emit *e, int which, unsigned reg, unsigned size)
 {
@@ -1392,8 +1409,9 @@ static void mem_lin(struct emit *e, const struct bt_operand *o, int64_t off)
  * dirty), and the compared value is the last byte's address | 0xfff, so a page crossing or a
  * non-canonical address (the TLB holds only canonical pages) misses too.  A write also needs
  * what ram_written() would otherwise do to be nothing: dirty logging off (read at run time) and
- * the guest-physical page out of the code-watch bitmap (read at run time, so a page another
- * vCPU starts watching is seen by the next store). */
+ * the guest-physical page out of the code-watch bitmap, which the write tag already says (mmu.c
+ * sets it only for unwatched pages and clears it in every vCPU's TLB when a page becomes
+ * watched: tlb_set_ftags, bt_watch_code_page). */
 static void probe_emit(struct emit *e, const struct bt_store_watch *w, unsigned size, bool write,
                        size_t *slow, int *nslow)
 {
@@ -1413,20 +1431,6 @@ static void probe_emit(struct emit *e, const struct bt_store_watch *w, unsigned 
         E2(e, MOV, R(HRAX), I((int64_t)(uintptr_t)w->dirty_enabled));
         E2(e, CMP, M(HRAX, 0, 1), I(0));
         slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
-    }
-    if (write && w->bitmap) {
-        E2(e, MOV, R(HRAX), MX(RBX, HRDI, 1, C_TLB + T_GPA, 8));
-        E2(e, SHR, R(HRAX), I(12));
-        E2(e, MOV, R(HRCX), I((int64_t)w->pages));
-        E2(e, CMP, R(HRAX), R(HRCX));
-        size_t unwatched = jrel(e, ZYDIS_MNEMONIC_JNB);
-        E2(e, MOV, R(HRCX), R(HRAX));
-        E2(e, SHR, R(HRCX), I(6));
-        E2(e, MOV, R(HRSI), I((int64_t)(uintptr_t)w->bitmap));
-        E2(e, MOV, R(HRCX), MX(HRSI, HRCX, 8, 0, 8));
-        E2(e, BT, R(HRCX), R(HRAX));
-        slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JB);
-        patch(e, unwatched, e->pos);
     }
     E2(e, MOV, R(HRSI), MX(RBX, HRDI, 1, C_TLB + T_HVA, 8));
     E2(e, MOV, R(HEAX), R(HEDX));
@@ -1858,13 +1862,13 @@ static bool native_callret(struct emit *e, struct bt_jit *j, const struct bt_ins
         E2(e, MOV, M(HRSI, 0, 8), R(HRAX));
         E2(e, SUB, G(RSP, 8), I(8));
         if (cfi) { /* bt_cfi_call(c, new RSP, return address) */
-            sync_out(e); /* the hook may stop the VM: c->s complete */
+            save_volatile(e); /* the hook touches no guest register or flag */
             E2(e, MOV, R(ZYDIS_REGISTER_RDX), R(HRAX));
             E2(e, MOV, R(ZYDIS_REGISTER_RSI), G(RSP, 8));
             E2(e, MOV, R(ZYDIS_REGISTER_RDI), R(RBX));
             E2(e, MOV, R(HRAX), I((int64_t)(uintptr_t)bt_cfi_call));
             E1(e, CALL, R(HRAX));
-            sync_in(e); /* and the caller-saved host registers are gone */
+            restore_volatile(e);
         }
         rip_at(e, target, false);
         E2(e, MOV, M(RBX, C_RIP, 8), R(HRAX));
@@ -1887,13 +1891,13 @@ static bool native_callret(struct emit *e, struct bt_jit *j, const struct bt_ins
             E2(e, MOV, R(HRAX), M(HRSI, 0, 8));
             E1(e, PUSH, R(HRAX)); /* twice: the host stack stays 16-byte aligned for the call */
             E1(e, PUSH, R(HRAX));
-            sync_out(e);
+            save_volatile(e); /* a stop returns false: the exit below writes c->s back */
             E2(e, MOV, R(ZYDIS_REGISTER_RDX), R(HRAX));
             E2(e, MOV, R(ZYDIS_REGISTER_RSI), G(RSP, 8));
             E2(e, MOV, R(ZYDIS_REGISTER_RDI), R(RBX));
             E2(e, MOV, R(HRAX), I((int64_t)(uintptr_t)bt_cfi_ret));
             E1(e, CALL, R(HRAX));
-            sync_in(e);
+            restore_volatile(e);
             E1(e, POP, R(HRCX));
             E1(e, POP, R(HRCX));
             E2(e, TEST, R(ZYDIS_REGISTER_AL), R(ZYDIS_REGISTER_AL));
@@ -2270,13 +2274,13 @@ static bool native_indirect(struct emit *e, struct bt_jit *j, const struct bt_in
         E2(e, MOV, M(HRSI, 0, 8), R(HRAX));
         E2(e, SUB, G(RSP, 8), I(8));
         if (cfi) { /* bt_cfi_call(c, new RSP, return address) */
-            sync_out(e); /* the hook may stop the VM: c->s complete */
+            save_volatile(e); /* the hook touches no guest register or flag */
             E2(e, MOV, R(ZYDIS_REGISTER_RDX), R(HRAX));
             E2(e, MOV, R(ZYDIS_REGISTER_RSI), G(RSP, 8));
             E2(e, MOV, R(ZYDIS_REGISTER_RDI), R(RBX));
             E2(e, MOV, R(HRAX), I((int64_t)(uintptr_t)bt_cfi_call));
             E1(e, CALL, R(HRAX));
-            sync_in(e); /* and the caller-saved host registers are gone */
+            restore_volatile(e);
         }
     }
     E2(e, ADD, M(RBX, C_ICOUNT, 8), I(*pend + 1));

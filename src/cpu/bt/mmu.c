@@ -29,9 +29,13 @@
 #define PF_RSVD 0x08u
 #define PF_I    0x10u
 
+/* Which guest-physical pages may have a TLB entry with a write fast tag (bit pg % WF_BITS;
+ * collisions only cost a scan): bt_watch_code_page scans a vCPU's TLB only when its bit is set. */
+#define WF_BITS 65536u
 struct bt_mmu {
     uint64_t phys_mask; /* bits MAXPHYADDR-1..12 of a page-table entry's address field */
     struct bt_vm *bv;   /* NULL when no watch (bt_emulate_one under KVM, bare tests) */
+    _Atomic uint64_t wfilter[WF_BITS / 64];
 };
 
 static inline struct bt_mmu *mmu_of(struct bt_cpu *c)
@@ -68,15 +72,37 @@ static void tlb_kill(struct bt_tlb_entry *e)
     memset(e->ftag, 0, sizeof(e->ftag));
 }
 
+static inline bool watched(struct bt_mmu *m, uint64_t gpa);
+
+static inline void wfilter_set(struct bt_mmu *m, uint64_t gpa)
+{
+    uint64_t b = (gpa >> 12) % WF_BITS;
+    atomic_fetch_or_explicit(&m->wfilter[b / 64], 1ull << (b % 64), memory_order_relaxed);
+}
+
 /* The translator's one-compare tags of a freshly filled entry (see struct bt_tlb_entry): the
  * same conditions its probes tested one by one (a host address, the permission bit for the
- * privilege: supervisor bits 0-2, user bits 3-5). */
-static void tlb_set_ftags(struct bt_tlb_entry *e, uint64_t lin)
+ * privilege: supervisor bits 0-2, user bits 3-5), and for writes also a page that holds no
+ * decoded code (not write-watched), so a translated store never needs to look at the watch
+ * bitmap.  Against bt_watch_code_page on another thread (Dekker): the filter bit is set and the
+ * tags stored before a full fence, then the watch bit is read again; that side sets the watch
+ * bit, fences, then reads the filter and clears matching tags.  One of the two sees the other. */
+static void tlb_set_ftags(struct bt_cpu *c, struct bt_tlb_entry *e, uint64_t lin)
 {
+    struct bt_mmu *m = mmu_of(c);
     uint64_t f = lin | 0xfff;
+    bool code = m && watched(m, e->gpa);
+    bool wr = false;
     for (unsigned k = 0; k < 4; k++) {
         uint32_t bit = (k & 1 ? BT_ACC_WRITE : BT_ACC_READ) << (k & 2 ? 3 : 0);
-        e->ftag[k] = e->hva && (e->perm & bit) ? f : 0;
+        bool ok = e->hva && (e->perm & bit) && !((k & 1) && code);
+        wr |= ok && (k & 1);
+        if (ok && (k & 1) && m) wfilter_set(m, e->gpa);
+        e->ftag[k] = ok ? f : 0;
+    }
+    if (wr && m) {
+        atomic_thread_fence(memory_order_seq_cst);
+        if (watched(m, e->gpa)) e->ftag[1] = e->ftag[3] = 0;
     }
 }
 
@@ -85,6 +111,20 @@ void bt_tlb_flush(struct bt_cpu *c, bool include_global)
     bool keep_global = !include_global && (c->s.cr4 & X86_CR4_PGE);
     for (unsigned i = 0; i < BT_TLB_SIZE; i++)
         if (!keep_global || !(c->tlb[i].perm & P_GLOBAL)) tlb_kill(&c->tlb[i]);
+    /* the write filter again from what is left (word by word, survivors' bits always set) */
+    struct bt_mmu *m = mmu_of(c);
+    if (!m) return;
+    static _Thread_local uint64_t nf[WF_BITS / 64];
+    memset(nf, 0, sizeof(nf));
+    if (keep_global)
+        for (unsigned i = 0; i < BT_TLB_SIZE; i++)
+            if (c->tlb[i].ftag[1] || c->tlb[i].ftag[3]) {
+                uint64_t b = (c->tlb[i].gpa >> 12) % WF_BITS;
+                nf[b / 64] |= 1ull << (b % 64);
+            }
+    for (unsigned w = 0; w < WF_BITS / 64; w++)
+        if (atomic_load_explicit(&m->wfilter[w], memory_order_relaxed) != nf[w])
+            atomic_store_explicit(&m->wfilter[w], nf[w], memory_order_relaxed);
 }
 
 void bt_tlb_flush_page(struct bt_cpu *c, uint64_t lin)
@@ -404,7 +444,7 @@ static struct bt_tlb_entry *tlb_get(struct bt_cpu *c, uint64_t lin, int acc)
     e->gpa = gpa;
     e->perm = perm;
     e->hva = (c->vm && !is_lapic_page(c, gpa)) ? guest_ptr(&c->vm->mem, gpa, 4096) : NULL;
-    tlb_set_ftags(e, lin);
+    tlb_set_ftags(c, e, lin);
     return e;
 }
 
@@ -479,6 +519,9 @@ void bt_write(struct bt_cpu *c, uint64_t lin, unsigned size, uint64_t v, int acc
                          1)) {
         memcpy(e->hva + (lin & 0xfff), &v, size);
         ram_written(c, e->gpa | (lin & 0xfff), size);
+        /* a tag cleared while the page held code (bt_watch_code_page): the store above ended
+         * the watch, so translated stores may go straight to the page again */
+        if (!e->ftag[(c->cpl == 3) * 2 + 1]) tlb_set_ftags(c, e, lin);
         return;
     }
     bt_write_buf(c, lin, &v, size, acc);
@@ -561,7 +604,7 @@ size_t bt_fetch(struct bt_cpu *c, uint64_t lin, uint8_t *buf, size_t max, uint64
                 e->gpa = g;
                 e->perm = perm;
                 e->hva = (c->vm && !is_lapic_page(c, g)) ? guest_ptr(&c->vm->mem, g, 4096) : NULL;
-                tlb_set_ftags(e, at);
+                tlb_set_ftags(c, e, at);
             }
         }
         size_t in_page = 4096 - (at & 0xfff);
@@ -598,7 +641,22 @@ void bt_watch_code_page(struct bt_cpu *c, uint64_t gpa_page)
     if (!m || !m->bv || !m->bv->watch) return;
     uint64_t pg = gpa_page >> 12;
     if (pg >= m->bv->watch_pages) return;
-    atomic_fetch_or_explicit(&m->bv->watch[pg / 64], 1ull << (pg % 64), memory_order_relaxed);
+    uint64_t bit = 1ull << (pg % 64);
+    if (atomic_fetch_or_explicit(&m->bv->watch[pg / 64], bit, memory_order_seq_cst) & bit) return;
+    /* newly watched: no vCPU's translated stores may go straight to the page any more (see
+     * tlb_set_ftags for the other side) */
+    atomic_thread_fence(memory_order_seq_cst);
+    uint64_t b = pg % WF_BITS;
+    for (unsigned i = 0; i < VM_MAX_CPUS; i++) {
+        struct bt_cpu *o = m->bv->cpu[i];
+        struct bt_mmu *om = o ? mmu_of(o) : NULL;
+        if (!om || !((atomic_load_explicit(&om->wfilter[b / 64], memory_order_relaxed) >> (b % 64)) & 1))
+            continue;
+        for (unsigned k = 0; k < BT_TLB_SIZE; k++) {
+            struct bt_tlb_entry *e = &o->tlb[k];
+            if (e->gpa == gpa_page && (e->ftag[1] || e->ftag[3])) e->ftag[1] = e->ftag[3] = 0;
+        }
+    }
 }
 
 void bt_mmu_store_watch(struct bt_cpu *c, struct bt_store_watch *w)
