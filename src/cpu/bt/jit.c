@@ -720,8 +720,12 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off, 
     case ZYDIS_MNEMONIC_DEC:
         if (i->nops < 1 || !is_gpr(d) || d->size != size) return false;
         if (pinned(d->reg, size) != ZYDIS_REGISTER_NONE) {
+            /* CF is preserved: with the guest's CF in the host's first, all six flags after
+             * the host's INC/DEC are the guest's (and a Jcc after it may test them) */
+            load_guest_cf(e);
             enc(e, m, 1, (ZydisEncoderOperand[]){G(d->reg, size)});
-            take_flags(e, BT_ARITH_FLAGS & ~(uint32_t)X86_FLAG_CF); /* CF is preserved */
+            take_flags(e, BT_ARITH_FLAGS);
+            e->hflags = true;
             return true;
         }
         load_gpr(e, 0, d->reg, size);
@@ -1296,7 +1300,9 @@ static bool native_branch(struct emit *e, struct bt_jit *j, const struct bt_insn
     }
     rip_at(e, target, b32);
     size_t slow = 0;
-    if (!b32) {
+    /* a target on the block's own page is canonical like the block (no check) */
+    bool check = !b32 && !same_page(page_off, target);
+    if (check) {
         E2(e, MOV, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RAX));
         E2(e, SHL, R(ZYDIS_REGISTER_RCX), I(16));
         E2(e, SAR, R(ZYDIS_REGISTER_RCX), I(16));
@@ -1313,7 +1319,7 @@ static bool native_branch(struct emit *e, struct bt_jit *j, const struct bt_insn
         E2(e, ADD, M(RBX, C_ICOUNT, 8), I(*pend + 1));
         leave_direct(e, j, page_off, end, b32);
     }
-    if (!b32) {
+    if (check) {
         patch(e, slow, e->pos);
         call_handler(e, i, off, b32, pend); /* raises #GP */
         jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
@@ -1704,6 +1710,7 @@ static bool native_mem(struct emit *e, const struct bt_jit *j, const struct bt_i
             E1(e, POP, R(HRDX));
             if (!ro) store_gpr(e, 0, d->reg, size);
             merge_flags(e, BT_ARITH_FLAGS);
+            e->hflags = true;
             return true;
         }
         if (MEMOK(d) && d->size == size && ((is_gpr(s) && s->size == size) || imm_ok(s, size))) {
@@ -1717,6 +1724,7 @@ static bool native_mem(struct emit *e, const struct bt_jit *j, const struct bt_i
                 enc(e, m, 2, (ZydisEncoderOperand[]){M(HRSI, 0, size), I(imm_for(s->disp, size))});
             }
             take_flags(e, BT_ARITH_FLAGS);
+            e->hflags = true;
             return true;
         }
         return false;
@@ -1727,10 +1735,11 @@ static bool native_mem(struct emit *e, const struct bt_jit *j, const struct bt_i
     case ZYDIS_MNEMONIC_NOT:
         if (!MEMOK(d) || d->size != size) return false;
         mem_probe(e, j, d, off, true, slow, nslow);
+        if (m == ZYDIS_MNEMONIC_INC || m == ZYDIS_MNEMONIC_DEC) load_guest_cf(e); /* kept */
         enc(e, m, 1, (ZydisEncoderOperand[]){M(HRSI, 0, size)});
         if (m == ZYDIS_MNEMONIC_NOT) return true; /* no flags */
-        take_flags(e, m == ZYDIS_MNEMONIC_NEG ? BT_ARITH_FLAGS
-                                              : BT_ARITH_FLAGS & ~(uint32_t)X86_FLAG_CF);
+        take_flags(e, BT_ARITH_FLAGS);
+        e->hflags = true;
         return true;
     case ZYDIS_MNEMONIC_SHL:
     case ZYDIS_MNEMONIC_SHR:
@@ -2556,6 +2565,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
         int64_t off;
         unsigned pend, n;
         size_t back, jumps[8];
+        bool hflags; /* the fast path ends with the guest's flags in the host's */
     } sps[JIT_BLOCK_MAX];
     unsigned nsp = 0;
     if (n > JIT_BLOCK_MAX) return (*slot = JIT_UNTRANSLATABLE), 1;
@@ -2575,14 +2585,14 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
         if (native_simple(&e, i, off, k < JIT_BLOCK_MAX && dead[k])) {
             how = SIMPLE;
         } else {
-            e.hflags = hflags_in; /* for a Jcc (native_branch) right after the producer */
             if (native_mem(&e, j, i, off, b32, c->stack_bits, slow, &nslow))
                 how = MEM;
             else if (native_forms(&e, j, i, off, b32, c->stack_bits, slow, &nslow))
                 how = MEM;
             else if (last && native_indirect(&e, j, i, off, b32, c->stack_bits, c->cpl, &pend))
                 how = CALLRET;
-            else if (last && native_branch(&e, j, i, off, b32, &pend, page_off))
+            else if (last && (e.hflags = hflags_in, /* the producer right before it */
+                              native_branch(&e, j, i, off, b32, &pend, page_off)))
                 how = BRANCH;
             else if (last &&
                      native_callret(&e, j, i, off, b32, c->stack_bits, c->cpl, &pend, page_off))
@@ -2595,7 +2605,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
             nsp = nsp0;
             how = HANDLER;
         }
-        if (how != SIMPLE) e.hflags = false;
+        if (how != SIMPLE && how != MEM) e.hflags = false;
         switch (how) {
         case SIMPLE: pend++, native++; break;
         case MEM: {
@@ -2608,6 +2618,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
             sp->pend = pend;
             sp->back = e.pos;
             sp->n = (unsigned)nslow;
+            sp->hflags = e.hflags;
             memcpy(sp->jumps, slow, sizeof(slow));
             pend++;
             native++;
@@ -2666,6 +2677,12 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
         call_handler(&e, sp->i, sp->off, b32, &p);
         after_handler_checks(&e, j);
         E2(&e, SUB, M(RBX, C_ICOUNT, 8), I(sp->pend + 1));
+        if (sp->hflags) { /* what the fast path leaves: the guest's six flags in the host's */
+            E2(&e, MOV, R(HRAX), R(FLAGS_REG));
+            E2(&e, AND, R(HEAX), I(BT_ARITH_FLAGS | 2)); /* nothing else (DF, TF, AC clear) */
+            E1(&e, PUSH, R(HRAX));
+            E0(&e, POPFQ);
+        }
         jto(&e, ZYDIS_MNEMONIC_JMP, sp->back);
     }
     if (j->nmid) { /* a handler in the middle branched: look its target up like a block end */
