@@ -13,6 +13,7 @@
 
 #include "cpu/bt/btvm.h"
 #include "cpu/bt/irqglue.h"
+#include "cpu/bt/jit.h"
 #include "cpu/bt/sys.h"
 #include "util/log.h"
 
@@ -157,6 +158,7 @@ void bt_vcpu_wake(struct vcpu *cpu)
     if (!v) return;
     pthread_mutex_lock(&v->lock);
     v->wake = true;
+    bt_jit_poke(&v->cpu); /* running: leave translated code for the loop's event check */
     pthread_cond_signal(&v->cond);
     pthread_mutex_unlock(&v->lock);
 }
@@ -211,6 +213,7 @@ static void bt_vcpu_kick(struct vcpu *cpu)
     if (!v) return;
     pthread_mutex_lock(&v->lock);
     atomic_store(&v->cpu.kicked, true);
+    bt_jit_poke(&v->cpu);
     pthread_cond_signal(&v->cond);
     pthread_mutex_unlock(&v->lock);
 }

@@ -535,8 +535,9 @@ void bt_cache_invalidate_page(struct bt_cpu *c, uint64_t gpa_page)
         k->queue[k->nqueue++] = gpa_page >> 12;
     else
         k->flush_all = true;
-    atomic_store_explicit(&k->pending, true, memory_order_release);
+    atomic_store_explicit(&k->pending, true, memory_order_seq_cst);
     pthread_mutex_unlock(&k->lock);
+    bt_jit_poke(c);
 }
 
 void bt_cache_flush(struct bt_cpu *c)

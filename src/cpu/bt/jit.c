@@ -132,7 +132,9 @@ struct bt_jit {
     uint32_t ntbs, nlinks;
 
     /* read by the translated code through R13 */
-    uint64_t chain_end; /* chained jumps are taken only while icount <= chain_end */
+    /* chained jumps are taken only while icount <= chain_end; anything that needs the loop
+     * sets it to 0 (bt_jit_poke), so a chained exit tests nothing else */
+    uint64_t chain_end;
     uint64_t last_exit; /* set by a chainable exit: its chain jump's patch_end (0: none) */
 
     /* the state at the last chainable exit, to validate the next block as its successor */
@@ -1056,6 +1058,17 @@ static void after_handler_checks(struct emit *e, struct bt_jit *j)
     E2(e, MOV, R(ZYDIS_REGISTER_RAX), I((int64_t)(uintptr_t)j->pending));
     E2(e, CMP, M(ZYDIS_REGISTER_RAX, 0, 1), I(0));
     jto(e, ZYDIS_MNEMONIC_JNZ, j->exit_off);
+    /* what the handler may have raised on this thread without a poke (an EOI or TPR write
+     * unmasking an interrupt, a self-IPI): the chained exits no longer test it */
+    E2(e, MOV, R(ZYDIS_REGISTER_EAX), I(0));
+    E2(e, OR, R(ZYDIS_REGISTER_AL), M(RBX, C_KICKED, 1));
+    E2(e, OR, R(ZYDIS_REGISTER_AL), M(RBX, C_INTR_PEND, 1));
+    E2(e, OR, R(ZYDIS_REGISTER_AL), M(RBX, C_NMI_PEND, 1));
+    if (j->attention) {
+        E2(e, MOV, R(ZYDIS_REGISTER_RCX), I((int64_t)(uintptr_t)j->attention));
+        E2(e, OR, R(ZYDIS_REGISTER_AL), M(ZYDIS_REGISTER_RCX, 0, 1));
+    }
+    jto(e, ZYDIS_MNEMONIC_JNZ, j->exit_off);
 }
 
 /* Leaves the block after s.rip and icount are final.  A chainable exit (a direct successor on
@@ -1082,6 +1095,10 @@ static void between_blocks(struct emit *e, struct bt_jit *j, size_t *fails, int 
     E2(e, MOV, R(ZYDIS_REGISTER_RAX), M(RBX, C_ICOUNT, 8));
     E2(e, CMP, R(ZYDIS_REGISTER_RAX), M(R13, J_CHAIN_END, 8));
     fails[(*nf)++] = jrel(e, ZYDIS_MNEMONIC_JNBE);
+    /* Exit requests, kicks, queued invalidations and the LAPIC's attention from other threads
+     * poke chain_end to 0 (bt_jit_poke), and whatever a handler raises on this thread is seen
+     * by after_handler_checks, so a branch that ran no handler needs the budget test alone. */
+    if (!full) return;
     E2(e, MOV, R(ZYDIS_REGISTER_EAX), I(0));
     E2(e, OR, R(ZYDIS_REGISTER_AL), M(RBX, C_EXIT_NOW, 1));
     E2(e, OR, R(ZYDIS_REGISTER_AL), M(RBX, C_KICKED, 1));
@@ -1151,11 +1168,11 @@ static void tlb_exec_probe(struct emit *e, size_t *fails, int *nf)
  * every other handler-ended block) in 64-bit code: after the loop's checks, the inline lookup of
  * s.rip in the per-vCPU table (see struct jit_lent), validated by CR3, the mode word and the TLB;
  * a hit jumps straight to the translation, a miss returns to the loop. */
-static void lookup_exit(struct emit *e, struct bt_jit *j)
+static void lookup_exit(struct emit *e, struct bt_jit *j, bool after_handler)
 {
     size_t fails[12], kfails[4], tfails[8];
     int nf = 0, nk = 0, nt = 0;
-    between_blocks(e, j, fails, &nf, true);
+    between_blocks(e, j, fails, &nf, after_handler);
     E1(e, INC, M(R13, J_LOOKUPS, 8));
     E2(e, MOV, R(ZYDIS_REGISTER_RAX), M(RBX, C_RIP, 8));
     E2(e, MOV, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RAX));
@@ -1916,7 +1933,7 @@ static bool native_callret(struct emit *e, struct bt_jit *j, const struct bt_ins
         E2(e, ADD, G(RSP, 8), I(8 + extra));
         E2(e, MOV, M(RBX, C_RIP, 8), R(HRAX));
         E2(e, ADD, M(RBX, C_ICOUNT, 8), I(*pend + 1));
-        lookup_exit(e, j); /* the return target through the inline lookup */
+        lookup_exit(e, j, false); /* the return target through the inline lookup */
         if (cfi) {         /* stopped: the RET has not run; s.rip at it, exit_now set */
             patch(e, stopped, e->pos);
             rip_at(e, off, false);
@@ -2293,7 +2310,7 @@ static bool native_indirect(struct emit *e, struct bt_jit *j, const struct bt_in
         }
     }
     E2(e, ADD, M(RBX, C_ICOUNT, 8), I(*pend + 1));
-    lookup_exit(e, j);
+    lookup_exit(e, j, false); /* no handler ran */
     for (int k = 0; k < nslow; k++)
         patch(e, slow[k], e->pos);
     call_handler(e, i, off, b32, pend);
@@ -2526,6 +2543,12 @@ void bt_jit_drop(struct bt_cpu *c, void *handle)
     }
 }
 
+void bt_jit_poke(struct bt_cpu *c)
+{
+    struct bt_jit *j = c ? c->jit : NULL;
+    if (j) __atomic_store_n(&j->chain_end, 0, __ATOMIC_SEQ_CST);
+}
+
 void bt_jit_get_stats(const struct bt_cpu *c, struct bt_jit_stats *st)
 {
     const struct bt_jit *j = c->jit;
@@ -2648,7 +2671,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
                      * is known, so it chains like a direct JMP */
                     leave_direct(&e, j, page_off, off + i->len + i->op[0].disp, b32);
                 else
-                    lookup_exit(&e, j); /* the successor is known only now */
+                    lookup_exit(&e, j, true); /* the successor is known only now */
                 ended = true;
             } else {
                 /* only REP string instructions branch from the middle of a block (a chunk
@@ -2687,7 +2710,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
     }
     if (j->nmid) { /* a handler in the middle branched: look its target up like a block end */
         size_t at = e.pos;
-        lookup_exit(&e, j);
+        lookup_exit(&e, j, true);
         for (unsigned k = 0; k < j->nmid; k++)
             patch(&e, j->mid_jumps[k], at);
     }
@@ -2771,7 +2794,12 @@ int bt_jit_run(struct bt_cpu *c, const struct bt_insn *insns, unsigned n, void *
     try_chain(j, c, tb);
     if (c->code_bits == 64) lookup_fill(j, c, tb);
     j->st.runs++;
-    j->chain_end = end >= JIT_BLOCK_MAX ? end - JIT_BLOCK_MAX : 0;
+    __atomic_store_n(&j->chain_end, end >= JIT_BLOCK_MAX ? end - JIT_BLOCK_MAX : 0,
+                     __ATOMIC_SEQ_CST);
+    /* a poke between the loop's checks and the store above (see bt_jit_poke) */
+    if (atomic_load(&c->kicked) || atomic_load(j->pending) ||
+        (j->attention && atomic_load(j->attention)))
+        j->chain_end = 0;
     j->last_exit = 0;
     j->enter(c, j->rx + tb->entry, j);
     j->exit_valid = j->last_exit != 0;

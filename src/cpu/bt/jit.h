@@ -53,6 +53,11 @@ int bt_jit_run(struct bt_cpu *c, const struct bt_insn *insns, unsigned n, void *
 void bt_jit_drop(struct bt_cpu *c, void *handle);
 /* Forgets every translation (the decoded blocks they point into are going away). */
 void bt_jit_flush(struct bt_cpu *c);
+/* From any thread, after setting what the loop must see (c->kicked, a queued invalidation, the
+ * LAPIC's attention): translated code stops chaining at its next block end and returns to the
+ * loop.  Chained exits test only the instruction budget, which this zeroes; bt_jit_run sets it
+ * again and then re-reads those flags (seq_cst on both sides, so no poke is lost). */
+void bt_jit_poke(struct bt_cpu *c);
 
 /* Statistics for tests and the closing log line.  runs: block entries from the interpreter loop;
  * flushes: every flush of the code cache, flushes_full: those because it (or its link table) was
