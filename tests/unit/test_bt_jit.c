@@ -504,6 +504,40 @@ static const uint8_t dead_flags[] = {
     0x4d, 0x8b, 0x65, 0x00,       /* 36: mov r12,QWORD PTR [r13+0x0] */
     0xf4,                         /* 3a: hlt */
 };
+/* Shifts and rotates by an immediate whose flags a later writer overwrites (FL_SHIFT / FL_ROT:
+ * the value alone, no flags), on pinned registers, 16-bit forms and a 32-bit unpinned register,
+ * next to ones whose flags are read (ADC after ROR and SHL, SETO after ROL by 1) and rotates
+ * between a CMP and the SETcc that reads the CMP's flags (a rotate keeps them). */
+static const uint8_t dead_shifts[] = {
+    0xbe, 0x32, 0x00, 0x00, 0x00, /* 0: mov esi,0x32 */
+    0x48, 0x01, 0xd8,             /* 5: add rax,rbx */
+    0xc1, 0xc8, 0x07,             /* 8: ror eax,0x7 */
+    0x48, 0xc1, 0xe1, 0x03,       /* b: shl rcx,0x3 */
+    0x66, 0xc1, 0xc2, 0x05,       /* f: rol dx,0x5 */
+    0xc1, 0xcb, 0x03,             /* 13: ror ebx,0x3 */
+    0x41, 0xc1, 0xe1, 0x02,       /* 16: shl r9d,0x2 */
+    0x49, 0xd1, 0xfb,             /* 1a: sar r11,1 */
+    0x31, 0xc1,                   /* 1d: xor ecx,eax */
+    0x48, 0xc1, 0xef, 0x09,       /* 1f: shr rdi,0x9 */
+    0x49, 0xc1, 0xc1, 0x0d,       /* 23: rol r9,0xd */
+    0x48, 0x29, 0xca,             /* 27: sub rdx,rcx */
+    0xc1, 0xcb, 0x03,             /* 2a: ror ebx,0x3 */
+    0x48, 0x11, 0xdf,             /* 2d: adc rdi,rbx */
+    0xd1, 0xc0,                   /* 30: rol eax,1 */
+    0x41, 0x0f, 0x90, 0xc2,       /* 32: seto r10b */
+    0xc1, 0xe0, 0x04,             /* 36: shl eax,0x4 */
+    0x48, 0x83, 0xd1, 0x00,       /* 39: adc rcx,0x0 */
+    0x41, 0xc1, 0xe9, 0x03,       /* 3d: shr r9d,0x3 */
+    0x39, 0xc9,                   /* 41: cmp ecx,ecx */
+    0xc1, 0xcb, 0x05,             /* 43: ror ebx,0x5 */
+    0x41, 0x0f, 0x96, 0xc0,       /* 46: setbe r8b */
+    0x83, 0xfa, 0x40,             /* 4a: cmp edx,0x40 */
+    0x49, 0xc1, 0xc3, 0x02,       /* 4d: rol r11,0x2 */
+    0x41, 0x0f, 0x9c, 0xc4,       /* 51: setl r12b */
+    0xff, 0xce,                   /* 55: dec esi */
+    0x75, 0xac,                   /* 57: jne 5 <top> */
+    0xf4,                         /* 59: hlt */
+};
 static uint64_t r13_value;
 
 static void set_r13(struct bt_cpu *c)
@@ -518,6 +552,8 @@ static void test_dead_flags(void **st)
     r13_value = T_DATA + 0x40;
     both(dead_flags, sizeof(dead_flags), 100000, &a, &b);
     assert_int_equal(a.rip, T_CODE0 + sizeof(dead_flags));
+    both(dead_shifts, sizeof(dead_shifts), 100000, &a, &b);
+    assert_int_equal(a.rip, T_CODE0 + sizeof(dead_shifts));
     /* a flag-neutral instruction that takes its handler (BSWAP r16) between two flag writers:
      * the block is translated again without the dead-flag pass */
     static const uint8_t neutral_handler[] = {

@@ -160,13 +160,15 @@ enum bt_pseudo_mnemonic {
 #define BT_ACC_EXEC     0x04
 #define BT_ACC_IMPLICIT 0x08 /* supervisor access regardless of CPL (GDT/IDT/TSS reads) */
 
-#define BT_TLB_SIZE                                                                                \
-    8192 /* direct-mapped; see docs/translator.md (Soft TLB) for the size */
+#define BT_TLB_RAM  0x80u /* perm: the page is RAM with a host address (addend valid) */
+#define BT_TLB_SIZE 8192  /* direct-mapped; see docs/translator.md (Soft TLB) for the size */
 struct bt_tlb_entry {
     uint64_t vtag; /* linear page number | 1 (valid) in bit 0 of a shifted form; see mmu.c */
     uint64_t gpa;  /* guest-physical page address */
-    uint8_t *hva;  /* host address of the page, NULL for MMIO (slow path) */
-    uint32_t perm; /* allowed access kinds per privilege, see mmu.c */
+    /* host address of the page minus the linear page address (so linear address + addend is
+     * the host address of that byte): valid only with BT_TLB_RAM in perm (else MMIO: slow path) */
+    uint64_t addend;
+    uint32_t perm; /* allowed access kinds per privilege (mmu.c), BT_TLB_RAM */
     uint32_t pad;
     /* The translator's inline access check, one compare: ftag[user * 2 + write] is
      * (linear page | 0xfff) when an access of that kind at that privilege needs nothing but the
@@ -189,7 +191,6 @@ struct bt_cpu {
     uint8_t code_bits;  /* 16, 32 or 64 */
     uint8_t stack_bits; /* 16, 32 or 64 */
     bool paging, long_mode;
-    uint32_t tlb_uoff; /* 16 at CPL 3, else 0: the byte offset of the privilege's ftag pair */
 
     /* current instruction */
     uint64_t insn_rip; /* RIP of the instruction being executed */

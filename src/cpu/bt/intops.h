@@ -62,8 +62,7 @@ static inline uint64_t bt_opr(struct bt_cpu *c, const struct bt_insn *i, int n)
     const struct bt_operand *o = &i->op[n];
     if (o->kind == BT_OPK_REG && o->rclass == BT_RC_GPR)
         return c->s.gpr[o->reg] & bt_size_mask(o->size);
-    if (o->kind == BT_OPK_IMM)
-        return (uint64_t)o->disp;
+    if (o->kind == BT_OPK_IMM) return (uint64_t)o->disp;
     return bt_op_read(c, i, n);
 }
 

@@ -83,6 +83,7 @@ struct jit_tb {
     uint32_t entry;    /* offset of the code in the cache */
     uint32_t links_in; /* exits of other translations patched to jump here: index+1 in links */
     uint8_t code_bits, stack_bits;
+    bool user; /* made for CPL 3 (its memory probes test the user fast tags), else CPL 0-2 */
 };
 
 /* The inline lookup table (indirect branches, returns, handler-decided exits in 64-bit code):
@@ -123,8 +124,9 @@ struct bt_jit {
     /* The inline access check, encoded once per [write][size 1, 2, 4, 8, 16] (it depends on
      * nothing else) and copied: encoding its ~15 instructions per memory operand showed in
      * translation time.  tpl_slow: offsets just after its jumps to the slow path (rel32). */
-    uint8_t tpl[2][5][192];
-    uint8_t tpl_len[2][5], tpl_slow[2][5][4], tpl_nslow[2][5];
+    uint8_t tpl[2][2][5][128]; /* [user][write][size] */
+    uint8_t tpl_len[2][2][5], tpl_slow[2][2][5][4], tpl_nslow[2][2][5];
+    bool user; /* the block being translated runs at CPL 3 (translations are per CPL class) */
     void (*enter)(struct bt_cpu *c, const void *code, struct bt_jit *j);
     struct jit_tb *tbs;
     struct jit_link *links;
@@ -604,7 +606,12 @@ static void load_guest_cf(struct emit *e)
  * into c->s.rflags (the handler path, if it ends up there, still merges: harmless).  A FL_NONE
  * instruction must be native: after a handler the block may be left (after_handler_checks)
  * with dead flags unstored, so translate() starts again without the pass if one is not. */
-enum { FL_READS, FL_NONE, FL_WRITES };
+/* FL_ROT: ROL/ROR of a register by an immediate: writes CF (and OF) from its result alone and
+ * reads no flag, so it is transparent to the liveness of earlier flags (like FL_NONE) and its
+ * own flags may be dead.  FL_SHIFT: SHL/SHR/SAR of a register by a non-zero immediate: writes
+ * the flags, but counts as a reader for earlier ones (its undefined flags are the host's with
+ * the guest's loaded); its own may be dead, and then neither load nor merge is needed. */
+enum { FL_READS, FL_NONE, FL_WRITES, FL_ROT, FL_SHIFT };
 
 static int flag_effect(const struct bt_insn *i)
 {
@@ -625,6 +632,18 @@ static int flag_effect(const struct bt_insn *i)
     case ZYDIS_MNEMONIC_CMP:
     case ZYDIS_MNEMONIC_TEST:
     case ZYDIS_MNEMONIC_NEG: return FL_WRITES;
+    case ZYDIS_MNEMONIC_ROL:
+    case ZYDIS_MNEMONIC_ROR:
+        return i->nops >= 2 && i->op[0].kind == BT_OPK_REG && i->op[1].kind == BT_OPK_IMM
+                   ? FL_ROT
+                   : FL_READS;
+    case ZYDIS_MNEMONIC_SHL:
+    case ZYDIS_MNEMONIC_SHR:
+    case ZYDIS_MNEMONIC_SAR:
+        return i->nops >= 2 && i->op[0].kind == BT_OPK_REG && i->op[1].kind == BT_OPK_IMM &&
+                       ((unsigned)i->op[1].disp & (i->opsize == 64 ? 63 : 31)) != 0
+                   ? FL_SHIFT
+                   : FL_READS;
     case ZYDIS_MNEMONIC_MOV: /* translate() re-runs without this pass if one takes a handler */
     case ZYDIS_MNEMONIC_LEA:
     case ZYDIS_MNEMONIC_MOVZX:
@@ -751,6 +770,16 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off, 
         /* A rotate by an immediate touches CF and OF only, both functions of the result (OF for
          * a masked count of 1; above 1 the guest's OF stays): the incoming flags are not needed
          * and only those bits are merged.  Everything else runs with the guest's flags loaded. */
+        if (flags_dead && !cl) { /* flags dead (FL_ROT / FL_SHIFT): the value alone */
+            if (pinned(d->reg, size) != ZYDIS_REGISTER_NONE || size != 4) {
+                enc(e, m, 2, (ZydisEncoderOperand[]){G(d->reg, size), I((uint8_t)s->disp)});
+            } else { /* a 32-bit slot: zero-extended through a host register */
+                load_gpr(e, 0, d->reg, 4);
+                enc(e, m, 2, (ZydisEncoderOperand[]){R(ZYDIS_REGISTER_EAX), I((uint8_t)s->disp)});
+                store_gpr(e, 0, d->reg, 4);
+            }
+            return true;
+        }
         bool rot_imm = (m == ZYDIS_MNEMONIC_ROL || m == ZYDIS_MNEMONIC_ROR) && !cl;
         unsigned masked = (unsigned)s->disp & (size == 8 ? 63 : 31);
         uint32_t mask = !rot_imm      ? BT_ARITH_FLAGS
@@ -1131,10 +1160,9 @@ static void between_blocks(struct emit *e, struct bt_jit *j, size_t *fails, int 
     ((int64_t)offsetof(struct bt_cpu, s.seg) + (int64_t)(sg) * (int64_t)sizeof(struct x86_seg))
 #define T_VTAG     ((int64_t)offsetof(struct bt_tlb_entry, vtag))
 #define T_GPA      ((int64_t)offsetof(struct bt_tlb_entry, gpa))
-#define T_HVA      ((int64_t)offsetof(struct bt_tlb_entry, hva))
+#define T_ADDEND   ((int64_t)offsetof(struct bt_tlb_entry, addend))
 #define T_PERM     ((int64_t)offsetof(struct bt_tlb_entry, perm))
 #define T_FTAG     ((int64_t)offsetof(struct bt_tlb_entry, ftag))
-#define C_UOFF     ((int64_t)offsetof(struct bt_cpu, tlb_uoff))
 #define TLB_ESHIFT 6
 _Static_assert(sizeof(struct bt_tlb_entry) == 1 << TLB_ESHIFT, "the TLB probes scale the index");
 _Static_assert(offsetof(struct x86_seg, base) == 0, "segment base first");
@@ -1436,7 +1464,7 @@ static void mem_lin(struct emit *e, const struct bt_operand *o, int64_t off)
  * sets it only for unwatched pages and clears it in every vCPU's TLB when a page becomes
  * watched: tlb_set_ftags, bt_watch_code_page). */
 static void probe_emit(struct emit *e, const struct bt_store_watch *w, unsigned size, bool write,
-                       size_t *slow, int *nslow)
+                       bool user, size_t *slow, int *nslow)
 {
     E2(e, MOV, R(HRDI), R(HRDX));
     E2(e, SHR, R(HRDI), I(12 - TLB_ESHIFT));
@@ -1446,19 +1474,16 @@ static void probe_emit(struct emit *e, const struct bt_store_watch *w, unsigned 
     else
         E2(e, MOV, R(HRSI), R(HRDX));
     E2(e, OR, R(HRSI), I(0xfff));
-    E2(e, MOV, R(HEAX), M(RBX, C_UOFF, 4));
-    E2(e, ADD, R(HEAX), R(HEDI));
-    E2(e, CMP, R(HRSI), MX(RBX, HRAX, 1, C_TLB + T_FTAG + (write ? 8 : 0), 8));
+    /* the fast tag for the block's privilege (translations are made per CPL class) */
+    E2(e, CMP, R(HRSI), MX(RBX, HRDI, 1, C_TLB + T_FTAG + 8 * (2 * user + write), 8));
     slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
     if (write && w->dirty_enabled) {
         E2(e, MOV, R(HRAX), I((int64_t)(uintptr_t)w->dirty_enabled));
         E2(e, CMP, M(HRAX, 0, 1), I(0));
         slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
     }
-    E2(e, MOV, R(HRSI), MX(RBX, HRDI, 1, C_TLB + T_HVA, 8));
-    E2(e, MOV, R(HEAX), R(HEDX));
-    E2(e, AND, R(HEAX), I(0xfff));
-    E2(e, ADD, R(HRSI), R(HRAX));
+    E2(e, MOV, R(HRSI), MX(RBX, HRDI, 1, C_TLB + T_ADDEND, 8));
+    E2(e, ADD, R(HRSI), R(HRDX));
 }
 
 static unsigned size_index(unsigned size)
@@ -1469,18 +1494,20 @@ static unsigned size_index(unsigned size)
 /* Encodes probe_emit's sequences once (bt_jit_init's trampoline time) */
 static void probe_templates(struct bt_jit *j)
 {
-    for (int wr = 0; wr < 2; wr++) {
-        for (unsigned k = 0; k < 5; k++) {
-            struct emit t = {.buf = j->tpl[wr][k], .cap = sizeof(j->tpl[wr][k])};
-            size_t slow[8];
-            int ns = 0;
-            probe_emit(&t, &j->watch, 1u << k, wr, slow, &ns);
-            j->tpl_len[wr][k] = 0; /* 0: encode at each use */
-            if (t.fail || ns > 4 || t.pos > 255) continue;
-            for (int n = 0; n < ns; n++)
-                j->tpl_slow[wr][k][n] = (uint8_t)slow[n];
-            j->tpl_nslow[wr][k] = (uint8_t)ns;
-            j->tpl_len[wr][k] = (uint8_t)t.pos;
+    for (int u = 0; u < 2; u++) {
+        for (int wr = 0; wr < 2; wr++) {
+            for (unsigned k = 0; k < 5; k++) {
+                struct emit t = {.buf = j->tpl[u][wr][k], .cap = sizeof(j->tpl[u][wr][k])};
+                size_t slow[8];
+                int ns = 0;
+                probe_emit(&t, &j->watch, 1u << k, wr, u, slow, &ns);
+                j->tpl_len[u][wr][k] = 0; /* 0: encode at each use */
+                if (t.fail || ns > 4 || t.pos > 255) continue;
+                for (int n = 0; n < ns; n++)
+                    j->tpl_slow[u][wr][k][n] = (uint8_t)slow[n];
+                j->tpl_nslow[u][wr][k] = (uint8_t)ns;
+                j->tpl_len[u][wr][k] = (uint8_t)t.pos;
+            }
         }
     }
 }
@@ -1489,10 +1516,10 @@ static void probe_templates(struct bt_jit *j)
 static void probe_call(struct emit *e, const struct bt_jit *j, unsigned size, bool write,
                        size_t *slow, int *nslow)
 {
-    unsigned k = size_index(size);
-    size_t len = j->tpl_len[write][k];
+    unsigned k = size_index(size), u = j->user;
+    size_t len = j->tpl_len[u][write][k];
     if (!len) {
-        probe_emit(e, &j->watch, size, write, slow, nslow);
+        probe_emit(e, &j->watch, size, write, u, slow, nslow);
         return;
     }
     if (e->fail) return;
@@ -1500,9 +1527,9 @@ static void probe_call(struct emit *e, const struct bt_jit *j, unsigned size, bo
         e->fail = true;
         return;
     }
-    memcpy(e->buf + e->pos, j->tpl[write][k], len);
-    for (unsigned n = 0; n < j->tpl_nslow[write][k]; n++)
-        slow[(*nslow)++] = e->pos + j->tpl_slow[write][k][n];
+    memcpy(e->buf + e->pos, j->tpl[u][write][k], len);
+    for (unsigned n = 0; n < j->tpl_nslow[u][write][k]; n++)
+        slow[(*nslow)++] = e->pos + j->tpl_slow[u][write][k][n];
     e->pos += len;
 }
 
@@ -1887,7 +1914,7 @@ static bool native_callret(struct emit *e, struct bt_jit *j, const struct bt_ins
         rip_at(e, end, false);
         E2(e, MOV, M(HRSI, 0, 8), R(HRAX));
         E2(e, SUB, G(RSP, 8), I(8));
-        if (cfi) { /* bt_cfi_call(c, new RSP, return address) */
+        if (cfi) {            /* bt_cfi_call(c, new RSP, return address) */
             save_volatile(e); /* the hook touches no guest register or flag */
             E2(e, MOV, R(ZYDIS_REGISTER_RDX), R(HRAX));
             E2(e, MOV, R(ZYDIS_REGISTER_RSI), G(RSP, 8));
@@ -1934,7 +1961,7 @@ static bool native_callret(struct emit *e, struct bt_jit *j, const struct bt_ins
         E2(e, MOV, M(RBX, C_RIP, 8), R(HRAX));
         E2(e, ADD, M(RBX, C_ICOUNT, 8), I(*pend + 1));
         lookup_exit(e, j, false); /* the return target through the inline lookup */
-        if (cfi) {         /* stopped: the RET has not run; s.rip at it, exit_now set */
+        if (cfi) {                /* stopped: the RET has not run; s.rip at it, exit_now set */
             patch(e, stopped, e->pos);
             rip_at(e, off, false);
             E2(e, MOV, M(RBX, C_RIP, 8), R(HRAX));
@@ -2299,7 +2326,7 @@ static bool native_indirect(struct emit *e, struct bt_jit *j, const struct bt_in
         rip_at(e, off + i->len, false);
         E2(e, MOV, M(HRSI, 0, 8), R(HRAX));
         E2(e, SUB, G(RSP, 8), I(8));
-        if (cfi) { /* bt_cfi_call(c, new RSP, return address) */
+        if (cfi) {            /* bt_cfi_call(c, new RSP, return address) */
             save_volatile(e); /* the hook touches no guest register or flag */
             E2(e, MOV, R(ZYDIS_REGISTER_RDX), R(HRAX));
             E2(e, MOV, R(ZYDIS_REGISTER_RSI), G(RSP, 8));
@@ -2491,7 +2518,8 @@ void bt_jit_destroy(struct bt_cpu *c)
             "%llu exits through unpatched chain jumps, "
             "%llu inline lookups (%llu hits; misses: %llu not in the table, %llu TLB; %llu exits "
             "to the loop before the lookup: budget, events), "
-            "%llu lookup-table clears",
+            "%llu lookup-table clears, %llu entries interpreted for a CPL the translation was "
+            "not made for",
             c->index, (unsigned long long)j->st.blocks_translated,
             (unsigned long long)j->st.insns_native, (unsigned long long)j->st.insns_called,
             (unsigned long long)j->st.insns_inline_mem, (unsigned long long)j->st.flushes,
@@ -2500,7 +2528,8 @@ void bt_jit_destroy(struct bt_cpu *c)
             (unsigned long long)j->st.unchains, (unsigned long long)j->st.exits_unchained,
             (unsigned long long)j->st.lookups, (unsigned long long)j->st.lookup_hits,
             (unsigned long long)j->st.lookup_miss_key, (unsigned long long)j->st.lookup_miss_tlb,
-            (unsigned long long)j->st.lookup_bails, (unsigned long long)j->st.lookup_clears);
+            (unsigned long long)j->st.lookup_bails, (unsigned long long)j->st.lookup_clears,
+            (unsigned long long)j->st.cpl_mismatch);
     hstat_report();
     cache_unmap(j);
     free(j->tbs);
@@ -2572,6 +2601,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
     bool ended = false;
     int64_t off = 0;
     j->attention = c->lapic ? lapic_attention_flag(c->lapic) : NULL;
+    j->user = c->cpl == 3;
     j->mid_lookup = false;
     j->nmid = 0;
     /* dead flags: a backward scan (the block's end reads them: they must be in c->s.rflags) */
@@ -2579,8 +2609,12 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
     bool live = true;
     for (unsigned k = n; k-- > 0;) {
         int fe = flag_effect(&ins[k]);
-        if (k < JIT_BLOCK_MAX) dead[k] = use_dead && fe == FL_WRITES && !live;
-        if (fe != FL_NONE) live = fe == FL_READS;
+        bool writer = fe == FL_WRITES || fe == FL_ROT || fe == FL_SHIFT;
+        if (k < JIT_BLOCK_MAX) dead[k] = use_dead && writer && !live;
+        if (fe == FL_WRITES)
+            live = false;
+        else if (fe == FL_READS || fe == FL_SHIFT)
+            live = true;
     }
     /* the slow paths of inline memory accesses, emitted after the block */
     struct slow_path {
@@ -2658,7 +2692,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
             /* A flag-neutral instruction (flag_effect) that ends up here can leave the block
              * after its handler (after_handler_checks) with dead flags not stored: translate
              * again without the dead-flag pass (an encoding Zydis refused, say). */
-            if (use_dead && flag_effect(i) == FL_NONE)
+            if (use_dead && (flag_effect(i) == FL_NONE || flag_effect(i) == FL_ROT))
                 return translate(j, c, ins, n, slot, gpa, false);
             hstat_count(&e, i, false);
             call_handler(&e, i, off, b32, &pend);
@@ -2732,6 +2766,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
     tb->links_in = 0;
     tb->code_bits = c->code_bits;
     tb->stack_bits = c->stack_bits;
+    tb->user = j->user;
     *slot = tb;
     return 0;
 }
@@ -2766,7 +2801,6 @@ int bt_jit_run(struct bt_cpu *c, const struct bt_insn *insns, unsigned n, void *
 {
     struct bt_jit *j = c->jit;
     if (!j || !j->enabled || !j->pending || *slot == JIT_UNTRANSLATABLE || n == 0) return 1;
-    c->tlb_uoff = c->cpl == 3 ? 16 : 0; /* bt_update_mode keeps it; tests may set cpl alone */
     if (j->nlinks >= JIT_MAX_LINKS) {
         j->st.flushes_full++;
         return -ENOSPC;
@@ -2790,6 +2824,13 @@ int bt_jit_run(struct bt_cpu *c, const struct bt_insn *insns, unsigned n, void *
         if (r) return r;
     }
     struct jit_tb *tb = *slot;
+    /* made for the other privilege class (its probes test the other fast tags): the same
+     * physical code run at CPL 0 and 3 is rare enough to interpret at the second one */
+    if (tb->user != (c->cpl == 3)) {
+        j->exit_valid = false;
+        j->st.cpl_mismatch++;
+        return 1;
+    }
     if (j->ndrop) lookup_apply_drops(j);
     try_chain(j, c, tb);
     if (c->code_bits == 64) lookup_fill(j, c, tb);

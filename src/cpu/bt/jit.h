@@ -75,5 +75,6 @@ struct bt_jit_stats {
     uint64_t flushes_full, chains_cross, lookups, lookup_hits, lookup_clears, lookup_miss_key,
         lookup_miss_tlb, exits_unchained, lookup_bails; /* exits_unchained: through a chain jump not
                                              yet patched (or whose target page changed) */
+    uint64_t cpl_mismatch; /* entries interpreted: translated for the other privilege class */
 };
 void bt_jit_get_stats(const struct bt_cpu *c, struct bt_jit_stats *st);

@@ -65,6 +65,22 @@ void bt_mmu_destroy(struct bt_cpu *c)
     c->mmu = NULL;
 }
 
+static inline bool is_lapic_page(struct bt_cpu *c, uint64_t gpa);
+
+/* Host address of linear address `lin` in the page entry `e` maps, NULL when it is not RAM */
+static inline uint8_t *hva_of(const struct bt_tlb_entry *e, uint64_t lin)
+{
+    return (e->perm & BT_TLB_RAM) ? (uint8_t *)(uintptr_t)(e->addend + lin) : NULL;
+}
+
+/* Fills the entry's host side: RAM pages get their addend and BT_TLB_RAM. */
+static inline void set_host(struct bt_cpu *c, struct bt_tlb_entry *e, uint64_t lin, uint64_t gpa)
+{
+    uint8_t *h = (c->vm && !is_lapic_page(c, gpa)) ? guest_ptr(&c->vm->mem, gpa, 4096) : NULL;
+    e->addend = h ? (uint64_t)(uintptr_t)h - (lin & ~0xfffull) : 0;
+    if (h) e->perm |= BT_TLB_RAM;
+}
+
 /* An entry no access matches (vtag 0 is never a tag; ftag 0 never a compared value). */
 static void tlb_kill(struct bt_tlb_entry *e)
 {
@@ -95,7 +111,7 @@ static void tlb_set_ftags(struct bt_cpu *c, struct bt_tlb_entry *e, uint64_t lin
     bool wr = false;
     for (unsigned k = 0; k < 4; k++) {
         uint32_t bit = (k & 1 ? BT_ACC_WRITE : BT_ACC_READ) << (k & 2 ? 3 : 0);
-        bool ok = e->hva && (e->perm & bit) && !((k & 1) && code);
+        bool ok = (e->perm & BT_TLB_RAM) && (e->perm & bit) && !((k & 1) && code);
         wr |= ok && (k & 1);
         if (ok && (k & 1) && m) wfilter_set(m, e->gpa);
         e->ftag[k] = ok ? f : 0;
@@ -443,7 +459,7 @@ static struct bt_tlb_entry *tlb_get(struct bt_cpu *c, uint64_t lin, int acc)
     e->vtag = tag_of(lin);
     e->gpa = gpa;
     e->perm = perm;
-    e->hva = (c->vm && !is_lapic_page(c, gpa)) ? guest_ptr(&c->vm->mem, gpa, 4096) : NULL;
+    set_host(c, e, lin, gpa);
     tlb_set_ftags(c, e, lin);
     return e;
 }
@@ -456,8 +472,8 @@ static inline uint64_t lin_mask(const struct bt_cpu *c)
 /* One access inside a single page through an entry. */
 static void page_read(struct bt_cpu *c, struct bt_tlb_entry *e, uint64_t lin, void *buf, unsigned n)
 {
-    if (e->hva)
-        memcpy(buf, e->hva + (lin & 0xfff), n);
+    if (e->perm & BT_TLB_RAM)
+        memcpy(buf, hva_of(e, lin), n);
     else {
         uint8_t *b = buf;
         uint64_t gpa = e->gpa | (lin & 0xfff);
@@ -476,8 +492,8 @@ static void page_write(struct bt_cpu *c, struct bt_tlb_entry *e, uint64_t lin, c
                        unsigned n)
 {
     uint64_t gpa = e->gpa | (lin & 0xfff);
-    if (e->hva) {
-        memcpy(e->hva + (lin & 0xfff), buf, n);
+    if (e->perm & BT_TLB_RAM) {
+        memcpy(hva_of(e, lin), buf, n);
         ram_written(c, gpa, n);
     } else {
         uint8_t tmp[4096];
@@ -498,10 +514,11 @@ uint64_t bt_read(struct bt_cpu *c, uint64_t lin, unsigned size, int acc)
 {
     struct bt_tlb_entry *e = &c->tlb[(lin >> 12) & (BT_TLB_SIZE - 1)];
     uint64_t v = 0;
-    if (__builtin_expect(e->vtag == tag_of(lin) && e->hva && (lin & 0xfff) + size <= 4096 &&
+    if (__builtin_expect(e->vtag == tag_of(lin) && (e->perm & BT_TLB_RAM) &&
+                             (lin & 0xfff) + size <= 4096 &&
                              (e->perm & need_of(c, acc)) == need_of(c, acc),
                          1)) {
-        memcpy(&v, e->hva + (lin & 0xfff), size);
+        memcpy(&v, hva_of(e, lin), size);
         return v;
     }
     bt_read_buf(c, lin, &v, size, acc);
@@ -514,10 +531,10 @@ void bt_write(struct bt_cpu *c, uint64_t lin, unsigned size, uint64_t v, int acc
     acc &= ~BT_ACC_READ;
     struct bt_tlb_entry *e = &c->tlb[(lin >> 12) & (BT_TLB_SIZE - 1)];
     uint32_t need = need_of(c, acc);
-    if (__builtin_expect(e->vtag == tag_of(lin) && e->hva && (lin & 0xfff) + size <= 4096 &&
-                             (e->perm & need) == need,
+    if (__builtin_expect(e->vtag == tag_of(lin) && (e->perm & BT_TLB_RAM) &&
+                             (lin & 0xfff) + size <= 4096 && (e->perm & need) == need,
                          1)) {
-        memcpy(e->hva + (lin & 0xfff), &v, size);
+        memcpy(hva_of(e, lin), &v, size);
         ram_written(c, e->gpa | (lin & 0xfff), size);
         /* a tag cleared while the page held code (bt_watch_code_page): the store above ended
          * the watch, so translated stores may go straight to the page again */
@@ -577,9 +594,9 @@ void *bt_host_ptr(struct bt_cpu *c, uint64_t lin, unsigned size, int acc)
     }
     if (acc & BT_ACC_WRITE) acc &= ~BT_ACC_READ;
     struct bt_tlb_entry *e = tlb_get(c, lin, acc);
-    if (!e->hva) return NULL;
+    if (!(e->perm & BT_TLB_RAM)) return NULL;
     if (acc & BT_ACC_WRITE) ram_written(c, e->gpa | (lin & 0xfff), size);
-    return e->hva + (lin & 0xfff);
+    return hva_of(e, lin);
 }
 
 size_t bt_fetch(struct bt_cpu *c, uint64_t lin, uint8_t *buf, size_t max, uint64_t *gpa)
@@ -603,7 +620,7 @@ size_t bt_fetch(struct bt_cpu *c, uint64_t lin, uint8_t *buf, size_t max, uint64
                 e->vtag = tag_of(at);
                 e->gpa = g;
                 e->perm = perm;
-                e->hva = (c->vm && !is_lapic_page(c, g)) ? guest_ptr(&c->vm->mem, g, 4096) : NULL;
+                set_host(c, e, at, g);
                 tlb_set_ftags(c, e, at);
             }
         }
@@ -650,7 +667,8 @@ void bt_watch_code_page(struct bt_cpu *c, uint64_t gpa_page)
     for (unsigned i = 0; i < VM_MAX_CPUS; i++) {
         struct bt_cpu *o = m->bv->cpu[i];
         struct bt_mmu *om = o ? mmu_of(o) : NULL;
-        if (!om || !((atomic_load_explicit(&om->wfilter[b / 64], memory_order_relaxed) >> (b % 64)) & 1))
+        if (!om ||
+            !((atomic_load_explicit(&om->wfilter[b / 64], memory_order_relaxed) >> (b % 64)) & 1))
             continue;
         for (unsigned k = 0; k < BT_TLB_SIZE; k++) {
             struct bt_tlb_entry *e = &o->tlb[k];

@@ -53,7 +53,6 @@ void bt_update_mode(struct bt_cpu *c)
             c->stack_bits = s->seg[SEG_SS].db ? 32 : 16;
         }
     }
-    c->tlb_uoff = c->cpl == 3 ? 16 : 0;
 }
 
 /* ---- descriptor tables ---------------------------------------------------------------------- */
