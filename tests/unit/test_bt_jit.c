@@ -748,6 +748,37 @@ static void prime_user_iopl3(struct bt_cpu *c)
     c->s.rflags |= X86_FLAG_IOPL | X86_FLAG_IF;
 }
 
+/* Translations are made per privilege class (their memory probes test that class's fast tags):
+ * code translated at CPL 0 and then run at CPL 3 from the same page must not let the user
+ * write a supervisor page its kernel run wrote inline. */
+static void test_cpl_classes(void **st)
+{
+    t_setup_long(T);
+    use_jit(true);
+    struct bt_cpu *c = T->c;
+    c->s.rip = T_CODE3;
+    c->s.gpr[R15] = T_DATA;
+    c->s.gpr[RDX] = 0x8000;
+    prime_data(c);
+    bt_probe_write(c, 0x8000, 8, BT_ACC_WRITE); /* the supervisor page, writable, in the TLB */
+    t_run(T, user_prog, sizeof(user_prog), 1000);
+    assert_true(c->halted);
+    assert_int_equal(c->s.rip, T_CODE3 + sizeof(user_prog)); /* its own HLT, at CPL 0 */
+    struct bt_jit_stats s0, s1;
+    bt_jit_get_stats(c, &s0);
+    assert_true(s0.blocks_translated >= 1);
+    t_to_ring3(T, T_CODE3); /* the same code, not flushed */
+    c->s.gpr[R15] = T_DATA;
+    c->s.gpr[RDX] = 0x8000;
+    c->halted = false;
+    c->exit_now = false;
+    bt_exec(c, 1000);
+    assert_int_equal(t_handler_vector(T), X86_PF);
+    assert_int_equal(get64(T, T->c->s.gpr[RSP]), 0x7); /* protection, write, user */
+    bt_jit_get_stats(c, &s1);
+    assert_true(s1.cpl_mismatch > s0.cpl_mismatch);
+}
+
 static void test_user_mode(void **st)
 {
     static struct outcome a, b;
@@ -1675,6 +1706,7 @@ int main(void)
         cmocka_unit_test(test_sse_moves),
         cmocka_unit_test(test_store_faults),
         cmocka_unit_test(test_user_mode),
+        cmocka_unit_test(test_cpl_classes),
         cmocka_unit_test(test_dirty_log),
         cmocka_unit_test(test_tlb_change),
         cmocka_unit_test(test_crossing_smc),
