@@ -236,6 +236,9 @@ struct bt_cpu {
     struct vcpu_exit *exit;
     bool exit_now; /* a handler asks the loop to return after this instruction */
 
+    /* the translator's chained jumps run only while icount <= this (jit.c; 0: a poke, leave) */
+    uint64_t jit_chain_end;
+
     /* statistics */
     uint64_t icount;
     uint64_t ud_unhandled; /* #UD raised for a decodable instruction without a handler */

@@ -133,10 +133,7 @@ struct bt_jit {
     struct enc_cached *enc_cache; /* NULL if it could not be allocated (encodes every time) */
     uint32_t ntbs, nlinks;
 
-    /* read by the translated code through R13 */
-    /* chained jumps are taken only while icount <= chain_end; anything that needs the loop
-     * sets it to 0 (bt_jit_poke), so a chained exit tests nothing else */
-    uint64_t chain_end;
+    /* written by the translated code (an absolute address) */
     uint64_t last_exit; /* set by a chainable exit: its chain jump's patch_end (0: none) */
 
     /* the state at the last chainable exit, to validate the next block as its successor */
@@ -154,7 +151,7 @@ struct bt_jit {
     bool mid_lookup;
     unsigned nmid;
     size_t mid_jumps[JIT_BLOCK_MAX];
-    struct jit_lent ltab[JIT_LOOKUP_SIZE]; /* read by the translated code through R13 */
+    struct jit_lent ltab[JIT_LOOKUP_SIZE]; /* read by the translated code (absolute address) */
 };
 
 /* ---- emitter --------------------------------------------------------------------------- */
@@ -323,14 +320,7 @@ static void jto(struct emit *e, ZydisMnemonic m, size_t target)
 #define C_KICKED    ((int64_t)offsetof(struct bt_cpu, kicked))
 #define C_INTR_PEND ((int64_t)offsetof(struct bt_cpu, s.ev.interrupt_pending))
 #define C_NMI_PEND  ((int64_t)offsetof(struct bt_cpu, s.ev.nmi_pending))
-#define J_CHAIN_END ((int64_t)offsetof(struct bt_jit, chain_end))
-#define J_LAST_EXIT ((int64_t)offsetof(struct bt_jit, last_exit))
-#define J_LTAB      ((int64_t)offsetof(struct bt_jit, ltab))
-#define J_LOOKUPS   ((int64_t)offsetof(struct bt_jit, st.lookups))
-#define J_HITS      ((int64_t)offsetof(struct bt_jit, st.lookup_hits))
-#define J_MISS_KEY  ((int64_t)offsetof(struct bt_jit, st.lookup_miss_key))
-#define J_MISS_TLB  ((int64_t)offsetof(struct bt_jit, st.lookup_miss_tlb))
-#define J_BAILS     ((int64_t)offsetof(struct bt_jit, st.lookup_bails))
+#define C_CHAIN_END ((int64_t)offsetof(struct bt_cpu, jit_chain_end))
 #define C_CR3       ((int64_t)offsetof(struct bt_cpu, s.cr3))
 #define C_HALTED    ((int64_t)offsetof(struct bt_cpu, halted))
 #define L_RIP       ((int64_t)offsetof(struct jit_lent, rip))
@@ -338,7 +328,6 @@ static void jto(struct emit *e, ZydisMnemonic m, size_t target)
 #define L_GPA       ((int64_t)offsetof(struct jit_lent, gpa))
 #define L_MODE      ((int64_t)offsetof(struct jit_lent, mode))
 #define L_CODE      ((int64_t)offsetof(struct jit_lent, code))
-#define R13         ZYDIS_REGISTER_R13
 
 #define RBX ZYDIS_REGISTER_RBX
 #define R12 ZYDIS_REGISTER_R12
@@ -357,23 +346,25 @@ static ZydisRegister hreg(int which, unsigned size)
 /* ---- guest state in host registers ---------------------------------------------------------
  *
  * Inside translated code (from the trampoline's entry to its exit, across chained jumps and
- * inline lookups) the six guest GPRs used most (counted in the shell loop, sha256sum, gzip and
- * xz: RCX, RAX, RDX, RSI, RDI, R8) live in host registers, and the guest's six arithmetic flags
+ * inline lookups) the guest GPRs used most (counted in the shell loop, sha256sum, gzip and xz:
+ * RCX, RAX, RDX, RSI, RDI, R8, and RSP for every PUSH, POP, CALL and RET) live in host registers
+ * (RBP, R8-R11, R15, R13), and the guest's six arithmetic flags
  * in R14 (its other bits mean nothing); c->s.gpr[] and the arithmetic bits of c->s.rflags are
  * stale for them.  Every way out to C writes them back first (sync_out) and reads them again
  * afterwards (sync_in): the handler calls, the --cfi hooks and the trampoline's exit; a fault
  * longjmps out of a handler, after its sync_out.  Emitted code reaches a guest GPR only through
  * G() (a register or the memory slot), the flags only through FLAGS_REG. */
 #define FLAGS_REG ZYDIS_REGISTER_R14
-#define NPIN      6
-static const unsigned pin_guest[NPIN] = {RAX, RCX, RDX, RSI, RDI, R8};
+#define NPIN      7
+static const unsigned pin_guest[NPIN] = {RAX, RCX, RDX, RSI, RDI, R8, RSP};
 static const ZydisRegister pin_host[NPIN][4] = {
     {ZYDIS_REGISTER_BPL, ZYDIS_REGISTER_BP, ZYDIS_REGISTER_EBP, ZYDIS_REGISTER_RBP},
     {ZYDIS_REGISTER_R8B, ZYDIS_REGISTER_R8W, ZYDIS_REGISTER_R8D, ZYDIS_REGISTER_R8},
     {ZYDIS_REGISTER_R9B, ZYDIS_REGISTER_R9W, ZYDIS_REGISTER_R9D, ZYDIS_REGISTER_R9},
     {ZYDIS_REGISTER_R10B, ZYDIS_REGISTER_R10W, ZYDIS_REGISTER_R10D, ZYDIS_REGISTER_R10},
     {ZYDIS_REGISTER_R11B, ZYDIS_REGISTER_R11W, ZYDIS_REGISTER_R11D, ZYDIS_REGISTER_R11},
-    {ZYDIS_REGISTER_R15B, ZYDIS_REGISTER_R15W, ZYDIS_REGISTER_R15D, ZYDIS_REGISTER_R15}};
+    {ZYDIS_REGISTER_R15B, ZYDIS_REGISTER_R15W, ZYDIS_REGISTER_R15D, ZYDIS_REGISTER_R15},
+    {ZYDIS_REGISTER_R13B, ZYDIS_REGISTER_R13W, ZYDIS_REGISTER_R13D, ZYDIS_REGISTER_R13}};
 
 /* the host register holding guest GPR `reg` at `size` bytes, or ZYDIS_REGISTER_NONE */
 static ZydisRegister pinned(unsigned reg, unsigned size)
@@ -415,7 +406,7 @@ static void sync_in(struct emit *e)
 
 /* Around a call into C code that neither reads nor writes guest registers or flags and never
  * faults (the --cfi hooks): only the caller-saved host registers among the pinned ones need
- * keeping (RBP, R15 and R14 are callee-saved).  Four pushes: the host stack stays 16-byte
+ * keeping (RBP, R13, R15 and R14 are callee-saved).  Four pushes: the host stack stays 16-byte
  * aligned. */
 static const ZydisRegister pin_volatile[4] = {ZYDIS_REGISTER_R8, ZYDIS_REGISTER_R9,
                                               ZYDIS_REGISTER_R10, ZYDIS_REGISTER_R11};
@@ -1122,7 +1113,7 @@ static bool same_page(unsigned page_off, int64_t off)
 static void between_blocks(struct emit *e, struct bt_jit *j, size_t *fails, int *nf, bool full)
 {
     E2(e, MOV, R(ZYDIS_REGISTER_RAX), M(RBX, C_ICOUNT, 8));
-    E2(e, CMP, R(ZYDIS_REGISTER_RAX), M(R13, J_CHAIN_END, 8));
+    E2(e, CMP, R(ZYDIS_REGISTER_RAX), M(RBX, C_CHAIN_END, 8));
     fails[(*nf)++] = jrel(e, ZYDIS_MNEMONIC_JNBE);
     /* Exit requests, kicks, queued invalidations and the LAPIC's attention from other threads
      * poke chain_end to 0 (bt_jit_poke), and whatever a handler raises on this thread is seen
@@ -1192,6 +1183,13 @@ static void tlb_exec_probe(struct emit *e, size_t *fails, int *nf)
     fails[(*nf)++] = jrel(e, ZYDIS_MNEMONIC_JZ);
 }
 
+/* ++*ctr (a statistic of this vCPU's translator).  Clobbers RDX. */
+static void count(struct emit *e, uint64_t *ctr)
+{
+    E2(e, MOV, R(ZYDIS_REGISTER_RDX), I((int64_t)(uintptr_t)ctr));
+    E1(e, INC, M(ZYDIS_REGISTER_RDX, 0, 8));
+}
+
 /* The end of a block whose successor a handler decided (indirect JMP/CALL, RET, direct CALL and
  * every other handler-ended block) in 64-bit code: after the loop's checks, the inline lookup of
  * s.rip in the per-vCPU table (see struct jit_lent), validated by CR3, the mode word and the TLB;
@@ -1201,14 +1199,14 @@ static void lookup_exit(struct emit *e, struct bt_jit *j, bool after_handler)
     size_t fails[12], kfails[4], tfails[8];
     int nf = 0, nk = 0, nt = 0;
     between_blocks(e, j, fails, &nf, after_handler);
-    E1(e, INC, M(R13, J_LOOKUPS, 8));
     E2(e, MOV, R(ZYDIS_REGISTER_RAX), M(RBX, C_RIP, 8));
     E2(e, MOV, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RAX));
     E2(e, SHR, R(ZYDIS_REGISTER_RCX), I(12));
     E2(e, XOR, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RAX));
     E2(e, AND, R(ZYDIS_REGISTER_ECX), I(JIT_LOOKUP_SIZE - 1));
     E2(e, SHL, R(ZYDIS_REGISTER_ECX), I(5));
-    E2(e, LEA, R(ZYDIS_REGISTER_RDI), MX(R13, ZYDIS_REGISTER_RCX, 1, J_LTAB, 8));
+    E2(e, MOV, R(ZYDIS_REGISTER_RDI), I((int64_t)(uintptr_t)j->ltab));
+    E2(e, ADD, R(ZYDIS_REGISTER_RDI), R(ZYDIS_REGISTER_RCX));
     E2(e, CMP, R(ZYDIS_REGISTER_RAX), M(ZYDIS_REGISTER_RDI, L_RIP, 8));
     kfails[nk++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
     E2(e, MOV, R(ZYDIS_REGISTER_RDX), M(RBX, C_CR3, 8));
@@ -1221,7 +1219,7 @@ static void lookup_exit(struct emit *e, struct bt_jit *j, bool after_handler)
     E2(e, MOV, R(ZYDIS_REGISTER_RDX), M(ZYDIS_REGISTER_RSI, T_GPA, 8));
     E2(e, CMP, R(ZYDIS_REGISTER_RDX), M(ZYDIS_REGISTER_RDI, L_GPA, 8));
     tfails[nt++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
-    E1(e, INC, M(R13, J_HITS, 8));
+    count(e, &j->st.lookup_hits);
     E2(e, MOV, R(ZYDIS_REGISTER_EAX), M(ZYDIS_REGISTER_RDI, L_CODE, 4));
     E2(e, MOV, R(ZYDIS_REGISTER_RCX), I((int64_t)(uintptr_t)j->rx));
     E2(e, ADD, R(ZYDIS_REGISTER_RAX), R(ZYDIS_REGISTER_RCX));
@@ -1229,15 +1227,15 @@ static void lookup_exit(struct emit *e, struct bt_jit *j, bool after_handler)
     /* misses by kind (statistics), then back to the loop */
     for (int k = 0; k < nk; k++)
         patch(e, kfails[k], e->pos);
-    E1(e, INC, M(R13, J_MISS_KEY, 8));
+    count(e, &j->st.lookup_miss_key);
     jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
     for (int k = 0; k < nt; k++)
         patch(e, tfails[k], e->pos);
-    E1(e, INC, M(R13, J_MISS_TLB, 8));
+    count(e, &j->st.lookup_miss_tlb);
     jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
     for (int k = 0; k < nf; k++)
         patch(e, fails[k], e->pos);
-    E1(e, INC, M(R13, J_BAILS, 8)); /* the loop has something to do first */
+    count(e, &j->st.lookup_bails); /* the loop has something to do first */
     jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
 }
 
@@ -1263,7 +1261,8 @@ static void leave_far(struct emit *e, struct bt_jit *j)
     size_t chain = jrel(e, ZYDIS_MNEMONIC_JMP); /* rel32 0: falls through until patched */
     patch(e, other, e->pos);
     E2(e, MOV, R(ZYDIS_REGISTER_RAX), I((int64_t)(chain | (uint64_t)imm_off << 32)));
-    E2(e, MOV, M(R13, J_LAST_EXIT, 8), R(ZYDIS_REGISTER_RAX));
+    E2(e, MOV, R(ZYDIS_REGISTER_RCX), I((int64_t)(uintptr_t)&j->last_exit));
+    E2(e, MOV, M(ZYDIS_REGISTER_RCX, 0, 8), R(ZYDIS_REGISTER_RAX));
     for (int k = 0; k < nf; k++)
         patch(e, fails[k], e->pos);
     jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
@@ -1298,7 +1297,8 @@ static void leave(struct emit *e, struct bt_jit *j, bool chainable)
     between_blocks(e, j, fails, &nf, false);
     size_t chain = jrel(e, ZYDIS_MNEMONIC_JMP); /* rel32 0: falls through until patched */
     E2(e, MOV, R(ZYDIS_REGISTER_RAX), I((int64_t)chain));
-    E2(e, MOV, M(R13, J_LAST_EXIT, 8), R(ZYDIS_REGISTER_RAX));
+    E2(e, MOV, R(ZYDIS_REGISTER_RCX), I((int64_t)(uintptr_t)&j->last_exit));
+    E2(e, MOV, M(ZYDIS_REGISTER_RCX, 0, 8), R(ZYDIS_REGISTER_RAX));
     for (int k = 0; k < nf; k++)
         patch(e, fails[k], e->pos);
     jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
@@ -2360,7 +2360,8 @@ bool bt_jit_wanted(void)
 }
 
 /* The trampoline at the start of the cache: enter(c, code, j) saves the callee-saved registers,
- * pins c in RBX and j in R13 and jumps to the block; blocks leave through exit_off. */
+ * pins c in RBX, loads the guest state kept in host registers and jumps to the block; blocks
+ * leave through exit_off, which writes that state back. */
 static int emit_trampoline(struct bt_jit *j, struct bt_cpu *c)
 {
     struct emit e = {.buf = j->rw, .pos = 0, .cap = j->size};
@@ -2371,7 +2372,6 @@ static int emit_trampoline(struct bt_jit *j, struct bt_cpu *c)
         E1(&e, PUSH, R(saved[k]));
     E2(&e, SUB, R(ZYDIS_REGISTER_RSP), I(8)); /* 16-byte alignment for the handler calls */
     E2(&e, MOV, R(RBX), R(ZYDIS_REGISTER_RDI));
-    E2(&e, MOV, R(R13), R(ZYDIS_REGISTER_RDX));
     sync_in(&e); /* the guest state translated code keeps in host registers */
     E1(&e, JMP, R(ZYDIS_REGISTER_RSI));
     j->exit_off = e.pos;
@@ -2526,7 +2526,9 @@ void bt_jit_destroy(struct bt_cpu *c)
             (unsigned long long)j->st.flushes_full, (unsigned long long)j->st.runs,
             (unsigned long long)j->st.chains, (unsigned long long)j->st.chains_cross,
             (unsigned long long)j->st.unchains, (unsigned long long)j->st.exits_unchained,
-            (unsigned long long)j->st.lookups, (unsigned long long)j->st.lookup_hits,
+            (unsigned long long)(j->st.lookup_hits + j->st.lookup_miss_key +
+                                 j->st.lookup_miss_tlb + j->st.lookup_bails),
+            (unsigned long long)j->st.lookup_hits,
             (unsigned long long)j->st.lookup_miss_key, (unsigned long long)j->st.lookup_miss_tlb,
             (unsigned long long)j->st.lookup_bails, (unsigned long long)j->st.lookup_clears,
             (unsigned long long)j->st.cpl_mismatch);
@@ -2574,8 +2576,7 @@ void bt_jit_drop(struct bt_cpu *c, void *handle)
 
 void bt_jit_poke(struct bt_cpu *c)
 {
-    struct bt_jit *j = c ? c->jit : NULL;
-    if (j) __atomic_store_n(&j->chain_end, 0, __ATOMIC_SEQ_CST);
+    if (c) __atomic_store_n(&c->jit_chain_end, 0, __ATOMIC_SEQ_CST);
 }
 
 void bt_jit_get_stats(const struct bt_cpu *c, struct bt_jit_stats *st)
@@ -2584,6 +2585,7 @@ void bt_jit_get_stats(const struct bt_cpu *c, struct bt_jit_stats *st)
     memset(st, 0, sizeof(*st));
     if (j) {
         *st = j->st;
+        st->lookups = st->lookup_hits + st->lookup_miss_key + st->lookup_miss_tlb + st->lookup_bails;
         st->code_bytes = j->used;
     }
 }
@@ -2835,12 +2837,12 @@ int bt_jit_run(struct bt_cpu *c, const struct bt_insn *insns, unsigned n, void *
     try_chain(j, c, tb);
     if (c->code_bits == 64) lookup_fill(j, c, tb);
     j->st.runs++;
-    __atomic_store_n(&j->chain_end, end >= JIT_BLOCK_MAX ? end - JIT_BLOCK_MAX : 0,
+    __atomic_store_n(&c->jit_chain_end, end >= JIT_BLOCK_MAX ? end - JIT_BLOCK_MAX : 0,
                      __ATOMIC_SEQ_CST);
     /* a poke between the loop's checks and the store above (see bt_jit_poke) */
     if (atomic_load(&c->kicked) || atomic_load(j->pending) ||
         (j->attention && atomic_load(j->attention)))
-        j->chain_end = 0;
+        c->jit_chain_end = 0;
     j->last_exit = 0;
     j->enter(c, j->rx + tb->entry, j);
     j->exit_valid = j->last_exit != 0;
