@@ -306,6 +306,7 @@ static int bt_dirty_log(struct vm *vm, uint64_t *bitmap, size_t nwords)
         /* Logging starts now: everything counts as dirty for the first round. */
         int r = guest_dirty_enable(&vm->mem);
         if (r < 0) return r;
+        bt_mmu_dirty_started(bt_vm_of(vm)); /* translated stores log from now on */
         size_t pages = vm->mem.size >> GUEST_PAGE_SHIFT;
         for (size_t i = 0; i < nwords && i * 64 < pages; i++)
             bitmap[i] |= pages - i * 64 >= 64 ? ~0ull : ((1ull << (pages - i * 64)) - 1);

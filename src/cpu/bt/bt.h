@@ -291,17 +291,10 @@ size_t bt_fetch(struct bt_cpu *c, uint64_t lin, uint8_t *buf, size_t max, uint64
 /* Marks a guest-physical page as holding decoded code: a write to it calls
  * bt_cache_invalidate_page() (self-modifying code) for every vCPU. */
 void bt_watch_code_page(struct bt_cpu *c, uint64_t gpa_page);
-/* What a RAM store must report besides the bytes (ram_written): the code-watch bitmap (bit n =
- * guest-physical page n holds decoded code; NULL when nothing is watched) with its size in
- * pages, and the dirty-log switch (NULL without a VM).  The translator's inline stores (jit.c)
- * take their fast path only for a page that is not watched while dirty logging is off, so they
- * need neither; everything else goes through bt_write. */
-struct bt_store_watch {
-    const _Atomic uint64_t *bitmap;
-    uint64_t pages;
-    const bool *dirty_enabled;
-};
-void bt_mmu_store_watch(struct bt_cpu *c, struct bt_store_watch *w);
+/* A RAM store also reports to the dirty log and the code watch (ram_written).  The translator's
+ * inline stores (jit.c) skip both: a TLB entry's write fast tag is set only for a page that is
+ * not watched while dirty logging is off, and cleared in every vCPU's TLB when either changes
+ * (mmu.c: tlb_set_ftags, bt_watch_code_page, bt_mmu_dirty_started). */
 /* Translation without side effects on failure (tools, tests): 0 and *gpa, or the #PF error code
  * (with bit 31 set so 0 is never an error).  Sets A/D bits like an access on success. */
 #define BT_XLATE_FAULT 0x80000000u

@@ -34,5 +34,8 @@ void bt_vcpu_wake(struct vcpu *cpu);
 /* Allocates / frees the watch bitmap for all of the VM's guest-physical space. */
 int bt_watch_init(struct bt_vm *bv);
 void bt_watch_destroy(struct bt_vm *bv);
+/* Dirty logging has just been switched on (guest_mem.dirty_enabled set): no vCPU's translated
+ * stores may skip the log any more (clears every write fast tag; any thread). */
+void bt_mmu_dirty_started(struct bt_vm *bv);
 /* guest_mem write hook (ctx = struct bt_vm): writes by devices and loaders invalidate code. */
 void bt_watch_external_write(void *ctx, gpa_t gpa, uint64_t len);

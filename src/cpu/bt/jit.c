@@ -119,8 +119,7 @@ struct bt_jit {
     int fd;
     uint8_t *rw, *rx; /* the two views of the cache (NULL until the first translation) */
     size_t size, used, base_end;
-    size_t exit_off;             /* the trampoline's return path */
-    struct bt_store_watch watch; /* what an inline store checks besides the TLB tag */
+    size_t exit_off; /* the trampoline's return path */
     /* The inline access check, encoded once per [write][size 1, 2, 4, 8, 16] (it depends on
      * nothing else) and copied: encoding its ~15 instructions per memory operand showed in
      * translation time.  tpl_slow: offsets just after its jumps to the slow path (rel32). */
@@ -1459,12 +1458,12 @@ static void mem_lin(struct emit *e, const struct bt_operand *o, int64_t off)
  * only when the page is mapped to RAM with the permission (a write bit only once the PTE is
  * dirty), and the compared value is the last byte's address | 0xfff, so a page crossing or a
  * non-canonical address (the TLB holds only canonical pages) misses too.  A write also needs
- * what ram_written() would otherwise do to be nothing: dirty logging off (read at run time) and
- * the guest-physical page out of the code-watch bitmap, which the write tag already says (mmu.c
- * sets it only for unwatched pages and clears it in every vCPU's TLB when a page becomes
- * watched: tlb_set_ftags, bt_watch_code_page). */
-static void probe_emit(struct emit *e, const struct bt_store_watch *w, unsigned size, bool write,
-                       bool user, size_t *slow, int *nslow)
+ * what ram_written() would otherwise do to be nothing: dirty logging off and the guest-physical
+ * page out of the code-watch bitmap, which the write tag already says (mmu.c sets it only then,
+ * and clears it in every vCPU's TLB when a page becomes watched or logging starts:
+ * tlb_set_ftags, bt_watch_code_page, bt_mmu_dirty_started). */
+static void probe_emit(struct emit *e, unsigned size, bool write, bool user, size_t *slow,
+                       int *nslow)
 {
     E2(e, MOV, R(HRDI), R(HRDX));
     E2(e, SHR, R(HRDI), I(12 - TLB_ESHIFT));
@@ -1477,11 +1476,6 @@ static void probe_emit(struct emit *e, const struct bt_store_watch *w, unsigned 
     /* the fast tag for the block's privilege (translations are made per CPL class) */
     E2(e, CMP, R(HRSI), MX(RBX, HRDI, 1, C_TLB + T_FTAG + 8 * (2 * user + write), 8));
     slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
-    if (write && w->dirty_enabled) {
-        E2(e, MOV, R(HRAX), I((int64_t)(uintptr_t)w->dirty_enabled));
-        E2(e, CMP, M(HRAX, 0, 1), I(0));
-        slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
-    }
     E2(e, MOV, R(HRSI), MX(RBX, HRDI, 1, C_TLB + T_ADDEND, 8));
     E2(e, ADD, R(HRSI), R(HRDX));
 }
@@ -1500,7 +1494,7 @@ static void probe_templates(struct bt_jit *j)
                 struct emit t = {.buf = j->tpl[u][wr][k], .cap = sizeof(j->tpl[u][wr][k])};
                 size_t slow[8];
                 int ns = 0;
-                probe_emit(&t, &j->watch, 1u << k, wr, u, slow, &ns);
+                probe_emit(&t, 1u << k, wr, u, slow, &ns);
                 j->tpl_len[u][wr][k] = 0; /* 0: encode at each use */
                 if (t.fail || ns > 4 || t.pos > 255) continue;
                 for (int n = 0; n < ns; n++)
@@ -1519,7 +1513,7 @@ static void probe_call(struct emit *e, const struct bt_jit *j, unsigned size, bo
     unsigned k = size_index(size), u = j->user;
     size_t len = j->tpl_len[u][write][k];
     if (!len) {
-        probe_emit(e, &j->watch, size, write, u, slow, nslow);
+        probe_emit(e, size, write, u, slow, nslow);
         return;
     }
     if (e->fail) return;
@@ -2380,7 +2374,6 @@ static int emit_trampoline(struct bt_jit *j, struct bt_cpu *c)
     for (size_t k = ARRAY_SIZE(saved); k-- > 0;)
         E1(&e, POP, R(saved[k]));
     E0(&e, RET);
-    bt_mmu_store_watch(c, &j->watch);
     probe_templates(j);
     if (e.fail) return err_set(EINVAL, "translator: Zydis cannot encode the trampoline");
     j->base_end = j->used = ALIGN_UP(e.pos, 64);
@@ -2526,12 +2519,11 @@ void bt_jit_destroy(struct bt_cpu *c)
             (unsigned long long)j->st.flushes_full, (unsigned long long)j->st.runs,
             (unsigned long long)j->st.chains, (unsigned long long)j->st.chains_cross,
             (unsigned long long)j->st.unchains, (unsigned long long)j->st.exits_unchained,
-            (unsigned long long)(j->st.lookup_hits + j->st.lookup_miss_key +
-                                 j->st.lookup_miss_tlb + j->st.lookup_bails),
-            (unsigned long long)j->st.lookup_hits,
-            (unsigned long long)j->st.lookup_miss_key, (unsigned long long)j->st.lookup_miss_tlb,
-            (unsigned long long)j->st.lookup_bails, (unsigned long long)j->st.lookup_clears,
-            (unsigned long long)j->st.cpl_mismatch);
+            (unsigned long long)(j->st.lookup_hits + j->st.lookup_miss_key + j->st.lookup_miss_tlb +
+                                 j->st.lookup_bails),
+            (unsigned long long)j->st.lookup_hits, (unsigned long long)j->st.lookup_miss_key,
+            (unsigned long long)j->st.lookup_miss_tlb, (unsigned long long)j->st.lookup_bails,
+            (unsigned long long)j->st.lookup_clears, (unsigned long long)j->st.cpl_mismatch);
     hstat_report();
     cache_unmap(j);
     free(j->tbs);
@@ -2585,7 +2577,8 @@ void bt_jit_get_stats(const struct bt_cpu *c, struct bt_jit_stats *st)
     memset(st, 0, sizeof(*st));
     if (j) {
         *st = j->st;
-        st->lookups = st->lookup_hits + st->lookup_miss_key + st->lookup_miss_tlb + st->lookup_bails;
+        st->lookups =
+            st->lookup_hits + st->lookup_miss_key + st->lookup_miss_tlb + st->lookup_bails;
         st->code_bytes = j->used;
     }
 }

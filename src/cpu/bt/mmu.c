@@ -103,11 +103,16 @@ static inline void wfilter_set(struct bt_mmu *m, uint64_t gpa)
  * bitmap.  Against bt_watch_code_page on another thread (Dekker): the filter bit is set and the
  * tags stored before a full fence, then the watch bit is read again; that side sets the watch
  * bit, fences, then reads the filter and clears matching tags.  One of the two sees the other. */
+static inline bool dirty_logging(const struct bt_cpu *c)
+{
+    return c->vm && __atomic_load_n(&c->vm->mem.dirty_enabled, __ATOMIC_SEQ_CST);
+}
+
 static void tlb_set_ftags(struct bt_cpu *c, struct bt_tlb_entry *e, uint64_t lin)
 {
     struct bt_mmu *m = mmu_of(c);
     uint64_t f = lin | 0xfff;
-    bool code = m && watched(m, e->gpa);
+    bool code = (m && watched(m, e->gpa)) || dirty_logging(c);
     bool wr = false;
     for (unsigned k = 0; k < 4; k++) {
         uint32_t bit = (k & 1 ? BT_ACC_WRITE : BT_ACC_READ) << (k & 2 ? 3 : 0);
@@ -118,7 +123,7 @@ static void tlb_set_ftags(struct bt_cpu *c, struct bt_tlb_entry *e, uint64_t lin
     }
     if (wr && m) {
         atomic_thread_fence(memory_order_seq_cst);
-        if (watched(m, e->gpa)) e->ftag[1] = e->ftag[3] = 0;
+        if (watched(m, e->gpa) || dirty_logging(c)) e->ftag[1] = e->ftag[3] = 0;
     }
 }
 
@@ -677,15 +682,15 @@ void bt_watch_code_page(struct bt_cpu *c, uint64_t gpa_page)
     }
 }
 
-void bt_mmu_store_watch(struct bt_cpu *c, struct bt_store_watch *w)
+void bt_mmu_dirty_started(struct bt_vm *bv)
 {
-    struct bt_mmu *m = mmu_of(c);
-    memset(w, 0, sizeof(*w));
-    if (m && m->bv && m->bv->watch) {
-        w->bitmap = m->bv->watch;
-        w->pages = m->bv->watch_pages;
+    atomic_thread_fence(memory_order_seq_cst); /* after dirty_enabled was set */
+    for (unsigned i = 0; bv && i < VM_MAX_CPUS; i++) {
+        struct bt_cpu *o = bv->cpu[i];
+        if (!o) continue;
+        for (unsigned k = 0; k < BT_TLB_SIZE; k++)
+            o->tlb[k].ftag[1] = o->tlb[k].ftag[3] = 0;
     }
-    if (c->vm) w->dirty_enabled = &c->vm->mem.dirty_enabled;
 }
 
 /* A write hit a page holding decoded code: stop watching it and make every vCPU drop its code.
