@@ -969,6 +969,36 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off, 
         if (s->index != BT_NOREG && s->index >= 16) return false;
         if (s->scale != 1 && s->scale != 2 && s->scale != 4 && s->scale != 8) return false;
         int64_t disp = s->disp;
+        if (s->base != BT_REG_RIP && fits32(disp) && i->addrsize == 64 && size >= 4) {
+            /* 64-bit addressing: base and index from their host registers when pinned, the
+             * result straight into the destination's (a 32-bit LEA truncates and zero-extends
+             * as the guest's does) */
+            ZydisRegister b = s->base != BT_NOREG ? pinned(s->base, 8) : ZYDIS_REGISTER_NONE;
+            ZydisRegister x = s->index != BT_NOREG ? pinned(s->index, 8) : ZYDIS_REGISTER_NONE;
+            if (s->base != BT_NOREG && b == ZYDIS_REGISTER_NONE) {
+                E2(e, MOV, R(ZYDIS_REGISTER_RAX), G(s->base, 8));
+                b = ZYDIS_REGISTER_RAX;
+            }
+            if (s->index != BT_NOREG && x == ZYDIS_REGISTER_NONE) {
+                E2(e, MOV, R(ZYDIS_REGISTER_RCX), G(s->index, 8));
+                x = ZYDIS_REGISTER_RCX;
+            }
+            ZydisRegister dst = pinned(d->reg, size);
+            bool direct = dst != ZYDIS_REGISTER_NONE;
+            if (!direct) dst = hreg(0, size);
+            ZydisEncoderOperand a;
+            if (b == ZYDIS_REGISTER_NONE && x == ZYDIS_REGISTER_NONE) {
+                E2(e, MOV, R(dst), I(size == 8 ? disp : (int64_t)(uint32_t)disp));
+            } else {
+                if (x != ZYDIS_REGISTER_NONE)
+                    a = MX(b, x, s->scale, disp, 8);
+                else
+                    a = M(b, disp, 8);
+                E2(e, LEA, R(dst), a);
+            }
+            if (!direct) store_gpr(e, 0, d->reg, size); /* 32-bit: EAX, zero-extended */
+            return true;
+        }
         if (s->base == BT_REG_RIP) {
             if (s->index != BT_NOREG || !fits32(disp + off)) return false;
             E2(e, LEA, R(ZYDIS_REGISTER_RAX), M(R12, disp + off, 8));
@@ -1708,13 +1738,19 @@ static bool native_mem(struct emit *e, const struct bt_jit *j, const struct bt_i
         if (!two) return false;
         if (is_gpr(d) && d->size == size && s->size == size && MEMOK(s)) {
             mem_probe(e, j, s, off, false, slow, nslow);
+            if (pinned(d->reg, size) != ZYDIS_REGISTER_NONE) { /* the x86 write rules alike */
+                E2(e, MOV, G(d->reg, size), M(HRSI, 0, size));
+                return true;
+            }
             load_mem(e, 0, size);
             store_gpr(e, 0, d->reg, size);
             return true;
         }
         if (MEMOK(d) && d->size == size && ((is_gpr(s) && s->size == size) || imm_ok(s, size))) {
             mem_probe(e, j, d, off, true, slow, nslow);
-            if (is_gpr(s)) {
+            if (is_gpr(s) && pinned(s->reg, size) != ZYDIS_REGISTER_NONE) {
+                E2(e, MOV, M(HRSI, 0, size), G(s->reg, size));
+            } else if (is_gpr(s)) {
                 load_gpr(e, 0, s->reg, size);
                 E2(e, MOV, M(HRSI, 0, size), R(hreg(0, size)));
             } else {
@@ -1739,6 +1775,15 @@ static bool native_mem(struct emit *e, const struct bt_jit *j, const struct bt_i
             /* register destination, memory source */
             mem_probe(e, j, s, off, false, slow, nslow);
             if (cf_in) load_guest_cf(e);
+            if (pinned(d->reg, size) != ZYDIS_REGISTER_NONE) { /* on the host register */
+                if (m == ZYDIS_MNEMONIC_TEST)
+                    E2(e, TEST, M(HRSI, 0, size), G(d->reg, size));
+                else
+                    enc(e, m, 2, (ZydisEncoderOperand[]){G(d->reg, size), M(HRSI, 0, size)});
+                take_flags(e, BT_ARITH_FLAGS);
+                e->hflags = true;
+                return true;
+            }
             load_gpr(e, 0, d->reg, size);
             if (m == ZYDIS_MNEMONIC_TEST) /* commutative; the host encodes TEST m, r */
                 E2(e, TEST, M(HRSI, 0, size), R(hreg(0, size)));
@@ -1755,7 +1800,9 @@ static bool native_mem(struct emit *e, const struct bt_jit *j, const struct bt_i
             /* memory destination (read-modify-write, or read only for CMP/TEST) */
             mem_probe(e, j, d, off, !ro, slow, nslow);
             if (cf_in) load_guest_cf(e);
-            if (is_gpr(s)) {
+            if (is_gpr(s) && pinned(s->reg, size) != ZYDIS_REGISTER_NONE) {
+                enc(e, m, 2, (ZydisEncoderOperand[]){M(HRSI, 0, size), G(s->reg, size)});
+            } else if (is_gpr(s)) {
                 load_gpr(e, 1, s->reg, size);
                 enc(e, m, 2, (ZydisEncoderOperand[]){M(HRSI, 0, size), R(hreg(1, size))});
             } else {
@@ -1808,6 +1855,10 @@ static bool native_mem(struct emit *e, const struct bt_jit *j, const struct bt_i
         if (m == ZYDIS_MNEMONIC_MOVSXD ? (ds != 8 || ss != 4) : (ss != 1 && ss != 2) || ss >= ds)
             return false;
         mem_probe(e, j, s, off, false, slow, nslow);
+        if (pinned(d->reg, ds) != ZYDIS_REGISTER_NONE) { /* into the host register, same rules */
+            enc(e, m, 2, (ZydisEncoderOperand[]){G(d->reg, ds), M(HRSI, 0, ss)});
+            return true;
+        }
         if (m == ZYDIS_MNEMONIC_MOVZX)
             E2(e, MOVZX, R(HEAX), M(HRSI, 0, ss));
         else if (m == ZYDIS_MNEMONIC_MOVSXD)

@@ -92,8 +92,9 @@ static inline bool watched(struct bt_mmu *m, uint64_t gpa);
 
 static inline void wfilter_set(struct bt_mmu *m, uint64_t gpa)
 {
-    uint64_t b = (gpa >> 12) % WF_BITS;
-    atomic_fetch_or_explicit(&m->wfilter[b / 64], 1ull << (b % 64), memory_order_relaxed);
+    uint64_t b = (gpa >> 12) % WF_BITS, bit = 1ull << (b % 64);
+    if (!(atomic_load_explicit(&m->wfilter[b / 64], memory_order_relaxed) & bit))
+        atomic_fetch_or_explicit(&m->wfilter[b / 64], bit, memory_order_relaxed);
 }
 
 /* The translator's one-compare tags of a freshly filled entry (see struct bt_tlb_entry): the
@@ -117,8 +118,8 @@ static void tlb_set_ftags(struct bt_cpu *c, struct bt_tlb_entry *e, uint64_t lin
     for (unsigned k = 0; k < 4; k++) {
         uint32_t bit = (k & 1 ? BT_ACC_WRITE : BT_ACC_READ) << (k & 2 ? 3 : 0);
         bool ok = (e->perm & BT_TLB_RAM) && (e->perm & bit) && !((k & 1) && code);
+        if (ok && (k & 1) && !wr && m) wfilter_set(m, e->gpa); /* before any write tag */
         wr |= ok && (k & 1);
-        if (ok && (k & 1) && m) wfilter_set(m, e->gpa);
         e->ftag[k] = ok ? f : 0;
     }
     if (wr && m) {
