@@ -29,13 +29,14 @@
 #define PF_RSVD 0x08u
 #define PF_I    0x10u
 
-/* Which guest-physical pages may have a TLB entry with a write fast tag (bit pg % WF_BITS;
- * collisions only cost a scan): bt_watch_code_page scans a vCPU's TLB only when its bit is set. */
-#define WF_BITS 65536u
+/* TLB slots filled since they were last flushed, by kind ([0] non-global, [1] global): a flush
+ * kills only those (the TLB is large and flushed at every CR3 write), and bt_watch_code_page
+ * looks only at those.  Written by the owning vCPU only; other threads read them (relaxed). */
+#define TLB_WORDS (BT_TLB_SIZE / 64)
 struct bt_mmu {
     uint64_t phys_mask; /* bits MAXPHYADDR-1..12 of a page-table entry's address field */
     struct bt_vm *bv;   /* NULL when no watch (bt_emulate_one under KVM, bare tests) */
-    _Atomic uint64_t wfilter[WF_BITS / 64];
+    uint64_t filled[2][TLB_WORDS];
 };
 
 static inline struct bt_mmu *mmu_of(struct bt_cpu *c)
@@ -90,35 +91,51 @@ static void tlb_kill(struct bt_tlb_entry *e)
 
 static inline bool watched(struct bt_mmu *m, uint64_t gpa);
 
-static inline void wfilter_set(struct bt_mmu *m, uint64_t gpa)
+/* Records slot `e` as filled (before its tags are stored: see tlb_set_ftags). */
+static inline void mark_filled(struct bt_cpu *c, const struct bt_tlb_entry *e)
 {
-    uint64_t b = (gpa >> 12) % WF_BITS, bit = 1ull << (b % 64);
-    if (!(atomic_load_explicit(&m->wfilter[b / 64], memory_order_relaxed) & bit))
-        atomic_fetch_or_explicit(&m->wfilter[b / 64], bit, memory_order_relaxed);
+    struct bt_mmu *m = mmu_of(c);
+    if (!m) return;
+    size_t k = (size_t)(e - c->tlb);
+    unsigned g = (e->perm & P_GLOBAL) != 0;
+    uint64_t bit = 1ull << (k % 64);
+    uint64_t *w = &m->filled[g][k / 64], *o = &m->filled[!g][k / 64];
+    uint64_t wv = __atomic_load_n(w, __ATOMIC_RELAXED), ov = __atomic_load_n(o, __ATOMIC_RELAXED);
+    if (!(wv & bit)) __atomic_store_n(w, wv | bit, __ATOMIC_RELAXED);
+    if (ov & bit) __atomic_store_n(o, ov & ~bit, __ATOMIC_RELAXED);
+}
+
+/* Loops k over the filled slots of kind g (0 non-global, 1 global) of the vCPU whose mmu is m */
+#define FOR_FILLED(m, g, k)                                                                        \
+    for (unsigned w_ = 0; w_ < TLB_WORDS; w_++)                                                    \
+        for (uint64_t b_ = __atomic_load_n(&(m)->filled[g][w_], __ATOMIC_RELAXED); b_;           \
+             b_ &= b_ - 1)                                                                         \
+            for (unsigned k = w_ * 64 + (unsigned)__builtin_ctzll(b_), once_ = 1; once_; once_ = 0)
+
+static inline bool dirty_logging(const struct bt_cpu *c)
+{
+    return c->vm && __atomic_load_n(&c->vm->mem.dirty_enabled, __ATOMIC_SEQ_CST);
 }
 
 /* The translator's one-compare tags of a freshly filled entry (see struct bt_tlb_entry): the
  * same conditions its probes tested one by one (a host address, the permission bit for the
  * privilege: supervisor bits 0-2, user bits 3-5), and for writes also a page that holds no
  * decoded code (not write-watched), so a translated store never needs to look at the watch
- * bitmap.  Against bt_watch_code_page on another thread (Dekker): the filter bit is set and the
- * tags stored before a full fence, then the watch bit is read again; that side sets the watch
- * bit, fences, then reads the filter and clears matching tags.  One of the two sees the other. */
-static inline bool dirty_logging(const struct bt_cpu *c)
-{
-    return c->vm && __atomic_load_n(&c->vm->mem.dirty_enabled, __ATOMIC_SEQ_CST);
-}
-
+ * bitmap.  Against bt_watch_code_page on another thread (Dekker): the slot is marked filled and
+ * the tags stored before a full fence, then the watch bit is read again; that side sets the
+ * watch bit, fences, then reads the filled slots and clears matching tags.  One of the two sees
+ * the other.  Dirty logging works the same way: no write tag while it is on (every store must be
+ * logged), and bt_mmu_dirty_started clears them all in every vCPU's TLB when it starts. */
 static void tlb_set_ftags(struct bt_cpu *c, struct bt_tlb_entry *e, uint64_t lin)
 {
     struct bt_mmu *m = mmu_of(c);
     uint64_t f = lin | 0xfff;
     bool code = (m && watched(m, e->gpa)) || dirty_logging(c);
     bool wr = false;
+    mark_filled(c, e); /* before any write tag */
     for (unsigned k = 0; k < 4; k++) {
         uint32_t bit = (k & 1 ? BT_ACC_WRITE : BT_ACC_READ) << (k & 2 ? 3 : 0);
         bool ok = (e->perm & BT_TLB_RAM) && (e->perm & bit) && !((k & 1) && code);
-        if (ok && (k & 1) && !wr && m) wfilter_set(m, e->gpa); /* before any write tag */
         wr |= ok && (k & 1);
         e->ftag[k] = ok ? f : 0;
     }
@@ -131,22 +148,17 @@ static void tlb_set_ftags(struct bt_cpu *c, struct bt_tlb_entry *e, uint64_t lin
 void bt_tlb_flush(struct bt_cpu *c, bool include_global)
 {
     bool keep_global = !include_global && (c->s.cr4 & X86_CR4_PGE);
-    for (unsigned i = 0; i < BT_TLB_SIZE; i++)
-        if (!keep_global || !(c->tlb[i].perm & P_GLOBAL)) tlb_kill(&c->tlb[i]);
-    /* the write filter again from what is left (word by word, survivors' bits always set) */
     struct bt_mmu *m = mmu_of(c);
-    if (!m) return;
-    static _Thread_local uint64_t nf[WF_BITS / 64];
-    memset(nf, 0, sizeof(nf));
-    if (keep_global)
+    if (!m) { /* no record of the filled slots: all of them */
         for (unsigned i = 0; i < BT_TLB_SIZE; i++)
-            if (c->tlb[i].ftag[1] || c->tlb[i].ftag[3]) {
-                uint64_t b = (c->tlb[i].gpa >> 12) % WF_BITS;
-                nf[b / 64] |= 1ull << (b % 64);
-            }
-    for (unsigned w = 0; w < WF_BITS / 64; w++)
-        if (atomic_load_explicit(&m->wfilter[w], memory_order_relaxed) != nf[w])
-            atomic_store_explicit(&m->wfilter[w], nf[w], memory_order_relaxed);
+            if (!keep_global || !(c->tlb[i].perm & P_GLOBAL)) tlb_kill(&c->tlb[i]);
+        return;
+    }
+    for (unsigned g = 0; g < (keep_global ? 1u : 2u); g++) {
+        FOR_FILLED(m, g, k) tlb_kill(&c->tlb[k]);
+        for (unsigned w = 0; w < TLB_WORDS; w++)
+            __atomic_store_n(&m->filled[g][w], 0, __ATOMIC_RELAXED);
+    }
 }
 
 void bt_tlb_flush_page(struct bt_cpu *c, uint64_t lin)
@@ -669,16 +681,16 @@ void bt_watch_code_page(struct bt_cpu *c, uint64_t gpa_page)
     /* newly watched: no vCPU's translated stores may go straight to the page any more (see
      * tlb_set_ftags for the other side) */
     atomic_thread_fence(memory_order_seq_cst);
-    uint64_t b = pg % WF_BITS;
     for (unsigned i = 0; i < VM_MAX_CPUS; i++) {
         struct bt_cpu *o = m->bv->cpu[i];
         struct bt_mmu *om = o ? mmu_of(o) : NULL;
-        if (!om ||
-            !((atomic_load_explicit(&om->wfilter[b / 64], memory_order_relaxed) >> (b % 64)) & 1))
-            continue;
-        for (unsigned k = 0; k < BT_TLB_SIZE; k++) {
-            struct bt_tlb_entry *e = &o->tlb[k];
-            if (e->gpa == gpa_page && (e->ftag[1] || e->ftag[3])) e->ftag[1] = e->ftag[3] = 0;
+        if (!om) continue;
+        for (unsigned g = 0; g < 2; g++) {
+            FOR_FILLED(om, g, k)
+            {
+                struct bt_tlb_entry *e = &o->tlb[k];
+                if (e->gpa == gpa_page && (e->ftag[1] || e->ftag[3])) e->ftag[1] = e->ftag[3] = 0;
+            }
         }
     }
 }
