@@ -48,6 +48,7 @@
 #include "cpu/bt/jit.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -383,7 +384,7 @@ static ZydisEncoderOperand G(unsigned reg, unsigned size)
 }
 
 /* c->s.gpr[] and c->s.rflags take the guest state held in host registers.  Clobbers RCX, RDX. */
-static void sync_out(struct emit *e)
+static void sync_out_emit(struct emit *e)
 {
     for (unsigned p = 0; p < NPIN; p++)
         E2(e, MOV, M(RBX, C_GPR(pin_guest[p]), 8), R(pin_host[p][3]));
@@ -396,11 +397,57 @@ static void sync_out(struct emit *e)
 }
 
 /* the host registers take the guest state from c->s (after C code may have changed it) */
-static void sync_in(struct emit *e)
+static void sync_in_emit(struct emit *e)
 {
     for (unsigned p = 0; p < NPIN; p++)
         E2(e, MOV, R(pin_host[p][3]), M(RBX, C_GPR(pin_guest[p]), 8));
     E2(e, MOV, R(FLAGS_REG), M(RBX, C_FLAGS, 8));
+}
+
+/* sync_out / sync_in are the same bytes everywhere (RBX-relative, no addresses): encoded once
+ * (sync_templates, before the first translation) and copied, like the memory probes */
+static uint8_t sync_tpl[2][96];
+static size_t sync_len[2];
+static pthread_once_t sync_once = PTHREAD_ONCE_INIT;
+
+static void sync_templates(void)
+{
+    for (int k = 0; k < 2; k++) {
+        struct emit t = {.buf = sync_tpl[k], .cap = sizeof(sync_tpl[k])};
+        if (k == 0)
+            sync_out_emit(&t);
+        else
+            sync_in_emit(&t);
+        sync_len[k] = t.fail ? 0 : t.pos; /* 0: encode at each use */
+    }
+}
+
+static void sync_copy(struct emit *e, int k)
+{
+    if (!sync_len[k]) {
+        if (k == 0)
+            sync_out_emit(e);
+        else
+            sync_in_emit(e);
+        return;
+    }
+    if (e->fail) return;
+    if (e->cap - e->pos < sync_len[k]) {
+        e->fail = true;
+        return;
+    }
+    memcpy(e->buf + e->pos, sync_tpl[k], sync_len[k]);
+    e->pos += sync_len[k];
+}
+
+static void sync_out(struct emit *e)
+{
+    sync_copy(e, 0);
+}
+
+static void sync_in(struct emit *e)
+{
+    sync_copy(e, 1);
 }
 
 /* Around a call into C code that neither reads nor writes guest registers or flags and never
@@ -2464,6 +2511,7 @@ static int cache_map(struct bt_jit *j, struct bt_cpu *c)
                        "that forbids executable shared mappings needs LOOKOUT_BT_JIT=0",
                        strerror(e));
     }
+    pthread_once(&sync_once, sync_templates);
     int r = emit_trampoline(j, c);
     if (r < 0) cache_unmap(j); /* no half-made cache: the caller runs interpreted */
     return r;
