@@ -884,6 +884,19 @@ static void test_crossing_smc(void **st)
     both(p, sizeof(p), 1000, &a, &b);
     assert_true(a.halted);
     assert_int_equal(a.gpr[RSI], 0x10 + 0x11 + 0x12);
+    /* the same with a store into the crossing instruction's bytes on the next page only (its
+     * first page, the one watched, stays the same): the translation's entry check and the
+     * loop's lookup compare those bytes */
+    p[0x01] = 20;   /* mov ecx, 20: long enough for the chains into it to be patched */
+    p[0x06] = 0x00; /* mov edx, T_CODE0 + 0x1000: the immediate's second byte */
+    p[0x07] = 0x10;
+    p[0x13] = 0xfe; /* inc byte [rdx] */
+    both(p, sizeof(p), 1000, &a, &b);
+    assert_true(a.halted);
+    assert_int_equal(a.gpr[RSI], 20 * 0x10 + 0x100 * (19 * 20 / 2));
+    struct bt_jit_stats s;
+    bt_jit_get_stats(T->c, &s);
+    assert_true(s.blocks_translated >= 3);
 }
 
 /* Dirty logging switched on while translated code that stores inline runs: the stores after the
@@ -1190,6 +1203,54 @@ static void test_fault_mid_block(void **st)
 
 /* Self-modifying code: the loop body rewrites the immediate of an instruction in its own block
  * (already translated and run once); the next iteration must see the new bytes. */
+/* A crossing instruction's bytes on its second page change behind the code watch (a host-side
+ * write here; another mapping of that page in a real guest) while the loop around it is chained:
+ * the translation's entry check sees it and leaves for the loop, which decodes again.  Returns
+ * RSI (the sum of the immediates the loop saw) and the instruction count. */
+static void crossing_run(bool jit, uint64_t *rsi, uint64_t *icount)
+{
+    static uint8_t p[0x100a];
+    static const uint8_t head[] = {
+        0xb9, 0xe8, 0x03, 0x00, 0x00, /* 0: mov ecx, 1000 */
+        0x31, 0xf6,                   /* 5: xor esi, esi */
+        0xe9, 0xf2, 0x0f, 0x00, 0x00, /* 7: jmp 0xffe */
+    };
+    static const uint8_t tail[] = {
+        0xb8, 0x10, 0x20, 0x30, 0x40, /* ffe: mov eax, 0x40302010 (3 bytes on the next page) */
+        0x01, 0xc6,                   /* 1003: add esi, eax */
+        0xff, 0xc9,                   /* 1005: dec ecx */
+        0x75, 0xf5,                   /* 1007: jnz 0xffe */
+        0xf4,                         /* 1009: hlt */
+    };
+    memset(p, 0x90, sizeof(p));
+    memcpy(p, head, sizeof(head));
+    memcpy(p + 0xffe, tail, sizeof(tail) - 1);
+    t_setup_long(T);
+    use_jit(jit);
+    struct bt_cpu *c = T->c;
+    c->icount = 0;
+    put_bytes(T, T_CODE0 + 0x1009, &tail[11], 1);
+    t_run(T, p, 0x1009, 700); /* stops in the loop, its chains patched */
+    assert_false(c->halted);
+    static const uint8_t now[] = {0x21, 0x31, 0x41};
+    memcpy(gp(T, T_CODE0 + 0x1000, 3), now, 3); /* the guest's own writes would be watched */
+    c->exit_now = false;
+    bt_exec(c, 100000);
+    assert_true(c->halted);
+    *rsi = c->s.gpr[RSI];
+    *icount = c->icount;
+}
+
+static void test_crossing_remap(void **st)
+{
+    uint64_t ri, ii, rj, ij;
+    crossing_run(false, &ri, &ii);
+    crossing_run(true, &rj, &ij);
+    assert_int_equal(ri, rj);
+    assert_int_equal(ii, ij);
+    assert_true(ri != 1000ull * 0x40302010 % (1ull << 32)); /* both immediates were seen */
+}
+
 static void test_self_modifying(void **st)
 {
     static const uint8_t p[] = {
@@ -1708,6 +1769,7 @@ int main(void)
         cmocka_unit_test(test_store_faults),
         cmocka_unit_test(test_user_mode),
         cmocka_unit_test(test_cpl_classes),
+        cmocka_unit_test(test_crossing_remap),
         cmocka_unit_test(test_dirty_log),
         cmocka_unit_test(test_tlb_change),
         cmocka_unit_test(test_crossing_smc),

@@ -410,6 +410,12 @@ struct bt_block {
     uint32_t first; /* index of the first instruction in the arena */
     uint16_t ninsn;
     uint8_t mode;
+    /* A block of one instruction that crosses into the next page (xlen > 0): the bytes it took
+     * from that page.  Only its first page is watched; the second page's bytes are compared at
+     * every entry instead (lookup, and the translation's entry check), so a write to that page
+     * or another mapping of it is seen without watching it. */
+    uint8_t xlen;
+    uint8_t xbytes[15];
     void *jit; /* the translator's handle for this block (jit.h), NULL until translated */
 };
 
@@ -619,10 +625,24 @@ static struct bt_block *build_block(struct bt_cpu *c, struct bt_cache *k, uint64
     /* everything up to the page end: one MMU call instead of one per instruction */
     size_t got = bt_fetch(c, lin, page, avail, &g);
     unsigned pos = 0, n = 0;
+    uint8_t x[15];
+    unsigned xlen = 0;
     while (n < BLOCK_MAX && pos < got) {
         ZyanStatus st = decode(d, c->code_bits, page + pos, got - pos, &arena[n]);
-        if (st == ZYDIS_STATUS_NO_MORE_DATA)
-            break; /* crosses the page: the next block (or the uncached path) takes it */
+        if (st == ZYDIS_STATUS_NO_MORE_DATA) {
+            /* crosses the page: the next block takes it, alone (below) */
+            if (n > 0) break;
+            /* the first instruction crosses: a one-instruction block with the bytes it takes
+             * from the next page remembered (bt_block.xlen); if that page faults, the
+             * uncached path raises the fault */
+            size_t all = bt_fetch(c, lin, x, sizeof(x), &g);
+            if (all <= avail || !ZYAN_SUCCESS(decode(d, c->code_bits, x, all, &arena[0])) ||
+                arena[0].len <= avail)
+                return NULL;
+            xlen = arena[0].len - avail;
+            n = 1;
+            break;
+        }
         if (!ZYAN_SUCCESS(st) && n > 0)
             break; /* let the bad encoding start its own block so its fault is precise */
         pos += arena[n].len;
@@ -630,6 +650,8 @@ static struct bt_block *build_block(struct bt_cpu *c, struct bt_cache *k, uint64
     }
     if (n == 0) return NULL;
     struct bt_block *b = &k->blocks[k->nblocks++];
+    b->xlen = (uint8_t)xlen;
+    if (xlen) memcpy(b->xbytes, x + avail, xlen);
     b->gpa = gpa;
     b->mode = (uint8_t)mode;
     b->first = k->ninsns;
@@ -644,6 +666,21 @@ static struct bt_block *build_block(struct bt_cpu *c, struct bt_cache *k, uint64
     k->page_hash[p] = b;
     k->misses++;
     return b;
+}
+
+/* A crossing block (xlen > 0) at linear `lin`: true if the next page still holds the bytes it
+ * was decoded from (through the current mapping).  Else it is dropped (a new one is built). */
+static bool crossing_ok(struct bt_cpu *c, struct bt_cache *k, struct bt_block *b, uint64_t lin)
+{
+    uint64_t next = (lin | 0xfff) + 1, g;
+    if (c->code_bits != 64) next &= 0xffffffffull;
+    uint8_t now[15];
+    if (bt_fetch(c, next, now, b->xlen, &g) == b->xlen && !memcmp(now, b->xbytes, b->xlen))
+        return true;
+    b->gpa = ~0ull; /* as cache_drop_page does */
+    bt_jit_drop(k->cpu, b->jit);
+    b->jit = NULL;
+    return false;
 }
 
 /* The instructions to run at s.rip: a cached block, or one uncached instruction. */
@@ -661,13 +698,14 @@ static const struct bt_insn *lookup(struct bt_cpu *c, struct bt_cache *k, unsign
             k->lookups++;
             struct bt_block **slot = &k->fast[(gpa ^ (gpa >> 12)) & (ARRAY_SIZE(k->fast) - 1)];
             struct bt_block *b = *slot;
-            if (b && b->gpa == gpa && b->mode == mode) { /* dead blocks have gpa ~0 */
+            if (b && b->gpa == gpa && b->mode == mode && (!b->xlen || crossing_ok(c, k, b, lin))) {
+                /* dead blocks have gpa ~0 */
                 *count = b->ninsn;
                 *blk = b;
                 return &k->insns[b->first];
             }
             for (b = k->hash[hash_key(gpa, mode)]; b; b = b->hnext) {
-                if (b->gpa == gpa && b->mode == mode) {
+                if (b->gpa == gpa && b->mode == mode && (!b->xlen || crossing_ok(c, k, b, lin))) {
                     *slot = b;
                     *count = b->ninsn;
                     *blk = b;
@@ -727,7 +765,7 @@ static void run(struct bt_cpu *c, struct bt_cache *k, uint64_t end)
         if (shadow || single_step) count = 1;
         /* ---- translator hook (jit.h): a whole block in translated code ---- */
         else if (blk && c->jit && end - c->icount >= count) {
-            int r = bt_jit_run(c, in, count, &blk->jit, blk->gpa, end);
+            int r = bt_jit_run(c, in, count, &blk->jit, blk->gpa, end, blk->xbytes, blk->xlen);
             if (r == 0) {
                 k->fault_depth = 0;
                 continue;

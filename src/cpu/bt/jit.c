@@ -127,6 +127,8 @@ struct bt_jit {
     uint8_t tpl[2][2][5][128]; /* [user][write][size] */
     uint8_t tpl_len[2][2][5], tpl_slow[2][2][5][4], tpl_nslow[2][2][5];
     bool user; /* the block being translated runs at CPL 3 (translations are per CPL class) */
+    const uint8_t *xbytes; /* ... and crosses into the next page with these bytes (bt_jit_run) */
+    unsigned xlen;
     void (*enter)(struct bt_cpu *c, const void *code, struct bt_jit *j);
     struct jit_tb *tbs;
     struct jit_link *links;
@@ -2682,6 +2684,41 @@ void bt_jit_get_stats(const struct bt_cpu *c, struct bt_jit_stats *st)
     }
 }
 
+/* The entry of a block whose one instruction crosses into the next page (64-bit code): the
+ * next page (at R12 + `avail`) must map, executable at the current CPL, to RAM holding the
+ * j->xlen bytes the instruction was decoded from (another mapping of the page is fine if the
+ * bytes are the same: they decode alike).  Else back to the loop before anything ran (core.c
+ * compares them too and decodes the block again). */
+static void crossing_check(struct emit *e, struct bt_jit *j, unsigned avail)
+{
+    size_t fails[8];
+    int nf = 0;
+    E2(e, LEA, R(ZYDIS_REGISTER_RAX), M(R12, avail, 8));
+    tlb_exec_probe(e, fails, &nf); /* RSI = the entry */
+    E2(e, TEST, M(ZYDIS_REGISTER_RSI, T_PERM, 4), I(BT_TLB_RAM));
+    fails[nf++] = jrel(e, ZYDIS_MNEMONIC_JZ);
+    E2(e, MOV, R(ZYDIS_REGISTER_RDX), M(ZYDIS_REGISTER_RSI, T_ADDEND, 8));
+    E2(e, ADD, R(ZYDIS_REGISTER_RDX), R(ZYDIS_REGISTER_RAX)); /* host address of its byte 0 */
+    for (unsigned at = 0; at < j->xlen; at += 8) {
+        unsigned nb = j->xlen - at < 8 ? j->xlen - at : 8;
+        uint64_t want = 0;
+        memcpy(&want, j->xbytes + at, nb);
+        E2(e, MOV, R(ZYDIS_REGISTER_RCX), M(ZYDIS_REGISTER_RDX, at, 8)); /* within the page */
+        E2(e, MOV, R(ZYDIS_REGISTER_RDI), I((int64_t)want));
+        E2(e, XOR, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RDI));
+        if (nb < 8)
+            E2(e, SHL, R(ZYDIS_REGISTER_RCX), I(64 - 8 * nb)); /* the first nb bytes */
+        else
+            E2(e, TEST, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RCX));
+        fails[nf++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    }
+    size_t ok = jrel(e, ZYDIS_MNEMONIC_JMP);
+    for (int k = 0; k < nf; k++)
+        patch(e, fails[k], e->pos);
+    jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off); /* s.rip and icount untouched */
+    patch(e, ok, e->pos);
+}
+
 static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *ins, unsigned n,
                      void **slot, uint64_t gpa, bool use_dead)
 {
@@ -2720,7 +2757,9 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
     } sps[JIT_BLOCK_MAX];
     unsigned nsp = 0;
     if (n > JIT_BLOCK_MAX) return (*slot = JIT_UNTRANSLATABLE), 1;
+    if (j->xlen && (b32 || j->xlen > 15 || n != 1)) return (*slot = JIT_UNTRANSLATABLE), 1;
     E2(&e, MOV, R(R12), M(RBX, C_RIP, 8));
+    if (j->xlen) crossing_check(&e, j, 4096 - page_off);
     for (unsigned k = 0; k < n; k++) {
         const struct bt_insn *i = &ins[k];
         bool last = k + 1 == n;
@@ -2891,7 +2930,7 @@ static void try_chain(struct bt_jit *j, struct bt_cpu *c, struct jit_tb *tb)
 }
 
 int bt_jit_run(struct bt_cpu *c, const struct bt_insn *insns, unsigned n, void **slot, uint64_t gpa,
-               uint64_t end)
+               uint64_t end, const uint8_t *xbytes, unsigned xlen)
 {
     struct bt_jit *j = c->jit;
     if (!j || !j->enabled || !j->pending || *slot == JIT_UNTRANSLATABLE || n == 0) return 1;
@@ -2913,6 +2952,8 @@ int bt_jit_run(struct bt_cpu *c, const struct bt_insn *insns, unsigned n, void *
             j->enabled = false;
             return 1;
         }
+        j->xbytes = xbytes;
+        j->xlen = xlen;
         int r = translate(j, c, insns, n, slot, gpa, true);
         if (r == -ENOSPC) j->st.flushes_full++;
         if (r) return r;

@@ -45,9 +45,12 @@ bool bt_jit_wanted(void);
  * Returns 0 after the block ran (c->s.rip, icount and everything else as the interpreter would
  * leave them), 1 if the caller must interpret it (still cold, or untranslatable: *slot remembers
  * which), or -ENOSPC when the code cache is full (the caller flushes its decoded-block cache,
- * which flushes this one, and looks the block up again). */
+ * which flushes this one, and looks the block up again).  xlen > 0: a one-instruction block that
+ * crosses into the next page, whose first xlen bytes were xbytes when it was decoded: the
+ * translation checks them (through the TLB) at every entry and leaves for the loop, which
+ * decodes again, when they differ. */
 int bt_jit_run(struct bt_cpu *c, const struct bt_insn *insns, unsigned n, void **slot, uint64_t gpa,
-               uint64_t end);
+               uint64_t end, const uint8_t *xbytes, unsigned xlen);
 /* The block owning this handle is gone (its page was written): jumps chained into its
  * translation are unpatched.  The code itself stays until the next flush (nothing reaches it). */
 void bt_jit_drop(struct bt_cpu *c, void *handle);

@@ -108,7 +108,7 @@ static inline void mark_filled(struct bt_cpu *c, const struct bt_tlb_entry *e)
 /* Loops k over the filled slots of kind g (0 non-global, 1 global) of the vCPU whose mmu is m */
 #define FOR_FILLED(m, g, k)                                                                        \
     for (unsigned w_ = 0; w_ < TLB_WORDS; w_++)                                                    \
-        for (uint64_t b_ = __atomic_load_n(&(m)->filled[g][w_], __ATOMIC_RELAXED); b_;           \
+        for (uint64_t b_ = __atomic_load_n(&(m)->filled[g][w_], __ATOMIC_RELAXED); b_;             \
              b_ &= b_ - 1)                                                                         \
             for (unsigned k = w_ * 64 + (unsigned)__builtin_ctzll(b_), once_ = 1; once_; once_ = 0)
 
