@@ -135,7 +135,7 @@ void bt_cfi_destroy(struct bt_cpu *c)
 
 /* The shadow stack for the current privilege (user: emptied when the address space changed).
  * NULL when there is no memory for it (CFI then checks nothing on this vCPU). */
-static struct cfi_stack *stack_of(struct bt_cpu *c)
+static inline __attribute__((always_inline)) struct cfi_stack *stack_of(struct bt_cpu *c)
 {
     struct bt_cfi_cpu *k = c->cfi;
     if (!k) {
