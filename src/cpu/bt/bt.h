@@ -161,7 +161,7 @@ enum bt_pseudo_mnemonic {
 #define BT_ACC_IMPLICIT 0x08 /* supervisor access regardless of CPL (GDT/IDT/TSS reads) */
 
 #define BT_TLB_RAM  0x80u /* perm: the page is RAM with a host address (addend valid) */
-#define BT_TLB_SIZE 8192  /* direct-mapped; see docs/translator.md (Soft TLB) for the size */
+#define BT_TLB_SIZE 32768 /* direct-mapped; see docs/translator.md (Soft TLB) for the size */
 struct bt_tlb_entry {
     uint64_t vtag; /* linear page number | 1 (valid) in bit 0 of a shifted form; see mmu.c */
     uint64_t gpa;  /* guest-physical page address */
