@@ -19,8 +19,8 @@
 #include "mem/guest.h"
 #include "util/log.h"
 
-#define CFI_DEPTH     64u
-#define CFI_FOLD      4096u
+#define CFI_DEPTH     BT_CFI_DEPTH
+#define CFI_FOLD      BT_CFI_FOLD
 #define CFI_LOG_FIRST 16u /* violations logged one by one; then every 1024th */
 
 _Atomic int bt_cfi_mode_now = BT_CFI_LOG;
@@ -28,20 +28,8 @@ _Atomic bool bt_cfi_kernel_now = false;
 
 static _Atomic uint64_t g_calls, g_checked, g_unverified, g_viol_user, g_viol_kernel, g_retpoline;
 
-struct cfi_frame {
-    uint64_t slot, ret;
-};
-
-struct cfi_stack {
-    uint64_t space;  /* user stack: the address space its records belong to */
-    unsigned top, n; /* top: index of the next push; n: records held (<= CFI_DEPTH) */
-    struct cfi_frame f[CFI_DEPTH];
-};
-
-struct bt_cfi_cpu {
-    struct cfi_stack st[2]; /* 0 kernel, 1 user */
-    uint64_t calls, checked, unverified, since_fold;
-};
+#define cfi_frame bt_cfi_frame
+#define cfi_stack bt_cfi_stack
 
 int bt_cfi_parse_mode(const char *s, enum bt_cfi_mode *out)
 {

@@ -48,6 +48,23 @@ struct bt_cfi_stats {
 void bt_cfi_get_stats(struct bt_cfi_stats *st);
 void bt_cfi_reset_stats(void); /* tests */
 
+/* ---- the shadow stacks (cfi.c; laid out here for the translator's inline fast path, which does
+ * the common cases of the hooks below: a CALL that pops nothing, a RET matching the top) ---- */
+#define BT_CFI_DEPTH 64u   /* records per shadow stack (a ring) */
+#define BT_CFI_FOLD  4096u /* per-vCPU events between folds into the process-wide counters */
+struct bt_cfi_frame {
+    uint64_t slot, ret;
+};
+struct bt_cfi_stack {
+    uint64_t space;  /* user stack: the address space its records belong to */
+    unsigned top, n; /* top: index of the next push; n: records held (<= BT_CFI_DEPTH) */
+    struct bt_cfi_frame f[BT_CFI_DEPTH];
+};
+struct bt_cfi_cpu {
+    struct bt_cfi_stack st[2]; /* 0 kernel, 1 user */
+    uint64_t calls, checked, unverified, since_fold;
+};
+
 /* ---- the handlers' hooks ---- */
 extern _Atomic int bt_cfi_mode_now; /* enum bt_cfi_mode */
 extern _Atomic bool bt_cfi_kernel_now;

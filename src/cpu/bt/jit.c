@@ -1980,6 +1980,99 @@ static void check_canonical_rax(struct emit *e, size_t *slow, int *nslow)
     slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
 }
 
+/* The common cases of the --cfi hooks inline (cfi.h lays the shadow stacks out): a CALL that
+ * drops no dead record and a RET whose return address matches the newest record; anything else
+ * (no shadow stack yet, another user address space, a fold of the counters due, dead records, a
+ * mismatch or an empty stack) jumps to `slow`, where the C hook runs.  The stack slot is the
+ * guest RSP (R13), the return address or target is in RAX.  Clobbers RCX, RDX, RDI (RSI kept). */
+#define C_CFI ((int64_t)offsetof(struct bt_cpu, cfi))
+#define K_ST(u)                                                                                    \
+    ((int64_t)offsetof(struct bt_cfi_cpu, st) + (int64_t)(u) * (int64_t)sizeof(struct bt_cfi_stack))
+#define K_SINCE   ((int64_t)offsetof(struct bt_cfi_cpu, since_fold))
+#define K_CALLS   ((int64_t)offsetof(struct bt_cfi_cpu, calls))
+#define K_CHECKED ((int64_t)offsetof(struct bt_cfi_cpu, checked))
+#define S_SPACE   ((int64_t)offsetof(struct bt_cfi_stack, space))
+#define S_TOP     ((int64_t)offsetof(struct bt_cfi_stack, top))
+#define S_N       ((int64_t)offsetof(struct bt_cfi_stack, n))
+#define S_F       ((int64_t)offsetof(struct bt_cfi_stack, f))
+_Static_assert(sizeof(struct bt_cfi_frame) == 16 && BT_CFI_DEPTH == 64, "the inline ring index");
+
+static void cfi_inline(struct emit *e, bool user, bool call, size_t *slow, int *nslow)
+{
+    ZydisRegister slot = pinned(RSP, 8);
+    E2(e, MOV, R(HRDI), M(RBX, C_CFI, 8));
+    E2(e, TEST, R(HRDI), R(HRDI));
+    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JZ);
+    if (user) { /* the user stack belongs to this address space (else the hook resets it) */
+        E2(e, MOV, R(HRDX), M(RBX, C_CR3, 8));
+        E2(e, BTR, R(HRDX), I(63));
+        E2(e, AND, R(HRDX), I(-4096));
+        E2(e, CMP, R(HRDX), M(HRDI, K_ST(1) + S_SPACE, 8));
+        slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    }
+    E2(e, CMP, M(HRDI, K_SINCE, 8), I(BT_CFI_FOLD - 1)); /* the hook folds the counters */
+    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNB);
+    int64_t st = K_ST(user ? 1 : 0);
+    E2(e, ADD, R(HRDI), I(st)); /* RDI = the shadow stack */
+    E2(e, MOV, R(HECX), M(HRDI, S_N, 4));
+    E2(e, TEST, R(HECX), R(HECX));
+    size_t empty = 0;
+    if (call)
+        empty = jrel(e, ZYDIS_MNEMONIC_JZ);
+    else
+        slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JZ); /* unverified: the hook counts it */
+    E2(e, MOV, R(HEDX), M(HRDI, S_TOP, 4));
+    E2(e, ADD, R(HEDX), I(BT_CFI_DEPTH - 1));
+    E2(e, AND, R(HEDX), I(BT_CFI_DEPTH - 1)); /* the newest record */
+    E2(e, MOV, R(HECX), R(HEDX));
+    E2(e, SHL, R(HECX), I(4));
+    E2(e, CMP, MX(HRDI, HRCX, 1, S_F, 8), R(slot));
+    if (call) {
+        slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JBE); /* a dead record to drop first */
+        patch(e, empty, e->pos);
+        E2(e, MOV, R(HEDX), M(HRDI, S_TOP, 4));
+        E2(e, MOV, R(HECX), R(HEDX));
+        E2(e, SHL, R(HECX), I(4));
+        E2(e, MOV, MX(HRDI, HRCX, 1, S_F, 8), R(slot));
+        E2(e, MOV, MX(HRDI, HRCX, 1, S_F + 8, 8), R(HRAX));
+        E2(e, ADD, R(HEDX), I(1));
+        E2(e, AND, R(HEDX), I(BT_CFI_DEPTH - 1));
+        E2(e, MOV, M(HRDI, S_TOP, 4), R(HEDX));
+        E2(e, MOV, R(HECX), M(HRDI, S_N, 4));
+        E2(e, CMP, R(HECX), I(BT_CFI_DEPTH));
+        E2(e, ADC, R(HECX), I(0)); /* one more while below the depth */
+        E2(e, MOV, M(HRDI, S_N, 4), R(HECX));
+        E1(e, INC, M(HRDI, K_CALLS - st, 8));
+    } else {
+        slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ); /* no record for this slot */
+        E2(e, CMP, MX(HRDI, HRCX, 1, S_F + 8, 8), R(HRAX));
+        slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ); /* a mismatch: the hook decides */
+        E2(e, MOV, M(HRDI, S_TOP, 4), R(HEDX));
+        E1(e, DEC, M(HRDI, S_N, 4));
+        E1(e, INC, M(HRDI, K_CHECKED - st, 8));
+    }
+    E1(e, INC, M(HRDI, K_SINCE - st, 8));
+}
+
+/* bt_cfi_call(c, new RSP, return address in RAX), inline when it can be */
+static void cfi_call_hook(struct emit *e, const struct bt_jit *j)
+{
+    size_t cs[8];
+    int ncs = 0;
+    cfi_inline(e, j->user, true, cs, &ncs);
+    size_t done = jrel(e, ZYDIS_MNEMONIC_JMP);
+    for (int k = 0; k < ncs; k++)
+        patch(e, cs[k], e->pos);
+    save_volatile(e); /* the hook touches no guest register or flag */
+    E2(e, MOV, R(ZYDIS_REGISTER_RDX), R(HRAX));
+    E2(e, MOV, R(ZYDIS_REGISTER_RSI), G(RSP, 8));
+    E2(e, MOV, R(ZYDIS_REGISTER_RDI), R(RBX));
+    E2(e, MOV, R(HRAX), I((int64_t)(uintptr_t)bt_cfi_call));
+    E1(e, CALL, R(HRAX));
+    restore_volatile(e);
+    patch(e, done, e->pos);
+}
+
 /* A direct CALL or a RET (imm16 too) ending a 64-bit block: the return address pushed or popped
  * inline, then the block left as a JMP would (CALL: a chainable exit when the target is on the
  * same page; RET: the exit path of indirect branches).  Anything the fast path cannot do (TLB
@@ -2008,15 +2101,7 @@ static bool native_callret(struct emit *e, struct bt_jit *j, const struct bt_ins
         rip_at(e, end, false);
         E2(e, MOV, M(HRSI, 0, 8), R(HRAX));
         E2(e, SUB, G(RSP, 8), I(8));
-        if (cfi) {            /* bt_cfi_call(c, new RSP, return address) */
-            save_volatile(e); /* the hook touches no guest register or flag */
-            E2(e, MOV, R(ZYDIS_REGISTER_RDX), R(HRAX));
-            E2(e, MOV, R(ZYDIS_REGISTER_RSI), G(RSP, 8));
-            E2(e, MOV, R(ZYDIS_REGISTER_RDI), R(RBX));
-            E2(e, MOV, R(HRAX), I((int64_t)(uintptr_t)bt_cfi_call));
-            E1(e, CALL, R(HRAX));
-            restore_volatile(e);
-        }
+        if (cfi) cfi_call_hook(e, j);
         rip_at(e, target, false);
         E2(e, MOV, M(RBX, C_RIP, 8), R(HRAX));
         E2(e, ADD, M(RBX, C_ICOUNT, 8), I(*pend + 1));
@@ -2032,7 +2117,14 @@ static bool native_callret(struct emit *e, struct bt_jit *j, const struct bt_ins
         E2(e, MOV, R(HRAX), M(HRSI, 0, 8));
         check_canonical_rax(e, slow, &nslow);
         size_t stopped = 0;
+        size_t ret_done = 0;
         if (cfi) { /* bt_cfi_ret(c, RSP, target); false: --cfi enforce stops before the RET */
+            size_t cs[8];
+            int ncs = 0;
+            cfi_inline(e, j->user, false, cs, &ncs); /* the matching case, inline */
+            ret_done = jrel(e, ZYDIS_MNEMONIC_JMP);
+            for (int k = 0; k < ncs; k++)
+                patch(e, cs[k], e->pos);
             rip_at(e, off, false);
             E2(e, MOV, M(RBX, C_INSN_RIP, 8), R(HRAX)); /* for its message */
             E2(e, MOV, R(HRAX), M(HRSI, 0, 8));
@@ -2050,6 +2142,7 @@ static bool native_callret(struct emit *e, struct bt_jit *j, const struct bt_ins
             E2(e, TEST, R(ZYDIS_REGISTER_AL), R(ZYDIS_REGISTER_AL));
             stopped = jrel(e, ZYDIS_MNEMONIC_JZ);
             E2(e, MOV, R(HRAX), R(HRCX));
+            patch(e, ret_done, e->pos);
         }
         E2(e, ADD, G(RSP, 8), I(8 + extra));
         E2(e, MOV, M(RBX, C_RIP, 8), R(HRAX));
@@ -2420,15 +2513,7 @@ static bool native_indirect(struct emit *e, struct bt_jit *j, const struct bt_in
         rip_at(e, off + i->len, false);
         E2(e, MOV, M(HRSI, 0, 8), R(HRAX));
         E2(e, SUB, G(RSP, 8), I(8));
-        if (cfi) {            /* bt_cfi_call(c, new RSP, return address) */
-            save_volatile(e); /* the hook touches no guest register or flag */
-            E2(e, MOV, R(ZYDIS_REGISTER_RDX), R(HRAX));
-            E2(e, MOV, R(ZYDIS_REGISTER_RSI), G(RSP, 8));
-            E2(e, MOV, R(ZYDIS_REGISTER_RDI), R(RBX));
-            E2(e, MOV, R(HRAX), I((int64_t)(uintptr_t)bt_cfi_call));
-            E1(e, CALL, R(HRAX));
-            restore_volatile(e);
-        }
+        if (cfi) cfi_call_hook(e, j);
     }
     E2(e, ADD, M(RBX, C_ICOUNT, 8), I(*pend + 1));
     lookup_exit(e, j, false); /* no handler ran */
