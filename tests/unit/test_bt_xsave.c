@@ -281,6 +281,16 @@ static void one_case(struct tenv *t, const uint8_t *src, bool src_host_compacts,
     }
     memcpy(soft_dst, gp(t, DST, AREA), AREA);
     int d = first_diff(soft_dst, host_dst2, AREA);
+    if (d == 512 && (host_dst2[512] ^ soft_dst[512]) == X86_XFEATURE_SSE &&
+        (host_dst2[512] & X86_XFEATURE_SSE)) {
+        /* The host reports SSE in use (XINUSE[1] = 1) where the software CPU reports its initial
+         * configuration, nothing else differs (so the host saved the same, initial, XMM data):
+         * allowed by the SDM (XINUSE[i] may be 1 for a component in its initial state), and
+         * whether the host does so depends on its own history, not on the case: seen once in
+         * CI after restoring SSE from a compacted image without it.  Not a mismatch. */
+        soft_dst[512] |= X86_XFEATURE_SSE;
+        d = first_diff(soft_dst, host_dst2, AREA);
+    }
     if (d >= 0) {
         print_message("op %d bv %#llx rmask %#llx smask %#llx compacted-src %d: byte %d differs "
                       "(soft %02x host %02x)\n",
