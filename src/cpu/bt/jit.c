@@ -2054,6 +2054,19 @@ static void cfi_inline(struct emit *e, bool user, bool call, size_t *slow, int *
     E1(e, INC, M(HRDI, K_SINCE - st, 8));
 }
 
+/* hook(c, guest RSP, RAX) in C: bt_cfi_call or bt_cfi_ret, which touch no guest register or
+ * flag, so only the caller-saved pinned registers are kept.  The result is in AL. */
+static void cfi_c_hook(struct emit *e, const void *hook)
+{
+    save_volatile(e);
+    E2(e, MOV, R(ZYDIS_REGISTER_RDX), R(HRAX));
+    E2(e, MOV, R(ZYDIS_REGISTER_RSI), G(RSP, 8));
+    E2(e, MOV, R(ZYDIS_REGISTER_RDI), R(RBX));
+    E2(e, MOV, R(HRAX), I((int64_t)(uintptr_t)hook));
+    E1(e, CALL, R(HRAX));
+    restore_volatile(e);
+}
+
 /* bt_cfi_call(c, new RSP, return address in RAX), inline when it can be */
 static void cfi_call_hook(struct emit *e, const struct bt_jit *j)
 {
@@ -2063,13 +2076,7 @@ static void cfi_call_hook(struct emit *e, const struct bt_jit *j)
     size_t done = jrel(e, ZYDIS_MNEMONIC_JMP);
     for (int k = 0; k < ncs; k++)
         patch(e, cs[k], e->pos);
-    save_volatile(e); /* the hook touches no guest register or flag */
-    E2(e, MOV, R(ZYDIS_REGISTER_RDX), R(HRAX));
-    E2(e, MOV, R(ZYDIS_REGISTER_RSI), G(RSP, 8));
-    E2(e, MOV, R(ZYDIS_REGISTER_RDI), R(RBX));
-    E2(e, MOV, R(HRAX), I((int64_t)(uintptr_t)bt_cfi_call));
-    E1(e, CALL, R(HRAX));
-    restore_volatile(e);
+    cfi_c_hook(e, (const void *)bt_cfi_call);
     patch(e, done, e->pos);
 }
 
@@ -2130,13 +2137,7 @@ static bool native_callret(struct emit *e, struct bt_jit *j, const struct bt_ins
             E2(e, MOV, R(HRAX), M(HRSI, 0, 8));
             E1(e, PUSH, R(HRAX)); /* twice: the host stack stays 16-byte aligned for the call */
             E1(e, PUSH, R(HRAX));
-            save_volatile(e); /* a stop returns false: the exit below writes c->s back */
-            E2(e, MOV, R(ZYDIS_REGISTER_RDX), R(HRAX));
-            E2(e, MOV, R(ZYDIS_REGISTER_RSI), G(RSP, 8));
-            E2(e, MOV, R(ZYDIS_REGISTER_RDI), R(RBX));
-            E2(e, MOV, R(HRAX), I((int64_t)(uintptr_t)bt_cfi_ret));
-            E1(e, CALL, R(HRAX));
-            restore_volatile(e);
+            cfi_c_hook(e, (const void *)bt_cfi_ret); /* a stop: the exit writes c->s back */
             E1(e, POP, R(HRCX));
             E1(e, POP, R(HRCX));
             E2(e, TEST, R(ZYDIS_REGISTER_AL), R(ZYDIS_REGISTER_AL));
