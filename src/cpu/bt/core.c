@@ -504,14 +504,19 @@ static void cache_reset(struct bt_cache *k)
     bt_jit_flush(k->cpu); /* translations point into the arena being recycled */
 }
 
+/* Drops block b: unlinked lazily (dead blocks never match and go at the next reset); jumps the
+ * translator chained into its code are unchained. */
+static void block_kill(struct bt_cache *k, struct bt_block *b)
+{
+    b->gpa = ~0ull;
+    bt_jit_drop(k->cpu, b->jit);
+    b->jit = NULL;
+}
+
 static void cache_drop_page(struct bt_cache *k, uint64_t page)
 {
     for (struct bt_block *b = k->page_hash[hash_page(page)]; b; b = b->pnext)
-        if (b->gpa != ~0ull && (b->gpa >> 12) == page) {
-            b->gpa = ~0ull; /* unlinked lazily: dead blocks never match and go at the next reset */
-            bt_jit_drop(k->cpu, b->jit); /* translator hook: unchain jumps into its code */
-            b->jit = NULL;
-        }
+        if (b->gpa != ~0ull && (b->gpa >> 12) == page) block_kill(k, b);
 }
 
 /* Applies queued invalidations.  Returns true if anything was dropped. */
@@ -677,9 +682,7 @@ static bool crossing_ok(struct bt_cpu *c, struct bt_cache *k, struct bt_block *b
     uint8_t now[15];
     if (bt_fetch(c, next, now, b->xlen, &g) == b->xlen && !memcmp(now, b->xbytes, b->xlen))
         return true;
-    b->gpa = ~0ull; /* as cache_drop_page does */
-    bt_jit_drop(k->cpu, b->jit);
-    b->jit = NULL;
+    block_kill(k, b);
     return false;
 }
 

@@ -311,6 +311,19 @@ static void jto(struct emit *e, ZydisMnemonic m, size_t target)
 
 /* ---- state layout ---------------------------------------------------------------------- */
 
+/* Appends `len` bytes encoded earlier (a template); false (and e->fail) if they do not fit. */
+static bool emit_copy(struct emit *e, const uint8_t *bytes, size_t len)
+{
+    if (e->fail) return false;
+    if (e->cap - e->pos < len) {
+        e->fail = true;
+        return false;
+    }
+    memcpy(e->buf + e->pos, bytes, len);
+    e->pos += len;
+    return true;
+}
+
 #define C_GPR(r)    ((int64_t)offsetof(struct bt_cpu, s.gpr) + 8 * (int64_t)(r))
 #define C_RIP       ((int64_t)offsetof(struct bt_cpu, s.rip))
 #define C_FLAGS     ((int64_t)offsetof(struct bt_cpu, s.rflags))
@@ -433,13 +446,7 @@ static void sync_copy(struct emit *e, int k)
             sync_in_emit(e);
         return;
     }
-    if (e->fail) return;
-    if (e->cap - e->pos < sync_len[k]) {
-        e->fail = true;
-        return;
-    }
-    memcpy(e->buf + e->pos, sync_tpl[k], sync_len[k]);
-    e->pos += sync_len[k];
+    emit_copy(e, sync_tpl[k], sync_len[k]);
 }
 
 static void sync_out(struct emit *e)
@@ -701,6 +708,24 @@ static int flag_effect(const struct bt_insn *i)
     }
 }
 
+/* The rest of IMUL r, r/m(, imm) once its first factor is in RAX and the guest's flags are
+ * loaded: the second (register or immediate) in RCX, the host's IMUL, its flags, the result. */
+static void imul_rest(struct emit *e, const struct bt_operand *d, const struct bt_operand *b,
+                      unsigned size)
+{
+    if (b->kind == BT_OPK_IMM)
+        E2(e, MOV, R(hreg(1, size == 8 ? 8 : 4)),
+           I(size == 8   ? b->disp
+             : size == 4 ? (int32_t)b->disp
+                         : (int64_t)(uint16_t)b->disp));
+    else
+        load_gpr(e, 1, b->reg, size);
+    E2(e, IMUL, R(hreg(0, size)), R(hreg(1, size)));
+    take_flags(e, BT_ARITH_FLAGS);
+    if (size == 4) E2(e, MOV, R(ZYDIS_REGISTER_EAX), R(ZYDIS_REGISTER_EAX));
+    store_gpr(e, 0, d->reg, size);
+}
+
 /* A two-operand ALU op (ADD/SUB/AND/OR/XOR/CMP/TEST/ADC/SBB; MOV with flags_dead ignored) run
  * on the guest registers where they are: host registers (pinned) or c->s.gpr slots, with at
  * most one memory operand, and never a 32-bit write to a slot (the register write rule
@@ -849,19 +874,7 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off, 
         if (b->kind == BT_OPK_IMM && size == 8 && !fits32(b->disp)) return false;
         load_guest_flags(e);
         load_gpr(e, 0, a->reg, size);
-        if (b->kind == BT_OPK_IMM)
-            E2(e, MOV, R(hreg(1, size == 8 ? 8 : 4)),
-               I(size == 8   ? b->disp
-                 : size == 4 ? (int32_t)b->disp
-                             : (int64_t)(uint16_t)b->disp));
-        else
-            load_gpr(e, 1, b->reg, size);
-        E2(e, IMUL, R(hreg(0, size)), R(hreg(1, size)));
-        E0(e, PUSHFQ);
-        E1(e, POP, R(ZYDIS_REGISTER_RDX));
-        if (size == 4) E2(e, MOV, R(ZYDIS_REGISTER_EAX), R(ZYDIS_REGISTER_EAX));
-        store_gpr(e, 0, d->reg, size);
-        merge_flags(e, BT_ARITH_FLAGS);
+        imul_rest(e, d, b, size);
         return true;
     }
     case ZYDIS_MNEMONIC_NOP: /* every form, hint NOPs with a memory operand too: no access */
@@ -1595,15 +1608,10 @@ static void probe_call(struct emit *e, const struct bt_jit *j, unsigned size, bo
         probe_emit(e, size, write, u, slow, nslow);
         return;
     }
-    if (e->fail) return;
-    if (e->cap - e->pos < len) {
-        e->fail = true;
-        return;
-    }
-    memcpy(e->buf + e->pos, j->tpl[u][write][k], len);
+    size_t at = e->pos;
+    if (!emit_copy(e, j->tpl[u][write][k], len)) return;
     for (unsigned n = 0; n < j->tpl_nslow[u][write][k]; n++)
-        slow[(*nslow)++] = e->pos + j->tpl_slow[u][write][k][n];
-    e->pos += len;
+        slow[(*nslow)++] = at + j->tpl_slow[u][write][k][n];
 }
 
 /* host register `which` = the probed operand of `size` bytes at [RSI], zero-extended */
@@ -1927,19 +1935,7 @@ static bool native_mem(struct emit *e, const struct bt_jit *j, const struct bt_i
         mem_probe(e, j, a, off, false, slow, nslow);
         load_guest_flags(e);
         load_mem(e, 0, size);
-        if (b->kind == BT_OPK_IMM)
-            E2(e, MOV, R(hreg(1, size == 8 ? 8 : 4)),
-               I(size == 8   ? b->disp
-                 : size == 4 ? (int32_t)b->disp
-                             : (int64_t)(uint16_t)b->disp));
-        else
-            load_gpr(e, 1, b->reg, size);
-        E2(e, IMUL, R(hreg(0, size)), R(hreg(1, size)));
-        E0(e, PUSHFQ);
-        E1(e, POP, R(HRDX));
-        if (size == 4) E2(e, MOV, R(HEAX), R(HEAX));
-        store_gpr(e, 0, d->reg, size);
-        merge_flags(e, BT_ARITH_FLAGS);
+        imul_rest(e, d, b, size);
         return true;
     }
     case ZYDIS_MNEMONIC_PUSH: {
