@@ -74,9 +74,16 @@
 #define JIT_HOT_RUNS 16u
 #define JIT_HOT_MAX  64u
 
+/* A translation starts with MOV R12, [RBX + s.rip] (REX.W 8B /r, disp32: 7 bytes): the loop and
+ * the inline lookup enter there; chained jumps set R12 themselves and enter after it. */
+#define JIT_ENTRY2 7u
+
 #define JIT_MAX_TBS   65536u  /* core.c's block count */
 #define JIT_MAX_LINKS 262144u /* full: flushed like a full cache (chaining would stop) */
 #define JIT_BLOCK_MAX 64u     /* core.c's longest block: the chain check leaves room for one */
+/* the constants {n, 0} for n < JIT_KCONST_N (icount_op), 16-byte aligned in the cache after the
+ * trampoline */
+#define JIT_KCONST_N (2u * JIT_BLOCK_MAX + 2u)
 
 /* One translation.  A block's slot in core.c points here. */
 struct jit_tb {
@@ -120,7 +127,8 @@ struct bt_jit {
     int fd;
     uint8_t *rw, *rx; /* the two views of the cache (NULL until the first translation) */
     size_t size, used, base_end;
-    size_t exit_off; /* the trampoline's return path */
+    size_t exit_off;   /* the trampoline's return path */
+    size_t kconst_off; /* the icount constants (JIT_KCONST_N of 16 bytes; 0 until made) */
     /* The inline access check, encoded once per [write][size 1, 2, 4, 8, 16] (it depends on
      * nothing else) and copied: encoding its ~15 instructions per memory operand showed in
      * translation time.  tpl_slow: offsets just after its jumps to the slow path (rel32). */
@@ -174,6 +182,7 @@ struct emit {
     bool fail;
     struct enc_cached *cache;            /* may be NULL */
     ZydisInstructionAttributes prefixes; /* for the next request only (LOCK), then cleared */
+    const struct bt_jit *jit; /* the cache emitted into (NULL: a template, no cache offsets) */
     /* The host's arithmetic flags are the guest's: the instruction just emitted was a native
      * register form that set all six and nothing after it touched the host flags (a Jcc right
      * after it tests them directly).  translate() clears it before each instruction. */
@@ -370,6 +379,11 @@ static ZydisRegister hreg(int which, unsigned size)
  * longjmps out of a handler, after its sync_out.  Emitted code reaches a guest GPR only through
  * G() (a register or the memory slot), the flags only through FLAGS_REG. */
 #define FLAGS_REG ZYDIS_REGISTER_R14
+/* c->icount, the instructions completed, while translated code runs: a counter in a register
+ * rather than c->icount itself, whose add-and-reload at every block end was a chain through
+ * memory (~6 cycles a block in tight loops).  XMM15: no GPR is free, and translated SSE code
+ * uses XMM0/XMM1 only. */
+#define ICOUNT_REG ZYDIS_REGISTER_XMM15
 #define NPIN      7
 static const unsigned pin_guest[NPIN] = {RAX, RCX, RDX, RSI, RDI, R8, RSP};
 static const ZydisRegister pin_host[NPIN][4] = {
@@ -409,6 +423,7 @@ static void sync_out_emit(struct emit *e)
     E2(e, AND, R(ZYDIS_REGISTER_EDX), I(BT_ARITH_FLAGS));
     E2(e, OR, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RDX));
     E2(e, MOV, M(RBX, C_FLAGS, 8), R(ZYDIS_REGISTER_RCX));
+    E2(e, MOVQ, M(RBX, C_ICOUNT, 8), R(ICOUNT_REG));
 }
 
 /* the host registers take the guest state from c->s (after C code may have changed it) */
@@ -417,6 +432,7 @@ static void sync_in_emit(struct emit *e)
     for (unsigned p = 0; p < NPIN; p++)
         E2(e, MOV, R(pin_host[p][3]), M(RBX, C_GPR(pin_guest[p]), 8));
     E2(e, MOV, R(FLAGS_REG), M(RBX, C_FLAGS, 8));
+    E2(e, MOVQ, R(ICOUNT_REG), M(RBX, C_ICOUNT, 8));
 }
 
 /* sync_out / sync_in are the same bytes everywhere (RBX-relative, no addresses): encoded once
@@ -469,9 +485,11 @@ static void save_volatile(struct emit *e)
 {
     for (unsigned k = 0; k < 4; k++)
         E1(e, PUSH, R(pin_volatile[k]));
+    E2(e, MOVQ, M(RBX, C_ICOUNT, 8), R(ICOUNT_REG)); /* all XMM registers are caller-saved */
 }
 static void restore_volatile(struct emit *e)
 {
+    E2(e, MOVQ, R(ICOUNT_REG), M(RBX, C_ICOUNT, 8));
     for (unsigned k = 4; k-- > 0;)
         E1(e, POP, R(pin_volatile[k]));
 }
@@ -517,9 +535,30 @@ static void rip_at(struct emit *e, int64_t off, bool b32)
         E2(e, LEA, R(ZYDIS_REGISTER_RAX), M(R12, off, 8));
 }
 
+/* icount += n (sub: -= n) in ICOUNT_REG: PADDQ/PSUBQ xmm15, [RIP + the constant {n, 0} in the
+ * cache's table] (66 44 0F D4/FB 3D disp32, encoded here: Zydis would need the length first). */
+static void icount_op(struct emit *e, unsigned n, bool sub)
+{
+    if (!n || e->fail) return;
+    if (!e->jit || !e->jit->kconst_off || n > JIT_KCONST_N - 1 || e->cap - e->pos < 9) {
+        e->fail = true;
+        return;
+    }
+    int64_t rel = (int64_t)(e->jit->kconst_off + 16 * n) - (int64_t)(e->pos + 9);
+    uint8_t b[9] = {0x66, 0x44, 0x0f, sub ? 0xfb : 0xd4, 0x3d};
+    int32_t r32 = (int32_t)rel;
+    memcpy(b + 5, &r32, 4);
+    emit_copy(e, b, sizeof(b));
+}
+
+static void icount_add(struct emit *e, unsigned n)
+{
+    icount_op(e, n, false);
+}
+
 static void flush_icount(struct emit *e, unsigned *pend)
 {
-    if (*pend) E2(e, ADD, M(RBX, C_ICOUNT, 8), I(*pend));
+    icount_add(e, *pend);
     *pend = 0;
 }
 
@@ -1150,7 +1189,7 @@ static void call_handler(struct emit *e, const struct bt_insn *i, int64_t off, b
     E2(e, MOV, R(ZYDIS_REGISTER_RAX), I((int64_t)(uintptr_t)i->fn));
     E1(e, CALL, R(ZYDIS_REGISTER_RAX));
     sync_in(e);
-    E1(e, INC, M(RBX, C_ICOUNT, 8));
+    icount_add(e, 1);
 }
 
 /* After a handler in the middle of a block: leave when the interpreter loop would stop. */
@@ -1182,13 +1221,6 @@ static void after_handler_checks(struct emit *e, struct bt_jit *j)
     jto(e, ZYDIS_MNEMONIC_JNZ, j->exit_off);
 }
 
-/* Leaves the block after s.rip and icount are final.  A chainable exit (a direct successor on
- * the same page, so the same guest-physical page whatever linear alias the block runs at) first
- * checks everything the interpreter loop checks between blocks: the budget, exit requests, kicks,
- * queued invalidations and pending events.  If all are clear it takes its chain jump, which
- * bt_jit_run patches to the successor's translation once that exists (unpatched: falls through
- * to the stub below, which records this exit for patching and returns to the loop). */
-static void leave(struct emit *e, struct bt_jit *j, bool chainable);
 
 static bool same_page(unsigned page_off, int64_t off)
 {
@@ -1203,7 +1235,7 @@ static bool same_page(unsigned page_off, int64_t off)
  * registers. */
 static void between_blocks(struct emit *e, struct bt_jit *j, size_t *fails, int *nf, bool full)
 {
-    E2(e, MOV, R(ZYDIS_REGISTER_RAX), M(RBX, C_ICOUNT, 8));
+    E2(e, MOVQ, R(ZYDIS_REGISTER_RAX), R(ICOUNT_REG));
     E2(e, CMP, R(ZYDIS_REGISTER_RAX), M(RBX, C_CHAIN_END, 8));
     fails[(*nf)++] = jrel(e, ZYDIS_MNEMONIC_JNBE);
     /* Exit requests, kicks, queued invalidations and the LAPIC's attention from other threads
@@ -1349,6 +1381,7 @@ static void leave_far(struct emit *e, struct bt_jit *j)
     size_t imm_off = e->pos - 8;
     E2(e, CMP, R(ZYDIS_REGISTER_RDX), M(ZYDIS_REGISTER_RSI, T_GPA, 8));
     size_t other = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    E2(e, MOV, R(R12), R(ZYDIS_REGISTER_RAX)); /* the successor's entry RIP (JIT_ENTRY2) */
     size_t chain = jrel(e, ZYDIS_MNEMONIC_JMP); /* rel32 0: falls through until patched */
     patch(e, other, e->pos);
     E2(e, MOV, R(ZYDIS_REGISTER_RAX), I((int64_t)(chain | (uint64_t)imm_off << 32)));
@@ -1359,29 +1392,34 @@ static void leave_far(struct emit *e, struct bt_jit *j)
     jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
 }
 
-/* Leaves toward a direct successor at block offset `off`: chained on the same page, chained with
- * the TLB check across pages in 64-bit code, else back to the loop. */
-static void leave_direct(struct emit *e, struct bt_jit *j, unsigned page_off, int64_t off, bool b32)
+/* Leaves toward the direct successor at block offset `off` after `count` more instructions
+ * (added to icount).  On the same page (so the same guest-physical page whatever linear alias
+ * the block runs at) the exit is chainable: R12 moves to the successor's RIP and, if
+ * between_blocks finds nothing for the loop to do, the chain jump goes to the successor's
+ * translation after its load of R12 (JIT_ENTRY2), s.rip unwritten: translated code keeps the
+ * entry RIP in R12 and writes s.rip only for C code (call_handler) and on the way out.  The
+ * chain jump falls through until bt_jit_run patches it (try_chain) to the stub that records this
+ * exit for patching, writes s.rip and returns to the loop.  Across pages in 64-bit code: chained
+ * with the TLB check (leave_far); else back to the loop. */
+static void leave_direct(struct emit *e, struct bt_jit *j, unsigned page_off, int64_t off, bool b32,
+                         unsigned count)
 {
-    if (same_page(page_off, off))
-        leave(e, j, true);
-    else if (!b32)
-        leave_far(e, j);
-    else
-        leave(e, j, false);
-}
-
-/* Leaves the block after s.rip and icount are final.  A chainable exit (a direct successor on
- * the same page, so the same guest-physical page whatever linear alias the block runs at) first
- * checks everything the interpreter loop checks between blocks: the budget, exit requests, kicks,
- * queued invalidations and pending events.  If all are clear it takes its chain jump, which
- * bt_jit_run patches to the successor's translation once that exists (unpatched: falls through
- * to the stub below, which records this exit for patching and returns to the loop). */
-static void leave(struct emit *e, struct bt_jit *j, bool chainable)
-{
-    if (!chainable) {
-        jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
+    if (!same_page(page_off, off)) {
+        rip_at(e, off, b32);
+        E2(e, MOV, M(RBX, C_RIP, 8), R(ZYDIS_REGISTER_RAX));
+        icount_add(e, count);
+        if (!b32)
+            leave_far(e, j);
+        else
+            jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
         return;
+    }
+    icount_add(e, count);
+    if (off) {
+        if (b32)
+            E2(e, LEA, R(ZYDIS_REGISTER_R12D), M(R12, off, 4));
+        else
+            E2(e, LEA, R(R12), M(R12, off, 8));
     }
     size_t fails[8];
     int nf = 0;
@@ -1392,6 +1430,7 @@ static void leave(struct emit *e, struct bt_jit *j, bool chainable)
     E2(e, MOV, M(ZYDIS_REGISTER_RCX, 0, 8), R(ZYDIS_REGISTER_RAX));
     for (int k = 0; k < nf; k++)
         patch(e, fails[k], e->pos);
+    E2(e, MOV, M(RBX, C_RIP, 8), R(R12));
     jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
 }
 
@@ -1434,26 +1473,21 @@ static bool native_branch(struct emit *e, struct bt_jit *j, const struct bt_insn
             not_taken = jrel(e, (cc & 1) ? ZYDIS_MNEMONIC_JNZ : ZYDIS_MNEMONIC_JZ);
         }
     }
-    rip_at(e, target, b32);
     size_t slow = 0;
     /* a target on the block's own page is canonical like the block (no check) */
     bool check = !b32 && !same_page(page_off, target);
     if (check) {
+        rip_at(e, target, b32);
         E2(e, MOV, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RAX));
         E2(e, SHL, R(ZYDIS_REGISTER_RCX), I(16));
         E2(e, SAR, R(ZYDIS_REGISTER_RCX), I(16));
         E2(e, CMP, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RAX));
         slow = jrel(e, ZYDIS_MNEMONIC_JNZ);
     }
-    E2(e, MOV, M(RBX, C_RIP, 8), R(ZYDIS_REGISTER_RAX));
-    E2(e, ADD, M(RBX, C_ICOUNT, 8), I(*pend + 1));
-    leave_direct(e, j, page_off, target, b32);
+    leave_direct(e, j, page_off, target, b32, *pend + 1);
     if (!jmp) {
         patch(e, not_taken, e->pos);
-        rip_at(e, end, b32);
-        E2(e, MOV, M(RBX, C_RIP, 8), R(ZYDIS_REGISTER_RAX));
-        E2(e, ADD, M(RBX, C_ICOUNT, 8), I(*pend + 1));
-        leave_direct(e, j, page_off, end, b32);
+        leave_direct(e, j, page_off, end, b32, *pend + 1);
     }
     if (check) {
         patch(e, slow, e->pos);
@@ -2105,10 +2139,7 @@ static bool native_callret(struct emit *e, struct bt_jit *j, const struct bt_ins
         E2(e, MOV, M(HRSI, 0, 8), R(HRAX));
         E2(e, SUB, G(RSP, 8), I(8));
         if (cfi) cfi_call_hook(e, j);
-        rip_at(e, target, false);
-        E2(e, MOV, M(RBX, C_RIP, 8), R(HRAX));
-        E2(e, ADD, M(RBX, C_ICOUNT, 8), I(*pend + 1));
-        leave_direct(e, j, page_off, target, false); /* chained, across pages too */
+        leave_direct(e, j, page_off, target, false, *pend + 1); /* chained, across pages too */
     } else if (i->mnemonic == ZYDIS_MNEMONIC_RET) {
         int64_t extra = 0;
         if (i->nops >= 1) {
@@ -2143,13 +2174,13 @@ static bool native_callret(struct emit *e, struct bt_jit *j, const struct bt_ins
         }
         E2(e, ADD, G(RSP, 8), I(8 + extra));
         E2(e, MOV, M(RBX, C_RIP, 8), R(HRAX));
-        E2(e, ADD, M(RBX, C_ICOUNT, 8), I(*pend + 1));
+        icount_add(e, *pend + 1);
         lookup_exit(e, j, false); /* the return target through the inline lookup */
         if (cfi) {                /* stopped: the RET has not run; s.rip at it, exit_now set */
             patch(e, stopped, e->pos);
             rip_at(e, off, false);
             E2(e, MOV, M(RBX, C_RIP, 8), R(HRAX));
-            if (*pend) E2(e, ADD, M(RBX, C_ICOUNT, 8), I(*pend));
+            icount_add(e, *pend);
             jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
         }
     } else {
@@ -2512,7 +2543,7 @@ static bool native_indirect(struct emit *e, struct bt_jit *j, const struct bt_in
         E2(e, SUB, G(RSP, 8), I(8));
         if (cfi) cfi_call_hook(e, j);
     }
-    E2(e, ADD, M(RBX, C_ICOUNT, 8), I(*pend + 1));
+    icount_add(e, *pend + 1);
     lookup_exit(e, j, false); /* no handler ran */
     for (int k = 0; k < nslow; k++)
         patch(e, slow[k], e->pos);
@@ -2540,7 +2571,7 @@ bool bt_jit_wanted(void)
  * leave through exit_off, which writes that state back. */
 static int emit_trampoline(struct bt_jit *j, struct bt_cpu *c)
 {
-    struct emit e = {.buf = j->rw, .pos = 0, .cap = j->size};
+    struct emit e = {.buf = j->rw, .pos = 0, .cap = j->size, .jit = j};
     static const ZydisRegister saved[] = {ZYDIS_REGISTER_RBP, ZYDIS_REGISTER_RBX,
                                           ZYDIS_REGISTER_R12, ZYDIS_REGISTER_R13,
                                           ZYDIS_REGISTER_R14, ZYDIS_REGISTER_R15};
@@ -2558,7 +2589,14 @@ static int emit_trampoline(struct bt_jit *j, struct bt_cpu *c)
     E0(&e, RET);
     probe_templates(j);
     if (e.fail) return err_set(EINVAL, "translator: Zydis cannot encode the trampoline");
-    j->base_end = j->used = ALIGN_UP(e.pos, 64);
+    size_t k0 = ALIGN_UP(e.pos, 16);
+    if (k0 + 16 * JIT_KCONST_N > j->size) return err_set(ENOSPC, "translator: cache too small");
+    for (unsigned n = 0; n < JIT_KCONST_N; n++) {
+        uint64_t q[2] = {n, 0};
+        memcpy(j->rw + k0 + 16 * n, q, 16);
+    }
+    j->kconst_off = k0;
+    j->base_end = j->used = ALIGN_UP(k0 + 16 * JIT_KCONST_N, 64);
     j->enter = (void (*)(struct bt_cpu *, const void *, struct bt_jit *))(void *)j->rx;
     return 0;
 }
@@ -2797,7 +2835,8 @@ static void crossing_check(struct emit *e, struct bt_jit *j, unsigned avail)
     size_t ok = jrel(e, ZYDIS_MNEMONIC_JMP);
     for (int k = 0; k < nf; k++)
         patch(e, fails[k], e->pos);
-    jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off); /* s.rip and icount untouched */
+    E2(e, MOV, M(RBX, C_RIP, 8), R(R12)); /* a chained entry did not write it */
+    jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off); /* icount untouched */
     patch(e, ok, e->pos);
 }
 
@@ -2806,7 +2845,11 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
 {
     if (j->size - j->used < JIT_BLOCK_RESERVE || j->ntbs >= JIT_MAX_TBS) return -ENOSPC;
     struct emit e = {
-        .buf = j->rw, .pos = j->used, .cap = j->used + JIT_BLOCK_RESERVE, .cache = j->enc_cache};
+        .buf = j->rw,
+        .pos = j->used,
+        .cap = j->used + JIT_BLOCK_RESERVE,
+        .cache = j->enc_cache,
+        .jit = j};
     const size_t start = e.pos;
     const unsigned page_off = (unsigned)(gpa & 0xfff);
     const bool b32 = c->code_bits != 64;
@@ -2841,6 +2884,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
     if (n > JIT_BLOCK_MAX) return (*slot = JIT_UNTRANSLATABLE), 1;
     if (j->xlen && (b32 || j->xlen > 15 || n != 1)) return (*slot = JIT_UNTRANSLATABLE), 1;
     E2(&e, MOV, R(R12), M(RBX, C_RIP, 8));
+    if (e.pos - start != JIT_ENTRY2) e.fail = true; /* chained jumps enter after it */
     if (j->xlen) crossing_check(&e, j, 4096 - page_off);
     for (unsigned k = 0; k < n; k++) {
         const struct bt_insn *i = &ins[k];
@@ -2918,7 +2962,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
                          (i->attr_lo & BT_ATTR_RELATIVE))
                     /* a direct CALL: its handler pushed and jumped (or faulted); the target
                      * is known, so it chains like a direct JMP */
-                    leave_direct(&e, j, page_off, off + i->len + i->op[0].disp, b32);
+                    leave_direct(&e, j, page_off, off + i->len + i->op[0].disp, b32, 0);
                 else
                     lookup_exit(&e, j, true); /* the successor is known only now */
                 ended = true;
@@ -2935,10 +2979,8 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
     }
     if (!ended) {
         /* the block stopped at its size limit or a page end: continue after it */
-        flush_icount(&e, &pend);
-        rip_at(&e, off, b32);
-        E2(&e, MOV, M(RBX, C_RIP, 8), R(ZYDIS_REGISTER_RAX));
-        leave_direct(&e, j, page_off, off, b32);
+        leave_direct(&e, j, page_off, off, b32, pend);
+        pend = 0;
     }
     for (unsigned q = 0; q < nsp; q++) {
         struct slow_path *sp = &sps[q];
@@ -2948,7 +2990,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
         hstat_count(&e, sp->i, true);
         call_handler(&e, sp->i, sp->off, b32, &p);
         after_handler_checks(&e, j);
-        E2(&e, SUB, M(RBX, C_ICOUNT, 8), I(sp->pend + 1));
+        icount_op(&e, sp->pend + 1, true);
         if (sp->hflags) { /* what the fast path leaves: the guest's six flags in the host's */
             E2(&e, MOV, R(HRAX), R(FLAGS_REG));
             E2(&e, AND, R(HEAX), I(BT_ARITH_FLAGS | 2)); /* nothing else (DF, TF, AC clear) */
@@ -3004,7 +3046,7 @@ static void try_chain(struct bt_jit *j, struct bt_cpu *c, struct jit_tb *tb)
         memcpy(j->rw + imm, &page, 8);
         j->st.chains_cross++;
     }
-    int32_t rel = (int32_t)((int64_t)tb->entry - (int64_t)pe);
+    int32_t rel = (int32_t)((int64_t)tb->entry + JIT_ENTRY2 - (int64_t)pe);
     memcpy(j->rw + pe - 4, &rel, 4);
     j->links[j->nlinks] = (struct jit_link){.patch_end = pe, .next = tb->links_in};
     tb->links_in = ++j->nlinks;
