@@ -1241,6 +1241,48 @@ static void crossing_run(bool jit, uint64_t *rsi, uint64_t *icount)
     *icount = c->icount;
 }
 
+/* The same with the crossing block entered by a chained jump from its own page (after R12 is
+ * moved, JIT_ENTRY2): its entry check must write s.rip before it leaves, since no one else did. */
+static void crossing_run_same_page(bool jit, uint64_t *rsi, uint64_t *icount)
+{
+    static uint8_t p[0x1008];
+    static const uint8_t head[] = {
+        0xb9, 0xe8, 0x03, 0x00, 0x00, /* 0: mov ecx, 1000 */
+        0x31, 0xf6,                   /* 5: xor esi, esi */
+        0xe9, 0xec, 0x0f, 0x00, 0x00, /* 7: jmp 0xff8 */
+    };
+    static const uint8_t tail[] = {
+        0xff, 0xc9,                   /* ff8: dec ecx */
+        0x74, 0x0b,                   /* ffa: jz 0x1007 (falls through on the page: chained) */
+        0x90, 0x90,                   /* ffc: nop; nop (a block: the next insn crosses) */
+        0xb8, 0x10, 0x20, 0x30, 0x40, /* ffe: mov eax, 0x40302010 (3 bytes on the next page) */
+        0x01, 0xc6,                   /* 1003: add esi, eax */
+        0xeb, 0xf1,                   /* 1005: jmp 0xff8 */
+        0xf4,                         /* 1007: hlt */
+    };
+    memset(p, 0x90, sizeof(p));
+    memcpy(p, head, sizeof(head));
+    memcpy(p + 0xff8, tail, sizeof(tail));
+    t_setup_long(T);
+    use_jit(jit);
+    struct bt_cpu *c = T->c;
+    c->icount = 0;
+    t_run(T, p, sizeof(p), 700); /* stops in the loop, its chains patched */
+    assert_false(c->halted);
+    static const uint8_t now[] = {0x21, 0x31, 0x41};
+    memcpy(gp(T, T_CODE0 + 0x1000, 3), now, 3); /* the guest's own writes would be watched */
+    c->exit_now = false;
+    /* one instruction at a time to 1003, so the crossing block is next entered by the chain
+     * from the block at ffc, not by the loop */
+    for (int k = 0; k < 8 && c->s.rip != T_CODE0 + 0x1003; k++)
+        bt_exec(c, 1);
+    assert_int_equal(c->s.rip, T_CODE0 + 0x1003);
+    bt_exec(c, 100000);
+    assert_true(c->halted);
+    *rsi = c->s.gpr[RSI];
+    *icount = c->icount;
+}
+
 static void test_crossing_remap(void **st)
 {
     uint64_t ri, ii, rj, ij;
@@ -1249,6 +1291,11 @@ static void test_crossing_remap(void **st)
     assert_int_equal(ri, rj);
     assert_int_equal(ii, ij);
     assert_true(ri != 1000ull * 0x40302010 % (1ull << 32)); /* both immediates were seen */
+    crossing_run_same_page(false, &ri, &ii);
+    crossing_run_same_page(true, &rj, &ij);
+    assert_int_equal(ri, rj);
+    assert_int_equal(ii, ij);
+    assert_true(ri != 999ull * 0x40302010 % (1ull << 32));
 }
 
 static void test_self_modifying(void **st)

@@ -4,7 +4,8 @@
  * Form of a translation.  On entry RBX holds the struct bt_cpu pointer (pinned for the whole
  * block) and R12 gets s.rip, the linear RIP the block was entered at: blocks are keyed by
  * guest-physical address, so the same translation serves every virtual alias of its page and
- * every instruction's RIP is R12 plus its offset in the block.  Each guest instruction becomes
+ * every instruction's RIP is R12 plus its offset in the block.  (A chained jump sets R12 itself
+ * and enters after that load, JIT_ENTRY2; s.rip is written for C code and on the way out.)  Each guest instruction becomes
  * either
  *   - native code: register/immediate forms (MOV, the ALU group, shifts and rotates, IMUL,
  *     MOVZX/MOVSX, SETcc, CMOVcc, ...), the direct JMP/Jcc/CALL and RET that end a block, and
@@ -22,7 +23,8 @@
  *     After the call the code leaves the block, as the interpreter would, when the handler
  *     branched (s.rip != next_rip), asked for an exit, set an interrupt shadow, or queued a
  *     code-cache invalidation (a store into a code page: self-modifying code).
- * icount counts completed instructions exactly as the interpreter does before any handler runs,
+ * icount (in ICOUNT_REG while translated code runs, c->icount for C code: sync_out/sync_in)
+ * counts completed instructions exactly as the interpreter does before any handler runs,
  * so a fault (bt_raise longjmps from the handler through the translated frame to bt_exec's
  * setjmp, which restores the callee-saved registers) sees the same state as interpreted.
  *
@@ -384,7 +386,7 @@ static ZydisRegister hreg(int which, unsigned size)
  * memory (~6 cycles a block in tight loops).  XMM15: no GPR is free, and translated SSE code
  * uses XMM0/XMM1 only. */
 #define ICOUNT_REG ZYDIS_REGISTER_XMM15
-#define NPIN      7
+#define NPIN       7
 static const unsigned pin_guest[NPIN] = {RAX, RCX, RDX, RSI, RDI, R8, RSP};
 static const ZydisRegister pin_host[NPIN][4] = {
     {ZYDIS_REGISTER_BPL, ZYDIS_REGISTER_BP, ZYDIS_REGISTER_EBP, ZYDIS_REGISTER_RBP},
@@ -1221,7 +1223,6 @@ static void after_handler_checks(struct emit *e, struct bt_jit *j)
     jto(e, ZYDIS_MNEMONIC_JNZ, j->exit_off);
 }
 
-
 static bool same_page(unsigned page_off, int64_t off)
 {
     return (int64_t)page_off + off >= 0 && (int64_t)page_off + off < 4096;
@@ -1381,7 +1382,7 @@ static void leave_far(struct emit *e, struct bt_jit *j)
     size_t imm_off = e->pos - 8;
     E2(e, CMP, R(ZYDIS_REGISTER_RDX), M(ZYDIS_REGISTER_RSI, T_GPA, 8));
     size_t other = jrel(e, ZYDIS_MNEMONIC_JNZ);
-    E2(e, MOV, R(R12), R(ZYDIS_REGISTER_RAX)); /* the successor's entry RIP (JIT_ENTRY2) */
+    E2(e, MOV, R(R12), R(ZYDIS_REGISTER_RAX));  /* the successor's entry RIP (JIT_ENTRY2) */
     size_t chain = jrel(e, ZYDIS_MNEMONIC_JMP); /* rel32 0: falls through until patched */
     patch(e, other, e->pos);
     E2(e, MOV, R(ZYDIS_REGISTER_RAX), I((int64_t)(chain | (uint64_t)imm_off << 32)));
@@ -2835,7 +2836,7 @@ static void crossing_check(struct emit *e, struct bt_jit *j, unsigned avail)
     size_t ok = jrel(e, ZYDIS_MNEMONIC_JMP);
     for (int k = 0; k < nf; k++)
         patch(e, fails[k], e->pos);
-    E2(e, MOV, M(RBX, C_RIP, 8), R(R12)); /* a chained entry did not write it */
+    E2(e, MOV, M(RBX, C_RIP, 8), R(R12));    /* a chained entry did not write it */
     jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off); /* icount untouched */
     patch(e, ok, e->pos);
 }
@@ -2844,12 +2845,11 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
                      void **slot, uint64_t gpa, bool use_dead)
 {
     if (j->size - j->used < JIT_BLOCK_RESERVE || j->ntbs >= JIT_MAX_TBS) return -ENOSPC;
-    struct emit e = {
-        .buf = j->rw,
-        .pos = j->used,
-        .cap = j->used + JIT_BLOCK_RESERVE,
-        .cache = j->enc_cache,
-        .jit = j};
+    struct emit e = {.buf = j->rw,
+                     .pos = j->used,
+                     .cap = j->used + JIT_BLOCK_RESERVE,
+                     .cache = j->enc_cache,
+                     .jit = j};
     const size_t start = e.pos;
     const unsigned page_off = (unsigned)(gpa & 0xfff);
     const bool b32 = c->code_bits != 64;
