@@ -5,8 +5,8 @@
  * block) and R12 gets s.rip, the linear RIP the block was entered at: blocks are keyed by
  * guest-physical address, so the same translation serves every virtual alias of its page and
  * every instruction's RIP is R12 plus its offset in the block.  (A chained jump sets R12 itself
- * and enters after that load, JIT_ENTRY2; s.rip is written for C code and on the way out.)  Each guest instruction becomes
- * either
+ * and enters after that load, JIT_ENTRY2; s.rip is written for C code and on the way out.)
+ * Each guest instruction becomes either
  *   - native code: register/immediate forms (MOV, the ALU group, shifts and rotates, IMUL,
  *     MOVZX/MOVSX, SETcc, CMOVcc, ...), the direct JMP/Jcc/CALL and RET that end a block, and
  *     forms with one guest memory operand in 64-bit code (loads, stores, read-modify-write,
