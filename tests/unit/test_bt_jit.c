@@ -1206,52 +1206,30 @@ static void test_fault_mid_block(void **st)
 /* A crossing instruction's bytes on its second page change behind the code watch (a host-side
  * write here; another mapping of that page in a real guest) while the loop around it is chained:
  * the translation's entry check sees it and leaves for the loop, which decodes again.  Returns
- * RSI (the sum of the immediates the loop saw) and the instruction count. */
-static void crossing_run(bool jit, uint64_t *rsi, uint64_t *icount)
+ * RSI (the sum of the immediates the loop saw) and the instruction count.  Two loops: in the
+ * first the crossing block is reached by a jump from the next page (its exit wrote s.rip); in the
+ * second by a chained jump from its own page (R12 moved, JIT_ENTRY2), so the failing entry check
+ * must write s.rip itself. */
+static void crossing_run(bool jit, bool same_page, uint64_t *rsi, uint64_t *icount)
 {
-    static uint8_t p[0x100a];
-    static const uint8_t head[] = {
+    static const uint8_t head_far[] = {
         0xb9, 0xe8, 0x03, 0x00, 0x00, /* 0: mov ecx, 1000 */
         0x31, 0xf6,                   /* 5: xor esi, esi */
         0xe9, 0xf2, 0x0f, 0x00, 0x00, /* 7: jmp 0xffe */
     };
-    static const uint8_t tail[] = {
+    static const uint8_t tail_far[] = {
         0xb8, 0x10, 0x20, 0x30, 0x40, /* ffe: mov eax, 0x40302010 (3 bytes on the next page) */
         0x01, 0xc6,                   /* 1003: add esi, eax */
         0xff, 0xc9,                   /* 1005: dec ecx */
         0x75, 0xf5,                   /* 1007: jnz 0xffe */
         0xf4,                         /* 1009: hlt */
     };
-    memset(p, 0x90, sizeof(p));
-    memcpy(p, head, sizeof(head));
-    memcpy(p + 0xffe, tail, sizeof(tail) - 1);
-    t_setup_long(T);
-    use_jit(jit);
-    struct bt_cpu *c = T->c;
-    c->icount = 0;
-    put_bytes(T, T_CODE0 + 0x1009, &tail[11], 1);
-    t_run(T, p, 0x1009, 700); /* stops in the loop, its chains patched */
-    assert_false(c->halted);
-    static const uint8_t now[] = {0x21, 0x31, 0x41};
-    memcpy(gp(T, T_CODE0 + 0x1000, 3), now, 3); /* the guest's own writes would be watched */
-    c->exit_now = false;
-    bt_exec(c, 100000);
-    assert_true(c->halted);
-    *rsi = c->s.gpr[RSI];
-    *icount = c->icount;
-}
-
-/* The same with the crossing block entered by a chained jump from its own page (after R12 is
- * moved, JIT_ENTRY2): its entry check must write s.rip before it leaves, since no one else did. */
-static void crossing_run_same_page(bool jit, uint64_t *rsi, uint64_t *icount)
-{
-    static uint8_t p[0x1008];
-    static const uint8_t head[] = {
+    static const uint8_t head_near[] = {
         0xb9, 0xe8, 0x03, 0x00, 0x00, /* 0: mov ecx, 1000 */
         0x31, 0xf6,                   /* 5: xor esi, esi */
         0xe9, 0xec, 0x0f, 0x00, 0x00, /* 7: jmp 0xff8 */
     };
-    static const uint8_t tail[] = {
+    static const uint8_t tail_near[] = {
         0xff, 0xc9,                   /* ff8: dec ecx */
         0x74, 0x0b,                   /* ffa: jz 0x1007 (falls through on the page: chained) */
         0x90, 0x90,                   /* ffc: nop; nop (a block: the next insn crosses) */
@@ -1260,23 +1238,27 @@ static void crossing_run_same_page(bool jit, uint64_t *rsi, uint64_t *icount)
         0xeb, 0xf1,                   /* 1005: jmp 0xff8 */
         0xf4,                         /* 1007: hlt */
     };
+    _Static_assert(sizeof(head_far) == sizeof(head_near), "one head length");
+    static uint8_t p[0x100a];
+    const uint8_t *tail = same_page ? tail_near : tail_far;
+    size_t at = same_page ? 0xff8 : 0xffe, tl = same_page ? sizeof(tail_near) : sizeof(tail_far);
     memset(p, 0x90, sizeof(p));
-    memcpy(p, head, sizeof(head));
-    memcpy(p + 0xff8, tail, sizeof(tail));
+    memcpy(p, same_page ? head_near : head_far, sizeof(head_far));
+    memcpy(p + at, tail, tl);
     t_setup_long(T);
     use_jit(jit);
     struct bt_cpu *c = T->c;
     c->icount = 0;
-    t_run(T, p, sizeof(p), 700); /* stops in the loop, its chains patched */
+    t_run(T, p, at + tl, 700); /* stops in the loop, its chains patched */
     assert_false(c->halted);
     static const uint8_t now[] = {0x21, 0x31, 0x41};
     memcpy(gp(T, T_CODE0 + 0x1000, 3), now, 3); /* the guest's own writes would be watched */
     c->exit_now = false;
-    /* one instruction at a time to 1003, so the crossing block is next entered by the chain
-     * from the block at ffc, not by the loop */
-    for (int k = 0; k < 8 && c->s.rip != T_CODE0 + 0x1003; k++)
+    /* near: one instruction at a time to 1003, so the crossing block is next entered by the
+     * chain from the block at ffc, not by the loop */
+    for (int k = 0; same_page && k < 8 && c->s.rip != T_CODE0 + 0x1003; k++)
         bt_exec(c, 1);
-    assert_int_equal(c->s.rip, T_CODE0 + 0x1003);
+    if (same_page) assert_int_equal(c->s.rip, T_CODE0 + 0x1003);
     bt_exec(c, 100000);
     assert_true(c->halted);
     *rsi = c->s.gpr[RSI];
@@ -1286,16 +1268,14 @@ static void crossing_run_same_page(bool jit, uint64_t *rsi, uint64_t *icount)
 static void test_crossing_remap(void **st)
 {
     uint64_t ri, ii, rj, ij;
-    crossing_run(false, &ri, &ii);
-    crossing_run(true, &rj, &ij);
-    assert_int_equal(ri, rj);
-    assert_int_equal(ii, ij);
-    assert_true(ri != 1000ull * 0x40302010 % (1ull << 32)); /* both immediates were seen */
-    crossing_run_same_page(false, &ri, &ii);
-    crossing_run_same_page(true, &rj, &ij);
-    assert_int_equal(ri, rj);
-    assert_int_equal(ii, ij);
-    assert_true(ri != 999ull * 0x40302010 % (1ull << 32));
+    for (int near = 0; near < 2; near++) {
+        crossing_run(false, near, &ri, &ii);
+        crossing_run(true, near, &rj, &ij);
+        assert_int_equal(ri, rj);
+        assert_int_equal(ii, ij);
+        /* both immediates were seen */
+        assert_true(ri != (1000ull - near) * 0x40302010 % (1ull << 32));
+    }
 }
 
 static void test_self_modifying(void **st)
