@@ -6,12 +6,14 @@
  * (the newest, lowest slot on top); deeper recursion overwrites the oldest records, whose returns
  * are then unverified.
  *
- * Trust: guest values are compared only.  The counters are per vCPU and folded into process-wide
- * atomics every CFI_FOLD events (and at destroy), so the hot path takes no lock and no atomic
- * read-modify-write; violations are counted at once. */
+ * Trust: guest values are compared only.  The counters are per vCPU, written by that vCPU alone
+ * (no lock, no atomic read-modify-write on the hot path, nothing for the translator's inline code
+ * to test), summed with the process-wide ones by bt_cfi_get_stats and folded into them when the
+ * vCPU goes; violations are counted at once. */
 #include "cpu/bt/cfi.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,7 +22,6 @@
 #include "util/log.h"
 
 #define CFI_DEPTH     BT_CFI_DEPTH
-#define CFI_FOLD      BT_CFI_FOLD
 #define CFI_LOG_FIRST 16u /* violations logged one by one; then every 1024th */
 
 _Atomic int bt_cfi_mode_now = BT_CFI_LOG;
@@ -79,44 +80,65 @@ void bt_cfi_get_policy(struct bt_cfi_policy *p)
     p->kernel = atomic_load(&bt_cfi_kernel_now);
 }
 
+/* the live vCPUs' counters (struct bt_cfi_cpu.next), and what the departed ones counted */
+static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct bt_cfi_cpu *live;
+
+static uint64_t get(const uint64_t *p)
+{
+    return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+
+static void bump(uint64_t *p) /* this vCPU's counter: only its own thread writes it */
+{
+    __atomic_store_n(p, *p + 1, __ATOMIC_RELAXED);
+}
+
 void bt_cfi_get_stats(struct bt_cfi_stats *st)
 {
+    pthread_mutex_lock(&live_lock);
     st->calls = atomic_load(&g_calls);
     st->checked = atomic_load(&g_checked);
     st->unverified = atomic_load(&g_unverified);
+    for (const struct bt_cfi_cpu *k = live; k; k = k->next) {
+        st->calls += get(&k->calls);
+        st->checked += get(&k->checked);
+        st->unverified += get(&k->unverified);
+    }
+    pthread_mutex_unlock(&live_lock);
     st->violations_user = atomic_load(&g_viol_user);
     st->violations_kernel = atomic_load(&g_viol_kernel);
     st->retpoline = atomic_load(&g_retpoline);
 }
 
-void bt_cfi_reset_stats(void)
+void bt_cfi_reset_stats(void) /* tests: no vCPU running */
 {
+    pthread_mutex_lock(&live_lock);
     atomic_store(&g_calls, 0);
     atomic_store(&g_checked, 0);
     atomic_store(&g_unverified, 0);
+    for (struct bt_cfi_cpu *k = live; k; k = k->next)
+        k->calls = k->checked = k->unverified = 0;
+    pthread_mutex_unlock(&live_lock);
     atomic_store(&g_viol_user, 0);
     atomic_store(&g_viol_kernel, 0);
     atomic_store(&g_retpoline, 0);
-}
-
-static void fold(struct bt_cfi_cpu *k)
-{
-    atomic_fetch_add(&g_calls, k->calls);
-    atomic_fetch_add(&g_checked, k->checked);
-    atomic_fetch_add(&g_unverified, k->unverified);
-    k->calls = k->checked = k->unverified = k->since_fold = 0;
-}
-
-static inline void counted(struct bt_cfi_cpu *k)
-{
-    if (++k->since_fold >= CFI_FOLD) fold(k);
 }
 
 void bt_cfi_destroy(struct bt_cpu *c)
 {
     struct bt_cfi_cpu *k = c->cfi;
     if (!k) return;
-    fold(k);
+    pthread_mutex_lock(&live_lock);
+    for (struct bt_cfi_cpu **p = &live; *p; p = &(*p)->next)
+        if (*p == k) {
+            *p = k->next;
+            break;
+        }
+    atomic_fetch_add(&g_calls, k->calls);
+    atomic_fetch_add(&g_checked, k->checked);
+    atomic_fetch_add(&g_unverified, k->unverified);
+    pthread_mutex_unlock(&live_lock);
     free(k);
     c->cfi = NULL;
 }
@@ -129,6 +151,10 @@ static inline __attribute__((always_inline)) struct cfi_stack *stack_of(struct b
     if (!k) {
         k = c->cfi = calloc(1, sizeof(*k));
         if (!k) return NULL;
+        pthread_mutex_lock(&live_lock);
+        k->next = live;
+        live = k;
+        pthread_mutex_unlock(&live_lock);
     }
     if (c->cpl != 3) return &k->st[0];
     struct cfi_stack *s = &k->st[1];
@@ -161,9 +187,7 @@ void bt_cfi_call(struct bt_cpu *c, uint64_t slot, uint64_t ret)
     s->f[s->top] = (struct cfi_frame){slot, ret};
     s->top = (s->top + 1) % CFI_DEPTH;
     if (s->n < CFI_DEPTH) s->n++;
-    struct bt_cfi_cpu *k = c->cfi;
-    k->calls++;
-    counted(k);
+    bump(&((struct bt_cfi_cpu *)c->cfi)->calls);
 }
 
 /* Retpoline thunks (Linux's __x86_indirect_thunk_*, code built with -mretpoline) CALL a label
@@ -188,14 +212,12 @@ bool bt_cfi_ret(struct bt_cpu *c, uint64_t slot, uint64_t target)
     while (s->n && top_of(s)->slot < slot) /* frames unwound without their RET */
         pop(s);
     if (!s->n || top_of(s)->slot != slot) {
-        k->unverified++;
-        counted(k);
+        bump(&k->unverified);
         return true;
     }
     uint64_t expected = top_of(s)->ret;
     pop(s);
-    k->checked++;
-    counted(k);
+    bump(&k->checked);
     if (expected == target) return true;
     if (retpoline_site(c, expected)) {
         atomic_fetch_add(&g_retpoline, 1);

@@ -50,8 +50,7 @@ void bt_cfi_reset_stats(void); /* tests */
 
 /* ---- the shadow stacks (cfi.c; laid out here for the translator's inline fast path, which does
  * the common cases of the hooks below: a CALL that pops nothing, a RET matching the top) ---- */
-#define BT_CFI_DEPTH 64u   /* records per shadow stack (a ring) */
-#define BT_CFI_FOLD  4096u /* per-vCPU events between folds into the process-wide counters */
+#define BT_CFI_DEPTH 64u /* records per shadow stack (a ring) */
 struct bt_cfi_frame {
     uint64_t slot, ret;
 };
@@ -62,7 +61,10 @@ struct bt_cfi_stack {
 };
 struct bt_cfi_cpu {
     struct bt_cfi_stack st[2]; /* 0 kernel, 1 user */
-    uint64_t calls, checked, unverified, since_fold;
+    /* written by this vCPU only (relaxed stores; the translator's inline INC), read by
+     * bt_cfi_get_stats on any thread (relaxed loads) */
+    uint64_t calls, checked, unverified;
+    struct bt_cfi_cpu *next; /* the live vCPUs' counters (cfi.c, under its lock) */
 };
 
 /* ---- the handlers' hooks ---- */

@@ -2013,13 +2013,12 @@ static void check_canonical_rax(struct emit *e, size_t *slow, int *nslow)
 
 /* The common cases of the --cfi hooks inline (cfi.h lays the shadow stacks out): a CALL that
  * drops no dead record and a RET whose return address matches the newest record; anything else
- * (no shadow stack yet, another user address space, a fold of the counters due, dead records, a
- * mismatch or an empty stack) jumps to `slow`, where the C hook runs.  The stack slot is the
+ * (no shadow stack yet, another user address space, dead records, a mismatch or an empty
+ * stack) jumps to `slow`, where the C hook runs.  The stack slot is the
  * guest RSP (R13), the return address or target is in RAX.  Clobbers RCX, RDX, RDI (RSI kept). */
 #define C_CFI ((int64_t)offsetof(struct bt_cpu, cfi))
 #define K_ST(u)                                                                                    \
     ((int64_t)offsetof(struct bt_cfi_cpu, st) + (int64_t)(u) * (int64_t)sizeof(struct bt_cfi_stack))
-#define K_SINCE   ((int64_t)offsetof(struct bt_cfi_cpu, since_fold))
 #define K_CALLS   ((int64_t)offsetof(struct bt_cfi_cpu, calls))
 #define K_CHECKED ((int64_t)offsetof(struct bt_cfi_cpu, checked))
 #define S_SPACE   ((int64_t)offsetof(struct bt_cfi_stack, space))
@@ -2041,8 +2040,6 @@ static void cfi_inline(struct emit *e, bool user, bool call, size_t *slow, int *
         E2(e, CMP, R(HRDX), M(HRDI, K_ST(1) + S_SPACE, 8));
         slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
     }
-    E2(e, CMP, M(HRDI, K_SINCE, 8), I(BT_CFI_FOLD - 1)); /* the hook folds the counters */
-    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNB);
     int64_t st = K_ST(user ? 1 : 0);
     E2(e, ADD, R(HRDI), I(st)); /* RDI = the shadow stack */
     E2(e, MOV, R(HECX), M(HRDI, S_N, 4));
@@ -2082,7 +2079,6 @@ static void cfi_inline(struct emit *e, bool user, bool call, size_t *slow, int *
         E1(e, DEC, M(HRDI, S_N, 4));
         E1(e, INC, M(HRDI, K_CHECKED - st, 8));
     }
-    E1(e, INC, M(HRDI, K_SINCE - st, 8));
 }
 
 /* hook(c, guest RSP, RAX) in C: bt_cfi_call or bt_cfi_ret, which touch no guest register or
