@@ -355,8 +355,8 @@ static bool emit_copy(struct emit *e, const uint8_t *bytes, size_t len)
 #define L_MODE      ((int64_t)offsetof(struct jit_lent, mode))
 #define L_CODE      ((int64_t)offsetof(struct jit_lent, code))
 
-#define RBX ZYDIS_REGISTER_RBX
-#define R12 ZYDIS_REGISTER_R12
+#define HCPU ZYDIS_REGISTER_RBX /* the struct bt_cpu pointer */
+#define R12  ZYDIS_REGISTER_R12
 
 /* host scratch registers by size: 0 = RAX family, 1 = RCX, 2 = RDX */
 static ZydisRegister hreg(int which, unsigned size)
@@ -373,8 +373,8 @@ static ZydisRegister hreg(int which, unsigned size)
  *
  * Inside translated code (from the trampoline's entry to its exit, across chained jumps and
  * inline lookups) the guest GPRs used most (counted in the shell loop, sha256sum, gzip and xz:
- * RCX, RAX, RDX, RSI, RDI, R8, and RSP for every PUSH, POP, CALL and RET) live in host registers
- * (RBP, R8-R11, R15, R13), and the guest's six arithmetic flags
+ * RCX, RAX, RDX, RSI, RDI, R8, RSP for every PUSH, POP, CALL and RET, and R11, used much by xz)
+ * live in host registers (RBP, R8-R11, R15, R13, RDI), and the guest's six arithmetic flags
  * in R14 (its other bits mean nothing); c->s.gpr[] and the arithmetic bits of c->s.rflags are
  * stale for them.  Every way out to C writes them back first (sync_out) and reads them again
  * afterwards (sync_in): the handler calls, the --cfi hooks and the trampoline's exit; a fault
@@ -386,8 +386,8 @@ static ZydisRegister hreg(int which, unsigned size)
  * memory (~6 cycles a block in tight loops).  XMM15: no GPR is free, and translated SSE code
  * uses XMM0/XMM1 only. */
 #define ICOUNT_REG ZYDIS_REGISTER_XMM15
-#define NPIN       7
-static const unsigned pin_guest[NPIN] = {RAX, RCX, RDX, RSI, RDI, R8, RSP};
+#define NPIN       8
+static const unsigned pin_guest[NPIN] = {RAX, RCX, RDX, RSI, RDI, R8, RSP, R11};
 static const ZydisRegister pin_host[NPIN][4] = {
     {ZYDIS_REGISTER_BPL, ZYDIS_REGISTER_BP, ZYDIS_REGISTER_EBP, ZYDIS_REGISTER_RBP},
     {ZYDIS_REGISTER_R8B, ZYDIS_REGISTER_R8W, ZYDIS_REGISTER_R8D, ZYDIS_REGISTER_R8},
@@ -395,7 +395,8 @@ static const ZydisRegister pin_host[NPIN][4] = {
     {ZYDIS_REGISTER_R10B, ZYDIS_REGISTER_R10W, ZYDIS_REGISTER_R10D, ZYDIS_REGISTER_R10},
     {ZYDIS_REGISTER_R11B, ZYDIS_REGISTER_R11W, ZYDIS_REGISTER_R11D, ZYDIS_REGISTER_R11},
     {ZYDIS_REGISTER_R15B, ZYDIS_REGISTER_R15W, ZYDIS_REGISTER_R15D, ZYDIS_REGISTER_R15},
-    {ZYDIS_REGISTER_R13B, ZYDIS_REGISTER_R13W, ZYDIS_REGISTER_R13D, ZYDIS_REGISTER_R13}};
+    {ZYDIS_REGISTER_R13B, ZYDIS_REGISTER_R13W, ZYDIS_REGISTER_R13D, ZYDIS_REGISTER_R13},
+    {ZYDIS_REGISTER_DIL, ZYDIS_REGISTER_DI, ZYDIS_REGISTER_EDI, ZYDIS_REGISTER_RDI}};
 
 /* the host register holding guest GPR `reg` at `size` bytes, or ZYDIS_REGISTER_NONE */
 static ZydisRegister pinned(unsigned reg, unsigned size)
@@ -411,30 +412,30 @@ static ZydisRegister pinned(unsigned reg, unsigned size)
 static ZydisEncoderOperand G(unsigned reg, unsigned size)
 {
     ZydisRegister h = pinned(reg, size);
-    return h != ZYDIS_REGISTER_NONE ? R(h) : M(RBX, C_GPR(reg), size);
+    return h != ZYDIS_REGISTER_NONE ? R(h) : M(HCPU, C_GPR(reg), size);
 }
 
 /* c->s.gpr[] and c->s.rflags take the guest state held in host registers.  Clobbers RCX, RDX. */
 static void sync_out_emit(struct emit *e)
 {
     for (unsigned p = 0; p < NPIN; p++)
-        E2(e, MOV, M(RBX, C_GPR(pin_guest[p]), 8), R(pin_host[p][3]));
-    E2(e, MOV, R(ZYDIS_REGISTER_RCX), M(RBX, C_FLAGS, 8));
+        E2(e, MOV, M(HCPU, C_GPR(pin_guest[p]), 8), R(pin_host[p][3]));
+    E2(e, MOV, R(ZYDIS_REGISTER_RCX), M(HCPU, C_FLAGS, 8));
     E2(e, AND, R(ZYDIS_REGISTER_RCX), I(~(int64_t)BT_ARITH_FLAGS));
     E2(e, MOV, R(ZYDIS_REGISTER_EDX), R(ZYDIS_REGISTER_R14D));
     E2(e, AND, R(ZYDIS_REGISTER_EDX), I(BT_ARITH_FLAGS));
     E2(e, OR, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RDX));
-    E2(e, MOV, M(RBX, C_FLAGS, 8), R(ZYDIS_REGISTER_RCX));
-    E2(e, MOVQ, M(RBX, C_ICOUNT, 8), R(ICOUNT_REG));
+    E2(e, MOV, M(HCPU, C_FLAGS, 8), R(ZYDIS_REGISTER_RCX));
+    E2(e, MOVQ, M(HCPU, C_ICOUNT, 8), R(ICOUNT_REG));
 }
 
 /* the host registers take the guest state from c->s (after C code may have changed it) */
 static void sync_in_emit(struct emit *e)
 {
     for (unsigned p = 0; p < NPIN; p++)
-        E2(e, MOV, R(pin_host[p][3]), M(RBX, C_GPR(pin_guest[p]), 8));
-    E2(e, MOV, R(FLAGS_REG), M(RBX, C_FLAGS, 8));
-    E2(e, MOVQ, R(ICOUNT_REG), M(RBX, C_ICOUNT, 8));
+        E2(e, MOV, R(pin_host[p][3]), M(HCPU, C_GPR(pin_guest[p]), 8));
+    E2(e, MOV, R(FLAGS_REG), M(HCPU, C_FLAGS, 8));
+    E2(e, MOVQ, R(ICOUNT_REG), M(HCPU, C_ICOUNT, 8));
 }
 
 /* sync_out / sync_in are the same bytes everywhere (RBX-relative, no addresses): encoded once
@@ -479,20 +480,21 @@ static void sync_in(struct emit *e)
 
 /* Around a call into C code that neither reads nor writes guest registers or flags and never
  * faults (the --cfi hooks): only the caller-saved host registers among the pinned ones need
- * keeping (RBP, R13, R15 and R14 are callee-saved).  Four pushes: the host stack stays 16-byte
- * aligned. */
-static const ZydisRegister pin_volatile[4] = {ZYDIS_REGISTER_R8, ZYDIS_REGISTER_R9,
-                                              ZYDIS_REGISTER_R10, ZYDIS_REGISTER_R11};
+ * keeping (RBP, R13, R15 and R14 are callee-saved).  Six pushes (RDI twice): the host stack
+ * stays 16-byte aligned. */
+static const ZydisRegister pin_volatile[6] = {ZYDIS_REGISTER_R8,  ZYDIS_REGISTER_R9,
+                                              ZYDIS_REGISTER_R10, ZYDIS_REGISTER_R11,
+                                              ZYDIS_REGISTER_RDI, ZYDIS_REGISTER_RDI};
 static void save_volatile(struct emit *e)
 {
-    for (unsigned k = 0; k < 4; k++)
+    for (unsigned k = 0; k < 6; k++)
         E1(e, PUSH, R(pin_volatile[k]));
-    E2(e, MOVQ, M(RBX, C_ICOUNT, 8), R(ICOUNT_REG)); /* all XMM registers are caller-saved */
+    E2(e, MOVQ, M(HCPU, C_ICOUNT, 8), R(ICOUNT_REG)); /* all XMM registers are caller-saved */
 }
 static void restore_volatile(struct emit *e)
 {
-    E2(e, MOVQ, R(ICOUNT_REG), M(RBX, C_ICOUNT, 8));
-    for (unsigned k = 4; k-- > 0;)
+    E2(e, MOVQ, R(ICOUNT_REG), M(HCPU, C_ICOUNT, 8));
+    for (unsigned k = 6; k-- > 0;)
         E1(e, POP, R(pin_volatile[k]));
 }
 
@@ -1181,12 +1183,12 @@ static void call_handler(struct emit *e, const struct bt_insn *i, int64_t off, b
 {
     flush_icount(e, pend);
     rip_at(e, off, b32);
-    E2(e, MOV, M(RBX, C_INSN_RIP, 8), R(ZYDIS_REGISTER_RAX));
+    E2(e, MOV, M(HCPU, C_INSN_RIP, 8), R(ZYDIS_REGISTER_RAX));
     rip_at(e, off + i->len, b32);
-    E2(e, MOV, M(RBX, C_NEXT_RIP, 8), R(ZYDIS_REGISTER_RAX));
-    E2(e, MOV, M(RBX, C_RIP, 8), R(ZYDIS_REGISTER_RAX));
+    E2(e, MOV, M(HCPU, C_NEXT_RIP, 8), R(ZYDIS_REGISTER_RAX));
+    E2(e, MOV, M(HCPU, C_RIP, 8), R(ZYDIS_REGISTER_RAX));
     sync_out(e);
-    E2(e, MOV, R(ZYDIS_REGISTER_RDI), R(RBX));
+    E2(e, MOV, R(ZYDIS_REGISTER_RDI), R(HCPU));
     E2(e, MOV, R(ZYDIS_REGISTER_RSI), I((int64_t)(uintptr_t)i));
     E2(e, MOV, R(ZYDIS_REGISTER_RAX), I((int64_t)(uintptr_t)i->fn));
     E1(e, CALL, R(ZYDIS_REGISTER_RAX));
@@ -1197,15 +1199,15 @@ static void call_handler(struct emit *e, const struct bt_insn *i, int64_t off, b
 /* After a handler in the middle of a block: leave when the interpreter loop would stop. */
 static void after_handler_checks(struct emit *e, struct bt_jit *j)
 {
-    E2(e, MOV, R(ZYDIS_REGISTER_RAX), M(RBX, C_NEXT_RIP, 8));
-    E2(e, CMP, M(RBX, C_RIP, 8), R(ZYDIS_REGISTER_RAX));
+    E2(e, MOV, R(ZYDIS_REGISTER_RAX), M(HCPU, C_NEXT_RIP, 8));
+    E2(e, CMP, M(HCPU, C_RIP, 8), R(ZYDIS_REGISTER_RAX));
     if (j->mid_lookup && j->nmid < ARRAY_SIZE(j->mid_jumps))
         j->mid_jumps[j->nmid++] = jrel(e, ZYDIS_MNEMONIC_JNZ); /* to the block's lookup exit */
     else
         jto(e, ZYDIS_MNEMONIC_JNZ, j->exit_off);
-    E2(e, CMP, M(RBX, C_EXIT_NOW, 1), I(0));
+    E2(e, CMP, M(HCPU, C_EXIT_NOW, 1), I(0));
     jto(e, ZYDIS_MNEMONIC_JNZ, j->exit_off);
-    E2(e, CMP, M(RBX, C_SHADOW, 1), I(0));
+    E2(e, CMP, M(HCPU, C_SHADOW, 1), I(0));
     jto(e, ZYDIS_MNEMONIC_JNZ, j->exit_off);
     E2(e, MOV, R(ZYDIS_REGISTER_RAX), I((int64_t)(uintptr_t)j->pending));
     E2(e, CMP, M(ZYDIS_REGISTER_RAX, 0, 1), I(0));
@@ -1213,9 +1215,9 @@ static void after_handler_checks(struct emit *e, struct bt_jit *j)
     /* what the handler may have raised on this thread without a poke (an EOI or TPR write
      * unmasking an interrupt, a self-IPI): the chained exits no longer test it */
     E2(e, MOV, R(ZYDIS_REGISTER_EAX), I(0));
-    E2(e, OR, R(ZYDIS_REGISTER_AL), M(RBX, C_KICKED, 1));
-    E2(e, OR, R(ZYDIS_REGISTER_AL), M(RBX, C_INTR_PEND, 1));
-    E2(e, OR, R(ZYDIS_REGISTER_AL), M(RBX, C_NMI_PEND, 1));
+    E2(e, OR, R(ZYDIS_REGISTER_AL), M(HCPU, C_KICKED, 1));
+    E2(e, OR, R(ZYDIS_REGISTER_AL), M(HCPU, C_INTR_PEND, 1));
+    E2(e, OR, R(ZYDIS_REGISTER_AL), M(HCPU, C_NMI_PEND, 1));
     if (j->attention) {
         E2(e, MOV, R(ZYDIS_REGISTER_RCX), I((int64_t)(uintptr_t)j->attention));
         E2(e, OR, R(ZYDIS_REGISTER_AL), M(ZYDIS_REGISTER_RCX, 0, 1));
@@ -1237,24 +1239,24 @@ static bool same_page(unsigned page_off, int64_t off)
 static void between_blocks(struct emit *e, struct bt_jit *j, size_t *fails, int *nf, bool full)
 {
     E2(e, MOVQ, R(ZYDIS_REGISTER_RAX), R(ICOUNT_REG));
-    E2(e, CMP, R(ZYDIS_REGISTER_RAX), M(RBX, C_CHAIN_END, 8));
+    E2(e, CMP, R(ZYDIS_REGISTER_RAX), M(HCPU, C_CHAIN_END, 8));
     fails[(*nf)++] = jrel(e, ZYDIS_MNEMONIC_JNBE);
     /* Exit requests, kicks, queued invalidations and the LAPIC's attention from other threads
      * poke chain_end to 0 (bt_jit_poke), and whatever a handler raises on this thread is seen
      * by after_handler_checks, so a branch that ran no handler needs the budget test alone. */
     if (!full) return;
     E2(e, MOV, R(ZYDIS_REGISTER_EAX), I(0));
-    E2(e, OR, R(ZYDIS_REGISTER_AL), M(RBX, C_EXIT_NOW, 1));
-    E2(e, OR, R(ZYDIS_REGISTER_AL), M(RBX, C_KICKED, 1));
-    E2(e, OR, R(ZYDIS_REGISTER_AL), M(RBX, C_INTR_PEND, 1));
-    E2(e, OR, R(ZYDIS_REGISTER_AL), M(RBX, C_NMI_PEND, 1));
+    E2(e, OR, R(ZYDIS_REGISTER_AL), M(HCPU, C_EXIT_NOW, 1));
+    E2(e, OR, R(ZYDIS_REGISTER_AL), M(HCPU, C_KICKED, 1));
+    E2(e, OR, R(ZYDIS_REGISTER_AL), M(HCPU, C_INTR_PEND, 1));
+    E2(e, OR, R(ZYDIS_REGISTER_AL), M(HCPU, C_NMI_PEND, 1));
     if (full) {
-        E2(e, OR, R(ZYDIS_REGISTER_AL), M(RBX, C_SHADOW, 1));
-        E2(e, OR, R(ZYDIS_REGISTER_AL), M(RBX, C_HALTED, 1));
+        E2(e, OR, R(ZYDIS_REGISTER_AL), M(HCPU, C_SHADOW, 1));
+        E2(e, OR, R(ZYDIS_REGISTER_AL), M(HCPU, C_HALTED, 1));
     }
     fails[(*nf)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
     if (full) { /* TF: the loop single-steps */
-        E2(e, TEST, M(RBX, C_FLAGS + 1, 1), I(X86_FLAG_TF >> 8));
+        E2(e, TEST, M(HCPU, C_FLAGS + 1, 1), I(X86_FLAG_TF >> 8));
         fails[(*nf)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
     }
     E2(e, MOV, R(ZYDIS_REGISTER_RAX), I((int64_t)(uintptr_t)j->pending));
@@ -1282,28 +1284,29 @@ static void between_blocks(struct emit *e, struct bt_jit *j, size_t *fails, int 
 _Static_assert(sizeof(struct bt_tlb_entry) == 1 << TLB_ESHIFT, "the TLB probes scale the index");
 _Static_assert(offsetof(struct x86_seg, base) == 0, "segment base first");
 
-/* RAX holds a linear code address (64-bit code): RSI = its soft-TLB entry if that maps the page
+/* RAX holds a linear code address (64-bit code): RCX = its soft-TLB entry if that maps the page
  * executable at the current CPL, else a jump to a fails[] entry.  The same test bt_fetch's fast
  * path makes, so a hit means the interpreter would fetch from the page the entry names.
- * Clobbers RCX, RDX. */
+ * Clobbers RDX. */
 static void tlb_exec_probe(struct emit *e, size_t *fails, int *nf)
 {
     E2(e, MOV, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RAX));
     E2(e, SHR, R(ZYDIS_REGISTER_RCX), I(12));
     E2(e, AND, R(ZYDIS_REGISTER_ECX), I(BT_TLB_SIZE - 1));
     E2(e, SHL, R(ZYDIS_REGISTER_ECX), I(TLB_ESHIFT));
-    E2(e, LEA, R(ZYDIS_REGISTER_RSI), MX(RBX, ZYDIS_REGISTER_RCX, 1, C_TLB, 8));
+    E2(e, LEA, R(ZYDIS_REGISTER_RCX), MX(HCPU, ZYDIS_REGISTER_RCX, 1, C_TLB, 8));
     E2(e, MOV, R(ZYDIS_REGISTER_RDX), R(ZYDIS_REGISTER_RAX));
     E2(e, AND, R(ZYDIS_REGISTER_RDX), I(~(int64_t)0xfff));
     E2(e, OR, R(ZYDIS_REGISTER_RDX), I(1));
-    E2(e, CMP, R(ZYDIS_REGISTER_RDX), M(ZYDIS_REGISTER_RSI, T_VTAG, 8));
+    E2(e, CMP, R(ZYDIS_REGISTER_RDX), M(ZYDIS_REGISTER_RCX, T_VTAG, 8));
     fails[(*nf)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
     /* execute permission: supervisor bit 2, user bit 5 (mmu.c) */
     E2(e, MOV, R(ZYDIS_REGISTER_EDX), I(BT_ACC_EXEC));
-    E2(e, MOV, R(ZYDIS_REGISTER_ECX), I(BT_ACC_EXEC << 3));
-    E2(e, CMP, M(RBX, C_CPL, 1), I(3));
-    E2(e, CMOVZ, R(ZYDIS_REGISTER_EDX), R(ZYDIS_REGISTER_ECX));
-    E2(e, TEST, M(ZYDIS_REGISTER_RSI, T_PERM, 4), R(ZYDIS_REGISTER_EDX));
+    E2(e, CMP, M(HCPU, C_CPL, 1), I(3));
+    size_t sup = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    E2(e, MOV, R(ZYDIS_REGISTER_EDX), I(BT_ACC_EXEC << 3));
+    patch(e, sup, e->pos);
+    E2(e, TEST, M(ZYDIS_REGISTER_RCX, T_PERM, 4), R(ZYDIS_REGISTER_EDX));
     fails[(*nf)++] = jrel(e, ZYDIS_MNEMONIC_JZ);
 }
 
@@ -1323,28 +1326,28 @@ static void lookup_exit(struct emit *e, struct bt_jit *j, bool after_handler)
     size_t fails[12], kfails[4], tfails[8];
     int nf = 0, nk = 0, nt = 0;
     between_blocks(e, j, fails, &nf, after_handler);
-    E2(e, MOV, R(ZYDIS_REGISTER_RAX), M(RBX, C_RIP, 8));
+    E2(e, MOV, R(ZYDIS_REGISTER_RAX), M(HCPU, C_RIP, 8));
     E2(e, MOV, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RAX));
     E2(e, SHR, R(ZYDIS_REGISTER_RCX), I(12));
     E2(e, XOR, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RAX));
     E2(e, AND, R(ZYDIS_REGISTER_ECX), I(JIT_LOOKUP_SIZE - 1));
     E2(e, SHL, R(ZYDIS_REGISTER_ECX), I(5));
-    E2(e, MOV, R(ZYDIS_REGISTER_RDI), I((int64_t)(uintptr_t)j->ltab));
-    E2(e, ADD, R(ZYDIS_REGISTER_RDI), R(ZYDIS_REGISTER_RCX));
-    E2(e, CMP, R(ZYDIS_REGISTER_RAX), M(ZYDIS_REGISTER_RDI, L_RIP, 8));
+    E2(e, MOV, R(ZYDIS_REGISTER_RSI), I((int64_t)(uintptr_t)j->ltab));
+    E2(e, ADD, R(ZYDIS_REGISTER_RSI), R(ZYDIS_REGISTER_RCX));
+    E2(e, CMP, R(ZYDIS_REGISTER_RAX), M(ZYDIS_REGISTER_RSI, L_RIP, 8));
     kfails[nk++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
-    E2(e, MOV, R(ZYDIS_REGISTER_RDX), M(RBX, C_CR3, 8));
-    E2(e, CMP, R(ZYDIS_REGISTER_RDX), M(ZYDIS_REGISTER_RDI, L_CR3, 8));
+    E2(e, MOV, R(ZYDIS_REGISTER_RDX), M(HCPU, C_CR3, 8));
+    E2(e, CMP, R(ZYDIS_REGISTER_RDX), M(ZYDIS_REGISTER_RSI, L_CR3, 8));
     kfails[nk++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
-    E2(e, MOV, R(ZYDIS_REGISTER_EDX), M(RBX, C_CPL, 4));
-    E2(e, CMP, R(ZYDIS_REGISTER_EDX), M(ZYDIS_REGISTER_RDI, L_MODE, 4));
+    E2(e, MOV, R(ZYDIS_REGISTER_EDX), M(HCPU, C_CPL, 4));
+    E2(e, CMP, R(ZYDIS_REGISTER_EDX), M(ZYDIS_REGISTER_RSI, L_MODE, 4));
     kfails[nk++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
     tlb_exec_probe(e, tfails, &nt);
-    E2(e, MOV, R(ZYDIS_REGISTER_RDX), M(ZYDIS_REGISTER_RSI, T_GPA, 8));
-    E2(e, CMP, R(ZYDIS_REGISTER_RDX), M(ZYDIS_REGISTER_RDI, L_GPA, 8));
+    E2(e, MOV, R(ZYDIS_REGISTER_RDX), M(ZYDIS_REGISTER_RCX, T_GPA, 8));
+    E2(e, CMP, R(ZYDIS_REGISTER_RDX), M(ZYDIS_REGISTER_RSI, L_GPA, 8));
     tfails[nt++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
     count(e, &j->st.lookup_hits);
-    E2(e, MOV, R(ZYDIS_REGISTER_EAX), M(ZYDIS_REGISTER_RDI, L_CODE, 4));
+    E2(e, MOV, R(ZYDIS_REGISTER_EAX), M(ZYDIS_REGISTER_RSI, L_CODE, 4));
     E2(e, MOV, R(ZYDIS_REGISTER_RCX), I((int64_t)(uintptr_t)j->rx));
     E2(e, ADD, R(ZYDIS_REGISTER_RAX), R(ZYDIS_REGISTER_RCX));
     E1(e, JMP, R(ZYDIS_REGISTER_RAX));
@@ -1374,13 +1377,13 @@ static void leave_far(struct emit *e, struct bt_jit *j)
     size_t fails[12];
     int nf = 0;
     between_blocks(e, j, fails, &nf, false);
-    E2(e, MOV, R(ZYDIS_REGISTER_RAX), M(RBX, C_RIP, 8));
+    E2(e, MOV, R(ZYDIS_REGISTER_RAX), M(HCPU, C_RIP, 8));
     tlb_exec_probe(e, fails, &nf);
     size_t before = e->pos;
     E2(e, MOV, R(ZYDIS_REGISTER_RDX), I((int64_t)JIT_NO_GPA));
     if (!e->fail && e->pos - before != 10) e->fail = true; /* want REX.W B8+r imm64 */
     size_t imm_off = e->pos - 8;
-    E2(e, CMP, R(ZYDIS_REGISTER_RDX), M(ZYDIS_REGISTER_RSI, T_GPA, 8));
+    E2(e, CMP, R(ZYDIS_REGISTER_RDX), M(ZYDIS_REGISTER_RCX, T_GPA, 8));
     size_t other = jrel(e, ZYDIS_MNEMONIC_JNZ);
     E2(e, MOV, R(R12), R(ZYDIS_REGISTER_RAX));  /* the successor's entry RIP (JIT_ENTRY2) */
     size_t chain = jrel(e, ZYDIS_MNEMONIC_JMP); /* rel32 0: falls through until patched */
@@ -1407,7 +1410,7 @@ static void leave_direct(struct emit *e, struct bt_jit *j, unsigned page_off, in
 {
     if (!same_page(page_off, off)) {
         rip_at(e, off, b32);
-        E2(e, MOV, M(RBX, C_RIP, 8), R(ZYDIS_REGISTER_RAX));
+        E2(e, MOV, M(HCPU, C_RIP, 8), R(ZYDIS_REGISTER_RAX));
         icount_add(e, count);
         if (!b32)
             leave_far(e, j);
@@ -1431,7 +1434,7 @@ static void leave_direct(struct emit *e, struct bt_jit *j, unsigned page_off, in
     E2(e, MOV, M(ZYDIS_REGISTER_RCX, 0, 8), R(ZYDIS_REGISTER_RAX));
     for (int k = 0; k < nf; k++)
         patch(e, fails[k], e->pos);
-    E2(e, MOV, M(RBX, C_RIP, 8), R(R12));
+    E2(e, MOV, M(HCPU, C_RIP, 8), R(R12));
     jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
 }
 
@@ -1575,7 +1578,7 @@ static void mem_lin(struct emit *e, const struct bt_operand *o, int64_t off)
             E2(e, LEA, R(HRDX), M(b, o->disp, 8));
         }
     }
-    if (o->seg == SEG_FS || o->seg == SEG_GS) E2(e, ADD, R(HRDX), M(RBX, C_SEGBASE(o->seg), 8));
+    if (o->seg == SEG_FS || o->seg == SEG_GS) E2(e, ADD, R(HRDX), M(HCPU, C_SEGBASE(o->seg), 8));
 }
 
 /* RSI = host address for an access of `size` bytes at RDX, or a jump to the slow path (the
@@ -1592,18 +1595,18 @@ static void mem_lin(struct emit *e, const struct bt_operand *o, int64_t off)
 static void probe_emit(struct emit *e, unsigned size, bool write, bool user, size_t *slow,
                        int *nslow)
 {
-    E2(e, MOV, R(HRDI), R(HRDX));
-    E2(e, SHR, R(HRDI), I(12 - TLB_ESHIFT));
-    E2(e, AND, R(HEDI), I((BT_TLB_SIZE - 1) << TLB_ESHIFT));
+    E2(e, MOV, R(HRCX), R(HRDX));
+    E2(e, SHR, R(HRCX), I(12 - TLB_ESHIFT));
+    E2(e, AND, R(HECX), I((BT_TLB_SIZE - 1) << TLB_ESHIFT));
     if (size > 1)
         E2(e, LEA, R(HRSI), M(HRDX, size - 1, 8));
     else
         E2(e, MOV, R(HRSI), R(HRDX));
     E2(e, OR, R(HRSI), I(0xfff));
     /* the fast tag for the block's privilege (translations are made per CPL class) */
-    E2(e, CMP, R(HRSI), MX(RBX, HRDI, 1, C_TLB + T_FTAG + 8 * (2 * user + write), 8));
+    E2(e, CMP, R(HRSI), MX(HCPU, HRCX, 1, C_TLB + T_FTAG + 8 * (2 * user + write), 8));
     slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
-    E2(e, MOV, R(HRSI), MX(RBX, HRDI, 1, C_TLB + T_ADDEND, 8));
+    E2(e, MOV, R(HRSI), MX(HCPU, HRCX, 1, C_TLB + T_ADDEND, 8));
     E2(e, ADD, R(HRSI), R(HRDX));
 }
 
@@ -1701,9 +1704,9 @@ static bool is_xmm(const struct bt_operand *o)
  * raises #UD or #NM) */
 static void sse_usable(struct emit *e, size_t *slow, int *nslow)
 {
-    E2(e, TEST, M(RBX, C_CR0, 4), I(X86_CR0_EM | X86_CR0_TS));
+    E2(e, TEST, M(HCPU, C_CR0, 4), I(X86_CR0_EM | X86_CR0_TS));
     slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
-    E2(e, TEST, M(RBX, C_CR4, 4), I(X86_CR4_OSFXSR));
+    E2(e, TEST, M(HCPU, C_CR4, 4), I(X86_CR4_OSFXSR));
     slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JZ);
 }
 
@@ -1718,7 +1721,7 @@ static bool native_sse_int(struct emit *e, const struct bt_jit *j, const struct 
     if (i->mnemonic == ZYDIS_MNEMONIC_PMOVMSKB) {
         if (!is_gpr(d) || (d->size != 4 && d->size != 8) || !is_xmm(s)) return false;
         sse_usable(e, slow, nslow);
-        E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM0), M(RBX, C_XMM(s->zreg - ZYDIS_REGISTER_XMM0), 16));
+        E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM0), M(HCPU, C_XMM(s->zreg - ZYDIS_REGISTER_XMM0), 16));
         E2(e, PMOVMSKB, R(ZYDIS_REGISTER_EAX), R(ZYDIS_REGISTER_XMM0));
         store_gpr(e, 0, d->reg, 4); /* zero-extended */
         return true;
@@ -1747,7 +1750,7 @@ static bool native_sse_int(struct emit *e, const struct bt_jit *j, const struct 
         return false;
     sse_usable(e, slow, nslow);
     if (is_xmm(s)) {
-        E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM1), M(RBX, C_XMM(s->zreg - ZYDIS_REGISTER_XMM0), 16));
+        E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM1), M(HCPU, C_XMM(s->zreg - ZYDIS_REGISTER_XMM0), 16));
     } else {
         mem_lin(e, s, off);
         E2(e, TEST, R(ZYDIS_REGISTER_DL), I(15));
@@ -1755,10 +1758,10 @@ static bool native_sse_int(struct emit *e, const struct bt_jit *j, const struct 
         probe_call(e, j, 16, false, slow, nslow);
         E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM1), M(HRSI, 0, 16));
     }
-    E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM0), M(RBX, C_XMM(d->zreg - ZYDIS_REGISTER_XMM0), 16));
+    E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM0), M(HCPU, C_XMM(d->zreg - ZYDIS_REGISTER_XMM0), 16));
     enc(e, (ZydisMnemonic)i->mnemonic, 2,
         (ZydisEncoderOperand[]){R(ZYDIS_REGISTER_XMM0), R(ZYDIS_REGISTER_XMM1)});
-    E2(e, MOVDQU, M(RBX, C_XMM(d->zreg - ZYDIS_REGISTER_XMM0), 16), R(ZYDIS_REGISTER_XMM0));
+    E2(e, MOVDQU, M(HCPU, C_XMM(d->zreg - ZYDIS_REGISTER_XMM0), 16), R(ZYDIS_REGISTER_XMM0));
     return true;
 }
 
@@ -1798,12 +1801,13 @@ static bool native_sse_move(struct emit *e, const struct bt_jit *j, const struct
     }
     if (load) {
         if (is_xmm(s))
-            E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM0), M(RBX, C_XMM(s->zreg - ZYDIS_REGISTER_XMM0), 16));
+            E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM0),
+               M(HCPU, C_XMM(s->zreg - ZYDIS_REGISTER_XMM0), 16));
         else
             E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM0), M(HRSI, 0, 16));
-        E2(e, MOVDQU, M(RBX, C_XMM(d->zreg - ZYDIS_REGISTER_XMM0), 16), R(ZYDIS_REGISTER_XMM0));
+        E2(e, MOVDQU, M(HCPU, C_XMM(d->zreg - ZYDIS_REGISTER_XMM0), 16), R(ZYDIS_REGISTER_XMM0));
     } else {
-        E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM0), M(RBX, C_XMM(s->zreg - ZYDIS_REGISTER_XMM0), 16));
+        E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM0), M(HCPU, C_XMM(s->zreg - ZYDIS_REGISTER_XMM0), 16));
         E2(e, MOVDQU, M(HRSI, 0, 16), R(ZYDIS_REGISTER_XMM0));
     }
     return true;
@@ -2015,7 +2019,7 @@ static void check_canonical_rax(struct emit *e, size_t *slow, int *nslow)
  * drops no dead record and a RET whose return address matches the newest record; anything else
  * (no shadow stack yet, another user address space, dead records, a mismatch or an empty
  * stack) jumps to `slow`, where the C hook runs.  The stack slot is the
- * guest RSP (R13), the return address or target is in RAX.  Clobbers RCX, RDX, RDI (RSI kept). */
+ * guest RSP (R13), the return address or target is in RAX (kept).  Clobbers RCX, RDX, RSI. */
 #define C_CFI ((int64_t)offsetof(struct bt_cpu, cfi))
 #define K_ST(u)                                                                                    \
     ((int64_t)offsetof(struct bt_cfi_cpu, st) + (int64_t)(u) * (int64_t)sizeof(struct bt_cfi_stack))
@@ -2030,54 +2034,54 @@ _Static_assert(sizeof(struct bt_cfi_frame) == 16 && BT_CFI_DEPTH == 64, "the inl
 static void cfi_inline(struct emit *e, bool user, bool call, size_t *slow, int *nslow)
 {
     ZydisRegister slot = pinned(RSP, 8);
-    E2(e, MOV, R(HRDI), M(RBX, C_CFI, 8));
-    E2(e, TEST, R(HRDI), R(HRDI));
+    E2(e, MOV, R(HRSI), M(HCPU, C_CFI, 8));
+    E2(e, TEST, R(HRSI), R(HRSI));
     slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JZ);
     if (user) { /* the user stack belongs to this address space (else the hook resets it) */
-        E2(e, MOV, R(HRDX), M(RBX, C_CR3, 8));
+        E2(e, MOV, R(HRDX), M(HCPU, C_CR3, 8));
         E2(e, BTR, R(HRDX), I(63));
         E2(e, AND, R(HRDX), I(-4096));
-        E2(e, CMP, R(HRDX), M(HRDI, K_ST(1) + S_SPACE, 8));
+        E2(e, CMP, R(HRDX), M(HRSI, K_ST(1) + S_SPACE, 8));
         slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
     }
     int64_t st = K_ST(user ? 1 : 0);
-    E2(e, ADD, R(HRDI), I(st)); /* RDI = the shadow stack */
-    E2(e, MOV, R(HECX), M(HRDI, S_N, 4));
+    E2(e, ADD, R(HRSI), I(st)); /* RSI = the shadow stack */
+    E2(e, MOV, R(HECX), M(HRSI, S_N, 4));
     E2(e, TEST, R(HECX), R(HECX));
     size_t empty = 0;
     if (call)
         empty = jrel(e, ZYDIS_MNEMONIC_JZ);
     else
         slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JZ); /* unverified: the hook counts it */
-    E2(e, MOV, R(HEDX), M(HRDI, S_TOP, 4));
+    E2(e, MOV, R(HEDX), M(HRSI, S_TOP, 4));
     E2(e, ADD, R(HEDX), I(BT_CFI_DEPTH - 1));
     E2(e, AND, R(HEDX), I(BT_CFI_DEPTH - 1)); /* the newest record */
     E2(e, MOV, R(HECX), R(HEDX));
     E2(e, SHL, R(HECX), I(4));
-    E2(e, CMP, MX(HRDI, HRCX, 1, S_F, 8), R(slot));
+    E2(e, CMP, MX(HRSI, HRCX, 1, S_F, 8), R(slot));
     if (call) {
         slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JBE); /* a dead record to drop first */
         patch(e, empty, e->pos);
-        E2(e, MOV, R(HEDX), M(HRDI, S_TOP, 4));
+        E2(e, MOV, R(HEDX), M(HRSI, S_TOP, 4));
         E2(e, MOV, R(HECX), R(HEDX));
         E2(e, SHL, R(HECX), I(4));
-        E2(e, MOV, MX(HRDI, HRCX, 1, S_F, 8), R(slot));
-        E2(e, MOV, MX(HRDI, HRCX, 1, S_F + 8, 8), R(HRAX));
+        E2(e, MOV, MX(HRSI, HRCX, 1, S_F, 8), R(slot));
+        E2(e, MOV, MX(HRSI, HRCX, 1, S_F + 8, 8), R(HRAX));
         E2(e, ADD, R(HEDX), I(1));
         E2(e, AND, R(HEDX), I(BT_CFI_DEPTH - 1));
-        E2(e, MOV, M(HRDI, S_TOP, 4), R(HEDX));
-        E2(e, MOV, R(HECX), M(HRDI, S_N, 4));
+        E2(e, MOV, M(HRSI, S_TOP, 4), R(HEDX));
+        E2(e, MOV, R(HECX), M(HRSI, S_N, 4));
         E2(e, CMP, R(HECX), I(BT_CFI_DEPTH));
         E2(e, ADC, R(HECX), I(0)); /* one more while below the depth */
-        E2(e, MOV, M(HRDI, S_N, 4), R(HECX));
-        E1(e, INC, M(HRDI, K_CALLS - st, 8));
+        E2(e, MOV, M(HRSI, S_N, 4), R(HECX));
+        E1(e, INC, M(HRSI, K_CALLS - st, 8));
     } else {
         slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ); /* no record for this slot */
-        E2(e, CMP, MX(HRDI, HRCX, 1, S_F + 8, 8), R(HRAX));
+        E2(e, CMP, MX(HRSI, HRCX, 1, S_F + 8, 8), R(HRAX));
         slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ); /* a mismatch: the hook decides */
-        E2(e, MOV, M(HRDI, S_TOP, 4), R(HEDX));
-        E1(e, DEC, M(HRDI, S_N, 4));
-        E1(e, INC, M(HRDI, K_CHECKED - st, 8));
+        E2(e, MOV, M(HRSI, S_TOP, 4), R(HEDX));
+        E1(e, DEC, M(HRSI, S_N, 4));
+        E1(e, INC, M(HRSI, K_CHECKED - st, 8));
     }
 }
 
@@ -2088,7 +2092,7 @@ static void cfi_c_hook(struct emit *e, const void *hook)
     save_volatile(e);
     E2(e, MOV, R(ZYDIS_REGISTER_RDX), R(HRAX));
     E2(e, MOV, R(ZYDIS_REGISTER_RSI), G(RSP, 8));
-    E2(e, MOV, R(ZYDIS_REGISTER_RDI), R(RBX));
+    E2(e, MOV, R(ZYDIS_REGISTER_RDI), R(HCPU));
     E2(e, MOV, R(HRAX), I((int64_t)(uintptr_t)hook));
     E1(e, CALL, R(HRAX));
     restore_volatile(e);
@@ -2156,9 +2160,8 @@ static bool native_callret(struct emit *e, struct bt_jit *j, const struct bt_ins
             ret_done = jrel(e, ZYDIS_MNEMONIC_JMP);
             for (int k = 0; k < ncs; k++)
                 patch(e, cs[k], e->pos);
-            rip_at(e, off, false);
-            E2(e, MOV, M(RBX, C_INSN_RIP, 8), R(HRAX)); /* for its message */
-            E2(e, MOV, R(HRAX), M(HRSI, 0, 8));
+            E2(e, LEA, R(HRCX), M(R12, off, 8));
+            E2(e, MOV, M(HCPU, C_INSN_RIP, 8), R(HRCX)); /* for its message */
             E1(e, PUSH, R(HRAX)); /* twice: the host stack stays 16-byte aligned for the call */
             E1(e, PUSH, R(HRAX));
             cfi_c_hook(e, (const void *)bt_cfi_ret); /* a stop: the exit writes c->s back */
@@ -2170,13 +2173,13 @@ static bool native_callret(struct emit *e, struct bt_jit *j, const struct bt_ins
             patch(e, ret_done, e->pos);
         }
         E2(e, ADD, G(RSP, 8), I(8 + extra));
-        E2(e, MOV, M(RBX, C_RIP, 8), R(HRAX));
+        E2(e, MOV, M(HCPU, C_RIP, 8), R(HRAX));
         icount_add(e, *pend + 1);
         lookup_exit(e, j, false); /* the return target through the inline lookup */
         if (cfi) {                /* stopped: the RET has not run; s.rip at it, exit_now set */
             patch(e, stopped, e->pos);
             rip_at(e, off, false);
-            E2(e, MOV, M(RBX, C_RIP, 8), R(HRAX));
+            E2(e, MOV, M(HCPU, C_RIP, 8), R(HRAX));
             icount_add(e, *pend);
             jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
         }
@@ -2199,33 +2202,33 @@ static bool native_callret(struct emit *e, struct bt_jit *j, const struct bt_ins
  * treat specially (a split-line LOCK) takes the slow path: the handler runs the whole
  * instruction. */
 
-/* RDI / RSI by size */
-static ZydisRegister rdi_sz(unsigned size)
+/* RSI by size */
+static ZydisRegister rsi_sz(unsigned size)
 {
-    return size == 1   ? ZYDIS_REGISTER_DIL
-           : size == 2 ? ZYDIS_REGISTER_DI
-           : size == 4 ? ZYDIS_REGISTER_EDI
-                       : ZYDIS_REGISTER_RDI;
+    return size == 1   ? ZYDIS_REGISTER_SIL
+           : size == 2 ? ZYDIS_REGISTER_SI
+           : size == 4 ? ZYDIS_REGISTER_ESI
+                       : ZYDIS_REGISTER_RSI;
 }
 
-/* RDI = the source operand (a GPR, not AH..BH, or an inline memory operand), zero-extended */
-static bool load_src_rdi(struct emit *e, const struct bt_jit *j, const struct bt_insn *i,
+/* RSI = the source operand (a GPR, not AH..BH, or an inline memory operand), zero-extended */
+static bool load_src_rsi(struct emit *e, const struct bt_jit *j, const struct bt_insn *i,
                          const struct bt_operand *o, int64_t off, size_t *slow, int *nslow)
 {
     unsigned size = o->size;
     if (is_gpr(o)) {
         if (size < 4)
-            E2(e, MOVZX, R(HEDI), G(o->reg, size));
+            E2(e, MOVZX, R(HESI), G(o->reg, size));
         else
-            E2(e, MOV, R(rdi_sz(size)), G(o->reg, size));
+            E2(e, MOV, R(rsi_sz(size)), G(o->reg, size));
         return true;
     }
     if (!inline_mem_ok(i, o, off, false)) return false;
     mem_probe(e, j, o, off, false, slow, nslow);
     if (size < 4)
-        E2(e, MOVZX, R(HEDI), M(HRSI, 0, size));
+        E2(e, MOVZX, R(HESI), M(HRSI, 0, size));
     else
-        E2(e, MOV, R(rdi_sz(size)), M(HRSI, 0, size));
+        E2(e, MOV, R(rsi_sz(size)), M(HRSI, 0, size));
     return true;
 }
 
@@ -2244,8 +2247,8 @@ static bool native_muldiv(struct emit *e, const struct bt_jit *j, const struct b
     const struct bt_operand *o = &i->op[0];
     unsigned size = o->size;
     if (size != 1 && size != 2 && size != 4 && size != 8) return false;
-    if (!load_src_rdi(e, j, i, o, off, slow, nslow)) return false;
-    ZydisRegister d = rdi_sz(size);
+    if (!load_src_rsi(e, j, i, o, off, slow, nslow)) return false;
+    ZydisRegister d = rsi_sz(size);
     if (m == ZYDIS_MNEMONIC_DIV || m == ZYDIS_MNEMONIC_IDIV) {
         E2(e, TEST, R(d), R(d));
         slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JZ);
@@ -2295,10 +2298,10 @@ static bool native_bitscan(struct emit *e, const struct bt_jit *j, const struct 
     const struct bt_operand *d = &i->op[0], *s = &i->op[1];
     unsigned size = d->size;
     if (!is_gpr(d) || (size != 2 && size != 4 && size != 8) || s->size != size) return false;
-    if (!load_src_rdi(e, j, i, s, off, slow, nslow)) return false;
+    if (!load_src_rsi(e, j, i, s, off, slow, nslow)) return false;
     load_guest_flags(e);
     E2(e, MOV, R(HRAX), G(d->reg, 8));
-    enc(e, m, 2, (ZydisEncoderOperand[]){R(hreg(0, size)), R(rdi_sz(size))});
+    enc(e, m, 2, (ZydisEncoderOperand[]){R(hreg(0, size)), R(rsi_sz(size))});
     E2(e, MOV, G(d->reg, 8), R(HRAX));
     take_flags(e, BT_ARITH_FLAGS);
     return true;
@@ -2374,16 +2377,17 @@ static bool native_sse_more(struct emit *e, const struct bt_insn *i, size_t *slo
         if (!is_xmm(d) || !is_xmm(s)) return false;
         if (shuf && (i->nops < 3 || i->op[2].kind != BT_OPK_IMM)) return false;
         sse_usable(e, slow, nslow);
-        E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM1), M(RBX, C_XMM(s->zreg - ZYDIS_REGISTER_XMM0), 16));
+        E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM1), M(HCPU, C_XMM(s->zreg - ZYDIS_REGISTER_XMM0), 16));
         if (shuf) {
             enc(e, m, 3,
                 (ZydisEncoderOperand[]){R(ZYDIS_REGISTER_XMM0), R(ZYDIS_REGISTER_XMM1),
                                         I(i->op[2].disp & 0xff)});
         } else {
-            E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM0), M(RBX, C_XMM(d->zreg - ZYDIS_REGISTER_XMM0), 16));
+            E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM0),
+               M(HCPU, C_XMM(d->zreg - ZYDIS_REGISTER_XMM0), 16));
             enc(e, m, 2, (ZydisEncoderOperand[]){R(ZYDIS_REGISTER_XMM0), R(ZYDIS_REGISTER_XMM1)});
         }
-        E2(e, MOVDQU, M(RBX, C_XMM(d->zreg - ZYDIS_REGISTER_XMM0), 16), R(ZYDIS_REGISTER_XMM0));
+        E2(e, MOVDQU, M(HCPU, C_XMM(d->zreg - ZYDIS_REGISTER_XMM0), 16), R(ZYDIS_REGISTER_XMM0));
         return true;
     }
     case ZYDIS_MNEMONIC_MOVD:
@@ -2392,13 +2396,13 @@ static bool native_sse_more(struct emit *e, const struct bt_insn *i, size_t *slo
         if (is_xmm(d) && is_gpr(s) && s->size == n) {
             sse_usable(e, slow, nslow);
             E2(e, MOV, R(hreg(0, n)), G(s->reg, n));
-            E2(e, MOV, M(RBX, C_XMM(d->zreg - ZYDIS_REGISTER_XMM0), 8), R(HRAX));
-            E2(e, MOV, M(RBX, C_XMM(d->zreg - ZYDIS_REGISTER_XMM0) + 8, 8), I(0));
+            E2(e, MOV, M(HCPU, C_XMM(d->zreg - ZYDIS_REGISTER_XMM0), 8), R(HRAX));
+            E2(e, MOV, M(HCPU, C_XMM(d->zreg - ZYDIS_REGISTER_XMM0) + 8, 8), I(0));
             return true;
         }
         if (is_gpr(d) && d->size == n && is_xmm(s)) {
             sse_usable(e, slow, nslow);
-            E2(e, MOV, R(hreg(0, n)), M(RBX, C_XMM(s->zreg - ZYDIS_REGISTER_XMM0), n));
+            E2(e, MOV, R(hreg(0, n)), M(HCPU, C_XMM(s->zreg - ZYDIS_REGISTER_XMM0), n));
             store_gpr(e, 0, d->reg, n);
             return true;
         }
@@ -2472,7 +2476,7 @@ static bool native_flags_ops(struct emit *e, const struct bt_jit *j, const struc
         if (stack_bits != 64 || i->opsize != 64) return false;
         struct bt_operand slot = stack_slot(-8);
         mem_probe(e, j, &slot, off, true, slow, nslow);
-        E2(e, MOV, R(HRAX), M(RBX, C_FLAGS, 8)); /* the other bits from memory */
+        E2(e, MOV, R(HRAX), M(HCPU, C_FLAGS, 8)); /* the other bits from memory */
         E2(e, AND, R(HRAX), I(~(int64_t)(X86_FLAG_VM | X86_FLAG_RF | BT_ARITH_FLAGS)));
         E2(e, MOV, R(HECX), R(ZYDIS_REGISTER_R14D));
         E2(e, AND, R(HECX), I(BT_ARITH_FLAGS));
@@ -2482,12 +2486,12 @@ static bool native_flags_ops(struct emit *e, const struct bt_jit *j, const struc
         return true;
     }
     if (i->mnemonic == ZYDIS_MNEMONIC_CLI) {
-        E2(e, MOV, R(HEAX), M(RBX, C_FLAGS, 4));
+        E2(e, MOV, R(HEAX), M(HCPU, C_FLAGS, 4));
         E2(e, SHR, R(HEAX), I(12));
         E2(e, AND, R(HEAX), I(3));
-        E2(e, CMP, R(ZYDIS_REGISTER_AL), M(RBX, C_CPL, 1));
+        E2(e, CMP, R(ZYDIS_REGISTER_AL), M(HCPU, C_CPL, 1));
         slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JB);
-        E2(e, AND, M(RBX, C_FLAGS, 8), I(~(int64_t)X86_FLAG_IF));
+        E2(e, AND, M(HCPU, C_FLAGS, 8), I(~(int64_t)X86_FLAG_IF));
         return true;
     }
     return false;
@@ -2531,7 +2535,7 @@ static bool native_indirect(struct emit *e, struct bt_jit *j, const struct bt_in
     }
     check_canonical_rax(e, slow, &nslow);
     /* s.rip = the target now (a slow path below rewrites it before the handler runs) */
-    E2(e, MOV, M(RBX, C_RIP, 8), R(HRAX));
+    E2(e, MOV, M(HCPU, C_RIP, 8), R(HRAX));
     if (call) {
         struct bt_operand slot = stack_slot(-8);
         mem_probe(e, j, &slot, off, true, slow, &nslow);
@@ -2575,7 +2579,7 @@ static int emit_trampoline(struct bt_jit *j, struct bt_cpu *c)
     for (size_t k = 0; k < ARRAY_SIZE(saved); k++)
         E1(&e, PUSH, R(saved[k]));
     E2(&e, SUB, R(ZYDIS_REGISTER_RSP), I(8)); /* 16-byte alignment for the handler calls */
-    E2(&e, MOV, R(RBX), R(ZYDIS_REGISTER_RDI));
+    E2(&e, MOV, R(HCPU), R(ZYDIS_REGISTER_RDI));
     sync_in(&e); /* the guest state translated code keeps in host registers */
     E1(&e, JMP, R(ZYDIS_REGISTER_RSI));
     j->exit_off = e.pos;
@@ -2811,18 +2815,18 @@ static void crossing_check(struct emit *e, struct bt_jit *j, unsigned avail)
     size_t fails[8];
     int nf = 0;
     E2(e, LEA, R(ZYDIS_REGISTER_RAX), M(R12, avail, 8));
-    tlb_exec_probe(e, fails, &nf); /* RSI = the entry */
-    E2(e, TEST, M(ZYDIS_REGISTER_RSI, T_PERM, 4), I(BT_TLB_RAM));
+    tlb_exec_probe(e, fails, &nf); /* RCX = the entry */
+    E2(e, TEST, M(ZYDIS_REGISTER_RCX, T_PERM, 4), I(BT_TLB_RAM));
     fails[nf++] = jrel(e, ZYDIS_MNEMONIC_JZ);
-    E2(e, MOV, R(ZYDIS_REGISTER_RDX), M(ZYDIS_REGISTER_RSI, T_ADDEND, 8));
+    E2(e, MOV, R(ZYDIS_REGISTER_RDX), M(ZYDIS_REGISTER_RCX, T_ADDEND, 8));
     E2(e, ADD, R(ZYDIS_REGISTER_RDX), R(ZYDIS_REGISTER_RAX)); /* host address of its byte 0 */
     for (unsigned at = 0; at < j->xlen; at += 8) {
         unsigned nb = j->xlen - at < 8 ? j->xlen - at : 8;
         uint64_t want = 0;
         memcpy(&want, j->xbytes + at, nb);
         E2(e, MOV, R(ZYDIS_REGISTER_RCX), M(ZYDIS_REGISTER_RDX, at, 8)); /* within the page */
-        E2(e, MOV, R(ZYDIS_REGISTER_RDI), I((int64_t)want));
-        E2(e, XOR, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RDI));
+        E2(e, MOV, R(ZYDIS_REGISTER_RSI), I((int64_t)want));
+        E2(e, XOR, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RSI));
         if (nb < 8)
             E2(e, SHL, R(ZYDIS_REGISTER_RCX), I(64 - 8 * nb)); /* the first nb bytes */
         else
@@ -2832,7 +2836,7 @@ static void crossing_check(struct emit *e, struct bt_jit *j, unsigned avail)
     size_t ok = jrel(e, ZYDIS_MNEMONIC_JMP);
     for (int k = 0; k < nf; k++)
         patch(e, fails[k], e->pos);
-    E2(e, MOV, M(RBX, C_RIP, 8), R(R12));    /* a chained entry did not write it */
+    E2(e, MOV, M(HCPU, C_RIP, 8), R(R12));   /* a chained entry did not write it */
     jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off); /* icount untouched */
     patch(e, ok, e->pos);
 }
@@ -2879,7 +2883,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
     unsigned nsp = 0;
     if (n > JIT_BLOCK_MAX) return (*slot = JIT_UNTRANSLATABLE), 1;
     if (j->xlen && (b32 || j->xlen > 15 || n != 1)) return (*slot = JIT_UNTRANSLATABLE), 1;
-    E2(&e, MOV, R(R12), M(RBX, C_RIP, 8));
+    E2(&e, MOV, R(R12), M(HCPU, C_RIP, 8));
     if (e.pos - start != JIT_ENTRY2) e.fail = true; /* chained jumps enter after it */
     if (j->xlen) crossing_check(&e, j, 4096 - page_off);
     for (unsigned k = 0; k < n; k++) {
