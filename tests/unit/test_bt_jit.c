@@ -1201,8 +1201,6 @@ static void test_fault_mid_block(void **st)
     assert_int_equal(get64(T, T->c->s.gpr[RSP] + 8), T_CODE0 + 8);
 }
 
-/* Self-modifying code: the loop body rewrites the immediate of an instruction in its own block
- * (already translated and run once); the next iteration must see the new bytes. */
 /* A crossing instruction's bytes on its second page change behind the code watch (a host-side
  * write here; another mapping of that page in a real guest) while the loop around it is chained:
  * the translation's entry check sees it and leaves for the loop, which decodes again.  Returns
@@ -1278,6 +1276,8 @@ static void test_crossing_remap(void **st)
     }
 }
 
+/* Self-modifying code: the loop body rewrites the immediate of an instruction in its own block
+ * (already translated and run once); the next iteration must see the new bytes. */
 static void test_self_modifying(void **st)
 {
     static const uint8_t p[] = {

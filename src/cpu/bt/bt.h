@@ -289,12 +289,12 @@ void *bt_host_ptr(struct bt_cpu *c, uint64_t lin, unsigned size, int acc);
  * executable/present; returns the count.  Sets *gpa to the physical address of the first byte. */
 size_t bt_fetch(struct bt_cpu *c, uint64_t lin, uint8_t *buf, size_t max, uint64_t *gpa);
 /* Marks a guest-physical page as holding decoded code: a write to it calls
- * bt_cache_invalidate_page() (self-modifying code) for every vCPU. */
+ * bt_cache_invalidate_page() (self-modifying code) for every vCPU.  A RAM store also reports to
+ * the dirty log and this watch (ram_written); the translator's inline stores (jit.c) skip both:
+ * a TLB entry's write fast tag is set only for a page that is not watched while dirty logging is
+ * off, and cleared in every vCPU's TLB when either changes (mmu.c: tlb_set_ftags, this function,
+ * bt_mmu_dirty_started). */
 void bt_watch_code_page(struct bt_cpu *c, uint64_t gpa_page);
-/* A RAM store also reports to the dirty log and the code watch (ram_written).  The translator's
- * inline stores (jit.c) skip both: a TLB entry's write fast tag is set only for a page that is
- * not watched while dirty logging is off, and cleared in every vCPU's TLB when either changes
- * (mmu.c: tlb_set_ftags, bt_watch_code_page, bt_mmu_dirty_started). */
 /* Translation without side effects on failure (tools, tests): 0 and *gpa, or the #PF error code
  * (with bit 31 set so 0 is never an error).  Sets A/D bits like an access on success. */
 #define BT_XLATE_FAULT 0x80000000u

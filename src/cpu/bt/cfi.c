@@ -29,9 +29,6 @@ _Atomic bool bt_cfi_kernel_now = false;
 
 static _Atomic uint64_t g_calls, g_checked, g_unverified, g_viol_user, g_viol_kernel, g_retpoline;
 
-#define cfi_frame bt_cfi_frame
-#define cfi_stack bt_cfi_stack
-
 int bt_cfi_parse_mode(const char *s, enum bt_cfi_mode *out)
 {
     if (s && !strcmp(s, "off"))
@@ -145,7 +142,7 @@ void bt_cfi_destroy(struct bt_cpu *c)
 
 /* The shadow stack for the current privilege (user: emptied when the address space changed).
  * NULL when there is no memory for it (CFI then checks nothing on this vCPU). */
-static inline __attribute__((always_inline)) struct cfi_stack *stack_of(struct bt_cpu *c)
+static inline __attribute__((always_inline)) struct bt_cfi_stack *stack_of(struct bt_cpu *c)
 {
     struct bt_cfi_cpu *k = c->cfi;
     if (!k) {
@@ -157,7 +154,7 @@ static inline __attribute__((always_inline)) struct cfi_stack *stack_of(struct b
         pthread_mutex_unlock(&live_lock);
     }
     if (c->cpl != 3) return &k->st[0];
-    struct cfi_stack *s = &k->st[1];
+    struct bt_cfi_stack *s = &k->st[1];
     uint64_t space = c->s.cr3 & 0x7ffffffffffff000ull;
     if (s->space != space) {
         s->space = space;
@@ -166,12 +163,12 @@ static inline __attribute__((always_inline)) struct cfi_stack *stack_of(struct b
     return s;
 }
 
-static inline struct cfi_frame *top_of(struct cfi_stack *s)
+static inline struct bt_cfi_frame *top_of(struct bt_cfi_stack *s)
 {
     return &s->f[(s->top + CFI_DEPTH - 1) % CFI_DEPTH];
 }
 
-static inline void pop(struct cfi_stack *s)
+static inline void pop(struct bt_cfi_stack *s)
 {
     s->top = (s->top + CFI_DEPTH - 1) % CFI_DEPTH;
     s->n--;
@@ -179,12 +176,12 @@ static inline void pop(struct cfi_stack *s)
 
 void bt_cfi_call(struct bt_cpu *c, uint64_t slot, uint64_t ret)
 {
-    struct cfi_stack *s = stack_of(c);
+    struct bt_cfi_stack *s = stack_of(c);
     if (!s) return;
     /* records at or below the new slot belong to frames that are gone (longjmp) */
     while (s->n && top_of(s)->slot <= slot)
         pop(s);
-    s->f[s->top] = (struct cfi_frame){slot, ret};
+    s->f[s->top] = (struct bt_cfi_frame){slot, ret};
     s->top = (s->top + 1) % CFI_DEPTH;
     if (s->n < CFI_DEPTH) s->n++;
     bump(&((struct bt_cfi_cpu *)c->cfi)->calls);
@@ -206,7 +203,7 @@ static bool retpoline_site(struct bt_cpu *c, uint64_t site)
 
 bool bt_cfi_ret(struct bt_cpu *c, uint64_t slot, uint64_t target)
 {
-    struct cfi_stack *s = stack_of(c);
+    struct bt_cfi_stack *s = stack_of(c);
     if (!s) return true;
     struct bt_cfi_cpu *k = c->cfi;
     while (s->n && top_of(s)->slot < slot) /* frames unwound without their RET */

@@ -1250,15 +1250,12 @@ static void between_blocks(struct emit *e, struct bt_jit *j, size_t *fails, int 
     E2(e, OR, R(ZYDIS_REGISTER_AL), M(HCPU, C_KICKED, 1));
     E2(e, OR, R(ZYDIS_REGISTER_AL), M(HCPU, C_INTR_PEND, 1));
     E2(e, OR, R(ZYDIS_REGISTER_AL), M(HCPU, C_NMI_PEND, 1));
-    if (full) {
-        E2(e, OR, R(ZYDIS_REGISTER_AL), M(HCPU, C_SHADOW, 1));
-        E2(e, OR, R(ZYDIS_REGISTER_AL), M(HCPU, C_HALTED, 1));
-    }
+    E2(e, OR, R(ZYDIS_REGISTER_AL), M(HCPU, C_SHADOW, 1));
+    E2(e, OR, R(ZYDIS_REGISTER_AL), M(HCPU, C_HALTED, 1));
     fails[(*nf)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
-    if (full) { /* TF: the loop single-steps */
-        E2(e, TEST, M(HCPU, C_FLAGS + 1, 1), I(X86_FLAG_TF >> 8));
-        fails[(*nf)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
-    }
+    /* TF: the loop single-steps */
+    E2(e, TEST, M(HCPU, C_FLAGS + 1, 1), I(X86_FLAG_TF >> 8));
+    fails[(*nf)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
     E2(e, MOV, R(ZYDIS_REGISTER_RAX), I((int64_t)(uintptr_t)j->pending));
     E2(e, CMP, M(ZYDIS_REGISTER_RAX, 0, 1), I(0));
     fails[(*nf)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
@@ -1366,6 +1363,16 @@ static void lookup_exit(struct emit *e, struct bt_jit *j, bool after_handler)
     jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
 }
 
+/* The stub of an unpatched chain jump: j->last_exit = `what` (its patch_end, and for a cross-page
+ * exit the offset of its page immediate in the high half), for bt_jit_run to patch it.
+ * Clobbers RAX, RCX. */
+static void record_exit(struct emit *e, struct bt_jit *j, uint64_t what)
+{
+    E2(e, MOV, R(ZYDIS_REGISTER_RAX), I((int64_t)what));
+    E2(e, MOV, R(ZYDIS_REGISTER_RCX), I((int64_t)(uintptr_t)&j->last_exit));
+    E2(e, MOV, M(ZYDIS_REGISTER_RCX, 0, 8), R(ZYDIS_REGISTER_RAX));
+}
+
 /* A direct successor on another page (64-bit code): chainable too, but the page's mapping may
  * differ from run to run (another address space, a remapped page), so before the chain jump the
  * TLB must map the target's page, executable, to the guest-physical page the chained translation
@@ -1388,9 +1395,7 @@ static void leave_far(struct emit *e, struct bt_jit *j)
     E2(e, MOV, R(R12), R(ZYDIS_REGISTER_RAX));  /* the successor's entry RIP (JIT_ENTRY2) */
     size_t chain = jrel(e, ZYDIS_MNEMONIC_JMP); /* rel32 0: falls through until patched */
     patch(e, other, e->pos);
-    E2(e, MOV, R(ZYDIS_REGISTER_RAX), I((int64_t)(chain | (uint64_t)imm_off << 32)));
-    E2(e, MOV, R(ZYDIS_REGISTER_RCX), I((int64_t)(uintptr_t)&j->last_exit));
-    E2(e, MOV, M(ZYDIS_REGISTER_RCX, 0, 8), R(ZYDIS_REGISTER_RAX));
+    record_exit(e, j, chain | (uint64_t)imm_off << 32);
     for (int k = 0; k < nf; k++)
         patch(e, fails[k], e->pos);
     jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
@@ -1429,13 +1434,21 @@ static void leave_direct(struct emit *e, struct bt_jit *j, unsigned page_off, in
     int nf = 0;
     between_blocks(e, j, fails, &nf, false);
     size_t chain = jrel(e, ZYDIS_MNEMONIC_JMP); /* rel32 0: falls through until patched */
-    E2(e, MOV, R(ZYDIS_REGISTER_RAX), I((int64_t)chain));
-    E2(e, MOV, R(ZYDIS_REGISTER_RCX), I((int64_t)(uintptr_t)&j->last_exit));
-    E2(e, MOV, M(ZYDIS_REGISTER_RCX, 0, 8), R(ZYDIS_REGISTER_RAX));
+    record_exit(e, j, chain);
     for (int k = 0; k < nf; k++)
         patch(e, fails[k], e->pos);
     E2(e, MOV, M(HCPU, C_RIP, 8), R(R12));
     jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
+}
+
+/* RAX canonical, or a jump appended to slow[] (RCX clobbered) */
+static void check_canonical_rax(struct emit *e, size_t *slow, int *nslow)
+{
+    E2(e, MOV, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RAX));
+    E2(e, SHL, R(ZYDIS_REGISTER_RCX), I(16));
+    E2(e, SAR, R(ZYDIS_REGISTER_RCX), I(16));
+    E2(e, CMP, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RAX));
+    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
 }
 
 /* host Jcc for condition code cc (the low nibble of the guest opcode) */
@@ -1481,12 +1494,9 @@ static bool native_branch(struct emit *e, struct bt_jit *j, const struct bt_insn
     /* a target on the block's own page is canonical like the block (no check) */
     bool check = !b32 && !same_page(page_off, target);
     if (check) {
+        int ns = 0;
         rip_at(e, target, b32);
-        E2(e, MOV, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RAX));
-        E2(e, SHL, R(ZYDIS_REGISTER_RCX), I(16));
-        E2(e, SAR, R(ZYDIS_REGISTER_RCX), I(16));
-        E2(e, CMP, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RAX));
-        slow = jrel(e, ZYDIS_MNEMONIC_JNZ);
+        check_canonical_rax(e, &slow, &ns);
     }
     leave_direct(e, j, page_off, target, b32, *pend + 1);
     if (!jmp) {
@@ -2003,16 +2013,6 @@ static bool native_mem(struct emit *e, const struct bt_jit *j, const struct bt_i
     default: return false;
     }
 #undef MEMOK
-}
-
-/* RAX canonical, or a jump appended to slow[] (RCX clobbered) */
-static void check_canonical_rax(struct emit *e, size_t *slow, int *nslow)
-{
-    E2(e, MOV, R(HRCX), R(HRAX));
-    E2(e, SHL, R(HRCX), I(16));
-    E2(e, SAR, R(HRCX), I(16));
-    E2(e, CMP, R(HRCX), R(HRAX));
-    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
 }
 
 /* The common cases of the --cfi hooks inline (cfi.h lays the shadow stacks out): a CALL that
@@ -2725,7 +2725,9 @@ void bt_jit_destroy(struct bt_cpu *c)
 {
     struct bt_jit *j = c->jit;
     if (!j) return;
-    if (j->st.blocks_translated)
+    struct bt_jit_stats st;
+    bt_jit_get_stats(c, &st);
+    if (st.blocks_translated)
         log_info(
             "translator %u: %llu blocks translated (%llu native, %llu called instructions; "
             "%llu with inline memory access), %llu flushes (%llu because the code cache was full), "
@@ -2735,17 +2737,15 @@ void bt_jit_destroy(struct bt_cpu *c)
             "to the loop before the lookup: budget, events), "
             "%llu lookup-table clears, %llu entries interpreted for a CPL the translation was "
             "not made for",
-            c->index, (unsigned long long)j->st.blocks_translated,
-            (unsigned long long)j->st.insns_native, (unsigned long long)j->st.insns_called,
-            (unsigned long long)j->st.insns_inline_mem, (unsigned long long)j->st.flushes,
-            (unsigned long long)j->st.flushes_full, (unsigned long long)j->st.runs,
-            (unsigned long long)j->st.chains, (unsigned long long)j->st.chains_cross,
-            (unsigned long long)j->st.unchains, (unsigned long long)j->st.exits_unchained,
-            (unsigned long long)(j->st.lookup_hits + j->st.lookup_miss_key + j->st.lookup_miss_tlb +
-                                 j->st.lookup_bails),
-            (unsigned long long)j->st.lookup_hits, (unsigned long long)j->st.lookup_miss_key,
-            (unsigned long long)j->st.lookup_miss_tlb, (unsigned long long)j->st.lookup_bails,
-            (unsigned long long)j->st.lookup_clears, (unsigned long long)j->st.cpl_mismatch);
+            c->index, (unsigned long long)st.blocks_translated, (unsigned long long)st.insns_native,
+            (unsigned long long)st.insns_called, (unsigned long long)st.insns_inline_mem,
+            (unsigned long long)st.flushes, (unsigned long long)st.flushes_full,
+            (unsigned long long)st.runs, (unsigned long long)st.chains,
+            (unsigned long long)st.chains_cross, (unsigned long long)st.unchains,
+            (unsigned long long)st.exits_unchained, (unsigned long long)st.lookups,
+            (unsigned long long)st.lookup_hits, (unsigned long long)st.lookup_miss_key,
+            (unsigned long long)st.lookup_miss_tlb, (unsigned long long)st.lookup_bails,
+            (unsigned long long)st.lookup_clears, (unsigned long long)st.cpl_mismatch);
     hstat_report();
     cache_unmap(j);
     free(j->tbs);

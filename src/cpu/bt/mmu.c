@@ -555,8 +555,9 @@ void bt_write(struct bt_cpu *c, uint64_t lin, unsigned size, uint64_t v, int acc
         memcpy(hva_of(e, lin), &v, size);
         ram_written(c, e->gpa | (lin & 0xfff), size);
         /* a tag cleared while the page held code (bt_watch_code_page): the store above ended
-         * the watch, so translated stores may go straight to the page again */
-        if (!e->ftag[(c->cpl == 3) * 2 + 1]) tlb_set_ftags(c, e, lin);
+         * the watch, so translated stores may go straight to the page again (never while dirty
+         * logging is on: tlb_set_ftags would set no write tag, at every store) */
+        if (!e->ftag[(c->cpl == 3) * 2 + 1] && !dirty_logging(c)) tlb_set_ftags(c, e, lin);
         return;
     }
     bt_write_buf(c, lin, &v, size, acc);
@@ -670,6 +671,27 @@ void bt_watch_destroy(struct bt_vm *bv)
     bv->watch = NULL;
 }
 
+/* After a full fence, the write fast tags of every vCPU's TLB entries for guest-physical page
+ * `gpa_page` (all: of every entry) are cleared: only the slots each vCPU filled since its last
+ * flush can hold tags (tlb_set_ftags marks the slot first), so only those are looked at. */
+static void clear_write_tags(struct bt_vm *bv, uint64_t gpa_page, bool all)
+{
+    atomic_thread_fence(memory_order_seq_cst);
+    for (unsigned i = 0; bv && i < VM_MAX_CPUS; i++) {
+        struct bt_cpu *o = bv->cpu[i];
+        struct bt_mmu *om = o ? mmu_of(o) : NULL;
+        if (!om) continue;
+        for (unsigned g = 0; g < 2; g++) {
+            FOR_FILLED(om, g, k)
+            {
+                struct bt_tlb_entry *e = &o->tlb[k];
+                if ((all || e->gpa == gpa_page) && (e->ftag[1] || e->ftag[3]))
+                    e->ftag[1] = e->ftag[3] = 0;
+            }
+        }
+    }
+}
+
 void bt_watch_code_page(struct bt_cpu *c, uint64_t gpa_page)
 {
     struct bt_mmu *m = mmu_of(c);
@@ -680,30 +702,12 @@ void bt_watch_code_page(struct bt_cpu *c, uint64_t gpa_page)
     if (atomic_fetch_or_explicit(&m->bv->watch[pg / 64], bit, memory_order_seq_cst) & bit) return;
     /* newly watched: no vCPU's translated stores may go straight to the page any more (see
      * tlb_set_ftags for the other side) */
-    atomic_thread_fence(memory_order_seq_cst);
-    for (unsigned i = 0; i < VM_MAX_CPUS; i++) {
-        struct bt_cpu *o = m->bv->cpu[i];
-        struct bt_mmu *om = o ? mmu_of(o) : NULL;
-        if (!om) continue;
-        for (unsigned g = 0; g < 2; g++) {
-            FOR_FILLED(om, g, k)
-            {
-                struct bt_tlb_entry *e = &o->tlb[k];
-                if (e->gpa == gpa_page && (e->ftag[1] || e->ftag[3])) e->ftag[1] = e->ftag[3] = 0;
-            }
-        }
-    }
+    clear_write_tags(m->bv, gpa_page, false);
 }
 
 void bt_mmu_dirty_started(struct bt_vm *bv)
 {
-    atomic_thread_fence(memory_order_seq_cst); /* after dirty_enabled was set */
-    for (unsigned i = 0; bv && i < VM_MAX_CPUS; i++) {
-        struct bt_cpu *o = bv->cpu[i];
-        if (!o) continue;
-        for (unsigned k = 0; k < BT_TLB_SIZE; k++)
-            o->tlb[k].ftag[1] = o->tlb[k].ftag[3] = 0;
-    }
+    clear_write_tags(bv, 0, true); /* after dirty_enabled was set */
 }
 
 /* A write hit a page holding decoded code: stop watching it and make every vCPU drop its code.
