@@ -1621,8 +1621,13 @@ static void run_user(bool jit, const uint8_t *code, size_t n, const struct bt_cf
         memcpy(buf + 0x48, &f3, 8);
     }
     t_run(T, buf, n, 100000);
-    bt_cfi_destroy(c); /* folds the vCPU's counts into the totals */
+    struct bt_cfi_stats running;
+    bt_cfi_get_stats(&running); /* a live vCPU's counts are in the totals at once */
+    bt_cfi_destroy(c);          /* folds the vCPU's counts into the totals */
     bt_cfi_get_stats(d);
+    assert_int_equal(running.calls, d->calls);
+    assert_int_equal(running.checked, d->checked);
+    assert_int_equal(running.unverified, d->unverified);
     memcpy(o->gpr, c->s.gpr, sizeof(o->gpr));
     o->rip = c->s.rip;
     o->rflags = c->s.rflags;
