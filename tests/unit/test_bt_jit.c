@@ -538,6 +538,42 @@ static const uint8_t dead_shifts[] = {
     0x75, 0xac,                   /* 57: jne 5 <top> */
     0xf4,                         /* 59: hlt */
 };
+/* CMOVcc and SETcc right after the flag producer they read run on the host's flags, and the
+ * producer stores no flags when a writer follows (translate's hdead): every size, pinned
+ * registers and c->s.gpr slots on both sides, a NEG producer, and a CMOVZ whose flags an ADC
+ * then reads too (stored). */
+static const uint8_t host_readers[] = {
+    0xbe, 0x32, 0x00, 0x00, 0x00,             /* 0: mov esi,0x32 */
+    0x48, 0x01, 0xd8,                         /* 5: add rax,rbx */
+    0x48, 0x39, 0xc8,                         /* 8: cmp rax,rcx */
+    0x48, 0x0f, 0x4c, 0xd0,                   /* b: cmovl rdx,rax */
+    0x49, 0x31, 0xd4,                         /* f: xor r12,rdx */
+    0x29, 0xc1,                               /* 12: sub ecx,eax */
+    0x44, 0x0f, 0x46, 0xe1,                   /* 14: cmovbe r12d,ecx */
+    0x48, 0x81, 0xc3, 0x67, 0x45, 0x23, 0x01, /* 18: add rbx,0x1234567 */
+    0xf7, 0xc3, 0x40, 0x00, 0x00, 0x00,       /* 1f: test ebx,0x40 */
+    0x66, 0x0f, 0x45, 0xda,                   /* 25: cmovne bx,dx */
+    0x4d, 0x21, 0xe1,                         /* 29: and r9,r12 */
+    0x41, 0x0f, 0x94, 0xc2,                   /* 2c: sete r10b */
+    0x49, 0x09, 0xc5,                         /* 30: or r13,rax */
+    0x41, 0x39, 0xfe,                         /* 33: cmp r14d,edi */
+    0x41, 0x0f, 0x9f, 0xc6,                   /* 36: setg r14b */
+    0x49, 0x39, 0xc7,                         /* 3a: cmp r15,rax */
+    0x4c, 0x0f, 0x40, 0xfb,                   /* 3d: cmovo r15,rbx */
+    0x48, 0xf7, 0xdf,                         /* 41: neg rdi */
+    0x4c, 0x0f, 0x48, 0xdf,                   /* 44: cmovs r11,rdi */
+    0x49, 0x29, 0xc3,                         /* 48: sub r11,rax */
+    0x49, 0x0f, 0x4a, 0xc5,                   /* 4b: cmovp rax,r13 */
+    0x39, 0xc8,                               /* 4f: cmp eax,ecx */
+    0x45, 0x0f, 0x44, 0xc1,                   /* 51: cmove r8d,r9d */
+    0x49, 0x83, 0xd0, 0x01,                   /* 55: adc r8,0x1 */
+    0xf6, 0xc2, 0x03,                         /* 59: test dl,0x3 */
+    0x40, 0x0f, 0x97, 0xc7,                   /* 5c: seta dil */
+    0x4c, 0x31, 0xcf,                         /* 60: xor rdi,r9 */
+    0xff, 0xce,                               /* 63: dec esi */
+    0x75, 0x9e,                               /* 65: jne 5 <top> */
+    0xf4,                                     /* 67: hlt */
+};
 static uint64_t r13_value;
 
 static void set_r13(struct bt_cpu *c)
@@ -554,6 +590,8 @@ static void test_dead_flags(void **st)
     assert_int_equal(a.rip, T_CODE0 + sizeof(dead_flags));
     both(dead_shifts, sizeof(dead_shifts), 100000, &a, &b);
     assert_int_equal(a.rip, T_CODE0 + sizeof(dead_shifts));
+    both(host_readers, sizeof(host_readers), 100000, &a, &b);
+    assert_int_equal(a.rip, T_CODE0 + sizeof(host_readers));
     /* a flag-neutral instruction that takes its handler (BSWAP r16) between two flag writers:
      * the block is translated again without the dead-flag pass */
     static const uint8_t neutral_handler[] = {

@@ -189,6 +189,12 @@ struct emit {
      * register form that set all six and nothing after it touched the host flags (a Jcc right
      * after it tests them directly).  translate() clears it before each instruction. */
     bool hflags;
+    /* The host's arithmetic flags were just set by the previous instruction, a native
+     * register-form ALU operation, whether or not it also stored them in FLAGS_REG (it does not
+     * when translate() found that only this instruction reads them: host_reader).  A CMOVcc or
+     * SETcc here then runs on the host's flags.  translate() moves it to hfresh_prev and
+     * clears it before each instruction. */
+    bool hfresh, hfresh_prev;
 };
 
 static ZydisEncoderOperand R(ZydisRegister r)
@@ -751,6 +757,21 @@ static int flag_effect(const struct bt_insn *i)
     }
 }
 
+/* The CMOVcc and SETcc forms native_simple runs on the host's flags when they come right after
+ * their producer (a register-form ALU operation, emit.hfresh): a producer whose flags only such
+ * an instruction reads need not store them (translate's hdead). */
+_Static_assert(ZYDIS_MNEMONIC_CMOVZ - ZYDIS_MNEMONIC_CMOVB == 15, "the CMOVcc mnemonics in a row");
+static bool host_reader(const struct bt_insn *i)
+{
+    if (i->pfx & BT_PFX_LOCK || i->nops < 1) return false;
+    const struct bt_operand *d = &i->op[0], *s = &i->op[1];
+    unsigned size = i->opsize / 8;
+    if (is_setcc(i->mnemonic)) return is_gpr(d) && d->size == 1 && i->opcode_map != 0;
+    if (i->mnemonic < ZYDIS_MNEMONIC_CMOVB || i->mnemonic > ZYDIS_MNEMONIC_CMOVZ) return false;
+    return i->nops >= 2 && is_gpr(d) && is_gpr(s) && d->size == size && s->size == size &&
+           size != 1;
+}
+
 /* The rest of IMUL r, r/m(, imm) once its first factor is in RAX and the guest's flags are
  * loaded: the second (register or immediate) in RCX, the host's IMUL, its flags, the result. */
 static void imul_rest(struct emit *e, const struct bt_operand *d, const struct bt_operand *b,
@@ -797,6 +818,7 @@ static bool alu_in_place(struct emit *e, ZydisMnemonic m, const struct bt_operan
         enc(e, m, 2, (ZydisEncoderOperand[]){dop, sop});
     if (!flags_dead) take_flags(e, BT_ARITH_FLAGS);
     e->hflags = !flags_dead;
+    e->hfresh = m != ZYDIS_MNEMONIC_ADC && m != ZYDIS_MNEMONIC_SBB; /* see native_simple */
     return true;
 }
 
@@ -811,7 +833,10 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off, 
     ZydisMnemonic m = (ZydisMnemonic)i->mnemonic;
     if (is_setcc(m)) { /* to a low byte register; memory and AH..BH: native_setcc_more */
         if (i->nops < 1 || !is_gpr(d) || d->size != 1 || i->opcode_map == 0) return false;
-        setcc_al(e, i->opcode & 0xf);
+        if (e->hfresh_prev) /* right after its producer: the host's SETcc on the host flags */
+            enc(e, m, 1, (ZydisEncoderOperand[]){R(ZYDIS_REGISTER_AL)});
+        else
+            setcc_al(e, i->opcode & 0xf);
         store_gpr(e, 0, d->reg, 1);
         return true;
     }
@@ -842,6 +867,7 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off, 
         if (m != ZYDIS_MNEMONIC_CMP && m != ZYDIS_MNEMONIC_TEST) store_gpr(e, 0, d->reg, size);
         if (!flags_dead) merge_flags(e, BT_ARITH_FLAGS);
         e->hflags = !flags_dead; /* MOVs and a full merge leave the host flags alone */
+        e->hfresh = true;
         return true;
     }
     case ZYDIS_MNEMONIC_INC:
@@ -980,6 +1006,7 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off, 
         if (pinned(d->reg, size) != ZYDIS_REGISTER_NONE) {
             enc(e, m, 1, (ZydisEncoderOperand[]){G(d->reg, size)});
             if (m == ZYDIS_MNEMONIC_NEG && !flags_dead) take_flags(e, BT_ARITH_FLAGS);
+            e->hfresh = m == ZYDIS_MNEMONIC_NEG;
             return true;
         }
         load_gpr(e, 0, d->reg, size);
@@ -990,7 +1017,8 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off, 
             E1(e, POP, R(ZYDIS_REGISTER_RDX));
         }
         store_gpr(e, 0, d->reg, size);
-        if (merge) merge_flags(e, BT_ARITH_FLAGS);
+        if (merge) merge_flags(e, BT_ARITH_FLAGS); /* all six: a MOV */
+        e->hfresh = m == ZYDIS_MNEMONIC_NEG;
         return true;
     case ZYDIS_MNEMONIC_MOVZX:
     case ZYDIS_MNEMONIC_MOVSX:
@@ -1040,6 +1068,16 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off, 
             size == 1)
             return false;
         unsigned cc = i->opcode & 0xf;
+        if (e->hfresh_prev) { /* right after its producer: the host's CMOVcc on the host flags */
+            if (pinned(d->reg, size) != ZYDIS_REGISTER_NONE) { /* 32 bits zero-extend always */
+                enc(e, m, 2, (ZydisEncoderOperand[]){G(d->reg, size), G(s->reg, size)});
+                return true;
+            }
+            load_gpr(e, 0, d->reg, size);
+            enc(e, m, 2, (ZydisEncoderOperand[]){R(hreg(0, size)), G(s->reg, size)});
+            store_gpr(e, 0, d->reg, size);
+            return true;
+        }
         emit_cond(e, cc);
         load_gpr(e, 0, d->reg, size);
         load_gpr(e, 2, s->reg, size);
@@ -2861,12 +2899,18 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
     j->mid_lookup = false;
     j->nmid = 0;
     /* dead flags: a backward scan (the block's end reads them: they must be in c->s.rflags) */
-    bool dead[JIT_BLOCK_MAX] = {false};
-    bool live = true;
+    bool dead[JIT_BLOCK_MAX] = {false}, hdead[JIT_BLOCK_MAX] = {false};
+    bool live = true, live_after_next = true;
     for (unsigned k = n; k-- > 0;) {
         int fe = flag_effect(&ins[k]);
         bool writer = fe == FL_WRITES || fe == FL_ROT || fe == FL_SHIFT;
-        if (k < JIT_BLOCK_MAX) dead[k] = use_dead && writer && !live;
+        if (k < JIT_BLOCK_MAX) {
+            dead[k] = use_dead && writer && !live;
+            /* read only by the next instruction, a CMOVcc/SETcc that takes them from the host */
+            hdead[k] = use_dead && fe == FL_WRITES && !dead[k] && k + 1 < n &&
+                       host_reader(&ins[k + 1]) && !live_after_next;
+        }
+        live_after_next = live;
         if (fe == FL_WRITES)
             live = false;
         else if (fe == FL_READS || fe == FL_SHIFT)
@@ -2897,8 +2941,12 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
         unsigned pend0 = pend, nsp0 = nsp;
         bool hflags_in = e.hflags;
         e.hflags = false;
+        e.hfresh_prev = e.hfresh;
+        e.hfresh = false;
         enum { HANDLER, SIMPLE, MEM, BRANCH, CALLRET } how = HANDLER;
-        if (native_simple(&e, i, off, k < JIT_BLOCK_MAX && dead[k])) {
+        if (k > 0 && hdead[k - 1] && !e.hfresh_prev) /* its producer did not leave them */
+            return translate(j, c, ins, n, slot, gpa, false);
+        if (native_simple(&e, i, off, k < JIT_BLOCK_MAX && (dead[k] || hdead[k]))) {
             how = SIMPLE;
         } else {
             if (native_mem(&e, j, i, off, b32, c->stack_bits, slow, &nslow))
@@ -2922,6 +2970,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
             how = HANDLER;
         }
         if (how != SIMPLE && how != MEM) e.hflags = false;
+        if (how != SIMPLE) e.hfresh = false;
         switch (how) {
         case SIMPLE: pend++, native++; break;
         case MEM: {
@@ -2951,7 +3000,8 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
             /* A flag-neutral instruction (flag_effect) that ends up here can leave the block
              * after its handler (after_handler_checks) with dead flags not stored: translate
              * again without the dead-flag pass (an encoding Zydis refused, say). */
-            if (use_dead && (flag_effect(i) == FL_NONE || flag_effect(i) == FL_ROT))
+            if (use_dead && (flag_effect(i) == FL_NONE || flag_effect(i) == FL_ROT ||
+                             (k > 0 && hdead[k - 1]) || hdead[k]))
                 return translate(j, c, ins, n, slot, gpa, false);
             hstat_count(&e, i, false);
             call_handler(&e, i, off, b32, &pend);
