@@ -136,6 +136,9 @@ struct bt_jit {
      * translation time.  tpl_slow: offsets just after its jumps to the slow path (rel32). */
     uint8_t tpl[2][2][5][128]; /* [user][write][size] */
     uint8_t tpl_len[2][2][5], tpl_slow[2][2][5][4], tpl_nslow[2][2][5];
+    /* the host has BMI2 (RORX) and LOOKOUT_BT_NO_BMI2 does not say to do without (a test runs
+     * the other form of the probes) */
+    bool bmi2;
     bool user; /* the block being translated runs at CPL 3 (translations are per CPL class) */
     const uint8_t *xbytes; /* ... and crosses into the next page with these bytes (bt_jit_run) */
     unsigned xlen;
@@ -287,9 +290,10 @@ static void enc(struct emit *e, ZydisMnemonic m, unsigned n, const ZydisEncoderO
     e->pos += len;
 }
 
-#define E0(e, m)       enc((e), ZYDIS_MNEMONIC_##m, 0, NULL)
-#define E1(e, m, a)    enc((e), ZYDIS_MNEMONIC_##m, 1, (ZydisEncoderOperand[]){a})
-#define E2(e, m, a, b) enc((e), ZYDIS_MNEMONIC_##m, 2, (ZydisEncoderOperand[]){a, b})
+#define E0(e, m)          enc((e), ZYDIS_MNEMONIC_##m, 0, NULL)
+#define E1(e, m, a)       enc((e), ZYDIS_MNEMONIC_##m, 1, (ZydisEncoderOperand[]){a})
+#define E2(e, m, a, b)    enc((e), ZYDIS_MNEMONIC_##m, 2, (ZydisEncoderOperand[]){a, b})
+#define E3(e, m, a, b, c) enc((e), ZYDIS_MNEMONIC_##m, 3, (ZydisEncoderOperand[]){a, b, c})
 
 /* A near branch with a 32-bit displacement to be patched; returns the offset just after it. */
 static size_t jrel(struct emit *e, ZydisMnemonic m)
@@ -1585,11 +1589,15 @@ static bool inline_mem_ok16(const struct bt_insn *i, const struct bt_operand *o,
     return o->size == 16 && inline_mem_ok(i, &t, off, false);
 }
 
-/* RSI = host address of memory operand `o` (probed for a read or a write of its size), or a
- * jump to the slow path (appended to slow[]).  Clobbers RAX, RCX, RDX, RDI and the host flags. */
 static void mem_lin(struct emit *e, const struct bt_operand *o, int64_t off);
 static void probe_call(struct emit *e, const struct bt_jit *j, unsigned size, bool write,
                        size_t *slow, int *nslow);
+/* the operand of `size` bytes a probe (probe_emit) found */
+#define PROBED(size) MX(HRSI, HRDX, 1, 0, (size))
+
+/* PROBED(o->size) = memory operand `o` (probed for a read or a write of its size; RDX its
+ * linear address, RSI the addend), or a jump to the slow path (appended to slow[]).  Clobbers
+ * RCX and the host flags. */
 
 static void mem_probe(struct emit *e, const struct bt_jit *j, const struct bt_operand *o,
                       int64_t off, bool write, size_t *slow, int *nslow)
@@ -1629,22 +1637,29 @@ static void mem_lin(struct emit *e, const struct bt_operand *o, int64_t off)
     if (o->seg == SEG_FS || o->seg == SEG_GS) E2(e, ADD, R(HRDX), M(HCPU, C_SEGBASE(o->seg), 8));
 }
 
-/* RSI = host address for an access of `size` bytes at RDX, or a jump to the slow path (the
- * instruction's handler, which fills the TLB, faults or does MMIO precisely).  Clobbers RAX, RCX,
- * RDI and the host flags; RDX is kept.  The fast path is exactly bt_read's / bt_write's, in one
- * compare: the entry's ftag for this privilege and kind (struct bt_tlb_entry) is the page | 0xfff
- * only when the page is mapped to RAM with the permission (a write bit only once the PTE is
- * dirty), and the compared value is the last byte's address | 0xfff, so a page crossing or a
- * non-canonical address (the TLB holds only canonical pages) misses too.  A write also needs
- * what ram_written() would otherwise do to be nothing: dirty logging off and the guest-physical
- * page out of the code-watch bitmap, which the write tag already says (mmu.c sets it only then,
- * and clears it in every vCPU's TLB when a page becomes watched or logging starts:
- * tlb_set_ftags, bt_watch_code_page, bt_mmu_dirty_started). */
-static void probe_emit(struct emit *e, unsigned size, bool write, bool user, size_t *slow,
-                       int *nslow)
+/* RSI = the host address of guest RAM minus the guest linear address in RDX (the TLB entry's
+ * addend), so that PROBED(size), [RSI + RDX], is the operand of `size` bytes at RDX; or a jump to
+ * the slow path (the instruction's handler, which fills the TLB, faults or does MMIO precisely).
+ * Clobbers RCX and the host flags; RDX must be kept until the last PROBED access.  The fast path is
+ * exactly bt_read's / bt_write's, in one compare: the entry's ftag for this privilege and kind
+ * (struct bt_tlb_entry) is the page | 0xfff only when the page is mapped to RAM with the permission
+ * (a write bit only once the PTE is dirty), and the compared value is the last byte's address |
+ * 0xfff, so a page crossing or a non-canonical address (the TLB holds only canonical pages) misses
+ * too.  A write also needs what ram_written() would otherwise do to be nothing: dirty logging off
+ * and the guest-physical page out of the code-watch bitmap, which the write tag already says (mmu.c
+ * sets it only then, and clears it in every vCPU's TLB when a page becomes watched or logging
+ * starts: tlb_set_ftags, bt_watch_code_page, bt_mmu_dirty_started). */
+static void probe_emit(struct emit *e, unsigned size, bool write, bool user, bool bmi2,
+                       size_t *slow, int *nslow)
 {
-    E2(e, MOV, R(HRCX), R(HRDX));
-    E2(e, SHR, R(HRCX), I(12 - TLB_ESHIFT));
+    /* ECX = the entry's offset: bits 12.. of the address, scaled by the entry size (RORX, where
+     * the host has BMI2, does MOV and SHR in one; the bits it rotates in are masked off) */
+    if (bmi2) {
+        E3(e, RORX, R(HRCX), R(HRDX), I(12 - TLB_ESHIFT));
+    } else {
+        E2(e, MOV, R(HRCX), R(HRDX));
+        E2(e, SHR, R(HRCX), I(12 - TLB_ESHIFT));
+    }
     E2(e, AND, R(HECX), I((BT_TLB_SIZE - 1) << TLB_ESHIFT));
     if (size > 1)
         E2(e, LEA, R(HRSI), M(HRDX, size - 1, 8));
@@ -1655,7 +1670,6 @@ static void probe_emit(struct emit *e, unsigned size, bool write, bool user, siz
     E2(e, CMP, R(HRSI), MX(HCPU, HRCX, 1, C_TLB + T_FTAG + 8 * (2 * user + write), 8));
     slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
     E2(e, MOV, R(HRSI), MX(HCPU, HRCX, 1, C_TLB + T_ADDEND, 8));
-    E2(e, ADD, R(HRSI), R(HRDX));
 }
 
 static unsigned size_index(unsigned size)
@@ -1672,7 +1686,7 @@ static void probe_templates(struct bt_jit *j)
                 struct emit t = {.buf = j->tpl[u][wr][k], .cap = sizeof(j->tpl[u][wr][k])};
                 size_t slow[8];
                 int ns = 0;
-                probe_emit(&t, 1u << k, wr, u, slow, &ns);
+                probe_emit(&t, 1u << k, wr, u, j->bmi2, slow, &ns);
                 j->tpl_len[u][wr][k] = 0; /* 0: encode at each use */
                 if (t.fail || ns > 4 || t.pos > 255) continue;
                 for (int n = 0; n < ns; n++)
@@ -1684,14 +1698,14 @@ static void probe_templates(struct bt_jit *j)
     }
 }
 
-/* RSI = host address for an access of `size` bytes at RDX (probe_emit's code) */
+/* PROBED(size) = the access of `size` bytes at RDX (probe_emit's code) */
 static void probe_call(struct emit *e, const struct bt_jit *j, unsigned size, bool write,
                        size_t *slow, int *nslow)
 {
     unsigned k = size_index(size), u = j->user;
     size_t len = j->tpl_len[u][write][k];
     if (!len) {
-        probe_emit(e, size, write, u, slow, nslow);
+        probe_emit(e, size, write, u, j->bmi2, slow, nslow);
         return;
     }
     size_t at = e->pos;
@@ -1700,13 +1714,13 @@ static void probe_call(struct emit *e, const struct bt_jit *j, unsigned size, bo
         slow[(*nslow)++] = at + j->tpl_slow[u][write][k][n];
 }
 
-/* host register `which` = the probed operand of `size` bytes at [RSI], zero-extended */
+/* host register `which` = the probed operand of `size` bytes, zero-extended */
 static void load_mem(struct emit *e, int which, unsigned size)
 {
     if (size == 1 || size == 2)
-        E2(e, MOVZX, R(hreg(which, 4)), M(HRSI, 0, size));
+        E2(e, MOVZX, R(hreg(which, 4)), PROBED(size));
     else
-        E2(e, MOV, R(hreg(which, size)), M(HRSI, 0, size));
+        E2(e, MOV, R(hreg(which, size)), PROBED(size));
 }
 
 static bool imm_ok(const struct bt_operand *s, unsigned size)
@@ -1804,7 +1818,7 @@ static bool native_sse_int(struct emit *e, const struct bt_jit *j, const struct 
         E2(e, TEST, R(ZYDIS_REGISTER_DL), I(15));
         slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
         probe_call(e, j, 16, false, slow, nslow);
-        E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM1), M(HRSI, 0, 16));
+        E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM1), PROBED(16));
     }
     E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM0), M(HCPU, C_XMM(d->zreg - ZYDIS_REGISTER_XMM0), 16));
     enc(e, (ZydisMnemonic)i->mnemonic, 2,
@@ -1852,11 +1866,11 @@ static bool native_sse_move(struct emit *e, const struct bt_jit *j, const struct
             E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM0),
                M(HCPU, C_XMM(s->zreg - ZYDIS_REGISTER_XMM0), 16));
         else
-            E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM0), M(HRSI, 0, 16));
+            E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM0), PROBED(16));
         E2(e, MOVDQU, M(HCPU, C_XMM(d->zreg - ZYDIS_REGISTER_XMM0), 16), R(ZYDIS_REGISTER_XMM0));
     } else {
         E2(e, MOVDQU, R(ZYDIS_REGISTER_XMM0), M(HCPU, C_XMM(s->zreg - ZYDIS_REGISTER_XMM0), 16));
-        E2(e, MOVDQU, M(HRSI, 0, 16), R(ZYDIS_REGISTER_XMM0));
+        E2(e, MOVDQU, PROBED(16), R(ZYDIS_REGISTER_XMM0));
     }
     return true;
 }
@@ -1883,7 +1897,7 @@ static bool native_mem(struct emit *e, const struct bt_jit *j, const struct bt_i
         if (is_gpr(d) && d->size == size && s->size == size && MEMOK(s)) {
             mem_probe(e, j, s, off, false, slow, nslow);
             if (pinned(d->reg, size) != ZYDIS_REGISTER_NONE) { /* the x86 write rules alike */
-                E2(e, MOV, G(d->reg, size), M(HRSI, 0, size));
+                E2(e, MOV, G(d->reg, size), PROBED(size));
                 return true;
             }
             load_mem(e, 0, size);
@@ -1893,12 +1907,12 @@ static bool native_mem(struct emit *e, const struct bt_jit *j, const struct bt_i
         if (MEMOK(d) && d->size == size && ((is_gpr(s) && s->size == size) || imm_ok(s, size))) {
             mem_probe(e, j, d, off, true, slow, nslow);
             if (is_gpr(s) && pinned(s->reg, size) != ZYDIS_REGISTER_NONE) {
-                E2(e, MOV, M(HRSI, 0, size), G(s->reg, size));
+                E2(e, MOV, PROBED(size), G(s->reg, size));
             } else if (is_gpr(s)) {
                 load_gpr(e, 0, s->reg, size);
-                E2(e, MOV, M(HRSI, 0, size), R(hreg(0, size)));
+                E2(e, MOV, PROBED(size), R(hreg(0, size)));
             } else {
-                E2(e, MOV, M(HRSI, 0, size), I(imm_for(s->disp, size)));
+                E2(e, MOV, PROBED(size), I(imm_for(s->disp, size)));
             }
             return true;
         }
@@ -1921,18 +1935,18 @@ static bool native_mem(struct emit *e, const struct bt_jit *j, const struct bt_i
             if (cf_in) load_guest_cf(e);
             if (pinned(d->reg, size) != ZYDIS_REGISTER_NONE) { /* on the host register */
                 if (m == ZYDIS_MNEMONIC_TEST)
-                    E2(e, TEST, M(HRSI, 0, size), G(d->reg, size));
+                    E2(e, TEST, PROBED(size), G(d->reg, size));
                 else
-                    enc(e, m, 2, (ZydisEncoderOperand[]){G(d->reg, size), M(HRSI, 0, size)});
+                    enc(e, m, 2, (ZydisEncoderOperand[]){G(d->reg, size), PROBED(size)});
                 take_flags(e, BT_ARITH_FLAGS);
                 e->hflags = true;
                 return true;
             }
             load_gpr(e, 0, d->reg, size);
             if (m == ZYDIS_MNEMONIC_TEST) /* commutative; the host encodes TEST m, r */
-                E2(e, TEST, M(HRSI, 0, size), R(hreg(0, size)));
+                E2(e, TEST, PROBED(size), R(hreg(0, size)));
             else
-                enc(e, m, 2, (ZydisEncoderOperand[]){R(hreg(0, size)), M(HRSI, 0, size)});
+                enc(e, m, 2, (ZydisEncoderOperand[]){R(hreg(0, size)), PROBED(size)});
             E0(e, PUSHFQ);
             E1(e, POP, R(HRDX));
             if (!ro) store_gpr(e, 0, d->reg, size);
@@ -1945,12 +1959,12 @@ static bool native_mem(struct emit *e, const struct bt_jit *j, const struct bt_i
             mem_probe(e, j, d, off, !ro, slow, nslow);
             if (cf_in) load_guest_cf(e);
             if (is_gpr(s) && pinned(s->reg, size) != ZYDIS_REGISTER_NONE) {
-                enc(e, m, 2, (ZydisEncoderOperand[]){M(HRSI, 0, size), G(s->reg, size)});
+                enc(e, m, 2, (ZydisEncoderOperand[]){PROBED(size), G(s->reg, size)});
             } else if (is_gpr(s)) {
                 load_gpr(e, 1, s->reg, size);
-                enc(e, m, 2, (ZydisEncoderOperand[]){M(HRSI, 0, size), R(hreg(1, size))});
+                enc(e, m, 2, (ZydisEncoderOperand[]){PROBED(size), R(hreg(1, size))});
             } else {
-                enc(e, m, 2, (ZydisEncoderOperand[]){M(HRSI, 0, size), I(imm_for(s->disp, size))});
+                enc(e, m, 2, (ZydisEncoderOperand[]){PROBED(size), I(imm_for(s->disp, size))});
             }
             take_flags(e, BT_ARITH_FLAGS);
             e->hflags = true;
@@ -1965,7 +1979,7 @@ static bool native_mem(struct emit *e, const struct bt_jit *j, const struct bt_i
         if (!MEMOK(d) || d->size != size) return false;
         mem_probe(e, j, d, off, true, slow, nslow);
         if (m == ZYDIS_MNEMONIC_INC || m == ZYDIS_MNEMONIC_DEC) load_guest_cf(e); /* kept */
-        enc(e, m, 1, (ZydisEncoderOperand[]){M(HRSI, 0, size)});
+        enc(e, m, 1, (ZydisEncoderOperand[]){PROBED(size)});
         if (m == ZYDIS_MNEMONIC_NOT) return true; /* no flags */
         take_flags(e, BT_ARITH_FLAGS);
         e->hflags = true;
@@ -1986,7 +2000,7 @@ static bool native_mem(struct emit *e, const struct bt_jit *j, const struct bt_i
             E2(e, MOVZX, R(HECX), G(RCX, 1));
         else
             E2(e, MOV, R(HECX), I((uint8_t)s->disp));
-        enc(e, m, 2, (ZydisEncoderOperand[]){M(HRSI, 0, size), R(ZYDIS_REGISTER_CL)});
+        enc(e, m, 2, (ZydisEncoderOperand[]){PROBED(size), R(ZYDIS_REGISTER_CL)});
         take_flags(e, BT_ARITH_FLAGS);
         return true;
     }
@@ -2000,15 +2014,15 @@ static bool native_mem(struct emit *e, const struct bt_jit *j, const struct bt_i
             return false;
         mem_probe(e, j, s, off, false, slow, nslow);
         if (pinned(d->reg, ds) != ZYDIS_REGISTER_NONE) { /* into the host register, same rules */
-            enc(e, m, 2, (ZydisEncoderOperand[]){G(d->reg, ds), M(HRSI, 0, ss)});
+            enc(e, m, 2, (ZydisEncoderOperand[]){G(d->reg, ds), PROBED(ss)});
             return true;
         }
         if (m == ZYDIS_MNEMONIC_MOVZX)
-            E2(e, MOVZX, R(HEAX), M(HRSI, 0, ss));
+            E2(e, MOVZX, R(HEAX), PROBED(ss));
         else if (m == ZYDIS_MNEMONIC_MOVSXD)
-            E2(e, MOVSXD, R(HRAX), M(HRSI, 0, 4));
+            E2(e, MOVSXD, R(HRAX), PROBED(4));
         else
-            E2(e, MOVSX, R(ds == 8 ? HRAX : ds == 4 ? HEAX : ZYDIS_REGISTER_AX), M(HRSI, 0, ss));
+            E2(e, MOVSX, R(ds == 8 ? HRAX : ds == 4 ? HEAX : ZYDIS_REGISTER_AX), PROBED(ss));
         store_gpr(e, 0, d->reg, ds);
         return true;
     }
@@ -2032,9 +2046,9 @@ static bool native_mem(struct emit *e, const struct bt_jit *j, const struct bt_i
         mem_probe(e, j, &slot, off, true, slow, nslow);
         if (is_gpr(d)) {
             load_gpr(e, 0, d->reg, 8); /* PUSH RSP pushes the old value */
-            E2(e, MOV, M(HRSI, 0, 8), R(HRAX));
+            E2(e, MOV, PROBED(8), R(HRAX));
         } else {
-            E2(e, MOV, M(HRSI, 0, 8), I(d->disp));
+            E2(e, MOV, PROBED(8), I(d->disp));
         }
         E2(e, SUB, G(RSP, 8), I(8));
         return true;
@@ -2043,7 +2057,7 @@ static bool native_mem(struct emit *e, const struct bt_jit *j, const struct bt_i
         if (stack_bits != 64 || size != 8 || !is_gpr(d) || d->size != 8) return false;
         struct bt_operand slot = stack_slot(0);
         mem_probe(e, j, &slot, off, false, slow, nslow);
-        E2(e, MOV, R(HRAX), M(HRSI, 0, 8));
+        E2(e, MOV, R(HRAX), PROBED(8));
         E2(e, ADD, G(RSP, 8), I(8));
         store_gpr(e, 0, d->reg, 8); /* POP RSP: the popped value wins */
         return true;
@@ -2175,7 +2189,7 @@ static bool native_callret(struct emit *e, struct bt_jit *j, const struct bt_ins
         struct bt_operand slot = stack_slot(-8);
         mem_probe(e, j, &slot, off, true, slow, &nslow);
         rip_at(e, end, false);
-        E2(e, MOV, M(HRSI, 0, 8), R(HRAX));
+        E2(e, MOV, PROBED(8), R(HRAX));
         E2(e, SUB, G(RSP, 8), I(8));
         if (cfi) cfi_call_hook(e, j);
         leave_direct(e, j, page_off, target, false, *pend + 1); /* chained, across pages too */
@@ -2187,7 +2201,7 @@ static bool native_callret(struct emit *e, struct bt_jit *j, const struct bt_ins
         }
         struct bt_operand slot = stack_slot(0);
         mem_probe(e, j, &slot, off, false, slow, &nslow);
-        E2(e, MOV, R(HRAX), M(HRSI, 0, 8));
+        E2(e, MOV, R(HRAX), PROBED(8));
         check_canonical_rax(e, slow, &nslow);
         size_t stopped = 0;
         size_t ret_done = 0;
@@ -2264,9 +2278,9 @@ static bool load_src_rsi(struct emit *e, const struct bt_jit *j, const struct bt
     if (!inline_mem_ok(i, o, off, false)) return false;
     mem_probe(e, j, o, off, false, slow, nslow);
     if (size < 4)
-        E2(e, MOVZX, R(HESI), M(HRSI, 0, size));
+        E2(e, MOVZX, R(HESI), PROBED(size));
     else
-        E2(e, MOV, R(rsi_sz(size)), M(HRSI, 0, size));
+        E2(e, MOV, R(rsi_sz(size)), PROBED(size));
     return true;
 }
 
@@ -2368,7 +2382,7 @@ static bool native_atomic(struct emit *e, const struct bt_jit *j, const struct b
     }
     E2(e, MOV, R(HRCX), G(s->reg, 8));
     if (m == ZYDIS_MNEMONIC_XCHG) {
-        E2(e, XCHG, M(HRSI, 0, size), R(hreg(1, size)));
+        E2(e, XCHG, PROBED(size), R(hreg(1, size)));
         store_gpr(e, 1, s->reg, size);
         return true;
     }
@@ -2376,7 +2390,7 @@ static bool native_atomic(struct emit *e, const struct bt_jit *j, const struct b
         load_guest_flags(e); /* as the handler (PRE); clobbers EAX, ECX: reload */
         E2(e, MOV, R(HRCX), G(s->reg, 8));
         if (locked) e->prefixes = ZYDIS_ATTRIB_HAS_LOCK;
-        E2(e, XADD, M(HRSI, 0, size), R(hreg(1, size)));
+        E2(e, XADD, PROBED(size), R(hreg(1, size)));
         E0(e, PUSHFQ);
         E1(e, POP, R(HRDX));
         store_gpr(e, 1, s->reg, size);
@@ -2385,7 +2399,7 @@ static bool native_atomic(struct emit *e, const struct bt_jit *j, const struct b
     }
     E2(e, MOV, R(HRAX), G(RAX, 8));
     if (locked) e->prefixes = ZYDIS_ATTRIB_HAS_LOCK;
-    E2(e, CMPXCHG, M(HRSI, 0, size), R(hreg(1, size)));
+    E2(e, CMPXCHG, PROBED(size), R(hreg(1, size)));
     E0(e, PUSHFQ);
     E1(e, POP, R(HRDX));
     /* the handler writes the whole RAX the host left (a 32-bit failure zero-extends) */
@@ -2482,7 +2496,7 @@ static bool native_bittest(struct emit *e, const struct bt_jit *j, const struct 
     if (!imm || !inline_mem_ok(i, d, off, false)) return false;
     mem_probe(e, j, d, off, m != ZYDIS_MNEMONIC_BT, slow, nslow);
     load_guest_flags(e);
-    enc(e, m, 2, (ZydisEncoderOperand[]){M(HRSI, 0, size), src});
+    enc(e, m, 2, (ZydisEncoderOperand[]){PROBED(size), src});
     take_flags(e, BT_ARITH_FLAGS);
     return true;
 }
@@ -2501,7 +2515,7 @@ static bool native_setcc_more(struct emit *e, const struct bt_jit *j, const stru
     if (hi)
         store_gpr_hi_al(e, d->reg);
     else
-        E2(e, MOV, M(HRSI, 0, 1), R(ZYDIS_REGISTER_AL));
+        E2(e, MOV, PROBED(1), R(ZYDIS_REGISTER_AL));
     return true;
 }
 
@@ -2519,7 +2533,7 @@ static bool native_flags_ops(struct emit *e, const struct bt_jit *j, const struc
         E2(e, MOV, R(HECX), R(ZYDIS_REGISTER_R14D));
         E2(e, AND, R(HECX), I(BT_ARITH_FLAGS));
         E2(e, OR, R(HRAX), R(HRCX));
-        E2(e, MOV, M(HRSI, 0, 8), R(HRAX));
+        E2(e, MOV, PROBED(8), R(HRAX));
         E2(e, SUB, G(RSP, 8), I(8));
         return true;
     }
@@ -2569,7 +2583,7 @@ static bool native_indirect(struct emit *e, struct bt_jit *j, const struct bt_in
     } else {
         if (!inline_mem_ok(i, o, off, false)) return false;
         mem_probe(e, j, o, off, false, slow, &nslow);
-        E2(e, MOV, R(HRAX), M(HRSI, 0, 8));
+        E2(e, MOV, R(HRAX), PROBED(8));
     }
     check_canonical_rax(e, slow, &nslow);
     /* s.rip = the target now (a slow path below rewrites it before the handler runs) */
@@ -2578,7 +2592,7 @@ static bool native_indirect(struct emit *e, struct bt_jit *j, const struct bt_in
         struct bt_operand slot = stack_slot(-8);
         mem_probe(e, j, &slot, off, true, slow, &nslow);
         rip_at(e, off + i->len, false);
-        E2(e, MOV, M(HRSI, 0, 8), R(HRAX));
+        E2(e, MOV, PROBED(8), R(HRAX));
         E2(e, SUB, G(RSP, 8), I(8));
         if (cfi) cfi_call_hook(e, j);
     }
@@ -2626,6 +2640,7 @@ static int emit_trampoline(struct bt_jit *j, struct bt_cpu *c)
     for (size_t k = ARRAY_SIZE(saved); k-- > 0;)
         E1(&e, POP, R(saved[k]));
     E0(&e, RET);
+    j->bmi2 = __builtin_cpu_supports("bmi2") && !getenv("LOOKOUT_BT_NO_BMI2");
     probe_templates(j);
     if (e.fail) return err_set(EINVAL, "translator: Zydis cannot encode the trampoline");
     size_t k0 = ALIGN_UP(e.pos, 16);
