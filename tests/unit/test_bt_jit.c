@@ -574,6 +574,32 @@ static const uint8_t host_readers[] = {
     0x75, 0x9e,                               /* 65: jne 5 <top> */
     0xf4,                                     /* 67: hlt */
 };
+/* INC/DEC of registers whose flags a later writer overwrites (the value alone, FL_ROT) and ones
+ * whose flags are read (ADC, SETZ, and SBB reading the CF a SUB left through a DEC and an INC,
+ * which keep it): pinned, c->s.gpr slots, 8/16/32/64 bits. */
+static const uint8_t dead_incdec[] = {
+    0xbe, 0x32, 0x00, 0x00, 0x00, /* 0: mov esi,0x32 */
+    0x48, 0xff, 0xc0,             /* 5: inc rax */
+    0x48, 0x01, 0xc3,             /* 8: add rbx,rax */
+    0x41, 0xff, 0xcc,             /* b: dec r12d */
+    0x41, 0x39, 0xdc,             /* e: cmp r12d,ebx */
+    0x66, 0xff, 0xc1,             /* 11: inc cx */
+    0x48, 0x29, 0xd1,             /* 14: sub rcx,rdx */
+    0x48, 0x01, 0xca,             /* 17: add rdx,rcx */
+    0x48, 0xff, 0xc2,             /* 1a: inc rdx */
+    0x48, 0x83, 0xd7, 0x00,       /* 1d: adc rdi,0x0 */
+    0x49, 0xff, 0xca,             /* 21: dec r10 */
+    0x41, 0x0f, 0x94, 0xc1,       /* 24: sete r9b */
+    0x41, 0xfe, 0xc5,             /* 28: inc r13b */
+    0x49, 0x31, 0xdd,             /* 2b: xor r13,rbx */
+    0x49, 0x29, 0xdf,             /* 2e: sub r15,rbx */
+    0x66, 0x41, 0xff, 0xce,       /* 31: dec r14w */
+    0x66, 0x41, 0xff, 0xc6,       /* 35: inc r14w */
+    0x4d, 0x19, 0xf8,             /* 39: sbb r8,r15 */
+    0xff, 0xce,                   /* 3c: dec esi */
+    0x75, 0xc5,                   /* 3e: jne 5 <top> */
+    0xf4,                         /* 40: hlt */
+};
 static uint64_t r13_value;
 
 static void set_r13(struct bt_cpu *c)
@@ -592,6 +618,8 @@ static void test_dead_flags(void **st)
     assert_int_equal(a.rip, T_CODE0 + sizeof(dead_shifts));
     both(host_readers, sizeof(host_readers), 100000, &a, &b);
     assert_int_equal(a.rip, T_CODE0 + sizeof(host_readers));
+    both(dead_incdec, sizeof(dead_incdec), 100000, &a, &b);
+    assert_int_equal(a.rip, T_CODE0 + sizeof(dead_incdec));
     /* a flag-neutral instruction that takes its handler (BSWAP r16) between two flag writers:
      * the block is translated again without the dead-flag pass */
     static const uint8_t neutral_handler[] = {
@@ -629,6 +657,29 @@ static const uint8_t sse_moves[] = {
     0x75, 0xc7,                   /* 3c: jne 5 <top> */
     0xf4,                         /* 3e: hlt */
 };
+/* A handler between two SSE moves of a block (MOV CR0 setting TS on the last passes): the second
+ * one raises #NM although the first one's check passed.  (MOV CR0 leaves the translated block
+ * today, so the second move starts a block of its own; translate() also clears emit.sse_ok at
+ * every handler in case one that changes CR0 does not.) */
+static const uint8_t sse_ts_mid[] = {
+    0xbe, 0x28, 0x00, 0x00, 0x00,       /* 0: mov esi,0x28 */
+    0xf3, 0x41, 0x0f, 0x6f, 0x4f, 0x10, /* 5: movdqu xmm1,XMMWORD PTR [r15+0x10] */
+    0x4c, 0x89, 0xc2,                   /* b: mov rdx,r8 */
+    0x83, 0xfe, 0x03,                   /* e: cmp esi,0x3 */
+    0x49, 0x0f, 0x44, 0xd1,             /* 11: cmove rdx,r9 */
+    0x0f, 0x22, 0xc2,                   /* 15: mov cr0,rdx */
+    0xf3, 0x41, 0x0f, 0x6f, 0x57, 0x20, /* 18: movdqu xmm2,XMMWORD PTR [r15+0x20] */
+    0xff, 0xce,                         /* 1e: dec esi */
+    0x75, 0xe3,                         /* 20: jne 5 <top> */
+    0xf4,                               /* 22: hlt */
+};
+
+static void prep_sse_ts(struct bt_cpu *c)
+{
+    c->s.gpr[R8] = c->s.cr0;
+    c->s.gpr[R9] = c->s.cr0 | X86_CR0_TS;
+}
+
 static uint64_t sse_rdi, sse_cr0_or;
 
 static void prep_sse(struct bt_cpu *c)
@@ -685,6 +736,11 @@ static void test_sse_moves(void **st)
     both(sse_moves, sizeof(sse_moves), 100000, &a, &b);
     assert_int_equal(t_handler_vector(T), X86_NM);
     sse_cr0_or = 0;
+    prep = prep_sse_ts;
+    both(sse_ts_mid, sizeof(sse_ts_mid), 100000, &a, &b);
+    assert_int_equal(t_handler_vector(T), X86_NM);
+    assert_int_equal(a.gpr[RSI], 3);
+    prep = prep_sse;
     for (int r = 0; r < 64; r++)
         put64(T, T_DATA + 0x400 + 8 * (uint64_t)r, 0x0123456789abcdefull * (uint64_t)r);
     sse_rdi = 0x400;
@@ -1474,6 +1530,63 @@ static void prep_ind(void)
     put_bytes(T, ind_base + 0x2000, ind_2000, sizeof(ind_2000));
 }
 
+/* A function reached by an indirect CALL (the inline lookup) whose page the guest remaps halfway
+ * to another physical page holding other code: after INVLPG (A), a CR3 reload (B) or INVLPG of a
+ * global page with CR4.PGE (C) the lookup must not jump to the old translation.
+ *   mov ecx, 100; xor ebx, ebx
+ *   again: mov eax, 0x600000; call rax; add ebx, eax; cmp ecx, 50; jne skip
+ *          mov [r8], r9 (the PDE: the other page); invlpg [rdx] | mov rsi, cr3; mov cr3, rsi
+ *   skip:  dec ecx; jnz again; hlt
+ *   0x600000 -> 0x600000: mov eax, 1; ret   (then -> 0x800000: mov eax, 2; ret) */
+static const uint8_t remap_invlpg[] = {
+    0xb9, 0x64, 0x00, 0x00, 0x00, 0x31, 0xdb, 0xb8, 0x00, 0x00, 0x60, 0x00, 0xff, 0xd0, 0x01, 0xc3,
+    0x83, 0xf9, 0x32, 0x75, 0x06, 0x4d, 0x89, 0x08, 0x0f, 0x01, 0x3a, 0xff, 0xc9, 0x75, 0xe8, 0xf4};
+static const uint8_t remap_cr3[] = {0xb9, 0x64, 0x00, 0x00, 0x00, 0x31, 0xdb, 0xb8, 0x00,
+                                    0x00, 0x60, 0x00, 0xff, 0xd0, 0x01, 0xc3, 0x83, 0xf9,
+                                    0x32, 0x75, 0x09, 0x4d, 0x89, 0x08, 0x0f, 0x20, 0xde,
+                                    0x0f, 0x22, 0xde, 0xff, 0xc9, 0x75, 0xe5, 0xf4};
+static uint64_t remap_pde_bits;
+
+static void prep_remap(struct bt_cpu *c)
+{
+    static const uint8_t f1[] = {0xb8, 0x01, 0x00, 0x00, 0x00, 0xc3};
+    static const uint8_t f2[] = {0xb8, 0x02, 0x00, 0x00, 0x00, 0xc3};
+    put_bytes(T, 0x600000, f1, sizeof(f1));
+    put_bytes(T, 0x800000, f2, sizeof(f2));
+    put64(T, T_PD + 24, 0x600000 | remap_pde_bits);
+    c->s.gpr[R8] = T_PD + 24;
+    c->s.gpr[R9] = 0x800000 | remap_pde_bits;
+    c->s.gpr[RDX] = 0x600000;
+    if (remap_pde_bits & 0x100) c->s.cr4 |= X86_CR4_PGE;
+}
+
+static void test_lookup_remap(void **st)
+{
+    static struct outcome a, b;
+    static const struct {
+        const uint8_t *code;
+        size_t n;
+        uint64_t bits;
+    } v[] = {{remap_invlpg, sizeof(remap_invlpg), 0x83},
+             {remap_cr3, sizeof(remap_cr3), 0x83},
+             {remap_invlpg, sizeof(remap_invlpg), 0x183}};
+    prep = prep_remap;
+    for (unsigned k = 0; k < ARRAY_SIZE(v); k++) {
+        remap_pde_bits = v[k].bits;
+        run_prog(false, v[k].code, v[k].n, 100000, &a);
+        struct bt_jit_stats s0, s;
+        bt_jit_get_stats(T->c, &s0);
+        run_prog(true, v[k].code, v[k].n, 100000, &b);
+        bt_jit_get_stats(T->c, &s);
+        compare(&a, &b);
+        assert_true(a.halted);
+        assert_int_equal(a.gpr[RBX], 51 * 1 + 49 * 2);
+        assert_true(s.lookup_hits - s0.lookup_hits > 20);         /* the lookup ran f before */
+        assert_true(s.lookup_miss_tlb - s0.lookup_miss_tlb >= 1); /* and not after the remap */
+    }
+    prep = NULL;
+}
+
 static void test_indirect_calls(void **st)
 {
     static struct outcome a, b;
@@ -1847,6 +1960,7 @@ int main(void)
         cmocka_unit_test(test_chain_smc),
         cmocka_unit_test(test_chain_budget_kick),
         cmocka_unit_test(test_indirect_calls),
+        cmocka_unit_test(test_lookup_remap),
         cmocka_unit_test(test_lookup_smc),
         cmocka_unit_test(test_cr3_switch),
         cmocka_unit_test(test_lookup_mode),

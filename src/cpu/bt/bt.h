@@ -218,6 +218,10 @@ struct bt_cpu {
     uint64_t xcr0_supported; /* CPUID.(0xD,0).EDX:EAX: bits XSETBV may set */
 
     /* soft MMU */
+    /* TLB generations for the translator's inline lookup (a lookup entry holds the one its page
+     * was validated in): [0] (even) advances at every flush and INVLPG, [1] (odd) only at those
+     * that drop global pages too; each by 2 (mmu.c). */
+    uint64_t tlb_gen[2];
     struct bt_tlb_entry tlb[BT_TLB_SIZE];
     void *mmu; /* mmu.c private (write-watch bitmap, ...) */
 
@@ -273,6 +277,9 @@ int bt_mmu_init(struct bt_cpu *c);
 void bt_mmu_destroy(struct bt_cpu *c);
 void bt_tlb_flush(struct bt_cpu *c, bool include_global);
 void bt_tlb_flush_page(struct bt_cpu *c, uint64_t lin);
+/* True if the TLB holds linear page `lin` as a global page (CR4.PGE set): only a flush that
+ * includes global pages, or INVLPG, drops it. */
+bool bt_tlb_page_global(const struct bt_cpu *c, uint64_t lin);
 /* Linear address of seg:off for `size` bytes, with limit/canonical checks (#GP or #SS). */
 uint64_t bt_seg_linear(struct bt_cpu *c, int seg, uint64_t off, unsigned size, int acc);
 /* Linear-address accesses through paging with the current CPL (or supervisor if IMPLICIT). */

@@ -99,14 +99,19 @@ struct jit_tb {
 /* The inline lookup table (indirect branches, returns, handler-decided exits in 64-bit code):
  * direct-mapped by linear RIP, probed by the emitted code.  An entry is used only if the linear
  * RIP, CR3 and the mode word (CPL, code and stack size, paging: the 4 bytes at bt_cpu.cpl) match
- * and the soft TLB maps RIP's page, executable at the current CPL, to the guest-physical page the
- * translation was made from, so a remapped page or another address space never runs a stale
- * translation.  Entries die with their translation (bt_jit_drop, bt_jit_flush). */
+ * and no TLB flush or INVLPG that could drop RIP's page has happened since the loop filled the
+ * entry (bt_cpu.tlb_gen), right after it fetched from the page through the TLB (executable at
+ * that CPL, mapped to the guest-physical page the translation was made from): so a remapped page
+ * or another address space never runs a stale translation, exactly as a TLB entry the guest has
+ * not flushed may still be used.  Entries die with their translation (bt_jit_drop,
+ * bt_jit_flush: the page of each entry is in lgpa). */
 #define JIT_LOOKUP_SIZE 16384u
 #define JIT_DROP_PAGES  16u
 struct jit_lent {
-    uint64_t rip, cr3, gpa; /* gpa: the page (low 12 bits clear); 0 with rip ~0: empty */
-    uint32_t mode, code;    /* mode word; code offset in the cache */
+    uint64_t rip, cr3; /* rip ~0: empty */
+    /* bt_cpu.tlb_gen[gen & 1] when the entry was filled ([1] for a global page) */
+    uint64_t gen;
+    uint32_t mode, code; /* mode word; code offset in the cache */
 };
 _Static_assert(sizeof(struct jit_lent) == 32, "the lookup probe scales the index by 32");
 _Static_assert(offsetof(struct bt_cpu, code_bits) == offsetof(struct bt_cpu, cpl) + 1 &&
@@ -167,6 +172,7 @@ struct bt_jit {
     unsigned nmid;
     size_t mid_jumps[JIT_BLOCK_MAX];
     struct jit_lent ltab[JIT_LOOKUP_SIZE]; /* read by the translated code (absolute address) */
+    uint64_t lgpa[JIT_LOOKUP_SIZE];        /* the guest-physical page of each entry's translation */
 };
 
 /* ---- emitter --------------------------------------------------------------------------- */
@@ -198,6 +204,10 @@ struct emit {
      * SETcc here then runs on the host's flags.  translate() moves it to hfresh_prev and
      * clears it before each instruction. */
     bool hfresh, hfresh_prev;
+    /* sse_usable's checks passed earlier in this block and no handler has run since (only a
+     * handler changes CR0 or CR4), so they need not be repeated.  translate() clears it at every
+     * instruction that takes its handler. */
+    bool sse_ok;
 };
 
 static ZydisEncoderOperand R(ZydisRegister r)
@@ -361,7 +371,8 @@ static bool emit_copy(struct emit *e, const uint8_t *bytes, size_t len)
 #define C_HALTED    ((int64_t)offsetof(struct bt_cpu, halted))
 #define L_RIP       ((int64_t)offsetof(struct jit_lent, rip))
 #define L_CR3       ((int64_t)offsetof(struct jit_lent, cr3))
-#define L_GPA       ((int64_t)offsetof(struct jit_lent, gpa))
+#define L_GEN       ((int64_t)offsetof(struct jit_lent, gen))
+#define C_TLBGEN    ((int64_t)offsetof(struct bt_cpu, tlb_gen))
 #define L_MODE      ((int64_t)offsetof(struct jit_lent, mode))
 #define L_CODE      ((int64_t)offsetof(struct jit_lent, code))
 
@@ -705,11 +716,13 @@ static void load_guest_cf(struct emit *e)
  * into c->s.rflags (the handler path, if it ends up there, still merges: harmless).  A FL_NONE
  * instruction must be native: after a handler the block may be left (after_handler_checks)
  * with dead flags unstored, so translate() starts again without the pass if one is not. */
-/* FL_ROT: ROL/ROR of a register by an immediate: writes CF (and OF) from its result alone and
- * reads no flag, so it is transparent to the liveness of earlier flags (like FL_NONE) and its
- * own flags may be dead.  FL_SHIFT: SHL/SHR/SAR of a register by a non-zero immediate: writes
- * the flags, but counts as a reader for earlier ones (its undefined flags are the host's with
- * the guest's loaded); its own may be dead, and then neither load nor merge is needed. */
+/* FL_ROT: ROL/ROR of a register by an immediate (writes CF, and OF, from its result alone) and
+ * INC/DEC of a register (the other five, CF kept): what it does not write comes from before it
+ * and what it writes depends on its operand alone, so it is transparent to the liveness of
+ * earlier flags (like FL_NONE) and its own flags may be dead.  FL_SHIFT: SHL/SHR/SAR of a register
+ * by a non-zero immediate: writes the flags, but counts as a reader for earlier ones (its undefined
+ * flags are the host's with the guest's loaded); its own may be dead, and then neither load nor
+ * merge is needed. */
 enum { FL_READS, FL_NONE, FL_WRITES, FL_ROT, FL_SHIFT };
 
 static int flag_effect(const struct bt_insn *i)
@@ -736,6 +749,8 @@ static int flag_effect(const struct bt_insn *i)
         return i->nops >= 2 && i->op[0].kind == BT_OPK_REG && i->op[1].kind == BT_OPK_IMM
                    ? FL_ROT
                    : FL_READS;
+    case ZYDIS_MNEMONIC_INC: /* five flags from the result, CF kept: transparent like a rotate */
+    case ZYDIS_MNEMONIC_DEC: return i->nops >= 1 && i->op[0].kind == BT_OPK_REG ? FL_ROT : FL_READS;
     case ZYDIS_MNEMONIC_SHL:
     case ZYDIS_MNEMONIC_SHR:
     case ZYDIS_MNEMONIC_SAR:
@@ -877,6 +892,16 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off, 
     case ZYDIS_MNEMONIC_INC:
     case ZYDIS_MNEMONIC_DEC:
         if (i->nops < 1 || !is_gpr(d) || d->size != size) return false;
+        if (flags_dead) { /* FL_ROT: the value alone */
+            if (pinned(d->reg, size) != ZYDIS_REGISTER_NONE || size != 4) {
+                enc(e, m, 1, (ZydisEncoderOperand[]){G(d->reg, size)});
+            } else { /* a 32-bit slot: zero-extended through a host register */
+                load_gpr(e, 0, d->reg, 4);
+                enc(e, m, 1, (ZydisEncoderOperand[]){R(ZYDIS_REGISTER_EAX)});
+                store_gpr(e, 0, d->reg, 4);
+            }
+            return true;
+        }
         if (pinned(d->reg, size) != ZYDIS_REGISTER_NONE) {
             /* CF is preserved: with the guest's CF in the host's first, all six flags after
              * the host's INC/DEC are the guest's (and a Jcc after it may test them) */
@@ -1381,9 +1406,11 @@ static void lookup_exit(struct emit *e, struct bt_jit *j, bool after_handler)
     E2(e, MOV, R(ZYDIS_REGISTER_EDX), M(HCPU, C_CPL, 4));
     E2(e, CMP, R(ZYDIS_REGISTER_EDX), M(ZYDIS_REGISTER_RSI, L_MODE, 4));
     kfails[nk++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
-    tlb_exec_probe(e, tfails, &nt);
-    E2(e, MOV, R(ZYDIS_REGISTER_RDX), M(ZYDIS_REGISTER_RCX, T_GPA, 8));
-    E2(e, CMP, R(ZYDIS_REGISTER_RDX), M(ZYDIS_REGISTER_RSI, L_GPA, 8));
+    /* no flush since: tlb_gen[gen & 1] still gen */
+    E2(e, MOV, R(ZYDIS_REGISTER_RDX), M(ZYDIS_REGISTER_RSI, L_GEN, 8));
+    E2(e, MOV, R(ZYDIS_REGISTER_ECX), R(ZYDIS_REGISTER_EDX));
+    E2(e, AND, R(ZYDIS_REGISTER_ECX), I(1));
+    E2(e, CMP, R(ZYDIS_REGISTER_RDX), MX(HCPU, ZYDIS_REGISTER_RCX, 8, C_TLBGEN, 8));
     tfails[nt++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
     count(e, &j->st.lookup_hits);
     E2(e, MOV, R(ZYDIS_REGISTER_EAX), M(ZYDIS_REGISTER_RSI, L_CODE, 4));
@@ -1766,6 +1793,8 @@ static bool is_xmm(const struct bt_operand *o)
  * raises #UD or #NM) */
 static void sse_usable(struct emit *e, size_t *slow, int *nslow)
 {
+    if (e->sse_ok) return;
+    e->sse_ok = true;
     E2(e, TEST, M(HCPU, C_CR0, 4), I(X86_CR0_EM | X86_CR0_TS));
     slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
     E2(e, TEST, M(HCPU, C_CR4, 4), I(X86_CR4_OSFXSR));
@@ -2718,9 +2747,8 @@ static void lookup_apply_drops(struct bt_jit *j)
         return;
     }
     for (unsigned k = 0; k < JIT_LOOKUP_SIZE; k++) {
-        struct jit_lent *l = &j->ltab[k];
         for (unsigned d = 0; d < j->ndrop; d++)
-            if (l->gpa == j->drop_pages[d]) l->rip = ~0ull;
+            if (j->lgpa[k] == j->drop_pages[d]) j->ltab[k].rip = ~0ull;
     }
     j->ndrop = 0;
 }
@@ -2733,10 +2761,13 @@ static inline uint32_t lookup_index(uint64_t rip)
 /* Records the translation about to run at s.rip (64-bit code) for the inline lookup. */
 static void lookup_fill(struct bt_jit *j, struct bt_cpu *c, const struct jit_tb *tb)
 {
-    struct jit_lent *l = &j->ltab[lookup_index(c->s.rip)];
+    uint32_t k = lookup_index(c->s.rip);
+    struct jit_lent *l = &j->ltab[k];
     l->rip = c->s.rip;
     l->cr3 = c->s.cr3;
-    l->gpa = tb->gpa & ~0xfffull;
+    /* the loop has just fetched from the page through the TLB */
+    l->gen = c->tlb_gen[bt_tlb_page_global(c, c->s.rip)];
+    j->lgpa[k] = tb->gpa & ~0xfffull;
     memcpy(&l->mode, &c->cpl, 4);
     l->code = tb->entry;
 }
@@ -2954,6 +2985,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
          * takes the handler path; the block stays translated. */
         size_t mark = e.pos;
         unsigned pend0 = pend, nsp0 = nsp;
+        bool sse_ok0 = e.sse_ok;
         bool hflags_in = e.hflags;
         e.hflags = false;
         e.hfresh_prev = e.hfresh;
@@ -2982,6 +3014,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
             e.pos = mark;
             pend = pend0;
             nsp = nsp0;
+            e.sse_ok = sse_ok0;
             how = HANDLER;
         }
         if (how != SIMPLE && how != MEM) e.hflags = false;
@@ -3020,6 +3053,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
                 return translate(j, c, ins, n, slot, gpa, false);
             hstat_count(&e, i, false);
             call_handler(&e, i, off, b32, &pend);
+            e.sse_ok = false;
             if (last) {
                 if (b32)
                     jto(&e, ZYDIS_MNEMONIC_JMP, j->exit_off);

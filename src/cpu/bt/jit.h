@@ -70,8 +70,8 @@ void bt_jit_poke(struct bt_cpu *c);
  * lookup_bails: lookup exits that went to the loop before probing (budget, exit request,
  * pending event, LAPIC attention, interrupt shadow, HLT, TF, queued invalidation);
  * lookup_miss_key / lookup_miss_tlb: lookups that missed because the table held another key
- * (RIP, CR3, mode) or because the TLB did not vouch for the page; lookup_clears: whole-table
- * clears of the lookup table. */
+ * (RIP, CR3, mode) or because the TLB was flushed since the entry was made; lookup_clears:
+ * whole-table clears of the lookup table. */
 struct bt_jit_stats {
     uint64_t blocks_translated, insns_native, insns_called, flushes, runs, code_bytes, chains,
         unchains, insns_inline_mem;

@@ -57,6 +57,8 @@ int bt_mmu_init(struct bt_cpu *c)
     m->phys_mask = ((1ull << maxphy) - 1) & ~0xfffull;
     c->mmu = m;
     memset(c->tlb, 0, sizeof(c->tlb));
+    c->tlb_gen[0] = 2;
+    c->tlb_gen[1] = 3;
     return 0;
 }
 
@@ -149,6 +151,8 @@ void bt_tlb_flush(struct bt_cpu *c, bool include_global)
 {
     bool keep_global = !include_global && (c->s.cr4 & X86_CR4_PGE);
     struct bt_mmu *m = mmu_of(c);
+    c->tlb_gen[0] += 2;
+    if (!keep_global) c->tlb_gen[1] += 2;
     if (!m) { /* no record of the filled slots: all of them */
         for (unsigned i = 0; i < BT_TLB_SIZE; i++)
             if (!keep_global || !(c->tlb[i].perm & P_GLOBAL)) tlb_kill(&c->tlb[i]);
@@ -167,6 +171,8 @@ void bt_tlb_flush_page(struct bt_cpu *c, uint64_t lin)
      * drop every entry whose translation came from the same 2 MiB/4 MiB region (simpler than
      * remembering which entries came from large pages). */
     uint64_t big = lin & ~0x3fffffull;
+    c->tlb_gen[0] += 2;
+    c->tlb_gen[1] += 2;
     /* the 1024 pages of that 4 MiB region sit in 1024 consecutive slots (mod the TLB size) */
     _Static_assert(BT_TLB_SIZE >= 1024, "a 4 MiB region's pages in distinct slots");
     for (unsigned k = 0; k < 1024; k++) {
@@ -462,6 +468,12 @@ static inline uint32_t need_of(const struct bt_cpu *c, int acc)
 static inline uint64_t tag_of(uint64_t lin)
 {
     return (lin & ~0xfffull) | 1;
+}
+
+bool bt_tlb_page_global(const struct bt_cpu *c, uint64_t lin)
+{
+    const struct bt_tlb_entry *e = &c->tlb[(lin >> 12) & (BT_TLB_SIZE - 1)];
+    return e->vtag == tag_of(lin) && (e->perm & P_GLOBAL) && (c->s.cr4 & X86_CR4_PGE);
 }
 
 /* The TLB entry for lin valid for `acc`, filling it by a walk (raising #PF on failure). */
