@@ -1530,29 +1530,38 @@ static void prep_ind(void)
     put_bytes(T, ind_base + 0x2000, ind_2000, sizeof(ind_2000));
 }
 
-/* A function reached by an indirect CALL (the inline lookup) whose page the guest remaps halfway
+/* Two functions reached by indirect CALLs (the inline lookup) whose page the guest remaps halfway
  * to another physical page holding other code: after INVLPG (A), a CR3 reload (B) or INVLPG of a
- * global page with CR4.PGE (C) the lookup must not jump to the old translation.
+ * global page with CR4.PGE (C) the lookup must not jump to an old translation, although the
+ * first call after the remap fills the TLB with the new page again (the second function's entry
+ * is then stale and the TLB maps its page, to another physical page: revalidation must fail).
  *   mov ecx, 100; xor ebx, ebx
- *   again: mov eax, 0x600000; call rax; add ebx, eax; cmp ecx, 50; jne skip
+ *   again: mov eax, 0x600000; call rax; add ebx, eax; mov eax, 0x600010; call rax; add ebx, eax
+ *          cmp ecx, 50; jne skip
  *          mov [r8], r9 (the PDE: the other page); invlpg [rdx] | mov rsi, cr3; mov cr3, rsi
  *   skip:  dec ecx; jnz again; hlt
- *   0x600000 -> 0x600000: mov eax, 1; ret   (then -> 0x800000: mov eax, 2; ret) */
+ *   0x600000 -> 0x600000: f: mov eax, 1; ret; g (+0x10): mov eax, 10; ret
+ *            -> 0x800000: f: mov eax, 2; ret; g: mov eax, 20; ret */
 static const uint8_t remap_invlpg[] = {
-    0xb9, 0x64, 0x00, 0x00, 0x00, 0x31, 0xdb, 0xb8, 0x00, 0x00, 0x60, 0x00, 0xff, 0xd0, 0x01, 0xc3,
-    0x83, 0xf9, 0x32, 0x75, 0x06, 0x4d, 0x89, 0x08, 0x0f, 0x01, 0x3a, 0xff, 0xc9, 0x75, 0xe8, 0xf4};
-static const uint8_t remap_cr3[] = {0xb9, 0x64, 0x00, 0x00, 0x00, 0x31, 0xdb, 0xb8, 0x00,
-                                    0x00, 0x60, 0x00, 0xff, 0xd0, 0x01, 0xc3, 0x83, 0xf9,
-                                    0x32, 0x75, 0x09, 0x4d, 0x89, 0x08, 0x0f, 0x20, 0xde,
-                                    0x0f, 0x22, 0xde, 0xff, 0xc9, 0x75, 0xe5, 0xf4};
+    0xb9, 0x64, 0x00, 0x00, 0x00, 0x31, 0xdb, 0xb8, 0x00, 0x00, 0x60, 0x00, 0xff, 0xd0,
+    0x01, 0xc3, 0xb8, 0x10, 0x00, 0x60, 0x00, 0xff, 0xd0, 0x01, 0xc3, 0x83, 0xf9, 0x32,
+    0x75, 0x06, 0x4d, 0x89, 0x08, 0x0f, 0x01, 0x3a, 0xff, 0xc9, 0x75, 0xdf, 0xf4};
+static const uint8_t remap_cr3[] = {
+    0xb9, 0x64, 0x00, 0x00, 0x00, 0x31, 0xdb, 0xb8, 0x00, 0x00, 0x60, 0x00, 0xff, 0xd0, 0x01,
+    0xc3, 0xb8, 0x10, 0x00, 0x60, 0x00, 0xff, 0xd0, 0x01, 0xc3, 0x83, 0xf9, 0x32, 0x75, 0x09,
+    0x4d, 0x89, 0x08, 0x0f, 0x20, 0xde, 0x0f, 0x22, 0xde, 0xff, 0xc9, 0x75, 0xdc, 0xf4};
 static uint64_t remap_pde_bits;
 
 static void prep_remap(struct bt_cpu *c)
 {
     static const uint8_t f1[] = {0xb8, 0x01, 0x00, 0x00, 0x00, 0xc3};
+    static const uint8_t g1[] = {0xb8, 0x0a, 0x00, 0x00, 0x00, 0xc3};
     static const uint8_t f2[] = {0xb8, 0x02, 0x00, 0x00, 0x00, 0xc3};
+    static const uint8_t g2[] = {0xb8, 0x14, 0x00, 0x00, 0x00, 0xc3};
     put_bytes(T, 0x600000, f1, sizeof(f1));
+    put_bytes(T, 0x600010, g1, sizeof(g1));
     put_bytes(T, 0x800000, f2, sizeof(f2));
+    put_bytes(T, 0x800010, g2, sizeof(g2));
     put64(T, T_PD + 24, 0x600000 | remap_pde_bits);
     c->s.gpr[R8] = T_PD + 24;
     c->s.gpr[R9] = 0x800000 | remap_pde_bits;
@@ -1580,9 +1589,11 @@ static void test_lookup_remap(void **st)
         bt_jit_get_stats(T->c, &s);
         compare(&a, &b);
         assert_true(a.halted);
-        assert_int_equal(a.gpr[RBX], 51 * 1 + 49 * 2);
-        assert_true(s.lookup_hits - s0.lookup_hits > 20);         /* the lookup ran f before */
-        assert_true(s.lookup_miss_tlb - s0.lookup_miss_tlb >= 1); /* and not after the remap */
+        assert_int_equal(a.gpr[RBX], 51 * (1 + 10) + 49 * (2 + 20));
+        assert_true(s.lookup_hits - s0.lookup_hits > 40);         /* the lookup ran f and g */
+        assert_true(s.lookup_miss_tlb - s0.lookup_miss_tlb >= 2); /* and not after the remap */
+        /* stale entries of other pages (the return addresses) the TLB vouched for again */
+        if (k == 1) assert_true(s.lookup_revalidated - s0.lookup_revalidated >= 1);
     }
     prep = NULL;
 }

@@ -99,21 +99,24 @@ struct jit_tb {
 /* The inline lookup table (indirect branches, returns, handler-decided exits in 64-bit code):
  * direct-mapped by linear RIP, probed by the emitted code.  An entry is used only if the linear
  * RIP, CR3 and the mode word (CPL, code and stack size, paging: the 4 bytes at bt_cpu.cpl) match
- * and no TLB flush or INVLPG that could drop RIP's page has happened since the loop filled the
- * entry (bt_cpu.tlb_gen), right after it fetched from the page through the TLB (executable at
- * that CPL, mapped to the guest-physical page the translation was made from): so a remapped page
- * or another address space never runs a stale translation, exactly as a TLB entry the guest has
- * not flushed may still be used.  Entries die with their translation (bt_jit_drop,
- * bt_jit_flush: the page of each entry is in lgpa). */
+ * and either no TLB flush or INVLPG that could drop RIP's page has happened since the entry was
+ * validated (bt_cpu.tlb_gen) or the soft TLB maps RIP's page, executable at the current CPL, to
+ * the guest-physical page the translation was made from (which validates it again).  The loop
+ * validates an entry when it fills it, right after fetching from the page through the TLB.  So a
+ * remapped page or another address space never runs a stale translation, exactly as a TLB entry
+ * the guest has not flushed may still be used.  Entries die with their translation (bt_jit_drop,
+ * bt_jit_flush). */
 #define JIT_LOOKUP_SIZE 16384u
 #define JIT_DROP_PAGES  16u
 struct jit_lent {
     uint64_t rip, cr3; /* rip ~0: empty */
-    /* bt_cpu.tlb_gen[gen & 1] when the entry was filled ([1] for a global page) */
+    /* bt_cpu.tlb_gen[gen & 1] when the entry was last validated ([1] for a global page) */
     uint64_t gen;
+    uint64_t gpa;        /* the page (low 12 bits clear) */
     uint32_t mode, code; /* mode word; code offset in the cache */
+    uint64_t pad[3];     /* one cache line */
 };
-_Static_assert(sizeof(struct jit_lent) == 32, "the lookup probe scales the index by 32");
+_Static_assert(sizeof(struct jit_lent) == 64, "the lookup probe scales the index by 64");
 _Static_assert(offsetof(struct bt_cpu, code_bits) == offsetof(struct bt_cpu, cpl) + 1 &&
                    offsetof(struct bt_cpu, stack_bits) == offsetof(struct bt_cpu, cpl) + 2 &&
                    offsetof(struct bt_cpu, paging) == offsetof(struct bt_cpu, cpl) + 3,
@@ -135,6 +138,7 @@ struct bt_jit {
     uint8_t *rw, *rx; /* the two views of the cache (NULL until the first translation) */
     size_t size, used, base_end;
     size_t exit_off;   /* the trampoline's return path */
+    size_t reval_off;  /* lookup_revalidate's shared code */
     size_t kconst_off; /* the icount constants (JIT_KCONST_N of 16 bytes; 0 until made) */
     /* The inline access check, encoded once per [write][size 1, 2, 4, 8, 16] (it depends on
      * nothing else) and copied: encoding its ~15 instructions per memory operand showed in
@@ -372,6 +376,7 @@ static bool emit_copy(struct emit *e, const uint8_t *bytes, size_t len)
 #define L_RIP       ((int64_t)offsetof(struct jit_lent, rip))
 #define L_CR3       ((int64_t)offsetof(struct jit_lent, cr3))
 #define L_GEN       ((int64_t)offsetof(struct jit_lent, gen))
+#define L_GPA       ((int64_t)offsetof(struct jit_lent, gpa))
 #define C_TLBGEN    ((int64_t)offsetof(struct bt_cpu, tlb_gen))
 #define L_MODE      ((int64_t)offsetof(struct jit_lent, mode))
 #define L_CODE      ((int64_t)offsetof(struct jit_lent, code))
@@ -1395,7 +1400,7 @@ static void lookup_exit(struct emit *e, struct bt_jit *j, bool after_handler)
     E2(e, SHR, R(ZYDIS_REGISTER_RCX), I(12));
     E2(e, XOR, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RAX));
     E2(e, AND, R(ZYDIS_REGISTER_ECX), I(JIT_LOOKUP_SIZE - 1));
-    E2(e, SHL, R(ZYDIS_REGISTER_ECX), I(5));
+    E2(e, SHL, R(ZYDIS_REGISTER_ECX), I(6));
     E2(e, MOV, R(ZYDIS_REGISTER_RSI), I((int64_t)(uintptr_t)j->ltab));
     E2(e, ADD, R(ZYDIS_REGISTER_RSI), R(ZYDIS_REGISTER_RCX));
     E2(e, CMP, R(ZYDIS_REGISTER_RAX), M(ZYDIS_REGISTER_RSI, L_RIP, 8));
@@ -1424,8 +1429,7 @@ static void lookup_exit(struct emit *e, struct bt_jit *j, bool after_handler)
     jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
     for (int k = 0; k < nt; k++)
         patch(e, tfails[k], e->pos);
-    count(e, &j->st.lookup_miss_tlb);
-    jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
+    jto(e, ZYDIS_MNEMONIC_JMP, j->reval_off); /* RAX, RSI as they are */
     for (int k = 0; k < nf; k++)
         patch(e, fails[k], e->pos);
     count(e, &j->st.lookup_bails); /* the loop has something to do first */
@@ -2651,6 +2655,32 @@ bool bt_jit_wanted(void)
 /* The trampoline at the start of the cache: enter(c, code, j) saves the callee-saved registers,
  * pins c in RBX, loads the guest state kept in host registers and jumps to the block; blocks
  * leave through exit_off, which writes that state back. */
+/* The inline lookup's way on when an entry's TLB generation is stale (a flush since it was
+ * validated): RAX = the linear RIP, RSI = the entry (its key matched).  If the soft TLB maps the
+ * page, executable at the current CPL, to the entry's guest-physical page, the entry is valid
+ * again in this generation ([0], the one every flush advances) and its translation runs; else
+ * back to the loop (which refills the TLB by fetching).  Shared by every lookup exit. */
+static void lookup_revalidate(struct emit *e, struct bt_jit *j)
+{
+    size_t fails[8];
+    int nf = 0;
+    tlb_exec_probe(e, fails, &nf); /* RCX = the TLB entry */
+    E2(e, MOV, R(ZYDIS_REGISTER_RDX), M(ZYDIS_REGISTER_RCX, T_GPA, 8));
+    E2(e, CMP, R(ZYDIS_REGISTER_RDX), M(ZYDIS_REGISTER_RSI, L_GPA, 8));
+    fails[nf++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    E2(e, MOV, R(ZYDIS_REGISTER_RDX), M(HCPU, C_TLBGEN, 8));
+    E2(e, MOV, M(ZYDIS_REGISTER_RSI, L_GEN, 8), R(ZYDIS_REGISTER_RDX));
+    count(e, &j->st.lookup_revalidated);
+    E2(e, MOV, R(ZYDIS_REGISTER_EAX), M(ZYDIS_REGISTER_RSI, L_CODE, 4));
+    E2(e, MOV, R(ZYDIS_REGISTER_RCX), I((int64_t)(uintptr_t)j->rx));
+    E2(e, ADD, R(ZYDIS_REGISTER_RAX), R(ZYDIS_REGISTER_RCX));
+    E1(e, JMP, R(ZYDIS_REGISTER_RAX));
+    for (int k = 0; k < nf; k++)
+        patch(e, fails[k], e->pos);
+    count(e, &j->st.lookup_miss_tlb);
+    jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
+}
+
 static int emit_trampoline(struct bt_jit *j, struct bt_cpu *c)
 {
     struct emit e = {.buf = j->rw, .pos = 0, .cap = j->size, .jit = j};
@@ -2669,6 +2699,8 @@ static int emit_trampoline(struct bt_jit *j, struct bt_cpu *c)
     for (size_t k = ARRAY_SIZE(saved); k-- > 0;)
         E1(&e, POP, R(saved[k]));
     E0(&e, RET);
+    j->reval_off = e.pos;
+    lookup_revalidate(&e, j);
     j->bmi2 = __builtin_cpu_supports("bmi2") && !getenv("LOOKOUT_BT_NO_BMI2");
     probe_templates(j);
     if (e.fail) return err_set(EINVAL, "translator: Zydis cannot encode the trampoline");
@@ -2747,8 +2779,9 @@ static void lookup_apply_drops(struct bt_jit *j)
         return;
     }
     for (unsigned k = 0; k < JIT_LOOKUP_SIZE; k++) {
+        struct jit_lent *l = &j->ltab[k];
         for (unsigned d = 0; d < j->ndrop; d++)
-            if (j->lgpa[k] == j->drop_pages[d]) j->ltab[k].rip = ~0ull;
+            if (l->gpa == j->drop_pages[d]) l->rip = ~0ull;
     }
     j->ndrop = 0;
 }
@@ -2767,7 +2800,7 @@ static void lookup_fill(struct bt_jit *j, struct bt_cpu *c, const struct jit_tb 
     l->cr3 = c->s.cr3;
     /* the loop has just fetched from the page through the TLB */
     l->gen = c->tlb_gen[bt_tlb_page_global(c, c->s.rip)];
-    j->lgpa[k] = tb->gpa & ~0xfffull;
+    l->gpa = tb->gpa & ~0xfffull;
     memcpy(&l->mode, &c->cpl, 4);
     l->code = tb->entry;
 }
@@ -2817,8 +2850,9 @@ void bt_jit_destroy(struct bt_cpu *c)
             "%llu with inline memory access), %llu flushes (%llu because the code cache was full), "
             "%llu block entries from the loop, %llu chains (%llu across pages), %llu unchained, "
             "%llu exits through unpatched chain jumps, "
-            "%llu inline lookups (%llu hits; misses: %llu not in the table, %llu TLB; %llu exits "
-            "to the loop before the lookup: budget, events), "
+            "%llu inline lookups (%llu hits, %llu more after checking the TLB since a flush; "
+            "misses: %llu not in the table, %llu TLB; %llu exits to the loop before the lookup: "
+            "budget, events), "
             "%llu lookup-table clears, %llu entries interpreted for a CPL the translation was "
             "not made for",
             c->index, (unsigned long long)st.blocks_translated, (unsigned long long)st.insns_native,
@@ -2827,9 +2861,10 @@ void bt_jit_destroy(struct bt_cpu *c)
             (unsigned long long)st.runs, (unsigned long long)st.chains,
             (unsigned long long)st.chains_cross, (unsigned long long)st.unchains,
             (unsigned long long)st.exits_unchained, (unsigned long long)st.lookups,
-            (unsigned long long)st.lookup_hits, (unsigned long long)st.lookup_miss_key,
-            (unsigned long long)st.lookup_miss_tlb, (unsigned long long)st.lookup_bails,
-            (unsigned long long)st.lookup_clears, (unsigned long long)st.cpl_mismatch);
+            (unsigned long long)st.lookup_hits, (unsigned long long)st.lookup_revalidated,
+            (unsigned long long)st.lookup_miss_key, (unsigned long long)st.lookup_miss_tlb,
+            (unsigned long long)st.lookup_bails, (unsigned long long)st.lookup_clears,
+            (unsigned long long)st.cpl_mismatch);
     hstat_report();
     cache_unmap(j);
     free(j->tbs);
@@ -2883,8 +2918,8 @@ void bt_jit_get_stats(const struct bt_cpu *c, struct bt_jit_stats *st)
     memset(st, 0, sizeof(*st));
     if (j) {
         *st = j->st;
-        st->lookups =
-            st->lookup_hits + st->lookup_miss_key + st->lookup_miss_tlb + st->lookup_bails;
+        st->lookups = st->lookup_hits + st->lookup_revalidated + st->lookup_miss_key +
+                      st->lookup_miss_tlb + st->lookup_bails;
         st->code_bytes = j->used;
     }
 }

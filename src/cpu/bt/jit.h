@@ -69,15 +69,18 @@ void bt_jit_poke(struct bt_cpu *c);
  * translated code at handler-decided exits and how many jumped straight to a translation;
  * lookup_bails: lookup exits that went to the loop before probing (budget, exit request,
  * pending event, LAPIC attention, interrupt shadow, HLT, TF, queued invalidation);
- * lookup_miss_key / lookup_miss_tlb: lookups that missed because the table held another key
- * (RIP, CR3, mode) or because the TLB was flushed since the entry was made; lookup_clears:
+ * lookup_revalidated: lookups whose entry a TLB flush had made stale and the soft TLB vouched
+ * for again (they ran the translation too); lookup_miss_key / lookup_miss_tlb: lookups that
+ * missed because the table held another key (RIP, CR3, mode) or because after a flush the TLB
+ * did not map the page (yet) to the entry's physical page; lookup_clears:
  * whole-table clears of the lookup table. */
 struct bt_jit_stats {
     uint64_t blocks_translated, insns_native, insns_called, flushes, runs, code_bytes, chains,
         unchains, insns_inline_mem;
     uint64_t flushes_full, chains_cross, lookups, lookup_hits, lookup_clears, lookup_miss_key,
-        lookup_miss_tlb, exits_unchained, lookup_bails; /* exits_unchained: through a chain jump not
-                                             yet patched (or whose target page changed) */
-    uint64_t cpl_mismatch; /* entries interpreted: translated for the other privilege class */
+        lookup_miss_tlb, exits_unchained, lookup_bails,
+        lookup_revalidated; /* exits_unchained: through a chain jump not
+yet patched (or whose target page changed) */
+    uint64_t cpl_mismatch;  /* entries interpreted: translated for the other privilege class */
 };
 void bt_jit_get_stats(const struct bt_cpu *c, struct bt_jit_stats *st);
