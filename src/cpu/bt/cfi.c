@@ -155,22 +155,29 @@ static inline __attribute__((always_inline)) struct bt_cfi_stack *stack_of(struc
     }
     if (c->cpl != 3) return &k->st[0];
     struct bt_cfi_stack *s = &k->st[1];
-    uint64_t space = c->s.cr3 & 0x7ffffffffffff000ull;
-    if (s->space != space) {
-        s->space = space;
-        s->n = 0;
+    if (s->space_cr3 != c->s.cr3) {
+        uint64_t space = c->s.cr3 & 0x7ffffffffffff000ull;
+        if (s->space != space) {
+            s->space = space;
+            s->n = 0;
+        }
+        s->space_cr3 = c->s.cr3;
     }
     return s;
 }
 
+/* s->top is a byte offset into f (16 per record, for the translator's inline code) */
+#define FRAME_BYTES ((unsigned)sizeof(struct bt_cfi_frame))
+#define RING_BYTES  (CFI_DEPTH * FRAME_BYTES)
+
 static inline struct bt_cfi_frame *top_of(struct bt_cfi_stack *s)
 {
-    return &s->f[(s->top + CFI_DEPTH - 1) % CFI_DEPTH];
+    return &s->f[((s->top + RING_BYTES - FRAME_BYTES) % RING_BYTES) / FRAME_BYTES];
 }
 
 static inline void pop(struct bt_cfi_stack *s)
 {
-    s->top = (s->top + CFI_DEPTH - 1) % CFI_DEPTH;
+    s->top = (s->top + RING_BYTES - FRAME_BYTES) % RING_BYTES;
     s->n--;
 }
 
@@ -181,8 +188,8 @@ void bt_cfi_call(struct bt_cpu *c, uint64_t slot, uint64_t ret)
     /* records at or below the new slot belong to frames that are gone (longjmp) */
     while (s->n && top_of(s)->slot <= slot)
         pop(s);
-    s->f[s->top] = (struct bt_cfi_frame){slot, ret};
-    s->top = (s->top + 1) % CFI_DEPTH;
+    s->f[s->top / FRAME_BYTES] = (struct bt_cfi_frame){slot, ret};
+    s->top = (s->top + FRAME_BYTES) % RING_BYTES;
     if (s->n < CFI_DEPTH) s->n++;
     bump(&((struct bt_cfi_cpu *)c->cfi)->calls);
 }

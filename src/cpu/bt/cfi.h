@@ -55,8 +55,13 @@ struct bt_cfi_frame {
     uint64_t slot, ret;
 };
 struct bt_cfi_stack {
-    uint64_t space;  /* user stack: the address space its records belong to */
-    unsigned top, n; /* top: index of the next push; n: records held (<= BT_CFI_DEPTH) */
+    uint64_t space; /* user stack: the address space its records belong to */
+    /* user stack: the CR3 value last found to be that space (the inline code compares CR3 with
+     * it, one compare instead of masking the PCID and no-flush bits; 0 at first) */
+    uint64_t space_cr3;
+    /* top: the byte offset in f of the next push (16 x its index); n: records held (<=
+     * BT_CFI_DEPTH) */
+    unsigned top, n;
     struct bt_cfi_frame f[BT_CFI_DEPTH];
 };
 struct bt_cfi_cpu {

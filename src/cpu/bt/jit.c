@@ -137,9 +137,10 @@ struct bt_jit {
     int fd;
     uint8_t *rw, *rx; /* the two views of the cache (NULL until the first translation) */
     size_t size, used, base_end;
-    size_t exit_off;   /* the trampoline's return path */
-    size_t reval_off;  /* lookup_revalidate's shared code */
-    size_t kconst_off; /* the icount constants (JIT_KCONST_N of 16 bytes; 0 until made) */
+    size_t exit_off;        /* the trampoline's return path */
+    size_t reval_off;       /* lookup_revalidate's shared code */
+    size_t cfi_hook_off[2]; /* cfi_hook_stub for bt_cfi_call, bt_cfi_ret */
+    size_t kconst_off;      /* the icount constants (JIT_KCONST_N of 16 bytes; 0 until made) */
     /* The inline access check, encoded once per [write][size 1, 2, 4, 8, 16] (it depends on
      * nothing else) and copied: encoding its ~15 instructions per memory operand showed in
      * translation time.  tpl_slow: offsets just after its jumps to the slow path (rel32). */
@@ -1310,8 +1311,8 @@ static bool same_page(unsigned page_off, int64_t off)
  * registers. */
 static void between_blocks(struct emit *e, struct bt_jit *j, size_t *fails, int *nf, bool full)
 {
-    E2(e, MOVQ, R(ZYDIS_REGISTER_RAX), R(ICOUNT_REG));
-    E2(e, CMP, R(ZYDIS_REGISTER_RAX), M(HCPU, C_CHAIN_END, 8));
+    E2(e, MOVQ, R(ZYDIS_REGISTER_RCX), R(ICOUNT_REG)); /* RAX kept for lookup_exit */
+    E2(e, CMP, R(ZYDIS_REGISTER_RCX), M(HCPU, C_CHAIN_END, 8));
     fails[(*nf)++] = jrel(e, ZYDIS_MNEMONIC_JNBE);
     /* Exit requests, kicks, queued invalidations and the LAPIC's attention from other threads
      * poke chain_end to 0 (bt_jit_poke), and whatever a handler raises on this thread is seen
@@ -1386,16 +1387,28 @@ static void count(struct emit *e, uint64_t *ctr)
     E1(e, INC, M(ZYDIS_REGISTER_RDX, 0, 8));
 }
 
+/* A lookup hit: RAX = the linear RIP, RSI = its entry.  The translation is entered after its
+ * load of R12 (JIT_ENTRY2) with R12 = RIP, as a chained jump enters, so s.rip need not be
+ * written.  Clobbers RAX, RCX. */
+static void lookup_enter(struct emit *e, const struct bt_jit *j)
+{
+    E2(e, MOV, R(R12), R(ZYDIS_REGISTER_RAX));
+    E2(e, MOV, R(ZYDIS_REGISTER_EAX), M(ZYDIS_REGISTER_RSI, L_CODE, 4));
+    E2(e, MOV, R(ZYDIS_REGISTER_RCX), I((int64_t)(uintptr_t)(j->rx + JIT_ENTRY2)));
+    E2(e, ADD, R(ZYDIS_REGISTER_RAX), R(ZYDIS_REGISTER_RCX));
+    E1(e, JMP, R(ZYDIS_REGISTER_RAX));
+}
+
 /* The end of a block whose successor a handler decided (indirect JMP/CALL, RET, direct CALL and
  * every other handler-ended block) in 64-bit code: after the loop's checks, the inline lookup of
  * s.rip in the per-vCPU table (see struct jit_lent), validated by CR3, the mode word and the TLB;
  * a hit jumps straight to the translation, a miss returns to the loop. */
-static void lookup_exit(struct emit *e, struct bt_jit *j, bool after_handler)
+static void lookup_exit(struct emit *e, struct bt_jit *j, bool after_handler, bool rip_in_rax)
 {
     size_t fails[12], kfails[4], tfails[8];
     int nf = 0, nk = 0, nt = 0;
     between_blocks(e, j, fails, &nf, after_handler);
-    E2(e, MOV, R(ZYDIS_REGISTER_RAX), M(HCPU, C_RIP, 8));
+    if (!rip_in_rax) E2(e, MOV, R(ZYDIS_REGISTER_RAX), M(HCPU, C_RIP, 8));
     E2(e, MOV, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RAX));
     E2(e, SHR, R(ZYDIS_REGISTER_RCX), I(12));
     E2(e, XOR, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RAX));
@@ -1418,13 +1431,11 @@ static void lookup_exit(struct emit *e, struct bt_jit *j, bool after_handler)
     E2(e, CMP, R(ZYDIS_REGISTER_RDX), MX(HCPU, ZYDIS_REGISTER_RCX, 8, C_TLBGEN, 8));
     tfails[nt++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
     count(e, &j->st.lookup_hits);
-    E2(e, MOV, R(ZYDIS_REGISTER_EAX), M(ZYDIS_REGISTER_RSI, L_CODE, 4));
-    E2(e, MOV, R(ZYDIS_REGISTER_RCX), I((int64_t)(uintptr_t)j->rx));
-    E2(e, ADD, R(ZYDIS_REGISTER_RAX), R(ZYDIS_REGISTER_RCX));
-    E1(e, JMP, R(ZYDIS_REGISTER_RAX));
+    lookup_enter(e, j);
     /* misses by kind (statistics), then back to the loop */
     for (int k = 0; k < nk; k++)
         patch(e, kfails[k], e->pos);
+    if (rip_in_rax) E2(e, MOV, M(HCPU, C_RIP, 8), R(ZYDIS_REGISTER_RAX));
     count(e, &j->st.lookup_miss_key);
     jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
     for (int k = 0; k < nt; k++)
@@ -1432,6 +1443,7 @@ static void lookup_exit(struct emit *e, struct bt_jit *j, bool after_handler)
     jto(e, ZYDIS_MNEMONIC_JMP, j->reval_off); /* RAX, RSI as they are */
     for (int k = 0; k < nf; k++)
         patch(e, fails[k], e->pos);
+    if (rip_in_rax) E2(e, MOV, M(HCPU, C_RIP, 8), R(ZYDIS_REGISTER_RAX));
     count(e, &j->st.lookup_bails); /* the loop has something to do first */
     jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
 }
@@ -2108,79 +2120,80 @@ static bool native_mem(struct emit *e, const struct bt_jit *j, const struct bt_i
 #define C_CFI ((int64_t)offsetof(struct bt_cpu, cfi))
 #define K_ST(u)                                                                                    \
     ((int64_t)offsetof(struct bt_cfi_cpu, st) + (int64_t)(u) * (int64_t)sizeof(struct bt_cfi_stack))
-#define K_CALLS   ((int64_t)offsetof(struct bt_cfi_cpu, calls))
-#define K_CHECKED ((int64_t)offsetof(struct bt_cfi_cpu, checked))
-#define S_SPACE   ((int64_t)offsetof(struct bt_cfi_stack, space))
-#define S_TOP     ((int64_t)offsetof(struct bt_cfi_stack, top))
-#define S_N       ((int64_t)offsetof(struct bt_cfi_stack, n))
-#define S_F       ((int64_t)offsetof(struct bt_cfi_stack, f))
+#define K_CALLS     ((int64_t)offsetof(struct bt_cfi_cpu, calls))
+#define K_CHECKED   ((int64_t)offsetof(struct bt_cfi_cpu, checked))
+#define S_SPACE_CR3 ((int64_t)offsetof(struct bt_cfi_stack, space_cr3))
+#define S_TOP       ((int64_t)offsetof(struct bt_cfi_stack, top))
+#define S_N         ((int64_t)offsetof(struct bt_cfi_stack, n))
+#define S_F         ((int64_t)offsetof(struct bt_cfi_stack, f))
 _Static_assert(sizeof(struct bt_cfi_frame) == 16 && BT_CFI_DEPTH == 64, "the inline ring index");
 
 static void cfi_inline(struct emit *e, bool user, bool call, size_t *slow, int *nslow)
 {
     ZydisRegister slot = pinned(RSP, 8);
+    const int64_t st = K_ST(user ? 1 : 0);
+    const int64_t ring = (int64_t)BT_CFI_DEPTH * 16 - 16; /* masks a byte offset of a record */
     E2(e, MOV, R(HRSI), M(HCPU, C_CFI, 8));
     E2(e, TEST, R(HRSI), R(HRSI));
     slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JZ);
     if (user) { /* the user stack belongs to this address space (else the hook resets it) */
         E2(e, MOV, R(HRDX), M(HCPU, C_CR3, 8));
-        E2(e, BTR, R(HRDX), I(63));
-        E2(e, AND, R(HRDX), I(-4096));
-        E2(e, CMP, R(HRDX), M(HRSI, K_ST(1) + S_SPACE, 8));
+        E2(e, CMP, R(HRDX), M(HRSI, st + S_SPACE_CR3, 8));
         slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
     }
-    int64_t st = K_ST(user ? 1 : 0);
-    E2(e, ADD, R(HRSI), I(st)); /* RSI = the shadow stack */
-    E2(e, MOV, R(HECX), M(HRSI, S_N, 4));
-    E2(e, TEST, R(HECX), R(HECX));
+    E2(e, MOV, R(HEDX), M(HRSI, st + S_TOP, 4)); /* EDX = the next push's offset */
+    E2(e, CMP, M(HRSI, st + S_N, 4), I(0));
     size_t empty = 0;
     if (call)
         empty = jrel(e, ZYDIS_MNEMONIC_JZ);
     else
         slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JZ); /* unverified: the hook counts it */
-    E2(e, MOV, R(HEDX), M(HRSI, S_TOP, 4));
-    E2(e, ADD, R(HEDX), I(BT_CFI_DEPTH - 1));
-    E2(e, AND, R(HEDX), I(BT_CFI_DEPTH - 1)); /* the newest record */
-    E2(e, MOV, R(HECX), R(HEDX));
-    E2(e, SHL, R(HECX), I(4));
-    E2(e, CMP, MX(HRSI, HRCX, 1, S_F, 8), R(slot));
+    E2(e, LEA, R(HRCX), M(HRDX, -16, 8));
+    E2(e, AND, R(HECX), I(ring)); /* ECX = the newest record's */
+    E2(e, CMP, MX(HRSI, HRCX, 1, st + S_F, 8), R(slot));
     if (call) {
         slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JBE); /* a dead record to drop first */
         patch(e, empty, e->pos);
-        E2(e, MOV, R(HEDX), M(HRSI, S_TOP, 4));
-        E2(e, MOV, R(HECX), R(HEDX));
-        E2(e, SHL, R(HECX), I(4));
-        E2(e, MOV, MX(HRSI, HRCX, 1, S_F, 8), R(slot));
-        E2(e, MOV, MX(HRSI, HRCX, 1, S_F + 8, 8), R(HRAX));
-        E2(e, ADD, R(HEDX), I(1));
-        E2(e, AND, R(HEDX), I(BT_CFI_DEPTH - 1));
-        E2(e, MOV, M(HRSI, S_TOP, 4), R(HEDX));
-        E2(e, MOV, R(HECX), M(HRSI, S_N, 4));
-        E2(e, CMP, R(HECX), I(BT_CFI_DEPTH));
-        E2(e, ADC, R(HECX), I(0)); /* one more while below the depth */
-        E2(e, MOV, M(HRSI, S_N, 4), R(HECX));
-        E1(e, INC, M(HRSI, K_CALLS - st, 8));
+        E2(e, MOV, MX(HRSI, HRDX, 1, st + S_F, 8), R(slot));
+        E2(e, MOV, MX(HRSI, HRDX, 1, st + S_F + 8, 8), R(HRAX));
+        E2(e, ADD, R(HEDX), I(16));
+        E2(e, AND, R(HEDX), I(ring));
+        E2(e, MOV, M(HRSI, st + S_TOP, 4), R(HEDX));
+        E2(e, CMP, M(HRSI, st + S_N, 4), I(BT_CFI_DEPTH));
+        E2(e, ADC, M(HRSI, st + S_N, 4), I(0)); /* one more while below the depth */
+        E1(e, INC, M(HRSI, K_CALLS, 8));
     } else {
         slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ); /* no record for this slot */
-        E2(e, CMP, MX(HRSI, HRCX, 1, S_F + 8, 8), R(HRAX));
+        E2(e, CMP, MX(HRSI, HRCX, 1, st + S_F + 8, 8), R(HRAX));
         slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ); /* a mismatch: the hook decides */
-        E2(e, MOV, M(HRSI, S_TOP, 4), R(HEDX));
-        E1(e, DEC, M(HRSI, S_N, 4));
-        E1(e, INC, M(HRSI, K_CHECKED - st, 8));
+        E2(e, MOV, M(HRSI, st + S_TOP, 4), R(HECX));
+        E1(e, DEC, M(HRSI, st + S_N, 4));
+        E1(e, INC, M(HRSI, K_CHECKED, 8));
     }
 }
 
 /* hook(c, guest RSP, RAX) in C: bt_cfi_call or bt_cfi_ret, which touch no guest register or
- * flag, so only the caller-saved pinned registers are kept.  The result is in AL. */
-static void cfi_c_hook(struct emit *e, const void *hook)
+ * flag, so only the caller-saved pinned registers are kept.  The result is in AL.  Shared code
+ * (cfi_hook_stub), called: the inline fast path is all a CALL or RET site carries. */
+static void cfi_c_hook(struct emit *e, const struct bt_jit *j, bool ret)
+{
+    jto(e, ZYDIS_MNEMONIC_CALL, j->cfi_hook_off[ret]);
+}
+
+/* The body cfi_c_hook calls, once per cache (bt_cfi_call or bt_cfi_ret): entered by a host CALL
+ * from a 16-byte aligned stack, so 8 more bytes keep the C call aligned. */
+static void cfi_hook_stub(struct emit *e, const void *hook)
 {
     save_volatile(e);
+    E2(e, SUB, R(ZYDIS_REGISTER_RSP), I(8));
     E2(e, MOV, R(ZYDIS_REGISTER_RDX), R(HRAX));
     E2(e, MOV, R(ZYDIS_REGISTER_RSI), G(RSP, 8));
     E2(e, MOV, R(ZYDIS_REGISTER_RDI), R(HCPU));
     E2(e, MOV, R(HRAX), I((int64_t)(uintptr_t)hook));
     E1(e, CALL, R(HRAX));
+    E2(e, ADD, R(ZYDIS_REGISTER_RSP), I(8));
     restore_volatile(e);
+    E0(e, RET);
 }
 
 /* bt_cfi_call(c, new RSP, return address in RAX), inline when it can be */
@@ -2192,7 +2205,7 @@ static void cfi_call_hook(struct emit *e, const struct bt_jit *j)
     size_t done = jrel(e, ZYDIS_MNEMONIC_JMP);
     for (int k = 0; k < ncs; k++)
         patch(e, cs[k], e->pos);
-    cfi_c_hook(e, (const void *)bt_cfi_call);
+    cfi_c_hook(e, j, false);
     patch(e, done, e->pos);
 }
 
@@ -2249,7 +2262,7 @@ static bool native_callret(struct emit *e, struct bt_jit *j, const struct bt_ins
             E2(e, MOV, M(HCPU, C_INSN_RIP, 8), R(HRCX)); /* for its message */
             E1(e, PUSH, R(HRAX)); /* twice: the host stack stays 16-byte aligned for the call */
             E1(e, PUSH, R(HRAX));
-            cfi_c_hook(e, (const void *)bt_cfi_ret); /* a stop: the exit writes c->s back */
+            cfi_c_hook(e, j, true); /* a stop: the exit writes c->s back */
             E1(e, POP, R(HRCX));
             E1(e, POP, R(HRCX));
             E2(e, TEST, R(ZYDIS_REGISTER_AL), R(ZYDIS_REGISTER_AL));
@@ -2258,10 +2271,9 @@ static bool native_callret(struct emit *e, struct bt_jit *j, const struct bt_ins
             patch(e, ret_done, e->pos);
         }
         E2(e, ADD, G(RSP, 8), I(8 + extra));
-        E2(e, MOV, M(HCPU, C_RIP, 8), R(HRAX));
         icount_add(e, *pend + 1);
-        lookup_exit(e, j, false); /* the return target through the inline lookup */
-        if (cfi) {                /* stopped: the RET has not run; s.rip at it, exit_now set */
+        lookup_exit(e, j, false, true); /* the return target (RAX) through the inline lookup */
+        if (cfi) { /* stopped: the RET has not run; s.rip at it, exit_now set */
             patch(e, stopped, e->pos);
             rip_at(e, off, false);
             E2(e, MOV, M(HCPU, C_RIP, 8), R(HRAX));
@@ -2630,7 +2642,7 @@ static bool native_indirect(struct emit *e, struct bt_jit *j, const struct bt_in
         if (cfi) cfi_call_hook(e, j);
     }
     icount_add(e, *pend + 1);
-    lookup_exit(e, j, false); /* no handler ran */
+    lookup_exit(e, j, false, false); /* no handler ran */
     for (int k = 0; k < nslow; k++)
         patch(e, slow[k], e->pos);
     call_handler(e, i, off, b32, pend);
@@ -2671,12 +2683,10 @@ static void lookup_revalidate(struct emit *e, struct bt_jit *j)
     E2(e, MOV, R(ZYDIS_REGISTER_RDX), M(HCPU, C_TLBGEN, 8));
     E2(e, MOV, M(ZYDIS_REGISTER_RSI, L_GEN, 8), R(ZYDIS_REGISTER_RDX));
     count(e, &j->st.lookup_revalidated);
-    E2(e, MOV, R(ZYDIS_REGISTER_EAX), M(ZYDIS_REGISTER_RSI, L_CODE, 4));
-    E2(e, MOV, R(ZYDIS_REGISTER_RCX), I((int64_t)(uintptr_t)j->rx));
-    E2(e, ADD, R(ZYDIS_REGISTER_RAX), R(ZYDIS_REGISTER_RCX));
-    E1(e, JMP, R(ZYDIS_REGISTER_RAX));
+    lookup_enter(e, j);
     for (int k = 0; k < nf; k++)
         patch(e, fails[k], e->pos);
+    E2(e, MOV, M(HCPU, C_RIP, 8), R(ZYDIS_REGISTER_RAX)); /* where the loop goes on */
     count(e, &j->st.lookup_miss_tlb);
     jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
 }
@@ -2701,6 +2711,10 @@ static int emit_trampoline(struct bt_jit *j, struct bt_cpu *c)
     E0(&e, RET);
     j->reval_off = e.pos;
     lookup_revalidate(&e, j);
+    j->cfi_hook_off[0] = e.pos;
+    cfi_hook_stub(&e, (const void *)bt_cfi_call);
+    j->cfi_hook_off[1] = e.pos;
+    cfi_hook_stub(&e, (const void *)bt_cfi_ret);
     j->bmi2 = __builtin_cpu_supports("bmi2") && !getenv("LOOKOUT_BT_NO_BMI2");
     probe_templates(j);
     if (e.fail) return err_set(EINVAL, "translator: Zydis cannot encode the trampoline");
@@ -3098,7 +3112,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
                      * is known, so it chains like a direct JMP */
                     leave_direct(&e, j, page_off, off + i->len + i->op[0].disp, b32, 0);
                 else
-                    lookup_exit(&e, j, true); /* the successor is known only now */
+                    lookup_exit(&e, j, true, false); /* the successor is known only now */
                 ended = true;
             } else {
                 /* only REP string instructions branch from the middle of a block (a chunk
@@ -3135,7 +3149,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
     }
     if (j->nmid) { /* a handler in the middle branched: look its target up like a block end */
         size_t at = e.pos;
-        lookup_exit(&e, j, true);
+        lookup_exit(&e, j, true, false);
         for (unsigned k = 0; k < j->nmid; k++)
             patch(&e, j->mid_jumps[k], at);
     }
