@@ -1718,6 +1718,37 @@ static void test_lookup_mode(void **st)
     assert_int_equal(a.gpr[RAX], T_CODE0 + 0x30 - 1); /* the 32-bit pass decremented EAX */
 }
 
+/* A loop in 32-bit code (a far jump to the 32-bit kernel code segment): translated, its register
+ * forms native, the loop chained (the block's RIP in R12 wraps to 32 bits).
+ *   jmp fword [rip+farptr]; farptr: .long l32; .word 0x38
+ *   l32: mov ecx, 100; lp: add eax, ecx; xor edx, eax; lea ebx, [eax+edx*2]; dec ecx; jnz lp; hlt
+ */
+static const uint8_t code32_0[] = {0xff, 0x2d, 0x00, 0x00, 0x00, 0x00, 0x10, 0x00, 0x01, 0x00, 0x38,
+                                   0x00, 0x90, 0x90, 0x90, 0x90, 0xb9, 0x64, 0x00, 0x00, 0x00, 0x01,
+                                   0xc8, 0x31, 0xc2, 0x8d, 0x1c, 0x50, 0x49, 0x75, 0xf6, 0xf4};
+
+static void test_code32(void **st)
+{
+    static struct outcome a, b;
+    run_prog(false, code32_0, sizeof(code32_0), 100000, &a);
+    struct bt_jit_stats s0, s;
+    bt_jit_get_stats(T->c, &s0);
+    run_prog(true, code32_0, sizeof(code32_0), 100000, &b);
+    bt_jit_get_stats(T->c, &s);
+    compare(&a, &b);
+    assert_true(a.halted);
+    assert_int_equal(a.gpr[RCX], 0);
+    print_message("32-bit loop: %llu blocks translated, %llu native, %llu called, %llu runs\n",
+                  (unsigned long long)(s.blocks_translated - s0.blocks_translated),
+                  (unsigned long long)(s.insns_native - s0.insns_native),
+                  (unsigned long long)(s.insns_called - s0.insns_called),
+                  (unsigned long long)(s.runs - s0.runs));
+    assert_true(s.insns_native - s0.insns_native >= 5);   /* the loop's body and branch */
+    assert_true(s.chains - s0.chains >= 1);               /* its back edge */
+    for (uint64_t budget = 1; budget < 400; budget += 23) /* budgets ending inside */
+        both(code32_0, sizeof(code32_0), budget, &a, &b);
+}
+
 /* REP string instructions in the middle of a block run in chunks (16 pages per handler call):
  * each chunk re-runs the instruction, which leaves the block through the inline lookup.
  *   mov esi, 0x240000; mov edi, 0x2a0000; mov ecx, 0x14000; xor eax, eax; rep movsb; add eax, 1
@@ -1982,6 +2013,7 @@ int main(void)
         cmocka_unit_test(test_chain_budget_kick),
         cmocka_unit_test(test_indirect_calls),
         cmocka_unit_test(test_lookup_remap),
+        cmocka_unit_test(test_code32),
         cmocka_unit_test(test_lookup_smc),
         cmocka_unit_test(test_cr3_switch),
         cmocka_unit_test(test_lookup_mode),

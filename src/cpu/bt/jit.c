@@ -561,7 +561,7 @@ static void store_gpr_hi_al(struct emit *e, unsigned reg)
 static void rip_at(struct emit *e, int64_t off, bool b32)
 {
     if (b32)
-        E2(e, LEA, R(ZYDIS_REGISTER_EAX), M(R12, off, 4));
+        E2(e, LEA, R(ZYDIS_REGISTER_EAX), M(R12, off, 8)); /* the 32-bit result wraps */
     else
         E2(e, LEA, R(ZYDIS_REGISTER_RAX), M(R12, off, 8));
 }
@@ -1511,7 +1511,7 @@ static void leave_direct(struct emit *e, struct bt_jit *j, unsigned page_off, in
     icount_add(e, count);
     if (off) {
         if (b32)
-            E2(e, LEA, R(ZYDIS_REGISTER_R12D), M(R12, off, 4));
+            E2(e, LEA, R(ZYDIS_REGISTER_R12D), M(R12, off, 8));
         else
             E2(e, LEA, R(R12), M(R12, off, 8));
     }
