@@ -146,9 +146,12 @@ struct bt_jit {
      * translation time.  tpl_slow: offsets just after its jumps to the slow path (rel32). */
     uint8_t tpl[2][2][5][128]; /* [user][write][size] */
     uint8_t tpl_len[2][2][5], tpl_slow[2][2][5][4], tpl_nslow[2][2][5];
-    /* the host has BMI2 (RORX) and LOOKOUT_BT_NO_BMI2 does not say to do without (a test runs
-     * the other form of the probes) */
-    bool bmi2;
+    /* Host properties the emitted code may use, unless LOOKOUT_BT_GENERIC=1 says to translate as
+     * for any x86-64 host (a test run does): BMI2 (RORX in the probes); pure_flags: the host's
+     * SHL/SHR/SAR by a non-zero count and IMUL set the six arithmetic flags, the ones the SDM
+     * leaves undefined included, regardless of the incoming ones (host_flags_pure), so the
+     * guest's need not be loaded before them to get what the interpreter gets. */
+    bool bmi2, pure_flags;
     bool user; /* the block being translated runs at CPL 3 (translations are per CPL class) */
     const uint8_t *xbytes; /* ... and crosses into the next page with these bytes (bt_jit_run) */
     unsigned xlen;
@@ -731,7 +734,7 @@ static void load_guest_cf(struct emit *e)
  * merge is needed. */
 enum { FL_READS, FL_NONE, FL_WRITES, FL_ROT, FL_SHIFT };
 
-static int flag_effect(const struct bt_insn *i)
+static int flag_effect(const struct bt_insn *i, bool pure)
 {
     if (i->pfx & BT_PFX_LOCK) return FL_READS;
     for (unsigned k = 0; k < i->nops && k < 4; k++) {
@@ -762,7 +765,7 @@ static int flag_effect(const struct bt_insn *i)
     case ZYDIS_MNEMONIC_SAR:
         return i->nops >= 2 && i->op[0].kind == BT_OPK_REG && i->op[1].kind == BT_OPK_IMM &&
                        ((unsigned)i->op[1].disp & (i->opsize == 64 ? 63 : 31)) != 0
-                   ? FL_SHIFT
+                   ? (pure ? FL_WRITES : FL_SHIFT) /* pure: reads no flag (see bt_jit.pure_flags) */
                    : FL_READS;
     case ZYDIS_MNEMONIC_MOV: /* translate() re-runs without this pass if one takes a handler */
     case ZYDIS_MNEMONIC_LEA:
@@ -785,6 +788,22 @@ static int flag_effect(const struct bt_insn *i)
 /* The CMOVcc and SETcc forms native_simple runs on the host's flags when they come right after
  * their producer (a register-form ALU operation, emit.hfresh): a producer whose flags only such
  * an instruction reads need not store them (translate's hdead). */
+/* The FL_WRITES instructions whose native form leaves emit.hfresh (see host_reader) */
+static bool host_producer(const struct bt_insn *i)
+{
+    switch (i->mnemonic) {
+    case ZYDIS_MNEMONIC_ADD:
+    case ZYDIS_MNEMONIC_SUB:
+    case ZYDIS_MNEMONIC_AND:
+    case ZYDIS_MNEMONIC_OR:
+    case ZYDIS_MNEMONIC_XOR:
+    case ZYDIS_MNEMONIC_CMP:
+    case ZYDIS_MNEMONIC_TEST:
+    case ZYDIS_MNEMONIC_NEG: return true;
+    default: return false;
+    }
+}
+
 _Static_assert(ZYDIS_MNEMONIC_CMOVZ - ZYDIS_MNEMONIC_CMOVB == 15, "the CMOVcc mnemonics in a row");
 static bool host_reader(const struct bt_insn *i)
 {
@@ -954,12 +973,18 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off, 
                         : masked == 0 ? 0
                         : masked == 1 ? X86_FLAG_CF | X86_FLAG_OF
                                       : X86_FLAG_CF;
-        if (!rot_imm) load_guest_flags(e);
+        /* a non-zero count on a host whose shifts ignore the incoming flags: none to load */
+        bool pure = !rot_imm && !cl && masked != 0 && e->jit && e->jit->pure_flags;
+        if (!rot_imm && !pure) load_guest_flags(e);
         load_gpr(e, 0, d->reg, size);
         if (cl)
             E2(e, MOVZX, R(ZYDIS_REGISTER_ECX), G(RCX, 1));
         else
             E2(e, MOV, R(ZYDIS_REGISTER_ECX), I((uint8_t)s->disp));
+        /* The host's CL form merges the incoming flags (a count of 0 would keep them): without
+         * the load, give it flags that wait for nothing rather than whatever the last flag
+         * writer left (often a compare on a load that misses: xz was 4 % slower). */
+        if (pure) E2(e, TEST, R(ZYDIS_REGISTER_ECX), R(ZYDIS_REGISTER_ECX));
         enc(e, m, 2, (ZydisEncoderOperand[]){R(hreg(0, size)), R(ZYDIS_REGISTER_CL)});
         if (mask) {
             E0(e, PUSHFQ);
@@ -976,7 +1001,7 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off, 
         if (!is_gpr(a) || a->size != size) return false;
         if (!(is_gpr(b) && b->size == size) && b->kind != BT_OPK_IMM) return false;
         if (b->kind == BT_OPK_IMM && size == 8 && !fits32(b->disp)) return false;
-        load_guest_flags(e);
+        if (!(e->jit && e->jit->pure_flags)) load_guest_flags(e);
         load_gpr(e, 0, a->reg, size);
         imul_rest(e, d, b, size);
         return true;
@@ -2040,11 +2065,14 @@ static bool native_mem(struct emit *e, const struct bt_jit *j, const struct bt_i
         bool cl = s->kind == BT_OPK_REG && s->rclass == BT_RC_GPR && s->reg == RCX && s->size == 1;
         if (!cl && s->kind != BT_OPK_IMM) return false;
         mem_probe(e, j, d, off, true, slow, nslow);
-        load_guest_flags(e);
+        bool shift = m == ZYDIS_MNEMONIC_SHL || m == ZYDIS_MNEMONIC_SHR || m == ZYDIS_MNEMONIC_SAR;
+        bool pure = shift && !cl && ((unsigned)s->disp & (size == 8 ? 63 : 31)) && j->pure_flags;
+        if (!pure) load_guest_flags(e); /* else a non-zero count ignores them (pure_flags) */
         if (cl)
             E2(e, MOVZX, R(HECX), G(RCX, 1));
         else
             E2(e, MOV, R(HECX), I((uint8_t)s->disp));
+        if (pure) E2(e, TEST, R(HECX), R(HECX)); /* fresh flags to merge, as native_simple */
         enc(e, m, 2, (ZydisEncoderOperand[]){PROBED(size), R(ZYDIS_REGISTER_CL)});
         take_flags(e, BT_ARITH_FLAGS);
         return true;
@@ -2079,7 +2107,7 @@ static bool native_mem(struct emit *e, const struct bt_jit *j, const struct bt_i
         if (!(is_gpr(b) && b->size == size) && b->kind != BT_OPK_IMM) return false;
         if (b->kind == BT_OPK_IMM && size == 8 && !fits32(b->disp)) return false;
         mem_probe(e, j, a, off, false, slow, nslow);
-        load_guest_flags(e);
+        if (!j->pure_flags) load_guest_flags(e);
         load_mem(e, 0, size);
         imul_rest(e, d, b, size);
         return true;
@@ -2178,6 +2206,71 @@ static void cfi_inline(struct emit *e, bool user, bool call, size_t *slow, int *
 static void cfi_c_hook(struct emit *e, const struct bt_jit *j, bool ret)
 {
     jto(e, ZYDIS_MNEMONIC_CALL, j->cfi_hook_off[ret]);
+}
+
+/* Whether the host's SHL/SHR/SAR (CL form, every operand size, non-zero counts) and IMUL r, r
+ * leave the same six arithmetic flags whatever flags come in: run on sample operands with all six
+ * clear and all six set.  True on the hosts measured (the undefined AF and OF of the shifts and
+ * SF/ZF/AF/PF of IMUL are functions of the operands); false means load the guest's first. */
+static bool host_flags_pure(void)
+{
+    static const uint64_t vals[] = {0,
+                                    1,
+                                    3,
+                                    0x10,
+                                    0x80,
+                                    0x8000,
+                                    0x80000000ull,
+                                    0x7fffffffffffffffull,
+                                    0x8000000000000000ull,
+                                    0x123456789abcdef0ull,
+                                    ~0ull};
+    const uint64_t fin[2] = {0x2, 0x2 | BT_ARITH_FLAGS};
+    for (size_t v = 0; v < ARRAY_SIZE(vals); v++) {
+        for (unsigned cnt = 1; cnt < 64; cnt++) {
+            uint64_t out[2][9];
+            for (int k = 0; k < 2; k++) {
+                uint64_t x;
+#define SHIFT_FLAGS(insn, reg, slot, count)                                                        \
+    x = vals[v];                                                                                   \
+    __asm__ volatile("lea -128(%%rsp), %%rsp; push %2; popfq; " insn " %%cl, %" reg "0; "          \
+                     "pushfq; pop %1; lea 128(%%rsp), %%rsp" /* past the red zone */               \
+                     : "+r"(x), "=r"(out[k][slot])                                                 \
+                     : "r"(fin[k]), "c"(count)                                                     \
+                     : "cc")
+                /* the count as the host masks it for 8/16/32 bits: non-zero (0 keeps the flags) */
+                unsigned c32 = cnt & 31 ? cnt : 1;
+                SHIFT_FLAGS("shlq", "q", 0, cnt);
+                SHIFT_FLAGS("shrq", "q", 1, cnt);
+                SHIFT_FLAGS("sarq", "q", 2, cnt);
+                SHIFT_FLAGS("shll", "k", 3, c32);
+                SHIFT_FLAGS("sarw", "w", 4, c32);
+                SHIFT_FLAGS("shlb", "b", 5, c32);
+#undef SHIFT_FLAGS
+                x = vals[v];
+                __asm__ volatile("lea -128(%%rsp), %%rsp; push %2; popfq; imulq %3, %0; pushfq; "
+                                 "pop %1; lea 128(%%rsp), %%rsp"
+                                 : "+r"(x), "=r"(out[k][6])
+                                 : "r"(fin[k]), "r"(vals[(v + cnt) % ARRAY_SIZE(vals)])
+                                 : "cc");
+                x = vals[v];
+                __asm__ volatile("lea -128(%%rsp), %%rsp; push %2; popfq; imull %k3, %k0; pushfq; "
+                                 "pop %1; lea 128(%%rsp), %%rsp"
+                                 : "+r"(x), "=r"(out[k][7])
+                                 : "r"(fin[k]), "r"(vals[(v + cnt) % ARRAY_SIZE(vals)])
+                                 : "cc");
+                x = vals[v];
+                __asm__ volatile("lea -128(%%rsp), %%rsp; push %2; popfq; imulw %w3, %w0; pushfq; "
+                                 "pop %1; lea 128(%%rsp), %%rsp"
+                                 : "+r"(x), "=r"(out[k][8])
+                                 : "r"(fin[k]), "r"(vals[(v + cnt) % ARRAY_SIZE(vals)])
+                                 : "cc");
+            }
+            for (int n = 0; n < 9; n++)
+                if ((out[0][n] ^ out[1][n]) & BT_ARITH_FLAGS) return false;
+        }
+    }
+    return true;
 }
 
 /* The body cfi_c_hook calls, once per cache (bt_cfi_call or bt_cfi_ret): entered by a host CALL
@@ -2715,7 +2808,12 @@ static int emit_trampoline(struct bt_jit *j, struct bt_cpu *c)
     cfi_hook_stub(&e, (const void *)bt_cfi_call);
     j->cfi_hook_off[1] = e.pos;
     cfi_hook_stub(&e, (const void *)bt_cfi_ret);
-    j->bmi2 = __builtin_cpu_supports("bmi2") && !getenv("LOOKOUT_BT_NO_BMI2");
+    const char *generic = getenv("LOOKOUT_BT_GENERIC");
+    bool host_specific = !(generic && strcmp(generic, "0") != 0);
+    j->bmi2 = host_specific && __builtin_cpu_supports("bmi2");
+    j->pure_flags = host_specific && host_flags_pure();
+    log_debug("translator: %s BMI2 (RORX), %s the guest's flags before shifts and IMUL",
+              j->bmi2 ? "with" : "without", j->pure_flags ? "without loading" : "loading");
     probe_templates(j);
     if (e.fail) return err_set(EINVAL, "translator: Zydis cannot encode the trampoline");
     size_t k0 = ALIGN_UP(e.pos, 16);
@@ -2997,13 +3095,13 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
     bool dead[JIT_BLOCK_MAX] = {false}, hdead[JIT_BLOCK_MAX] = {false};
     bool live = true, live_after_next = true;
     for (unsigned k = n; k-- > 0;) {
-        int fe = flag_effect(&ins[k]);
+        int fe = flag_effect(&ins[k], j->pure_flags);
         bool writer = fe == FL_WRITES || fe == FL_ROT || fe == FL_SHIFT;
         if (k < JIT_BLOCK_MAX) {
             dead[k] = use_dead && writer && !live;
             /* read only by the next instruction, a CMOVcc/SETcc that takes them from the host */
             hdead[k] = use_dead && fe == FL_WRITES && !dead[k] && k + 1 < n &&
-                       host_reader(&ins[k + 1]) && !live_after_next;
+                       host_producer(&ins[k]) && host_reader(&ins[k + 1]) && !live_after_next;
         }
         live_after_next = live;
         if (fe == FL_WRITES)
@@ -3068,6 +3166,10 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
         }
         if (how != SIMPLE && how != MEM) e.hflags = false;
         if (how != SIMPLE) e.hfresh = false;
+        /* the reader of an unstored producer's flags must have taken them from the host (only
+         * native_simple's CMOVcc/SETcc do) */
+        if (k > 0 && hdead[k - 1] && how != SIMPLE)
+            return translate(j, c, ins, n, slot, gpa, false);
         switch (how) {
         case SIMPLE: pend++, native++; break;
         case MEM: {
@@ -3097,8 +3199,8 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
             /* A flag-neutral instruction (flag_effect) that ends up here can leave the block
              * after its handler (after_handler_checks) with dead flags not stored: translate
              * again without the dead-flag pass (an encoding Zydis refused, say). */
-            if (use_dead && (flag_effect(i) == FL_NONE || flag_effect(i) == FL_ROT ||
-                             (k > 0 && hdead[k - 1]) || hdead[k]))
+            int fe = flag_effect(i, j->pure_flags);
+            if (use_dead && (fe == FL_NONE || fe == FL_ROT || hdead[k]))
                 return translate(j, c, ins, n, slot, gpa, false);
             hstat_count(&e, i, false);
             call_handler(&e, i, off, b32, &pend);
