@@ -18,48 +18,34 @@ shopt -s nullglob
 bins=(build-san/tests/test_*)
 shopt -u nullglob
 echo "== unit tests (${#bins[@]} binaries, build-san/tests/)"
-for t in "${bins[@]}"; do
-  [ -x "$t" ] && [ -f "$t" ] || continue
-  case $t in *.d | *.o) continue ;; esac
-  echo "-- $t"
-  if timeout "${LOOKOUT_UNIT_TIMEOUT:-300}" "$t"; then
+# run_unit BINARY [VAR=VALUE]: one binary (with that environment variable), counted
+run_unit() {
+  local t=$1 env=${2:-} rc
+  echo "-- ${env:+$env }$t"
+  if env ${env:+"$env"} timeout "${LOOKOUT_UNIT_TIMEOUT:-300}" "$t"; then
     unit_pass=$((unit_pass + 1))
   else
     rc=$?
-    echo "!! $t failed (exit $rc)"
+    echo "!! ${env:+$env }$t failed (exit $rc)"
     unit_fail=$((unit_fail + 1))
-    failed+=("$t")
+    failed+=("${env:+$env:}$t")
   fi
+}
+for t in "${bins[@]}"; do
+  [ -x "$t" ] && [ -f "$t" ] || continue
+  case $t in *.d | *.o) continue ;; esac
+  run_unit "$t"
 done
 # The software CPU's tests ran above with the translator (LOOKOUT_BT_JIT unset = on); run them
 # again on the interpreter alone, the reference the translator is compared with.
 for t in "${bins[@]}"; do
   case $t in *test_bt_*) ;; *) continue ;; esac
   [ -x "$t" ] && [ -f "$t" ] || continue
-  echo "-- LOOKOUT_BT_JIT=0 $t"
-  if LOOKOUT_BT_JIT=0 timeout "${LOOKOUT_UNIT_TIMEOUT:-300}" "$t"; then
-    unit_pass=$((unit_pass + 1))
-  else
-    rc=$?
-    echo "!! LOOKOUT_BT_JIT=0 $t failed (exit $rc)"
-    unit_fail=$((unit_fail + 1))
-    failed+=("LOOKOUT_BT_JIT=0:$t")
-  fi
+  run_unit "$t" LOOKOUT_BT_JIT=0
 done
 # The translator's tests once more as it translates for any x86-64 host (no BMI2, the guest's
 # flags loaded before shifts and IMUL: LOOKOUT_BT_GENERIC, see bt_jit.pure_flags in jit.c).
-for t in build-san/tests/test_bt_jit; do
-  [ -x "$t" ] || continue
-  echo "-- LOOKOUT_BT_GENERIC=1 $t"
-  if LOOKOUT_BT_GENERIC=1 timeout "${LOOKOUT_UNIT_TIMEOUT:-300}" "$t"; then
-    unit_pass=$((unit_pass + 1))
-  else
-    rc=$?
-    echo "!! LOOKOUT_BT_GENERIC=1 $t failed (exit $rc)"
-    unit_fail=$((unit_fail + 1))
-    failed+=("LOOKOUT_BT_GENERIC=1:$t")
-  fi
-done
+[ -x build-san/tests/test_bt_jit ] && run_unit build-san/tests/test_bt_jit LOOKOUT_BT_GENERIC=1
 echo "== unit tests: $unit_pass binaries passed, $unit_fail failed${failed[*]:+: ${failed[*]}}"
 
 echo "== integration tests (pytest, tests/integration/)"

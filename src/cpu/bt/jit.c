@@ -2231,40 +2231,27 @@ static bool host_flags_pure(void)
             uint64_t out[2][9];
             for (int k = 0; k < 2; k++) {
                 uint64_t x;
-#define SHIFT_FLAGS(insn, reg, slot, count)                                                        \
+/* out[k][slot] = the flags after `insn` on x = vals[v] with fin[k] in (operand 3: src) */
+#define FLAGS_OF(insn, slot, con, src)                                                             \
     x = vals[v];                                                                                   \
-    __asm__ volatile("lea -128(%%rsp), %%rsp; push %2; popfq; " insn " %%cl, %" reg "0; "          \
-                     "pushfq; pop %1; lea 128(%%rsp), %%rsp" /* past the red zone */               \
+    __asm__ volatile("lea -128(%%rsp), %%rsp; push %2; popfq; " insn "; pushfq; pop %1; "          \
+                     "lea 128(%%rsp), %%rsp" /* past the red zone */                               \
                      : "+r"(x), "=r"(out[k][slot])                                                 \
-                     : "r"(fin[k]), "c"(count)                                                     \
+                     : "r"(fin[k]), con(src)                                                       \
                      : "cc")
                 /* the count as the host masks it for 8/16/32 bits: non-zero (0 keeps the flags) */
                 unsigned c32 = cnt & 31 ? cnt : 1;
-                SHIFT_FLAGS("shlq", "q", 0, cnt);
-                SHIFT_FLAGS("shrq", "q", 1, cnt);
-                SHIFT_FLAGS("sarq", "q", 2, cnt);
-                SHIFT_FLAGS("shll", "k", 3, c32);
-                SHIFT_FLAGS("sarw", "w", 4, c32);
-                SHIFT_FLAGS("shlb", "b", 5, c32);
-#undef SHIFT_FLAGS
-                x = vals[v];
-                __asm__ volatile("lea -128(%%rsp), %%rsp; push %2; popfq; imulq %3, %0; pushfq; "
-                                 "pop %1; lea 128(%%rsp), %%rsp"
-                                 : "+r"(x), "=r"(out[k][6])
-                                 : "r"(fin[k]), "r"(vals[(v + cnt) % ARRAY_SIZE(vals)])
-                                 : "cc");
-                x = vals[v];
-                __asm__ volatile("lea -128(%%rsp), %%rsp; push %2; popfq; imull %k3, %k0; pushfq; "
-                                 "pop %1; lea 128(%%rsp), %%rsp"
-                                 : "+r"(x), "=r"(out[k][7])
-                                 : "r"(fin[k]), "r"(vals[(v + cnt) % ARRAY_SIZE(vals)])
-                                 : "cc");
-                x = vals[v];
-                __asm__ volatile("lea -128(%%rsp), %%rsp; push %2; popfq; imulw %w3, %w0; pushfq; "
-                                 "pop %1; lea 128(%%rsp), %%rsp"
-                                 : "+r"(x), "=r"(out[k][8])
-                                 : "r"(fin[k]), "r"(vals[(v + cnt) % ARRAY_SIZE(vals)])
-                                 : "cc");
+                const uint64_t y = vals[(v + cnt) % ARRAY_SIZE(vals)];
+                FLAGS_OF("shlq %%cl, %q0", 0, "c", cnt);
+                FLAGS_OF("shrq %%cl, %q0", 1, "c", cnt);
+                FLAGS_OF("sarq %%cl, %q0", 2, "c", cnt);
+                FLAGS_OF("shll %%cl, %k0", 3, "c", c32);
+                FLAGS_OF("sarw %%cl, %w0", 4, "c", c32);
+                FLAGS_OF("shlb %%cl, %b0", 5, "c", c32);
+                FLAGS_OF("imulq %q3, %q0", 6, "r", y);
+                FLAGS_OF("imull %k3, %k0", 7, "r", y);
+                FLAGS_OF("imulw %w3, %w0", 8, "r", y);
+#undef FLAGS_OF
             }
             for (int n = 0; n < 9; n++)
                 if ((out[0][n] ^ out[1][n]) & BT_ARITH_FLAGS) return false;
