@@ -734,6 +734,23 @@ static void load_guest_cf(struct emit *e)
  * merge is needed. */
 enum { FL_READS, FL_NONE, FL_WRITES, FL_ROT, FL_SHIFT };
 
+/* ADD, SUB, AND, OR, XOR, CMP, TEST, NEG: with register or immediate operands the FL_WRITES
+ * instructions, and the ones whose native form leaves emit.hfresh (see host_reader) */
+static bool host_producer(const struct bt_insn *i)
+{
+    switch (i->mnemonic) {
+    case ZYDIS_MNEMONIC_ADD:
+    case ZYDIS_MNEMONIC_SUB:
+    case ZYDIS_MNEMONIC_AND:
+    case ZYDIS_MNEMONIC_OR:
+    case ZYDIS_MNEMONIC_XOR:
+    case ZYDIS_MNEMONIC_CMP:
+    case ZYDIS_MNEMONIC_TEST:
+    case ZYDIS_MNEMONIC_NEG: return true;
+    default: return false;
+    }
+}
+
 static int flag_effect(const struct bt_insn *i, bool pure)
 {
     if (i->pfx & BT_PFX_LOCK) return FL_READS;
@@ -744,15 +761,8 @@ static int flag_effect(const struct bt_insn *i, bool pure)
             !(o->kind == BT_OPK_MEM && i->mnemonic == ZYDIS_MNEMONIC_NOP))
             return FL_READS;
     }
+    if (host_producer(i)) return FL_WRITES;
     switch (i->mnemonic) {
-    case ZYDIS_MNEMONIC_ADD:
-    case ZYDIS_MNEMONIC_SUB:
-    case ZYDIS_MNEMONIC_AND:
-    case ZYDIS_MNEMONIC_OR:
-    case ZYDIS_MNEMONIC_XOR:
-    case ZYDIS_MNEMONIC_CMP:
-    case ZYDIS_MNEMONIC_TEST:
-    case ZYDIS_MNEMONIC_NEG: return FL_WRITES;
     case ZYDIS_MNEMONIC_ROL:
     case ZYDIS_MNEMONIC_ROR:
         return i->nops >= 2 && i->op[0].kind == BT_OPK_REG && i->op[1].kind == BT_OPK_IMM
@@ -788,22 +798,6 @@ static int flag_effect(const struct bt_insn *i, bool pure)
 /* The CMOVcc and SETcc forms native_simple runs on the host's flags when they come right after
  * their producer (a register-form ALU operation, emit.hfresh): a producer whose flags only such
  * an instruction reads need not store them (translate's hdead). */
-/* The FL_WRITES instructions whose native form leaves emit.hfresh (see host_reader) */
-static bool host_producer(const struct bt_insn *i)
-{
-    switch (i->mnemonic) {
-    case ZYDIS_MNEMONIC_ADD:
-    case ZYDIS_MNEMONIC_SUB:
-    case ZYDIS_MNEMONIC_AND:
-    case ZYDIS_MNEMONIC_OR:
-    case ZYDIS_MNEMONIC_XOR:
-    case ZYDIS_MNEMONIC_CMP:
-    case ZYDIS_MNEMONIC_TEST:
-    case ZYDIS_MNEMONIC_NEG: return true;
-    default: return false;
-    }
-}
-
 _Static_assert(ZYDIS_MNEMONIC_CMOVZ - ZYDIS_MNEMONIC_CMOVB == 15, "the CMOVcc mnemonics in a row");
 static bool host_reader(const struct bt_insn *i)
 {
