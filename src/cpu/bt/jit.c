@@ -15,9 +15,9 @@
  *     and leaves those cases to the handler).  They load the guest registers from c->s.gpr, run the
  * same host instruction, store the result with the x86 write rules, and take the six arithmetic
  * flags from the host's RFLAGS (PUSHFQ), exactly as alu.c computes them.  A memory operand is
- *     reached through a probe stub that does bt_read's/bt_write's TLB fast path and returns the
- *     host address; anything else (TLB miss, MMIO, a watched code page, dirty logging, a
- *     fault) takes the instruction's slow path, its handler; or
+ *     reached through an inline probe that does bt_read's/bt_write's TLB fast path (probe_emit)
+ *     and leaves what makes the host address; anything else (TLB miss, MMIO, a watched code
+ *     page, dirty logging, a fault) takes the instruction's slow path, its handler; or
  *   - a call to the interpreter's handler with the decoded struct bt_insn baked in as an immediate
  *     (call-threaded), after recording insn_rip/next_rip/s.rip as the interpreter loop does.
  *     After the call the code leaves the block, as the interpreter would, when the handler

@@ -78,9 +78,9 @@ struct bt_jit_stats {
     uint64_t blocks_translated, insns_native, insns_called, flushes, runs, code_bytes, chains,
         unchains, insns_inline_mem;
     uint64_t flushes_full, chains_cross, lookups, lookup_hits, lookup_clears, lookup_miss_key,
-        lookup_miss_tlb, exits_unchained, lookup_bails,
-        lookup_revalidated; /* exits_unchained: through a chain jump not
-yet patched (or whose target page changed) */
-    uint64_t cpl_mismatch;  /* entries interpreted: translated for the other privilege class */
+        lookup_miss_tlb, lookup_bails, lookup_revalidated;
+    uint64_t exits_unchained; /* through a chain jump not yet patched (or whose target page
+                                 changed) */
+    uint64_t cpl_mismatch;    /* entries interpreted: translated for the other privilege class */
 };
 void bt_jit_get_stats(const struct bt_cpu *c, struct bt_jit_stats *st);
