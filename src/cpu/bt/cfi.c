@@ -140,6 +140,13 @@ void bt_cfi_destroy(struct bt_cpu *c)
     c->cfi = NULL;
 }
 
+static void empty_stack(struct bt_cfi_stack *s)
+{
+    for (unsigned k = 0; k < CFI_DEPTH; k++)
+        s->f[k].slot = BT_CFI_EMPTY;
+    s->top = 0;
+}
+
 /* The shadow stack for the current privilege (user: emptied when the address space changed).
  * NULL when there is no memory for it (CFI then checks nothing on this vCPU). */
 static inline __attribute__((always_inline)) struct bt_cfi_stack *stack_of(struct bt_cpu *c)
@@ -148,6 +155,8 @@ static inline __attribute__((always_inline)) struct bt_cfi_stack *stack_of(struc
     if (!k) {
         k = c->cfi = calloc(1, sizeof(*k));
         if (!k) return NULL;
+        empty_stack(&k->st[0]);
+        empty_stack(&k->st[1]);
         pthread_mutex_lock(&live_lock);
         k->next = live;
         live = k;
@@ -159,7 +168,7 @@ static inline __attribute__((always_inline)) struct bt_cfi_stack *stack_of(struc
         uint64_t space = c->s.cr3 & 0x7ffffffffffff000ull;
         if (s->space != space) {
             s->space = space;
-            s->n = 0;
+            empty_stack(s);
         }
         s->space_cr3 = c->s.cr3;
     }
@@ -175,10 +184,15 @@ static inline struct bt_cfi_frame *top_of(struct bt_cfi_stack *s)
     return &s->f[((s->top + RING_BYTES - FRAME_BYTES) % RING_BYTES) / FRAME_BYTES];
 }
 
+static inline bool empty(struct bt_cfi_stack *s)
+{
+    return top_of(s)->slot == BT_CFI_EMPTY;
+}
+
 static inline void pop(struct bt_cfi_stack *s)
 {
+    top_of(s)->slot = BT_CFI_EMPTY;
     s->top = (s->top + RING_BYTES - FRAME_BYTES) % RING_BYTES;
-    s->n--;
 }
 
 void bt_cfi_call(struct bt_cpu *c, uint64_t slot, uint64_t ret)
@@ -186,11 +200,10 @@ void bt_cfi_call(struct bt_cpu *c, uint64_t slot, uint64_t ret)
     struct bt_cfi_stack *s = stack_of(c);
     if (!s) return;
     /* records at or below the new slot belong to frames that are gone (longjmp) */
-    while (s->n && top_of(s)->slot <= slot)
+    while (!empty(s) && top_of(s)->slot <= slot)
         pop(s);
-    s->f[s->top / FRAME_BYTES] = (struct bt_cfi_frame){slot, ret};
+    s->f[s->top / FRAME_BYTES] = (struct bt_cfi_frame){slot, ret}; /* full: over the oldest */
     s->top = (s->top + FRAME_BYTES) % RING_BYTES;
-    if (s->n < CFI_DEPTH) s->n++;
     bump(&((struct bt_cfi_cpu *)c->cfi)->calls);
 }
 
@@ -213,9 +226,9 @@ bool bt_cfi_ret(struct bt_cpu *c, uint64_t slot, uint64_t target)
     struct bt_cfi_stack *s = stack_of(c);
     if (!s) return true;
     struct bt_cfi_cpu *k = c->cfi;
-    while (s->n && top_of(s)->slot < slot) /* frames unwound without their RET */
+    while (!empty(s) && top_of(s)->slot < slot) /* frames unwound without their RET */
         pop(s);
-    if (!s->n || top_of(s)->slot != slot) {
+    if (empty(s) || top_of(s)->slot != slot) {
         bump(&k->unverified);
         return true;
     }

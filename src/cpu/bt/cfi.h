@@ -59,11 +59,14 @@ struct bt_cfi_stack {
     /* user stack: the CR3 value last found to be that space (the inline code compares CR3 with
      * it, one compare instead of masking the PCID and no-flush bits; 0 at first) */
     uint64_t space_cr3;
-    /* top: the byte offset in f of the next push (16 x its index); n: records held (<=
-     * BT_CFI_DEPTH) */
-    unsigned top, n;
+    /* the byte offset in f of the next push (16 x its index); the record below it is the
+     * newest.  A record whose slot is BT_CFI_EMPTY holds nothing (popped, or never written): the
+     * ring is empty when the newest is, and the inline code needs no count (a guest stack slot
+     * is never ~0: an 8-byte access there wraps around the address space) */
+    unsigned top, pad;
     struct bt_cfi_frame f[BT_CFI_DEPTH];
 };
+#define BT_CFI_EMPTY (~0ull)
 struct bt_cfi_cpu {
     struct bt_cfi_stack st[2]; /* 0 kernel, 1 user */
     /* written by this vCPU only (relaxed stores; the translator's inline INC), read by

@@ -2146,7 +2146,6 @@ static bool native_mem(struct emit *e, const struct bt_jit *j, const struct bt_i
 #define K_CHECKED   ((int64_t)offsetof(struct bt_cfi_cpu, checked))
 #define S_SPACE_CR3 ((int64_t)offsetof(struct bt_cfi_stack, space_cr3))
 #define S_TOP       ((int64_t)offsetof(struct bt_cfi_stack, top))
-#define S_N         ((int64_t)offsetof(struct bt_cfi_stack, n))
 #define S_F         ((int64_t)offsetof(struct bt_cfi_stack, f))
 _Static_assert(sizeof(struct bt_cfi_frame) == 16 && BT_CFI_DEPTH == 64, "the inline ring index");
 
@@ -2164,32 +2163,25 @@ static void cfi_inline(struct emit *e, bool user, bool call, size_t *slow, int *
         slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
     }
     E2(e, MOV, R(HEDX), M(HRSI, st + S_TOP, 4)); /* EDX = the next push's offset */
-    E2(e, CMP, M(HRSI, st + S_N, 4), I(0));
-    size_t empty = 0;
-    if (call)
-        empty = jrel(e, ZYDIS_MNEMONIC_JZ);
-    else
-        slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JZ); /* unverified: the hook counts it */
     E2(e, LEA, R(HRCX), M(HRDX, -16, 8));
-    E2(e, AND, R(HECX), I(ring)); /* ECX = the newest record's */
+    E2(e, AND, R(HECX), I(ring)); /* ECX = the newest record's (BT_CFI_EMPTY: none) */
     E2(e, CMP, MX(HRSI, HRCX, 1, st + S_F, 8), R(slot));
     if (call) {
-        slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JBE); /* a dead record to drop first */
-        patch(e, empty, e->pos);
+        /* a dead record to drop first (at or below the slot; an empty one is above any) */
+        slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JBE);
         E2(e, MOV, MX(HRSI, HRDX, 1, st + S_F, 8), R(slot));
         E2(e, MOV, MX(HRSI, HRDX, 1, st + S_F + 8, 8), R(HRAX));
         E2(e, ADD, R(HEDX), I(16));
         E2(e, AND, R(HEDX), I(ring));
         E2(e, MOV, M(HRSI, st + S_TOP, 4), R(HEDX));
-        E2(e, CMP, M(HRSI, st + S_N, 4), I(BT_CFI_DEPTH));
-        E2(e, ADC, M(HRSI, st + S_N, 4), I(0)); /* one more while below the depth */
         E1(e, INC, M(HRSI, K_CALLS, 8));
     } else {
-        slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ); /* no record for this slot */
+        slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ); /* no record for this slot (or none) */
         E2(e, CMP, MX(HRSI, HRCX, 1, st + S_F + 8, 8), R(HRAX));
         slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ); /* a mismatch: the hook decides */
+        _Static_assert(BT_CFI_EMPTY == ~0ull, "the pop stores it as a sign-extended -1");
+        E2(e, MOV, MX(HRSI, HRCX, 1, st + S_F, 8), I(-1)); /* popped */
         E2(e, MOV, M(HRSI, st + S_TOP, 4), R(HECX));
-        E1(e, DEC, M(HRSI, st + S_N, 4));
         E1(e, INC, M(HRSI, K_CHECKED, 8));
     }
 }
