@@ -19,6 +19,8 @@ Environment:
 """
 
 import base64
+import importlib.machinery
+import importlib.util
 import os
 import pathlib
 import re
@@ -113,6 +115,15 @@ class Result:
         if len(self.out) + len(self.err) < 3000:
             return head + f"--- stdout ---\n{self.out}\n--- stderr ---\n{self.err}>"
         return head + summarize(self.out, self.err) + ">"
+
+
+def load_script(path, name):
+    """A Python script without a .py suffix (bench/guest, bench/ab) imported as module `name`."""
+    loader = importlib.machinery.SourceFileLoader(name, str(path))
+    spec = importlib.util.spec_from_loader(name, loader)
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    return mod
 
 
 def run_lookout(binary, *args, timeout=60, stdin_data=None, env=None):

@@ -1,19 +1,13 @@
 """bench/ab: the statistics it reports (no guest booted: the pairs are made up)."""
-import importlib.machinery
-import importlib.util
 import subprocess
 
-from conftest import ROOT
+from conftest import ROOT, load_script
 
 AB = ROOT / "bench" / "ab"
 
 
 def load_ab():
-    loader = importlib.machinery.SourceFileLoader("bench_ab", str(AB))
-    spec = importlib.util.spec_from_loader("bench_ab", loader)
-    mod = importlib.util.module_from_spec(spec)
-    loader.exec_module(mod)
-    return mod
+    return load_script(AB, "bench_ab")
 
 
 def test_sign_test():

@@ -3,25 +3,19 @@
 The smoke run boots the Debian guest once under the software CPU (~30 s of CPU) and checks that
 every workload was timed and that the guest computed what the host did.  The comparison itself is
 checked without booting: a made-up differing result must be reported."""
-import importlib.machinery
-import importlib.util
 import json
 import subprocess
 import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, load_script
 
 BENCH = ROOT / "bench" / "guest"
 
 
 def load_bench():
-    loader = importlib.machinery.SourceFileLoader("bench_guest", str(BENCH))
-    spec = importlib.util.spec_from_loader("bench_guest", loader)
-    mod = importlib.util.module_from_spec(spec)
-    loader.exec_module(mod)
-    return mod
+    return load_script(BENCH, "bench_guest")
 
 
 def _run(work):
