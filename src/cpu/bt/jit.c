@@ -180,7 +180,6 @@ struct bt_jit {
     unsigned nmid;
     size_t mid_jumps[JIT_BLOCK_MAX];
     struct jit_lent ltab[JIT_LOOKUP_SIZE]; /* read by the translated code (absolute address) */
-    uint64_t lgpa[JIT_LOOKUP_SIZE];        /* the guest-physical page of each entry's translation */
 };
 
 /* ---- emitter --------------------------------------------------------------------------- */
@@ -795,9 +794,10 @@ static int flag_effect(const struct bt_insn *i, bool pure)
     }
 }
 
-/* The CMOVcc and SETcc forms native_simple runs on the host's flags when they come right after
- * their producer (a register-form ALU operation, emit.hfresh): a producer whose flags only such
- * an instruction reads need not store them (translate's hdead). */
+/* The CMOVcc and SETcc forms native_simple translates: register CMOVcc (16/32/64 bits) and SETcc
+ * to a low byte register.  Right after their producer (a register-form ALU operation,
+ * emit.hfresh) they run on the host's flags, so a producer whose flags only such an instruction
+ * reads need not store them (translate's hdead). */
 _Static_assert(ZYDIS_MNEMONIC_CMOVZ - ZYDIS_MNEMONIC_CMOVB == 15, "the CMOVcc mnemonics in a row");
 static bool host_reader(const struct bt_insn *i)
 {
@@ -870,7 +870,7 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off, 
     const struct bt_operand *d = &i->op[0], *s = &i->op[1];
     ZydisMnemonic m = (ZydisMnemonic)i->mnemonic;
     if (is_setcc(m)) { /* to a low byte register; memory and AH..BH: native_setcc_more */
-        if (i->nops < 1 || !is_gpr(d) || d->size != 1 || i->opcode_map == 0) return false;
+        if (!host_reader(i)) return false;
         if (e->hfresh_prev) /* right after its producer: the host's SETcc on the host flags */
             enc(e, m, 1, (ZydisEncoderOperand[]){R(ZYDIS_REGISTER_AL)});
         else
@@ -1118,9 +1118,7 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off, 
     case ZYDIS_MNEMONIC_CMOVLE:
     case ZYDIS_MNEMONIC_CMOVNLE: {
         /* the register form: dest = cond ? src : dest, zero-extended from 32 bits either way */
-        if (i->nops < 2 || !is_gpr(d) || !is_gpr(s) || d->size != size || s->size != size ||
-            size == 1)
-            return false;
+        if (!host_reader(i)) return false;
         unsigned cc = i->opcode & 0xf;
         if (e->hfresh_prev) { /* right after its producer: the host's CMOVcc on the host flags */
             if (pinned(d->reg, size) != ZYDIS_REGISTER_NONE) { /* 32 bits zero-extend always */
@@ -1420,8 +1418,9 @@ static void lookup_enter(struct emit *e, const struct bt_jit *j)
 
 /* The end of a block whose successor a handler decided (indirect JMP/CALL, RET, direct CALL and
  * every other handler-ended block) in 64-bit code: after the loop's checks, the inline lookup of
- * s.rip in the per-vCPU table (see struct jit_lent), validated by CR3, the mode word and the TLB;
- * a hit jumps straight to the translation, a miss returns to the loop. */
+ * the RIP (s.rip, or RAX with rip_in_rax) in the per-vCPU table (see struct jit_lent), validated
+ * by CR3, the mode word and the TLB generation (else lookup_revalidate); a hit jumps straight to
+ * the translation, a miss returns to the loop. */
 static void lookup_exit(struct emit *e, struct bt_jit *j, bool after_handler, bool rip_in_rax)
 {
     size_t fails[12], kfails[4], tfails[8];
