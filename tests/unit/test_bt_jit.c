@@ -1970,6 +1970,101 @@ static double seconds(void)
 }
 
 /* Not a pass/fail test: prints guest instructions per second both ways on the loop. */
+/* Probe groups: two loads and a store off R15 and two PUSHes and POPs share one prologue probe
+ * each (R15's range [R15, R15 + 24), RSP's [RSP - 16, RSP)).  Run where the ranges fit in a page,
+ * where R15's crosses a 4 KiB page (the prologue fails and the plain body runs), and where R15
+ * points to a read-only page: the store must fault at itself, after the two loads, with CR2 its
+ * address, exactly as interpreted.  In a loop of 3: warm, the grouped body runs (a fallback at most
+ * for the first, cold run); across pages, every run falls back. */
+static const uint8_t grp_prog[] = {
+    0xbe, 0x03, 0x00, 0x00, 0x00, /* 0: mov esi, 3 */
+    0x49, 0x8b, 0x07,             /* 5: mov rax, [r15] */
+    0x49, 0x03, 0x47, 0x08,       /* 8: add rax, [r15+8] */
+    0x49, 0x89, 0x47, 0x10,       /* c: mov [r15+16], rax */
+    0x50,                         /* 10: push rax */
+    0x53,                         /* 11: push rbx */
+    0x59,                         /* 12: pop rcx */
+    0x5a,                         /* 13: pop rdx */
+    0xff, 0xce,                   /* 14: dec esi */
+    0x75, 0xed,                   /* 16: jnz 5 */
+    0xf4,                         /* 18: hlt */
+};
+
+static uint64_t grp_r15;
+
+static void prime_grp(struct bt_cpu *c)
+{
+    put64(T, T_PD + 16, T_RO | 0x81); /* read-only, supervisor */
+    c->s.gpr[R15] = grp_r15;
+    bt_read(c, grp_r15, 8, BT_ACC_READ); /* warm for reads (the read-only page too) */
+    bt_probe_write(c, c->s.gpr[RSP] - 16, 16, BT_ACC_WRITE); /* and the stack */
+}
+
+static void test_probe_groups(void **st)
+{
+    static struct outcome a, b;
+    struct bt_jit_stats s0, s1;
+    prep = prime_grp;
+    grp_r15 = T_DATA + 0x100;
+    bt_jit_get_stats(T->c, &s0);
+    both(grp_prog, sizeof(grp_prog), 1000, &a, &b);
+    bt_jit_get_stats(T->c, &s1);
+    assert_true(b.halted);
+    assert_int_equal(b.gpr[RCX], b.gpr[RBX]);
+    assert_true(s1.grp_blocks > s0.grp_blocks);
+    assert_true(s1.grp_members >= s0.grp_members + 7);
+    assert_true(s1.grp_fallbacks - s0.grp_fallbacks <= 1);
+
+    grp_r15 = T_DATA + 0xff0; /* [r15, r15 + 24) crosses into the next page */
+    both(grp_prog, sizeof(grp_prog), 1000, &a, &b);
+    bt_jit_get_stats(T->c, &s0);
+    assert_true(b.halted);
+    assert_true(s0.grp_fallbacks - s1.grp_fallbacks >= 3);
+
+    grp_r15 = T_RO + 0x100;
+    both(grp_prog, sizeof(grp_prog), 1000, &a, &b);
+    prep = NULL;
+    assert_int_equal(t_handler_vector(T), X86_PF);
+    assert_int_equal(b.cr2, T_RO + 0x110);
+    assert_int_equal(get64(T, T->c->s.gpr[RSP] + 8), T_CODE0 + 0xc); /* the store's RIP */
+    assert_int_equal(get64(T, T->c->s.gpr[RSP]), 0x3);               /* protection, write */
+}
+
+/* LOOKOUT_BT_PROFILE=1: every run of a translation is counted, so the guest instructions the
+ * profile accounts for (runs times block sizes) are exactly what the vCPU retired in a loop that
+ * never leaves its blocks early; and each block stands for more host instructions than guest ones
+ * (a loop of 13 guest instructions cannot be translated to fewer than 13).  The profile is off
+ * again afterwards. */
+static void test_profile(void **st)
+{
+    struct bt_cpu *c = T->c;
+    bt_core_destroy(c);
+    setenv("LOOKOUT_BT_PROFILE", "1", 1);
+    setenv("LOOKOUT_BT_JIT", "1", 1);
+    assert_int_equal(bt_core_init(c), 0);
+    unsetenv("LOOKOUT_BT_PROFILE");
+    uint8_t p[sizeof(loop_prog)];
+    make_loop(p, 1000);
+    static struct outcome o;
+    run_prog(true, p, sizeof(p), 1000000, &o);
+    assert_true(o.halted);
+    struct bt_jit_stats s;
+    bt_jit_get_stats(c, &s);
+    assert_int_equal(s.prof_guest, o.icount); /* 2 + 1000 * 13 */
+    assert_true(s.prof_runs >= 1000 && s.prof_runs <= 1003);
+    assert_true(s.prof_host > 13 * 1000 && s.prof_host < 40 * o.icount);
+    /* a flush moves the counts into the table; they stay */
+    bt_jit_flush(c);
+    struct bt_jit_stats s2;
+    bt_jit_get_stats(c, &s2);
+    assert_int_equal(s2.prof_guest, s.prof_guest);
+    assert_int_equal(s2.prof_host, s.prof_host);
+    bt_core_destroy(c); /* the report goes to the log */
+    assert_int_equal(bt_core_init(c), 0);
+    bt_jit_get_stats(c, &s);
+    assert_int_equal(s.prof_runs, 0);
+}
+
 static void test_speed(void **st)
 {
     uint8_t p[sizeof(loop_prog)];
@@ -2021,6 +2116,8 @@ int main(void)
         cmocka_unit_test(test_cfi),
         cmocka_unit_test(test_wx),
         cmocka_unit_test(test_switch),
+        cmocka_unit_test(test_probe_groups),
+        cmocka_unit_test(test_profile),
         cmocka_unit_test(test_speed),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

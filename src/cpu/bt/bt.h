@@ -222,6 +222,8 @@ struct bt_cpu {
      * was validated in): [0] (even) advances at every flush and INVLPG, [1] (odd) only at those
      * that drop global pages too; each by 2 (mmu.c). */
     uint64_t tlb_gen[2];
+    /* the translator's probe groups (jit.c): the TLB addend a block's prologue found for each */
+    uint64_t grp_addend[4];
     struct bt_tlb_entry tlb[BT_TLB_SIZE];
     void *mmu; /* mmu.c private (write-watch bitmap, ...) */
 

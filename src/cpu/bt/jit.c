@@ -152,7 +152,8 @@ struct bt_jit {
      * leaves undefined included, regardless of the incoming ones (host_flags_pure), so the
      * guest's need not be loaded before them to get what the interpreter gets. */
     bool bmi2, pure_flags;
-    bool user; /* the block being translated runs at CPL 3 (translations are per CPL class) */
+    bool user;   /* the block being translated runs at CPL 3 (translations are per CPL class) */
+    bool groups; /* probe groups (LOOKOUT_BT_GROUPS=0 turns them off, for measurements) */
     const uint8_t *xbytes; /* ... and crosses into the next page with these bytes (bt_jit_run) */
     unsigned xlen;
     void (*enter)(struct bt_cpu *c, const void *code, struct bt_jit *j);
@@ -180,6 +181,7 @@ struct bt_jit {
     unsigned nmid;
     size_t mid_jumps[JIT_BLOCK_MAX];
     struct jit_lent ltab[JIT_LOOKUP_SIZE]; /* read by the translated code (absolute address) */
+    struct jit_prof_state *prof;           /* LOOKOUT_BT_PROFILE=1, else NULL (jit_prof_*) */
 };
 
 /* ---- emitter --------------------------------------------------------------------------- */
@@ -215,6 +217,10 @@ struct emit {
      * handler changes CR0 or CR4), so they need not be repeated.  translate() clears it at every
      * instruction that takes its handler. */
     bool sse_ok;
+    /* the block's probe groups (grp_plan) while the grouped body is emitted, else NULL; and the
+     * index of the instruction being emitted */
+    const struct grp_plan *grp;
+    unsigned grp_k;
 };
 
 static ZydisEncoderOperand R(ZydisRegister r)
@@ -1650,6 +1656,197 @@ static bool inline_mem_ok16(const struct bt_insn *i, const struct bt_operand *o,
     return o->size == 16 && inline_mem_ok(i, &t, off, false);
 }
 
+/* ---- probe groups -----------------------------------------------------------------------
+ *
+ * Accesses through one base register whose value is known relative to the block's start (not
+ * written in the block, or moved only by constants: PUSH, POP, ADD/SUB/INC/DEC, LEA r,[r+d]), or
+ * RIP-relative ones, fall in a range [base + lo, base + hi) known at translation time.  When a
+ * block has two or more such accesses with the range under GRP_SPAN bytes, its prologue probes
+ * the whole range once (one page, the access kind the strongest member needs) and keeps the TLB
+ * addend in bt_cpu.grp_addend; each member then loads it instead of probing (1 instruction for 7).
+ * If any prologue probe fails (a miss, a range across pages, no permission, a watched page, MMIO)
+ * the block runs a second translation made without groups, from its start, so nothing else
+ * changes: the same code as before, with its own slow paths.  Scanning stops at the first
+ * instruction that could change a translation (anything but the plain data forms below), so the
+ * addends stay as valid for the block as a probe's is for its access. */
+#define GRP_MAX  4
+#define GRP_SPAN 2048
+struct grp_plan {
+    int8_t member[JIT_BLOCK_MAX]; /* group of instruction k's access, -1 if none */
+    int64_t mdisp[JIT_BLOCK_MAX]; /* the displacement its operand has (a check) */
+    uint8_t msize[JIT_BLOCK_MAX];
+    unsigned ng;
+    struct {
+        uint8_t base; /* GPR or BT_REG_RIP */
+        int64_t lo, hi;
+        bool write;
+    } g[GRP_MAX];
+};
+#define C_GRP(g) ((int64_t)offsetof(struct bt_cpu, grp_addend) + 8 * (int64_t)(g))
+_Static_assert(GRP_MAX <= sizeof(((struct bt_cpu *)0)->grp_addend) / 8, "an addend per group");
+
+/* Instructions the plan may look past: they change no translation and write at most op[0] (and
+ * RSP for PUSH/POP); with `mem` their memory operand may be a member. */
+static bool grp_plain(const struct bt_insn *i, bool *mem)
+{
+    *mem = true;
+    if (i->pfx & (BT_PFX_LOCK | BT_PFX_REP | BT_PFX_REPNE)) return false;
+    for (unsigned k = 0; k < i->nops && k < 4; k++) {
+        const struct bt_operand *o = &i->op[k];
+        if (o->kind == BT_OPK_REG && o->rclass != BT_RC_GPR) return false; /* AH, CRn, SREG... */
+        if (o->kind == BT_OPK_PTR) return false;
+    }
+    switch (i->mnemonic) {
+    case ZYDIS_MNEMONIC_MOV:
+    case ZYDIS_MNEMONIC_MOVZX:
+    case ZYDIS_MNEMONIC_MOVSX:
+    case ZYDIS_MNEMONIC_MOVSXD:
+    case ZYDIS_MNEMONIC_ADD:
+    case ZYDIS_MNEMONIC_SUB:
+    case ZYDIS_MNEMONIC_AND:
+    case ZYDIS_MNEMONIC_OR:
+    case ZYDIS_MNEMONIC_XOR:
+    case ZYDIS_MNEMONIC_ADC:
+    case ZYDIS_MNEMONIC_SBB:
+    case ZYDIS_MNEMONIC_CMP:
+    case ZYDIS_MNEMONIC_TEST:
+    case ZYDIS_MNEMONIC_INC:
+    case ZYDIS_MNEMONIC_DEC:
+    case ZYDIS_MNEMONIC_NEG:
+    case ZYDIS_MNEMONIC_NOT:
+    case ZYDIS_MNEMONIC_SHL:
+    case ZYDIS_MNEMONIC_SHR:
+    case ZYDIS_MNEMONIC_SAR:
+    case ZYDIS_MNEMONIC_ROL:
+    case ZYDIS_MNEMONIC_ROR:
+    case ZYDIS_MNEMONIC_PUSH:
+    case ZYDIS_MNEMONIC_POP: return true;
+    case ZYDIS_MNEMONIC_IMUL: return i->nops >= 2 && i->op[0].kind == BT_OPK_REG;
+    case ZYDIS_MNEMONIC_LEA:
+    case ZYDIS_MNEMONIC_BSWAP:
+    case ZYDIS_MNEMONIC_NOP: *mem = false; return true;
+    default:
+        *mem = false;
+        return i->nops >= 1 && i->op[0].kind == BT_OPK_REG &&
+               ((i->mnemonic >= ZYDIS_MNEMONIC_CMOVB && i->mnemonic <= ZYDIS_MNEMONIC_CMOVZ) ||
+                (i->mnemonic >= ZYDIS_MNEMONIC_SETB && i->mnemonic <= ZYDIS_MNEMONIC_SETZ));
+    }
+}
+
+/* The groups of a block of 64-bit code (false: none worth a prologue). */
+static bool grp_plan_make(const struct bt_insn *ins, unsigned n, unsigned stack_bits,
+                          struct grp_plan *gp)
+{
+    int64_t delta[16] = {0};
+    bool known[16];
+    for (unsigned r = 0; r < 16; r++)
+        known[r] = true;
+    int8_t cbase[JIT_BLOCK_MAX];
+    int64_t caddr[JIT_BLOCK_MAX];
+    bool cwrite[JIT_BLOCK_MAX];
+    unsigned count[17] = {0};
+    int64_t off = 0;
+    unsigned m = n < JIT_BLOCK_MAX ? n : JIT_BLOCK_MAX;
+    for (unsigned k = 0; k < m; k++)
+        gp->member[k] = cbase[k] = -1;
+    for (unsigned k = 0; k < m; off += ins[k].len, k++) {
+        const struct bt_insn *i = &ins[k];
+        bool mem;
+        if (!grp_plain(i, &mem)) break;
+        const struct bt_operand *d = &i->op[0];
+        ZydisMnemonic mn = (ZydisMnemonic)i->mnemonic;
+        bool push = mn == ZYDIS_MNEMONIC_PUSH, pop = mn == ZYDIS_MNEMONIC_POP;
+        if (push || pop) {
+            if (stack_bits != 64 || i->opsize != 64 || i->nops < 1 || d->kind == BT_OPK_MEM)
+                break; /* PUSH/POP m, 16-bit forms: the handler's */
+            if (known[RSP]) {
+                cbase[k] = RSP;
+                caddr[k] = delta[RSP] + (push ? -8 : 0);
+                gp->mdisp[k] = push ? -8 : 0;
+                gp->msize[k] = 8;
+                cwrite[k] = push;
+            }
+            if (known[RSP]) delta[RSP] += push ? -8 : 8;
+            if (pop && d->kind == BT_OPK_REG) known[d->reg & 15] = false;
+            continue;
+        }
+        for (unsigned q = 0; mem && q < i->nops && q < 4; q++) {
+            const struct bt_operand *o = &i->op[q];
+            if (o->kind != BT_OPK_MEM) continue;
+            if (!inline_mem_ok(i, o, off, false) || o->index != BT_NOREG || o->base == BT_NOREG ||
+                o->seg == SEG_FS || o->seg == SEG_GS)
+                break;
+            bool rip = o->base == BT_REG_RIP;
+            if (!rip && !known[o->base]) break;
+            cbase[k] = (int8_t)o->base;
+            caddr[k] = rip ? o->disp + off : delta[o->base] + o->disp;
+            gp->mdisp[k] = o->disp;
+            gp->msize[k] = (uint8_t)o->size;
+            cwrite[k] = q == 0 && mn != ZYDIS_MNEMONIC_CMP && mn != ZYDIS_MNEMONIC_TEST;
+            break;
+        }
+        /* what it writes: op[0] (a constant step keeps the register known) */
+        if (d->kind == BT_OPK_REG && mn != ZYDIS_MNEMONIC_CMP && mn != ZYDIS_MNEMONIC_TEST) {
+            unsigned r = d->reg & 15;
+            const struct bt_operand *s1 = &i->op[1];
+            bool full = d->size == 8 && i->nops >= 1;
+            if (full && (mn == ZYDIS_MNEMONIC_ADD || mn == ZYDIS_MNEMONIC_SUB) && i->nops >= 2 &&
+                s1->kind == BT_OPK_IMM)
+                delta[r] += mn == ZYDIS_MNEMONIC_ADD ? s1->disp : -s1->disp;
+            else if (full && (mn == ZYDIS_MNEMONIC_INC || mn == ZYDIS_MNEMONIC_DEC))
+                delta[r] += mn == ZYDIS_MNEMONIC_INC ? 1 : -1;
+            else if (full && mn == ZYDIS_MNEMONIC_LEA && i->nops >= 2 && s1->kind == BT_OPK_AGEN &&
+                     s1->base == d->reg && s1->index == BT_NOREG && i->addrsize == 64)
+                delta[r] += s1->disp;
+            else
+                known[r] = false;
+        }
+    }
+    /* a group per base with two members or more, within GRP_SPAN bytes, the busiest first */
+    for (unsigned k = 0; k < m; k++)
+        if (cbase[k] >= 0) count[cbase[k] == BT_REG_RIP ? 16 : cbase[k]]++;
+    gp->ng = 0;
+    while (gp->ng < GRP_MAX) {
+        unsigned best = 17;
+        for (unsigned b = 0; b < 17; b++)
+            if (count[b] >= 2 && (best == 17 || count[b] > count[best])) best = b;
+        if (best == 17) break;
+        count[best] = 0;
+        uint8_t base = best == 16 ? BT_REG_RIP : (uint8_t)best;
+        int64_t lo = INT64_MAX, hi = INT64_MIN;
+        bool write = false;
+        for (unsigned k = 0; k < m; k++)
+            if (cbase[k] == (int8_t)base) {
+                lo = MIN(lo, caddr[k]);
+                hi = MAX(hi, caddr[k] + gp->msize[k]);
+                write |= cwrite[k];
+            }
+        if (hi - lo > GRP_SPAN) continue;
+        unsigned g = gp->ng++;
+        gp->g[g].base = base;
+        gp->g[g].lo = lo;
+        gp->g[g].hi = hi;
+        gp->g[g].write = write;
+        for (unsigned k = 0; k < m; k++)
+            if (cbase[k] == (int8_t)base) gp->member[k] = (int8_t)g;
+    }
+    return gp->ng > 0;
+}
+
+/* The group instruction e->grp_k's operand `o` belongs to, if it is the access the plan saw and
+ * the group was probed for it (a write needs a write group); else -1. */
+static int grp_member(const struct emit *e, const struct bt_operand *o, bool write)
+{
+    const struct grp_plan *gp = e->grp;
+    if (!gp || e->grp_k >= JIT_BLOCK_MAX) return -1;
+    int g = gp->member[e->grp_k];
+    if (g < 0 || o->base != gp->g[g].base || o->index != BT_NOREG ||
+        o->disp != gp->mdisp[e->grp_k] || o->size > gp->msize[e->grp_k] || o->seg == SEG_FS ||
+        o->seg == SEG_GS || (write && !gp->g[g].write))
+        return -1;
+    return g;
+}
+
 static void mem_lin(struct emit *e, const struct bt_operand *o, int64_t off);
 static void probe_call(struct emit *e, const struct bt_jit *j, unsigned size, bool write,
                        size_t *slow, int *nslow);
@@ -1664,6 +1861,11 @@ static void mem_probe(struct emit *e, const struct bt_jit *j, const struct bt_op
                       int64_t off, bool write, size_t *slow, int *nslow)
 {
     mem_lin(e, o, off);
+    int g = grp_member(e, o, write);
+    if (g >= 0) { /* the block's prologue probed the group's whole range: its addend */
+        E2(e, MOV, R(HRSI), M(HCPU, C_GRP(g), 8));
+        return;
+    }
     probe_call(e, j, o->size, write, slow, nslow);
 }
 
@@ -2718,6 +2920,161 @@ static bool native_indirect(struct emit *e, struct bt_jit *j, const struct bt_in
 
 /* ---- code cache ------------------------------------------------------------------------ */
 
+/* ---- LOOKOUT_BT_PROFILE=1: how many host instructions translated code runs per guest one ------
+ *
+ * Each translation counts its runs (an INC at its entry, both entries); its static facts are its
+ * guest instruction count and the host instructions on its fall-through path (from the entry to the
+ * first unconditional jump or return, skipping every forward branch to cold code: what one run
+ * executes when no slow path is taken and the block ends where its last instruction falls
+ * through).  Counts move into a table keyed by the block when the cache is flushed; the vCPU's
+ * teardown reports totals and the blocks that ran the most host instructions.  Wall-clock noise is
+ * +-5 % on the benchmark machines; these counts do not move between runs of the same workload
+ * (interrupts land at other points, a few blocks more or less), so they show changes to the code
+ * the translator emits that timing cannot.  Off by default: the INC costs a few percent. */
+#define PROF_SLOTS 65536u /* accumulated blocks (a power of two) */
+struct jit_prof {
+    uint64_t gpa, rip, runs;
+    uint32_t guest, host; /* guest instructions; host instructions on the fall-through path */
+    uint32_t entry;       /* its code's offset in the cache ... */
+    uint64_t gen;         /* ... while the cache's flush count is this */
+    uint8_t bits;         /* code size */
+    bool user;
+};
+struct jit_prof_state {
+    int level;                       /* LOOKOUT_BT_PROFILE: 1 counts, 2 also shows code */
+    uint64_t runs[JIT_MAX_TBS];      /* by translation slot, written by the translated code */
+    struct jit_prof tb[JIT_MAX_TBS]; /* by translation slot: its static facts */
+    struct jit_prof acc[PROF_SLOTS]; /* accumulated by block (gpa, privilege, size) */
+    uint64_t lost;                   /* runs of blocks the full table could not take */
+};
+
+static int prof_wanted(void)
+{
+    const char *v = getenv("LOOKOUT_BT_PROFILE");
+    return v && (v[0] == '1' || v[0] == '2') && !v[1] ? v[0] - '0' : 0;
+}
+
+/* Host instructions on the fall-through path of the code at `code` (at most `len` bytes); with
+ * `show`, each is logged (LOOKOUT_BT_PROFILE=2). */
+static uint32_t prof_path(const uint8_t *code, size_t len, bool show)
+{
+    ZydisDecoder d;
+    ZydisDecoderInit(&d, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64);
+    ZydisFormatter f;
+    ZydisFormatterInit(&f, ZYDIS_FORMATTER_STYLE_INTEL);
+    ZydisDecodedInstruction in;
+    ZydisDecodedOperand ops[ZYDIS_MAX_OPERAND_COUNT];
+    uint32_t n = 0;
+    for (size_t pos = 0; pos < len && n < 100000;) {
+        if (!ZYAN_SUCCESS(ZydisDecoderDecodeFull(&d, code + pos, len - pos, &in, ops))) break;
+        n++;
+        char text[96];
+        if (show && ZYAN_SUCCESS(ZydisFormatterFormatInstruction(
+                        &f, &in, ops, in.operand_count_visible, text, sizeof(text), pos, NULL)))
+            log_info("        host %4zx  %s", pos, text);
+        if (in.mnemonic == ZYDIS_MNEMONIC_JMP || in.mnemonic == ZYDIS_MNEMONIC_RET) break;
+        pos += in.length;
+    }
+    return n;
+}
+
+/* Logs the guest instructions of a reported block still in the cache, then its host code. */
+static void prof_show(struct bt_cpu *c, const struct bt_jit *j, const struct jit_prof *a)
+{
+    const uint8_t *g = c->vm ? guest_ptr(&c->vm->mem, a->gpa, 1) : NULL;
+    if (!g) return;
+    size_t avail = 4096 - (a->gpa & 0xfff);
+    ZydisDecoder d;
+    ZydisDecoderInit(&d, a->bits == 64 ? ZYDIS_MACHINE_MODE_LONG_64 : ZYDIS_MACHINE_MODE_LEGACY_32,
+                     a->bits == 64 ? ZYDIS_STACK_WIDTH_64 : ZYDIS_STACK_WIDTH_32);
+    ZydisFormatter f;
+    ZydisFormatterInit(&f, ZYDIS_FORMATTER_STYLE_INTEL);
+    ZydisDecodedInstruction in;
+    ZydisDecodedOperand ops[ZYDIS_MAX_OPERAND_COUNT];
+    size_t pos = 0;
+    for (uint32_t k = 0; k < a->guest && pos < avail; k++) {
+        if (!ZYAN_SUCCESS(ZydisDecoderDecodeFull(&d, g + pos, avail - pos, &in, ops))) break;
+        char text[96];
+        if (ZYAN_SUCCESS(ZydisFormatterFormatInstruction(&f, &in, ops, in.operand_count_visible,
+                                                         text, sizeof(text), a->rip + pos, NULL)))
+            log_info("        guest %llx  %s", (unsigned long long)(a->rip + pos), text);
+        pos += in.length;
+    }
+    prof_path(j->rx + a->entry, j->used - a->entry, true);
+}
+
+/* Moves the run counts of the cache's translations into the accumulated table. */
+static void prof_merge(struct bt_jit *j)
+{
+    struct jit_prof_state *p = j->prof;
+    if (!p) return;
+    for (uint32_t k = 0; k < j->ntbs; k++) {
+        uint64_t runs = p->runs[k];
+        if (!runs) continue;
+        p->runs[k] = 0;
+        const struct jit_prof *t = &p->tb[k];
+        uint64_t h = (t->gpa ^ (t->gpa >> 17) ^ ((uint64_t)t->guest << 40) ^ t->user) *
+                     0x9e3779b97f4a7c15ull;
+        bool placed = false;
+        for (uint32_t probe = 0; probe < 64 && !placed; probe++) {
+            struct jit_prof *a = &p->acc[((h >> 40) + probe) & (PROF_SLOTS - 1)];
+            if (!a->runs) *a = *t; /* empty slot: this block from now on */
+            if (a->gpa == t->gpa && a->user == t->user && a->guest == t->guest) {
+                a->runs += runs;
+                a->entry = t->entry; /* the latest translation, to show it */
+                a->gen = t->gen;
+                placed = true;
+            }
+        }
+        if (!placed) p->lost += runs;
+    }
+}
+
+/* Runs, guest and host instructions so far: the accumulated blocks and the cache's. */
+static void prof_totals(const struct bt_jit *j, uint64_t *runs, uint64_t *guest, uint64_t *host)
+{
+    const struct jit_prof_state *p = j->prof;
+    *runs = *guest = *host = 0;
+    for (uint32_t k = 0; k < PROF_SLOTS + j->ntbs; k++) {
+        const struct jit_prof *a = k < PROF_SLOTS ? &p->acc[k] : &p->tb[k - PROF_SLOTS];
+        uint64_t n = k < PROF_SLOTS ? a->runs : p->runs[k - PROF_SLOTS];
+        *runs += n;
+        *guest += n * a->guest;
+        *host += n * a->host;
+    }
+}
+
+static void prof_report(struct bt_cpu *c, struct bt_jit *j)
+{
+    struct jit_prof_state *p = j->prof;
+    prof_merge(j);
+    uint64_t runs, guest, host;
+    prof_totals(j, &runs, &guest, &host);
+    if (!runs) return;
+    log_info("translator %u profile: %llu runs of translated blocks, %llu guest and %llu host "
+             "instructions in them: %.2f host instructions per guest instruction (%llu runs of "
+             "blocks the table could not hold)",
+             c->index, (unsigned long long)runs, (unsigned long long)guest,
+             (unsigned long long)host, (double)host / (double)(guest ? guest : 1),
+             (unsigned long long)p->lost);
+    for (int r = 0; r < 12; r++) {
+        struct jit_prof *best = NULL;
+        for (uint32_t k = 0; k < PROF_SLOTS; k++) {
+            struct jit_prof *a = &p->acc[k];
+            if (a->runs && (!best || a->runs * a->host > best->runs * best->host)) best = a;
+        }
+        if (!best) break;
+        log_info("  %5.1f%% of host instructions: %s block at %#llx (gpa %#llx), %llu runs, %u "
+                 "guest -> %u host instructions (%.2f)",
+                 100.0 * (double)(best->runs * best->host) / (double)host,
+                 best->user ? "user" : "kernel", (unsigned long long)best->rip,
+                 (unsigned long long)best->gpa, (unsigned long long)best->runs, best->guest,
+                 best->host, (double)best->host / (double)(best->guest ? best->guest : 1));
+        if (p->level >= 2 && best->gen == j->st.flushes) prof_show(c, j, best);
+        best->runs = 0; /* reported */
+    }
+}
+
 static bool env_wants(void)
 {
     const char *v = getenv("LOOKOUT_BT_JIT");
@@ -2783,6 +3140,8 @@ static int emit_trampoline(struct bt_jit *j, struct bt_cpu *c)
     const char *generic = getenv("LOOKOUT_BT_GENERIC");
     bool host_specific = !(generic && strcmp(generic, "0") != 0);
     j->bmi2 = host_specific && __builtin_cpu_supports("bmi2");
+    const char *grp = getenv("LOOKOUT_BT_GROUPS");
+    j->groups = !(grp && strcmp(grp, "0") == 0);
     j->pure_flags = host_specific && host_flags_pure();
     log_debug("translator: %s BMI2 (RORX), %s the guest's flags before shifts and IMUL",
               j->bmi2 ? "with" : "without", j->pure_flags ? "without loading" : "loading");
@@ -2898,6 +3257,10 @@ int bt_jit_set_enabled(struct bt_cpu *c, _Atomic bool *pending, bool on)
         if (!j) return err_set(ENOMEM, "translator: no memory for its state");
         j->fd = -1;
         j->hot_runs = JIT_HOT_RUNS;
+        int level = prof_wanted();
+        if (level && !(j->prof = calloc(1, sizeof(*j->prof))))
+            log_warn("translator: no memory for LOOKOUT_BT_PROFILE's tables: not profiling");
+        if (j->prof) j->prof->level = level;
         lookup_clear_all(j);
         j->st.lookup_clears = 0;
         c->jit = j;
@@ -2950,6 +3313,8 @@ void bt_jit_destroy(struct bt_cpu *c)
             (unsigned long long)st.lookup_bails, (unsigned long long)st.lookup_clears,
             (unsigned long long)st.cpl_mismatch);
     hstat_report();
+    if (j->prof) prof_report(c, j);
+    free(j->prof);
     cache_unmap(j);
     free(j->tbs);
     free(j->links);
@@ -2962,6 +3327,7 @@ void bt_jit_flush(struct bt_cpu *c)
 {
     struct bt_jit *j = c->jit;
     if (!j || !j->rw) return;
+    prof_merge(j);
     j->used = j->base_end;
     j->ntbs = j->nlinks = 0;
     j->exit_valid = false;
@@ -3005,6 +3371,7 @@ void bt_jit_get_stats(const struct bt_cpu *c, struct bt_jit_stats *st)
         st->lookups = st->lookup_hits + st->lookup_revalidated + st->lookup_miss_key +
                       st->lookup_miss_tlb + st->lookup_bails;
         st->code_bytes = j->used;
+        if (j->prof) prof_totals(j, &st->prof_runs, &st->prof_guest, &st->prof_host);
     }
 }
 
@@ -3094,140 +3461,190 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
     if (j->xlen && (b32 || j->xlen > 15 || n != 1)) return (*slot = JIT_UNTRANSLATABLE), 1;
     E2(&e, MOV, R(R12), M(HCPU, C_RIP, 8));
     if (e.pos - start != JIT_ENTRY2) e.fail = true; /* chained jumps enter after it */
-    if (j->xlen) crossing_check(&e, j, 4096 - page_off);
-    for (unsigned k = 0; k < n; k++) {
-        const struct bt_insn *i = &ins[k];
-        bool last = k + 1 == n;
-        size_t slow[8];
-        int nslow = 0;
-        /* A native form Zydis cannot encode is undone (e.pos back to mark) and the instruction
-         * takes the handler path; the block stays translated. */
-        size_t mark = e.pos;
-        unsigned pend0 = pend, nsp0 = nsp;
-        bool sse_ok0 = e.sse_ok;
-        bool hflags_in = e.hflags;
-        e.hflags = false;
-        e.hfresh_prev = e.hfresh;
-        e.hfresh = false;
-        enum { HANDLER, SIMPLE, MEM, BRANCH, CALLRET } how = HANDLER;
-        if (k > 0 && hdead[k - 1] && !e.hfresh_prev) /* its producer did not leave them */
-            return translate(j, c, ins, n, slot, gpa, false);
-        if (native_simple(&e, i, off, k < JIT_BLOCK_MAX && (dead[k] || hdead[k]))) {
-            how = SIMPLE;
-        } else {
-            if (native_mem(&e, j, i, off, b32, c->stack_bits, slow, &nslow))
-                how = MEM;
-            else if (native_forms(&e, j, i, off, b32, c->stack_bits, slow, &nslow))
-                how = MEM;
-            else if (last && native_indirect(&e, j, i, off, b32, c->stack_bits, c->cpl, &pend))
-                how = CALLRET;
-            else if (last && (e.hflags = hflags_in, /* the producer right before it */
-                              native_branch(&e, j, i, off, b32, &pend, page_off)))
-                how = BRANCH;
-            else if (last &&
-                     native_callret(&e, j, i, off, b32, c->stack_bits, c->cpl, &pend, page_off))
-                how = CALLRET;
-        }
-        if (e.fail) {
-            e.fail = false;
-            e.pos = mark;
-            pend = pend0;
-            nsp = nsp0;
-            e.sse_ok = sse_ok0;
-            how = HANDLER;
-        }
-        if (how != SIMPLE && how != MEM) e.hflags = false;
-        if (how != SIMPLE) e.hfresh = false;
-        /* the reader of an unstored producer's flags must have taken them from the host (only
-         * native_simple's CMOVcc/SETcc do) */
-        if (k > 0 && hdead[k - 1] && how != SIMPLE)
-            return translate(j, c, ins, n, slot, gpa, false);
-        switch (how) {
-        case SIMPLE: pend++, native++; break;
-        case MEM: {
-            /* fast path done: the instruction counts like a register form (pending).  Its slow
-             * path, emitted after the block, runs the handler for the whole instruction with
-             * icount exact and comes back here with the same count pending. */
-            struct slow_path *sp = &sps[nsp++];
-            sp->i = i;
-            sp->off = off;
-            sp->pend = pend;
-            sp->back = e.pos;
-            sp->n = (unsigned)nslow;
-            sp->hflags = e.hflags;
-            memcpy(sp->jumps, slow, sizeof(slow));
-            pend++;
-            native++;
-            inline_mem++;
-            break;
-        }
-        case BRANCH:
-        case CALLRET:
-            native++;
-            inline_mem += how == CALLRET;
-            ended = true;
-            break;
-        case HANDLER:
-            /* A flag-neutral instruction (flag_effect) that ends up here can leave the block
-             * after its handler (after_handler_checks) with dead flags not stored: translate
-             * again without the dead-flag pass (an encoding Zydis refused, say). */
-            int fe = flag_effect(i, j->pure_flags);
-            if (use_dead && (fe == FL_NONE || fe == FL_ROT || hdead[k]))
-                return translate(j, c, ins, n, slot, gpa, false);
-            hstat_count(&e, i, false);
-            call_handler(&e, i, off, b32, &pend);
-            e.sse_ok = false;
-            if (last) {
-                if (b32)
-                    jto(&e, ZYDIS_MNEMONIC_JMP, j->exit_off);
-                else if (i->mnemonic == ZYDIS_MNEMONIC_CALL && i->op[0].kind == BT_OPK_IMM &&
-                         (i->attr_lo & BT_ATTR_RELATIVE))
-                    /* a direct CALL: its handler pushed and jumped (or faulted); the target
-                     * is known, so it chains like a direct JMP */
-                    leave_direct(&e, j, page_off, off + i->len + i->op[0].disp, b32, 0);
-                else
-                    lookup_exit(&e, j, true, false); /* the successor is known only now */
-                ended = true;
-            } else {
-                /* only REP string instructions branch from the middle of a block (a chunk
-                 * done, the instruction re-runs): a lookup stub for them alone */
-                j->mid_lookup = !b32 && (i->pfx & (BT_PFX_REP | BT_PFX_REPNE));
-                after_handler_checks(&e, j);
-                j->mid_lookup = false;
+    if (j->prof) { /* this translation's run count (the host flags are not the guest's here) */
+        E2(&e, MOV, R(HRAX), I((int64_t)(uintptr_t)&j->prof->runs[j->ntbs]));
+        E1(&e, INC, M(HRAX, 0, 8));
+    }
+    /* probe groups: a prologue, the grouped body, then the plain body its failures run */
+    static __thread struct grp_plan gp;
+    static __thread bool grp_off; /* retranslating without groups (the two bodies did not fit) */
+    bool groups =
+        !b32 && !j->xlen && j->groups && !grp_off && grp_plan_make(ins, n, c->stack_bits, &gp);
+    size_t gfail[GRP_MAX];
+    int ngf = 0;
+    for (unsigned g = 0; groups && g < gp.ng; g++) {
+        struct bt_operand o = {.kind = BT_OPK_MEM,
+                               .size = 1,
+                               .seg = SEG_DS,
+                               .base = gp.g[g].base,
+                               .index = BT_NOREG,
+                               .scale = 1,
+                               .disp = gp.g[g].lo};
+        mem_lin(&e, &o, 0);
+        probe_emit(&e, (unsigned)(gp.g[g].hi - gp.g[g].lo), gp.g[g].write, j->user, j->bmi2, gfail,
+                   &ngf);
+        E2(&e, MOV, M(HCPU, C_GRP(g), 8), R(HRSI));
+    }
+    for (int ver = groups ? 0 : 1; ver < 2; ver++) {
+        if (ver == 1) { /* the plain body, from the block's start */
+            for (int q = 0; q < ngf; q++)
+                patch(&e, gfail[q], e.pos);
+            if (groups) { /* counted (the host flags are not the guest's here) */
+                E2(&e, MOV, R(HRAX), I((int64_t)(uintptr_t)&j->st.grp_fallbacks));
+                E1(&e, INC, M(HRAX, 0, 8));
             }
-            break;
+            pend = native = inline_mem = 0;
+            ended = false;
+            off = 0;
+            nsp = 0;
+            e.hflags = e.hfresh = e.hfresh_prev = e.sse_ok = false;
         }
-        off += i->len;
-    }
-    if (!ended) {
-        /* the block stopped at its size limit or a page end: continue after it */
-        leave_direct(&e, j, page_off, off, b32, pend);
-        pend = 0;
-    }
-    for (unsigned q = 0; q < nsp; q++) {
-        struct slow_path *sp = &sps[q];
-        for (unsigned k = 0; k < sp->n; k++)
-            patch(&e, sp->jumps[k], e.pos);
-        unsigned p = sp->pend;
-        hstat_count(&e, sp->i, true);
-        call_handler(&e, sp->i, sp->off, b32, &p);
-        after_handler_checks(&e, j);
-        icount_op(&e, sp->pend + 1, true);
-        if (sp->hflags) { /* what the fast path leaves: the guest's six flags in the host's */
-            E2(&e, MOV, R(HRAX), R(FLAGS_REG));
-            E2(&e, AND, R(HEAX), I(BT_ARITH_FLAGS | 2)); /* nothing else (DF, TF, AC clear) */
-            E1(&e, PUSH, R(HRAX));
-            E0(&e, POPFQ);
+        e.grp = ver == 0 ? &gp : NULL;
+        j->mid_lookup = false;
+        j->nmid = 0;
+        if (j->xlen) crossing_check(&e, j, 4096 - page_off);
+        for (unsigned k = 0; k < n; k++) {
+            const struct bt_insn *i = &ins[k];
+            bool last = k + 1 == n;
+            e.grp_k = k;
+            size_t slow[8];
+            int nslow = 0;
+            /* A native form Zydis cannot encode is undone (e.pos back to mark) and the instruction
+             * takes the handler path; the block stays translated. */
+            size_t mark = e.pos;
+            unsigned pend0 = pend, nsp0 = nsp;
+            bool sse_ok0 = e.sse_ok;
+            bool hflags_in = e.hflags;
+            e.hflags = false;
+            e.hfresh_prev = e.hfresh;
+            e.hfresh = false;
+            enum { HANDLER, SIMPLE, MEM, BRANCH, CALLRET } how = HANDLER;
+            if (k > 0 && hdead[k - 1] && !e.hfresh_prev) /* its producer did not leave them */
+                return translate(j, c, ins, n, slot, gpa, false);
+            if (native_simple(&e, i, off, k < JIT_BLOCK_MAX && (dead[k] || hdead[k]))) {
+                how = SIMPLE;
+            } else {
+                if (native_mem(&e, j, i, off, b32, c->stack_bits, slow, &nslow))
+                    how = MEM;
+                else if (native_forms(&e, j, i, off, b32, c->stack_bits, slow, &nslow))
+                    how = MEM;
+                else if (last && native_indirect(&e, j, i, off, b32, c->stack_bits, c->cpl, &pend))
+                    how = CALLRET;
+                else if (last && (e.hflags = hflags_in, /* the producer right before it */
+                                  native_branch(&e, j, i, off, b32, &pend, page_off)))
+                    how = BRANCH;
+                else if (last &&
+                         native_callret(&e, j, i, off, b32, c->stack_bits, c->cpl, &pend, page_off))
+                    how = CALLRET;
+            }
+            if (e.fail) {
+                e.fail = false;
+                e.pos = mark;
+                pend = pend0;
+                nsp = nsp0;
+                e.sse_ok = sse_ok0;
+                how = HANDLER;
+            }
+            if (how != SIMPLE && how != MEM) e.hflags = false;
+            if (how != SIMPLE) e.hfresh = false;
+            /* the reader of an unstored producer's flags must have taken them from the host (only
+             * native_simple's CMOVcc/SETcc do) */
+            if (k > 0 && hdead[k - 1] && how != SIMPLE)
+                return translate(j, c, ins, n, slot, gpa, false);
+            switch (how) {
+            case SIMPLE: pend++, native++; break;
+            case MEM: {
+                /* fast path done: the instruction counts like a register form (pending).  Its slow
+                 * path, emitted after the block, runs the handler for the whole instruction with
+                 * icount exact and comes back here with the same count pending. */
+                struct slow_path *sp = &sps[nsp++];
+                sp->i = i;
+                sp->off = off;
+                sp->pend = pend;
+                sp->back = e.pos;
+                sp->n = (unsigned)nslow;
+                sp->hflags = e.hflags;
+                memcpy(sp->jumps, slow, sizeof(slow));
+                pend++;
+                native++;
+                inline_mem++;
+                break;
+            }
+            case BRANCH:
+            case CALLRET:
+                native++;
+                inline_mem += how == CALLRET;
+                ended = true;
+                break;
+            case HANDLER:
+                /* A flag-neutral instruction (flag_effect) that ends up here can leave the block
+                 * after its handler (after_handler_checks) with dead flags not stored: translate
+                 * again without the dead-flag pass (an encoding Zydis refused, say). */
+                int fe = flag_effect(i, j->pure_flags);
+                if (use_dead && (fe == FL_NONE || fe == FL_ROT || hdead[k]))
+                    return translate(j, c, ins, n, slot, gpa, false);
+                hstat_count(&e, i, false);
+                call_handler(&e, i, off, b32, &pend);
+                e.sse_ok = false;
+                if (last) {
+                    if (b32)
+                        jto(&e, ZYDIS_MNEMONIC_JMP, j->exit_off);
+                    else if (i->mnemonic == ZYDIS_MNEMONIC_CALL && i->op[0].kind == BT_OPK_IMM &&
+                             (i->attr_lo & BT_ATTR_RELATIVE))
+                        /* a direct CALL: its handler pushed and jumped (or faulted); the target
+                         * is known, so it chains like a direct JMP */
+                        leave_direct(&e, j, page_off, off + i->len + i->op[0].disp, b32, 0);
+                    else
+                        lookup_exit(&e, j, true, false); /* the successor is known only now */
+                    ended = true;
+                } else {
+                    /* only REP string instructions branch from the middle of a block (a chunk
+                     * done, the instruction re-runs): a lookup stub for them alone */
+                    j->mid_lookup = !b32 && (i->pfx & (BT_PFX_REP | BT_PFX_REPNE));
+                    after_handler_checks(&e, j);
+                    j->mid_lookup = false;
+                }
+                break;
+            }
+            off += i->len;
         }
-        jto(&e, ZYDIS_MNEMONIC_JMP, sp->back);
-    }
-    if (j->nmid) { /* a handler in the middle branched: look its target up like a block end */
-        size_t at = e.pos;
-        lookup_exit(&e, j, true, false);
-        for (unsigned k = 0; k < j->nmid; k++)
-            patch(&e, j->mid_jumps[k], at);
-    }
+        if (!ended) {
+            /* the block stopped at its size limit or a page end: continue after it */
+            leave_direct(&e, j, page_off, off, b32, pend);
+            pend = 0;
+        }
+        for (unsigned q = 0; q < nsp; q++) {
+            struct slow_path *sp = &sps[q];
+            for (unsigned k = 0; k < sp->n; k++)
+                patch(&e, sp->jumps[k], e.pos);
+            unsigned p = sp->pend;
+            hstat_count(&e, sp->i, true);
+            call_handler(&e, sp->i, sp->off, b32, &p);
+            after_handler_checks(&e, j);
+            icount_op(&e, sp->pend + 1, true);
+            if (sp->hflags) { /* what the fast path leaves: the guest's six flags in the host's */
+                E2(&e, MOV, R(HRAX), R(FLAGS_REG));
+                E2(&e, AND, R(HEAX), I(BT_ARITH_FLAGS | 2)); /* nothing else (DF, TF, AC clear) */
+                E1(&e, PUSH, R(HRAX));
+                E0(&e, POPFQ);
+            }
+            jto(&e, ZYDIS_MNEMONIC_JMP, sp->back);
+        }
+        if (j->nmid) { /* a handler in the middle branched: look its target up like a block end */
+            size_t at = e.pos;
+            lookup_exit(&e, j, true, false);
+            for (unsigned k = 0; k < j->nmid; k++)
+                patch(&e, j->mid_jumps[k], at);
+        }
+    } /* ver */
+    e.grp = NULL;
     j->mid_lookup = false;
+    if (e.fail && groups) {
+        grp_off = true;
+        int r = translate(j, c, ins, n, slot, gpa, use_dead);
+        grp_off = false;
+        return r;
+    }
     if (e.fail) {
         log_debug("translator: block of %u instructions at %#llx left to the interpreter", n,
                   (unsigned long long)c->s.rip);
@@ -3239,6 +3656,11 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
     j->st.insns_native += native;
     j->st.insns_called += n - native;
     j->st.insns_inline_mem += inline_mem;
+    if (groups) {
+        j->st.grp_blocks++;
+        for (unsigned k = 0; k < n && k < JIT_BLOCK_MAX; k++)
+            j->st.grp_members += gp.member[k] >= 0;
+    }
     struct jit_tb *tb = &j->tbs[j->ntbs++];
     tb->gpa = gpa;
     tb->entry = (uint32_t)start;
@@ -3246,6 +3668,17 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
     tb->code_bits = c->code_bits;
     tb->stack_bits = c->stack_bits;
     tb->user = j->user;
+    if (j->prof)
+        j->prof->tb[j->ntbs - 1] = (struct jit_prof){
+            .gpa = gpa,
+            .rip = c->s.rip,
+            .guest = n,
+            .host = prof_path(j->rw + start, e.pos - start, false),
+            .entry = (uint32_t)start,
+            .gen = j->st.flushes,
+            .bits = c->code_bits,
+            .user = j->user,
+        };
     *slot = tb;
     return 0;
 }

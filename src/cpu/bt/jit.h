@@ -82,5 +82,11 @@ struct bt_jit_stats {
     uint64_t exits_unchained; /* through a chain jump not yet patched (or whose target page
                                  changed) */
     uint64_t cpl_mismatch;    /* entries interpreted: translated for the other privilege class */
+    /* LOOKOUT_BT_PROFILE=1 (else 0): runs of translated blocks, and the guest instructions and
+     * the host instructions on their fall-through paths those runs stand for (jit.c) */
+    uint64_t prof_runs, prof_guest, prof_host;
+    /* probe groups (jit.c): blocks translated with them, the accesses planned as members, and
+     * runs that took the plain body because a group's prologue probe failed */
+    uint64_t grp_blocks, grp_members, grp_fallbacks;
 };
 void bt_jit_get_stats(const struct bt_cpu *c, struct bt_jit_stats *st);
