@@ -2085,6 +2085,7 @@ static void test_speed(void **st)
 
 int main(void)
 {
+    setenv("LOOKOUT_BT_GROUPS", "all", 0); /* probe groups in the CPL 0 blocks here too */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_loop_same_state),
         cmocka_unit_test(test_all_conditions),

@@ -152,8 +152,10 @@ struct bt_jit {
      * leaves undefined included, regardless of the incoming ones (host_flags_pure), so the
      * guest's need not be loaded before them to get what the interpreter gets. */
     bool bmi2, pure_flags;
-    bool user;   /* the block being translated runs at CPL 3 (translations are per CPL class) */
-    bool groups; /* probe groups (LOOKOUT_BT_GROUPS=0 turns them off, for measurements) */
+    bool user; /* the block being translated runs at CPL 3 (translations are per CPL class) */
+    /* probe groups in user blocks (LOOKOUT_BT_GROUPS=0 turns them off, for measurements; =all
+     * puts them in kernel blocks too, as the unit tests do) */
+    bool groups, groups_all;
     const uint8_t *xbytes; /* ... and crosses into the next page with these bytes (bt_jit_run) */
     unsigned xlen;
     void (*enter)(struct bt_cpu *c, const void *code, struct bt_jit *j);
@@ -1830,7 +1832,10 @@ static bool grp_plan_make(const struct bt_insn *ins, unsigned n, unsigned stack_
         for (unsigned k = 0; k < m; k++)
             if (cbase[k] == (int8_t)base) gp->member[k] = (int8_t)g;
     }
-    return gp->ng > 0;
+    unsigned members = 0;
+    for (unsigned k = 0; k < m; k++)
+        members += gp->member[k] >= 0;
+    return gp->ng > 0 && members >= gp->ng + 2; /* two probes saved at least */
 }
 
 /* The group instruction e->grp_k's operand `o` belongs to, if it is the access the plan saw and
@@ -3142,6 +3147,7 @@ static int emit_trampoline(struct bt_jit *j, struct bt_cpu *c)
     j->bmi2 = host_specific && __builtin_cpu_supports("bmi2");
     const char *grp = getenv("LOOKOUT_BT_GROUPS");
     j->groups = !(grp && strcmp(grp, "0") == 0);
+    j->groups_all = grp && strcmp(grp, "all") == 0;
     j->pure_flags = host_specific && host_flags_pure();
     log_debug("translator: %s BMI2 (RORX), %s the guest's flags before shifts and IMUL",
               j->bmi2 ? "with" : "without", j->pure_flags ? "without loading" : "loading");
@@ -3468,8 +3474,11 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
     /* probe groups: a prologue, the grouped body, then the plain body its failures run */
     static __thread struct grp_plan gp;
     static __thread bool grp_off; /* retranslating without groups (the two bodies did not fit) */
-    bool groups =
-        !b32 && !j->xlen && j->groups && !grp_off && grp_plan_make(ins, n, c->stack_bits, &gp);
+    /* user code only, unless LOOKOUT_BT_GROUPS=all: kernel blocks are many and most run few
+     * times, and the second body doubles their translation time (boot to ready was 13 % slower
+     * with groups in every block) */
+    bool groups = !b32 && !j->xlen && j->groups && (j->user || j->groups_all) && !grp_off &&
+                  grp_plan_make(ins, n, c->stack_bits, &gp);
     size_t gfail[GRP_MAX];
     int ngf = 0;
     for (unsigned g = 0; groups && g < gp.ng; g++) {
