@@ -1685,6 +1685,7 @@ struct grp_plan {
     } g[GRP_MAX];
 };
 #define C_GRP(g) ((int64_t)offsetof(struct bt_cpu, grp_addend) + 8 * (int64_t)(g))
+_Static_assert(BT_REG_RIP == 16, "a group's base indexes counts of 17: the GPRs, then RIP");
 _Static_assert(GRP_MAX <= sizeof(((struct bt_cpu *)0)->grp_addend) / 8, "an addend per group");
 
 /* Instructions the plan may look past: they change no translation and write at most op[0] (and
@@ -1767,8 +1768,8 @@ static bool grp_plan_make(const struct bt_insn *ins, unsigned n, unsigned stack_
                 gp->mdisp[k] = push ? -8 : 0;
                 gp->msize[k] = 8;
                 cwrite[k] = push;
+                delta[RSP] += push ? -8 : 8;
             }
-            if (known[RSP]) delta[RSP] += push ? -8 : 8;
             if (pop && d->kind == BT_OPK_REG) known[d->reg & 15] = false;
             continue;
         }
@@ -1791,7 +1792,7 @@ static bool grp_plan_make(const struct bt_insn *ins, unsigned n, unsigned stack_
         if (d->kind == BT_OPK_REG && mn != ZYDIS_MNEMONIC_CMP && mn != ZYDIS_MNEMONIC_TEST) {
             unsigned r = d->reg & 15;
             const struct bt_operand *s1 = &i->op[1];
-            bool full = d->size == 8 && i->nops >= 1;
+            bool full = d->size == 8;
             if (full && (mn == ZYDIS_MNEMONIC_ADD || mn == ZYDIS_MNEMONIC_SUB) && i->nops >= 2 &&
                 s1->kind == BT_OPK_IMM)
                 delta[r] += mn == ZYDIS_MNEMONIC_ADD ? s1->disp : -s1->disp;
@@ -1806,7 +1807,7 @@ static bool grp_plan_make(const struct bt_insn *ins, unsigned n, unsigned stack_
     }
     /* a group per base with two members or more, within GRP_SPAN bytes, the busiest first */
     for (unsigned k = 0; k < m; k++)
-        if (cbase[k] >= 0) count[cbase[k] == BT_REG_RIP ? 16 : cbase[k]]++;
+        if (cbase[k] >= 0) count[cbase[k]]++; /* GPRs 0-15, BT_REG_RIP 16 */
     gp->ng = 0;
     while (gp->ng < GRP_MAX) {
         unsigned best = 17;
@@ -1814,7 +1815,7 @@ static bool grp_plan_make(const struct bt_insn *ins, unsigned n, unsigned stack_
             if (count[b] >= 2 && (best == 17 || count[b] > count[best])) best = b;
         if (best == 17) break;
         count[best] = 0;
-        uint8_t base = best == 16 ? BT_REG_RIP : (uint8_t)best;
+        uint8_t base = (uint8_t)best;
         int64_t lo = INT64_MAX, hi = INT64_MIN;
         bool write = false;
         for (unsigned k = 0; k < m; k++)
@@ -3418,7 +3419,7 @@ static void crossing_check(struct emit *e, struct bt_jit *j, unsigned avail)
 }
 
 static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *ins, unsigned n,
-                     void **slot, uint64_t gpa, bool use_dead)
+                     void **slot, uint64_t gpa, bool use_dead, bool use_groups)
 {
     if (j->size - j->used < JIT_BLOCK_RESERVE || j->ntbs >= JIT_MAX_TBS) return -ENOSPC;
     struct emit e = {.buf = j->rw,
@@ -3472,12 +3473,11 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
         E1(&e, INC, M(HRAX, 0, 8));
     }
     /* probe groups: a prologue, the grouped body, then the plain body its failures run */
-    static __thread struct grp_plan gp;
-    static __thread bool grp_off; /* retranslating without groups (the two bodies did not fit) */
+    struct grp_plan gp;
     /* user code only, unless LOOKOUT_BT_GROUPS=all: kernel blocks are many and most run few
      * times, and the second body doubles their translation time (boot to ready was 13 % slower
      * with groups in every block) */
-    bool groups = !b32 && !j->xlen && j->groups && (j->user || j->groups_all) && !grp_off &&
+    bool groups = !b32 && !j->xlen && j->groups && (j->user || j->groups_all) && use_groups &&
                   grp_plan_make(ins, n, c->stack_bits, &gp);
     size_t gfail[GRP_MAX];
     int ngf = 0;
@@ -3529,7 +3529,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
             e.hfresh = false;
             enum { HANDLER, SIMPLE, MEM, BRANCH, CALLRET } how = HANDLER;
             if (k > 0 && hdead[k - 1] && !e.hfresh_prev) /* its producer did not leave them */
-                return translate(j, c, ins, n, slot, gpa, false);
+                return translate(j, c, ins, n, slot, gpa, false, use_groups);
             if (native_simple(&e, i, off, k < JIT_BLOCK_MAX && (dead[k] || hdead[k]))) {
                 how = SIMPLE;
             } else {
@@ -3559,7 +3559,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
             /* the reader of an unstored producer's flags must have taken them from the host (only
              * native_simple's CMOVcc/SETcc do) */
             if (k > 0 && hdead[k - 1] && how != SIMPLE)
-                return translate(j, c, ins, n, slot, gpa, false);
+                return translate(j, c, ins, n, slot, gpa, false, use_groups);
             switch (how) {
             case SIMPLE: pend++, native++; break;
             case MEM: {
@@ -3591,7 +3591,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
                  * again without the dead-flag pass (an encoding Zydis refused, say). */
                 int fe = flag_effect(i, j->pure_flags);
                 if (use_dead && (fe == FL_NONE || fe == FL_ROT || hdead[k]))
-                    return translate(j, c, ins, n, slot, gpa, false);
+                    return translate(j, c, ins, n, slot, gpa, false, use_groups);
                 hstat_count(&e, i, false);
                 call_handler(&e, i, off, b32, &pend);
                 e.sse_ok = false;
@@ -3648,12 +3648,8 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
     } /* ver */
     e.grp = NULL;
     j->mid_lookup = false;
-    if (e.fail && groups) {
-        grp_off = true;
-        int r = translate(j, c, ins, n, slot, gpa, use_dead);
-        grp_off = false;
-        return r;
-    }
+    if (e.fail && groups) /* the two bodies did not fit: one, without groups */
+        return translate(j, c, ins, n, slot, gpa, use_dead, false);
     if (e.fail) {
         log_debug("translator: block of %u instructions at %#llx left to the interpreter", n,
                   (unsigned long long)c->s.rip);
@@ -3742,7 +3738,7 @@ int bt_jit_run(struct bt_cpu *c, const struct bt_insn *insns, unsigned n, void *
         }
         j->xbytes = xbytes;
         j->xlen = xlen;
-        int r = translate(j, c, insns, n, slot, gpa, true);
+        int r = translate(j, c, insns, n, slot, gpa, true, true);
         if (r == -ENOSPC) j->st.flushes_full++;
         if (r) return r;
     }
