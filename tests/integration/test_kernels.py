@@ -89,3 +89,22 @@ def test_cfi_kernel_under_kvm(lookout_any, test_kernel):
                     "--append", "rop=1", timeout=60)
     assert "cfi: ROP gadget ran in user mode" in r.out, r
     assert r.rc == 1, r
+
+
+@pytest.mark.bt
+def test_translator_env_profile_and_groups(lookout_any, test_kernel):
+    """LOOKOUT_BT_PROFILE=1 reports host instructions per guest instruction at exit (info level),
+    on a kernel run with probe groups in every block; values the translator does not know are
+    named in a warning, and the run goes on with the default."""
+    import re
+    r = run_lookout(lookout_any, "run", "--cpu", "bt", "--kernel", test_kernel("exit42"),
+                    timeout=60, env={"LOOKOUT_LOG": "info", "LOOKOUT_BT_PROFILE": "1",
+                                     "LOOKOUT_BT_GROUPS": "all"})
+    assert r.rc == 85, r
+    assert re.search(r"translator 0 profile: [0-9]+ runs of translated blocks, [0-9]+ guest and "
+                     r"[0-9]+ host instructions in them: [0-9.]+ host instructions per guest", r.err), r
+    r = run_lookout(lookout_any, "run", "--cpu", "bt", "--kernel", test_kernel("exit42"),
+                    timeout=60, env={"LOOKOUT_BT_PROFILE": "3", "LOOKOUT_BT_GROUPS": "yes"})
+    assert r.rc == 85, r
+    assert "LOOKOUT_BT_PROFILE=3 is not 0, 1" in r.err, r
+    assert "LOOKOUT_BT_GROUPS=yes is not 0 (off)" in r.err, r

@@ -2957,7 +2957,11 @@ struct jit_prof_state {
 static int prof_wanted(void)
 {
     const char *v = getenv("LOOKOUT_BT_PROFILE");
-    return v && (v[0] == '1' || v[0] == '2') && !v[1] ? v[0] - '0' : 0;
+    if (!v || !*v || strcmp(v, "0") == 0) return 0;
+    if ((v[0] == '1' || v[0] == '2') && !v[1]) return v[0] - '0';
+    log_warn("LOOKOUT_BT_PROFILE=%s is not 0, 1 (count) or 2 (count and show code): not profiling",
+             v);
+    return 0;
 }
 
 /* Host instructions on the fall-through path of the code at `code` (at most `len` bytes); with
@@ -3149,6 +3153,10 @@ static int emit_trampoline(struct bt_jit *j, struct bt_cpu *c)
     const char *grp = getenv("LOOKOUT_BT_GROUPS");
     j->groups = !(grp && strcmp(grp, "0") == 0);
     j->groups_all = grp && strcmp(grp, "all") == 0;
+    if (grp && *grp && strcmp(grp, "0") && strcmp(grp, "1") && !j->groups_all)
+        log_warn("LOOKOUT_BT_GROUPS=%s is not 0 (off), 1 (user blocks, the default) or all: "
+                 "probe groups in user blocks",
+                 grp);
     j->pure_flags = host_specific && host_flags_pure();
     log_debug("translator: %s BMI2 (RORX), %s the guest's flags before shifts and IMUL",
               j->bmi2 ? "with" : "without", j->pure_flags ? "without loading" : "loading");
