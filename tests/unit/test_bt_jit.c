@@ -113,8 +113,14 @@ static void both(const uint8_t *code, size_t n, uint64_t budget, struct outcome 
                  struct outcome *tj)
 {
     run_prog(false, code, n, budget, ti);
+    struct bt_jit_stats s0, s1;
+    bt_jit_get_stats(T->c, &s0);
     run_prog(true, code, n, budget, tj);
+    bt_jit_get_stats(T->c, &s1);
     compare(ti, tj);
+    /* no native form fell back to its handler because the encoder refused it (LOOKOUT_LOG=debug
+     * names it: "cannot encode") */
+    assert_int_equal(s1.encode_fallbacks, s0.encode_fallbacks);
 }
 
 /* A loop mixing every native form with memory operands (handler path):
@@ -2000,34 +2006,230 @@ static void prime_grp(struct bt_cpu *c)
     bt_probe_write(c, c->s.gpr[RSP] - 16, 16, BT_ACC_WRITE); /* and the stack */
 }
 
-static void test_probe_groups(void **st)
+/* Probe groups with 16-byte SSE moves as members (memset/memcpy-like code, stack spills):
+ * after a PXOR (XMM registers only: the plan goes on), five R15 accesses in [R15, R15 + 0x50)
+ * (two loads, an aligned and an unaligned store, an aligned load) and two aligned stores below
+ * RSP, a group each.  Run where everything fits,
+ * where the MOVAPS store is misaligned (#GP at it, from its slow path, after the grouped loads),
+ * where R15's range crosses a page (every run falls back), and where R15 points to a read-only
+ * page (#PF at the first store). */
+static const uint8_t grp_sse_prog[] = {
+    0xbe, 0x03, 0x00, 0x00, 0x00,       /* 0: mov esi, 3 */
+    0x66, 0x0f, 0xef, 0xc0,             /* 5: pxor xmm0, xmm0 (the plan goes on) */
+    0xf3, 0x41, 0x0f, 0x6f, 0x0f,       /* 9: movdqu xmm1, [r15] */
+    0xf3, 0x41, 0x0f, 0x6f, 0x57, 0x10, /* e: movdqu xmm2, [r15+0x10] */
+    0x41, 0x0f, 0x29, 0x4f, 0x20,       /* 14: movaps [r15+0x20], xmm1 */
+    0x41, 0x0f, 0x11, 0x57, 0x31,       /* 19: movups [r15+0x31], xmm2 */
+    0x66, 0x41, 0x0f, 0x6f, 0x5f, 0x40, /* 1e: movdqa xmm3, [r15+0x40] */
+    0x66, 0x0f, 0x29, 0x5c, 0x24, 0xe0, /* 24: movapd [rsp-0x20], xmm3 */
+    0x0f, 0x29, 0x4c, 0x24, 0xd0,       /* 2a: movaps [rsp-0x30], xmm1 */
+    0xff, 0xce,                         /* 2f: dec esi */
+    0x75, 0xd2,                         /* 31: jnz 5 */
+    0xf4,                               /* 33: hlt */
+};
+
+static void prime_grp_sse(struct bt_cpu *c)
+{
+    prime_grp(c);
+    bt_probe_write(c, c->s.gpr[RSP] - 0x30, 0x30, BT_ACC_WRITE);
+    for (int r = 0; r < 16; r++)
+        memset(c->s.fx.xmm[r], 0x11 * r + 1, 16);
+    for (int k = 0; k < 0x60; k++) /* distinct bytes to move */
+        if (grp_r15 >= T_DATA && grp_r15 + k < T_DATA + 0x2000)
+            *(uint8_t *)gp(T, grp_r15 + k, 1) = (uint8_t)(k * 7 + 3);
+}
+
+/* The three runs both group tests make of `prog` (its store to [R15 + store_off] at
+ * T_CODE0 + store_at): everything fits (the grouped body runs, `members` accesses translated as
+ * members, a fallback at most for the cold first run); R15 at `cross`, where its range crosses
+ * into the next page (every run of the loop of 3 falls back); and R15 on a read-only page (#PF,
+ * protection and write, at the store, after the grouped loads).  Each against the interpreter. */
+static void grp_runs(const uint8_t *prog, size_t n, unsigned members, uint64_t cross,
+                     uint64_t store_off, uint64_t store_at, struct outcome *fit)
 {
     static struct outcome a, b;
     struct bt_jit_stats s0, s1;
-    prep = prime_grp;
     grp_r15 = T_DATA + 0x100;
     bt_jit_get_stats(T->c, &s0);
-    both(grp_prog, sizeof(grp_prog), 1000, &a, &b);
+    both(prog, n, 1000, &a, fit);
     bt_jit_get_stats(T->c, &s1);
-    assert_true(b.halted);
-    assert_int_equal(b.gpr[RCX], b.gpr[RBX]);
+    assert_true(fit->halted);
     assert_true(s1.grp_blocks > s0.grp_blocks);
-    assert_true(s1.grp_members >= s0.grp_members + 7);
+    assert_true(s1.grp_members >= s0.grp_members + members);
     assert_true(s1.grp_fallbacks - s0.grp_fallbacks <= 1);
 
-    grp_r15 = T_DATA + 0xff0; /* [r15, r15 + 24) crosses into the next page */
-    both(grp_prog, sizeof(grp_prog), 1000, &a, &b);
+    grp_r15 = cross;
+    both(prog, n, 1000, &a, &b);
     bt_jit_get_stats(T->c, &s0);
     assert_true(b.halted);
     assert_true(s0.grp_fallbacks - s1.grp_fallbacks >= 3);
 
     grp_r15 = T_RO + 0x100;
-    both(grp_prog, sizeof(grp_prog), 1000, &a, &b);
-    prep = NULL;
+    both(prog, n, 1000, &a, &b);
     assert_int_equal(t_handler_vector(T), X86_PF);
-    assert_int_equal(b.cr2, T_RO + 0x110);
-    assert_int_equal(get64(T, T->c->s.gpr[RSP] + 8), T_CODE0 + 0xc); /* the store's RIP */
-    assert_int_equal(get64(T, T->c->s.gpr[RSP]), 0x3);               /* protection, write */
+    assert_int_equal(b.cr2, T_RO + 0x100 + store_off);
+    assert_int_equal(get64(T, T->c->s.gpr[RSP] + 8), T_CODE0 + store_at); /* the store's RIP */
+    assert_int_equal(get64(T, T->c->s.gpr[RSP]), 0x3);                    /* protection, write */
+}
+
+/* 32-bit ALU operations whose destination lives in c->s.gpr (RBX, RBP, R9, R12-R14) with a
+ * source that is another such slot or a pinned register, the flags live (SETcc, ADC, SBB,
+ * CMOVcc read them) and TEST in both orders, in a loop of 20.  Every form must be native (the
+ * encoder refuses TEST r, m: the operands must come memory first). */
+static const uint8_t slot_forms[] = {
+    0xbe, 0x14, 0x00, 0x00, 0x00, /* 0: mov esi, 20 */
+    0x41, 0x21, 0xdc,             /* 5: and r12d, ebx */
+    0x41, 0x85, 0xdd,             /* 8: test r13d, ebx */
+    0x0f, 0x94, 0xc0,             /* b: setz al */
+    0x41, 0x31, 0xc6,             /* e: xor r14d, eax */
+    0x41, 0x85, 0xc9,             /* 11: test r9d, ecx */
+    0x41, 0x83, 0xd4, 0x00,       /* 14: adc r12d, 0 */
+    0x41, 0x01, 0xed,             /* 18: add r13d, ebp */
+    0x44, 0x09, 0xcb,             /* 1b: or ebx, r9d */
+    0x45, 0x39, 0xec,             /* 1e: cmp r12d, r13d */
+    0x45, 0x19, 0xce,             /* 21: sbb r14d, r9d */
+    0x44, 0x85, 0xe3,             /* 24: test ebx, r12d */
+    0x45, 0x0f, 0x45, 0xee,       /* 27: cmovnz r13d, r14d */
+    0x44, 0x29, 0xed,             /* 2b: sub ebp, r13d */
+    0xff, 0xce,                   /* 2e: dec esi */
+    0x75, 0xd3,                   /* 30: jnz 5 */
+    0xf4,                         /* 32: hlt */
+};
+
+/* MOVZX/MOVSX from AH..BH (xz's CRC64 loop: movzx esi, dh), to pinned and unpinned registers,
+ * 16 and 32 bits (no REX prefix with a high byte register), in a loop of 10 that varies them */
+static const uint8_t hi_byte_forms[] = {
+    0xbe, 0x0a, 0x00, 0x00, 0x00,       /* 0: mov esi, 10 */
+    0x0f, 0xb6, 0xdc,                   /* 5: movzx ebx, ah */
+    0x0f, 0xb6, 0xee,                   /* 8: movzx ebp, dh */
+    0x66, 0x0f, 0xbe, 0xcf,             /* b: movsx cx, bh */
+    0x0f, 0xbe, 0xc5,                   /* f: movsx eax, ch */
+    0x0f, 0xb6, 0xff,                   /* 12: movzx edi, bh */
+    0x66, 0x0f, 0xbe, 0xec,             /* 15: movsx bp, ah */
+    0x05, 0x67, 0x45, 0x23, 0x01,       /* 19: add eax, 0x1234567 */
+    0x48, 0xc1, 0xc2, 0x09,             /* 1e: rol rdx, 9 */
+    0x81, 0xc1, 0x79, 0x35, 0x00, 0x00, /* 22: add ecx, 0x3579 */
+    0xff, 0xce,                         /* 28: dec esi */
+    0x75, 0xd9,                         /* 2a: jnz 5 */
+    0xf4,                               /* 2c: hlt */
+};
+
+/* 32-bit operations on slots after 64-bit and after 32-bit writes in the same block: only after
+ * a 32-bit write may one work on the slot's low dword in place (emit.hz); after a 64-bit write
+ * (R12, R13, and R14 written 32 then 64 bits) it must zero-extend through a host register */
+static const uint8_t hz_forms[] = {
+    0xbe, 0x0a, 0x00, 0x00, 0x00,             /* 0: mov esi, 10 */
+    0x49, 0x89, 0xc4,                         /* 5: mov r12, rax */
+    0x41, 0x83, 0xc4, 0x05,                   /* 8: add r12d, 5 */
+    0x49, 0xc7, 0xc5, 0xff, 0xff, 0xff, 0xff, /* c: mov r13, -1 */
+    0x41, 0x21, 0xcd,                         /* 13: and r13d, ecx */
+    0x89, 0xc3,                               /* 16: mov ebx, eax */
+    0xc1, 0xc3, 0x03,                         /* 18: rol ebx, 3 */
+    0x83, 0xf3, 0x55,                         /* 1b: xor ebx, 0x55 */
+    0x48, 0x89, 0xd5,                         /* 1e: mov rbp, rdx */
+    0xff, 0xc5,                               /* 21: inc ebp */
+    0x41, 0x89, 0xd6,                         /* 23: mov r14d, edx */
+    0x49, 0x89, 0xce,                         /* 26: mov r14, rcx */
+    0x41, 0xc1, 0xee, 0x04,                   /* 29: shr r14d, 4 */
+    0x48, 0xd1, 0xe0,                         /* 2d: shl rax, 1 */
+    0x48, 0xc1, 0xc2, 0x07,                   /* 30: rol rdx, 7 */
+    0xff, 0xce,                               /* 34: dec esi */
+    0x75, 0xcd,                               /* 36: jnz 5 */
+    0xf4,                                     /* 38: hlt */
+};
+
+/* MOVZX/MOVSX/MOVSXD into pinned registers (written in place: 16 bits merge, 32 zero-extend,
+ * 64 extend) from pinned and unpinned sources */
+static const uint8_t movx_forms[] = {
+    0xbe, 0x0a, 0x00, 0x00, 0x00,             /* 0: mov esi, 10 */
+    0x66, 0x0f, 0xb6, 0xc1,                   /* 5: movzx ax, cl */
+    0x0f, 0xb6, 0xd3,                         /* 9: movzx edx, bl */
+    0x48, 0x0f, 0xbf, 0xf9,                   /* c: movsx rdi, cx */
+    0x66, 0x45, 0x0f, 0xbe, 0xc1,             /* 10: movsx r8w, r9b */
+    0x48, 0x63, 0xcb,                         /* 15: movsxd rcx, ebx */
+    0x4c, 0x0f, 0xb6, 0xdd,                   /* 18: movzx r11, bpl */
+    0x48, 0x01, 0xd0,                         /* 1c: add rax, rdx */
+    0x48, 0xc1, 0xc3, 0x0d,                   /* 1f: rol rbx, 13 */
+    0x48, 0x01, 0xfd,                         /* 23: add rbp, rdi */
+    0x49, 0x81, 0xc1, 0x67, 0x45, 0x23, 0x01, /* 26: add r9, 0x1234567 */
+    0xff, 0xce,                               /* 2d: dec esi */
+    0x75, 0xd4,                               /* 2f: jnz 5 */
+    0xf4,                                     /* 31: hlt */
+};
+
+static void prep_slot_forms(struct bt_cpu *c)
+{
+    static const uint64_t v[16] = {0x1234567890abcdefull,
+                                   0xf0f0f0f0ffff0000ull,
+                                   3,
+                                   0x8000000000000001ull,
+                                   0,
+                                   0xffffffff00000007ull,
+                                   0,
+                                   0,
+                                   0,
+                                   0xffffffff80000000ull,
+                                   0,
+                                   0,
+                                   0xdeadbeefcafef00dull,
+                                   0x7fffffffull,
+                                   0x100000000ull,
+                                   0};
+    for (int r = 0; r < 16; r++)
+        if (r != RSP && r != RSI && r != R15) c->s.gpr[r] = v[r];
+}
+
+static void test_slot_forms(void **st)
+{
+    static struct outcome a, b;
+    prep = prep_slot_forms;
+    both(slot_forms, sizeof(slot_forms), 100000, &a, &b); /* both() fails on a refused form */
+    struct bt_jit_stats s0, s1;
+    bt_jit_get_stats(T->c, &s0);
+    both(hi_byte_forms, sizeof(hi_byte_forms), 100000, &a, &b);
+    bt_jit_get_stats(T->c, &s1);
+    assert_true(b.halted);
+    assert_true(s1.insns_called - s0.insns_called <= 1); /* all native but the HLT */
+    both(slot_forms, sizeof(slot_forms), 100000, &a, &b);
+    both(movx_forms, sizeof(movx_forms), 100000, &a, &b);
+    assert_true(b.halted);
+    both(hz_forms, sizeof(hz_forms), 100000, &a, &b);
+    assert_true(b.halted);
+    for (int r = 0; r < 16; r++)
+        if (r == RBX || r == RBP || r == R12 || r == R13 || r == R14)
+            assert_int_equal(b.gpr[r] >> 32, 0);
+    both(slot_forms, sizeof(slot_forms), 100000, &a, &b);
+    prep = NULL;
+    assert_true(b.halted);
+    for (int r = 0; r < 16; r++) /* every 32-bit write zero-extended */
+        if (r == RBX || r == RBP || r == R12 || r == R13 || r == R14)
+            assert_int_equal(b.gpr[r] >> 32, 0);
+}
+
+static void test_probe_groups_sse(void **st)
+{
+    static struct outcome a, b;
+    prep = prime_grp_sse;
+    /* all seven accesses; [r15, r15 + 0x50) across pages at 0xfc0 */
+    grp_runs(grp_sse_prog, sizeof(grp_sse_prog), 7, T_DATA + 0xfc0, 0x20, 0x14, &b);
+    grp_r15 = T_DATA + 0x100;
+    both(grp_sse_prog, sizeof(grp_sse_prog), 1000, &a, &b); /* the moves, once more */
+    assert_memory_equal(gp(T, T_DATA + 0x120, 16), gp(T, T_DATA + 0x100, 16), 16);
+    grp_r15 = T_DATA + 0x108; /* the MOVAPS store misaligned: #GP at it, from its slow path */
+    both(grp_sse_prog, sizeof(grp_sse_prog), 1000, &a, &b);
+    prep = NULL;
+    assert_int_equal(t_handler_vector(T), X86_GP);
+    assert_int_equal(get64(T, T->c->s.gpr[RSP] + 8), T_CODE0 + 0x14);
+}
+
+static void test_probe_groups(void **st)
+{
+    static struct outcome b;
+    prep = prime_grp;
+    /* [r15, r15 + 24) across pages at 0xff0 */
+    grp_runs(grp_prog, sizeof(grp_prog), 7, T_DATA + 0xff0, 0x10, 0xc, &b);
+    prep = NULL;
+    assert_int_equal(b.gpr[RCX], b.gpr[RBX]);
 }
 
 /* LOOKOUT_BT_PROFILE=1: every run of a translation is counted, so the guest instructions the
@@ -2035,6 +2237,126 @@ static void test_probe_groups(void **st)
  * never leaves its blocks early; and each block stands for more host instructions than guest ones
  * (a loop of 13 guest instructions cannot be translated to fewer than 13).  The profile is off
  * again afterwards. */
+/* Direct branches across pages in the upper canonical half: 0xffff800000000000 (the lowest
+ * canonical upper-half page; a 2 MiB page at 0xc00000).  At +0x100: dec ecx; jnz +0x1000 (the
+ * next page: jmp back to +0x100), then a JMP or JZ back past the half's start, to
+ * 0xffff7ffffffff000: not canonical, so #GP with RIP at that branch (the translator checks
+ * the form only where a far exit could not chain). */
+#define HIGH_VA 0xffff800000000000ull
+static bool far_jz;
+
+static void prep_far(struct bt_cpu *c)
+{
+    uint8_t lo[16] = {0xff, 0xc9, 0x0f, 0x85}; /* dec ecx; jnz rel32 */
+    int32_t r = 0x1000 - 0x108;
+    memcpy(lo + 4, &r, 4);
+    size_t n = 8;
+    if (far_jz) { /* jz rel32 */
+        lo[n++] = 0x0f, lo[n++] = 0x84;
+        r = -(0x10e + 0x1000);
+    } else { /* jmp rel32 */
+        lo[n++] = 0xe9;
+        r = -(0x10d + 0x1000);
+    }
+    memcpy(lo + n, &r, 4);
+    put_bytes(T, 0xc00100, lo, n + 4);
+    uint8_t hi[5] = {0xe9}; /* jmp rel32 back to +0x100 */
+    r = 0x100 - 0x1005;
+    memcpy(hi + 1, &r, 4);
+    put_bytes(T, 0xc01000, hi, sizeof(hi));
+    put64(T, T_PML4 + 256 * 8, 0xa00000 | 3);
+    put64(T, 0xa00000, 0xa01000 | 3);
+    put64(T, 0xa01000, 0xc00000 | 0x83);
+    c->s.gpr[RCX] = 100;
+}
+
+static void test_far_branch_noncanonical(void **st)
+{
+    /* mov rax, HIGH_VA + 0x100; jmp rax */
+    static const uint8_t prog[] = {0x48, 0xb8, 0x00, 0x01, 0x00, 0x00,
+                                   0x00, 0x80, 0xff, 0xff, 0xff, 0xe0};
+    prep = prep_far;
+    for (int k = 0; k < 2; k++) {
+        far_jz = k;
+        static struct outcome a, b;
+        run_prog(false, prog, sizeof(prog), 100000, &a);
+        struct bt_jit_stats s0, s;
+        bt_jit_get_stats(T->c, &s0);
+        run_prog(true, prog, sizeof(prog), 100000, &b);
+        bt_jit_get_stats(T->c, &s);
+        compare(&a, &b);
+        assert_true(b.halted);
+        assert_int_equal(b.rip, T_HAND + 16 * X86_GP + 1); /* after the #GP handler's HLT */
+        assert_int_equal(b.gpr[RCX], 0);
+        /* the frame: error code 0, then RIP = the branch at +0x108 */
+        assert_int_equal(get64(T, b.gpr[RSP]), 0);
+        assert_int_equal(get64(T, b.gpr[RSP] + 8), HIGH_VA + 0x108);
+        assert_true(s.chains_cross - s0.chains_cross >= 2); /* the canonical ones chained */
+    }
+    prep = NULL;
+}
+
+/* A chained far exit in user code whose target page turned supervisor-only: the translations
+ * (both user class) and the patched chain stay, and the kernel's own fetch refilled the TLB
+ * entry (supervisor execute only), so only the far exit's permission test stands between the
+ * user jump and the kernel page: #PF (present, user, fetch) at the target. */
+static void test_far_exec_privilege(void **st)
+{
+    t_setup_long(T);
+    use_jit(true);
+    struct bt_cpu *c = T->c;
+    /* at T_CODE3: dec ecx; jz +5 (the hlt); jmp 0x600000; hlt.  At 0x600000: jmp T_CODE3 */
+    uint8_t u1[14] = {0xff, 0xc9, 0x0f, 0x84, 0x05, 0, 0, 0, 0xe9};
+    int32_t r = (int32_t)(0x600000 - (T_CODE3 + 13));
+    memcpy(u1 + 9, &r, 4);
+    u1[13] = 0xf4;
+    uint8_t u2[5] = {0xe9};
+    r = (int32_t)(T_CODE3 - (0x600000 + 5));
+    memcpy(u2 + 1, &r, 4);
+    put_bytes(T, 0x600000, u2, sizeof(u2));
+    put_bytes(T, 0x600800, (const uint8_t[]){0xf4}, 1); /* the kernel's HLT */
+    put64(T, T_PD + 24, 0x600000 | 0x87);               /* user, writable, 2 MiB */
+    struct bt_jit_stats s0, s1;
+    bt_jit_get_stats(c, &s0);
+    t_to_ring3(T, T_CODE3);
+    c->s.gpr[RCX] = 50;
+    t_run(T, u1, sizeof(u1), 100000);
+    assert_int_equal(t_handler_vector(T), X86_GP); /* the user HLT */
+    assert_int_equal(c->s.gpr[RCX], 0);
+    bt_jit_get_stats(c, &s1);
+    assert_true(s1.chains_cross - s0.chains_cross >= 2);
+    /* supervisor-only now; the kernel (still at CPL 0 in the #GP handler) runs on that page */
+    put64(T, T_PD + 24, 0x600000 | 0x83);
+    bt_tlb_flush(c, true);
+    c->s.rip = 0x600800;
+    c->halted = false;
+    c->exit_now = false;
+    bt_exec(c, 100);
+    assert_true(c->halted);
+    assert_int_equal(c->s.rip, 0x600801);
+    /* the same user loop again, nothing flushed */
+    t_to_ring3(T, T_CODE3);
+    c->s.gpr[RCX] = 50;
+    c->halted = false;
+    c->exit_now = false;
+    bt_exec(c, 100000);
+    assert_int_equal(t_handler_vector(T), X86_PF);
+    assert_int_equal(get64(T, c->s.gpr[RSP]), 0x15); /* present, user, instruction fetch */
+    assert_int_equal(get64(T, c->s.gpr[RSP] + 8), 0x600000);
+    assert_int_equal(c->s.cr2, 0x600000);
+    assert_int_equal(c->s.gpr[RCX], 49);
+}
+
+/* The encoding cache (a packed key per request) gives the bytes Zydis's encoder gives, for
+ * requests that share slots, differ in one field (register, displacement, size, immediate,
+ * scale or base), carry LOCK or cannot be encoded at all. */
+static void test_encoding_cache(void **st)
+{
+    (void)st;
+    assert_int_equal(bt_jit_enc_selftest(20000, 1), 0);
+    assert_int_equal(bt_jit_enc_selftest(20000, 0x9e3779b97f4a7c15ull), 0);
+}
+
 static void test_profile(void **st)
 {
     struct bt_cpu *c = T->c;
@@ -2087,6 +2409,7 @@ int main(void)
 {
     setenv("LOOKOUT_BT_GROUPS", "all", 0); /* probe groups in the CPL 0 blocks here too */
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_encoding_cache), /* first: everything else depends on it */
         cmocka_unit_test(test_loop_same_state),
         cmocka_unit_test(test_all_conditions),
         cmocka_unit_test(test_shift_imul),
@@ -2109,6 +2432,8 @@ int main(void)
         cmocka_unit_test(test_chain_budget_kick),
         cmocka_unit_test(test_indirect_calls),
         cmocka_unit_test(test_lookup_remap),
+        cmocka_unit_test(test_far_branch_noncanonical),
+        cmocka_unit_test(test_far_exec_privilege),
         cmocka_unit_test(test_code32),
         cmocka_unit_test(test_lookup_smc),
         cmocka_unit_test(test_cr3_switch),
@@ -2118,6 +2443,8 @@ int main(void)
         cmocka_unit_test(test_wx),
         cmocka_unit_test(test_switch),
         cmocka_unit_test(test_probe_groups),
+        cmocka_unit_test(test_probe_groups_sse),
+        cmocka_unit_test(test_slot_forms),
         cmocka_unit_test(test_profile),
         cmocka_unit_test(test_speed),
     };

@@ -140,6 +140,7 @@ struct bt_jit {
     size_t exit_off;        /* the trampoline's return path */
     size_t reval_off;       /* lookup_revalidate's shared code */
     size_t cfi_hook_off[2]; /* cfi_hook_stub for bt_cfi_call, bt_cfi_ret */
+    size_t handler_off;     /* handler_stub: a handler call and the checks after it, shared */
     size_t kconst_off;      /* the icount constants (JIT_KCONST_N of 16 bytes; 0 until made) */
     /* The inline access check, encoded once per [write][size 1, 2, 4, 8, 16] (it depends on
      * nothing else) and copied: encoding its ~15 instructions per memory operand showed in
@@ -152,7 +153,8 @@ struct bt_jit {
      * leaves undefined included, regardless of the incoming ones (host_flags_pure), so the
      * guest's need not be loaded before them to get what the interpreter gets. */
     bool bmi2, pure_flags;
-    bool user; /* the block being translated runs at CPL 3 (translations are per CPL class) */
+    bool pure_imm; /* and their immediate forms give what the CL forms give (host_shift_imm_same) */
+    bool user;     /* the block being translated runs at CPL 3 (translations are per CPL class) */
     /* probe groups in user blocks (LOOKOUT_BT_GROUPS=0 turns them off, for measurements; =all
      * puts them in kernel blocks too, as the unit tests do) */
     bool groups, groups_all;
@@ -190,10 +192,15 @@ struct bt_jit {
 
 /* Zydis's encoder costs about a microsecond per instruction, and a translation repeats the
  * same requests (state loads and stores, flag merges, probe calls' neighbours) over and over:
- * encoded bytes are remembered by request, compared in full, in a direct-mapped table. */
+ * encoded bytes are remembered by request in a direct-mapped table.  The key is the request
+ * packed into words (enc_key: every field the operand constructors below set, nothing else),
+ * compared in full; packing instead of keeping whole ZydisEncoderRequests (~350 bytes each)
+ * keeps the table in the L2 cache and spares building a request on a hit. */
 #define ENC_CACHE_SIZE 2048u
+#define ENC_KEY_OPS    4u                      /* requests with more operands are not cached */
+#define ENC_KEY_WORDS  (2u + 2u * ENC_KEY_OPS) /* header, prefixes, two words per operand */
 struct enc_cached {
-    ZydisEncoderRequest req;
+    uint64_t key[ENC_KEY_WORDS];
     uint8_t len; /* 0: empty */
     uint8_t bytes[ZYDIS_MAX_INSTRUCTION_LENGTH];
 };
@@ -219,10 +226,17 @@ struct emit {
      * handler changes CR0 or CR4), so they need not be repeated.  translate() clears it at every
      * instruction that takes its handler. */
     bool sse_ok;
+    /* Guest GPRs kept in c->s.gpr whose upper 32 bits are known to be zero there (bit per
+     * register): the last write in this block was a 32-bit one (hz_after).  A 32-bit operation
+     * may then work on the slot's low dword in place (`and dword [slot], r15d`) instead of
+     * through a host register and a zero-extending 64-bit store.  0 at the block's start and
+     * after anything but the plain register writers hz_after knows. */
+    uint16_t hz;
     /* the block's probe groups (grp_plan) while the grouped body is emitted, else NULL; and the
      * index of the instruction being emitted */
     const struct grp_plan *grp;
     unsigned grp_k;
+    unsigned grp_used; /* accesses that took their group's addend (probe_access) */
 };
 
 static ZydisEncoderOperand R(ZydisRegister r)
@@ -262,44 +276,69 @@ static ZydisEncoderOperand M(ZydisRegister base, int64_t disp, unsigned size)
     return MX(base, ZYDIS_REGISTER_NONE, 0, disp, size);
 }
 
+/* Packs a request into key words; returns how many (0: not cacheable).  Only the fields R(),
+ * I(), M() and MX() set are read, and each operand is canonical (those constructors zero the
+ * rest), so equal keys mean equal requests. */
+static unsigned enc_key(uint64_t *key, ZydisMnemonic m, ZydisInstructionAttributes prefixes,
+                        unsigned n, const ZydisEncoderOperand *ops)
+{
+    if (n > ENC_KEY_OPS) return 0;
+    key[0] = (uint64_t)m | (uint64_t)n << 32;
+    key[1] = (uint64_t)prefixes;
+    for (unsigned k = 0; k < n; k++) {
+        const ZydisEncoderOperand *o = &ops[k];
+        uint64_t w = (uint64_t)o->type, v = 0;
+        switch (o->type) {
+        case ZYDIS_OPERAND_TYPE_REGISTER:
+            if (o->reg.is4) return 0;
+            w |= (uint64_t)o->reg.value << 8;
+            break;
+        case ZYDIS_OPERAND_TYPE_MEMORY:
+            w |= (uint64_t)o->mem.size << 8 | (uint64_t)o->mem.base << 24 |
+                 (uint64_t)o->mem.index << 40 | (uint64_t)o->mem.scale << 56;
+            v = (uint64_t)o->mem.displacement;
+            break;
+        case ZYDIS_OPERAND_TYPE_IMMEDIATE: v = o->imm.u; break;
+        default: return 0;
+        }
+        key[2 + 2 * k] = w;
+        key[3 + 2 * k] = v;
+    }
+    return 2 + 2 * n;
+}
+
 static void enc(struct emit *e, ZydisMnemonic m, unsigned n, const ZydisEncoderOperand *ops)
 {
     if (e->fail) return;
-    ZydisEncoderRequest r;
-    memset(&r, 0, sizeof(r));
-    r.machine_mode = ZYDIS_MACHINE_MODE_LONG_64;
-    r.mnemonic = m;
-    r.prefixes = e->prefixes;
+    ZydisInstructionAttributes prefixes = e->prefixes;
     e->prefixes = 0;
-    r.operand_count = (ZyanU8)n;
-    for (unsigned k = 0; k < n; k++)
-        r.operands[k] = ops[k];
-    ZyanUSize len = e->cap - e->pos;
-    if (len < ZYDIS_MAX_INSTRUCTION_LENGTH) {
+    if (e->cap - e->pos < ZYDIS_MAX_INSTRUCTION_LENGTH) {
         e->fail = true;
         return;
     }
     struct enc_cached *slot = NULL;
-    if (e->cache) {
-        /* the request up to its last operand: the rest is zero in every request (memset),
-         * and operand_count is in the part compared */
-        size_t used = offsetof(ZydisEncoderRequest, operands) + n * sizeof(ZydisEncoderOperand);
-        uint64_t w[sizeof(r) / 8], h0 = 0xcbf29ce484222325ull, h1 = 0x9e3779b97f4a7c15ull;
-        size_t nw = (used + 7) / 8;
-        memcpy(w, &r, sizeof(w));
-        for (size_t k = 0; k + 1 < nw; k += 2) {
-            h0 = (h0 ^ w[k]) * 0x100000001b3ull;
-            h1 = (h1 ^ w[k + 1]) * 0xff51afd7ed558ccdull;
-        }
-        if (nw & 1) h0 = (h0 ^ w[nw - 1]) * 0x100000001b3ull;
-        uint64_t h = h0 ^ (h1 >> 17) ^ (h1 << 7);
-        slot = &e->cache[(h ^ (h >> 29)) & (ENC_CACHE_SIZE - 1)];
-        if (slot->len && memcmp(&slot->req, &r, nw * 8) == 0) {
+    uint64_t key[ENC_KEY_WORDS];
+    unsigned nk = e->cache ? enc_key(key, m, prefixes, n, ops) : 0;
+    if (nk) {
+        uint64_t h = 0xcbf29ce484222325ull;
+        for (unsigned k = 0; k < nk; k++)
+            h = (h ^ key[k]) * 0x100000001b3ull;
+        slot = &e->cache[(h ^ (h >> 29) ^ (h >> 47)) & (ENC_CACHE_SIZE - 1)];
+        if (slot->len && memcmp(slot->key, key, nk * 8) == 0) { /* key[0] holds n */
             memcpy(e->buf + e->pos, slot->bytes, slot->len);
             e->pos += slot->len;
             return;
         }
     }
+    ZydisEncoderRequest r;
+    memset(&r, 0, sizeof(r));
+    r.machine_mode = ZYDIS_MACHINE_MODE_LONG_64;
+    r.mnemonic = m;
+    r.prefixes = prefixes;
+    r.operand_count = (ZyanU8)n;
+    for (unsigned k = 0; k < n; k++)
+        r.operands[k] = ops[k];
+    ZyanUSize len = e->cap - e->pos;
     ZyanStatus st = ZydisEncoderEncodeInstruction(&r, e->buf + e->pos, &len);
     if (!ZYAN_SUCCESS(st)) {
         log_debug("translator: cannot encode %s/%u (status %#x)", ZydisMnemonicGetString(m), n,
@@ -308,7 +347,8 @@ static void enc(struct emit *e, ZydisMnemonic m, unsigned n, const ZydisEncoderO
         return;
     }
     if (slot && len <= sizeof(slot->bytes)) {
-        slot->req = r;
+        memset(slot->key, 0, sizeof(slot->key));
+        memcpy(slot->key, key, nk * 8);
         slot->len = (uint8_t)len;
         memcpy(slot->bytes, e->buf + e->pos, len);
     }
@@ -320,8 +360,8 @@ static void enc(struct emit *e, ZydisMnemonic m, unsigned n, const ZydisEncoderO
 #define E2(e, m, a, b)    enc((e), ZYDIS_MNEMONIC_##m, 2, (ZydisEncoderOperand[]){a, b})
 #define E3(e, m, a, b, c) enc((e), ZYDIS_MNEMONIC_##m, 3, (ZydisEncoderOperand[]){a, b, c})
 
-/* A near branch with a 32-bit displacement to be patched; returns the offset just after it. */
-static size_t jrel(struct emit *e, ZydisMnemonic m)
+/* A near branch with a 32-bit displacement through Zydis's encoder (jrel's fallback). */
+static size_t jrel_zydis(struct emit *e, ZydisMnemonic m)
 {
     if (e->fail) return e->pos;
     ZydisEncoderRequest r;
@@ -342,6 +382,41 @@ static size_t jrel(struct emit *e, ZydisMnemonic m)
     return e->pos;
 }
 
+/* A near branch with a 32-bit displacement to be patched; returns the offset just after it. */
+static size_t jrel(struct emit *e, ZydisMnemonic m)
+{
+    if (e->fail) return e->pos;
+    /* JMP, CALL and the sixteen Jcc with a 32-bit displacement: fixed opcodes (SDM vol. 2),
+     * written directly (this ran the encoder on every branch: 1 % of a boot's CPU); anything
+     * else goes through Zydis */
+    static const ZydisMnemonic jcc[16] = {
+        ZYDIS_MNEMONIC_JO, ZYDIS_MNEMONIC_JNO, ZYDIS_MNEMONIC_JB,  ZYDIS_MNEMONIC_JNB,
+        ZYDIS_MNEMONIC_JZ, ZYDIS_MNEMONIC_JNZ, ZYDIS_MNEMONIC_JBE, ZYDIS_MNEMONIC_JNBE,
+        ZYDIS_MNEMONIC_JS, ZYDIS_MNEMONIC_JNS, ZYDIS_MNEMONIC_JP,  ZYDIS_MNEMONIC_JNP,
+        ZYDIS_MNEMONIC_JL, ZYDIS_MNEMONIC_JNL, ZYDIS_MNEMONIC_JLE, ZYDIS_MNEMONIC_JNLE};
+    if (e->cap - e->pos < ZYDIS_MAX_INSTRUCTION_LENGTH) {
+        e->fail = true;
+        return e->pos;
+    }
+    uint8_t *p = e->buf + e->pos;
+    size_t op = 0;
+    if (m == ZYDIS_MNEMONIC_JMP || m == ZYDIS_MNEMONIC_CALL) {
+        p[op++] = m == ZYDIS_MNEMONIC_JMP ? 0xe9 : 0xe8;
+    } else {
+        for (unsigned cc = 0; cc < 16 && !op; cc++)
+            if (jcc[cc] == m) {
+                p[op++] = 0x0f;
+                p[op++] = (uint8_t)(0x80 + cc);
+            }
+    }
+    if (op) {
+        memset(p + op, 0, 4);
+        e->pos += op + 4;
+        return e->pos;
+    }
+    return jrel_zydis(e, m);
+}
+
 static void patch(struct emit *e, size_t after, size_t target)
 {
     if (e->fail) return;
@@ -353,6 +428,98 @@ static void patch(struct emit *e, size_t after, size_t target)
 static void jto(struct emit *e, ZydisMnemonic m, size_t target)
 {
     patch(e, jrel(e, m), target);
+}
+
+/* One operand for bt_jit_enc_selftest: a register, memory or immediate operand from small sets
+ * (so that many requests share a cache slot or differ in a single field). */
+static ZydisEncoderOperand enc_test_operand(uint64_t *x)
+{
+    static const ZydisRegister regs[] = {
+        ZYDIS_REGISTER_RAX, ZYDIS_REGISTER_RCX, ZYDIS_REGISTER_RSP, ZYDIS_REGISTER_RBP,
+        ZYDIS_REGISTER_R12, ZYDIS_REGISTER_R13, ZYDIS_REGISTER_EAX, ZYDIS_REGISTER_R9D,
+        ZYDIS_REGISTER_CX,  ZYDIS_REGISTER_AL,  ZYDIS_REGISTER_SIL, ZYDIS_REGISTER_R15B};
+    static const int64_t vals[] = {0,    1,     -1,     8,           0x7f,
+                                   0x80, -0x80, 0x1000, -0x12345678, 0x123456789a};
+    *x = *x * 6364136223846793005ull + 1442695040888963407ull;
+    uint64_t r = *x >> 20;
+    const unsigned nregs = sizeof(regs) / sizeof(regs[0]);
+    switch (r % 3) {
+    case 0: return R(regs[(r >> 2) % nregs]);
+    case 1: {
+        static const ZydisRegister index[] = {ZYDIS_REGISTER_NONE, ZYDIS_REGISTER_RCX,
+                                              ZYDIS_REGISTER_R13, ZYDIS_REGISTER_RAX};
+        return MX(regs[(r >> 2) % 6], index[(r >> 6) % 4], 1u << ((r >> 10) & 3),
+                  vals[(r >> 12) % 10], 1u << ((r >> 16) % 4));
+    }
+    default: return I(vals[(r >> 2) % 10]);
+    }
+}
+
+unsigned bt_jit_enc_selftest(unsigned rounds, uint64_t seed)
+{
+    static const ZydisMnemonic ms[] = {ZYDIS_MNEMONIC_MOV,  ZYDIS_MNEMONIC_ADD, ZYDIS_MNEMONIC_LEA,
+                                       ZYDIS_MNEMONIC_CMP,  ZYDIS_MNEMONIC_SHL, ZYDIS_MNEMONIC_IMUL,
+                                       ZYDIS_MNEMONIC_PUSH, ZYDIS_MNEMONIC_XCHG};
+    struct enc_cached *cache = calloc(ENC_CACHE_SIZE, sizeof(*cache));
+    if (!cache) return rounds ? 1 : 0;
+    unsigned bad = 0;
+    uint64_t x = seed;
+    for (unsigned k = 0; k < rounds; k++) {
+        ZydisEncoderOperand ops[3];
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        ZydisMnemonic m = ms[(x >> 33) % 8];
+        unsigned n = 1 + (unsigned)(x >> 40) % 3;
+        bool lock = ((x >> 50) & 7) == 0;
+        for (unsigned o = 0; o < n; o++)
+            ops[o] = enc_test_operand(&x);
+        for (int pass = 0; pass < 2; pass++) {
+            if (pass == 1) { /* the twin: one field changed */
+                ZydisEncoderOperand *o = &ops[(x >> 13) % n];
+                switch ((x >> 17) % 5) {
+                case 0:
+                    o->reg.value = o->reg.value == ZYDIS_REGISTER_RDX ? ZYDIS_REGISTER_RBX
+                                                                      : ZYDIS_REGISTER_RDX;
+                    break;
+                case 1: o->mem.displacement += 8; break;
+                case 2: o->mem.size = (ZyanU16)(o->mem.size == 8 ? 4 : 8); break;
+                case 3: o->imm.s ^= 0x100; break;
+                default:
+                    if (o->mem.index != ZYDIS_REGISTER_NONE)
+                        o->mem.scale = (ZyanU8)(o->mem.scale == 1 ? 4 : 1);
+                    else
+                        o->mem.base = ZYDIS_REGISTER_RDI;
+                    break;
+                }
+            }
+            uint8_t a[32], b[32];
+            struct emit ea = {.buf = a, .cap = sizeof(a)}, eb = ea;
+            eb.buf = b;
+            eb.cache = cache;
+            for (int rep = 0; rep < 2; rep++) { /* the second one can only be a hit */
+                ea.pos = eb.pos = 0;
+                ea.fail = eb.fail = false;
+                ea.prefixes = eb.prefixes = lock ? ZYDIS_ATTRIB_HAS_LOCK : 0;
+                enc(&ea, m, n, ops);
+                enc(&eb, m, n, ops);
+                if (ea.fail != eb.fail || ea.pos != eb.pos || memcmp(a, b, ea.pos) != 0) bad++;
+            }
+        }
+    }
+    free(cache);
+    /* jrel's own bytes against the encoder's, for every branch it writes itself */
+    static const ZydisMnemonic br[] = {
+        ZYDIS_MNEMONIC_JMP, ZYDIS_MNEMONIC_CALL, ZYDIS_MNEMONIC_JO, ZYDIS_MNEMONIC_JNO,
+        ZYDIS_MNEMONIC_JB,  ZYDIS_MNEMONIC_JNB,  ZYDIS_MNEMONIC_JZ, ZYDIS_MNEMONIC_JNZ,
+        ZYDIS_MNEMONIC_JBE, ZYDIS_MNEMONIC_JNBE, ZYDIS_MNEMONIC_JS, ZYDIS_MNEMONIC_JNS,
+        ZYDIS_MNEMONIC_JP,  ZYDIS_MNEMONIC_JNP,  ZYDIS_MNEMONIC_JL, ZYDIS_MNEMONIC_JNL,
+        ZYDIS_MNEMONIC_JLE, ZYDIS_MNEMONIC_JNLE};
+    for (size_t k = 0; k < sizeof(br) / sizeof(br[0]) && rounds; k++) {
+        uint8_t a[32], b[32];
+        struct emit ea = {.buf = a, .cap = sizeof(a)}, eb = {.buf = b, .cap = sizeof(b)};
+        size_t la = jrel(&ea, br[k]), lb = jrel_zydis(&eb, br[k]);
+        if (ea.fail || eb.fail || la != lb || memcmp(a, b, la) != 0) bad++;
+    }
+    return bad;
 }
 
 /* ---- state layout ---------------------------------------------------------------------- */
@@ -836,10 +1003,71 @@ static void imul_rest(struct emit *e, const struct bt_operand *d, const struct b
     store_gpr(e, 0, d->reg, size);
 }
 
+/* emit.hz after instruction `i` (whichever path ran it): a register destination of one of
+ * these forms (they write op[0] and no other register) gets its bit for a 32-bit write and
+ * loses it for a 64-bit one (8 and 16 bits merge: unchanged); anything else clears them all. */
+static uint16_t hz_after(const struct bt_insn *i, uint16_t hz)
+{
+    if (i->pfx & (BT_PFX_REP | BT_PFX_REPNE)) return 0;
+    switch (i->mnemonic) {
+    case ZYDIS_MNEMONIC_CMP:
+    case ZYDIS_MNEMONIC_TEST:
+    case ZYDIS_MNEMONIC_NOP: return hz;
+    case ZYDIS_MNEMONIC_MOV:
+    case ZYDIS_MNEMONIC_MOVZX:
+    case ZYDIS_MNEMONIC_MOVSX:
+    case ZYDIS_MNEMONIC_MOVSXD:
+    case ZYDIS_MNEMONIC_LEA:
+    case ZYDIS_MNEMONIC_ADD:
+    case ZYDIS_MNEMONIC_SUB:
+    case ZYDIS_MNEMONIC_AND:
+    case ZYDIS_MNEMONIC_OR:
+    case ZYDIS_MNEMONIC_XOR:
+    case ZYDIS_MNEMONIC_ADC:
+    case ZYDIS_MNEMONIC_SBB:
+    case ZYDIS_MNEMONIC_NOT:
+    case ZYDIS_MNEMONIC_NEG:
+    case ZYDIS_MNEMONIC_INC:
+    case ZYDIS_MNEMONIC_DEC:
+    case ZYDIS_MNEMONIC_SHL:
+    case ZYDIS_MNEMONIC_SHR:
+    case ZYDIS_MNEMONIC_SAR:
+    case ZYDIS_MNEMONIC_ROL:
+    case ZYDIS_MNEMONIC_ROR:
+    case ZYDIS_MNEMONIC_BSWAP: break;
+    case ZYDIS_MNEMONIC_IMUL: /* the two- and three-operand forms only write op[0] */
+        if (i->nops < 2 || i->op[0].kind != BT_OPK_REG || i->op[1].kind == BT_OPK_IMM) return 0;
+        break;
+    default:
+        if (i->mnemonic >= ZYDIS_MNEMONIC_CMOVB && i->mnemonic <= ZYDIS_MNEMONIC_CMOVZ)
+            break; /* a 32-bit CMOVcc zero-extends whether or not it moves */
+        if (i->mnemonic >= ZYDIS_MNEMONIC_SETB && i->mnemonic <= ZYDIS_MNEMONIC_SETZ)
+            return hz; /* a byte: the rest unchanged */
+        return 0;
+    }
+    const struct bt_operand *d = &i->op[0];
+    if (i->nops < 1 || d->kind == BT_OPK_MEM) return hz;
+    if (d->kind != BT_OPK_REG || d->rclass == BT_RC_GPR8H) return hz; /* AH..BH: merged */
+    if (!is_gpr(d)) return 0;
+    uint16_t bit = (uint16_t)(1u << d->reg);
+    if (d->size == 4) return hz | bit;
+    if (d->size == 8) return hz & (uint16_t)~bit;
+    return hz; /* 8 and 16 bits merge into the low bytes */
+}
+
+/* guest GPR `reg` as G(reg, size) may be written in place: its host register, or a slot
+ * written with 8, 16 or 64 bits, or with 32 where its upper half is zero already (emit.hz) */
+static bool writable_in_place(const struct emit *e, unsigned reg, unsigned size)
+{
+    return pinned(reg, size) != ZYDIS_REGISTER_NONE || size != 4 ||
+           (reg < 16 && (e->hz >> reg) & 1);
+}
+
 /* A two-operand ALU op (ADD/SUB/AND/OR/XOR/CMP/TEST/ADC/SBB; MOV with flags_dead ignored) run
  * on the guest registers where they are: host registers (pinned) or c->s.gpr slots, with at
- * most one memory operand, and never a 32-bit write to a slot (the register write rule
- * zero-extends, a memory write would not).  False: nothing emitted. */
+ * most one memory operand, and a 32-bit write to a slot only where its upper half is known to
+ * be zero already (emit.hz: the register write rule zero-extends, a memory write would not).
+ * False: nothing emitted. */
 static bool alu_in_place(struct emit *e, ZydisMnemonic m, const struct bt_operand *d,
                          const struct bt_operand *s, unsigned size, bool flags_dead)
 {
@@ -848,7 +1076,7 @@ static bool alu_in_place(struct emit *e, ZydisMnemonic m, const struct bt_operan
     bool sreg = imm || pinned(s->reg, size) != ZYDIS_REGISTER_NONE;
     bool writes = m != ZYDIS_MNEMONIC_CMP && m != ZYDIS_MNEMONIC_TEST;
     if (!dreg && !sreg) return false;
-    if (!dreg && writes && size == 4) return false;
+    if (writes && !writable_in_place(e, d->reg, size)) return false;
     if (!dreg && imm && !fits32(s->disp) && size == 8) return false; /* no MOV m64, imm64 */
     ZydisEncoderOperand dop = G(d->reg, size);
     ZydisEncoderOperand sop = imm ? I(imm_for(s->disp, size)) : G(s->reg, size);
@@ -902,17 +1130,18 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off, 
         load_gpr(e, 0, d->reg, size);
         if (imm) {
             enc(e, m, 2, (ZydisEncoderOperand[]){R(hreg(0, size)), I(imm_for(s->disp, size))});
+        } else if (size == 4 && m == ZYDIS_MNEMONIC_TEST) { /* commutative; TEST r/m, r only */
+            enc(e, m, 2, (ZydisEncoderOperand[]){G(s->reg, size), R(hreg(0, size))});
+        } else if (size == 4) { /* the source as it is: a pinned register or its slot */
+            enc(e, m, 2, (ZydisEncoderOperand[]){R(hreg(0, size)), G(s->reg, size)});
         } else {
             load_gpr(e, 1, s->reg, size);
             enc(e, m, 2, (ZydisEncoderOperand[]){R(hreg(0, size)), R(hreg(1, size))});
         }
-        if (!flags_dead) {
-            E0(e, PUSHFQ);
-            E1(e, POP, R(ZYDIS_REGISTER_RDX));
-        }
+        /* all six flags straight into FLAGS_REG: the store after it leaves the host flags */
+        if (!flags_dead) take_flags(e, BT_ARITH_FLAGS);
         if (m != ZYDIS_MNEMONIC_CMP && m != ZYDIS_MNEMONIC_TEST) store_gpr(e, 0, d->reg, size);
-        if (!flags_dead) merge_flags(e, BT_ARITH_FLAGS);
-        e->hflags = !flags_dead; /* MOVs and a full merge leave the host flags alone */
+        e->hflags = !flags_dead; /* MOVs leave the host flags alone */
         e->hfresh = true;
         return true;
     }
@@ -920,7 +1149,7 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off, 
     case ZYDIS_MNEMONIC_DEC:
         if (i->nops < 1 || !is_gpr(d) || d->size != size) return false;
         if (flags_dead) { /* FL_ROT: the value alone */
-            if (pinned(d->reg, size) != ZYDIS_REGISTER_NONE || size != 4) {
+            if (writable_in_place(e, d->reg, size)) {
                 enc(e, m, 1, (ZydisEncoderOperand[]){G(d->reg, size)});
             } else { /* a 32-bit slot: zero-extended through a host register */
                 load_gpr(e, 0, d->reg, 4);
@@ -960,7 +1189,7 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off, 
          * a masked count of 1; above 1 the guest's OF stays): the incoming flags are not needed
          * and only those bits are merged.  Everything else runs with the guest's flags loaded. */
         if (flags_dead && !cl) { /* flags dead (FL_ROT / FL_SHIFT): the value alone */
-            if (pinned(d->reg, size) != ZYDIS_REGISTER_NONE || size != 4) {
+            if (writable_in_place(e, d->reg, size)) {
                 enc(e, m, 2, (ZydisEncoderOperand[]){G(d->reg, size), I((uint8_t)s->disp)});
             } else { /* a 32-bit slot: zero-extended through a host register */
                 load_gpr(e, 0, d->reg, 4);
@@ -977,6 +1206,16 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off, 
                                       : X86_FLAG_CF;
         /* a non-zero count on a host whose shifts ignore the incoming flags: none to load */
         bool pure = !rot_imm && !cl && masked != 0 && e->jit && e->jit->pure_flags;
+        if (pure && e->jit->pure_imm) { /* and where the immediate form is the same: itself */
+            bool direct = writable_in_place(e, d->reg, size);
+            if (!direct) load_gpr(e, 0, d->reg, 4);
+            enc(e, m, 2,
+                (ZydisEncoderOperand[]){direct ? G(d->reg, size) : R(ZYDIS_REGISTER_EAX),
+                                        I((uint8_t)s->disp)});
+            take_flags(e, BT_ARITH_FLAGS); /* all six, straight into FLAGS_REG */
+            if (!direct) store_gpr(e, 0, d->reg, 4);
+            return true;
+        }
         if (!rot_imm && !pure) load_guest_flags(e);
         load_gpr(e, 0, d->reg, size);
         if (cl)
@@ -1085,11 +1324,29 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off, 
     case ZYDIS_MNEMONIC_MOVZX:
     case ZYDIS_MNEMONIC_MOVSX:
     case ZYDIS_MNEMONIC_MOVSXD: {
+        /* from AH..BH (CRC table lookups: movzx esi, dh): ECX = the byte, then as below */
+        if (m != ZYDIS_MNEMONIC_MOVSXD && i->nops >= 2 && is_gpr(d) && s->kind == BT_OPK_REG &&
+            s->rclass == BT_RC_GPR8H && s->reg < 4 &&
+            (d->size == 2 || d->size == 4 || d->size == 8)) {
+            load_gpr_hi(e, s->reg);
+            if (m == ZYDIS_MNEMONIC_MOVZX) {
+                store_gpr(e, 1, d->reg, d->size); /* RCX: zero-extended already */
+            } else {
+                E2(e, MOVSX, R(hreg(0, d->size)), R(ZYDIS_REGISTER_CL));
+                store_gpr(e, 0, d->reg, d->size);
+            }
+            return true;
+        }
         if (i->nops < 2 || !is_gpr(d) || !is_gpr(s)) return false;
         unsigned ds = d->size, ss = s->size;
         if (ds != 2 && ds != 4 && ds != 8) return false;
         if (m == ZYDIS_MNEMONIC_MOVSXD ? (ds != 8 || ss != 4) : (ss != 1 && ss != 2) || ss >= ds)
             return false;
+        ZydisRegister hd = pinned(d->reg, ds);
+        if (hd != ZYDIS_REGISTER_NONE) { /* into its host register directly (32 bits zero-extend) */
+            enc(e, m, 2, (ZydisEncoderOperand[]){R(hd), G(s->reg, ss)});
+            return true;
+        }
         if (m == ZYDIS_MNEMONIC_MOVZX)
             E2(e, MOVZX, R(ZYDIS_REGISTER_EAX), G(s->reg, ss));
         else if (m == ZYDIS_MNEMONIC_MOVSXD)
@@ -1294,33 +1551,106 @@ static void call_handler(struct emit *e, const struct bt_insn *i, int64_t off, b
     icount_add(e, 1);
 }
 
-/* After a handler in the middle of a block: leave when the interpreter loop would stop. */
-static void after_handler_checks(struct emit *e, struct bt_jit *j)
+/* After a handler in the middle of a block: leave when the interpreter loop would stop.  With
+ * `leave` (handler_stub), each way out is a rel32 jump recorded there for the caller to patch
+ * and the LAPIC's attention flag is read through j; else they go to the block's exit (or, for
+ * j->mid_lookup, its lookup) and the flag's address is a constant. */
+static void handler_checks(struct emit *e, struct bt_jit *j, size_t *leave, unsigned *nl)
 {
+#define LEAVE(to_exit)                                                                             \
+    do {                                                                                           \
+        if (leave)                                                                                 \
+            leave[(*nl)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);                                          \
+        else                                                                                       \
+            to_exit;                                                                               \
+    } while (0)
     E2(e, MOV, R(ZYDIS_REGISTER_RAX), M(HCPU, C_NEXT_RIP, 8));
     E2(e, CMP, M(HCPU, C_RIP, 8), R(ZYDIS_REGISTER_RAX));
-    if (j->mid_lookup && j->nmid < ARRAY_SIZE(j->mid_jumps))
+    if (!leave && j->mid_lookup && j->nmid < ARRAY_SIZE(j->mid_jumps))
         j->mid_jumps[j->nmid++] = jrel(e, ZYDIS_MNEMONIC_JNZ); /* to the block's lookup exit */
     else
-        jto(e, ZYDIS_MNEMONIC_JNZ, j->exit_off);
+        LEAVE(jto(e, ZYDIS_MNEMONIC_JNZ, j->exit_off));
     E2(e, CMP, M(HCPU, C_EXIT_NOW, 1), I(0));
-    jto(e, ZYDIS_MNEMONIC_JNZ, j->exit_off);
+    LEAVE(jto(e, ZYDIS_MNEMONIC_JNZ, j->exit_off));
     E2(e, CMP, M(HCPU, C_SHADOW, 1), I(0));
-    jto(e, ZYDIS_MNEMONIC_JNZ, j->exit_off);
+    LEAVE(jto(e, ZYDIS_MNEMONIC_JNZ, j->exit_off));
     E2(e, MOV, R(ZYDIS_REGISTER_RAX), I((int64_t)(uintptr_t)j->pending));
     E2(e, CMP, M(ZYDIS_REGISTER_RAX, 0, 1), I(0));
-    jto(e, ZYDIS_MNEMONIC_JNZ, j->exit_off);
+    LEAVE(jto(e, ZYDIS_MNEMONIC_JNZ, j->exit_off));
     /* what the handler may have raised on this thread without a poke (an EOI or TPR write
      * unmasking an interrupt, a self-IPI): the chained exits no longer test it */
     E2(e, MOV, R(ZYDIS_REGISTER_EAX), I(0));
     E2(e, OR, R(ZYDIS_REGISTER_AL), M(HCPU, C_KICKED, 1));
     E2(e, OR, R(ZYDIS_REGISTER_AL), M(HCPU, C_INTR_PEND, 1));
     E2(e, OR, R(ZYDIS_REGISTER_AL), M(HCPU, C_NMI_PEND, 1));
+    if (leave) {
+        LEAVE((void)0);
+        E2(e, MOV, R(ZYDIS_REGISTER_RCX), I((int64_t)(uintptr_t)&j->attention));
+        E2(e, MOV, R(ZYDIS_REGISTER_RCX), M(ZYDIS_REGISTER_RCX, 0, 8));
+        E2(e, TEST, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RCX));
+        size_t none = jrel(e, ZYDIS_MNEMONIC_JZ);
+        E2(e, OR, R(ZYDIS_REGISTER_AL), M(ZYDIS_REGISTER_RCX, 0, 1));
+        LEAVE((void)0);
+        patch(e, none, e->pos);
+        return;
+    }
     if (j->attention) {
         E2(e, MOV, R(ZYDIS_REGISTER_RCX), I((int64_t)(uintptr_t)j->attention));
         E2(e, OR, R(ZYDIS_REGISTER_AL), M(ZYDIS_REGISTER_RCX, 0, 1));
     }
     jto(e, ZYDIS_MNEMONIC_JNZ, j->exit_off);
+#undef LEAVE
+}
+
+static void after_handler_checks(struct emit *e, struct bt_jit *j)
+{
+    handler_checks(e, j, NULL, NULL);
+}
+
+/* The shared tail of call_handler + after_handler_checks, emitted once per cache (in the
+ * trampoline's area) instead of in every slow path and mid-block handler call: ~45 host
+ * instructions each, which were a good part of translation time and of the code cache.
+ * Called (host CALL, so the host stack is 8 bytes off its block-level alignment) with RAX = the
+ * instruction's RIP, RDX = the next one, RSI = its struct bt_insn; the pending instruction
+ * count already added.  Returns to the caller when the block may go on; otherwise drops the
+ * return address and leaves through the trampoline's exit. */
+static void handler_stub(struct emit *e, struct bt_jit *j)
+{
+    E2(e, MOV, M(HCPU, C_INSN_RIP, 8), R(ZYDIS_REGISTER_RAX));
+    E2(e, MOV, M(HCPU, C_NEXT_RIP, 8), R(ZYDIS_REGISTER_RDX));
+    E2(e, MOV, M(HCPU, C_RIP, 8), R(ZYDIS_REGISTER_RDX));
+    sync_out(e); /* RCX and RDX only */
+    E2(e, SUB, R(ZYDIS_REGISTER_RSP), I(8));
+    E2(e, MOV, R(ZYDIS_REGISTER_RDI), R(HCPU));
+    E1(e, CALL, M(ZYDIS_REGISTER_RSI, (int64_t)offsetof(struct bt_insn, fn), 8));
+    E2(e, ADD, R(ZYDIS_REGISTER_RSP), I(8));
+    sync_in(e);
+    icount_add(e, 1);
+    size_t leave[8];
+    unsigned nl = 0;
+    handler_checks(e, j, leave, &nl);
+    E0(e, RET);
+    for (unsigned k = 0; k < nl; k++)
+        patch(e, leave[k], e->pos);
+    E2(e, ADD, R(ZYDIS_REGISTER_RSP), I(8)); /* the return address */
+    jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
+}
+
+/* call_handler + after_handler_checks through handler_stub (not for a block's last
+ * instruction, nor where a mid-block branch needs the block's lookup: j->mid_lookup) */
+static void call_handler_shared(struct emit *e, struct bt_jit *j, const struct bt_insn *i,
+                                int64_t off, bool b32, unsigned *pend)
+{
+    flush_icount(e, pend);
+    if (b32) { /* the 32-bit results wrap */
+        E2(e, LEA, R(ZYDIS_REGISTER_EAX), M(R12, off, 8));
+        E2(e, LEA, R(ZYDIS_REGISTER_EDX), M(R12, off + i->len, 8));
+    } else {
+        E2(e, LEA, R(ZYDIS_REGISTER_RAX), M(R12, off, 8));
+        E2(e, LEA, R(ZYDIS_REGISTER_RDX), M(R12, off + i->len, 8));
+    }
+    E2(e, MOV, R(ZYDIS_REGISTER_RSI), I((int64_t)(uintptr_t)i));
+    jto(e, ZYDIS_MNEMONIC_CALL, j->handler_off);
 }
 
 static bool same_page(unsigned page_off, int64_t off)
@@ -1383,7 +1713,7 @@ _Static_assert(offsetof(struct x86_seg, base) == 0, "segment base first");
  * executable at the current CPL, else a jump to a fails[] entry.  The same test bt_fetch's fast
  * path makes, so a hit means the interpreter would fetch from the page the entry names.
  * Clobbers RDX. */
-static void tlb_exec_probe(struct emit *e, size_t *fails, int *nf)
+static void tlb_exec_probe(struct emit *e, size_t *fails, int *nf, int user)
 {
     E2(e, MOV, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RAX));
     E2(e, SHR, R(ZYDIS_REGISTER_RCX), I(12));
@@ -1395,7 +1725,14 @@ static void tlb_exec_probe(struct emit *e, size_t *fails, int *nf)
     E2(e, OR, R(ZYDIS_REGISTER_RDX), I(1));
     E2(e, CMP, R(ZYDIS_REGISTER_RDX), M(ZYDIS_REGISTER_RCX, T_VTAG, 8));
     fails[(*nf)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
-    /* execute permission: supervisor bit 2, user bit 5 (mmu.c) */
+    /* execute permission: supervisor bit 2, user bit 5 (mmu.c).  Known when the code is
+     * translated for one privilege class (user: 1 for CPL 3, 0 for CPL 0-2; chained code runs
+     * in its own class), else (-1, the shared stubs) tested at run time. */
+    if (user >= 0) {
+        E2(e, TEST, M(ZYDIS_REGISTER_RCX, T_PERM, 4), I(user ? BT_ACC_EXEC << 3 : BT_ACC_EXEC));
+        fails[(*nf)++] = jrel(e, ZYDIS_MNEMONIC_JZ);
+        return;
+    }
     E2(e, MOV, R(ZYDIS_REGISTER_EDX), I(BT_ACC_EXEC));
     E2(e, CMP, M(HCPU, C_CPL, 1), I(3));
     size_t sup = jrel(e, ZYDIS_MNEMONIC_JNZ);
@@ -1484,19 +1821,28 @@ static void record_exit(struct emit *e, struct bt_jit *j, uint64_t what)
     E2(e, MOV, M(ZYDIS_REGISTER_RCX, 0, 8), R(ZYDIS_REGISTER_RAX));
 }
 
+/* RAX canonical, or a jump appended to slow[] (RCX clobbered) */
+static void check_canonical_rax(struct emit *e, size_t *slow, int *nslow)
+{
+    E2(e, MOV, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RAX));
+    E2(e, SHL, R(ZYDIS_REGISTER_RCX), I(16));
+    E2(e, SAR, R(ZYDIS_REGISTER_RCX), I(16));
+    E2(e, CMP, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RAX));
+    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+}
+
 /* A direct successor on another page (64-bit code): chainable too, but the page's mapping may
  * differ from run to run (another address space, a remapped page), so before the chain jump the
  * TLB must map the target's page, executable, to the guest-physical page the chained translation
  * was made from: a 64-bit immediate patched together with the jump (JIT_NO_GPA until then).  A
  * TLB miss returns to the loop; a different physical page goes to the stub, which records the exit
  * so the jump is patched again to what the page now holds. */
-static void leave_far(struct emit *e, struct bt_jit *j)
+static void leave_far(struct emit *e, struct bt_jit *j, size_t *canon, int *ncanon)
 {
     size_t fails[12];
     int nf = 0;
-    between_blocks(e, j, fails, &nf, false);
-    E2(e, MOV, R(ZYDIS_REGISTER_RAX), M(HCPU, C_RIP, 8));
-    tlb_exec_probe(e, fails, &nf);
+    between_blocks(e, j, fails, &nf, false); /* RAX (the successor's RIP) kept */
+    tlb_exec_probe(e, fails, &nf, j->user);
     size_t before = e->pos;
     E2(e, MOV, R(ZYDIS_REGISTER_RDX), I((int64_t)JIT_NO_GPA));
     if (!e->fail && e->pos - before != 10) e->fail = true; /* want REX.W B8+r imm64 */
@@ -1506,9 +1852,14 @@ static void leave_far(struct emit *e, struct bt_jit *j)
     E2(e, MOV, R(R12), R(ZYDIS_REGISTER_RAX));  /* the successor's entry RIP (JIT_ENTRY2) */
     size_t chain = jrel(e, ZYDIS_MNEMONIC_JMP); /* rel32 0: falls through until patched */
     patch(e, other, e->pos);
-    record_exit(e, j, chain | (uint64_t)imm_off << 32);
+    record_exit(e, j, chain | (uint64_t)imm_off << 32); /* clobbers RAX: its own way out */
+    jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
     for (int k = 0; k < nf; k++)
         patch(e, fails[k], e->pos);
+    /* A branch's target checked for canonical form only here, off the chained path: the TLB
+     * holds canonical pages only, so a non-canonical one always ends up here (RAX intact; the
+     * record_exit path above, reached only through a TLB hit, never needs it) */
+    if (canon) check_canonical_rax(e, canon, ncanon);
     jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
 }
 
@@ -1521,15 +1872,15 @@ static void leave_far(struct emit *e, struct bt_jit *j)
  * chain jump falls through until bt_jit_run patches it (try_chain) to the stub that records this
  * exit for patching, writes s.rip and returns to the loop.  Across pages in 64-bit code: chained
  * with the TLB check (leave_far); else back to the loop. */
-static void leave_direct(struct emit *e, struct bt_jit *j, unsigned page_off, int64_t off, bool b32,
-                         unsigned count)
+static void leave_direct_c(struct emit *e, struct bt_jit *j, unsigned page_off, int64_t off,
+                           bool b32, unsigned count, size_t *canon, int *ncanon)
 {
     if (!same_page(page_off, off)) {
         rip_at(e, off, b32);
         E2(e, MOV, M(HCPU, C_RIP, 8), R(ZYDIS_REGISTER_RAX));
         icount_add(e, count);
         if (!b32)
-            leave_far(e, j);
+            leave_far(e, j, canon, ncanon);
         else
             jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
         return;
@@ -1552,14 +1903,13 @@ static void leave_direct(struct emit *e, struct bt_jit *j, unsigned page_off, in
     jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
 }
 
-/* RAX canonical, or a jump appended to slow[] (RCX clobbered) */
-static void check_canonical_rax(struct emit *e, size_t *slow, int *nslow)
+/* A direct successor at block offset `off`, `count` instructions pending.  leave_direct_c:
+ * with `canon`, a successor on another page that is not canonical jumps there (the icount
+ * added, s.rip = the successor) for the caller to raise #GP at the branch. */
+static void leave_direct(struct emit *e, struct bt_jit *j, unsigned page_off, int64_t off, bool b32,
+                         unsigned count)
 {
-    E2(e, MOV, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RAX));
-    E2(e, SHL, R(ZYDIS_REGISTER_RCX), I(16));
-    E2(e, SAR, R(ZYDIS_REGISTER_RCX), I(16));
-    E2(e, CMP, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RAX));
-    slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
+    leave_direct_c(e, j, page_off, off, b32, count, NULL, NULL);
 }
 
 /* host Jcc for condition code cc (the low nibble of the guest opcode) */
@@ -1601,21 +1951,19 @@ static bool native_branch(struct emit *e, struct bt_jit *j, const struct bt_insn
             not_taken = jrel(e, (cc & 1) ? ZYDIS_MNEMONIC_JNZ : ZYDIS_MNEMONIC_JZ);
         }
     }
-    size_t slow = 0;
-    /* a target on the block's own page is canonical like the block (no check) */
+    /* a target on the block's own page is canonical like the block (no check); one on another
+     * page is checked where leave_far leaves without chaining (all a non-canonical one can do) */
+    size_t slow[1];
+    int ns = 0;
     bool check = !b32 && !same_page(page_off, target);
-    if (check) {
-        int ns = 0;
-        rip_at(e, target, b32);
-        check_canonical_rax(e, &slow, &ns);
-    }
-    leave_direct(e, j, page_off, target, b32, *pend + 1);
+    leave_direct_c(e, j, page_off, target, b32, *pend + 1, check ? slow : NULL, &ns);
     if (!jmp) {
         patch(e, not_taken, e->pos);
         leave_direct(e, j, page_off, end, b32, *pend + 1);
     }
-    if (check) {
-        patch(e, slow, e->pos);
+    if (ns) {
+        patch(e, slow[0], e->pos);
+        icount_op(e, *pend + 1, true);      /* leave_direct_c counted the branch */
         call_handler(e, i, off, b32, pend); /* raises #GP */
         jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
     }
@@ -1690,10 +2038,34 @@ _Static_assert(GRP_MAX <= sizeof(((struct bt_cpu *)0)->grp_addend) / 8, "an adde
 
 /* Instructions the plan may look past: they change no translation and write at most op[0] (and
  * RSP for PUSH/POP); with `mem` their memory operand may be a member. */
+static bool is_xmm(const struct bt_operand *o);
+
+/* MOVAPS/MOVAPD/MOVDQA/MOVUPS/MOVUPD/MOVDQU (native_sse_move's forms) */
+static bool is_sse_move(unsigned m)
+{
+    return m == ZYDIS_MNEMONIC_MOVAPS || m == ZYDIS_MNEMONIC_MOVAPD || m == ZYDIS_MNEMONIC_MOVDQA ||
+           m == ZYDIS_MNEMONIC_MOVUPS || m == ZYDIS_MNEMONIC_MOVUPD || m == ZYDIS_MNEMONIC_MOVDQU;
+}
+
 static bool grp_plain(const struct bt_insn *i, bool *mem)
 {
     *mem = true;
     if (i->pfx & (BT_PFX_LOCK | BT_PFX_REP | BT_PFX_REPNE)) return false;
+    /* 16-byte SSE moves between an XMM register and memory (memset, memcpy, stack spills):
+     * they write no GPR */
+    if (is_sse_move(i->mnemonic))
+        return i->nops == 2 && (is_xmm(&i->op[0]) || is_xmm(&i->op[1])) &&
+               (i->op[0].kind == BT_OPK_MEM || i->op[1].kind == BT_OPK_MEM);
+    /* an operation on XMM registers alone (PXOR xmm0, xmm0 before a memset's stores): it
+     * touches neither memory nor a GPR, and can only fault (#NM, #UD, #XM), which leaves.
+     * Not MASKMOVDQU (a store through RDI with two XMM operands). */
+    bool xmm_only = i->nops >= 1 && i->mnemonic != ZYDIS_MNEMONIC_MASKMOVDQU;
+    for (unsigned k = 0; k < i->nops && k < 4; k++)
+        xmm_only &= is_xmm(&i->op[k]);
+    if (xmm_only) {
+        *mem = false;
+        return true;
+    }
     for (unsigned k = 0; k < i->nops && k < 4; k++) {
         const struct bt_operand *o = &i->op[k];
         if (o->kind == BT_OPK_REG && o->rclass != BT_RC_GPR) return false; /* AH, CRn, SREG... */
@@ -1776,8 +2148,10 @@ static bool grp_plan_make(const struct bt_insn *ins, unsigned n, unsigned stack_
         for (unsigned q = 0; mem && q < i->nops && q < 4; q++) {
             const struct bt_operand *o = &i->op[q];
             if (o->kind != BT_OPK_MEM) continue;
-            if (!inline_mem_ok(i, o, off, false) || o->index != BT_NOREG || o->base == BT_NOREG ||
-                o->seg == SEG_FS || o->seg == SEG_GS)
+            bool ok = is_sse_move(i->mnemonic) ? inline_mem_ok16(i, o, off)
+                                               : inline_mem_ok(i, o, off, false);
+            if (!ok || o->index != BT_NOREG || o->base == BT_NOREG || o->seg == SEG_FS ||
+                o->seg == SEG_GS)
                 break;
             bool rip = o->base == BT_REG_RIP;
             if (!rip && !known[o->base]) break;
@@ -1789,7 +2163,8 @@ static bool grp_plan_make(const struct bt_insn *ins, unsigned n, unsigned stack_
             break;
         }
         /* what it writes: op[0] (a constant step keeps the register known) */
-        if (d->kind == BT_OPK_REG && mn != ZYDIS_MNEMONIC_CMP && mn != ZYDIS_MNEMONIC_TEST) {
+        if (d->kind == BT_OPK_REG && d->rclass == BT_RC_GPR && mn != ZYDIS_MNEMONIC_CMP &&
+            mn != ZYDIS_MNEMONIC_TEST) {
             unsigned r = d->reg & 15;
             const struct bt_operand *s1 = &i->op[1];
             bool full = d->size == 8;
@@ -1863,13 +2238,24 @@ static void probe_call(struct emit *e, const struct bt_jit *j, unsigned size, bo
  * linear address, RSI the addend), or a jump to the slow path (appended to slow[]).  Clobbers
  * RCX and the host flags. */
 
+static void probe_access(struct emit *e, const struct bt_jit *j, const struct bt_operand *o,
+                         bool write, size_t *slow, int *nslow);
+
 static void mem_probe(struct emit *e, const struct bt_jit *j, const struct bt_operand *o,
                       int64_t off, bool write, size_t *slow, int *nslow)
 {
     mem_lin(e, o, off);
+    probe_access(e, j, o, write, slow, nslow);
+}
+
+/* The probe of operand `o` whose linear address is in RDX (mem_lin): RSI = its addend */
+static void probe_access(struct emit *e, const struct bt_jit *j, const struct bt_operand *o,
+                         bool write, size_t *slow, int *nslow)
+{
     int g = grp_member(e, o, write);
     if (g >= 0) { /* the block's prologue probed the group's whole range: its addend */
         E2(e, MOV, R(HRSI), M(HCPU, C_GRP(g), 8));
+        e->grp_used++;
         return;
     }
     probe_call(e, j, o->size, write, slow, nslow);
@@ -2130,7 +2516,7 @@ static bool native_sse_move(struct emit *e, const struct bt_jit *j, const struct
             E2(e, TEST, R(ZYDIS_REGISTER_DL), I(15));
             slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
         }
-        probe_call(e, j, 16, store, slow, nslow);
+        probe_access(e, j, m, store, slow, nslow);
     }
     if (load) {
         if (is_xmm(s))
@@ -2405,21 +2791,72 @@ static void cfi_c_hook(struct emit *e, const struct bt_jit *j, bool ret)
  * leave the same six arithmetic flags whatever flags come in: run on sample operands with all six
  * clear and all six set.  True on the hosts measured (the undefined AF and OF of the shifts and
  * SF/ZF/AF/PF of IMUL are functions of the operands); false means load the guest's first. */
+/* Operands and incoming flags (all six clear, all set) the host's flag behaviour is probed with
+ * (host_flags_pure, host_shift_imm_same) */
+static const uint64_t flag_probe_vals[] = {0,
+                                           1,
+                                           3,
+                                           0x10,
+                                           0x80,
+                                           0x8000,
+                                           0x80000000ull,
+                                           0x7fffffffffffffffull,
+                                           0x8000000000000000ull,
+                                           0x123456789abcdef0ull,
+                                           ~0ull};
+static const uint64_t flag_probe_fin[2] = {0x2, 0x2 | BT_ARITH_FLAGS};
+
+/* Whether the host's SHL/SHR/SAR by an immediate give the flags and result its CL forms give
+ * for the same non-zero count (so a shift by an immediate can run as itself where the guest's
+ * flags need not be loaded first: host_flags_pure).  Checked at a few counts per size, on the
+ * values host_flags_pure uses, with all six flags clear and all set. */
+static bool host_shift_imm_same(void)
+{
+    const uint64_t *vals = flag_probe_vals, *fin = flag_probe_fin;
+    for (size_t v = 0; v < ARRAY_SIZE(flag_probe_vals); v++) {
+        for (int k = 0; k < 2; k++) {
+            uint64_t out[2], res[2];
+/* the flags and result of `imm` and of `cl` (count `n` in CL) on vals[v] with fin[k] in */
+#define SAME(imm, cl, n)                                                                           \
+    for (int f = 0; f < 2; f++) {                                                                  \
+        uint64_t x = vals[v];                                                                      \
+        if (f == 0)                                                                                \
+            __asm__ volatile("lea -128(%%rsp), %%rsp; push %2; popfq; " imm "; pushfq; pop %1; "   \
+                             "lea 128(%%rsp), %%rsp"                                               \
+                             : "+r"(x), "=r"(out[f])                                               \
+                             : "r"(fin[k])                                                         \
+                             : "cc");                                                              \
+        else                                                                                       \
+            __asm__ volatile("lea -128(%%rsp), %%rsp; push %2; popfq; " cl "; pushfq; pop %1; "    \
+                             "lea 128(%%rsp), %%rsp"                                               \
+                             : "+r"(x), "=r"(out[f])                                               \
+                             : "r"(fin[k]), "c"(n)                                                 \
+                             : "cc");                                                              \
+        res[f] = x;                                                                                \
+    }                                                                                              \
+    if (res[0] != res[1] || ((out[0] ^ out[1]) & BT_ARITH_FLAGS)) return false
+            SAME("shlq $1, %q0", "shlq %%cl, %q0", 1);
+            SAME("shlq $7, %q0", "shlq %%cl, %q0", 7);
+            SAME("shrq $33, %q0", "shrq %%cl, %q0", 33);
+            SAME("sarq $63, %q0", "sarq %%cl, %q0", 63);
+            SAME("shll $1, %k0", "shll %%cl, %k0", 1);
+            SAME("shll $5, %k0", "shll %%cl, %k0", 5);
+            SAME("shrl $13, %k0", "shrl %%cl, %k0", 13);
+            SAME("sarl $31, %k0", "sarl %%cl, %k0", 31);
+            SAME("shrw $1, %w0", "shrw %%cl, %w0", 1);
+            SAME("sarw $9, %w0", "sarw %%cl, %w0", 9);
+            SAME("shlb $1, %b0", "shlb %%cl, %b0", 1);
+            SAME("shrb $3, %b0", "shrb %%cl, %b0", 3);
+#undef SAME
+        }
+    }
+    return true;
+}
+
 static bool host_flags_pure(void)
 {
-    static const uint64_t vals[] = {0,
-                                    1,
-                                    3,
-                                    0x10,
-                                    0x80,
-                                    0x8000,
-                                    0x80000000ull,
-                                    0x7fffffffffffffffull,
-                                    0x8000000000000000ull,
-                                    0x123456789abcdef0ull,
-                                    ~0ull};
-    const uint64_t fin[2] = {0x2, 0x2 | BT_ARITH_FLAGS};
-    for (size_t v = 0; v < ARRAY_SIZE(vals); v++) {
+    const uint64_t *vals = flag_probe_vals, *fin = flag_probe_fin;
+    for (size_t v = 0; v < ARRAY_SIZE(flag_probe_vals); v++) {
         for (unsigned cnt = 1; cnt < 64; cnt++) {
             uint64_t out[2][9];
             for (int k = 0; k < 2; k++) {
@@ -2434,7 +2871,7 @@ static bool host_flags_pure(void)
                      : "cc")
                 /* the count as the host masks it for 8/16/32 bits: non-zero (0 keeps the flags) */
                 unsigned c32 = cnt & 31 ? cnt : 1;
-                const uint64_t y = vals[(v + cnt) % ARRAY_SIZE(vals)];
+                const uint64_t y = vals[(v + cnt) % ARRAY_SIZE(flag_probe_vals)];
                 FLAGS_OF("shlq %%cl, %q0", 0, "c", cnt);
                 FLAGS_OF("shrq %%cl, %q0", 1, "c", cnt);
                 FLAGS_OF("sarq %%cl, %q0", 2, "c", cnt);
@@ -2948,6 +3385,7 @@ struct jit_prof {
 };
 struct jit_prof_state {
     int level;                       /* LOOKOUT_BT_PROFILE: 1 counts, 2 also shows code */
+    uint32_t stub_n;                 /* handler_stub's instructions to its RET (0: not yet) */
     uint64_t runs[JIT_MAX_TBS];      /* by translation slot, written by the translated code */
     struct jit_prof tb[JIT_MAX_TBS]; /* by translation slot: its static facts */
     struct jit_prof acc[PROF_SLOTS]; /* accumulated by block (gpa, privilege, size) */
@@ -2965,8 +3403,11 @@ static int prof_wanted(void)
 }
 
 /* Host instructions on the fall-through path of the code at `code` (at most `len` bytes); with
- * `show`, each is logged (LOOKOUT_BT_PROFILE=2). */
-static uint32_t prof_path(const uint8_t *code, size_t len, bool show)
+ * `show`, each is logged (LOOKOUT_BT_PROFILE=2).  A CALL to `stub` (handler_stub, in the same
+ * view of the cache) counts as the stub's `stub_n` instructions besides itself, as when that
+ * code was emitted in line. */
+static uint32_t prof_path(const uint8_t *code, size_t len, bool show, const uint8_t *stub,
+                          uint32_t stub_n)
 {
     ZydisDecoder d;
     ZydisDecoderInit(&d, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64);
@@ -2983,9 +3424,23 @@ static uint32_t prof_path(const uint8_t *code, size_t len, bool show)
                         &f, &in, ops, in.operand_count_visible, text, sizeof(text), pos, NULL)))
             log_info("        host %4zx  %s", pos, text);
         if (in.mnemonic == ZYDIS_MNEMONIC_JMP || in.mnemonic == ZYDIS_MNEMONIC_RET) break;
+        if (stub && in.mnemonic == ZYDIS_MNEMONIC_CALL &&
+            ops[0].type == ZYDIS_OPERAND_TYPE_IMMEDIATE &&
+            code + pos + in.length + ops[0].imm.value.s == stub)
+            n += stub_n;
         pos += in.length;
     }
     return n;
+}
+
+/* prof_path for the code at `code` in the view `base` of j's cache */
+static uint32_t prof_count(const struct bt_jit *j, const uint8_t *base, size_t at, size_t len,
+                           bool show)
+{
+    if (!j->prof->stub_n)
+        j->prof->stub_n =
+            prof_path(base + j->handler_off, j->base_end - j->handler_off, false, NULL, 0);
+    return prof_path(base + at, len, show, base + j->handler_off, j->prof->stub_n);
 }
 
 /* Logs the guest instructions of a reported block still in the cache, then its host code. */
@@ -3010,7 +3465,7 @@ static void prof_show(struct bt_cpu *c, const struct bt_jit *j, const struct jit
             log_info("        guest %llx  %s", (unsigned long long)(a->rip + pos), text);
         pos += in.length;
     }
-    prof_path(j->rx + a->entry, j->used - a->entry, true);
+    prof_count(j, j->rx, a->entry, j->used - a->entry, true);
 }
 
 /* Moves the run counts of the cache's translations into the accumulated table. */
@@ -3108,7 +3563,7 @@ static void lookup_revalidate(struct emit *e, struct bt_jit *j)
 {
     size_t fails[8];
     int nf = 0;
-    tlb_exec_probe(e, fails, &nf); /* RCX = the TLB entry */
+    tlb_exec_probe(e, fails, &nf, -1); /* RCX = the TLB entry */
     E2(e, MOV, R(ZYDIS_REGISTER_RDX), M(ZYDIS_REGISTER_RCX, T_GPA, 8));
     E2(e, CMP, R(ZYDIS_REGISTER_RDX), M(ZYDIS_REGISTER_RSI, L_GPA, 8));
     fails[nf++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
@@ -3158,8 +3613,11 @@ static int emit_trampoline(struct bt_jit *j, struct bt_cpu *c)
                  "probe groups in user blocks",
                  grp);
     j->pure_flags = host_specific && host_flags_pure();
-    log_debug("translator: %s BMI2 (RORX), %s the guest's flags before shifts and IMUL",
-              j->bmi2 ? "with" : "without", j->pure_flags ? "without loading" : "loading");
+    j->pure_imm = j->pure_flags && host_shift_imm_same();
+    log_debug("translator: %s BMI2 (RORX), %s the guest's flags before shifts and IMUL, shifts by "
+              "an immediate as %s",
+              j->bmi2 ? "with" : "without", j->pure_flags ? "without loading" : "loading",
+              j->pure_imm ? "themselves" : "CL forms");
     probe_templates(j);
     if (e.fail) return err_set(EINVAL, "translator: Zydis cannot encode the trampoline");
     size_t k0 = ALIGN_UP(e.pos, 16);
@@ -3169,7 +3627,10 @@ static int emit_trampoline(struct bt_jit *j, struct bt_cpu *c)
         memcpy(j->rw + k0 + 16 * n, q, 16);
     }
     j->kconst_off = k0;
-    j->base_end = j->used = ALIGN_UP(k0 + 16 * JIT_KCONST_N, 64);
+    e.pos = j->handler_off = k0 + 16 * JIT_KCONST_N; /* it adds a constant */
+    handler_stub(&e, j);
+    if (e.fail) return err_set(EINVAL, "translator: Zydis cannot encode the handler stub");
+    j->base_end = j->used = ALIGN_UP(e.pos, 64);
     j->enter = (void (*)(struct bt_cpu *, const void *, struct bt_jit *))(void *)j->rx;
     return 0;
 }
@@ -3316,7 +3777,7 @@ void bt_jit_destroy(struct bt_cpu *c)
             "misses: %llu not in the table, %llu TLB; %llu exits to the loop before the lookup: "
             "budget, events), "
             "%llu lookup-table clears, %llu entries interpreted for a CPL the translation was "
-            "not made for",
+            "not made for, %llu native forms the encoder refused (handler path instead)",
             c->index, (unsigned long long)st.blocks_translated, (unsigned long long)st.insns_native,
             (unsigned long long)st.insns_called, (unsigned long long)st.insns_inline_mem,
             (unsigned long long)st.flushes, (unsigned long long)st.flushes_full,
@@ -3326,7 +3787,7 @@ void bt_jit_destroy(struct bt_cpu *c)
             (unsigned long long)st.lookup_hits, (unsigned long long)st.lookup_revalidated,
             (unsigned long long)st.lookup_miss_key, (unsigned long long)st.lookup_miss_tlb,
             (unsigned long long)st.lookup_bails, (unsigned long long)st.lookup_clears,
-            (unsigned long long)st.cpl_mismatch);
+            (unsigned long long)st.cpl_mismatch, (unsigned long long)st.encode_fallbacks);
     hstat_report();
     if (j->prof) prof_report(c, j);
     free(j->prof);
@@ -3400,7 +3861,7 @@ static void crossing_check(struct emit *e, struct bt_jit *j, unsigned avail)
     size_t fails[8];
     int nf = 0;
     E2(e, LEA, R(ZYDIS_REGISTER_RAX), M(R12, avail, 8));
-    tlb_exec_probe(e, fails, &nf); /* RCX = the entry */
+    tlb_exec_probe(e, fails, &nf, j->user); /* RCX = the entry */
     E2(e, TEST, M(ZYDIS_REGISTER_RCX, T_PERM, 4), I(BT_TLB_RAM));
     fails[nf++] = jrel(e, ZYDIS_MNEMONIC_JZ);
     E2(e, MOV, R(ZYDIS_REGISTER_RDX), M(ZYDIS_REGISTER_RCX, T_ADDEND, 8));
@@ -3517,6 +3978,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
             e.hflags = e.hfresh = e.hfresh_prev = e.sse_ok = false;
         }
         e.grp = ver == 0 ? &gp : NULL;
+        e.hz = 0; /* nothing known about the slots' upper halves at the block's start */
         j->mid_lookup = false;
         j->nmid = 0;
         if (j->xlen) crossing_check(&e, j, 4096 - page_off);
@@ -3555,6 +4017,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
                     how = CALLRET;
             }
             if (e.fail) {
+                j->st.encode_fallbacks++;
                 e.fail = false;
                 e.pos = mark;
                 pend = pend0;
@@ -3601,9 +4064,9 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
                 if (use_dead && (fe == FL_NONE || fe == FL_ROT || hdead[k]))
                     return translate(j, c, ins, n, slot, gpa, false, use_groups);
                 hstat_count(&e, i, false);
-                call_handler(&e, i, off, b32, &pend);
                 e.sse_ok = false;
                 if (last) {
+                    call_handler(&e, i, off, b32, &pend);
                     if (b32)
                         jto(&e, ZYDIS_MNEMONIC_JMP, j->exit_off);
                     else if (i->mnemonic == ZYDIS_MNEMONIC_CALL && i->op[0].kind == BT_OPK_IMM &&
@@ -3618,11 +4081,17 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
                     /* only REP string instructions branch from the middle of a block (a chunk
                      * done, the instruction re-runs): a lookup stub for them alone */
                     j->mid_lookup = !b32 && (i->pfx & (BT_PFX_REP | BT_PFX_REPNE));
-                    after_handler_checks(&e, j);
+                    if (j->mid_lookup) {
+                        call_handler(&e, i, off, b32, &pend);
+                        after_handler_checks(&e, j);
+                    } else {
+                        call_handler_shared(&e, j, i, off, b32, &pend);
+                    }
                     j->mid_lookup = false;
                 }
                 break;
             }
+            e.hz = how == HANDLER ? 0 : hz_after(i, e.hz);
             off += i->len;
         }
         if (!ended) {
@@ -3636,8 +4105,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
                 patch(&e, sp->jumps[k], e.pos);
             unsigned p = sp->pend;
             hstat_count(&e, sp->i, true);
-            call_handler(&e, sp->i, sp->off, b32, &p);
-            after_handler_checks(&e, j);
+            call_handler_shared(&e, j, sp->i, sp->off, b32, &p);
             icount_op(&e, sp->pend + 1, true);
             if (sp->hflags) { /* what the fast path leaves: the guest's six flags in the host's */
                 E2(&e, MOV, R(HRAX), R(FLAGS_REG));
@@ -3671,8 +4139,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
     j->st.insns_inline_mem += inline_mem;
     if (groups) {
         j->st.grp_blocks++;
-        for (unsigned k = 0; k < n && k < JIT_BLOCK_MAX; k++)
-            j->st.grp_members += gp.member[k] >= 0;
+        j->st.grp_members += e.grp_used;
     }
     struct jit_tb *tb = &j->tbs[j->ntbs++];
     tb->gpa = gpa;
@@ -3686,7 +4153,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
             .gpa = gpa,
             .rip = c->s.rip,
             .guest = n,
-            .host = prof_path(j->rw + start, e.pos - start, false),
+            .host = prof_count(j, j->rw, start, e.pos - start, false),
             .entry = (uint32_t)start,
             .gen = j->st.flushes,
             .bits = c->code_bits,

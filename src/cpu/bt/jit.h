@@ -82,11 +82,20 @@ struct bt_jit_stats {
     uint64_t exits_unchained; /* through a chain jump not yet patched (or whose target page
                                  changed) */
     uint64_t cpl_mismatch;    /* entries interpreted: translated for the other privilege class */
+    /* native forms undone because the encoder refused them (or the block's space ran out): the
+     * instruction took its handler path instead (tests expect none) */
+    uint64_t encode_fallbacks;
     /* LOOKOUT_BT_PROFILE=1 (else 0): runs of translated blocks, and the guest instructions and
      * the host instructions on their fall-through paths those runs stand for (jit.c) */
     uint64_t prof_runs, prof_guest, prof_host;
-    /* probe groups (jit.c): blocks translated with them, the accesses planned as members, and
+    /* probe groups (jit.c): blocks translated with them, the accesses translated as members, and
      * runs that took the plain body because a group's prologue probe failed */
     uint64_t grp_blocks, grp_members, grp_fallbacks;
 };
 void bt_jit_get_stats(const struct bt_cpu *c, struct bt_jit_stats *st);
+
+/* For tests: encodes `rounds` pairs of pseudo-random host instructions (from `seed`; the second
+ * of each pair differs from the first in one field) through the translator's encoding cache and
+ * directly, and the branches it writes without the encoder (JMP, CALL, Jcc rel32) both ways;
+ * returns how many came out different (bytes, length or failure). */
+unsigned bt_jit_enc_selftest(unsigned rounds, uint64_t seed);
