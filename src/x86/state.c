@@ -1,10 +1,13 @@
 /* Reset state and register dumps for the neutral vCPU state.  Pure functions: no guest input. */
 #include "x86/state.h"
 
+#include <cpuid.h>
+#include <pthread.h>
 #include <stddef.h>
-
 #include <stdio.h>
 #include <string.h>
+
+#include "util/log.h"
 
 static void seg_reset(struct x86_seg *sg, uint16_t sel, uint64_t base, uint8_t type, uint8_t s)
 {
@@ -26,9 +29,12 @@ void x86_state_reset(struct x86_state *s, unsigned apic_id, bool bsp)
     seg_reset(&s->seg[SEG_CS], 0xf000, 0xffff0000, 0xb, 1);
     for (int i = 0; i < SEG_COUNT; i++) {
         if (i == SEG_CS) continue;
-        if (i == SEG_LDTR) seg_reset(&s->seg[i], 0, 0, 0x2, 0);
-        else if (i == SEG_TR) seg_reset(&s->seg[i], 0, 0, 0xb, 0);
-        else seg_reset(&s->seg[i], 0, 0, 0x3, 1);
+        if (i == SEG_LDTR)
+            seg_reset(&s->seg[i], 0, 0, 0x2, 0);
+        else if (i == SEG_TR)
+            seg_reset(&s->seg[i], 0, 0, 0xb, 0);
+        else
+            seg_reset(&s->seg[i], 0, 0, 0x3, 1);
     }
     s->gdtr.limit = 0xffff;
     s->idtr.limit = 0xffff;
@@ -59,7 +65,8 @@ void x86_state_dump(const struct x86_state *s, int fd)
                 (unsigned long long)s->gpr[i + 3]);
     for (int i = 0; i < SEG_COUNT; i++) {
         const struct x86_seg *g = &s->seg[i];
-        dprintf(fd, "  %-4s sel=%04x base=%016llx limit=%08x type=%x s=%u dpl=%u p=%u l=%u db=%u\r\n",
+        dprintf(fd,
+                "  %-4s sel=%04x base=%016llx limit=%08x type=%x s=%u dpl=%u p=%u l=%u db=%u\r\n",
                 sn[i], g->sel, (unsigned long long)g->base, g->limit, g->type, g->s, g->dpl,
                 g->present, g->l, g->db);
     }
@@ -76,3 +83,24 @@ const struct x86_xcomp x86_xcomps[4] = {
     {6, 1152, 512, 256, offsetof(struct x86_state, zmmh)},
     {7, 1664, 1024, 0, offsetof(struct x86_state, zmm16)},
 };
+
+static unsigned host_std_off[ARRAY_SIZE(x86_xcomps)];
+static pthread_once_t host_std_once = PTHREAD_ONCE_INIT;
+static void host_std_probe(void)
+{
+    unsigned max = __get_cpuid_max(0, NULL);
+    for (unsigned k = 0; k < ARRAY_SIZE(x86_xcomps); k++) {
+        const struct x86_xcomp *x = &x86_xcomps[k];
+        unsigned a = 0, b = 0, c = 0, d = 0;
+        if (max >= 0xd) __cpuid_count(0xd, x->bit, a, b, c, d);
+        /* a host that enumerates the component with its architectural size and a standard
+         * offset past the legacy region and header: that offset; otherwise Intel's */
+        host_std_off[k] = (a == x->size && b >= 576 && b + a <= 4096) ? b : x->std_off;
+    }
+}
+
+unsigned x86_xcomp_std_off(const struct x86_xcomp *x)
+{
+    pthread_once(&host_std_once, host_std_probe);
+    return host_std_off[x - x86_xcomps];
+}

@@ -4,7 +4,8 @@
  * snapshots, migration and introspection read and write only this.  It holds architectural facts,
  * never backend artefacts, so a vCPU saved under KVM resumes under the software CPU and back.
  * Nothing here is trusted when it comes from a snapshot file: snapshot/ validates before set_state,
- * and set_state itself rejects values hardware would reject (reserved CR bits, non-canonical bases). */
+ * and set_state itself rejects values hardware would reject (reserved CR bits, non-canonical
+ * bases). */
 #pragma once
 #include <stdbool.h>
 #include <stdint.h>
@@ -17,7 +18,7 @@ struct x86_seg {
     uint64_t base;
     uint32_t limit; /* byte granular: already expanded when G=1 */
     uint16_t sel;
-    uint8_t type;   /* 4-bit descriptor type */
+    uint8_t type; /* 4-bit descriptor type */
     uint8_t s, dpl, present, avl, l, db, g;
     uint8_t unusable; /* null selector loaded: the hidden part is not usable */
 };
@@ -48,7 +49,8 @@ struct x86_events {
     uint8_t exception_vector;
     uint8_t exception_has_error;
     uint32_t exception_error;
-    uint8_t interrupt_pending; /* an external interrupt accepted from the LAPIC/PIC, not delivered */
+    uint8_t
+        interrupt_pending; /* an external interrupt accepted from the LAPIC/PIC, not delivered */
     uint8_t interrupt_vector;
     uint8_t nmi_pending;
     uint8_t nmi_masked;       /* inside an NMI handler until IRET */
@@ -93,24 +95,24 @@ struct x86_state {
 };
 
 /* RFLAGS bits */
-#define X86_FLAG_CF   (1u << 0)
+#define X86_FLAG_CF    (1u << 0)
 #define X86_FLAG_FIXED (1u << 1)
-#define X86_FLAG_PF   (1u << 2)
-#define X86_FLAG_AF   (1u << 4)
-#define X86_FLAG_ZF   (1u << 6)
-#define X86_FLAG_SF   (1u << 7)
-#define X86_FLAG_TF   (1u << 8)
-#define X86_FLAG_IF   (1u << 9)
-#define X86_FLAG_DF   (1u << 10)
-#define X86_FLAG_OF   (1u << 11)
-#define X86_FLAG_IOPL (3u << 12)
-#define X86_FLAG_NT   (1u << 14)
-#define X86_FLAG_RF   (1u << 16)
-#define X86_FLAG_VM   (1u << 17)
-#define X86_FLAG_AC   (1u << 18)
-#define X86_FLAG_VIF  (1u << 19)
-#define X86_FLAG_VIP  (1u << 20)
-#define X86_FLAG_ID   (1u << 21)
+#define X86_FLAG_PF    (1u << 2)
+#define X86_FLAG_AF    (1u << 4)
+#define X86_FLAG_ZF    (1u << 6)
+#define X86_FLAG_SF    (1u << 7)
+#define X86_FLAG_TF    (1u << 8)
+#define X86_FLAG_IF    (1u << 9)
+#define X86_FLAG_DF    (1u << 10)
+#define X86_FLAG_OF    (1u << 11)
+#define X86_FLAG_IOPL  (3u << 12)
+#define X86_FLAG_NT    (1u << 14)
+#define X86_FLAG_RF    (1u << 16)
+#define X86_FLAG_VM    (1u << 17)
+#define X86_FLAG_AC    (1u << 18)
+#define X86_FLAG_VIF   (1u << 19)
+#define X86_FLAG_VIP   (1u << 20)
+#define X86_FLAG_ID    (1u << 21)
 
 /* CR0 */
 #define X86_CR0_PE (1ull << 0)
@@ -144,15 +146,18 @@ struct x86_state {
 #define X86_CR4_SMEP       (1ull << 20)
 #define X86_CR4_SMAP       (1ull << 21)
 /* XCR0 / XSAVE state-component bits */
-#define X86_XFEATURE_X87 (1ull << 0)
-#define X86_XFEATURE_SSE (1ull << 1)
-#define X86_XFEATURE_AVX (1ull << 2)
-#define X86_XFEATURE_OPMASK (1ull << 5)
+#define X86_XFEATURE_X87       (1ull << 0)
+#define X86_XFEATURE_SSE       (1ull << 1)
+#define X86_XFEATURE_AVX       (1ull << 2)
+#define X86_XFEATURE_OPMASK    (1ull << 5)
 #define X86_XFEATURE_ZMM_HI256 (1ull << 6)
-#define X86_XFEATURE_HI16_ZMM (1ull << 7)
-#define X86_XFEATURE_AVX512 (X86_XFEATURE_OPMASK | X86_XFEATURE_ZMM_HI256 | X86_XFEATURE_HI16_ZMM)
-/* The XSAVE components struct x86_state carries, and where each one (i >= 2) sits in the
- * standard-format XSAVE area (architectural: CPUID.(0xD,i).EBX on every CPU that has it). */
+#define X86_XFEATURE_HI16_ZMM  (1ull << 7)
+#define X86_XFEATURE_AVX512    (X86_XFEATURE_OPMASK | X86_XFEATURE_ZMM_HI256 | X86_XFEATURE_HI16_ZMM)
+/* The XSAVE components struct x86_state carries.  Where each one (i >= 2) sits in the
+ * standard-format XSAVE area is CPUID.(0xD,i).EBX, which is not the same on every CPU: Intel
+ * puts AVX-512 after MPX's components (opmask at 1088), AMD, without MPX, right after AVX
+ * (opmask at 832).  x86_xcomp_std_off() gives the host's; std_off is Intel's, used when the
+ * host does not enumerate the component. */
 #define X86_XFEATURE_CARRIED                                                                       \
     (X86_XFEATURE_X87 | X86_XFEATURE_SSE | X86_XFEATURE_AVX | X86_XFEATURE_AVX512)
 struct x86_xcomp {
@@ -161,6 +166,9 @@ struct x86_xcomp {
     unsigned field;       /* offsetof(struct x86_state, ...) */
 };
 extern const struct x86_xcomp x86_xcomps[4]; /* components 2, 5, 6, 7 */
+/* The component's offset in the host's standard-format XSAVE area: what KVM_GET/SET_XSAVE use,
+ * and what a guest shown the host's CPUID leaf 0xD expects of XSAVE. */
+unsigned x86_xcomp_std_off(const struct x86_xcomp *x);
 /* EFER */
 #define X86_EFER_SCE (1ull << 0)
 #define X86_EFER_LME (1ull << 8)
@@ -168,39 +176,54 @@ extern const struct x86_xcomp x86_xcomps[4]; /* components 2, 5, 6, 7 */
 #define X86_EFER_NXE (1ull << 11)
 
 /* MSR numbers */
-#define MSR_IA32_TSC            0x10
-#define MSR_IA32_APIC_BASE      0x1b
-#define MSR_IA32_FEATURE_CONTROL 0x3a
-#define MSR_IA32_TSC_ADJUST     0x3b
-#define MSR_IA32_SPEC_CTRL      0x48
-#define MSR_IA32_BIOS_SIGN_ID   0x8b
-#define MSR_IA32_MTRRCAP        0xfe
+#define MSR_IA32_TSC               0x10
+#define MSR_IA32_APIC_BASE         0x1b
+#define MSR_IA32_FEATURE_CONTROL   0x3a
+#define MSR_IA32_TSC_ADJUST        0x3b
+#define MSR_IA32_SPEC_CTRL         0x48
+#define MSR_IA32_BIOS_SIGN_ID      0x8b
+#define MSR_IA32_MTRRCAP           0xfe
 #define MSR_IA32_ARCH_CAPABILITIES 0x10a
-#define MSR_IA32_SYSENTER_CS    0x174
-#define MSR_IA32_SYSENTER_ESP   0x175
-#define MSR_IA32_SYSENTER_EIP   0x176
-#define MSR_IA32_MCG_CAP        0x179
-#define MSR_IA32_MCG_STATUS     0x17a
-#define MSR_IA32_MISC_ENABLE    0x1a0
-#define MSR_IA32_PAT            0x277
-#define MSR_IA32_XSS            0xda0
-#define MSR_MTRR_DEF_TYPE       0x2ff
-#define MSR_IA32_TSC_DEADLINE   0x6e0
-#define MSR_EFER                0xc0000080
-#define MSR_STAR                0xc0000081
-#define MSR_LSTAR               0xc0000082
-#define MSR_CSTAR               0xc0000083
-#define MSR_SFMASK              0xc0000084
-#define MSR_FS_BASE             0xc0000100
-#define MSR_GS_BASE             0xc0000101
-#define MSR_KERNEL_GS_BASE      0xc0000102
-#define MSR_TSC_AUX             0xc0000103
+#define MSR_IA32_SYSENTER_CS       0x174
+#define MSR_IA32_SYSENTER_ESP      0x175
+#define MSR_IA32_SYSENTER_EIP      0x176
+#define MSR_IA32_MCG_CAP           0x179
+#define MSR_IA32_MCG_STATUS        0x17a
+#define MSR_IA32_MISC_ENABLE       0x1a0
+#define MSR_IA32_PAT               0x277
+#define MSR_IA32_XSS               0xda0
+#define MSR_MTRR_DEF_TYPE          0x2ff
+#define MSR_IA32_TSC_DEADLINE      0x6e0
+#define MSR_EFER                   0xc0000080
+#define MSR_STAR                   0xc0000081
+#define MSR_LSTAR                  0xc0000082
+#define MSR_CSTAR                  0xc0000083
+#define MSR_SFMASK                 0xc0000084
+#define MSR_FS_BASE                0xc0000100
+#define MSR_GS_BASE                0xc0000101
+#define MSR_KERNEL_GS_BASE         0xc0000102
+#define MSR_TSC_AUX                0xc0000103
 
 /* Exception vectors */
 enum x86_vector {
-    X86_DE = 0, X86_DB = 1, X86_NMI = 2, X86_BP = 3, X86_OF = 4, X86_BR = 5, X86_UD = 6, X86_NM = 7,
-    X86_DF = 8, X86_TS = 10, X86_NP = 11, X86_SS = 12, X86_GP = 13, X86_PF = 14, X86_MF = 16,
-    X86_AC = 17, X86_MC = 18, X86_XM = 19,
+    X86_DE = 0,
+    X86_DB = 1,
+    X86_NMI = 2,
+    X86_BP = 3,
+    X86_OF = 4,
+    X86_BR = 5,
+    X86_UD = 6,
+    X86_NM = 7,
+    X86_DF = 8,
+    X86_TS = 10,
+    X86_NP = 11,
+    X86_SS = 12,
+    X86_GP = 13,
+    X86_PF = 14,
+    X86_MF = 16,
+    X86_AC = 17,
+    X86_MC = 18,
+    X86_XM = 19,
 };
 
 static inline bool x86_is_canonical(uint64_t va)

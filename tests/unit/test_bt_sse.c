@@ -5,6 +5,7 @@
  * unmasked SIMD exceptions (#XM or #UD), LDMXCSR/FXRSTOR reserved bits. */
 #include "bt_fp_cases.h"
 #include "bt_fp_harness.h"
+#include "host_vendor.h"
 
 static void test_sse_differential(void **state)
 {
@@ -156,6 +157,7 @@ static void test_fxsave_fxrstor(void **state)
                          : "+m"(host), "=m"(nat)
                          : "m"(fx));
         const uint8_t *n8 = (const uint8_t *)&nat;
+        fx_vendor_align(img, n8);
         assert_memory_equal(img, n8, 6);                  /* FCW FSW FTW */
         assert_memory_equal(img + 24, n8 + 24, 416 - 24); /* MXCSR, mask, registers */
 

@@ -147,7 +147,7 @@ static uint64_t xinuse(struct bt_cpu *c)
 /* Offset of component `bit` (>= 2) in an area of format `xcomp` (0: standard). */
 static unsigned comp_offset(const struct x86_xcomp *x, uint64_t xcomp)
 {
-    if (!(xcomp & XCOMP_COMPACT)) return x->std_off;
+    if (!(xcomp & XCOMP_COMPACT)) return x86_xcomp_std_off(x);
     unsigned off = XS_EXT;
     for (unsigned j = 2; j < x->bit; j++) {
         if (!(xcomp & (1ull << j))) continue;

@@ -446,7 +446,8 @@ static void seg_to_kvm(struct kvm_segment *d, const struct x86_seg *s)
 }
 
 /* KVM_GET/SET_XSAVE use the standard (non-compacted) format: legacy region, header at 512 with
- * XSTATE_BV, then each component at its architectural offset (x86_xcomps). */
+ * XSTATE_BV, then each component at the host's standard offset (x86_xcomp_std_off: AMD's
+ * AVX-512 components sit elsewhere than Intel's). */
 #define XS_HDR 512
 static void xsave_region_to_state(const struct kvm_xsave *xs, struct x86_state *s)
 {
@@ -457,34 +458,36 @@ static void xsave_region_to_state(const struct kvm_xsave *xs, struct x86_state *
         const struct x86_xcomp *x = &x86_xcomps[k];
         uint8_t *f = (uint8_t *)s + x->field;
         if (bv & (1ull << x->bit))
-            memcpy(f, b + x->std_off, x->size);
+            memcpy(f, b + x86_xcomp_std_off(x), x->size);
         else
             memset(f, 0, x->size); /* in its initial configuration */
     }
 }
-/* Returns true when the region changed (the caller then writes it back). */
-static bool xsave_region_from_state(struct kvm_xsave *xs, const struct x86_state *s)
+/* The neutral state into a region KVM_GET_XSAVE filled: the legacy region's x87 and SSE state
+ * (not MXCSR_MASK, a CPU constant, nor bytes 416-511), x87 and SSE marked in use in XSTATE_BV
+ * (a component whose bit is clear is restored to its initial configuration, whatever the
+ * region holds: SDM Vol.1 13.8.1), and AVX and AVX-512 at the host's offsets, each marked in
+ * use unless it is in its initial configuration (all zero) and was not in use before. */
+_Static_assert(offsetof(struct x86_fxsave, xmm) == offsetof(struct x86_fxsave, st) + 128,
+               "ST and XMM registers are contiguous in the FXSAVE image");
+static void xsave_region_from_state(struct kvm_xsave *xs, const struct x86_state *s)
 {
     uint8_t *b = (uint8_t *)xs->region;
+    memcpy(b, &s->fx, offsetof(struct x86_fxsave, mxcsr_mask));
+    memcpy(b + offsetof(struct x86_fxsave, st), s->fx.st, sizeof(s->fx.st) + sizeof(s->fx.xmm));
     uint64_t bv;
     memcpy(&bv, b + XS_HDR, 8);
+    bv |= X86_XFEATURE_X87 | X86_XFEATURE_SSE;
     static const uint8_t zero[1024];
-    bool changed = false;
     for (unsigned k = 0; k < ARRAY_SIZE(x86_xcomps); k++) {
         const struct x86_xcomp *x = &x86_xcomps[k];
         const uint8_t *f = (const uint8_t *)s + x->field;
         uint64_t m = 1ull << x->bit;
-        if (!(bv & m)) {
-            if (memcmp(f, zero, x->size) == 0) continue; /* still initial */
-            bv |= m;
-        } else if (memcmp(b + x->std_off, f, x->size) == 0) {
-            continue;
-        }
-        memcpy(b + x->std_off, f, x->size);
-        changed = true;
+        if (!(bv & m) && memcmp(f, zero, x->size) == 0) continue; /* still initial */
+        bv |= m;
+        memcpy(b + x86_xcomp_std_off(x), f, x->size);
     }
     memcpy(b + XS_HDR, &bv, 8);
-    return changed;
 }
 
 /* Neutral MSR fields, in the order they are written back (TSC before the deadline). */
@@ -732,38 +735,19 @@ static int kvm_set_state(struct vcpu *cpu, const struct x86_state *s)
                             .rflags = s->rflags};
     if ((r = xioctl(c->fd, KVM_SET_REGS, &regs)) < 0) goto fail;
 
-    what = "FPU/SSE state";
-    struct kvm_fpu fpu = {.fcw = s->fx.fcw,
-                          .fsw = s->fx.fsw,
-                          .ftwx = s->fx.ftw,
-                          .last_opcode = s->fx.fop,
-                          .last_ip = s->fx.fip,
-                          .last_dp = s->fx.fdp,
-                          .mxcsr = s->fx.mxcsr};
-    memcpy(fpu.fpr, s->fx.st, sizeof(fpu.fpr));
-    memcpy(fpu.xmm, s->fx.xmm, sizeof(fpu.xmm));
-    if ((r = xioctl(c->fd, KVM_SET_FPU, &fpu)) < 0) goto fail;
-    {
-        /* KVM_SET_FPU fills the legacy area but leaves the XSAVE header alone: on a vCPU that
-         * has not used x87/SSE yet (a fresh one being restored from a snapshot) XSTATE_BV says
-         * "init state" for them, and the next XRSTOR of the guest FPU zeroes what was just set.
-         * Mark x87 and SSE as in use (XSAVE header, SDM Vol.1 13.4.2). */
-        static struct kvm_xsave xs; /* 4 KiB; set_state runs with the VM paused */
-        static pthread_mutex_t xs_lock = PTHREAD_MUTEX_INITIALIZER;
-        pthread_mutex_lock(&xs_lock);
-        if (xioctl(c->fd, KVM_GET_XSAVE, &xs) == 0) {
-            uint64_t bv;
-            memcpy(&bv, (uint8_t *)xs.region + 512, 8);
-            if ((bv & 3) != 3) {
-                bv |= 3;
-                memcpy((uint8_t *)xs.region + 512, &bv, 8);
-                r = xioctl(c->fd, KVM_SET_XSAVE, &xs);
-            }
-        }
-        pthread_mutex_unlock(&xs_lock);
-        if (r < 0) goto fail;
+    if (!p->has_xsave) {
+        what = "FPU/SSE state";
+        struct kvm_fpu fpu = {.fcw = s->fx.fcw,
+                              .fsw = s->fx.fsw,
+                              .ftwx = s->fx.ftw,
+                              .last_opcode = s->fx.fop,
+                              .last_ip = s->fx.fip,
+                              .last_dp = s->fx.fdp,
+                              .mxcsr = s->fx.mxcsr};
+        memcpy(fpu.fpr, s->fx.st, sizeof(fpu.fpr));
+        memcpy(fpu.xmm, s->fx.xmm, sizeof(fpu.xmm));
+        if ((r = xioctl(c->fd, KVM_SET_FPU, &fpu)) < 0) goto fail;
     }
-
     if (p->has_xcrs) {
         what = "XCR0";
         struct kvm_xcrs x = {.nr_xcrs = 1};
@@ -772,14 +756,19 @@ static int kvm_set_state(struct vcpu *cpu, const struct x86_state *s)
         if ((r = xioctl(c->fd, KVM_SET_XCRS, &x)) < 0) goto fail;
     }
     if (p->has_xsave) {
-        /* After KVM_SET_FPU, so the legacy region read back is the one just written: only the
-         * AVX and AVX-512 components are patched, and components the neutral state does not
-         * carry go back to KVM unchanged. */
-        what = "XSAVE state (AVX, AVX-512)";
+        /* x87, SSE, AVX and AVX-512 in one KVM_SET_XSAVE, over the region KVM_GET_XSAVE gives
+         * (components the neutral state does not carry go back unchanged).  Not KVM_SET_FPU
+         * first and the region read back after it: KVM_GET_XSAVE reports the legacy region's
+         * XMM registers as zero while XSTATE_BV[1] is clear (a fresh vCPU's, seen on an AMD
+         * host), so that read-back would undo what KVM_SET_FPU had set. */
+        what = "FPU, SSE, AVX and AVX-512 state (XSAVE)";
         struct kvm_xsave *xs = malloc(sizeof(*xs));
         if (!xs) return err_set(ENOMEM, "out of memory writing vCPU %u's XSAVE state", cpu->id);
         r = xioctl(c->fd, KVM_GET_XSAVE, xs);
-        if (r == 0 && xsave_region_from_state(xs, s)) r = xioctl(c->fd, KVM_SET_XSAVE, xs);
+        if (r == 0) {
+            xsave_region_from_state(xs, s);
+            r = xioctl(c->fd, KVM_SET_XSAVE, xs);
+        }
         free(xs);
         if (r < 0) goto fail;
     }
