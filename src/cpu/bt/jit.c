@@ -149,10 +149,12 @@ struct bt_jit {
     uint8_t tpl_len[2][2][5], tpl_slow[2][2][5][4], tpl_nslow[2][2][5];
     /* Host properties the emitted code may use, unless LOOKOUT_BT_GENERIC=1 says to translate as
      * for any x86-64 host (a test run does): BMI2 (RORX in the probes); pure_flags: the host's
-     * SHL/SHR/SAR by a non-zero count and IMUL set the six arithmetic flags, the ones the SDM
-     * leaves undefined included, regardless of the incoming ones (host_flags_pure), so the
-     * guest's need not be loaded before them to get what the interpreter gets. */
-    bool bmi2, pure_flags;
+     * SHL/SHR/SAR by a non-zero count set the six arithmetic flags, the ones the SDM leaves
+     * undefined included, regardless of the incoming ones (host_flags_pure), so the guest's
+     * need not be loaded before them to get what the interpreter gets; pure_imul: the same for
+     * IMUL (true on the Intel hosts measured; an AMD EPYC keeps the incoming SF/ZF/AF/PF, which
+     * the SDM leaves undefined, so there the guest's are loaded before IMUL only). */
+    bool bmi2, pure_flags, pure_imul;
     bool pure_imm; /* and their immediate forms give what the CL forms give (host_shift_imm_same) */
     bool user;     /* the block being translated runs at CPL 3 (translations are per CPL class) */
     /* probe groups in user blocks (LOOKOUT_BT_GROUPS=0 turns them off, for measurements; =all
@@ -1242,7 +1244,7 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off, 
         if (!is_gpr(a) || a->size != size) return false;
         if (!(is_gpr(b) && b->size == size) && b->kind != BT_OPK_IMM) return false;
         if (b->kind == BT_OPK_IMM && size == 8 && !fits32(b->disp)) return false;
-        if (!(e->jit && e->jit->pure_flags)) load_guest_flags(e);
+        if (!(e->jit && e->jit->pure_imul)) load_guest_flags(e);
         load_gpr(e, 0, a->reg, size);
         imul_rest(e, d, b, size);
         return true;
@@ -2694,7 +2696,7 @@ static bool native_mem(struct emit *e, const struct bt_jit *j, const struct bt_i
         if (!(is_gpr(b) && b->size == size) && b->kind != BT_OPK_IMM) return false;
         if (b->kind == BT_OPK_IMM && size == 8 && !fits32(b->disp)) return false;
         mem_probe(e, j, a, off, false, slow, nslow);
-        if (!j->pure_flags) load_guest_flags(e);
+        if (!j->pure_imul) load_guest_flags(e);
         load_mem(e, 0, size);
         imul_rest(e, d, b, size);
         return true;
@@ -2787,10 +2789,12 @@ static void cfi_c_hook(struct emit *e, const struct bt_jit *j, bool ret)
     jto(e, ZYDIS_MNEMONIC_CALL, j->cfi_hook_off[ret]);
 }
 
-/* Whether the host's SHL/SHR/SAR (CL form, every operand size, non-zero counts) and IMUL r, r
- * leave the same six arithmetic flags whatever flags come in: run on sample operands with all six
- * clear and all six set.  True on the hosts measured (the undefined AF and OF of the shifts and
- * SF/ZF/AF/PF of IMUL are functions of the operands); false means load the guest's first. */
+/* Whether the host's SHL/SHR/SAR (CL form, every operand size, non-zero counts), or with `imul`
+ * its IMUL r, r, leave the same six arithmetic flags whatever flags come in: run on sample
+ * operands with all six clear and all six set.  Shifts: true on the Intel and AMD hosts measured
+ * (the undefined AF and OF are functions of the operands).  IMUL: true on Intel (SF/ZF/AF/PF,
+ * undefined, from the result), false on an AMD EPYC (it keeps the incoming ones).  False means
+ * load the guest's first. */
 /* Operands and incoming flags (all six clear, all set) the host's flag behaviour is probed with
  * (host_flags_pure, host_shift_imm_same) */
 static const uint64_t flag_probe_vals[] = {0,
@@ -2853,7 +2857,7 @@ static bool host_shift_imm_same(void)
     return true;
 }
 
-static bool host_flags_pure(void)
+static bool host_flags_pure(bool imul)
 {
     const uint64_t *vals = flag_probe_vals, *fin = flag_probe_fin;
     for (size_t v = 0; v < ARRAY_SIZE(flag_probe_vals); v++) {
@@ -2883,7 +2887,7 @@ static bool host_flags_pure(void)
                 FLAGS_OF("imulw %w3, %w0", 8, "r", y);
 #undef FLAGS_OF
             }
-            for (int n = 0; n < 9; n++)
+            for (int n = imul ? 6 : 0; n < (imul ? 9 : 6); n++)
                 if ((out[0][n] ^ out[1][n]) & BT_ARITH_FLAGS) return false;
         }
     }
@@ -3612,12 +3616,13 @@ static int emit_trampoline(struct bt_jit *j, struct bt_cpu *c)
         log_warn("LOOKOUT_BT_GROUPS=%s is not 0 (off), 1 (user blocks, the default) or all: "
                  "probe groups in user blocks",
                  grp);
-    j->pure_flags = host_specific && host_flags_pure();
+    j->pure_flags = host_specific && host_flags_pure(false);
+    j->pure_imul = host_specific && host_flags_pure(true);
     j->pure_imm = j->pure_flags && host_shift_imm_same();
-    log_debug("translator: %s BMI2 (RORX), %s the guest's flags before shifts and IMUL, shifts by "
-              "an immediate as %s",
+    log_debug("translator: %s BMI2 (RORX), %s the guest's flags before shifts, %s before IMUL, "
+              "shifts by an immediate as %s",
               j->bmi2 ? "with" : "without", j->pure_flags ? "without loading" : "loading",
-              j->pure_imm ? "themselves" : "CL forms");
+              j->pure_imul ? "not" : "loading them", j->pure_imm ? "themselves" : "CL forms");
     probe_templates(j);
     if (e.fail) return err_set(EINVAL, "translator: Zydis cannot encode the trampoline");
     size_t k0 = ALIGN_UP(e.pos, 16);
