@@ -46,6 +46,9 @@ done
 # The translator's tests once more as it translates for any x86-64 host (no BMI2, the guest's
 # flags loaded before shifts and IMUL: LOOKOUT_BT_GENERIC, see bt_jit.pure_flags in jit.c).
 [ -x build-san/tests/test_bt_jit ] && run_unit build-san/tests/test_bt_jit LOOKOUT_BT_GENERIC=1
+# And with the host's flags read by LAHF + SETO, the default on AMD hosts only (capture_flags in
+# jit.c; the default and the LOOKOUT_BT_GENERIC run above use PUSHFQ on Intel hosts).
+[ -x build-san/tests/test_bt_jit ] && run_unit build-san/tests/test_bt_jit LOOKOUT_BT_FLAGS_READ=lahf
 echo "== unit tests: $unit_pass binaries passed, $unit_fail failed${failed[*]:+: ${failed[*]}}"
 
 echo "== integration tests (pytest, tests/integration/)"

@@ -104,7 +104,9 @@ def test_translator_env_profile_and_groups(lookout_any, test_kernel):
     assert re.search(r"translator 0 profile: [0-9]+ runs of translated blocks, [0-9]+ guest and "
                      r"[0-9]+ host instructions in them: [0-9.]+ host instructions per guest", r.err), r
     r = run_lookout(lookout_any, "run", "--cpu", "bt", "--kernel", test_kernel("exit42"),
-                    timeout=60, env={"LOOKOUT_BT_PROFILE": "3", "LOOKOUT_BT_GROUPS": "yes"})
+                    timeout=60, env={"LOOKOUT_BT_PROFILE": "3", "LOOKOUT_BT_GROUPS": "yes",
+                                     "LOOKOUT_BT_FLAGS_READ": "popf"})
     assert r.rc == 85, r
     assert "LOOKOUT_BT_PROFILE=3 is not 0, 1" in r.err, r
     assert "LOOKOUT_BT_GROUPS=yes is not 0 (off)" in r.err, r
+    assert "LOOKOUT_BT_FLAGS_READ=popf is not pushfq or lahf" in r.err, r

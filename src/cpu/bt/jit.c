@@ -3635,7 +3635,18 @@ static int emit_trampoline(struct bt_jit *j, struct bt_cpu *c)
                  grp);
     j->pure_flags = host_specific && host_flags_pure(false);
     j->pure_imul = host_specific && host_flags_pure(true);
-    j->lahf_flags = host_specific && __builtin_cpu_is("amd");
+    /* LOOKOUT_BT_FLAGS_READ=pushfq|lahf chooses the form (the tests run both on every host) */
+    const char *fr = getenv("LOOKOUT_BT_FLAGS_READ");
+    if (fr && !strcmp(fr, "lahf"))
+        j->lahf_flags = true;
+    else if (fr && !strcmp(fr, "pushfq"))
+        j->lahf_flags = false;
+    else {
+        if (fr && *fr)
+            log_warn("LOOKOUT_BT_FLAGS_READ=%s is not pushfq or lahf: the host's default (%s)", fr,
+                     __builtin_cpu_is("amd") ? "lahf" : "pushfq");
+        j->lahf_flags = host_specific && __builtin_cpu_is("amd");
+    }
     j->pure_imm = j->pure_flags && host_shift_imm_same();
     log_debug("translator: %s BMI2 (RORX), %s the guest's flags before shifts, %s before IMUL, "
               "shifts by an immediate as %s, the host's flags read by %s",
