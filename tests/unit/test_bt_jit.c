@@ -819,6 +819,55 @@ static void test_store_faults(void **st)
     prep = NULL;
 }
 
+/* Deferred flags (recomputable/recompute_flags in jit.c): a register producer right before a
+ * memory operation that overwrites all six flags leaves its flags out of the fast path, and the
+ * operation's slow path makes them again, so a fault there still shows the producer's flags
+ * (and CF from before an INC/DEC).  Each program faults on the CMP's access to a page that is
+ * not present; the RFLAGS in the #PF frame must be the producer's. */
+static void test_deferred_flags(void **st)
+{
+    static struct outcome a, b;
+    static const struct {
+        uint8_t code[16];
+        size_t len;
+        int64_t bias;   /* RBX = the faulting address + bias */
+        uint64_t flags; /* the arithmetic flags the frame must hold */
+    } cases[] = {
+        /* stc; mov rax, rbx; again: inc rax; cmp byte [rax], 0; jnz again; hlt */
+        {{0xf9, 0x48, 0x89, 0xd8, 0x48, 0xff, 0xc0, 0x80, 0x38, 0x00, 0x75, 0xf8, 0xf4},
+         13,
+         -1,
+         X86_FLAG_CF | X86_FLAG_PF | X86_FLAG_AF},
+        /* stc; mov rax, rbx; dec rax; cmp byte [rax], 0; hlt */
+        {{0xf9, 0x48, 0x89, 0xd8, 0x48, 0xff, 0xc8, 0x80, 0x38, 0x00, 0xf4},
+         11,
+         1,
+         X86_FLAG_CF | X86_FLAG_PF},
+        /* stc; mov rax, rbx; add rax, 8; add ecx, [rax]; hlt */
+        {{0xf9, 0x48, 0x89, 0xd8, 0x48, 0x83, 0xc0, 0x08, 0x03, 0x08, 0xf4},
+         11,
+         -8,
+         X86_FLAG_PF | X86_FLAG_AF},
+        /* stc; mov rax, rbx; mov rcx, rbx; cmp rax, rcx; test [rax], cl; hlt */
+        {{0xf9, 0x48, 0x89, 0xd8, 0x48, 0x89, 0xd9, 0x48, 0x39, 0xc8, 0x84, 0x08, 0xf4},
+         13,
+         0,
+         X86_FLAG_ZF | X86_FLAG_PF},
+    };
+    prep = prime_fault;
+    for (size_t k = 0; k < ARRAY_SIZE(cases); k++) {
+        fault_target = 0x40000000 + cases[k].bias;
+        both(cases[k].code, cases[k].len, 1000, &a, &b);
+        assert_int_equal(t_handler_vector(T), X86_PF);
+        assert_int_equal(b.cr2, 0x40000000);
+        uint64_t fl = get64(T, T->c->s.gpr[RSP] + 24) & BT_ARITH_FLAGS;
+        if (fl != cases[k].flags)
+            fail_msg("case %zu: flags at the fault %#llx, want %#llx", k, (unsigned long long)fl,
+                     (unsigned long long)cases[k].flags);
+    }
+    prep = NULL;
+}
+
 /* The same at CPL 3: user accesses run inline on user pages; a supervisor page (its TLB entry
  * made by a kernel access) and a read-only page fault with the user bit, precisely. */
 static const uint8_t user_prog[] = {
@@ -2421,6 +2470,7 @@ int main(void)
         cmocka_unit_test(test_dead_flags),
         cmocka_unit_test(test_sse_moves),
         cmocka_unit_test(test_store_faults),
+        cmocka_unit_test(test_deferred_flags),
         cmocka_unit_test(test_user_mode),
         cmocka_unit_test(test_cpl_classes),
         cmocka_unit_test(test_crossing_remap),

@@ -3922,6 +3922,84 @@ static void crossing_check(struct emit *e, struct bt_jit *j, unsigned avail)
     patch(e, ok, e->pos);
 }
 
+/* Deferred flags.  A register-form producer right before a memory operation that writes all six
+ * flags (CMP [m], imm; ADD r, [m]; ...) makes flags that only that operation's fault can show:
+ * its fast path overwrites them.  When the producer's flags can be made again from the registers
+ * after it (recomputable), its native form leaves them out (as dead ones) and the operation's
+ * slow path makes them again before its handler runs (recompute_flags).  A strlen-like loop
+ * (INC r; CMP byte [r], 0; JNZ) saves the CF load and the capture after the INC. */
+static bool recomputable(const struct bt_insn *i)
+{
+    if (i->pfx & BT_PFX_LOCK) return false;
+    unsigned size = i->opsize / 8;
+    if (size != 1 && size != 2 && size != 4 && size != 8) return false;
+    const struct bt_operand *d = &i->op[0], *s = &i->op[1];
+    if (i->nops < 1 || !is_gpr(d) || d->size != size) return false;
+    switch (i->mnemonic) {
+    case ZYDIS_MNEMONIC_INC:
+    case ZYDIS_MNEMONIC_DEC: return true; /* the value before is the value after, -/+ 1 */
+    case ZYDIS_MNEMONIC_ADD:
+    case ZYDIS_MNEMONIC_SUB: /* by an immediate: the value before is the value after -/+ it */
+        return i->nops >= 2 && s->kind == BT_OPK_IMM && (size != 8 || fits32(s->disp));
+    case ZYDIS_MNEMONIC_CMP:
+    case ZYDIS_MNEMONIC_TEST: /* write no register: the same operands again */
+        return i->nops >= 2 && ((s->kind == BT_OPK_IMM && (size != 8 || fits32(s->disp))) ||
+                                (is_gpr(s) && s->size == size));
+    default: return false;
+    }
+}
+
+/* ADD, SUB, AND, OR, XOR, CMP or TEST with a memory operand (not LOCK'd): writes all six flags */
+static bool mem_flag_writer(const struct bt_insn *i)
+{
+    if (i->pfx & BT_PFX_LOCK || i->nops < 2) return false;
+    switch (i->mnemonic) {
+    case ZYDIS_MNEMONIC_ADD:
+    case ZYDIS_MNEMONIC_SUB:
+    case ZYDIS_MNEMONIC_AND:
+    case ZYDIS_MNEMONIC_OR:
+    case ZYDIS_MNEMONIC_XOR:
+    case ZYDIS_MNEMONIC_CMP:
+    case ZYDIS_MNEMONIC_TEST: return i->op[0].kind == BT_OPK_MEM || i->op[1].kind == BT_OPK_MEM;
+    default: return false;
+    }
+}
+
+/* FLAGS_REG takes the flags the recomputable producer `p` made (it ran; its registers hold what
+ * it left): its operation again on the values before it.  Clobbers RAX, RCX, RDX. */
+static void recompute_flags(struct emit *e, const struct bt_insn *p)
+{
+    unsigned size = p->opsize / 8;
+    const struct bt_operand *d = &p->op[0], *s = &p->op[1];
+    ZydisMnemonic m = (ZydisMnemonic)p->mnemonic;
+    load_gpr(e, 0, d->reg, size);
+    ZydisEncoderOperand a = R(hreg(0, size));
+    switch (m) {
+    case ZYDIS_MNEMONIC_INC:
+    case ZYDIS_MNEMONIC_DEC: /* CF is not theirs: the guest's stays */
+        enc(e, m == ZYDIS_MNEMONIC_INC ? ZYDIS_MNEMONIC_DEC : ZYDIS_MNEMONIC_INC, 1,
+            (ZydisEncoderOperand[]){a});
+        enc(e, m, 1, (ZydisEncoderOperand[]){a});
+        take_flags(e, BT_ARITH_FLAGS & ~X86_FLAG_CF);
+        return;
+    case ZYDIS_MNEMONIC_ADD:
+    case ZYDIS_MNEMONIC_SUB:
+        enc(e, m == ZYDIS_MNEMONIC_ADD ? ZYDIS_MNEMONIC_SUB : ZYDIS_MNEMONIC_ADD, 2,
+            (ZydisEncoderOperand[]){a, I(imm_for(s->disp, size))});
+        enc(e, m, 2, (ZydisEncoderOperand[]){a, I(imm_for(s->disp, size))});
+        break;
+    default: /* CMP, TEST */
+        if (s->kind == BT_OPK_IMM) {
+            enc(e, m, 2, (ZydisEncoderOperand[]){a, I(imm_for(s->disp, size))});
+        } else {
+            load_gpr(e, 1, s->reg, size);
+            enc(e, m, 2, (ZydisEncoderOperand[]){a, R(hreg(1, size))});
+        }
+        break;
+    }
+    take_flags(e, BT_ARITH_FLAGS);
+}
+
 static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *ins, unsigned n,
                      void **slot, uint64_t gpa, bool use_dead, bool use_groups)
 {
@@ -3943,6 +4021,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
     j->nmid = 0;
     /* dead flags: a backward scan (the block's end reads them: they must be in c->s.rflags) */
     bool dead[JIT_BLOCK_MAX] = {false}, hdead[JIT_BLOCK_MAX] = {false};
+    bool defer[JIT_BLOCK_MAX] = {false}; /* deferred flags (recomputable) */
     bool live = true, live_after_next = true;
     for (unsigned k = n; k-- > 0;) {
         int fe = flag_effect(&ins[k], j->pure_flags);
@@ -3952,6 +4031,8 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
             /* read only by the next instruction, a CMOVcc/SETcc that takes them from the host */
             hdead[k] = use_dead && fe == FL_WRITES && !dead[k] && k + 1 < n &&
                        host_producer(&ins[k]) && host_reader(&ins[k + 1]) && !live_after_next;
+            defer[k] = use_dead && !dead[k] && !hdead[k] && k + 1 < n && recomputable(&ins[k]) &&
+                       mem_flag_writer(&ins[k + 1]);
         }
         live_after_next = live;
         if (fe == FL_WRITES)
@@ -3965,7 +4046,8 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
         int64_t off;
         unsigned pend, n;
         size_t back, jumps[8];
-        bool hflags; /* the fast path ends with the guest's flags in the host's */
+        bool hflags;                  /* the fast path ends with the guest's flags in the host's */
+        const struct bt_insn *recomp; /* deferred flags: their producer, right before */
     } sps[JIT_BLOCK_MAX];
     unsigned nsp = 0;
     if (n > JIT_BLOCK_MAX) return (*slot = JIT_UNTRANSLATABLE), 1;
@@ -4017,6 +4099,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
         j->mid_lookup = false;
         j->nmid = 0;
         if (j->xlen) crossing_check(&e, j, 4096 - page_off);
+        const struct bt_insn *deferred = NULL; /* the producer before whose flags are deferred */
         for (unsigned k = 0; k < n; k++) {
             const struct bt_insn *i = &ins[k];
             bool last = k + 1 == n;
@@ -4035,7 +4118,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
             enum { HANDLER, SIMPLE, MEM, BRANCH, CALLRET } how = HANDLER;
             if (k > 0 && hdead[k - 1] && !e.hfresh_prev) /* its producer did not leave them */
                 return translate(j, c, ins, n, slot, gpa, false, use_groups);
-            if (native_simple(&e, i, off, k < JIT_BLOCK_MAX && (dead[k] || hdead[k]))) {
+            if (native_simple(&e, i, off, k < JIT_BLOCK_MAX && (dead[k] || hdead[k] || defer[k]))) {
                 how = SIMPLE;
             } else {
                 if (native_mem(&e, j, i, off, b32, c->stack_bits, slow, &nslow))
@@ -4066,6 +4149,9 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
              * native_simple's CMOVcc/SETcc do) */
             if (k > 0 && hdead[k - 1] && how != SIMPLE)
                 return translate(j, c, ins, n, slot, gpa, false, use_groups);
+            /* deferred flags need this operation's slow path to make them */
+            if (deferred && how != MEM)
+                return translate(j, c, ins, n, slot, gpa, false, use_groups);
             switch (how) {
             case SIMPLE: pend++, native++; break;
             case MEM: {
@@ -4079,6 +4165,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
                 sp->back = e.pos;
                 sp->n = (unsigned)nslow;
                 sp->hflags = e.hflags;
+                sp->recomp = deferred;
                 memcpy(sp->jumps, slow, sizeof(slow));
                 pend++;
                 native++;
@@ -4127,6 +4214,8 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
                 break;
             }
             e.hz = how == HANDLER ? 0 : hz_after(i, e.hz);
+            /* a producer that went to its handler stored its flags */
+            deferred = k < JIT_BLOCK_MAX && defer[k] && how == SIMPLE ? i : NULL;
             off += i->len;
         }
         if (!ended) {
@@ -4138,6 +4227,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
             struct slow_path *sp = &sps[q];
             for (unsigned k = 0; k < sp->n; k++)
                 patch(&e, sp->jumps[k], e.pos);
+            if (sp->recomp) recompute_flags(&e, sp->recomp);
             unsigned p = sp->pend;
             hstat_count(&e, sp->i, true);
             call_handler_shared(&e, j, sp->i, sp->off, b32, &p);
