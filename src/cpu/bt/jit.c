@@ -3949,20 +3949,12 @@ static bool recomputable(const struct bt_insn *i)
     }
 }
 
-/* ADD, SUB, AND, OR, XOR, CMP or TEST with a memory operand (not LOCK'd): writes all six flags */
+/* ADD, SUB, AND, OR, XOR, CMP or TEST (host_producer's, but NEG) with a memory operand, not
+ * LOCK'd: writes all six flags */
 static bool mem_flag_writer(const struct bt_insn *i)
 {
-    if (i->pfx & BT_PFX_LOCK || i->nops < 2) return false;
-    switch (i->mnemonic) {
-    case ZYDIS_MNEMONIC_ADD:
-    case ZYDIS_MNEMONIC_SUB:
-    case ZYDIS_MNEMONIC_AND:
-    case ZYDIS_MNEMONIC_OR:
-    case ZYDIS_MNEMONIC_XOR:
-    case ZYDIS_MNEMONIC_CMP:
-    case ZYDIS_MNEMONIC_TEST: return i->op[0].kind == BT_OPK_MEM || i->op[1].kind == BT_OPK_MEM;
-    default: return false;
-    }
+    if (i->pfx & BT_PFX_LOCK || i->nops < 2 || i->mnemonic == ZYDIS_MNEMONIC_NEG) return false;
+    return host_producer(i) && (i->op[0].kind == BT_OPK_MEM || i->op[1].kind == BT_OPK_MEM);
 }
 
 /* FLAGS_REG takes the flags the recomputable producer `p` made (it ran; its registers hold what
