@@ -232,6 +232,10 @@ struct emit {
      * handler changes CR0 or CR4), so they need not be repeated.  translate() clears it at every
      * instruction that takes its handler. */
     bool sse_ok;
+    /* The instruction being translated is a memory ADD/SUB/AND/OR/XOR/CMP/TEST (mem_flag_writer)
+     * whose flags nothing reads or can see before they are overwritten: its fast path need not
+     * store them (its slow path's handler does).  Set by translate() per instruction. */
+    bool mflags_dead;
     /* Guest GPRs kept in c->s.gpr whose upper 32 bits are known to be zero there (bit per
      * register): the last write in this block was a 32-bit one (hz_after).  A 32-bit operation
      * may then work on the slot's low dword in place (`and dword [slot], r15d`) instead of
@@ -2609,6 +2613,7 @@ static bool native_mem(struct emit *e, const struct bt_jit *j, const struct bt_i
         if (!two) return false;
         bool ro = m == ZYDIS_MNEMONIC_CMP || m == ZYDIS_MNEMONIC_TEST;
         bool cf_in = m == ZYDIS_MNEMONIC_ADC || m == ZYDIS_MNEMONIC_SBB;
+        bool dead = e->mflags_dead && !cf_in; /* its flags unseen: not stored */
         if (is_gpr(d) && d->size == size && s->size == size && MEMOK(s)) {
             /* register destination, memory source */
             mem_probe(e, j, s, off, false, slow, nslow);
@@ -2618,8 +2623,8 @@ static bool native_mem(struct emit *e, const struct bt_jit *j, const struct bt_i
                     E2(e, TEST, PROBED(size), G(d->reg, size));
                 else
                     enc(e, m, 2, (ZydisEncoderOperand[]){G(d->reg, size), PROBED(size)});
-                take_flags(e, BT_ARITH_FLAGS);
-                e->hflags = true;
+                if (!dead) take_flags(e, BT_ARITH_FLAGS);
+                e->hflags = !dead;
                 return true;
             }
             load_gpr(e, 0, d->reg, size);
@@ -2627,10 +2632,10 @@ static bool native_mem(struct emit *e, const struct bt_jit *j, const struct bt_i
                 E2(e, TEST, PROBED(size), R(hreg(0, size)));
             else
                 enc(e, m, 2, (ZydisEncoderOperand[]){R(hreg(0, size)), PROBED(size)});
-            capture_flags(e, ZYDIS_REGISTER_RDX);
+            if (!dead) capture_flags(e, ZYDIS_REGISTER_RDX);
             if (!ro) store_gpr(e, 0, d->reg, size);
-            merge_flags(e, BT_ARITH_FLAGS);
-            e->hflags = true;
+            if (!dead) merge_flags(e, BT_ARITH_FLAGS);
+            e->hflags = !dead;
             return true;
         }
         if (MEMOK(d) && d->size == size && ((is_gpr(s) && s->size == size) || imm_ok(s, size))) {
@@ -2645,8 +2650,8 @@ static bool native_mem(struct emit *e, const struct bt_jit *j, const struct bt_i
             } else {
                 enc(e, m, 2, (ZydisEncoderOperand[]){PROBED(size), I(imm_for(s->disp, size))});
             }
-            take_flags(e, BT_ARITH_FLAGS);
-            e->hflags = true;
+            if (!dead) take_flags(e, BT_ARITH_FLAGS);
+            e->hflags = !dead;
             return true;
         }
         return false;
@@ -3939,8 +3944,14 @@ static bool recomputable(const struct bt_insn *i)
     case ZYDIS_MNEMONIC_INC:
     case ZYDIS_MNEMONIC_DEC: return true; /* the value before is the value after, -/+ 1 */
     case ZYDIS_MNEMONIC_ADD:
-    case ZYDIS_MNEMONIC_SUB: /* by an immediate: the value before is the value after -/+ it */
-        return i->nops >= 2 && s->kind == BT_OPK_IMM && (size != 8 || fits32(s->disp));
+    case ZYDIS_MNEMONIC_SUB:
+    case ZYDIS_MNEMONIC_XOR:
+        /* by an immediate or another register: the value before is the value after -/+/^ it;
+         * SUB and XOR of a register with itself give the same flags whatever it held */
+        if (i->nops < 2) return false;
+        if (s->kind == BT_OPK_IMM) return size != 8 || fits32(s->disp);
+        return is_gpr(s) && s->size == size &&
+               (s->reg != d->reg || i->mnemonic != ZYDIS_MNEMONIC_ADD);
     case ZYDIS_MNEMONIC_CMP:
     case ZYDIS_MNEMONIC_TEST: /* write no register: the same operands again */
         return i->nops >= 2 && ((s->kind == BT_OPK_IMM && (size != 8 || fits32(s->disp))) ||
@@ -3976,10 +3987,24 @@ static void recompute_flags(struct emit *e, const struct bt_insn *p)
         return;
     case ZYDIS_MNEMONIC_ADD:
     case ZYDIS_MNEMONIC_SUB:
-        enc(e, m == ZYDIS_MNEMONIC_ADD ? ZYDIS_MNEMONIC_SUB : ZYDIS_MNEMONIC_ADD, 2,
-            (ZydisEncoderOperand[]){a, I(imm_for(s->disp, size))});
-        enc(e, m, 2, (ZydisEncoderOperand[]){a, I(imm_for(s->disp, size))});
+    case ZYDIS_MNEMONIC_XOR: {
+        ZydisMnemonic inv = m == ZYDIS_MNEMONIC_ADD   ? ZYDIS_MNEMONIC_SUB
+                            : m == ZYDIS_MNEMONIC_SUB ? ZYDIS_MNEMONIC_ADD
+                                                      : ZYDIS_MNEMONIC_XOR;
+        ZydisEncoderOperand b;
+        if (s->kind == BT_OPK_IMM) {
+            b = I(imm_for(s->disp, size));
+        } else if (s->reg == d->reg) { /* SUB/XOR r, r: the operation alone */
+            enc(e, m, 2, (ZydisEncoderOperand[]){a, a});
+            break;
+        } else {
+            load_gpr(e, 1, s->reg, size);
+            b = R(hreg(1, size));
+        }
+        enc(e, inv, 2, (ZydisEncoderOperand[]){a, b});
+        enc(e, m, 2, (ZydisEncoderOperand[]){a, b});
         break;
+    }
     default: /* CMP, TEST */
         if (s->kind == BT_OPK_IMM) {
             enc(e, m, 2, (ZydisEncoderOperand[]){a, I(imm_for(s->disp, size))});
@@ -4014,6 +4039,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
     /* dead flags: a backward scan (the block's end reads them: they must be in c->s.rflags) */
     bool dead[JIT_BLOCK_MAX] = {false}, hdead[JIT_BLOCK_MAX] = {false};
     bool defer[JIT_BLOCK_MAX] = {false}; /* deferred flags (recomputable) */
+    bool mdead[JIT_BLOCK_MAX] = {false}; /* a memory flag writer's flags unseen (mflags_dead) */
     bool live = true, live_after_next = true;
     for (unsigned k = n; k-- > 0;) {
         int fe = flag_effect(&ins[k], j->pure_flags);
@@ -4025,6 +4051,9 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
                        host_producer(&ins[k]) && host_reader(&ins[k + 1]) && !live_after_next;
             defer[k] = use_dead && !dead[k] && !hdead[k] && k + 1 < n && recomputable(&ins[k]) &&
                        mem_flag_writer(&ins[k + 1]);
+            /* a memory flag writer counts as a reader (its fault shows the flags before it),
+             * but its own flags may be dead */
+            mdead[k] = use_dead && fe == FL_READS && !live && mem_flag_writer(&ins[k]);
         }
         live_after_next = live;
         if (fe == FL_WRITES)
@@ -4110,6 +4139,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
             enum { HANDLER, SIMPLE, MEM, BRANCH, CALLRET } how = HANDLER;
             if (k > 0 && hdead[k - 1] && !e.hfresh_prev) /* its producer did not leave them */
                 return translate(j, c, ins, n, slot, gpa, false, use_groups);
+            e.mflags_dead = k < JIT_BLOCK_MAX && mdead[k];
             if (native_simple(&e, i, off, k < JIT_BLOCK_MAX && (dead[k] || hdead[k] || defer[k]))) {
                 how = SIMPLE;
             } else {
