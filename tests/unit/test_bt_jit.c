@@ -829,59 +829,94 @@ static void test_deferred_flags(void **st)
     enum { ANY = 0xffff }; /* compared with the interpreter's frame only (both()) */
     static struct outcome a, b;
     static const struct {
-        uint8_t code[24];
+        uint8_t code[28];
         size_t len;
-        int64_t bias;   /* RBX = the faulting address + bias */
-        uint64_t flags; /* the arithmetic flags the frame must hold (ANY: as interpreted) */
+        int64_t bias;     /* RBX = the faulting address + bias */
+        uint64_t flags;   /* the arithmetic flags the frame must hold (ANY: as interpreted) */
+        unsigned members; /* probe-group members the translation must have (grouped body) */
     } cases[] = {
         /* stc; mov rax, rbx; again: inc rax; cmp byte [rax], 0; jnz again; hlt */
         {{0xf9, 0x48, 0x89, 0xd8, 0x48, 0xff, 0xc0, 0x80, 0x38, 0x00, 0x75, 0xf8, 0xf4},
          13,
          -1,
-         X86_FLAG_CF | X86_FLAG_PF | X86_FLAG_AF},
+         X86_FLAG_CF | X86_FLAG_PF | X86_FLAG_AF,
+         0},
         /* stc; mov rax, rbx; dec rax; cmp byte [rax], 0; hlt */
         {{0xf9, 0x48, 0x89, 0xd8, 0x48, 0xff, 0xc8, 0x80, 0x38, 0x00, 0xf4},
          11,
          1,
-         X86_FLAG_CF | X86_FLAG_PF},
+         X86_FLAG_CF | X86_FLAG_PF,
+         0},
         /* stc; mov rax, rbx; add rax, 8; add ecx, [rax]; hlt */
         {{0xf9, 0x48, 0x89, 0xd8, 0x48, 0x83, 0xc0, 0x08, 0x03, 0x08, 0xf4},
          11,
          -8,
-         X86_FLAG_PF | X86_FLAG_AF},
+         X86_FLAG_PF | X86_FLAG_AF,
+         0},
         /* stc; mov rax, rbx; mov rcx, rbx; cmp rax, rcx; test [rax], cl; hlt */
         {{0xf9, 0x48, 0x89, 0xd8, 0x48, 0x89, 0xd9, 0x48, 0x39, 0xc8, 0x84, 0x08, 0xf4},
          13,
          0,
-         X86_FLAG_ZF | X86_FLAG_PF},
+         X86_FLAG_ZF | X86_FLAG_PF,
+         0},
         /* stc; mov rax, rbx; mov edx, 7; xor edx, 0x3c; cmp byte [rax], 0; hlt (AF undefined) */
         {{0xf9, 0x48, 0x89, 0xd8, 0xba, 0x07, 0, 0, 0, 0x83, 0xf2, 0x3c, 0x80, 0x38, 0x00, 0xf4},
          16,
          0,
-         ANY},
+         ANY,
+         0},
         /* stc; mov rax, rbx; sub edx, edx; test [rax], cl; hlt */
-        {{0xf9, 0x48, 0x89, 0xd8, 0x29, 0xd2, 0x84, 0x08, 0xf4}, 9, 0, X86_FLAG_ZF | X86_FLAG_PF},
+        {{0xf9, 0x48, 0x89, 0xd8, 0x29, 0xd2, 0x84, 0x08, 0xf4},
+         9,
+         0,
+         X86_FLAG_ZF | X86_FLAG_PF,
+         0},
         /* stc; mov rax, rbx; mov ecx, -1; mov edx, 1; add ecx, edx; cmp byte [rax], 0; hlt */
         {{0xf9, 0x48, 0x89, 0xd8, 0xb9, 0xff, 0xff, 0xff, 0xff, 0xba,
           0x01, 0,    0,    0,    0x01, 0xd1, 0x80, 0x38, 0x00, 0xf4},
          20,
          0,
-         X86_FLAG_CF | X86_FLAG_ZF | X86_FLAG_PF | X86_FLAG_AF},
+         X86_FLAG_CF | X86_FLAG_ZF | X86_FLAG_PF | X86_FLAG_AF,
+         0},
         /* A memory ADD whose flags a later fault shows: they must be stored (mflags_dead only
          * when nothing can see them).  mov rax, rbx; mov ecx, -1; add ecx, [rsp]; mov esi,
          * [rax]; hlt */
         {{0x48, 0x89, 0xd8, 0xb9, 0xff, 0xff, 0xff, 0xff, 0x03, 0x0c, 0x24, 0x8b, 0x30, 0xf4},
          14,
          0,
-         ANY},
+         ANY,
+         0},
         /* ... and one whose flags are overwritten first (XOR): not stored, no difference.
          * mov rax, rbx; add ecx, [rsp]; xor edx, edx; mov esi, [rax]; hlt */
-        {{0x48, 0x89, 0xd8, 0x03, 0x0c, 0x24, 0x31, 0xd2, 0x8b, 0x30, 0xf4}, 11, 0, ANY},
+        {{0x48, 0x89, 0xd8, 0x03, 0x0c, 0x24, 0x31, 0xd2, 0x8b, 0x30, 0xf4}, 11, 0, ANY, 0},
+        /* In a probe group's body a member cannot fault (flag_liveness), another access can:
+         * the ADD's flags (a member) must be stored for the fault of MOV ESI, [RAX], past the
+         * members after it.  mov rax, rbx; mov ecx, -1; add ecx, [rsp]; mov edx, [rsp+8];
+         * mov edi, [rsp+16]; mov esi, [rax]; xor r8d, r8d; hlt */
+        {{0x48, 0x89, 0xd8, 0xb9, 0xff, 0xff, 0xff, 0xff, 0x03, 0x0c, 0x24, 0x8b, 0x54,
+          0x24, 0x08, 0x8b, 0x7c, 0x24, 0x10, 0x8b, 0x30, 0x45, 0x31, 0xc0, 0xf4},
+         25,
+         0,
+         ANY,
+         3},
+        /* ... and with a flag writer before that access: the member ADD's flags are dead.
+         * mov rax, rbx; add ecx, [rsp]; mov edx, [rsp+8]; mov edi, [rsp+16]; xor r8d, r8d;
+         * mov esi, [rax]; hlt */
+        {{0x48, 0x89, 0xd8, 0x03, 0x0c, 0x24, 0x8b, 0x54, 0x24, 0x08,
+          0x8b, 0x7c, 0x24, 0x10, 0x45, 0x31, 0xc0, 0x8b, 0x30, 0xf4},
+         20,
+         0,
+         ANY,
+         3},
     };
     prep = prime_fault;
     for (size_t k = 0; k < ARRAY_SIZE(cases); k++) {
         fault_target = 0x40000000 + cases[k].bias;
+        struct bt_jit_stats s0, s1;
+        bt_jit_get_stats(T->c, &s0);
         both(cases[k].code, cases[k].len, 1000, &a, &b);
+        bt_jit_get_stats(T->c, &s1);
+        assert_true(s1.grp_members >= s0.grp_members + cases[k].members);
         assert_int_equal(t_handler_vector(T), X86_PF);
         assert_int_equal(b.cr2, 0x40000000);
         uint64_t fl = get64(T, T->c->s.gpr[RSP] + 24) & BT_ARITH_FLAGS;

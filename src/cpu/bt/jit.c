@@ -4017,6 +4017,53 @@ static void recompute_flags(struct emit *e, const struct bt_insn *p)
     take_flags(e, BT_ARITH_FLAGS);
 }
 
+/* What a planned group member (its access in the grouped body cannot fault: the prologue probed
+ * its group's whole range) does to the flags: a MOV, MOVZX/MOVSX/MOVSXD or SSE move none, a
+ * memory flag writer writes all six; anything else counts as a reader, as in flag_effect. */
+static int member_effect(const struct bt_insn *i)
+{
+    switch (i->mnemonic) {
+    case ZYDIS_MNEMONIC_MOV:
+    case ZYDIS_MNEMONIC_MOVZX:
+    case ZYDIS_MNEMONIC_MOVSX:
+    case ZYDIS_MNEMONIC_MOVSXD: return (i->pfx & BT_PFX_LOCK) ? FL_READS : FL_NONE;
+    default:
+        if (is_sse_move(i->mnemonic)) return FL_NONE;
+        return mem_flag_writer(i) ? FL_WRITES : FL_READS;
+    }
+}
+
+/* The dead-flag pass: a backward scan (the block's end reads the flags: they must be in
+ * c->s.rflags there).  `gp`: the grouped body's plan, whose members cannot fault (member_effect);
+ * NULL for the plain body. */
+static void flag_liveness(const struct bt_jit *j, const struct bt_insn *ins, unsigned n,
+                          bool use_dead, const struct grp_plan *gp, bool *dead, bool *hdead,
+                          bool *defer, bool *mdead)
+{
+    bool live = true, live_after_next = true;
+    for (unsigned k = n; k-- > 0;) {
+        bool member = gp && k < JIT_BLOCK_MAX && gp->member[k] >= 0;
+        int fe = member ? member_effect(&ins[k]) : flag_effect(&ins[k], j->pure_flags);
+        bool writer = fe == FL_WRITES || fe == FL_ROT || fe == FL_SHIFT;
+        if (k < JIT_BLOCK_MAX) {
+            dead[k] = use_dead && writer && !live;
+            /* read only by the next instruction, a CMOVcc/SETcc that takes them from the host */
+            hdead[k] = use_dead && !member && fe == FL_WRITES && !dead[k] && k + 1 < n &&
+                       host_producer(&ins[k]) && host_reader(&ins[k + 1]) && !live_after_next;
+            defer[k] = use_dead && !dead[k] && !hdead[k] && k + 1 < n && recomputable(&ins[k]) &&
+                       mem_flag_writer(&ins[k + 1]);
+            /* a memory flag writer counts as a reader (its fault shows the flags before it),
+             * but its own flags may be dead; a member's always may */
+            mdead[k] = use_dead && !live && mem_flag_writer(&ins[k]) && (fe == FL_READS || member);
+        }
+        live_after_next = live;
+        if (fe == FL_WRITES)
+            live = false;
+        else if (fe == FL_READS || fe == FL_SHIFT)
+            live = true;
+    }
+}
+
 static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *ins, unsigned n,
                      void **slot, uint64_t gpa, bool use_dead, bool use_groups)
 {
@@ -4036,31 +4083,10 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
     j->user = c->cpl == 3;
     j->mid_lookup = false;
     j->nmid = 0;
-    /* dead flags: a backward scan (the block's end reads them: they must be in c->s.rflags) */
+    /* dead flags (flag_liveness, per body) */
     bool dead[JIT_BLOCK_MAX] = {false}, hdead[JIT_BLOCK_MAX] = {false};
     bool defer[JIT_BLOCK_MAX] = {false}; /* deferred flags (recomputable) */
     bool mdead[JIT_BLOCK_MAX] = {false}; /* a memory flag writer's flags unseen (mflags_dead) */
-    bool live = true, live_after_next = true;
-    for (unsigned k = n; k-- > 0;) {
-        int fe = flag_effect(&ins[k], j->pure_flags);
-        bool writer = fe == FL_WRITES || fe == FL_ROT || fe == FL_SHIFT;
-        if (k < JIT_BLOCK_MAX) {
-            dead[k] = use_dead && writer && !live;
-            /* read only by the next instruction, a CMOVcc/SETcc that takes them from the host */
-            hdead[k] = use_dead && fe == FL_WRITES && !dead[k] && k + 1 < n &&
-                       host_producer(&ins[k]) && host_reader(&ins[k + 1]) && !live_after_next;
-            defer[k] = use_dead && !dead[k] && !hdead[k] && k + 1 < n && recomputable(&ins[k]) &&
-                       mem_flag_writer(&ins[k + 1]);
-            /* a memory flag writer counts as a reader (its fault shows the flags before it),
-             * but its own flags may be dead */
-            mdead[k] = use_dead && fe == FL_READS && !live && mem_flag_writer(&ins[k]);
-        }
-        live_after_next = live;
-        if (fe == FL_WRITES)
-            live = false;
-        else if (fe == FL_READS || fe == FL_SHIFT)
-            live = true;
-    }
     /* the slow paths of inline memory accesses, emitted after the block */
     struct slow_path {
         const struct bt_insn *i;
@@ -4116,6 +4142,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
             e.hflags = e.hfresh = e.hfresh_prev = e.sse_ok = false;
         }
         e.grp = ver == 0 ? &gp : NULL;
+        flag_liveness(j, ins, n, use_dead, ver == 0 ? &gp : NULL, dead, hdead, defer, mdead);
         e.hz = 0; /* nothing known about the slots' upper halves at the block's start */
         j->mid_lookup = false;
         j->nmid = 0;
@@ -4140,6 +4167,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
             if (k > 0 && hdead[k - 1] && !e.hfresh_prev) /* its producer did not leave them */
                 return translate(j, c, ins, n, slot, gpa, false, use_groups);
             e.mflags_dead = k < JIT_BLOCK_MAX && mdead[k];
+            unsigned grp_used0 = e.grp_used;
             if (native_simple(&e, i, off, k < JIT_BLOCK_MAX && (dead[k] || hdead[k] || defer[k]))) {
                 how = SIMPLE;
             } else {
@@ -4173,6 +4201,11 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
                 return translate(j, c, ins, n, slot, gpa, false, use_groups);
             /* deferred flags need this operation's slow path to make them */
             if (deferred && how != MEM)
+                return translate(j, c, ins, n, slot, gpa, false, use_groups);
+            /* the dead-flag pass took this planned member for one that cannot fault: it must
+             * have taken its group's addend */
+            if (use_dead && e.grp && k < JIT_BLOCK_MAX && gp.member[k] >= 0 &&
+                member_effect(i) != FL_READS && (how != MEM || e.grp_used == grp_used0))
                 return translate(j, c, ins, n, slot, gpa, false, use_groups);
             switch (how) {
             case SIMPLE: pend++, native++; break;
