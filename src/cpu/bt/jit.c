@@ -957,7 +957,7 @@ static bool host_producer(const struct bt_insn *i)
     }
 }
 
-static int flag_effect(const struct bt_insn *i, bool pure)
+static int flag_effect(const struct bt_insn *i, bool pure, bool pure_imul)
 {
     if (i->pfx & BT_PFX_LOCK) return FL_READS;
     for (unsigned k = 0; k < i->nops && k < 4; k++) {
@@ -969,6 +969,8 @@ static int flag_effect(const struct bt_insn *i, bool pure)
     }
     if (host_producer(i)) return FL_WRITES;
     switch (i->mnemonic) {
+    case ZYDIS_MNEMONIC_IMUL: /* the register forms native_simple runs: like a shift by an imm */
+        return i->nops >= 2 && i->opsize != 8 ? (pure_imul ? FL_WRITES : FL_SHIFT) : FL_READS;
     case ZYDIS_MNEMONIC_ROL:
     case ZYDIS_MNEMONIC_ROR:
         return i->nops >= 2 && i->op[0].kind == BT_OPK_REG && i->op[1].kind == BT_OPK_IMM
@@ -1020,7 +1022,7 @@ static bool host_reader(const struct bt_insn *i)
 /* The rest of IMUL r, r/m(, imm) once its first factor is in RAX and the guest's flags are
  * loaded: the second (register or immediate) in RCX, the host's IMUL, its flags, the result. */
 static void imul_rest(struct emit *e, const struct bt_operand *d, const struct bt_operand *b,
-                      unsigned size)
+                      unsigned size, bool flags_dead)
 {
     if (b->kind == BT_OPK_IMM)
         E2(e, MOV, R(hreg(1, size == 8 ? 8 : 4)),
@@ -1030,7 +1032,7 @@ static void imul_rest(struct emit *e, const struct bt_operand *d, const struct b
     else
         load_gpr(e, 1, b->reg, size);
     E2(e, IMUL, R(hreg(0, size)), R(hreg(1, size)));
-    take_flags(e, BT_ARITH_FLAGS);
+    if (!flags_dead) take_flags(e, BT_ARITH_FLAGS);
     if (size == 4) E2(e, MOV, R(ZYDIS_REGISTER_EAX), R(ZYDIS_REGISTER_EAX));
     store_gpr(e, 0, d->reg, size);
 }
@@ -1272,9 +1274,10 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off, 
         if (!is_gpr(a) || a->size != size) return false;
         if (!(is_gpr(b) && b->size == size) && b->kind != BT_OPK_IMM) return false;
         if (b->kind == BT_OPK_IMM && size == 8 && !fits32(b->disp)) return false;
-        if (!(e->jit && e->jit->pure_imul)) load_guest_flags(e);
+        /* dead flags (FL_SHIFT or FL_WRITES in flag_effect): neither load nor capture */
+        if (!flags_dead && !(e->jit && e->jit->pure_imul)) load_guest_flags(e);
         load_gpr(e, 0, a->reg, size);
-        imul_rest(e, d, b, size);
+        imul_rest(e, d, b, size, flags_dead);
         return true;
     }
     case ZYDIS_MNEMONIC_NOP: /* every form, hint NOPs with a memory operand too: no access */
@@ -2723,7 +2726,7 @@ static bool native_mem(struct emit *e, const struct bt_jit *j, const struct bt_i
         mem_probe(e, j, a, off, false, slow, nslow);
         if (!j->pure_imul) load_guest_flags(e);
         load_mem(e, 0, size);
-        imul_rest(e, d, b, size);
+        imul_rest(e, d, b, size, false);
         return true;
     }
     case ZYDIS_MNEMONIC_PUSH: {
@@ -4043,7 +4046,8 @@ static void flag_liveness(const struct bt_jit *j, const struct bt_insn *ins, uns
     bool live = true, live_after_next = true;
     for (unsigned k = n; k-- > 0;) {
         bool member = gp && k < JIT_BLOCK_MAX && gp->member[k] >= 0;
-        int fe = member ? member_effect(&ins[k]) : flag_effect(&ins[k], j->pure_flags);
+        int fe =
+            member ? member_effect(&ins[k]) : flag_effect(&ins[k], j->pure_flags, j->pure_imul);
         bool writer = fe == FL_WRITES || fe == FL_ROT || fe == FL_SHIFT;
         if (k < JIT_BLOCK_MAX) {
             dead[k] = use_dead && writer && !live;
@@ -4237,7 +4241,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
                 /* A flag-neutral instruction (flag_effect) that ends up here can leave the block
                  * after its handler (after_handler_checks) with dead flags not stored: translate
                  * again without the dead-flag pass (an encoding Zydis refused, say). */
-                int fe = flag_effect(i, j->pure_flags);
+                int fe = flag_effect(i, j->pure_flags, j->pure_imul);
                 if (use_dead && (fe == FL_NONE || fe == FL_ROT || hdead[k]))
                     return translate(j, c, ins, n, slot, gpa, false, use_groups);
                 hstat_count(&e, i, false);
