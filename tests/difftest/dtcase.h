@@ -3,7 +3,6 @@
  * class of the first fault and where), all 16 GPRs, RIP, the arithmetic flags and DF, and the
  * scratch memory. */
 #pragma once
-#include <cpuid.h>
 #include <stdarg.h>
 #include <stdbool.h>
 
@@ -66,13 +65,16 @@ static void dt_append(char *buf, size_t n, const char *fmt, ...)
  * branch can only make it leave out more. */
 static bool dt_host_is_intel(void)
 {
-    static int intel = -1;
-    if (intel < 0) {
-        unsigned a = 0, b = 0, c = 0, d = 0;
-        intel = __get_cpuid(0, &a, &b, &c, &d) && b == 0x756e6547 && d == 0x49656e69 &&
-                c == 0x6c65746e; /* "GenuineIntel" */
-    }
-    return intel;
+    return __builtin_cpu_is("intel"); /* as the translator tells vendors apart (jit.c) */
+}
+
+/* A decoder for the case's mode (btenv_bits) */
+static void dt_decoder(ZydisDecoder *dec)
+{
+    if (btenv_bits == 32)
+        ZydisDecoderInit(dec, ZYDIS_MACHINE_MODE_LONG_COMPAT_32, ZYDIS_STACK_WIDTH_32);
+    else
+        ZydisDecoderInit(dec, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64);
 }
 
 /* The flags some instruction of the case leaves undefined; *read_after when an instruction reads
@@ -82,10 +84,7 @@ static uint64_t dt_vendor_flags(const uint8_t *code, size_t len, bool *read_afte
     *read_after = false;
     if (dt_host_is_intel()) return 0;
     ZydisDecoder dec;
-    if (btenv_bits == 32)
-        ZydisDecoderInit(&dec, ZYDIS_MACHINE_MODE_LONG_COMPAT_32, ZYDIS_STACK_WIDTH_32);
-    else
-        ZydisDecoderInit(&dec, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64);
+    dt_decoder(&dec);
     uint64_t undef = 0;
     ZydisDecodedInstruction in;
     for (size_t off = 0; off < len; off += in.length) {
@@ -105,10 +104,7 @@ static uint64_t dt_vendor_fault_flags(const uint8_t *code, size_t len, uint64_t 
 {
     if (dt_host_is_intel() || off >= len) return 0;
     ZydisDecoder dec;
-    if (btenv_bits == 32)
-        ZydisDecoderInit(&dec, ZYDIS_MACHINE_MODE_LONG_COMPAT_32, ZYDIS_STACK_WIDTH_32);
-    else
-        ZydisDecoderInit(&dec, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64);
+    dt_decoder(&dec);
     ZydisDecodedInstruction in;
     if (ZYAN_FAILED(ZydisDecoderDecodeInstruction(&dec, NULL, code + off, len - off, &in)))
         return 0;

@@ -4025,11 +4025,12 @@ static void recompute_flags(struct emit *e, const struct bt_insn *p)
  * memory flag writer writes all six; anything else counts as a reader, as in flag_effect. */
 static int member_effect(const struct bt_insn *i)
 {
+    if (i->pfx & BT_PFX_LOCK) return FL_READS; /* as in flag_effect */
     switch (i->mnemonic) {
     case ZYDIS_MNEMONIC_MOV:
     case ZYDIS_MNEMONIC_MOVZX:
     case ZYDIS_MNEMONIC_MOVSX:
-    case ZYDIS_MNEMONIC_MOVSXD: return (i->pfx & BT_PFX_LOCK) ? FL_READS : FL_NONE;
+    case ZYDIS_MNEMONIC_MOVSXD: return FL_NONE;
     default:
         if (is_sse_move(i->mnemonic)) return FL_NONE;
         return mem_flag_writer(i) ? FL_WRITES : FL_READS;
