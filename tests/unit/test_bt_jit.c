@@ -2062,7 +2062,8 @@ static void test_switch(void **st)
     assert_true(bt_jit_wanted());
     setenv("LOOKOUT_BT_JIT", "0", 1);
     assert_false(bt_jit_wanted());
-    struct bt_cpu *c = calloc(1, sizeof(*c));
+    struct bt_cpu *c = aligned_alloc(_Alignof(struct bt_cpu), sizeof(*c)); /* bt_cpu.tlb */
+    if (c) memset(c, 0, sizeof(*c));
     assert_non_null(c);
     c->vm = &T->vm;
     assert_int_equal(bt_core_init(c), 0);

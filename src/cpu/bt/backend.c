@@ -83,7 +83,8 @@ static int bt_vcpu_create(struct vcpu *cpu)
     struct vm *vm = cpu->vm;
     struct bt_vm *bv = vm->bk;
     if (cpu->id >= VM_MAX_CPUS) return err_set(EINVAL, "vCPU id %u out of range", cpu->id);
-    struct bt_vcpu *v = calloc(1, sizeof(*v));
+    struct bt_vcpu *v = aligned_alloc(_Alignof(struct bt_vcpu), sizeof(*v)); /* bt_cpu.tlb */
+    if (v) memset(v, 0, sizeof(*v));
     if (!v) return err_set(ENOMEM, "software CPU: cannot allocate vCPU %u", cpu->id);
     struct bt_cpu *c = &v->cpu;
     c->vm = vm;
@@ -374,8 +375,9 @@ int bt_emulate_one(struct vm *vm, unsigned cpu_index, struct x86_state *s)
 {
     if (cpu_index >= VM_MAX_CPUS)
         return err_set(EINVAL, "emulate: vCPU %u out of range", cpu_index);
-    struct bt_cpu *c = calloc(1, sizeof(*c));
+    struct bt_cpu *c = aligned_alloc(_Alignof(struct bt_cpu), sizeof(*c)); /* bt_cpu.tlb */
     if (!c) return err_set(ENOMEM, "emulate: cannot allocate a software CPU");
+    memset(c, 0, sizeof(*c));
     c->vm = vm;
     c->vcpu = vm->vcpu[cpu_index];
     c->index = cpu_index;

@@ -247,6 +247,10 @@ struct emit {
     const struct grp_plan *grp;
     unsigned grp_k;
     unsigned grp_used; /* accesses that took their group's addend (probe_access) */
+    /* PROBED (probed()) is [RSI + member_disp]: mem_probe found a group member and left RSI at
+     * its group's lowest byte on the host, RDX unset */
+    bool member_at;
+    int64_t member_disp;
 };
 
 static ZydisEncoderOperand R(ZydisRegister r)
@@ -2118,6 +2122,7 @@ static bool inline_mem_ok16(const struct bt_insn *i, const struct bt_operand *o,
 struct grp_plan {
     int8_t member[JIT_BLOCK_MAX]; /* group of instruction k's access, -1 if none */
     int64_t mdisp[JIT_BLOCK_MAX]; /* the displacement its operand has (a check) */
+    int64_t maddr[JIT_BLOCK_MAX]; /* its address relative to its base's value at the start */
     uint8_t msize[JIT_BLOCK_MAX];
     unsigned ng;
     struct {
@@ -2126,9 +2131,11 @@ struct grp_plan {
         bool write;
     } g[GRP_MAX];
 };
-#define C_GRP(g) ((int64_t)offsetof(struct bt_cpu, grp_addend) + 8 * (int64_t)(g))
+#define C_GRP(g)  ((int64_t)offsetof(struct bt_cpu, grp_addend) + 8 * (int64_t)(g))
+#define C_GRPH(g) ((int64_t)offsetof(struct bt_cpu, grp_host) + 8 * (int64_t)(g))
 _Static_assert(BT_REG_RIP == 16, "a group's base indexes counts of 17: the GPRs, then RIP");
 _Static_assert(GRP_MAX <= sizeof(((struct bt_cpu *)0)->grp_addend) / 8, "an addend per group");
+_Static_assert(GRP_MAX <= sizeof(((struct bt_cpu *)0)->grp_host) / 8, "a host address per group");
 
 /* Instructions the plan may look past: they change no translation and write at most op[0] (and
  * RSP for PUSH/POP); with `mem` their memory operand may be a member. */
@@ -2300,7 +2307,10 @@ static bool grp_plan_make(const struct bt_insn *ins, unsigned n, unsigned stack_
         gp->g[g].hi = hi;
         gp->g[g].write = write;
         for (unsigned k = 0; k < m; k++)
-            if (cbase[k] == (int8_t)base) gp->member[k] = (int8_t)g;
+            if (cbase[k] == (int8_t)base) {
+                gp->member[k] = (int8_t)g;
+                gp->maddr[k] = caddr[k];
+            }
     }
     unsigned members = 0;
     for (unsigned k = 0; k < m; k++)
@@ -2325,8 +2335,13 @@ static int grp_member(const struct emit *e, const struct bt_operand *o, bool wri
 static void mem_lin(struct emit *e, const struct bt_operand *o, int64_t off);
 static void probe_call(struct emit *e, const struct bt_jit *j, unsigned size, bool write,
                        size_t *slow, int *nslow);
-/* the operand of `size` bytes a probe (probe_emit) found */
-#define PROBED(size) MX(HRSI, HRDX, 1, 0, (size))
+/* the operand of `size` bytes a probe (probe_emit) found: [RSI + RDX], or for a group member
+ * whose address mem_probe did not compute [RSI + its distance from the group's lowest byte] */
+#define PROBED(size) probed(e, (size))
+static ZydisEncoderOperand probed(const struct emit *e, unsigned size)
+{
+    return e->member_at ? M(HRSI, e->member_disp, size) : MX(HRSI, HRDX, 1, 0, size);
+}
 
 /* PROBED(o->size) = memory operand `o` (probed for a read or a write of its size; RDX its
  * linear address, RSI the addend), or a jump to the slow path (appended to slow[]).  Clobbers
@@ -2338,6 +2353,15 @@ static void probe_access(struct emit *e, const struct bt_jit *j, const struct bt
 static void mem_probe(struct emit *e, const struct bt_jit *j, const struct bt_operand *o,
                       int64_t off, bool write, size_t *slow, int *nslow)
 {
+    int g = grp_member(e, o, write);
+    if (g >= 0) { /* RSI = the group's lowest byte on the host; no linear address (RDX) */
+        E2(e, MOV, R(HRSI), M(HCPU, C_GRPH(g), 8));
+        e->member_at = true;
+        e->member_disp = e->grp->maddr[e->grp_k] - e->grp->g[g].lo;
+        e->grp_used++;
+        return;
+    }
+    e->member_at = false;
     mem_lin(e, o, off);
     probe_access(e, j, o, write, slow, nslow);
 }
@@ -2346,6 +2370,7 @@ static void mem_probe(struct emit *e, const struct bt_jit *j, const struct bt_op
 static void probe_access(struct emit *e, const struct bt_jit *j, const struct bt_operand *o,
                          bool write, size_t *slow, int *nslow)
 {
+    e->member_at = false; /* PROBED is [RSI + RDX] */
     int g = grp_member(e, o, write);
     if (g >= 0) { /* the block's prologue probed the group's whole range: its addend */
         E2(e, MOV, R(HRSI), M(HCPU, C_GRP(g), 8));
@@ -4193,6 +4218,8 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
         probe_emit(&e, (unsigned)(gp.g[g].hi - gp.g[g].lo), gp.g[g].write, j->user, j->bmi2, gfail,
                    &ngf);
         E2(&e, MOV, M(HCPU, C_GRP(g), 8), R(HRSI));
+        E2(&e, LEA, R(HRAX), MX(HRSI, HRDX, 1, 0, 8));
+        E2(&e, MOV, M(HCPU, C_GRPH(g), 8), R(HRAX));
     }
     for (int ver = groups ? 0 : 1; ver < 2; ver++) {
         if (ver == 1) { /* the plain body, from the block's start */
@@ -4219,6 +4246,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
             const struct bt_insn *i = &ins[k];
             bool last = k + 1 == n;
             e.grp_k = k;
+            e.member_at = false;
             size_t slow[8];
             int nslow = 0;
             /* A native form Zydis cannot encode is undone (e.pos back to mark) and the instruction
