@@ -1813,10 +1813,15 @@ _Static_assert(offsetof(struct x86_seg, base) == 0, "segment base first");
  * Clobbers RDX. */
 static void tlb_exec_probe(struct emit *e, size_t *fails, int *nf, int user)
 {
-    E2(e, MOV, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RAX));
-    E2(e, SHR, R(ZYDIS_REGISTER_RCX), I(12));
-    E2(e, AND, R(ZYDIS_REGISTER_ECX), I(BT_TLB_SIZE - 1));
-    E2(e, SHL, R(ZYDIS_REGISTER_ECX), I(TLB_ESHIFT));
+    if (e->jit && e->jit->bmi2) { /* the entry's offset in one rotate and a mask, as probe_emit */
+        E3(e, RORX, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RAX), I(12 - TLB_ESHIFT));
+        E2(e, AND, R(ZYDIS_REGISTER_ECX), I((BT_TLB_SIZE - 1) << TLB_ESHIFT));
+    } else {
+        E2(e, MOV, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RAX));
+        E2(e, SHR, R(ZYDIS_REGISTER_RCX), I(12));
+        E2(e, AND, R(ZYDIS_REGISTER_ECX), I(BT_TLB_SIZE - 1));
+        E2(e, SHL, R(ZYDIS_REGISTER_ECX), I(TLB_ESHIFT));
+    }
     E2(e, LEA, R(ZYDIS_REGISTER_RCX), MX(HCPU, ZYDIS_REGISTER_RCX, 1, C_TLB, 8));
     E2(e, MOV, R(ZYDIS_REGISTER_RDX), R(ZYDIS_REGISTER_RAX));
     E2(e, AND, R(ZYDIS_REGISTER_RDX), I(~(int64_t)0xfff));
