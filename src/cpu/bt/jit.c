@@ -647,7 +647,7 @@ static bool lahf_layout(const struct emit *e)
 static uint32_t fl_bits_lay(bool lahf, uint32_t m)
 {
     if (!lahf) return m;
-    return (m & 0xd5u) << 8 | ((m & X86_FLAG_OF) ? 1u : 0u);
+    return (m & (BT_ARITH_FLAGS & ~X86_FLAG_OF)) << 8 | ((m & X86_FLAG_OF) ? 1u : 0u);
 }
 
 static uint32_t fl_bits(const struct emit *e, uint32_t m)
@@ -672,7 +672,7 @@ static void flags_to_rflags(struct emit *e, bool lahf, ZydisRegister dst, ZydisR
         return;
     }
     E2(e, SHR, R(tmp), I(8));
-    E2(e, AND, R(tmp), I(0xd5)); /* SF ZF AF PF CF */
+    E2(e, AND, R(tmp), I(BT_ARITH_FLAGS & ~X86_FLAG_OF)); /* SF ZF AF PF CF */
     E2(e, OR, R(dst), R(tmp));
     E2(e, MOV, R(tmp), R(ZYDIS_REGISTER_R14D));
     E2(e, AND, R(tmp), I(1));
