@@ -1807,6 +1807,45 @@ static void test_cr3_switch(void **st)
     setup_hook = NULL;
 }
 
+/* test_cr3_switch with the first 2 MiB (the program, and so the return address of its indirect
+ * call) mapped global in both address spaces and CR4.PGE set: after each switch the RET's lookup
+ * finds the entry made under the other CR3 and may take it (a global page holds for every
+ * address space until a flush drops global pages), while the called code at 0x250000, mapped
+ * differently in each space and not global, must still miss.  Before lookups honoured global
+ * entries the RETs missed after every switch (kernel code under every process's CR3). */
+static void prep_cr3_global(void)
+{
+    prep_cr3();
+    put64(T, T_PD + 0, 0x000000 | 0x183);
+    put64(T, 0x16000, 0x000000 | 0x183);
+}
+
+static void pge_on(struct bt_cpu *c)
+{
+    c->s.cr4 |= X86_CR4_PGE;
+}
+
+static void test_cr3_switch_global(void **st)
+{
+    static struct outcome a, b;
+    setup_hook = prep_cr3_global;
+    prep = pge_on;
+    struct bt_jit_stats s0, s1;
+    for (int round = 0; round < 2; round++) { /* the second time every block is translated */
+        bt_jit_get_stats(T->c, &s0);
+        both(cr3_0, sizeof(cr3_0), 1000, &a, &b);
+        bt_jit_get_stats(T->c, &s1);
+        assert_true(a.halted);
+        assert_int_equal(a.gpr[RBX], 3 * (1 + 10) + 3 * (2 + 20));
+    }
+    /* the second round: every lookup comes right after a switch; the RETs' (global) hit (15
+     * here; 0 when a global entry made under the other CR3 was a miss), the calls' miss */
+    assert_true(s1.lookup_hits - s0.lookup_hits >= 10);
+    assert_true(s1.lookup_miss_key - s0.lookup_miss_key >= 4);
+    prep = NULL;
+    setup_hook = NULL;
+}
+
 /* The same linear code in two modes: X (bytes 48 ff c1 ff e2) is `inc rcx; jmp rdx` in 64-bit code
  * and `dec eax; inc ecx; jmp edx` in 32-bit code.  It runs twice in 64-bit mode through an
  * indirect jump (its lookup entry is filled), then a far jump to a 32-bit code segment enters it
@@ -2547,6 +2586,7 @@ int main(void)
         cmocka_unit_test(test_code32),
         cmocka_unit_test(test_lookup_smc),
         cmocka_unit_test(test_cr3_switch),
+        cmocka_unit_test(test_cr3_switch_global),
         cmocka_unit_test(test_lookup_mode),
         cmocka_unit_test(test_rep_mid_block),
         cmocka_unit_test(test_cfi),
