@@ -84,8 +84,8 @@ static int bt_vcpu_create(struct vcpu *cpu)
     struct bt_vm *bv = vm->bk;
     if (cpu->id >= VM_MAX_CPUS) return err_set(EINVAL, "vCPU id %u out of range", cpu->id);
     struct bt_vcpu *v = aligned_alloc(_Alignof(struct bt_vcpu), sizeof(*v)); /* bt_cpu.tlb */
-    if (v) memset(v, 0, sizeof(*v));
     if (!v) return err_set(ENOMEM, "software CPU: cannot allocate vCPU %u", cpu->id);
+    memset(v, 0, sizeof(*v));
     struct bt_cpu *c = &v->cpu;
     c->vm = vm;
     c->vcpu = cpu;

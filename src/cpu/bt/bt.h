@@ -222,16 +222,13 @@ struct bt_cpu {
      * was validated in): [0] (even) advances at every flush and INVLPG, [1] (odd) only at those
      * that drop global pages too; each by 2 (mmu.c). */
     uint64_t tlb_gen[2];
-    /* the translator's probe groups (jit.c): the TLB addend a block's prologue found for each */
-    uint64_t grp_addend[4];
-    /* ... and the host address of each group's lowest byte (its base register's value at the
-     * block's start + the range's low end): a member reaches its operand at a constant distance
-     * from it */
+    /* the translator's probe groups (jit.c): the host address of each group's lowest byte (its
+     * base register's value at the block's start + the range's low end) that a block's prologue
+     * found; a member reaches its operand at a constant distance from it */
     uint64_t grp_host[4];
-    /* One cache line per entry (whatever contains the structure is allocated
-     * with aligned_alloc): an
-     * inline probe reads a fast tag and the addend of one entry, which used to straddle two
-     * lines for some access kinds. */
+    /* One cache line per entry (whatever contains the structure is allocated with
+     * aligned_alloc): an inline probe reads a fast tag and the addend of one entry, which used to
+     * straddle two lines for some access kinds. */
     _Alignas(64) struct bt_tlb_entry tlb[BT_TLB_SIZE];
     void *mmu; /* mmu.c private (write-watch bitmap, ...) */
 

@@ -246,7 +246,7 @@ struct emit {
      * index of the instruction being emitted */
     const struct grp_plan *grp;
     unsigned grp_k;
-    unsigned grp_used; /* accesses that took their group's addend (probe_access) */
+    unsigned grp_used; /* accesses that took their group's host address (mem_probe) */
     /* PROBED (probed()) is [RSI + member_disp]: mem_probe found a group member and left RSI at
      * its group's lowest byte on the host, RDX unset */
     bool member_at;
@@ -2125,13 +2125,14 @@ static bool inline_mem_ok16(const struct bt_insn *i, const struct bt_operand *o,
  * written in the block, or moved only by constants: PUSH, POP, ADD/SUB/INC/DEC, LEA r,[r+d]), or
  * RIP-relative ones, fall in a range [base + lo, base + hi) known at translation time.  When a
  * block has two or more such accesses with the range under GRP_SPAN bytes, its prologue probes
- * the whole range once (one page, the access kind the strongest member needs) and keeps the TLB
- * addend in bt_cpu.grp_addend; each member then loads it instead of probing (1 instruction for 7).
+ * the whole range once (one page, the access kind the strongest member needs) and keeps the host
+ * address of the range's lowest byte in bt_cpu.grp_host; each member then loads it and reaches
+ * its operand at a constant distance from it, instead of probing.
  * If any prologue probe fails (a miss, a range across pages, no permission, a watched page, MMIO)
  * the block runs a second translation made without groups, from its start, so nothing else
  * changes: the same code as before, with its own slow paths.  Scanning stops at the first
  * instruction that could change a translation (anything but the plain data forms below), so the
- * addends stay as valid for the block as a probe's is for its access. */
+ * host addresses stay as valid for the block as a probe's is for its access. */
 #define GRP_MAX  4
 #define GRP_SPAN 2048
 struct grp_plan {
@@ -2146,10 +2147,8 @@ struct grp_plan {
         bool write;
     } g[GRP_MAX];
 };
-#define C_GRP(g)  ((int64_t)offsetof(struct bt_cpu, grp_addend) + 8 * (int64_t)(g))
 #define C_GRPH(g) ((int64_t)offsetof(struct bt_cpu, grp_host) + 8 * (int64_t)(g))
 _Static_assert(BT_REG_RIP == 16, "a group's base indexes counts of 17: the GPRs, then RIP");
-_Static_assert(GRP_MAX <= sizeof(((struct bt_cpu *)0)->grp_addend) / 8, "an addend per group");
 _Static_assert(GRP_MAX <= sizeof(((struct bt_cpu *)0)->grp_host) / 8, "a host address per group");
 
 /* Instructions the plan may look past: they change no translation and write at most op[0] (and
@@ -2362,9 +2361,6 @@ static ZydisEncoderOperand probed(const struct emit *e, unsigned size)
  * linear address, RSI the addend), or a jump to the slow path (appended to slow[]).  Clobbers
  * RCX and the host flags. */
 
-static void probe_access(struct emit *e, const struct bt_jit *j, const struct bt_operand *o,
-                         bool write, size_t *slow, int *nslow);
-
 static void mem_probe(struct emit *e, const struct bt_jit *j, const struct bt_operand *o,
                       int64_t off, bool write, size_t *slow, int *nslow)
 {
@@ -2378,22 +2374,10 @@ static void mem_probe(struct emit *e, const struct bt_jit *j, const struct bt_op
     }
     e->member_at = false;
     mem_lin(e, o, off);
-    probe_access(e, j, o, write, slow, nslow);
+    probe_call(e, j, o->size, write, slow, nslow);
 }
 
 /* The probe of operand `o` whose linear address is in RDX (mem_lin): RSI = its addend */
-static void probe_access(struct emit *e, const struct bt_jit *j, const struct bt_operand *o,
-                         bool write, size_t *slow, int *nslow)
-{
-    e->member_at = false; /* PROBED is [RSI + RDX] */
-    int g = grp_member(e, o, write);
-    if (g >= 0) { /* the block's prologue probed the group's whole range: its addend */
-        E2(e, MOV, R(HRSI), M(HCPU, C_GRP(g), 8));
-        e->grp_used++;
-        return;
-    }
-    probe_call(e, j, o->size, write, slow, nslow);
-}
 
 /* RDX = the linear address of memory operand `o` (64-bit code: the effective address plus the
  * FS/GS base).  Clobbers RSI. */
@@ -2644,12 +2628,14 @@ static bool native_sse_move(struct emit *e, const struct bt_jit *j, const struct
     sse_usable(e, slow, nslow);
     const struct bt_operand *m = load ? s : d;
     if (m->kind == BT_OPK_MEM) {
-        mem_lin(e, m, off);
+        mem_probe(e, j, m, off, store, slow, nslow);
         if (aligned) {
+            /* RDX, its linear address; a member's host address instead (the TLB addend is a
+             * multiple of the page size: the low 12 bits are the same) */
+            if (e->member_at) E2(e, LEA, R(HRDX), M(HRSI, e->member_disp, 8));
             E2(e, TEST, R(ZYDIS_REGISTER_DL), I(15));
             slow[(*nslow)++] = jrel(e, ZYDIS_MNEMONIC_JNZ);
         }
-        probe_access(e, j, m, store, slow, nslow);
     }
     if (load) {
         if (is_xmm(s))
@@ -4235,7 +4221,6 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
         mem_lin(&e, &o, 0);
         probe_emit(&e, (unsigned)(gp.g[g].hi - gp.g[g].lo), gp.g[g].write, j->user, j->bmi2, gfail,
                    &ngf);
-        E2(&e, MOV, M(HCPU, C_GRP(g), 8), R(HRSI));
         E2(&e, LEA, R(HRAX), MX(HRSI, HRDX, 1, 0, 8));
         E2(&e, MOV, M(HCPU, C_GRPH(g), 8), R(HRAX));
     }
