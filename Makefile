@@ -22,7 +22,7 @@ define objs
 $(patsubst src/%.c,$(1)/obj/%.o,$(2))
 endef
 
-all: build/lookout guests
+all: build/lookout guests build/direct-costs
 
 MAKEFLAGS += --no-print-directory
 
@@ -42,6 +42,11 @@ build/lookout: build/obj/cli/main.o $(LIB_OBJS)
 	$(CC) $(OPT_CFLAGS) $(LDFLAGS_COMMON) -o $@ $^ $(LIBS)
 build-san/lookout: build-san/obj/cli/main.o $(LIB_OBJS_SAN)
 	$(CC) $(SAN_CFLAGS) $(LDFLAGS_COMMON) -o $@ $^ $(LIBS)
+
+# A host measurement for docs/translator.md (not part of lookout): bench/direct_costs.c.
+build/direct-costs: bench/direct_costs.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_COMMON) $(OPT_CFLAGS) $(LDFLAGS_COMMON) -o $@ $< $(LIBS)
 
 # Unit tests (cmocka), always built with the sanitizers.
 build-san/tests/%: tests/unit/%.c $(LIB_OBJS_SAN)
@@ -72,7 +77,7 @@ check:
 	$(MAKE) -j2 test
 
 fmt:
-	clang-format -i $(SRCS) $(shell find src tests -name '*.h') $(UNIT_SRCS)
+	clang-format -i $(SRCS) $(shell find src tests -name '*.h') $(UNIT_SRCS) bench/*.c
 
 clean:
 	rm -rf build build-san

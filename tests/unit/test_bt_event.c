@@ -229,6 +229,61 @@ static void syscall_sysret(void **state)
     tenv_free(t);
 }
 
+/* bt_cpu.ustat: instructions at CPL 3 and the entries into the kernel from there, by cause */
+static void user_stats(void **state)
+{
+    struct tenv *t = setup();
+    struct bt_cpu *c = t->c;
+    memset(&c->ustat, 0, sizeof(c->ustat));
+    /* three NOPs and SYSCALL at CPL 3: one stay of three instructions (the one that leaves
+     * counts as the kernel's), one system call */
+    t_to_ring3(t, T_CODE3);
+    t_run(t, (uint8_t[]){0x90, 0x90, 0x90, 0x0f, 0x05}, 5, 20);
+    assert_int_equal(t_handler_vector(t), 0xf0);
+    assert_int_equal(c->cpl, 0);
+    assert_int_equal(c->ustat.entries, 1);
+    assert_int_equal(c->ustat.syscalls, 1);
+    assert_int_equal(c->ustat.icount, 3);
+    uint64_t kernel0 = c->icount;
+    /* NOP, INT 0x80 (a DPL-3 gate) */
+    t_to_ring3(t, T_CODE3);
+    t_run(t, (uint8_t[]){0x90, 0xcd, 0x80}, 3, 10);
+    assert_int_equal(t_handler_vector(t), 0x80);
+    assert_int_equal(c->ustat.softints, 1);
+    assert_int_equal(c->ustat.icount, 4);
+    /* a load from an unmapped page: a page fault */
+    t_to_ring3(t, T_CODE3);
+    t_run(t, (uint8_t[]){0x48, 0x8b, 0x04, 0x25, 0x00, 0x00, 0x80, 0x00}, 8, 10);
+    assert_int_equal(t_handler_vector(t), X86_PF);
+    /* HLT: #GP, an exception that is not a page fault */
+    t_to_ring3(t, T_CODE3);
+    t_run(t, (uint8_t[]){0xf4}, 1, 10);
+    assert_int_equal(t_handler_vector(t), X86_GP);
+    assert_int_equal(c->ustat.faults, 2);
+    assert_int_equal(c->ustat.page_faults, 1);
+    /* an external interrupt taken at CPL 3; one taken at CPL 0 does not count */
+    t_to_ring3(t, T_CODE3);
+    bt_deliver(c, BT_EV_EXTINT, 0x30, BT_NO_ERRCODE);
+    assert_int_equal(c->cpl, 0);
+    bt_deliver(c, BT_EV_EXTINT, 0x31, BT_NO_ERRCODE);
+    assert_int_equal(c->ustat.irqs, 1);
+    assert_int_equal(c->ustat.entries, 5);
+    assert_int_equal(c->ustat.syscalls, 1);
+    assert_int_equal(c->ustat.softints, 1);
+    /* in the kernel: a SYSCALL is no user one, a MOV to CR3 counts, no stay grows */
+    uint64_t user = c->ustat.icount;
+    t_setup_long(t);
+    t_run(t, (uint8_t[]){0x48, 0xc7, 0xc0, 0x00, 0x10, 0x00, 0x00, 0x0f, 0x22, 0xd8, 0x0f, 0x05},
+          12, 10);
+    assert_int_equal(t_handler_vector(t), 0xf0);
+    assert_int_equal(c->ustat.syscalls, 1);
+    assert_int_equal(c->ustat.cr3_loads, 1);
+    assert_int_equal(c->ustat.entries, 5);
+    assert_int_equal(c->ustat.icount, user);
+    assert_true(c->icount > kernel0);
+    tenv_free(t);
+}
+
 static int run_one(struct tenv *t, const uint8_t *code, size_t n)
 {
     t->c->s.rip = T_CODE0 + 0x200;
@@ -510,6 +565,7 @@ int main(void)
         cmocka_unit_test(double_and_triple_fault),
         cmocka_unit_test(iretq_to_ring3_and_hlt_faults),
         cmocka_unit_test(syscall_sysret),
+        cmocka_unit_test(user_stats),
         cmocka_unit_test(msr_checks),
         cmocka_unit_test(io_iopl_and_bitmap),
         cmocka_unit_test(cr_writes),

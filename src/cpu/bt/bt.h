@@ -253,6 +253,23 @@ struct bt_cpu {
     /* statistics */
     uint64_t icount;
     uint64_t ud_unhandled; /* #UD raised for a decodable instruction without a handler */
+    /* Where the guest's time goes between user and kernel mode (bt_core_destroy logs it at
+     * info): the instructions retired at CPL 3, the entries from CPL 3 into the kernel and their
+     * causes, the CR3 loads.  Each such entry is what a design running guest user code directly
+     * on the host would have to reflect to the kernel (docs/translator.md, "User code run
+     * directly: what it would pay"). */
+    struct bt_user_stats {
+        uint64_t icount;      /* instructions retired at CPL 3 up to the last change of CPL
+                                 (the one that leaves, SYSCALL say, counts as the kernel's) */
+        uint64_t since;       /* icount when the CPU last went to CPL 3 */
+        uint64_t entries;     /* changes from CPL 3 to a lower CPL */
+        uint64_t syscalls;    /* SYSCALL and SYSENTER at CPL 3 */
+        uint64_t softints;    /* INT n, INT3, INTO, INT1 at CPL 3 */
+        uint64_t faults;      /* exceptions raised at CPL 3 ... */
+        uint64_t page_faults; /* ... of which page faults */
+        uint64_t irqs;        /* external interrupts and NMIs taken at CPL 3 */
+        uint64_t cr3_loads;   /* MOV to CR3 at any CPL */
+    } ustat;
 };
 
 /* core.c */

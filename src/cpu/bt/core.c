@@ -591,6 +591,20 @@ void bt_core_destroy(struct bt_cpu *c)
               "%llu unhandled #UD",
               c->index, (unsigned long long)k->lookups, (unsigned long long)k->misses,
               (unsigned long long)k->flushes, (unsigned long long)c->ud_unhandled);
+    const struct bt_user_stats *u = &c->ustat;
+    uint64_t user = u->icount + (c->cpl == 3 ? c->icount - u->since : 0);
+    if (c->icount)
+        log_info("software CPU %u: %llu guest instructions, %llu of them at CPL 3 (%.1f%%, %llu "
+                 "per stay); %llu entries into the kernel from CPL 3: %llu system calls, %llu "
+                 "software interrupts, %llu exceptions (%llu page faults), %llu interrupts; %llu "
+                 "CR3 loads",
+                 c->index, (unsigned long long)c->icount, (unsigned long long)user,
+                 100.0 * (double)user / (double)c->icount,
+                 (unsigned long long)(u->entries ? user / u->entries : user),
+                 (unsigned long long)u->entries, (unsigned long long)u->syscalls,
+                 (unsigned long long)u->softints, (unsigned long long)u->faults,
+                 (unsigned long long)u->page_faults, (unsigned long long)u->irqs,
+                 (unsigned long long)u->cr3_loads);
     bt_jit_destroy(c);
     bt_cfi_destroy(c);
     pthread_mutex_destroy(&k->lock);

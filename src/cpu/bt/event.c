@@ -220,6 +220,16 @@ static void deliver_once(struct bt_cpu *c, int kind, int vector, uint32_t err)
 
 static void deliver(struct bt_cpu *c, int kind, int vector, uint32_t err)
 {
+    if (c->cpl == 3) {
+        if (kind == BT_EV_EXCEPTION) {
+            c->ustat.faults++;
+            c->ustat.page_faults += vector == X86_PF;
+        } else if (kind == BT_EV_EXTINT || kind == BT_EV_NMI) {
+            c->ustat.irqs++;
+        } else {
+            c->ustat.softints++; /* INT n, INT3, INTO, INT1 */
+        }
+    }
     jmp_buf saved;
     memcpy(saved, c->fault_jmp, sizeof(saved));
     bool was = c->in_event_delivery;

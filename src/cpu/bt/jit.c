@@ -3612,13 +3612,16 @@ static void prof_merge(struct bt_jit *j)
 }
 
 /* Runs, guest and host instructions so far: the accumulated blocks and the cache's. */
-static void prof_totals(const struct bt_jit *j, uint64_t *runs, uint64_t *guest, uint64_t *host)
+/* Totals over every block (only_user -1), user blocks (1) or kernel blocks (0). */
+static void prof_totals(const struct bt_jit *j, int only_user, uint64_t *runs, uint64_t *guest,
+                        uint64_t *host)
 {
     const struct jit_prof_state *p = j->prof;
     *runs = *guest = *host = 0;
     for (uint32_t k = 0; k < PROF_SLOTS + j->ntbs; k++) {
         const struct jit_prof *a = k < PROF_SLOTS ? &p->acc[k] : &p->tb[k - PROF_SLOTS];
         uint64_t n = k < PROF_SLOTS ? a->runs : p->runs[k - PROF_SLOTS];
+        if (only_user >= 0 && a->user != (only_user == 1)) continue;
         *runs += n;
         *guest += n * a->guest;
         *host += n * a->host;
@@ -3629,15 +3632,20 @@ static void prof_report(struct bt_cpu *c, struct bt_jit *j)
 {
     struct jit_prof_state *p = j->prof;
     prof_merge(j);
-    uint64_t runs, guest, host;
-    prof_totals(j, &runs, &guest, &host);
+    uint64_t runs, guest, host, uruns, uguest, uhost;
+    prof_totals(j, -1, &runs, &guest, &host);
     if (!runs) return;
+    prof_totals(j, 1, &uruns, &uguest, &uhost);
     log_info("translator %u profile: %llu runs of translated blocks, %llu guest and %llu host "
              "instructions in them: %.2f host instructions per guest instruction (%llu runs of "
-             "blocks the table could not hold)",
+             "blocks the table could not hold); user blocks: %.1f%% of the guest and %.1f%% of "
+             "the host instructions (%.2f per guest instruction), kernel blocks %.2f",
              c->index, (unsigned long long)runs, (unsigned long long)guest,
              (unsigned long long)host, (double)host / (double)(guest ? guest : 1),
-             (unsigned long long)p->lost);
+             (unsigned long long)p->lost, 100.0 * (double)uguest / (double)(guest ? guest : 1),
+             100.0 * (double)uhost / (double)(host ? host : 1),
+             (double)uhost / (double)(uguest ? uguest : 1),
+             (double)(host - uhost) / (double)(guest - uguest ? guest - uguest : 1));
     for (int r = 0; r < 12; r++) {
         struct jit_prof *best = NULL;
         for (uint32_t k = 0; k < PROF_SLOTS; k++) {
@@ -3981,7 +3989,7 @@ void bt_jit_get_stats(const struct bt_cpu *c, struct bt_jit_stats *st)
         st->lookups = st->lookup_hits + st->lookup_revalidated + st->lookup_miss_key +
                       st->lookup_miss_tlb + st->lookup_bails;
         st->code_bytes = j->used;
-        if (j->prof) prof_totals(j, &st->prof_runs, &st->prof_guest, &st->prof_host);
+        if (j->prof) prof_totals(j, -1, &st->prof_runs, &st->prof_guest, &st->prof_host);
     }
 }
 

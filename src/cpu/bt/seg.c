@@ -31,6 +31,7 @@ void bt_log_unsupported(const char *what)
 void bt_update_mode(struct bt_cpu *c)
 {
     const struct x86_state *s = &c->s;
+    unsigned was = c->cpl;
     c->paging = (s->cr0 & X86_CR0_PG) != 0;
     c->long_mode = (s->efer & X86_EFER_LMA) != 0;
     if (!(s->cr0 & X86_CR0_PE)) {
@@ -52,6 +53,12 @@ void bt_update_mode(struct bt_cpu *c)
             c->code_bits = s->seg[SEG_CS].db ? 32 : 16;
             c->stack_bits = s->seg[SEG_SS].db ? 32 : 16;
         }
+    }
+    if (was != 3 && c->cpl == 3) {
+        c->ustat.since = c->icount;
+    } else if (was == 3 && c->cpl != 3) {
+        c->ustat.icount += c->icount - c->ustat.since;
+        c->ustat.entries++;
     }
 }
 

@@ -148,6 +148,7 @@ void bt_write_cr(struct bt_cpu *c, int n, uint64_t v)
             v &= 0xffffffffull;
         }
         s->cr3 = v;
+        c->ustat.cr3_loads++;
         bt_tlb_flush(c, false);
         return;
     case 4: {
@@ -617,6 +618,7 @@ static void op_syscall(struct bt_cpu *c, const struct bt_insn *i)
 {
     /* Intel: SYSCALL exists only in 64-bit mode. */
     if (c->code_bits != 64 || !(c->s.efer & X86_EFER_SCE)) bt_ud(c);
+    if (c->cpl == 3) c->ustat.syscalls++;
     struct x86_state *s = &c->s;
     uint16_t sel = (uint16_t)(s->star >> 32) & 0xfffc;
     s->gpr[RCX] = c->next_rip;
@@ -656,6 +658,7 @@ static void op_sysenter(struct bt_cpu *c, const struct bt_insn *i)
     if (!(s->cr0 & X86_CR0_PE)) bt_gp0(c);
     uint16_t sel = (uint16_t)s->sysenter_cs & 0xfffc;
     if (sel == 0) bt_gp0(c);
+    if (c->cpl == 3) c->ustat.syscalls++;
     bool lm = c->long_mode;
     s->rflags &= ~(uint64_t)(X86_FLAG_VM | X86_FLAG_IF | X86_FLAG_RF);
     flat_seg(&s->seg[SEG_CS], sel, 0xb, 0, lm, !lm);
