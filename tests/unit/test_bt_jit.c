@@ -170,6 +170,43 @@ static void test_loop_same_state(void **st)
     assert_true(s.runs < 100);  /* so the loop rarely goes back to the interpreter loop */
 }
 
+/* A same-page chain exit leaves through its unchained stub when the budget is spent, also once
+ * patched (its budget test and chain jump are one JBE): the loop runs the successor next, and
+ * try_chain must not link the already patched site again each time, or the link table fills up
+ * and the cache is flushed.  Many short slices of one chained loop: one chain, whatever the
+ * number of slices, and the loop's results exact. */
+static void test_chain_budget_slices(void **st)
+{
+    uint8_t p[sizeof(loop_prog)];
+    make_loop(p, 5000);
+    static struct outcome a, b;
+    run_prog(false, p, sizeof(p), 1000000, &a);
+    run_prog(true, p, sizeof(p), 400, &b); /* translated, its back edge chained */
+    struct bt_cpu *c = T->c;
+    assert_false(c->halted);
+    struct bt_jit_stats s0, s1;
+    bt_jit_get_stats(c, &s0);
+    int slices = 0;
+    while (!c->halted && slices < 1000) {
+        c->exit_now = false;
+        bt_exec(c, 150); /* each slice ends at the chained back edge's budget test */
+        slices++;
+    }
+    assert_true(c->halted);
+    assert_true(slices > 100);
+    bt_jit_get_stats(c, &s1);
+    /* a slice may end inside the loop's block: the loop then runs a block from that
+     * instruction, translated and chained in turn (at most one per instruction of the loop);
+     * not one link per slice */
+    assert_true(s1.chains - s0.chains <= 13);
+    assert_int_equal(s1.flushes, s0.flushes);
+    assert_true(s1.exits_unchained - s0.exits_unchained >= (uint64_t)slices / 2);
+    assert_int_equal(c->icount, a.icount);
+    assert_int_equal(c->s.gpr[RAX], a.gpr[RAX]);
+    assert_int_equal(c->s.gpr[RDX], a.gpr[RDX]);
+    assert_int_equal(c->s.gpr[R11], a.gpr[R11]);
+}
+
 /* Conditional branches on every condition code, after flag-setting native ops; and a budget
  * that ends the run in the middle of the loop (the translated path must stop exactly there). */
 static void test_all_conditions(void **st)
@@ -2574,6 +2611,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_encoding_cache), /* first: everything else depends on it */
         cmocka_unit_test(test_loop_same_state),
+        cmocka_unit_test(test_chain_budget_slices),
         cmocka_unit_test(test_all_conditions),
         cmocka_unit_test(test_shift_imul),
         cmocka_unit_test(test_more_forms),

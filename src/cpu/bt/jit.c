@@ -2005,13 +2005,14 @@ static void leave_direct_c(struct emit *e, struct bt_jit *j, unsigned page_off, 
         else
             E2(e, LEA, R(R12), M(R12, off, 8));
     }
-    size_t fails[8];
-    int nf = 0;
-    between_blocks(e, j, fails, &nf, false);
-    size_t chain = jrel(e, ZYDIS_MNEMONIC_JMP); /* rel32 0: falls through until patched */
+    /* between_blocks' budget test with the chain jump as its branch: within the budget, a
+     * patched JBE goes straight to the successor (one host branch, no JMP after a JNBE); an
+     * unpatched one (rel32 0), or the budget spent, falls through to the stub, which records
+     * the exit (try_chain ignores a site already patched to that translation) and leaves */
+    E2(e, MOVQ, R(ZYDIS_REGISTER_RCX), R(ICOUNT_REG));
+    E2(e, CMP, R(ZYDIS_REGISTER_RCX), M(HCPU, C_CHAIN_END, 8));
+    size_t chain = jrel(e, ZYDIS_MNEMONIC_JBE); /* rel32 0: falls through until patched */
     record_exit(e, j, chain);
-    for (int k = 0; k < nf; k++)
-        patch(e, fails[k], e->pos);
     E2(e, MOV, M(HCPU, C_RIP, 8), R(R12));
     jto(e, ZYDIS_MNEMONIC_JMP, j->exit_off);
 }
@@ -3532,6 +3533,7 @@ static uint32_t prof_path(const uint8_t *code, size_t len, bool show, const uint
     ZydisDecodedInstruction in;
     ZydisDecodedOperand ops[ZYDIS_MAX_OPERAND_COUNT];
     uint32_t n = 0;
+    bool budget = false; /* the last instruction was the chain exit's budget compare */
     for (size_t pos = 0; pos < len && n < 100000;) {
         if (!ZYAN_SUCCESS(ZydisDecoderDecodeFull(&d, code + pos, len - pos, &in, ops))) break;
         n++;
@@ -3540,6 +3542,10 @@ static uint32_t prof_path(const uint8_t *code, size_t len, bool show, const uint
                         &f, &in, ops, in.operand_count_visible, text, sizeof(text), pos, NULL)))
             log_info("        host %4zx  %s", pos, text);
         if (in.mnemonic == ZYDIS_MNEMONIC_JMP || in.mnemonic == ZYDIS_MNEMONIC_RET) break;
+        /* a same-page chain exit (leave_direct_c): within the budget its JBE is the way on */
+        if (budget && in.mnemonic == ZYDIS_MNEMONIC_JBE) break;
+        budget = in.mnemonic == ZYDIS_MNEMONIC_CMP && ops[1].type == ZYDIS_OPERAND_TYPE_MEMORY &&
+                 ops[1].mem.base == HCPU && ops[1].mem.disp.value == C_CHAIN_END;
         if (stub && in.mnemonic == ZYDIS_MNEMONIC_CALL &&
             ops[0].type == ZYDIS_OPERAND_TYPE_IMMEDIATE &&
             code + pos + in.length + ops[0].imm.value.s == stub)
@@ -4465,6 +4471,11 @@ static void try_chain(struct bt_jit *j, struct bt_cpu *c, struct jit_tb *tb)
         return;
     j->exit_valid = false;
     uint32_t pe = (uint32_t)j->last_exit, imm = (uint32_t)(j->last_exit >> 32);
+    int32_t now;
+    memcpy(&now, j->rw + pe - 4, 4);
+    /* a same-page exit already chained here, left because the budget was spent: no second link
+     * (a cross-page one is patched again whenever it records: its page may have changed) */
+    if (!imm && now && (int64_t)pe + now == (int64_t)tb->entry + JIT_ENTRY2) return;
     if (imm) {
         /* cross-page exit: the chained translation's page, checked against the TLB first */
         uint64_t page = tb->gpa & ~0xfffull;

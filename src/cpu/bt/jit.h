@@ -79,8 +79,8 @@ struct bt_jit_stats {
         unchains, insns_inline_mem;
     uint64_t flushes_full, chains_cross, lookups, lookup_hits, lookup_clears, lookup_miss_key,
         lookup_miss_tlb, lookup_bails, lookup_revalidated;
-    uint64_t exits_unchained; /* through a chain jump not yet patched (or whose target page
-                                 changed) */
+    uint64_t exits_unchained; /* through a chain jump's stub: not yet patched, its target page
+                                 changed, or (same page) the budget spent */
     uint64_t cpl_mismatch;    /* entries interpreted: translated for the other privilege class */
     /* native forms undone because the encoder refused them (or the block's space ran out): the
      * instruction took its handler path instead (tests expect none) */
