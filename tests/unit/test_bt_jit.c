@@ -2432,6 +2432,52 @@ static void test_probe_groups(void **st)
     assert_int_equal(b.gpr[RCX], b.gpr[RBX]);
 }
 
+/* Group members reuse RSI (their group's host address) only while nothing since has changed
+ * it: here an indexed load between two R15 members (its probe leaves a TLB addend in RSI) and
+ * a stack member between two more (another group's address).  Distinct data under R15 and R14,
+ * so a member that took the wrong RSI reads something else (or far outside guest memory). */
+static const uint8_t grp_mix_prog[] = {
+    0xbe, 0x03, 0x00, 0x00, 0x00, /* 0: mov esi, 3 */
+    0x49, 0x8b, 0x07,             /* 5: mov rax, [r15] */
+    0x4b, 0x8b, 0x0c, 0xee,       /* 8: mov rcx, [r14+r13*8] (no member) */
+    0x49, 0x03, 0x47, 0x08,       /* c: add rax, [r15+8] */
+    0x49, 0x8b, 0x57, 0x10,       /* 10: mov rdx, [r15+16] */
+    0x50,                         /* 14: push rax */
+    0x49, 0x8b, 0x5f, 0x18,       /* 15: mov rbx, [r15+24] */
+    0x59,                         /* 19: pop rcx */
+    0x48, 0x31, 0xd0,             /* 1a: xor rax, rdx */
+    0x48, 0x01, 0xcb,             /* 1d: add rbx, rcx */
+    0xff, 0xce,                   /* 20: dec esi */
+    0x75, 0xe1,                   /* 22: jnz 5 */
+    0xf4,                         /* 24: hlt */
+};
+
+static void prime_grp_mix(struct bt_cpu *c)
+{
+    c->s.gpr[R15] = T_DATA + 0x100;
+    c->s.gpr[R14] = T_DATA + 0x800;
+    c->s.gpr[R13] = 1;
+    for (int k = 0; k < 0x40; k++) {
+        *(uint8_t *)gp(T, T_DATA + 0x100 + k, 1) = (uint8_t)(k * 13 + 1);
+        *(uint8_t *)gp(T, T_DATA + 0x800 + k, 1) = (uint8_t)(k * 29 + 7);
+    }
+    bt_read(c, T_DATA + 0x100, 8, BT_ACC_READ);
+    bt_probe_write(c, c->s.gpr[RSP] - 16, 16, BT_ACC_WRITE);
+}
+
+static void test_probe_groups_rsi(void **st)
+{
+    static struct outcome a, b;
+    struct bt_jit_stats s0, s1;
+    prep = prime_grp_mix;
+    bt_jit_get_stats(T->c, &s0);
+    both(grp_mix_prog, sizeof(grp_mix_prog), 1000, &a, &b);
+    bt_jit_get_stats(T->c, &s1);
+    prep = NULL;
+    assert_true(b.halted);
+    assert_true(s1.grp_members >= s0.grp_members + 6); /* four under R15, PUSH and POP */
+}
+
 /* LOOKOUT_BT_PROFILE=1: every run of a translation is counted, so the guest instructions the
  * profile accounts for (runs times block sizes) are exactly what the vCPU retired in a loop that
  * never leaves its blocks early; and each block stands for more host instructions than guest ones
@@ -2646,6 +2692,7 @@ int main(void)
         cmocka_unit_test(test_wx),
         cmocka_unit_test(test_switch),
         cmocka_unit_test(test_probe_groups),
+        cmocka_unit_test(test_probe_groups_rsi),
         cmocka_unit_test(test_probe_groups_sse),
         cmocka_unit_test(test_slot_forms),
         cmocka_unit_test(test_profile),

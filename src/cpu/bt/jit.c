@@ -251,6 +251,10 @@ struct emit {
      * its group's lowest byte on the host, RDX unset */
     bool member_at;
     int64_t member_disp;
+    /* RSI held group rsi_grp's host address at code offset rsi_at (-1: none known); a member
+     * of that group reuses it if nothing emitted since can have changed RSI (rsi_kept) */
+    int rsi_grp;
+    size_t rsi_at;
 };
 
 static ZydisEncoderOperand R(ZydisRegister r)
@@ -2362,12 +2366,44 @@ static ZydisEncoderOperand probed(const struct emit *e, unsigned size)
  * linear address, RSI the addend), or a jump to the slow path (appended to slow[]).  Clobbers
  * RCX and the host flags. */
 
+/* True if the host code emitted from `from` to now leaves RSI as it was at `from` and runs
+ * straight through: no branch, call or return (a slow path that rejoins is reached through a
+ * branch in this range, and could come back with RSI changed), no instruction that writes RSI,
+ * explicitly or not.  Decoded, so it holds whatever emitted the code. */
+static bool rsi_kept(const struct emit *e, size_t from)
+{
+    if (e->fail || from > e->pos) return false;
+    ZydisDecoder d;
+    ZydisDecoderInit(&d, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64);
+    ZydisDecodedInstruction in;
+    ZydisDecodedOperand ops[ZYDIS_MAX_OPERAND_COUNT];
+    for (size_t pos = from; pos < e->pos; pos += in.length) {
+        if (!ZYAN_SUCCESS(ZydisDecoderDecodeFull(&d, e->buf + pos, e->pos - pos, &in, ops)))
+            return false;
+        if (in.meta.branch_type != ZYDIS_BRANCH_TYPE_NONE ||
+            in.meta.category == ZYDIS_CATEGORY_COND_BR ||
+            in.meta.category == ZYDIS_CATEGORY_UNCOND_BR ||
+            in.meta.category == ZYDIS_CATEGORY_CALL || in.meta.category == ZYDIS_CATEGORY_RET ||
+            in.meta.category == ZYDIS_CATEGORY_SYSTEM)
+            return false;
+        for (unsigned k = 0; k < in.operand_count; k++)
+            if (ops[k].type == ZYDIS_OPERAND_TYPE_REGISTER &&
+                (ops[k].actions & ZYDIS_OPERAND_ACTION_MASK_WRITE) &&
+                ZydisRegisterGetLargestEnclosing(ZYDIS_MACHINE_MODE_LONG_64, ops[k].reg.value) ==
+                    HRSI)
+                return false;
+    }
+    return true;
+}
+
 static void mem_probe(struct emit *e, const struct bt_jit *j, const struct bt_operand *o,
                       int64_t off, bool write, size_t *slow, int *nslow)
 {
     int g = grp_member(e, o, write);
     if (g >= 0) { /* RSI = the group's lowest byte on the host; no linear address (RDX) */
-        E2(e, MOV, R(HRSI), M(HCPU, C_GRPH(g), 8));
+        if (e->rsi_grp != g || !rsi_kept(e, e->rsi_at)) E2(e, MOV, R(HRSI), M(HCPU, C_GRPH(g), 8));
+        e->rsi_grp = g;
+        e->rsi_at = e->pos;
         e->member_at = true;
         e->member_disp = e->grp->maddr[e->grp_k] - e->grp->g[g].lo;
         e->grp_used++;
@@ -3739,7 +3775,7 @@ static int emit_trampoline(struct bt_jit *j, struct bt_cpu *c)
     }
     j->pure_imm = j->pure_flags && host_shift_imm_same();
     /* (decided first: sync_in/sync_out below depend on lahf_flags, the layout of FLAGS_REG) */
-    struct emit e = {.buf = j->rw, .pos = 0, .cap = j->size, .jit = j};
+    struct emit e = {.buf = j->rw, .pos = 0, .cap = j->size, .jit = j, .rsi_grp = -1};
     static const ZydisRegister saved[] = {ZYDIS_REGISTER_RBP, ZYDIS_REGISTER_RBX,
                                           ZYDIS_REGISTER_R12, ZYDIS_REGISTER_R13,
                                           ZYDIS_REGISTER_R14, ZYDIS_REGISTER_R15};
@@ -4182,7 +4218,8 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
                      .pos = j->used,
                      .cap = j->used + JIT_BLOCK_RESERVE,
                      .cache = j->enc_cache,
-                     .jit = j};
+                     .jit = j,
+                     .rsi_grp = -1};
     const size_t start = e.pos;
     const unsigned page_off = (unsigned)(gpa & 0xfff);
     const bool b32 = c->code_bits != 64;
@@ -4235,8 +4272,10 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
         mem_lin(&e, &o, 0);
         probe_emit(&e, (unsigned)(gp.g[g].hi - gp.g[g].lo), gp.g[g].write, j->user, j->bmi2, gfail,
                    &ngf);
-        E2(&e, LEA, R(HRAX), MX(HRSI, HRDX, 1, 0, 8));
-        E2(&e, MOV, M(HCPU, C_GRPH(g), 8), R(HRAX));
+        E2(&e, LEA, R(HRSI), MX(HRSI, HRDX, 1, 0, 8));
+        E2(&e, MOV, M(HCPU, C_GRPH(g), 8), R(HRSI));
+        e.rsi_grp = (int)g; /* the last group's address stays in RSI for its first member */
+        e.rsi_at = e.pos;
     }
     for (int ver = groups ? 0 : 1; ver < 2; ver++) {
         if (ver == 1) { /* the plain body, from the block's start */
@@ -4253,6 +4292,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
             e.hflags = e.hfresh = e.hfresh_prev = e.sse_ok = false;
         }
         e.grp = ver == 0 ? &gp : NULL;
+        if (ver == 1) e.rsi_grp = -1;
         flag_liveness(j, ins, n, use_dead, ver == 0 ? &gp : NULL, dead, hdead, defer, mdead);
         e.hz = 0; /* nothing known about the slots' upper halves at the block's start */
         j->mid_lookup = false;
@@ -4300,6 +4340,7 @@ static int translate(struct bt_jit *j, struct bt_cpu *c, const struct bt_insn *i
                 j->st.encode_fallbacks++;
                 e.fail = false;
                 e.pos = mark;
+                e.rsi_grp = -1; /* its offset may be in the code undone */
                 pend = pend0;
                 nsp = nsp0;
                 e.sse_ok = sse_ok0;
