@@ -1563,6 +1563,12 @@ static bool native_simple(struct emit *e, const struct bt_insn *i, int64_t off, 
         }
         if (s->base == BT_REG_RIP) {
             if (s->index != BT_NOREG || !fits32(disp + off)) return false;
+            ZydisRegister dst =
+                i->addrsize == 64 && size >= 4 ? pinned(d->reg, size) : ZYDIS_REGISTER_NONE;
+            if (dst != ZYDIS_REGISTER_NONE) { /* straight into it (32 bits: zero-extended) */
+                E2(e, LEA, R(dst), M(R12, disp + off, 8));
+                return true;
+            }
             E2(e, LEA, R(ZYDIS_REGISTER_RAX), M(R12, disp + off, 8));
         } else {
             if (!fits32(disp)) return false;
