@@ -1772,10 +1772,17 @@ static bool same_page(unsigned page_off, int64_t off)
  * change (an interrupt shadow, HLT, TF from POPF/IRET): a direct branch changes none of them.
  * Each failing check jumps to a fails[] entry the caller patches.  Clobbers the caller-saved
  * registers. */
+/* The budget test: the host flags "below or equal" while icount leaves room for a whole block
+ * below c->jit_chain_end.  Clobbers RCX (RAX kept for lookup_exit). */
+static void budget_test(struct emit *e)
+{
+    E2(e, MOVQ, R(ZYDIS_REGISTER_RCX), R(ICOUNT_REG));
+    E2(e, CMP, R(ZYDIS_REGISTER_RCX), M(HCPU, C_CHAIN_END, 8));
+}
+
 static void between_blocks(struct emit *e, struct bt_jit *j, size_t *fails, int *nf, bool full)
 {
-    E2(e, MOVQ, R(ZYDIS_REGISTER_RCX), R(ICOUNT_REG)); /* RAX kept for lookup_exit */
-    E2(e, CMP, R(ZYDIS_REGISTER_RCX), M(HCPU, C_CHAIN_END, 8));
+    budget_test(e);
     fails[(*nf)++] = jrel(e, ZYDIS_MNEMONIC_JNBE);
     /* Exit requests, kicks, queued invalidations and the LAPIC's attention from other threads
      * poke chain_end to 0 (bt_jit_poke), and whatever a handler raises on this thread is seen
@@ -1817,21 +1824,27 @@ static void between_blocks(struct emit *e, struct bt_jit *j, size_t *fails, int 
 _Static_assert(sizeof(struct bt_tlb_entry) == 1 << TLB_ESHIFT, "the TLB probes scale the index");
 _Static_assert(offsetof(struct x86_seg, base) == 0, "segment base first");
 
+/* ECX = the offset in bt_cpu.tlb of the entry for the address in `src`: bits 12.. of it,
+ * scaled by the entry size (RORX, where the host has BMI2, does MOV and SHR in one; the bits
+ * either brings in below the page number are masked off).  Clobbers the host flags. */
+static void tlb_offset(struct emit *e, bool bmi2, ZydisRegister src)
+{
+    if (bmi2) {
+        E3(e, RORX, R(ZYDIS_REGISTER_RCX), R(src), I(12 - TLB_ESHIFT));
+    } else {
+        E2(e, MOV, R(ZYDIS_REGISTER_RCX), R(src));
+        E2(e, SHR, R(ZYDIS_REGISTER_RCX), I(12 - TLB_ESHIFT));
+    }
+    E2(e, AND, R(ZYDIS_REGISTER_ECX), I((BT_TLB_SIZE - 1) << TLB_ESHIFT));
+}
+
 /* RAX holds a linear code address (64-bit code): RCX = its soft-TLB entry if that maps the page
  * executable at the current CPL, else a jump to a fails[] entry.  The same test bt_fetch's fast
  * path makes, so a hit means the interpreter would fetch from the page the entry names.
  * Clobbers RDX. */
 static void tlb_exec_probe(struct emit *e, size_t *fails, int *nf, int user)
 {
-    if (e->jit && e->jit->bmi2) { /* the entry's offset in one rotate and a mask, as probe_emit */
-        E3(e, RORX, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RAX), I(12 - TLB_ESHIFT));
-        E2(e, AND, R(ZYDIS_REGISTER_ECX), I((BT_TLB_SIZE - 1) << TLB_ESHIFT));
-    } else {
-        E2(e, MOV, R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_RAX));
-        E2(e, SHR, R(ZYDIS_REGISTER_RCX), I(12));
-        E2(e, AND, R(ZYDIS_REGISTER_ECX), I(BT_TLB_SIZE - 1));
-        E2(e, SHL, R(ZYDIS_REGISTER_ECX), I(TLB_ESHIFT));
-    }
+    tlb_offset(e, e->jit && e->jit->bmi2, ZYDIS_REGISTER_RAX);
     E2(e, LEA, R(ZYDIS_REGISTER_RCX), MX(HCPU, ZYDIS_REGISTER_RCX, 1, C_TLB, 8));
     E2(e, MOV, R(ZYDIS_REGISTER_RDX), R(ZYDIS_REGISTER_RAX));
     E2(e, AND, R(ZYDIS_REGISTER_RDX), I(~(int64_t)0xfff));
@@ -2019,8 +2032,7 @@ static void leave_direct_c(struct emit *e, struct bt_jit *j, unsigned page_off, 
      * patched JBE goes straight to the successor (one host branch, no JMP after a JNBE); an
      * unpatched one (rel32 0), or the budget spent, falls through to the stub, which records
      * the exit (try_chain ignores a site already patched to that translation) and leaves */
-    E2(e, MOVQ, R(ZYDIS_REGISTER_RCX), R(ICOUNT_REG));
-    E2(e, CMP, R(ZYDIS_REGISTER_RCX), M(HCPU, C_CHAIN_END, 8));
+    budget_test(e);
     size_t chain = jrel(e, ZYDIS_MNEMONIC_JBE); /* rel32 0: falls through until patched */
     record_exit(e, j, chain);
     E2(e, MOV, M(HCPU, C_RIP, 8), R(R12));
@@ -2368,10 +2380,6 @@ static ZydisEncoderOperand probed(const struct emit *e, unsigned size)
     return e->member_at ? M(HRSI, e->member_disp, size) : MX(HRSI, HRDX, 1, 0, size);
 }
 
-/* PROBED(o->size) = memory operand `o` (probed for a read or a write of its size; RDX its
- * linear address, RSI the addend), or a jump to the slow path (appended to slow[]).  Clobbers
- * RCX and the host flags. */
-
 /* True if the host code emitted from `from` to now leaves RSI as it was at `from` and runs
  * straight through: no branch, call or return (a slow path that rejoins is reached through a
  * branch in this range, and could come back with RSI changed), no instruction that writes RSI,
@@ -2402,6 +2410,9 @@ static bool rsi_kept(const struct emit *e, size_t from)
     return true;
 }
 
+/* PROBED(o->size) = memory operand `o` (probed for a read or a write of its size; RDX its
+ * linear address, RSI the addend; for a group member RSI its group's host address, RDX unset),
+ * or a jump to the slow path (appended to slow[]).  Clobbers RCX and the host flags. */
 static void mem_probe(struct emit *e, const struct bt_jit *j, const struct bt_operand *o,
                       int64_t off, bool write, size_t *slow, int *nslow)
 {
@@ -2419,8 +2430,6 @@ static void mem_probe(struct emit *e, const struct bt_jit *j, const struct bt_op
     mem_lin(e, o, off);
     probe_call(e, j, o->size, write, slow, nslow);
 }
-
-/* The probe of operand `o` whose linear address is in RDX (mem_lin): RSI = its addend */
 
 /* RDX = the linear address of memory operand `o` (64-bit code: the effective address plus the
  * FS/GS base).  Clobbers RSI. */
@@ -2468,15 +2477,7 @@ static void mem_lin(struct emit *e, const struct bt_operand *o, int64_t off)
 static void probe_emit(struct emit *e, unsigned size, bool write, bool user, bool bmi2,
                        size_t *slow, int *nslow)
 {
-    /* ECX = the entry's offset: bits 12.. of the address, scaled by the entry size (RORX, where
-     * the host has BMI2, does MOV and SHR in one; the bits it rotates in are masked off) */
-    if (bmi2) {
-        E3(e, RORX, R(HRCX), R(HRDX), I(12 - TLB_ESHIFT));
-    } else {
-        E2(e, MOV, R(HRCX), R(HRDX));
-        E2(e, SHR, R(HRCX), I(12 - TLB_ESHIFT));
-    }
-    E2(e, AND, R(HECX), I((BT_TLB_SIZE - 1) << TLB_ESHIFT));
+    tlb_offset(e, bmi2, HRDX);
     if (size > 1)
         E2(e, LEA, R(HRSI), M(HRDX, size - 1, 8));
     else
