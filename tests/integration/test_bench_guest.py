@@ -41,6 +41,15 @@ def test_compare_results_reports_mismatch():
     assert bench.compare_results(results, ["loop", "xz"]) == []
 
 
+def test_rounds_rotate():
+    bench = load_bench()
+    assert bench.rounds_order(["a", "b", "c"], 4) == [
+        (0, "a"), (0, "b"), (0, "c"), (1, "b"), (1, "c"), (1, "a"),
+        (2, "c"), (2, "a"), (2, "b"), (3, "a"), (3, "b"), (3, "c")]
+    assert bench.rounds_order(["a"], 2) == [(0, "a"), (1, "a")]
+    assert bench.rounds_order([], 3) == []
+
+
 @pytest.mark.bt
 @pytest.mark.guest
 def test_quick_run_bt_and_native(lookout_bin, debian_guest, tmp_path):
