@@ -150,9 +150,11 @@ static int run_helper(long rounds, int do_reflect, double *mean)
 
 int main(int argc, char **argv)
 {
-    long rounds = argc > 1 ? strtol(argv[1], NULL, 10) : 200000;
-    if (rounds < 64 || rounds > 100000000) {
-        fprintf(stderr, "usage: direct-costs [ROUNDS]   (64 to 100000000, default 200000)\n");
+    char *end = NULL;
+    long rounds = argc > 1 ? strtol(argv[1], &end, 10) : 200000;
+    if (argc > 2 || (argc > 1 && (end == argv[1] || *end)) || rounds < 64 || rounds > 100000000) {
+        fprintf(stderr, "direct-costs: ROUNDS must be one whole number from 64 to 100000000 "
+                        "(default 200000)\nusage: direct-costs [ROUNDS]\n");
         return 2;
     }
     sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
